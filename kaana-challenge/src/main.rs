@@ -1,0 +1,6 @@
+use clap::Parser as _;
+
+fn main() -> std::process::ExitCode {
+    let args = kaana_challenge::Args::parse();
+    kaana_proto::cli::main_with("kaana-challenge", || kaana_challenge::run(args))
+}

@@ -1,0 +1,6 @@
+use clap::Parser as _;
+
+fn main() -> std::process::ExitCode {
+    let args = kaana_offer::Args::parse();
+    kaana_proto::cli::main_with("kaana-offer", || kaana_offer::run(args))
+}

@@ -1,0 +1,55 @@
+//! What every tool shares at its edges: exit codes, JSON on stdout, errors on stderr.
+//!
+//! stdout carries data only, one JSON object per line; everything meant for a person goes to
+//! stderr. A closed stdout (`| head`) ends the tool quietly.
+
+use std::io::{self, Write as _};
+use std::process::ExitCode;
+
+use serde::Serialize;
+
+/// How a tool ended. The numbers are part of the command-line contract.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Exit {
+    /// 0: all is well.
+    Ok = 0,
+    /// 1: done, but something needs a person (a failed challenge, data at risk, a breach).
+    Attention = 1,
+    /// 2: an error; the tool could not do its job.
+    Error = 2,
+}
+
+impl From<Exit> for ExitCode {
+    fn from(e: Exit) -> Self {
+        ExitCode::from(e as u8)
+    }
+}
+
+/// Runs a tool's body, prints its error chain once (prefixed with the tool's name) and maps
+/// the outcome to an exit code.
+pub fn main_with(tool: &str, run: impl FnOnce() -> anyhow::Result<Exit>) -> ExitCode {
+    match run() {
+        Ok(exit) => exit.into(),
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{tool}: error: {e:#}");
+            Exit::Error.into()
+        }
+    }
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain()
+        .filter_map(|c| c.downcast_ref::<io::Error>())
+        .any(|io| io.kind() == io::ErrorKind::BrokenPipe)
+}
+
+/// Writes `value` to stdout as one line of JSON and flushes it, so that a pipe reader sees
+/// each record as it is made.
+pub fn emit<T: Serialize>(value: &T) -> anyhow::Result<()> {
+    let mut out = io::stdout().lock();
+    serde_json::to_writer(&mut out, value)?;
+    out.write_all(b"\n")?;
+    out.flush()?;
+    Ok(())
+}

@@ -1,0 +1,15 @@
+//! Ka'ana like's protocol crate: what every tool shares.
+//!
+//! Pure modules (no I/O, no clock): [`encoding`], [`identity`], [`record`], [`time`] (apart
+//! from [`time::now_from_env`]), [`size`], [`config`]. I/O modules: [`state`] (the state
+//! directory), [`node`] (a node opened from it), [`cli`] (exit codes and output).
+
+pub mod cli;
+pub mod config;
+pub mod encoding;
+pub mod identity;
+pub mod node;
+pub mod record;
+pub mod size;
+pub mod state;
+pub mod time;

@@ -1,0 +1,102 @@
+//! Sizes a person types (`1TiB`, `500MB`, `4096`) and writes back.
+
+use thiserror::Error;
+
+/// Why a size was refused.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum SizeError {
+    /// Not a number followed by an optional unit.
+    #[error("{0:?} is not a size such as 500MB, 1TiB or 4096")]
+    Syntax(String),
+    /// A unit this parser does not know.
+    #[error("{0:?} has an unknown unit (use B, kB, KiB, MB, MiB, GB, GiB, TB, TiB, PB or PiB)")]
+    Unit(String),
+    /// More than 2^64 - 1 bytes, or a fraction of a byte.
+    #[error("{0:?} is not a whole number of bytes that fits in 64 bits")]
+    Range(String),
+}
+
+/// Reads a size: a number (decimals allowed) and an optional unit, SI (`kB`, `MB`, …, powers of
+/// 1000) or binary (`KiB`, `MiB`, …, powers of 1024). Units are case-insensitive.
+pub fn parse_size(text: &str) -> Result<u64, SizeError> {
+    let t = text.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    if number.is_empty() || number.matches('.').count() > 1 {
+        return Err(SizeError::Syntax(text.to_owned()));
+    }
+    let multiplier: u128 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1_000,
+        "m" | "mb" => 1_000_000,
+        "g" | "gb" => 1_000_000_000,
+        "t" | "tb" => 1_000_000_000_000,
+        "p" | "pb" => 1_000_000_000_000_000,
+        "kib" => 1 << 10,
+        "mib" => 1 << 20,
+        "gib" => 1 << 30,
+        "tib" => 1 << 40,
+        "pib" => 1 << 50,
+        _ => return Err(SizeError::Unit(text.to_owned())),
+    };
+    let (whole, frac) = number.split_once('.').unwrap_or((number, ""));
+    let range = || SizeError::Range(text.to_owned());
+    let whole: u128 = if whole.is_empty() {
+        0
+    } else {
+        whole.parse().map_err(|_| range())?
+    };
+    let frac_digits = u32::try_from(frac.len()).map_err(|_| range())?;
+    let frac_value: u128 = if frac.is_empty() {
+        0
+    } else {
+        frac.parse().map_err(|_| range())?
+    };
+    let scale = 10u128.checked_pow(frac_digits).ok_or_else(range)?;
+    let frac_bytes = frac_value.checked_mul(multiplier).ok_or_else(range)?;
+    if frac_bytes % scale != 0 {
+        return Err(range());
+    }
+    let total = whole
+        .checked_mul(multiplier)
+        .and_then(|w| w.checked_add(frac_bytes / scale))
+        .ok_or_else(range)?;
+    u64::try_from(total).map_err(|_| range())
+}
+
+/// Writes a size for people, in binary units with up to one decimal (`1.5 GiB`).
+pub fn format_size(bytes: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("500MB"), Ok(500_000_000));
+        assert_eq!(parse_size("1TiB"), Ok(1 << 40));
+        assert_eq!(parse_size("1.5 GiB"), Ok(3 << 29));
+        assert_eq!(parse_size("64kib"), Ok(65_536));
+        assert!(matches!(parse_size("12 parsecs"), Err(SizeError::Unit(_))));
+        assert!(matches!(parse_size("MB"), Err(SizeError::Syntax(_))));
+        assert!(matches!(parse_size("0.1B"), Err(SizeError::Range(_))));
+        assert!(matches!(parse_size("99999PiB"), Err(SizeError::Range(_))));
+        assert_eq!(format_size(3 << 29), "1.5 GiB");
+    }
+}

@@ -1,0 +1,6 @@
+use clap::Parser as _;
+
+fn main() -> std::process::ExitCode {
+    let args = kaana_sync::Args::parse();
+    kaana_proto::cli::main_with("kaana-sync", || kaana_sync::run(args))
+}

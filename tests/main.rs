@@ -1,0 +1,6 @@
+//! Cross-tool tests: the real binaries, in temporary homes, with real servers on 127.0.0.1.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+mod identity;
