@@ -4,3 +4,4 @@
 
 mod common;
 mod identity;
+mod server;

@@ -11,6 +11,8 @@ use serde::Serialize;
 use kaana_proto::cli::{Exit, emit};
 use kaana_proto::config::{self, Config, PeerAddr};
 use kaana_proto::identity::{Identity, NodeId};
+use kaana_proto::net::transport::Client;
+use kaana_proto::net::wire::{Request, Response};
 use kaana_proto::node::Node;
 use kaana_proto::size::parse_size;
 use kaana_proto::state::{Home, Schema, create_dir};
@@ -78,10 +80,14 @@ pub struct InitArgs {
 /// Address book commands.
 #[derive(Debug, Subcommand)]
 pub enum PeerCommand {
-    /// Add a peer, written ID@HOST:PORT.
+    /// Add a peer, written ID@HOST:PORT. First checks that the node answers at that address
+    /// and proves it holds that id's key.
     Add {
         /// The peer: its node id, `@`, and HOST:PORT.
         peer: PeerAddr,
+        /// Add it without checking (e.g. the peer is offline now).
+        #[arg(long)]
+        no_check: bool,
     },
     /// List the address book, one peer per line.
     List,
@@ -116,10 +122,17 @@ pub fn run(args: Args) -> anyhow::Result<Exit> {
             })?;
             Ok(Exit::Ok)
         }
-        Command::Peer(PeerCommand::Add { peer }) => {
+        Command::Peer(PeerCommand::Add { peer, no_check }) => {
             let node = Node::open_at(home)?;
             if peer.node == node.id() {
                 bail!("{} is this node's own id; add another node's", peer.node);
+            }
+            if !no_check {
+                say_hello(&node, &peer).with_context(|| {
+                    format!(
+                        "checking that {peer} answers (add --no-check to add it without checking)"
+                    )
+                })?;
             }
             let changed = node.add_peer(&peer)?;
             let addrs = node.address_book()?.addrs(&peer.node).to_vec();
@@ -142,6 +155,28 @@ pub fn run(args: Args) -> anyhow::Result<Exit> {
             Ok(Exit::Ok)
         }
     }
+}
+
+/// Asks `peer` who it is over an authenticated connection.
+fn say_hello(node: &Node, peer: &PeerAddr) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let client = Client::new(node.identity.clone());
+        let result = async {
+            let conn = client.connect(peer.node, &peer.addr).await?;
+            let reply = conn.request(&Request::Hello).await?;
+            conn.close();
+            match reply {
+                Response::Hello { node: answered, .. } if answered == peer.node => Ok(()),
+                other => bail!("unexpected answer to hello: {other:?}"),
+            }
+        }
+        .await;
+        client.close().await;
+        result
+    })
 }
 
 #[derive(Serialize)]

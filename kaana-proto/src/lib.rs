@@ -8,6 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod encoding;
 pub mod identity;
+pub mod net;
 pub mod node;
 pub mod record;
 pub mod size;

@@ -128,3 +128,113 @@ pub fn json_lines<T: DeserializeOwned>(out: &Output) -> Vec<T> {
 pub fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
+
+/// A running `kaana-sync serve`, killed when dropped.
+pub struct ServerProc {
+    pub child: std::process::Child,
+    pub node: String,
+    pub addr: String,
+}
+
+impl ServerProc {
+    /// Starts `kaana-sync serve` for `node` on 127.0.0.1 (a free port) with `extra` arguments,
+    /// and waits for its first line.
+    pub fn start(node: &TestNode, extra: &[&str]) -> Self {
+        use std::io::BufRead as _;
+        let mut child = node
+            .cmd("kaana-sync")
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start kaana-sync serve");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        std::io::BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read serve line");
+        let v: serde_json::Value =
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("serve printed {line:?}: {e}"));
+        ServerProc {
+            child,
+            node: v["node"].as_str().expect("node").to_owned(),
+            addr: v["listen"].as_str().expect("listen").to_owned(),
+        }
+    }
+
+    /// `ID@HOST:PORT` of this server.
+    pub fn peer(&self) -> String {
+        format!("{}@{}", self.node, self.addr)
+    }
+
+    /// Sends a signal (by name, e.g. "TERM") to the server.
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success());
+    }
+
+    /// Waits for the server to exit, at most `secs` seconds; its exit code.
+    pub fn wait(&mut self, secs: u64) -> Option<i32> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status.code();
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "server did not exit within {secs}s"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for ServerProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Asserts that every JSON file in a state directory parses and `events.jsonl` parses line by
+/// line; returns how many files were checked.
+pub fn assert_state_consistent(home: &Path) -> usize {
+    let mut checked = 0;
+    let mut stack = vec![home.to_owned()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).expect("read state dir") {
+            let path = entry.expect("entry").path();
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            assert!(
+                !name.ends_with(".tmp"),
+                "leftover temp file {}",
+                path.display()
+            );
+            if path.is_dir() {
+                stack.push(path);
+            } else if name.ends_with(".json") {
+                let text = std::fs::read_to_string(&path).expect("read");
+                let v: serde_json::Value = serde_json::from_str(&text)
+                    .unwrap_or_else(|e| panic!("{} is damaged: {e}", path.display()));
+                assert_eq!(v["schema"], 1, "{}", path.display());
+                checked += 1;
+            } else if name.ends_with(".jsonl") {
+                for line in std::fs::read_to_string(&path).expect("read").lines() {
+                    serde_json::from_str::<serde_json::Value>(line).unwrap_or_else(|e| {
+                        panic!("{} has a damaged line ({e}): {line}", path.display())
+                    });
+                }
+                checked += 1;
+            }
+        }
+    }
+    checked
+}

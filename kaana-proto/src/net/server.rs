@@ -1,0 +1,268 @@
+//! The node server: the node's one network endpoint.
+//!
+//! Every connection is authenticated by its node key in the TLS handshake; every request is
+//! then answered on its own stream, with the client's node id passed to the handler so that it
+//! can authorise the request. The server caps connections (in all and per peer) and streams per
+//! connection, reads every frame under a time-out, answers a bad request with an error reply and
+//! goes on serving. On shutdown it stops taking work, lets requests in flight finish, and closes.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use quinn::{Endpoint, RecvStream, SendStream, VarInt};
+use tokio::sync::{mpsc, watch};
+
+use super::tls::node_of_spki;
+use super::transport::{self, CLOSE_BUSY, CLOSE_SHUTDOWN, NetError, read_frame, write_frame};
+use super::wire::{ErrorCode, ErrorReply, PROTOCOL_VERSION, Request, Response};
+use crate::identity::NodeId;
+use crate::node::Node;
+
+/// How the server runs.
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    /// Address to bind (port 0 picks one).
+    pub listen: SocketAddr,
+    /// Time-out on every read from a client.
+    pub read_timeout: Duration,
+    /// How long shutdown waits for requests in flight.
+    pub drain_timeout: Duration,
+    /// Connections at once, in all.
+    pub max_connections: usize,
+    /// Connections at once from one node.
+    pub max_connections_per_peer: usize,
+}
+
+impl ServerOptions {
+    /// Defaults for `listen`.
+    pub fn new(listen: SocketAddr) -> Self {
+        ServerOptions {
+            listen,
+            read_timeout: transport::READ_TIMEOUT,
+            drain_timeout: Duration::from_secs(30),
+            max_connections: 1024,
+            max_connections_per_peer: 32,
+        }
+    }
+}
+
+/// A bound server, ready to run.
+#[derive(Debug)]
+pub struct Server {
+    endpoint: Endpoint,
+    ctx: Arc<Ctx>,
+}
+
+#[derive(Debug)]
+struct Ctx {
+    node: Node,
+    opts: ServerOptions,
+    /// Open connections per peer; the total is the sum.
+    open: Mutex<HashMap<NodeId, usize>>,
+}
+
+/// Holds one connection's place in the caps until dropped.
+struct Slot {
+    ctx: Arc<Ctx>,
+    peer: NodeId,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Ok(mut open) = self.ctx.open.lock()
+            && let Some(n) = open.get_mut(&self.peer)
+        {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.peer);
+            }
+        }
+    }
+}
+
+impl Ctx {
+    fn take_slot(self: &Arc<Self>, peer: NodeId) -> Result<Slot, &'static str> {
+        let mut open = self.open.lock().map_err(|_| "internal error")?;
+        if open.values().sum::<usize>() >= self.opts.max_connections {
+            return Err("the server has too many connections");
+        }
+        let n = open.entry(peer).or_default();
+        if *n >= self.opts.max_connections_per_peer {
+            return Err("too many connections from this node");
+        }
+        *n += 1;
+        Ok(Slot {
+            ctx: self.clone(),
+            peer,
+        })
+    }
+}
+
+/// Writes one line for the person running the server.
+fn log(msg: std::fmt::Arguments<'_>) {
+    eprintln!("kaana-sync serve: {msg}");
+}
+
+impl Server {
+    /// Binds the node's endpoint. Must be called inside a tokio runtime.
+    pub fn bind(node: Node, opts: ServerOptions) -> Result<Server, NetError> {
+        let config = transport::server_config(&node.identity)?;
+        let endpoint = Endpoint::server(config, opts.listen)
+            .map_err(|e| NetError::Setup(format!("cannot listen on {}: {e}", opts.listen)))?;
+        Ok(Server {
+            endpoint,
+            ctx: Arc::new(Ctx {
+                node,
+                opts,
+                open: Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+
+    /// The address the server is bound to.
+    pub fn local_addr(&self) -> Result<SocketAddr, NetError> {
+        self.endpoint
+            .local_addr()
+            .map_err(|e| NetError::Setup(e.to_string()))
+    }
+
+    /// Serves until `shutdown` completes, then drains and closes.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        // Every task holds a clone of `busy`; when all are dropped, the drain is over.
+        let (busy, mut idle) = mpsc::channel::<()>(1);
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                () = &mut shutdown => break,
+                incoming = self.endpoint.accept() => match incoming {
+                    Some(incoming) => {
+                        let task = handle_connection(self.ctx.clone(), incoming, stop_rx.clone(), busy.clone());
+                        tokio::spawn(task);
+                    }
+                    None => break,
+                },
+            }
+        }
+        log(format_args!(
+            "shutting down: no new work; finishing requests in flight"
+        ));
+        self.endpoint.set_server_config(None);
+        let _ = stop_tx.send(true);
+        drop(busy);
+        if tokio::time::timeout(self.ctx.opts.drain_timeout, idle.recv())
+            .await
+            .is_err()
+        {
+            log(format_args!(
+                "requests still in flight after {}s; closing anyway",
+                self.ctx.opts.drain_timeout.as_secs()
+            ));
+        }
+        self.endpoint
+            .close(VarInt::from_u32(CLOSE_SHUTDOWN), b"server shutting down");
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
+        log(format_args!("stopped"));
+    }
+}
+
+fn peer_of(conn: &quinn::Connection) -> Option<NodeId> {
+    let certs = conn
+        .peer_identity()?
+        .downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+        .ok()?;
+    node_of_spki(certs.first()?)
+}
+
+async fn handle_connection(
+    ctx: Arc<Ctx>,
+    incoming: quinn::Incoming,
+    mut stop: watch::Receiver<bool>,
+    busy: mpsc::Sender<()>,
+) {
+    let remote = incoming.remote_address();
+    let connecting = match incoming.accept() {
+        Ok(c) => c,
+        Err(e) => return log(format_args!("{remote}: handshake refused: {e}")),
+    };
+    let conn = match tokio::time::timeout(ctx.opts.read_timeout, connecting).await {
+        Ok(Ok(conn)) => conn,
+        Ok(Err(e)) => return log(format_args!("{remote}: handshake failed: {e}")),
+        Err(_) => return log(format_args!("{remote}: handshake timed out")),
+    };
+    let Some(peer) = peer_of(&conn) else {
+        conn.close(VarInt::from_u32(CLOSE_BUSY), b"no node key");
+        return;
+    };
+    let _slot = match ctx.take_slot(peer) {
+        Ok(slot) => slot,
+        Err(why) => {
+            log(format_args!(
+                "{remote}: refused node {}: {why}",
+                peer.short()
+            ));
+            conn.close(VarInt::from_u32(CLOSE_BUSY), why.as_bytes());
+            return;
+        }
+    };
+    loop {
+        tokio::select! {
+            _ = stop.changed() => break,
+            stream = conn.accept_bi() => match stream {
+                Ok((send, recv)) => {
+                    tokio::spawn(handle_stream(ctx.clone(), peer, send, recv, busy.clone()));
+                }
+                Err(_) => break,
+            },
+        }
+    }
+}
+
+async fn handle_stream(
+    ctx: Arc<Ctx>,
+    peer: NodeId,
+    mut send: SendStream,
+    mut recv: RecvStream,
+    _busy: mpsc::Sender<()>,
+) {
+    let response = match read_frame::<Request>(&mut recv, ctx.opts.read_timeout).await {
+        Ok(Some(req)) => dispatch(&ctx, peer, req, &mut recv, &mut send).await,
+        Ok(None) => return,
+        Err(NetError::Lost(_)) => return,
+        Err(e) => {
+            let reply = match e {
+                NetError::Frame(f) => ErrorReply::from(f),
+                NetError::Timeout { .. } => ErrorReply::new(ErrorCode::Timeout, e.to_string()),
+                other => ErrorReply::new(ErrorCode::BadFrame, other.to_string()),
+            };
+            log(format_args!("node {}: {}", peer.short(), reply.message));
+            // Nothing more is read from this stream: whatever else the client sends is refused.
+            let _ = recv.stop(VarInt::from_u32(0));
+            Response::Error(reply)
+        }
+    };
+    if write_frame(&mut send, &response).await.is_ok() && send.finish().is_ok() {
+        // Wait until the client has the whole reply, so a shutdown never cuts it short.
+        let _ = tokio::time::timeout(ctx.opts.read_timeout, send.stopped()).await;
+    }
+}
+
+async fn dispatch(
+    ctx: &Ctx,
+    peer: NodeId,
+    req: Request,
+    _recv: &mut RecvStream,
+    _send: &mut SendStream,
+) -> Response {
+    match req {
+        Request::Hello => Response::Hello {
+            node: ctx.node.id(),
+            you: peer,
+            protocol: PROTOCOL_VERSION,
+            software: concat!("kaana-like ", env!("CARGO_PKG_VERSION")).to_owned(),
+        },
+    }
+}

@@ -1,0 +1,400 @@
+//! QUIC endpoints and framed exchanges over them: the client that reaches a named node, and
+//! the stream-level frame I/O both sides use, each read under a time-out.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use quinn::{Endpoint, RecvStream, SendStream, TransportConfig, VarInt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use thiserror::Error;
+
+use super::tls::{self, WrongNode};
+use super::wire::{self, ErrorReply, FrameError, Request, Response};
+use crate::identity::{Identity, NodeId};
+
+/// How long a read of one frame (or one run of raw bytes) may take.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a connection attempt may take, unless `KAANA_CONNECT_TIMEOUT` says otherwise.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The environment variable that overrides [`CONNECT_TIMEOUT`] (a duration such as `3s`).
+pub const CONNECT_TIMEOUT_ENV: &str = "KAANA_CONNECT_TIMEOUT";
+/// Requests one connection may have open at once (QUIC flow control holds back the rest).
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 16;
+/// A connection with nothing on it for this long is closed.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Keep-alives keep a slow exchange from reaching the idle time-out.
+const KEEP_ALIVE: Duration = Duration::from_secs(10);
+/// Application close code: normal close.
+pub const CLOSE_OK: u32 = 0;
+/// Application close code: the server is at a limit (too many connections).
+pub const CLOSE_BUSY: u32 = 1;
+/// Application close code: the server is shutting down.
+pub const CLOSE_SHUTDOWN: u32 = 2;
+
+/// Why an exchange with a peer failed.
+#[derive(Debug, Error)]
+pub enum NetError {
+    /// The address did not resolve.
+    #[error("cannot resolve {addr}: {reason}")]
+    Resolve {
+        /// The address as given.
+        addr: String,
+        /// Why.
+        reason: String,
+    },
+    /// The server's key is not the node id the client asked for.
+    #[error("{addr}: {source}")]
+    WrongNode {
+        /// The address reached.
+        addr: String,
+        /// Who answered instead.
+        source: WrongNode,
+    },
+    /// No connection could be made.
+    #[error("cannot reach node {node} at {addr}: {reason}")]
+    Unreachable {
+        /// The node.
+        node: NodeId,
+        /// Its address.
+        addr: String,
+        /// Why.
+        reason: String,
+    },
+    /// No address is known for the node.
+    #[error("no address known for node {0}: add one with `kaana-offer peer add ID@HOST:PORT`")]
+    NoAddress(NodeId),
+    /// The peer took too long.
+    #[error("timed out after {secs}s waiting for {what}")]
+    Timeout {
+        /// What was awaited.
+        what: &'static str,
+        /// How long.
+        secs: u64,
+    },
+    /// The peer refused the request.
+    #[error("the peer refused: {0}")]
+    Remote(ErrorReply),
+    /// The connection or stream broke.
+    #[error("connection lost: {0}")]
+    Lost(String),
+    /// The stream ended in the middle of a frame or a run of bytes.
+    #[error("the stream ended early: {0}")]
+    Truncated(String),
+    /// The peer sent something this version does not understand.
+    #[error("the peer sent a bad frame: {0}")]
+    Frame(#[from] FrameError),
+    /// The peer answered with a reply that does not fit the request.
+    #[error("unexpected reply to {request}: {reply}")]
+    Unexpected {
+        /// The request's kind.
+        request: &'static str,
+        /// The reply's kind.
+        reply: String,
+    },
+    /// The local endpoint could not be set up.
+    #[error("cannot set up QUIC: {0}")]
+    Setup(String),
+}
+
+fn transport_config() -> TransportConfig {
+    let mut t = TransportConfig::default();
+    t.max_concurrent_bidi_streams(VarInt::from_u32(MAX_STREAMS_PER_CONNECTION))
+        .max_concurrent_uni_streams(VarInt::from_u32(0))
+        .keep_alive_interval(Some(KEEP_ALIVE));
+    if let Ok(idle) = IDLE_TIMEOUT.try_into() {
+        t.max_idle_timeout(Some(idle));
+    }
+    t
+}
+
+/// A QUIC server config presenting `identity` and requiring clients to present a node key.
+pub fn server_config(identity: &Identity) -> Result<quinn::ServerConfig, NetError> {
+    let tls = tls::server_config(identity).map_err(|e| NetError::Setup(e.to_string()))?;
+    let quic = QuicServerConfig::try_from(tls).map_err(|e| NetError::Setup(e.to_string()))?;
+    let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
+    config.transport_config(Arc::new(transport_config()));
+    Ok(config)
+}
+
+fn client_config(
+    identity: &Identity,
+    expected: NodeId,
+) -> Result<(quinn::ClientConfig, Arc<tls::SeenServer>), NetError> {
+    let (tls, seen) =
+        tls::client_config(identity, expected).map_err(|e| NetError::Setup(e.to_string()))?;
+    let quic = QuicClientConfig::try_from(tls).map_err(|e| NetError::Setup(e.to_string()))?;
+    let mut config = quinn::ClientConfig::new(Arc::new(quic));
+    config.transport_config(Arc::new(transport_config()));
+    Ok((config, seen))
+}
+
+/// The connect time-out in force: `KAANA_CONNECT_TIMEOUT`, else [`CONNECT_TIMEOUT`].
+pub fn connect_timeout() -> Duration {
+    std::env::var(CONNECT_TIMEOUT_ENV)
+        .ok()
+        .and_then(|t| humantime::parse_duration(&t).ok())
+        .unwrap_or(CONNECT_TIMEOUT)
+}
+
+/// A node's client side: connects to other nodes, presenting this node's key.
+#[derive(Debug)]
+pub struct Client {
+    identity: Identity,
+    v4: OnceLock<Endpoint>,
+    v6: OnceLock<Endpoint>,
+    connect_timeout: Duration,
+}
+
+impl Client {
+    /// A client presenting `identity`. Must be used inside a tokio runtime.
+    pub fn new(identity: Identity) -> Self {
+        Client {
+            identity,
+            v4: OnceLock::new(),
+            v6: OnceLock::new(),
+            connect_timeout: connect_timeout(),
+        }
+    }
+
+    fn endpoint(&self, target: &SocketAddr) -> Result<&Endpoint, NetError> {
+        let (cell, bind): (_, SocketAddr) = if target.is_ipv4() {
+            (&self.v4, (std::net::Ipv4Addr::UNSPECIFIED, 0).into())
+        } else {
+            (&self.v6, (std::net::Ipv6Addr::UNSPECIFIED, 0).into())
+        };
+        if let Some(e) = cell.get() {
+            return Ok(e);
+        }
+        let endpoint = Endpoint::client(bind).map_err(|e| NetError::Setup(e.to_string()))?;
+        Ok(cell.get_or_init(|| endpoint))
+    }
+
+    /// Connects to `node` at `addr` (`HOST:PORT`), refusing any other node.
+    pub async fn connect(&self, node: NodeId, addr: &str) -> Result<Connection, NetError> {
+        let resolve = |reason: String| NetError::Resolve {
+            addr: addr.to_owned(),
+            reason,
+        };
+        let target = tokio::net::lookup_host(addr)
+            .await
+            .map_err(|e| resolve(e.to_string()))?
+            .next()
+            .ok_or_else(|| resolve("no address".into()))?;
+        let (config, seen) = client_config(&self.identity, node)?;
+        let unreachable = |reason: String| NetError::Unreachable {
+            node,
+            addr: addr.to_owned(),
+            reason,
+        };
+        let connecting = self
+            .endpoint(&target)?
+            .connect_with(config, target, "kaana")
+            .map_err(|e| unreachable(e.to_string()))?;
+        let conn = match tokio::time::timeout(self.connect_timeout, connecting).await {
+            Err(_) => {
+                return Err(unreachable(format!(
+                    "no answer within {}s",
+                    self.connect_timeout.as_secs()
+                )));
+            }
+            Ok(Err(e)) => {
+                return Err(match seen.get() {
+                    Some(found) if found != node => NetError::WrongNode {
+                        addr: addr.to_owned(),
+                        source: WrongNode {
+                            expected: node,
+                            found,
+                        },
+                    },
+                    _ => unreachable(e.to_string()),
+                });
+            }
+            Ok(Ok(conn)) => conn,
+        };
+        Ok(Connection { conn, node })
+    }
+
+    /// Connects to `node` trying each of `addrs` in turn; the last error if none answers.
+    pub async fn connect_any(
+        &self,
+        node: NodeId,
+        addrs: &[String],
+    ) -> Result<Connection, NetError> {
+        let mut last = NetError::NoAddress(node);
+        for addr in addrs {
+            match self.connect(node, addr).await {
+                Ok(c) => return Ok(c),
+                Err(e @ NetError::WrongNode { .. }) => return Err(e),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
+    /// Waits for this client's connections to close cleanly (call before exiting).
+    pub async fn close(&self) {
+        for cell in [&self.v4, &self.v6] {
+            if let Some(e) = cell.get() {
+                e.close(VarInt::from_u32(CLOSE_OK), b"done");
+                let _ = tokio::time::timeout(Duration::from_secs(2), e.wait_idle()).await;
+            }
+        }
+    }
+}
+
+/// A connection to an authenticated node.
+#[derive(Debug, Clone)]
+pub struct Connection {
+    conn: quinn::Connection,
+    node: NodeId,
+}
+
+impl Connection {
+    /// The node at the other end (proved in the handshake).
+    pub fn node(&self) -> NodeId {
+        self.node
+    }
+
+    /// Opens a stream and sends nothing yet (for callers that write frames themselves).
+    pub async fn open_stream(&self) -> Result<Exchange, NetError> {
+        let (send, recv) = self
+            .conn
+            .open_bi()
+            .await
+            .map_err(|e| NetError::Lost(e.to_string()))?;
+        Ok(Exchange {
+            send,
+            recv,
+            request: "a raw stream",
+        })
+    }
+
+    /// Opens a stream and sends `req`; the caller sends any raw bytes that follow and reads
+    /// the reply from the returned [`Exchange`].
+    pub async fn open(&self, req: &Request) -> Result<Exchange, NetError> {
+        let (send, recv) = self
+            .conn
+            .open_bi()
+            .await
+            .map_err(|e| NetError::Lost(e.to_string()))?;
+        let mut ex = Exchange {
+            send,
+            recv,
+            request: req.kind(),
+        };
+        write_frame(&mut ex.send, req).await?;
+        Ok(ex)
+    }
+
+    /// Sends `req` and reads its reply; an error reply becomes [`NetError::Remote`].
+    pub async fn request(&self, req: &Request) -> Result<Response, NetError> {
+        let mut ex = self.open(req).await?;
+        ex.finish()?;
+        ex.reply().await
+    }
+
+    /// Closes the connection.
+    pub fn close(&self) {
+        self.conn.close(VarInt::from_u32(CLOSE_OK), b"done");
+    }
+}
+
+/// One request's stream, from the client's side.
+#[derive(Debug)]
+pub struct Exchange {
+    /// Where the request (and raw bytes) go.
+    pub send: SendStream,
+    /// Where the reply (and raw bytes) come from.
+    pub recv: RecvStream,
+    request: &'static str,
+}
+
+impl Exchange {
+    /// Says the request is complete.
+    pub fn finish(&mut self) -> Result<(), NetError> {
+        self.send
+            .finish()
+            .map_err(|e| NetError::Lost(e.to_string()))
+    }
+
+    /// Reads the reply frame; an error reply becomes [`NetError::Remote`].
+    pub async fn reply(&mut self) -> Result<Response, NetError> {
+        match read_frame::<Response>(&mut self.recv, READ_TIMEOUT).await? {
+            Some(Response::Error(e)) => Err(NetError::Remote(e)),
+            Some(r) => Ok(r),
+            None => Err(NetError::Truncated(format!("no reply to {}", self.request))),
+        }
+    }
+
+    /// The error for a reply of the wrong kind.
+    pub fn unexpected(&self, reply: &Response) -> NetError {
+        let text = serde_json::to_string(reply).unwrap_or_default();
+        NetError::Unexpected {
+            request: self.request,
+            reply: text.chars().take(200).collect(),
+        }
+    }
+}
+
+/// Writes one frame.
+pub async fn write_frame<T: Serialize>(send: &mut SendStream, msg: &T) -> Result<(), NetError> {
+    let frame = wire::encode(msg)?;
+    send.write_all(&frame)
+        .await
+        .map_err(|e| NetError::Lost(e.to_string()))
+}
+
+/// Reads one frame within `timeout`. `Ok(None)` if the stream ended cleanly before it began.
+pub async fn read_frame<T: DeserializeOwned>(
+    recv: &mut RecvStream,
+    timeout: Duration,
+) -> Result<Option<T>, NetError> {
+    let mut prefix = [0u8; 4];
+    let read = tokio::time::timeout(timeout, recv.read_exact(&mut prefix)).await;
+    if let Ok(Err(quinn::ReadExactError::FinishedEarly(0))) = read {
+        return Ok(None);
+    }
+    read_outcome(read, timeout, "a frame", prefix.len())?;
+    let len = wire::frame_len(prefix)?;
+    let mut json = vec![0u8; len];
+    read_exact(recv, &mut json, timeout, "a frame").await?;
+    Ok(Some(wire::decode(&json)?))
+}
+
+/// Reads exactly `buf.len()` bytes within `timeout`.
+pub async fn read_exact(
+    recv: &mut RecvStream,
+    buf: &mut [u8],
+    timeout: Duration,
+    what: &'static str,
+) -> Result<(), NetError> {
+    let len = buf.len();
+    read_outcome(
+        tokio::time::timeout(timeout, recv.read_exact(buf)).await,
+        timeout,
+        what,
+        len,
+    )
+}
+
+fn read_outcome(
+    read: Result<Result<(), quinn::ReadExactError>, tokio::time::error::Elapsed>,
+    timeout: Duration,
+    what: &'static str,
+    len: usize,
+) -> Result<(), NetError> {
+    match read {
+        Err(_) => Err(NetError::Timeout {
+            what,
+            secs: timeout.as_secs(),
+        }),
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(quinn::ReadExactError::FinishedEarly(n))) => {
+            Err(NetError::Truncated(format!("{what}: {n} of {len} bytes")))
+        }
+        Ok(Err(quinn::ReadExactError::ReadError(e))) => Err(NetError::Lost(e.to_string())),
+    }
+}

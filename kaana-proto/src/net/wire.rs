@@ -1,0 +1,247 @@
+//! The wire format: versioned, length-prefixed JSON messages, where a message says so followed
+//! by a counted run of raw bytes.
+//!
+//! A frame is a 4-byte big-endian length and that many bytes of JSON, at most [`MAX_FRAME`].
+//! Every message carries `"v": 1` and a `"kind"`. Each request opens its own bidirectional
+//! QUIC stream: request frame (and its raw bytes), then the reply frame (and its raw bytes).
+//! This module is pure: it encodes and decodes; `transport` moves the bytes.
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::identity::NodeId;
+
+/// The protocol version every frame carries.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The largest JSON frame accepted, in bytes.
+pub const MAX_FRAME: usize = 1 << 20;
+
+/// Why a frame could not be decoded.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum FrameError {
+    /// The length prefix announces more than [`MAX_FRAME`] bytes.
+    #[error("frame of {0} bytes is over the {MAX_FRAME}-byte cap")]
+    TooLarge(u64),
+    /// The frame is not JSON, or not a message this version knows.
+    #[error("frame is not a valid message: {0}")]
+    Malformed(String),
+    /// The frame is from another protocol version.
+    #[error("frame is protocol version {0}; this node speaks version {PROTOCOL_VERSION}")]
+    Version(u32),
+}
+
+/// A message in its envelope: `{"v": 1, "kind": ..., ...}`.
+#[derive(Debug, Serialize, Deserialize)]
+struct Envelope<T> {
+    v: u32,
+    #[serde(flatten)]
+    msg: T,
+}
+
+#[derive(Deserialize)]
+struct VersionOnly {
+    v: u32,
+}
+
+/// Encodes `msg` as a frame: length prefix, then JSON.
+pub fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, FrameError> {
+    let mut out = vec![0u8; 4];
+    serde_json::to_writer(
+        &mut out,
+        &Envelope {
+            v: PROTOCOL_VERSION,
+            msg,
+        },
+    )
+    .map_err(|e| FrameError::Malformed(e.to_string()))?;
+    let len = out.len() - 4;
+    if len > MAX_FRAME {
+        return Err(FrameError::TooLarge(len as u64));
+    }
+    out[..4].copy_from_slice(&(len as u32).to_be_bytes());
+    Ok(out)
+}
+
+/// Reads a length prefix, refusing one over the cap.
+pub fn frame_len(prefix: [u8; 4]) -> Result<usize, FrameError> {
+    let len = u32::from_be_bytes(prefix) as usize;
+    if len > MAX_FRAME {
+        return Err(FrameError::TooLarge(len as u64));
+    }
+    Ok(len)
+}
+
+/// Decodes a frame's JSON (without its length prefix).
+pub fn decode<T: DeserializeOwned>(json: &[u8]) -> Result<T, FrameError> {
+    match serde_json::from_slice::<Envelope<T>>(json) {
+        Ok(env) if env.v == PROTOCOL_VERSION => Ok(env.msg),
+        Ok(env) => Err(FrameError::Version(env.v)),
+        Err(e) => match serde_json::from_slice::<VersionOnly>(json) {
+            Ok(VersionOnly { v }) if v != PROTOCOL_VERSION => Err(FrameError::Version(v)),
+            _ => Err(FrameError::Malformed(e.to_string())),
+        },
+    }
+}
+
+/// A request, sent by a client on a new stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Request {
+    /// "Who are you?": answered with [`Response::Hello`].
+    Hello,
+}
+
+impl Request {
+    /// The request's kind, as written on the wire (for logs).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Request::Hello => "hello",
+        }
+    }
+}
+
+/// A reply, sent by the server on the request's stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Response {
+    /// The server's identity and version.
+    Hello {
+        /// The server's node id (the key it proved in the handshake).
+        node: NodeId,
+        /// The client's node id, as the server authenticated it.
+        you: NodeId,
+        /// The protocol version the server speaks.
+        protocol: u32,
+        /// The server's software and version.
+        software: String,
+    },
+    /// The request failed.
+    Error(ErrorReply),
+}
+
+/// A refused or failed request: a code a program can match, a message a person can read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Error)]
+#[error("{message} ({code:?})")]
+pub struct ErrorReply {
+    /// What went wrong, for programs.
+    pub code: ErrorCode,
+    /// What went wrong, for people.
+    pub message: String,
+}
+
+/// Error codes a server replies with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The frame could not be read (not JSON, unfinished, wrong version).
+    BadFrame,
+    /// The frame is over the size cap.
+    TooLarge,
+    /// The request's kind is not one this server knows.
+    UnknownRequest,
+    /// The request is well-formed but its content is refused.
+    BadRequest,
+    /// The client may not do this (e.g. it is not the contract's peer).
+    Unauthorized,
+    /// What the request names does not exist here.
+    NotFound,
+    /// Refused for a reason the message explains (no room, already taken, …).
+    Refused,
+    /// The server is at its limit; try later.
+    Busy,
+    /// The client took too long to send its request.
+    Timeout,
+    /// The server failed; it logged why.
+    Internal,
+}
+
+impl ErrorReply {
+    /// An error reply.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        ErrorReply {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<FrameError> for ErrorReply {
+    fn from(e: FrameError) -> Self {
+        let code = match &e {
+            FrameError::TooLarge(_) => ErrorCode::TooLarge,
+            FrameError::Malformed(m) if m.starts_with("unknown variant") => {
+                ErrorCode::UnknownRequest
+            }
+            FrameError::Malformed(_) | FrameError::Version(_) => ErrorCode::BadFrame,
+        };
+        ErrorReply::new(code, e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::Identity;
+    use proptest::prelude::*;
+
+    #[test]
+    fn a_frame_round_trips() {
+        let frame = encode(&Request::Hello).unwrap();
+        let len = frame_len(frame[..4].try_into().unwrap()).unwrap();
+        assert_eq!(len, frame.len() - 4);
+        assert_eq!(&frame[4..], br#"{"v":1,"kind":"hello"}"#);
+        assert_eq!(decode::<Request>(&frame[4..]), Ok(Request::Hello));
+    }
+
+    #[test]
+    fn errors_say_what_is_wrong() {
+        assert_eq!(
+            frame_len((MAX_FRAME as u32 + 1).to_be_bytes()),
+            Err(FrameError::TooLarge(MAX_FRAME as u64 + 1))
+        );
+        assert_eq!(
+            decode::<Request>(br#"{"v":2,"kind":"hello"}"#),
+            Err(FrameError::Version(2))
+        );
+        let unknown =
+            ErrorReply::from(decode::<Request>(br#"{"v":1,"kind":"steal"}"#).unwrap_err());
+        assert_eq!(unknown.code, ErrorCode::UnknownRequest);
+        let garbage = ErrorReply::from(decode::<Request>(b"\x00\xffnot json").unwrap_err());
+        assert_eq!(garbage.code, ErrorCode::BadFrame);
+    }
+
+    #[test]
+    fn responses_round_trip() {
+        let node = Identity::from_seed([1; 32]).node_id();
+        for r in [
+            Response::Hello {
+                node,
+                you: node,
+                protocol: 1,
+                software: "kaana 0.1.0".into(),
+            },
+            Response::Error(ErrorReply::new(ErrorCode::Busy, "later")),
+        ] {
+            let frame = encode(&r).unwrap();
+            assert_eq!(decode::<Response>(&frame[4..]), Ok(r));
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn decoders_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let _ = decode::<Request>(&bytes);
+            let _ = decode::<Response>(&bytes);
+        }
+
+        #[test]
+        fn accepted_requests_round_trip(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
+            if let Ok(req) = decode::<Request>(&bytes) {
+                let frame = encode(&req).unwrap();
+                prop_assert_eq!(decode::<Request>(&frame[4..]), Ok(req));
+            }
+        }
+    }
+}

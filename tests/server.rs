@@ -1,0 +1,346 @@
+//! The node server over real QUIC on 127.0.0.1: authentication by node keys, bad input, load,
+//! and a graceful stop.
+
+use std::time::Duration;
+
+use kaana_proto::identity::{Identity, NodeId};
+use kaana_proto::net::transport::{Client, NetError, read_frame};
+use kaana_proto::net::wire::{ErrorCode, MAX_FRAME, Request, Response};
+
+use crate::common::{
+    ServerProc, TestNode, assert_exit, assert_state_consistent, assert_success, one_json, stderr,
+};
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+async fn hello(client: &Client, node: NodeId, addr: &str) -> Result<Response, NetError> {
+    let conn = client.connect(node, addr).await?;
+    let reply = conn.request(&Request::Hello).await;
+    conn.close();
+    reply
+}
+
+/// Sends raw bytes on a fresh stream, finishes it, and reads what comes back (if anything).
+async fn send_raw(
+    client: &Client,
+    node: NodeId,
+    addr: &str,
+    bytes: &[u8],
+) -> Result<Option<Response>, NetError> {
+    let conn = client.connect(node, addr).await?;
+    let mut ex = conn.open_stream().await?;
+    // A server that stops reading may refuse the rest: that is one of the allowed outcomes.
+    let _ = ex.send.write_all(bytes).await;
+    let _ = ex.send.finish();
+    read_frame::<Response>(&mut ex.recv, Duration::from_secs(10)).await
+}
+
+fn error_code(r: &Result<Option<Response>, NetError>) -> Option<ErrorCode> {
+    match r {
+        Ok(Some(Response::Error(e))) => Some(e.code),
+        _ => None,
+    }
+}
+
+#[test]
+fn serve_prints_its_node_and_answers_hello() {
+    let node = TestNode::init();
+    let server = ServerProc::start(&node, &[]);
+    assert_eq!(server.node, node.id());
+    assert!(
+        server.addr.starts_with("127.0.0.1:") && !server.addr.ends_with(":0"),
+        "{}",
+        server.addr
+    );
+    let me = Identity::generate().unwrap();
+    let my_id = me.node_id();
+    let reply = runtime().block_on(async {
+        let client = Client::new(me);
+        let r = hello(&client, server.node.parse().unwrap(), &server.addr).await;
+        client.close().await;
+        r
+    });
+    match reply.unwrap() {
+        Response::Hello {
+            node,
+            you,
+            protocol,
+            ..
+        } => {
+            assert_eq!(node.to_string(), server.node);
+            assert_eq!(
+                you, my_id,
+                "the server learns the client's id from the handshake"
+            );
+            assert_eq!(protocol, 1);
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[test]
+fn a_client_expecting_another_node_is_refused_naming_both() {
+    let node = TestNode::init();
+    let server = ServerProc::start(&node, &[]);
+    let impostor_for = Identity::generate().unwrap().node_id();
+    let err = runtime()
+        .block_on(async {
+            let client = Client::new(Identity::generate().unwrap());
+            let r = hello(&client, impostor_for, &server.addr).await;
+            client.close().await;
+            r
+        })
+        .unwrap_err();
+    assert!(matches!(err, NetError::WrongNode { .. }), "{err:?}");
+    let text = err.to_string();
+    assert!(
+        text.contains(&server.node) && text.contains(&impostor_for.to_string()),
+        "{text}"
+    );
+
+    // The same through the tool: `peer add` checks who answers.
+    let other = TestNode::init();
+    let out = other.run(
+        "kaana-offer",
+        &["peer", "add", &format!("{impostor_for}@{}", server.addr)],
+    );
+    assert_exit(&out, 2);
+    assert!(
+        stderr(&out).contains(&server.node) && stderr(&out).contains(&impostor_for.to_string()),
+        "{}",
+        stderr(&out)
+    );
+    let out = other.run("kaana-offer", &["peer", "add", &server.peer()]);
+    assert_success(&out);
+    let v: serde_json::Value = one_json(&out);
+    assert_eq!(v["node"], server.node.as_str());
+}
+
+#[test]
+fn peer_add_of_an_unreachable_node_says_so_and_no_check_adds_it() {
+    let node = TestNode::init();
+    let absent = TestNode::init().id();
+    // A port nothing listens on: bind one and let it go.
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let peer = format!("{absent}@127.0.0.1:{port}");
+    let out = node
+        .cmd("kaana-offer")
+        .args(["peer", "add", &peer])
+        .env("KAANA_CONNECT_TIMEOUT", "1s")
+        .output()
+        .unwrap();
+    assert_exit(&out, 2);
+    assert!(
+        stderr(&out).contains("cannot reach") && stderr(&out).contains("--no-check"),
+        "{}",
+        stderr(&out)
+    );
+    assert_success(&node.run("kaana-offer", &["peer", "add", "--no-check", &peer]));
+}
+
+#[test]
+fn bad_input_gets_an_error_and_the_server_keeps_serving() {
+    let node = TestNode::init();
+    let server = ServerProc::start(&node, &["--read-timeout", "2s"]);
+    let id: NodeId = server.node.parse().unwrap();
+    let addr = server.addr.clone();
+    runtime().block_on(async move {
+        let client = Client::new(Identity::generate().unwrap());
+
+        let unknown = br#"{"v":1,"kind":"delete_everything"}"#;
+        let mut frame = (unknown.len() as u32).to_be_bytes().to_vec();
+        frame.extend_from_slice(unknown);
+        assert_eq!(
+            error_code(&send_raw(&client, id, &addr, &frame).await),
+            Some(ErrorCode::UnknownRequest)
+        );
+
+        let not_json = b"\x00\x00\x00\x08garbage!";
+        assert_eq!(
+            error_code(&send_raw(&client, id, &addr, not_json).await),
+            Some(ErrorCode::BadFrame)
+        );
+
+        let wrong_version = br#"{"v":9,"kind":"hello"}"#;
+        let mut frame = (wrong_version.len() as u32).to_be_bytes().to_vec();
+        frame.extend_from_slice(wrong_version);
+        assert_eq!(
+            error_code(&send_raw(&client, id, &addr, &frame).await),
+            Some(ErrorCode::BadFrame)
+        );
+
+        // Over the cap: the length alone is refused, the body is never read.
+        let mut huge = ((MAX_FRAME + 1) as u32).to_be_bytes().to_vec();
+        huge.extend(std::iter::repeat_n(b'x', 64 * 1024));
+        assert_eq!(
+            error_code(&send_raw(&client, id, &addr, &huge).await),
+            Some(ErrorCode::TooLarge)
+        );
+
+        // A stream that stops half-way through a frame.
+        let half = b"\x00\x00\x00\x40{\"v\":1,";
+        assert_eq!(
+            error_code(&send_raw(&client, id, &addr, half).await),
+            Some(ErrorCode::BadFrame)
+        );
+
+        // A frame that never finishes: the stream is held open; the read time-out answers it.
+        let conn = client.connect(id, &addr).await.unwrap();
+        let mut ex = conn.open_stream().await.unwrap();
+        ex.send
+            .write_all(b"\x00\x00\x00\x40{\"v\":1")
+            .await
+            .unwrap();
+        let held = read_frame::<Response>(&mut ex.recv, Duration::from_secs(10)).await;
+        assert_eq!(error_code(&held), Some(ErrorCode::Timeout), "{held:?}");
+
+        // Garbage right after the handshake, then an honest request on the same connection.
+        let mut ex = conn.open_stream().await.unwrap();
+        ex.send.write_all(&[0xff; 100]).await.unwrap();
+        let _ = ex.send.finish();
+        let garbage = read_frame::<Response>(&mut ex.recv, Duration::from_secs(10)).await;
+        assert_eq!(
+            error_code(&garbage),
+            Some(ErrorCode::TooLarge),
+            "{garbage:?}"
+        );
+        assert!(matches!(
+            conn.request(&Request::Hello).await,
+            Ok(Response::Hello { .. })
+        ));
+
+        // And a new client is served as ever.
+        let fresh = Client::new(Identity::generate().unwrap());
+        assert!(matches!(
+            hello(&fresh, id, &addr).await,
+            Ok(Response::Hello { .. })
+        ));
+        client.close().await;
+        fresh.close().await;
+    });
+}
+
+#[test]
+fn two_hundred_connections_from_twenty_nodes_are_all_answered() {
+    let node = TestNode::init();
+    let server = ServerProc::start(&node, &[]);
+    let id: NodeId = server.node.parse().unwrap();
+    let addr = server.addr.clone();
+    let answered = runtime().block_on(async move {
+        let clients: Vec<std::sync::Arc<Client>> = (0..20)
+            .map(|_| std::sync::Arc::new(Client::new(Identity::generate().unwrap())))
+            .collect();
+        let mut tasks = tokio::task::JoinSet::new();
+        for client in &clients {
+            for _ in 0..10 {
+                let (client, addr) = (client.clone(), addr.clone());
+                tasks.spawn(async move {
+                    // All 200 connections are open before any hello is answered and closed.
+                    let conn = client.connect(id, &addr).await?;
+                    let reply = conn.request(&Request::Hello).await;
+                    Ok::<_, NetError>((conn, reply?))
+                });
+            }
+        }
+        let mut conns = Vec::new();
+        while let Some(r) = tasks.join_next().await {
+            let (conn, reply) = r.unwrap().unwrap();
+            assert!(matches!(reply, Response::Hello { node, .. } if node == id));
+            conns.push(conn);
+        }
+        let n = conns.len();
+        for c in conns {
+            c.close();
+        }
+        for c in clients {
+            c.close().await;
+        }
+        n
+    });
+    assert_eq!(answered, 200);
+}
+
+#[test]
+fn too_many_connections_from_one_node_are_refused_and_others_still_served() {
+    let node = TestNode::init();
+    let server = ServerProc::start(&node, &[]);
+    let id: NodeId = server.node.parse().unwrap();
+    let addr = server.addr.clone();
+    runtime().block_on(async move {
+        let greedy = Client::new(Identity::generate().unwrap());
+        let mut conns = Vec::new();
+        let mut refused = 0;
+        for _ in 0..40 {
+            let conn = greedy.connect(id, &addr).await.unwrap();
+            match conn.request(&Request::Hello).await {
+                Ok(_) => conns.push(conn),
+                Err(_) => refused += 1,
+            }
+        }
+        assert_eq!(conns.len(), 32, "the per-node cap");
+        assert_eq!(refused, 8);
+        let other = Client::new(Identity::generate().unwrap());
+        assert!(matches!(
+            hello(&other, id, &addr).await,
+            Ok(Response::Hello { .. })
+        ));
+        for c in conns {
+            c.close();
+        }
+        greedy.close().await;
+        other.close().await;
+    });
+}
+
+#[test]
+fn sigterm_during_a_request_finishes_it_and_exits_zero() {
+    let node = TestNode::init();
+    let mut server = ServerProc::start(&node, &[]);
+    let id: NodeId = server.node.parse().unwrap();
+    let addr = server.addr.clone();
+    let rt = runtime();
+    let client = Client::new(Identity::generate().unwrap());
+    let (conn, mut ex) = rt.block_on(async {
+        let conn = client.connect(id, &addr).await.unwrap();
+        let mut ex = conn.open_stream().await.unwrap();
+        // Half a request: the server is now in the middle of reading it.
+        ex.send
+            .write_all(b"\x00\x00\x00\x16{\"v\":1,")
+            .await
+            .unwrap();
+        (conn, ex)
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    server.signal("TERM");
+    std::thread::sleep(Duration::from_millis(200));
+    let reply = rt.block_on(async {
+        ex.send.write_all(b"\"kind\":\"hello\"}").await.unwrap();
+        ex.send.finish().unwrap();
+        read_frame::<Response>(&mut ex.recv, Duration::from_secs(10)).await
+    });
+    assert!(
+        matches!(reply, Ok(Some(Response::Hello { .. }))),
+        "the request in flight was answered: {reply:?}"
+    );
+    // No new work is taken once stopping.
+    let late = rt.block_on(async {
+        let fresh = Client::new(Identity::generate().unwrap());
+        let r = tokio::time::timeout(Duration::from_secs(5), hello(&fresh, id, &addr)).await;
+        matches!(r, Ok(Ok(_)))
+    });
+    assert!(!late, "a new connection was served after SIGTERM");
+    drop(conn);
+    assert_eq!(server.wait(20), Some(0));
+    assert!(assert_state_consistent(&node.home) >= 2);
+    rt.block_on(client.close());
+}
