@@ -40,11 +40,7 @@ fn init_then_id_print_the_same_node() {
     assert!(!init.recovered);
     assert_eq!(node.id(), init.node);
     // The same through $KAANA_HOME instead of --home.
-    let out = crate::common::tool("kaana-offer")
-        .arg("id")
-        .env("KAANA_HOME", &node.home)
-        .output()
-        .unwrap();
+    let out = crate::common::tool("kaana-offer").arg("id").env("KAANA_HOME", &node.home).output().unwrap();
     assert_success(&out);
     let v: serde_json::Value = one_json(&out);
     assert_eq!(v["node"], init.node.as_str());
@@ -56,40 +52,24 @@ fn every_file_is_private_and_the_secret_stays_in_the_key_file() {
     let out = node.run("kaana-offer", &["init", "--listen", "127.0.0.1:0"]);
     assert_success(&out);
     let phrase: PhraseLine = node.json("kaana-offer", &["recovery-phrase"]);
-    let secret = fs::read_to_string(node.home.join("identity.key"))
-        .unwrap()
-        .trim()
-        .to_owned();
+    let secret = fs::read_to_string(node.home.join("identity.key")).unwrap().trim().to_owned();
     assert_eq!(secret.len(), 64);
     let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), stderr(&out));
     assert!(!said.contains(&secret) && !said.contains(&phrase.recovery_phrase));
     for entry in fs::read_dir(&node.home).unwrap() {
         let entry = entry.unwrap();
         let mode = entry.metadata().unwrap().permissions().mode() & 0o777;
-        assert_eq!(
-            mode & 0o077,
-            0,
-            "{} has mode {mode:o}",
-            entry.path().display()
-        );
+        assert_eq!(mode & 0o077, 0, "{} has mode {mode:o}", entry.path().display());
         if entry.file_name() != "identity.key" {
             let text = fs::read_to_string(entry.path()).unwrap_or_default();
-            assert!(
-                !text.contains(&secret),
-                "{} holds the secret",
-                entry.path().display()
-            );
+            assert!(!text.contains(&secret), "{} holds the secret", entry.path().display());
         }
         if entry.path().extension().is_some_and(|e| e == "json") {
-            let v: serde_json::Value =
-                serde_json::from_str(&fs::read_to_string(entry.path()).unwrap()).unwrap();
+            let v: serde_json::Value = serde_json::from_str(&fs::read_to_string(entry.path()).unwrap()).unwrap();
             assert_eq!(v["schema"], 1, "{}", entry.path().display());
         }
     }
-    assert_eq!(
-        fs::metadata(&node.home).unwrap().permissions().mode() & 0o777,
-        0o700
-    );
+    assert_eq!(fs::metadata(&node.home).unwrap().permissions().mode() & 0o777, 0o700);
 }
 
 #[test]
@@ -109,12 +89,7 @@ fn recover_from_the_phrase_gives_the_same_node() {
         .unwrap();
     // Written as a person might: spaces instead of dashes, upper case.
     let typed = phrase.recovery_phrase.replace('-', " ").to_uppercase();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(typed.as_bytes())
-        .unwrap();
+    child.stdin.take().unwrap().write_all(typed.as_bytes()).unwrap();
     let out = child.wait_with_output().unwrap();
     assert_success(&out);
     let init: InitLine = one_json(&out);
@@ -153,20 +128,10 @@ fn a_second_init_never_replaces_the_identity() {
     let key_before = fs::read(node.home.join("identity.key")).unwrap();
     let out = node.run("kaana-offer", &["init", "--listen", "127.0.0.1:0"]);
     assert_exit(&out, 2);
-    assert!(
-        stderr(&out).contains("already holds node"),
-        "{}",
-        stderr(&out)
-    );
+    assert!(stderr(&out).contains("already holds node"), "{}", stderr(&out));
     assert!(out.stdout.is_empty());
-    assert_eq!(
-        fs::read(node.home.join("identity.json")).unwrap(),
-        id_before
-    );
-    assert_eq!(
-        fs::read(node.home.join("identity.key")).unwrap(),
-        key_before
-    );
+    assert_eq!(fs::read(node.home.join("identity.json")).unwrap(), id_before);
+    assert_eq!(fs::read(node.home.join("identity.key")).unwrap(), key_before);
 }
 
 #[test]
@@ -179,10 +144,7 @@ fn a_damaged_config_is_an_error_naming_the_file() {
     assert_exit(&out, 2);
     let err = stderr(&out);
     assert!(err.starts_with("kaana-offer: error:"), "{err}");
-    assert!(
-        err.contains(&config.display().to_string()) && err.contains("damaged"),
-        "{err}"
-    );
+    assert!(err.contains(&config.display().to_string()) && err.contains("damaged"), "{err}");
     // Never silently reset.
     assert_eq!(fs::read_to_string(&config).unwrap(), text[..text.len() / 2]);
 }
@@ -192,12 +154,7 @@ fn a_readable_key_stops_every_tool() {
     let node = TestNode::init();
     let key = node.home.join("identity.key");
     fs::set_permissions(&key, fs::Permissions::from_mode(0o644)).unwrap();
-    for tool_name in [
-        "kaana-offer",
-        "kaana-sync",
-        "kaana-challenge",
-        "kaana-prune",
-    ] {
+    for tool_name in ["kaana-offer", "kaana-sync", "kaana-challenge", "kaana-prune"] {
         let mut cmd = node.cmd(tool_name);
         match tool_name {
             "kaana-offer" => cmd.arg("id"),
@@ -207,10 +164,7 @@ fn a_readable_key_stops_every_tool() {
         let out = cmd.output().unwrap();
         assert_exit(&out, 2);
         let err = stderr(&out);
-        assert!(
-            err.contains(&format!("chmod 600 {}", key.display())),
-            "{tool_name}: {err}"
-        );
+        assert!(err.contains(&format!("chmod 600 {}", key.display())), "{tool_name}: {err}");
         assert!(out.stdout.is_empty(), "{tool_name} printed data");
     }
     fs::set_permissions(&key, fs::Permissions::from_mode(0o600)).unwrap();
@@ -228,13 +182,7 @@ fn twenty_concurrent_peer_adds_are_all_kept() {
         .collect();
     let children: Vec<_> = peers
         .iter()
-        .map(|p| {
-            node.cmd("kaana-offer")
-                .args(["peer", "add", "--no-check", p])
-                .stdout(Stdio::piped())
-                .spawn()
-                .unwrap()
-        })
+        .map(|p| node.cmd("kaana-offer").args(["peer", "add", "--no-check", p]).stdout(Stdio::piped()).spawn().unwrap())
         .collect();
     for child in children {
         assert_success(&child.wait_with_output().unwrap());
@@ -243,10 +191,7 @@ fn twenty_concurrent_peer_adds_are_all_kept() {
     assert_eq!(listed.len(), 20);
     for p in &peers {
         let (id, addr) = p.split_once('@').unwrap();
-        let entry = listed
-            .iter()
-            .find(|l| l.node == id)
-            .unwrap_or_else(|| panic!("{id} lost"));
+        let entry = listed.iter().find(|l| l.node == id).unwrap_or_else(|| panic!("{id} lost"));
         assert_eq!(entry.addrs, [addr]);
     }
 }
@@ -272,9 +217,5 @@ fn a_missing_node_says_how_to_make_one() {
     let node = TestNode::new();
     let out = node.run("kaana-offer", &["id"]);
     assert_exit(&out, 2);
-    assert!(
-        stderr(&out).contains("kaana-offer init"),
-        "{}",
-        stderr(&out)
-    );
+    assert!(stderr(&out).contains("kaana-offer init"), "{}", stderr(&out));
 }

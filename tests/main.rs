@@ -4,4 +4,5 @@
 
 mod common;
 mod identity;
+mod market;
 mod server;

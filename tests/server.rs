@@ -7,16 +7,10 @@ use kaana_proto::identity::{Identity, NodeId};
 use kaana_proto::net::transport::{Client, NetError, read_frame};
 use kaana_proto::net::wire::{ErrorCode, MAX_FRAME, Request, Response};
 
-use crate::common::{
-    ServerProc, TestNode, assert_exit, assert_state_consistent, assert_success, one_json, stderr,
-};
+use crate::common::{ServerProc, TestNode, assert_exit, assert_state_consistent, assert_success, one_json, stderr};
 
 fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
 }
 
 async fn hello(client: &Client, node: NodeId, addr: &str) -> Result<Response, NetError> {
@@ -27,12 +21,7 @@ async fn hello(client: &Client, node: NodeId, addr: &str) -> Result<Response, Ne
 }
 
 /// Sends raw bytes on a fresh stream, finishes it, and reads what comes back (if anything).
-async fn send_raw(
-    client: &Client,
-    node: NodeId,
-    addr: &str,
-    bytes: &[u8],
-) -> Result<Option<Response>, NetError> {
+async fn send_raw(client: &Client, node: NodeId, addr: &str, bytes: &[u8]) -> Result<Option<Response>, NetError> {
     let conn = client.connect(node, addr).await?;
     let mut ex = conn.open_stream().await?;
     // A server that stops reading may refuse the rest: that is one of the allowed outcomes.
@@ -53,11 +42,7 @@ fn serve_prints_its_node_and_answers_hello() {
     let node = TestNode::init();
     let server = ServerProc::start(&node, &[]);
     assert_eq!(server.node, node.id());
-    assert!(
-        server.addr.starts_with("127.0.0.1:") && !server.addr.ends_with(":0"),
-        "{}",
-        server.addr
-    );
+    assert!(server.addr.starts_with("127.0.0.1:") && !server.addr.ends_with(":0"), "{}", server.addr);
     let me = Identity::generate().unwrap();
     let my_id = me.node_id();
     let reply = runtime().block_on(async {
@@ -67,17 +52,9 @@ fn serve_prints_its_node_and_answers_hello() {
         r
     });
     match reply.unwrap() {
-        Response::Hello {
-            node,
-            you,
-            protocol,
-            ..
-        } => {
+        Response::Hello { node, you, protocol, .. } => {
             assert_eq!(node.to_string(), server.node);
-            assert_eq!(
-                you, my_id,
-                "the server learns the client's id from the handshake"
-            );
+            assert_eq!(you, my_id, "the server learns the client's id from the handshake");
             assert_eq!(protocol, 1);
         }
         other => panic!("unexpected {other:?}"),
@@ -99,17 +76,11 @@ fn a_client_expecting_another_node_is_refused_naming_both() {
         .unwrap_err();
     assert!(matches!(err, NetError::WrongNode { .. }), "{err:?}");
     let text = err.to_string();
-    assert!(
-        text.contains(&server.node) && text.contains(&impostor_for.to_string()),
-        "{text}"
-    );
+    assert!(text.contains(&server.node) && text.contains(&impostor_for.to_string()), "{text}");
 
     // The same through the tool: `peer add` checks who answers.
     let other = TestNode::init();
-    let out = other.run(
-        "kaana-offer",
-        &["peer", "add", &format!("{impostor_for}@{}", server.addr)],
-    );
+    let out = other.run("kaana-offer", &["peer", "add", &format!("{impostor_for}@{}", server.addr)]);
     assert_exit(&out, 2);
     assert!(
         stderr(&out).contains(&server.node) && stderr(&out).contains(&impostor_for.to_string()),
@@ -127,24 +98,11 @@ fn peer_add_of_an_unreachable_node_says_so_and_no_check_adds_it() {
     let node = TestNode::init();
     let absent = TestNode::init().id();
     // A port nothing listens on: bind one and let it go.
-    let port = std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let peer = format!("{absent}@127.0.0.1:{port}");
-    let out = node
-        .cmd("kaana-offer")
-        .args(["peer", "add", &peer])
-        .env("KAANA_CONNECT_TIMEOUT", "1s")
-        .output()
-        .unwrap();
+    let out = node.cmd("kaana-offer").args(["peer", "add", &peer]).env("KAANA_CONNECT_TIMEOUT", "1s").output().unwrap();
     assert_exit(&out, 2);
-    assert!(
-        stderr(&out).contains("cannot reach") && stderr(&out).contains("--no-check"),
-        "{}",
-        stderr(&out)
-    );
+    assert!(stderr(&out).contains("cannot reach") && stderr(&out).contains("--no-check"), "{}", stderr(&out));
     assert_success(&node.run("kaana-offer", &["peer", "add", "--no-check", &peer]));
 }
 
@@ -160,47 +118,29 @@ fn bad_input_gets_an_error_and_the_server_keeps_serving() {
         let unknown = br#"{"v":1,"kind":"delete_everything"}"#;
         let mut frame = (unknown.len() as u32).to_be_bytes().to_vec();
         frame.extend_from_slice(unknown);
-        assert_eq!(
-            error_code(&send_raw(&client, id, &addr, &frame).await),
-            Some(ErrorCode::UnknownRequest)
-        );
+        assert_eq!(error_code(&send_raw(&client, id, &addr, &frame).await), Some(ErrorCode::UnknownRequest));
 
         let not_json = b"\x00\x00\x00\x08garbage!";
-        assert_eq!(
-            error_code(&send_raw(&client, id, &addr, not_json).await),
-            Some(ErrorCode::BadFrame)
-        );
+        assert_eq!(error_code(&send_raw(&client, id, &addr, not_json).await), Some(ErrorCode::BadFrame));
 
         let wrong_version = br#"{"v":9,"kind":"hello"}"#;
         let mut frame = (wrong_version.len() as u32).to_be_bytes().to_vec();
         frame.extend_from_slice(wrong_version);
-        assert_eq!(
-            error_code(&send_raw(&client, id, &addr, &frame).await),
-            Some(ErrorCode::BadFrame)
-        );
+        assert_eq!(error_code(&send_raw(&client, id, &addr, &frame).await), Some(ErrorCode::BadFrame));
 
         // Over the cap: the length alone is refused, the body is never read.
         let mut huge = ((MAX_FRAME + 1) as u32).to_be_bytes().to_vec();
         huge.extend(std::iter::repeat_n(b'x', 64 * 1024));
-        assert_eq!(
-            error_code(&send_raw(&client, id, &addr, &huge).await),
-            Some(ErrorCode::TooLarge)
-        );
+        assert_eq!(error_code(&send_raw(&client, id, &addr, &huge).await), Some(ErrorCode::TooLarge));
 
         // A stream that stops half-way through a frame.
         let half = b"\x00\x00\x00\x40{\"v\":1,";
-        assert_eq!(
-            error_code(&send_raw(&client, id, &addr, half).await),
-            Some(ErrorCode::BadFrame)
-        );
+        assert_eq!(error_code(&send_raw(&client, id, &addr, half).await), Some(ErrorCode::BadFrame));
 
         // A frame that never finishes: the stream is held open; the read time-out answers it.
         let conn = client.connect(id, &addr).await.unwrap();
         let mut ex = conn.open_stream().await.unwrap();
-        ex.send
-            .write_all(b"\x00\x00\x00\x40{\"v\":1")
-            .await
-            .unwrap();
+        ex.send.write_all(b"\x00\x00\x00\x40{\"v\":1").await.unwrap();
         let held = read_frame::<Response>(&mut ex.recv, Duration::from_secs(10)).await;
         assert_eq!(error_code(&held), Some(ErrorCode::Timeout), "{held:?}");
 
@@ -209,22 +149,12 @@ fn bad_input_gets_an_error_and_the_server_keeps_serving() {
         ex.send.write_all(&[0xff; 100]).await.unwrap();
         let _ = ex.send.finish();
         let garbage = read_frame::<Response>(&mut ex.recv, Duration::from_secs(10)).await;
-        assert_eq!(
-            error_code(&garbage),
-            Some(ErrorCode::TooLarge),
-            "{garbage:?}"
-        );
-        assert!(matches!(
-            conn.request(&Request::Hello).await,
-            Ok(Response::Hello { .. })
-        ));
+        assert_eq!(error_code(&garbage), Some(ErrorCode::TooLarge), "{garbage:?}");
+        assert!(matches!(conn.request(&Request::Hello).await, Ok(Response::Hello { .. })));
 
         // And a new client is served as ever.
         let fresh = Client::new(Identity::generate().unwrap());
-        assert!(matches!(
-            hello(&fresh, id, &addr).await,
-            Ok(Response::Hello { .. })
-        ));
+        assert!(matches!(hello(&fresh, id, &addr).await, Ok(Response::Hello { .. })));
         client.close().await;
         fresh.close().await;
     });
@@ -237,9 +167,8 @@ fn two_hundred_connections_from_twenty_nodes_are_all_answered() {
     let id: NodeId = server.node.parse().unwrap();
     let addr = server.addr.clone();
     let answered = runtime().block_on(async move {
-        let clients: Vec<std::sync::Arc<Client>> = (0..20)
-            .map(|_| std::sync::Arc::new(Client::new(Identity::generate().unwrap())))
-            .collect();
+        let clients: Vec<std::sync::Arc<Client>> =
+            (0..20).map(|_| std::sync::Arc::new(Client::new(Identity::generate().unwrap()))).collect();
         let mut tasks = tokio::task::JoinSet::new();
         for client in &clients {
             for _ in 0..10 {
@@ -290,10 +219,7 @@ fn too_many_connections_from_one_node_are_refused_and_others_still_served() {
         assert_eq!(conns.len(), 32, "the per-node cap");
         assert_eq!(refused, 8);
         let other = Client::new(Identity::generate().unwrap());
-        assert!(matches!(
-            hello(&other, id, &addr).await,
-            Ok(Response::Hello { .. })
-        ));
+        assert!(matches!(hello(&other, id, &addr).await, Ok(Response::Hello { .. })));
         for c in conns {
             c.close();
         }
@@ -314,10 +240,7 @@ fn sigterm_during_a_request_finishes_it_and_exits_zero() {
         let conn = client.connect(id, &addr).await.unwrap();
         let mut ex = conn.open_stream().await.unwrap();
         // Half a request: the server is now in the middle of reading it.
-        ex.send
-            .write_all(b"\x00\x00\x00\x16{\"v\":1,")
-            .await
-            .unwrap();
+        ex.send.write_all(b"\x00\x00\x00\x16{\"v\":1,").await.unwrap();
         (conn, ex)
     });
     std::thread::sleep(Duration::from_millis(200));
@@ -328,10 +251,7 @@ fn sigterm_during_a_request_finishes_it_and_exits_zero() {
         ex.send.finish().unwrap();
         read_frame::<Response>(&mut ex.recv, Duration::from_secs(10)).await
     });
-    assert!(
-        matches!(reply, Ok(Some(Response::Hello { .. }))),
-        "the request in flight was answered: {reply:?}"
-    );
+    assert!(matches!(reply, Ok(Some(Response::Hello { .. }))), "the request in flight was answered: {reply:?}");
     // No new work is taken once stopping.
     let late = rt.block_on(async {
         let fresh = Client::new(Identity::generate().unwrap());

@@ -1,21 +1,16 @@
-//! `kaana-offer`: node set-up, identity, address book, offers and contracts.
+//! `kaana-offer`: node set-up, identity, address book, offers, boards and contracts.
 
-use std::io::Read as _;
+mod market;
+mod setup;
+
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
-use serde::Serialize;
 
-use kaana_proto::cli::{Exit, emit};
-use kaana_proto::config::{self, Config, PeerAddr};
-use kaana_proto::identity::{Identity, NodeId};
-use kaana_proto::net::transport::Client;
-use kaana_proto::net::wire::{Request, Response};
-use kaana_proto::node::Node;
+use kaana_proto::cli::Exit;
+use kaana_proto::config::{self, PeerAddr};
 use kaana_proto::size::parse_size;
-use kaana_proto::state::{Home, Schema, create_dir};
 use kaana_proto::time::parse_duration;
 
 /// Set up a Ka'ana like node and trade storage with peers.
@@ -46,6 +41,55 @@ pub enum Command {
     /// Manage the address book of peers.
     #[command(subcommand)]
     Peer(PeerCommand),
+    /// Say what this node has against what it wants: capacity used, and contracts of at least
+    /// its volume's size against its replicas. Exits 1 when contracts are missing.
+    Status,
+    /// Make a signed offer: "I will hold SIZE of yours if you hold as much of mine".
+    Create {
+        /// Bytes each side stores at the other, e.g. 1TiB.
+        #[arg(long, value_name = "SIZE", value_parser = parse_size_arg)]
+        size: u64,
+        /// How long a failing peer's data is kept before it may be deleted [default: config].
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration_arg)]
+        grace: Option<u64>,
+        /// How long the offer stays open.
+        #[arg(long, value_name = "DURATION", default_value = "7d", value_parser = parse_duration_arg)]
+        ttl: u64,
+        /// Where takers reach this node (HOST:PORT; repeat for several) [default: the advertised
+        /// or listening address].
+        #[arg(long = "addr", value_name = "HOST:PORT")]
+        addrs: Vec<String>,
+    },
+    /// Send offers to boards: OFFER_ID, or every open offer of this node. Each board forwards
+    /// new offers to the boards it knows.
+    Publish {
+        /// The offer (its id or at least 8 leading hex digits) [default: all open offers].
+        offer: Option<String>,
+        /// A board to publish to (repeat for several) [default: this node's own board, through
+        /// its running server].
+        #[arg(long = "board", value_name = "ID@HOST:PORT")]
+        boards: Vec<PeerAddr>,
+    },
+    /// List offers, one JSON line each: this node's own board and offers, or those of the given
+    /// boards (which are then remembered, so `accept` can take them).
+    List {
+        /// A board to ask (repeat for several).
+        #[arg(long = "board", value_name = "ID@HOST:PORT")]
+        boards: Vec<PeerAddr>,
+    },
+    /// Accept an offer seen on a board: both nodes then hold the same contract, signed by both.
+    Accept {
+        /// The offer's id (or at least 8 leading hex digits).
+        offer: String,
+    },
+    /// List contracts, one JSON line each.
+    Contracts,
+    /// End a contract: a signed notice goes to the peer; each side's data is kept for the grace
+    /// period, then pruned. Exits 1 if the peer could not be told yet (run it again).
+    Terminate {
+        /// The contract's id (or at least 8 leading hex digits).
+        contract: String,
+    },
 }
 
 /// Options of `init`.
@@ -54,13 +98,18 @@ pub struct InitArgs {
     /// Address the server (`kaana-sync serve`) binds.
     #[arg(long, value_name = "ADDR", default_value_t = SocketAddr::from(([0, 0, 0, 0], config::DEFAULT_PORT)))]
     pub listen: SocketAddr,
+    /// Address peers use to reach this node (HOST:PORT; repeat for several), when the listen
+    /// address is not one they can reach.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub advertise: Vec<String>,
     /// The encrypted volume to back up: a LUKS block device or image file.
     #[arg(long, value_name = "PATH")]
     pub volume: Option<PathBuf>,
     /// Where peers' data is kept [default: the state directory].
     #[arg(long, value_name = "DIR")]
     pub storage: Option<PathBuf>,
-    /// Total space this node gives to peers, e.g. 2TiB or 500GB.
+    /// Total space this node gives to peers, e.g. 2TiB or 500GB; at most the storage's free
+    /// space.
     #[arg(long, value_name = "SIZE", default_value = "0", value_parser = parse_size_arg)]
     pub capacity: u64,
     /// How many peers should hold this node's volume.
@@ -105,161 +154,22 @@ fn parse_duration_arg(s: &str) -> Result<u64, String> {
 pub fn run(args: Args) -> anyhow::Result<Exit> {
     let home = args.home.as_deref();
     match args.command {
-        Command::Init(init_args) => init(home, init_args),
-        Command::Id => {
-            let node = Node::open_at(home)?;
-            emit(&NodeLine {
-                node: node.id(),
-                home: node.home.root(),
-            })?;
-            Ok(Exit::Ok)
-        }
-        Command::RecoveryPhrase => {
-            let node = Node::open_at(home)?;
-            emit(&PhraseLine {
-                node: node.id(),
-                recovery_phrase: node.identity.recovery_phrase(),
-            })?;
-            Ok(Exit::Ok)
-        }
-        Command::Peer(PeerCommand::Add { peer, no_check }) => {
-            let node = Node::open_at(home)?;
-            if peer.node == node.id() {
-                bail!("{} is this node's own id; add another node's", peer.node);
-            }
-            if !no_check {
-                say_hello(&node, &peer).with_context(|| {
-                    format!(
-                        "checking that {peer} answers (add --no-check to add it without checking)"
-                    )
-                })?;
-            }
-            let changed = node.add_peer(&peer)?;
-            let addrs = node.address_book()?.addrs(&peer.node).to_vec();
-            emit(&PeerLine {
-                node: peer.node,
-                addrs,
-                changed: Some(changed),
-            })?;
-            Ok(Exit::Ok)
-        }
-        Command::Peer(PeerCommand::List) => {
-            let node = Node::open_at(home)?;
-            for (id, entry) in node.address_book()?.peers {
-                emit(&PeerLine {
-                    node: id,
-                    addrs: entry.addrs,
-                    changed: None,
-                })?;
-            }
-            Ok(Exit::Ok)
-        }
+        Command::Init(init_args) => setup::init(home, init_args),
+        Command::Id => setup::id(home),
+        Command::RecoveryPhrase => setup::recovery_phrase(home),
+        Command::Peer(PeerCommand::Add { peer, no_check }) => setup::peer_add(home, &peer, no_check),
+        Command::Peer(PeerCommand::List) => setup::peer_list(home),
+        Command::Status => market::status(home),
+        Command::Create { size, grace, ttl, addrs } => market::create(home, size, grace, ttl, addrs),
+        Command::Publish { offer, boards } => market::publish(home, offer.as_deref(), &boards),
+        Command::List { boards } => market::list(home, &boards),
+        Command::Accept { offer } => market::accept(home, &offer),
+        Command::Contracts => market::contracts(home),
+        Command::Terminate { contract } => market::terminate(home, &contract),
     }
 }
 
-/// Asks `peer` who it is over an authenticated connection.
-fn say_hello(node: &Node, peer: &PeerAddr) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(async {
-        let client = Client::new(node.identity.clone());
-        let result = async {
-            let conn = client.connect(peer.node, &peer.addr).await?;
-            let reply = conn.request(&Request::Hello).await?;
-            conn.close();
-            match reply {
-                Response::Hello { node: answered, .. } if answered == peer.node => Ok(()),
-                other => bail!("unexpected answer to hello: {other:?}"),
-            }
-        }
-        .await;
-        client.close().await;
-        result
-    })
-}
-
-#[derive(Serialize)]
-struct NodeLine<'a> {
-    node: NodeId,
-    home: &'a Path,
-}
-
-#[derive(Serialize)]
-struct PhraseLine {
-    node: NodeId,
-    recovery_phrase: String,
-}
-
-#[derive(Serialize)]
-struct PeerLine {
-    node: NodeId,
-    addrs: Vec<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    changed: Option<bool>,
-}
-
-#[derive(Serialize)]
-struct InitLine<'a> {
-    node: NodeId,
-    home: &'a Path,
-    listen: SocketAddr,
-    recovered: bool,
-}
-
-fn init(home: Option<&Path>, args: InitArgs) -> anyhow::Result<Exit> {
-    if !(0.0..=1.0).contains(&args.audit_rate) {
-        bail!(
-            "--audit-rate must be between 0 and 1, not {}",
-            args.audit_rate
-        );
-    }
-    if args.replicas == 0 {
-        bail!("--replicas must be at least 1");
-    }
-    let home = Home::at(Home::locate(home)?);
-    let identity = if args.recover {
-        let mut phrase = String::new();
-        std::io::stdin()
-            .read_to_string(&mut phrase)
-            .context("reading the recovery phrase from stdin")?;
-        Identity::from_recovery_phrase(&phrase).context("reading the recovery phrase from stdin")?
-    } else {
-        Identity::generate().context("getting randomness for a new key")?
-    };
-    let volume = match args.volume {
-        Some(v) => {
-            Some(std::fs::canonicalize(&v).with_context(|| format!("volume {}", v.display()))?)
-        }
-        None => None,
-    };
-    let storage = args.storage.unwrap_or_else(|| home.root().to_owned());
-    create_dir(&storage)?;
-    let storage = std::fs::canonicalize(&storage)
-        .with_context(|| format!("storage {}", storage.display()))?;
-    let config = Config {
-        schema: Schema,
-        listen: args.listen,
-        volume,
-        storage,
-        capacity: args.capacity,
-        replicas: args.replicas,
-        grace_secs: args.grace,
-        audit_rate: args.audit_rate,
-    };
-    let node = Node::init(home, identity, config)?;
-    emit(&InitLine {
-        node: node.id(),
-        home: node.home.root(),
-        listen: node.config.listen,
-        recovered: args.recover,
-    })?;
-    if !args.recover {
-        eprintln!(
-            "kaana-offer: node {} created. Run `kaana-offer recovery-phrase` and write the phrase down \
-             somewhere safe, off this machine: without it, a lost disk means a lost backup.",
-            node.id()
-        );
-    }
-    Ok(Exit::Ok)
+/// Runs `body` on a single-threaded async runtime.
+fn block_on<T>(body: impl std::future::Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
+    tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(body)
 }

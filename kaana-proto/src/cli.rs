@@ -39,9 +39,7 @@ pub fn main_with(tool: &str, run: impl FnOnce() -> anyhow::Result<Exit>) -> Exit
 }
 
 fn is_broken_pipe(e: &anyhow::Error) -> bool {
-    e.chain()
-        .filter_map(|c| c.downcast_ref::<io::Error>())
-        .any(|io| io.kind() == io::ErrorKind::BrokenPipe)
+    e.chain().filter_map(|c| c.downcast_ref::<io::Error>()).any(|io| io.kind() == io::ErrorKind::BrokenPipe)
 }
 
 /// Writes `value` to stdout as one line of JSON and flushes it, so that a pipe reader sees

@@ -42,6 +42,10 @@ pub struct Config {
     pub grace_secs: u64,
     /// Fraction (0 to 1) of challenges this node answers wrongly on purpose.
     pub audit_rate: f64,
+    /// Addresses (`HOST:PORT`) peers should use to reach this node, when the listen address is
+    /// not one they can reach (e.g. `0.0.0.0`).
+    #[serde(default)]
+    pub advertise: Vec<String>,
 }
 
 /// Why a peer address was refused.
@@ -75,18 +79,12 @@ pub struct PeerAddr {
 impl FromStr for PeerAddr {
     type Err = PeerAddrError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (id, addr) = s
-            .split_once('@')
-            .ok_or_else(|| PeerAddrError::Syntax(s.to_owned()))?;
-        let node = id.parse().map_err(|source| PeerAddrError::Id {
-            text: s.to_owned(),
-            source,
-        })?;
-        check_host_port(addr).map_err(|()| PeerAddrError::Address(s.to_owned()))?;
-        Ok(PeerAddr {
-            node,
-            addr: addr.to_owned(),
-        })
+        let (id, addr) = s.split_once('@').ok_or_else(|| PeerAddrError::Syntax(s.to_owned()))?;
+        let node = id.parse().map_err(|source| PeerAddrError::Id { text: s.to_owned(), source })?;
+        if !is_host_port(addr) {
+            return Err(PeerAddrError::Address(s.to_owned()));
+        }
+        Ok(PeerAddr { node, addr: addr.to_owned() })
     }
 }
 
@@ -96,17 +94,14 @@ impl fmt::Display for PeerAddr {
     }
 }
 
-fn check_host_port(addr: &str) -> Result<(), ()> {
+/// Whether `addr` is `HOST:PORT` (IPv6 hosts in brackets).
+pub fn is_host_port(addr: &str) -> bool {
     if addr.parse::<SocketAddr>().is_ok() {
-        return Ok(());
+        return true;
     }
-    let (host, port) = addr.rsplit_once(':').ok_or(())?;
-    port.parse::<u16>().map_err(|_| ())?;
+    let Some((host, port)) = addr.rsplit_once(':') else { return false };
     let name_ok = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '.';
-    if host.is_empty() || !host.chars().all(name_ok) {
-        return Err(());
-    }
-    Ok(())
+    port.parse::<u16>().is_ok() && !host.is_empty() && host.chars().all(name_ok)
 }
 
 /// `peers.json`: node id to the addresses it was last seen at, newest first.
@@ -158,44 +153,20 @@ mod tests {
             assert_eq!(p.node, id);
             assert_eq!(p.to_string(), format!("{id}@{addr}"));
         }
-        assert!(matches!(
-            format!("{id}").parse::<PeerAddr>(),
-            Err(PeerAddrError::Syntax(_))
-        ));
-        assert!(matches!(
-            "abc@1.2.3.4:5".parse::<PeerAddr>(),
-            Err(PeerAddrError::Id { .. })
-        ));
-        assert!(matches!(
-            format!("{id}@host").parse::<PeerAddr>(),
-            Err(PeerAddrError::Address(_))
-        ));
-        assert!(matches!(
-            format!("{id}@::1:80").parse::<PeerAddr>(),
-            Err(PeerAddrError::Address(_))
-        ));
+        assert!(matches!(format!("{id}").parse::<PeerAddr>(), Err(PeerAddrError::Syntax(_))));
+        assert!(matches!("abc@1.2.3.4:5".parse::<PeerAddr>(), Err(PeerAddrError::Id { .. })));
+        assert!(matches!(format!("{id}@host").parse::<PeerAddr>(), Err(PeerAddrError::Address(_))));
+        assert!(matches!(format!("{id}@::1:80").parse::<PeerAddr>(), Err(PeerAddrError::Address(_))));
     }
 
     #[test]
     fn address_book_keeps_newest_first() {
         let id = Identity::from_seed([5; 32]).node_id();
         let mut book = AddressBook::default();
-        assert!(book.add(&PeerAddr {
-            node: id,
-            addr: "a:1".into()
-        }));
-        assert!(book.add(&PeerAddr {
-            node: id,
-            addr: "b:2".into()
-        }));
-        assert!(!book.add(&PeerAddr {
-            node: id,
-            addr: "b:2".into()
-        }));
-        assert!(book.add(&PeerAddr {
-            node: id,
-            addr: "a:1".into()
-        }));
+        assert!(book.add(&PeerAddr { node: id, addr: "a:1".into() }));
+        assert!(book.add(&PeerAddr { node: id, addr: "b:2".into() }));
+        assert!(!book.add(&PeerAddr { node: id, addr: "b:2".into() }));
+        assert!(book.add(&PeerAddr { node: id, addr: "a:1".into() }));
         assert_eq!(book.addrs(&id), ["a:1", "b:2"]);
     }
 }

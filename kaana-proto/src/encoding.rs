@@ -56,20 +56,14 @@ pub const fn zbase32_len(n: usize) -> usize {
 pub fn zbase32_decode<const N: usize>(text: &str) -> Result<[u8; N], DecodeError> {
     let expected = zbase32_len(N);
     if text.len() != expected {
-        return Err(DecodeError::Length {
-            expected,
-            found: text.chars().count(),
-        });
+        return Err(DecodeError::Length { expected, found: text.chars().count() });
     }
     let mut out = [0u8; N];
     let mut acc: u32 = 0;
     let mut bits = 0;
     let mut i = 0;
     for c in text.chars() {
-        let v = ZBASE32
-            .iter()
-            .position(|&a| char::from(a) == c)
-            .ok_or(DecodeError::Character(c))? as u32;
+        let v = ZBASE32.iter().position(|&a| char::from(a) == c).ok_or(DecodeError::Character(c))? as u32;
         acc = ((acc << 5) | v) & 0xffff;
         bits += 5;
         if bits >= 8 {
@@ -100,10 +94,7 @@ pub fn hex_encode(bytes: &[u8]) -> String {
 /// Decodes exactly `N` bytes from lowercase hex.
 pub fn hex_decode<const N: usize>(text: &str) -> Result<[u8; N], DecodeError> {
     if text.len() != N * 2 {
-        return Err(DecodeError::Length {
-            expected: N * 2,
-            found: text.chars().count(),
-        });
+        return Err(DecodeError::Length { expected: N * 2, found: text.chars().count() });
     }
     let digit = |c: u8| match c {
         b'0'..=b'9' => Ok(c - b'0'),
@@ -133,15 +124,9 @@ mod tests {
     fn non_canonical_spellings_are_refused() {
         // 24 bits take 5 characters; the last one's low bit is padding: 'q' is 01110, 'x' 01111.
         assert_eq!(zbase32_decode::<3>("6n9hx"), Err(DecodeError::Padding));
-        assert_eq!(
-            zbase32_decode::<3>("6N9HQ"),
-            Err(DecodeError::Character('N'))
-        );
+        assert_eq!(zbase32_decode::<3>("6N9HQ"), Err(DecodeError::Character('N')));
         assert_eq!(hex_decode::<1>("AB"), Err(DecodeError::Character('A')));
-        assert!(matches!(
-            hex_decode::<1>("abc"),
-            Err(DecodeError::Length { .. })
-        ));
+        assert!(matches!(hex_decode::<1>("abc"), Err(DecodeError::Length { .. })));
     }
 
     proptest! {

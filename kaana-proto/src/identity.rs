@@ -67,8 +67,7 @@ impl NodeId {
         let sig = ed25519_dalek::Signature::from_bytes(&sig.0);
         // Strict: refuses small-order keys and non-canonical signatures, so one message has one
         // valid signature text per key.
-        key.verify_strict(msg, &sig)
-            .map_err(|_| IdentityError::BadSignature)
+        key.verify_strict(msg, &sig).map_err(|_| IdentityError::BadSignature)
     }
 
     /// A short form for people (first 8 characters), never for parsing.
@@ -143,9 +142,7 @@ impl fmt::Debug for Signature {
 impl FromStr for Signature {
     type Err = IdentityError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        encoding::hex_decode::<64>(s)
-            .map(Signature)
-            .map_err(IdentityError::SignatureText)
+        encoding::hex_decode::<64>(s).map(Signature).map_err(IdentityError::SignatureText)
     }
 }
 
@@ -170,9 +167,7 @@ pub struct Identity {
 
 impl fmt::Debug for Identity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Identity")
-            .field("node", &self.node_id())
-            .finish_non_exhaustive()
+        f.debug_struct("Identity").field("node", &self.node_id()).finish_non_exhaustive()
     }
 }
 
@@ -186,9 +181,7 @@ impl Identity {
 
     /// The identity whose secret seed is `seed`.
     pub fn from_seed(seed: [u8; 32]) -> Self {
-        Identity {
-            key: SigningKey::from_bytes(&seed),
-        }
+        Identity { key: SigningKey::from_bytes(&seed) }
     }
 
     /// The 32-byte secret seed. Only the key file, the recovery phrase and key derivations
@@ -227,24 +220,18 @@ impl Identity {
         bytes.extend_from_slice(&seed);
         bytes.extend_from_slice(&phrase_checksum(&seed));
         let text = encoding::zbase32_encode(&bytes);
-        let groups: Vec<&str> = text
-            .as_bytes()
-            .chunks(PHRASE_GROUP)
-            .map(|c| std::str::from_utf8(c).unwrap_or_default())
-            .collect();
+        let groups: Vec<&str> =
+            text.as_bytes().chunks(PHRASE_GROUP).map(|c| std::str::from_utf8(c).unwrap_or_default()).collect();
         groups.join("-")
     }
 
     /// Rebuilds an identity from its recovery phrase. Spaces, dashes, line breaks and case
     /// are ignored; a typing mistake is caught by the checksum.
     pub fn from_recovery_phrase(phrase: &str) -> Result<Self, IdentityError> {
-        let compact: String = phrase
-            .chars()
-            .filter(|c| !c.is_whitespace() && *c != '-')
-            .flat_map(char::to_lowercase)
-            .collect();
-        let bytes = encoding::zbase32_decode::<{ 32 + PHRASE_CHECKSUM }>(&compact)
-            .map_err(IdentityError::PhraseText)?;
+        let compact: String =
+            phrase.chars().filter(|c| !c.is_whitespace() && *c != '-').flat_map(char::to_lowercase).collect();
+        let bytes =
+            encoding::zbase32_decode::<{ 32 + PHRASE_CHECKSUM }>(&compact).map_err(IdentityError::PhraseText)?;
         let mut seed = [0u8; 32];
         seed.copy_from_slice(&bytes[..32]);
         if bytes[32..] != phrase_checksum(&seed) {
@@ -290,10 +277,7 @@ mod tests {
         let mut chars: Vec<char> = phrase.chars().collect();
         chars[5] = if chars[5] == 'y' { 'b' } else { 'y' };
         let typo: String = chars.into_iter().collect();
-        assert_eq!(
-            Identity::from_recovery_phrase(&typo).map(|i| i.node_id()),
-            Err(IdentityError::PhraseChecksum)
-        );
+        assert_eq!(Identity::from_recovery_phrase(&typo).map(|i| i.node_id()), Err(IdentityError::PhraseChecksum));
     }
 
     #[test]

@@ -4,13 +4,18 @@
 //! from [`time::now_from_env`]), [`size`], [`config`]. I/O modules: [`state`] (the state
 //! directory), [`node`] (a node opened from it), [`cli`] (exit codes and output).
 
+pub mod board;
 pub mod cli;
 pub mod config;
 pub mod encoding;
 pub mod identity;
+pub mod market;
 pub mod net;
 pub mod node;
 pub mod record;
 pub mod size;
+pub mod standing;
 pub mod state;
+pub mod store;
 pub mod time;
+pub mod volume;

@@ -47,26 +47,16 @@ impl Node {
         let key_path = home.identity_key();
         check_key_private(&key_path)?;
         let id_file: IdentityFile = home.read(&id_path)?;
-        let key_text =
-            std::fs::read_to_string(&key_path).map_err(|e| StateError::io(&key_path, e))?;
-        let identity =
-            Identity::from_key_file(&key_text).map_err(|e| StateError::damaged(&key_path, e))?;
+        let key_text = std::fs::read_to_string(&key_path).map_err(|e| StateError::io(&key_path, e))?;
+        let identity = Identity::from_key_file(&key_text).map_err(|e| StateError::damaged(&key_path, e))?;
         if identity.node_id() != id_file.node {
             return Err(StateError::damaged(
                 &key_path,
-                format_args!(
-                    "its key is not node {} named in {}",
-                    id_file.node,
-                    id_path.display()
-                ),
+                format_args!("its key is not node {} named in {}", id_file.node, id_path.display()),
             ));
         }
         let config = home.read(&home.config())?;
-        Ok(Node {
-            home,
-            identity,
-            config,
-        })
+        Ok(Node { home, identity, config })
     }
 
     /// Creates a node in `home` with `identity` and `config`. Never replaces an existing
@@ -84,27 +74,14 @@ impl Node {
         if key_path.exists() {
             return Err(StateError::AlreadyInitialised {
                 path: home.root().to_owned(),
-                node: format!(
-                    "(an interrupted init left {}; remove it to start over)",
-                    key_path.display()
-                ),
+                node: format!("(an interrupted init left {}; remove it to start over)", key_path.display()),
             });
         }
         // The key and config first, identity.json last: it is what marks the node as made.
         write_atomic(&key_path, identity.to_key_file().as_bytes())?;
         home.write(&home.config(), &config)?;
-        home.write(
-            &id_path,
-            &IdentityFile {
-                schema: Schema,
-                node: identity.node_id(),
-            },
-        )?;
-        Ok(Node {
-            home,
-            identity,
-            config,
-        })
+        home.write(&id_path, &IdentityFile { schema: Schema, node: identity.node_id() })?;
+        Ok(Node { home, identity, config })
     }
 
     /// This node's id.
@@ -114,10 +91,7 @@ impl Node {
 
     /// Reads the address book (empty if there is none yet).
     pub fn address_book(&self) -> Result<AddressBook, StateError> {
-        Ok(self
-            .home
-            .read_optional(&self.home.peers())?
-            .unwrap_or_default())
+        Ok(self.home.read_optional(&self.home.peers())?.unwrap_or_default())
     }
 
     /// Adds `peer` to the address book under the state lock; returns whether it changed.

@@ -75,31 +75,20 @@ impl<T: Record> Signed<T> {
     /// Signs `body` with `identity`.
     pub fn sign(body: T, identity: &Identity) -> Result<Self, RecordError> {
         let sig = identity.sign(&digest(&body)?);
-        Ok(Signed {
-            body,
-            signer: identity.node_id(),
-            sig,
-        })
+        Ok(Signed { body, signer: identity.node_id(), sig })
     }
 
     /// Checks the signature against the body and the signer.
     pub fn verify(&self) -> Result<(), RecordError> {
         self.signer
             .verify(&digest(&self.body)?, &self.sig)
-            .map_err(|_| RecordError::Signature {
-                kind: T::KIND,
-                signer: self.signer,
-            })
+            .map_err(|_| RecordError::Signature { kind: T::KIND, signer: self.signer })
     }
 
     /// Checks the signature and that `expected` is the signer.
     pub fn verify_by(&self, expected: &NodeId) -> Result<(), RecordError> {
         if self.signer != *expected {
-            return Err(RecordError::WrongSigner {
-                kind: T::KIND,
-                expected: *expected,
-                found: self.signer,
-            });
+            return Err(RecordError::WrongSigner { kind: T::KIND, expected: *expected, found: self.signer });
         }
         self.verify()
     }
@@ -135,36 +124,16 @@ mod tests {
     }
 
     fn note() -> impl Strategy<Value = (Note, [u8; 32])> {
-        (
-            "[ -~]{0,40}",
-            any::<u64>(),
-            proptest::array::uniform32(any::<u8>()),
-            proptest::array::uniform32(any::<u8>()),
-        )
+        ("[ -~]{0,40}", any::<u64>(), proptest::array::uniform32(any::<u8>()), proptest::array::uniform32(any::<u8>()))
             .prop_map(|(text, size, peer_seed, seed)| {
-                (
-                    Note {
-                        text,
-                        size,
-                        peer: Identity::from_seed(peer_seed).node_id(),
-                    },
-                    seed,
-                )
+                (Note { text, size, peer: Identity::from_seed(peer_seed).node_id() }, seed)
             })
     }
 
     #[test]
     fn a_signature_is_bound_to_its_kind() {
         let ident = Identity::from_seed([1; 32]);
-        let signed = Signed::sign(
-            Note {
-                text: "a".into(),
-                size: 1,
-                peer: ident.node_id(),
-            },
-            &ident,
-        )
-        .unwrap();
+        let signed = Signed::sign(Note { text: "a".into(), size: 1, peer: ident.node_id() }, &ident).unwrap();
         let text = serde_json::to_string(&signed).unwrap();
         let other: Signed<OtherNote> = serde_json::from_str(&text).unwrap();
         assert!(other.verify().is_err());
@@ -174,15 +143,7 @@ mod tests {
     fn verify_by_names_both_signers() {
         let a = Identity::from_seed([1; 32]);
         let b = Identity::from_seed([2; 32]);
-        let signed = Signed::sign(
-            Note {
-                text: "a".into(),
-                size: 1,
-                peer: a.node_id(),
-            },
-            &a,
-        )
-        .unwrap();
+        let signed = Signed::sign(Note { text: "a".into(), size: 1, peer: a.node_id() }, &a).unwrap();
         let err = signed.verify_by(&b.node_id()).unwrap_err().to_string();
         assert!(err.contains(&a.node_id().to_string()) && err.contains(&b.node_id().to_string()));
     }

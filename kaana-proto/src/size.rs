@@ -20,9 +20,7 @@ pub enum SizeError {
 /// 1000) or binary (`KiB`, `MiB`, …, powers of 1024). Units are case-insensitive.
 pub fn parse_size(text: &str) -> Result<u64, SizeError> {
     let t = text.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
     let (number, unit) = t.split_at(split);
     if number.is_empty() || number.matches('.').count() > 1 {
         return Err(SizeError::Syntax(text.to_owned()));
@@ -43,26 +41,15 @@ pub fn parse_size(text: &str) -> Result<u64, SizeError> {
     };
     let (whole, frac) = number.split_once('.').unwrap_or((number, ""));
     let range = || SizeError::Range(text.to_owned());
-    let whole: u128 = if whole.is_empty() {
-        0
-    } else {
-        whole.parse().map_err(|_| range())?
-    };
+    let whole: u128 = if whole.is_empty() { 0 } else { whole.parse().map_err(|_| range())? };
     let frac_digits = u32::try_from(frac.len()).map_err(|_| range())?;
-    let frac_value: u128 = if frac.is_empty() {
-        0
-    } else {
-        frac.parse().map_err(|_| range())?
-    };
+    let frac_value: u128 = if frac.is_empty() { 0 } else { frac.parse().map_err(|_| range())? };
     let scale = 10u128.checked_pow(frac_digits).ok_or_else(range)?;
     let frac_bytes = frac_value.checked_mul(multiplier).ok_or_else(range)?;
     if frac_bytes % scale != 0 {
         return Err(range());
     }
-    let total = whole
-        .checked_mul(multiplier)
-        .and_then(|w| w.checked_add(frac_bytes / scale))
-        .ok_or_else(range)?;
+    let total = whole.checked_mul(multiplier).and_then(|w| w.checked_add(frac_bytes / scale)).ok_or_else(range)?;
     u64::try_from(total).map_err(|_| range())
 }
 
@@ -75,11 +62,7 @@ pub fn format_size(bytes: u64) -> String {
         value /= 1024.0;
         unit += 1;
     }
-    if unit == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
+    if unit == 0 { format!("{bytes} B") } else { format!("{value:.1} {}", UNITS[unit]) }
 }
 
 #[cfg(test)]

@@ -69,18 +69,12 @@ pub enum StateError {
 impl StateError {
     /// Wraps an I/O error with the path it concerns.
     pub fn io(path: &Path, source: io::Error) -> Self {
-        StateError::Io {
-            path: path.to_owned(),
-            source,
-        }
+        StateError::Io { path: path.to_owned(), source }
     }
 
     /// A file whose content is wrong.
     pub fn damaged(path: &Path, reason: impl ToString) -> Self {
-        StateError::Damaged {
-            path: path.to_owned(),
-            reason: reason.to_string(),
-        }
+        StateError::Damaged { path: path.to_owned(), reason: reason.to_string() }
     }
 }
 
@@ -126,20 +120,14 @@ impl Home {
         if let Some(p) = flag {
             return Ok(p.to_owned());
         }
-        let var = |name| {
-            std::env::var_os(name)
-                .filter(|v| !v.is_empty())
-                .map(PathBuf::from)
-        };
+        let var = |name| std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from);
         if let Some(p) = var(HOME_ENV) {
             return Ok(p);
         }
         if let Some(p) = var("XDG_STATE_HOME") {
             return Ok(p.join("kaana"));
         }
-        var("HOME")
-            .map(|h| h.join(".local/state/kaana"))
-            .ok_or(StateError::NoHome)
+        var("HOME").map(|h| h.join(".local/state/kaana")).ok_or(StateError::NoHome)
     }
 
     /// The state directory at `root` (nothing is checked or created).
@@ -177,6 +165,32 @@ impl Home {
         self.root.join("events.jsonl")
     }
 
+    /// `server.json`: where the running server is bound.
+    pub fn server_info(&self) -> PathBuf {
+        self.root.join("server.json")
+    }
+
+    /// `board.json`: the offers this node's board holds (written by the server).
+    pub fn board(&self) -> PathBuf {
+        self.root.join("board.json")
+    }
+
+    /// `offers/`: this node's own offers, one file each, and `offers/seen.json`.
+    pub fn offers_dir(&self) -> PathBuf {
+        self.root.join("offers")
+    }
+
+    /// `offers/seen.json`: offers seen on other boards (the cache `accept` looks in).
+    pub fn seen_offers(&self) -> PathBuf {
+        self.offers_dir().join("seen.json")
+    }
+
+    /// `contracts/`: `<id>.json` (the double-signed contract, never changed) and
+    /// `<id>.state.json` (this node's view of it).
+    pub fn contracts_dir(&self) -> PathBuf {
+        self.root.join("contracts")
+    }
+
     /// `.lock`: the file the advisory lock is taken on.
     pub fn lock_path(&self) -> PathBuf {
         self.root.join(".lock")
@@ -210,9 +224,7 @@ impl Home {
     /// Reads a JSON state file, or `None` when it does not exist.
     pub fn read_optional<T: DeserializeOwned>(&self, path: &Path) -> Result<Option<T>, StateError> {
         match fs::read(path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(|e| StateError::damaged(path, e)),
+            Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| StateError::damaged(path, e)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(StateError::io(path, e)),
         }
@@ -220,8 +232,7 @@ impl Home {
 
     /// Writes a JSON state file atomically (pretty-printed, so a person can read it).
     pub fn write<T: Serialize>(&self, path: &Path, value: &T) -> Result<(), StateError> {
-        let mut bytes =
-            serde_json::to_vec_pretty(value).map_err(|e| StateError::damaged(path, e))?;
+        let mut bytes = serde_json::to_vec_pretty(value).map_err(|e| StateError::damaged(path, e))?;
         bytes.push(b'\n');
         write_atomic(path, &bytes)
     }
@@ -238,19 +249,13 @@ impl Home {
             .mode(0o600)
             .open(&path)
             .map_err(|e| StateError::io(&path, e))?;
-        file.write_all(&line)
-            .and_then(|()| file.sync_data())
-            .map_err(|e| StateError::io(&path, e))
+        file.write_all(&line).and_then(|()| file.sync_data()).map_err(|e| StateError::io(&path, e))
     }
 }
 
 /// Creates a directory and its parents, each new one with mode 0700.
 pub fn create_dir(path: &Path) -> Result<(), StateError> {
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(path)
-        .map_err(|e| StateError::io(path, e))
+    fs::DirBuilder::new().recursive(true).mode(0o700).create(path).map_err(|e| StateError::io(path, e))
 }
 
 /// Replaces `path` with `bytes` atomically: a temp file beside it (mode 0600), fsync, rename,
@@ -258,13 +263,8 @@ pub fn create_dir(path: &Path) -> Result<(), StateError> {
 /// at most a stray temp file (named `.NAME.PID.N.tmp`).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .ok_or_else(|| StateError::damaged(path, "not a file path"))?;
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = path.file_name().ok_or_else(|| StateError::damaged(path, "not a file path"))?;
     let tmp = dir.join(format!(
         ".{}.{}.{}.tmp",
         name.to_string_lossy(),
@@ -272,11 +272,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
         COUNTER.fetch_add(1, Ordering::Relaxed)
     ));
     let result = (|| {
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)?;
+        let mut file = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
         file.write_all(bytes)?;
         file.sync_all()?;
         fs::rename(&tmp, path)?;
@@ -288,15 +284,18 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
     })
 }
 
+/// Bytes free for an unprivileged user on the file system holding `path`.
+pub fn free_space(path: &Path) -> Result<u64, StateError> {
+    let st = rustix::fs::statvfs(path).map_err(|e| StateError::io(path, e.into()))?;
+    Ok(st.f_bavail.saturating_mul(st.f_frsize))
+}
+
 /// Refuses a secret key file that anyone but its owner can read or write.
 pub fn check_key_private(path: &Path) -> Result<(), StateError> {
     let meta = fs::metadata(path).map_err(|e| StateError::io(path, e))?;
     let mode = meta.mode() & 0o7777;
     if mode & 0o077 != 0 {
-        return Err(StateError::KeyExposed {
-            path: path.to_owned(),
-            mode,
-        });
+        return Err(StateError::KeyExposed { path: path.to_owned(), mode });
     }
     Ok(())
 }
@@ -318,31 +317,12 @@ mod tests {
         let home = Home::at(dir.path().join("node"));
         home.create().unwrap();
         let path = home.root().join("x.json");
-        home.write(
-            &path,
-            &File1 {
-                schema: Schema,
-                n: 3,
-            },
-        )
-        .unwrap();
-        assert_eq!(
-            home.read::<File1>(&path).unwrap(),
-            File1 {
-                schema: Schema,
-                n: 3
-            }
-        );
+        home.write(&path, &File1 { schema: Schema, n: 3 }).unwrap();
+        assert_eq!(home.read::<File1>(&path).unwrap(), File1 { schema: Schema, n: 3 });
         let text = fs::read_to_string(&path).unwrap();
         assert!(text.contains("\"schema\": 1"));
-        assert_eq!(
-            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
-            0o600
-        );
-        assert_eq!(
-            fs::metadata(home.root()).unwrap().permissions().mode() & 0o777,
-            0o700
-        );
+        assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(fs::metadata(home.root()).unwrap().permissions().mode() & 0o777, 0o700);
         // No temp file is left behind.
         assert_eq!(fs::read_dir(home.root()).unwrap().count(), 1);
     }
@@ -354,18 +334,11 @@ mod tests {
         let path = dir.path().join("x.json");
         fs::write(&path, "{\"schema\": 1, \"n\": ").unwrap();
         let err = home.read::<File1>(&path).unwrap_err().to_string();
-        assert!(
-            err.contains(&path.display().to_string()) && err.contains("damaged"),
-            "{err}"
-        );
+        assert!(err.contains(&path.display().to_string()) && err.contains("damaged"), "{err}");
         fs::write(&path, "{\"schema\": 2, \"n\": 1}").unwrap();
         let err = home.read::<File1>(&path).unwrap_err().to_string();
         assert!(err.contains("schema 2"), "{err}");
-        assert!(
-            home.read_optional::<File1>(&dir.path().join("none.json"))
-                .unwrap()
-                .is_none()
-        );
+        assert!(home.read_optional::<File1>(&dir.path().join("none.json")).unwrap().is_none());
     }
 
     #[test]

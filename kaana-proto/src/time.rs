@@ -73,9 +73,7 @@ impl Timestamp {
     }
 
     fn from_system(t: SystemTime) -> Result<Self, TimeError> {
-        t.duration_since(UNIX_EPOCH)
-            .map(|d| Timestamp(d.as_secs()))
-            .map_err(|_| TimeError::Range)
+        t.duration_since(UNIX_EPOCH).map(|d| Timestamp(d.as_secs())).map_err(|_| TimeError::Range)
     }
 }
 
@@ -90,15 +88,11 @@ impl FromStr for Timestamp {
     type Err = TimeError;
     /// Strict: exactly the text `Display` writes.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let t =
-            humantime::parse_rfc3339(s).map_err(|_| TimeError::Rfc3339 { text: s.to_owned() })?;
+        let t = humantime::parse_rfc3339(s).map_err(|_| TimeError::Rfc3339 { text: s.to_owned() })?;
         let ts = Timestamp::from_system(t)?;
         let canonical = ts.to_string();
         if canonical != s {
-            return Err(TimeError::NotCanonical {
-                text: s.to_owned(),
-                canonical,
-            });
+            return Err(TimeError::NotCanonical { text: s.to_owned(), canonical });
         }
         Ok(ts)
     }
@@ -122,27 +116,21 @@ pub fn parse_time_loose(text: &str) -> Result<Timestamp, TimeError> {
     let t = text.trim();
     let t = humantime::parse_rfc3339_weak(t)
         .or_else(|_| humantime::parse_rfc3339_weak(&format!("{t}:00")))
-        .map_err(|_| TimeError::Rfc3339 {
-            text: text.to_owned(),
-        })?;
+        .map_err(|_| TimeError::Rfc3339 { text: text.to_owned() })?;
     Timestamp::from_system(t)
 }
 
 /// Now: `KAANA_NOW` when set, else the system clock.
 pub fn now_from_env() -> Result<Timestamp, TimeError> {
     match std::env::var(NOW_ENV) {
-        Ok(text) if !text.is_empty() => {
-            parse_time_loose(&text).map_err(|_| TimeError::Env { text })
-        }
+        Ok(text) if !text.is_empty() => parse_time_loose(&text).map_err(|_| TimeError::Env { text }),
         _ => Timestamp::from_system(SystemTime::now()),
     }
 }
 
 /// Reads a duration such as `7d`, `36h`, `1h 30m` or `90s`, in whole seconds.
 pub fn parse_duration(text: &str) -> Result<u64, TimeError> {
-    let d = humantime::parse_duration(text.trim()).map_err(|_| TimeError::Duration {
-        text: text.to_owned(),
-    })?;
+    let d = humantime::parse_duration(text.trim()).map_err(|_| TimeError::Duration { text: text.to_owned() })?;
     Ok(d.as_secs())
 }
 
@@ -161,10 +149,7 @@ mod tests {
         let t: Timestamp = "2026-11-28T09:30:00Z".parse().unwrap();
         assert_eq!(t.unix(), 1_795_858_200);
         assert_eq!(parse_time_loose("2026-11-28 09:30"), Ok(t));
-        assert!(matches!(
-            "2026-11-28T09:30:00.5Z".parse::<Timestamp>(),
-            Err(TimeError::NotCanonical { .. })
-        ));
+        assert!(matches!("2026-11-28T09:30:00.5Z".parse::<Timestamp>(), Err(TimeError::NotCanonical { .. })));
         assert!("yesterday".parse::<Timestamp>().is_err());
     }
 

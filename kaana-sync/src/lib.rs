@@ -48,9 +48,7 @@ pub enum Command {
 }
 
 fn parse_duration_arg(s: &str) -> Result<Duration, String> {
-    parse_duration(s)
-        .map(Duration::from_secs)
-        .map_err(|e| e.to_string())
+    parse_duration(s).map(Duration::from_secs).map_err(|e| e.to_string())
 }
 
 #[derive(Serialize)]
@@ -63,10 +61,7 @@ struct ServeLine {
 pub fn run(args: Args) -> anyhow::Result<Exit> {
     let node = Node::open_at(args.home.as_deref())?;
     match args.command {
-        Command::Serve {
-            listen,
-            read_timeout,
-        } => {
+        Command::Serve { listen, read_timeout } => {
             let mut opts = ServerOptions::new(listen.unwrap_or(node.config.listen));
             opts.read_timeout = read_timeout;
             let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;

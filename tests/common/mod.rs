@@ -12,11 +12,7 @@ use serde::de::DeserializeOwned;
 /// binary's own path (`target/debug/deps/integration-…`).
 pub fn bin_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target dir")
-        .to_owned();
+    let dir = exe.parent().and_then(Path::parent).expect("target dir").to_owned();
     assert!(
         dir.join("kaana-offer").exists(),
         "the tools are not built in {}: run `cargo build --workspace` before the tests",
@@ -28,9 +24,7 @@ pub fn bin_dir() -> PathBuf {
 /// A command for one of the tools, with a clean environment for the variables they read.
 pub fn tool(name: &str) -> Command {
     let mut cmd = Command::new(bin_dir().join(name));
-    cmd.env_remove("KAANA_HOME")
-        .env_remove("KAANA_NOW")
-        .stdin(Stdio::null());
+    cmd.env_remove("KAANA_HOME").env_remove("KAANA_NOW").stdin(Stdio::null());
     cmd
 }
 
@@ -50,8 +44,13 @@ impl TestNode {
 
     /// A node made with `kaana-offer init` listening on 127.0.0.1 (port 0).
     pub fn init() -> Self {
+        TestNode::init_with(&[])
+    }
+
+    /// A node made with `kaana-offer init --listen 127.0.0.1:0` and `extra` arguments.
+    pub fn init_with(extra: &[&str]) -> Self {
         let node = TestNode::new();
-        let out = node.run("kaana-offer", &["init", "--listen", "127.0.0.1:0"]);
+        let out = node.cmd("kaana-offer").args(["init", "--listen", "127.0.0.1:0"]).args(extra).output().unwrap();
         assert_success(&out);
         node
     }
@@ -107,12 +106,7 @@ pub fn assert_exit(out: &Output, code: i32) {
 /// Decodes stdout as exactly one JSON line.
 pub fn one_json<T: DeserializeOwned>(out: &Output) -> T {
     let lines = json_lines::<T>(out);
-    assert_eq!(
-        lines.len(),
-        1,
-        "expected one JSON line, got: {}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    assert_eq!(lines.len(), 1, "expected one JSON line, got: {}", String::from_utf8_lossy(&out.stdout));
     lines.into_iter().next().expect("one line")
 }
 
@@ -151,9 +145,7 @@ impl ServerProc {
             .expect("start kaana-sync serve");
         let stdout = child.stdout.take().expect("stdout");
         let mut line = String::new();
-        std::io::BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("read serve line");
+        std::io::BufReader::new(stdout).read_line(&mut line).expect("read serve line");
         let v: serde_json::Value =
             serde_json::from_str(&line).unwrap_or_else(|e| panic!("serve printed {line:?}: {e}"));
         ServerProc {
@@ -170,11 +162,8 @@ impl ServerProc {
 
     /// Sends a signal (by name, e.g. "TERM") to the server.
     pub fn signal(&self, name: &str) {
-        let status = Command::new("kill")
-            .arg(format!("-{name}"))
-            .arg(self.child.id().to_string())
-            .status()
-            .expect("run kill");
+        let status =
+            Command::new("kill").arg(format!("-{name}")).arg(self.child.id().to_string()).status().expect("run kill");
         assert!(status.success());
     }
 
@@ -185,10 +174,7 @@ impl ServerProc {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
                 return status.code();
             }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "server did not exit within {secs}s"
-            );
+            assert!(std::time::Instant::now() < deadline, "server did not exit within {secs}s");
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
     }
@@ -209,28 +195,20 @@ pub fn assert_state_consistent(home: &Path) -> usize {
     while let Some(dir) = stack.pop() {
         for entry in std::fs::read_dir(&dir).expect("read state dir") {
             let path = entry.expect("entry").path();
-            let name = path
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            assert!(
-                !name.ends_with(".tmp"),
-                "leftover temp file {}",
-                path.display()
-            );
+            let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            assert!(!name.ends_with(".tmp"), "leftover temp file {}", path.display());
             if path.is_dir() {
                 stack.push(path);
             } else if name.ends_with(".json") {
                 let text = std::fs::read_to_string(&path).expect("read");
-                let v: serde_json::Value = serde_json::from_str(&text)
-                    .unwrap_or_else(|e| panic!("{} is damaged: {e}", path.display()));
+                let v: serde_json::Value =
+                    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{} is damaged: {e}", path.display()));
                 assert_eq!(v["schema"], 1, "{}", path.display());
                 checked += 1;
             } else if name.ends_with(".jsonl") {
                 for line in std::fs::read_to_string(&path).expect("read").lines() {
-                    serde_json::from_str::<serde_json::Value>(line).unwrap_or_else(|e| {
-                        panic!("{} has a damaged line ({e}): {line}", path.display())
-                    });
+                    serde_json::from_str::<serde_json::Value>(line)
+                        .unwrap_or_else(|e| panic!("{} has a damaged line ({e}): {line}", path.display()));
                 }
                 checked += 1;
             }

@@ -1,5 +1,6 @@
 //! Networking: the wire format (pure), TLS with node keys, QUIC transport, and the node server.
 
+mod market;
 pub mod server;
 pub mod tls;
 pub mod transport;

@@ -15,11 +15,16 @@ use std::time::Duration;
 use quinn::{Endpoint, RecvStream, SendStream, VarInt};
 use tokio::sync::{mpsc, watch};
 
+use super::market;
 use super::tls::node_of_spki;
-use super::transport::{self, CLOSE_BUSY, CLOSE_SHUTDOWN, NetError, read_frame, write_frame};
+use super::transport::{self, CLOSE_BUSY, CLOSE_SHUTDOWN, Client, NetError, read_frame, write_frame};
 use super::wire::{ErrorCode, ErrorReply, PROTOCOL_VERSION, Request, Response};
+use crate::board::Board;
 use crate::identity::NodeId;
 use crate::node::Node;
+use crate::state::Schema;
+use crate::store::ServerInfo;
+use crate::time::now_from_env;
 
 /// How the server runs.
 #[derive(Debug, Clone)]
@@ -56,12 +61,18 @@ pub struct Server {
     ctx: Arc<Ctx>,
 }
 
+/// What every request handler shares.
 #[derive(Debug)]
-struct Ctx {
-    node: Node,
+pub(super) struct Ctx {
+    /// The node served.
+    pub(super) node: Node,
     opts: ServerOptions,
     /// Open connections per peer; the total is the sum.
     open: Mutex<HashMap<NodeId, usize>>,
+    /// The node's board, kept in memory and written to `board.json` when it changes.
+    pub(super) board: Mutex<Board>,
+    /// For forwarding offers to other boards.
+    pub(super) client: Client,
 }
 
 /// Holds one connection's place in the caps until dropped.
@@ -94,10 +105,7 @@ impl Ctx {
             return Err("too many connections from this node");
         }
         *n += 1;
-        Ok(Slot {
-            ctx: self.clone(),
-            peer,
-        })
+        Ok(Slot { ctx: self.clone(), peer })
     }
 }
 
@@ -109,24 +117,22 @@ fn log(msg: std::fmt::Arguments<'_>) {
 impl Server {
     /// Binds the node's endpoint. Must be called inside a tokio runtime.
     pub fn bind(node: Node, opts: ServerOptions) -> Result<Server, NetError> {
+        let now = now_from_env().map_err(|e| NetError::Setup(e.to_string()))?;
+        let board = market::load_board(&node, now).map_err(|e| NetError::Setup(e.to_string()))?;
         let config = transport::server_config(&node.identity)?;
         let endpoint = Endpoint::server(config, opts.listen)
             .map_err(|e| NetError::Setup(format!("cannot listen on {}: {e}", opts.listen)))?;
-        Ok(Server {
-            endpoint,
-            ctx: Arc::new(Ctx {
-                node,
-                opts,
-                open: Mutex::new(HashMap::new()),
-            }),
-        })
+        let listen = endpoint.local_addr().map_err(|e| NetError::Setup(e.to_string()))?;
+        let info = ServerInfo { schema: Schema, node: node.id(), listen, pid: std::process::id() };
+        node.home.write(&node.home.server_info(), &info).map_err(|e| NetError::Setup(e.to_string()))?;
+        let client = Client::new(node.identity.clone());
+        let ctx = Ctx { node, opts, open: Mutex::new(HashMap::new()), board: Mutex::new(board), client };
+        Ok(Server { endpoint, ctx: Arc::new(ctx) })
     }
 
     /// The address the server is bound to.
     pub fn local_addr(&self) -> Result<SocketAddr, NetError> {
-        self.endpoint
-            .local_addr()
-            .map_err(|e| NetError::Setup(e.to_string()))
+        self.endpoint.local_addr().map_err(|e| NetError::Setup(e.to_string()))
     }
 
     /// Serves until `shutdown` completes, then drains and closes.
@@ -147,33 +153,24 @@ impl Server {
                 },
             }
         }
-        log(format_args!(
-            "shutting down: no new work; finishing requests in flight"
-        ));
+        log(format_args!("shutting down: no new work; finishing requests in flight"));
         self.endpoint.set_server_config(None);
         let _ = stop_tx.send(true);
         drop(busy);
-        if tokio::time::timeout(self.ctx.opts.drain_timeout, idle.recv())
-            .await
-            .is_err()
-        {
+        if tokio::time::timeout(self.ctx.opts.drain_timeout, idle.recv()).await.is_err() {
             log(format_args!(
                 "requests still in flight after {}s; closing anyway",
                 self.ctx.opts.drain_timeout.as_secs()
             ));
         }
-        self.endpoint
-            .close(VarInt::from_u32(CLOSE_SHUTDOWN), b"server shutting down");
+        self.endpoint.close(VarInt::from_u32(CLOSE_SHUTDOWN), b"server shutting down");
         let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
         log(format_args!("stopped"));
     }
 }
 
 fn peer_of(conn: &quinn::Connection) -> Option<NodeId> {
-    let certs = conn
-        .peer_identity()?
-        .downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
-        .ok()?;
+    let certs = conn.peer_identity()?.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>().ok()?;
     node_of_spki(certs.first()?)
 }
 
@@ -200,10 +197,7 @@ async fn handle_connection(
     let _slot = match ctx.take_slot(peer) {
         Ok(slot) => slot,
         Err(why) => {
-            log(format_args!(
-                "{remote}: refused node {}: {why}",
-                peer.short()
-            ));
+            log(format_args!("{remote}: refused node {}: {why}", peer.short()));
             conn.close(VarInt::from_u32(CLOSE_BUSY), why.as_bytes());
             return;
         }
@@ -251,18 +245,27 @@ async fn handle_stream(
 }
 
 async fn dispatch(
-    ctx: &Ctx,
+    ctx: &Arc<Ctx>,
     peer: NodeId,
     req: Request,
     _recv: &mut RecvStream,
     _send: &mut SendStream,
 ) -> Response {
-    match req {
-        Request::Hello => Response::Hello {
+    let kind = req.kind();
+    let result = match req {
+        Request::Hello => Ok(Response::Hello {
             node: ctx.node.id(),
             you: peer,
             protocol: PROTOCOL_VERSION,
             software: concat!("kaana-like ", env!("CARGO_PKG_VERSION")).to_owned(),
-        },
-    }
+        }),
+        Request::Publish { offer } => market::publish(ctx, peer, offer).await,
+        Request::ListOffers { after } => market::list(ctx, after),
+        Request::Accept { proposal, addrs } => market::accept(ctx, peer, proposal, addrs).await,
+        Request::Notice { notice } => market::notice(ctx, peer, notice).await,
+    };
+    result.unwrap_or_else(|e| {
+        log(format_args!("node {}: {kind} refused: {}", peer.short(), e.message));
+        Response::Error(e)
+    })
 }

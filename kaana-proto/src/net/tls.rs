@@ -9,17 +9,11 @@ use std::fmt;
 use std::sync::{Arc, Mutex};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::{
-    CryptoProvider, WebPkiSupportedAlgorithms, verify_tls13_signature_with_raw_key,
-};
-use rustls::pki_types::{
-    CertificateDer, PrivatePkcs8KeyDer, ServerName, SubjectPublicKeyInfoDer, UnixTime,
-};
+use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms, verify_tls13_signature_with_raw_key};
+use rustls::pki_types::{CertificateDer, PrivatePkcs8KeyDer, ServerName, SubjectPublicKeyInfoDer, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::sign::CertifiedKey;
-use rustls::{
-    CertificateError, DigitallySignedStruct, DistinguishedName, OtherError, SignatureScheme,
-};
+use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, OtherError, SignatureScheme};
 
 use crate::identity::{Identity, NodeId};
 
@@ -28,13 +22,10 @@ pub const ALPN: &[u8] = b"kaana/1";
 
 /// DER of `SubjectPublicKeyInfo { algorithm: id-Ed25519 (1.3.101.112), BIT STRING (32 bytes) }`
 /// up to the key: the only key type this protocol speaks (RFC 8410).
-const ED25519_SPKI_PREFIX: [u8; 12] = [
-    0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
-];
+const ED25519_SPKI_PREFIX: [u8; 12] = [0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00];
 /// DER of a PKCS#8 v1 `OneAsymmetricKey` for Ed25519 up to the 32-byte seed (RFC 8410).
-const ED25519_PKCS8_PREFIX: [u8; 16] = [
-    0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20,
-];
+const ED25519_PKCS8_PREFIX: [u8; 16] =
+    [0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20];
 
 /// The SubjectPublicKeyInfo DER of a node's key.
 pub fn spki_of(node: &NodeId) -> Vec<u8> {
@@ -75,11 +66,7 @@ pub struct WrongNode {
 
 impl fmt::Display for WrongNode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "the server is node {}, not the expected node {}",
-            self.found, self.expected
-        )
+        write!(f, "the server is node {}, not the expected node {}", self.found, self.expected)
     }
 }
 
@@ -111,12 +98,7 @@ fn check_signature(
     algs: &WebPkiSupportedAlgorithms,
 ) -> Result<HandshakeSignatureValid, rustls::Error> {
     node_of_spki(cert).ok_or_else(bad_encoding)?;
-    verify_tls13_signature_with_raw_key(
-        message,
-        &SubjectPublicKeyInfoDer::from(cert.as_ref()),
-        dss,
-        algs,
-    )
+    verify_tls13_signature_with_raw_key(message, &SubjectPublicKeyInfoDer::from(cert.as_ref()), dss, algs)
 }
 
 /// Client side: the server must be `expected`.
@@ -136,20 +118,13 @@ impl ServerCertVerifier for ExpectNode {
         _ocsp_response: &[u8],
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let found = node_of_spki(end_entity)
-            .filter(|_| intermediates.is_empty())
-            .ok_or_else(bad_encoding)?;
+        let found = node_of_spki(end_entity).filter(|_| intermediates.is_empty()).ok_or_else(bad_encoding)?;
         if let Ok(mut seen) = self.seen.0.lock() {
             *seen = Some(found);
         }
         if found != self.expected {
-            let err = WrongNode {
-                expected: self.expected,
-                found,
-            };
-            return Err(rustls::Error::InvalidCertificate(CertificateError::Other(
-                OtherError(Arc::new(err)),
-            )));
+            let err = WrongNode { expected: self.expected, found };
+            return Err(rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(err)))));
         }
         Ok(ServerCertVerified::assertion())
     }
@@ -160,9 +135,7 @@ impl ServerCertVerifier for ExpectNode {
         _cert: &CertificateDer<'_>,
         _dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::PeerIncompatible(
-            rustls::PeerIncompatible::Tls12NotOffered,
-        ))
+        Err(rustls::Error::PeerIncompatible(rustls::PeerIncompatible::Tls12NotOffered))
     }
 
     fn verify_tls13_signature(
@@ -200,9 +173,7 @@ impl ClientCertVerifier for AnyNode {
         intermediates: &[CertificateDer<'_>],
         _now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        node_of_spki(end_entity)
-            .filter(|_| intermediates.is_empty())
-            .ok_or_else(bad_encoding)?;
+        node_of_spki(end_entity).filter(|_| intermediates.is_empty()).ok_or_else(bad_encoding)?;
         Ok(ClientCertVerified::assertion())
     }
 
@@ -212,9 +183,7 @@ impl ClientCertVerifier for AnyNode {
         _cert: &CertificateDer<'_>,
         _dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::PeerIncompatible(
-            rustls::PeerIncompatible::Tls12NotOffered,
-        ))
+        Err(rustls::Error::PeerIncompatible(rustls::PeerIncompatible::Tls12NotOffered))
     }
 
     fn verify_tls13_signature(
@@ -241,18 +210,14 @@ pub fn client_config(
     expected: NodeId,
 ) -> Result<(rustls::ClientConfig, Arc<SeenServer>), rustls::Error> {
     let seen = Arc::new(SeenServer::default());
-    let verifier = ExpectNode {
-        expected,
-        seen: seen.clone(),
-        algs: algorithms(),
-    };
+    let verifier = ExpectNode { expected, seen: seen.clone(), algs: algorithms() };
     let mut config = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(verifier))
-        .with_client_cert_resolver(Arc::new(
-            rustls::client::AlwaysResolvesClientRawPublicKeys::new(certified_key(identity)?),
-        ));
+        .with_client_cert_resolver(Arc::new(rustls::client::AlwaysResolvesClientRawPublicKeys::new(certified_key(
+            identity,
+        )?)));
     config.alpn_protocols = vec![ALPN.to_vec()];
     Ok((config, seen))
 }
@@ -262,9 +227,7 @@ pub fn server_config(identity: &Identity) -> Result<rustls::ServerConfig, rustls
     let mut config = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(Arc::new(AnyNode { algs: algorithms() }))
-        .with_cert_resolver(Arc::new(
-            rustls::server::AlwaysResolvesServerRawPublicKeys::new(certified_key(identity)?),
-        ));
+        .with_cert_resolver(Arc::new(rustls::server::AlwaysResolvesServerRawPublicKeys::new(certified_key(identity)?)));
     config.alpn_protocols = vec![ALPN.to_vec()];
     Ok(config)
 }

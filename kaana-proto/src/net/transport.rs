@@ -123,8 +123,7 @@ fn client_config(
     identity: &Identity,
     expected: NodeId,
 ) -> Result<(quinn::ClientConfig, Arc<tls::SeenServer>), NetError> {
-    let (tls, seen) =
-        tls::client_config(identity, expected).map_err(|e| NetError::Setup(e.to_string()))?;
+    let (tls, seen) = tls::client_config(identity, expected).map_err(|e| NetError::Setup(e.to_string()))?;
     let quic = QuicClientConfig::try_from(tls).map_err(|e| NetError::Setup(e.to_string()))?;
     let mut config = quinn::ClientConfig::new(Arc::new(quic));
     config.transport_config(Arc::new(transport_config()));
@@ -133,10 +132,7 @@ fn client_config(
 
 /// The connect time-out in force: `KAANA_CONNECT_TIMEOUT`, else [`CONNECT_TIMEOUT`].
 pub fn connect_timeout() -> Duration {
-    std::env::var(CONNECT_TIMEOUT_ENV)
-        .ok()
-        .and_then(|t| humantime::parse_duration(&t).ok())
-        .unwrap_or(CONNECT_TIMEOUT)
+    std::env::var(CONNECT_TIMEOUT_ENV).ok().and_then(|t| humantime::parse_duration(&t).ok()).unwrap_or(CONNECT_TIMEOUT)
 }
 
 /// A node's client side: connects to other nodes, presenting this node's key.
@@ -151,12 +147,7 @@ pub struct Client {
 impl Client {
     /// A client presenting `identity`. Must be used inside a tokio runtime.
     pub fn new(identity: Identity) -> Self {
-        Client {
-            identity,
-            v4: OnceLock::new(),
-            v6: OnceLock::new(),
-            connect_timeout: connect_timeout(),
-        }
+        Client { identity, v4: OnceLock::new(), v6: OnceLock::new(), connect_timeout: connect_timeout() }
     }
 
     fn endpoint(&self, target: &SocketAddr) -> Result<&Endpoint, NetError> {
@@ -174,41 +165,25 @@ impl Client {
 
     /// Connects to `node` at `addr` (`HOST:PORT`), refusing any other node.
     pub async fn connect(&self, node: NodeId, addr: &str) -> Result<Connection, NetError> {
-        let resolve = |reason: String| NetError::Resolve {
-            addr: addr.to_owned(),
-            reason,
-        };
+        let resolve = |reason: String| NetError::Resolve { addr: addr.to_owned(), reason };
         let target = tokio::net::lookup_host(addr)
             .await
             .map_err(|e| resolve(e.to_string()))?
             .next()
             .ok_or_else(|| resolve("no address".into()))?;
         let (config, seen) = client_config(&self.identity, node)?;
-        let unreachable = |reason: String| NetError::Unreachable {
-            node,
-            addr: addr.to_owned(),
-            reason,
-        };
-        let connecting = self
-            .endpoint(&target)?
-            .connect_with(config, target, "kaana")
-            .map_err(|e| unreachable(e.to_string()))?;
+        let unreachable = |reason: String| NetError::Unreachable { node, addr: addr.to_owned(), reason };
+        let connecting =
+            self.endpoint(&target)?.connect_with(config, target, "kaana").map_err(|e| unreachable(e.to_string()))?;
         let conn = match tokio::time::timeout(self.connect_timeout, connecting).await {
             Err(_) => {
-                return Err(unreachable(format!(
-                    "no answer within {}s",
-                    self.connect_timeout.as_secs()
-                )));
+                return Err(unreachable(format!("no answer within {}s", self.connect_timeout.as_secs())));
             }
             Ok(Err(e)) => {
                 return Err(match seen.get() {
-                    Some(found) if found != node => NetError::WrongNode {
-                        addr: addr.to_owned(),
-                        source: WrongNode {
-                            expected: node,
-                            found,
-                        },
-                    },
+                    Some(found) if found != node => {
+                        NetError::WrongNode { addr: addr.to_owned(), source: WrongNode { expected: node, found } }
+                    }
                     _ => unreachable(e.to_string()),
                 });
             }
@@ -218,11 +193,7 @@ impl Client {
     }
 
     /// Connects to `node` trying each of `addrs` in turn; the last error if none answers.
-    pub async fn connect_any(
-        &self,
-        node: NodeId,
-        addrs: &[String],
-    ) -> Result<Connection, NetError> {
+    pub async fn connect_any(&self, node: NodeId, addrs: &[String]) -> Result<Connection, NetError> {
         let mut last = NetError::NoAddress(node);
         for addr in addrs {
             match self.connect(node, addr).await {
@@ -260,31 +231,15 @@ impl Connection {
 
     /// Opens a stream and sends nothing yet (for callers that write frames themselves).
     pub async fn open_stream(&self) -> Result<Exchange, NetError> {
-        let (send, recv) = self
-            .conn
-            .open_bi()
-            .await
-            .map_err(|e| NetError::Lost(e.to_string()))?;
-        Ok(Exchange {
-            send,
-            recv,
-            request: "a raw stream",
-        })
+        let (send, recv) = self.conn.open_bi().await.map_err(|e| NetError::Lost(e.to_string()))?;
+        Ok(Exchange { send, recv, request: "a raw stream" })
     }
 
     /// Opens a stream and sends `req`; the caller sends any raw bytes that follow and reads
     /// the reply from the returned [`Exchange`].
     pub async fn open(&self, req: &Request) -> Result<Exchange, NetError> {
-        let (send, recv) = self
-            .conn
-            .open_bi()
-            .await
-            .map_err(|e| NetError::Lost(e.to_string()))?;
-        let mut ex = Exchange {
-            send,
-            recv,
-            request: req.kind(),
-        };
+        let (send, recv) = self.conn.open_bi().await.map_err(|e| NetError::Lost(e.to_string()))?;
+        let mut ex = Exchange { send, recv, request: req.kind() };
         write_frame(&mut ex.send, req).await?;
         Ok(ex)
     }
@@ -315,9 +270,7 @@ pub struct Exchange {
 impl Exchange {
     /// Says the request is complete.
     pub fn finish(&mut self) -> Result<(), NetError> {
-        self.send
-            .finish()
-            .map_err(|e| NetError::Lost(e.to_string()))
+        self.send.finish().map_err(|e| NetError::Lost(e.to_string()))
     }
 
     /// Reads the reply frame; an error reply becomes [`NetError::Remote`].
@@ -332,26 +285,18 @@ impl Exchange {
     /// The error for a reply of the wrong kind.
     pub fn unexpected(&self, reply: &Response) -> NetError {
         let text = serde_json::to_string(reply).unwrap_or_default();
-        NetError::Unexpected {
-            request: self.request,
-            reply: text.chars().take(200).collect(),
-        }
+        NetError::Unexpected { request: self.request, reply: text.chars().take(200).collect() }
     }
 }
 
 /// Writes one frame.
 pub async fn write_frame<T: Serialize>(send: &mut SendStream, msg: &T) -> Result<(), NetError> {
     let frame = wire::encode(msg)?;
-    send.write_all(&frame)
-        .await
-        .map_err(|e| NetError::Lost(e.to_string()))
+    send.write_all(&frame).await.map_err(|e| NetError::Lost(e.to_string()))
 }
 
 /// Reads one frame within `timeout`. `Ok(None)` if the stream ended cleanly before it began.
-pub async fn read_frame<T: DeserializeOwned>(
-    recv: &mut RecvStream,
-    timeout: Duration,
-) -> Result<Option<T>, NetError> {
+pub async fn read_frame<T: DeserializeOwned>(recv: &mut RecvStream, timeout: Duration) -> Result<Option<T>, NetError> {
     let mut prefix = [0u8; 4];
     let read = tokio::time::timeout(timeout, recv.read_exact(&mut prefix)).await;
     if let Ok(Err(quinn::ReadExactError::FinishedEarly(0))) = read {
@@ -372,12 +317,7 @@ pub async fn read_exact(
     what: &'static str,
 ) -> Result<(), NetError> {
     let len = buf.len();
-    read_outcome(
-        tokio::time::timeout(timeout, recv.read_exact(buf)).await,
-        timeout,
-        what,
-        len,
-    )
+    read_outcome(tokio::time::timeout(timeout, recv.read_exact(buf)).await, timeout, what, len)
 }
 
 fn read_outcome(
@@ -387,10 +327,7 @@ fn read_outcome(
     len: usize,
 ) -> Result<(), NetError> {
     match read {
-        Err(_) => Err(NetError::Timeout {
-            what,
-            secs: timeout.as_secs(),
-        }),
+        Err(_) => Err(NetError::Timeout { what, secs: timeout.as_secs() }),
         Ok(Ok(())) => Ok(()),
         Ok(Err(quinn::ReadExactError::FinishedEarly(n))) => {
             Err(NetError::Truncated(format!("{what}: {n} of {len} bytes")))

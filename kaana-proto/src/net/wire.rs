@@ -11,6 +11,8 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::identity::NodeId;
+use crate::market::{Contract, ContractBody, Notice, Offer, RecordId};
+use crate::record::Signed;
 
 /// The protocol version every frame carries.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -48,14 +50,8 @@ struct VersionOnly {
 /// Encodes `msg` as a frame: length prefix, then JSON.
 pub fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, FrameError> {
     let mut out = vec![0u8; 4];
-    serde_json::to_writer(
-        &mut out,
-        &Envelope {
-            v: PROTOCOL_VERSION,
-            msg,
-        },
-    )
-    .map_err(|e| FrameError::Malformed(e.to_string()))?;
+    serde_json::to_writer(&mut out, &Envelope { v: PROTOCOL_VERSION, msg })
+        .map_err(|e| FrameError::Malformed(e.to_string()))?;
     let len = out.len() - 4;
     if len > MAX_FRAME {
         return Err(FrameError::TooLarge(len as u64));
@@ -91,6 +87,29 @@ pub fn decode<T: DeserializeOwned>(json: &[u8]) -> Result<T, FrameError> {
 pub enum Request {
     /// "Who are you?": answered with [`Response::Hello`].
     Hello,
+    /// "Put this offer on your board": answered with [`Response::Published`].
+    Publish {
+        /// The signed offer.
+        offer: Signed<Offer>,
+    },
+    /// "Which offers does your board hold?": answered with [`Response::Offers`], a page at a
+    /// time, in id order.
+    ListOffers {
+        /// List offers with ids after this one (the last of the previous page).
+        after: Option<RecordId>,
+    },
+    /// "I accept your offer on these terms": answered with [`Response::Contract`].
+    Accept {
+        /// The contract body the taker proposes, signed by the taker.
+        proposal: Signed<ContractBody>,
+        /// Where the taker can be reached.
+        addrs: Vec<String>,
+    },
+    /// "I end our contract": answered with [`Response::Ack`].
+    Notice {
+        /// The signed notice.
+        notice: Signed<Notice>,
+    },
 }
 
 impl Request {
@@ -98,6 +117,10 @@ impl Request {
     pub fn kind(&self) -> &'static str {
         match self {
             Request::Hello => "hello",
+            Request::Publish { .. } => "publish",
+            Request::ListOffers { .. } => "list_offers",
+            Request::Accept { .. } => "accept",
+            Request::Notice { .. } => "notice",
         }
     }
 }
@@ -117,6 +140,25 @@ pub enum Response {
         /// The server's software and version.
         software: String,
     },
+    /// The offer is on the board (`new`: it was not there before).
+    Published {
+        /// Whether the board did not have it yet.
+        new: bool,
+    },
+    /// A page of a board's offers.
+    Offers {
+        /// The offers.
+        offers: Vec<Signed<Offer>>,
+        /// Whether more follow (ask again with `after` = the last id).
+        more: bool,
+    },
+    /// The offerer countersigned: the contract both now hold.
+    Contract {
+        /// The double-signed contract.
+        contract: Contract,
+    },
+    /// Done.
+    Ack,
     /// The request failed.
     Error(ErrorReply),
 }
@@ -160,10 +202,7 @@ pub enum ErrorCode {
 impl ErrorReply {
     /// An error reply.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        ErrorReply {
-            code,
-            message: message.into(),
-        }
+        ErrorReply { code, message: message.into() }
     }
 }
 
@@ -171,9 +210,7 @@ impl From<FrameError> for ErrorReply {
     fn from(e: FrameError) -> Self {
         let code = match &e {
             FrameError::TooLarge(_) => ErrorCode::TooLarge,
-            FrameError::Malformed(m) if m.starts_with("unknown variant") => {
-                ErrorCode::UnknownRequest
-            }
+            FrameError::Malformed(m) if m.starts_with("unknown variant") => ErrorCode::UnknownRequest,
             FrameError::Malformed(_) | FrameError::Version(_) => ErrorCode::BadFrame,
         };
         ErrorReply::new(code, e.to_string())
@@ -197,16 +234,9 @@ mod tests {
 
     #[test]
     fn errors_say_what_is_wrong() {
-        assert_eq!(
-            frame_len((MAX_FRAME as u32 + 1).to_be_bytes()),
-            Err(FrameError::TooLarge(MAX_FRAME as u64 + 1))
-        );
-        assert_eq!(
-            decode::<Request>(br#"{"v":2,"kind":"hello"}"#),
-            Err(FrameError::Version(2))
-        );
-        let unknown =
-            ErrorReply::from(decode::<Request>(br#"{"v":1,"kind":"steal"}"#).unwrap_err());
+        assert_eq!(frame_len((MAX_FRAME as u32 + 1).to_be_bytes()), Err(FrameError::TooLarge(MAX_FRAME as u64 + 1)));
+        assert_eq!(decode::<Request>(br#"{"v":2,"kind":"hello"}"#), Err(FrameError::Version(2)));
+        let unknown = ErrorReply::from(decode::<Request>(br#"{"v":1,"kind":"steal"}"#).unwrap_err());
         assert_eq!(unknown.code, ErrorCode::UnknownRequest);
         let garbage = ErrorReply::from(decode::<Request>(b"\x00\xffnot json").unwrap_err());
         assert_eq!(garbage.code, ErrorCode::BadFrame);
@@ -216,12 +246,7 @@ mod tests {
     fn responses_round_trip() {
         let node = Identity::from_seed([1; 32]).node_id();
         for r in [
-            Response::Hello {
-                node,
-                you: node,
-                protocol: 1,
-                software: "kaana 0.1.0".into(),
-            },
+            Response::Hello { node, you: node, protocol: 1, software: "kaana 0.1.0".into() },
             Response::Error(ErrorReply::new(ErrorCode::Busy, "later")),
         ] {
             let frame = encode(&r).unwrap();

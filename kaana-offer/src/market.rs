@@ -1,0 +1,491 @@
+//! The market: `status`, `create`, `publish`, `list`, `accept`, `contracts`, `terminate`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, anyhow, bail};
+use serde::Serialize;
+use serde_json::json;
+
+use kaana_proto::cli::{Exit, emit};
+use kaana_proto::config::{PeerAddr, is_host_port};
+use kaana_proto::identity::NodeId;
+use kaana_proto::market::{self, ContractBody, Notice, Offer, RecordId};
+use kaana_proto::net::transport::{Client, NetError};
+use kaana_proto::net::wire::{Request, Response};
+use kaana_proto::node::Node;
+use kaana_proto::record::Signed;
+use kaana_proto::size::format_size;
+use kaana_proto::state::Schema;
+use kaana_proto::store::{ContractState, ContractSummary, OfferList, OwnOffer, Role, Status, find_by_prefix};
+use kaana_proto::time::{Timestamp, now_from_env};
+use kaana_proto::volume;
+
+use crate::block_on;
+
+/// An offer as printed: the fields of the signed offer, its id, and whether it is ours.
+#[derive(Serialize)]
+struct OfferLine<'a> {
+    id: RecordId,
+    node: NodeId,
+    addrs: &'a [String],
+    size: u64,
+    grace_secs: u64,
+    expires_at: Timestamp,
+    nonce: &'a str,
+    own: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    taken_by: Option<RecordId>,
+}
+
+fn offer_line<'a>(id: RecordId, offer: &'a Offer, own: bool, taken_by: Option<RecordId>) -> OfferLine<'a> {
+    OfferLine {
+        id,
+        node: offer.node,
+        addrs: &offer.addrs,
+        size: offer.size,
+        grace_secs: offer.grace_secs,
+        expires_at: offer.expires_at,
+        nonce: &offer.nonce,
+        own,
+        taken_by,
+    }
+}
+
+#[derive(Serialize)]
+struct StatusLine {
+    node: NodeId,
+    capacity: u64,
+    committed: u64,
+    free: u64,
+    replicas: u32,
+    volume: Option<PathBuf>,
+    volume_size: Option<u64>,
+    contracts: usize,
+    full_contracts: usize,
+    missing: u32,
+    problems: Vec<String>,
+}
+
+pub(crate) fn status(home: Option<&Path>) -> anyhow::Result<Exit> {
+    let node = Node::open_at(home)?;
+    let contracts = node.contracts()?;
+    let live: Vec<_> = contracts.iter().filter(|e| matches!(e.state.status, Status::Active)).collect();
+    let committed = node.committed()?;
+    let volume_size = match &node.config.volume {
+        Some(v) => Some(volume::size(v)?),
+        None => None,
+    };
+    let full = live.iter().filter(|e| volume_size.is_none_or(|v| e.contract.body.size >= v)).count();
+    let missing = node.config.replicas.saturating_sub(u32::try_from(full).unwrap_or(u32::MAX));
+    let mut problems = Vec::new();
+    if node.config.volume.is_none() {
+        problems.push("no volume configured: nothing to back up (init --volume PATH)".to_owned());
+    }
+    if missing > 0 {
+        let wanted = volume_size.map(|v| format!(" of at least {}", format_size(v))).unwrap_or_default();
+        problems.push(format!(
+            "{missing} more contract(s){wanted} wanted for {} replicas: `kaana-offer list --board ...` then `accept`, or `create` and `publish` an offer",
+            node.config.replicas
+        ));
+    }
+    let line = StatusLine {
+        node: node.id(),
+        capacity: node.config.capacity,
+        committed,
+        free: node.config.capacity.saturating_sub(committed),
+        replicas: node.config.replicas,
+        volume: node.config.volume.clone(),
+        volume_size,
+        contracts: live.len(),
+        full_contracts: full,
+        missing,
+        problems,
+    };
+    emit(&line)?;
+    for p in &line.problems {
+        eprintln!("kaana-offer: {p}");
+    }
+    Ok(if line.problems.is_empty() { Exit::Ok } else { Exit::Attention })
+}
+
+pub(crate) fn create(
+    home: Option<&Path>,
+    size: u64,
+    grace: Option<u64>,
+    ttl: u64,
+    addrs: Vec<String>,
+) -> anyhow::Result<Exit> {
+    let node = Node::open_at(home)?;
+    let now = now_from_env()?;
+    if size == 0 {
+        bail!("--size must be more than 0");
+    }
+    let grace_secs = grace.unwrap_or(node.config.grace_secs);
+    if grace_secs == 0 || ttl == 0 {
+        bail!("--grace and --ttl must be more than 0");
+    }
+    let addrs = if addrs.is_empty() { node.contact_addrs()? } else { addrs };
+    if addrs.is_empty() {
+        bail!(
+            "no address peers can reach this node at: pass --addr HOST:PORT, start `kaana-sync serve` on a \
+             reachable address, or init with --advertise"
+        );
+    }
+    if let Some(bad) = addrs.iter().find(|a| !is_host_port(a)) {
+        bail!("--addr {bad:?} is not HOST:PORT");
+    }
+    let _lock = node.home.lock()?;
+    check_room(&node, size)?;
+    let body =
+        Offer { node: node.id(), addrs, size, grace_secs, expires_at: now.plus_secs(ttl), nonce: market::new_nonce()? };
+    let offer = Signed::sign(body, &node.identity)?;
+    let id = RecordId::of(&offer.body)?;
+    node.save_own_offer(&id, &OwnOffer { schema: Schema, offer: offer.clone(), taken_by: None })?;
+    node.log_event(now, "offer", json!({"offer": id, "size": size, "grace_secs": grace_secs}))?;
+    emit(&offer_line(id, &offer.body, true, None))?;
+    Ok(Exit::Ok)
+}
+
+/// Refuses a commitment of `size` more bytes that the capacity cannot hold.
+fn check_room(node: &Node, size: u64) -> anyhow::Result<()> {
+    let committed = node.committed()?;
+    if committed.saturating_add(size) > node.config.capacity {
+        bail!(
+            "{} is more than this node's free capacity: {} free ({} capacity, {} committed to contracts); \
+             a node never commits more than its capacity",
+            format_size(size),
+            format_size(node.config.capacity.saturating_sub(committed)),
+            format_size(node.config.capacity),
+            format_size(committed)
+        );
+    }
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct PublishLine {
+    offer: RecordId,
+    board: NodeId,
+    result: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    message: Option<String>,
+}
+
+pub(crate) fn publish(home: Option<&Path>, prefix: Option<&str>, boards: &[PeerAddr]) -> anyhow::Result<Exit> {
+    let node = Node::open_at(home)?;
+    let now = now_from_env()?;
+    let own = node.own_offers()?;
+    let offers: Vec<(RecordId, Signed<Offer>)> = match prefix {
+        Some(p) => {
+            let (id, o) = find_by_prefix(own, p, "offer of this node")?;
+            if let Some(c) = o.taken_by {
+                bail!("offer {id} is already taken (contract {c})");
+            }
+            market::check_offer(&o.offer, now)?;
+            vec![(id, o.offer)]
+        }
+        None => own
+            .into_iter()
+            .filter(|(_, o)| o.taken_by.is_none() && now < o.offer.body.expires_at)
+            .map(|(id, o)| (id, o.offer))
+            .collect(),
+    };
+    if offers.is_empty() {
+        bail!("no open offer to publish: make one with `kaana-offer create --size SIZE --grace DURATION`");
+    }
+    let boards: Vec<PeerAddr> = if boards.is_empty() {
+        vec![PeerAddr { node: node.id(), addr: node.own_server_addr()? }]
+    } else {
+        boards.to_vec()
+    };
+    let (mut ok, mut failed) = (0, 0);
+    block_on(async {
+        let client = Client::new(node.identity.clone());
+        for board in &boards {
+            let conn = match client.connect(board.node, &board.addr).await {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    let hint = if board.node == node.id() { " (is `kaana-sync serve` running?)" } else { "" };
+                    eprintln!("kaana-offer: board {board}: {e}{hint}");
+                    None
+                }
+            };
+            for (id, offer) in &offers {
+                let (result, message) = match &conn {
+                    None => ("unreachable", None),
+                    Some(conn) => match conn.request(&Request::Publish { offer: offer.clone() }).await {
+                        Ok(Response::Published { new: true }) => ("new", None),
+                        Ok(Response::Published { new: false }) => ("known", None),
+                        Ok(other) => ("refused", Some(format!("unexpected reply {other:?}"))),
+                        Err(NetError::Remote(e)) => ("refused", Some(e.message)),
+                        Err(e) => ("failed", Some(e.to_string())),
+                    },
+                };
+                if matches!(result, "new" | "known") {
+                    ok += 1
+                } else {
+                    failed += 1
+                }
+                emit(&PublishLine { offer: *id, board: board.node, result, message })?;
+            }
+            if let Some(c) = conn {
+                c.close();
+            }
+        }
+        client.close().await;
+        Ok(())
+    })?;
+    Ok(match (ok, failed) {
+        (_, 0) => Exit::Ok,
+        (0, _) => Exit::Error,
+        _ => Exit::Attention,
+    })
+}
+
+pub(crate) fn list(home: Option<&Path>, boards: &[PeerAddr]) -> anyhow::Result<Exit> {
+    let node = Node::open_at(home)?;
+    let now = now_from_env()?;
+    let me = node.id();
+    let own: BTreeMap<RecordId, OwnOffer> = node.own_offers()?.into_iter().collect();
+    let mut shown: BTreeMap<RecordId, Signed<Offer>> = BTreeMap::new();
+    let mut exit = Exit::Ok;
+    if boards.is_empty() {
+        for o in node.offer_list(&node.home.board())?.offers.into_iter().chain(own.values().map(|o| o.offer.clone())) {
+            if let Ok(id) = market::check_offer(&o, now) {
+                shown.insert(id, o);
+            }
+        }
+    } else {
+        let fetched = block_on(fetch_boards(&node, boards, now))?;
+        if fetched.failed > 0 {
+            exit =
+                if fetched.offers.is_empty() && fetched.failed == boards.len() { Exit::Error } else { Exit::Attention };
+        }
+        shown = fetched.offers;
+        remember_seen(&node, &shown, now)?;
+    }
+    for (id, offer) in &shown {
+        let taken_by = own.get(id).and_then(|o| o.taken_by);
+        emit(&offer_line(*id, &offer.body, offer.body.node == me, taken_by))?;
+    }
+    Ok(exit)
+}
+
+struct Fetched {
+    offers: BTreeMap<RecordId, Signed<Offer>>,
+    failed: usize,
+}
+
+async fn fetch_boards(node: &Node, boards: &[PeerAddr], now: Timestamp) -> anyhow::Result<Fetched> {
+    let client = Client::new(node.identity.clone());
+    let mut out = Fetched { offers: BTreeMap::new(), failed: 0 };
+    for board in boards {
+        match fetch_board(&client, board, now, &mut out.offers).await {
+            Ok(()) => {}
+            Err(e) => {
+                eprintln!("kaana-offer: board {board}: {e}");
+                out.failed += 1;
+            }
+        }
+    }
+    client.close().await;
+    Ok(out)
+}
+
+async fn fetch_board(
+    client: &Client,
+    board: &PeerAddr,
+    now: Timestamp,
+    into: &mut BTreeMap<RecordId, Signed<Offer>>,
+) -> Result<(), NetError> {
+    let conn = client.connect(board.node, &board.addr).await?;
+    let mut after = None;
+    loop {
+        match conn.request(&Request::ListOffers { after }).await? {
+            Response::Offers { offers, more } => {
+                after = offers.last().and_then(|o| RecordId::of(&o.body).ok());
+                for offer in offers {
+                    match market::check_offer(&offer, now) {
+                        Ok(id) => {
+                            into.insert(id, offer);
+                        }
+                        Err(e) => eprintln!("kaana-offer: board {} listed an invalid offer: {e}", board.node.short()),
+                    }
+                }
+                if !more || after.is_none() {
+                    break;
+                }
+            }
+            other => {
+                return Err(NetError::Unexpected { request: "list_offers", reply: format!("{other:?}") });
+            }
+        }
+    }
+    conn.close();
+    Ok(())
+}
+
+/// Keeps offers seen on boards, so that `accept` can find them.
+fn remember_seen(node: &Node, seen: &BTreeMap<RecordId, Signed<Offer>>, now: Timestamp) -> anyhow::Result<()> {
+    let _lock = node.home.lock()?;
+    let path = node.home.seen_offers();
+    let mut all: BTreeMap<RecordId, Signed<Offer>> = BTreeMap::new();
+    for o in node.offer_list(&path)?.offers.into_iter().chain(seen.values().cloned()) {
+        if let Ok(id) = market::check_offer(&o, now) {
+            all.insert(id, o);
+        }
+    }
+    kaana_proto::state::create_dir(&node.home.offers_dir())?;
+    node.home.write(&path, &OfferList { schema: Schema, offers: all.into_values().collect() })?;
+    Ok(())
+}
+
+pub(crate) fn accept(home: Option<&Path>, prefix: &str) -> anyhow::Result<Exit> {
+    let node = Node::open_at(home)?;
+    let now = now_from_env()?;
+    let me = node.id();
+    let own = node.own_offers()?;
+    let candidates = node
+        .offer_list(&node.home.seen_offers())?
+        .offers
+        .into_iter()
+        .chain(node.offer_list(&node.home.board())?.offers)
+        .chain(own.into_iter().map(|(_, o)| o.offer))
+        .filter_map(|o| RecordId::of(&o.body).ok().map(|id| (id, o)));
+    let mut unique: BTreeMap<RecordId, Signed<Offer>> = BTreeMap::new();
+    unique.extend(candidates);
+    let (offer_id, offer) = find_by_prefix(unique, prefix, "offer seen on a board")
+        .map_err(|e| anyhow!("{e} (list a board first: `kaana-offer list --board ID@HOST:PORT`)"))?;
+    if offer.body.node == me {
+        bail!("offer {offer_id} is this node's own: another node must accept it");
+    }
+    market::check_offer(&offer, now).with_context(|| format!("offer {offer_id}"))?;
+    let addrs = node.contact_addrs()?;
+    if addrs.is_empty() {
+        bail!(
+            "no address the offerer can reach this node at: start `kaana-sync serve` on a reachable address, \
+             or init with --advertise HOST:PORT"
+        );
+    }
+    // Held across the exchange, so that two accepts at once cannot both take the last free space.
+    let _lock = node.home.lock()?;
+    if let Some(existing) = node.contracts()?.into_iter().find(|e| e.contract.body.offer == offer_id) {
+        bail!("this node already holds contract {} from offer {offer_id}", existing.id);
+    }
+    check_room(&node, offer.body.size).with_context(|| format!("offer {offer_id}"))?;
+    let proposal = Signed::sign(ContractBody::for_offer(&offer, offer_id, me, now), &node.identity)?;
+    let contract = block_on(async {
+        let client = Client::new(node.identity.clone());
+        let result = async {
+            let conn = client.connect_any(offer.body.node, &offer.body.addrs).await?;
+            let reply = conn.request(&Request::Accept { proposal: proposal.clone(), addrs }).await;
+            conn.close();
+            match reply? {
+                Response::Contract { contract } => Ok(contract),
+                other => Err(NetError::Unexpected { request: "accept", reply: format!("{other:?}") }),
+            }
+        }
+        .await;
+        client.close().await;
+        result.with_context(|| format!("accepting offer {offer_id} from node {}", offer.body.node))
+    })?;
+    // The offerer may return the contract of an earlier, interrupted accept of ours: same offer,
+    // same sides, same terms, signed by both.
+    let b = &contract.body;
+    let expected = ContractBody::for_offer(&offer, offer_id, me, b.created_at);
+    if *b != expected {
+        bail!("the offerer returned a contract with other terms than offer {offer_id}; nothing stored");
+    }
+    contract.verify().context("the contract the offerer returned")?;
+    let id = node.save_new_contract(&contract, &ContractState::new(Role::Taker, offer.body.node))?;
+    let mut book = node.address_book()?;
+    let mut changed = false;
+    for addr in offer.body.addrs.iter().rev() {
+        changed |= book.add(&PeerAddr { node: offer.body.node, addr: addr.clone() });
+    }
+    if changed {
+        node.home.write(&node.home.peers(), &book)?;
+    }
+    node.log_event(now, "contract", json!({"contract": id, "peer": offer.body.node, "role": "taker", "size": b.size}))?;
+    emit(&node.contract(&id)?.summary())?;
+    Ok(Exit::Ok)
+}
+
+pub(crate) fn contracts(home: Option<&Path>) -> anyhow::Result<Exit> {
+    let node = Node::open_at(home)?;
+    for entry in node.contracts()? {
+        emit(&entry.summary())?;
+    }
+    Ok(Exit::Ok)
+}
+
+#[derive(Serialize)]
+struct TerminateLine {
+    #[serde(flatten)]
+    contract: ContractSummary,
+    delivered: bool,
+}
+
+pub(crate) fn terminate(home: Option<&Path>, prefix: &str) -> anyhow::Result<Exit> {
+    let node = Node::open_at(home)?;
+    let now = now_from_env()?;
+    let me = node.id();
+    let (id, notice) = {
+        let _lock = node.home.lock()?;
+        let mut entry = node.find_contract(prefix)?;
+        match &entry.state.status {
+            Status::Ended { at, .. } => bail!("contract {} already ended at {at}", entry.id),
+            Status::Terminated { notice, delivered, .. } => {
+                if notice.body.from != me || *delivered {
+                    emit(&TerminateLine { contract: entry.summary(), delivered: true })?;
+                    return Ok(Exit::Ok);
+                }
+                (entry.id, notice.clone())
+            }
+            Status::Active => {
+                let notice = Signed::sign(Notice { contract: entry.id, from: me, at: now }, &node.identity)?;
+                let delete_after = now.plus_secs(entry.contract.body.grace_secs);
+                entry.state.status = Status::Terminated { notice: notice.clone(), delete_after, delivered: false };
+                node.save_contract_state(&entry.id, &entry.state)?;
+                node.log_event(
+                    now,
+                    "notice",
+                    json!({"contract": entry.id, "peer": entry.state.peer, "from": "us", "delete_after": delete_after}),
+                )?;
+                (entry.id, notice)
+            }
+        }
+    };
+    let entry = node.contract(&id)?;
+    let addrs = node.address_book()?.addrs(&entry.state.peer).to_vec();
+    let sent = block_on(async {
+        let client = Client::new(node.identity.clone());
+        let result = async {
+            let conn = client.connect_any(entry.state.peer, &addrs).await?;
+            let r = conn.request(&Request::Notice { notice }).await;
+            conn.close();
+            r
+        }
+        .await;
+        client.close().await;
+        Ok(result)
+    })?;
+    let delivered = match sent {
+        Ok(_) => {
+            let _lock = node.home.lock()?;
+            let mut entry = node.contract(&id)?;
+            if let Status::Terminated { delivered, .. } = &mut entry.state.status {
+                *delivered = true;
+            }
+            node.save_contract_state(&id, &entry.state)?;
+            true
+        }
+        Err(e) => {
+            eprintln!("kaana-offer: the peer was not told yet ({e}); run `kaana-offer terminate {id}` again");
+            false
+        }
+    };
+    emit(&TerminateLine { contract: node.contract(&id)?.summary(), delivered })?;
+    Ok(if delivered { Exit::Ok } else { Exit::Attention })
+}

@@ -1,0 +1,165 @@
+//! Node set-up: `init`, `id`, `recovery-phrase`, `peer add`, `peer list`.
+
+use std::io::Read as _;
+use std::net::SocketAddr;
+use std::path::Path;
+
+use anyhow::{Context as _, bail};
+use serde::Serialize;
+
+use kaana_proto::cli::{Exit, emit};
+use kaana_proto::config::{Config, PeerAddr, is_host_port};
+use kaana_proto::identity::{Identity, NodeId};
+use kaana_proto::net::transport::Client;
+use kaana_proto::net::wire::{Request, Response};
+use kaana_proto::node::Node;
+use kaana_proto::size::format_size;
+use kaana_proto::state::{Home, Schema, create_dir, free_space};
+
+use crate::InitArgs;
+
+#[derive(Serialize)]
+struct NodeLine<'a> {
+    node: NodeId,
+    home: &'a Path,
+}
+
+#[derive(Serialize)]
+struct PhraseLine {
+    node: NodeId,
+    recovery_phrase: String,
+}
+
+#[derive(Serialize)]
+struct PeerLine {
+    node: NodeId,
+    addrs: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    changed: Option<bool>,
+}
+
+#[derive(Serialize)]
+struct InitLine<'a> {
+    node: NodeId,
+    home: &'a Path,
+    listen: SocketAddr,
+    capacity: u64,
+    recovered: bool,
+}
+
+pub(crate) fn init(home: Option<&Path>, args: InitArgs) -> anyhow::Result<Exit> {
+    if !(0.0..=1.0).contains(&args.audit_rate) {
+        bail!("--audit-rate must be between 0 and 1, not {}", args.audit_rate);
+    }
+    if args.replicas == 0 {
+        bail!("--replicas must be at least 1");
+    }
+    if let Some(bad) = args.advertise.iter().find(|a| !is_host_port(a)) {
+        bail!("--advertise {bad:?} is not HOST:PORT");
+    }
+    let home = Home::at(Home::locate(home)?);
+    let identity = if args.recover {
+        let mut phrase = String::new();
+        std::io::stdin().read_to_string(&mut phrase).context("reading the recovery phrase from stdin")?;
+        Identity::from_recovery_phrase(&phrase).context("reading the recovery phrase from stdin")?
+    } else {
+        Identity::generate().context("getting randomness for a new key")?
+    };
+    let volume = match args.volume {
+        Some(v) => Some(std::fs::canonicalize(&v).with_context(|| format!("volume {}", v.display()))?),
+        None => None,
+    };
+    let storage = args.storage.unwrap_or_else(|| home.root().to_owned());
+    create_dir(&storage)?;
+    let storage = std::fs::canonicalize(&storage).with_context(|| format!("storage {}", storage.display()))?;
+    let free = free_space(&storage)?;
+    if args.capacity > free {
+        bail!(
+            "--capacity {} is more than the {} free in {}: a node never promises space it does not have",
+            format_size(args.capacity),
+            format_size(free),
+            storage.display()
+        );
+    }
+    let config = Config {
+        schema: Schema,
+        listen: args.listen,
+        volume,
+        storage,
+        capacity: args.capacity,
+        replicas: args.replicas,
+        grace_secs: args.grace,
+        audit_rate: args.audit_rate,
+        advertise: args.advertise,
+    };
+    let node = Node::init(home, identity, config)?;
+    emit(&InitLine {
+        node: node.id(),
+        home: node.home.root(),
+        listen: node.config.listen,
+        capacity: node.config.capacity,
+        recovered: args.recover,
+    })?;
+    if !args.recover {
+        eprintln!(
+            "kaana-offer: node {} created. Run `kaana-offer recovery-phrase` and write the phrase down \
+             somewhere safe, off this machine: without it, a lost disk means a lost backup.",
+            node.id()
+        );
+    }
+    Ok(Exit::Ok)
+}
+
+pub(crate) fn id(home: Option<&Path>) -> anyhow::Result<Exit> {
+    let node = Node::open_at(home)?;
+    emit(&NodeLine { node: node.id(), home: node.home.root() })?;
+    Ok(Exit::Ok)
+}
+
+pub(crate) fn recovery_phrase(home: Option<&Path>) -> anyhow::Result<Exit> {
+    let node = Node::open_at(home)?;
+    emit(&PhraseLine { node: node.id(), recovery_phrase: node.identity.recovery_phrase() })?;
+    Ok(Exit::Ok)
+}
+
+pub(crate) fn peer_add(home: Option<&Path>, peer: &PeerAddr, no_check: bool) -> anyhow::Result<Exit> {
+    let node = Node::open_at(home)?;
+    if peer.node == node.id() {
+        bail!("{} is this node's own id; add another node's", peer.node);
+    }
+    if !no_check {
+        say_hello(&node, peer)
+            .with_context(|| format!("checking that {peer} answers (add --no-check to add it without checking)"))?;
+    }
+    let changed = node.add_peer(peer)?;
+    let addrs = node.address_book()?.addrs(&peer.node).to_vec();
+    emit(&PeerLine { node: peer.node, addrs, changed: Some(changed) })?;
+    Ok(Exit::Ok)
+}
+
+pub(crate) fn peer_list(home: Option<&Path>) -> anyhow::Result<Exit> {
+    let node = Node::open_at(home)?;
+    for (id, entry) in node.address_book()?.peers {
+        emit(&PeerLine { node: id, addrs: entry.addrs, changed: None })?;
+    }
+    Ok(Exit::Ok)
+}
+
+/// Asks `peer` who it is over an authenticated connection.
+fn say_hello(node: &Node, peer: &PeerAddr) -> anyhow::Result<()> {
+    crate::block_on(async {
+        let client = Client::new(node.identity.clone());
+        let result = async {
+            let conn = client.connect(peer.node, &peer.addr).await?;
+            let reply = conn.request(&Request::Hello).await?;
+            conn.close();
+            match reply {
+                Response::Hello { node: answered, .. } if answered == peer.node => Ok(()),
+                other => bail!("unexpected answer to hello: {other:?}"),
+            }
+        }
+        .await;
+        client.close().await;
+        result
+    })
+}

@@ -1,0 +1,402 @@
+//! The market's part of the state directory: own offers, the board, offers seen elsewhere,
+//! contracts and their local state, and where the server is listening.
+//!
+//! A contract is two files: `contracts/<id>.json` holds the double-signed contract and is the
+//! same, byte for byte, on both nodes; `contracts/<id>.state.json` holds this node's view of it
+//! (status, standings), which changes. Callers hold the state lock around read-modify-writes.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::identity::NodeId;
+use crate::market::{Contract, Notice, Offer, RecordId};
+use crate::node::Node;
+use crate::record::Signed;
+use crate::standing::Standing;
+use crate::state::{Schema, StateError, create_dir};
+use crate::time::Timestamp;
+
+/// `offers/<id>.json`: one of this node's own offers.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OwnOffer {
+    /// Always 1.
+    pub schema: Schema,
+    /// The signed offer.
+    pub offer: Signed<Offer>,
+    /// The contract it became, once taken: an offer makes at most one contract.
+    pub taken_by: Option<RecordId>,
+}
+
+/// `board.json` and `offers/seen.json`: a list of signed offers.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OfferList {
+    /// Always 1.
+    pub schema: Schema,
+    /// The offers.
+    pub offers: Vec<Signed<Offer>>,
+}
+
+/// `contracts/<id>.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContractFile {
+    /// Always 1.
+    pub schema: Schema,
+    /// The double-signed contract.
+    pub contract: Contract,
+}
+
+/// Which side of a contract this node is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// It made the offer.
+    Offerer,
+    /// It accepted the offer.
+    Taker,
+}
+
+/// Where a contract stands, here.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Status {
+    /// Both sides hold each other's data.
+    Active,
+    /// One side gave notice: the data is kept until `delete_after`, then pruned.
+    Terminated {
+        /// The signed notice.
+        notice: Signed<Notice>,
+        /// When the data may be deleted.
+        delete_after: Timestamp,
+        /// Whether the peer has acknowledged the notice (ours only; theirs is always true).
+        delivered: bool,
+    },
+    /// The peer's data here is gone; nothing more is owed.
+    Ended {
+        /// When.
+        at: Timestamp,
+        /// Why.
+        reason: String,
+    },
+}
+
+impl Status {
+    /// `active`, `terminated` or `ended`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Status::Active => "active",
+            Status::Terminated { .. } => "terminated",
+            Status::Ended { .. } => "ended",
+        }
+    }
+}
+
+/// `contracts/<id>.state.json`: this node's view of a contract.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContractState {
+    /// Always 1.
+    pub schema: Schema,
+    /// This node's side.
+    pub role: Role,
+    /// The other side.
+    pub peer: NodeId,
+    /// Active, terminated or ended.
+    pub status: Status,
+    /// How this node judges the peer.
+    pub their_standing: Standing,
+    /// How the peer judges this node, as last learned.
+    pub our_standing: Standing,
+    /// When `our_standing` was learned.
+    pub our_standing_at: Option<Timestamp>,
+}
+
+impl ContractState {
+    /// The state of a new contract.
+    pub fn new(role: Role, peer: NodeId) -> Self {
+        ContractState {
+            schema: Schema,
+            role,
+            peer,
+            status: Status::Active,
+            their_standing: Standing::Ok,
+            our_standing: Standing::Ok,
+            our_standing_at: None,
+        }
+    }
+}
+
+/// A contract and this node's view of it.
+#[derive(Debug, Clone)]
+pub struct ContractEntry {
+    /// Its id.
+    pub id: RecordId,
+    /// The double-signed contract.
+    pub contract: Contract,
+    /// This node's view.
+    pub state: ContractState,
+}
+
+/// A contract as the tools print it (one JSON line): the fields scripts rely on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContractSummary {
+    /// The contract's id.
+    pub id: RecordId,
+    /// The other side.
+    pub peer: NodeId,
+    /// This node's side: `offerer` or `taker`.
+    pub role: Role,
+    /// Bytes each side may store at the other.
+    pub size: u64,
+    /// The grace period, in seconds.
+    pub grace_secs: u64,
+    /// `active`, `terminated` or `ended`.
+    pub status: String,
+    /// When it was made.
+    pub created_at: Timestamp,
+    /// How this node judges the peer (`failing` carries `delete_after` of its data here).
+    pub their_standing: Standing,
+    /// How the peer judges this node, as last learned.
+    pub our_standing: Standing,
+    /// For a terminated contract: when its data may be deleted.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub delete_after: Option<Timestamp>,
+}
+
+impl ContractEntry {
+    /// The printed form.
+    pub fn summary(&self) -> ContractSummary {
+        let delete_after = match &self.state.status {
+            Status::Terminated { delete_after, .. } => Some(*delete_after),
+            _ => None,
+        };
+        ContractSummary {
+            id: self.id,
+            peer: self.state.peer,
+            role: self.state.role,
+            size: self.contract.body.size,
+            grace_secs: self.contract.body.grace_secs,
+            status: self.state.status.name().to_owned(),
+            created_at: self.contract.body.created_at,
+            their_standing: self.state.their_standing,
+            our_standing: self.state.our_standing,
+            delete_after,
+        }
+    }
+}
+
+/// `server.json`: where this node's server is bound, written when it starts.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerInfo {
+    /// Always 1.
+    pub schema: Schema,
+    /// The server's node.
+    pub node: NodeId,
+    /// The address it is bound to.
+    pub listen: SocketAddr,
+    /// Its process id.
+    pub pid: u32,
+}
+
+/// Why a record named by (a prefix of) its id was not found.
+#[derive(Debug, thiserror::Error)]
+pub enum LookupError {
+    /// Nothing matches.
+    #[error("no {kind} matches {prefix:?}")]
+    NotFound {
+        /// What was looked for.
+        kind: &'static str,
+        /// The id or prefix given.
+        prefix: String,
+    },
+    /// More than one matches.
+    #[error("{prefix:?} matches more than one {kind}: give more of the id")]
+    Ambiguous {
+        /// What was looked for.
+        kind: &'static str,
+        /// The id or prefix given.
+        prefix: String,
+    },
+    /// Too short to be a prefix.
+    #[error("{prefix:?} is too short: give at least 8 hex digits of the {kind} id")]
+    TooShort {
+        /// What was looked for.
+        kind: &'static str,
+        /// The id or prefix given.
+        prefix: String,
+    },
+    /// The state could not be read.
+    #[error(transparent)]
+    State(#[from] StateError),
+}
+
+/// Picks the one item whose id starts with `prefix`.
+pub fn find_by_prefix<T>(
+    items: impl IntoIterator<Item = (RecordId, T)>,
+    prefix: &str,
+    kind: &'static str,
+) -> Result<(RecordId, T), LookupError> {
+    if prefix.len() < 8 {
+        return Err(LookupError::TooShort { kind, prefix: prefix.to_owned() });
+    }
+    let mut found = items.into_iter().filter(|(id, _)| id.matches(prefix));
+    let first = found.next().ok_or_else(|| LookupError::NotFound { kind, prefix: prefix.to_owned() })?;
+    if found.any(|(id, _)| id != first.0) {
+        return Err(LookupError::Ambiguous { kind, prefix: prefix.to_owned() });
+    }
+    Ok(first)
+}
+
+impl Node {
+    fn contract_path(&self, id: &RecordId) -> PathBuf {
+        self.home.contracts_dir().join(format!("{id}.json"))
+    }
+
+    fn contract_state_path(&self, id: &RecordId) -> PathBuf {
+        self.home.contracts_dir().join(format!("{id}.state.json"))
+    }
+
+    /// Every contract, with this node's view of it, oldest first.
+    pub fn contracts(&self) -> Result<Vec<ContractEntry>, StateError> {
+        let dir = self.home.contracts_dir();
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(StateError::io(&dir, e)),
+        };
+        let mut out = Vec::new();
+        for entry in entries {
+            let path = entry.map_err(|e| StateError::io(&dir, e))?.path();
+            let Some(name) = path.file_name().and_then(|n| n.to_str()) else { continue };
+            let Some(stem) = name.strip_suffix(".json").filter(|s| !s.ends_with(".state")) else { continue };
+            let Ok(id) = stem.parse::<RecordId>() else { continue };
+            out.push(self.contract(&id)?);
+        }
+        out.sort_by_key(|e| (e.contract.body.created_at, e.id));
+        Ok(out)
+    }
+
+    /// One contract by its full id.
+    pub fn contract(&self, id: &RecordId) -> Result<ContractEntry, StateError> {
+        let path = self.contract_path(id);
+        let file: ContractFile = self.home.read(&path)?;
+        if file.contract.id().ok() != Some(*id) {
+            return Err(StateError::damaged(&path, "its content does not hash to its name"));
+        }
+        let state = self.home.read(&self.contract_state_path(id))?;
+        Ok(ContractEntry { id: *id, contract: file.contract, state })
+    }
+
+    /// One contract by its id or a prefix of it (at least 8 hex digits).
+    pub fn find_contract(&self, prefix: &str) -> Result<ContractEntry, LookupError> {
+        let all = self.contracts()?;
+        let (_, entry) = find_by_prefix(all.into_iter().map(|e| (e.id, e)), prefix, "contract")?;
+        Ok(entry)
+    }
+
+    /// Stores a new contract: the signed contract first, then its state (a contract file without
+    /// a state file is never listed as active by mistake: reading it fails loudly).
+    pub fn save_new_contract(&self, contract: &Contract, state: &ContractState) -> Result<RecordId, StateError> {
+        let dir = self.home.contracts_dir();
+        create_dir(&dir)?;
+        let id = contract.id().map_err(|e| StateError::damaged(&dir, e))?;
+        self.home.write(&self.contract_path(&id), &ContractFile { schema: Schema, contract: contract.clone() })?;
+        self.save_contract_state(&id, state)?;
+        Ok(id)
+    }
+
+    /// Replaces a contract's local state.
+    pub fn save_contract_state(&self, id: &RecordId, state: &ContractState) -> Result<(), StateError> {
+        self.home.write(&self.contract_state_path(id), state)
+    }
+
+    /// Bytes committed to contracts that are not ended (what peers may store here).
+    pub fn committed(&self) -> Result<u64, StateError> {
+        Ok(self
+            .contracts()?
+            .iter()
+            .filter(|e| !matches!(e.state.status, Status::Ended { .. }))
+            .map(|e| e.contract.body.size)
+            .sum())
+    }
+
+    /// This node's own offers, by id.
+    pub fn own_offers(&self) -> Result<Vec<(RecordId, OwnOffer)>, StateError> {
+        let dir = self.home.offers_dir();
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(StateError::io(&dir, e)),
+        };
+        let mut out = Vec::new();
+        for entry in entries {
+            let path = entry.map_err(|e| StateError::io(&dir, e))?.path();
+            let Some(stem) = path.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_suffix(".json")) else {
+                continue;
+            };
+            let Ok(id) = stem.parse::<RecordId>() else { continue };
+            out.push((id, self.home.read(&path)?));
+        }
+        out.sort_by_key(|(id, o): &(RecordId, OwnOffer)| (o.offer.body.expires_at, *id));
+        Ok(out)
+    }
+
+    /// Stores one of this node's offers.
+    pub fn save_own_offer(&self, id: &RecordId, offer: &OwnOffer) -> Result<(), StateError> {
+        let dir = self.home.offers_dir();
+        create_dir(&dir)?;
+        self.home.write(&dir.join(format!("{id}.json")), offer)
+    }
+
+    /// Reads an offer list file (empty if missing).
+    pub fn offer_list(&self, path: &std::path::Path) -> Result<OfferList, StateError> {
+        Ok(self.home.read_optional(path)?.unwrap_or_default())
+    }
+
+    /// Where this node's running server was last bound, if it ever ran.
+    pub fn server_info(&self) -> Result<Option<ServerInfo>, StateError> {
+        self.home.read_optional(&self.home.server_info())
+    }
+
+    /// The address to reach this node's own server from this machine.
+    pub fn own_server_addr(&self) -> Result<String, StateError> {
+        let bound = self.server_info()?.map(|s| s.listen).unwrap_or(self.config.listen);
+        let ip = match bound.ip() {
+            IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+            ip => ip,
+        };
+        Ok(SocketAddr::new(ip, bound.port()).to_string())
+    }
+
+    /// The addresses peers should use to reach this node: the configured `advertise` list, else
+    /// the server's bound address, else the listen address, when they are reachable ones.
+    pub fn contact_addrs(&self) -> Result<Vec<String>, StateError> {
+        if !self.config.advertise.is_empty() {
+            return Ok(self.config.advertise.clone());
+        }
+        let bound = self.server_info()?.map(|s| s.listen);
+        Ok([bound, Some(self.config.listen)]
+            .into_iter()
+            .flatten()
+            .find(|a| !a.ip().is_unspecified() && a.port() != 0)
+            .map(|a| vec![a.to_string()])
+            .unwrap_or_default())
+    }
+
+    /// Appends an event to `events.jsonl`: `{"at": NOW, "event": KIND, ...fields}`.
+    pub fn log_event(&self, now: Timestamp, kind: &str, fields: serde_json::Value) -> Result<(), StateError> {
+        let mut event = serde_json::Map::new();
+        event.insert("at".into(), serde_json::Value::String(now.to_string()));
+        event.insert("event".into(), serde_json::Value::String(kind.to_owned()));
+        if let serde_json::Value::Object(more) = fields {
+            event.extend(more);
+        }
+        self.home.append_event(&event)
+    }
+}

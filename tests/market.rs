@@ -1,0 +1,358 @@
+//! Offers, boards and contracts between three real nodes on 127.0.0.1.
+
+use std::fs;
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+
+use kaana_proto::identity::Identity;
+use kaana_proto::market::{Offer, RecordId};
+use kaana_proto::net::transport::{Client, NetError};
+use kaana_proto::net::wire::{ErrorCode, Request, Response};
+use kaana_proto::record::Signed;
+use kaana_proto::store::{ContractFile, OfferList};
+use kaana_proto::time::Timestamp;
+
+use crate::common::{ServerProc, TestNode, assert_exit, assert_success, json_lines, one_json, stderr};
+
+#[derive(Debug, Deserialize, PartialEq)]
+struct OfferLine {
+    id: String,
+    node: String,
+    addrs: Vec<String>,
+    size: u64,
+    grace_secs: u64,
+    expires_at: String,
+    own: bool,
+}
+
+#[derive(Debug, Deserialize, PartialEq)]
+struct ContractLine {
+    id: String,
+    peer: String,
+    role: String,
+    size: u64,
+    grace_secs: u64,
+    status: String,
+    their_standing: serde_json::Value,
+    our_standing: serde_json::Value,
+    delete_after: Option<String>,
+}
+
+/// A node with 1 GiB of capacity and its running server.
+fn node_with_server() -> (TestNode, ServerProc) {
+    let node = TestNode::init_with(&["--capacity", "1GiB"]);
+    let server = ServerProc::start(&node, &[]);
+    (node, server)
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+}
+
+fn create_offer(node: &TestNode, args: &[&str]) -> OfferLine {
+    let mut all = vec!["create"];
+    all.extend_from_slice(args);
+    node.json("kaana-offer", &all)
+}
+
+/// Lists a board until `pred` holds (offers are forwarded in the background), at most 10 s.
+fn list_until(node: &TestNode, board: &ServerProc, pred: impl Fn(&[OfferLine]) -> bool) -> Vec<OfferLine> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = node.run("kaana-offer", &["list", "--board", &board.peer()]);
+        assert_success(&out);
+        let offers: Vec<OfferLine> = json_lines(&out);
+        if pred(&offers) || Instant::now() > deadline {
+            return offers;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn contract_files(node: &TestNode) -> Vec<std::path::PathBuf> {
+    let dir = node.home.join("contracts");
+    let Ok(entries) = fs::read_dir(&dir) else { return Vec::new() };
+    let mut files: Vec<_> = entries.map(|e| e.unwrap().path()).collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn an_offer_travels_through_a_forwarding_board_and_becomes_one_contract() {
+    let (a, sa) = node_with_server();
+    let (b, sb) = node_with_server();
+    let (c, sc) = node_with_server();
+    // A's board knows C's board; B asks C's board.
+    assert_success(&a.run("kaana-offer", &["peer", "add", &sc.peer()]));
+
+    let offer = create_offer(&a, &["--size", "512MiB", "--grace", "7d", "--ttl", "2d"]);
+    assert_eq!(offer.node, sa.node);
+    assert_eq!(offer.addrs, vec![sa.addr.clone()]);
+    assert_eq!((offer.size, offer.grace_secs, offer.own), (512 << 20, 7 * 86_400, true));
+    let publish: Vec<serde_json::Value> = json_lines(&a.run("kaana-offer", &["publish"]));
+    assert_eq!(publish.len(), 1);
+    assert_eq!(publish[0]["result"], "new");
+    assert_eq!(publish[0]["board"], sa.node.as_str());
+
+    let seen = list_until(&b, &sc, |o| o.iter().any(|o| o.id == offer.id));
+    let through_c = seen.into_iter().find(|o| o.id == offer.id).expect("A's offer forwarded to C's board");
+    assert_eq!(through_c, OfferLine { own: false, ..offer });
+
+    let out = b.run("kaana-offer", &["accept", &through_c.id[..12]]);
+    assert_success(&out);
+    let at_b: ContractLine = one_json(&out);
+    assert_eq!((at_b.peer.as_str(), at_b.role.as_str(), at_b.status.as_str()), (sa.node.as_str(), "taker", "active"));
+    assert_eq!((at_b.size, at_b.grace_secs), (512 << 20, 7 * 86_400));
+    assert_eq!(at_b.their_standing["state"], "ok");
+    assert_eq!(at_b.our_standing["state"], "ok");
+    let at_a: Vec<ContractLine> = json_lines(&a.run("kaana-offer", &["contracts"]));
+    assert_eq!(at_a.len(), 1);
+    assert_eq!(
+        (at_a[0].id.as_str(), at_a[0].peer.as_str(), at_a[0].role.as_str()),
+        (at_b.id.as_str(), sb.node.as_str(), "offerer")
+    );
+
+    // Both hold the same contract, byte for byte, with both signatures valid.
+    let (fa, fb) = (contract_files(&a), contract_files(&b));
+    let name = format!("{}.json", at_b.id);
+    let (ca, cb) = (a.home.join("contracts").join(&name), b.home.join("contracts").join(&name));
+    assert!(fa.contains(&ca) && fb.contains(&cb), "{fa:?} {fb:?}");
+    assert_eq!(fs::read(&ca).unwrap(), fs::read(&cb).unwrap());
+    let file: ContractFile = serde_json::from_slice(&fs::read(&ca).unwrap()).unwrap();
+    file.contract.verify().unwrap();
+    assert_eq!(file.contract.id().unwrap().to_string(), at_b.id);
+    assert_eq!(file.contract.body.offerer.to_string(), sa.node);
+    assert_eq!(file.contract.body.taker.to_string(), sb.node);
+
+    // A second taker is refused, and stores nothing.
+    let _ = list_until(&c, &sa, |_| true);
+    let out = c.run("kaana-offer", &["accept", &offer_id_prefix(&through_c.id)]);
+    assert_exit(&out, 2);
+    assert!(stderr(&out).contains("already taken"), "{}", stderr(&out));
+    assert!(contract_files(&c).is_empty());
+    // The taken offer is no longer on A's board.
+    let listed: Vec<OfferLine> = json_lines(&c.run("kaana-offer", &["list", "--board", &sa.peer()]));
+    assert!(listed.iter().all(|o| o.id != through_c.id));
+    drop((sb, sc));
+}
+
+fn offer_id_prefix(id: &str) -> String {
+    id[..16].to_owned()
+}
+
+#[test]
+fn bad_offers_are_refused_and_nothing_is_stored() {
+    let (a, sa) = node_with_server();
+    let (b, _sb) = node_with_server();
+
+    // Its own offer.
+    let own = create_offer(&a, &["--size", "100MiB", "--ttl", "1h"]);
+    let out = a.run("kaana-offer", &["accept", &own.id]);
+    assert_exit(&out, 2);
+    assert!(stderr(&out).contains("own"), "{}", stderr(&out));
+
+    // Expired by the time B accepts it.
+    assert_success(&a.run("kaana-offer", &["publish"]));
+    let seen = list_until(&b, &sa, |o| !o.is_empty());
+    assert_eq!(seen.len(), 1);
+    let later = Timestamp::from_unix(Timestamp::from_unix(0).unix() + now_unix() + 2 * 3_600).to_string();
+    let out = b.cmd("kaana-offer").args(["accept", &own.id]).env("KAANA_NOW", &later).output().unwrap();
+    assert_exit(&out, 2);
+    assert!(stderr(&out).contains("expired"), "{}", stderr(&out));
+
+    // More than B's free capacity (1 GiB).
+    let big = create_offer(&a, &["--size", "1GiB"]);
+    let bigger = a.cmd("kaana-offer").args(["create", "--size", "2GiB"]).output().unwrap();
+    assert_exit(&bigger, 2);
+    assert!(stderr(&bigger).contains("free capacity"), "{}", stderr(&bigger));
+    assert_success(&a.run("kaana-offer", &["publish", &big.id]));
+    let _ = list_until(&b, &sa, |o| o.iter().any(|o| o.id == big.id));
+    // B has promised half its capacity elsewhere: make that so by accepting the small offer.
+    let small = create_offer(&a, &["--size", "600MiB"]);
+    assert_success(&a.run("kaana-offer", &["publish", &small.id]));
+    let _ = list_until(&b, &sa, |o| o.iter().any(|o| o.id == small.id));
+    assert_success(&b.run("kaana-offer", &["accept", &small.id]));
+    let out = b.run("kaana-offer", &["accept", &big.id]);
+    assert_exit(&out, 2);
+    assert!(stderr(&out).contains("free capacity"), "{}", stderr(&out));
+
+    // A flipped bit in an offer B has seen: refused before anything is sent.
+    let seen_path = b.home.join("offers/seen.json");
+    let mut list: OfferList = serde_json::from_slice(&fs::read(&seen_path).unwrap()).unwrap();
+    let target = list.offers.iter().position(|o| RecordId::of(&o.body).unwrap().to_string() == big.id).unwrap();
+    let mut sig = *list.offers[target].sig.as_bytes();
+    sig[7] ^= 0x10;
+    list.offers[target].sig = kaana_proto::identity::Signature::from_bytes(sig);
+    fs::write(&seen_path, serde_json::to_vec(&list).unwrap()).unwrap();
+    let out = b.run("kaana-offer", &["accept", &big.id]);
+    assert_exit(&out, 2);
+    assert!(stderr(&out).contains("invalid signature"), "{}", stderr(&out));
+
+    // Exactly one contract on each side: the small one.
+    let at_b: Vec<ContractLine> = json_lines(&b.run("kaana-offer", &["contracts"]));
+    assert_eq!(at_b.len(), 1);
+    assert_eq!(at_b[0].size, 600 << 20);
+    assert_eq!(json_lines::<ContractLine>(&a.run("kaana-offer", &["contracts"])).len(), 1);
+}
+
+fn now_unix() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+}
+
+#[test]
+fn the_offerer_never_commits_more_than_its_capacity() {
+    let (a, sa) = node_with_server();
+    let (b, _sb) = node_with_server();
+    let (c, _sc) = node_with_server();
+    let first = create_offer(&a, &["--size", "700MiB"]);
+    let second = create_offer(&a, &["--size", "700MiB"]);
+    assert_success(&a.run("kaana-offer", &["publish"]));
+    let _ = list_until(&b, &sa, |o| o.len() == 2);
+    let _ = list_until(&c, &sa, |o| o.len() == 2);
+    assert_success(&b.run("kaana-offer", &["accept", &first.id]));
+    let out = c.run("kaana-offer", &["accept", &second.id]);
+    assert_exit(&out, 2);
+    assert!(stderr(&out).contains("no room"), "{}", stderr(&out));
+    assert!(contract_files(&c).is_empty());
+    let status: serde_json::Value = one_json(&a.run("kaana-offer", &["status"]));
+    assert_eq!(status["committed"], 700u64 << 20);
+    assert_eq!(status["free"], (1u64 << 30) - (700 << 20));
+}
+
+#[test]
+fn a_board_flooded_by_one_signer_keeps_its_cap_and_honest_offers() {
+    let (_a, sa) = node_with_server();
+    let board = sa.node.parse().unwrap();
+    let addr = sa.addr.clone();
+    let (kept, refused) = runtime().block_on(async move {
+        let flooder = Identity::generate().unwrap();
+        let expires = Timestamp::from_unix(now_unix() + 86_400);
+        let client = std::sync::Arc::new(Client::new(flooder.clone()));
+        let mut tasks = tokio::task::JoinSet::new();
+        for lane in 0..4u64 {
+            let (client, addr, flooder) = (client.clone(), addr.clone(), flooder.clone());
+            tasks.spawn(async move {
+                let conn = client.connect(board, &addr).await.unwrap();
+                let mut refused = 0;
+                for n in 0..2_500u64 {
+                    let body = Offer {
+                        node: flooder.node_id(),
+                        addrs: vec!["127.0.0.1:9".into()],
+                        size: 1 << 20,
+                        grace_secs: 60,
+                        expires_at: expires,
+                        nonce: format!("{:032x}", lane * 10_000 + n),
+                    };
+                    let offer = Signed::sign(body, &flooder).unwrap();
+                    match conn.request(&Request::Publish { offer }).await {
+                        Ok(Response::Published { .. }) => {}
+                        Err(NetError::Remote(e)) if e.code == ErrorCode::Refused => refused += 1,
+                        other => panic!("unexpected {other:?}"),
+                    }
+                }
+                refused
+            });
+        }
+        let mut refused = 0;
+        while let Some(r) = tasks.join_next().await {
+            refused += r.unwrap();
+        }
+        // An honest node still gets its offer on the board.
+        let honest = Identity::generate().unwrap();
+        let honest_client = Client::new(honest.clone());
+        let conn = honest_client.connect(board, &addr).await.unwrap();
+        let body = Offer {
+            node: honest.node_id(),
+            addrs: vec!["127.0.0.1:9".into()],
+            size: 1,
+            grace_secs: 60,
+            expires_at: expires,
+            nonce: format!("{:032x}", 1),
+        };
+        let reply = conn.request(&Request::Publish { offer: Signed::sign(body, &honest).unwrap() }).await;
+        assert!(matches!(reply, Ok(Response::Published { new: true })), "{reply:?}");
+        let Ok(Response::Offers { offers, more: false }) = conn.request(&Request::ListOffers { after: None }).await
+        else {
+            panic!("list failed");
+        };
+        client.close().await;
+        honest_client.close().await;
+        let kept = offers.iter().filter(|o| o.body.node == flooder.node_id()).count();
+        assert!(offers.iter().any(|o| o.body.node == honest.node_id()));
+        (kept, refused)
+    });
+    assert_eq!(kept, kaana_proto::board::PER_SIGNER_CAP);
+    assert_eq!(refused, 10_000 - kaana_proto::board::PER_SIGNER_CAP);
+}
+
+#[test]
+fn a_tampered_offer_is_refused_by_a_board() {
+    let (a, sa) = node_with_server();
+    let offer = create_offer(&a, &["--size", "10MiB"]);
+    let file = a.home.join("offers").join(format!("{}.json", offer.id));
+    let own: kaana_proto::store::OwnOffer = serde_json::from_slice(&fs::read(file).unwrap()).unwrap();
+    let board = sa.node.parse().unwrap();
+    let addr = sa.addr.clone();
+    runtime().block_on(async move {
+        let client = Client::new(Identity::generate().unwrap());
+        let conn = client.connect(board, &addr).await.unwrap();
+        let mut bigger = own.offer.clone();
+        bigger.body.size *= 2;
+        let err = conn.request(&Request::Publish { offer: bigger }).await.unwrap_err();
+        assert!(
+            matches!(&err, NetError::Remote(e) if e.code == ErrorCode::Refused && e.message.contains("signature")),
+            "{err}"
+        );
+        let Ok(Response::Offers { offers, .. }) = conn.request(&Request::ListOffers { after: None }).await else {
+            panic!("list failed")
+        };
+        assert!(offers.is_empty());
+        client.close().await;
+    });
+}
+
+#[test]
+fn terminate_gives_notice_to_both_sides() {
+    let (a, sa) = node_with_server();
+    let (b, _sb) = node_with_server();
+    let offer = create_offer(&a, &["--size", "100MiB", "--grace", "3d"]);
+    assert_success(&a.run("kaana-offer", &["publish"]));
+    let _ = list_until(&b, &sa, |o| !o.is_empty());
+    let contract: ContractLine = b.json("kaana-offer", &["accept", &offer.id]);
+
+    let before = now_unix();
+    let out = b.run("kaana-offer", &["terminate", &contract.id[..10]]);
+    assert_success(&out);
+    let line: serde_json::Value = one_json(&out);
+    assert_eq!(line["status"], "terminated");
+    assert_eq!(line["delivered"], true);
+    let delete_after: Timestamp = line["delete_after"].as_str().unwrap().parse().unwrap();
+    assert!((before + 3 * 86_400..=now_unix() + 3 * 86_400).contains(&delete_after.unix()), "{delete_after}");
+    let at_a: Vec<ContractLine> = json_lines(&a.run("kaana-offer", &["contracts"]));
+    assert_eq!(at_a[0].status, "terminated");
+    assert_eq!(at_a[0].delete_after.as_deref(), line["delete_after"].as_str());
+    // Again: nothing changes, nothing more to tell.
+    let again: serde_json::Value = one_json(&b.run("kaana-offer", &["terminate", &contract.id]));
+    assert_eq!(again["delete_after"], line["delete_after"]);
+}
+
+#[test]
+fn capacity_beyond_the_free_disk_is_refused_and_status_says_what_is_missing() {
+    let node = TestNode::new();
+    let out = node.run("kaana-offer", &["init", "--capacity", "100PiB"]);
+    assert_exit(&out, 2);
+    assert!(stderr(&out).contains("free"), "{}", stderr(&out));
+    assert!(!node.home.join("identity.json").exists());
+
+    let volume = node.dir.path().join("volume.img");
+    fs::write(&volume, vec![7u8; 1 << 20]).unwrap();
+    let node = TestNode::init_with(&["--volume", volume.to_str().unwrap(), "--replicas", "2", "--capacity", "10MiB"]);
+    let out = node.run("kaana-offer", &["status"]);
+    assert_exit(&out, 1);
+    let status: serde_json::Value = one_json(&out);
+    assert_eq!(status["volume_size"], 1 << 20);
+    assert_eq!(status["missing"], 2);
+    assert_eq!(status["capacity"], 10 << 20);
+    assert!(stderr(&out).contains("2 more contract"), "{}", stderr(&out));
+}
