@@ -83,7 +83,12 @@ pub enum Command {
         offer: String,
     },
     /// List contracts, one JSON line each.
-    Contracts,
+    Contracts {
+        /// First ask every peer in the address book for the contracts this node has with it,
+        /// and keep the ones it does not know (after `init --recover` on a new machine).
+        #[arg(long)]
+        fetch: bool,
+    },
     /// End a contract: a signed notice goes to the peer; each side's data is kept for the grace
     /// period, then pruned. Exits 1 if the peer could not be told yet (run it again).
     Terminate {
@@ -164,7 +169,7 @@ pub fn run(args: Args) -> anyhow::Result<Exit> {
         Command::Publish { offer, boards } => market::publish(home, offer.as_deref(), &boards),
         Command::List { boards } => market::list(home, &boards),
         Command::Accept { offer } => market::accept(home, &offer),
-        Command::Contracts => market::contracts(home),
+        Command::Contracts { fetch } => market::contracts(home, fetch),
         Command::Terminate { contract } => market::terminate(home, &contract),
     }
 }

@@ -412,8 +412,17 @@ pub(crate) fn accept(home: Option<&Path>, prefix: &str) -> anyhow::Result<Exit> 
     Ok(Exit::Ok)
 }
 
-pub(crate) fn contracts(home: Option<&Path>) -> anyhow::Result<Exit> {
+pub(crate) fn contracts(home: Option<&Path>, fetch: bool) -> anyhow::Result<Exit> {
     let node = Node::open_at(home)?;
+    if fetch {
+        let found = block_on(async {
+            let client = Client::new(node.identity.clone());
+            let r = kaana_proto::backup::fetch_contracts(&client, &node).await;
+            client.close().await;
+            Ok(r?)
+        })?;
+        eprintln!("kaana-offer: {} contract(s) recovered from peers", found.len());
+    }
     for entry in node.contracts()? {
         emit(&entry.summary())?;
     }

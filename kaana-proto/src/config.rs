@@ -55,12 +55,12 @@ pub enum PeerAddrError {
     #[error("{0:?} is not a peer: write it as ID@HOST:PORT")]
     Syntax(String),
     /// The part before `@` is not a node id.
-    #[error("{text:?} is not a peer: {source}")]
+    #[error("{text:?} is not a peer: {error}")]
     Id {
         /// What was given.
         text: String,
         /// Why the id was refused.
-        source: IdentityError,
+        error: IdentityError,
     },
     /// The part after `@` is not HOST:PORT.
     #[error("{0:?} is not a peer: the address must be HOST:PORT (IPv6 in brackets, [::1]:7447)")]
@@ -80,7 +80,7 @@ impl FromStr for PeerAddr {
     type Err = PeerAddrError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let (id, addr) = s.split_once('@').ok_or_else(|| PeerAddrError::Syntax(s.to_owned()))?;
-        let node = id.parse().map_err(|source| PeerAddrError::Id { text: s.to_owned(), source })?;
+        let node = id.parse().map_err(|error| PeerAddrError::Id { text: s.to_owned(), error })?;
         if !is_host_port(addr) {
             return Err(PeerAddrError::Address(s.to_owned()));
         }

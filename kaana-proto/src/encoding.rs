@@ -148,3 +148,20 @@ mod tests {
         }
     }
 }
+
+/// Serde helpers for a 32-byte value written as 64 lowercase hex digits:
+/// `#[serde(with = "crate::encoding::hex32")]`.
+pub mod hex32 {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    /// Writes the value as hex.
+    pub fn serialize<S: Serializer>(bytes: &[u8; 32], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&super::hex_encode(bytes))
+    }
+
+    /// Reads the value from hex, strictly.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 32], D::Error> {
+        let text = String::deserialize(d)?;
+        super::hex_decode::<32>(&text).map_err(serde::de::Error::custom)
+    }
+}

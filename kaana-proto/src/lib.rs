@@ -4,11 +4,14 @@
 //! from [`time::now_from_env`]), [`size`], [`config`]. I/O modules: [`state`] (the state
 //! directory), [`node`] (a node opened from it), [`cli`] (exit codes and output).
 
+pub mod backup;
 pub mod board;
 pub mod cli;
 pub mod config;
 pub mod encoding;
 pub mod identity;
+pub mod inbound;
+pub mod manifest;
 pub mod market;
 pub mod net;
 pub mod node;

@@ -41,12 +41,12 @@ pub enum StateError {
         node: String,
     },
     /// Reading or writing a file failed.
-    #[error("{}: {source}", .path.display())]
+    #[error("{}: {error}", .path.display())]
     Io {
         /// The file.
         path: PathBuf,
         /// What the system said.
-        source: io::Error,
+        error: io::Error,
     },
     /// A file exists but its content is not what it should be.
     #[error("{} is damaged: {reason}", .path.display())]
@@ -69,7 +69,7 @@ pub enum StateError {
 impl StateError {
     /// Wraps an I/O error with the path it concerns.
     pub fn io(path: &Path, source: io::Error) -> Self {
-        StateError::Io { path: path.to_owned(), source }
+        StateError::Io { path: path.to_owned(), error: source }
     }
 
     /// A file whose content is wrong.

@@ -1,4 +1,4 @@
-//! `kaana-sync`: the node's server, and (to come) push, restore and verify of its volume.
+//! `kaana-sync`: the node's server, and push, restore and verify of its volume.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -8,11 +8,20 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use serde::Serialize;
 
-use kaana_proto::cli::{Exit, emit};
+use std::sync::Arc;
+
+use kaana_proto::backup;
+use kaana_proto::cli::{Exit, Progress, emit};
 use kaana_proto::identity::NodeId;
+use kaana_proto::inbound::Inbound;
+use kaana_proto::market::RecordId;
 use kaana_proto::net::server::{Server, ServerOptions};
+use kaana_proto::net::transport::Client;
 use kaana_proto::node::Node;
+use kaana_proto::store::{ContractEntry, Status};
+use kaana_proto::time::Timestamp;
 use kaana_proto::time::parse_duration;
+use kaana_proto::volume;
 
 /// Back up this node's encrypted volume to its peers, serve theirs, and restore.
 ///
@@ -45,6 +54,50 @@ pub enum Command {
         #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration_arg)]
         read_timeout: Duration,
     },
+    /// Send the volume to a contract's peer (or every active contract's): only the extents the
+    /// peer does not have yet, then a new signed generation. An interrupted push resumes.
+    ///
+    /// Prints one JSON line per contract: contract, peer, generation, extents_sent, bytes_sent,
+    /// bytes_total, secs. With --all, exits 1 if any push failed.
+    Push {
+        /// The contract (its id or at least 8 leading hex digits).
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        contract: Option<String>,
+        /// Push to every active contract, a few at a time.
+        #[arg(long)]
+        all: bool,
+        /// Send a volume that does not look encrypted (no LUKS header, low entropy) anyway.
+        #[arg(long)]
+        allow_plaintext: bool,
+        /// Extent size (a power of two from 4KiB to 64MiB).
+        #[arg(long, value_name = "SIZE", default_value = "4MiB", value_parser = parse_size_arg)]
+        extent_size: u64,
+    },
+    /// Bring the volume back from a contract's peer and write it to PATH, byte for byte as
+    /// pushed. Checks the manifest is signed by this node and every extent against it. Run it
+    /// again to resume: extents already right in PATH are not fetched again.
+    Restore {
+        /// The contract (its id or at least 8 leading hex digits).
+        contract: String,
+        /// Where to write the volume (a file or a block device).
+        #[arg(long, value_name = "PATH")]
+        out: PathBuf,
+        /// Fail unless the peer holds this generation.
+        #[arg(long, value_name = "N")]
+        generation: Option<u64>,
+    },
+    /// A restore drill: read back and check every extent from a contract's peer, writing
+    /// nothing. Exits 1 if anything is missing or wrong.
+    Verify {
+        /// The contract (its id or at least 8 leading hex digits).
+        contract: String,
+    },
+    /// Per contract: what this node holds for the peer, and what the peer holds for it.
+    Status,
+}
+
+fn parse_size_arg(s: &str) -> Result<u64, String> {
+    kaana_proto::size::parse_size(s).map_err(|e| e.to_string())
 }
 
 fn parse_duration_arg(s: &str) -> Result<Duration, String> {
@@ -67,7 +120,164 @@ pub fn run(args: Args) -> anyhow::Result<Exit> {
             let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
             runtime.block_on(serve(node, opts))
         }
+        Command::Push { contract, all, allow_plaintext, extent_size } => {
+            let extent_size = u32::try_from(extent_size).context("--extent-size is too large")?;
+            let entries = if all {
+                node.contracts()?.into_iter().filter(|e| matches!(e.state.status, Status::Active)).collect()
+            } else {
+                vec![node.find_contract(contract.as_deref().unwrap_or_default())?]
+            };
+            runtime()?.block_on(push(node, entries, all, extent_size, allow_plaintext))
+        }
+        Command::Restore { contract, out, generation } => {
+            let entry = node.find_contract(&contract)?;
+            runtime()?.block_on(async {
+                let client = Client::new(node.identity.clone());
+                let r = backup::restore(&client, &node, &entry, Some(&out), generation, "restore").await;
+                client.close().await;
+                let summary = r.with_context(|| format!("restoring contract {} to {}", entry.id, out.display()))?;
+                emit(&summary)?;
+                Ok(if summary.ok { Exit::Ok } else { Exit::Attention })
+            })
+        }
+        Command::Verify { contract } => {
+            let entry = node.find_contract(&contract)?;
+            runtime()?.block_on(async {
+                let client = Client::new(node.identity.clone());
+                let r = backup::restore(&client, &node, &entry, None, None, "verify").await;
+                client.close().await;
+                let summary = r.with_context(|| format!("verifying contract {}", entry.id))?;
+                emit(&summary)?;
+                if !summary.ok {
+                    eprintln!(
+                        "kaana-sync: {} of {} extents are missing or wrong at node {}: this copy is damaged",
+                        summary.bad_extents, summary.extents, summary.peer
+                    );
+                }
+                Ok(if summary.ok { Exit::Ok } else { Exit::Attention })
+            })
+        }
+        Command::Status => status(&node),
     }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+/// Pushes a few contracts at a time; prints one line per contract.
+async fn push(
+    node: Node,
+    entries: Vec<ContractEntry>,
+    all: bool,
+    extent_size: u32,
+    allow_plaintext: bool,
+) -> anyhow::Result<Exit> {
+    const AT_ONCE: usize = 2;
+    let node = Arc::new(node);
+    let client = Arc::new(Client::new(node.identity.clone()));
+    let permits = Arc::new(tokio::sync::Semaphore::new(AT_ONCE));
+    let mut tasks = tokio::task::JoinSet::new();
+    for entry in entries {
+        let (node, client, permits) = (node.clone(), client.clone(), permits.clone());
+        tasks.spawn(async move {
+            let _permit = permits.acquire_owned().await;
+            let size = node.config.volume.as_deref().and_then(|v| volume::size(v).ok()).unwrap_or(0);
+            let progress = Progress::bytes(size, &format!("push {}", entry.id.short()));
+            let r = backup::push(&client, &node, &entry, extent_size, allow_plaintext, &progress).await;
+            progress.finish();
+            (entry, r)
+        });
+    }
+    let (mut ok, mut failed) = (0, 0);
+    let mut last_error = None;
+    while let Some(done) = tasks.join_next().await {
+        let (entry, result) = done?;
+        match result {
+            Ok(summary) => {
+                ok += 1;
+                emit(&summary)?;
+            }
+            Err(e) => {
+                failed += 1;
+                let e = anyhow::Error::new(e).context(format!("pushing to contract {}", entry.id));
+                if all {
+                    eprintln!("kaana-sync: error: {e:#}");
+                    emit(&PushFailed {
+                        contract: entry.id,
+                        peer: entry.state.peer,
+                        ok: false,
+                        error: format!("{e:#}"),
+                    })?;
+                }
+                last_error = Some(e);
+            }
+        }
+    }
+    client.close().await;
+    match (all, last_error) {
+        (false, Some(e)) => Err(e),
+        (true, Some(_)) if ok == 0 && failed > 0 => Ok(Exit::Error),
+        (true, Some(_)) => Ok(Exit::Attention),
+        (_, None) => Ok(Exit::Ok),
+    }
+}
+
+#[derive(Serialize)]
+struct PushFailed {
+    contract: RecordId,
+    peer: NodeId,
+    ok: bool,
+    error: String,
+}
+
+#[derive(Serialize)]
+struct StatusLine {
+    contract: RecordId,
+    peer: NodeId,
+    status: String,
+    /// Our copy at the peer, as the peer last committed it.
+    ours: Option<CopyLine>,
+    /// The peer's copy here.
+    theirs: Option<CopyLine>,
+}
+
+#[derive(Serialize)]
+struct CopyLine {
+    generation: u64,
+    bytes: u64,
+    extents: u64,
+    committed_at: Timestamp,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stored_bytes: Option<u64>,
+}
+
+fn status(node: &Node) -> anyhow::Result<Exit> {
+    for entry in node.contracts()? {
+        let copy = |m: &kaana_proto::manifest::Manifest, stored| CopyLine {
+            generation: m.generation,
+            bytes: m.volume_size,
+            extents: m.extent_count,
+            committed_at: m.created_at,
+            stored_bytes: stored,
+        };
+        let ours = Inbound::outbound(node.home.root(), &entry.id).committed()?.map(|(m, _)| copy(&m.body, None));
+        let inbound = Inbound::new(&node.config.storage, &entry.id);
+        let stored: u64 = inbound.present()?.iter().map(|(_, len)| len).sum();
+        let theirs = inbound.committed()?.map(|(m, _)| copy(&m.body, Some(stored)));
+        emit(&StatusLine {
+            contract: entry.id,
+            peer: entry.state.peer,
+            status: entry.state.status.name().to_owned(),
+            ours,
+            theirs,
+        })?;
+    }
+    Ok(Exit::Ok)
 }
 
 async fn serve(node: Node, opts: ServerOptions) -> anyhow::Result<Exit> {

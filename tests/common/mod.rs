@@ -137,7 +137,8 @@ impl ServerProc {
         use std::io::BufRead as _;
         let mut child = node
             .cmd("kaana-sync")
-            .args(["serve", "--listen", "127.0.0.1:0"])
+            .arg("serve")
+            .args(if extra.contains(&"--listen") { &[][..] } else { &["--listen", "127.0.0.1:0"][..] })
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -215,4 +216,110 @@ pub fn assert_state_consistent(home: &Path) -> usize {
         }
     }
     checked
+}
+
+/// The passphrase of the test LUKS volumes.
+pub const LUKS_PASS: &str = "correct horse battery staple";
+
+fn run_ok(cmd: &mut Command) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    assert!(out.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Makes an ext4 file system of `size_mib` holding `files`, encrypted as a LUKS image; returns
+/// the image's path.
+pub fn make_luks(dir: &Path, name: &str, files: &[(&str, &[u8])], size_mib: u32) -> PathBuf {
+    let tree = dir.join(format!("{name}.files"));
+    std::fs::create_dir_all(&tree).unwrap();
+    for (file, data) in files {
+        std::fs::write(tree.join(file), data).unwrap();
+    }
+    let plain = dir.join(format!("{name}.ext4"));
+    run_ok(Command::new("mke2fs").args(["-q", "-t", "ext4", "-d"]).arg(&tree).arg(&plain).arg(format!("{size_mib}M")));
+    let luks = dir.join(format!("{name}.luks"));
+    run_ok(
+        Command::new("qemu-img")
+            .args(["convert", "-f", "raw", "-O", "luks", "--object"])
+            .arg(format!("secret,id=s,data={LUKS_PASS}"))
+            .args(["-o", "key-secret=s,iter-time=10"])
+            .arg(&plain)
+            .arg(&luks),
+    );
+    std::fs::remove_file(&plain).unwrap();
+    luks
+}
+
+fn luks_opts(img: &Path) -> String {
+    format!("driver=luks,key-secret=s,file.filename={}", img.display())
+}
+
+/// Decrypts a LUKS image to a raw file system image.
+pub fn decrypt_luks(img: &Path, out: &Path) {
+    run_ok(
+        Command::new("qemu-img")
+            .args(["convert", "--object"])
+            .arg(format!("secret,id=s,data={LUKS_PASS}"))
+            .args(["--image-opts", &luks_opts(img), "-O", "raw"])
+            .arg(out),
+    );
+}
+
+/// Writes `len` bytes of `pattern` at `offset` inside the LUKS image, in place.
+pub fn write_in_luks(img: &Path, offset: u64, len: u64, pattern: u8) {
+    run_ok(
+        Command::new("qemu-io")
+            .args(["--object", &format!("secret,id=s,data={LUKS_PASS}"), "--image-opts", &luks_opts(img), "-c"])
+            .arg(format!("write -P {pattern} {offset} {len}")),
+    );
+}
+
+/// Reads a file out of a raw ext4 image.
+pub fn debugfs_cat(fs_img: &Path, file: &str) -> Vec<u8> {
+    let out = Command::new("debugfs").args(["-R", &format!("cat /{file}")]).arg(fs_img).output().unwrap();
+    assert!(out.status.success());
+    out.stdout
+}
+
+/// Deterministic pseudo-random bytes (xorshift), for test data that does not compress.
+pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// Two nodes with running servers and a contract between them (bind every field: a server
+/// left out of a destructuring pattern is dropped, and so stopped, at once): A (with `volume`) made the
+/// offer, B took it. Capacities of 1 GiB; the contract is `size`.
+pub struct Pair {
+    pub a: TestNode,
+    pub b: TestNode,
+    pub sa: ServerProc,
+    pub sb: ServerProc,
+    pub contract: String,
+}
+
+/// Makes a [`Pair`]: `a` is initialised with `--volume volume`.
+pub fn contracted_pair(volume: &Path, size: &str) -> Pair {
+    let a = TestNode::init_with(&["--capacity", "1GiB", "--volume", volume.to_str().unwrap()]);
+    let b = TestNode::init_with(&["--capacity", "1GiB"]);
+    let (sa, sb) = (ServerProc::start(&a, &[]), ServerProc::start(&b, &[]));
+    let contract = make_contract_sized(&a, &sa, &b, size);
+    Pair { a, b, sa, sb, contract }
+}
+
+/// `offerer` makes an offer of `size` on its board; `taker` accepts it. Returns the contract id.
+pub fn make_contract_sized(offerer: &TestNode, offerer_server: &ServerProc, taker: &TestNode, size: &str) -> String {
+    let offer: serde_json::Value = offerer.json("kaana-offer", &["create", "--size", size]);
+    let id = offer["id"].as_str().unwrap().to_owned();
+    assert_success(&offerer.run("kaana-offer", &["publish", &id]));
+    assert_success(&taker.run("kaana-offer", &["list", "--board", &offerer_server.peer()]));
+    let contract: serde_json::Value = taker.json("kaana-offer", &["accept", &id]);
+    contract["id"].as_str().unwrap().to_owned()
 }

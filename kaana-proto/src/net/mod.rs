@@ -2,6 +2,7 @@
 
 mod market;
 pub mod server;
+mod sync;
 pub mod tls;
 pub mod transport;
 pub mod wire;

@@ -13,18 +13,23 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use quinn::{Endpoint, RecvStream, SendStream, VarInt};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Semaphore, mpsc, watch};
 
 use super::market;
+use super::sync;
 use super::tls::node_of_spki;
 use super::transport::{self, CLOSE_BUSY, CLOSE_SHUTDOWN, Client, NetError, read_frame, write_frame};
 use super::wire::{ErrorCode, ErrorReply, PROTOCOL_VERSION, Request, Response};
 use crate::board::Board;
 use crate::identity::NodeId;
+use crate::market::RecordId;
 use crate::node::Node;
 use crate::state::Schema;
 use crate::store::ServerInfo;
 use crate::time::now_from_env;
+
+/// Extents a server receives at once, in all (each is held in memory until stored).
+const MAX_PUTS_AT_ONCE: usize = 8;
 
 /// How the server runs.
 #[derive(Debug, Clone)]
@@ -66,13 +71,17 @@ pub struct Server {
 pub(super) struct Ctx {
     /// The node served.
     pub(super) node: Node,
-    opts: ServerOptions,
+    pub(super) opts: ServerOptions,
     /// Open connections per peer; the total is the sum.
     open: Mutex<HashMap<NodeId, usize>>,
     /// The node's board, kept in memory and written to `board.json` when it changes.
     pub(super) board: Mutex<Board>,
     /// For forwarding offers to other boards.
     pub(super) client: Client,
+    /// Extents being received at once (each held in memory until it is stored).
+    pub(super) put_permits: Semaphore,
+    /// Bytes stored per contract during pushes (to cap what a push may add).
+    pub(super) stored: Mutex<HashMap<RecordId, u64>>,
 }
 
 /// Holds one connection's place in the caps until dropped.
@@ -126,7 +135,15 @@ impl Server {
         let info = ServerInfo { schema: Schema, node: node.id(), listen, pid: std::process::id() };
         node.home.write(&node.home.server_info(), &info).map_err(|e| NetError::Setup(e.to_string()))?;
         let client = Client::new(node.identity.clone());
-        let ctx = Ctx { node, opts, open: Mutex::new(HashMap::new()), board: Mutex::new(board), client };
+        let ctx = Ctx {
+            node,
+            opts,
+            open: Mutex::new(HashMap::new()),
+            board: Mutex::new(board),
+            client,
+            put_permits: Semaphore::new(MAX_PUTS_AT_ONCE),
+            stored: Mutex::new(HashMap::new()),
+        };
         Ok(Server { endpoint, ctx: Arc::new(ctx) })
     }
 
@@ -222,8 +239,8 @@ async fn handle_stream(
     mut recv: RecvStream,
     _busy: mpsc::Sender<()>,
 ) {
-    let response = match read_frame::<Request>(&mut recv, ctx.opts.read_timeout).await {
-        Ok(Some(req)) => dispatch(&ctx, peer, req, &mut recv, &mut send).await,
+    let (response, raw) = match read_frame::<Request>(&mut recv, ctx.opts.read_timeout).await {
+        Ok(Some(req)) => dispatch(&ctx, peer, req, &mut recv).await,
         Ok(None) => return,
         Err(NetError::Lost(_)) => return,
         Err(e) => {
@@ -233,39 +250,53 @@ async fn handle_stream(
                 other => ErrorReply::new(ErrorCode::BadFrame, other.to_string()),
             };
             log(format_args!("node {}: {}", peer.short(), reply.message));
-            // Nothing more is read from this stream: whatever else the client sends is refused.
-            let _ = recv.stop(VarInt::from_u32(0));
-            Response::Error(reply)
+            (Response::Error(reply), None)
         }
     };
-    if write_frame(&mut send, &response).await.is_ok() && send.finish().is_ok() {
+    if matches!(response, Response::Error(_)) {
+        // Nothing more is read from this stream: whatever else the client sends is refused.
+        let _ = recv.stop(VarInt::from_u32(0));
+    }
+    let mut sent = write_frame(&mut send, &response).await;
+    if let (Ok(()), Some(raw)) = (&sent, raw) {
+        sent = send.write_all(&raw).await.map_err(|e| NetError::Lost(e.to_string()));
+    }
+    if sent.is_ok() && send.finish().is_ok() {
         // Wait until the client has the whole reply, so a shutdown never cuts it short.
         let _ = tokio::time::timeout(ctx.opts.read_timeout, send.stopped()).await;
     }
 }
 
-async fn dispatch(
-    ctx: &Arc<Ctx>,
-    peer: NodeId,
-    req: Request,
-    _recv: &mut RecvStream,
-    _send: &mut SendStream,
-) -> Response {
+async fn dispatch(ctx: &Arc<Ctx>, peer: NodeId, req: Request, recv: &mut RecvStream) -> (Response, Option<Vec<u8>>) {
     let kind = req.kind();
+    let plain = |r: Result<Response, ErrorReply>| r.map(|r| (r, None));
     let result = match req {
-        Request::Hello => Ok(Response::Hello {
-            node: ctx.node.id(),
-            you: peer,
-            protocol: PROTOCOL_VERSION,
-            software: concat!("kaana-like ", env!("CARGO_PKG_VERSION")).to_owned(),
-        }),
-        Request::Publish { offer } => market::publish(ctx, peer, offer).await,
-        Request::ListOffers { after } => market::list(ctx, after),
-        Request::Accept { proposal, addrs } => market::accept(ctx, peer, proposal, addrs).await,
-        Request::Notice { notice } => market::notice(ctx, peer, notice).await,
+        Request::Hello => Ok((
+            Response::Hello {
+                node: ctx.node.id(),
+                you: peer,
+                protocol: PROTOCOL_VERSION,
+                software: concat!("kaana-like ", env!("CARGO_PKG_VERSION")).to_owned(),
+            },
+            None,
+        )),
+        Request::Publish { offer } => plain(market::publish(ctx, peer, offer).await),
+        Request::ListOffers { after } => plain(market::list(ctx, after)),
+        Request::Accept { proposal, addrs } => plain(market::accept(ctx, peer, proposal, addrs).await),
+        Request::Notice { notice } => plain(market::notice(ctx, peer, notice).await),
+        Request::PushBegin { contract, volume_size, extent_size } => {
+            sync::push_begin(ctx, peer, contract, volume_size, extent_size).await
+        }
+        Request::PutExtent { contract, offset, hash, len } => {
+            sync::put_extent(ctx, peer, recv, contract, offset, hash, len).await
+        }
+        Request::Commit { contract, manifest } => sync::commit(ctx, peer, recv, contract, manifest).await,
+        Request::GetManifest { contract } => sync::get_manifest(ctx, peer, contract).await,
+        Request::GetExtent { contract, hash } => sync::get_extent(ctx, peer, contract, hash).await,
+        Request::ListContracts => sync::list_contracts(ctx, peer).await,
     };
     result.unwrap_or_else(|e| {
         log(format_args!("node {}: {kind} refused: {}", peer.short(), e.message));
-        Response::Error(e)
+        (Response::Error(e), None)
     })
 }

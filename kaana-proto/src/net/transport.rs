@@ -46,12 +46,12 @@ pub enum NetError {
         reason: String,
     },
     /// The server's key is not the node id the client asked for.
-    #[error("{addr}: {source}")]
+    #[error("{addr}: {error}")]
     WrongNode {
         /// The address reached.
         addr: String,
         /// Who answered instead.
-        source: WrongNode,
+        error: WrongNode,
     },
     /// No connection could be made.
     #[error("cannot reach node {node} at {addr}: {reason}")]
@@ -182,7 +182,7 @@ impl Client {
             Ok(Err(e)) => {
                 return Err(match seen.get() {
                     Some(found) if found != node => {
-                        NetError::WrongNode { addr: addr.to_owned(), source: WrongNode { expected: node, found } }
+                        NetError::WrongNode { addr: addr.to_owned(), error: WrongNode { expected: node, found } }
                     }
                     _ => unreachable(e.to_string()),
                 });

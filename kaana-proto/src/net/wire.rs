@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::identity::NodeId;
+use crate::manifest::{ExtentHash, Manifest};
 use crate::market::{Contract, ContractBody, Notice, Offer, RecordId};
 use crate::record::Signed;
 
@@ -110,6 +111,53 @@ pub enum Request {
         /// The signed notice.
         notice: Signed<Notice>,
     },
+    /// "I am about to push my volume under this contract": answered with
+    /// [`Response::PushReady`], followed by the hashes the holder already has.
+    PushBegin {
+        /// The contract.
+        contract: RecordId,
+        /// The volume's size.
+        volume_size: u64,
+        /// The extent size.
+        extent_size: u32,
+    },
+    /// "Store this extent": followed by `len` raw bytes; answered with [`Response::Stored`].
+    PutExtent {
+        /// The contract.
+        contract: RecordId,
+        /// Where the extent starts in the volume.
+        offset: u64,
+        /// The BLAKE3 hash of the bytes that follow.
+        #[serde(with = "crate::encoding::hex32")]
+        hash: ExtentHash,
+        /// How many bytes follow.
+        len: u32,
+    },
+    /// "Commit this generation": followed by the extent list (32 bytes per extent); answered
+    /// with [`Response::Committed`].
+    Commit {
+        /// The contract.
+        contract: RecordId,
+        /// The owner-signed manifest.
+        manifest: Signed<Manifest>,
+    },
+    /// "Send me the manifest you hold for me": answered with [`Response::ManifestIs`], followed by
+    /// its extent list.
+    GetManifest {
+        /// The contract.
+        contract: RecordId,
+    },
+    /// "Send me this extent of mine": answered with [`Response::ExtentIs`], followed by its bytes.
+    GetExtent {
+        /// The contract.
+        contract: RecordId,
+        /// The extent's hash.
+        #[serde(with = "crate::encoding::hex32")]
+        hash: ExtentHash,
+    },
+    /// "Which contracts do we have?" (for a node rebuilt from its recovery phrase): answered with
+    /// [`Response::Contracts`].
+    ListContracts,
 }
 
 impl Request {
@@ -121,6 +169,12 @@ impl Request {
             Request::ListOffers { .. } => "list_offers",
             Request::Accept { .. } => "accept",
             Request::Notice { .. } => "notice",
+            Request::PushBegin { .. } => "push_begin",
+            Request::PutExtent { .. } => "put_extent",
+            Request::Commit { .. } => "commit",
+            Request::GetManifest { .. } => "get_manifest",
+            Request::GetExtent { .. } => "get_extent",
+            Request::ListContracts => "list_contracts",
         }
     }
 }
@@ -159,6 +213,37 @@ pub enum Response {
     },
     /// Done.
     Ack,
+    /// Ready for a push: followed by `have` extent hashes (32 bytes each) already stored.
+    PushReady {
+        /// The generation committed here, if any.
+        committed: Option<u64>,
+        /// How many hashes follow.
+        have: u64,
+    },
+    /// The extent is stored and synced.
+    Stored,
+    /// The generation is committed.
+    Committed {
+        /// Its number.
+        generation: u64,
+        /// Bytes of extents no longer referenced, dropped.
+        freed: u64,
+    },
+    /// The committed manifest; followed by its extent list.
+    ManifestIs {
+        /// The owner-signed manifest.
+        manifest: Signed<Manifest>,
+    },
+    /// An extent; followed by `len` bytes.
+    ExtentIs {
+        /// How many bytes follow.
+        len: u32,
+    },
+    /// The contracts the asking node is a side of.
+    Contracts {
+        /// The double-signed contracts.
+        contracts: Vec<Contract>,
+    },
     /// The request failed.
     Error(ErrorReply),
 }

@@ -1,0 +1,555 @@
+//! The owner's side of push, restore and verify.
+//!
+//! Push reads the volume in extents on every core, XORs each with the contract's keystream,
+//! hashes it, and sends only what the holder does not already have, a few extents in flight; the
+//! holder's answer to `push_begin` is what makes an interrupted push resume. Memory stays
+//! bounded: a handful of extents are in flight whatever the volume's size. Restore fetches the
+//! committed manifest, checks this node signed it, and fetches, checks, decodes and writes each
+//! extent; extents already right in the output are not fetched again.
+
+use std::collections::HashSet;
+use std::fs::OpenOptions;
+use std::os::unix::fs::FileExt as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use serde::Serialize;
+use serde_json::json;
+use thiserror::Error;
+use tokio::sync::{Semaphore, mpsc};
+use tokio::task::JoinSet;
+
+use crate::cli::Progress;
+use crate::encoding;
+use crate::identity::NodeId;
+use crate::inbound::Inbound;
+use crate::manifest::{ExtentHash, Geometry, Keystream, Manifest, ManifestError, encode_list, list_hash};
+use crate::market::RecordId;
+use crate::net::transport::{Client, Connection, NetError, READ_TIMEOUT, read_exact};
+use crate::net::wire::{Request, Response};
+use crate::node::Node;
+use crate::record::{RecordError, Signed};
+use crate::state::StateError;
+use crate::store::ContractEntry;
+use crate::time::now_from_env;
+use crate::volume::{Volume, VolumeError};
+
+/// Extents sent (or fetched) at once on one connection.
+const IN_FLIGHT: usize = 4;
+/// Extents read and hashed ahead of the sender.
+const READ_AHEAD: usize = 2;
+
+/// Why a push, restore or verify failed.
+#[derive(Debug, Error)]
+pub enum BackupError {
+    /// The volume could not be read.
+    #[error(transparent)]
+    Volume(#[from] VolumeError),
+    /// The network failed or the peer refused.
+    #[error("node {peer}: {error}")]
+    Net {
+        /// The peer.
+        peer: NodeId,
+        /// What happened.
+        error: NetError,
+    },
+    /// The state directory failed.
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// The node has no volume configured.
+    #[error("no volume configured: set one with `kaana-offer init --volume PATH`")]
+    NoVolume,
+    /// The volume is larger than the contract.
+    #[error("the volume ({volume} bytes) is larger than contract {contract} ({size} bytes)")]
+    TooLarge {
+        /// The contract.
+        contract: RecordId,
+        /// The volume's size.
+        volume: u64,
+        /// The contract's size.
+        size: u64,
+    },
+    /// The holder's manifest was not signed by this node.
+    #[error("the manifest the holder returned is not signed by this node: {0}")]
+    NotOurs(RecordError),
+    /// The holder's manifest is for another contract or owner.
+    #[error("the manifest the holder returned is not this node's copy under contract {0}")]
+    WrongManifest(RecordId),
+    /// The holder's manifest or list is malformed.
+    #[error("the holder's manifest is bad: {0}")]
+    Manifest(#[from] ManifestError),
+    /// The holder has another generation than the one asked for.
+    #[error("the holder has generation {have}, not generation {want}")]
+    Generation {
+        /// What it has.
+        have: u64,
+        /// What was asked for.
+        want: u64,
+    },
+    /// An extent the holder sent does not match the manifest.
+    #[error("extent {index} from the holder does not match the manifest")]
+    BadExtent {
+        /// Its index.
+        index: u64,
+    },
+    /// Signing failed.
+    #[error(transparent)]
+    Record(#[from] RecordError),
+    /// Writing the output failed.
+    #[error("{}: {error}", .path.display())]
+    Output {
+        /// The output.
+        path: PathBuf,
+        /// What the system said.
+        error: std::io::Error,
+    },
+}
+
+/// What a push did: the JSON line `kaana-sync push` prints.
+#[derive(Debug, Clone, Serialize)]
+pub struct PushSummary {
+    /// The contract.
+    pub contract: RecordId,
+    /// The holder.
+    pub peer: NodeId,
+    /// The generation the holder now has committed.
+    pub generation: u64,
+    /// Extents sent.
+    pub extents_sent: u64,
+    /// Extents in the volume.
+    pub extents_total: u64,
+    /// Bytes sent.
+    pub bytes_sent: u64,
+    /// The volume's size.
+    pub bytes_total: u64,
+    /// Seconds taken.
+    pub secs: f64,
+    /// Whether nothing had changed since the last push (no new generation).
+    pub unchanged: bool,
+}
+
+/// What a restore or verify found: the JSON line `kaana-sync restore`/`verify` prints.
+#[derive(Debug, Clone, Serialize)]
+pub struct RestoreSummary {
+    /// The contract.
+    pub contract: RecordId,
+    /// The holder.
+    pub peer: NodeId,
+    /// The generation read back.
+    pub generation: u64,
+    /// The volume's size.
+    pub bytes: u64,
+    /// Whether every extent came back and matched.
+    pub ok: bool,
+    /// Extents in the volume.
+    pub extents: u64,
+    /// Extents fetched from the holder (the rest were already right in the output).
+    pub extents_fetched: u64,
+    /// Extents missing or wrong at the holder.
+    pub bad_extents: u64,
+    /// Seconds taken.
+    pub secs: f64,
+}
+
+fn net(peer: NodeId) -> impl Fn(NetError) -> BackupError {
+    move |error| BackupError::Net { peer, error }
+}
+
+async fn connect(client: &Client, node: &Node, peer: NodeId) -> Result<Connection, BackupError> {
+    let addrs = node.address_book()?.addrs(&peer).to_vec();
+    client.connect_any(peer, &addrs).await.map_err(net(peer))
+}
+
+/// Pushes the node's volume to the holder of `entry`.
+pub async fn push(
+    client: &Client,
+    node: &Node,
+    entry: &ContractEntry,
+    extent_size: u32,
+    allow_plaintext: bool,
+    progress: &Progress,
+) -> Result<PushSummary, BackupError> {
+    let started = Instant::now();
+    let (id, peer) = (entry.id, entry.state.peer);
+    let path = node.config.volume.clone().ok_or(BackupError::NoVolume)?;
+    let volume = Arc::new(Volume::open(&path, extent_size, allow_plaintext)?);
+    let g = volume.geometry();
+    if g.volume_size > entry.contract.body.size {
+        return Err(BackupError::TooLarge { contract: id, volume: g.volume_size, size: entry.contract.body.size });
+    }
+    let conn = connect(client, node, peer).await?;
+    let err = net(peer);
+
+    let mut ex =
+        conn.open(&Request::PushBegin { contract: id, volume_size: g.volume_size, extent_size }).await.map_err(&err)?;
+    ex.finish().map_err(&err)?;
+    let (committed, have_count) = match ex.reply().await.map_err(&err)? {
+        Response::PushReady { committed, have } => (committed, have),
+        other => return Err(err(ex.unexpected(&other))),
+    };
+    let limit = 2 * entry.contract.body.size / u64::from(crate::manifest::MIN_EXTENT_SIZE) + 1;
+    if have_count > limit {
+        return Err(err(NetError::Truncated(format!("the holder claims {have_count} extents"))));
+    }
+    let mut have_raw = vec![0u8; (have_count * 32) as usize];
+    read_exact(&mut ex.recv, &mut have_raw, READ_TIMEOUT, "the holder's extent list").await.map_err(&err)?;
+    let have: Arc<HashSet<ExtentHash>> =
+        Arc::new(have_raw.chunks_exact(32).map(|c| c.try_into().unwrap_or([0; 32])).collect());
+
+    let keystream = Keystream::new(&node.identity, &id);
+    let mut rx = spawn_readers(volume, keystream, have);
+    let permits = Arc::new(Semaphore::new(IN_FLIGHT));
+    let mut sends: JoinSet<Result<u64, NetError>> = JoinSet::new();
+    let mut hashes = vec![[0u8; 32]; g.count() as usize];
+    let (mut extents_sent, mut bytes_sent) = (0u64, 0u64);
+    let mut collect = |r: Result<Result<u64, NetError>, tokio::task::JoinError>| -> Result<(), BackupError> {
+        let len = r.map_err(|e| err(NetError::Lost(e.to_string())))?.map_err(&err)?;
+        extents_sent += 1;
+        bytes_sent += len;
+        Ok(())
+    };
+    while let Some(item) = rx.recv().await {
+        let (index, hash, data) = item?;
+        hashes[index as usize] = hash;
+        progress.inc(g.len(index) as u64);
+        if let Some(data) = data {
+            let permit = permits.clone().acquire_owned().await.map_err(|e| err(NetError::Lost(e.to_string())))?;
+            let conn = conn.clone();
+            let offset = g.offset(index);
+            sends.spawn(async move {
+                let _permit = permit;
+                put(&conn, id, offset, hash, data).await
+            });
+        }
+        while let Some(done) = sends.try_join_next() {
+            collect(done)?;
+        }
+    }
+    while let Some(done) = sends.join_next().await {
+        collect(done)?;
+    }
+
+    let list = encode_list(&hashes);
+    let record = Inbound::outbound(node.home.root(), &id);
+    let previous = record.committed()?;
+    let previous_gen = previous.as_ref().map_or(0, |(m, _)| m.body.generation);
+    let same = previous
+        .as_ref()
+        .is_some_and(|(m, l)| *l == list && m.body.volume_size == g.volume_size && m.body.extent_size == extent_size);
+    let summary = |generation, unchanged| PushSummary {
+        contract: id,
+        peer,
+        generation,
+        extents_sent,
+        extents_total: g.count(),
+        bytes_sent,
+        bytes_total: g.volume_size,
+        secs: started.elapsed().as_secs_f64(),
+        unchanged,
+    };
+    if same && extents_sent == 0 && committed == Some(previous_gen) {
+        conn.close();
+        return Ok(summary(previous_gen, true));
+    }
+    let now = now_from_env().map_err(|e| StateError::damaged(node.home.root(), e))?;
+    let manifest = Manifest {
+        contract: id,
+        owner: node.id(),
+        generation: previous_gen.max(committed.unwrap_or(0)) + 1,
+        volume_size: g.volume_size,
+        extent_size,
+        extent_count: g.count(),
+        extents: encoding::hex_encode(&list_hash(&list)),
+        created_at: now,
+    };
+    let manifest = Signed::sign(manifest, &node.identity)?;
+    let mut ex = conn.open(&Request::Commit { contract: id, manifest: manifest.clone() }).await.map_err(&err)?;
+    let _ = ex.send.write_all(&list).await;
+    let _ = ex.finish();
+    let generation = match ex.reply().await.map_err(&err)? {
+        Response::Committed { generation, .. } => generation,
+        other => return Err(err(ex.unexpected(&other))),
+    };
+    conn.close();
+    record.record(&manifest, &list)?;
+    node.log_event(
+        now,
+        "push",
+        json!({"contract": id, "peer": peer, "generation": generation, "extents_sent": extents_sent, "bytes_sent": bytes_sent}),
+    )?;
+    Ok(summary(generation, false))
+}
+
+type ReadItem = Result<(u64, ExtentHash, Option<Vec<u8>>), VolumeError>;
+
+/// Reads, encodes and hashes the volume's extents on every core; an extent the holder already
+/// has comes through without its bytes.
+fn spawn_readers(
+    volume: Arc<Volume>,
+    keystream: Keystream,
+    have: Arc<HashSet<ExtentHash>>,
+) -> mpsc::Receiver<ReadItem> {
+    let (tx, rx) = mpsc::channel(READ_AHEAD);
+    let next = Arc::new(AtomicU64::new(0));
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    for _ in 0..threads {
+        let (volume, keystream, have, next, tx) =
+            (volume.clone(), keystream.clone(), have.clone(), next.clone(), tx.clone());
+        std::thread::spawn(move || {
+            let g = volume.geometry();
+            let mut buf = Vec::new();
+            loop {
+                let index = next.fetch_add(1, Ordering::Relaxed);
+                if index >= g.count() {
+                    break;
+                }
+                let item = volume.read_extent(index, &mut buf).map(|()| {
+                    keystream.apply(g.offset(index), &mut buf);
+                    let hash = *blake3::hash(&buf).as_bytes();
+                    let data = (!have.contains(&hash)).then(|| std::mem::take(&mut buf));
+                    (index, hash, data)
+                });
+                let failed = item.is_err();
+                if tx.blocking_send(item).is_err() || failed {
+                    break;
+                }
+            }
+        });
+    }
+    rx
+}
+
+async fn put(
+    conn: &Connection,
+    contract: RecordId,
+    offset: u64,
+    hash: ExtentHash,
+    data: Vec<u8>,
+) -> Result<u64, NetError> {
+    let len = data.len() as u32;
+    let mut ex = conn.open(&Request::PutExtent { contract, offset, hash, len }).await?;
+    // A holder that refuses stops reading; its reply says why, so read it either way.
+    let _ = ex.send.write_all(&data).await;
+    let _ = ex.finish();
+    match ex.reply().await? {
+        Response::Stored => Ok(u64::from(len)),
+        other => Err(ex.unexpected(&other)),
+    }
+}
+
+/// Fetches the committed manifest of this node's copy under `entry` and checks it is ours.
+async fn fetch_manifest(
+    conn: &Connection,
+    node: &Node,
+    entry: &ContractEntry,
+) -> Result<(Signed<Manifest>, Vec<ExtentHash>), BackupError> {
+    let (id, peer) = (entry.id, entry.state.peer);
+    let err = net(peer);
+    let mut ex = conn.open(&Request::GetManifest { contract: id }).await.map_err(&err)?;
+    ex.finish().map_err(&err)?;
+    let manifest = match ex.reply().await.map_err(&err)? {
+        Response::ManifestIs { manifest } => manifest,
+        other => return Err(err(ex.unexpected(&other))),
+    };
+    manifest.verify_by(&node.id()).map_err(BackupError::NotOurs)?;
+    if manifest.body.contract != id || manifest.body.owner != node.id() {
+        return Err(BackupError::WrongManifest(id));
+    }
+    manifest.body.geometry()?;
+    let mut list = vec![0u8; (manifest.body.extent_count * 32) as usize];
+    read_exact(&mut ex.recv, &mut list, READ_TIMEOUT, "the extent list").await.map_err(&err)?;
+    let hashes = manifest.body.check_list(&list)?;
+    Ok((manifest, hashes))
+}
+
+async fn get_extent(conn: &Connection, contract: RecordId, hash: ExtentHash, len: usize) -> Result<Vec<u8>, NetError> {
+    let mut ex = conn.open(&Request::GetExtent { contract, hash }).await?;
+    ex.finish()?;
+    match ex.reply().await? {
+        Response::ExtentIs { len: got } if got as usize == len => {
+            let mut data = vec![0u8; len];
+            read_exact(&mut ex.recv, &mut data, READ_TIMEOUT, "extent bytes").await?;
+            Ok(data)
+        }
+        other => Err(ex.unexpected(&other)),
+    }
+}
+
+/// Reads back this node's copy under `entry`: with `out`, writes the decoded volume there
+/// (skipping extents already right, so a restore resumes); without, only checks (a drill).
+pub async fn restore(
+    client: &Client,
+    node: &Node,
+    entry: &ContractEntry,
+    out: Option<&Path>,
+    want_generation: Option<u64>,
+    progress_label: &str,
+) -> Result<RestoreSummary, BackupError> {
+    let started = Instant::now();
+    let (id, peer) = (entry.id, entry.state.peer);
+    let conn = connect(client, node, peer).await?;
+    let (manifest, hashes) = fetch_manifest(&conn, node, entry).await?;
+    let generation = manifest.body.generation;
+    if let Some(want) = want_generation.filter(|w| *w != generation) {
+        return Err(BackupError::Generation { have: generation, want });
+    }
+    let g = manifest.body.geometry()?;
+    let file = match out {
+        Some(path) => {
+            let output = |error| BackupError::Output { path: path.to_owned(), error };
+            let f =
+                OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path).map_err(output)?;
+            if f.metadata().map_err(output)?.is_file() {
+                f.set_len(g.volume_size).map_err(output)?;
+            }
+            Some(Arc::new(f))
+        }
+        None => None,
+    };
+    let progress = Progress::bytes(g.volume_size, progress_label);
+    let keystream = Keystream::new(&node.identity, &id);
+    let permits = Arc::new(Semaphore::new(IN_FLIGHT));
+    let mut tasks: JoinSet<Result<Fetched, BackupError>> = JoinSet::new();
+    let (mut fetched, mut bad) = (0u64, 0u64);
+    let mut tally = |r: Result<Result<Fetched, BackupError>, tokio::task::JoinError>| -> Result<(), BackupError> {
+        match r.map_err(|e| net(peer)(NetError::Lost(e.to_string())))?? {
+            Fetched::Already => {}
+            Fetched::Got => fetched += 1,
+            Fetched::Bad => bad += 1,
+        }
+        Ok(())
+    };
+    for (index, hash) in hashes.into_iter().enumerate() {
+        let index = index as u64;
+        let permit = permits.clone().acquire_owned().await.map_err(|e| net(peer)(NetError::Lost(e.to_string())))?;
+        let (conn, file, keystream) = (conn.clone(), file.clone(), keystream.clone());
+        let out_path = out.map(Path::to_owned);
+        tasks.spawn(async move {
+            let _permit = permit;
+            restore_extent(&conn, id, peer, g, index, hash, file, out_path, keystream).await
+        });
+        while let Some(done) = tasks.try_join_next() {
+            tally(done)?;
+        }
+        progress.inc(g.len(index) as u64);
+    }
+    while let Some(done) = tasks.join_next().await {
+        tally(done)?;
+    }
+    progress.finish();
+    conn.close();
+    if let (Some(f), Some(path)) = (&file, out) {
+        f.sync_all().map_err(|error| BackupError::Output { path: path.to_owned(), error })?;
+    }
+    let now = now_from_env().map_err(|e| StateError::damaged(node.home.root(), e))?;
+    let kind = if out.is_some() { "restore" } else { "verify" };
+    node.log_event(now, kind, json!({"contract": id, "peer": peer, "generation": generation, "bad_extents": bad}))?;
+    Ok(RestoreSummary {
+        contract: id,
+        peer,
+        generation,
+        bytes: g.volume_size,
+        ok: bad == 0,
+        extents: g.count(),
+        extents_fetched: fetched,
+        bad_extents: bad,
+        secs: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// What became of one extent in a restore.
+enum Fetched {
+    /// It was already right in the output.
+    Already,
+    /// It came from the holder and checked out.
+    Got,
+    /// It is missing or wrong at the holder.
+    Bad,
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn restore_extent(
+    conn: &Connection,
+    id: RecordId,
+    peer: NodeId,
+    g: Geometry,
+    index: u64,
+    hash: ExtentHash,
+    file: Option<Arc<std::fs::File>>,
+    out: Option<PathBuf>,
+    keystream: Keystream,
+) -> Result<Fetched, BackupError> {
+    let (offset, len) = (g.offset(index), g.len(index));
+    let output = |error| BackupError::Output { path: out.clone().unwrap_or_default(), error };
+    if let Some(f) = &file {
+        // Resume: an extent already right in the output is not fetched again.
+        let (f, ks) = (f.clone(), keystream.clone());
+        let already = tokio::task::spawn_blocking(move || {
+            let mut buf = vec![0u8; len];
+            f.read_exact_at(&mut buf, offset)?;
+            ks.apply(offset, &mut buf);
+            Ok::<_, std::io::Error>(*blake3::hash(&buf).as_bytes() == hash)
+        })
+        .await
+        .map_err(|e| output(std::io::Error::other(e)))?
+        .map_err(output)?;
+        if already {
+            return Ok(Fetched::Already);
+        }
+    }
+    let data = match get_extent(conn, id, hash, len).await {
+        Ok(d) => d,
+        Err(NetError::Remote(_)) if file.is_none() => return Ok(Fetched::Bad),
+        Err(e) => return Err(BackupError::Net { peer, error: e }),
+    };
+    if *blake3::hash(&data).as_bytes() != hash {
+        return if file.is_none() { Ok(Fetched::Bad) } else { Err(BackupError::BadExtent { index }) };
+    }
+    if let Some(f) = file {
+        tokio::task::spawn_blocking(move || {
+            let mut data = data;
+            keystream.apply(offset, &mut data);
+            f.write_all_at(&data, offset)
+        })
+        .await
+        .map_err(|e| output(std::io::Error::other(e)))?
+        .map_err(output)?;
+    }
+    Ok(Fetched::Got)
+}
+
+/// Asks every peer in the address book which contracts this node has with it, and stores the
+/// ones it does not know (for a node rebuilt from its recovery phrase). Returns their ids.
+pub async fn fetch_contracts(client: &Client, node: &Node) -> Result<Vec<RecordId>, BackupError> {
+    use crate::store::{ContractState, Role};
+    let me = node.id();
+    let mut found = Vec::new();
+    for (peer, entry) in node.address_book()?.peers {
+        let conn = match client.connect_any(peer, &entry.addrs).await {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("kaana: node {}: {e}", peer.short());
+                continue;
+            }
+        };
+        let reply = conn.request(&Request::ListContracts).await;
+        conn.close();
+        let Ok(Response::Contracts { contracts }) = reply else { continue };
+        for contract in contracts {
+            if contract.verify().is_err() || contract.body.peer_of(&me) != Some(peer) {
+                continue;
+            }
+            let id = contract.id()?;
+            if node.contract(&id).is_ok() {
+                continue;
+            }
+            let role = if contract.body.offerer == me { Role::Offerer } else { Role::Taker };
+            let _lock = node.home.lock()?;
+            node.save_new_contract(&contract, &ContractState::new(role, peer))?;
+            found.push(id);
+        }
+    }
+    Ok(found)
+}

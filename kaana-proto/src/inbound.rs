@@ -1,0 +1,254 @@
+//! A holder's store of one peer's copy under one contract:
+//! `<storage>/inbound/<contract>/`.
+//!
+//! Extents are content-addressed files (`extents/ab/abcd…`), each written to a temp file,
+//! synced, and renamed into place only if its bytes hash to its name. A generation is committed
+//! by writing its extent list (`lists/<gen>.bin`) and then, atomically, `committed.json` (the
+//! owner-signed manifest): that rename is the commit point, so a crash anywhere leaves the
+//! previous generation whole. After a commit, extents and lists it does not reference are
+//! dropped.
+
+use std::collections::HashSet;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write as _};
+use std::os::unix::fs::OpenOptionsExt as _;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::encoding;
+use crate::manifest::{ExtentHash, Manifest, ManifestError};
+use crate::market::RecordId;
+use crate::record::Signed;
+use crate::state::{Schema, StateError, create_dir, write_atomic};
+
+/// Why the store refused or failed.
+#[derive(Debug, Error)]
+pub enum InboundError {
+    /// The bytes do not hash to the extent's id.
+    #[error("extent bytes do not match their hash {}", encoding::hex_encode(.0))]
+    HashMismatch(ExtentHash),
+    /// The manifest names extents the store does not have.
+    #[error("{0} extents of the manifest have not been received")]
+    Missing(usize),
+    /// The manifest or its list is wrong.
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    /// The disk failed or is full.
+    #[error(transparent)]
+    State(#[from] StateError),
+}
+
+/// `committed.json`: the committed generation's owner-signed manifest.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Committed {
+    /// Always 1.
+    pub schema: Schema,
+    /// The manifest.
+    pub manifest: Signed<Manifest>,
+}
+
+/// A committed generation: the owner-signed manifest and its extent list.
+pub type CommittedCopy = (Signed<Manifest>, Vec<u8>);
+
+/// One contract's inbound store.
+#[derive(Debug, Clone)]
+pub struct Inbound {
+    dir: PathBuf,
+}
+
+impl Inbound {
+    /// The store for `contract` under the node's storage directory.
+    pub fn new(storage: &Path, contract: &RecordId) -> Self {
+        Inbound { dir: storage.join("inbound").join(contract.to_string()) }
+    }
+
+    /// The owner's record of what the holder of `contract` last committed:
+    /// `<home>/outbound/<contract>/`, laid out like a holder's store without the extents.
+    pub fn outbound(home: &Path, contract: &RecordId) -> Self {
+        Inbound { dir: home.join("outbound").join(contract.to_string()) }
+    }
+
+    /// Its directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn extents_dir(&self) -> PathBuf {
+        self.dir.join("extents")
+    }
+
+    fn extent_path(&self, hash: &ExtentHash) -> PathBuf {
+        let hex = encoding::hex_encode(hash);
+        self.extents_dir().join(&hex[..2]).join(hex)
+    }
+
+    fn list_path(&self, generation: u64) -> PathBuf {
+        self.dir.join("lists").join(format!("{generation}.bin"))
+    }
+
+    fn committed_path(&self) -> PathBuf {
+        self.dir.join("committed.json")
+    }
+
+    /// Whether the extent is stored.
+    pub fn has(&self, hash: &ExtentHash) -> bool {
+        self.extent_path(hash).is_file()
+    }
+
+    /// Every stored extent, with its size.
+    pub fn present(&self) -> Result<Vec<(ExtentHash, u64)>, StateError> {
+        let mut out = Vec::new();
+        let root = self.extents_dir();
+        for sub in read_dir_or_empty(&root)? {
+            if !sub.is_dir() {
+                continue;
+            }
+            for path in read_dir_or_empty(&sub)? {
+                let Some(name) = path.file_name().and_then(|n| n.to_str()) else { continue };
+                let Ok(hash) = encoding::hex_decode::<32>(name) else { continue };
+                let len = fs::metadata(&path).map_err(|e| StateError::io(&path, e))?.len();
+                out.push((hash, len));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Stores an extent after checking its bytes hash to `hash`, synced to disk before it is
+    /// renamed into place.
+    pub fn put(&self, hash: &ExtentHash, data: &[u8]) -> Result<(), InboundError> {
+        if blake3::hash(data).as_bytes() != hash {
+            return Err(InboundError::HashMismatch(*hash));
+        }
+        let path = self.extent_path(hash);
+        if path.is_file() {
+            return Ok(());
+        }
+        let dir = path.parent().unwrap_or(&self.dir).to_owned();
+        create_dir(&dir)?;
+        let tmp = dir.join(format!(".{}.{}.tmp", std::process::id(), next_tmp()));
+        let result = (|| {
+            let mut f = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
+            f.write_all(data)?;
+            f.sync_data()?;
+            fs::rename(&tmp, &path)
+        })();
+        result.map_err(|e| {
+            let _ = fs::remove_file(&tmp);
+            InboundError::State(StateError::io(&path, e))
+        })
+    }
+
+    /// Reads an extent, or `None` if it is not stored.
+    pub fn read(&self, hash: &ExtentHash) -> Result<Option<Vec<u8>>, StateError> {
+        let path = self.extent_path(hash);
+        match fs::read(&path) {
+            Ok(data) => Ok(Some(data)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(StateError::io(&path, e)),
+        }
+    }
+
+    /// The committed generation's manifest and extent list, if any.
+    pub fn committed(&self) -> Result<Option<CommittedCopy>, StateError> {
+        let path = self.committed_path();
+        let Some(c) = crate::state::Home::at(&self.dir).read_optional::<Committed>(&path)? else {
+            return Ok(None);
+        };
+        let list_path = self.list_path(c.manifest.body.generation);
+        let list = fs::read(&list_path).map_err(|e| StateError::io(&list_path, e))?;
+        c.manifest.body.check_list(&list).map_err(|e| StateError::damaged(&list_path, e))?;
+        Ok(Some((c.manifest, list)))
+    }
+
+    /// Commits a generation: every extent it names must be stored. Then drops what it does
+    /// not reference. Returns the bytes dropped.
+    pub fn commit(&self, manifest: &Signed<Manifest>, list: &[u8]) -> Result<u64, InboundError> {
+        let hashes = manifest.body.check_list(list)?;
+        let missing = hashes.iter().filter(|h| !self.has(h)).count();
+        if missing > 0 {
+            return Err(InboundError::Missing(missing));
+        }
+        // The extents' renames must be on disk before the commit that relies on them.
+        for sub in read_dir_or_empty(&self.extents_dir())? {
+            sync_dir(&sub)?;
+        }
+        sync_dir(&self.extents_dir())?;
+        self.record(manifest, list)?;
+        let keep: HashSet<ExtentHash> = hashes.into_iter().collect();
+        Ok(self.drop_unreferenced(&keep, Some(manifest.body.generation))?)
+    }
+
+    /// Writes a generation's list, then (atomically: the commit point) `committed.json`.
+    pub fn record(&self, manifest: &Signed<Manifest>, list: &[u8]) -> Result<(), StateError> {
+        let list_path = self.list_path(manifest.body.generation);
+        create_dir(list_path.parent().unwrap_or(&self.dir))?;
+        write_atomic(&list_path, list)?;
+        let committed = Committed { schema: Schema, manifest: manifest.clone() };
+        crate::state::Home::at(&self.dir).write(&self.committed_path(), &committed)?;
+        for path in read_dir_or_empty(&self.dir.join("lists"))? {
+            if path != list_path {
+                remove_file(&path)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes extents not in `keep`, temp files, and lists of other generations than `keep_list`.
+    /// Returns the bytes removed.
+    pub fn drop_unreferenced(&self, keep: &HashSet<ExtentHash>, keep_list: Option<u64>) -> Result<u64, StateError> {
+        let mut freed = 0;
+        for sub in read_dir_or_empty(&self.extents_dir())? {
+            for path in read_dir_or_empty(&sub)? {
+                let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+                let referenced = encoding::hex_decode::<32>(name).is_ok_and(|h| keep.contains(&h));
+                if !referenced {
+                    freed += fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+                    remove_file(&path)?;
+                }
+            }
+        }
+        for path in read_dir_or_empty(&self.dir.join("lists"))? {
+            let generation = path.file_stem().and_then(|n| n.to_str()).and_then(|n| n.parse::<u64>().ok());
+            if generation.is_none() || generation != keep_list {
+                remove_file(&path)?;
+            }
+        }
+        Ok(freed)
+    }
+
+    /// Removes the whole store (its data is owed no longer). Safe to repeat.
+    pub fn remove_all(&self) -> Result<(), StateError> {
+        match fs::remove_dir_all(&self.dir) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(StateError::io(&self.dir, e)),
+            _ => Ok(()),
+        }
+    }
+}
+
+fn next_tmp() -> u64 {
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+fn read_dir_or_empty(dir: &Path) -> Result<Vec<PathBuf>, StateError> {
+    match fs::read_dir(dir) {
+        Ok(entries) => entries.map(|e| e.map(|e| e.path()).map_err(|e| StateError::io(dir, e))).collect(),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(StateError::io(dir, e)),
+    }
+}
+
+fn remove_file(path: &Path) -> Result<(), StateError> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(StateError::io(path, e)),
+        _ => Ok(()),
+    }
+}
+
+fn sync_dir(dir: &Path) -> Result<(), StateError> {
+    File::open(dir).and_then(|d| d.sync_all()).map_err(|e| StateError::io(dir, e))
+}

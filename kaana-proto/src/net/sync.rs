@@ -1,0 +1,234 @@
+//! The server's side of push and restore: the holder checks every extent's hash before it stores
+//! it, refuses anything past the contract's size, commits only owner-signed manifests of a newer
+//! generation, and gives a copy back only to its owner.
+
+use std::sync::Arc;
+
+use quinn::RecvStream;
+use serde_json::json;
+
+use super::server::Ctx;
+use super::transport::read_exact;
+use super::wire::{ErrorCode, ErrorReply, Response};
+use crate::identity::NodeId;
+use crate::inbound::{Inbound, InboundError};
+use crate::manifest::{ExtentHash, Geometry, MAX_EXTENT_SIZE, Manifest};
+use crate::market::RecordId;
+use crate::record::Signed;
+use crate::store::{ContractEntry, Status};
+use crate::time::now_from_env;
+
+/// A reply and the raw bytes that follow it.
+pub(super) type Handled = Result<(Response, Option<Vec<u8>>), ErrorReply>;
+
+/// The most extents a list may have (with 4 MiB extents, an 8 TiB volume).
+const MAX_LIST_EXTENTS: u64 = 2 << 20;
+
+fn internal(e: impl std::fmt::Display) -> ErrorReply {
+    ErrorReply::new(ErrorCode::Internal, e.to_string())
+}
+
+fn refused(msg: impl Into<String>) -> ErrorReply {
+    ErrorReply::new(ErrorCode::Refused, msg)
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ErrorReply> + Send + 'static,
+) -> Result<T, ErrorReply> {
+    tokio::task::spawn_blocking(f).await.map_err(internal)?
+}
+
+/// The contract `id`, if `peer` is its other side. `for_push`: it must also be active.
+fn authorise(ctx: &Ctx, peer: NodeId, id: &RecordId, for_push: bool) -> Result<(ContractEntry, Inbound), ErrorReply> {
+    let entry =
+        ctx.node.contract(id).map_err(|_| ErrorReply::new(ErrorCode::NotFound, format!("no contract {id} here")))?;
+    if entry.state.peer != peer {
+        return Err(ErrorReply::new(ErrorCode::Unauthorized, format!("node {peer} is not a side of contract {id}")));
+    }
+    match (&entry.state.status, for_push) {
+        (Status::Ended { .. }, _) => {
+            return Err(ErrorReply::new(
+                ErrorCode::NotFound,
+                format!("contract {id} has ended; no data is kept for it"),
+            ));
+        }
+        (Status::Terminated { .. }, true) => return Err(refused(format!("contract {id} is terminated: no new data"))),
+        _ => {}
+    }
+    let inbound = Inbound::new(&ctx.node.config.storage, id);
+    Ok((entry, inbound))
+}
+
+fn map_inbound(e: InboundError) -> ErrorReply {
+    match e {
+        InboundError::HashMismatch(_) | InboundError::Manifest(_) => {
+            ErrorReply::new(ErrorCode::BadRequest, e.to_string())
+        }
+        InboundError::Missing(_) => refused(e.to_string()),
+        InboundError::State(s) => ErrorReply::new(ErrorCode::Internal, format!("the holder could not store it: {s}")),
+    }
+}
+
+/// `push_begin`: checks the volume fits the contract and says what is already here.
+pub(super) async fn push_begin(
+    ctx: &Arc<Ctx>,
+    peer: NodeId,
+    id: RecordId,
+    volume_size: u64,
+    extent_size: u32,
+) -> Handled {
+    let c = ctx.clone();
+    blocking(move || {
+        let (entry, inbound) = authorise(&c, peer, &id, true)?;
+        Geometry::new(volume_size, extent_size).map_err(|e| ErrorReply::new(ErrorCode::BadRequest, e.to_string()))?;
+        if volume_size > entry.contract.body.size {
+            return Err(refused(format!(
+                "a volume of {volume_size} bytes is more than contract {id} holds ({} bytes)",
+                entry.contract.body.size
+            )));
+        }
+        let committed = inbound.committed().map_err(internal)?.map(|(m, _)| m.body.generation);
+        let present = inbound.present().map_err(internal)?;
+        let stored = present.iter().map(|(_, len)| len).sum();
+        c.stored.lock().map_err(internal)?.insert(id, stored);
+        let have: Vec<u8> = present.iter().flat_map(|(h, _)| h.iter().copied()).collect();
+        Ok((Response::PushReady { committed, have: present.len() as u64 }, Some(have)))
+    })
+    .await
+}
+
+/// `put_extent`: reads the bytes, checks them against their hash, stores and syncs them.
+pub(super) async fn put_extent(
+    ctx: &Arc<Ctx>,
+    peer: NodeId,
+    recv: &mut RecvStream,
+    id: RecordId,
+    offset: u64,
+    hash: ExtentHash,
+    len: u32,
+) -> Handled {
+    let c = ctx.clone();
+    let (entry, inbound) = blocking(move || authorise(&c, peer, &id, true)).await?;
+    let size = entry.contract.body.size;
+    if len == 0 || len > MAX_EXTENT_SIZE || offset.saturating_add(u64::from(len)) > size {
+        return Err(refused(format!("{len} bytes at offset {offset} are past contract {id}'s size of {size} bytes")));
+    }
+    {
+        // Old and new generations live side by side during a push: at most twice the size.
+        let mut stored = ctx.stored.lock().map_err(internal)?;
+        let now = stored.entry(id).or_default();
+        if *now + u64::from(len) > 2 * size {
+            return Err(refused(format!("contract {id} already stores {now} bytes here; no more until a commit")));
+        }
+        *now += u64::from(len);
+    }
+    let _permit = ctx.put_permits.acquire().await.map_err(internal)?;
+    let mut data = vec![0u8; len as usize];
+    read_exact(recv, &mut data, ctx.opts.read_timeout, "extent bytes")
+        .await
+        .map_err(|e| ErrorReply::new(ErrorCode::BadFrame, e.to_string()))?;
+    let result = blocking(move || inbound.put(&hash, &data).map_err(map_inbound)).await;
+    if result.is_err()
+        && let Ok(mut stored) = ctx.stored.lock()
+    {
+        let now = stored.entry(id).or_default();
+        *now = now.saturating_sub(u64::from(len));
+    }
+    result.map(|()| (Response::Stored, None))
+}
+
+/// `commit`: the owner-signed manifest of a newer generation whose extents are all here.
+pub(super) async fn commit(
+    ctx: &Arc<Ctx>,
+    peer: NodeId,
+    recv: &mut RecvStream,
+    id: RecordId,
+    manifest: Signed<Manifest>,
+) -> Handled {
+    let bad = |msg: String| ErrorReply::new(ErrorCode::BadRequest, msg);
+    let count = manifest.body.extent_count;
+    if count > MAX_LIST_EXTENTS {
+        return Err(bad(format!("{count} extents are more than a manifest may list")));
+    }
+    let mut list = vec![0u8; (count * 32) as usize];
+    read_exact(recv, &mut list, ctx.opts.read_timeout, "the extent list").await.map_err(|e| bad(e.to_string()))?;
+    let c = ctx.clone();
+    blocking(move || {
+        let (entry, inbound) = authorise(&c, peer, &id, true)?;
+        let m = &manifest.body;
+        if m.contract != id || m.owner != peer {
+            return Err(bad(format!("the manifest is not for contract {id} from node {peer}")));
+        }
+        manifest.verify_by(&peer).map_err(|e| {
+            ErrorReply::new(ErrorCode::Unauthorized, format!("the manifest is not signed by the owner: {e}"))
+        })?;
+        if m.volume_size > entry.contract.body.size {
+            return Err(refused(format!("a volume of {} bytes is more than contract {id} holds", m.volume_size)));
+        }
+        let _lock = c.node.home.lock().map_err(internal)?;
+        if let Some((current, _)) = inbound.committed().map_err(internal)?
+            && current.body.generation >= m.generation
+        {
+            return Err(refused(format!(
+                "generation {} is not newer than the committed generation {}",
+                m.generation, current.body.generation
+            )));
+        }
+        let freed = inbound.commit(&manifest, &list).map_err(map_inbound)?;
+        if let Ok(mut stored) = c.stored.lock() {
+            stored.remove(&id);
+        }
+        let now = now_from_env().map_err(internal)?;
+        c.node
+            .log_event(
+                now,
+                "commit",
+                json!({"contract": id, "peer": peer, "generation": m.generation, "bytes": m.volume_size}),
+            )
+            .map_err(internal)?;
+        Ok((Response::Committed { generation: m.generation, freed }, None))
+    })
+    .await
+}
+
+/// `get_manifest`: the committed manifest and its list, to its owner only.
+pub(super) async fn get_manifest(ctx: &Arc<Ctx>, peer: NodeId, id: RecordId) -> Handled {
+    let c = ctx.clone();
+    blocking(move || {
+        let (_, inbound) = authorise(&c, peer, &id, false)?;
+        match inbound.committed().map_err(internal)? {
+            Some((manifest, list)) => Ok((Response::ManifestIs { manifest }, Some(list))),
+            None => {
+                Err(ErrorReply::new(ErrorCode::NotFound, format!("no generation of contract {id} is committed here")))
+            }
+        }
+    })
+    .await
+}
+
+/// `get_extent`: one extent, to its owner only.
+pub(super) async fn get_extent(ctx: &Arc<Ctx>, peer: NodeId, id: RecordId, hash: ExtentHash) -> Handled {
+    let c = ctx.clone();
+    blocking(move || {
+        let (_, inbound) = authorise(&c, peer, &id, false)?;
+        match inbound.read(&hash).map_err(internal)? {
+            Some(data) => Ok((Response::ExtentIs { len: data.len() as u32 }, Some(data))),
+            None => Err(ErrorReply::new(
+                ErrorCode::NotFound,
+                format!("extent {} of contract {id} is not here", crate::encoding::hex_encode(&hash)),
+            )),
+        }
+    })
+    .await
+}
+
+/// `list_contracts`: every contract the asking node is a side of.
+pub(super) async fn list_contracts(ctx: &Arc<Ctx>, peer: NodeId) -> Handled {
+    let c = ctx.clone();
+    blocking(move || {
+        let contracts = c.node.contracts().map_err(internal)?;
+        let mine = contracts.into_iter().filter(|e| e.state.peer == peer).map(|e| e.contract).collect();
+        Ok((Response::Contracts { contracts: mine }, None))
+    })
+    .await
+}

@@ -1,0 +1,359 @@
+//! Push, restore and verify of real LUKS volumes between real nodes.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+
+use kaana_proto::identity::Identity;
+use kaana_proto::manifest::{Manifest, encode_list, list_hash};
+use kaana_proto::market::RecordId;
+use kaana_proto::net::transport::{Client, NetError};
+use kaana_proto::net::wire::{ErrorCode, Request, Response};
+use kaana_proto::record::Signed;
+
+use crate::common::{
+    Pair, ServerProc, TestNode, assert_exit, assert_success, contracted_pair, debugfs_cat, decrypt_luks, json_lines,
+    make_contract_sized, make_luks, one_json, pseudo_random, stderr, write_in_luks,
+};
+
+#[derive(Debug, Deserialize)]
+struct PushLine {
+    contract: String,
+    peer: String,
+    generation: u64,
+    extents_sent: u64,
+    extents_total: u64,
+    bytes_sent: u64,
+    bytes_total: u64,
+    secs: f64,
+}
+
+#[derive(Debug, Deserialize)]
+struct RestoreLine {
+    contract: String,
+    generation: u64,
+    bytes: u64,
+    ok: bool,
+    extents_fetched: u64,
+    bad_extents: u64,
+}
+
+fn push(node: &TestNode, contract: &str) -> PushLine {
+    node.json("kaana-sync", &["push", contract])
+}
+
+fn restore(node: &TestNode, contract: &str, out: &Path) -> RestoreLine {
+    node.json("kaana-sync", &["restore", contract, "--out", out.to_str().unwrap()])
+}
+
+fn files() -> Vec<(&'static str, Vec<u8>)> {
+    vec![("notes.txt", b"the first byte of my data is b\n".to_vec()), ("photo.raw", pseudo_random(3 << 20, 7))]
+}
+
+fn luks_volume(dir: &Path) -> PathBuf {
+    let f = files();
+    let refs: Vec<(&str, &[u8])> = f.iter().map(|(n, d)| (*n, d.as_slice())).collect();
+    make_luks(dir, "vol", &refs, 16)
+}
+
+fn inbound_extents(holder: &TestNode, contract: &str) -> Vec<PathBuf> {
+    let root = holder.home.join("inbound").join(contract).join("extents");
+    let mut out = Vec::new();
+    for sub in fs::read_dir(root).into_iter().flatten().flatten() {
+        for f in fs::read_dir(sub.path()).into_iter().flatten().flatten() {
+            let name = f.file_name().to_string_lossy().into_owned();
+            if !name.starts_with('.') {
+                out.push(f.path());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn a_luks_volume_goes_out_and_comes_back_whole() {
+    let work = tempfile::tempdir().unwrap();
+    let volume = luks_volume(work.path());
+    let original = fs::read(&volume).unwrap();
+    let Pair { a, b, sb, sa: _sa, contract } = contracted_pair(&volume, "64MiB");
+
+    let pushed = push(&a, &contract);
+    assert_eq!((pushed.contract.as_str(), pushed.peer.as_str()), (contract.as_str(), sb.node.as_str()));
+    assert_eq!(pushed.generation, 1);
+    assert_eq!(pushed.bytes_total, original.len() as u64);
+    assert_eq!(pushed.extents_total, (original.len() as u64).div_ceil(4 << 20));
+    assert_eq!((pushed.extents_sent, pushed.bytes_sent), (pushed.extents_total, pushed.bytes_total));
+    assert!(pushed.secs > 0.0);
+    // What B holds is not A's volume: every stored extent differs from the plain extent.
+    assert_eq!(inbound_extents(&b, &contract).len() as u64, pushed.extents_total);
+    for chunk in original.chunks(4 << 20) {
+        assert!(inbound_extents(&b, &contract).iter().all(|p| fs::read(p).unwrap() != chunk));
+    }
+
+    // A second push with nothing changed sends nothing.
+    let again = push(&a, &contract);
+    assert_eq!((again.generation, again.extents_sent), (1, 0));
+
+    // Lose the volume; bring it back.
+    fs::remove_file(&volume).unwrap();
+    let back = work.path().join("restored.luks");
+    let restored = restore(&a, &contract, &back);
+    assert!(restored.ok);
+    assert_eq!(restored.contract, contract);
+    assert_eq!((restored.generation, restored.bytes, restored.bad_extents), (1, original.len() as u64, 0));
+    assert_eq!(fs::read(&back).unwrap(), original);
+    let plain = work.path().join("restored.ext4");
+    decrypt_luks(&back, &plain);
+    for (name, data) in files() {
+        assert_eq!(debugfs_cat(&plain, name), data, "{name}");
+    }
+    let verified: RestoreLine = a.json("kaana-sync", &["verify", &contract]);
+    assert!(verified.ok && verified.bad_extents == 0);
+}
+
+#[test]
+fn an_incremental_push_sends_only_what_changed() {
+    let work = tempfile::tempdir().unwrap();
+    let volume = luks_volume(work.path());
+    let Pair { a, b, sa: _sa, sb: _sb, contract } = contracted_pair(&volume, "64MiB");
+    let first = push(&a, &contract);
+    write_in_luks(&volume, 9 << 20, 64 << 10, 0xab);
+    let second = push(&a, &contract);
+    assert_eq!(second.generation, 2);
+    assert_eq!(second.extents_sent, 1, "64 KiB inside one 4 MiB extent");
+    assert_eq!(second.bytes_sent, 4 << 20);
+    assert_eq!(second.extents_total, first.extents_total);
+    // Old extents the new generation does not use are gone from the holder.
+    assert_eq!(inbound_extents(&b, &contract).len() as u64, first.extents_total);
+
+    let back = work.path().join("restored.luks");
+    let restored = restore(&a, &contract, &back);
+    assert_eq!(restored.generation, 2);
+    assert_eq!(fs::read(&back).unwrap(), fs::read(&volume).unwrap());
+    // Restoring again into the same file fetches nothing: it is already right.
+    let again = restore(&a, &contract, &back);
+    assert_eq!((again.ok, again.extents_fetched), (true, 0));
+}
+
+#[test]
+fn a_holder_killed_mid_push_keeps_the_last_generation_and_the_push_resumes() {
+    let work = tempfile::tempdir().unwrap();
+    let volume = work.path().join("vol.img");
+    fs::write(&volume, pseudo_random(96 << 20, 1)).unwrap();
+    let v1 = fs::read(&volume).unwrap();
+    let Pair { a, b, sb, sa: _sa, contract } = contracted_pair(&volume, "128MiB");
+    let extent = ["--extent-size", "256KiB"];
+    let first: PushLine = a.json("kaana-sync", &[&["push", &contract][..], &extent[..]].concat());
+    assert_eq!(first.extents_total, 384);
+
+    // Generation 2 changes everything; kill the holder part-way through.
+    fs::write(&volume, pseudo_random(96 << 20, 2)).unwrap();
+    let port = sb.addr.rsplit_once(':').unwrap().1.to_owned();
+    let mut sb = sb;
+    let pusher = a
+        .cmd("kaana-sync")
+        .args(["push", &contract])
+        .args(extent)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let before = first.extents_total as usize;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while inbound_extents(&b, &contract).len() < before + 40 {
+        assert!(Instant::now() < deadline, "the push made no progress");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    sb.child.kill().unwrap();
+    let _ = sb.child.wait();
+    // The pusher would notice the dead holder only at its read time-out; stop it too.
+    let mut pusher = pusher;
+    let _ = pusher.kill();
+    let _ = pusher.wait();
+    let stored_before_restart = inbound_extents(&b, &contract).len() - before;
+    assert!(stored_before_restart < 384, "the push finished before the kill");
+
+    let sb = ServerProc::start(&b, &["--listen", &format!("127.0.0.1:{port}")]);
+    // The committed generation is still 1, whole.
+    let back = work.path().join("back.img");
+    let restored = restore(&a, &contract, &back);
+    assert_eq!(restored.generation, 1);
+    assert!(fs::read(&back).unwrap() == v1);
+    // The next push does not send again what the holder already stored.
+    let resumed: PushLine = a.json("kaana-sync", &[&["push", &contract][..], &extent[..]].concat());
+    assert_eq!(resumed.generation, 2);
+    assert_eq!(resumed.extents_sent as usize, 384 - stored_before_restart);
+    let restored = restore(&a, &contract, &back);
+    assert_eq!(restored.generation, 2);
+    assert!(fs::read(&back).unwrap() == fs::read(&volume).unwrap());
+    drop(sb);
+}
+
+#[test]
+fn two_holders_of_one_volume_hold_different_bytes() {
+    let work = tempfile::tempdir().unwrap();
+    let volume = luks_volume(work.path());
+    let Pair { a, b, sa, sb: _sb, contract: with_b } = contracted_pair(&volume, "64MiB");
+    let c = TestNode::init_with(&["--capacity", "1GiB"]);
+    let _sc = ServerProc::start(&c, &[]);
+    let with_c = make_contract_sized(&a, &sa, &c, "64MiB");
+    let lines: Vec<PushLine> = json_lines(&a.run("kaana-sync", &["push", "--all"]));
+    assert_eq!(lines.len(), 2);
+    let (at_b, at_c) = (inbound_extents(&b, &with_b), inbound_extents(&c, &with_c));
+    assert_eq!(at_b.len(), at_c.len());
+    let names = |v: &[PathBuf]| v.iter().map(|p| p.file_name().unwrap().to_owned()).collect::<Vec<_>>();
+    assert!(names(&at_b).iter().all(|n| !names(&at_c).contains(n)));
+    for (x, y) in at_b.iter().zip(&at_c) {
+        assert_ne!(fs::read(x).unwrap(), fs::read(y).unwrap());
+    }
+}
+
+#[test]
+fn a_plain_volume_is_refused_unless_allowed() {
+    let work = tempfile::tempdir().unwrap();
+    let volume = work.path().join("plain.img");
+    fs::write(&volume, b"my diary, unencrypted. ".repeat(200_000)).unwrap();
+    let Pair { a, b: _b, sa: _sa, sb: _sb, contract } = contracted_pair(&volume, "64MiB");
+    let out = a.run("kaana-sync", &["push", &contract]);
+    assert_exit(&out, 2);
+    assert!(stderr(&out).contains("does not look encrypted"), "{}", stderr(&out));
+    assert_success(&a.run("kaana-sync", &["push", &contract, "--allow-plaintext"]));
+}
+
+#[test]
+fn verify_catches_a_lost_extent() {
+    let work = tempfile::tempdir().unwrap();
+    let volume = luks_volume(work.path());
+    let Pair { a, b, sa: _sa, sb: _sb, contract } = contracted_pair(&volume, "64MiB");
+    push(&a, &contract);
+    let lost = &inbound_extents(&b, &contract)[1];
+    fs::remove_file(lost).unwrap();
+    let out = a.run("kaana-sync", &["verify", &contract]);
+    assert_exit(&out, 1);
+    let line: RestoreLine = one_json(&out);
+    assert!(!line.ok);
+    assert_eq!(line.bad_extents, 1);
+    assert!(stderr(&out).contains("damaged"), "{}", stderr(&out));
+}
+
+#[test]
+fn a_node_rebuilt_from_its_phrase_restores_from_one_peer() {
+    let work = tempfile::tempdir().unwrap();
+    let volume = luks_volume(work.path());
+    let original = fs::read(&volume).unwrap();
+    let Pair { a, b: _b, sb, sa: _sa, contract } = contracted_pair(&volume, "64MiB");
+    push(&a, &contract);
+    let phrase: serde_json::Value = a.json("kaana-offer", &["recovery-phrase"]);
+    drop(a); // the disk is gone
+
+    let rebuilt = TestNode::new();
+    let mut child = rebuilt
+        .cmd("kaana-offer")
+        .args(["init", "--recover", "--listen", "127.0.0.1:0"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), phrase["recovery_phrase"].as_str().unwrap().as_bytes())
+        .unwrap();
+    assert_success(&child.wait_with_output().unwrap());
+    assert_success(&rebuilt.run("kaana-offer", &["peer", "add", &sb.peer()]));
+    let contracts: Vec<serde_json::Value> = json_lines(&rebuilt.run("kaana-offer", &["contracts", "--fetch"]));
+    assert_eq!(contracts.len(), 1);
+    assert_eq!(contracts[0]["id"], contract.as_str());
+    let back = work.path().join("back.luks");
+    let restored = restore(&rebuilt, &contract, &back);
+    assert!(restored.ok);
+    assert_eq!(fs::read(&back).unwrap(), original);
+}
+
+/// Requests made with A's own key, as a misbehaving or mistaken owner would.
+#[test]
+fn a_holder_refuses_bad_extents_foreign_manifests_and_oversize_data() {
+    let work = tempfile::tempdir().unwrap();
+    let volume = luks_volume(work.path());
+    let Pair { a, b, sb, sa: _sa, contract } = contracted_pair(&volume, "64MiB");
+    push(&a, &contract);
+    let committed_file = b.home.join("inbound").join(&contract).join("committed.json");
+    let committed_before = fs::read(&committed_file).unwrap();
+    let key = fs::read_to_string(a.home.join("identity.key")).unwrap();
+    let owner = Identity::from_key_file(&key).unwrap();
+    let id: RecordId = contract.parse().unwrap();
+    let holder = sb.node.parse().unwrap();
+    let addr = sb.addr.clone();
+
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let client = Client::new(owner.clone());
+        let conn = client.connect(holder, &addr).await.unwrap();
+        let code = |r: Result<Response, NetError>| match r {
+            Err(NetError::Remote(e)) => Some(e.code),
+            _ => None,
+        };
+
+        // Bytes that do not match their hash.
+        let data = vec![1u8; 4096];
+        let mut ex =
+            conn.open(&Request::PutExtent { contract: id, offset: 0, hash: [9; 32], len: 4096 }).await.unwrap();
+        ex.send.write_all(&data).await.unwrap();
+        ex.finish().unwrap();
+        assert_eq!(code(ex.reply().await), Some(ErrorCode::BadRequest));
+
+        // Data past the contract's size, and a volume larger than the contract.
+        let hash = *blake3::hash(&data).as_bytes();
+        let mut ex = conn.open(&Request::PutExtent { contract: id, offset: 64 << 20, hash, len: 4096 }).await.unwrap();
+        let _ = ex.send.write_all(&data).await;
+        let _ = ex.finish();
+        assert_eq!(code(ex.reply().await), Some(ErrorCode::Refused));
+        let begin = Request::PushBegin { contract: id, volume_size: (64 << 20) + 1, extent_size: 4 << 20 };
+        assert_eq!(code(conn.request(&begin).await), Some(ErrorCode::Refused));
+
+        // A manifest signed by someone else, and one with an older generation.
+        let hashes = [hash];
+        let list = encode_list(&hashes);
+        let manifest = |generation, signer: &Identity| {
+            let body = Manifest {
+                contract: id,
+                owner: owner.node_id(),
+                generation,
+                volume_size: 4096,
+                extent_size: 4096,
+                extent_count: 1,
+                extents: kaana_proto::encoding::hex_encode(&list_hash(&list)),
+                created_at: kaana_proto::time::Timestamp::from_unix(0),
+            };
+            Signed::sign(body, signer).unwrap()
+        };
+        let mut ex = conn.open(&Request::PutExtent { contract: id, offset: 0, hash, len: 4096 }).await.unwrap();
+        ex.send.write_all(&data).await.unwrap();
+        ex.finish().unwrap();
+        assert!(matches!(ex.reply().await, Ok(Response::Stored)));
+        for (m, expected) in [
+            (manifest(5, &Identity::generate().unwrap()), ErrorCode::Unauthorized),
+            (manifest(1, &owner), ErrorCode::Refused),
+        ] {
+            let mut ex = conn.open(&Request::Commit { contract: id, manifest: m }).await.unwrap();
+            ex.send.write_all(&list).await.unwrap();
+            ex.finish().unwrap();
+            assert_eq!(code(ex.reply().await), Some(expected));
+        }
+
+        // A node that is not the contract's peer gets nothing.
+        let stranger = Client::new(Identity::generate().unwrap());
+        let sconn = stranger.connect(holder, &addr).await.unwrap();
+        for req in [
+            Request::GetManifest { contract: id },
+            Request::GetExtent { contract: id, hash },
+            Request::PushBegin { contract: id, volume_size: 4096, extent_size: 4096 },
+        ] {
+            assert_eq!(code(sconn.request(&req).await), Some(ErrorCode::Unauthorized), "{req:?}");
+        }
+        stranger.close().await;
+        client.close().await;
+    });
+    assert_eq!(fs::read(&committed_file).unwrap(), committed_before, "the committed generation is unchanged");
+    let verified: RestoreLine = a.json("kaana-sync", &["verify", &contract]);
+    assert!(verified.ok);
+}
