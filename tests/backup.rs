@@ -64,7 +64,7 @@ fn inbound_extents(holder: &TestNode, contract: &str) -> Vec<PathBuf> {
     for sub in fs::read_dir(root).into_iter().flatten().flatten() {
         for f in fs::read_dir(sub.path()).into_iter().flatten().flatten() {
             let name = f.file_name().to_string_lossy().into_owned();
-            if !name.starts_with('.') {
+            if !name.starts_with('.') && !name.ends_with(".ob") {
                 out.push(f.path());
             }
         }

@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod backup;
+mod challenge;
 mod common;
 mod identity;
 mod market;

@@ -268,12 +268,19 @@ pub async fn push(
     let mut ex = conn.open(&Request::Commit { contract: id, manifest: manifest.clone() }).await.map_err(&err)?;
     let _ = ex.send.write_all(&list).await;
     let _ = ex.finish();
-    let generation = match ex.reply().await.map_err(&err)? {
-        Response::Committed { generation, .. } => generation,
+    let (generation, receipt) = match ex.reply().await.map_err(&err)? {
+        Response::Committed { generation, receipt, .. } => (generation, receipt),
         other => return Err(err(ex.unexpected(&other))),
     };
     conn.close();
-    record.record(&manifest, &list)?;
+    // The holder's signed word that it holds this generation: what an audit's evidence rests on.
+    let manifest_id = RecordId::of(&manifest.body)?;
+    let r = &receipt.body;
+    if receipt.verify_by(&peer).is_err() || r.manifest != manifest_id || r.generation != generation || r.contract != id
+    {
+        return Err(err(NetError::Unexpected { request: "commit", reply: "a receipt for something else".into() }));
+    }
+    record.record(&manifest, &list, Some(receipt))?;
     node.log_event(
         now,
         "push",

@@ -18,9 +18,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use crate::challenge::{self, Receipt};
 use crate::encoding;
-use crate::manifest::{ExtentHash, Manifest, ManifestError};
+use crate::manifest::{ExtentHash, Geometry, Manifest, ManifestError};
 use crate::market::RecordId;
+use crate::proof;
 use crate::record::Signed;
 use crate::state::{Schema, StateError, create_dir, write_atomic};
 
@@ -49,10 +51,19 @@ pub struct Committed {
     pub schema: Schema,
     /// The manifest.
     pub manifest: Signed<Manifest>,
+    /// In the owner's record: the holder's signed receipt of this generation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub receipt: Option<Signed<Receipt>>,
 }
 
 /// A committed generation: the owner-signed manifest and its extent list.
 pub type CommittedCopy = (Signed<Manifest>, Vec<u8>);
+
+/// A committed generation as the owner records it: with the holder's receipt.
+pub type RecordedCopy = (Signed<Manifest>, Vec<u8>, Option<Signed<Receipt>>);
+
+/// A chunk and its proof: the siblings' chaining values, nearest the chunk first.
+pub type ChunkProof = (Vec<u8>, Vec<[u8; 32]>);
 
 /// One contract's inbound store.
 #[derive(Debug, Clone)]
@@ -117,15 +128,28 @@ impl Inbound {
         Ok(out)
     }
 
+    fn outboard_path(&self, hash: &ExtentHash) -> PathBuf {
+        self.extent_path(hash).with_extension("ob")
+    }
+
     /// Stores an extent after checking its bytes hash to `hash`, synced to disk before it is
-    /// renamed into place.
+    /// renamed into place. Its outboard (for chunk proofs) is made in the same pass and written
+    /// beside it; it is a cache, remade from the extent if it is ever lost or wrong.
     pub fn put(&self, hash: &ExtentHash, data: &[u8]) -> Result<(), InboundError> {
-        if blake3::hash(data).as_bytes() != hash {
+        let (groups, root) = proof::outboard(data);
+        if root.as_bytes() != hash {
             return Err(InboundError::HashMismatch(*hash));
         }
         let path = self.extent_path(hash);
         if path.is_file() {
             return Ok(());
+        }
+        if !groups.is_empty() {
+            let dir = path.parent().unwrap_or(&self.dir).to_owned();
+            create_dir(&dir)?;
+            let ob: Vec<u8> = groups.iter().flatten().copied().collect();
+            let ob_path = self.outboard_path(hash);
+            fs::write(&ob_path, ob).map_err(|e| StateError::io(&ob_path, e))?;
         }
         let dir = path.parent().unwrap_or(&self.dir).to_owned();
         create_dir(&dir)?;
@@ -152,8 +176,82 @@ impl Inbound {
         }
     }
 
+    /// Chunk `index` of a stored extent of `len` bytes and its proof (siblings nearest the chunk
+    /// first); `None` if the extent is not stored (or is shorter than it should be).
+    pub fn prove(&self, hash: &ExtentHash, len: u64, index: u64) -> Result<Option<ChunkProof>, StateError> {
+        use std::os::unix::fs::FileExt as _;
+        let path = self.extent_path(hash);
+        let file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(StateError::io(&path, e)),
+        };
+        if index >= proof::chunks(len) {
+            return Ok(None);
+        }
+        let (group_start, group_len) = if len <= proof::GROUP {
+            (0, len)
+        } else {
+            let start = index * proof::CHUNK / proof::GROUP * proof::GROUP;
+            (start, (len - start).min(proof::GROUP))
+        };
+        let mut group = vec![0u8; group_len as usize];
+        if file.read_exact_at(&mut group, group_start).is_err() {
+            return Ok(None);
+        }
+        let groups = if len <= proof::GROUP { Vec::new() } else { self.outboard(hash, &path, len)? };
+        let siblings = proof::prove(len, index, &group, &groups);
+        let from = (index * proof::CHUNK - group_start) as usize;
+        let chunk = group[from..from + proof::chunk_len(len, index)].to_vec();
+        Ok(Some((chunk, siblings)))
+    }
+
+    /// The raw answer to a challenge's `picks` of the copy whose extents are `hashes`: each
+    /// chunk and its proof; what is not stored (or not a chunk) comes back as zeros of the right
+    /// length, which fails the check.
+    pub fn answer(&self, g: Geometry, hashes: &[ExtentHash], picks: &[[u64; 2]]) -> Result<Vec<u8>, StateError> {
+        let mut raw = Vec::with_capacity(challenge::answer_len(g, picks).unwrap_or(0));
+        for [e, ci] in picks {
+            let len = g.len(*e) as u64;
+            if *ci >= proof::chunks(len) {
+                continue;
+            }
+            let proved = match hashes.get(*e as usize) {
+                Some(hash) => self.prove(hash, len, *ci)?,
+                None => None,
+            };
+            match proved {
+                Some((chunk, siblings)) => challenge::encode_item(&mut raw, &chunk, &siblings),
+                None => raw.resize(raw.len() + proof::chunk_len(len, *ci) + 32 * proof::proof_len(len, *ci), 0),
+            }
+        }
+        Ok(raw)
+    }
+
+    /// The extent's outboard, remade from the extent if missing or not matching its hash.
+    fn outboard(&self, hash: &ExtentHash, path: &Path, len: u64) -> Result<Vec<[u8; 32]>, StateError> {
+        let ob_path = self.outboard_path(hash);
+        if let Ok(bytes) = fs::read(&ob_path) {
+            let groups: Vec<[u8; 32]> = bytes.chunks_exact(32).map(|c| c.try_into().unwrap_or([0; 32])).collect();
+            if proof::outboard_root(len, &groups).is_some_and(|r| r.as_bytes() == hash) {
+                return Ok(groups);
+            }
+        }
+        // The outboard is a cache: remake it from the extent (whose own bytes decide the answer).
+        let data = fs::read(path).map_err(|e| StateError::io(path, e))?;
+        let (groups, _) = proof::outboard(&data);
+        let ob: Vec<u8> = groups.iter().flatten().copied().collect();
+        let _ = fs::write(&ob_path, ob);
+        Ok(groups)
+    }
+
     /// The committed generation's manifest and extent list, if any.
     pub fn committed(&self) -> Result<Option<CommittedCopy>, StateError> {
+        Ok(self.committed_with_receipt()?.map(|(m, list, _)| (m, list)))
+    }
+
+    /// The committed generation's manifest, extent list, and (in an owner's record) receipt.
+    pub fn committed_with_receipt(&self) -> Result<Option<RecordedCopy>, StateError> {
         let path = self.committed_path();
         let Some(c) = crate::state::Home::at(&self.dir).read_optional::<Committed>(&path)? else {
             return Ok(None);
@@ -161,7 +259,7 @@ impl Inbound {
         let list_path = self.list_path(c.manifest.body.generation);
         let list = fs::read(&list_path).map_err(|e| StateError::io(&list_path, e))?;
         c.manifest.body.check_list(&list).map_err(|e| StateError::damaged(&list_path, e))?;
-        Ok(Some((c.manifest, list)))
+        Ok(Some((c.manifest, list, c.receipt)))
     }
 
     /// Commits a generation: every extent it names must be stored. Then drops what it does
@@ -177,17 +275,22 @@ impl Inbound {
             sync_dir(&sub)?;
         }
         sync_dir(&self.extents_dir())?;
-        self.record(manifest, list)?;
+        self.record(manifest, list, None)?;
         let keep: HashSet<ExtentHash> = hashes.into_iter().collect();
         Ok(self.drop_unreferenced(&keep, Some(manifest.body.generation))?)
     }
 
     /// Writes a generation's list, then (atomically: the commit point) `committed.json`.
-    pub fn record(&self, manifest: &Signed<Manifest>, list: &[u8]) -> Result<(), StateError> {
+    pub fn record(
+        &self,
+        manifest: &Signed<Manifest>,
+        list: &[u8],
+        receipt: Option<Signed<Receipt>>,
+    ) -> Result<(), StateError> {
         let list_path = self.list_path(manifest.body.generation);
         create_dir(list_path.parent().unwrap_or(&self.dir))?;
         write_atomic(&list_path, list)?;
-        let committed = Committed { schema: Schema, manifest: manifest.clone() };
+        let committed = Committed { schema: Schema, manifest: manifest.clone(), receipt };
         crate::state::Home::at(&self.dir).write(&self.committed_path(), &committed)?;
         for path in read_dir_or_empty(&self.dir.join("lists"))? {
             if path != list_path {
@@ -204,7 +307,8 @@ impl Inbound {
         for sub in read_dir_or_empty(&self.extents_dir())? {
             for path in read_dir_or_empty(&sub)? {
                 let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-                let referenced = encoding::hex_decode::<32>(name).is_ok_and(|h| keep.contains(&h));
+                let stem = name.strip_suffix(".ob").unwrap_or(name);
+                let referenced = encoding::hex_decode::<32>(stem).is_ok_and(|h| keep.contains(&h));
                 if !referenced {
                     freed += fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
                     remove_file(&path)?;
@@ -251,4 +355,68 @@ fn remove_file(path: &Path) -> Result<(), StateError> {
 
 fn sync_dir(dir: &Path) -> Result<(), StateError> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(|e| StateError::io(dir, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::challenge::{Rng, check, pick};
+
+    fn extent(i: u64, len: usize) -> Vec<u8> {
+        let mut rng = Rng::from_seed([i as u8; 32]);
+        (0..len).map(|_| rng.below(256) as u8).collect()
+    }
+
+    /// A holder that lost 10% of the extents fails a default challenge in at least 99% of runs;
+    /// one that overwrote them likewise; an honest one always passes.
+    #[test]
+    fn a_holder_missing_ten_percent_is_caught() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Inbound { dir: dir.path().to_owned() };
+        let g = Geometry::new(100 * 65_536 - 3_000, 65_536).unwrap();
+        let hashes: Vec<ExtentHash> = (0..g.count())
+            .map(|i| {
+                let data = extent(i, g.len(i));
+                let hash = *blake3::hash(&data).as_bytes();
+                store.put(&hash, &data).unwrap();
+                hash
+            })
+            .collect();
+        let runs = 1_000;
+        let caught = |store: &Inbound| {
+            (0..runs)
+                .filter(|i| {
+                    let mut rng = Rng::from_seed(blake3::hash(&u64::to_le_bytes(*i)).into());
+                    let picks = pick(g, challenge::DEFAULT_SAMPLES, &mut rng);
+                    let raw = store.answer(g, &hashes, &picks).unwrap();
+                    check(g, &hashes, &picks, &raw) > 0
+                })
+                .count()
+        };
+        assert_eq!(caught(&store), 0, "an honest holder passes");
+        // Lose 10 of the 100 extents: 5 deleted, 5 overwritten with other bytes.
+        for (n, hash) in hashes.iter().enumerate().filter(|(n, _)| n % 10 == 3) {
+            let path = store.extent_path(hash);
+            if n < 50 {
+                fs::remove_file(&path).unwrap();
+            } else {
+                fs::write(&path, extent(1_000 + n as u64, g.len(n as u64))).unwrap();
+            }
+        }
+        let caught = caught(&store);
+        assert!(caught * 100 >= runs as usize * 99, "caught {caught} of {runs}");
+    }
+
+    #[test]
+    fn a_lost_outboard_is_remade() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Inbound { dir: dir.path().to_owned() };
+        let data = extent(7, 100_000);
+        let hash = *blake3::hash(&data).as_bytes();
+        store.put(&hash, &data).unwrap();
+        let (chunk, siblings) = store.prove(&hash, 100_000, 50).unwrap().unwrap();
+        fs::write(store.outboard_path(&hash), b"garbage").unwrap();
+        assert_eq!(store.prove(&hash, 100_000, 50).unwrap().unwrap(), (chunk.clone(), siblings.clone()));
+        assert!(proof::verify(100_000, 50, &chunk, &siblings, &hash));
+    }
 }

@@ -4,8 +4,10 @@
 //! from [`time::now_from_env`]), [`size`], [`config`]. I/O modules: [`state`] (the state
 //! directory), [`node`] (a node opened from it), [`cli`] (exit codes and output).
 
+pub mod audit;
 pub mod backup;
 pub mod board;
+pub mod challenge;
 pub mod cli;
 pub mod config;
 pub mod encoding;
@@ -15,6 +17,7 @@ pub mod manifest;
 pub mod market;
 pub mod net;
 pub mod node;
+pub mod proof;
 pub mod record;
 pub mod size;
 pub mod standing;

@@ -113,6 +113,32 @@ pub struct ContractState {
     pub our_standing: Standing,
     /// When `our_standing` was learned.
     pub our_standing_at: Option<Timestamp>,
+    /// Answer the peer's next challenge wrongly on purpose (`kaana-challenge fail-next`).
+    #[serde(default)]
+    pub fail_next: bool,
+    /// The audit planned after this node's last deliberate failure.
+    #[serde(default)]
+    pub audit: Option<Audit>,
+}
+
+/// An audit: after failing a challenge on purpose, this node checks, inside the grace period it
+/// was promised, that the peer still holds its data.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Audit {
+    /// When this node failed on purpose.
+    pub failed_at: Timestamp,
+    /// When to check the peer (between 1/7 and 6/7 of the grace period later).
+    pub audit_at: Timestamp,
+    /// How it ended, once done: `pass` or `breach`.
+    pub result: Option<String>,
+}
+
+impl Audit {
+    /// Whether it is planned and not yet done.
+    pub fn pending(&self) -> bool {
+        self.result.is_none()
+    }
 }
 
 impl ContractState {
@@ -126,6 +152,8 @@ impl ContractState {
             their_standing: Standing::Ok,
             our_standing: Standing::Ok,
             our_standing_at: None,
+            fail_next: false,
+            audit: None,
         }
     }
 }

@@ -1,5 +1,6 @@
 //! Networking: the wire format (pure), TLS with node keys, QUIC transport, and the node server.
 
+mod audits;
 mod market;
 pub mod server;
 mod sync;

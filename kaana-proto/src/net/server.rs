@@ -15,6 +15,7 @@ use std::time::Duration;
 use quinn::{Endpoint, RecvStream, SendStream, VarInt};
 use tokio::sync::{Semaphore, mpsc, watch};
 
+use super::audits;
 use super::market;
 use super::sync;
 use super::tls::node_of_spki;
@@ -224,7 +225,7 @@ async fn handle_connection(
             _ = stop.changed() => break,
             stream = conn.accept_bi() => match stream {
                 Ok((send, recv)) => {
-                    tokio::spawn(handle_stream(ctx.clone(), peer, send, recv, busy.clone()));
+                    tokio::spawn(handle_stream(ctx.clone(), conn.clone(), peer, send, recv, busy.clone()));
                 }
                 Err(_) => break,
             },
@@ -234,13 +235,14 @@ async fn handle_connection(
 
 async fn handle_stream(
     ctx: Arc<Ctx>,
+    conn: quinn::Connection,
     peer: NodeId,
     mut send: SendStream,
     mut recv: RecvStream,
     _busy: mpsc::Sender<()>,
 ) {
     let (response, raw) = match read_frame::<Request>(&mut recv, ctx.opts.read_timeout).await {
-        Ok(Some(req)) => dispatch(&ctx, peer, req, &mut recv).await,
+        Ok(Some(req)) => dispatch(&ctx, &conn, peer, req, &mut recv).await,
         Ok(None) => return,
         Err(NetError::Lost(_)) => return,
         Err(e) => {
@@ -267,7 +269,13 @@ async fn handle_stream(
     }
 }
 
-async fn dispatch(ctx: &Arc<Ctx>, peer: NodeId, req: Request, recv: &mut RecvStream) -> (Response, Option<Vec<u8>>) {
+async fn dispatch(
+    ctx: &Arc<Ctx>,
+    conn: &quinn::Connection,
+    peer: NodeId,
+    req: Request,
+    recv: &mut RecvStream,
+) -> (Response, Option<Vec<u8>>) {
     let kind = req.kind();
     let plain = |r: Result<Response, ErrorReply>| r.map(|r| (r, None));
     let result = match req {
@@ -294,6 +302,10 @@ async fn dispatch(ctx: &Arc<Ctx>, peer: NodeId, req: Request, recv: &mut RecvStr
         Request::GetManifest { contract } => sync::get_manifest(ctx, peer, contract).await,
         Request::GetExtent { contract, hash } => sync::get_extent(ctx, peer, contract, hash).await,
         Request::ListContracts => sync::list_contracts(ctx, peer).await,
+        Request::Challenge { challenge } => audits::answer(ctx, peer, challenge).await,
+        Request::Verdict { verdict } => audits::verdict(ctx, peer, verdict).await,
+        Request::Standing { contract } => audits::standing(ctx, peer, contract).await,
+        Request::Rechallenge { contract } => audits::rechallenge(ctx, conn, peer, contract).await,
     };
     result.unwrap_or_else(|e| {
         log(format_args!("node {}: {kind} refused: {}", peer.short(), e.message));

@@ -10,6 +10,7 @@ use serde_json::json;
 use super::server::Ctx;
 use super::transport::read_exact;
 use super::wire::{ErrorCode, ErrorReply, Response};
+use crate::challenge::Receipt;
 use crate::identity::NodeId;
 use crate::inbound::{Inbound, InboundError};
 use crate::manifest::{ExtentHash, Geometry, MAX_EXTENT_SIZE, Manifest};
@@ -186,7 +187,16 @@ pub(super) async fn commit(
                 json!({"contract": id, "peer": peer, "generation": m.generation, "bytes": m.volume_size}),
             )
             .map_err(internal)?;
-        Ok((Response::Committed { generation: m.generation, freed }, None))
+        let receipt = Receipt {
+            contract: id,
+            owner: peer,
+            holder: c.node.id(),
+            generation: m.generation,
+            manifest: RecordId::of(m).map_err(internal)?,
+            at: now,
+        };
+        let receipt = Signed::sign(receipt, &c.node.identity).map_err(internal)?;
+        Ok((Response::Committed { generation: m.generation, freed, receipt }, None))
     })
     .await
 }

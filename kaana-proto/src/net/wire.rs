@@ -10,10 +10,12 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use crate::challenge::{Answer, Challenge, Receipt, Verdict};
 use crate::identity::NodeId;
 use crate::manifest::{ExtentHash, Manifest};
 use crate::market::{Contract, ContractBody, Notice, Offer, RecordId};
 use crate::record::Signed;
+use crate::standing::Standing;
 
 /// The protocol version every frame carries.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -158,6 +160,28 @@ pub enum Request {
     /// "Which contracts do we have?" (for a node rebuilt from its recovery phrase): answered with
     /// [`Response::Contracts`].
     ListContracts,
+    /// "Prove you hold these chunks of my copy": answered with [`Response::Answer`], followed by
+    /// the raw chunks and proofs.
+    Challenge {
+        /// The signed challenge.
+        challenge: Signed<Challenge>,
+    },
+    /// "Here is how I judged your answer": answered with [`Response::Ack`].
+    Verdict {
+        /// The signed verdict.
+        verdict: Signed<Verdict>,
+    },
+    /// "How do you see me?": answered with [`Response::Standing`].
+    Standing {
+        /// The contract.
+        contract: RecordId,
+    },
+    /// "Challenge me again, now, on this connection": the server opens a stream to the client with
+    /// a [`Request::Challenge`], then answers this with [`Response::Rechallenged`].
+    Rechallenge {
+        /// The contract.
+        contract: RecordId,
+    },
 }
 
 impl Request {
@@ -175,6 +199,10 @@ impl Request {
             Request::GetManifest { .. } => "get_manifest",
             Request::GetExtent { .. } => "get_extent",
             Request::ListContracts => "list_contracts",
+            Request::Challenge { .. } => "challenge",
+            Request::Verdict { .. } => "verdict",
+            Request::Standing { .. } => "standing",
+            Request::Rechallenge { .. } => "rechallenge",
         }
     }
 }
@@ -228,6 +256,8 @@ pub enum Response {
         generation: u64,
         /// Bytes of extents no longer referenced, dropped.
         freed: u64,
+        /// The holder's signed receipt of the generation.
+        receipt: Signed<Receipt>,
     },
     /// The committed manifest; followed by its extent list.
     ManifestIs {
@@ -243,6 +273,23 @@ pub enum Response {
     Contracts {
         /// The double-signed contracts.
         contracts: Vec<Contract>,
+    },
+    /// The holder's signed answer; followed by `len` raw bytes (chunks and proofs).
+    Answer {
+        /// The signed answer.
+        answer: Signed<Answer>,
+        /// How many raw bytes follow.
+        len: u64,
+    },
+    /// How the server sees the asking node.
+    Standing {
+        /// Its standing.
+        standing: Standing,
+    },
+    /// The server challenged the client again; its verdict.
+    Rechallenged {
+        /// The signed verdict.
+        verdict: Signed<Verdict>,
     },
     /// The request failed.
     Error(ErrorReply),

@@ -1,0 +1,265 @@
+//! Challenges: "prove you still hold my data". Records, the choice of samples, and the check of
+//! an answer. Pure: randomness and `now` come in as parameters.
+//!
+//! The challenger picks `k` chunks from its own record of the committed generation (distinct
+//! extents where the volume has enough, one random 1 KiB chunk in each); the holder returns each
+//! chunk with its BLAKE3 proof as raw bytes; the challenger checks them against the extent hashes
+//! it kept, and never needs the data itself. With `k` distinct extents, a holder missing a
+//! fraction `f` of the extents is caught with probability at least `1 - (1 - f)^k`.
+//!
+//! Every exchange is signed: the challenge by the challenger, the answer (with the hash of the raw
+//! proof bytes) by the holder, the verdict by the challenger; with the holder's signed receipt of
+//! the generation, a third party can check a breach without trusting either side.
+
+use serde::{Deserialize, Serialize};
+
+use crate::encoding;
+use crate::identity::NodeId;
+use crate::manifest::{ExtentHash, Geometry};
+use crate::market::RecordId;
+use crate::proof;
+use crate::record::Record;
+use crate::standing::Standing;
+use crate::time::Timestamp;
+
+/// Samples per challenge by default: a holder missing 10% of the extents fails with probability
+/// at least 1 - 0.9^44 > 99%.
+pub const DEFAULT_SAMPLES: usize = 44;
+/// The most samples a challenge may ask for.
+pub const MAX_SAMPLES: usize = 1024;
+
+/// "Prove you hold these chunks of generation `generation` of my copy." Signed by the challenger.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Challenge {
+    /// The contract the copy is held under.
+    pub contract: RecordId,
+    /// Who asks (the owner of the copy).
+    pub challenger: NodeId,
+    /// Who must answer (the holder).
+    pub holder: NodeId,
+    /// The generation asked about.
+    pub generation: u64,
+    /// Random, so that no answer can be reused (32 hex digits).
+    pub nonce: String,
+    /// `[extent index, chunk index]` pairs.
+    pub picks: Vec<[u64; 2]>,
+    /// When it was asked.
+    pub at: Timestamp,
+}
+
+impl Record for Challenge {
+    const KIND: &'static str = "challenge";
+}
+
+/// "Here are the chunks and their proofs": signed by the holder; the raw proof bytes travel
+/// beside it and `proof` is their BLAKE3 hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Answer {
+    /// The challenge answered (its record id).
+    pub challenge: RecordId,
+    /// Who answers.
+    pub holder: NodeId,
+    /// BLAKE3 of the raw answer bytes (hex).
+    pub proof: String,
+    /// When.
+    pub at: Timestamp,
+}
+
+impl Record for Answer {
+    const KIND: &'static str = "answer";
+}
+
+/// How a challenge ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Every chunk proved.
+    Pass,
+    /// A wrong answer.
+    Fail,
+    /// No answer.
+    Unreachable,
+}
+
+/// The challenger's judgement, signed by it, with the standing that follows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Verdict {
+    /// The contract.
+    pub contract: RecordId,
+    /// The challenge judged.
+    pub challenge: RecordId,
+    /// The answer judged, if there was one.
+    pub answer: Option<RecordId>,
+    /// Who was judged.
+    pub holder: NodeId,
+    /// The outcome.
+    pub result: Outcome,
+    /// The holder's standing at the challenger now.
+    pub standing: Standing,
+    /// When.
+    pub at: Timestamp,
+}
+
+impl Record for Verdict {
+    const KIND: &'static str = "verdict";
+}
+
+/// "I hold generation `generation` of your copy, manifest `manifest`": signed by the holder when
+/// it commits, kept by the owner as proof of what the holder promised to keep.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Receipt {
+    /// The contract.
+    pub contract: RecordId,
+    /// The owner of the copy.
+    pub owner: NodeId,
+    /// The holder.
+    pub holder: NodeId,
+    /// The generation committed.
+    pub generation: u64,
+    /// The record id of the owner-signed manifest.
+    pub manifest: RecordId,
+    /// When.
+    pub at: Timestamp,
+}
+
+impl Record for Receipt {
+    const KIND: &'static str = "receipt";
+}
+
+/// A source of random numbers: BLAKE3's extendable output from a seed.
+#[derive(Debug)]
+pub struct Rng(blake3::OutputReader);
+
+impl Rng {
+    /// A generator from a 32-byte seed.
+    pub fn from_seed(seed: [u8; 32]) -> Self {
+        Rng(blake3::Hasher::new_derive_key("kaana-like 2026-11 challenge rng").update(&seed).finalize_xof())
+    }
+
+    /// A uniform number below `n` (`n` > 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        // Rejection sampling keeps it exactly uniform.
+        let zone = u64::MAX - u64::MAX % n;
+        loop {
+            let mut b = [0u8; 8];
+            self.0.fill(&mut b);
+            let x = u64::from_le_bytes(b);
+            if x < zone {
+                return x % n;
+            }
+        }
+    }
+
+    /// 16 random bytes as hex.
+    pub fn nonce(&mut self) -> String {
+        let mut b = [0u8; 16];
+        self.0.fill(&mut b);
+        encoding::hex_encode(&b)
+    }
+}
+
+/// Picks `k` samples: distinct extents while there are enough (a partial shuffle), then extents
+/// again; one random chunk in each.
+pub fn pick(g: Geometry, k: usize, rng: &mut Rng) -> Vec<[u64; 2]> {
+    let n = g.count();
+    if n == 0 || k == 0 {
+        return Vec::new();
+    }
+    let mut order: Vec<u64> = Vec::with_capacity(k);
+    let mut swapped = std::collections::HashMap::new();
+    for i in 0..k as u64 {
+        let e = if i < n {
+            // Fisher-Yates over 0..n without materialising it.
+            let j = i + rng.below(n - i);
+            let at_j = *swapped.get(&j).unwrap_or(&j);
+            let at_i = *swapped.get(&i).unwrap_or(&i);
+            swapped.insert(j, at_i);
+            at_j
+        } else {
+            rng.below(n)
+        };
+        order.push(e);
+    }
+    order.into_iter().map(|e| [e, rng.below(proof::chunks(g.len(e) as u64))]).collect()
+}
+
+/// The length of a correct answer's raw bytes.
+pub fn answer_len(g: Geometry, picks: &[[u64; 2]]) -> Option<usize> {
+    picks.iter().try_fold(0usize, |acc, [e, c]| {
+        let len = g.len(*e) as u64;
+        (len > 0 && *c < proof::chunks(len)).then(|| acc + proof::chunk_len(len, *c) + 32 * proof::proof_len(len, *c))
+    })
+}
+
+/// Appends one pick's chunk and siblings to an answer.
+pub fn encode_item(out: &mut Vec<u8>, chunk: &[u8], siblings: &[[u8; 32]]) {
+    out.extend_from_slice(chunk);
+    for s in siblings {
+        out.extend_from_slice(s);
+    }
+}
+
+/// Checks an answer's raw bytes: every pick's chunk must prove against its extent's hash.
+/// Returns how many picks failed (0: pass).
+pub fn check(g: Geometry, hashes: &[ExtentHash], picks: &[[u64; 2]], raw: &[u8]) -> usize {
+    if answer_len(g, picks) != Some(raw.len()) {
+        return picks.len().max(1);
+    }
+    let mut at = 0;
+    let mut failed = 0;
+    for [e, c] in picks {
+        let len = g.len(*e) as u64;
+        let (clen, slen) = (proof::chunk_len(len, *c), proof::proof_len(len, *c));
+        let chunk = &raw[at..at + clen];
+        let siblings: Vec<[u8; 32]> =
+            raw[at + clen..at + clen + 32 * slen].chunks_exact(32).map(|s| s.try_into().unwrap_or([0; 32])).collect();
+        at += clen + 32 * slen;
+        let ok = hashes.get(*e as usize).is_some_and(|root| proof::verify(len, *c, chunk, &siblings, root));
+        if !ok {
+            failed += 1;
+        }
+    }
+    failed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn picks_are_distinct_extents_while_they_last() {
+        let g = Geometry::new(100 * 4096 + 100, 4096).unwrap();
+        let mut rng = Rng::from_seed([1; 32]);
+        let picks = pick(g, 44, &mut rng);
+        assert_eq!(picks.len(), 44);
+        let mut extents: Vec<u64> = picks.iter().map(|p| p[0]).collect();
+        extents.sort();
+        extents.dedup();
+        assert_eq!(extents.len(), 44);
+        assert!(picks.iter().all(|[e, c]| *e < 101 && *c < proof::chunks(g.len(*e) as u64)));
+        // Fewer extents than samples: all of them, then repeats.
+        let small = Geometry::new(3 * 4096, 4096).unwrap();
+        let picks = pick(small, 10, &mut rng);
+        let first: std::collections::HashSet<u64> = picks[..3].iter().map(|p| p[0]).collect();
+        assert_eq!(first.len(), 3);
+    }
+
+    #[test]
+    fn the_default_catches_ten_percent_loss_with_99_percent() {
+        assert!(1.0 - 0.9f64.powi(DEFAULT_SAMPLES as i32) >= 0.99);
+    }
+
+    #[test]
+    fn rng_is_uniform_enough() {
+        let mut rng = Rng::from_seed([2; 32]);
+        let mut counts = [0u32; 10];
+        for _ in 0..10_000 {
+            counts[rng.below(10) as usize] += 1;
+        }
+        assert!(counts.iter().all(|c| (850..1150).contains(c)), "{counts:?}");
+    }
+}
