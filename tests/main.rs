@@ -7,4 +7,5 @@ mod challenge;
 mod common;
 mod identity;
 mod market;
+mod prune;
 mod server;

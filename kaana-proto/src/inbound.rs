@@ -83,6 +83,11 @@ impl Inbound {
         Inbound { dir: home.join("outbound").join(contract.to_string()) }
     }
 
+    /// A store at `dir` (to clean up one whose contract is unknown).
+    pub fn at_dir(dir: &Path) -> Self {
+        Inbound { dir: dir.to_owned() }
+    }
+
     /// Its directory.
     pub fn dir(&self) -> &Path {
         &self.dir
@@ -322,6 +327,59 @@ impl Inbound {
             }
         }
         Ok(freed)
+    }
+
+    /// Files of this store that no committed generation needs and that are older than `before`:
+    /// extents (and their outboards) of interrupted pushes, temp files, old lists. With their
+    /// sizes.
+    pub fn leftovers(&self, before: std::time::SystemTime) -> Result<Vec<(PathBuf, u64)>, StateError> {
+        let committed = self.committed()?;
+        let generation = committed.as_ref().map(|(m, _)| m.body.generation);
+        let keep: HashSet<ExtentHash> = match &committed {
+            Some((m, list)) => {
+                m.body.check_list(list).map_err(|e| StateError::damaged(&self.dir, e))?.into_iter().collect()
+            }
+            None => HashSet::new(),
+        };
+        let mut out = Vec::new();
+        let mut consider = |path: PathBuf| -> Result<(), StateError> {
+            let meta = fs::metadata(&path).map_err(|e| StateError::io(&path, e))?;
+            if meta.modified().is_ok_and(|m| m < before) {
+                out.push((path, meta.len()));
+            }
+            Ok(())
+        };
+        for sub in read_dir_or_empty(&self.extents_dir())? {
+            for path in read_dir_or_empty(&sub)? {
+                let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+                let stem = name.strip_suffix(".ob").unwrap_or(name);
+                if !encoding::hex_decode::<32>(stem).is_ok_and(|h| keep.contains(&h)) {
+                    consider(path)?;
+                }
+            }
+        }
+        for path in read_dir_or_empty(&self.dir.join("lists"))? {
+            let g = path.file_stem().and_then(|n| n.to_str()).and_then(|n| n.parse::<u64>().ok());
+            if g.is_none() || g != generation {
+                consider(path)?;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Bytes the store takes on disk (extents, outboards, lists).
+    pub fn size_on_disk(&self) -> u64 {
+        fn walk(dir: &Path) -> u64 {
+            let Ok(entries) = fs::read_dir(dir) else { return 0 };
+            entries
+                .flatten()
+                .map(|e| match e.file_type() {
+                    Ok(t) if t.is_dir() => walk(&e.path()),
+                    _ => e.metadata().map(|m| m.len()).unwrap_or(0),
+                })
+                .sum()
+        }
+        walk(&self.dir)
     }
 
     /// Removes the whole store (its data is owed no longer). Safe to repeat.

@@ -1,16 +1,36 @@
-//! `kaana-prune`: Delete peers' data whose grace period has run out, and clean leftovers.
+//! `kaana-prune`: deletes peers' data whose grace period has run out, and cleans leftovers.
+//!
+//! It builds a plan first and prints it (one JSON line per step); `--dry-run` stops there.
+//! Each step is checked again, under the state lock, just before it is applied, so data whose
+//! peer turned `ok` in the meantime is never touched. A contract is marked ended before its data
+//! is deleted: a prune killed midway leaves an ended contract with some data left, never an
+//! active one with data gone, and the next run removes what is left.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, UNIX_EPOCH};
 
 use clap::Parser;
+use serde::Serialize;
+use serde_json::json;
 
-use kaana_proto::cli::Exit;
+use kaana_proto::cli::{Exit, emit};
+use kaana_proto::identity::NodeId;
+use kaana_proto::inbound::Inbound;
+use kaana_proto::market::RecordId;
 use kaana_proto::node::Node;
+use kaana_proto::size::format_size;
+use kaana_proto::standing::Standing;
+use kaana_proto::store::{ContractEntry, Status};
+use kaana_proto::time::{Timestamp, now_from_env};
+
+/// How old a leftover must be before it is removed: an interrupted push may still resume.
+pub const SAFE_AGE: Duration = Duration::from_secs(24 * 3_600);
 
 /// Delete peers' data whose grace period has run out, and clean leftovers.
 ///
-/// Data goes to stdout as JSON (one object per line for lists); messages go to stderr.
-/// Exit codes: 0 all well, 1 something needs a person, 2 error.
+/// Plans first and prints the plan, one JSON line per step (contract, peer, action, bytes,
+/// reason); `--dry-run` stops there. Data of a contract whose peer is ok is never touched.
+/// Exit codes: 0 all well, 2 error.
 #[derive(Debug, Parser)]
 #[command(name = "kaana-prune", version)]
 pub struct Args {
@@ -18,10 +38,208 @@ pub struct Args {
     /// ~/.local/state/kaana].
     #[arg(long, global = true, value_name = "DIR")]
     pub home: Option<PathBuf>,
+    /// Print the plan and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+/// One step of the plan, as printed.
+#[derive(Debug, Clone, Serialize)]
+pub struct Step {
+    /// The contract concerned, if any.
+    pub contract: Option<RecordId>,
+    /// Its peer, if known.
+    pub peer: Option<NodeId>,
+    /// `delete` (end the contract, delete the peer's data), `remove_leftovers` (files of
+    /// interrupted pushes), `remove_orphan` (data of an ended or unknown contract),
+    /// `remove_temp` (stray temp files).
+    pub action: &'static str,
+    /// Bytes it frees.
+    pub bytes: u64,
+    /// Why.
+    pub reason: String,
+    #[serde(skip)]
+    work: Work,
+}
+
+#[derive(Debug, Clone)]
+enum Work {
+    End(RecordId),
+    RemoveDir(PathBuf),
+    RemoveFiles(Vec<PathBuf>),
 }
 
 /// Runs `kaana-prune`.
 pub fn run(args: Args) -> anyhow::Result<Exit> {
-    let _node = Node::open_at(args.home.as_deref())?;
-    anyhow::bail!("kaana-prune has no commands yet in this version")
+    let node = Node::open_at(args.home.as_deref())?;
+    let now = now_from_env()?;
+    let steps = plan(&node, now)?;
+    for step in &steps {
+        emit(step)?;
+    }
+    if args.dry_run {
+        let total: u64 = steps.iter().map(|s| s.bytes).sum();
+        eprintln!("kaana-prune: dry run: {} step(s) would free {}", steps.len(), format_size(total));
+        return Ok(Exit::Ok);
+    }
+    let mut freed = 0;
+    let mut done = 0;
+    for step in &steps {
+        if let Some(bytes) = apply(&node, step, now)? {
+            freed += bytes;
+            done += 1;
+        }
+    }
+    eprintln!("kaana-prune: {done} step(s) applied, {} freed", format_size(freed));
+    Ok(Exit::Ok)
+}
+
+/// Why a contract's data may go now, if it may.
+fn expiry_reason(entry: &ContractEntry, now: Timestamp) -> Option<String> {
+    match (&entry.state.status, entry.state.their_standing) {
+        (Status::Ended { .. }, _) => None,
+        (Status::Terminated { delete_after, .. }, _) if now > *delete_after => {
+            Some(format!("terminated: the notice's grace ran out at {delete_after}"))
+        }
+        (_, Standing::Failing { since, delete_after }) if now > delete_after => {
+            Some(format!("peer failing since {since}: its grace ran out at {delete_after}"))
+        }
+        _ => None,
+    }
+}
+
+/// Builds the plan.
+pub fn plan(node: &Node, now: Timestamp) -> anyhow::Result<Vec<Step>> {
+    let mut steps = Vec::new();
+    let before = UNIX_EPOCH + Duration::from_secs(now.unix()) - SAFE_AGE;
+    let contracts = node.contracts()?;
+    for entry in &contracts {
+        let store = Inbound::new(&node.config.storage, &entry.id);
+        let (contract, peer) = (Some(entry.id), Some(entry.state.peer));
+        if let Some(reason) = expiry_reason(entry, now) {
+            steps.push(Step {
+                contract,
+                peer,
+                action: "delete",
+                bytes: store.size_on_disk(),
+                reason,
+                work: Work::End(entry.id),
+            });
+        } else if matches!(entry.state.status, Status::Ended { .. }) {
+            if store.dir().exists() {
+                let reason = "the contract has ended; its data was not all removed".to_owned();
+                let work = Work::RemoveDir(store.dir().to_owned());
+                steps.push(Step { contract, peer, action: "remove_orphan", bytes: store.size_on_disk(), reason, work });
+            }
+        } else {
+            let leftovers = store.leftovers(before)?;
+            if !leftovers.is_empty() {
+                let bytes = leftovers.iter().map(|(_, n)| n).sum();
+                let reason =
+                    format!("{} file(s) no generation needs, older than 24h (interrupted pushes)", leftovers.len());
+                let work = Work::RemoveFiles(leftovers.into_iter().map(|(p, _)| p).collect());
+                steps.push(Step { contract, peer, action: "remove_leftovers", bytes, reason, work });
+            }
+        }
+    }
+    // Stores of contracts this node does not know at all.
+    let inbound_root = node.config.storage.join("inbound");
+    for dir in std::fs::read_dir(&inbound_root).into_iter().flatten().flatten() {
+        let name = dir.file_name().to_string_lossy().into_owned();
+        let known = name.parse::<RecordId>().is_ok_and(|id| contracts.iter().any(|e| e.id == id));
+        if !known && old(&dir.path(), before) {
+            let store_bytes = Inbound::at_dir(&dir.path()).size_on_disk();
+            let reason = "data for no contract this node has".to_owned();
+            steps.push(Step {
+                contract: name.parse().ok(),
+                peer: None,
+                action: "remove_orphan",
+                bytes: store_bytes,
+                reason,
+                work: Work::RemoveDir(dir.path()),
+            });
+        }
+    }
+    // Temp files of atomic writes that a crash left behind.
+    let temps = stray_temps(node.home.root(), before);
+    if !temps.is_empty() {
+        let bytes = temps.iter().map(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)).sum();
+        let reason = format!("{} temp file(s) left by interrupted writes, older than 24h", temps.len());
+        steps.push(Step {
+            contract: None,
+            peer: None,
+            action: "remove_temp",
+            bytes,
+            reason,
+            work: Work::RemoveFiles(temps),
+        });
+    }
+    Ok(steps)
+}
+
+fn old(path: &Path, before: std::time::SystemTime) -> bool {
+    std::fs::metadata(path).and_then(|m| m.modified()).is_ok_and(|m| m < before)
+}
+
+fn stray_temps(dir: &Path, before: std::time::SystemTime) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            if name != "inbound" {
+                out.extend(stray_temps(&path, before));
+            }
+        } else if name.starts_with('.') && name.ends_with(".tmp") && old(&path, before) {
+            out.push(path);
+        }
+    }
+    out
+}
+
+/// Applies a step, checking again first; returns the bytes freed, or `None` if it no longer
+/// applies.
+fn apply(node: &Node, step: &Step, now: Timestamp) -> anyhow::Result<Option<u64>> {
+    match &step.work {
+        Work::End(id) => {
+            let store = Inbound::new(&node.config.storage, id);
+            let bytes = store.size_on_disk();
+            {
+                let _lock = node.home.lock()?;
+                let mut entry = node.contract(id)?;
+                let Some(reason) = expiry_reason(&entry, now) else {
+                    eprintln!("kaana-prune: contract {id} no longer expires now; left alone");
+                    return Ok(None);
+                };
+                // Ended first: from here the server refuses the peer's pushes and challenges,
+                // and a crash leaves an ended contract whose leftovers the next run removes.
+                entry.state.status = Status::Ended { at: now, reason: reason.clone() };
+                node.save_contract_state(id, &entry.state)?;
+                node.log_event(
+                    now,
+                    "prune",
+                    json!({"contract": id, "peer": entry.state.peer, "bytes": bytes, "reason": reason}),
+                )?;
+            }
+            store.remove_all()?;
+            Ok(Some(bytes))
+        }
+        Work::RemoveDir(dir) => {
+            let bytes = Inbound::at_dir(dir).size_on_disk();
+            Inbound::at_dir(dir).remove_all()?;
+            Ok(Some(bytes))
+        }
+        Work::RemoveFiles(files) => {
+            let mut bytes = 0;
+            for f in files {
+                let len = std::fs::metadata(f).map(|m| m.len()).unwrap_or(0);
+                match std::fs::remove_file(f) {
+                    Ok(()) => bytes += len,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(anyhow::Error::new(e).context(format!("removing {}", f.display()))),
+                }
+            }
+            Ok(Some(bytes))
+        }
+    }
 }

@@ -240,16 +240,6 @@ impl Connection {
         self.conn.accept_bi().await.map_err(|e| NetError::Lost(e.to_string()))
     }
 
-    /// The underlying QUIC connection.
-    pub fn quic(&self) -> &quinn::Connection {
-        &self.conn
-    }
-
-    /// Wraps an authenticated QUIC connection to `node`.
-    pub fn from_quic(conn: quinn::Connection, node: NodeId) -> Self {
-        Connection { conn, node }
-    }
-
     /// Opens a stream and sends `req`; the caller sends any raw bytes that follow and reads
     /// the reply from the returned [`Exchange`].
     pub async fn open(&self, req: &Request) -> Result<Exchange, NetError> {

@@ -1,0 +1,247 @@
+//! Pruning: a failing peer's data is kept for the whole grace period, then deleted; moving time
+//! with `KAANA_NOW`.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+
+use kaana_proto::time::Timestamp;
+
+use crate::common::{
+    ServerProc, TestNode, assert_exit, assert_success, json_lines, make_contract_sized, pseudo_random,
+};
+
+const DAY: u64 = 86_400;
+
+#[derive(Debug, Deserialize)]
+struct Step {
+    contract: Option<String>,
+    peer: Option<String>,
+    action: String,
+    bytes: u64,
+    reason: String,
+}
+
+fn at(secs: u64) -> String {
+    Timestamp::from_unix(secs).to_string()
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+}
+
+fn node_with_volume(dir: &Path, name: &str, seed: u64, capacity: &str) -> TestNode {
+    let v = dir.join(name);
+    fs::write(&v, pseudo_random(2 << 20, seed)).unwrap();
+    TestNode::init_with(&["--capacity", capacity, "--audit-rate", "0", "--volume", v.to_str().unwrap()])
+}
+
+fn prune(node: &TestNode, dry: bool, t: u64) -> Vec<Step> {
+    let mut cmd = node.cmd("kaana-prune");
+    if dry {
+        cmd.arg("--dry-run");
+    }
+    let out = cmd.env("KAANA_NOW", at(t)).output().unwrap();
+    assert_success(&out);
+    json_lines(&out)
+}
+
+fn store(node: &TestNode, contract: &str) -> PathBuf {
+    node.home.join("inbound").join(contract)
+}
+
+fn status(node: &TestNode, contract: &str) -> String {
+    let lines: Vec<serde_json::Value> = json_lines(&node.run("kaana-offer", &["contracts"]));
+    lines.iter().find(|l| l["id"] == contract).unwrap()["status"].as_str().unwrap().to_owned()
+}
+
+/// B holds A's data and C's; A goes silent and fails a challenge at T0. One second before
+/// T0 + grace nothing is deleted; one second after, exactly A's data goes.
+#[test]
+fn a_failing_peers_data_goes_exactly_when_its_grace_runs_out() {
+    let work = tempfile::tempdir().unwrap();
+    let a = node_with_volume(work.path(), "a.img", 1, "1GiB");
+    let b = node_with_volume(work.path(), "b.img", 2, "64MiB");
+    let c = node_with_volume(work.path(), "c.img", 3, "1GiB");
+    let (sa, sb, _sc) = (ServerProc::start(&a, &[]), ServerProc::start(&b, &[]), ServerProc::start(&c, &[]));
+    let with_a = make_contract_sized(&b, &sb, &a, "32MiB");
+    let with_c = make_contract_sized(&b, &sb, &c, "32MiB");
+    assert_success(&a.run("kaana-sync", &["push", &with_a]));
+    assert_success(&c.run("kaana-sync", &["push", &with_c]));
+    assert!(store(&b, &with_a).exists() && store(&b, &with_c).exists());
+
+    drop(sa);
+    let t0 = now();
+    let out = b
+        .cmd("kaana-challenge")
+        .arg(&with_a)
+        .env("KAANA_NOW", at(t0))
+        .env("KAANA_CONNECT_TIMEOUT", "1s")
+        .output()
+        .unwrap();
+    assert_exit(&out, 1);
+    let delete_after = t0 + 7 * DAY;
+
+    for dry in [true, false] {
+        assert!(prune(&b, dry, delete_after - 1).is_empty());
+    }
+    assert!(store(&b, &with_a).exists());
+    assert_eq!(status(&b, &with_a), "active");
+    // Exactly at delete_after the data is still owed.
+    assert!(prune(&b, false, delete_after).is_empty());
+
+    let dry = prune(&b, true, delete_after + 1);
+    assert_eq!(dry.len(), 1);
+    assert!(store(&b, &with_a).exists(), "a dry run deletes nothing");
+    let steps = prune(&b, false, delete_after + 1);
+    assert_eq!(steps.len(), 1);
+    let s = &steps[0];
+    assert_eq!(
+        (s.contract.as_deref(), s.peer.as_deref(), s.action.as_str()),
+        (Some(with_a.as_str()), Some(a.id().as_str()), "delete")
+    );
+    assert!(s.bytes >= 2 << 20, "{}", s.bytes);
+    assert!(s.reason.contains("failing"), "{}", s.reason);
+    assert!(!store(&b, &with_a).exists());
+    assert_eq!(status(&b, &with_a), "ended");
+    // C's data, whose contract is ok, is untouched, and still restores.
+    assert!(store(&b, &with_c).exists());
+    assert_eq!(status(&b, &with_c), "active");
+    assert_success(&c.run("kaana-sync", &["verify", &with_c]));
+    // Nothing more to do.
+    assert!(prune(&b, false, delete_after + 2).is_empty());
+    let events = fs::read_to_string(b.home.join("events.jsonl")).unwrap();
+    assert!(events.lines().any(|l| l.contains("\"prune\"") && l.contains(&with_a)));
+
+    // The freed space takes a new contract at once: B's 64 MiB were all committed.
+    let d = node_with_volume(work.path(), "d.img", 4, "1GiB");
+    let _sd = ServerProc::start(&d, &[]);
+    let out = d.cmd("kaana-offer").args(["create", "--size", "32MiB"]).output().unwrap();
+    let offer: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let id = offer["id"].as_str().unwrap();
+    assert_success(&d.run("kaana-offer", &["publish", id]));
+    assert_success(&b.run("kaana-offer", &["list", "--board", &format!("{}@{}", d.id(), _sd.addr)]));
+    assert_success(&b.run("kaana-offer", &["accept", id]));
+}
+
+#[test]
+fn a_terminated_contract_keeps_its_data_for_the_grace_then_it_goes() {
+    let work = tempfile::tempdir().unwrap();
+    let a = node_with_volume(work.path(), "a.img", 1, "1GiB");
+    let b = node_with_volume(work.path(), "b.img", 2, "1GiB");
+    let (sa, _sb) = (ServerProc::start(&a, &[]), ServerProc::start(&b, &[]));
+    let contract = make_contract_sized(&a, &sa, &b, "32MiB");
+    assert_success(&a.run("kaana-sync", &["push", &contract]));
+    assert_success(&b.run("kaana-sync", &["push", &contract]));
+    let line: serde_json::Value =
+        serde_json::from_slice(&a.run("kaana-offer", &["terminate", &contract]).stdout).unwrap();
+    let delete_after: Timestamp = line["delete_after"].as_str().unwrap().parse().unwrap();
+    let delete_after = delete_after.unix();
+    for node in [&a, &b] {
+        assert!(prune(node, false, delete_after - 1).is_empty());
+        assert!(store(node, &contract).exists());
+        // The peer can still bring its data back during the notice.
+    }
+    assert_success(&a.run("kaana-sync", &["verify", &contract]));
+    for node in [&a, &b] {
+        let steps = prune(node, false, delete_after + 1);
+        assert_eq!(steps.len(), 1);
+        assert!(steps[0].reason.contains("terminated"), "{}", steps[0].reason);
+        assert!(!store(node, &contract).exists());
+        assert_eq!(status(node, &contract), "ended");
+    }
+}
+
+#[test]
+fn leftovers_of_interrupted_pushes_go_after_a_day_and_committed_data_stays() {
+    let work = tempfile::tempdir().unwrap();
+    let a = node_with_volume(work.path(), "a.img", 1, "1GiB");
+    let b = node_with_volume(work.path(), "b.img", 2, "1GiB");
+    let (sa, _sb) = (ServerProc::start(&a, &[]), ServerProc::start(&b, &[]));
+    let contract = make_contract_sized(&a, &sa, &b, "32MiB");
+    assert_success(&a.run("kaana-sync", &["push", &contract]));
+    // An extent an interrupted push left behind, and a stray temp file of an atomic write.
+    let stray = store(&b, &contract).join("extents").join("ff").join("ff".repeat(32));
+    fs::create_dir_all(stray.parent().unwrap()).unwrap();
+    fs::write(&stray, vec![1u8; 4096]).unwrap();
+    let temp = b.home.join(".config.json.999.0.tmp");
+    fs::write(&temp, b"{").unwrap();
+
+    assert!(prune(&b, false, now() + 3_600).is_empty(), "a push may still resume within the day");
+    let steps = prune(&b, false, now() + DAY + 3_600);
+    let actions: Vec<&str> = steps.iter().map(|s| s.action.as_str()).collect();
+    assert_eq!(actions, ["remove_leftovers", "remove_temp"]);
+    assert_eq!(steps[0].bytes, 4096);
+    assert!(!stray.exists() && !temp.exists());
+    assert_success(&a.run("kaana-sync", &["verify", &contract]));
+}
+
+/// A prune killed with SIGKILL while it deletes, run again, ends consistent; and at no point
+/// is a contract active with its data gone.
+#[test]
+fn a_prune_killed_midway_finishes_on_the_next_run() {
+    let work = tempfile::tempdir().unwrap();
+    let a = node_with_volume(work.path(), "a.img", 1, "1GiB");
+    let b = node_with_volume(work.path(), "b.img", 2, "1GiB");
+    let (sa, _sb) = (ServerProc::start(&a, &[]), ServerProc::start(&b, &[]));
+    let contract = make_contract_sized(&a, &sa, &b, "512MiB");
+    assert_success(&a.run("kaana-sync", &["push", &contract]));
+    // Many files, so that deleting them takes a while: a large store, in small extents.
+    let extents = store(&b, &contract).join("extents");
+    for i in 0..30_000u32 {
+        let dir = extents.join(format!("{:02x}", i % 256));
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join(format!("{:064x}", u64::from(i) + (1 << 40))), b"x").unwrap();
+    }
+    let count = |p: &Path| walk(p);
+    let total = count(&store(&b, &contract));
+    drop(sa);
+    let t0 = now();
+    let out = b
+        .cmd("kaana-challenge")
+        .arg(&contract)
+        .env("KAANA_NOW", at(t0))
+        .env("KAANA_CONNECT_TIMEOUT", "1s")
+        .output()
+        .unwrap();
+    assert_exit(&out, 1);
+
+    let mut child = b
+        .cmd("kaana-prune")
+        .env("KAANA_NOW", at(t0 + 7 * DAY + 1))
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while count(&store(&b, &contract)) == total {
+        assert!(Instant::now() < deadline, "prune never started deleting");
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    child.kill().unwrap();
+    let _ = child.wait();
+    let left = count(&store(&b, &contract));
+    assert!(left < total);
+    // Data is partly gone: the contract must already say ended.
+    assert_eq!(status(&b, &contract), "ended");
+    crate::common::assert_state_consistent(&b.home);
+
+    let steps = prune(&b, false, t0 + 7 * DAY + 2);
+    if left > 0 {
+        assert_eq!(steps.len(), 1);
+        assert_eq!(steps[0].action, "remove_orphan");
+    }
+    assert!(!store(&b, &contract).exists());
+    assert_eq!(status(&b, &contract), "ended");
+    assert!(prune(&b, false, t0 + 7 * DAY + 3).is_empty());
+}
+
+fn walk(dir: &Path) -> usize {
+    fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| if e.file_type().unwrap().is_dir() { walk(&e.path()) } else { 1 })
+        .sum()
+}
