@@ -1,39 +1,162 @@
 #!/usr/bin/env bash
-# The demo: builds the tools and shows Ka'ana like working on this machine, 127.0.0.1 only,
-# in a temporary folder that is removed at the end. Exit 0 only if every step did what it should.
+# Ka'ana like, the demo: the seed's story told with the real tools, on 127.0.0.1 only, in a
+# temporary folder that is removed at the end.
+#
+# Three nodes (A, B, C), each with a LUKS volume of real files, start their servers. A offers
+# storage, B and C accept. Volumes go out; challenges pass. A fails a challenge on purpose and,
+# on "day 6", its audit finds B honest: A is challenged again and is ok. Greedy C deletes A's data
+# early and is caught, with evidence anyone can check. When C's grace runs out, kaana-prune frees
+# the space. Last, A's volume comes back from B, is decrypted, and its files compared.
+#
+# Exit 0 only if every step did what it should. Every process started is stopped on exit, on
+# failure and on Ctrl-C. Set KAANA_BIN to a folder of built tools to skip the build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+export PATH="$PATH:/usr/sbin:/sbin"
 
-scripts/install-deps.sh
-cargo build --workspace --quiet
-bin="$(pwd)/target/debug"
+if [ -z "${KAANA_BIN:-}" ]; then
+  scripts/install-deps.sh
+  cargo build --workspace --quiet
+  KAANA_BIN="$(pwd)/target/debug"
+fi
+for tool in kaana-offer kaana-sync kaana-challenge kaana-prune jq mke2fs qemu-img debugfs; do
+  command -v "$tool" >/dev/null 2>&1 || [ -x "$KAANA_BIN/$tool" ] || { echo "demo: $tool is missing (run scripts/install-deps.sh)" >&2; exit 2; }
+done
+export PATH="$KAANA_BIN:$PATH"
+unset KAANA_HOME KAANA_NOW
 
 work="$(mktemp -d -t kaana-demo.XXXXXX)"
-trap 'rm -rf "$work"' EXIT
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
 
+started=$(date +%s)
+PASS=secret-demo-passphrase
 step() { printf '\n== %s\n' "$*"; }
+fail() { printf '\ndemo: FAILED: %s\n' "$*" >&2; exit 1; }
+# Runs a tool, shows its JSON, and keeps it in $out; exits unless the exit code is one of $ok.
+run() {
+  local ok="$1"; shift
+  set +e
+  out=$("$@" 2>"$work/last.err")
+  local code=$?
+  set -e
+  [ -n "$out" ] && printf '%s\n' "$out"
+  case " $ok " in
+    *" $code "*) ;;
+    *) cat "$work/last.err" >&2; fail "$* exited $code" ;;
+  esac
+}
+check() { jq -e "$2" <<<"$1" >/dev/null || fail "expected $2 in: $1"; }
 
-step "Node A is created (its identity, config and state directory)"
-a=$("$bin/kaana-offer" --home "$work/a" init --listen 127.0.0.1:0)
-echo "$a"
-step "Node B is created"
-b=$("$bin/kaana-offer" --home "$work/b" init --listen 127.0.0.1:0)
-echo "$b"
+volume() { # NAME: an ext4 file system of real files, encrypted with LUKS
+  local name=$1 dir="$work/$1.files"
+  mkdir -p "$dir"
+  printf 'This is %s. The first byte of my data is b.\n' "$name" >"$dir/notes.txt"
+  head -c 2000000 /dev/urandom >"$dir/photo.raw"
+  seq 1 20000 >"$dir/numbers.txt"
+  mke2fs -q -t ext4 -d "$dir" "$work/$name.ext4" 8M >/dev/null
+  qemu-img convert -q -f raw -O luks --object "secret,id=s,data=$PASS" -o key-secret=s,iter-time=10 \
+    "$work/$name.ext4" "$work/$name.luks"
+  rm "$work/$name.ext4"
+}
 
-node_a=$("$bin/kaana-offer" --home "$work/a" id | sed -E 's/.*"node":"([^"]+)".*/\1/')
-node_b=$("$bin/kaana-offer" --home "$work/b" id | sed -E 's/.*"node":"([^"]+)".*/\1/')
-[ "$node_a" != "$node_b" ] || { echo "demo: FAILED: both nodes have the same id" >&2; exit 1; }
+node() { # NAME: init, start the server, remember its id and address
+  local name=$1 home="$work/$1"
+  kaana-offer --home "$home" init --listen 127.0.0.1:0 --capacity 256MiB --audit-rate 0 \
+    --volume "$work/$name.luks" >"$work/$name.init" 2>/dev/null
+  kaana-sync --home "$home" serve >"$work/$name.serve" 2>"$work/$name.serve.log" &
+  pids+=($!)
+  for _ in $(seq 100); do [ -s "$work/$name.serve" ] && break; sleep 0.05; done
+  jq -c . "$work/$name.serve" || fail "the server of $name did not start"
+  eval "${name}_id=\$(jq -r .node \"\$work/\$name.serve\")"
+  eval "${name}_addr=\$(jq -r .listen \"\$work/\$name.serve\")"
+}
 
-step "A adds B to its address book"
-"$bin/kaana-offer" --home "$work/a" peer add "$node_b@127.0.0.1:7448"
+step "Three nodes, each with a LUKS-encrypted volume of real files, start their servers"
+for n in A B C; do volume "$n"; node "$n"; done
+A() { kaana-offer --home "$work/A" "$@"; }
+day=86400
+t0=$(date +%s)
+at() { date -u -d "@$1" +%Y-%m-%dT%H:%M:%SZ; }
 
-step "A's identity survives a lost disk: rebuilt from its recovery phrase"
-phrase=$("$bin/kaana-offer" --home "$work/a" recovery-phrase | sed -E 's/.*"recovery_phrase":"([^"]+)".*/\1/')
-rebuilt=$(printf '%s\n' "$phrase" | "$bin/kaana-offer" --home "$work/a-rebuilt" init --recover --listen 127.0.0.1:0)
-echo "$rebuilt"
-case "$rebuilt" in
-  *"\"node\":\"$node_a\""*) ;;
-  *) echo "demo: FAILED: the rebuilt node is not A" >&2; exit 1 ;;
-esac
+step "A offers 64 MiB for 64 MiB, keeping a failing peer's data 7 days; it publishes to its board"
+run 0 kaana-offer --home "$work/A" create --size 64MiB --grace 7d; offer_b=$(jq -r .id <<<"$out")
+run 0 kaana-offer --home "$work/A" create --size 64MiB --grace 7d; offer_c=$(jq -r .id <<<"$out")
+run 0 kaana-offer --home "$work/A" publish
 
-printf '\ndemo: PASSED: two nodes created (A %s, B %s), an address book entry, and A rebuilt from its recovery phrase.\n' "${node_a:0:8}" "${node_b:0:8}"
+step "B lists A's board and accepts; so does C (each takes one offer)"
+run 0 kaana-offer --home "$work/B" list --board "$A_id@$A_addr"
+check "$(head -1 <<<"$out")" '.size == 67108864 and .grace_secs == 604800'
+run 0 kaana-offer --home "$work/B" accept "$offer_b"; ab=$(jq -r .id <<<"$out")
+check "$out" '.status == "active" and .role == "taker"'
+run 0 kaana-offer --home "$work/C" list --board "$A_id@$A_addr"
+run 0 kaana-offer --home "$work/C" accept "$offer_c"; ac=$(jq -r .id <<<"$out")
+
+step "Everyone pushes its volume (read raw, so already encrypted) to its peer"
+for n in A B C; do
+  run 0 kaana-sync --home "$work/$n" push --all
+  check "$(head -1 <<<"$out")" '.generation == 1 and .bytes_sent == .bytes_total'
+done
+
+step "A challenges its peers: each proves it holds A's data (BLAKE3 proofs of random chunks)"
+run 0 kaana-challenge --home "$work/A" --all
+check "$out" 'select(.kind == "routine") | .result == "pass"'
+
+step "A fails B's next challenge on purpose; B marks A failing: A's data will go in 7 days"
+run 0 kaana-challenge --home "$work/A" fail-next "$ab"
+run 1 kaana-challenge --home "$work/B" "$ab"
+check "$out" '.result == "fail"'
+run 0 kaana-offer --home "$work/B" contracts
+check "$out" '.their_standing.state == "failing"'
+
+step "Day 6: A's audit finds B still holds A's data; A asks to be challenged again and is ok"
+run 0 env KAANA_NOW="$(at $((t0 + 6 * day + 3600)))" kaana-challenge --home "$work/A" "$ab"
+check "$(sed -n 1p <<<"$out")" '.kind == "audit" and .result == "pass" and .breach == false'
+check "$(sed -n 2p <<<"$out")" '.kind == "rechallenge" and .result == "pass"'
+run 0 kaana-offer --home "$work/B" contracts
+check "$out" '.their_standing.state == "ok"'
+
+step "A fails C's challenge on purpose too; greedy C deletes A's data the next day to free space"
+run 0 kaana-challenge --home "$work/A" fail-next "$ac"
+run 1 kaana-challenge --home "$work/C" "$ac"
+rm -rf "$work/C/inbound/$ac/extents"
+echo "(C removed $work/C/inbound/${ac:0:12}…/extents)"
+
+step "Day 6: A's audit of C finds the data gone: a breach, with signed evidence"
+run 1 env KAANA_NOW="$(at $((t0 + 6 * day + 3600)))" kaana-challenge --home "$work/A" "$ac"
+check "$out" '.kind == "audit" and .result == "fail" and .breach == true'
+evidence=$(jq -r .evidence <<<"$out")
+
+step "Anyone can check the evidence, with nothing but the file"
+run 0 kaana-challenge check-evidence "$evidence"
+check "$out" '.valid == true and .failed_samples > 0'
+
+step "A week later C's grace at A has run out: kaana-prune deletes C's data and frees the space"
+run 0 env KAANA_NOW="$(at $((t0 + 13 * day + 7200)))" kaana-prune --home "$work/A" --dry-run
+check "$out" '.action == "delete"'
+run 0 env KAANA_NOW="$(at $((t0 + 13 * day + 7200)))" kaana-prune --home "$work/A"
+[ ! -e "$work/A/inbound/$ac" ] || fail "C's data is still at A"
+run "0 1" kaana-offer --home "$work/A" status   # 1: it wants one more replica now
+check "$out" '.committed == 67108864'
+
+step "A loses its disk: its volume comes back from B, byte for byte, and decrypts"
+cp "$work/A.luks" "$work/A.original.luks"
+rm "$work/A.luks"
+run 0 kaana-sync --home "$work/A" restore "$ab" --out "$work/A.restored.luks"
+check "$out" '.ok == true'
+cmp "$work/A.original.luks" "$work/A.restored.luks" || fail "the restored volume differs"
+qemu-img convert --object "secret,id=s,data=$PASS" \
+  --image-opts "driver=luks,key-secret=s,file.filename=$work/A.restored.luks" -O raw "$work/A.restored.ext4"
+for f in notes.txt photo.raw numbers.txt; do
+  debugfs -R "cat /$f" "$work/A.restored.ext4" 2>/dev/null | cmp - "$work/A.files/$f" || fail "$f differs"
+done
+echo "notes.txt, photo.raw and numbers.txt are identical to the originals"
+
+printf '\ndemo: PASSED in %ss: offers, contracts, encrypted pushes, challenges, an honest audit, a caught breach, a prune after the grace, and a full restore.\n' \
+  "$(($(date +%s) - started))"

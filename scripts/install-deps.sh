@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what building, testing and the demo need, when it is missing. Safe to run again.
 # Debian packages: e2fsprogs (mke2fs, debugfs), qemu-utils (qemu-img, qemu-io) for real LUKS
-# volumes; iproute2 for the network-namespace tests. Rust: cargo-nextest runs the tests.
+# volumes; iproute2 for the network-namespace tests; jq for the demo and scripts. Rust:
+# cargo-nextest runs the tests.
 set -euo pipefail
 export PATH="$PATH:/usr/sbin:/sbin"
 
@@ -11,6 +12,7 @@ command -v debugfs >/dev/null 2>&1 || need_apt+=(e2fsprogs)
 command -v qemu-img >/dev/null 2>&1 || need_apt+=(qemu-utils)
 command -v qemu-io >/dev/null 2>&1 || need_apt+=(qemu-utils)
 command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
+command -v jq >/dev/null 2>&1 || need_apt+=(jq)
 if [ ${#need_apt[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"

@@ -8,4 +8,5 @@ mod common;
 mod identity;
 mod market;
 mod prune;
+mod scripts;
 mod server;

@@ -67,6 +67,13 @@ pub enum Command {
         /// The breach file.
         file: PathBuf,
     },
+    /// Print shell completions (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff): `kaana-challenge man > kaana-challenge.1`.
+    Man,
 }
 
 /// One exchange, as printed.
@@ -87,15 +94,18 @@ struct Line {
 
 /// Runs `kaana-challenge`.
 pub fn run(args: Args) -> anyhow::Result<Exit> {
-    if let Some(Command::CheckEvidence { file }) = &args.command {
-        return check_evidence(file);
+    match &args.command {
+        Some(Command::CheckEvidence { file }) => return check_evidence(file),
+        Some(Command::Completions { shell }) => return kaana_proto::cli::print_completions::<Args>(*shell),
+        Some(Command::Man) => return kaana_proto::cli::print_man::<Args>(),
+        _ => {}
     }
     let node = Node::open_at(args.home.as_deref())?;
     let now = now_from_env()?;
     match args.command {
         Some(Command::FailNext { contract }) => fail_next(&node, &contract),
         Some(Command::Standing) => runtime()?.block_on(standing(node, now)),
-        Some(Command::CheckEvidence { .. }) => unreachable_command(),
+        Some(Command::CheckEvidence { .. } | Command::Completions { .. } | Command::Man) => handled_before(),
         None => {
             if !(1..=MAX_SAMPLES).contains(&args.samples) {
                 anyhow::bail!("--samples must be between 1 and {MAX_SAMPLES}");
@@ -112,8 +122,8 @@ pub fn run(args: Args) -> anyhow::Result<Exit> {
     }
 }
 
-fn unreachable_command() -> anyhow::Result<Exit> {
-    anyhow::bail!("internal: check-evidence is handled before opening the node")
+fn handled_before() -> anyhow::Result<Exit> {
+    anyhow::bail!("internal: this command is handled before the node is opened")
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

@@ -89,6 +89,13 @@ pub enum Command {
         #[arg(long)]
         fetch: bool,
     },
+    /// Print shell completions (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff): `kaana-offer man > kaana-offer.1`.
+    Man,
     /// End a contract: a signed notice goes to the peer; each side's data is kept for the grace
     /// period, then pruned. Exits 1 if the peer could not be told yet (run it again).
     Terminate {
@@ -159,6 +166,8 @@ fn parse_duration_arg(s: &str) -> Result<u64, String> {
 pub fn run(args: Args) -> anyhow::Result<Exit> {
     let home = args.home.as_deref();
     match args.command {
+        Command::Completions { shell } => kaana_proto::cli::print_completions::<Args>(shell),
+        Command::Man => kaana_proto::cli::print_man::<Args>(),
         Command::Init(init_args) => setup::init(home, init_args),
         Command::Id => setup::id(home),
         Command::RecoveryPhrase => setup::recovery_phrase(home),

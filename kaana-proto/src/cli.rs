@@ -42,6 +42,24 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
     e.chain().filter_map(|c| c.downcast_ref::<io::Error>()).any(|io| io.kind() == io::ErrorKind::BrokenPipe)
 }
 
+/// Prints the shell completions of a tool whose arguments are `A`.
+pub fn print_completions<A: clap::CommandFactory>(shell: clap_complete::Shell) -> anyhow::Result<Exit> {
+    let mut cmd = A::command();
+    let name = cmd.get_name().to_owned();
+    let mut out = io::stdout().lock();
+    clap_complete::generate(shell, &mut cmd, name, &mut out);
+    out.flush()?;
+    Ok(Exit::Ok)
+}
+
+/// Prints the man page (roff) of a tool whose arguments are `A`.
+pub fn print_man<A: clap::CommandFactory>() -> anyhow::Result<Exit> {
+    let mut out = io::stdout().lock();
+    clap_mangen::Man::new(A::command()).render(&mut out)?;
+    out.flush()?;
+    Ok(Exit::Ok)
+}
+
 /// Writes `value` to stdout as one line of JSON and flushes it, so that a pipe reader sees
 /// each record as it is made.
 pub fn emit<T: Serialize>(value: &T) -> anyhow::Result<()> {

@@ -41,6 +41,20 @@ pub struct Args {
     /// Print the plan and change nothing.
     #[arg(long)]
     pub dry_run: bool,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Other things to do.
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Print shell completions (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff): `kaana-prune man > kaana-prune.1`.
+    Man,
 }
 
 /// One step of the plan, as printed.
@@ -71,6 +85,11 @@ enum Work {
 
 /// Runs `kaana-prune`.
 pub fn run(args: Args) -> anyhow::Result<Exit> {
+    match args.command {
+        Some(Command::Completions { shell }) => return kaana_proto::cli::print_completions::<Args>(shell),
+        Some(Command::Man) => return kaana_proto::cli::print_man::<Args>(),
+        None => {}
+    }
     let node = Node::open_at(args.home.as_deref())?;
     let now = now_from_env()?;
     let steps = plan(&node, now)?;

@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# Ka'ana like's backup pipeline, for cron: an optional snapshot hook, then
+# `kaana-sync push --all`, `kaana-challenge --all` and `kaana-prune`.
+#
+# The tools' JSON lines go to stdout (send them to a log); when something needs a person, the
+# last line on stderr says what, in one line, and the exit code is 1 (2 if a step could not run).
+#
+# Environment:
+#   KAANA_HOME            the node's state directory (or pass --home DIR)
+#   KAANA_SNAPSHOT_HOOK   a command run first, e.g. one that freezes or snapshots the volume's
+#                         file system; the pipeline stops (exit 2) if it fails
+#   KAANA_BIN             where the kaana-* tools are, if not on PATH
+set -uo pipefail
+
+if [ "${1:-}" = "--home" ] && [ -n "${2:-}" ]; then
+  export KAANA_HOME="$2"
+  shift 2
+fi
+if [ $# -gt 0 ]; then
+  echo "usage: backup.sh [--home DIR]" >&2
+  exit 2
+fi
+[ -n "${KAANA_BIN:-}" ] && export PATH="$KAANA_BIN:$PATH"
+
+reasons=()
+worst=0
+note() { # CODE REASON
+  reasons+=("$2")
+  [ "$1" -gt "$worst" ] && worst=$1
+}
+# Names what went wrong from a step's JSON lines: contracts whose push failed, peers that failed
+# or could not be reached, breaches.
+summarise() { # STEP OUTPUT
+  command -v jq >/dev/null 2>&1 || { echo "$1 needs attention"; return; }
+  case "$1" in
+    push) jq -rs '[.[] | select(.ok == false) | "push to \(.peer[0:8]) failed"] | unique | join(", ")' <<<"$2" ;;
+    challenge) jq -rs '[.[] | select(.breach == true) | "BREACH by \(.peer[0:8])"] + [.[] | select(.breach != true and .result != "pass") | "\(.kind) of \(.peer[0:8]): \(.result)"] | unique | join(", ")' <<<"$2" ;;
+  esac
+}
+
+step() { # NAME COMMAND...
+  local name=$1; shift
+  local out code
+  out=$("$@")
+  code=$?
+  [ -n "$out" ] && printf '%s\n' "$out"
+  case $code in
+    0) ;;
+    1) local what; what=$(summarise "$name" "$out"); note 1 "${what:-$name needs attention}" ;;
+    *) note 2 "$name failed (exit $code)" ;;
+  esac
+}
+
+if [ -n "${KAANA_SNAPSHOT_HOOK:-}" ]; then
+  if ! bash -c "$KAANA_SNAPSHOT_HOOK" >&2; then
+    echo "backup.sh: the snapshot hook failed; nothing was pushed" >&2
+    exit 2
+  fi
+fi
+step push kaana-sync push --all
+step challenge kaana-challenge --all
+step prune kaana-prune
+
+if [ "$worst" -gt 0 ]; then
+  (IFS=';'; echo "backup.sh: needs attention: ${reasons[*]}" | sed 's/;/; /g') >&2
+fi
+exit "$worst"

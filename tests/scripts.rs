@@ -1,0 +1,148 @@
+//! The newcomer's path: the demo, the README's examples and command list, the cron pipeline,
+//! completions and man pages.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::common::{Pair, assert_exit, assert_success, bin_dir, contracted_pair, pseudo_random, stderr};
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn readme() -> String {
+    fs::read_to_string(repo().join("README.md")).unwrap()
+}
+
+#[test]
+fn the_demo_tells_the_whole_story_and_passes() {
+    let out = Command::new("bash")
+        .arg(repo().join("scripts/demo.sh"))
+        .env("KAANA_BIN", bin_dir())
+        .env_remove("KAANA_HOME")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "demo failed:\n{stdout}\n{}", stderr(&out));
+    let last = stdout.lines().last().unwrap_or_default();
+    assert!(last.starts_with("demo: PASSED"), "{last}");
+    for story in ["audit", "breach\":true", "\"valid\":true", "\"action\":\"delete\"", "identical to the originals"] {
+        assert!(stdout.contains(story), "the demo did not show {story}");
+    }
+}
+
+/// The blocks of the README marked as examples, in order.
+fn examples(text: &str) -> String {
+    let mut script = String::new();
+    let mut rest = text;
+    while let Some(start) = rest.find("<!-- example -->") {
+        let block = &rest[start..];
+        let end = block.find("<!-- /example -->").expect("example end marker");
+        let body = &block[..end];
+        let code = body.split("```sh\n").nth(1).and_then(|c| c.split("```").next()).expect("a sh block");
+        script.push_str(code);
+        rest = &block[end..];
+    }
+    script
+}
+
+#[test]
+fn the_readme_examples_run_as_written() {
+    let script = examples(&readme());
+    assert!(script.contains("kaana-sync --home a push"), "the examples were found");
+    let dir = tempfile::tempdir().unwrap();
+    let path = format!("{}:{}:/usr/sbin:/sbin", bin_dir().display(), std::env::var("PATH").unwrap_or_default());
+    let wrapped = format!("set -euo pipefail\ntrap 'kill $(jobs -p) 2>/dev/null || true' EXIT\n{script}");
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(&wrapped)
+        .current_dir(dir.path())
+        .env("PATH", path)
+        .env_remove("KAANA_HOME")
+        .env_remove("KAANA_NOW")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "README examples failed:\n{stdout}\n{}", stderr(&out));
+    assert!(stdout.contains("identical"), "{stdout}");
+}
+
+/// Every command the README describes exists, with every flag it shows.
+#[test]
+fn every_command_in_the_readme_exists_with_its_flags() {
+    let text = readme();
+    let mut checked = 0;
+    for heading in text.lines().filter(|l| l.starts_with("### `kaana-")) {
+        for synopsis in heading.trim_start_matches("### ").split(", ") {
+            let synopsis = synopsis.trim_matches('`');
+            let words: Vec<&str> = synopsis.split_whitespace().collect();
+            let command: Vec<&str> = words
+                .iter()
+                .take_while(|w| w.chars().all(|c| c.is_ascii_lowercase() || c == '-') && !w.starts_with("--"))
+                .copied()
+                .collect();
+            let out = Command::new(bin_dir().join(command[0])).args(&command[1..]).arg("--help").output().unwrap();
+            assert_success(&out);
+            let help = String::from_utf8_lossy(&out.stdout);
+            for flag in words.iter().flat_map(|w| w.split(['[', ']', '(', ')', '|'])).filter(|w| w.starts_with("--")) {
+                assert!(help.contains(flag), "`{}` has no {flag}", command.join(" "));
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked >= 20, "only {checked} commands found in the README");
+}
+
+#[test]
+fn every_tool_prints_completions_and_a_man_page() {
+    for tool in ["kaana-offer", "kaana-sync", "kaana-challenge", "kaana-prune"] {
+        let out = Command::new(bin_dir().join(tool)).args(["completions", "bash"]).output().unwrap();
+        assert_success(&out);
+        assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("_{}", tool.replace('-', "__"))));
+        let out = Command::new(bin_dir().join(tool)).arg("man").output().unwrap();
+        assert_success(&out);
+        assert!(String::from_utf8_lossy(&out.stdout).contains(".TH"), "{tool}");
+    }
+}
+
+fn backup(home: &Path, hook: Option<&str>) -> std::process::Output {
+    let mut cmd = Command::new("bash");
+    cmd.arg(repo().join("scripts/backup.sh")).args(["--home", home.to_str().unwrap()]);
+    cmd.env("KAANA_BIN", bin_dir()).env("KAANA_CONNECT_TIMEOUT", "1s").env_remove("KAANA_NOW");
+    if let Some(h) = hook {
+        cmd.env("KAANA_SNAPSHOT_HOOK", h);
+    }
+    cmd.output().unwrap()
+}
+
+#[test]
+fn the_cron_pipeline_pushes_checks_and_says_what_needs_a_person() {
+    let work = tempfile::tempdir().unwrap();
+    let volume = work.path().join("vol.img");
+    fs::write(&volume, pseudo_random(1 << 20, 5)).unwrap();
+    let Pair { a, b: _b, sa: _sa, sb, contract } = contracted_pair(&volume, "16MiB");
+    let marker = work.path().join("snapshot-taken");
+    let out = backup(&a.home, Some(&format!("touch {}", marker.display())));
+    assert_success(&out);
+    assert!(marker.exists(), "the snapshot hook ran first");
+    let lines: Vec<serde_json::Value> =
+        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(lines.iter().any(|l| l["contract"] == contract.as_str() && l["generation"] == 1), "a push");
+    assert!(lines.iter().any(|l| l["kind"] == "routine" && l["result"] == "pass"), "a challenge");
+
+    // The peer goes away: the pipeline says so in one line, and exits 1.
+    drop(sb);
+    let out = backup(&a.home, None);
+    assert_exit(&out, 1);
+    let last = stderr(&out).lines().last().unwrap_or_default().to_owned();
+    assert!(
+        last.starts_with("backup.sh: needs attention:") && last.contains("failed") && last.contains("unreachable"),
+        "{last}"
+    );
+
+    // A failing snapshot hook stops everything.
+    let out = backup(&a.home, Some("exit 3"));
+    assert_exit(&out, 2);
+    assert!(out.stdout.is_empty());
+}
