@@ -90,6 +90,11 @@ struct Line {
     evidence: Option<PathBuf>,
     #[serde(skip_serializing_if = "Option::is_none")]
     message: Option<String>,
+    /// For a routine challenge: how long the exchange took, and the bytes it put on the wire.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ms: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    wire_bytes: Option<u64>,
 }
 
 /// Runs `kaana-challenge`.
@@ -215,6 +220,8 @@ async fn check_contract(
         their_standing: standing,
         evidence,
         message,
+        ms: None,
+        wire_bytes: None,
     };
     let mut audited = false;
     let due = entry.state.audit.clone().filter(|a| a.pending() && a.audit_at <= now);
@@ -260,8 +267,13 @@ async fn check_contract(
     }
 
     if !audited {
+        let (started, wire_before) = (std::time::Instant::now(), conn.wire_bytes());
         match audit::challenge_peer(&conn, node, &entry, samples, now).await {
-            Ok(ex) => lines.push(line("routine", ex.result, ex.transcript.verdict.body.standing, false, None, None)),
+            Ok(ex) => lines.push(Line {
+                ms: Some(started.elapsed().as_secs_f64() * 1e3),
+                wire_bytes: Some(conn.wire_bytes() - wire_before),
+                ..line("routine", ex.result, ex.transcript.verdict.body.standing, false, None, None)
+            }),
             Err(AuditError::NothingPushed(_)) => {
                 eprintln!("kaana-challenge: contract {}: nothing pushed yet, nothing to challenge", entry.id.short());
             }
@@ -309,6 +321,8 @@ async fn run_audit(
                 their_standing: verdict.body.standing,
                 evidence: None,
                 message: Some(e.to_string()),
+                ms: None,
+                wire_bytes: None,
             }]);
         }
         Err(e) => return Err(e.into()),
@@ -324,6 +338,8 @@ async fn run_audit(
         their_standing: ex.transcript.verdict.body.standing,
         evidence: evidence.clone(),
         message: None,
+        ms: None,
+        wire_bytes: None,
     });
     {
         let _lock = node.home.lock()?;
@@ -358,6 +374,8 @@ async fn run_audit(
             their_standing: node.contract(&entry.id)?.state.their_standing,
             evidence: None,
             message: None,
+            ms: None,
+            wire_bytes: None,
         }),
         Err(e) => lines.push(Line {
             contract: entry.id,
@@ -368,6 +386,8 @@ async fn run_audit(
             their_standing: node.contract(&entry.id)?.state.their_standing,
             evidence: None,
             message: Some(e.to_string()),
+            ms: None,
+            wire_bytes: None,
         }),
     }
     Ok(lines)

@@ -134,12 +134,19 @@ pub fn answer(
     }
     let g = manifest.body.geometry().map_err(internal)?;
     let hashes = manifest.body.check_list(&list).map_err(internal)?;
-    let mut raw = inbound.answer(g, &hashes, &c.picks).map_err(internal)?;
-    if honesty == Honesty::MayAudit && fail_on_purpose(node, &entry, now)? {
+    let (mut raw, read) = inbound.answer(g, &hashes, &c.picks).map_err(internal)?;
+    let lie = honesty == Honesty::MayAudit && fail_on_purpose(node, &entry, now)?;
+    if lie {
         for b in raw.iter_mut().take(proof::CHUNK as usize) {
             *b ^= 0xa5;
         }
     }
+    node.log_event(
+        now,
+        "answer",
+        json!({"contract": c.contract, "peer": peer, "samples": c.picks.len(), "read_bytes": read, "sent_bytes": raw.len(), "on_purpose_wrong": lie}),
+    )
+    .map_err(internal)?;
     let id = RecordId::of(c).map_err(internal)?;
     let body = Answer {
         challenge: id,

@@ -184,6 +184,11 @@ impl Inbound {
     /// Chunk `index` of a stored extent of `len` bytes and its proof (siblings nearest the chunk
     /// first); `None` if the extent is not stored (or is shorter than it should be).
     pub fn prove(&self, hash: &ExtentHash, len: u64, index: u64) -> Result<Option<ChunkProof>, StateError> {
+        Ok(self.prove_counting(hash, len, index)?.map(|(proof, _)| proof))
+    }
+
+    /// [`Inbound::prove`], also saying how many bytes it read from disk.
+    fn prove_counting(&self, hash: &ExtentHash, len: u64, index: u64) -> Result<Option<(ChunkProof, u64)>, StateError> {
         use std::os::unix::fs::FileExt as _;
         let path = self.extent_path(hash);
         let file = match File::open(&path) {
@@ -208,29 +213,35 @@ impl Inbound {
         let siblings = proof::prove(len, index, &group, &groups);
         let from = (index * proof::CHUNK - group_start) as usize;
         let chunk = group[from..from + proof::chunk_len(len, index)].to_vec();
-        Ok(Some((chunk, siblings)))
+        let read = group_len + 32 * groups.len() as u64;
+        Ok(Some(((chunk, siblings), read)))
     }
 
     /// The raw answer to a challenge's `picks` of the copy whose extents are `hashes`: each
     /// chunk and its proof; what is not stored (or not a chunk) comes back as zeros of the right
     /// length, which fails the check.
-    pub fn answer(&self, g: Geometry, hashes: &[ExtentHash], picks: &[[u64; 2]]) -> Result<Vec<u8>, StateError> {
+    /// Also returns how many bytes it read from disk.
+    pub fn answer(&self, g: Geometry, hashes: &[ExtentHash], picks: &[[u64; 2]]) -> Result<(Vec<u8>, u64), StateError> {
         let mut raw = Vec::with_capacity(challenge::answer_len(g, picks).unwrap_or(0));
+        let mut read = 0;
         for [e, ci] in picks {
             let len = g.len(*e) as u64;
             if *ci >= proof::chunks(len) {
                 continue;
             }
             let proved = match hashes.get(*e as usize) {
-                Some(hash) => self.prove(hash, len, *ci)?,
+                Some(hash) => self.prove_counting(hash, len, *ci)?,
                 None => None,
             };
             match proved {
-                Some((chunk, siblings)) => challenge::encode_item(&mut raw, &chunk, &siblings),
+                Some(((chunk, siblings), n)) => {
+                    read += n;
+                    challenge::encode_item(&mut raw, &chunk, &siblings);
+                }
                 None => raw.resize(raw.len() + proof::chunk_len(len, *ci) + 32 * proof::proof_len(len, *ci), 0),
             }
         }
-        Ok(raw)
+        Ok((raw, read))
     }
 
     /// The extent's outboard, remade from the extent if missing or not matching its hash.
@@ -446,7 +457,7 @@ mod tests {
                 .filter(|i| {
                     let mut rng = Rng::from_seed(blake3::hash(&u64::to_le_bytes(*i)).into());
                     let picks = pick(g, challenge::DEFAULT_SAMPLES, &mut rng);
-                    let raw = store.answer(g, &hashes, &picks).unwrap();
+                    let (raw, _) = store.answer(g, &hashes, &picks).unwrap();
                     check(g, &hashes, &picks, &raw) > 0
                 })
                 .count()

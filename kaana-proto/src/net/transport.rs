@@ -240,6 +240,12 @@ impl Connection {
         self.conn.accept_bi().await.map_err(|e| NetError::Lost(e.to_string()))
     }
 
+    /// Bytes of UDP payload sent and received on this connection so far.
+    pub fn wire_bytes(&self) -> u64 {
+        let stats = self.conn.stats();
+        stats.udp_tx.bytes + stats.udp_rx.bytes
+    }
+
     /// Opens a stream and sends `req`; the caller sends any raw bytes that follow and reads
     /// the reply from the returned [`Exchange`].
     pub async fn open(&self, req: &Request) -> Result<Exchange, NetError> {

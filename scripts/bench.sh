@@ -1,0 +1,243 @@
+#!/usr/bin/env bash
+# Benchmark: Ka'ana like against rsync (over ssh, and rsync's own daemon) doing the same job on
+# the same machine in the same run, and against the machine's own limits.
+#
+#   scripts/bench.sh [SIZE]      SIZE of the random volume, default 2GiB (units: MiB, GiB)
+#
+# Everything runs on 127.0.0.1 (sshd and the rsync daemon too) in a temporary folder under
+# /var/tmp, removed at the end. Each timed figure is the median of RUNS runs (default 3),
+# alternating the contenders. Prints a table for people, then one JSON line with every figure
+# and every ratio (ours / rsync over ssh). Needs root for sshd (it installs rsync, openssh-server
+# and iperf3 if they are missing).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$PATH:/usr/sbin:/sbin"
+
+SIZE=${1:-2GiB}
+RUNS=${RUNS:-3}
+CHALLENGES=${CHALLENGES:-100}
+
+need=()
+for c in rsync:rsync sshd:openssh-server ssh:openssh-client iperf3:iperf3 jq:jq; do
+  command -v "${c%%:*}" >/dev/null 2>&1 || need+=("${c#*:}")
+done
+if [ ${#need[@]} -gt 0 ]; then
+  echo "bench: installing ${need[*]}" >&2
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+echo "bench: building (release)" >&2
+cargo build --release --workspace --quiet
+BIN="$(pwd)/target/release"
+export PATH="$BIN:$PATH"
+unset KAANA_HOME KAANA_NOW
+
+bytes_of() { numfmt --from=iec-i "${1%B}"; }
+size=$(bytes_of "$SIZE")
+mib=$((size >> 20))
+
+work=$(mktemp -d /var/tmp/kaana-bench.XXXXXX)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+say() { printf 'bench: %s\n' "$*" >&2; }
+now() { date +%s.%N; }
+since() { echo "$(now) - $1" | bc -l; }
+median() { sort -g | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
+ratio() { echo "scale=3; $1 / $2" | bc -l; }
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# --- the contenders' set-up -------------------------------------------------------------------
+say "making a random volume of $SIZE"
+head -c "$size" /dev/urandom >"$work/vol.img"
+
+start_node() { # NAME [init args...]
+  local name=$1; shift
+  kaana-offer --home "$work/$name" init --listen 127.0.0.1:0 --audit-rate 0 "$@" >/dev/null 2>&1
+  kaana-sync --home "$work/$name" serve >"$work/$name.serve" 2>"$work/$name.log" &
+  pids+=($!)
+  eval "${name}_pid=$!"
+  for _ in $(seq 100); do [ -s "$work/$name.serve" ] && break; sleep 0.05; done
+  eval "${name}_peer=\$(jq -r '\"\\(.node)@\\(.listen)\"' \"\$work/\$name.serve\")"
+}
+restart_server() { # NAME: a fresh server process (its peak memory starts from zero)
+  local name=$1 pidvar="${1}_pid"
+  kill "${!pidvar}"; wait "${!pidvar}" 2>/dev/null || true
+  local addr; addr=$(jq -r .listen "$work/$name.serve")
+  kaana-sync --home "$work/$name" serve --listen "$addr" >"$work/$name.serve" 2>>"$work/$name.log" &
+  pids+=($!)
+  eval "${name}_pid=$!"
+  for _ in $(seq 100); do [ -s "$work/$name.serve" ] && break; sleep 0.05; done
+}
+contract() { # OFFERER TAKER SIZE: prints the contract id
+  local offer
+  offer=$(kaana-offer --home "$work/$1" create --size "$3" | jq -r .id)
+  kaana-offer --home "$work/$1" publish "$offer" >/dev/null
+  local peer="${1}_peer"
+  kaana-offer --home "$work/$2" list --board "${!peer}" >/dev/null
+  kaana-offer --home "$work/$2" accept "$offer" | jq -r .id
+}
+
+cap=$(((size * 6) >> 20))MiB
+start_node B --capacity "$cap"
+start_node A --capacity "$cap" --volume "$work/vol.img"
+ab=$(contract B A "${mib}MiB")
+fresh_holder() { rm -rf "$work/B/inbound/$ab" "$work/A/outbound/$ab"; }
+
+ssh_port=$(free_port)
+mkdir -p "$work/ssh" "$work/ssh-dest" "$work/rsyncd" /run/sshd
+ssh-keygen -q -t ed25519 -N '' -f "$work/ssh/host" && ssh-keygen -q -t ed25519 -N '' -f "$work/ssh/id"
+cp "$work/ssh/id.pub" "$work/ssh/authorized_keys"
+cat >"$work/ssh/sshd_config" <<EOF
+Port $ssh_port
+ListenAddress 127.0.0.1
+HostKey $work/ssh/host
+AuthorizedKeysFile $work/ssh/authorized_keys
+PermitRootLogin prohibit-password
+PasswordAuthentication no
+StrictModes no
+UsePAM no
+PidFile $work/ssh/sshd.pid
+EOF
+/usr/sbin/sshd -f "$work/ssh/sshd_config" -D -e 2>"$work/ssh/sshd.log" &
+pids+=($!)
+SSH="ssh -p $ssh_port -i $work/ssh/id -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o BatchMode=yes -o LogLevel=ERROR"
+rsync_port=$(free_port)
+cat >"$work/rsyncd.conf" <<EOF
+[bench]
+path = $work/rsyncd
+use chroot = no
+read only = no
+uid = root
+gid = root
+EOF
+rsync --daemon --no-detach --config="$work/rsyncd.conf" --port "$rsync_port" --address 127.0.0.1 &
+pids+=($!)
+sleep 0.5
+for _ in $(seq 50); do $SSH root@127.0.0.1 true 2>/dev/null && break; sleep 0.1; done
+
+# --- initial push --------------------------------------------------------------------------------
+say "initial push, $RUNS runs each (fresh destination every run)"
+ours_push() { fresh_holder; local t; t=$(now); kaana-sync --home "$work/A" push "$ab" >/dev/null; since "$t"; }
+ssh_push() { rm -f "$work/ssh-dest/vol.img"; local t; t=$(now); rsync --inplace -e "$SSH" "$work/vol.img" "root@127.0.0.1:$work/ssh-dest/vol.img"; since "$t"; }
+daemon_push() { rm -f "$work/rsyncd/vol.img"; local t; t=$(now); rsync --inplace "$work/vol.img" "rsync://127.0.0.1:$rsync_port/bench/vol.img"; since "$t"; }
+: >"$work/t.ours" >"$work/t.ssh" >"$work/t.daemon"
+for r in $(seq "$RUNS"); do
+  case $((r % 3)) in
+    1) ours_push >>"$work/t.ours"; ssh_push >>"$work/t.ssh"; daemon_push >>"$work/t.daemon" ;;
+    2) ssh_push >>"$work/t.ssh"; daemon_push >>"$work/t.daemon"; ours_push >>"$work/t.ours" ;;
+    0) daemon_push >>"$work/t.daemon"; ours_push >>"$work/t.ours"; ssh_push >>"$work/t.ssh" ;;
+  esac
+done
+push_ours=$(median <"$work/t.ours"); push_ssh=$(median <"$work/t.ssh"); push_daemon=$(median <"$work/t.daemon")
+
+# --- incremental push ------------------------------------------------------------------------------
+say "incremental push after 20 random 1 MiB writes, $RUNS runs each"
+scribble() { for _ in $(seq 20); do dd if=/dev/urandom of="$work/vol.img" bs=1M count=1 seek=$((RANDOM * 32768 % mib + RANDOM % mib)) conv=notrunc status=none 2>/dev/null || true; done; }
+: >"$work/i.ours" >"$work/i.ssh" >"$work/i.sent"
+for r in $(seq "$RUNS"); do
+  scribble
+  t=$(now); line=$(kaana-sync --home "$work/A" push "$ab"); since "$t" >>"$work/i.ours"
+  jq -r .bytes_sent <<<"$line" >>"$work/i.sent"
+  t=$(now); rsync -I --inplace --no-whole-file -e "$SSH" "$work/vol.img" "root@127.0.0.1:$work/ssh-dest/vol.img"; since "$t" >>"$work/i.ssh"
+done
+incr_ours=$(median <"$work/i.ours"); incr_ssh=$(median <"$work/i.ssh"); incr_sent=$(median <"$work/i.sent")
+
+# --- restore -------------------------------------------------------------------------------------
+say "full restore, $RUNS runs each"
+: >"$work/r.ours" >"$work/r.ssh"
+for r in $(seq "$RUNS"); do
+  rm -f "$work/restored.img"; t=$(now); kaana-sync --home "$work/A" restore "$ab" --out "$work/restored.img" >/dev/null; since "$t" >>"$work/r.ours"
+  rm -f "$work/pulled.img"; t=$(now); rsync -e "$SSH" "root@127.0.0.1:$work/ssh-dest/vol.img" "$work/pulled.img"; since "$t" >>"$work/r.ssh"
+done
+cmp -s "$work/restored.img" "$work/vol.img" || { say "FAILED: the restored volume differs"; exit 1; }
+restore_ours=$(median <"$work/r.ours"); restore_ssh=$(median <"$work/r.ssh")
+rm -f "$work/restored.img" "$work/pulled.img" "$work/ssh-dest/vol.img" "$work/rsyncd/vol.img"
+
+# --- challenges ----------------------------------------------------------------------------------
+say "challenge round trips, $CHALLENGES runs"
+: >"$work/c.ms" >"$work/c.wire"
+for _ in $(seq "$CHALLENGES"); do
+  line=$(kaana-challenge --home "$work/A" "$ab")
+  jq -r .ms <<<"$line" >>"$work/c.ms"; jq -r .wire_bytes <<<"$line" >>"$work/c.wire"
+done
+rtt_ms=$(median <"$work/c.ms"); wire=$(median <"$work/c.wire")
+read_bytes=$(grep '"event":"answer"' "$work/B/events.jsonl" | tail -n "$CHALLENGES" | jq -r .read_bytes | median)
+
+say "kaana-challenge --all over 50 contracts"
+head -c $((8 << 20)) /dev/urandom >"$work/small.img"
+start_node Y --capacity 1GiB
+start_node X --capacity 1GiB --volume "$work/small.img"
+for _ in $(seq 50); do contract Y X 8MiB >/dev/null; done
+kaana-sync --home "$work/X" push --all >/dev/null
+: >"$work/all.t"
+for r in $(seq "$RUNS"); do
+  t=$(now); kaana-challenge --home "$work/X" --all >"$work/all.out"; since "$t" >>"$work/all.t"
+  [ "$(jq -s 'map(select(.result == "pass")) | length' "$work/all.out")" = 50 ] || { say "FAILED: not all 50 challenges passed"; exit 1; }
+done
+all50=$(median <"$work/all.t")
+
+# --- memory --------------------------------------------------------------------------------------
+peak() { # VOLUME_NODE CONTRACT: "client_kib server_kib" of a push to a fresh holder
+  rm -rf "$work/B/inbound/$2" "$work/$1/outbound/$2"
+  restart_server B
+  local client
+  client=$( { /usr/bin/time -f %M kaana-sync --home "$work/$1" push "$2" >/dev/null; } 2>&1 | tail -1)
+  echo "$client $(awk '/VmHWM/ {print $2}' /proc/"$B_pid"/status)"
+}
+say "peak memory at $SIZE and at 4 x $SIZE"
+read -r mem_client mem_server < <(peak A "$ab")
+head -c $((size * 4)) /dev/urandom >"$work/vol4.img"
+start_node A4 --capacity "$cap" --volume "$work/vol4.img"
+b4=$(contract B A4 "$((mib * 4))MiB")
+read -r mem4_client mem4_server < <(peak A4 "$b4")
+rm -f "$work/vol4.img"; rm -rf "$work/B/inbound/$b4"
+
+# --- the machine's limits ------------------------------------------------------------------------
+say "the machine's own limits: loopback TCP, disk read"
+iperf_port=$(free_port)
+iperf3 -s -B 127.0.0.1 -p "$iperf_port" -1 >/dev/null 2>&1 &
+pids+=($!)
+sleep 0.5
+tcp_gbit=$(iperf3 -c 127.0.0.1 -p "$iperf_port" -t 3 -J | jq '.end.sum_received.bits_per_second / 1e9')
+sync; echo 3 >/proc/sys/vm/drop_caches 2>/dev/null && cache="cold" || cache="page cache"
+t=$(now); dd if="$work/vol.img" of=/dev/null bs=4M status=none; disk_mbs=$(echo "$size / $(since "$t") / 1000000" | bc -l)
+
+# --- report --------------------------------------------------------------------------------------
+mbs() { echo "$size / $1 / 1000000" | bc -l; }
+printf '\nKa'"'"'ana like vs rsync, %s random volume, median of %s runs (127.0.0.1, %s cores)\n\n' "$SIZE" "$RUNS" "$(nproc)"
+printf '%-34s %10s %10s %10s %9s\n' "" "ours" "rsync+ssh" "rsyncd" "ours/ssh"
+printf '%-34s %9.2fs %9.2fs %9.2fs %9.3f\n' "initial push" "$push_ours" "$push_ssh" "$push_daemon" "$(ratio "$push_ours" "$push_ssh")"
+printf '%-34s %9.2fs %9.2fs %10s %9.3f\n' "incremental push (20 x 1 MiB)" "$incr_ours" "$incr_ssh" "-" "$(ratio "$incr_ours" "$incr_ssh")"
+printf '%-34s %9.2fs %9.2fs %10s %9.3f\n' "full restore" "$restore_ours" "$restore_ssh" "-" "$(ratio "$restore_ours" "$restore_ssh")"
+printf '\n%-34s %.0f MB/s push, %.0f MB/s restore\n' "our throughput" "$(mbs "$push_ours")" "$(mbs "$restore_ours")"
+printf '%-34s %s bytes sent\n' "incremental push sent" "$incr_sent"
+printf '%-34s %.1f ms, %s bytes on the wire, %s bytes read by the holder\n' "challenge (median of $CHALLENGES)" "$rtt_ms" "$wire" "$read_bytes"
+printf '%-34s %.2f s\n' "kaana-challenge --all, 50 contracts" "$all50"
+printf '%-34s client %s KiB, server %s KiB\n' "peak memory at $SIZE" "$mem_client" "$mem_server"
+printf '%-34s client %s KiB, server %s KiB\n' "peak memory at 4 x $SIZE" "$mem4_client" "$mem4_server"
+printf '%-34s %.1f Gbit/s TCP, %.0f MB/s disk read (%s)\n\n' "the machine" "$tcp_gbit" "$disk_mbs" "$cache"
+
+jq -cn \
+  --arg size "$SIZE" --argjson runs "$RUNS" \
+  --argjson push_ours "$push_ours" --argjson push_ssh "$push_ssh" --argjson push_daemon "$push_daemon" \
+  --argjson incr_ours "$incr_ours" --argjson incr_ssh "$incr_ssh" --argjson incr_sent "$incr_sent" \
+  --argjson restore_ours "$restore_ours" --argjson restore_ssh "$restore_ssh" \
+  --argjson rtt_ms "$rtt_ms" --argjson wire "$wire" --argjson read_bytes "$read_bytes" --argjson all50 "$all50" \
+  --argjson mem_client "$mem_client" --argjson mem_server "$mem_server" \
+  --argjson mem4_client "$mem4_client" --argjson mem4_server "$mem4_server" \
+  --argjson tcp_gbit "$tcp_gbit" --argjson disk_mbs "$disk_mbs" --arg cache "$cache" '{
+    size: $size, runs: $runs,
+    initial_push: {ours_s: $push_ours, rsync_ssh_s: $push_ssh, rsync_daemon_s: $push_daemon,
+                   ratio_ssh: ($push_ours / $push_ssh), ratio_daemon: ($push_ours / $push_daemon)},
+    incremental_push: {ours_s: $incr_ours, rsync_ssh_s: $incr_ssh, ratio_ssh: ($incr_ours / $incr_ssh), ours_bytes_sent: $incr_sent},
+    restore: {ours_s: $restore_ours, rsync_ssh_s: $restore_ssh, ratio_ssh: ($restore_ours / $restore_ssh)},
+    challenge: {rtt_ms: $rtt_ms, wire_bytes: $wire, holder_read_bytes: $read_bytes, all_50_contracts_s: $all50},
+    peak_rss_kib: {client: $mem_client, server: $mem_server, client_4x: $mem4_client, server_4x: $mem4_server},
+    machine: {loopback_tcp_gbit: $tcp_gbit, disk_read_mb_s: $disk_mbs, disk_read_cache: $cache}
+  }'
