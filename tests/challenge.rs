@@ -262,3 +262,23 @@ fn a_holder_that_lost_one_extent_fails_verify_and_challenges_catch_it_often() {
     let out = s.a.run("kaana-sync", &["verify", &s.contract]);
     assert_exit(&out, 1);
 }
+
+/// More contracts with one peer than it allows connections from one node: `--all` shares one
+/// connection per peer, and every contract is checked.
+#[test]
+fn all_checks_forty_contracts_with_one_peer_over_one_connection() {
+    let work = tempfile::tempdir().unwrap();
+    let v = volume(work.path(), "x.img", 9);
+    let x = TestNode::init_with(&["--capacity", "1GiB", "--audit-rate", "0", "--volume", &v]);
+    let y = TestNode::init_with(&["--capacity", "1GiB", "--audit-rate", "0"]);
+    let (_sx, sy) = (ServerProc::start(&x, &[]), ServerProc::start(&y, &[]));
+    for _ in 0..40 {
+        make_contract_sized(&y, &sy, &x, "4MiB");
+    }
+    let pushed: Vec<serde_json::Value> = json_lines(&x.run("kaana-sync", &["push", "--all", "--extent-size", "1MiB"]));
+    assert_eq!(pushed.len(), 40);
+    let (code, lines, err) = challenge(&x, &["--all"], None);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(lines.len(), 40);
+    assert!(lines.iter().all(|l| l.kind == "routine" && l.result == "pass"), "{lines:?}");
+}

@@ -157,17 +157,51 @@ struct Checked {
 async fn check_all(node: Node, entries: Vec<ContractEntry>, samples: usize, now: Timestamp) -> anyhow::Result<Exit> {
     let node = Arc::new(node);
     let client = Arc::new(Client::new(node.identity.clone()));
-    let mut tasks = tokio::task::JoinSet::new();
+    // One connection per peer, its contracts checked at once over it: a node with fifty
+    // contracts with one peer opens one connection, not fifty.
+    let mut by_peer: std::collections::BTreeMap<NodeId, Vec<ContractEntry>> = std::collections::BTreeMap::new();
     for entry in entries {
+        by_peer.entry(entry.state.peer).or_default().push(entry);
+    }
+    let mut tasks = tokio::task::JoinSet::new();
+    for (peer, entries) in by_peer {
         let (node, client) = (node.clone(), client.clone());
         tasks.spawn(async move {
-            let id = entry.id;
-            (id, check_contract(&client, &node, entry, samples, now).await)
+            let addrs = node.address_book().map(|b| b.addrs(&peer).to_vec()).unwrap_or_default();
+            let conn = match client.connect_any(peer, &addrs).await {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    eprintln!("kaana-challenge: node {}: {e}", peer.short());
+                    None
+                }
+            };
+            // The peer's challenges back to us arrive on streams it opens; one at a time.
+            let rechallenges = Arc::new(tokio::sync::Mutex::new(()));
+            let mut inner = tokio::task::JoinSet::new();
+            for entry in entries {
+                let (node, conn, rechallenges) = (node.clone(), conn.clone(), rechallenges.clone());
+                inner.spawn(async move {
+                    let id = entry.id;
+                    (id, check_contract(&node, entry, conn, &rechallenges, samples, now).await)
+                });
+            }
+            let mut results = Vec::new();
+            while let Some(done) = inner.join_next().await {
+                results.push(done);
+            }
+            if let Some(conn) = conn {
+                conn.close();
+            }
+            results
         });
     }
     let mut exit = Exit::Ok;
     let mut error = None;
+    let mut results = Vec::new();
     while let Some(done) = tasks.join_next().await {
+        results.extend(done?);
+    }
+    for done in results {
         let (id, checked) = done?;
         match checked {
             Ok(checked) => {
@@ -195,21 +229,14 @@ async fn check_all(node: Node, entries: Vec<ContractEntry>, samples: usize, now:
 }
 
 async fn check_contract(
-    client: &Client,
     node: &Node,
     entry: ContractEntry,
+    conn: Option<Connection>,
+    rechallenges: &tokio::sync::Mutex<()>,
     samples: usize,
     now: Timestamp,
 ) -> anyhow::Result<Checked> {
     let peer = entry.state.peer;
-    let addrs = node.address_book()?.addrs(&peer).to_vec();
-    let conn = match client.connect_any(peer, &addrs).await {
-        Ok(c) => Some(c),
-        Err(e) => {
-            eprintln!("kaana-challenge: contract {}: {e}", entry.id.short());
-            None
-        }
-    };
     let mut lines = Vec::new();
     let line = |kind, result, standing, breach, evidence, message| Line {
         contract: entry.id,
@@ -232,7 +259,7 @@ async fn check_contract(
                 let verdict = audit::unreachable(node, &entry, now)?;
                 lines.push(line("audit", Outcome::Unreachable, verdict.body.standing, false, None, None));
             }
-            Some(conn) => lines.extend(run_audit(conn, node, &entry, audit_plan, samples, now).await?),
+            Some(conn) => lines.extend(run_audit(conn, node, &entry, audit_plan, rechallenges, samples, now).await?),
         }
     }
     let Some(conn) = conn else {
@@ -252,6 +279,7 @@ async fn check_contract(
     let mut at_risk = false;
     let standing = audit::ask_standing(&conn, node, &entry, now).await?;
     if matches!(standing, Standing::Failing { .. }) && !audit_pending_or_breached()? {
+        let _one_at_a_time = rechallenges.lock().await;
         match audit::rechallenge(&conn, node, &entry, now).await {
             Ok(verdict) => {
                 at_risk = verdict.body.result != Outcome::Pass;
@@ -292,7 +320,6 @@ async fn check_contract(
             Err(e) => return Err(e.into()),
         }
     }
-    conn.close();
     Ok(Checked { lines, at_risk })
 }
 
@@ -303,6 +330,7 @@ async fn run_audit(
     node: &Node,
     entry: &ContractEntry,
     plan: Audit,
+    rechallenges: &tokio::sync::Mutex<()>,
     samples: usize,
     now: Timestamp,
 ) -> anyhow::Result<Vec<Line>> {
@@ -364,6 +392,7 @@ async fn run_audit(
         return Ok(lines);
     }
     // The peer kept our data: now prove we keep theirs, so it sees us as ok again.
+    let _one_at_a_time = rechallenges.lock().await;
     match audit::rechallenge(conn, node, entry, now).await {
         Ok(verdict) => lines.push(Line {
             contract: entry.id,
