@@ -183,19 +183,19 @@ done
 all50=$(median <"$work/all.t")
 
 # --- memory --------------------------------------------------------------------------------------
-peak() { # VOLUME_NODE CONTRACT: "client_kib server_kib" of a push to a fresh holder
+peak() { # VOLUME_NODE CONTRACT: sets peak_client, peak_server (KiB) of a push to a fresh holder
   rm -rf "$work/B/inbound/$2" "$work/$1/outbound/$2"
   restart_server B
-  local client
-  client=$( { /usr/bin/time -f %M kaana-sync --home "$work/$1" push "$2" >/dev/null; } 2>&1 | tail -1)
-  echo "$client $(awk '/VmHWM/ {print $2}' /proc/"$B_pid"/status)"
+  /usr/bin/time -o "$work/time.out" -f %M kaana-sync --home "$work/$1" push "$2" >/dev/null
+  peak_client=$(tail -1 "$work/time.out")
+  peak_server=$(awk '/VmHWM/ {print $2}' /proc/"$B_pid"/status)
 }
 say "peak memory at $SIZE and at 4 x $SIZE"
-read -r mem_client mem_server < <(peak A "$ab")
+peak A "$ab"; mem_client=$peak_client; mem_server=$peak_server
 head -c $((size * 4)) /dev/urandom >"$work/vol4.img"
 start_node A4 --capacity "$cap" --volume "$work/vol4.img"
 b4=$(contract B A4 "$((mib * 4))MiB")
-read -r mem4_client mem4_server < <(peak A4 "$b4")
+peak A4 "$b4"; mem4_client=$peak_client; mem4_server=$peak_server
 rm -f "$work/vol4.img"; rm -rf "$work/B/inbound/$b4"
 
 # --- the machine's limits ------------------------------------------------------------------------

@@ -198,11 +198,33 @@ pub async fn push(
     let have: Arc<HashSet<ExtentHash>> =
         Arc::new(have_raw.chunks_exact(32).map(|c| c.try_into().unwrap_or([0; 32])).collect());
 
+    // What we sent last time, and the volume's own (pre-keystream) hashes then: an extent whose
+    // raw bytes are unchanged, and that the holder still has, needs no keystream and no sending.
+    let record = Inbound::outbound(node.home.root(), &id);
+    let previous = record.committed()?;
+    let previous_gen = previous.as_ref().map_or(0, |(m, _)| m.body.generation);
+    let known: Arc<Vec<Option<(ExtentHash, ExtentHash)>>> = Arc::new(match &previous {
+        Some((m, list)) if m.body.volume_size == g.volume_size && m.body.extent_size == extent_size => {
+            let raw = record.raw_hashes(m.body.generation).unwrap_or_default();
+            let sent = m.body.check_list(list).unwrap_or_default();
+            (0..g.count() as usize)
+                .map(|i| match (raw.get(i), sent.get(i)) {
+                    (Some(r), Some(h)) if have.contains(h) => Some((*r, *h)),
+                    _ => None,
+                })
+                .collect()
+        }
+        _ => Vec::new(),
+    });
+
     let keystream = Keystream::new(&node.identity, &id);
-    let mut rx = spawn_readers(volume, keystream, have);
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let pool = Pool::new(threads + READ_AHEAD + IN_FLIGHT);
+    let mut rx = spawn_readers(volume, keystream, have, known, threads, pool.clone());
     let permits = Arc::new(Semaphore::new(IN_FLIGHT));
     let mut sends: JoinSet<Result<u64, NetError>> = JoinSet::new();
     let mut hashes = vec![[0u8; 32]; g.count() as usize];
+    let mut raw_hashes = vec![[0u8; 32]; g.count() as usize];
     let (mut extents_sent, mut bytes_sent) = (0u64, 0u64);
     let mut collect = |r: Result<Result<u64, NetError>, tokio::task::JoinError>| -> Result<(), BackupError> {
         let len = r.map_err(|e| err(NetError::Lost(e.to_string())))?.map_err(&err)?;
@@ -211,16 +233,19 @@ pub async fn push(
         Ok(())
     };
     while let Some(item) = rx.recv().await {
-        let (index, hash, data) = item?;
+        let (index, hash, raw_hash, data) = item?;
         hashes[index as usize] = hash;
+        raw_hashes[index as usize] = raw_hash;
         progress.inc(g.len(index) as u64);
         if let Some(data) = data {
             let permit = permits.clone().acquire_owned().await.map_err(|e| err(NetError::Lost(e.to_string())))?;
-            let conn = conn.clone();
+            let (conn, pool) = (conn.clone(), pool.clone());
             let offset = g.offset(index);
             sends.spawn(async move {
                 let _permit = permit;
-                put(&conn, id, offset, hash, data).await
+                let (sent, data) = put(&conn, id, offset, hash, data).await;
+                pool.give(data);
+                sent
             });
         }
         while let Some(done) = sends.try_join_next() {
@@ -232,9 +257,6 @@ pub async fn push(
     }
 
     let list = encode_list(&hashes);
-    let record = Inbound::outbound(node.home.root(), &id);
-    let previous = record.committed()?;
-    let previous_gen = previous.as_ref().map_or(0, |(m, _)| m.body.generation);
     let same = previous
         .as_ref()
         .is_some_and(|(m, l)| *l == list && m.body.volume_size == g.volume_size && m.body.extent_size == extent_size);
@@ -251,6 +273,7 @@ pub async fn push(
     };
     if same && extents_sent == 0 && committed == Some(previous_gen) {
         conn.close();
+        record.save_raw_hashes(previous_gen, &encode_list(&raw_hashes))?;
         return Ok(summary(previous_gen, true));
     }
     let now = now_from_env().map_err(|e| StateError::damaged(node.home.root(), e))?;
@@ -281,6 +304,7 @@ pub async fn push(
         return Err(err(NetError::Unexpected { request: "commit", reply: "a receipt for something else".into() }));
     }
     record.record(&manifest, &list, Some(receipt))?;
+    record.save_raw_hashes(generation, &encode_list(&raw_hashes))?;
     node.log_event(
         now,
         "push",
@@ -289,7 +313,9 @@ pub async fn push(
     Ok(summary(generation, false))
 }
 
-type ReadItem = Result<(u64, ExtentHash, Option<Vec<u8>>), VolumeError>;
+/// An extent read: its index, the hash of the bytes sent, the hash of the volume's own bytes, and
+/// the bytes to send (none if the holder has them).
+type ReadItem = Result<(u64, ExtentHash, ExtentHash, Option<Vec<u8>>), VolumeError>;
 
 /// Reads, encodes and hashes the volume's extents on every core; an extent the holder already
 /// has comes through without its bytes.
@@ -297,26 +323,39 @@ fn spawn_readers(
     volume: Arc<Volume>,
     keystream: Keystream,
     have: Arc<HashSet<ExtentHash>>,
+    known: Arc<Vec<Option<(ExtentHash, ExtentHash)>>>,
+    threads: usize,
+    pool: Pool,
 ) -> mpsc::Receiver<ReadItem> {
     let (tx, rx) = mpsc::channel(READ_AHEAD);
     let next = Arc::new(AtomicU64::new(0));
-    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
     for _ in 0..threads {
-        let (volume, keystream, have, next, tx) =
-            (volume.clone(), keystream.clone(), have.clone(), next.clone(), tx.clone());
+        let (volume, keystream, have, known, next, tx, pool) =
+            (volume.clone(), keystream.clone(), have.clone(), known.clone(), next.clone(), tx.clone(), pool.clone());
         std::thread::spawn(move || {
             let g = volume.geometry();
-            let mut buf = Vec::new();
             loop {
                 let index = next.fetch_add(1, Ordering::Relaxed);
                 if index >= g.count() {
                     break;
                 }
+                let mut buf = pool.take();
                 let item = volume.read_extent(index, &mut buf).map(|()| {
+                    let raw_hash = *blake3::hash(&buf).as_bytes();
+                    if let Some(Some((raw, sent))) = known.get(index as usize)
+                        && *raw == raw_hash
+                    {
+                        pool.give(std::mem::take(&mut buf));
+                        return (index, *sent, raw_hash, None);
+                    }
                     keystream.apply(g.offset(index), &mut buf);
                     let hash = *blake3::hash(&buf).as_bytes();
-                    let data = (!have.contains(&hash)).then(|| std::mem::take(&mut buf));
-                    (index, hash, data)
+                    if have.contains(&hash) {
+                        pool.give(std::mem::take(&mut buf));
+                        (index, hash, raw_hash, None)
+                    } else {
+                        (index, hash, raw_hash, Some(std::mem::take(&mut buf)))
+                    }
                 });
                 let failed = item.is_err();
                 if tx.blocking_send(item).is_err() || failed {
@@ -328,22 +367,61 @@ fn spawn_readers(
     rx
 }
 
+/// A fixed set of extent buffers, passed from the readers to the senders and back: memory stays
+/// at a handful of extents, with no allocation churn, whatever the volume's size.
+#[derive(Clone)]
+struct Pool(Arc<(std::sync::Mutex<Vec<Vec<u8>>>, std::sync::Condvar)>);
+
+impl Pool {
+    fn new(n: usize) -> Self {
+        Pool(Arc::new((std::sync::Mutex::new((0..n).map(|_| Vec::new()).collect()), std::sync::Condvar::new())))
+    }
+
+    /// A buffer, waiting (on a reader thread) until one is free.
+    fn take(&self) -> Vec<u8> {
+        let (lock, freed) = &*self.0;
+        let Ok(mut free) = lock.lock() else { return Vec::new() };
+        loop {
+            if let Some(buf) = free.pop() {
+                return buf;
+            }
+            free = match freed.wait(free) {
+                Ok(f) => f,
+                Err(_) => return Vec::new(),
+            };
+        }
+    }
+
+    fn give(&self, buf: Vec<u8>) {
+        let (lock, freed) = &*self.0;
+        if let Ok(mut free) = lock.lock() {
+            free.push(buf);
+            freed.notify_one();
+        }
+    }
+}
+
+/// Sends one extent; gives its buffer back with the outcome.
 async fn put(
     conn: &Connection,
     contract: RecordId,
     offset: u64,
     hash: ExtentHash,
     data: Vec<u8>,
-) -> Result<u64, NetError> {
+) -> (Result<u64, NetError>, Vec<u8>) {
     let len = data.len() as u32;
-    let mut ex = conn.open(&Request::PutExtent { contract, offset, hash, len }).await?;
-    // A holder that refuses stops reading; its reply says why, so read it either way.
-    let _ = ex.send.write_all(&data).await;
-    let _ = ex.finish();
-    match ex.reply().await? {
-        Response::Stored => Ok(u64::from(len)),
-        other => Err(ex.unexpected(&other)),
+    let sent = async {
+        let mut ex = conn.open(&Request::PutExtent { contract, offset, hash, len }).await?;
+        // A holder that refuses stops reading; its reply says why, so read it either way.
+        let _ = ex.send.write_all(&data).await;
+        let _ = ex.finish();
+        match ex.reply().await? {
+            Response::Stored => Ok(u64::from(len)),
+            other => Err(ex.unexpected(&other)),
+        }
     }
+    .await;
+    (sent, data)
 }
 
 /// Fetches the committed manifest of this node's copy under `entry` and checks it is ours.
@@ -403,12 +481,17 @@ pub async fn restore(
         return Err(BackupError::Generation { have: generation, want });
     }
     let g = manifest.body.geometry()?;
+    // Extents already right in an existing output are not fetched again; a new (or empty)
+    // output has none, so it is not read back at all.
+    let mut resume = false;
     let file = match out {
         Some(path) => {
             let output = |error| BackupError::Output { path: path.to_owned(), error };
             let f =
                 OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path).map_err(output)?;
-            if f.metadata().map_err(output)?.is_file() {
+            let meta = f.metadata().map_err(output)?;
+            resume = !meta.is_file() || meta.len() > 0;
+            if meta.is_file() {
                 f.set_len(g.volume_size).map_err(output)?;
             }
             Some(Arc::new(f))
@@ -435,7 +518,7 @@ pub async fn restore(
         let out_path = out.map(Path::to_owned);
         tasks.spawn(async move {
             let _permit = permit;
-            restore_extent(&conn, id, peer, g, index, hash, file, out_path, keystream).await
+            restore_extent(&conn, id, peer, g, index, hash, file, out_path, keystream, resume).await
         });
         while let Some(done) = tasks.try_join_next() {
             tally(done)?;
@@ -487,10 +570,11 @@ async fn restore_extent(
     file: Option<Arc<std::fs::File>>,
     out: Option<PathBuf>,
     keystream: Keystream,
+    resume: bool,
 ) -> Result<Fetched, BackupError> {
     let (offset, len) = (g.offset(index), g.len(index));
     let output = |error| BackupError::Output { path: out.clone().unwrap_or_default(), error };
-    if let Some(f) = &file {
+    if let Some(f) = file.as_ref().filter(|_| resume) {
         // Resume: an extent already right in the output is not fetched again.
         let (f, ks) = (f.clone(), keystream.clone());
         let already = tokio::task::spawn_blocking(move || {

@@ -340,6 +340,26 @@ impl Inbound {
         Ok(freed)
     }
 
+    /// In an owner's record: the hashes of the volume's own bytes (before the keystream) at
+    /// generation `generation`, if kept. A cache that lets a push skip unchanged extents.
+    pub fn raw_hashes(&self, generation: u64) -> Option<Vec<ExtentHash>> {
+        let bytes = fs::read(self.dir.join(format!("raw-{generation}.bin"))).ok()?;
+        (bytes.len() % 32 == 0).then(|| bytes.chunks_exact(32).map(|c| c.try_into().unwrap_or([0; 32])).collect())
+    }
+
+    /// Keeps the raw hashes of generation `generation` (and drops older ones).
+    pub fn save_raw_hashes(&self, generation: u64, raw: &[u8]) -> Result<(), StateError> {
+        let name = format!("raw-{generation}.bin");
+        write_atomic(&self.dir.join(&name), raw)?;
+        for path in read_dir_or_empty(&self.dir)? {
+            let file = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            if file.starts_with("raw-") && file != name {
+                remove_file(&path)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Files of this store that no committed generation needs and that are older than `before`:
     /// extents (and their outboards) of interrupted pushes, temp files, old lists. With their
     /// sizes.

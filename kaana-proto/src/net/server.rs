@@ -130,8 +130,7 @@ impl Server {
         let now = now_from_env().map_err(|e| NetError::Setup(e.to_string()))?;
         let board = market::load_board(&node, now).map_err(|e| NetError::Setup(e.to_string()))?;
         let config = transport::server_config(&node.identity)?;
-        let endpoint = Endpoint::server(config, opts.listen)
-            .map_err(|e| NetError::Setup(format!("cannot listen on {}: {e}", opts.listen)))?;
+        let endpoint = transport::endpoint(opts.listen, Some(config))?;
         let listen = endpoint.local_addr().map_err(|e| NetError::Setup(e.to_string()))?;
         let info = ServerInfo { schema: Schema, node: node.id(), listen, pid: std::process::id() };
         node.home.write(&node.home.server_info(), &info).map_err(|e| NetError::Setup(e.to_string()))?;
