@@ -216,8 +216,8 @@ fn too_many_connections_from_one_node_are_refused_and_others_still_served() {
                 Err(_) => refused += 1,
             }
         }
-        assert_eq!(conns.len(), 32, "the per-node cap");
-        assert_eq!(refused, 8);
+        assert_eq!(conns.len(), 16, "the per-node cap");
+        assert_eq!(refused, 24);
         let other = Client::new(Identity::generate().unwrap());
         assert!(matches!(hello(&other, id, &addr).await, Ok(Response::Hello { .. })));
         for c in conns {

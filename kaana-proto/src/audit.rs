@@ -17,7 +17,7 @@ use crate::identity::NodeId;
 use crate::inbound::Inbound;
 use crate::manifest::{Geometry, Manifest};
 use crate::market::{Contract, RecordId};
-use crate::net::transport::{Connection, NetError, READ_TIMEOUT, read_exact, read_frame, write_frame};
+use crate::net::transport::{Connection, NetError, read_exact, read_frame, read_timeout, write_frame};
 use crate::net::wire::{ErrorCode, ErrorReply, Request, Response};
 use crate::node::Node;
 use crate::proof;
@@ -214,10 +214,10 @@ pub async fn run_challenge(
     write_frame(send, &Request::Challenge { challenge: signed.clone() }).await?;
     let _ = send.finish();
     let expected = challenge::answer_len(g, &signed.body.picks).unwrap_or(0);
-    let (answer, raw) = match read_frame::<Response>(recv, READ_TIMEOUT).await? {
+    let (answer, raw) = match read_frame::<Response>(recv, read_timeout()).await? {
         Some(Response::Answer { answer, len }) if len as usize == expected => {
             let mut raw = vec![0u8; expected];
-            read_exact(recv, &mut raw, READ_TIMEOUT, "the answer").await?;
+            read_exact(recv, &mut raw, read_timeout(), "the answer").await?;
             (Some(answer), raw)
         }
         // A refusal, a wrong length or no answer at all: the holder did not prove anything.
@@ -334,10 +334,10 @@ pub async fn rechallenge(
     let peer = entry.state.peer;
     let mut ex = conn.open(&Request::Rechallenge { contract: entry.id }).await?;
     ex.finish()?;
-    let (mut send, mut recv) = tokio::time::timeout(READ_TIMEOUT, conn.accept_stream())
+    let (mut send, mut recv) = tokio::time::timeout(read_timeout(), conn.accept_stream())
         .await
-        .map_err(|_| NetError::Timeout { what: "the peer's challenge", secs: READ_TIMEOUT.as_secs() })??;
-    let reply = match read_frame::<Request>(&mut recv, READ_TIMEOUT).await? {
+        .map_err(|_| NetError::Timeout { what: "the peer's challenge", secs: read_timeout().as_secs() })??;
+    let reply = match read_frame::<Request>(&mut recv, read_timeout()).await? {
         Some(Request::Challenge { challenge }) => match answer(node, peer, &challenge, now, Honesty::Honest) {
             Ok((answer, raw)) => Ok((Response::Answer { answer, len: raw.len() as u64 }, raw)),
             Err(e) => Err(e),

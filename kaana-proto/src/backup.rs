@@ -9,7 +9,7 @@
 
 use std::collections::HashSet;
 use std::fs::OpenOptions;
-use std::os::unix::fs::FileExt as _;
+use std::os::unix::fs::{FileExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,7 +27,7 @@ use crate::identity::NodeId;
 use crate::inbound::Inbound;
 use crate::manifest::{ExtentHash, Geometry, Keystream, Manifest, ManifestError, encode_list, list_hash};
 use crate::market::RecordId;
-use crate::net::transport::{Client, Connection, NetError, READ_TIMEOUT, read_exact};
+use crate::net::transport::{Client, Connection, NetError, read_exact, read_timeout};
 use crate::net::wire::{Request, Response};
 use crate::node::Node;
 use crate::record::{RecordError, Signed};
@@ -194,7 +194,7 @@ pub async fn push(
         return Err(err(NetError::Truncated(format!("the holder claims {have_count} extents"))));
     }
     let mut have_raw = vec![0u8; (have_count * 32) as usize];
-    read_exact(&mut ex.recv, &mut have_raw, READ_TIMEOUT, "the holder's extent list").await.map_err(&err)?;
+    read_exact(&mut ex.recv, &mut have_raw, read_timeout(), "the holder's extent list").await.map_err(&err)?;
     let have: Arc<HashSet<ExtentHash>> =
         Arc::new(have_raw.chunks_exact(32).map(|c| c.try_into().unwrap_or([0; 32])).collect());
 
@@ -444,7 +444,7 @@ async fn fetch_manifest(
     }
     manifest.body.geometry()?;
     let mut list = vec![0u8; (manifest.body.extent_count * 32) as usize];
-    read_exact(&mut ex.recv, &mut list, READ_TIMEOUT, "the extent list").await.map_err(&err)?;
+    read_exact(&mut ex.recv, &mut list, read_timeout(), "the extent list").await.map_err(&err)?;
     let hashes = manifest.body.check_list(&list)?;
     Ok((manifest, hashes))
 }
@@ -455,7 +455,7 @@ async fn get_extent(conn: &Connection, contract: RecordId, hash: ExtentHash, len
     match ex.reply().await? {
         Response::ExtentIs { len: got } if got as usize == len => {
             let mut data = vec![0u8; len];
-            read_exact(&mut ex.recv, &mut data, READ_TIMEOUT, "extent bytes").await?;
+            read_exact(&mut ex.recv, &mut data, read_timeout(), "extent bytes").await?;
             Ok(data)
         }
         other => Err(ex.unexpected(&other)),
@@ -487,8 +487,14 @@ pub async fn restore(
     let file = match out {
         Some(path) => {
             let output = |error| BackupError::Output { path: path.to_owned(), error };
-            let f =
-                OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path).map_err(output)?;
+            let f = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o600)
+                .open(path)
+                .map_err(output)?;
             let meta = f.metadata().map_err(output)?;
             resume = !meta.is_file() || meta.len() > 0;
             if meta.is_file() {

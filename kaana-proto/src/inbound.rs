@@ -154,7 +154,7 @@ impl Inbound {
             create_dir(&dir)?;
             let ob: Vec<u8> = groups.iter().flatten().copied().collect();
             let ob_path = self.outboard_path(hash);
-            fs::write(&ob_path, ob).map_err(|e| StateError::io(&ob_path, e))?;
+            write_private(&ob_path, &ob).map_err(|e| StateError::io(&ob_path, e))?;
         }
         let dir = path.parent().unwrap_or(&self.dir).to_owned();
         create_dir(&dir)?;
@@ -257,7 +257,7 @@ impl Inbound {
         let data = fs::read(path).map_err(|e| StateError::io(path, e))?;
         let (groups, _) = proof::outboard(&data);
         let ob: Vec<u8> = groups.iter().flatten().copied().collect();
-        let _ = fs::write(&ob_path, ob);
+        let _ = write_private(&ob_path, &ob);
         Ok(groups)
     }
 
@@ -420,6 +420,11 @@ impl Inbound {
             _ => Ok(()),
         }
     }
+}
+
+/// Writes a file readable by its owner only (a cache: not synced).
+fn write_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?.write_all(bytes)
 }
 
 fn next_tmp() -> u64 {

@@ -283,6 +283,52 @@ impl Record for Notice {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// The decoders of every signed record never panic on arbitrary bytes, and whatever they
+        /// accept encodes back to something they read as the same value.
+        #[test]
+        fn record_decoders_never_panic_and_round_trip(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            fn check<T: serde::Serialize + serde::de::DeserializeOwned + PartialEq + std::fmt::Debug>(bytes: &[u8]) -> Result<(), TestCaseError> {
+                if let Ok(v) = serde_json::from_slice::<T>(bytes) {
+                    let again: T = serde_json::from_slice(&serde_json::to_vec(&v).unwrap()).unwrap();
+                    prop_assert_eq!(again, v);
+                }
+                Ok(())
+            }
+            check::<Signed<Offer>>(&bytes)?;
+            check::<Signed<ContractBody>>(&bytes)?;
+            check::<Contract>(&bytes)?;
+            check::<Signed<Notice>>(&bytes)?;
+            check::<Signed<crate::manifest::Manifest>>(&bytes)?;
+            check::<Signed<crate::challenge::Challenge>>(&bytes)?;
+            check::<Signed<crate::challenge::Verdict>>(&bytes)?;
+        }
+
+        /// Valid records survive being wrapped in arbitrary garbage only if the garbage is
+        /// whitespace: a decoder reads exactly one value.
+        #[test]
+        fn a_valid_offer_round_trips(size in 1u64.., grace in 1u64.., expires in 1u64..4_000_000_000) {
+            let ident = Identity::from_seed([6; 32]);
+            let body = Offer {
+                node: ident.node_id(),
+                addrs: vec!["127.0.0.1:7447".into()],
+                size,
+                grace_secs: grace,
+                expires_at: Timestamp::from_unix(expires),
+                nonce: "ab".repeat(16),
+            };
+            let signed = Signed::sign(body, &ident).unwrap();
+            let text = serde_json::to_vec(&signed).unwrap();
+            let back: Signed<Offer> = serde_json::from_slice(&text).unwrap();
+            prop_assert_eq!(&back, &signed);
+            prop_assert!(check_offer(&back, Timestamp::from_unix(0)).is_ok());
+            let mut trailing = text.clone();
+            trailing.extend_from_slice(b" x");
+            prop_assert!(serde_json::from_slice::<Signed<Offer>>(&trailing).is_err());
+        }
+    }
 
     fn offer(ident: &Identity, expires: u64) -> Signed<Offer> {
         let body = Offer {

@@ -55,7 +55,7 @@ impl ServerOptions {
             read_timeout: transport::READ_TIMEOUT,
             drain_timeout: Duration::from_secs(30),
             max_connections: 1024,
-            max_connections_per_peer: 32,
+            max_connections_per_peer: 16,
         }
     }
 }

@@ -19,6 +19,8 @@ use crate::identity::{Identity, NodeId};
 pub const READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a connection attempt may take, unless `KAANA_CONNECT_TIMEOUT` says otherwise.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The environment variable that overrides [`READ_TIMEOUT`] for clients (a duration such as `5s`).
+pub const READ_TIMEOUT_ENV: &str = "KAANA_READ_TIMEOUT";
 /// The environment variable that overrides [`CONNECT_TIMEOUT`] (a duration such as `3s`).
 pub const CONNECT_TIMEOUT_ENV: &str = "KAANA_CONNECT_TIMEOUT";
 /// Requests one connection may have open at once (QUIC flow control holds back the rest).
@@ -80,6 +82,9 @@ pub enum NetError {
     /// The connection or stream broke.
     #[error("connection lost: {0}")]
     Lost(String),
+    /// The peer's server is at a limit (too many connections from this node, or in all).
+    #[error("the peer is busy ({0}); try again later")]
+    Busy(String),
     /// The stream ended in the middle of a frame or a run of bytes.
     #[error("the stream ended early: {0}")]
     Truncated(String),
@@ -104,6 +109,8 @@ pub enum NetError {
 /// on loopback or a jumbo-frame LAN it reaches this, which roughly halves the CPU spent per byte.
 /// (Larger sizes hung with GSO on this kind of machine.)
 const MAX_UDP_PAYLOAD: u16 = 6000;
+/// Bytes a connection may have received and not yet had read by the application.
+const RECEIVE_WINDOW: u32 = 8 << 20;
 /// Bytes a connection may have sent and not yet had acknowledged.
 const SEND_WINDOW: u64 = 4 << 20;
 /// Socket buffers: large enough that a burst at loopback speed is not dropped.
@@ -119,6 +126,9 @@ fn transport_config() -> TransportConfig {
         // Unacknowledged data a sender buffers: enough for loopback and LAN speeds; quinn's
         // default (10 MB) only raised memory.
         .send_window(SEND_WINDOW)
+        // What a peer may have in flight towards us on one connection: a bound on the memory a
+        // hostile peer can make a server hold (quinn's default is unlimited).
+        .receive_window(VarInt::from_u32(RECEIVE_WINDOW))
         .keep_alive_interval(Some(KEEP_ALIVE));
     if let Ok(idle) = IDLE_TIMEOUT.try_into() {
         t.max_idle_timeout(Some(idle));
@@ -158,6 +168,14 @@ fn client_config(
     let mut config = quinn::ClientConfig::new(Arc::new(quic));
     config.transport_config(Arc::new(transport_config()));
     Ok((config, seen))
+}
+
+/// A client's time-out on every read: `KAANA_READ_TIMEOUT`, else [`READ_TIMEOUT`].
+pub fn read_timeout() -> Duration {
+    static CELL: OnceLock<Duration> = OnceLock::new();
+    *CELL.get_or_init(|| {
+        std::env::var(READ_TIMEOUT_ENV).ok().and_then(|t| humantime::parse_duration(&t).ok()).unwrap_or(READ_TIMEOUT)
+    })
 }
 
 /// The connect time-out in force: `KAANA_CONNECT_TIMEOUT`, else [`CONNECT_TIMEOUT`].
@@ -222,12 +240,36 @@ impl Client {
         Ok(Connection { conn, node })
     }
 
-    /// Connects to `node` trying each of `addrs` in turn; the last error if none answers.
+    /// Connects to `node` trying each of `addrs` in turn; the last error if none answers. A
+    /// server at its limit of connections from this node (other tools of ours are talking to it)
+    /// is tried again after a short, growing pause, for up to about ten seconds.
     pub async fn connect_any(&self, node: NodeId, addrs: &[String]) -> Result<Connection, NetError> {
+        let mut pause = Duration::from_millis(50);
+        for attempt in 0.. {
+            match self.connect_first(node, addrs).await {
+                Err(NetError::Busy(_)) if attempt < 16 => {
+                    // Spread the retries of tools started together.
+                    let jitter = Duration::from_millis(u64::from(std::process::id() % 50));
+                    tokio::time::sleep(pause + jitter).await;
+                    pause = (pause * 2).min(Duration::from_secs(1));
+                }
+                other => return other,
+            }
+        }
+        Err(NetError::NoAddress(node))
+    }
+
+    async fn connect_first(&self, node: NodeId, addrs: &[String]) -> Result<Connection, NetError> {
         let mut last = NetError::NoAddress(node);
         for addr in addrs {
             match self.connect(node, addr).await {
-                Ok(c) => return Ok(c),
+                // The server closes a connection it has no room for right after the handshake:
+                // one round trip tells.
+                Ok(c) => match c.request(&Request::Hello).await {
+                    Ok(_) => return Ok(c),
+                    Err(e @ NetError::Busy(_)) => return Err(e),
+                    Err(e) => last = e,
+                },
                 Err(e @ NetError::WrongNode { .. }) => return Err(e),
                 Err(e) => last = e,
             }
@@ -261,13 +303,13 @@ impl Connection {
 
     /// Opens a stream and sends nothing yet (for callers that write frames themselves).
     pub async fn open_stream(&self) -> Result<Exchange, NetError> {
-        let (send, recv) = self.conn.open_bi().await.map_err(|e| NetError::Lost(e.to_string()))?;
-        Ok(Exchange { send, recv, request: "a raw stream" })
+        let (send, recv) = self.conn.open_bi().await.map_err(|e| lost(&self.conn, e))?;
+        Ok(Exchange { send, recv, request: "a raw stream", conn: self.conn.clone() })
     }
 
     /// Waits for the peer to open a stream to this side (the server's half of a rechallenge).
     pub async fn accept_stream(&self) -> Result<(SendStream, RecvStream), NetError> {
-        self.conn.accept_bi().await.map_err(|e| NetError::Lost(e.to_string()))
+        self.conn.accept_bi().await.map_err(|e| lost(&self.conn, e))
     }
 
     /// Bytes of UDP payload sent and received on this connection so far.
@@ -279,9 +321,9 @@ impl Connection {
     /// Opens a stream and sends `req`; the caller sends any raw bytes that follow and reads
     /// the reply from the returned [`Exchange`].
     pub async fn open(&self, req: &Request) -> Result<Exchange, NetError> {
-        let (send, recv) = self.conn.open_bi().await.map_err(|e| NetError::Lost(e.to_string()))?;
-        let mut ex = Exchange { send, recv, request: req.kind() };
-        write_frame(&mut ex.send, req).await?;
+        let (send, recv) = self.conn.open_bi().await.map_err(|e| lost(&self.conn, e))?;
+        let mut ex = Exchange { send, recv, request: req.kind(), conn: self.conn.clone() };
+        write_frame(&mut ex.send, req).await.map_err(|e| ex.remap(e))?;
         Ok(ex)
     }
 
@@ -306,17 +348,26 @@ pub struct Exchange {
     /// Where the reply (and raw bytes) come from.
     pub recv: RecvStream,
     request: &'static str,
+    conn: quinn::Connection,
 }
 
 impl Exchange {
     /// Says the request is complete.
     pub fn finish(&mut self) -> Result<(), NetError> {
-        self.send.finish().map_err(|e| NetError::Lost(e.to_string()))
+        self.send.finish().map_err(|e| lost(&self.conn, e))
+    }
+
+    fn remap(&self, e: NetError) -> NetError {
+        match e {
+            NetError::Lost(m) => lost(&self.conn, m),
+            other => other,
+        }
     }
 
     /// Reads the reply frame; an error reply becomes [`NetError::Remote`].
     pub async fn reply(&mut self) -> Result<Response, NetError> {
-        match read_frame::<Response>(&mut self.recv, READ_TIMEOUT).await? {
+        let frame = read_frame::<Response>(&mut self.recv, read_timeout()).await.map_err(|e| self.remap(e))?;
+        match frame {
             Some(Response::Error(e)) => Err(NetError::Remote(e)),
             Some(r) => Ok(r),
             None => Err(NetError::Truncated(format!("no reply to {}", self.request))),
@@ -327,6 +378,20 @@ impl Exchange {
     pub fn unexpected(&self, reply: &Response) -> NetError {
         let text = serde_json::to_string(reply).unwrap_or_default();
         NetError::Unexpected { request: self.request, reply: text.chars().take(200).collect() }
+    }
+}
+
+/// The error for a broken connection or stream: says "busy" when the server closed it for being
+/// at a limit, so that a caller does not take an overloaded peer for a vanished one.
+fn lost(conn: &quinn::Connection, e: impl std::fmt::Display) -> NetError {
+    match conn.close_reason() {
+        Some(quinn::ConnectionError::ApplicationClosed(c)) if c.error_code == VarInt::from_u32(CLOSE_BUSY) => {
+            NetError::Busy(String::from_utf8_lossy(&c.reason).into_owned())
+        }
+        Some(quinn::ConnectionError::ApplicationClosed(c)) if c.error_code == VarInt::from_u32(CLOSE_SHUTDOWN) => {
+            NetError::Lost("the peer's server is shutting down".into())
+        }
+        _ => NetError::Lost(e.to_string()),
     }
 }
 
