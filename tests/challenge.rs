@@ -13,7 +13,8 @@ use kaana_proto::record::Signed;
 use kaana_proto::time::Timestamp;
 
 use crate::common::{
-    ServerProc, TestNode, assert_exit, assert_success, json_lines, make_contract_sized, pseudo_random, stderr,
+    ServerProc, TestNode, assert_exit, assert_success, at, json_lines, make_contract_sized, now_unix, pseudo_random,
+    stderr,
 };
 
 const DAY: u64 = 86_400;
@@ -64,14 +65,6 @@ fn story() -> Story {
     Story { _work: work, a, b, sa, sb, contract }
 }
 
-fn now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
-}
-
-fn at(secs: u64) -> String {
-    Timestamp::from_unix(secs).to_string()
-}
-
 fn contract_line(node: &TestNode) -> serde_json::Value {
     let lines: Vec<serde_json::Value> = json_lines(&node.run("kaana-offer", &["contracts"]));
     lines.into_iter().next().unwrap()
@@ -117,7 +110,7 @@ fn routine_challenges_pass_both_ways() {
 #[test]
 fn a_deliberate_failure_is_audited_and_forgiven() {
     let s = story();
-    let t0 = now();
+    let t0 = now_unix();
     assert_success(&s.a.run("kaana-challenge", &["fail-next", &s.contract]));
     let (code, lines, _) = challenge(&s.b, &[&s.contract], None);
     assert_eq!(code, Some(1));
@@ -125,12 +118,12 @@ fn a_deliberate_failure_is_audited_and_forgiven() {
     let at_b = contract_line(&s.b);
     assert_eq!(at_b["their_standing"]["state"], "failing");
     let delete_after: Timestamp = at_b["their_standing"]["delete_after"].as_str().unwrap().parse().unwrap();
-    assert!((t0 + 7 * DAY..=now() + 7 * DAY).contains(&delete_after.unix()), "{delete_after}");
+    assert!((t0 + 7 * DAY..=now_unix() + 7 * DAY).contains(&delete_after.unix()), "{delete_after}");
 
     // A planned its audit inside the grace: between 1/7 and 6/7 of it.
     let audit = state(&s.a, &s.contract)["audit"].clone();
     let audit_at: Timestamp = audit["audit_at"].as_str().unwrap().parse().unwrap();
-    assert!((t0 + DAY..=now() + 6 * DAY).contains(&audit_at.unix()), "{audit}");
+    assert!((t0 + DAY..=now_unix() + 6 * DAY).contains(&audit_at.unix()), "{audit}");
     // A knows B sees it as failing, and that this is its own doing: nothing to fix yet.
     let out = s.a.run("kaana-challenge", &["standing"]);
     assert_exit(&out, 0);
@@ -156,7 +149,7 @@ fn a_deliberate_failure_is_audited_and_forgiven() {
 #[test]
 fn a_greedy_peer_that_deletes_early_is_caught() {
     let s = story();
-    let t0 = now();
+    let t0 = now_unix();
     assert_success(&s.a.run("kaana-challenge", &["fail-next", &s.contract]));
     let (code, _, _) = challenge(&s.b, &[&s.contract], None);
     assert_eq!(code, Some(1));
@@ -209,7 +202,7 @@ fn a_node_back_from_offline_gets_itself_back_to_ok() {
     assert_eq!(contract_line(&a)["their_standing"]["state"], "failing");
 
     let _sb = ServerProc::start(&b, &["--listen", &format!("127.0.0.1:{port}")]);
-    let (code, lines, err) = challenge(&b, &["--all"], Some(now() + 2 * DAY));
+    let (code, lines, err) = challenge(&b, &["--all"], Some(now_unix() + 2 * DAY));
     assert_eq!(code, Some(0), "{err}");
     let kinds: Vec<(&str, &str)> = lines.iter().map(|l| (l.kind.as_str(), l.result.as_str())).collect();
     assert_eq!(kinds, [("rechallenge", "pass"), ("routine", "pass")]);
@@ -229,7 +222,7 @@ fn a_challenge_from_a_stranger_is_refused() {
         generation: 1,
         nonce: "00".repeat(16),
         picks: vec![[0, 0]],
-        at: Timestamp::from_unix(now()),
+        at: Timestamp::from_unix(now_unix()),
     };
     let challenge = Signed::sign(body, &stranger).unwrap();
     let addr = s.sb.addr.clone();

@@ -14,7 +14,7 @@ use kaana_proto::net::wire::{Request, Response};
 
 use crate::common::{
     Pair, ServerProc, TestNode, assert_exit, assert_state_consistent, assert_state_consistent_after_kill,
-    assert_success, bin_dir, contracted_pair, json_lines, make_contract_sized, pseudo_random, stderr,
+    assert_success, bin_dir, contracted_pair, json_lines, make_contract_sized, pseudo_random, stderr, walk_files,
 };
 
 /// Runs a command; whether it succeeded.
@@ -318,15 +318,6 @@ fn a_link_cut_during_a_push_fails_it_clearly_and_it_resumes() {
     let _ = ca.kill();
     let _ = cb.kill();
     let _ = (ca.wait(), cb.wait());
-}
-
-fn walk_files(dir: &Path) -> usize {
-    fs::read_dir(dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| if e.file_type().unwrap().is_dir() { walk_files(&e.path()) } else { 1 })
-        .sum()
 }
 
 /// Kills the client or the server (SIGKILL) at random points of push, restore, challenge and

@@ -13,7 +13,7 @@ use kaana_proto::record::Signed;
 use kaana_proto::store::{ContractFile, OfferList};
 use kaana_proto::time::Timestamp;
 
-use crate::common::{ServerProc, TestNode, assert_exit, assert_success, json_lines, one_json, stderr};
+use crate::common::{ServerProc, TestNode, assert_exit, assert_success, json_lines, now_unix, one_json, stderr};
 
 #[derive(Debug, Deserialize, PartialEq)]
 struct OfferLine {
@@ -194,10 +194,6 @@ fn bad_offers_are_refused_and_nothing_is_stored() {
     assert_eq!(at_b.len(), 1);
     assert_eq!(at_b[0].size, 600 << 20);
     assert_eq!(json_lines::<ContractLine>(&a.run("kaana-offer", &["contracts"])).len(), 1);
-}
-
-fn now_unix() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
 }
 
 #[test]

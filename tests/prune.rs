@@ -10,7 +10,8 @@ use serde::Deserialize;
 use kaana_proto::time::Timestamp;
 
 use crate::common::{
-    ServerProc, TestNode, assert_exit, assert_success, json_lines, make_contract_sized, pseudo_random,
+    ServerProc, TestNode, assert_exit, assert_success, at, json_lines, make_contract_sized, now_unix, pseudo_random,
+    walk_files,
 };
 
 const DAY: u64 = 86_400;
@@ -22,14 +23,6 @@ struct Step {
     action: String,
     bytes: u64,
     reason: String,
-}
-
-fn at(secs: u64) -> String {
-    Timestamp::from_unix(secs).to_string()
-}
-
-fn now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
 }
 
 fn node_with_volume(dir: &Path, name: &str, seed: u64, capacity: &str) -> TestNode {
@@ -73,7 +66,7 @@ fn a_failing_peers_data_goes_exactly_when_its_grace_runs_out() {
     assert!(store(&b, &with_a).exists() && store(&b, &with_c).exists());
 
     drop(sa);
-    let t0 = now();
+    let t0 = now_unix();
     let out = b
         .cmd("kaana-challenge")
         .arg(&with_a)
@@ -169,8 +162,8 @@ fn leftovers_of_interrupted_pushes_go_after_a_day_and_committed_data_stays() {
     let temp = b.home.join(".config.json.999.0.tmp");
     fs::write(&temp, b"{").unwrap();
 
-    assert!(prune(&b, false, now() + 3_600).is_empty(), "a push may still resume within the day");
-    let steps = prune(&b, false, now() + DAY + 3_600);
+    assert!(prune(&b, false, now_unix() + 3_600).is_empty(), "a push may still resume within the day");
+    let steps = prune(&b, false, now_unix() + DAY + 3_600);
     let actions: Vec<&str> = steps.iter().map(|s| s.action.as_str()).collect();
     assert_eq!(actions, ["remove_leftovers", "remove_temp"]);
     assert_eq!(steps[0].bytes, 4096);
@@ -195,10 +188,10 @@ fn a_prune_killed_midway_finishes_on_the_next_run() {
         fs::create_dir_all(&dir).unwrap();
         fs::write(dir.join(format!("{:064x}", u64::from(i) + (1 << 40))), b"x").unwrap();
     }
-    let count = |p: &Path| walk(p);
+    let count = |p: &Path| walk_files(p);
     let total = count(&store(&b, &contract));
     drop(sa);
-    let t0 = now();
+    let t0 = now_unix();
     let out = b
         .cmd("kaana-challenge")
         .arg(&contract)
@@ -214,9 +207,9 @@ fn a_prune_killed_midway_finishes_on_the_next_run() {
         .stdout(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now_unix() + Duration::from_secs(30);
     while count(&store(&b, &contract)) == total {
-        assert!(Instant::now() < deadline, "prune never started deleting");
+        assert!(Instant::now_unix() < deadline, "prune never started deleting");
         std::thread::sleep(Duration::from_micros(200));
     }
     child.kill().unwrap();
@@ -235,13 +228,4 @@ fn a_prune_killed_midway_finishes_on_the_next_run() {
     assert!(!store(&b, &contract).exists());
     assert_eq!(status(&b, &contract), "ended");
     assert!(prune(&b, false, t0 + 7 * DAY + 3).is_empty());
-}
-
-fn walk(dir: &Path) -> usize {
-    fs::read_dir(dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| if e.file_type().unwrap().is_dir() { walk(&e.path()) } else { 1 })
-        .sum()
 }

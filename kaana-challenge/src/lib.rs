@@ -109,7 +109,7 @@ pub fn run(args: Args) -> anyhow::Result<Exit> {
     let now = now_from_env()?;
     match args.command {
         Some(Command::FailNext { contract }) => fail_next(&node, &contract),
-        Some(Command::Standing) => runtime()?.block_on(standing(node, now)),
+        Some(Command::Standing) => kaana_proto::cli::runtime()?.block_on(standing(node, now)),
         Some(Command::CheckEvidence { .. } | Command::Completions { .. } | Command::Man) => handled_before(),
         None => {
             if !(1..=MAX_SAMPLES).contains(&args.samples) {
@@ -122,21 +122,13 @@ pub fn run(args: Args) -> anyhow::Result<Exit> {
                 }
                 _ => anyhow::bail!("say which contract to check, or --all"),
             };
-            runtime()?.block_on(check_all(node, entries, args.samples, now))
+            kaana_proto::cli::runtime()?.block_on(check_all(node, entries, args.samples, now))
         }
     }
 }
 
 fn handled_before() -> anyhow::Result<Exit> {
     anyhow::bail!("internal: this command is handled before the node is opened")
-}
-
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("starting the async runtime")
 }
 
 fn fail_next(node: &Node, prefix: &str) -> anyhow::Result<Exit> {

@@ -42,6 +42,17 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
     e.chain().filter_map(|c| c.downcast_ref::<io::Error>()).any(|io| io.kind() == io::ErrorKind::BrokenPipe)
 }
 
+/// The async runtime the tools run their network work on: two worker threads (the machines this
+/// runs on are small, and the heavy lifting has threads of its own).
+pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    use anyhow::Context as _;
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
 /// Prints the shell completions of a tool whose arguments are `A`.
 pub fn print_completions<A: clap::CommandFactory>(shell: clap_complete::Shell) -> anyhow::Result<Exit> {
     let mut cmd = A::command();

@@ -130,8 +130,7 @@ pub fn run(args: Args) -> anyhow::Result<Exit> {
         Command::Serve { listen, read_timeout } => {
             let mut opts = ServerOptions::new(listen.unwrap_or(node.config.listen));
             opts.read_timeout = read_timeout;
-            let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-            runtime.block_on(serve(node, opts))
+            kaana_proto::cli::runtime()?.block_on(serve(node, opts))
         }
         Command::Push { contract, all, allow_plaintext, extent_size } => {
             let extent_size = u32::try_from(extent_size).context("--extent-size is too large")?;
@@ -140,11 +139,11 @@ pub fn run(args: Args) -> anyhow::Result<Exit> {
             } else {
                 vec![node.find_contract(contract.as_deref().unwrap_or_default())?]
             };
-            runtime()?.block_on(push(node, entries, all, extent_size, allow_plaintext))
+            kaana_proto::cli::runtime()?.block_on(push(node, entries, all, extent_size, allow_plaintext))
         }
         Command::Restore { contract, out, generation } => {
             let entry = node.find_contract(&contract)?;
-            runtime()?.block_on(async {
+            kaana_proto::cli::runtime()?.block_on(async {
                 let client = Client::new(node.identity.clone());
                 let r = backup::restore(&client, &node, &entry, Some(&out), generation, "restore").await;
                 client.close().await;
@@ -155,7 +154,7 @@ pub fn run(args: Args) -> anyhow::Result<Exit> {
         }
         Command::Verify { contract } => {
             let entry = node.find_contract(&contract)?;
-            runtime()?.block_on(async {
+            kaana_proto::cli::runtime()?.block_on(async {
                 let client = Client::new(node.identity.clone());
                 let r = backup::restore(&client, &node, &entry, None, None, "verify").await;
                 client.close().await;
@@ -173,14 +172,6 @@ pub fn run(args: Args) -> anyhow::Result<Exit> {
         Command::Status => status(&node),
         Command::Completions { .. } | Command::Man => Ok(Exit::Ok),
     }
-}
-
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("starting the async runtime")
 }
 
 /// Pushes a few contracts at a time; prints one line per contract.

@@ -337,3 +337,23 @@ pub fn make_contract_sized(offerer: &TestNode, offerer_server: &ServerProc, take
     let contract: serde_json::Value = taker.json("kaana-offer", &["accept", &id]);
     contract["id"].as_str().unwrap().to_owned()
 }
+
+/// Seconds since the Unix epoch, now.
+pub fn now_unix() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs()
+}
+
+/// `secs` as the RFC 3339 text `KAANA_NOW` takes.
+pub fn at(secs: u64) -> String {
+    kaana_proto::time::Timestamp::from_unix(secs).to_string()
+}
+
+/// How many files there are under `dir`.
+pub fn walk_files(dir: &Path) -> usize {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| if e.file_type().map(|t| t.is_dir()).unwrap_or(false) { walk_files(&e.path()) } else { 1 })
+        .sum()
+}
