@@ -219,3 +219,18 @@ fn a_missing_node_says_how_to_make_one() {
     assert_exit(&out, 2);
     assert!(stderr(&out).contains("kaana-offer init"), "{}", stderr(&out));
 }
+
+#[test]
+fn a_closed_stdout_ends_a_tool_quietly() {
+    let node = TestNode::init();
+    for i in 0..50 {
+        let peer = format!("{}@127.0.0.1:{}", TestNode::init().id(), 7000 + i);
+        assert_success(&node.run("kaana-offer", &["peer", "add", "--no-check", &peer]));
+    }
+    let mut child =
+        node.cmd("kaana-offer").args(["peer", "list"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    drop(child.stdout.take()); // like `| head -0`
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(out.stderr.is_empty(), "{}", stderr(&out));
+}
