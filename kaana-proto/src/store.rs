@@ -280,6 +280,28 @@ pub fn find_by_prefix<T>(
     Ok(first)
 }
 
+/// The `<record id>.json` files of a directory (none if it does not exist), by id.
+fn records_in(dir: &std::path::Path) -> Result<Vec<(RecordId, PathBuf)>, StateError> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(StateError::io(dir, e)),
+    };
+    let mut out = Vec::new();
+    for entry in entries {
+        let path = entry.map_err(|e| StateError::io(dir, e))?.path();
+        let id = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(".json"))
+            .and_then(|s| s.parse().ok());
+        if let Some(id) = id {
+            out.push((id, path));
+        }
+    }
+    Ok(out)
+}
+
 impl Node {
     fn contract_path(&self, id: &RecordId) -> PathBuf {
         self.home.contracts_dir().join(format!("{id}.json"))
@@ -291,18 +313,8 @@ impl Node {
 
     /// Every contract, with this node's view of it, oldest first.
     pub fn contracts(&self) -> Result<Vec<ContractEntry>, StateError> {
-        let dir = self.home.contracts_dir();
-        let entries = match std::fs::read_dir(&dir) {
-            Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(StateError::io(&dir, e)),
-        };
         let mut out = Vec::new();
-        for entry in entries {
-            let path = entry.map_err(|e| StateError::io(&dir, e))?.path();
-            let Some(name) = path.file_name().and_then(|n| n.to_str()) else { continue };
-            let Some(stem) = name.strip_suffix(".json").filter(|s| !s.ends_with(".state")) else { continue };
-            let Ok(id) = stem.parse::<RecordId>() else { continue };
+        for (id, _) in records_in(&self.home.contracts_dir())? {
             out.push(self.contract(&id)?);
         }
         out.sort_by_key(|e| (e.contract.body.created_at, e.id));
@@ -355,19 +367,8 @@ impl Node {
 
     /// This node's own offers, by id.
     pub fn own_offers(&self) -> Result<Vec<(RecordId, OwnOffer)>, StateError> {
-        let dir = self.home.offers_dir();
-        let entries = match std::fs::read_dir(&dir) {
-            Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(StateError::io(&dir, e)),
-        };
         let mut out = Vec::new();
-        for entry in entries {
-            let path = entry.map_err(|e| StateError::io(&dir, e))?.path();
-            let Some(stem) = path.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_suffix(".json")) else {
-                continue;
-            };
-            let Ok(id) = stem.parse::<RecordId>() else { continue };
+        for (id, path) in records_in(&self.home.offers_dir())? {
             out.push((id, self.home.read(&path)?));
         }
         out.sort_by_key(|(id, o): &(RecordId, OwnOffer)| (o.offer.body.expires_at, *id));
