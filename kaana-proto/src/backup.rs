@@ -36,8 +36,17 @@ use crate::store::ContractEntry;
 use crate::time::now_from_env;
 use crate::volume::{Volume, VolumeError};
 
-/// Extents sent (or fetched) at once on one connection.
-const IN_FLIGHT: usize = 4;
+/// Extents a push sends at once. More did not help here: the holder syncs each to disk, and
+/// more syncs at once only contend (measured with 1 MiB extents: 4 at once 1.55 s, 12 at once
+/// 1.9-2.8 s for 512 MiB).
+const PUSH_IN_FLIGHT: usize = 4;
+
+/// Extents a restore fetches at once: about 16 MiB in flight, between 4 and 12 extents (a
+/// connection takes 16 streams at once; a few stay free). Small extents need more in flight to
+/// hide each request's round trip (1 MiB extents: 2.35 s at 4, 1.66 s at 12 for 512 MiB).
+fn restore_in_flight(extent_size: u32) -> usize {
+    ((16usize << 20) / extent_size.max(1) as usize).clamp(4, 12)
+}
 /// Extents read and hashed ahead of the sender.
 const READ_AHEAD: usize = 2;
 
@@ -219,9 +228,9 @@ pub async fn push(
 
     let keystream = Keystream::new(&node.identity, &id);
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let pool = Pool::new(threads + READ_AHEAD + IN_FLIGHT);
+    let pool = Pool::new(threads + READ_AHEAD + PUSH_IN_FLIGHT);
     let mut rx = spawn_readers(volume, keystream, have, known, threads, pool.clone());
-    let permits = Arc::new(Semaphore::new(IN_FLIGHT));
+    let permits = Arc::new(Semaphore::new(PUSH_IN_FLIGHT));
     let mut sends: JoinSet<Result<u64, NetError>> = JoinSet::new();
     let mut hashes = vec![[0u8; 32]; g.count() as usize];
     let mut raw_hashes = vec![[0u8; 32]; g.count() as usize];
@@ -506,7 +515,7 @@ pub async fn restore(
     };
     let progress = Progress::bytes(g.volume_size, progress_label);
     let keystream = Keystream::new(&node.identity, &id);
-    let permits = Arc::new(Semaphore::new(IN_FLIGHT));
+    let permits = Arc::new(Semaphore::new(restore_in_flight(g.extent_size)));
     let mut tasks: JoinSet<Result<Fetched, BackupError>> = JoinSet::new();
     let (mut fetched, mut bad) = (0u64, 0u64);
     let mut tally = |r: Result<Result<Fetched, BackupError>, tokio::task::JoinError>| -> Result<(), BackupError> {
