@@ -41,6 +41,20 @@ fn prune(node: &TestNode, dry: bool, t: u64) -> Vec<Step> {
     json_lines(&out)
 }
 
+/// The holder challenges its peer, which is offline: the peer is failing from the moment returned.
+fn fails_while_offline(holder: &TestNode, contract: &str) -> u64 {
+    let t0 = now_unix();
+    let out = holder
+        .cmd("kaana-challenge")
+        .arg(contract)
+        .env("KAANA_NOW", at(t0))
+        .env("KAANA_CONNECT_TIMEOUT", "1s")
+        .output()
+        .unwrap();
+    assert_exit(&out, 1);
+    t0
+}
+
 fn store(node: &TestNode, contract: &str) -> PathBuf {
     node.home.join("inbound").join(contract)
 }
@@ -66,15 +80,7 @@ fn a_failing_peers_data_goes_exactly_when_its_grace_runs_out() {
     assert!(store(&b, &with_a).exists() && store(&b, &with_c).exists());
 
     drop(sa);
-    let t0 = now_unix();
-    let out = b
-        .cmd("kaana-challenge")
-        .arg(&with_a)
-        .env("KAANA_NOW", at(t0))
-        .env("KAANA_CONNECT_TIMEOUT", "1s")
-        .output()
-        .unwrap();
-    assert_exit(&out, 1);
+    let t0 = fails_while_offline(&b, &with_a);
     let delete_after = t0 + 7 * DAY;
 
     for dry in [true, false] {
@@ -191,15 +197,7 @@ fn a_prune_killed_midway_finishes_on_the_next_run() {
     let count = |p: &Path| walk_files(p);
     let total = count(&store(&b, &contract));
     drop(sa);
-    let t0 = now_unix();
-    let out = b
-        .cmd("kaana-challenge")
-        .arg(&contract)
-        .env("KAANA_NOW", at(t0))
-        .env("KAANA_CONNECT_TIMEOUT", "1s")
-        .output()
-        .unwrap();
-    assert_exit(&out, 1);
+    let t0 = fails_while_offline(&b, &contract);
 
     let mut child = b
         .cmd("kaana-prune")

@@ -399,14 +399,7 @@ pub(crate) fn accept(home: Option<&Path>, prefix: &str) -> anyhow::Result<Exit> 
     }
     contract.verify().context("the contract the offerer returned")?;
     let id = node.save_new_contract(&contract, &ContractState::new(Role::Taker, offer.body.node))?;
-    let mut book = node.address_book()?;
-    let mut changed = false;
-    for addr in offer.body.addrs.iter().rev() {
-        changed |= book.add(&PeerAddr { node: offer.body.node, addr: addr.clone() });
-    }
-    if changed {
-        node.home.write(&node.home.peers(), &book)?;
-    }
+    node.remember_addrs(&offer.body.node, &offer.body.addrs)?;
     node.log_event(now, "contract", json!({"contract": id, "peer": offer.body.node, "role": "taker", "size": b.size}))?;
     emit(&node.contract(&id)?.summary())?;
     Ok(Exit::Ok)

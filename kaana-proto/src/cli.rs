@@ -102,11 +102,6 @@ impl Progress {
         Progress(Some(bar))
     }
 
-    /// No bar.
-    pub fn hidden() -> Self {
-        Progress(None)
-    }
-
     /// Counts `n` more bytes done.
     pub fn inc(&self, n: u64) {
         if let Some(bar) = &self.0 {

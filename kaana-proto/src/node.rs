@@ -97,8 +97,17 @@ impl Node {
     /// Adds `peer` to the address book under the state lock; returns whether it changed.
     pub fn add_peer(&self, peer: &PeerAddr) -> Result<bool, StateError> {
         let _lock = self.home.lock()?;
+        self.remember_addrs(&peer.node, std::slice::from_ref(&peer.addr))
+    }
+
+    /// Records `addrs` (the preferred first) for `node` in the address book; returns whether it
+    /// changed. The caller holds the state lock.
+    pub fn remember_addrs(&self, node: &NodeId, addrs: &[String]) -> Result<bool, StateError> {
         let mut book = self.address_book()?;
-        let changed = book.add(peer);
+        let mut changed = false;
+        for addr in addrs.iter().rev() {
+            changed |= book.add(&PeerAddr { node: *node, addr: addr.clone() });
+        }
         if changed {
             self.home.write(&self.home.peers(), &book)?;
         }

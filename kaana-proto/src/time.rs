@@ -67,11 +67,6 @@ impl Timestamp {
         Timestamp(self.0.saturating_add(secs))
     }
 
-    /// Seconds from `earlier` to this time, zero if `earlier` is later.
-    pub const fn secs_since(self, earlier: Timestamp) -> u64 {
-        self.0.saturating_sub(earlier.0)
-    }
-
     fn from_system(t: SystemTime) -> Result<Self, TimeError> {
         t.duration_since(UNIX_EPOCH).map(|d| Timestamp(d.as_secs())).map_err(|_| TimeError::Range)
     }
@@ -132,11 +127,6 @@ pub fn now_from_env() -> Result<Timestamp, TimeError> {
 pub fn parse_duration(text: &str) -> Result<u64, TimeError> {
     let d = humantime::parse_duration(text.trim()).map_err(|_| TimeError::Duration { text: text.to_owned() })?;
     Ok(d.as_secs())
-}
-
-/// Writes whole seconds as a duration a person reads (`7days`, `1h 30m`).
-pub fn format_duration(secs: u64) -> String {
-    humantime::format_duration(Duration::from_secs(secs)).to_string()
 }
 
 #[cfg(test)]

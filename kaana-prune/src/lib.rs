@@ -120,7 +120,7 @@ fn expiry_reason(entry: &ContractEntry, now: Timestamp) -> Option<String> {
         (Status::Terminated { delete_after, .. }, _) if now > *delete_after => {
             Some(format!("terminated: the notice's grace ran out at {delete_after}"))
         }
-        (_, Standing::Failing { since, delete_after }) if now > delete_after => {
+        (_, standing @ Standing::Failing { since, delete_after }) if standing.expired(now) => {
             Some(format!("peer failing since {since}: its grace ran out at {delete_after}"))
         }
         _ => None,

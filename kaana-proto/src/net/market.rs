@@ -12,7 +12,6 @@ use super::server::Ctx;
 use super::transport::NetError;
 use super::wire::{ErrorCode, ErrorReply, Request, Response};
 use crate::board::{Board, Inserted};
-use crate::config::PeerAddr;
 use crate::config::is_host_port;
 use crate::identity::NodeId;
 use crate::market::{self, ContractBody, Notice, Offer, RecordId};
@@ -161,12 +160,8 @@ fn accept_on_disk(
     let id = node.save_new_contract(&contract, &ContractState::new(Role::Offerer, taker)).map_err(internal)?;
     own_offer.taken_by = Some(id);
     node.save_own_offer(&offer_id, &own_offer).map_err(internal)?;
-    for addr in addrs.iter().filter(|a| is_host_port(a)).rev() {
-        let mut book = node.address_book().map_err(internal)?;
-        if book.add(&PeerAddr { node: taker, addr: addr.clone() }) {
-            node.home.write(&node.home.peers(), &book).map_err(internal)?;
-        }
-    }
+    let reachable: Vec<String> = addrs.iter().filter(|a| is_host_port(a)).cloned().collect();
+    node.remember_addrs(&taker, &reachable).map_err(internal)?;
     node.log_event(now, "contract", json!({"contract": id, "peer": taker, "role": "offerer", "size": size}))
         .map_err(internal)?;
     Ok((contract, offer_id))
