@@ -21,6 +21,7 @@ use thiserror::Error;
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
 
+use crate::buffer::{OutFile, Pool, Pooled};
 use crate::cli::Progress;
 use crate::encoding;
 use crate::identity::NodeId;
@@ -36,10 +37,14 @@ use crate::store::ContractEntry;
 use crate::time::now_from_env;
 use crate::volume::{Volume, VolumeError};
 
-/// Extents a push sends at once. More did not help here: the holder syncs each to disk, and
-/// more syncs at once only contend (measured with 1 MiB extents: 4 at once 1.55 s, 12 at once
-/// 1.9-2.8 s for 512 MiB).
-const PUSH_IN_FLIGHT: usize = 4;
+/// Extents a push has in flight at once. The holder writes and syncs each before it answers, so
+/// a push is bound by that latency unless several are under way (measured, 2 GiB: 4 at once
+/// 6.7-8.1 s, 8 at once 4.8-5.6 s, 12 no better). Memory does not grow with it: a buffer goes
+/// back to the pool once its bytes are acknowledged, before the holder's answer.
+const PUSH_IN_FLIGHT: usize = 8;
+/// Buffers beyond those the readers fill and queue: the extents being sent and not yet
+/// acknowledged (the send window is 4 MiB, so about one).
+const SENDING: usize = 2;
 
 /// Extents a restore fetches at once: about 16 MiB in flight, between 4 and 12 extents (a
 /// connection takes 16 streams at once; a few stay free). Small extents need more in flight to
@@ -228,7 +233,7 @@ pub async fn push(
 
     let keystream = Keystream::new(&node.identity, &id);
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let pool = Pool::new(threads + READ_AHEAD + PUSH_IN_FLIGHT);
+    let pool = Pool::new(threads + READ_AHEAD + SENDING);
     let mut rx = spawn_readers(volume, keystream, have, known, threads, pool.clone());
     let permits = Arc::new(Semaphore::new(PUSH_IN_FLIGHT));
     let mut sends: JoinSet<Result<u64, NetError>> = JoinSet::new();
@@ -248,13 +253,10 @@ pub async fn push(
         progress.inc(g.len(index) as u64);
         if let Some(data) = data {
             let permit = permits.clone().acquire_owned().await.map_err(|e| err(NetError::Lost(e.to_string())))?;
-            let (conn, pool) = (conn.clone(), pool.clone());
-            let offset = g.offset(index);
+            let (conn, offset) = (conn.clone(), g.offset(index));
             sends.spawn(async move {
                 let _permit = permit;
-                let (sent, data) = put(&conn, id, offset, hash, data).await;
-                pool.give(data);
-                sent
+                put(&conn, id, offset, hash, data).await
             });
         }
         while let Some(done) = sends.try_join_next() {
@@ -324,7 +326,7 @@ pub async fn push(
 
 /// An extent read: its index, the hash of the bytes sent, the hash of the volume's own bytes, and
 /// the bytes to send (none if the holder has them).
-type ReadItem = Result<(u64, ExtentHash, ExtentHash, Option<Vec<u8>>), VolumeError>;
+type ReadItem = Result<(u64, ExtentHash, ExtentHash, Option<Pooled>), VolumeError>;
 
 /// Reads, encodes and hashes the volume's extents on every core; an extent the holder already
 /// has comes through without its bytes.
@@ -354,17 +356,11 @@ fn spawn_readers(
                     if let Some(Some((raw, sent))) = known.get(index as usize)
                         && *raw == raw_hash
                     {
-                        pool.give(std::mem::take(&mut buf));
                         return (index, *sent, raw_hash, None);
                     }
                     keystream.apply(g.offset(index), &mut buf);
                     let hash = *blake3::hash(&buf).as_bytes();
-                    if have.contains(&hash) {
-                        pool.give(std::mem::take(&mut buf));
-                        (index, hash, raw_hash, None)
-                    } else {
-                        (index, hash, raw_hash, Some(std::mem::take(&mut buf)))
-                    }
+                    (index, hash, raw_hash, (!have.contains(&hash)).then_some(buf))
                 });
                 let failed = item.is_err();
                 if tx.blocking_send(item).is_err() || failed {
@@ -376,61 +372,24 @@ fn spawn_readers(
     rx
 }
 
-/// A fixed set of extent buffers, passed from the readers to the senders and back: memory stays
-/// at a handful of extents, with no allocation churn, whatever the volume's size.
-#[derive(Clone)]
-struct Pool(Arc<(std::sync::Mutex<Vec<Vec<u8>>>, std::sync::Condvar)>);
-
-impl Pool {
-    fn new(n: usize) -> Self {
-        Pool(Arc::new((std::sync::Mutex::new((0..n).map(|_| Vec::new()).collect()), std::sync::Condvar::new())))
-    }
-
-    /// A buffer, waiting (on a reader thread) until one is free.
-    fn take(&self) -> Vec<u8> {
-        let (lock, freed) = &*self.0;
-        let Ok(mut free) = lock.lock() else { return Vec::new() };
-        loop {
-            if let Some(buf) = free.pop() {
-                return buf;
-            }
-            free = match freed.wait(free) {
-                Ok(f) => f,
-                Err(_) => return Vec::new(),
-            };
-        }
-    }
-
-    fn give(&self, buf: Vec<u8>) {
-        let (lock, freed) = &*self.0;
-        if let Ok(mut free) = lock.lock() {
-            free.push(buf);
-            freed.notify_one();
-        }
-    }
-}
-
-/// Sends one extent; gives its buffer back with the outcome.
+/// Sends one extent. Its buffer is handed to the connection without a copy and goes back to its
+/// pool once the holder has acknowledged every packet that carried it.
 async fn put(
     conn: &Connection,
     contract: RecordId,
     offset: u64,
     hash: ExtentHash,
-    data: Vec<u8>,
-) -> (Result<u64, NetError>, Vec<u8>) {
+    data: Pooled,
+) -> Result<u64, NetError> {
     let len = data.len() as u32;
-    let sent = async {
-        let mut ex = conn.open(&Request::PutExtent { contract, offset, hash, len }).await?;
-        // A holder that refuses stops reading; its reply says why, so read it either way.
-        let _ = ex.send.write_all(&data).await;
-        let _ = ex.finish();
-        match ex.reply().await? {
-            Response::Stored => Ok(u64::from(len)),
-            other => Err(ex.unexpected(&other)),
-        }
+    let mut ex = conn.open(&Request::PutExtent { contract, offset, hash, len }).await?;
+    // A holder that refuses stops reading; its reply says why, so read it either way.
+    let _ = ex.send.write_chunk(data.into_bytes()).await;
+    let _ = ex.finish();
+    match ex.reply().await? {
+        Response::Stored => Ok(u64::from(len)),
+        other => Err(ex.unexpected(&other)),
     }
-    .await;
-    (sent, data)
 }
 
 /// Fetches the committed manifest of this node's copy under `entry` and checks it is ours.
@@ -458,12 +417,20 @@ async fn fetch_manifest(
     Ok((manifest, hashes))
 }
 
-async fn get_extent(conn: &Connection, contract: RecordId, hash: ExtentHash, len: usize) -> Result<Vec<u8>, NetError> {
+/// Fetches one extent into a buffer from `pool`.
+async fn get_extent(
+    conn: &Connection,
+    contract: RecordId,
+    hash: ExtentHash,
+    len: usize,
+    pool: &Pool,
+) -> Result<Pooled, NetError> {
     let mut ex = conn.open(&Request::GetExtent { contract, hash }).await?;
     ex.finish()?;
     match ex.reply().await? {
         Response::ExtentIs { len: got } if got as usize == len => {
-            let mut data = vec![0u8; len];
+            let mut data = pool.take_or_new();
+            data.set_len(len);
             read_exact(&mut ex.recv, &mut data, read_timeout(), "extent bytes").await?;
             Ok(data)
         }
@@ -509,13 +476,15 @@ pub async fn restore(
             if meta.is_file() {
                 f.set_len(g.volume_size).map_err(output)?;
             }
-            Some(Arc::new(f))
+            Some(Arc::new(OutFile::new(f, path)))
         }
         None => None,
     };
     let progress = Progress::bytes(g.volume_size, progress_label);
     let keystream = Keystream::new(&node.identity, &id);
-    let permits = Arc::new(Semaphore::new(restore_in_flight(g.extent_size)));
+    let in_flight = restore_in_flight(g.extent_size);
+    let permits = Arc::new(Semaphore::new(in_flight));
+    let pool = Pool::new(in_flight);
     let mut tasks: JoinSet<Result<Fetched, BackupError>> = JoinSet::new();
     let (mut fetched, mut bad) = (0u64, 0u64);
     let mut tally = |r: Result<Result<Fetched, BackupError>, tokio::task::JoinError>| -> Result<(), BackupError> {
@@ -529,11 +498,11 @@ pub async fn restore(
     for (index, hash) in hashes.into_iter().enumerate() {
         let index = index as u64;
         let permit = permits.clone().acquire_owned().await.map_err(|e| net(peer)(NetError::Lost(e.to_string())))?;
-        let (conn, file, keystream) = (conn.clone(), file.clone(), keystream.clone());
+        let (conn, file, keystream, pool) = (conn.clone(), file.clone(), keystream.clone(), pool.clone());
         let out_path = out.map(Path::to_owned);
         tasks.spawn(async move {
             let _permit = permit;
-            restore_extent(&conn, id, peer, g, index, hash, file, out_path, keystream, resume).await
+            restore_extent(&conn, id, peer, g, index, hash, file, out_path, keystream, resume, pool).await
         });
         while let Some(done) = tasks.try_join_next() {
             tally(done)?;
@@ -546,7 +515,7 @@ pub async fn restore(
     progress.finish();
     conn.close();
     if let (Some(f), Some(path)) = (&file, out) {
-        f.sync_all().map_err(|error| BackupError::Output { path: path.to_owned(), error })?;
+        f.file().sync_all().map_err(|error| BackupError::Output { path: path.to_owned(), error })?;
     }
     let now = now_from_env().map_err(|e| StateError::damaged(node.home.root(), e))?;
     let kind = if out.is_some() { "restore" } else { "verify" };
@@ -582,19 +551,20 @@ async fn restore_extent(
     g: Geometry,
     index: u64,
     hash: ExtentHash,
-    file: Option<Arc<std::fs::File>>,
+    file: Option<Arc<OutFile>>,
     out: Option<PathBuf>,
     keystream: Keystream,
     resume: bool,
+    pool: Pool,
 ) -> Result<Fetched, BackupError> {
     let (offset, len) = (g.offset(index), g.len(index));
     let output = |error| BackupError::Output { path: out.clone().unwrap_or_default(), error };
     if let Some(f) = file.as_ref().filter(|_| resume) {
         // Resume: an extent already right in the output is not fetched again.
-        let (f, ks) = (f.clone(), keystream.clone());
+        let (f, ks, mut buf) = (f.clone(), keystream.clone(), pool.take_or_new());
         let already = tokio::task::spawn_blocking(move || {
-            let mut buf = vec![0u8; len];
-            f.read_exact_at(&mut buf, offset)?;
+            buf.set_len(len);
+            f.file().read_exact_at(&mut buf, offset)?;
             ks.apply(offset, &mut buf);
             Ok::<_, std::io::Error>(*blake3::hash(&buf).as_bytes() == hash)
         })
@@ -605,7 +575,7 @@ async fn restore_extent(
             return Ok(Fetched::Already);
         }
     }
-    let data = match get_extent(conn, id, hash, len).await {
+    let mut data = match get_extent(conn, id, hash, len, &pool).await {
         Ok(d) => d,
         Err(NetError::Remote(_)) if file.is_none() => return Ok(Fetched::Bad),
         Err(e) => return Err(BackupError::Net { peer, error: e }),
@@ -615,9 +585,8 @@ async fn restore_extent(
     }
     if let Some(f) = file {
         tokio::task::spawn_blocking(move || {
-            let mut data = data;
             keystream.apply(offset, &mut data);
-            f.write_all_at(&data, offset)
+            f.write_at(&data, offset)
         })
         .await
         .map_err(|e| output(std::io::Error::other(e)))?

@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use crate::buffer::AlignedBuf;
 use crate::challenge::{self, Receipt};
 use crate::encoding;
 use crate::manifest::{ExtentHash, Geometry, Manifest, ManifestError};
@@ -138,8 +139,9 @@ impl Inbound {
     }
 
     /// Stores an extent after checking its bytes hash to `hash`, synced to disk before it is
-    /// renamed into place. Its outboard (for chunk proofs) is made in the same pass and written
-    /// beside it; it is a cache, remade from the extent if it is ever lost or wrong.
+    /// renamed into place (written straight to the device when `data` is aligned for it). Its
+    /// outboard (for chunk proofs) is made in the same pass and written beside it; it is a cache,
+    /// remade from the extent if it is ever lost or wrong.
     pub fn put(&self, hash: &ExtentHash, data: &[u8]) -> Result<(), InboundError> {
         let (groups, root) = proof::outboard(data);
         if root.as_bytes() != hash {
@@ -160,8 +162,7 @@ impl Inbound {
         create_dir(&dir)?;
         let tmp = dir.join(format!(".{}.{}.tmp", std::process::id(), next_tmp()));
         let result = (|| {
-            let mut f = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
-            f.write_all(data)?;
+            let f = crate::buffer::create_file(&tmp, data)?;
             f.sync_data()?;
             fs::rename(&tmp, &path)
         })();
@@ -171,12 +172,12 @@ impl Inbound {
         })
     }
 
-    /// Reads an extent, or `None` if it is not stored.
-    pub fn read(&self, hash: &ExtentHash) -> Result<Option<Vec<u8>>, StateError> {
+    /// Reads an extent into `buf`; false if it is not stored.
+    pub fn read_into(&self, hash: &ExtentHash, buf: &mut AlignedBuf) -> Result<bool, StateError> {
         let path = self.extent_path(hash);
-        match fs::read(&path) {
-            Ok(data) => Ok(Some(data)),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        match crate::buffer::read_file(&path, buf) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
             Err(e) => Err(StateError::io(&path, e)),
         }
     }

@@ -7,6 +7,7 @@
 pub mod audit;
 pub mod backup;
 pub mod board;
+pub mod buffer;
 pub mod challenge;
 pub mod cli;
 pub mod config;

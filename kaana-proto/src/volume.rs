@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 
+use crate::buffer::AlignedBuf;
 use crate::manifest::{Geometry, ManifestError};
 use crate::state::StateError;
 
@@ -91,8 +92,8 @@ impl Volume {
     }
 
     /// Reads extent `index` into `buf` (resized to the extent's length).
-    pub fn read_extent(&self, index: u64, buf: &mut Vec<u8>) -> Result<(), VolumeError> {
-        buf.resize(self.geometry.len(index), 0);
+    pub fn read_extent(&self, index: u64, buf: &mut AlignedBuf) -> Result<(), VolumeError> {
+        buf.set_len(self.geometry.len(index));
         self.file
             .read_exact_at(buf, self.geometry.offset(index))
             .map_err(|error| VolumeError::Io { path: self.path.clone(), error })
@@ -174,8 +175,8 @@ mod tests {
         std::fs::write(&random_path, &random).unwrap();
         let v = Volume::open(&random_path, 4096, false).unwrap();
         assert_eq!(v.geometry().count(), 256);
-        let mut buf = Vec::new();
+        let mut buf = AlignedBuf::default();
         v.read_extent(3, &mut buf).unwrap();
-        assert_eq!(buf, random[3 * 4096..4 * 4096]);
+        assert_eq!(&buf[..], &random[3 * 4096..4 * 4096]);
     }
 }

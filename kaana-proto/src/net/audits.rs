@@ -40,7 +40,7 @@ pub(super) async fn answer(ctx: &Arc<Ctx>, peer: NodeId, challenge: Signed<Chall
     blocking(move || {
         let now = now_from_env().map_err(internal)?;
         let (answer, raw) = audit::answer(&c.node, peer, &challenge, now, Honesty::MayAudit)?;
-        Ok((Response::Answer { answer, len: raw.len() as u64 }, Some(raw)))
+        Ok((Response::Answer { answer, len: raw.len() as u64 }, Some(raw.into())))
     })
     .await
 }

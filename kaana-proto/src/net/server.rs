@@ -81,6 +81,8 @@ pub(super) struct Ctx {
     pub(super) client: Client,
     /// Extents being received at once (each held in memory until it is stored).
     pub(super) put_permits: Semaphore,
+    /// Buffers for extents being received or sent, reused.
+    pub(super) buffers: crate::buffer::Pool,
     /// Bytes stored per contract during pushes (to cap what a push may add).
     pub(super) stored: Mutex<HashMap<RecordId, u64>>,
 }
@@ -142,6 +144,7 @@ impl Server {
             board: Mutex::new(board),
             client,
             put_permits: Semaphore::new(MAX_PUTS_AT_ONCE),
+            buffers: crate::buffer::Pool::new(MAX_PUTS_AT_ONCE),
             stored: Mutex::new(HashMap::new()),
         };
         Ok(Server { endpoint, ctx: Arc::new(ctx) })
@@ -260,7 +263,7 @@ async fn handle_stream(
     }
     let mut sent = write_frame(&mut send, &response).await;
     if let (Ok(()), Some(raw)) = (&sent, raw) {
-        sent = send.write_all(&raw).await.map_err(|e| NetError::Lost(e.to_string()));
+        sent = send.write_chunk(raw).await.map_err(|e| NetError::Lost(e.to_string()));
     }
     if sent.is_ok() && send.finish().is_ok() {
         // Wait until the client has the whole reply, so a shutdown never cuts it short.
@@ -274,7 +277,7 @@ async fn dispatch(
     peer: NodeId,
     req: Request,
     recv: &mut RecvStream,
-) -> (Response, Option<Vec<u8>>) {
+) -> (Response, Option<bytes::Bytes>) {
     let kind = req.kind();
     let plain = |r: Result<Response, ErrorReply>| r.map(|r| (r, None));
     let result = match req {

@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use bytes::Bytes;
 use quinn::RecvStream;
 use serde_json::json;
 
@@ -20,7 +21,7 @@ use crate::store::{ContractEntry, Status};
 use crate::time::now_from_env;
 
 /// A reply and the raw bytes that follow it.
-pub(super) type Handled = Result<(Response, Option<Vec<u8>>), ErrorReply>;
+pub(super) type Handled = Result<(Response, Option<Bytes>), ErrorReply>;
 
 /// The most extents a list may have (with 4 MiB extents, an 8 TiB volume).
 const MAX_LIST_EXTENTS: u64 = 2 << 20;
@@ -93,7 +94,7 @@ pub(super) async fn push_begin(
         let stored = present.iter().map(|(_, len)| len).sum();
         c.stored.lock().map_err(internal)?.insert(id, stored);
         let have: Vec<u8> = present.iter().flat_map(|(h, _)| h.iter().copied()).collect();
-        Ok((Response::PushReady { committed, have: present.len() as u64 }, Some(have)))
+        Ok((Response::PushReady { committed, have: present.len() as u64 }, Some(have.into())))
     })
     .await
 }
@@ -124,11 +125,13 @@ pub(super) async fn put_extent(
         *now += u64::from(len);
     }
     let _permit = ctx.put_permits.acquire().await.map_err(internal)?;
-    let mut data = vec![0u8; len as usize];
-    read_exact(recv, &mut data, ctx.opts.read_timeout, "extent bytes")
-        .await
-        .map_err(|e| ErrorReply::new(ErrorCode::BadFrame, e.to_string()))?;
-    let result = blocking(move || inbound.put(&hash, &data).map_err(map_inbound)).await;
+    let mut data = ctx.buffers.take_or_new();
+    data.set_len(len as usize);
+    let read = read_exact(recv, &mut data, ctx.opts.read_timeout, "extent bytes").await;
+    let result = match read {
+        Ok(()) => blocking(move || inbound.put(&hash, &data).map_err(map_inbound)).await,
+        Err(e) => Err(ErrorReply::new(ErrorCode::BadFrame, e.to_string())),
+    };
     if result.is_err()
         && let Ok(mut stored) = ctx.stored.lock()
     {
@@ -207,7 +210,7 @@ pub(super) async fn get_manifest(ctx: &Arc<Ctx>, peer: NodeId, id: RecordId) -> 
     blocking(move || {
         let (_, inbound) = authorise(&c, peer, &id, false)?;
         match inbound.committed().map_err(internal)? {
-            Some((manifest, list)) => Ok((Response::ManifestIs { manifest }, Some(list))),
+            Some((manifest, list)) => Ok((Response::ManifestIs { manifest }, Some(list.into()))),
             None => {
                 Err(ErrorReply::new(ErrorCode::NotFound, format!("no generation of contract {id} is committed here")))
             }
@@ -219,11 +222,12 @@ pub(super) async fn get_manifest(ctx: &Arc<Ctx>, peer: NodeId, id: RecordId) -> 
 /// `get_extent`: one extent, to its owner only.
 pub(super) async fn get_extent(ctx: &Arc<Ctx>, peer: NodeId, id: RecordId, hash: ExtentHash) -> Handled {
     let c = ctx.clone();
+    let mut data = ctx.buffers.take_or_new();
     blocking(move || {
         let (_, inbound) = authorise(&c, peer, &id, false)?;
-        match inbound.read(&hash).map_err(internal)? {
-            Some(data) => Ok((Response::ExtentIs { len: data.len() as u32 }, Some(data))),
-            None => Err(ErrorReply::new(
+        match inbound.read_into(&hash, &mut data).map_err(internal)? {
+            true => Ok((Response::ExtentIs { len: data.len() as u32 }, Some(data.into_bytes()))),
+            false => Err(ErrorReply::new(
                 ErrorCode::NotFound,
                 format!("extent {} of contract {id} is not here", crate::encoding::hex_encode(&hash)),
             )),
