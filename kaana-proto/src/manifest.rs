@@ -6,10 +6,13 @@
 //! repetitive regions become incompressible, so a holder really spends the space it promised. An
 //! extent's id is the BLAKE3 hash of the bytes sent.
 //!
-//! The keystream is ChaCha20 (the original variant, whose 64-bit block counter covers any volume
-//! size) under a key BLAKE3 derives from the owner's secret and `c`. BLAKE3's own extendable
-//! output would do, but it has no SIMD path and ran at 0.8 GB/s here against ChaCha20's several:
-//! the keystream is on the hot path of every push and restore.
+//! The keystream is AES-256 in counter mode under a key BLAKE3 derives from the owner's secret and
+//! `c`, cut into 4 KiB segments whose nonce is their index. It is on the hot path of every push
+//! and restore, so speed decided the cipher (measured here, per core): BLAKE3's extendable output
+//! 0.8 GB/s (no SIMD path), ChaCha20 1.5 GB/s, AES-256-CTR by way of ring's AES-GCM 4.8 GB/s
+//! (the CPU's AES and carry-less multiply instructions). Only GCM's counter-mode keystream is
+//! used: its authentication tag is computed and thrown away, since an extent's BLAKE3 hash is
+//! what checks it.
 //!
 //! A manifest names one generation of a volume at one holder. The list of extent hashes can be
 //! large (32 bytes per extent), so the signed record carries its hash and the list travels and
@@ -94,7 +97,7 @@ impl Geometry {
 /// The keystream of one owner's copies for one contract.
 #[derive(Clone)]
 pub struct Keystream {
-    key: [u8; 32],
+    key: ring::aead::LessSafeKey,
 }
 
 impl std::fmt::Debug for Keystream {
@@ -103,23 +106,56 @@ impl std::fmt::Debug for Keystream {
     }
 }
 
+/// Bytes per keystream segment (each has its own nonce: its index). Extents start on segment
+/// boundaries, so a whole extent is XORed in place with no scratch.
+const SEGMENT: u64 = 4096;
+
 impl Keystream {
     /// The keystream `owner` uses for its copy held under `contract`.
     pub fn new(owner: &Identity, contract: &RecordId) -> Self {
         let mut material = [0u8; 64];
         material[..32].copy_from_slice(&owner.seed());
         material[32..].copy_from_slice(contract.as_bytes());
-        Keystream { key: blake3::derive_key("kaana-like 2026-11 per-contract copy keystream", &material) }
+        Self::from_key(blake3::derive_key("kaana-like 2026-11 per-contract copy keystream, AES-256-CTR", &material))
+    }
+
+    fn from_key(key: [u8; 32]) -> Self {
+        let key = ring::aead::UnboundKey::new(&ring::aead::AES_256_GCM, &key).expect("32 bytes is an AES-256 key");
+        Keystream { key: ring::aead::LessSafeKey::new(key) }
     }
 
     /// XORs `data` (the volume's bytes from `offset`) with the keystream, in place. Applying it
     /// twice gives the data back.
     pub fn apply(&self, offset: u64, data: &mut [u8]) {
-        use chacha20::cipher::{KeyIvInit as _, StreamCipher as _, StreamCipherSeek as _};
-        // The key is unique to (owner, contract), so a fixed nonce never repeats a keystream.
-        let mut cipher = chacha20::ChaCha20Legacy::new(&self.key.into(), &[0u8; 8].into());
-        cipher.seek(offset);
-        cipher.apply_keystream(data);
+        let mut done = 0;
+        while done < data.len() {
+            let at = offset + done as u64;
+            let (segment, skip) = (at / SEGMENT, (at % SEGMENT) as usize);
+            let take = (SEGMENT as usize - skip).min(data.len() - done);
+            let piece = &mut data[done..done + take];
+            if skip == 0 {
+                self.xor_segment(segment, piece);
+            } else {
+                // A run that starts inside a segment: that segment's keystream, then its tail.
+                let mut stream = [0u8; SEGMENT as usize];
+                self.xor_segment(segment, &mut stream[..skip + take]);
+                piece.iter_mut().zip(&stream[skip..]).for_each(|(b, k)| *b ^= k);
+            }
+            done += take;
+        }
+    }
+
+    /// XORs `data` with the start of segment `segment`'s keystream.
+    fn xor_segment(&self, segment: u64, data: &mut [u8]) {
+        use ring::aead::{Aad, Nonce};
+        let mut nonce = [0u8; 12];
+        nonce[4..].copy_from_slice(&segment.to_be_bytes());
+        // GCM encrypts by XORing AES-CTR's keystream (from counter 2); the tag is not wanted. It
+        // refuses only inputs over 64 GiB, never a segment.
+        let _tag = self
+            .key
+            .seal_in_place_separate_tag(Nonce::assume_unique_for_key(nonce), Aad::empty(), data)
+            .expect("a 4 KiB segment is within GCM's limit");
     }
 }
 
@@ -216,6 +252,15 @@ mod tests {
         let mut back = x.clone();
         Keystream::new(&a, &c1).apply(4096, &mut back);
         assert_eq!(back, data);
+    }
+
+    /// The keystream is AES-256-CTR with counter blocks `0000 0000 ‖ segment (8 bytes) ‖ 2 + i`
+    /// (a value from Python's `cryptography`, AES in CTR mode, across a segment boundary).
+    #[test]
+    fn keystream_is_aes_256_ctr() {
+        let mut data = [0u8; 32];
+        Keystream::from_key([0x42; 32]).apply(4080, &mut data);
+        assert_eq!(encoding::hex_encode(&data), "d9a4d0ee3945a0576bba81a123897e72488bd414df5b93a549c7c48f60f46371");
     }
 
     proptest! {
