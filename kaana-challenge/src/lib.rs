@@ -13,7 +13,7 @@ use kaana_proto::challenge::{DEFAULT_SAMPLES, MAX_SAMPLES, Outcome};
 use kaana_proto::cli::{Exit, emit};
 use kaana_proto::identity::NodeId;
 use kaana_proto::market::RecordId;
-use kaana_proto::net::transport::{Client, Connection};
+use kaana_proto::net::transport::{Client, Connection, Traffic};
 use kaana_proto::node::Node;
 use kaana_proto::standing::Standing;
 use kaana_proto::store::{Audit, ContractEntry, Status};
@@ -148,7 +148,7 @@ struct Checked {
 
 async fn check_all(node: Node, entries: Vec<ContractEntry>, samples: usize, now: Timestamp) -> anyhow::Result<Exit> {
     let node = Arc::new(node);
-    let client = Arc::new(Client::new(node.identity.clone()));
+    let client = Arc::new(Client::with_traffic(node.identity.clone(), Traffic::Short));
     // One connection per peer, its contracts checked at once over it: a node with fifty
     // contracts with one peer opens one connection, not fifty.
     let mut by_peer: std::collections::BTreeMap<NodeId, Vec<ContractEntry>> = std::collections::BTreeMap::new();
@@ -427,7 +427,7 @@ struct StandingLine {
 }
 
 async fn standing(node: Node, now: Timestamp) -> anyhow::Result<Exit> {
-    let client = Client::new(node.identity.clone());
+    let client = Client::with_traffic(node.identity.clone(), Traffic::Short);
     let mut exit = Exit::Ok;
     for entry in node.contracts()?.into_iter().filter(|e| !matches!(e.state.status, Status::Ended { .. })) {
         let addrs = node.address_book()?.addrs(&entry.state.peer).to_vec();

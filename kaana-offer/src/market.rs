@@ -11,7 +11,7 @@ use kaana_proto::cli::{Exit, emit};
 use kaana_proto::config::{PeerAddr, is_host_port};
 use kaana_proto::identity::NodeId;
 use kaana_proto::market::{self, ContractBody, Notice, Offer, RecordId};
-use kaana_proto::net::transport::{Client, NetError};
+use kaana_proto::net::transport::{Client, NetError, Traffic};
 use kaana_proto::net::wire::{Request, Response};
 use kaana_proto::node::Node;
 use kaana_proto::record::Signed;
@@ -201,7 +201,7 @@ pub(crate) fn publish(home: Option<&Path>, prefix: Option<&str>, boards: &[PeerA
     };
     let (mut ok, mut failed) = (0, 0);
     block_on(async {
-        let client = Client::new(node.identity.clone());
+        let client = Client::with_traffic(node.identity.clone(), Traffic::Short);
         for board in &boards {
             let conn = match client.connect(board.node, &board.addr).await {
                 Ok(c) => Some(c),
@@ -278,7 +278,7 @@ struct Fetched {
 }
 
 async fn fetch_boards(node: &Node, boards: &[PeerAddr], now: Timestamp) -> anyhow::Result<Fetched> {
-    let client = Client::new(node.identity.clone());
+    let client = Client::with_traffic(node.identity.clone(), Traffic::Short);
     let mut out = Fetched { offers: BTreeMap::new(), failed: 0 };
     for board in boards {
         match fetch_board(&client, board, now, &mut out.offers).await {
@@ -376,7 +376,7 @@ pub(crate) fn accept(home: Option<&Path>, prefix: &str) -> anyhow::Result<Exit> 
     check_room(&node, offer.body.size).with_context(|| format!("offer {offer_id}"))?;
     let proposal = Signed::sign(ContractBody::for_offer(&offer, offer_id, me, now), &node.identity)?;
     let contract = block_on(async {
-        let client = Client::new(node.identity.clone());
+        let client = Client::with_traffic(node.identity.clone(), Traffic::Short);
         let result = async {
             let conn = client.connect_any(offer.body.node, &offer.body.addrs).await?;
             let reply = conn.request(&Request::Accept { proposal: proposal.clone(), addrs }).await;
@@ -409,7 +409,7 @@ pub(crate) fn contracts(home: Option<&Path>, fetch: bool) -> anyhow::Result<Exit
     let node = Node::open_at(home)?;
     if fetch {
         let found = block_on(async {
-            let client = Client::new(node.identity.clone());
+            let client = Client::with_traffic(node.identity.clone(), Traffic::Short);
             let r = kaana_proto::backup::fetch_contracts(&client, &node).await;
             client.close().await;
             Ok(r?)
@@ -462,7 +462,7 @@ pub(crate) fn terminate(home: Option<&Path>, prefix: &str) -> anyhow::Result<Exi
     let entry = node.contract(&id)?;
     let addrs = node.address_book()?.addrs(&entry.state.peer).to_vec();
     let sent = block_on(async {
-        let client = Client::new(node.identity.clone());
+        let client = Client::with_traffic(node.identity.clone(), Traffic::Short);
         let result = async {
             let conn = client.connect_any(entry.state.peer, &addrs).await?;
             let r = conn.request(&Request::Notice { notice }).await;

@@ -10,7 +10,7 @@ use serde::Serialize;
 use kaana_proto::cli::{Exit, emit};
 use kaana_proto::config::{Config, PeerAddr, is_host_port};
 use kaana_proto::identity::{Identity, NodeId};
-use kaana_proto::net::transport::Client;
+use kaana_proto::net::transport::{Client, Traffic};
 use kaana_proto::net::wire::{Request, Response};
 use kaana_proto::node::Node;
 use kaana_proto::size::format_size;
@@ -148,7 +148,7 @@ pub(crate) fn peer_list(home: Option<&Path>) -> anyhow::Result<Exit> {
 /// Asks `peer` who it is over an authenticated connection.
 fn say_hello(node: &Node, peer: &PeerAddr) -> anyhow::Result<()> {
     crate::block_on(async {
-        let client = Client::new(node.identity.clone());
+        let client = Client::with_traffic(node.identity.clone(), Traffic::Short);
         let result = async {
             let conn = client.connect(peer.node, &peer.addr).await?;
             let reply = conn.request(&Request::Hello).await?;

@@ -132,11 +132,11 @@ impl Server {
         let now = now_from_env().map_err(|e| NetError::Setup(e.to_string()))?;
         let board = market::load_board(&node, now).map_err(|e| NetError::Setup(e.to_string()))?;
         let config = transport::server_config(&node.identity)?;
-        let endpoint = transport::endpoint(opts.listen, Some(config))?;
+        let endpoint = transport::endpoint(opts.listen, Some(config), transport::Traffic::Bulk)?;
         let listen = endpoint.local_addr().map_err(|e| NetError::Setup(e.to_string()))?;
         let info = ServerInfo { schema: Schema, node: node.id(), listen, pid: std::process::id() };
         node.home.write(&node.home.server_info(), &info).map_err(|e| NetError::Setup(e.to_string()))?;
-        let client = Client::new(node.identity.clone());
+        let client = Client::with_traffic(node.identity.clone(), transport::Traffic::Short);
         let ctx = Ctx {
             node,
             opts,

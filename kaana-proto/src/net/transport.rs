@@ -116,13 +116,31 @@ const SEND_WINDOW: u64 = 4 << 20;
 /// Socket buffers: large enough that a burst at loopback speed is not dropped.
 const SOCKET_BUFFER: usize = 4 << 20;
 
-fn transport_config() -> TransportConfig {
+/// What a client's connections carry, which decides their packet size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Traffic {
+    /// Volumes: packets grow by MTU discovery up to [`MAX_UDP_PAYLOAD`].
+    Bulk,
+    /// Exchanges of a few kilobytes (challenges, offers): QUIC's minimum packet size, which the
+    /// client also declares as the most it accepts, so neither side probes for larger packets.
+    /// On a fresh connection the probes alone came to some 40 KB, more than a challenge's answer
+    /// would save by them.
+    Short,
+}
+
+/// QUIC's smallest packet size, which every path must carry.
+const MIN_UDP_PAYLOAD: u16 = 1200;
+
+fn transport_config(traffic: Traffic) -> TransportConfig {
     let mut t = TransportConfig::default();
-    let mut mtu = quinn::MtuDiscoveryConfig::default();
-    mtu.upper_bound(MAX_UDP_PAYLOAD);
+    let mtu = (traffic == Traffic::Bulk).then(|| {
+        let mut mtu = quinn::MtuDiscoveryConfig::default();
+        mtu.upper_bound(MAX_UDP_PAYLOAD);
+        mtu
+    });
     t.max_concurrent_bidi_streams(VarInt::from_u32(MAX_STREAMS_PER_CONNECTION))
         .max_concurrent_uni_streams(VarInt::from_u32(0))
-        .mtu_discovery_config(Some(mtu))
+        .mtu_discovery_config(mtu)
         // Unacknowledged data a sender buffers: enough for loopback and LAN speeds; quinn's
         // default (10 MB) only raised memory.
         .send_window(SEND_WINDOW)
@@ -136,8 +154,9 @@ fn transport_config() -> TransportConfig {
     t
 }
 
-/// A QUIC endpoint bound to `addr`: large socket buffers, and large packets accepted.
-pub fn endpoint(addr: SocketAddr, server: Option<quinn::ServerConfig>) -> Result<Endpoint, NetError> {
+/// A QUIC endpoint bound to `addr`: large socket buffers, and large packets accepted unless its
+/// traffic is [`Traffic::Short`].
+pub fn endpoint(addr: SocketAddr, server: Option<quinn::ServerConfig>, traffic: Traffic) -> Result<Endpoint, NetError> {
     let setup = |e: std::io::Error| NetError::Setup(format!("cannot listen on {addr}: {e}"));
     let socket = std::net::UdpSocket::bind(addr).map_err(setup)?;
     let state = quinn::udp::UdpSocketState::new((&socket).into()).map_err(setup)?;
@@ -145,7 +164,8 @@ pub fn endpoint(addr: SocketAddr, server: Option<quinn::ServerConfig>) -> Result
     let _ = state.set_recv_buffer_size((&socket).into(), SOCKET_BUFFER);
     let _ = state.set_send_buffer_size((&socket).into(), SOCKET_BUFFER);
     let mut config = quinn::EndpointConfig::default();
-    config.max_udp_payload_size(MAX_UDP_PAYLOAD).map_err(|e| NetError::Setup(e.to_string()))?;
+    let max_payload = if traffic == Traffic::Bulk { MAX_UDP_PAYLOAD } else { MIN_UDP_PAYLOAD };
+    config.max_udp_payload_size(max_payload).map_err(|e| NetError::Setup(e.to_string()))?;
     let runtime = quinn::default_runtime().ok_or_else(|| NetError::Setup("no async runtime".into()))?;
     Endpoint::new(config, server, socket, runtime).map_err(setup)
 }
@@ -155,18 +175,19 @@ pub fn server_config(identity: &Identity) -> Result<quinn::ServerConfig, NetErro
     let tls = tls::server_config(identity).map_err(|e| NetError::Setup(e.to_string()))?;
     let quic = QuicServerConfig::try_from(tls).map_err(|e| NetError::Setup(e.to_string()))?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
-    config.transport_config(Arc::new(transport_config()));
+    config.transport_config(Arc::new(transport_config(Traffic::Bulk)));
     Ok(config)
 }
 
 fn client_config(
     identity: &Identity,
     expected: NodeId,
+    traffic: Traffic,
 ) -> Result<(quinn::ClientConfig, Arc<tls::SeenServer>), NetError> {
     let (tls, seen) = tls::client_config(identity, expected).map_err(|e| NetError::Setup(e.to_string()))?;
     let quic = QuicClientConfig::try_from(tls).map_err(|e| NetError::Setup(e.to_string()))?;
     let mut config = quinn::ClientConfig::new(Arc::new(quic));
-    config.transport_config(Arc::new(transport_config()));
+    config.transport_config(Arc::new(transport_config(traffic)));
     Ok((config, seen))
 }
 
@@ -187,15 +208,21 @@ pub fn connect_timeout() -> Duration {
 #[derive(Debug)]
 pub struct Client {
     identity: Identity,
+    traffic: Traffic,
     v4: OnceLock<Endpoint>,
     v6: OnceLock<Endpoint>,
     connect_timeout: Duration,
 }
 
 impl Client {
-    /// A client presenting `identity`. Must be used inside a tokio runtime.
+    /// A client presenting `identity`, for volumes. Must be used inside a tokio runtime.
     pub fn new(identity: Identity) -> Self {
-        Client { identity, v4: OnceLock::new(), v6: OnceLock::new(), connect_timeout: connect_timeout() }
+        Self::with_traffic(identity, Traffic::Bulk)
+    }
+
+    /// A client presenting `identity`, for `traffic`. Must be used inside a tokio runtime.
+    pub fn with_traffic(identity: Identity, traffic: Traffic) -> Self {
+        Client { identity, traffic, v4: OnceLock::new(), v6: OnceLock::new(), connect_timeout: connect_timeout() }
     }
 
     fn endpoint(&self, target: &SocketAddr) -> Result<&Endpoint, NetError> {
@@ -207,7 +234,7 @@ impl Client {
         if let Some(e) = cell.get() {
             return Ok(e);
         }
-        let endpoint = endpoint(bind, None)?;
+        let endpoint = endpoint(bind, None, self.traffic)?;
         Ok(cell.get_or_init(|| endpoint))
     }
 
@@ -219,7 +246,7 @@ impl Client {
             .map_err(|e| resolve(e.to_string()))?
             .next()
             .ok_or_else(|| resolve("no address".into()))?;
-        let (config, seen) = client_config(&self.identity, node)?;
+        let (config, seen) = client_config(&self.identity, node, self.traffic)?;
         let unreachable = |reason: String| NetError::Unreachable { node, addr: addr.to_owned(), reason };
         let connecting =
             self.endpoint(&target)?.connect_with(config, target, "kaana").map_err(|e| unreachable(e.to_string()))?;
