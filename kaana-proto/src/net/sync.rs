@@ -179,6 +179,13 @@ pub(super) async fn commit(
             )));
         }
         let freed = inbound.commit(&manifest, &list).map_err(map_inbound)?;
+        // What the new generation no longer needs goes after the reply.
+        let trash = inbound.clone();
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = trash.empty_trash() {
+                eprintln!("kaana-sync serve: {e}");
+            }
+        });
         if let Ok(mut stored) = c.stored.lock() {
             stored.remove(&id);
         }
