@@ -1,4 +1,4 @@
-//! Extent buffers and direct writes.
+//! Extent buffers, and reads and writes that bypass the page cache.
 //!
 //! An extent's bytes are copied as few times as possible: buffers are reused through a pool (a
 //! fresh 4 MiB allocation costs page faults and zeroing every time), and they start on a
@@ -252,6 +252,31 @@ mod tests {
         assert!(b.iter().all(|&x| x == 7), "a shorter length reuses the allocation");
         b.set_len(10 * DIRECT_ALIGN);
         assert_eq!(b.as_ptr() as usize % DIRECT_ALIGN, 0);
+    }
+
+    /// A pool of n never lends more than n at once: a taker waits until a buffer comes back,
+    /// whether it was dropped or handed over as `Bytes` and that dropped.
+    #[test]
+    fn a_pool_bounds_what_is_out_and_bytes_give_back() {
+        let pool = Pool::new(1);
+        let mut first = pool.take();
+        first.set_len(DIRECT_ALIGN);
+        let bytes = first.into_bytes();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let waiter = {
+            let pool = pool.clone();
+            std::thread::spawn(move || tx.send(pool.take().len()).unwrap())
+        };
+        assert!(rx.recv_timeout(std::time::Duration::from_millis(200)).is_err(), "the taker waits");
+        let clone = bytes.clone();
+        drop(bytes);
+        assert!(rx.recv_timeout(std::time::Duration::from_millis(200)).is_err(), "a clone still holds it");
+        drop(clone);
+        assert_eq!(rx.recv_timeout(std::time::Duration::from_secs(10)).unwrap(), DIRECT_ALIGN, "the same buffer");
+        waiter.join().unwrap();
+        let extra = (pool.take_or_new(), pool.take_or_new());
+        drop(extra);
+        assert_eq!(pool.0.free.lock().unwrap().len(), 1, "it keeps no more than n");
     }
 
     #[test]
