@@ -185,6 +185,23 @@ fn a_greedy_peer_that_deletes_early_is_caught() {
     let out =
         crate::common::tool("kaana-challenge").args(["check-evidence", forged.to_str().unwrap()]).output().unwrap();
     assert_exit(&out, 1);
+    // The proofs stopped at the challenger's tops, which travel in the evidence: a changed top
+    // does not hold either (it no longer merges to the extent's hash the holder signed for).
+    let original: serde_json::Value = serde_json::from_slice(&fs::read(&evidence).unwrap()).unwrap();
+    assert_eq!(original["transcript"]["challenge"]["body"]["depth"], 2);
+    let tops = original["transcript"]["tops"].as_str().unwrap();
+    assert!(!tops.is_empty());
+    let mut tampered = original.clone();
+    let first = if tops.starts_with('0') { "1" } else { "0" };
+    let flipped = format!("{first}{}", &tops[1..]);
+    tampered["transcript"]["tops"] = serde_json::Value::String(flipped);
+    fs::write(&forged, serde_json::to_vec(&tampered).unwrap()).unwrap();
+    let out =
+        crate::common::tool("kaana-challenge").args(["check-evidence", forged.to_str().unwrap()]).output().unwrap();
+    assert_exit(&out, 1);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["valid"], false);
+    assert!(v["reason"].as_str().unwrap().contains("tops"), "{v}");
 }
 
 /// B is offline when A challenges it: failing. Back inside the grace, B's own `--all` gets it
@@ -222,6 +239,7 @@ fn a_challenge_from_a_stranger_is_refused() {
         generation: 1,
         nonce: "00".repeat(16),
         picks: vec![[0, 0]],
+        depth: 0,
         at: Timestamp::from_unix(now_unix()),
     };
     let challenge = Signed::sign(body, &stranger).unwrap();

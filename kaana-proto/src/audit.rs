@@ -56,6 +56,10 @@ pub struct Transcript {
     pub answer: Option<Signed<Answer>>,
     /// The raw answer bytes (hex).
     pub answer_bytes: String,
+    /// The challenger's tops of the picked extents that have them, in pick order (hex; see
+    /// [`challenge::tops_for`]): what proofs that stop short of the root are checked against.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub tops: String,
     /// The challenger's signed verdict.
     pub verdict: Signed<Verdict>,
 }
@@ -134,7 +138,7 @@ pub fn answer(
     }
     let g = manifest.body.geometry().map_err(internal)?;
     let hashes = manifest.body.check_list(&list).map_err(internal)?;
-    let (mut raw, read) = inbound.answer(g, &hashes, &c.picks).map_err(internal)?;
+    let (mut raw, read) = inbound.answer(g, &hashes, &c.picks, c.depth).map_err(internal)?;
     let lie = honesty == Honesty::MayAudit && fail_on_purpose(node, &entry, now)?;
     if lie {
         for b in raw.iter_mut().take(proof::CHUNK as usize) {
@@ -200,20 +204,33 @@ pub async fn run_challenge(
     let g = manifest.body.geometry().map_err(|e| StateError::damaged(record.dir(), e))?;
     let hashes = manifest.body.check_list(&list).map_err(|e| StateError::damaged(record.dir(), e))?;
     let mut rng = Rng::from_seed(seed()?);
+    let picks = challenge::pick(g, samples, &mut rng);
+    // Proofs stop at the tops this node kept while pushing, if it has them all and they hold.
+    let kept = record.tops(manifest.body.generation).and_then(|all| {
+        let per = 1usize << proof::TOP_LEVELS;
+        challenge::tops_for(g, &hashes, &picks, proof::TOP_LEVELS, |e| {
+            all.get(e as usize * per..(e as usize + 1) * per).map(<[_]>::to_vec)
+        })
+    });
+    let (depth, tops) = match kept {
+        Some(tops) => (proof::TOP_LEVELS, tops),
+        None => (0, Vec::new()),
+    };
     let body = Challenge {
         contract: entry.id,
         challenger: node.id(),
         holder: peer,
         generation: manifest.body.generation,
         nonce: rng.nonce(),
-        picks: challenge::pick(g, samples, &mut rng),
+        picks,
+        depth,
         at: now,
     };
     let challenge_id = RecordId::of(&body)?;
     let signed = Signed::sign(body, &node.identity)?;
     write_frame(send, &Request::Challenge { challenge: signed.clone() }).await?;
     let _ = send.finish();
-    let expected = challenge::answer_len(g, &signed.body.picks).unwrap_or(0);
+    let expected = challenge::answer_len(g, &signed.body.picks, depth).unwrap_or(0);
     let (answer, raw) = match read_frame::<Response>(recv, read_timeout()).await? {
         Some(Response::Answer { answer, len }) if len as usize == expected => {
             let mut raw = vec![0u8; expected];
@@ -229,7 +246,7 @@ pub async fn run_challenge(
             && a.body.holder == peer
             && a.body.proof == encoding::hex_encode(blake3::hash(&raw).as_bytes())
     });
-    let result = if sound && challenge::check(g, &hashes, &signed.body.picks, &raw) == 0 {
+    let result = if sound && challenge::check(g, &hashes, &signed.body.picks, &raw, depth, &tops) == 0 {
         Outcome::Pass
     } else {
         Outcome::Fail
@@ -238,7 +255,13 @@ pub async fn run_challenge(
     let verdict = judge(node, entry, challenge_id, answer_id, result, now)?;
     Ok(Exchanged {
         result,
-        transcript: Transcript { challenge: signed, answer, answer_bytes: encoding::hex_encode(&raw), verdict },
+        transcript: Transcript {
+            challenge: signed,
+            answer,
+            answer_bytes: encoding::hex_encode(&raw),
+            tops: encoding::hex_encode(tops.as_flattened()),
+            verdict,
+        },
     })
 }
 
@@ -442,7 +465,16 @@ impl Evidence {
                 {
                     return Err(bad("the answer is not for this challenge or not these bytes"));
                 }
-                match challenge::check(g, &hashes, &c.picks, &raw) {
+                // The tops given must be exactly those of the picks that have them, and each
+                // set must merge to its extent's hash in the list the holder signed for.
+                let given = encoding_hex_bytes(&t.tops).ok_or_else(|| bad("the tops are not hex"))?;
+                let mut sets = given.chunks(32 << c.depth.min(16));
+                let tops = challenge::tops_for(g, &hashes, &c.picks, c.depth, |_| {
+                    sets.next().map(|s| s.chunks_exact(32).map(|cv| cv.try_into().unwrap_or([0; 32])).collect())
+                })
+                .filter(|tops| tops.as_flattened() == given.as_slice())
+                .ok_or_else(|| bad("the tops do not match the extents' hashes"))?;
+                match challenge::check(g, &hashes, &c.picks, &raw, c.depth, &tops) {
                     0 => Err(EvidenceError::NoBreach),
                     n => Ok(n),
                 }

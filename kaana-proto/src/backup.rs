@@ -31,6 +31,7 @@ use crate::market::RecordId;
 use crate::net::transport::{Client, Connection, NetError, read_exact, read_timeout};
 use crate::net::wire::{Request, Response};
 use crate::node::Node;
+use crate::proof;
 use crate::record::{RecordError, Signed};
 use crate::state::StateError;
 use crate::store::ContractEntry;
@@ -217,6 +218,15 @@ pub async fn push(
     let record = Inbound::outbound(node.home.root(), &id);
     let previous = record.committed()?;
     let previous_gen = previous.as_ref().map_or(0, |(m, _)| m.body.generation);
+    // And the tops kept then (what this node's challenges check shorter proofs against): an
+    // extent that is not hashed again keeps its tops.
+    let per = 1usize << proof::TOP_LEVELS;
+    let previous_tops = match &previous {
+        Some((m, _)) if m.body.volume_size == g.volume_size && m.body.extent_size == extent_size => {
+            record.tops(m.body.generation).unwrap_or_default()
+        }
+        _ => Vec::new(),
+    };
     let known: Arc<Vec<Option<(ExtentHash, ExtentHash)>>> = Arc::new(match &previous {
         Some((m, list)) if m.body.volume_size == g.volume_size && m.body.extent_size == extent_size => {
             let raw = record.raw_hashes(m.body.generation).unwrap_or_default();
@@ -239,6 +249,7 @@ pub async fn push(
     let mut sends: JoinSet<Result<u64, NetError>> = JoinSet::new();
     let mut hashes = vec![[0u8; 32]; g.count() as usize];
     let mut raw_hashes = vec![[0u8; 32]; g.count() as usize];
+    let mut tops = vec![[0u8; 32]; g.count() as usize * per];
     let (mut extents_sent, mut bytes_sent) = (0u64, 0u64);
     let mut collect = |r: Result<Result<u64, NetError>, tokio::task::JoinError>| -> Result<(), BackupError> {
         let len = r.map_err(|e| err(NetError::Lost(e.to_string())))?.map_err(&err)?;
@@ -247,9 +258,15 @@ pub async fn push(
         Ok(())
     };
     while let Some(item) = rx.recv().await {
-        let (index, hash, raw_hash, data) = item?;
-        hashes[index as usize] = hash;
-        raw_hashes[index as usize] = raw_hash;
+        let (index, hash, raw_hash, new_tops, data) = item?;
+        let i = index as usize;
+        hashes[i] = hash;
+        raw_hashes[i] = raw_hash;
+        if let Some(t) =
+            new_tops.as_deref().or_else(|| previous_tops.get(i * per..(i + 1) * per)).filter(|t| t.len() == per)
+        {
+            tops[i * per..(i + 1) * per].copy_from_slice(t);
+        }
         progress.inc(g.len(index) as u64);
         if let Some(data) = data {
             let permit = permits.clone().acquire_owned().await.map_err(|e| err(NetError::Lost(e.to_string())))?;
@@ -285,6 +302,7 @@ pub async fn push(
     if same && extents_sent == 0 && committed == Some(previous_gen) {
         conn.close();
         record.save_raw_hashes(previous_gen, &encode_list(&raw_hashes))?;
+        record.save_tops(previous_gen, tops.as_flattened())?;
         return Ok(summary(previous_gen, true));
     }
     let now = now_from_env().map_err(|e| StateError::damaged(node.home.root(), e))?;
@@ -316,6 +334,7 @@ pub async fn push(
     }
     record.record(&manifest, &list, Some(receipt))?;
     record.save_raw_hashes(generation, &encode_list(&raw_hashes))?;
+    record.save_tops(generation, tops.as_flattened())?;
     node.log_event(
         now,
         "push",
@@ -324,9 +343,10 @@ pub async fn push(
     Ok(summary(generation, false))
 }
 
-/// An extent read: its index, the hash of the bytes sent, the hash of the volume's own bytes, and
-/// the bytes to send (none if the holder has them).
-type ReadItem = Result<(u64, ExtentHash, ExtentHash, Option<Pooled>), VolumeError>;
+/// An extent read: its index, the hash of the bytes sent, the hash of the volume's own bytes, the
+/// tops of the bytes sent (none if they were not hashed again, or the extent has none), and the
+/// bytes to send (none if the holder has them).
+type ReadItem = Result<(u64, ExtentHash, ExtentHash, Option<Vec<[u8; 32]>>, Option<Pooled>), VolumeError>;
 
 /// Reads, encodes and hashes the volume's extents on every core; an extent the holder already
 /// has comes through without its bytes.
@@ -356,11 +376,12 @@ fn spawn_readers(
                     if let Some(Some((raw, sent))) = known.get(index as usize)
                         && *raw == raw_hash
                     {
-                        return (index, *sent, raw_hash, None);
+                        return (index, *sent, raw_hash, None, None);
                     }
                     keystream.apply(g.offset(index), &mut buf);
-                    let hash = *blake3::hash(&buf).as_bytes();
-                    (index, hash, raw_hash, (!have.contains(&hash)).then_some(buf))
+                    let (hash, tops) = proof::hash_with_tops(&buf, proof::TOP_LEVELS);
+                    let hash = *hash.as_bytes();
+                    (index, hash, raw_hash, Some(tops), (!have.contains(&hash)).then_some(buf))
                 });
                 let failed = item.is_err();
                 if tx.blocking_send(item).is_err() || failed {

@@ -44,6 +44,10 @@ pub struct Challenge {
     pub nonce: String,
     /// `[extent index, chunk index]` pairs.
     pub picks: Vec<[u64; 2]>,
+    /// Levels below an extent's root where its proofs stop, for extents that split there into
+    /// equal subtrees ([`proof::has_tops`]): the challenger keeps those subtrees' chaining
+    /// values. 0: every proof goes to the root.
+    pub depth: u32,
     /// When it was asked.
     pub at: Timestamp,
 }
@@ -188,10 +192,11 @@ pub fn pick(g: Geometry, k: usize, rng: &mut Rng) -> Vec<[u64; 2]> {
 }
 
 /// The length of a correct answer's raw bytes.
-pub fn answer_len(g: Geometry, picks: &[[u64; 2]]) -> Option<usize> {
+pub fn answer_len(g: Geometry, picks: &[[u64; 2]], depth: u32) -> Option<usize> {
     picks.iter().try_fold(0usize, |acc, [e, c]| {
         let len = g.len(*e) as u64;
-        (len > 0 && *c < proof::chunks(len)).then(|| acc + proof::chunk_len(len, *c) + 32 * proof::proof_len(len, *c))
+        (len > 0 && *c < proof::chunks(len))
+            .then(|| acc + proof::chunk_len(len, *c) + 32 * proof::proof_len_to(len, *c, depth))
     })
 }
 
@@ -203,22 +208,62 @@ pub fn encode_item(out: &mut Vec<u8>, chunk: &[u8], siblings: &[[u8; 32]]) {
     }
 }
 
-/// Checks an answer's raw bytes: every pick's chunk must prove against its extent's hash.
-/// Returns how many picks failed (0: pass).
-pub fn check(g: Geometry, hashes: &[ExtentHash], picks: &[[u64; 2]], raw: &[u8]) -> usize {
-    if answer_len(g, picks) != Some(raw.len()) {
+/// The tops a check of `picks` needs: for each pick whose extent has tops at `depth`, in pick
+/// order, that extent's 2^depth chaining values (from `tops_of`, by extent index). `None` if one
+/// is missing or does not merge to its extent's hash.
+pub fn tops_for(
+    g: Geometry,
+    hashes: &[ExtentHash],
+    picks: &[[u64; 2]],
+    depth: u32,
+    mut tops_of: impl FnMut(u64) -> Option<Vec<[u8; 32]>>,
+) -> Option<Vec<[u8; 32]>> {
+    let mut out = Vec::new();
+    for [e, _] in picks {
+        let len = g.len(*e) as u64;
+        if !proof::has_tops(len, depth) {
+            continue;
+        }
+        let tops = tops_of(*e)?;
+        let root = proof::root_of_tops(len, depth, &tops)?;
+        if hashes.get(*e as usize) != Some(root.as_bytes()) {
+            return None;
+        }
+        out.extend(tops);
+    }
+    Some(out)
+}
+
+/// Checks an answer's raw bytes: every pick's chunk must prove against its extent's hash, or
+/// against the top over it where the extent has tops at `depth` (`tops` as [`tops_for`] gives
+/// them). Returns how many picks failed (0: pass).
+pub fn check(
+    g: Geometry,
+    hashes: &[ExtentHash],
+    picks: &[[u64; 2]],
+    raw: &[u8],
+    depth: u32,
+    tops: &[[u8; 32]],
+) -> usize {
+    if answer_len(g, picks, depth) != Some(raw.len()) {
         return picks.len().max(1);
     }
-    let mut at = 0;
-    let mut failed = 0;
+    let (mut at, mut failed, mut next_top) = (0, 0, 0);
     for [e, c] in picks {
         let len = g.len(*e) as u64;
-        let (clen, slen) = (proof::chunk_len(len, *c), proof::proof_len(len, *c));
+        let (clen, slen) = (proof::chunk_len(len, *c), proof::proof_len_to(len, *c, depth));
         let chunk = &raw[at..at + clen];
         let siblings: Vec<[u8; 32]> =
             raw[at + clen..at + clen + 32 * slen].chunks_exact(32).map(|s| s.try_into().unwrap_or([0; 32])).collect();
         at += clen + 32 * slen;
-        let ok = hashes.get(*e as usize).is_some_and(|root| proof::verify(len, *c, chunk, &siblings, root));
+        let ok = if proof::has_tops(len, depth) {
+            let per_top = proof::chunks(len) >> depth;
+            let top = tops.get(next_top + (*c / per_top) as usize);
+            next_top += 1 << depth;
+            top.is_some_and(|top| proof::verify_to_top(len, *c, chunk, &siblings, depth, top))
+        } else {
+            hashes.get(*e as usize).is_some_and(|root| proof::verify(len, *c, chunk, &siblings, root))
+        };
         if !ok {
             failed += 1;
         }
@@ -246,6 +291,46 @@ mod tests {
         let picks = pick(small, 10, &mut rng);
         let first: std::collections::HashSet<u64> = picks[..3].iter().map(|p| p[0]).collect();
         assert_eq!(first.len(), 3);
+    }
+
+    /// An answer checks with proofs to the root (depth 0) or to the tops; tops that are missing
+    /// or do not merge to their extent's hash are refused before any check.
+    #[test]
+    fn answers_check_to_the_root_or_to_the_tops() {
+        let g = Geometry::new(3 * 65_536 + 5_000, 65_536).unwrap();
+        let extents: Vec<Vec<u8>> =
+            (0..g.count()).map(|e| (0..g.len(e)).map(|i| (i as u64 * 31 + e * 7) as u8).collect()).collect();
+        let (hashes, tops): (Vec<ExtentHash>, Vec<Vec<[u8; 32]>>) = extents
+            .iter()
+            .map(|d| {
+                let (h, t) = proof::hash_with_tops(d, proof::TOP_LEVELS);
+                (*h.as_bytes(), t)
+            })
+            .unzip();
+        let picks = vec![[0, 3], [1, 63], [3, 4], [2, 0]];
+        for depth in [0, proof::TOP_LEVELS] {
+            let mut raw = Vec::new();
+            for [e, c] in &picks {
+                let d = &extents[*e as usize];
+                let len = d.len() as u64;
+                let (groups, _) = proof::outboard(d);
+                let start = (*c * proof::CHUNK / proof::GROUP * proof::GROUP) as usize;
+                let group = if len <= proof::GROUP { &d[..] } else { &d[start..(start + 16_384).min(d.len())] };
+                let mut siblings = proof::prove(len, *c, group, &groups);
+                siblings.truncate(proof::proof_len_to(len, *c, depth));
+                let at = (*c * proof::CHUNK) as usize;
+                encode_item(&mut raw, &d[at..at + proof::chunk_len(len, *c)], &siblings);
+            }
+            assert_eq!(answer_len(g, &picks, depth), Some(raw.len()));
+            let given = tops_for(g, &hashes, &picks, depth, |e| Some(tops[e as usize].clone())).unwrap();
+            assert_eq!(given.len(), if depth == 0 { 0 } else { 3 << depth }, "the short last extent has none");
+            assert_eq!(check(g, &hashes, &picks, &raw, depth, &given), 0, "depth {depth}");
+            raw[10] ^= 1;
+            assert_eq!(check(g, &hashes, &picks, &raw, depth, &given), 1, "depth {depth}");
+        }
+        let depth = proof::TOP_LEVELS;
+        assert!(tops_for(g, &hashes, &picks, depth, |e| (e != 1).then(|| tops[e as usize].clone())).is_none());
+        assert!(tops_for(g, &hashes, &picks, depth, |e| Some(tops[(e as usize + 1) % 3].clone())).is_none());
     }
 
     #[test]

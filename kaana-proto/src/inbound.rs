@@ -226,11 +226,17 @@ impl Inbound {
     }
 
     /// The raw answer to a challenge's `picks` of the copy whose extents are `hashes`: each
-    /// chunk and its proof; what is not stored (or not a chunk) comes back as zeros of the right
-    /// length, which fails the check.
-    /// Also returns how many bytes it read from disk.
-    pub fn answer(&self, g: Geometry, hashes: &[ExtentHash], picks: &[[u64; 2]]) -> Result<(Vec<u8>, u64), StateError> {
-        let mut raw = Vec::with_capacity(challenge::answer_len(g, picks).unwrap_or(0));
+    /// chunk and its proof (up to `depth` levels below the root where the extent splits evenly
+    /// there); what is not stored (or not a chunk) comes back as zeros of the right length, which
+    /// fails the check. Also returns how many bytes it read from disk.
+    pub fn answer(
+        &self,
+        g: Geometry,
+        hashes: &[ExtentHash],
+        picks: &[[u64; 2]],
+        depth: u32,
+    ) -> Result<(Vec<u8>, u64), StateError> {
+        let mut raw = Vec::with_capacity(challenge::answer_len(g, picks, depth).unwrap_or(0));
         let mut read = 0;
         for [e, ci] in picks {
             let len = g.len(*e) as u64;
@@ -241,12 +247,15 @@ impl Inbound {
                 Some(hash) => self.prove_counting(hash, len, *ci)?,
                 None => None,
             };
+            let siblings_len = proof::proof_len_to(len, *ci, depth);
             match proved {
-                Some(((chunk, siblings), n)) => {
+                Some(((chunk, mut siblings), n)) => {
                     read += n;
+                    // Nearest the chunk first: what is cut is the part above the tops.
+                    siblings.truncate(siblings_len);
                     challenge::encode_item(&mut raw, &chunk, &siblings);
                 }
-                None => raw.resize(raw.len() + proof::chunk_len(len, *ci) + 32 * proof::proof_len(len, *ci), 0),
+                None => raw.resize(raw.len() + proof::chunk_len(len, *ci) + 32 * siblings_len, 0),
             }
         }
         Ok((raw, read))
@@ -366,17 +375,38 @@ impl Inbound {
     /// In an owner's record: the hashes of the volume's own bytes (before the keystream) at
     /// generation `generation`, if kept. A cache that lets a push skip unchanged extents.
     pub fn raw_hashes(&self, generation: u64) -> Option<Vec<ExtentHash>> {
-        let bytes = fs::read(self.dir.join(format!("raw-{generation}.bin"))).ok()?;
-        (bytes.len() % 32 == 0).then(|| bytes.chunks_exact(32).map(|c| c.try_into().unwrap_or([0; 32])).collect())
+        self.read_values("raw", generation)
     }
 
     /// Keeps the raw hashes of generation `generation` (and drops older ones).
     pub fn save_raw_hashes(&self, generation: u64, raw: &[u8]) -> Result<(), StateError> {
-        let name = format!("raw-{generation}.bin");
-        write_atomic(&self.dir.join(&name), raw)?;
+        self.save_values("raw", generation, raw)
+    }
+
+    /// In an owner's record: the tops of every extent of generation `generation`
+    /// ([`proof::TOP_LEVELS`] levels down; zeros for an extent without tops), if kept. What lets
+    /// this node's challenges ask for shorter proofs.
+    pub fn tops(&self, generation: u64) -> Option<Vec<[u8; 32]>> {
+        self.read_values("tops", generation)
+    }
+
+    /// Keeps the tops of generation `generation` (and drops older ones).
+    pub fn save_tops(&self, generation: u64, tops: &[u8]) -> Result<(), StateError> {
+        self.save_values("tops", generation, tops)
+    }
+
+    /// `<kind>-<generation>.bin`: 32-byte values.
+    fn read_values(&self, kind: &str, generation: u64) -> Option<Vec<[u8; 32]>> {
+        let bytes = fs::read(self.dir.join(format!("{kind}-{generation}.bin"))).ok()?;
+        (bytes.len() % 32 == 0).then(|| bytes.chunks_exact(32).map(|c| c.try_into().unwrap_or([0; 32])).collect())
+    }
+
+    fn save_values(&self, kind: &str, generation: u64, values: &[u8]) -> Result<(), StateError> {
+        let name = format!("{kind}-{generation}.bin");
+        write_atomic(&self.dir.join(&name), values)?;
         for path in read_dir_or_empty(&self.dir)? {
             let file = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-            if file.starts_with("raw-") && file != name {
+            if file.starts_with(&format!("{kind}-")) && file != name {
                 remove_file(&path)?;
             }
         }
@@ -494,22 +524,24 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Inbound { dir: dir.path().to_owned() };
         let g = Geometry::new(100 * 65_536 - 3_000, 65_536).unwrap();
-        let hashes: Vec<ExtentHash> = (0..g.count())
+        let depth = proof::TOP_LEVELS;
+        let (hashes, tops): (Vec<ExtentHash>, Vec<Vec<[u8; 32]>>) = (0..g.count())
             .map(|i| {
                 let data = extent(i, g.len(i));
-                let hash = *blake3::hash(&data).as_bytes();
-                store.put(&hash, &data).unwrap();
-                hash
+                let (hash, tops) = proof::hash_with_tops(&data, depth);
+                store.put(hash.as_bytes(), &data).unwrap();
+                (*hash.as_bytes(), tops)
             })
-            .collect();
+            .unzip();
         let runs = 1_000;
         let caught = |store: &Inbound| {
             (0..runs)
                 .filter(|i| {
                     let mut rng = Rng::from_seed(blake3::hash(&u64::to_le_bytes(*i)).into());
                     let picks = pick(g, challenge::DEFAULT_SAMPLES, &mut rng);
-                    let (raw, _) = store.answer(g, &hashes, &picks).unwrap();
-                    check(g, &hashes, &picks, &raw) > 0
+                    let (raw, _) = store.answer(g, &hashes, &picks, depth).unwrap();
+                    let tops = challenge::tops_for(g, &hashes, &picks, depth, |e| Some(tops[e as usize].clone()));
+                    check(g, &hashes, &picks, &raw, depth, &tops.unwrap()) > 0
                 })
                 .count()
         };
