@@ -344,8 +344,8 @@ pub async fn push(
 }
 
 /// An extent read: its index, the hash of the bytes sent, the hash of the volume's own bytes, the
-/// tops of the bytes sent (none if they were not hashed again, or the extent has none), and the
-/// bytes to send (none if the holder has them).
+/// tops of the bytes sent (`None` if they were not hashed again; empty if the extent has none),
+/// and the bytes to send (none if the holder has them).
 type ReadItem = Result<(u64, ExtentHash, ExtentHash, Option<Vec<[u8; 32]>>, Option<Pooled>), VolumeError>;
 
 /// Reads, encodes and hashes the volume's extents on every core; an extent the holder already
