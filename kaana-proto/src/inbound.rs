@@ -140,9 +140,8 @@ impl Inbound {
 
     /// Stores an extent after checking its bytes hash to `hash`, synced to disk before it is
     /// renamed into place, and that name synced too (written straight to the device when `data`
-    /// is aligned for it). Its
-    /// outboard (for chunk proofs) is made in the same pass and written beside it; it is a cache,
-    /// remade from the extent if it is ever lost or wrong.
+    /// is aligned for it). Its outboard (for chunk proofs) is made in the same pass and written
+    /// beside it; it is a cache, remade from the extent if it is ever lost or wrong.
     pub fn put(&self, hash: &ExtentHash, data: &[u8]) -> Result<(), InboundError> {
         let (groups, root) = proof::outboard(data);
         if root.as_bytes() != hash {
@@ -152,18 +151,12 @@ impl Inbound {
         if path.is_file() {
             return Ok(());
         }
+        let dir = path.parent().unwrap_or(&self.dir).to_owned();
+        create_dir(&dir)?;
         if !groups.is_empty() {
-            let dir = path.parent().unwrap_or(&self.dir).to_owned();
-            create_dir(&dir)?;
             let ob: Vec<u8> = groups.iter().flatten().copied().collect();
             let ob_path = self.outboard_path(hash);
             write_private(&ob_path, &ob).map_err(|e| StateError::io(&ob_path, e))?;
-        }
-        let dir = path.parent().unwrap_or(&self.dir).to_owned();
-        let new_dir = !dir.is_dir();
-        create_dir(&dir)?;
-        if new_dir {
-            sync_dir(&self.extents_dir())?;
         }
         let tmp = dir.join(format!(".{}.{}.tmp", std::process::id(), next_tmp()));
         let result = (|| {
@@ -175,8 +168,14 @@ impl Inbound {
             let _ = fs::remove_file(&tmp);
             InboundError::State(StateError::io(&path, e))
         })?;
-        // The name too is durable before the holder says "stored": a commit relies on it.
-        Ok(sync_dir(&dir)?)
+        // The name is durable before the holder says "stored" (a commit relies on it): the
+        // extent's directory, and the directories above it, which a put may have just created
+        // (another put may have created them a moment ago and not synced them yet; syncing a
+        // directory with nothing new is cheap).
+        for d in [dir.as_path(), &self.extents_dir(), &self.dir] {
+            sync_dir(d)?;
+        }
+        Ok(())
     }
 
     /// Reads an extent into `buf`; false if it is not stored.
@@ -335,13 +334,13 @@ impl Inbound {
     pub fn drop_unreferenced(&self, keep: &HashSet<ExtentHash>, keep_list: Option<u64>) -> Result<u64, StateError> {
         let mut freed = 0;
         let trash = self.trash_dir();
+        create_dir(&trash)?;
         for sub in read_dir_or_empty(&self.extents_dir())? {
             for path in read_dir_or_empty(&sub)? {
                 let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
                 let stem = name.strip_suffix(".ob").unwrap_or(name);
                 let referenced = encoding::hex_decode::<32>(stem).is_ok_and(|h| keep.contains(&h));
                 if !referenced {
-                    create_dir(&trash)?;
                     freed += fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
                     match fs::rename(&path, trash.join(name)) {
                         Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(StateError::io(&path, e)),
