@@ -236,6 +236,7 @@ fn a_challenge_from_a_stranger_is_refused() {
         contract: s.contract.parse().unwrap(),
         challenger: stranger.node_id(),
         holder,
+        manifest: s.contract.parse().unwrap(),
         generation: 1,
         nonce: "00".repeat(16),
         picks: vec![[0, 0]],

@@ -1,5 +1,9 @@
 //! `kaana-challenge`: challenges, standings, deliberate failures and their audits.
+//!
+//! The tool gathers what the rules need (the state, what each peer says) and carries out what
+//! they decide ([`kaana_proto::fairness`]); it decides nothing itself.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -8,26 +12,37 @@ use clap::{Parser, Subcommand};
 use serde::Serialize;
 use serde_json::json;
 
-use kaana_proto::audit::{self, AuditError, Evidence};
+use kaana_proto::audit::{self, AuditError, Heard};
 use kaana_proto::challenge::{DEFAULT_SAMPLES, MAX_SAMPLES, Outcome};
 use kaana_proto::cli::{Exit, emit};
+use kaana_proto::fairness::attention::{self, Concern};
+use kaana_proto::fairness::deliberate::{self, Mode, Plan, Pretence};
+use kaana_proto::fairness::evidence::{Breach, Evidence};
+use kaana_proto::fairness::health;
+use kaana_proto::fairness::judge::{Effect, PeerRecord};
+use kaana_proto::fairness::standing::Standing;
 use kaana_proto::identity::NodeId;
 use kaana_proto::market::RecordId;
-use kaana_proto::net::transport::{Client, Connection, Traffic};
+use kaana_proto::net::transport::{Client, Connection, NetError, Traffic};
+use kaana_proto::net::wire::Request;
 use kaana_proto::node::Node;
-use kaana_proto::standing::Standing;
-use kaana_proto::store::{Audit, ContractEntry, Status};
+use kaana_proto::state::StateError;
+use kaana_proto::store::{ContractEntry, Status};
 use kaana_proto::time::{Timestamp, now_from_env};
 
 /// Challenge peers to prove they still hold this node's data, and audit their honesty.
 ///
-/// `kaana-challenge --all` (from cron) does, for every contract at once: a due audit (after this
-/// node failed a challenge on purpose, check the peer kept its data as promised); a standing
-/// query (if the peer sees this node as failing, and not because of its own planned audit, ask
-/// to be challenged again now); and a routine challenge. One JSON line per exchange.
+/// `kaana-challenge --all` (from cron) does, for every contract at once: ask the peer how it
+/// sees this node; challenge it (an "audit" when the peer sees this node as failing: the peer
+/// must then still hold our data, inside the grace it promised); and, where this node is failing
+/// there and holds the peer's data whole, ask to be challenged again. One JSON line per
+/// exchange. A peer that cannot be reached is tried again at the next run, and judged failing
+/// only after a day of tries; a node that reaches fewer than half of the nodes it tries
+/// suspects its own connection and judges nobody.
 ///
-/// Exit codes: 0 all well; 1 a peer failed or could not be reached, a breach was found, or this
-/// node's data is at risk at a peer; 2 error.
+/// Exit codes: 0 all well (a single failure of a peer is recorded and shown, not alarmed: honest
+/// peers fail on purpose now and then); 1 a breach, this node's data at risk at a peer, a peer
+/// failing longer than a deliberate failure lasts, or this node cut off for a day; 2 error.
 #[derive(Debug, Parser)]
 #[command(name = "kaana-challenge", version, subcommand_precedence_over_arg = true)]
 pub struct Args {
@@ -42,7 +57,7 @@ pub struct Args {
     #[arg(long)]
     pub all: bool,
     /// Chunks sampled per challenge (the default catches a holder missing 10% of the data with
-    /// probability above 99%).
+    /// probability above 99%; a failing peer is always asked three times as many).
     #[arg(long, value_name = "K", default_value_t = DEFAULT_SAMPLES)]
     pub samples: usize,
     #[command(subcommand)]
@@ -52,17 +67,21 @@ pub struct Args {
 /// Other things to do.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Ask each peer how it sees this node. Exits 1 if this node is failing at a peer (outside
-    /// an audit it planned).
+    /// Ask each peer how it sees this node. Exits 1 if this node's data is at risk at a peer
+    /// (it is failing there, and not because of its own deliberate failure).
     Standing,
-    /// Answer the peer's next challenge on this contract wrongly on purpose, then audit the
-    /// peer inside the grace period.
+    /// Fail the peer's next challenge on purpose, then audit the peer inside the grace period.
     FailNext {
         /// The contract (its id or at least 8 leading hex digits).
         contract: String,
+        /// The form of the failure: silent (answer nothing, as a node that is down), damaged
+        /// (a few unreadable extents), lost ("I no longer hold it"); default: one at random.
+        #[arg(long, value_name = "MODE")]
+        mode: Option<Mode>,
     },
-    /// Check a breach file (from `audits/`) as a third party: signatures, links, and that the
-    /// holder's answer really fails. Needs no node. Exits 1 if the evidence does not hold.
+    /// Check a breach file (from `audits/`) as a third party: signatures, links, that the
+    /// holder had judged the owner failing and failed inside that grace. Needs no node. Exits
+    /// 1 if the evidence does not hold, saying which part is missing.
     CheckEvidence {
         /// The breach file.
         file: PathBuf,
@@ -90,11 +109,32 @@ struct Line {
     evidence: Option<PathBuf>,
     #[serde(skip_serializing_if = "Option::is_none")]
     message: Option<String>,
-    /// For a routine challenge: how long the exchange took, and the bytes it put on the wire.
+    /// Samples asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    samples: Option<usize>,
+    /// How long the exchange took, and the bytes it put on the wire.
     #[serde(skip_serializing_if = "Option::is_none")]
     ms: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     wire_bytes: Option<u64>,
+}
+
+impl Line {
+    fn new(entry: &ContractEntry, kind: &'static str, result: Outcome, their_standing: Standing) -> Self {
+        Line {
+            contract: entry.id,
+            peer: entry.state.peer,
+            kind,
+            result,
+            breach: false,
+            their_standing,
+            evidence: None,
+            message: None,
+            samples: None,
+            ms: None,
+            wire_bytes: None,
+        }
+    }
 }
 
 /// Runs `kaana-challenge`.
@@ -108,7 +148,7 @@ pub fn run(args: Args) -> anyhow::Result<Exit> {
     let node = Node::open_at(args.home.as_deref())?;
     let now = now_from_env()?;
     match args.command {
-        Some(Command::FailNext { contract }) => fail_next(&node, &contract),
+        Some(Command::FailNext { contract, mode }) => fail_next(&node, &contract, mode),
         Some(Command::Standing) => kaana_proto::cli::runtime()?.block_on(standing(node, now)),
         Some(Command::CheckEvidence { .. } | Command::Completions { .. } | Command::Man) => handled_before(),
         None => {
@@ -117,9 +157,7 @@ pub fn run(args: Args) -> anyhow::Result<Exit> {
             }
             let entries = match (&args.contract, args.all) {
                 (Some(c), false) => vec![node.find_contract(c)?],
-                (None, true) => {
-                    node.contracts()?.into_iter().filter(|e| !matches!(e.state.status, Status::Ended { .. })).collect()
-                }
+                (None, true) => node.contracts()?.into_iter().filter(|e| !is_ended(e)).collect(),
                 _ => anyhow::bail!("say which contract to check, or --all"),
             };
             kaana_proto::cli::runtime()?.block_on(check_all(node, entries, args.samples, now))
@@ -131,42 +169,57 @@ fn handled_before() -> anyhow::Result<Exit> {
     anyhow::bail!("internal: this command is handled before the node is opened")
 }
 
-fn fail_next(node: &Node, prefix: &str) -> anyhow::Result<Exit> {
-    let _lock = node.home.lock()?;
-    let mut entry = node.find_contract(prefix)?;
-    entry.state.fail_next = true;
-    node.save_contract_state(&entry.id, &entry.state)?;
-    emit(&json!({"contract": entry.id, "peer": entry.state.peer, "fail_next": true}))?;
+fn is_ended(e: &ContractEntry) -> bool {
+    matches!(e.state.status, Status::Ended { .. })
+}
+
+fn fail_next(node: &Node, prefix: &str, mode: Option<Mode>) -> anyhow::Result<Exit> {
+    let entry = node.find_contract(prefix)?;
+    node.update_contract(&entry.id, |e| {
+        e.state.fail_next = true;
+        e.state.fail_next_mode = mode;
+        Ok::<_, StateError>(())
+    })?;
+    emit(&json!({"contract": entry.id, "peer": entry.state.peer, "fail_next": true, "mode": mode}))?;
     Ok(Exit::Ok)
 }
 
 /// What checking one contract found.
 struct Checked {
     lines: Vec<Line>,
-    at_risk: bool,
+    breach: bool,
 }
 
 async fn check_all(node: Node, entries: Vec<ContractEntry>, samples: usize, now: Timestamp) -> anyhow::Result<Exit> {
     let node = Arc::new(node);
     let client = Arc::new(Client::with_traffic(node.identity.clone(), Traffic::Short));
-    // One connection per peer, its contracts checked at once over it: a node with fifty
-    // contracts with one peer opens one connection, not fifty.
-    let mut by_peer: std::collections::BTreeMap<NodeId, Vec<ContractEntry>> = std::collections::BTreeMap::new();
+    // Toward a peer it is failing on purpose in silence, this node is down: no contact at all.
+    let entries: Vec<ContractEntry> = entries.into_iter().filter(|e| !e.state.silent(now)).collect();
+    let mut by_peer: BTreeMap<NodeId, Vec<ContractEntry>> = BTreeMap::new();
     for entry in entries {
         by_peer.entry(entry.state.peer).or_default().push(entry);
     }
+    let peers: Vec<NodeId> = by_peer.keys().copied().collect();
+    let (conns, reach) = audit::connect_all(&client, &node, &peers).await?;
+    let suspect = health::suspect(reach);
+    let health = node.record_health(now, reach)?;
+    if suspect {
+        eprintln!(
+            "kaana-challenge: reached {} of {} nodes: this node's own connection is in doubt, so it judges nobody \
+             unreachable in this run",
+            reach.reached, reach.tried
+        );
+    }
+    // One connection per peer, its contracts checked at once over it.
     let mut tasks = tokio::task::JoinSet::new();
-    for (peer, entries) in by_peer {
-        let (node, client) = (node.clone(), client.clone());
+    for (peer, conn) in conns {
+        let entries = by_peer.remove(&peer).unwrap_or_default();
+        let node = node.clone();
         tasks.spawn(async move {
-            let addrs = node.address_book().map(|b| b.addrs(&peer).to_vec()).unwrap_or_default();
-            let conn = match client.connect_any(peer, &addrs).await {
-                Ok(c) => Some(c),
-                Err(e) => {
-                    eprintln!("kaana-challenge: node {}: {e}", peer.short());
-                    None
-                }
-            };
+            if let Err(e) = &conn {
+                eprintln!("kaana-challenge: node {}: {e}", peer.short());
+            }
+            let conn = conn.map_err(|e| e.to_string());
             // The peer's challenges back to us arrive on streams it opens; one at a time.
             let rechallenges = Arc::new(tokio::sync::Mutex::new(()));
             let mut inner = tokio::task::JoinSet::new();
@@ -174,36 +227,34 @@ async fn check_all(node: Node, entries: Vec<ContractEntry>, samples: usize, now:
                 let (node, conn, rechallenges) = (node.clone(), conn.clone(), rechallenges.clone());
                 inner.spawn(async move {
                     let id = entry.id;
-                    (id, check_contract(&node, entry, conn, &rechallenges, samples, now).await)
+                    (id, check_contract(&node, entry, conn, &rechallenges, samples, now, suspect).await)
                 });
             }
             let mut results = Vec::new();
             while let Some(done) = inner.join_next().await {
                 results.push(done);
             }
-            if let Some(conn) = conn {
+            if let Ok(conn) = conn {
                 conn.close();
             }
             results
         });
     }
-    let mut exit = Exit::Ok;
-    let mut error = None;
     let mut results = Vec::new();
     while let Some(done) = tasks.join_next().await {
         results.extend(done?);
     }
+    let (mut exit, mut error) = (Exit::Ok, None);
+    let mut checked_ids = Vec::new();
     for done in results {
         let (id, checked) = done?;
+        checked_ids.push(id);
         match checked {
             Ok(checked) => {
                 for line in &checked.lines {
                     emit(line)?;
-                    if line.result != Outcome::Pass || line.breach {
-                        exit = Exit::Attention;
-                    }
                 }
-                if checked.at_risk {
+                if checked.breach {
                     exit = Exit::Attention;
                 }
             }
@@ -214,246 +265,218 @@ async fn check_all(node: Node, entries: Vec<ContractEntry>, samples: usize, now:
         }
     }
     client.close().await;
+    // What needs a person, by the rules; a single failure does not.
+    for id in checked_ids {
+        let entry = node.contract(&id)?;
+        for concern in contract_concerns(&entry, now) {
+            eprintln!("kaana-challenge: contract {} (node {}): {concern}", id.short(), entry.state.peer.short());
+            exit = Exit::Attention;
+        }
+    }
+    if let Some(concern) = attention::cut_off(&health, now) {
+        eprintln!("kaana-challenge: {concern}: check this node's network");
+        exit = Exit::Attention;
+    }
     match error {
         Some(e) if exit == Exit::Ok => Err(e),
         _ => Ok(exit),
     }
 }
 
+fn contract_concerns(entry: &ContractEntry, now: Timestamp) -> Vec<Concern> {
+    let s = &entry.state;
+    attention::concerns(s.their_standing, s.our_standing, s.audit.as_ref(), entry.contract.body.grace_secs, now)
+}
+
+/// What a judgement that decided nothing says.
+fn effect_message(effect: Effect, why: &str) -> String {
+    match effect {
+        Effect::Retry { tries, failing_from } => {
+            format!("{why}; unanswered {tries} time(s): tried again at the next run, failing only from {failing_from}")
+        }
+        Effect::Suspended => format!("{why}; this node's own connection is in doubt: not counted"),
+        Effect::Verdict => why.to_owned(),
+    }
+}
+
 async fn check_contract(
     node: &Node,
     entry: ContractEntry,
-    conn: Option<Connection>,
+    conn: Result<Connection, String>,
     rechallenges: &tokio::sync::Mutex<()>,
     samples: usize,
     now: Timestamp,
+    suspect: bool,
 ) -> anyhow::Result<Checked> {
-    let peer = entry.state.peer;
     let mut lines = Vec::new();
-    let line = |kind, result, standing, breach, evidence, message| Line {
-        contract: entry.id,
-        peer,
-        kind,
-        result,
-        breach,
-        their_standing: standing,
-        evidence,
-        message,
-        ms: None,
-        wire_bytes: None,
+    let kind_before = if entry.state.our_standing.is_failing() { "audit" } else { "routine" };
+    let unreachable = |entry: &ContractEntry, kind: &'static str, why: String| -> anyhow::Result<Line> {
+        let judged = audit::judge(node, entry, &Heard::Unreachable(why.clone()), None, 0, now, suspect)?;
+        Ok(Line {
+            message: Some(effect_message(judged.effect, &why)),
+            ..Line::new(entry, kind, Outcome::Unreachable, judged.standing)
+        })
     };
-    let mut audited = false;
-    let due = entry.state.audit.clone().filter(|a| a.pending() && a.audit_at <= now);
-    if let Some(audit_plan) = due {
-        audited = true;
-        match &conn {
-            None => {
-                let verdict = audit::unreachable(node, &entry, now)?;
-                lines.push(line("audit", Outcome::Unreachable, verdict.body.standing, false, None, None));
-            }
-            Some(conn) => lines.extend(run_audit(conn, node, &entry, audit_plan, rechallenges, samples, now).await?),
-        }
+    if audit::Target::from_record(node, &entry.id)?.is_none() {
+        eprintln!("kaana-challenge: contract {}: nothing pushed yet, nothing to challenge", entry.id.short());
+        return Ok(Checked { lines, breach: false });
     }
-    let Some(conn) = conn else {
-        if !audited {
-            let verdict = audit::unreachable(node, &entry, now)?;
-            lines.push(line("routine", Outcome::Unreachable, verdict.body.standing, false, None, None));
+    let conn = match conn {
+        Ok(c) => c,
+        Err(why) => {
+            lines.push(unreachable(&entry, kind_before, why)?);
+            return Ok(Checked { lines, breach: false });
         }
-        return Ok(Checked { lines, at_risk: false });
     };
-
-    // How does the peer see us? Failing, outside an audit we planned: ask to be checked again.
-    // (Not after a breach: that peer already dropped our data, and the person has been told.)
-    let audit_pending_or_breached = || {
-        node.contract(&entry.id)
-            .map(|e| e.state.audit.as_ref().is_some_and(|a| a.pending() || a.result.as_deref() == Some("breach")))
-    };
-    let mut at_risk = false;
-    let standing = audit::ask_standing(&conn, node, &entry, now).await?;
-    if matches!(standing, Standing::Failing { .. }) && !audit_pending_or_breached()? {
-        let _one_at_a_time = rechallenges.lock().await;
-        match audit::rechallenge(&conn, node, &entry, now).await {
-            Ok(verdict) => {
-                at_risk = verdict.body.result != Outcome::Pass;
-                let theirs = node.contract(&entry.id)?.state.their_standing;
-                lines.push(line("rechallenge", verdict.body.result, theirs, false, None, None));
-            }
-            Err(e) => {
-                at_risk = true;
-                let theirs = node.contract(&entry.id)?.state.their_standing;
-                lines.push(line("rechallenge", Outcome::Fail, theirs, false, None, Some(e.to_string())));
-            }
-        }
-    }
-
-    if !audited {
-        let (started, wire_before) = (std::time::Instant::now(), conn.wire_bytes());
-        match audit::challenge_peer(&conn, node, &entry, samples, now).await {
-            Ok(ex) => lines.push(Line {
-                ms: Some(started.elapsed().as_secs_f64() * 1e3),
-                wire_bytes: Some(conn.wire_bytes() - wire_before),
-                ..line("routine", ex.result, ex.transcript.verdict.body.standing, false, None, None)
-            }),
-            Err(AuditError::NothingPushed(_)) => {
-                eprintln!("kaana-challenge: contract {}: nothing pushed yet, nothing to challenge", entry.id.short());
-            }
-            Err(AuditError::Net(e)) => {
-                eprintln!("kaana-challenge: contract {}: {e}", entry.id.short());
-                let verdict = audit::unreachable(node, &entry, now)?;
-                lines.push(line(
-                    "routine",
-                    Outcome::Unreachable,
-                    verdict.body.standing,
-                    false,
-                    None,
-                    Some(e.to_string()),
-                ));
-            }
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Ok(Checked { lines, at_risk })
-}
-
-/// The audit after a deliberate failure: the peer must still hold our data. Pass: ask to be
-/// challenged again (we are then ok there). Fail: a breach, with the evidence kept.
-async fn run_audit(
-    conn: &Connection,
-    node: &Node,
-    entry: &ContractEntry,
-    plan: Audit,
-    rechallenges: &tokio::sync::Mutex<()>,
-    samples: usize,
-    now: Timestamp,
-) -> anyhow::Result<Vec<Line>> {
-    let peer = entry.state.peer;
-    let mut lines = Vec::new();
-    let ex = match audit::challenge_peer(conn, node, entry, samples, now).await {
-        Ok(ex) => ex,
+    // How does the peer see us? Failing there, this challenge is an audit.
+    let failing_here = match audit::ask_standing(&conn, node, &entry, now).await {
+        Ok(s) => s.is_failing(),
         Err(AuditError::Net(e)) => {
-            let verdict = audit::unreachable(node, entry, now)?;
-            return Ok(vec![Line {
-                contract: entry.id,
-                peer,
-                kind: "audit",
-                result: Outcome::Unreachable,
-                breach: false,
-                their_standing: verdict.body.standing,
-                evidence: None,
-                message: Some(e.to_string()),
-                ms: None,
-                wire_bytes: None,
-            }]);
+            lines.push(unreachable(&entry, kind_before, e.to_string())?);
+            return Ok(Checked { lines, breach: false });
         }
         Err(e) => return Err(e.into()),
     };
-    let breach = ex.result != Outcome::Pass;
-    let evidence = if breach { Some(audit::save_evidence(node, entry, &ex.transcript, now)?) } else { None };
-    lines.push(Line {
-        contract: entry.id,
-        peer,
-        kind: "audit",
-        result: ex.result,
-        breach,
-        their_standing: ex.transcript.verdict.body.standing,
-        evidence: evidence.clone(),
-        message: None,
-        ms: None,
-        wire_bytes: None,
-    });
-    {
-        let _lock = node.home.lock()?;
-        let mut state = node.contract(&entry.id)?.state;
-        state.audit = Some(Audit { result: Some(if breach { "breach" } else { "pass" }.to_owned()), ..plan });
-        node.save_contract_state(&entry.id, &state)?;
-        if breach {
-            node.log_event(
-                now,
-                "breach",
-                json!({"contract": entry.id, "peer": peer, "evidence": evidence, "failed_at": state.audit.as_ref().map(|a| a.failed_at)}),
-            )?;
+    let kind = if failing_here { "audit" } else { "routine" };
+    let entry = node.contract(&entry.id)?;
+    let (started, wire_before) = (std::time::Instant::now(), conn.wire_bytes());
+    let ex = match audit::challenge_peer(&conn, node, &entry, samples, now).await {
+        Ok(ex) => ex,
+        Err(AuditError::Net(e)) => {
+            lines.push(unreachable(&entry, kind, e.to_string())?);
+            return Ok(Checked { lines, breach: false });
         }
+        Err(e) => return Err(e.into()),
+    };
+    let judged = audit::judge(node, &entry, &ex.heard, Some(&ex.transcript), ex.samples, now, suspect)?;
+    if let Some(v) = &judged.verdict {
+        // Telling the peer is a courtesy: its standing here is decided either way.
+        let _ = conn.request(&Request::Verdict { verdict: v.clone() }).await;
     }
-    if breach {
+    let (breach, evidence) = audit::breach_of(node, &entry, &ex, now)?;
+    let message = match &ex.heard {
+        Heard::Fail { why, .. } => Some(why.clone()),
+        Heard::Unreachable(why) => Some(effect_message(judged.effect, why)),
+        _ => None,
+    };
+    let peer = entry.state.peer;
+    lines.push(Line {
+        breach: breach != Breach::No,
+        evidence: evidence.clone(),
+        message,
+        samples: Some(ex.samples),
+        ms: Some(started.elapsed().as_secs_f64() * 1e3),
+        wire_bytes: Some(conn.wire_bytes() - wire_before),
+        ..Line::new(&entry, kind, ex.heard.outcome(), judged.standing)
+    });
+    if breach != Breach::No {
+        node.update_contract(&entry.id, |e| {
+            e.state.audit = e.state.audit.take().map(|p| if p.pending() { p.ended("breach") } else { p });
+            Ok::<_, StateError>(())
+        })?;
+        node.log_event(now, "breach", json!({"contract": entry.id, "peer": peer, "evidence": evidence}))?;
+        let proof = match &evidence {
+            Some(path) => format!("Evidence anyone can check: {}", path.display()),
+            None => "The peer signed nothing that proves it to others.".to_owned(),
+        };
         eprintln!(
             "kaana-challenge: BREACH: node {peer} no longer holds this node's data, inside the grace period it \
-             promised (contract {}). Evidence: {}",
-            entry.id,
-            evidence.as_ref().map(|p| p.display().to_string()).unwrap_or_default()
+             promised (contract {}). {proof}",
+            entry.id
         );
-        return Ok(lines);
+        return Ok(Checked { lines, breach: true });
     }
-    // The peer kept our data: now prove we keep theirs, so it sees us as ok again.
-    let _one_at_a_time = rechallenges.lock().await;
-    match audit::rechallenge(conn, node, entry, now).await {
-        Ok(verdict) => lines.push(Line {
-            contract: entry.id,
-            peer,
-            kind: "rechallenge",
-            result: verdict.body.result,
-            breach: false,
-            their_standing: node.contract(&entry.id)?.state.their_standing,
-            evidence: None,
-            message: None,
-            ms: None,
-            wire_bytes: None,
-        }),
-        Err(e) => lines.push(Line {
-            contract: entry.id,
-            peer,
-            kind: "rechallenge",
-            result: Outcome::Fail,
-            breach: false,
-            their_standing: node.contract(&entry.id)?.state.their_standing,
-            evidence: None,
-            message: Some(e.to_string()),
-            ms: None,
-            wire_bytes: None,
-        }),
+
+    // Failing there, with the audit passed and the peer's data here whole: back to ok.
+    let state = node.contract(&entry.id)?.state;
+    let passed = ex.heard == Heard::Pass;
+    if failing_here && deliberate::asks_rechallenge(state.audit.as_ref(), state.awaiting_repush.is_some(), passed, now)
+    {
+        let _one_at_a_time = rechallenges.lock().await;
+        let line = match audit::rechallenge(&conn, node, &entry, now).await {
+            Ok(verdict) => {
+                let result = verdict.body.result.unwrap_or(if verdict.body.standing.is_failing() {
+                    Outcome::Fail
+                } else {
+                    Outcome::Pass
+                });
+                Line {
+                    samples: None,
+                    ..Line::new(&entry, "rechallenge", result, node.contract(&entry.id)?.state.their_standing)
+                }
+            }
+            Err(e) => Line {
+                message: Some(e.to_string()),
+                ..Line::new(&entry, "rechallenge", Outcome::Fail, node.contract(&entry.id)?.state.their_standing)
+            },
+        };
+        lines.push(line);
     }
-    Ok(lines)
+    // A deliberate failure is over once this node is back and ok at the peer, which kept our data.
+    node.update_contract(&entry.id, |e| {
+        let st = &mut e.state;
+        let over = |p: &Plan| {
+            p.pending()
+                && !p.silent(now)
+                && p.pretence(now) == Pretence::Nothing
+                && passed
+                && !st.our_standing.is_failing()
+        };
+        if let Some(plan) = st.audit.clone().filter(over) {
+            st.audit = Some(plan.ended("pass"));
+        }
+        Ok::<_, StateError>(())
+    })?;
+    Ok(Checked { lines, breach: false })
 }
 
 #[derive(Serialize)]
 struct StandingLine {
     contract: RecordId,
     peer: NodeId,
-    reachable: bool,
+    reachable: Option<bool>,
     our_standing: Standing,
     our_standing_at: Option<Timestamp>,
     their_standing: Standing,
+    their_record: PeerRecord,
     #[serde(skip_serializing_if = "Option::is_none")]
-    audit: Option<Audit>,
+    audit: Option<Plan>,
 }
 
 async fn standing(node: Node, now: Timestamp) -> anyhow::Result<Exit> {
     let client = Client::with_traffic(node.identity.clone(), Traffic::Short);
     let mut exit = Exit::Ok;
-    for entry in node.contracts()?.into_iter().filter(|e| !matches!(e.state.status, Status::Ended { .. })) {
-        let addrs = node.address_book()?.addrs(&entry.state.peer).to_vec();
-        let reachable = match client.connect_any(entry.state.peer, &addrs).await {
-            Ok(conn) => {
-                let r = audit::ask_standing(&conn, &node, &entry, now).await;
-                conn.close();
-                r.is_ok()
-            }
-            Err(e) => {
-                eprintln!("kaana-challenge: contract {}: {e}", entry.id.short());
-                false
-            }
+    for entry in node.contracts()?.into_iter().filter(|e| !is_ended(e)) {
+        // Silent toward the peer (a deliberate failure): not asked.
+        let reachable = if entry.state.silent(now) {
+            None
+        } else {
+            let addrs = node.address_book()?.addrs(&entry.state.peer).to_vec();
+            Some(match client.connect_any(entry.state.peer, &addrs).await {
+                Ok(conn) => {
+                    let r = audit::ask_standing(&conn, &node, &entry, now).await;
+                    conn.close();
+                    r.is_ok()
+                }
+                Err(NetError::NoAddress(_)) | Err(_) => false,
+            })
         };
-        let state = node.contract(&entry.id)?.state;
-        let planned = state.audit.as_ref().is_some_and(Audit::pending);
-        if matches!(state.our_standing, Standing::Failing { .. }) && !planned {
-            exit = Exit::Attention;
+        let entry = node.contract(&entry.id)?;
+        for concern in contract_concerns(&entry, now) {
+            if let Concern::AtRisk { .. } = concern {
+                eprintln!("kaana-challenge: contract {}: {concern}", entry.id.short());
+                exit = Exit::Attention;
+            }
         }
+        let state = entry.state;
         emit(&StandingLine {
             contract: entry.id,
-            peer: entry.state.peer,
+            peer: state.peer,
             reachable,
             our_standing: state.our_standing,
             our_standing_at: state.our_standing_at,
             their_standing: state.their_standing,
+            their_record: state.their_record,
             audit: state.audit,
         })?;
     }
@@ -463,15 +486,21 @@ async fn standing(node: Node, now: Timestamp) -> anyhow::Result<Exit> {
 
 fn check_evidence(file: &std::path::Path) -> anyhow::Result<Exit> {
     let text = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
-    let evidence: Evidence =
-        serde_json::from_slice(&text).with_context(|| format!("{} is not a breach file", file.display()))?;
-    let c = &evidence.transcript.challenge.body;
+    let evidence: Evidence = match serde_json::from_slice(&text) {
+        Ok(e) => e,
+        Err(e) => {
+            emit(&json!({"file": file, "valid": false, "reason": format!("not a breach file: {e}")}))?;
+            return Ok(Exit::Attention);
+        }
+    };
+    let c = &evidence.challenge.body;
     match evidence.check() {
-        Ok(failed) => {
-            emit(
-                &json!({"file": file, "valid": true, "contract": c.contract, "owner": c.challenger, "holder": c.holder,
-                "generation": c.generation, "failed_samples": failed, "samples": c.picks.len()}),
-            )?;
+        Ok(proven) => {
+            let (since, delete_after) = evidence.failing_verdict.body.standing.failing().unzip();
+            emit(&json!({"file": file, "valid": true, "contract": c.contract, "owner": c.challenger,
+                "holder": c.holder, "generation": c.generation, "failed_samples": proven.failed_samples,
+                "samples": proven.samples, "answered_at": evidence.answer.body.at,
+                "owner_failing_since": since, "delete_after": delete_after}))?;
             Ok(Exit::Ok)
         }
         Err(e) => {

@@ -1,29 +1,35 @@
-//! Challenges as nodes run them: answering as a holder (honestly, or wrongly on purpose to audit
-//! the peer), challenging as an owner and judging the answer, standings, and breach evidence.
+//! Challenges as the challenger runs them: what to ask about, the exchange, judging the reply
+//! by the fairness rules ([`crate::fairness`]), the verdicts both ways, standing queries,
+//! "challenge me again", and breach evidence.
 //!
 //! The same exchange runs on a stream the client opens (a routine challenge or an audit) and on
 //! one the server opens back on the client's connection (a rechallenge: "challenge me again").
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use quinn::{RecvStream, SendStream};
-use serde::{Deserialize, Serialize};
 use serde_json::json;
 use thiserror::Error;
 
-use crate::challenge::{self, Answer, Challenge, Outcome, Receipt, Rng, Verdict};
+use crate::answer::{self, Honesty};
+use crate::challenge::{self, Answer, Challenge, Outcome, Receipt, Reply, Rng, Verdict};
 use crate::encoding;
+use crate::fairness::evidence::{self, Breach, Evidence, Failed};
+use crate::fairness::health::Reach;
+use crate::fairness::judge::{self, Effect, Seen};
+use crate::fairness::standing::Standing;
 use crate::identity::NodeId;
 use crate::inbound::Inbound;
-use crate::manifest::{Geometry, Manifest};
-use crate::market::{Contract, RecordId};
-use crate::net::transport::{Connection, NetError, read_exact, read_frame, read_timeout, write_frame};
+use crate::manifest::Manifest;
+use crate::market::RecordId;
+use crate::net::transport::{Client, Connection, NetError, read_exact, read_frame, read_timeout, write_frame};
 use crate::net::wire::{ErrorCode, ErrorReply, Request, Response};
 use crate::node::Node;
 use crate::proof;
 use crate::record::{RecordError, Signed};
 use crate::state::{Schema, StateError, create_dir};
-use crate::store::{Audit, ContractEntry, Status};
+use crate::store::{ContractEntry, LearnedVerdict};
 use crate::time::Timestamp;
 
 /// Why a challenge could not be run (as opposed to a holder failing it).
@@ -38,7 +44,7 @@ pub enum AuditError {
     /// Signing failed.
     #[error(transparent)]
     Record(#[from] RecordError),
-    /// The network failed mid-exchange.
+    /// The network failed before the challenge could be asked.
     #[error(transparent)]
     Net(#[from] NetError),
     /// Randomness was not available.
@@ -46,167 +52,120 @@ pub enum AuditError {
     Random(String),
 }
 
-/// Everything a third party needs to check one challenge.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Transcript {
-    /// The signed challenge.
-    pub challenge: Signed<Challenge>,
-    /// The holder's signed answer, if it answered.
-    pub answer: Option<Signed<Answer>>,
-    /// The raw answer bytes (hex).
-    pub answer_bytes: String,
-    /// The challenger's tops of the picked extents that have them, in pick order (hex; see
-    /// [`challenge::tops_for`]): what proofs that stop short of the root are checked against.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub tops: String,
-    /// The challenger's signed verdict.
-    pub verdict: Signed<Verdict>,
-}
-
-/// The result of one exchange.
-#[derive(Debug, Clone)]
-pub struct Exchanged {
-    /// How it ended.
-    pub result: Outcome,
-    /// The signed records.
-    pub transcript: Transcript,
-}
-
-fn seed() -> Result<[u8; 32], AuditError> {
+/// 32 bytes from the OS: the seed of a challenge's picks or of a deliberate failure's choices.
+pub fn seed() -> Result<[u8; 32], AuditError> {
     let mut s = [0u8; 32];
     getrandom::fill(&mut s).map_err(|e| AuditError::Random(e.to_string()))?;
     Ok(s)
 }
 
-fn refused(code: ErrorCode, msg: impl Into<String>) -> ErrorReply {
-    ErrorReply::new(code, msg)
+/// What a challenge asks about: a manifest of ours that the holder committed, and what the
+/// answer is checked against.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// The owner-signed manifest.
+    pub manifest: Signed<Manifest>,
+    /// Its extent list.
+    pub list: Vec<u8>,
+    /// The holder's receipt of it, if this node has it.
+    pub receipt: Option<Signed<Receipt>>,
+    /// Every extent's tops, when this node kept them for this generation.
+    tops: Option<Vec<[u8; 32]>>,
 }
 
-fn internal(e: impl std::fmt::Display) -> ErrorReply {
-    ErrorReply::new(ErrorCode::Internal, e.to_string())
+impl Target {
+    /// This node's record of what the holder of `id` last committed.
+    pub fn from_record(node: &Node, id: &RecordId) -> Result<Option<Target>, StateError> {
+        let record = Inbound::outbound(node.home.root(), id);
+        Ok(record.committed_with_receipt()?.map(|(manifest, list, receipt)| {
+            let tops = record.tops(manifest.body.generation);
+            Target { manifest, list, receipt, tops }
+        }))
+    }
+
+    fn generation(&self) -> u64 {
+        self.manifest.body.generation
+    }
 }
 
-/// Whether the holder may answer wrongly on purpose (never when it asked to be challenged).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Honesty {
-    /// Always answer right.
-    Honest,
-    /// Lie if `fail-next` is set, or at the configured audit rate.
-    MayAudit,
+/// What the holder's reply showed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Heard {
+    /// Every sample proved.
+    Pass,
+    /// A failure; `signed_at` when the holder signed a failing reply (proofs that do not check,
+    /// or "I no longer hold it") at that time by its clock.
+    Fail {
+        /// When the holder signed it.
+        signed_at: Option<Timestamp>,
+        /// What was wrong, for people.
+        why: String,
+    },
+    /// "Superseded": the holder committed a newer generation meanwhile.
+    Superseded {
+        /// Its generation.
+        generation: u64,
+        /// Its manifest's id.
+        manifest: RecordId,
+    },
+    /// No reply.
+    Unreachable(String),
 }
 
-/// Answers `challenge` from `peer` as the holder of its copy. Unless honest, may answer wrongly
-/// on purpose, and then plans an audit of the peer inside the grace period.
-pub fn answer(
-    node: &Node,
-    peer: NodeId,
-    challenge: &Signed<Challenge>,
-    now: Timestamp,
-    honesty: Honesty,
-) -> Result<(Signed<Answer>, Vec<u8>), ErrorReply> {
-    let c = &challenge.body;
-    if challenge.signer != peer || c.challenger != peer {
-        return Err(refused(ErrorCode::Unauthorized, "a challenge must be signed by the node that sends it"));
-    }
-    if c.holder != node.id() {
-        return Err(refused(ErrorCode::BadRequest, format!("the challenge is for node {}, not this one", c.holder)));
-    }
-    challenge.verify().map_err(|e| refused(ErrorCode::BadRequest, e.to_string()))?;
-    if c.picks.len() > challenge::MAX_SAMPLES {
-        return Err(refused(ErrorCode::BadRequest, format!("more than {} samples", challenge::MAX_SAMPLES)));
-    }
-    let entry = node
-        .contract(&c.contract)
-        .map_err(|_| refused(ErrorCode::NotFound, format!("no contract {} here", c.contract)))?;
-    if entry.state.peer != peer {
-        return Err(refused(ErrorCode::Unauthorized, format!("node {peer} is not a side of contract {}", c.contract)));
-    }
-    if matches!(entry.state.status, Status::Ended { .. }) {
-        return Err(refused(ErrorCode::NotFound, format!("contract {} has ended", c.contract)));
-    }
-    let inbound = Inbound::new(&node.config.storage, &c.contract);
-    let (manifest, list) = inbound
-        .committed()
-        .map_err(internal)?
-        .ok_or_else(|| refused(ErrorCode::NotFound, "no generation is committed here"))?;
-    if manifest.body.generation != c.generation {
-        return Err(refused(
-            ErrorCode::Refused,
-            format!("generation {} asked; generation {} is held here", c.generation, manifest.body.generation),
-        ));
-    }
-    let g = manifest.body.geometry().map_err(internal)?;
-    let hashes = manifest.body.check_list(&list).map_err(internal)?;
-    let (mut raw, read) = inbound.answer(g, &hashes, &c.picks, c.depth).map_err(internal)?;
-    let lie = honesty == Honesty::MayAudit && fail_on_purpose(node, &entry, now)?;
-    if lie {
-        for b in raw.iter_mut().take(proof::CHUNK as usize) {
-            *b ^= 0xa5;
+impl Heard {
+    /// As the challenge line says it.
+    pub fn outcome(&self) -> Outcome {
+        match self {
+            Heard::Pass => Outcome::Pass,
+            Heard::Fail { .. } => Outcome::Fail,
+            Heard::Superseded { .. } | Heard::Unreachable(_) => Outcome::Unreachable,
         }
     }
-    node.log_event(
-        now,
-        "answer",
-        json!({"contract": c.contract, "peer": peer, "samples": c.picks.len(), "read_bytes": read, "sent_bytes": raw.len(), "on_purpose_wrong": lie}),
-    )
-    .map_err(internal)?;
-    let id = RecordId::of(c).map_err(internal)?;
-    let body = Answer {
-        challenge: id,
-        holder: node.id(),
-        proof: encoding::hex_encode(blake3::hash(&raw).as_bytes()),
-        at: now,
-    };
-    Ok((Signed::sign(body, &node.identity).map_err(internal)?, raw))
 }
 
-/// Decides whether to answer this challenge wrongly on purpose; if so, plans the audit.
-fn fail_on_purpose(node: &Node, entry: &ContractEntry, now: Timestamp) -> Result<bool, ErrorReply> {
-    let _lock = node.home.lock().map_err(internal)?;
-    let mut state = node.contract(&entry.id).map_err(internal)?.state;
-    if state.audit.as_ref().is_some_and(Audit::pending) {
-        // One audit at a time: a second lie would only muddle the first.
-        return Ok(false);
-    }
-    let mut rng = Rng::from_seed(seed().map_err(internal)?);
-    let by_rate = node.config.audit_rate > 0.0 && (rng.below(1_000_000) as f64) < node.config.audit_rate * 1_000_000.0;
-    if !state.fail_next && !by_rate {
-        return Ok(false);
-    }
-    let grace = entry.contract.body.grace_secs;
-    let audit_at = now.plus_secs(grace / 7 + rng.below((grace * 5 / 7).max(1)));
-    state.fail_next = false;
-    state.audit = Some(Audit { failed_at: now, audit_at, result: None });
-    node.save_contract_state(&entry.id, &state).map_err(internal)?;
-    node.log_event(
-        now,
-        "deliberate_failure",
-        json!({"contract": entry.id, "peer": entry.state.peer, "audit_at": audit_at}),
-    )
-    .map_err(internal)?;
-    Ok(true)
+/// The records of one exchange.
+#[derive(Debug, Clone)]
+pub struct Transcript {
+    /// The signed challenge.
+    pub challenge: Signed<Challenge>,
+    /// The holder's signed reply, if it gave one.
+    pub answer: Option<Signed<Answer>>,
+    /// The raw answer bytes.
+    pub answer_bytes: Vec<u8>,
+    /// The tops the proofs were checked against (see [`challenge::tops_for`]).
+    pub tops: Vec<[u8; 32]>,
 }
 
-/// Runs a challenge of `entry`'s peer on an open stream pair: sends it, reads and judges the
-/// answer, records the peer's standing, and signs the verdict.
-pub async fn run_challenge(
+/// One exchange.
+#[derive(Debug, Clone)]
+pub struct Exchanged {
+    /// What the reply showed.
+    pub heard: Heard,
+    /// The records.
+    pub transcript: Transcript,
+    /// What was asked about.
+    pub target: Target,
+    /// How many samples.
+    pub samples: usize,
+}
+
+/// Sends a challenge of `samples` samples about `target` on an open stream and reads the reply.
+pub async fn exchange(
     send: &mut SendStream,
     recv: &mut RecvStream,
     node: &Node,
     entry: &ContractEntry,
+    target: Target,
     samples: usize,
     now: Timestamp,
 ) -> Result<Exchanged, AuditError> {
     let peer = entry.state.peer;
-    let record = Inbound::outbound(node.home.root(), &entry.id);
-    let (manifest, list) = record.committed()?.ok_or(AuditError::NothingPushed(peer))?;
-    let g = manifest.body.geometry().map_err(|e| StateError::damaged(record.dir(), e))?;
-    let hashes = manifest.body.check_list(&list).map_err(|e| StateError::damaged(record.dir(), e))?;
+    let g = target.manifest.body.geometry().map_err(|e| StateError::damaged(node.home.root(), e))?;
+    let hashes = target.manifest.body.check_list(&target.list).map_err(|e| StateError::damaged(node.home.root(), e))?;
     let mut rng = Rng::from_seed(seed()?);
     let picks = challenge::pick(g, samples, &mut rng);
     // Proofs stop at the tops this node kept while pushing, if it has them all and they hold.
-    let kept = record.tops(manifest.body.generation).and_then(|all| {
+    let kept = target.tops.as_ref().and_then(|all| {
         let per = 1usize << proof::TOP_LEVELS;
         challenge::tops_for(g, &hashes, &picks, proof::TOP_LEVELS, |e| {
             all.get(e as usize * per..(e as usize + 1) * per).map(<[_]>::to_vec)
@@ -220,7 +179,8 @@ pub async fn run_challenge(
         contract: entry.id,
         challenger: node.id(),
         holder: peer,
-        generation: manifest.body.generation,
+        manifest: RecordId::of(&target.manifest.body)?,
+        generation: target.generation(),
         nonce: rng.nonce(),
         picks,
         depth,
@@ -231,74 +191,78 @@ pub async fn run_challenge(
     write_frame(send, &Request::Challenge { challenge: signed.clone() }).await?;
     let _ = send.finish();
     let expected = challenge::answer_len(g, &signed.body.picks, depth).unwrap_or(0);
-    let (answer, raw) = match read_frame::<Response>(recv, read_timeout()).await? {
-        Some(Response::Answer { answer, len }) if len as usize == expected => {
-            let mut raw = vec![0u8; expected];
-            read_exact(recv, &mut raw, read_timeout(), "the answer").await?;
-            (Some(answer), raw)
+    let unsigned = |why: &str| Heard::Fail { signed_at: None, why: why.to_owned() };
+    let (mut answer, mut raw) = (None, Vec::new());
+    let heard = match read_frame::<Response>(recv, read_timeout()).await {
+        Ok(Some(Response::Answer { answer: a, len })) => {
+            let attributed = a.verify_by(&peer).is_ok() && a.body.challenge == challenge_id && a.body.holder == peer;
+            let heard = match &a.body.reply {
+                _ if !attributed => unsigned("a reply that is not the holder's signed answer to this challenge"),
+                Reply::Proof { .. } if len as usize > expected => unsigned("an answer longer than its proofs"),
+                Reply::Proof { proof } => {
+                    raw = vec![0u8; len as usize];
+                    match read_exact(recv, &mut raw, read_timeout(), "the answer").await {
+                        Err(e) => Heard::Unreachable(e.to_string()),
+                        Ok(()) if *proof != encoding::hex_encode(blake3::hash(&raw).as_bytes()) => {
+                            unsigned("the answer's bytes are not the ones it signed")
+                        }
+                        Ok(()) => match challenge::check(g, &hashes, &signed.body.picks, &raw, depth, &tops) {
+                            0 => Heard::Pass,
+                            n => Heard::Fail {
+                                signed_at: Some(a.body.at),
+                                why: format!("{n} of {} samples do not prove", signed.body.picks.len()),
+                            },
+                        },
+                    }
+                }
+                Reply::NotHeld { reason } => {
+                    Heard::Fail { signed_at: Some(a.body.at), why: format!("the holder says: {reason}") }
+                }
+                Reply::Refused { reason } => unsigned(&format!("the holder declined: {reason}")),
+                Reply::Superseded { generation, manifest } => {
+                    Heard::Superseded { generation: *generation, manifest: *manifest }
+                }
+            };
+            answer = Some(a);
+            heard
         }
-        // A refusal, a wrong length or no answer at all: the holder did not prove anything.
-        _ => (None, Vec::new()),
-    };
-    let sound = answer.as_ref().is_some_and(|a| {
-        a.verify_by(&peer).is_ok()
-            && a.body.challenge == challenge_id
-            && a.body.holder == peer
-            && a.body.proof == encoding::hex_encode(blake3::hash(&raw).as_bytes())
-    });
-    let result = if sound && challenge::check(g, &hashes, &signed.body.picks, &raw, depth, &tops) == 0 {
-        Outcome::Pass
-    } else {
-        Outcome::Fail
-    };
-    let answer_id = answer.as_ref().and_then(|a| RecordId::of(&a.body).ok());
-    let verdict = judge(node, entry, challenge_id, answer_id, result, now)?;
-    Ok(Exchanged {
-        result,
-        transcript: Transcript {
-            challenge: signed,
-            answer,
-            answer_bytes: encoding::hex_encode(&raw),
-            tops: encoding::hex_encode(tops.as_flattened()),
-            verdict,
+        Ok(Some(Response::Error(e))) => match e.code {
+            ErrorCode::Busy | ErrorCode::Timeout | ErrorCode::Internal => Heard::Unreachable(e.message),
+            _ => unsigned(&format!("the holder refused: {}", e.message)),
         },
-    })
+        Ok(Some(_)) => unsigned("a reply that is not an answer"),
+        Ok(None) => Heard::Unreachable("the stream ended without a reply".into()),
+        Err(NetError::Frame(e)) => unsigned(&format!("a bad frame: {e}")),
+        Err(e) => Heard::Unreachable(e.to_string()),
+    };
+    let transcript = Transcript { challenge: signed, answer, answer_bytes: raw, tops };
+    Ok(Exchanged { heard, transcript, target, samples })
 }
 
-/// Records the peer's standing after an outcome and signs the verdict.
-pub fn judge(
-    node: &Node,
-    entry: &ContractEntry,
-    challenge: RecordId,
-    answer: Option<RecordId>,
-    result: Outcome,
-    now: Timestamp,
-) -> Result<Signed<Verdict>, AuditError> {
-    let _lock = node.home.lock()?;
-    let mut state = node.contract(&entry.id)?.state;
-    state.their_standing = match result {
-        Outcome::Pass => state.their_standing.after_pass(),
-        Outcome::Fail | Outcome::Unreachable => state.their_standing.after_failure(now, entry.contract.body.grace_secs),
+/// Fetches the manifest the holder of `entry` committed, as a target, if this node signed it.
+async fn fetch_target(conn: &Connection, node: &Node, entry: &ContractEntry) -> Result<Option<Target>, NetError> {
+    let mut ex = conn.open(&Request::GetManifest { contract: entry.id }).await?;
+    ex.finish()?;
+    let (manifest, receipt) = match ex.reply().await? {
+        Response::ManifestIs { manifest, receipt } => (manifest, receipt),
+        _ => return Ok(None),
     };
-    node.save_contract_state(&entry.id, &state)?;
-    let verdict = Verdict {
-        contract: entry.id,
-        challenge,
-        answer,
-        holder: entry.state.peer,
-        result,
-        standing: state.their_standing,
-        at: now,
-    };
-    node.log_event(
-        now,
-        "verdict",
-        json!({"contract": entry.id, "peer": entry.state.peer, "result": result, "standing": state.their_standing}),
-    )?;
-    Ok(Signed::sign(verdict, &node.identity)?)
+    let m = &manifest.body;
+    if manifest.verify_by(&node.id()).is_err() || m.contract != entry.id || m.geometry().is_err() {
+        return Ok(None);
+    }
+    let mut list = vec![0u8; (m.extent_count * 32) as usize];
+    read_exact(&mut ex.recv, &mut list, read_timeout(), "the extent list").await?;
+    if m.check_list(&list).is_err() {
+        return Ok(None);
+    }
+    Ok(Some(Target { manifest, list, receipt, tops: None }))
 }
 
-/// Challenges `entry`'s peer on a new stream of `conn`, then tells it the verdict.
+/// Challenges `entry`'s peer on a new stream of `conn` about the copy this node last pushed
+/// there (the peer's standing decides how many samples: [`judge::samples_for`]). If the holder
+/// committed a newer generation meanwhile (a push racing the challenge), asks again about that
+/// one, once.
 pub async fn challenge_peer(
     conn: &Connection,
     node: &Node,
@@ -306,48 +270,159 @@ pub async fn challenge_peer(
     samples: usize,
     now: Timestamp,
 ) -> Result<Exchanged, AuditError> {
+    let target = Target::from_record(node, &entry.id)?.ok_or(AuditError::NothingPushed(entry.state.peer))?;
+    let samples = judge::samples_for(&entry.state.their_standing, samples);
     let mut ex = conn.open_stream().await?;
-    let exchanged = run_challenge(&mut ex.send, &mut ex.recv, node, entry, samples, now).await?;
-    // Telling the peer is a courtesy: its standing here is decided either way.
-    let _ = conn.request(&Request::Verdict { verdict: exchanged.transcript.verdict.clone() }).await;
-    Ok(exchanged)
+    let first = exchange(&mut ex.send, &mut ex.recv, node, entry, target, samples, now).await?;
+    let Heard::Superseded { generation, manifest } = first.heard else { return Ok(first) };
+    let newer = |t: &Target| t.generation() == generation && RecordId::of(&t.manifest.body).ok() == Some(manifest);
+    let target = match Target::from_record(node, &entry.id)?.filter(newer) {
+        Some(t) => Some(t),
+        None => fetch_target(conn, node, entry).await?.filter(newer),
+    };
+    let Some(target) = target.filter(|_| generation > first.target.generation()) else {
+        let why = format!("the holder claims a generation {generation} it cannot show");
+        return Ok(Exchanged { heard: Heard::Fail { signed_at: None, why }, ..first });
+    };
+    let mut ex = conn.open_stream().await?;
+    let mut second = exchange(&mut ex.send, &mut ex.recv, node, entry, target, samples, now).await?;
+    if let Heard::Superseded { .. } = second.heard {
+        second.heard = Heard::Unreachable("the holder's copy changed twice during the challenge".into());
+    }
+    Ok(second)
 }
 
-/// Records that the peer could not be reached for a challenge: it is failing from now.
-pub fn unreachable(node: &Node, entry: &ContractEntry, now: Timestamp) -> Result<Signed<Verdict>, AuditError> {
-    judge(node, entry, RecordId::of(&entry.contract.body)?, None, Outcome::Unreachable, now)
+/// A judgement of the peer, recorded.
+#[derive(Debug, Clone)]
+pub struct Judgement {
+    /// The peer's standing now.
+    pub standing: Standing,
+    /// What it amounted to.
+    pub effect: Effect,
+    /// The verdict signed, if one was due.
+    pub verdict: Option<Signed<Verdict>>,
 }
 
-/// Records how the peer sees this node.
-pub fn learn_standing(node: &Node, id: &RecordId, verdict: &Signed<Verdict>) -> Result<(), StateError> {
-    let _lock = node.home.lock()?;
-    let mut entry = node.contract(id)?;
-    entry.state.our_standing = verdict.body.standing;
-    entry.state.our_standing_at = Some(verdict.body.at);
-    node.save_contract_state(id, &entry.state)
+/// Judges what a challenge of `entry`'s peer showed, by the fairness rules; records the
+/// standing and the peer's record; signs a verdict when one is due. `suspect`: this node
+/// reached too few of its peers in this run to trust its connection.
+pub fn judge(
+    node: &Node,
+    entry: &ContractEntry,
+    heard: &Heard,
+    transcript: Option<&Transcript>,
+    samples: usize,
+    now: Timestamp,
+    suspect: bool,
+) -> Result<Judgement, AuditError> {
+    let seen = match heard {
+        Heard::Pass => Seen::Pass { samples },
+        Heard::Fail { .. } => Seen::Fail,
+        Heard::Superseded { .. } | Heard::Unreachable(_) => Seen::Unreachable,
+    };
+    let challenge = transcript.map(|t| RecordId::of(&t.challenge.body)).transpose()?;
+    let answer = transcript.and_then(|t| t.answer.as_ref()).map(|a| RecordId::of(&a.body)).transpose()?;
+    let grace = entry.contract.body.grace_secs;
+    let judgement = node.update_contract(&entry.id, |e| {
+        let st = &mut e.state;
+        let j = judge::judge(st.their_standing, &st.their_record, seen, now, grace, suspect);
+        st.their_standing = j.standing;
+        st.their_record = j.record;
+        let verdict = match j.effect {
+            Effect::Verdict => {
+                let body = Verdict {
+                    contract: e.id,
+                    challenge,
+                    answer,
+                    holder: st.peer,
+                    result: Some(heard.outcome()),
+                    standing: j.standing,
+                    at: now,
+                };
+                let v = Signed::sign(body, &node.identity)?;
+                st.their_verdict = Some(v.clone());
+                Some(v)
+            }
+            _ => None,
+        };
+        // Having judged the peer failing, a deliberate failure of ours must not go on: our
+        // own failing answers would now read as deleting its data inside the grace we grant.
+        if j.standing.is_failing()
+            && let Some(plan) = st.audit.take()
+        {
+            st.audit = Some(if plan.pending() { plan.abandoned(now) } else { plan });
+        }
+        Ok::<_, AuditError>(Judgement { standing: j.standing, effect: j.effect, verdict })
+    })?;
+    let effect = match judgement.effect {
+        Effect::Verdict => json!("verdict"),
+        Effect::Retry { tries, failing_from } => json!({"retry": tries, "failing_from": failing_from}),
+        Effect::Suspended => json!("suspended"),
+    };
+    node.log_event(
+        now,
+        "verdict",
+        json!({"contract": entry.id, "peer": entry.state.peer, "result": heard.outcome(),
+               "standing": judgement.standing, "effect": effect, "samples": samples}),
+    )?;
+    Ok(judgement)
 }
 
-/// Asks the peer how it sees this node, and records it.
+/// Records a verdict of the peer's about this node: how it sees us, and, if failing, the
+/// signed word a breach's evidence needs. `skew_secs`: the peer's clock minus ours.
+pub fn learn_verdict(
+    node: &Node,
+    id: &RecordId,
+    verdict: &Signed<Verdict>,
+    skew_secs: i64,
+    now: Timestamp,
+) -> Result<(), StateError> {
+    node.update_contract(id, |e| {
+        let st = &mut e.state;
+        if st.our_standing_at.is_some_and(|at| at > now) {
+            return Ok(());
+        }
+        st.our_standing = verdict.body.standing;
+        st.our_standing_at = Some(now);
+        if verdict.body.standing.is_failing() {
+            st.our_failing_verdict = Some(LearnedVerdict { verdict: verdict.clone(), skew_secs });
+        }
+        Ok(())
+    })
+}
+
+/// Whether `verdict` is `peer`'s signed verdict about this node under `id`.
+fn verdict_about_us(node: &Node, peer: &NodeId, id: &RecordId, verdict: &Signed<Verdict>) -> bool {
+    verdict.verify_by(peer).is_ok() && verdict.body.holder == node.id() && verdict.body.contract == *id
+}
+
+/// Asks the peer how it sees this node, and records it (with the peer's signed verdict).
 pub async fn ask_standing(
     conn: &Connection,
     node: &Node,
     entry: &ContractEntry,
     now: Timestamp,
-) -> Result<crate::standing::Standing, AuditError> {
-    let standing = match conn.request(&Request::Standing { contract: entry.id }).await? {
-        Response::Standing { standing } => standing,
+) -> Result<Standing, AuditError> {
+    let peer = entry.state.peer;
+    let (standing, verdict, at) = match conn.request(&Request::Standing { contract: entry.id }).await? {
+        Response::Standing { standing, verdict, at } => (standing, verdict, at),
         other => return Err(NetError::Unexpected { request: "standing", reply: format!("{other:?}") }.into()),
     };
-    let _lock = node.home.lock()?;
-    let mut state = node.contract(&entry.id)?.state;
-    state.our_standing = standing;
-    state.our_standing_at = Some(now);
-    node.save_contract_state(&entry.id, &state)?;
+    let skew = at.unix() as i64 - now.unix() as i64;
+    match verdict.filter(|v| verdict_about_us(node, &peer, &entry.id, v) && v.body.standing == standing) {
+        Some(v) => learn_verdict(node, &entry.id, &v, skew, now)?,
+        None => node.update_contract(&entry.id, |e| {
+            e.state.our_standing = standing;
+            e.state.our_standing_at = Some(now);
+            Ok::<_, StateError>(())
+        })?,
+    }
     Ok(standing)
 }
 
 /// "Challenge me again": asks the peer to challenge this node at once on this connection,
-/// answers it honestly, and returns (and records) the peer's verdict.
+/// answers honestly, and returns (and records) the peer's verdict. A peer that sees this node
+/// as ok answers at once, without a challenge.
 pub async fn rechallenge(
     conn: &Connection,
     node: &Node,
@@ -357,163 +432,124 @@ pub async fn rechallenge(
     let peer = entry.state.peer;
     let mut ex = conn.open(&Request::Rechallenge { contract: entry.id }).await?;
     ex.finish()?;
-    let (mut send, mut recv) = tokio::time::timeout(read_timeout(), conn.accept_stream())
-        .await
-        .map_err(|_| NetError::Timeout { what: "the peer's challenge", secs: read_timeout().as_secs() })??;
-    let reply = match read_frame::<Request>(&mut recv, read_timeout()).await? {
-        Some(Request::Challenge { challenge }) => match answer(node, peer, &challenge, now, Honesty::Honest) {
-            Ok((answer, raw)) => Ok((Response::Answer { answer, len: raw.len() as u64 }, raw)),
-            Err(e) => Err(e),
-        },
-        _ => Err(ErrorReply::new(ErrorCode::BadRequest, "expected a challenge")),
-    };
-    match reply {
-        Ok((response, raw)) => {
-            write_frame(&mut send, &response).await?;
-            send.write_all(&raw).await.map_err(|e| NetError::Lost(e.to_string()))?;
+    let timeout = read_timeout();
+    let reply = tokio::select! {
+        reply = ex.reply() => reply?,
+        stream = tokio::time::timeout(timeout, conn.accept_stream()) => {
+            let (mut send, mut recv) =
+                stream.map_err(|_| NetError::Timeout { what: "the peer's challenge", secs: timeout.as_secs() })??;
+            let answered = match read_frame::<Request>(&mut recv, timeout).await? {
+                Some(Request::Challenge { challenge }) => answer::answer(node, peer, &challenge, now, Honesty::Honest, seed()?),
+                _ => Err(ErrorReply::new(ErrorCode::BadRequest, "expected a challenge")),
+            };
+            match answered {
+                Ok((answer, raw)) => {
+                    write_frame(&mut send, &Response::Answer { answer, len: raw.len() as u64 }).await?;
+                    send.write_all(&raw).await.map_err(|e| NetError::Lost(e.to_string()))?;
+                }
+                Err(e) => write_frame(&mut send, &Response::Error(e)).await?,
+            }
+            let _ = send.finish();
+            ex.reply().await?
         }
-        Err(e) => write_frame(&mut send, &Response::Error(e)).await?,
-    }
-    let _ = send.finish();
-    let verdict = match ex.reply().await? {
+    };
+    let verdict = match reply {
         Response::Rechallenged { verdict } => verdict,
         other => return Err(ex.unexpected(&other).into()),
     };
-    verdict.verify_by(&peer)?;
-    if verdict.body.holder != node.id() || verdict.body.contract != entry.id {
+    if !verdict_about_us(node, &peer, &entry.id, &verdict) {
         return Err(
             NetError::Unexpected { request: "rechallenge", reply: "a verdict about someone else".into() }.into()
         );
     }
-    learn_standing(node, &entry.id, &verdict)?;
+    learn_verdict(node, &entry.id, &verdict, verdict.body.at.unix() as i64 - now.unix() as i64, now)?;
     Ok(verdict)
 }
 
-/// What a breach file holds: everything a third party needs to check that the holder failed a
-/// challenge about a generation it had signed for.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Evidence {
-    /// Always 1.
-    pub schema: Schema,
-    /// The double-signed contract.
-    pub contract: Contract,
-    /// The owner-signed manifest of the generation asked about.
-    pub manifest: Signed<Manifest>,
-    /// The holder's signed receipt of that generation.
-    pub receipt: Option<Signed<Receipt>>,
-    /// The extent list (hex, 32 bytes per extent).
-    pub extent_list: String,
-    /// The failed exchange.
-    pub transcript: Transcript,
-}
-
-/// Why evidence does not hold up.
-#[derive(Debug, Error, PartialEq, Eq)]
-pub enum EvidenceError {
-    /// A signature or a link between the records is wrong.
-    #[error("the evidence is not consistent: {0}")]
-    Inconsistent(String),
-    /// The answer was in fact right.
-    #[error("the answer proves every sample: no breach")]
-    NoBreach,
-}
-
-impl Evidence {
-    /// Checks everything: signatures, links, and that the answer fails. Returns the number of
-    /// samples the holder failed to prove.
-    pub fn check(&self) -> Result<usize, EvidenceError> {
-        let bad = |m: &str| EvidenceError::Inconsistent(m.to_owned());
-        self.contract.verify().map_err(|e| EvidenceError::Inconsistent(e.to_string()))?;
-        let id = self.contract.id().map_err(|e| EvidenceError::Inconsistent(e.to_string()))?;
-        let t = &self.transcript;
-        let c = &t.challenge.body;
-        let (owner, holder) = (c.challenger, c.holder);
-        if self.contract.body.peer_of(&owner) != Some(holder) || c.contract != id {
-            return Err(bad("the challenge is not between the contract's sides"));
-        }
-        t.challenge.verify_by(&owner).map_err(|e| EvidenceError::Inconsistent(e.to_string()))?;
-        self.manifest.verify_by(&owner).map_err(|e| EvidenceError::Inconsistent(e.to_string()))?;
-        let m = &self.manifest.body;
-        if m.contract != id || m.owner != owner || m.generation != c.generation {
-            return Err(bad("the manifest is not the generation challenged"));
-        }
-        if let Some(r) = &self.receipt {
-            r.verify_by(&holder).map_err(|e| EvidenceError::Inconsistent(e.to_string()))?;
-            let manifest_id = RecordId::of(m).map_err(|e| EvidenceError::Inconsistent(e.to_string()))?;
-            if r.body.manifest != manifest_id || r.body.generation != m.generation || r.body.holder != holder {
-                return Err(bad("the receipt is not for this manifest"));
-            }
-        }
-        let list = encoding_hex_bytes(&self.extent_list).ok_or_else(|| bad("the extent list is not hex"))?;
-        let hashes = m.check_list(&list).map_err(|e| EvidenceError::Inconsistent(e.to_string()))?;
-        let g: Geometry = m.geometry().map_err(|e| EvidenceError::Inconsistent(e.to_string()))?;
-        let raw = encoding_hex_bytes(&t.answer_bytes).ok_or_else(|| bad("the answer bytes are not hex"))?;
-        t.verdict.verify_by(&owner).map_err(|e| EvidenceError::Inconsistent(e.to_string()))?;
-        let challenge_id = RecordId::of(c).map_err(|e| EvidenceError::Inconsistent(e.to_string()))?;
-        if t.verdict.body.challenge != challenge_id {
-            return Err(bad("the verdict is about another challenge"));
-        }
-        match &t.answer {
-            None => Err(bad(
-                "the holder gave no signed answer (it refused or was silent): the verdict stands on the challenger's word alone",
-            )),
-            Some(a) => {
-                a.verify_by(&holder).map_err(|e| EvidenceError::Inconsistent(e.to_string()))?;
-                if a.body.challenge != challenge_id
-                    || a.body.proof != encoding::hex_encode(blake3::hash(&raw).as_bytes())
-                {
-                    return Err(bad("the answer is not for this challenge or not these bytes"));
-                }
-                // The tops given must be exactly those of the picks that have them, and each
-                // set must merge to its extent's hash in the list the holder signed for.
-                let given = encoding_hex_bytes(&t.tops).ok_or_else(|| bad("the tops are not hex"))?;
-                let mut sets = given.chunks(32 << c.depth.min(16));
-                let tops = challenge::tops_for(g, &hashes, &c.picks, c.depth, |_| {
-                    sets.next().map(|s| s.chunks_exact(32).map(|cv| cv.try_into().unwrap_or([0; 32])).collect())
-                })
-                .filter(|tops| tops.as_flattened() == given.as_slice())
-                .ok_or_else(|| bad("the tops do not match the extents' hashes"))?;
-                match challenge::check(g, &hashes, &c.picks, &raw, c.depth, &tops) {
-                    0 => Err(EvidenceError::NoBreach),
-                    n => Ok(n),
-                }
-            }
-        }
-    }
-}
-
-fn encoding_hex_bytes(text: &str) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2) {
-        return None;
-    }
-    text.as_bytes()
-        .chunks(2)
-        .map(|p| std::str::from_utf8(p).ok().and_then(|s| encoding::hex_decode::<1>(s).ok()).map(|b| b[0]))
-        .collect()
-}
-
-/// Writes a breach's evidence to `audits/` and returns its path.
-pub fn save_evidence(
+/// What a failed challenge amounts to, by the breach rule; with the evidence file when it
+/// proves a breach to anybody.
+pub fn breach_of(
     node: &Node,
     entry: &ContractEntry,
-    transcript: &Transcript,
+    ex: &Exchanged,
     now: Timestamp,
-) -> Result<PathBuf, AuditError> {
-    let record = Inbound::outbound(node.home.root(), &entry.id);
-    let (manifest, list, receipt) =
-        record.committed_with_receipt()?.ok_or(AuditError::NothingPushed(entry.state.peer))?;
-    let evidence = Evidence {
-        schema: Schema,
-        contract: entry.contract.clone(),
-        manifest,
-        receipt,
-        extent_list: encoding::hex_encode(&list),
-        transcript: transcript.clone(),
+) -> Result<(Breach, Option<PathBuf>), AuditError> {
+    let Heard::Fail { signed_at, .. } = ex.heard else { return Ok((Breach::No, None)) };
+    let state = node.contract(&entry.id)?.state;
+    let (window, skew) = state.failing_window();
+    let failed = match signed_at {
+        Some(at) => Failed::Signed { at },
+        None => Failed::Unsigned,
     };
-    let dir = node.home.root().join("audits");
-    create_dir(&dir)?;
-    let path = dir.join(format!("breach-{}-{}.json", entry.id.short(), now.unix()));
-    node.home.write(&path, &evidence)?;
-    Ok(path)
+    match evidence::breach(failed, window, skew, now) {
+        Breach::Proven => {
+            // Only claimed if the file proves it, checked as a third party would.
+            let evidence =
+                state.our_failing_verdict.as_ref().zip(ex.target.receipt.as_ref()).zip(ex.transcript.answer.as_ref());
+            let Some(((learned, receipt), answer)) = evidence else { return Ok((Breach::AtUsOnly, None)) };
+            let evidence = Evidence {
+                schema: Schema,
+                contract: entry.contract.clone(),
+                failing_verdict: learned.verdict.clone(),
+                manifest: ex.target.manifest.clone(),
+                receipt: receipt.clone(),
+                extent_list: encoding::hex_encode(&ex.target.list),
+                challenge: ex.transcript.challenge.clone(),
+                answer: answer.clone(),
+                answer_bytes: encoding::hex_encode(&ex.transcript.answer_bytes),
+                tops: encoding::hex_encode(ex.transcript.tops.as_flattened()),
+            };
+            if evidence.check().is_err() {
+                return Ok((Breach::AtUsOnly, None));
+            }
+            let dir = node.home.root().join("audits");
+            create_dir(&dir)?;
+            let path = dir.join(format!("breach-{}-{}.json", entry.id.short(), now.unix()));
+            node.home.write(&path, &evidence)?;
+            Ok((Breach::Proven, Some(path)))
+        }
+        other => Ok((other, None)),
+    }
+}
+
+/// Connects to each of `peers` at once. If fewer than half answer, also asks up to three other
+/// nodes of the address book who they are, so that this node does not take its own outage
+/// for its peers'. Returns each peer's connection (or why not) and what was reached.
+pub async fn connect_all(
+    client: &Arc<Client>,
+    node: &Node,
+    peers: &[NodeId],
+) -> Result<(Vec<(NodeId, Result<Connection, NetError>)>, Reach), StateError> {
+    let book = node.address_book()?;
+    let reach_all = |nodes: Vec<NodeId>| {
+        let mut tasks = tokio::task::JoinSet::new();
+        for (i, n) in nodes.into_iter().enumerate() {
+            let (client, addrs) = (client.clone(), book.addrs(&n).to_vec());
+            tasks.spawn(async move { (i, n, client.connect_any(n, &addrs).await) });
+        }
+        async move {
+            let mut out = Vec::new();
+            while let Some(done) = tasks.join_next().await {
+                if let Ok(r) = done {
+                    out.push(r);
+                }
+            }
+            out.sort_by_key(|(i, _, _)| *i);
+            out.into_iter().map(|(_, n, c)| (n, c)).collect::<Vec<_>>()
+        }
+    };
+    let conns = reach_all(peers.to_vec()).await;
+    let mut reach = Reach { tried: peers.len(), reached: conns.iter().filter(|(_, c)| c.is_ok()).count() };
+    if crate::fairness::health::suspect(reach) {
+        let witnesses: Vec<NodeId> =
+            book.peers.keys().filter(|n| !peers.contains(n) && **n != node.id()).take(3).copied().collect();
+        reach.tried += witnesses.len();
+        for (_, answered) in reach_all(witnesses).await {
+            if let Ok(c) = answered {
+                reach.reached += 1;
+                c.close();
+            }
+        }
+    }
+    Ok((conns, reach))
 }

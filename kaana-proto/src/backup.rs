@@ -424,7 +424,7 @@ async fn fetch_manifest(
     let mut ex = conn.open(&Request::GetManifest { contract: id }).await.map_err(&err)?;
     ex.finish().map_err(&err)?;
     let manifest = match ex.reply().await.map_err(&err)? {
-        Response::ManifestIs { manifest } => manifest,
+        Response::ManifestIs { manifest, .. } => manifest,
         other => return Err(err(ex.unexpected(&other))),
     };
     manifest.verify_by(&node.id()).map_err(BackupError::NotOurs)?;

@@ -7,19 +7,21 @@
 //! it kept, and never needs the data itself. With `k` distinct extents, a holder missing a
 //! fraction `f` of the extents is caught with probability at least `1 - (1 - f)^k`.
 //!
-//! Every exchange is signed: the challenge by the challenger, the answer (with the hash of the raw
-//! proof bytes) by the holder, the verdict by the challenger; with the holder's signed receipt of
-//! the generation, a third party can check a breach without trusting either side.
+//! Every exchange is signed: the challenge (naming the manifest it asks about) by the
+//! challenger, every reply to it by the holder — the proofs, "I no longer hold it", "that
+//! generation is superseded", a refusal — and the verdict by the challenger. With the holder's
+//! signed receipt of the manifest and its own failing verdict about the owner, a third party can
+//! check a breach without trusting either side ([`crate::fairness::evidence`]).
 
 use serde::{Deserialize, Serialize};
 
 use crate::encoding;
+use crate::fairness::standing::Standing;
 use crate::identity::NodeId;
 use crate::manifest::{ExtentHash, Geometry};
 use crate::market::RecordId;
 use crate::proof;
 use crate::record::Record;
-use crate::standing::Standing;
 use crate::time::Timestamp;
 
 /// Samples per challenge by default: a holder missing 10% of the extents fails with probability
@@ -28,7 +30,8 @@ pub const DEFAULT_SAMPLES: usize = 44;
 /// The most samples a challenge may ask for.
 pub const MAX_SAMPLES: usize = 1024;
 
-/// "Prove you hold these chunks of generation `generation` of my copy." Signed by the challenger.
+/// "Prove you hold these chunks of my copy as manifest `manifest` describes it." Signed by the
+/// challenger.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Challenge {
@@ -38,7 +41,9 @@ pub struct Challenge {
     pub challenger: NodeId,
     /// Who must answer (the holder).
     pub holder: NodeId,
-    /// The generation asked about.
+    /// The manifest asked about (its record id): one the holder signed a receipt for.
+    pub manifest: RecordId,
+    /// Its generation.
     pub generation: u64,
     /// Random, so that no answer can be reused (32 hex digits).
     pub nonce: String,
@@ -56,8 +61,7 @@ impl Record for Challenge {
     const KIND: &'static str = "challenge";
 }
 
-/// "Here are the chunks and their proofs": signed by the holder; the raw proof bytes travel
-/// beside it and `proof` is their BLAKE3 hash.
+/// The holder's reply to a challenge, whatever it says: signed by the holder.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Answer {
@@ -65,10 +69,40 @@ pub struct Answer {
     pub challenge: RecordId,
     /// Who answers.
     pub holder: NodeId,
-    /// BLAKE3 of the raw answer bytes (hex).
-    pub proof: String,
-    /// When.
+    /// What it says.
+    pub reply: Reply,
+    /// When (the holder's clock).
     pub at: Timestamp,
+}
+
+/// What a holder says to a challenge.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Reply {
+    /// "Here are the chunks and their proofs": the raw bytes travel beside the answer, and
+    /// `proof` is their BLAKE3 hash (hex).
+    Proof {
+        /// BLAKE3 of the raw answer bytes (hex).
+        proof: String,
+    },
+    /// "I no longer hold your copy under this contract."
+    NotHeld {
+        /// Why, for people.
+        reason: String,
+    },
+    /// "That manifest is superseded: I hold (and receipted) a newer generation."
+    Superseded {
+        /// The generation held.
+        generation: u64,
+        /// Its manifest's record id.
+        manifest: RecordId,
+    },
+    /// "I will not answer this": the challenge asks about a manifest this holder never
+    /// receipted, or for samples outside the copy.
+    Refused {
+        /// Why, for people.
+        reason: String,
+    },
 }
 
 impl Record for Answer {
@@ -93,14 +127,14 @@ pub enum Outcome {
 pub struct Verdict {
     /// The contract.
     pub contract: RecordId,
-    /// The challenge judged.
-    pub challenge: RecordId,
+    /// The challenge judged (none when the holder could not be reached).
+    pub challenge: Option<RecordId>,
     /// The answer judged, if there was one.
     pub answer: Option<RecordId>,
     /// Who was judged.
     pub holder: NodeId,
-    /// The outcome.
-    pub result: Outcome,
+    /// The outcome (none for a bare statement of the standing, with no challenge behind it).
+    pub result: Option<Outcome>,
     /// The holder's standing at the challenger now.
     pub standing: Standing,
     /// When.
@@ -189,6 +223,29 @@ pub fn pick(g: Geometry, k: usize, rng: &mut Rng) -> Vec<[u64; 2]> {
         order.push(e);
     }
     order.into_iter().map(|e| [e, rng.below(proof::chunks(g.len(e) as u64))]).collect()
+}
+
+/// Proofs may stop at the root (0) or at the owner's tops ([`proof::TOP_LEVELS`]).
+pub fn depth_allowed(depth: u32) -> bool {
+    depth == 0 || depth == proof::TOP_LEVELS
+}
+
+/// Checks that a challenge asks for something a holder of a copy of geometry `g` can prove:
+/// 1 to [`MAX_SAMPLES`] samples, each a chunk of an extent of the copy, and an allowed depth.
+/// A holder refuses anything else, and evidence built on anything else is no evidence.
+pub fn check_request(g: Geometry, picks: &[[u64; 2]], depth: u32) -> Result<(), String> {
+    if picks.is_empty() || picks.len() > MAX_SAMPLES {
+        return Err(format!("a challenge asks for 1 to {MAX_SAMPLES} samples, not {}", picks.len()));
+    }
+    if !depth_allowed(depth) {
+        return Err(format!("proofs may stop at depth 0 or {}, not {depth}", proof::TOP_LEVELS));
+    }
+    for (i, [e, c]) in picks.iter().enumerate() {
+        if *e >= g.count() || *c >= proof::chunks(g.len(*e) as u64) {
+            return Err(format!("sample {i} (extent {e}, chunk {c}) is outside the copy"));
+        }
+    }
+    Ok(())
 }
 
 /// The length of a correct answer's raw bytes.

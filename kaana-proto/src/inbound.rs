@@ -4,9 +4,14 @@
 //! Extents are content-addressed files (`extents/ab/abcd…`), each written to a temp file,
 //! synced, and renamed into place only if its bytes hash to its name. A generation is committed
 //! by writing its extent list (`lists/<gen>.bin`) and then, atomically, `committed.json` (the
-//! owner-signed manifest): that rename is the commit point, so a crash anywhere leaves the
-//! previous generation whole. After a commit, extents and lists it does not reference are
-//! dropped.
+//! owner-signed manifest and the holder's receipt of it): that rename is the commit point, so a
+//! crash anywhere leaves the previous generation whole. After a commit, extents and lists it
+//! does not reference are dropped.
+//!
+//! Answers to challenges read a committed generation's extents while a commit may be replacing
+//! it, in another process or thread: so answers hold the store's `.lock` shared, and a commit
+//! (and anything else that removes extents a generation may name) holds it exclusively. An
+//! answer thus sees one whole generation, never a half-dropped one.
 
 use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
@@ -109,6 +114,22 @@ impl Inbound {
 
     fn committed_path(&self) -> PathBuf {
         self.dir.join("committed.json")
+    }
+
+    /// Takes the store's lock: shared to read a committed generation, exclusive to replace or
+    /// drop one. `None` (nothing to hold) when the store does not exist and `exclusive` is false.
+    pub fn lock(&self, exclusive: bool) -> Result<Option<File>, StateError> {
+        let path = self.dir.join(".lock");
+        if exclusive {
+            create_dir(&self.dir)?;
+        }
+        let file = match OpenOptions::new().create(true).truncate(false).write(true).mode(0o600).open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound && !exclusive => return Ok(None),
+            Err(e) => return Err(StateError::io(&path, e)),
+        };
+        if exclusive { file.lock() } else { file.lock_shared() }.map_err(|e| StateError::io(&path, e))?;
+        Ok(Some(file))
     }
 
     /// Whether the extent is stored.
@@ -226,14 +247,16 @@ impl Inbound {
 
     /// The raw answer to a challenge's `picks` of the copy whose extents are `hashes`: each
     /// chunk and its proof (up to `depth` levels below the root where the extent splits evenly
-    /// there); what is not stored (or not a chunk) comes back as zeros of the right length, which
-    /// fails the check. Also returns how many bytes it read from disk.
+    /// there); what is not stored, cannot be read, or is in `unreadable` (what a deliberate
+    /// failure pretends), comes back as zeros of the right length, which fails the check. Also
+    /// returns how many bytes it read from disk. The caller holds the store's lock, shared.
     pub fn answer(
         &self,
         g: Geometry,
         hashes: &[ExtentHash],
         picks: &[[u64; 2]],
         depth: u32,
+        unreadable: &HashSet<ExtentHash>,
     ) -> Result<(Vec<u8>, u64), StateError> {
         let mut raw = Vec::with_capacity(challenge::answer_len(g, picks, depth).unwrap_or(0));
         let mut read = 0;
@@ -242,8 +265,9 @@ impl Inbound {
             if *ci >= proof::chunks(len) {
                 continue;
             }
-            let proved = match hashes.get(*e as usize) {
-                Some(hash) => self.prove_counting(hash, len, *ci)?,
+            // An extent that cannot be read is as good as missing: its samples fail.
+            let proved = match hashes.get(*e as usize).filter(|h| !unreadable.contains(*h)) {
+                Some(hash) => self.prove_counting(hash, len, *ci).unwrap_or(None),
                 None => None,
             };
             let siblings_len = proof::proof_len_to(len, *ci, depth);
@@ -294,16 +318,23 @@ impl Inbound {
         Ok(Some((c.manifest, list, c.receipt)))
     }
 
-    /// Commits a generation: every extent it names must be stored. Then moves what it does not
-    /// reference to the trash (see [`Inbound::empty_trash`]). Returns the bytes dropped.
-    pub fn commit(&self, manifest: &Signed<Manifest>, list: &[u8]) -> Result<u64, InboundError> {
+    /// Commits a generation, with the holder's `receipt` of it: every extent it names must be
+    /// stored. Then moves what it does not reference to the trash (see
+    /// [`Inbound::empty_trash`]). Returns the bytes dropped. Holds the store's lock exclusively.
+    pub fn commit(
+        &self,
+        manifest: &Signed<Manifest>,
+        list: &[u8],
+        receipt: Signed<Receipt>,
+    ) -> Result<u64, InboundError> {
         let hashes = manifest.body.check_list(list)?;
+        let _lock = self.lock(true)?;
         let missing = hashes.iter().filter(|h| !self.has(h)).count();
         if missing > 0 {
             return Err(InboundError::Missing(missing));
         }
         // Every extent named is on disk under its name already: `put` synced it and its directory.
-        self.record(manifest, list, None)?;
+        self.record(manifest, list, Some(receipt))?;
         let keep: HashSet<ExtentHash> = hashes.into_iter().collect();
         Ok(self.drop_unreferenced(&keep, Some(manifest.body.generation))?)
     }
@@ -369,6 +400,35 @@ impl Inbound {
             remove_file(&path)?;
         }
         Ok(())
+    }
+
+    /// Checks every extent of the committed generation against its hash, as a holder does when
+    /// its peer says it failed a challenge; moves those that are missing, unreadable or wrong
+    /// to the trash, so the owner's next push sends them again. Returns how many it found bad.
+    pub fn scrub(&self) -> Result<usize, StateError> {
+        let Some((manifest, list)) = self.committed()? else { return Ok(0) };
+        let hashes = manifest.body.check_list(&list).map_err(|e| StateError::damaged(&self.dir, e))?;
+        let unique: HashSet<ExtentHash> = hashes.into_iter().collect();
+        let trash = self.trash_dir();
+        let mut bad = 0;
+        for hash in unique {
+            let path = self.extent_path(&hash);
+            let good = fs::read(&path).is_ok_and(|data| blake3::hash(&data).as_bytes() == &hash);
+            if !good {
+                bad += 1;
+                // Briefly exclusive: an answer under way sees the extent or its absence, whole.
+                let _lock = self.lock(true)?;
+                create_dir(&trash)?;
+                for p in [path.clone(), self.outboard_path(&hash)] {
+                    let name = p.file_name().map(|n| n.to_owned()).unwrap_or_default();
+                    match fs::rename(&p, trash.join(name)) {
+                        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(StateError::io(&p, e)),
+                        _ => {}
+                    }
+                }
+            }
+        }
+        Ok(bad)
     }
 
     /// In an owner's record: the hashes of the volume's own bytes (before the keystream) at
@@ -468,8 +528,23 @@ impl Inbound {
         walk(&self.dir)
     }
 
-    /// Removes the whole store (its data is owed no longer). Safe to repeat.
+    /// Removes [`Inbound::leftovers`] older than `before`, found again under the store's lock
+    /// (so a commit since the plan was made never loses an extent it now names). Returns the
+    /// bytes freed.
+    pub fn remove_leftovers(&self, before: std::time::SystemTime) -> Result<u64, StateError> {
+        let _lock = self.lock(true)?;
+        let mut freed = 0;
+        for (path, len) in self.leftovers(before)? {
+            remove_file(&path)?;
+            freed += len;
+        }
+        Ok(freed)
+    }
+
+    /// Removes the whole store (its data is owed no longer), holding its lock: an answer under
+    /// way finishes first. Safe to repeat.
     pub fn remove_all(&self) -> Result<(), StateError> {
+        let _lock = if self.dir.exists() { self.lock(true)? } else { None };
         match fs::remove_dir_all(&self.dir) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(StateError::io(&self.dir, e)),
             _ => Ok(()),
@@ -538,7 +613,7 @@ mod tests {
                 .filter(|i| {
                     let mut rng = Rng::from_seed(blake3::hash(&u64::to_le_bytes(*i)).into());
                     let picks = pick(g, challenge::DEFAULT_SAMPLES, &mut rng);
-                    let (raw, _) = store.answer(g, &hashes, &picks, depth).unwrap();
+                    let (raw, _) = store.answer(g, &hashes, &picks, depth, &HashSet::new()).unwrap();
                     let tops = challenge::tops_for(g, &hashes, &picks, depth, |e| Some(tops[e as usize].clone()));
                     check(g, &hashes, &picks, &raw, depth, &tops.unwrap()) > 0
                 })
@@ -582,7 +657,16 @@ mod tests {
             extents: encoding::hex_encode(&list_hash(&list)),
             created_at: "2026-11-29T10:00:00Z".parse().unwrap(),
         };
-        let freed = store.commit(&Signed::sign(manifest, &owner).unwrap(), &list).unwrap();
+        let manifest = Signed::sign(manifest, &owner).unwrap();
+        let receipt = Receipt {
+            contract: manifest.body.contract,
+            owner: owner.node_id(),
+            holder: owner.node_id(),
+            generation: 1,
+            manifest: RecordId::of(&manifest.body).unwrap(),
+            at: manifest.body.created_at,
+        };
+        let freed = store.commit(&manifest, &list, Signed::sign(receipt, &owner).unwrap()).unwrap();
         assert_eq!(freed, 8192);
         assert_eq!(store.present().unwrap(), vec![(new_hash, 8192)]);
         assert_eq!(fs::read_dir(store.trash_dir()).unwrap().count(), 1);
@@ -592,6 +676,44 @@ mod tests {
         assert_eq!(fs::read_dir(store.trash_dir()).unwrap().count(), 0);
         assert!(store.leftovers(later).unwrap().is_empty());
         assert!(store.read_into(&new_hash, &mut AlignedBuf::default()).unwrap(), "what it names stays");
+    }
+
+    /// A scrub finds what is missing or wrong, and moves it aside so that the owner's next
+    /// push sends it again; what is right stays.
+    #[test]
+    fn a_scrub_removes_what_no_longer_matches() {
+        use crate::identity::Identity;
+        use crate::manifest::{encode_list, list_hash};
+        let dir = tempfile::tempdir().unwrap();
+        let store = Inbound { dir: dir.path().to_owned() };
+        let data: Vec<Vec<u8>> = (0..4).map(|i| extent(i, 8192)).collect();
+        let hashes: Vec<ExtentHash> = data.iter().map(|d| *blake3::hash(d).as_bytes()).collect();
+        for (h, d) in hashes.iter().zip(&data) {
+            store.put(h, d).unwrap();
+        }
+        let owner = Identity::from_seed([8; 32]);
+        let list = encode_list(&hashes);
+        let manifest = Manifest {
+            contract: "66".repeat(32).parse().unwrap(),
+            owner: owner.node_id(),
+            generation: 1,
+            volume_size: 4 * 8192,
+            extent_size: 8192,
+            extent_count: 4,
+            extents: encoding::hex_encode(&list_hash(&list)),
+            created_at: "2026-11-29T10:00:00Z".parse().unwrap(),
+        };
+        let manifest = Signed::sign(manifest, &owner).unwrap();
+        store.record(&manifest, &list, None).unwrap();
+        assert_eq!(store.scrub().unwrap(), 0);
+        fs::write(store.extent_path(&hashes[1]), extent(99, 8192)).unwrap();
+        fs::remove_file(store.extent_path(&hashes[2])).unwrap();
+        assert_eq!(store.scrub().unwrap(), 2);
+        let mut left: Vec<ExtentHash> = store.present().unwrap().into_iter().map(|(h, _)| h).collect();
+        left.sort_unstable();
+        let mut want = vec![hashes[0], hashes[3]];
+        want.sort_unstable();
+        assert_eq!(left, want);
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! from [`time::now_from_env`]), [`size`], [`config`]. I/O modules: [`state`] (the state
 //! directory), [`node`] (a node opened from it), [`cli`] (exit codes and output).
 
+pub mod answer;
 pub mod audit;
 pub mod backup;
 pub mod board;
@@ -12,6 +13,7 @@ pub mod challenge;
 pub mod cli;
 pub mod config;
 pub mod encoding;
+pub mod fairness;
 pub mod identity;
 pub mod inbound;
 pub mod manifest;
@@ -21,7 +23,6 @@ pub mod node;
 pub mod proof;
 pub mod record;
 pub mod size;
-pub mod standing;
 pub mod state;
 pub mod store;
 pub mod time;

@@ -10,11 +10,15 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use crate::challenge::Verdict;
+use crate::fairness::deliberate::{Mode, Plan};
+use crate::fairness::health::{Health, Reach};
+use crate::fairness::judge::PeerRecord;
+use crate::fairness::standing::Standing;
 use crate::identity::NodeId;
 use crate::market::{Contract, Notice, Offer, RecordId};
 use crate::node::Node;
 use crate::record::Signed;
-use crate::standing::Standing;
 use crate::state::{Schema, StateError, create_dir};
 use crate::time::Timestamp;
 
@@ -109,36 +113,44 @@ pub struct ContractState {
     pub status: Status,
     /// How this node judges the peer.
     pub their_standing: Standing,
+    /// This node's record of the peer: passes, failures, unreachable spells.
+    #[serde(default)]
+    pub their_record: PeerRecord,
+    /// The last verdict this node signed about the peer (what it shows when asked).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub their_verdict: Option<Signed<Verdict>>,
     /// How the peer judges this node, as last learned.
     pub our_standing: Standing,
     /// When `our_standing` was learned.
     pub our_standing_at: Option<Timestamp>,
-    /// Answer the peer's next challenge wrongly on purpose (`kaana-challenge fail-next`).
+    /// The peer's latest signed verdict that this node was failing: what breach evidence needs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub our_failing_verdict: Option<LearnedVerdict>,
+    /// Fail the peer's next challenge on purpose (`kaana-challenge fail-next`).
     #[serde(default)]
     pub fail_next: bool,
-    /// The audit planned after this node's last deliberate failure.
+    /// The form `fail_next` asked for (else one at random).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fail_next_mode: Option<Mode>,
+    /// This node's last deliberate failure and its audit.
     #[serde(default)]
-    pub audit: Option<Audit>,
+    pub audit: Option<Plan>,
+    /// A scrub of the peer's copy here found extents damaged (and removed them) at this time:
+    /// the peer's next push re-sends them. Until then this node does not ask to be
+    /// challenged again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub awaiting_repush: Option<Timestamp>,
 }
 
-/// An audit: after failing a challenge on purpose, this node checks, inside the grace period it
-/// was promised, that the peer still holds its data.
+/// A verdict of the peer's about this node, with how far the peer's clock was ahead of this
+/// node's when it was learned.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Audit {
-    /// When this node failed on purpose.
-    pub failed_at: Timestamp,
-    /// When to check the peer (between 1/7 and 6/7 of the grace period later).
-    pub audit_at: Timestamp,
-    /// How it ended, once done: `pass` or `breach`.
-    pub result: Option<String>,
-}
-
-impl Audit {
-    /// Whether it is planned and not yet done.
-    pub fn pending(&self) -> bool {
-        self.result.is_none()
-    }
+pub struct LearnedVerdict {
+    /// The peer-signed verdict.
+    pub verdict: Signed<Verdict>,
+    /// The peer's clock minus this node's, in seconds.
+    pub skew_secs: i64,
 }
 
 impl ContractState {
@@ -150,10 +162,28 @@ impl ContractState {
             peer,
             status: Status::Active,
             their_standing: Standing::Ok,
+            their_record: PeerRecord::default(),
+            their_verdict: None,
             our_standing: Standing::Ok,
             our_standing_at: None,
+            our_failing_verdict: None,
             fail_next: false,
+            fail_next_mode: None,
             audit: None,
+            awaiting_repush: None,
+        }
+    }
+
+    /// Whether this node's deliberate failure keeps it silent toward the peer at `now`.
+    pub fn silent(&self, now: Timestamp) -> bool {
+        self.audit.as_ref().is_some_and(|p| p.silent(now))
+    }
+
+    /// The peer's failing verdict about this node, as `(since, delete_after)` and skew.
+    pub fn failing_window(&self) -> (Option<(Timestamp, Timestamp)>, i64) {
+        match &self.our_failing_verdict {
+            Some(l) => (l.verdict.body.standing.failing(), l.skew_secs),
+            None => (None, 0),
         }
     }
 }
@@ -190,6 +220,8 @@ pub struct ContractSummary {
     pub their_standing: Standing,
     /// How the peer judges this node, as last learned.
     pub our_standing: Standing,
+    /// This node's record of the peer: challenges passed and failed, tries unanswered.
+    pub their_record: PeerRecord,
     /// For a terminated contract: when its data may be deleted.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub delete_after: Option<Timestamp>,
@@ -212,9 +244,18 @@ impl ContractEntry {
             created_at: self.contract.body.created_at,
             their_standing: self.state.their_standing,
             our_standing: self.state.our_standing,
+            their_record: self.state.their_record.clone(),
             delete_after,
         }
     }
+}
+
+/// `health.json`: this node's record of its own connection.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HealthFile {
+    schema: Schema,
+    health: Health,
 }
 
 /// `server.json`: where this node's server is bound, written when it starts.
@@ -350,9 +391,52 @@ impl Node {
         Ok(id)
     }
 
-    /// Replaces a contract's local state.
+    /// Replaces a contract's local state. The caller holds the state lock (see
+    /// [`Node::update_contract`], the one way to change a contract's state).
     pub fn save_contract_state(&self, id: &RecordId, state: &ContractState) -> Result<(), StateError> {
         self.home.write(&self.contract_state_path(id), state)
+    }
+
+    /// Changes contract `id`'s state under the state lock: reads it fresh, lets `change` edit
+    /// it, and saves it if `change` returns `Ok`. No caller can forget the lock or save a stale
+    /// copy.
+    pub fn update_contract<T, E: From<StateError>>(
+        &self,
+        id: &RecordId,
+        change: impl FnOnce(&mut ContractEntry) -> Result<T, E>,
+    ) -> Result<T, E> {
+        let _lock = self.home.lock()?;
+        let mut entry = self.contract(id)?;
+        let before = entry.state.clone();
+        let out = change(&mut entry)?;
+        if entry.state != before {
+            self.save_contract_state(id, &entry.state)?;
+        }
+        Ok(out)
+    }
+
+    /// The peers this node is silent toward at `now` (a deliberate failure under way): it
+    /// answers them nothing and sends them nothing.
+    pub fn silent_peers(&self, now: Timestamp) -> Result<std::collections::HashSet<NodeId>, StateError> {
+        Ok(self.contracts()?.into_iter().filter(|e| e.state.silent(now)).map(|e| e.state.peer).collect())
+    }
+
+    /// This node's record of its own connection (`health.json`).
+    pub fn health(&self) -> Result<Health, StateError> {
+        Ok(self
+            .home
+            .read_optional::<HealthFile>(&self.home.root().join("health.json"))?
+            .map(|f| f.health)
+            .unwrap_or_default())
+    }
+
+    /// Records a check of this node's connection at `now`; returns the new record.
+    pub fn record_health(&self, now: Timestamp, reach: Reach) -> Result<Health, StateError> {
+        let _lock = self.home.lock()?;
+        let health = self.health()?.after_check(now, reach);
+        self.home
+            .write(&self.home.root().join("health.json"), &HealthFile { schema: Schema, health: health.clone() })?;
+        Ok(health)
     }
 
     /// Bytes committed to contracts that are not ended (what peers may store here).

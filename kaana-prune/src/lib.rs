@@ -1,10 +1,14 @@
 //! `kaana-prune`: deletes peers' data whose grace period has run out, and cleans leftovers.
 //!
-//! It builds a plan first and prints it (one JSON line per step); `--dry-run` stops there.
-//! Each step is checked again, under the state lock, just before it is applied, so data whose
-//! peer turned `ok` in the meantime is never touched. A contract is marked ended before its data
-//! is deleted: a prune killed midway leaves an ended contract with some data left, never an
-//! active one with data gone, and the next run removes what is left.
+//! Whether a peer's data may go is the fairness rules' decision
+//! ([`kaana_proto::fairness::deletion`]); before deleting a failing peer's data, prune checks
+//! that this node reaches its peers, since a node cut off from everyone must not delete the
+//! data of peers that could not reach it. It builds a plan first and prints it (one JSON line
+//! per step); `--dry-run` stops there. Each step is checked again, under the state lock, just
+//! before it is applied, so data whose peer turned `ok` in the meantime is never touched. A
+//! contract is marked ended before its data is deleted: a prune killed midway leaves an ended
+//! contract with some data left, never an active one with data gone, and the next run removes
+//! what is left.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, UNIX_EPOCH};
@@ -14,12 +18,13 @@ use serde::Serialize;
 use serde_json::json;
 
 use kaana_proto::cli::{Exit, emit};
+use kaana_proto::fairness::deletion::{self, Decision};
+use kaana_proto::fairness::health::Health;
 use kaana_proto::identity::NodeId;
 use kaana_proto::inbound::Inbound;
 use kaana_proto::market::RecordId;
 use kaana_proto::node::Node;
 use kaana_proto::size::format_size;
-use kaana_proto::standing::Standing;
 use kaana_proto::store::{ContractEntry, Status};
 use kaana_proto::time::{Timestamp, now_from_env};
 
@@ -79,6 +84,7 @@ pub struct Step {
 #[derive(Debug, Clone)]
 enum Work {
     End(RecordId),
+    Leftovers(RecordId),
     RemoveDir(PathBuf),
     RemoveFiles(Vec<PathBuf>),
 }
@@ -113,18 +119,45 @@ pub fn run(args: Args) -> anyhow::Result<Exit> {
     Ok(Exit::Ok)
 }
 
-/// Why a contract's data may go now, if it may.
-fn expiry_reason(entry: &ContractEntry, now: Timestamp) -> Option<String> {
-    match (&entry.state.status, entry.state.their_standing) {
-        (Status::Ended { .. }, _) => None,
-        (Status::Terminated { delete_after, .. }, _) if now > *delete_after => {
-            Some(format!("terminated: the notice's grace ran out at {delete_after}"))
+/// What the rules say of a contract's data at `now`.
+fn decision(entry: &ContractEntry, now: Timestamp, health: &Health) -> Decision {
+    match &entry.state.status {
+        Status::Ended { .. } => Decision::Keep,
+        Status::Terminated { delete_after, .. } => {
+            deletion::decide(Some(*delete_after), entry.state.their_standing, now, health)
         }
-        (_, standing @ Standing::Failing { since, delete_after }) if standing.expired(now) => {
-            Some(format!("peer failing since {since}: its grace ran out at {delete_after}"))
-        }
-        _ => None,
+        Status::Active => deletion::decide(None, entry.state.their_standing, now, health),
     }
+}
+
+/// Checks that this node reaches its peers (those it is not silent toward), if a failing
+/// peer's grace has run out: the rules delete nothing while its own connection is in doubt.
+fn check_reach(node: &Node, contracts: &[ContractEntry], now: Timestamp) -> anyhow::Result<Health> {
+    let due = contracts
+        .iter()
+        .any(|e| !matches!(e.state.status, Status::Ended { .. }) && e.state.their_standing.expired(now));
+    if !due {
+        return Ok(node.health()?);
+    }
+    let mut peers: Vec<NodeId> = contracts
+        .iter()
+        .filter(|e| !matches!(e.state.status, Status::Ended { .. }) && !e.state.silent(now))
+        .map(|e| e.state.peer)
+        .collect();
+    peers.sort();
+    peers.dedup();
+    kaana_proto::cli::runtime()?.block_on(async {
+        let client = std::sync::Arc::new(kaana_proto::net::transport::Client::with_traffic(
+            node.identity.clone(),
+            kaana_proto::net::transport::Traffic::Short,
+        ));
+        let (conns, reach) = kaana_proto::audit::connect_all(&client, node, &peers).await?;
+        for c in conns.into_iter().filter_map(|(_, c)| c.ok()) {
+            c.close();
+        }
+        client.close().await;
+        Ok(node.record_health(now, reach)?)
+    })
 }
 
 /// Builds the plan.
@@ -132,10 +165,15 @@ pub fn plan(node: &Node, now: Timestamp) -> anyhow::Result<Vec<Step>> {
     let mut steps = Vec::new();
     let before = UNIX_EPOCH + Duration::from_secs(now.unix()) - SAFE_AGE;
     let contracts = node.contracts()?;
+    let health = check_reach(node, &contracts, now)?;
     for entry in &contracts {
         let store = Inbound::new(&node.config.storage, &entry.id);
         let (contract, peer) = (Some(entry.id), Some(entry.state.peer));
-        if let Some(reason) = expiry_reason(entry, now) {
+        let decided = decision(entry, now, &health);
+        if let Decision::Hold(why) = &decided {
+            eprintln!("kaana-prune: contract {}: {why}", entry.id.short());
+        }
+        if let Decision::Delete(reason) = decided {
             steps.push(Step {
                 contract,
                 peer,
@@ -156,8 +194,14 @@ pub fn plan(node: &Node, now: Timestamp) -> anyhow::Result<Vec<Step>> {
                 let bytes = leftovers.iter().map(|(_, n)| n).sum();
                 let reason =
                     format!("{} file(s) no generation needs, older than 24h (interrupted pushes)", leftovers.len());
-                let work = Work::RemoveFiles(leftovers.into_iter().map(|(p, _)| p).collect());
-                steps.push(Step { contract, peer, action: "remove_leftovers", bytes, reason, work });
+                steps.push(Step {
+                    contract,
+                    peer,
+                    action: "remove_leftovers",
+                    bytes,
+                    reason,
+                    work: Work::Leftovers(entry.id),
+                });
             }
         }
     }
@@ -226,7 +270,7 @@ fn apply(node: &Node, step: &Step, now: Timestamp) -> anyhow::Result<Option<u64>
             {
                 let _lock = node.home.lock()?;
                 let mut entry = node.contract(id)?;
-                let Some(reason) = expiry_reason(&entry, now) else {
+                let Decision::Delete(reason) = decision(&entry, now, &node.health()?) else {
                     eprintln!("kaana-prune: contract {id} no longer expires now; left alone");
                     return Ok(None);
                 };
@@ -242,6 +286,11 @@ fn apply(node: &Node, step: &Step, now: Timestamp) -> anyhow::Result<Option<u64>
             }
             store.remove_all()?;
             Ok(Some(bytes))
+        }
+        Work::Leftovers(id) => {
+            // Found again under the store's lock: a commit since the plan keeps what it names.
+            let before = UNIX_EPOCH + Duration::from_secs(now.unix()) - SAFE_AGE;
+            Ok(Some(Inbound::new(&node.config.storage, id).remove_leftovers(before)?))
         }
         Work::RemoveDir(dir) => {
             let bytes = Inbound::at_dir(dir).size_on_disk();

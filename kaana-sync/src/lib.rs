@@ -56,6 +56,8 @@ pub enum Command {
     },
     /// Send the volume to a contract's peer (or every active contract's): only the extents the
     /// peer does not have yet, then a new signed generation. An interrupted push resumes.
+    /// (`--all` skips a peer this node is failing on purpose in silence: toward it, the node is
+    /// down until its audit.)
     ///
     /// Prints one JSON line per contract: contract, peer, generation, extents_sent, bytes_sent,
     /// bytes_total, secs. With --all, a contract whose push failed prints {contract, peer, ok:
@@ -135,7 +137,12 @@ pub fn run(args: Args) -> anyhow::Result<Exit> {
         Command::Push { contract, all, allow_plaintext, extent_size } => {
             let extent_size = u32::try_from(extent_size).context("--extent-size is too large")?;
             let entries = if all {
-                node.contracts()?.into_iter().filter(|e| matches!(e.state.status, Status::Active)).collect()
+                // Toward a peer this node is failing on purpose in silence, it is down: no push.
+                let now = kaana_proto::time::now_from_env()?;
+                node.contracts()?
+                    .into_iter()
+                    .filter(|e| matches!(e.state.status, Status::Active) && !e.state.silent(now))
+                    .collect()
             } else {
                 vec![node.find_contract(contract.as_deref().unwrap_or_default())?]
             };

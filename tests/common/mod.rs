@@ -47,10 +47,14 @@ impl TestNode {
         TestNode::init_with(&[])
     }
 
-    /// A node made with `kaana-offer init --listen 127.0.0.1:0` and `extra` arguments.
+    /// A node made with `kaana-offer init --listen 127.0.0.1:0` and `extra` arguments. Unless
+    /// `extra` sets one, its audit rate is 0: at the default rate about one challenge in fifty
+    /// fails on purpose, which only tests about deliberate failures want.
     pub fn init_with(extra: &[&str]) -> Self {
         let node = TestNode::new();
-        let out = node.cmd("kaana-offer").args(["init", "--listen", "127.0.0.1:0"]).args(extra).output().unwrap();
+        let rate: &[&str] = if extra.contains(&"--audit-rate") { &[] } else { &["--audit-rate", "0"] };
+        let out =
+            node.cmd("kaana-offer").args(["init", "--listen", "127.0.0.1:0"]).args(rate).args(extra).output().unwrap();
         assert_success(&out);
         node
     }

@@ -1,22 +1,29 @@
-//! The server's side of challenges: answering them (wrongly on purpose now and then, to audit
-//! the peer), hearing verdicts, telling a peer how it stands, and challenging a peer again on
-//! the peer's own connection when it asks.
+//! The server's side of challenges: answering them (failing on purpose now and then, to audit
+//! the peer), hearing verdicts (and checking its copy after a failing one), telling a peer how
+//! it stands, and challenging a peer again on the peer's own connection when it asks.
 
 use std::sync::Arc;
 
 use super::server::Ctx;
 use super::sync::Handled;
 use super::wire::{ErrorCode, ErrorReply, Response};
-use crate::audit::{self, Honesty};
-use crate::challenge::{self, Challenge, Verdict};
+use crate::answer::{self, Honesty};
+use crate::audit::{self, Heard};
+use crate::challenge::{Challenge, Outcome, Verdict};
+use crate::fairness::judge::{self, Admission};
 use crate::identity::NodeId;
 use crate::market::RecordId;
 use crate::record::Signed;
+use crate::state::StateError;
 use crate::store::ContractEntry;
-use crate::time::now_from_env;
+use crate::time::{Timestamp, now_from_env};
 
 fn internal(e: impl std::fmt::Display) -> ErrorReply {
     ErrorReply::new(ErrorCode::Internal, e.to_string())
+}
+
+fn now() -> Result<Timestamp, ErrorReply> {
+    now_from_env().map_err(internal)
 }
 
 async fn blocking<T: Send + 'static>(
@@ -38,14 +45,15 @@ fn side(ctx: &Ctx, peer: NodeId, id: &RecordId) -> Result<ContractEntry, ErrorRe
 pub(super) async fn answer(ctx: &Arc<Ctx>, peer: NodeId, challenge: Signed<Challenge>) -> Handled {
     let c = ctx.clone();
     blocking(move || {
-        let now = now_from_env().map_err(internal)?;
-        let (answer, raw) = audit::answer(&c.node, peer, &challenge, now, Honesty::MayAudit)?;
+        let seed = audit::seed().map_err(internal)?;
+        let (answer, raw) = answer::answer(&c.node, peer, &challenge, now()?, Honesty::MayAudit, seed)?;
         Ok((Response::Answer { answer, len: raw.len() as u64 }, Some(raw.into())))
     })
     .await
 }
 
-/// `verdict`: how the peer judged our answer; recorded as our standing there.
+/// `verdict`: how the peer judged our answer; recorded as our standing there. After a failing
+/// one, the copy of the peer's data here is checked, as a holder that learns it failed does.
 pub(super) async fn verdict(ctx: &Arc<Ctx>, peer: NodeId, verdict: Signed<Verdict>) -> Handled {
     let c = ctx.clone();
     blocking(move || {
@@ -53,31 +61,109 @@ pub(super) async fn verdict(ctx: &Arc<Ctx>, peer: NodeId, verdict: Signed<Verdic
         if verdict.body.holder != c.node.id() {
             return Err(ErrorReply::new(ErrorCode::BadRequest, "the verdict is about another node"));
         }
-        side(&c, peer, &verdict.body.contract)?;
-        audit::learn_standing(&c.node, &verdict.body.contract, &verdict).map_err(internal)?;
+        let id = verdict.body.contract;
+        let entry = side(&c, peer, &id)?;
+        let now = now()?;
+        let skew = verdict.body.at.unix() as i64 - now.unix() as i64;
+        audit::learn_verdict(&c.node, &id, &verdict, skew, now).map_err(internal)?;
+        let scrubbed_lately = entry.state.awaiting_repush.is_some();
+        if verdict.body.result == Some(Outcome::Fail) && !scrubbed_lately {
+            let node = c.clone();
+            tokio::task::spawn_blocking(move || {
+                if let Err(e) = answer::scrub_after_failure(&node.node, &id, now) {
+                    eprintln!("kaana-sync serve: checking contract {}: {e}", id.short());
+                }
+            });
+        }
         Ok((Response::Ack, None))
     })
     .await
 }
 
-/// `standing`: how we see the peer.
+/// `standing`: how we see the peer, with our last signed verdict about it.
 pub(super) async fn standing(ctx: &Arc<Ctx>, peer: NodeId, id: RecordId) -> Handled {
     let c = ctx.clone();
     blocking(move || {
         let entry = side(&c, peer, &id)?;
-        Ok((Response::Standing { standing: entry.state.their_standing }, None))
+        let at = now()?;
+        let verdict = entry.state.their_verdict.filter(|v| v.body.standing == entry.state.their_standing);
+        Ok((Response::Standing { standing: entry.state.their_standing, verdict, at }, None))
     })
     .await
 }
 
-/// `rechallenge`: the peer asks to be challenged again; we do it at once, on its connection.
+/// `rechallenge`: the peer asks to be challenged again. A failing peer is challenged at once,
+/// strongly, on its own connection (at most once an hour); an ok one gets its standing.
 pub(super) async fn rechallenge(ctx: &Arc<Ctx>, conn: &quinn::Connection, peer: NodeId, id: RecordId) -> Handled {
     let c = ctx.clone();
-    let entry = blocking(move || side(&c, peer, &id)).await?;
-    let now = now_from_env().map_err(internal)?;
+    let now = now()?;
+    let (entry, admission) = blocking(move || {
+        side(&c, peer, &id)?;
+        c.node
+            .update_contract(&id, |e| {
+                let admission = judge::admit_rechallenge(&e.state.their_standing, &e.state.their_record, now);
+                if let Admission::Challenge { .. } = admission {
+                    e.state.their_record.last_rechallenge = Some(now);
+                }
+                Ok::<_, StateError>((e.clone(), admission))
+            })
+            .map_err(internal)
+    })
+    .await?;
+    let samples = match admission {
+        Admission::TooSoon { until } => {
+            return Err(ErrorReply::new(ErrorCode::Refused, format!("asked again too soon: ask again after {until}")));
+        }
+        Admission::AlreadyOk => {
+            let verdict =
+                match entry.state.their_verdict.clone().filter(|v| v.body.standing == entry.state.their_standing) {
+                    Some(v) => v,
+                    None => standing_verdict(ctx, &entry, now)?,
+                };
+            return Ok((Response::Rechallenged { verdict }, None));
+        }
+        Admission::Challenge { samples } => samples,
+    };
+    let Some(target) = audit::Target::from_record(&ctx.node, &id).map_err(internal)? else {
+        return Err(ErrorReply::new(ErrorCode::Refused, "nothing of ours is at your node to challenge you about"));
+    };
     let (mut send, mut recv) = conn.open_bi().await.map_err(internal)?;
-    let exchanged = audit::run_challenge(&mut send, &mut recv, &ctx.node, &entry, challenge::DEFAULT_SAMPLES, now)
+    let ex = audit::exchange(&mut send, &mut recv, &ctx.node, &entry, target, samples, now)
         .await
         .map_err(|e| ErrorReply::new(ErrorCode::Refused, format!("could not challenge you: {e}")))?;
-    Ok((Response::Rechallenged { verdict: exchanged.transcript.verdict }, None))
+    if let Heard::Superseded { .. } | Heard::Unreachable(_) = ex.heard {
+        // Nothing was proved either way: this rechallenge does not count against the peer.
+        let c = ctx.clone();
+        let _ = blocking(move || {
+            c.node
+                .update_contract(&id, |e| {
+                    e.state.their_record.last_rechallenge = None;
+                    Ok::<_, StateError>(())
+                })
+                .map_err(internal)
+        })
+        .await;
+        return Err(ErrorReply::new(ErrorCode::Refused, "your answer did not come through: ask again"));
+    }
+    let c = ctx.clone();
+    let judged = blocking(move || {
+        audit::judge(&c.node, &entry, &ex.heard, Some(&ex.transcript), ex.samples, now, false).map_err(internal)
+    })
+    .await?;
+    let verdict = judged.verdict.ok_or_else(|| internal("no verdict was signed"))?;
+    Ok((Response::Rechallenged { verdict }, None))
+}
+
+/// A signed statement of the peer's standing here, for a peer never judged yet.
+fn standing_verdict(ctx: &Ctx, entry: &ContractEntry, now: Timestamp) -> Result<Signed<Verdict>, ErrorReply> {
+    let body = Verdict {
+        contract: entry.id,
+        challenge: None,
+        answer: None,
+        holder: entry.state.peer,
+        result: None,
+        standing: entry.state.their_standing,
+        at: now,
+    };
+    Signed::sign(body, &ctx.node.identity).map_err(internal)
 }

@@ -75,8 +75,9 @@ async fn forward(ctx: Arc<Ctx>, from: NodeId, offer: Signed<Offer>) {
         Err(e) => return eprintln!("kaana-sync serve: cannot read the address book to forward an offer: {e}"),
     };
     let me = ctx.node.id();
+    let silent = now_from_env().ok().and_then(|now| ctx.node.silent_peers(now).ok()).unwrap_or_default();
     for (peer, entry) in book.peers {
-        if peer == from || peer == offer.body.node || peer == me {
+        if peer == from || peer == offer.body.node || peer == me || silent.contains(&peer) {
             continue;
         }
         let result: Result<(), NetError> = async {

@@ -222,6 +222,15 @@ async fn handle_connection(
             return;
         }
     };
+    if silent_toward(&ctx, peer).await {
+        // A deliberate failure: toward this peer the node is one whose disk hung. Nothing it
+        // sends is read or answered; the connection ends when the peer gives up.
+        tokio::select! {
+            _ = stop.changed() => {}
+            _ = conn.closed() => {}
+        }
+        return;
+    }
     loop {
         tokio::select! {
             _ = stop.changed() => break,
@@ -233,6 +242,16 @@ async fn handle_connection(
             },
         }
     }
+}
+
+/// Whether a deliberate failure of this node keeps it silent toward `peer` now.
+async fn silent_toward(ctx: &Arc<Ctx>, peer: NodeId) -> bool {
+    let c = ctx.clone();
+    let silent = tokio::task::spawn_blocking(move || {
+        let now = now_from_env().ok()?;
+        Some(c.node.silent_peers(now).ok()?.contains(&peer))
+    });
+    matches!(silent.await, Ok(Some(true)))
 }
 
 async fn handle_stream(

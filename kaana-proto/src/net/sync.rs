@@ -12,6 +12,7 @@ use super::server::Ctx;
 use super::transport::read_exact;
 use super::wire::{ErrorCode, ErrorReply, Response};
 use crate::challenge::Receipt;
+use crate::fairness::deliberate::Pretence;
 use crate::identity::NodeId;
 use crate::inbound::{Inbound, InboundError};
 use crate::manifest::{ExtentHash, Geometry, MAX_EXTENT_SIZE, Manifest};
@@ -89,8 +90,19 @@ pub(super) async fn push_begin(
                 entry.contract.body.size
             )));
         }
-        let committed = inbound.committed().map_err(internal)?.map(|(m, _)| m.body.generation);
-        let present = inbound.present().map_err(internal)?;
+        let now = now_from_env().map_err(internal)?;
+        // A deliberate failure under way shows the peer what its pretence says is here.
+        let pretence = entry.state.audit.as_ref().map_or(Pretence::Nothing, |p| p.pretence(now));
+        let mut committed = inbound.committed().map_err(internal)?.map(|(m, _)| m.body.generation);
+        let mut present = inbound.present().map_err(internal)?;
+        match pretence {
+            Pretence::Nothing => {}
+            Pretence::All => {
+                committed = None;
+                present.clear();
+            }
+            Pretence::Extents(bad) => present.retain(|(h, _)| !bad.contains(h)),
+        }
         let stored = present.iter().map(|(_, len)| len).sum();
         c.stored.lock().map_err(internal)?.insert(id, stored);
         let have: Vec<u8> = present.iter().flat_map(|(h, _)| h.iter().copied()).collect();
@@ -169,6 +181,16 @@ pub(super) async fn commit(
         if m.volume_size > entry.contract.body.size {
             return Err(refused(format!("a volume of {} bytes is more than contract {id} holds", m.volume_size)));
         }
+        let now = now_from_env().map_err(internal)?;
+        let receipt = Receipt {
+            contract: id,
+            owner: peer,
+            holder: c.node.id(),
+            generation: m.generation,
+            manifest: RecordId::of(m).map_err(internal)?,
+            at: now,
+        };
+        let receipt = Signed::sign(receipt, &c.node.identity).map_err(internal)?;
         let _lock = c.node.home.lock().map_err(internal)?;
         if let Some((current, _)) = inbound.committed().map_err(internal)?
             && current.body.generation >= m.generation
@@ -178,7 +200,16 @@ pub(super) async fn commit(
                 m.generation, current.body.generation
             )));
         }
-        let freed = inbound.commit(&manifest, &list).map_err(map_inbound)?;
+        let freed = inbound.commit(&manifest, &list, receipt.clone()).map_err(map_inbound)?;
+        // The peer's copy here is whole again: what a scrub (or a deliberate failure's
+        // pretence) said was missing has been sent.
+        let mut state = c.node.contract(&id).map_err(internal)?.state;
+        let healed = state.audit.clone().map(|p| p.healed(now));
+        if state.awaiting_repush.is_some() || healed != state.audit {
+            state.awaiting_repush = None;
+            state.audit = healed;
+            c.node.save_contract_state(&id, &state).map_err(internal)?;
+        }
         // What the new generation no longer needs goes after the reply.
         let trash = inbound.clone();
         tokio::task::spawn_blocking(move || {
@@ -189,7 +220,6 @@ pub(super) async fn commit(
         if let Ok(mut stored) = c.stored.lock() {
             stored.remove(&id);
         }
-        let now = now_from_env().map_err(internal)?;
         c.node
             .log_event(
                 now,
@@ -197,15 +227,6 @@ pub(super) async fn commit(
                 json!({"contract": id, "peer": peer, "generation": m.generation, "bytes": m.volume_size}),
             )
             .map_err(internal)?;
-        let receipt = Receipt {
-            contract: id,
-            owner: peer,
-            holder: c.node.id(),
-            generation: m.generation,
-            manifest: RecordId::of(m).map_err(internal)?,
-            at: now,
-        };
-        let receipt = Signed::sign(receipt, &c.node.identity).map_err(internal)?;
         Ok((Response::Committed { generation: m.generation, freed, receipt }, None))
     })
     .await
@@ -216,8 +237,8 @@ pub(super) async fn get_manifest(ctx: &Arc<Ctx>, peer: NodeId, id: RecordId) -> 
     let c = ctx.clone();
     blocking(move || {
         let (_, inbound) = authorise(&c, peer, &id, false)?;
-        match inbound.committed().map_err(internal)? {
-            Some((manifest, list)) => Ok((Response::ManifestIs { manifest }, Some(list.into()))),
+        match inbound.committed_with_receipt().map_err(internal)? {
+            Some((manifest, list, receipt)) => Ok((Response::ManifestIs { manifest, receipt }, Some(list.into()))),
             None => {
                 Err(ErrorReply::new(ErrorCode::NotFound, format!("no generation of contract {id} is committed here")))
             }

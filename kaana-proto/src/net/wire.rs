@@ -11,11 +11,12 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::challenge::{Answer, Challenge, Receipt, Verdict};
+use crate::fairness::standing::Standing;
 use crate::identity::NodeId;
 use crate::manifest::{ExtentHash, Manifest};
 use crate::market::{Contract, ContractBody, Notice, Offer, RecordId};
 use crate::record::Signed;
-use crate::standing::Standing;
+use crate::time::Timestamp;
 
 /// The protocol version every frame carries.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -176,8 +177,10 @@ pub enum Request {
         /// The contract.
         contract: RecordId,
     },
-    /// "Challenge me again, now, on this connection": the server opens a stream to the client with
-    /// a [`Request::Challenge`], then answers this with [`Response::Rechallenged`].
+    /// "Challenge me again, now, on this connection": if it sees the client as failing, the
+    /// server opens a stream to the client with a (strong) [`Request::Challenge`], then answers
+    /// this with [`Response::Rechallenged`]; if it sees it as ok, it answers at once. A failing
+    /// client may ask once an hour.
     Rechallenge {
         /// The contract.
         contract: RecordId,
@@ -263,6 +266,9 @@ pub enum Response {
     ManifestIs {
         /// The owner-signed manifest.
         manifest: Signed<Manifest>,
+        /// The holder's signed receipt of it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        receipt: Option<Signed<Receipt>>,
     },
     /// An extent; followed by `len` bytes.
     ExtentIs {
@@ -285,6 +291,10 @@ pub enum Response {
     Standing {
         /// Its standing.
         standing: Standing,
+        /// The server's last signed verdict about it (whose standing is this one), if any.
+        verdict: Option<Signed<Verdict>>,
+        /// The server's clock.
+        at: Timestamp,
     },
     /// The server challenged the client again; its verdict.
     Rechallenged {

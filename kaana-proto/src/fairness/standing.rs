@@ -1,7 +1,8 @@
-//! Standing: how one side of a contract judges the other, and how it changes. Pure.
+//! Standing: how one side of a contract judges the other. Pure.
 //!
-//! A wrong answer to a challenge, or none, makes a peer `failing`; its data is then kept until
-//! `delete_after = since + grace`. A correct answer makes it `ok` again.
+//! A peer that fails a challenge (or stays unreachable through the retry schedule, see
+//! [`super::judge`]) is `failing`; its data is then kept until `delete_after = since + grace`.
+//! A pass of a strong enough challenge makes it `ok` again.
 
 use serde::{Deserialize, Serialize};
 
@@ -14,7 +15,7 @@ pub enum Standing {
     /// The peer answers its challenges.
     #[default]
     Ok,
-    /// The peer failed a challenge at `since`; its data may be deleted after `delete_after`.
+    /// The peer failed at `since`; its data may be deleted after `delete_after`.
     Failing {
         /// When it first failed (since it was last ok).
         since: Timestamp,
@@ -24,7 +25,8 @@ pub enum Standing {
 }
 
 impl Standing {
-    /// After a failed (or unanswered) challenge at `now`: failing, keeping the first `since`.
+    /// After a failure at `now`: failing, keeping the first `since` (a second failure never
+    /// pushes the deadline out, nor brings it in).
     pub fn after_failure(self, now: Timestamp, grace_secs: u64) -> Standing {
         match self {
             Standing::Ok => Standing::Failing { since: now, delete_after: now.plus_secs(grace_secs) },
@@ -32,14 +34,23 @@ impl Standing {
         }
     }
 
-    /// After a correct answer: ok.
-    pub fn after_pass(self) -> Standing {
-        Standing::Ok
+    /// Whether it is `failing`.
+    pub fn is_failing(&self) -> bool {
+        matches!(self, Standing::Failing { .. })
     }
 
-    /// Whether the peer's data may be deleted at `now`.
+    /// `(since, delete_after)` when failing.
+    pub fn failing(&self) -> Option<(Timestamp, Timestamp)> {
+        match *self {
+            Standing::Failing { since, delete_after } => Some((since, delete_after)),
+            Standing::Ok => None,
+        }
+    }
+
+    /// Whether the peer's data may be deleted at `now` (strictly after `delete_after`: at
+    /// `delete_after` itself it is still owed).
     pub fn expired(&self, now: Timestamp) -> bool {
-        matches!(self, Standing::Failing { delete_after, .. } if now > *delete_after)
+        self.failing().is_some_and(|(_, delete_after)| now > delete_after)
     }
 }
 
@@ -56,7 +67,8 @@ mod tests {
         assert_eq!(s.after_failure(Timestamp::from_unix(1_050), 100), s);
         assert!(!s.expired(Timestamp::from_unix(1_100)));
         assert!(s.expired(Timestamp::from_unix(1_101)));
-        assert_eq!(s.after_pass(), Standing::Ok);
+        assert_eq!(s.failing(), Some((t0, Timestamp::from_unix(1_100))));
+        assert!(!Standing::Ok.is_failing() && s.is_failing());
         assert_eq!(serde_json::to_string(&Standing::Ok).unwrap(), r#"{"state":"ok"}"#);
     }
 }

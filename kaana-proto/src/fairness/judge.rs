@@ -1,0 +1,264 @@
+//! How a node judges a peer under one contract, and the record it keeps of it. Pure.
+//!
+//! - A wrong answer (or a refusal, or "I no longer hold it") makes the peer failing at once.
+//! - No answer is not a wrong answer: it is retried on cron's schedule, and the peer is failing
+//!   only once it has stayed unanswered at every try for [`RETRY_WINDOW_SECS`] (and at least
+//!   [`MIN_TRIES`] tries), in the spirit of Storj's containment. A node that reaches too few of
+//!   its peers suspects itself ([`super::health`]) and counts no tries at all.
+//! - A failing peer is ok again only after passing a challenge [`STRONG_FACTOR`] times the
+//!   default size, and may ask for one at most every [`RECHALLENGE_INTERVAL_SECS`]: a holder
+//!   missing part of the data cannot ask again and again until it gets lucky.
+
+use serde::{Deserialize, Serialize};
+
+use super::standing::Standing;
+use super::{MIN_TRIES, RECHALLENGE_INTERVAL_SECS, RETRY_WINDOW_SECS, STRONG_FACTOR};
+use crate::challenge::DEFAULT_SAMPLES;
+use crate::time::Timestamp;
+
+/// What one challenge of the peer showed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Seen {
+    /// Every sample proved; the challenge had `samples` samples.
+    Pass {
+        /// How many samples it asked for.
+        samples: usize,
+    },
+    /// A wrong answer, a refusal, or "I no longer hold it".
+    Fail,
+    /// No answer: the peer could not be reached, timed out, or was busy.
+    Unreachable,
+}
+
+/// A node's record of one peer under one contract.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerRecord {
+    /// Challenges the peer passed.
+    #[serde(default)]
+    pub passes: u64,
+    /// Challenges it failed.
+    #[serde(default)]
+    pub failures: u64,
+    /// Tries at which it could not be reached (outside this node's own outages).
+    #[serde(default)]
+    pub unreachable: u64,
+    /// When it last passed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_pass: Option<Timestamp>,
+    /// When it last failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_failure: Option<Timestamp>,
+    /// When it last answered anything.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_seen: Option<Timestamp>,
+    /// The first unanswered try of the current spell, if the peer has not answered since.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unreachable_since: Option<Timestamp>,
+    /// Unanswered tries in the current spell.
+    #[serde(default)]
+    pub tries: u32,
+    /// When the peer last had a rechallenge (while failing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_rechallenge: Option<Timestamp>,
+    /// The latest `delete_after` of a failing verdict this node signed about the peer. Until
+    /// then, that verdict and any failing answer of this node would read as this node deleting
+    /// the peer's data inside its grace: so no deliberate failure before it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verdicts_open_until: Option<Timestamp>,
+}
+
+/// What a judgement amounts to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Effect {
+    /// The standing is decided by this outcome: a verdict is signed.
+    Verdict,
+    /// Unanswered, inside the retry schedule: the standing is unchanged, no verdict.
+    Retry {
+        /// Unanswered tries in this spell.
+        tries: u32,
+        /// The earliest time the peer may be judged failing if it stays unanswered.
+        failing_from: Timestamp,
+    },
+    /// This node reaches too few of its peers to judge anybody: nothing was counted.
+    Suspended,
+}
+
+/// A judgement: the new standing and record, and what it amounts to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Judged {
+    /// The peer's standing now.
+    pub standing: Standing,
+    /// The record now.
+    pub record: PeerRecord,
+    /// Whether a verdict is due.
+    pub effect: Effect,
+}
+
+/// The samples a challenge of a peer in `standing` must have to count in full: the default for
+/// an ok peer, [`STRONG_FACTOR`] times it for a failing one.
+pub fn required_samples(standing: &Standing) -> usize {
+    if standing.is_failing() { DEFAULT_SAMPLES * STRONG_FACTOR } else { 1 }
+}
+
+/// The samples to ask a peer in `standing` for, when `asked` were asked for.
+pub fn samples_for(standing: &Standing, asked: usize) -> usize {
+    asked.max(required_samples(standing))
+}
+
+/// Judges what a challenge of the peer showed at `now`. `suspect`: this node reached too few of
+/// its peers in this run to trust its own connection ([`super::health::suspect`]).
+pub fn judge(
+    standing: Standing,
+    record: &PeerRecord,
+    seen: Seen,
+    now: Timestamp,
+    grace_secs: u64,
+    suspect: bool,
+) -> Judged {
+    let mut record = record.clone();
+    let (standing, effect) = match seen {
+        Seen::Pass { samples } => {
+            record.passes += 1;
+            record.last_pass = Some(now);
+            answered(&mut record, now);
+            let ok = samples >= required_samples(&standing);
+            (if ok { Standing::Ok } else { standing }, Effect::Verdict)
+        }
+        Seen::Fail => {
+            record.failures += 1;
+            record.last_failure = Some(now);
+            answered(&mut record, now);
+            (standing.after_failure(now, grace_secs), Effect::Verdict)
+        }
+        Seen::Unreachable if suspect => (standing, Effect::Suspended),
+        Seen::Unreachable => {
+            record.unreachable += 1;
+            let since = *record.unreachable_since.get_or_insert(now);
+            record.tries += 1;
+            let failing_from = since.plus_secs(RETRY_WINDOW_SECS);
+            if record.tries >= MIN_TRIES && now >= failing_from && !standing.is_failing() {
+                (standing.after_failure(now, grace_secs), Effect::Verdict)
+            } else {
+                (standing, Effect::Retry { tries: record.tries, failing_from })
+            }
+        }
+    };
+    if let Some((_, delete_after)) = standing.failing() {
+        record.verdicts_open_until = record.verdicts_open_until.max(Some(delete_after));
+    }
+    Judged { standing, record, effect }
+}
+
+fn answered(record: &mut PeerRecord, now: Timestamp) {
+    record.last_seen = Some(now);
+    record.unreachable_since = None;
+    record.tries = 0;
+}
+
+/// What a peer that asks to be challenged again gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// It is ok here already: it gets its standing, no challenge.
+    AlreadyOk,
+    /// It is failing: a challenge of `samples` samples, now.
+    Challenge {
+        /// How many.
+        samples: usize,
+    },
+    /// It had one less than [`RECHALLENGE_INTERVAL_SECS`] ago.
+    TooSoon {
+        /// When it may ask again.
+        until: Timestamp,
+    },
+}
+
+/// Whether a peer in `standing` that asks at `now` is challenged again (the caller then records
+/// `last_rechallenge = now`).
+pub fn admit_rechallenge(standing: &Standing, record: &PeerRecord, now: Timestamp) -> Admission {
+    if !standing.is_failing() {
+        return Admission::AlreadyOk;
+    }
+    match record.last_rechallenge.map(|t| t.plus_secs(RECHALLENGE_INTERVAL_SECS)) {
+        Some(until) if now < until => Admission::TooSoon { until },
+        _ => Admission::Challenge { samples: required_samples(standing) },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fairness::{DAY, HOUR};
+
+    const GRACE: u64 = 7 * DAY;
+
+    fn t(secs: u64) -> Timestamp {
+        Timestamp::from_unix(1_000_000 + secs)
+    }
+
+    fn run(mut s: Standing, mut r: PeerRecord, events: &[(u64, Seen)]) -> (Standing, PeerRecord, Vec<Effect>) {
+        let mut effects = Vec::new();
+        for (at, seen) in events {
+            let j = judge(s, &r, *seen, t(*at), GRACE, false);
+            (s, r) = (j.standing, j.record);
+            effects.push(j.effect);
+        }
+        (s, r, effects)
+    }
+
+    #[test]
+    fn a_wrong_answer_fails_at_once_and_only_a_strong_pass_clears_it() {
+        let (s, r, e) = run(Standing::Ok, PeerRecord::default(), &[(0, Seen::Fail)]);
+        assert_eq!(s, Standing::Failing { since: t(0), delete_after: t(GRACE) });
+        assert_eq!(e, [Effect::Verdict]);
+        assert_eq!((r.failures, r.last_failure, r.verdicts_open_until), (1, Some(t(0)), Some(t(GRACE))));
+        // A pass of a default-sized challenge is counted, and changes nothing.
+        let weak = judge(s, &r, Seen::Pass { samples: DEFAULT_SAMPLES }, t(HOUR), GRACE, false);
+        assert_eq!(weak.standing, s);
+        assert_eq!(weak.record.passes, 1);
+        let strong = judge(s, &r, Seen::Pass { samples: required_samples(&s) }, t(HOUR), GRACE, false);
+        assert_eq!(strong.standing, Standing::Ok);
+        // The failing verdict stays open until its delete_after, even once the peer is ok.
+        assert_eq!(strong.record.verdicts_open_until, Some(t(GRACE)));
+        assert_eq!(samples_for(&Standing::Ok, 10), 10);
+        assert_eq!(samples_for(&s, 10), DEFAULT_SAMPLES * STRONG_FACTOR);
+    }
+
+    #[test]
+    fn an_unreachable_peer_is_failing_only_after_the_retry_window() {
+        // Cron's four-hourly tries: at 0, 4, ..., 20 h still retrying; at 24 h failing.
+        let tries: Vec<(u64, Seen)> = (0..=6).map(|i| (i * 4 * HOUR, Seen::Unreachable)).collect();
+        let (s, r, e) = run(Standing::Ok, PeerRecord::default(), &tries[..6]);
+        assert_eq!(s, Standing::Ok);
+        assert!(e.iter().all(|e| matches!(e, Effect::Retry { failing_from, .. } if *failing_from == t(DAY))));
+        let j = judge(s, &r, Seen::Unreachable, t(DAY), GRACE, false);
+        assert_eq!(j.standing, Standing::Failing { since: t(DAY), delete_after: t(DAY + GRACE) });
+        assert_eq!(j.effect, Effect::Verdict);
+        // Two tries a day apart are not enough: the schedule wants several.
+        let (s, _, _) = run(Standing::Ok, PeerRecord::default(), &[(0, Seen::Unreachable), (DAY, Seen::Unreachable)]);
+        assert_eq!(s, Standing::Ok);
+    }
+
+    #[test]
+    fn an_answer_ends_an_unreachable_spell_and_a_suspect_node_counts_nothing() {
+        let mut events: Vec<(u64, Seen)> = (0..6).map(|i| (i * 4 * HOUR, Seen::Unreachable)).collect();
+        events.push((23 * HOUR, Seen::Pass { samples: DEFAULT_SAMPLES }));
+        events.extend((0..6).map(|i| ((24 + i * 4) * HOUR, Seen::Unreachable)));
+        let (s, r, _) = run(Standing::Ok, PeerRecord::default(), &events);
+        assert_eq!(s, Standing::Ok, "offline 20 hours, back, offline 20 hours: never failing");
+        assert_eq!((r.unreachable, r.tries, r.unreachable_since), (12, 6, Some(t(DAY))));
+        let j = judge(s, &r, Seen::Unreachable, t(3 * DAY), GRACE, true);
+        assert_eq!((j.standing, j.effect, j.record), (s, Effect::Suspended, r));
+    }
+
+    #[test]
+    fn rechallenges_are_rate_limited_and_strong() {
+        let failing = Standing::Ok.after_failure(t(0), GRACE);
+        let mut r = PeerRecord::default();
+        assert_eq!(admit_rechallenge(&Standing::Ok, &r, t(0)), Admission::AlreadyOk);
+        assert_eq!(admit_rechallenge(&failing, &r, t(0)), Admission::Challenge { samples: 132 });
+        r.last_rechallenge = Some(t(0));
+        assert_eq!(admit_rechallenge(&failing, &r, t(HOUR - 1)), Admission::TooSoon { until: t(HOUR) });
+        assert_eq!(admit_rechallenge(&failing, &r, t(HOUR)), Admission::Challenge { samples: 132 });
+    }
+}
