@@ -5,6 +5,7 @@
 mod backup;
 mod challenge;
 mod common;
+mod fairness;
 mod faults;
 mod identity;
 mod market;

@@ -31,28 +31,41 @@ fn node_with_volume(dir: &Path, name: &str, seed: u64, capacity: &str) -> TestNo
     TestNode::init_with(&["--capacity", capacity, "--audit-rate", "0", "--volume", v.to_str().unwrap()])
 }
 
-fn prune(node: &TestNode, dry: bool, t: u64) -> Vec<Step> {
+fn prune_cmd(node: &TestNode, t: u64) -> std::process::Command {
     let mut cmd = node.cmd("kaana-prune");
+    cmd.env("KAANA_NOW", at(t)).env("KAANA_CONNECT_TIMEOUT", "2s").env("KAANA_READ_TIMEOUT", "2s");
+    cmd
+}
+
+fn prune(node: &TestNode, dry: bool, t: u64) -> Vec<Step> {
+    let mut cmd = prune_cmd(node, t);
     if dry {
         cmd.arg("--dry-run");
     }
-    let out = cmd.env("KAANA_NOW", at(t)).output().unwrap();
+    let out = cmd.output().unwrap();
     assert_success(&out);
     json_lines(&out)
 }
 
-/// The holder challenges its peer, which is offline: the peer is failing from the moment returned.
+/// The holder challenges its peer, which is offline, at every run for a day: the peer is
+/// failing from the last of these tries, whose time is returned. (The holder reaches another
+/// node, so it does not suspect its own connection.)
 fn fails_while_offline(holder: &TestNode, contract: &str) -> u64 {
     let t0 = now_unix();
-    let out = holder
-        .cmd("kaana-challenge")
-        .arg(contract)
-        .env("KAANA_NOW", at(t0))
-        .env("KAANA_CONNECT_TIMEOUT", "1s")
-        .output()
-        .unwrap();
-    assert_exit(&out, 1);
-    t0
+    for h in [0, 8, 16, 24] {
+        let out = holder
+            .cmd("kaana-challenge")
+            .arg(contract)
+            .env("KAANA_NOW", at(t0 + h * 3_600))
+            .env("KAANA_CONNECT_TIMEOUT", "1s")
+            .output()
+            .unwrap();
+        assert_exit(&out, 0);
+    }
+    let line: Vec<serde_json::Value> = json_lines(&holder.run("kaana-offer", &["contracts"]));
+    let failing = line.iter().find(|l| l["id"] == contract).unwrap()["their_standing"].clone();
+    assert_eq!(failing["state"], "failing", "{failing}");
+    t0 + DAY
 }
 
 fn store(node: &TestNode, contract: &str) -> PathBuf {
@@ -77,6 +90,7 @@ fn a_failing_peers_data_goes_exactly_when_its_grace_runs_out() {
     let with_c = make_contract_sized(&b, &sb, &c, "32MiB");
     assert_success(&a.run("kaana-sync", &["push", &with_a]));
     assert_success(&c.run("kaana-sync", &["push", &with_c]));
+    assert_success(&b.run("kaana-sync", &["push", &with_a]));
     assert!(store(&b, &with_a).exists() && store(&b, &with_c).exists());
 
     drop(sa);
@@ -185,8 +199,12 @@ fn a_prune_killed_midway_finishes_on_the_next_run() {
     let a = node_with_volume(work.path(), "a.img", 1, "1GiB");
     let b = node_with_volume(work.path(), "b.img", 2, "1GiB");
     let (sa, _sb) = (ServerProc::start(&a, &[]), ServerProc::start(&b, &[]));
+    let witness = TestNode::init();
+    let sw = ServerProc::start(&witness, &[]);
+    assert_success(&b.run("kaana-offer", &["peer", "add", &sw.peer()]));
     let contract = make_contract_sized(&a, &sa, &b, "512MiB");
     assert_success(&a.run("kaana-sync", &["push", &contract]));
+    assert_success(&b.run("kaana-sync", &["push", &contract]));
     // Many files, so that deleting them takes a while: a large store, in small extents.
     let extents = store(&b, &contract).join("extents");
     for i in 0..30_000u32 {
@@ -199,12 +217,7 @@ fn a_prune_killed_midway_finishes_on_the_next_run() {
     drop(sa);
     let t0 = fails_while_offline(&b, &contract);
 
-    let mut child = b
-        .cmd("kaana-prune")
-        .env("KAANA_NOW", at(t0 + 7 * DAY + 1))
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = prune_cmd(&b, t0 + 7 * DAY + 1).stdout(std::process::Stdio::null()).spawn().unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     while count(&store(&b, &contract)) == total {
         assert!(Instant::now() < deadline, "prune never started deleting");
@@ -226,4 +239,42 @@ fn a_prune_killed_midway_finishes_on_the_next_run() {
     assert!(!store(&b, &contract).exists());
     assert_eq!(status(&b, &contract), "ended");
     assert!(prune(&b, false, t0 + 7 * DAY + 3).is_empty());
+}
+
+/// B holds A's data, and A is failing there. Then B is cut off from every node it knows for
+/// longer than the grace: it deletes nothing, and once it reaches its peers again it waits a
+/// day (time for A to ask to be challenged again) before A's data goes.
+#[test]
+fn a_node_cut_off_for_longer_than_the_grace_deletes_nothing() {
+    let work = tempfile::tempdir().unwrap();
+    let a = node_with_volume(work.path(), "a.img", 1, "1GiB");
+    let b = node_with_volume(work.path(), "b.img", 2, "1GiB");
+    let c = node_with_volume(work.path(), "c.img", 3, "1GiB");
+    let (sa, sb, sc) = (ServerProc::start(&a, &[]), ServerProc::start(&b, &[]), ServerProc::start(&c, &[]));
+    let contract = make_contract_sized(&b, &sb, &a, "32MiB");
+    assert_success(&a.run("kaana-sync", &["push", &contract]));
+    assert_success(&b.run("kaana-sync", &["push", &contract]));
+    assert_success(&b.run("kaana-offer", &["peer", "add", &sc.peer()]));
+    drop(sa);
+    let since = fails_while_offline(&b, &contract);
+    let delete_after = since + 7 * DAY;
+    // Now B's own link goes: nobody answers it, for nine days.
+    let c_port = sc.addr.rsplit_once(':').unwrap().1.to_owned();
+    drop(sc);
+    let out = prune_cmd(&b, delete_after + 2 * DAY).output().unwrap();
+    assert_success(&out);
+    assert!(out.stdout.is_empty(), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(crate::common::stderr(&out).contains("too few of its peers"), "{}", crate::common::stderr(&out));
+    assert!(store(&b, &contract).exists());
+    assert_eq!(status(&b, &contract), "active");
+
+    // Back: it reaches C again. A's data stays for a day more.
+    let _sc = ServerProc::start(&c, &["--listen", &format!("127.0.0.1:{c_port}")]);
+    let back = delete_after + 3 * DAY;
+    assert!(prune(&b, false, back).is_empty());
+    assert!(prune(&b, false, back + DAY - 1).is_empty());
+    let steps = prune(&b, false, back + DAY);
+    assert_eq!(steps.len(), 1, "{steps:?}");
+    assert_eq!(steps[0].action, "delete");
+    assert!(!store(&b, &contract).exists());
 }

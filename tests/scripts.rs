@@ -106,14 +106,21 @@ fn every_tool_prints_completions_and_a_man_page() {
     }
 }
 
-fn backup(home: &Path, hook: Option<&str>) -> std::process::Output {
+fn backup_at(home: &Path, hook: Option<&str>, now: Option<u64>) -> std::process::Output {
     let mut cmd = Command::new("bash");
     cmd.arg(repo().join("scripts/backup.sh")).args(["--home", home.to_str().unwrap()]);
     cmd.env("KAANA_BIN", bin_dir()).env("KAANA_CONNECT_TIMEOUT", "1s").env_remove("KAANA_NOW");
     if let Some(h) = hook {
         cmd.env("KAANA_SNAPSHOT_HOOK", h);
     }
+    if let Some(t) = now {
+        cmd.env("KAANA_NOW", crate::common::at(t));
+    }
     cmd.output().unwrap()
+}
+
+fn backup(home: &Path, hook: Option<&str>) -> std::process::Output {
+    backup_at(home, hook, None)
 }
 
 #[test]
@@ -131,15 +138,20 @@ fn the_cron_pipeline_pushes_checks_and_says_what_needs_a_person() {
     assert!(lines.iter().any(|l| l["contract"] == contract.as_str() && l["generation"] == 1), "a push");
     assert!(lines.iter().any(|l| l["kind"] == "routine" && l["result"] == "pass"), "a challenge");
 
-    // The peer goes away: the pipeline says so in one line, and exits 1.
+    // The peer goes away: its push fails, and the pipeline says so in one line, and exits 1.
+    // (That it cannot be challenged is no news yet: peers reboot.)
     drop(sb);
     let out = backup(&a.home, None);
     assert_exit(&out, 1);
     let last = stderr(&out).lines().last().unwrap_or_default().to_owned();
-    assert!(
-        last.starts_with("backup.sh: needs attention:") && last.contains("failed") && last.contains("unreachable"),
-        "{last}"
-    );
+    assert!(last.starts_with("backup.sh: needs attention:") && last.contains("push to"), "{last}");
+    assert!(last.contains("failed") && !last.contains("unreachable"), "{last}");
+    // A day later this node still reaches nobody: the challenges say so too.
+    let out = backup_at(&a.home, None, Some(crate::common::now_unix() + 2 * 86_400));
+    assert_exit(&out, 1);
+    let last = stderr(&out).lines().last().unwrap_or_default().to_owned();
+    assert!(last.contains("failed") && last.contains("unreachable"), "{last}");
+    assert!(stderr(&out).contains("reached too few of its peers"), "{}", stderr(&out));
 
     // A failing snapshot hook stops everything.
     let out = backup(&a.home, Some("exit 3"));

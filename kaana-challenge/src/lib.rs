@@ -496,10 +496,11 @@ fn check_evidence(file: &std::path::Path) -> anyhow::Result<Exit> {
     let c = &evidence.challenge.body;
     match evidence.check() {
         Ok(proven) => {
-            let (since, delete_after) = evidence.failing_verdict.body.standing.failing().unzip();
+            let (since, delete_after) =
+                evidence.failing_verdict.as_ref().and_then(|v| v.body.standing.failing()).unzip();
             emit(&json!({"file": file, "valid": true, "contract": c.contract, "owner": c.challenger,
                 "holder": c.holder, "generation": c.generation, "failed_samples": proven.failed_samples,
-                "samples": proven.samples, "answered_at": evidence.answer.body.at,
+                "samples": proven.samples, "answered_at": evidence.answer.as_ref().map(|a| a.body.at),
                 "owner_failing_since": since, "delete_after": delete_after}))?;
             Ok(Exit::Ok)
         }

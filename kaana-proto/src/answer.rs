@@ -184,18 +184,29 @@ fn fail_on_purpose(
     Ok(plan)
 }
 
-/// What the holder does on hearing it failed a challenge: checks its copy of the peer's data
-/// and moves aside what is damaged, so that the peer's next push sends it again; until then
-/// it does not ask to be challenged again. Returns how many extents it found bad.
+/// What the holder does on hearing it failed a challenge, marked before it starts (see
+/// [`scrub_after_failure`]): it does not ask to be challenged again until its copy is checked.
+pub fn mark_for_scrub(node: &Node, contract: &RecordId, now: Timestamp) -> Result<(), StateError> {
+    node.update_contract(contract, |e| {
+        e.state.awaiting_repush = Some(now);
+        Ok(())
+    })
+}
+
+/// Checks the holder's copy of the peer's data and moves aside what is damaged, so that the
+/// peer's next push sends it again; until then the holder does not ask to be challenged again.
+/// If nothing is damaged, it may ask at once. Returns how many extents it found bad.
 pub fn scrub_after_failure(node: &Node, contract: &RecordId, now: Timestamp) -> Result<usize, StateError> {
     let entry = node.contract(contract)?;
     if matches!(entry.state.status, Status::Ended { .. }) {
         return Ok(0);
     }
     let bad = Inbound::new(&node.config.storage, contract).scrub()?;
-    if bad > 0 {
+    if bad == 0 {
         node.update_contract(contract, |e| {
-            e.state.awaiting_repush = Some(now);
+            if e.state.awaiting_repush == Some(now) {
+                e.state.awaiting_repush = None;
+            }
             Ok::<_, StateError>(())
         })?;
     }

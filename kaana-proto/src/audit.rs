@@ -490,12 +490,12 @@ pub fn breach_of(
             let evidence = Evidence {
                 schema: Schema,
                 contract: entry.contract.clone(),
-                failing_verdict: learned.verdict.clone(),
+                failing_verdict: Some(learned.verdict.clone()),
                 manifest: ex.target.manifest.clone(),
-                receipt: receipt.clone(),
+                receipt: Some(receipt.clone()),
                 extent_list: encoding::hex_encode(&ex.target.list),
                 challenge: ex.transcript.challenge.clone(),
-                answer: answer.clone(),
+                answer: Some(answer.clone()),
                 answer_bytes: encoding::hex_encode(&ex.transcript.answer_bytes),
                 tops: encoding::hex_encode(ex.transcript.tops.as_flattened()),
             };

@@ -36,17 +36,17 @@ pub struct Evidence {
     /// The double-signed contract.
     pub contract: Contract,
     /// The holder's signed verdict that the owner was failing.
-    pub failing_verdict: Signed<Verdict>,
+    pub failing_verdict: Option<Signed<Verdict>>,
     /// The owner-signed manifest asked about.
     pub manifest: Signed<Manifest>,
     /// The holder's signed receipt of that manifest.
-    pub receipt: Signed<Receipt>,
+    pub receipt: Option<Signed<Receipt>>,
     /// The manifest's extent list (hex, 32 bytes per extent).
     pub extent_list: String,
     /// The owner's signed challenge.
     pub challenge: Signed<Challenge>,
     /// The holder's signed reply.
-    pub answer: Signed<Answer>,
+    pub answer: Option<Signed<Answer>>,
     /// The raw bytes of a proof reply (hex).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub answer_bytes: String,
@@ -96,7 +96,10 @@ impl Evidence {
         self.challenge.verify_by(&owner).map_err(bad)?;
 
         // The holder's own word that the owner was failing, and until when.
-        let v = &self.failing_verdict;
+        let v = self
+            .failing_verdict
+            .as_ref()
+            .ok_or(EvidenceError::Missing("the holder's verdict that the owner was failing"))?;
         v.verify_by(&holder).map_err(bad)?;
         if v.body.contract != id || v.body.holder != owner {
             return Err(bad("the verdict is not the holder's judgement of the owner under this contract"));
@@ -111,7 +114,8 @@ impl Evidence {
         if m.contract != id || m.owner != owner || manifest_id != c.manifest || m.generation != c.generation {
             return Err(bad("the manifest is not the one the challenge asks about"));
         }
-        let r = &self.receipt;
+        let r =
+            self.receipt.as_ref().ok_or(EvidenceError::Missing("the holder's receipt of the manifest asked about"))?;
         r.verify_by(&holder).map_err(bad)?;
         if r.body.manifest != manifest_id || r.body.contract != id || r.body.holder != holder || r.body.owner != owner {
             return Err(EvidenceError::Missing("the holder's receipt of the manifest asked about"));
@@ -121,7 +125,7 @@ impl Evidence {
             .map_err(|e| EvidenceError::NoBreach(format!("the challenge is not one a holder must answer: {e}")))?;
 
         // The holder's reply, inside the grace it granted.
-        let a = &self.answer;
+        let a = self.answer.as_ref().ok_or(EvidenceError::Missing("a signed reply of the holder's"))?;
         a.verify_by(&holder).map_err(bad)?;
         if a.body.challenge != RecordId::of(c).map_err(bad)? {
             return Err(bad("the answer is to another challenge"));
@@ -215,6 +219,12 @@ pub fn breach(failed: Failed, failing: Option<(Timestamp, Timestamp)>, skew_secs
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::challenge::Outcome;
+    use crate::fairness::standing::Standing;
+    use crate::identity::Identity;
+    use crate::manifest::{Geometry, encode_list, list_hash};
+    use crate::market::{ContractBody, countersign};
+    use crate::proof;
 
     fn t(s: u64) -> Timestamp {
         Timestamp::from_unix(s)
@@ -234,5 +244,213 @@ mod tests {
         // when we learned the verdict) it is inside: a breach, at us only.
         assert_eq!(breach(Failed::Signed { at: t(900) }, window, 30, t(160)), Breach::AtUsOnly);
         assert_eq!(breach(Failed::Unsigned, window, 30, t(171)), Breach::No);
+    }
+
+    /// An owner O, a holder H, a contract, a 4-extent copy H receipted, H's verdict that O
+    /// failed at 1000 (grace 500), O's challenge, and H's reply at 1200.
+    struct World {
+        owner: Identity,
+        holder: Identity,
+        evidence: Evidence,
+    }
+
+    const EXTENT: usize = 16 * 1024;
+
+    fn world(reply_bytes: impl FnOnce(&[Vec<u8>], &[[u64; 2]]) -> Vec<u8>) -> World {
+        let (owner, holder) = (Identity::from_seed([1; 32]), Identity::from_seed([2; 32]));
+        let body = ContractBody {
+            offer: "11".repeat(32).parse().unwrap(),
+            offerer: owner.node_id(),
+            taker: holder.node_id(),
+            size: 1 << 20,
+            grace_secs: 500,
+            created_at: t(10),
+        };
+        let proposed = Signed::sign(body, &holder).unwrap();
+        let contract = countersign(proposed, &owner).unwrap();
+        let id = contract.id().unwrap();
+        let extents: Vec<Vec<u8>> =
+            (0..4u8).map(|i| (0..EXTENT).map(|j| (j as u8).wrapping_mul(31) ^ i).collect()).collect();
+        let hashes: Vec<[u8; 32]> = extents.iter().map(|e| *blake3::hash(e).as_bytes()).collect();
+        let list = encode_list(&hashes);
+        let manifest = Signed::sign(
+            Manifest {
+                contract: id,
+                owner: owner.node_id(),
+                generation: 3,
+                volume_size: 4 * EXTENT as u64,
+                extent_size: EXTENT as u32,
+                extent_count: 4,
+                extents: encoding::hex_encode(&list_hash(&list)),
+                created_at: t(500),
+            },
+            &owner,
+        )
+        .unwrap();
+        let manifest_id = RecordId::of(&manifest.body).unwrap();
+        let receipt = Receipt {
+            contract: id,
+            owner: owner.node_id(),
+            holder: holder.node_id(),
+            generation: 3,
+            manifest: manifest_id,
+            at: t(501),
+        };
+        let verdict = Verdict {
+            contract: id,
+            challenge: None,
+            answer: None,
+            holder: owner.node_id(),
+            result: Some(Outcome::Fail),
+            standing: Standing::Ok.after_failure(t(1_000), 500),
+            at: t(1_000),
+        };
+        let picks = vec![[0, 3], [2, 15], [3, 0]];
+        let challenge = Challenge {
+            contract: id,
+            challenger: owner.node_id(),
+            holder: holder.node_id(),
+            manifest: manifest_id,
+            generation: 3,
+            nonce: "00".repeat(16),
+            picks: picks.clone(),
+            depth: 0,
+            at: t(1_199),
+        };
+        let raw = reply_bytes(&extents, &picks);
+        let answer = Answer {
+            challenge: RecordId::of(&challenge).unwrap(),
+            holder: holder.node_id(),
+            reply: Reply::Proof { proof: encoding::hex_encode(blake3::hash(&raw).as_bytes()) },
+            at: t(1_200),
+        };
+        let evidence = Evidence {
+            schema: Schema,
+            contract,
+            failing_verdict: Some(Signed::sign(verdict, &holder).unwrap()),
+            manifest,
+            receipt: Some(Signed::sign(receipt, &holder).unwrap()),
+            extent_list: encoding::hex_encode(&list),
+            challenge: Signed::sign(challenge, &owner).unwrap(),
+            answer: Some(Signed::sign(answer, &holder).unwrap()),
+            answer_bytes: encoding::hex_encode(&raw),
+            tops: String::new(),
+        };
+        World { owner, holder, evidence }
+    }
+
+    /// The honest answer's bytes.
+    fn honest(extents: &[Vec<u8>], picks: &[[u64; 2]]) -> Vec<u8> {
+        let mut raw = Vec::new();
+        for [e, c] in picks {
+            let d = &extents[*e as usize];
+            let (groups, _) = proof::outboard(d);
+            let siblings = proof::prove(d.len() as u64, *c, d, &groups);
+            let at = (*c * proof::CHUNK) as usize;
+            challenge::encode_item(&mut raw, &d[at..at + proof::chunk_len(d.len() as u64, *c)], &siblings);
+        }
+        raw
+    }
+
+    /// A holder that lost extent 2: zeros where its sample goes.
+    fn lost_one(extents: &[Vec<u8>], picks: &[[u64; 2]]) -> Vec<u8> {
+        let mut raw = honest(extents, picks);
+        let g = Geometry::new(4 * EXTENT as u64, EXTENT as u32).unwrap();
+        let first = challenge::answer_len(g, &picks[..1], 0).unwrap();
+        let second = challenge::answer_len(g, &picks[..2], 0).unwrap();
+        raw[first..second].fill(0);
+        raw
+    }
+
+    /// Re-signs the answer over changed bytes or a changed reply.
+    fn resign(w: &mut World, reply: Reply, at: Timestamp) {
+        let mut a = w.evidence.answer.clone().unwrap().body;
+        a.reply = reply;
+        a.at = at;
+        w.evidence.answer = Some(Signed::sign(a, &w.holder).unwrap());
+    }
+
+    #[test]
+    fn a_signed_failing_answer_inside_the_grace_is_a_breach() {
+        let w = world(lost_one);
+        assert_eq!(w.evidence.check(), Ok(Proven { failed_samples: 1, samples: 3 }));
+        let mut w = world(honest);
+        assert!(matches!(w.evidence.check(), Err(EvidenceError::NoBreach(m)) if m.contains("proves every sample")));
+        // "I no longer hold it", signed inside the grace: a breach of every sample.
+        resign(&mut w, Reply::NotHeld { reason: "gone".into() }, t(1_200));
+        assert_eq!(w.evidence.check(), Ok(Proven { failed_samples: 3, samples: 3 }));
+    }
+
+    #[test]
+    fn no_breach_outside_the_grace_the_holder_granted() {
+        let mut w = world(lost_one);
+        let raw = w.evidence.answer.clone().unwrap().body.reply;
+        // After delete_after (1500) the holder may delete; before the owner failed, the
+        // failure is not one against the grace.
+        for at in [1_500, 2_000, 999] {
+            resign(&mut w, raw.clone(), t(at));
+            assert!(
+                matches!(w.evidence.check(), Err(EvidenceError::NoBreach(m)) if m.contains("outside the grace")),
+                "{at}"
+            );
+        }
+        // A verdict that says the owner was ok proves nothing.
+        let mut w = world(lost_one);
+        let mut v = w.evidence.failing_verdict.clone().unwrap().body;
+        v.standing = Standing::Ok;
+        w.evidence.failing_verdict = Some(Signed::sign(v, &w.holder).unwrap());
+        assert_eq!(w.evidence.check(), Err(EvidenceError::Missing("the holder judging the owner failing")));
+    }
+
+    #[test]
+    fn an_owner_cannot_frame_an_honest_holder() {
+        // Each part is needed, and check-evidence names the one that is missing.
+        for (part, strip) in [
+            ("verdict", (|e: &mut Evidence| e.failing_verdict = None) as fn(&mut Evidence)),
+            ("receipt", |e| e.receipt = None),
+            ("signed reply", |e| e.answer = None),
+        ] {
+            let mut w = world(lost_one);
+            strip(&mut w.evidence);
+            assert!(matches!(w.evidence.check(), Err(EvidenceError::Missing(m)) if m.contains(part)), "{part}");
+        }
+        // A verdict the owner signed itself (as if the holder had judged it) does not hold.
+        let mut w = world(lost_one);
+        let v = w.evidence.failing_verdict.clone().unwrap().body;
+        w.evidence.failing_verdict = Some(Signed::sign(v, &w.owner).unwrap());
+        assert!(matches!(w.evidence.check(), Err(EvidenceError::Inconsistent(_))));
+
+        // A second manifest the owner signed for the same generation, which the holder never
+        // receipted: the receipt does not match it.
+        let mut w = world(lost_one);
+        let mut m = w.evidence.manifest.body.clone();
+        m.created_at = t(600);
+        w.evidence.manifest = Signed::sign(m.clone(), &w.owner).unwrap();
+        let mut c = w.evidence.challenge.body.clone();
+        c.manifest = RecordId::of(&m).unwrap();
+        w.evidence.challenge = Signed::sign(c, &w.owner).unwrap();
+        assert!(w.evidence.check().is_err());
+
+        // Samples outside the copy: a holder need not answer them (its zeros are no failure).
+        let mut w = world(lost_one);
+        let mut c = w.evidence.challenge.body.clone();
+        c.picks[1] = [4, 0];
+        w.evidence.challenge = Signed::sign(c.clone(), &w.owner).unwrap();
+        let mut a = w.evidence.answer.clone().unwrap().body;
+        a.challenge = RecordId::of(&c).unwrap();
+        w.evidence.answer = Some(Signed::sign(a, &w.holder).unwrap());
+        assert!(matches!(w.evidence.check(), Err(EvidenceError::NoBreach(m)) if m.contains("outside the copy")));
+
+        // Bytes changed after the holder signed them.
+        let mut w = world(honest);
+        let mut raw = hex_bytes(&w.evidence.answer_bytes).unwrap();
+        raw[5] ^= 1;
+        w.evidence.answer_bytes = encoding::hex_encode(&raw);
+        assert!(matches!(w.evidence.check(), Err(EvidenceError::Inconsistent(m)) if m.contains("not the ones")));
+
+        // A holder that declined (superseded, refused) did not fail.
+        let mut w = world(honest);
+        resign(&mut w, Reply::Refused { reason: "not receipted".into() }, t(1_200));
+        assert!(matches!(w.evidence.check(), Err(EvidenceError::NoBreach(m)) if m.contains("declined")));
     }
 }

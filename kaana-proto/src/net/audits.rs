@@ -68,6 +68,7 @@ pub(super) async fn verdict(ctx: &Arc<Ctx>, peer: NodeId, verdict: Signed<Verdic
         audit::learn_verdict(&c.node, &id, &verdict, skew, now).map_err(internal)?;
         let scrubbed_lately = entry.state.awaiting_repush.is_some();
         if verdict.body.result == Some(Outcome::Fail) && !scrubbed_lately {
+            answer::mark_for_scrub(&c.node, &id, now).map_err(internal)?;
             let node = c.clone();
             tokio::task::spawn_blocking(move || {
                 if let Err(e) = answer::scrub_after_failure(&node.node, &id, now) {

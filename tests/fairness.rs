@@ -1,0 +1,322 @@
+//! Fairness against peers who play strategically, between real nodes: deliberate failures in
+//! each of their forms, audits, a greedy holder caught with evidence anyone can check, framing
+//! refused at the holder, and the guards on rechallenges and on lying while judging.
+
+use std::fs;
+
+use kaana_proto::audit::{self, Heard};
+use kaana_proto::challenge::{self, Challenge, Reply, Rng};
+use kaana_proto::fairness::evidence::{Evidence, EvidenceError};
+use kaana_proto::market::RecordId;
+use kaana_proto::net::transport::{Client, Connection, read_exact, read_timeout};
+use kaana_proto::net::wire::{Request, Response};
+use kaana_proto::node::Node;
+use kaana_proto::record::Signed;
+use kaana_proto::state::{Home, Schema};
+use kaana_proto::time::Timestamp;
+
+use crate::common::story::{DAY, HOUR, challenge, contract_line, kinds, state, story, unix_of, wreck_store};
+use crate::common::{TestNode, assert_success, at, json_lines, now_unix, one_json};
+
+fn fail_next(node: &TestNode, contract: &str, mode: &str) {
+    let out = node.run("kaana-challenge", &["fail-next", contract, "--mode", mode]);
+    assert_success(&out);
+    let v: serde_json::Value = one_json(&out);
+    assert_eq!((v["fail_next"].as_bool(), v["mode"].as_str()), (Some(true), Some(mode)));
+}
+
+fn push(node: &TestNode, contract: &str) -> serde_json::Value {
+    node.json("kaana-sync", &["push", contract, "--extent-size", "256KiB"])
+}
+
+/// Runs `f` with `node` opened in this process and connected to `peer_server`.
+fn as_node<T>(node: &TestNode, peer: &str, addr: &str, f: impl AsyncFnOnce(&Node, &Connection) -> T) -> T {
+    let opened = Node::open(Home::at(&node.home)).unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    rt.block_on(async {
+        let client = Client::new(opened.identity.clone());
+        let conn = client.connect(peer.parse().unwrap(), addr).await.unwrap();
+        let out = f(&opened, &conn).await;
+        client.close().await;
+        out
+    })
+}
+
+/// Damaged: A answers zeros for samples in a few extents, as a node with unreadable extents
+/// does; B judges it failing (no alarm: a single failure). A keeps its habits (its challenges
+/// of B are audits now); B's next push re-sends just the extents A "lost"; A, whole again,
+/// audits B and asks to be challenged again, and B's record of A is ok.
+#[test]
+fn a_damaged_deliberate_failure_heals_with_the_next_push_and_is_forgiven() {
+    let s = story();
+    let t0 = now_unix();
+    fail_next(&s.a, &s.contract, "damaged");
+    let (code, lines, err) = challenge(&s.b, &[&s.contract], None);
+    assert_eq!(code, Some(0), "one failure needs no person: {err}");
+    assert_eq!(kinds(&lines), [("routine", "fail")]);
+    let at_b = contract_line(&s.b, &s.contract);
+    assert_eq!(at_b["their_standing"]["state"], "failing");
+    let delete_after = unix_of(&at_b["their_standing"]["delete_after"]);
+    assert!((t0 + 7 * DAY..=now_unix() + 7 * DAY).contains(&delete_after));
+    let plan = state(&s.a, &s.contract)["audit"].clone();
+    assert_eq!(plan["mode"], "damaged");
+    assert!((1..=3).contains(&plan["damaged"].as_array().unwrap().len()), "{plan}");
+
+    // A knows B sees it as failing, and that this is its own doing: nothing for its person.
+    let out = s.a.run("kaana-challenge", &["standing"]);
+    assert_success(&out);
+    let st: Vec<serde_json::Value> = json_lines(&out);
+    assert_eq!(st[0]["our_standing"]["state"], "failing");
+    // Before B re-sends, A audits B as usual but does not ask to be challenged again.
+    let (code, lines, err) = challenge(&s.a, &["--all"], None);
+    assert_eq!((code, kinds(&lines)), (Some(0), vec![("audit", "pass")]), "{err}");
+
+    // B's next push (its volume unchanged) re-sends what A showed missing, and only that.
+    let pushed = push(&s.b, &s.contract);
+    let sent = pushed["extents_sent"].as_u64().unwrap();
+    assert!((1..=3).contains(&sent) && pushed["unchanged"] == false, "{pushed}");
+    let (code, lines, err) = challenge(&s.a, &["--all"], None);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(kinds(&lines), [("audit", "pass"), ("rechallenge", "pass")]);
+    assert_eq!(contract_line(&s.b, &s.contract)["their_standing"], serde_json::json!({"state": "ok"}));
+    assert_eq!(state(&s.a, &s.contract)["audit"]["result"], "pass");
+    assert_eq!(state(&s.a, &s.contract)["our_standing"]["state"], "ok");
+}
+
+/// Silent: A answers its last challenge and then nothing, as a node that went down does; it
+/// sends B nothing either. B judges it failing only after a day of tries. At its audit time A
+/// comes back as a node back from an outage does.
+#[test]
+fn a_silent_deliberate_failure_looks_like_an_outage_and_comes_back_at_its_audit() {
+    let s = story();
+    let t0 = now_unix();
+    fail_next(&s.a, &s.contract, "silent");
+    let (code, lines, _) = challenge(&s.b, &[&s.contract], Some(t0));
+    assert_eq!((code, kinds(&lines)), (Some(0), vec![("routine", "pass")]), "the last answer before going quiet");
+    let plan = state(&s.a, &s.contract)["audit"].clone();
+    assert_eq!(plan["mode"], "silent");
+    let audit_at = unix_of(&plan["audit_at"]);
+    assert!((t0 + DAY + 8 * HOUR..=t0 + DAY + 7 * DAY - 14 * HOUR).contains(&audit_at), "{plan}");
+
+    for h in [6, 12, 18] {
+        let (code, lines, _) = challenge(&s.b, &[&s.contract], Some(t0 + h * HOUR));
+        assert_eq!((code, kinds(&lines)), (Some(0), vec![("routine", "unreachable")]));
+        assert_eq!(lines[0].their_standing["state"], "ok");
+    }
+    let (_, lines, _) = challenge(&s.b, &[&s.contract], Some(t0 + 30 * HOUR));
+    assert_eq!(lines[0].their_standing["state"], "failing");
+    // Meanwhile A sends B nothing: no challenge, no push.
+    let (code, lines, err) = challenge(&s.a, &["--all"], Some(t0 + DAY));
+    assert_eq!((code, lines.len()), (Some(0), 0), "{err}");
+    let out = s.a.cmd("kaana-sync").args(["push", "--all"]).env("KAANA_NOW", at(t0 + DAY)).output().unwrap();
+    assert_success(&out);
+    assert!(out.stdout.is_empty(), "{}", String::from_utf8_lossy(&out.stdout));
+
+    let (code, lines, err) = challenge(&s.a, &["--all"], Some(audit_at));
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(kinds(&lines), [("audit", "pass"), ("rechallenge", "pass")]);
+    assert_eq!(contract_line(&s.b, &s.contract)["their_standing"], serde_json::json!({"state": "ok"}));
+    assert_eq!(state(&s.a, &s.contract)["audit"]["result"], "pass");
+}
+
+/// Lost: "I no longer hold it", signed, as a node whose storage died; an empty store at B's
+/// next push, which re-sends everything; then whole again.
+#[test]
+fn a_lost_deliberate_failure_says_not_held_and_the_peer_sends_everything_again() {
+    let s = story();
+    fail_next(&s.a, &s.contract, "lost");
+    let (code, lines, _) = challenge(&s.b, &[&s.contract], None);
+    assert_eq!((code, kinds(&lines)), (Some(0), vec![("routine", "fail")]));
+    assert!(lines[0].message.as_deref().unwrap().contains("no generation of this contract is held here"));
+    let pushed = push(&s.b, &s.contract);
+    assert_eq!(pushed["extents_sent"], pushed["extents_total"], "{pushed}");
+    let (code, lines, err) = challenge(&s.a, &["--all"], None);
+    assert_eq!((code, kinds(&lines)), (Some(0), vec![("audit", "pass"), ("rechallenge", "pass")]), "{err}");
+    assert_eq!(contract_line(&s.b, &s.contract)["their_standing"], serde_json::json!({"state": "ok"}));
+}
+
+/// A greedy B deletes A's data right after A's deliberate failure. A, alive, challenges B at
+/// its next run: an audit, and a breach with evidence a third party can check with nothing but
+/// the file; each part of it is needed.
+#[test]
+fn a_greedy_peer_that_deletes_early_is_caught_with_evidence() {
+    let s = story();
+    fail_next(&s.a, &s.contract, "damaged");
+    let (_, lines, _) = challenge(&s.b, &[&s.contract], None);
+    assert_eq!(lines[0].result, "fail");
+    fs::remove_dir_all(s.b.home.join("inbound").join(&s.contract).join("extents")).unwrap();
+
+    let (code, lines, err) = challenge(&s.a, &["--all"], None);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("BREACH"), "{err}");
+    assert_eq!(kinds(&lines), [("audit", "fail")]);
+    assert!(lines[0].breach);
+    assert_eq!(lines[0].their_standing["state"], "failing");
+    assert_eq!(state(&s.a, &s.contract)["audit"]["result"], "breach");
+    let evidence = lines[0].evidence.clone().unwrap();
+    let events = fs::read_to_string(s.a.home.join("events.jsonl")).unwrap();
+    assert!(events.lines().any(|l| l.contains("\"breach\"") && l.contains(&evidence)));
+
+    let check = |path: &std::path::Path| {
+        let out = crate::common::tool("kaana-challenge").arg("check-evidence").arg(path).output().unwrap();
+        (out.status.code(), one_json::<serde_json::Value>(&out))
+    };
+    let (code, v) = check(evidence.as_ref());
+    assert_eq!(code, Some(0), "{v}");
+    assert_eq!(
+        (v["valid"].as_bool(), v["holder"].as_str(), v["owner"].as_str()),
+        (Some(true), Some(s.sb.node.as_str()), Some(s.sa.node.as_str()))
+    );
+    assert!(v["failed_samples"].as_u64().unwrap() > 0);
+    let original: serde_json::Value = serde_json::from_slice(&fs::read(&evidence).unwrap()).unwrap();
+    let forged = s.work.path().join("forged.json");
+    let mut tries = vec![
+        ("/answer/body/holder", serde_json::Value::String(s.sa.node.clone()), "not consistent"),
+        ("/failing_verdict", serde_json::Value::Null, "does not show the holder's verdict"),
+        ("/receipt", serde_json::Value::Null, "does not show the holder's receipt"),
+        ("/answer", serde_json::Value::Null, "does not show a signed reply"),
+    ];
+    let tops = original["tops"].as_str().unwrap().to_owned();
+    assert!(!tops.is_empty() && original["challenge"]["body"]["depth"] == 2);
+    let flipped = format!("{}{}", if tops.starts_with('0') { "1" } else { "0" }, &tops[1..]);
+    tries.push(("/tops", serde_json::Value::String(flipped), "tops"));
+    for (pointer, value, reason) in tries {
+        let mut tampered = original.clone();
+        *tampered.pointer_mut(pointer).unwrap() = value;
+        fs::write(&forged, serde_json::to_vec(&tampered).unwrap()).unwrap();
+        let (code, v) = check(&forged);
+        assert_eq!((code, v["valid"].as_bool()), (Some(1), Some(false)), "{pointer}");
+        assert!(v["reason"].as_str().unwrap().contains(reason), "{pointer}: {v}");
+    }
+}
+
+/// A deliberate failure never hands the peer evidence against the liar: B holds A's signed
+/// failing answer, but no verdict of A's that B was failing, so nothing proves a breach; and
+/// while A has judged B failing (its verdict open), A does not fail on purpose at all.
+#[test]
+fn a_deliberate_failure_is_never_evidence_against_the_liar() {
+    let s = story();
+    fail_next(&s.a, &s.contract, "damaged");
+    let (_, lines, _) = challenge(&s.b, &[&s.contract], None);
+    assert_eq!((lines[0].result.as_str(), lines[0].breach), ("fail", false));
+    // B, in this process, asks A again (A keeps up its pretence) and builds the best evidence
+    // it can: A's own signed failing answer, and the last verdict A signed about B.
+    let (addr, peer) = (s.sa.addr.clone(), s.sa.node.clone());
+    let ex = as_node(&s.b, &peer, &addr, async |b, conn| {
+        let entry = b.contract(&s.contract.parse().unwrap()).unwrap();
+        audit::challenge_peer(conn, b, &entry, 132, Timestamp::from_unix(now_unix())).await.unwrap()
+    });
+    assert!(matches!(ex.heard, Heard::Fail { signed_at: Some(_), .. }), "{:?}", ex.heard);
+    let a_verdict: Option<Signed<challenge::Verdict>> =
+        serde_json::from_value(state(&s.a, &s.contract)["their_verdict"].clone()).unwrap();
+    let b = Node::open(Home::at(&s.b.home)).unwrap();
+    let entry = b.contract(&s.contract.parse().unwrap()).unwrap();
+    let evidence = Evidence {
+        schema: Schema,
+        contract: entry.contract,
+        failing_verdict: a_verdict,
+        manifest: ex.target.manifest.clone(),
+        receipt: ex.target.receipt.clone(),
+        extent_list: kaana_proto::encoding::hex_encode(&ex.target.list),
+        challenge: ex.transcript.challenge.clone(),
+        answer: ex.transcript.answer.clone(),
+        answer_bytes: kaana_proto::encoding::hex_encode(&ex.transcript.answer_bytes),
+        tops: kaana_proto::encoding::hex_encode(ex.transcript.tops.as_flattened()),
+    };
+    assert!(matches!(evidence.check(), Err(EvidenceError::Missing(_))), "{:?}", evidence.check());
+
+    // Now B really loses A's data: A judges B failing. With that verdict open, A answers B
+    // honestly whatever fail-next says.
+    let s = story();
+    wreck_store(&s.b, &s.contract);
+    let (_, lines, _) = challenge(&s.a, &[&s.contract], None);
+    assert_eq!(lines[0].their_standing["state"], "failing");
+    fail_next(&s.a, &s.contract, "damaged");
+    // (B knows it is failing at A, so its challenge of A is an audit; it found its copy of A's
+    // data damaged, so it waits for A's next push before asking to be challenged again.)
+    let (code, lines, err) = challenge(&s.b, &[&s.contract], None);
+    assert_eq!((code, kinds(&lines)), (Some(1), vec![("audit", "pass")]), "{err}");
+    assert!(err.contains("judges this node failing"), "{err}");
+    let st = state(&s.a, &s.contract);
+    assert_eq!((st["fail_next"].as_bool(), st["audit"].is_null()), (Some(true), true), "{st}");
+}
+
+/// An owner that tries to frame its holder: samples outside the copy, or a second manifest it
+/// signed for the same generation, are refused by the holder in a signed reply that is no
+/// failure, and no evidence.
+#[test]
+fn a_holder_refuses_what_could_frame_it() {
+    let s = story();
+    let (addr, holder) = (s.sb.addr.clone(), s.sb.node.clone());
+    let contract: RecordId = s.contract.parse().unwrap();
+    let replies = as_node(&s.a, &holder, &addr, async |a, conn| {
+        let entry = a.contract(&contract).unwrap();
+        let target = audit::Target::from_record(a, &contract).unwrap().unwrap();
+        let mut second = target.manifest.body.clone();
+        second.created_at = Timestamp::from_unix(second.created_at.unix() + 1);
+        let g = target.manifest.body.geometry().unwrap();
+        let mut out = Vec::new();
+        for (manifest, picks) in [
+            (RecordId::of(&target.manifest.body).unwrap(), vec![[g.count(), 0]]),
+            (RecordId::of(&target.manifest.body).unwrap(), vec![[0, 1 << 20]]),
+            (RecordId::of(&second).unwrap(), vec![[0, 0]]),
+        ] {
+            let body = Challenge {
+                contract,
+                challenger: a.id(),
+                holder: entry.state.peer,
+                manifest,
+                generation: target.manifest.body.generation,
+                nonce: Rng::from_seed([7; 32]).nonce(),
+                picks,
+                depth: 0,
+                at: Timestamp::from_unix(now_unix()),
+            };
+            let mut ex =
+                conn.open(&Request::Challenge { challenge: Signed::sign(body, &a.identity).unwrap() }).await.unwrap();
+            ex.finish().unwrap();
+            match ex.reply().await.unwrap() {
+                Response::Answer { answer, len } => {
+                    answer.verify_by(&entry.state.peer).unwrap();
+                    let mut raw = vec![0u8; len as usize];
+                    read_exact(&mut ex.recv, &mut raw, read_timeout(), "raw").await.unwrap();
+                    out.push(answer.body.reply);
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        out
+    });
+    assert!(matches!(&replies[0], Reply::Refused { reason } if reason.contains("outside the copy")), "{replies:?}");
+    assert!(matches!(&replies[1], Reply::Refused { reason } if reason.contains("outside the copy")), "{replies:?}");
+    assert!(
+        matches!(&replies[2], Reply::Refused { reason } if reason.contains("not one this node receipted")),
+        "{replies:?}"
+    );
+    // The holder's record of the owner is untouched, and it still passes.
+    let (code, lines, _) = challenge(&s.a, &[&s.contract], None);
+    assert_eq!((code, kinds(&lines)), (Some(0), vec![("routine", "pass")]));
+}
+
+/// Best-of-N: a failing holder may ask to be challenged again once an hour, and each time gets
+/// three times the samples.
+#[test]
+fn rechallenges_are_strong_and_rate_limited() {
+    let s = story();
+    wreck_store(&s.b, &s.contract);
+    let (_, lines, _) = challenge(&s.a, &[&s.contract], None);
+    assert_eq!(lines[0].their_standing["state"], "failing");
+    let (addr, peer) = (s.sa.addr.clone(), s.sa.node.clone());
+    let results = as_node(&s.b, &peer, &addr, async |b, conn| {
+        let entry = b.contract(&s.contract.parse().unwrap()).unwrap();
+        let now = Timestamp::from_unix(now_unix());
+        let first = audit::rechallenge(conn, b, &entry, now).await.map(|v| v.body.result);
+        let second = audit::rechallenge(conn, b, &entry, now).await.map(|v| v.body.result);
+        (first.map_err(|e| e.to_string()), second.map_err(|e| e.to_string()))
+    });
+    assert_eq!(results.0, Ok(Some(kaana_proto::challenge::Outcome::Fail)), "{results:?}");
+    assert!(results.1.as_ref().is_err_and(|e| e.contains("too soon")), "{results:?}");
+    let events = fs::read_to_string(s.a.home.join("events.jsonl")).unwrap();
+    let last = events.lines().rfind(|l| l.contains("\"verdict\"")).unwrap();
+    assert!(last.contains("\"samples\":132"), "{last}");
+}
