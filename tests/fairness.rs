@@ -320,3 +320,111 @@ fn rechallenges_are_strong_and_rate_limited() {
     let last = events.lines().rfind(|l| l.contains("\"verdict\"")).unwrap();
     assert!(last.contains("\"samples\":132"), "{last}");
 }
+
+/// An honest holder is never judged failing for something it did not do: 10 000 challenges,
+/// while its owner pushes a changed volume again and again (each push a commit that replaces
+/// the generation the challenges ask about), restores, and the holder prunes, with a core kept
+/// busy: not one fails.
+#[test]
+fn ten_thousand_challenges_of_an_honest_holder_never_fail_beside_pushes_restores_and_prunes() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let s = story();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (pushes, restores) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let a_volume: String = serde_json::from_slice::<serde_json::Value>(
+        &fs::read(s.a.home.join("config.json")).unwrap(),
+    )
+    .unwrap()["volume"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut workers = Vec::new();
+    // A busy core.
+    {
+        let stop = stop.clone();
+        workers.push(std::thread::spawn(move || {
+            let mut x = 1u64;
+            while !stop.load(Ordering::Relaxed) {
+                for _ in 0..100_000 {
+                    x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+                }
+            }
+            std::hint::black_box(x);
+        }));
+    }
+    // The owner changes a random extent of its volume and pushes, again and again.
+    {
+        let (stop, pushes, home, vol) = (stop.clone(), pushes.clone(), s.a.home.clone(), a_volume.clone());
+        let contract = s.contract.clone();
+        workers.push(std::thread::spawn(move || {
+            let mut rng = Rng::from_seed([9; 32]);
+            while !stop.load(Ordering::Relaxed) {
+                let mut bytes = fs::read(&vol).unwrap();
+                let at = rng.below(bytes.len() as u64 - 4096) as usize;
+                bytes[at..at + 4096].copy_from_slice(&crate::common::pseudo_random(4096, rng.below(1 << 40)));
+                fs::write(&vol, &bytes).unwrap();
+                let out = crate::common::tool("kaana-sync")
+                    .arg("--home")
+                    .arg(&home)
+                    .args(["push", &contract, "--extent-size", "256KiB"])
+                    .output()
+                    .unwrap();
+                if out.status.success() {
+                    pushes.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    // Restores by the owner, prunes by the holder.
+    {
+        let (stop, restores, a_home, b_home) = (stop.clone(), restores.clone(), s.a.home.clone(), s.b.home.clone());
+        let (contract, out_path) = (s.contract.clone(), s.work.path().join("restored.img"));
+        workers.push(std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let out = crate::common::tool("kaana-sync")
+                    .arg("--home")
+                    .arg(&a_home)
+                    .args(["restore", &contract, "--out"])
+                    .arg(&out_path)
+                    .output()
+                    .unwrap();
+                if out.status.success() {
+                    restores.fetch_add(1, Ordering::Relaxed);
+                }
+                let out = crate::common::tool("kaana-prune").arg("--home").arg(&b_home).output().unwrap();
+                assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            }
+        }));
+    }
+    let (addr, peer) = (s.sb.addr.clone(), s.sb.node.clone());
+    let (outcomes, superseded) = as_node(&s.a, &peer, &addr, async |a, conn| {
+        let id: RecordId = s.contract.parse().unwrap();
+        let (mut outcomes, mut superseded) = (std::collections::BTreeMap::new(), 0u64);
+        for i in 0..10_000 {
+            let entry = a.contract(&id).unwrap();
+            let now = Timestamp::from_unix(now_unix());
+            let asked = audit::Target::from_record(a, &id).unwrap().unwrap().manifest.body.generation;
+            let ex =
+                audit::challenge_peer(conn, a, &entry, kaana_proto::challenge::DEFAULT_SAMPLES, now).await.unwrap();
+            // Asked again about a newer generation: the holder had committed one meanwhile.
+            if ex.transcript.challenge.body.generation != asked {
+                superseded += 1;
+            }
+            let key = match &ex.heard {
+                Heard::Pass => "pass".to_owned(),
+                other => format!("challenge {i}: {other:?}"),
+            };
+            *outcomes.entry(key).or_insert(0u64) += 1;
+        }
+        (outcomes, superseded)
+    });
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.join().unwrap();
+    }
+    let (pushes, restores) = (pushes.load(Ordering::Relaxed), restores.load(Ordering::Relaxed));
+    eprintln!("10 000 challenges beside {pushes} pushes and {restores} restores; {superseded} raced a commit");
+    assert_eq!(outcomes.get("pass"), Some(&10_000), "{outcomes:?}");
+    assert!(pushes >= 20 && restores >= 1, "the work ran beside the challenges: {pushes} pushes, {restores} restores");
+}

@@ -11,6 +11,7 @@ use std::collections::HashSet;
 
 use serde_json::json;
 
+use crate::audit;
 use crate::challenge::{self, Answer, Challenge, Reply, Rng};
 use crate::encoding;
 use crate::fairness::deliberate::{self, Pretence, Situation};
@@ -88,8 +89,12 @@ pub fn answer(
     // commit takes the state lock and then the store's, so an answer never holds the store's
     // while it waits for the state's.
     let (mut plan, mut on_purpose) = (entry.state.audit.clone(), None);
+    let held = || -> Result<_, StateError> {
+        let _shared = store.lock(false)?;
+        store.committed_with_receipt()
+    };
     if honesty == Honesty::MayAudit
-        && let Some((m, list, _)) = store.committed_with_receipt().map_err(internal)?
+        && let Some((m, list, _)) = held().map_err(internal)?
         && RecordId::of(&m.body).ok() == Some(c.manifest)
         && let (Ok(g), Ok(hashes)) = (m.body.geometry(), m.body.check_list(&list))
         && challenge::check_request(g, &c.picks, c.depth).is_ok()
@@ -148,9 +153,7 @@ fn fail_on_purpose(
     now: Timestamp,
     seed: [u8; 32],
 ) -> Result<Option<deliberate::Plan>, StateError> {
-    let copy_at_peer = Inbound::outbound(node.home.root(), &entry.id)
-        .committed_with_receipt()?
-        .is_some_and(|(_, _, receipt)| receipt.is_some());
+    let copy_at_peer = audit::Target::from_record(node, &entry.id)?.is_some_and(|t| t.receipt.is_some());
     let grace = entry.contract.body.grace_secs;
     let rate = node.config.audit_rate;
     let plan = node.update_contract(&entry.id, |e| {

@@ -77,6 +77,8 @@ impl Target {
     /// This node's record of what the holder of `id` last committed.
     pub fn from_record(node: &Node, id: &RecordId) -> Result<Option<Target>, StateError> {
         let record = Inbound::outbound(node.home.root(), id);
+        // Under the record's lock, shared: a push may be replacing it.
+        let _shared = record.lock(false)?;
         Ok(record.committed_with_receipt()?.map(|(manifest, list, receipt)| {
             let tops = record.tops(manifest.body.generation);
             Target { manifest, list, receipt, tops }

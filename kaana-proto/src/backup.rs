@@ -216,6 +216,8 @@ pub async fn push(
     // What we sent last time, and the volume's own (pre-keystream) hashes then: an extent whose
     // raw bytes are unchanged, and that the holder still has, needs no keystream and no sending.
     let record = Inbound::outbound(node.home.root(), &id);
+    // Read under the record's lock: a challenge or another push may be writing it.
+    let shared = record.lock(false)?;
     let previous = record.committed()?;
     let previous_gen = previous.as_ref().map_or(0, |(m, _)| m.body.generation);
     // And the tops kept then (what this node's challenges check shorter proofs against): an
@@ -241,6 +243,7 @@ pub async fn push(
         _ => Vec::new(),
     });
 
+    drop(shared);
     let keystream = Keystream::new(&node.identity, &id);
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
     let pool = Pool::new(threads + READ_AHEAD + SENDING);
@@ -301,6 +304,7 @@ pub async fn push(
     };
     if same && extents_sent == 0 && committed == Some(previous_gen) {
         conn.close();
+        let _lock = record.lock(true)?;
         record.save_raw_hashes(previous_gen, &encode_list(&raw_hashes))?;
         record.save_tops(previous_gen, tops.as_flattened())?;
         return Ok(summary(previous_gen, true));
@@ -332,9 +336,13 @@ pub async fn push(
     {
         return Err(err(NetError::Unexpected { request: "commit", reply: "a receipt for something else".into() }));
     }
-    record.record(&manifest, &list, Some(receipt))?;
-    record.save_raw_hashes(generation, &encode_list(&raw_hashes))?;
-    record.save_tops(generation, tops.as_flattened())?;
+    {
+        // Under the record's lock: a challenge reads the manifest, its list and tops together.
+        let _lock = record.lock(true)?;
+        record.record(&manifest, &list, Some(receipt))?;
+        record.save_raw_hashes(generation, &encode_list(&raw_hashes))?;
+        record.save_tops(generation, tops.as_flattened())?;
+    }
     node.log_event(
         now,
         "push",
@@ -460,7 +468,10 @@ async fn get_extent(
 }
 
 /// Reads back this node's copy under `entry`: with `out`, writes the decoded volume there
-/// (skipping extents already right, so a restore resumes); without, only checks (a drill).
+/// (skipping extents already right, so a restore resumes); without, only checks (a drill). If
+/// the holder commits a newer generation while this runs (a push of ours racing it), extents
+/// of the older one go missing: the restore then starts again on the newer one (keeping what
+/// is already right), a few times at most.
 pub async fn restore(
     client: &Client,
     node: &Node,
@@ -470,13 +481,45 @@ pub async fn restore(
     progress_label: &str,
 ) -> Result<RestoreSummary, BackupError> {
     let started = Instant::now();
-    let (id, peer) = (entry.id, entry.state.peer);
-    let conn = connect(client, node, peer).await?;
-    let (manifest, hashes) = fetch_manifest(&conn, node, entry).await?;
-    let generation = manifest.body.generation;
-    if let Some(want) = want_generation.filter(|w| *w != generation) {
-        return Err(BackupError::Generation { have: generation, want });
+    let conn = connect(client, node, entry.state.peer).await?;
+    let mut fetched = fetch_manifest(&conn, node, entry).await?;
+    let mut attempts = 0;
+    loop {
+        let generation = fetched.0.body.generation;
+        if let Some(want) = want_generation.filter(|w| *w != generation) {
+            return Err(BackupError::Generation { have: generation, want });
+        }
+        let result = restore_generation(&conn, node, entry, fetched, out, progress_label, started).await;
+        let missing = match &result {
+            Err(BackupError::Net { error: NetError::Remote(e), .. }) => e.code == crate::net::wire::ErrorCode::NotFound,
+            Ok(summary) => summary.bad_extents > 0,
+            Err(_) => false,
+        };
+        if missing && want_generation.is_none() && attempts < 3 {
+            attempts += 1;
+            let newer = fetch_manifest(&conn, node, entry).await?;
+            if newer.0.body.generation > generation {
+                fetched = newer;
+                continue;
+            }
+        }
+        conn.close();
+        return result;
     }
+}
+
+/// [`restore`] of one generation, whose manifest and extent hashes were fetched.
+async fn restore_generation(
+    conn: &Connection,
+    node: &Node,
+    entry: &ContractEntry,
+    (manifest, hashes): (Signed<Manifest>, Vec<ExtentHash>),
+    out: Option<&Path>,
+    progress_label: &str,
+    started: Instant,
+) -> Result<RestoreSummary, BackupError> {
+    let (id, peer) = (entry.id, entry.state.peer);
+    let generation = manifest.body.generation;
     let g = manifest.body.geometry()?;
     // Extents already right in an existing output are not fetched again; a new (or empty)
     // output has none, so it is not read back at all.
@@ -534,7 +577,6 @@ pub async fn restore(
         tally(done)?;
     }
     progress.finish();
-    conn.close();
     if let (Some(f), Some(path)) = (&file, out) {
         f.file().sync_all().map_err(|error| BackupError::Output { path: path.to_owned(), error })?;
     }

@@ -148,8 +148,12 @@ impl Inbound {
             for path in read_dir_or_empty(&sub)? {
                 let Some(name) = path.file_name().and_then(|n| n.to_str()) else { continue };
                 let Ok(hash) = encoding::hex_decode::<32>(name) else { continue };
-                let len = fs::metadata(&path).map_err(|e| StateError::io(&path, e))?.len();
-                out.push((hash, len));
+                // An extent a commit moved aside meanwhile is not present.
+                match fs::metadata(&path) {
+                    Ok(m) => out.push((hash, m.len())),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(StateError::io(&path, e)),
+                }
             }
         }
         Ok(out)
@@ -486,7 +490,12 @@ impl Inbound {
         };
         let mut out = Vec::new();
         let mut consider = |path: PathBuf| -> Result<(), StateError> {
-            let meta = fs::metadata(&path).map_err(|e| StateError::io(&path, e))?;
+            // A file gone meanwhile (a trash being emptied) is no leftover.
+            let meta = match fs::metadata(&path) {
+                Ok(m) => m,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+                Err(e) => return Err(StateError::io(&path, e)),
+            };
             if meta.modified().is_ok_and(|m| m < before) {
                 out.push((path, meta.len()));
             }

@@ -189,7 +189,11 @@ pub fn plan(node: &Node, now: Timestamp) -> anyhow::Result<Vec<Step>> {
                 steps.push(Step { contract, peer, action: "remove_orphan", bytes: store.size_on_disk(), reason, work });
             }
         } else {
-            let leftovers = store.leftovers(before)?;
+            let leftovers = {
+                // Under the store's lock: a commit may be replacing the generation.
+                let _shared = store.lock(false)?;
+                store.leftovers(before)?
+            };
             if !leftovers.is_empty() {
                 let bytes = leftovers.iter().map(|(_, n)| n).sum();
                 let reason =

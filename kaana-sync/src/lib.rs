@@ -273,7 +273,7 @@ fn status(node: &Node) -> anyhow::Result<Exit> {
             committed_at: m.created_at,
             stored_bytes: stored,
         };
-        let ours = Inbound::outbound(node.home.root(), &entry.id).committed()?.map(|(m, _)| copy(&m.body, None));
+        let ours = kaana_proto::audit::Target::from_record(node, &entry.id)?.map(|t| copy(&t.manifest.body, None));
         let inbound = Inbound::new(&node.config.storage, &entry.id);
         let stored: u64 = inbound.present()?.iter().map(|(_, len)| len).sum();
         let theirs = inbound.committed()?.map(|(m, _)| copy(&m.body, Some(stored)));
