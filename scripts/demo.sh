@@ -142,7 +142,10 @@ step "Anyone can check the evidence, with nothing but the file"
 run 0 kaana-challenge check-evidence "$evidence"
 check "$out" '.valid == true and .failed_samples > 0'
 
-step "A week later C's grace at A has run out: kaana-prune deletes C's data and frees the space"
+step "A week later (cron ran kaana-challenge every few hours) C's grace at A has run out: kaana-prune deletes C's data"
+for h in 168 176 184 192; do
+  run "0 1" env KAANA_NOW="$(at $((t0 + h * 3600)))" kaana-challenge --home "$work/A" --all >/dev/null
+done
 run 0 env KAANA_NOW="$(at $((t0 + 8 * day + 7200)))" kaana-prune --home "$work/A" --dry-run
 check "$out" '.action == "delete"'
 run 0 env KAANA_NOW="$(at $((t0 + 8 * day + 7200)))" kaana-prune --home "$work/A"

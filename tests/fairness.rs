@@ -103,8 +103,8 @@ fn a_silent_deliberate_failure_looks_like_an_outage_and_comes_back_at_its_audit(
         assert_eq!((code, kinds(&lines)), (Some(0), vec![("routine", "unreachable")]));
         assert_eq!(lines[0].their_standing["state"], "ok");
     }
-    let (_, lines, _) = challenge(&s.b, &[&s.contract], Some(t0 + 30 * HOUR));
-    assert_eq!(lines[0].their_standing["state"], "failing");
+    let (_, lines, _) = challenge(&s.b, &[&s.contract], Some(t0 + 36 * HOUR));
+    assert_eq!(lines[0].their_standing["state"], "failing", "a day after the second unanswered try");
     // Meanwhile A sends B nothing: no challenge, no push.
     let (code, lines, err) = challenge(&s.a, &["--all"], Some(t0 + DAY));
     assert_eq!((code, lines.len()), (Some(0), 0), "{err}");
@@ -267,6 +267,7 @@ fn a_holder_refuses_what_could_frame_it() {
                 holder: entry.state.peer,
                 manifest,
                 generation: target.manifest.body.generation,
+                standing: kaana_proto::fairness::standing::Standing::Ok,
                 nonce: Rng::from_seed([7; 32]).nonce(),
                 picks,
                 depth: 0,
@@ -427,4 +428,32 @@ fn ten_thousand_challenges_of_an_honest_holder_never_fail_beside_pushes_restores
     eprintln!("10 000 challenges beside {pushes} pushes and {restores} restores; {superseded} raced a commit");
     assert_eq!(outcomes.get("pass"), Some(&10_000), "{outcomes:?}");
     assert!(pushes >= 20 && restores >= 1, "the work ran beside the challenges: {pushes} pushes, {restores} restores");
+}
+
+/// The hole the simulation found: a greedy B deletes A's data after A's deliberate failure,
+/// and A's nightly push comes before its next challenge. A push re-sends what the holder
+/// lacks, so it would hide the deletion; instead it asks first how A stands there and, failing,
+/// audits B: the breach is found, with evidence, and nothing is sent.
+#[test]
+fn a_push_audits_a_peer_that_judges_us_failing_before_it_sends_anything() {
+    let s = story();
+    fail_next(&s.a, &s.contract, "damaged");
+    let (_, lines, _) = challenge(&s.b, &[&s.contract], None);
+    assert_eq!(lines[0].result, "fail");
+    let extents = s.b.home.join("inbound").join(&s.contract).join("extents");
+    fs::remove_dir_all(&extents).unwrap();
+    let out = s.a.run("kaana-sync", &["push", "--all", "--extent-size", "256KiB"]);
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("BREACH") && err.contains("Evidence anyone can check"), "{err}");
+    let line: serde_json::Value = one_json(&out);
+    assert_eq!(line["ok"], false);
+    assert!(!extents.exists(), "nothing was sent");
+    assert_eq!(state(&s.a, &s.contract)["audit"]["result"], "breach");
+    let evidence = fs::read_dir(s.a.home.join("audits")).unwrap().next().unwrap().unwrap().path();
+    let out = crate::common::tool("kaana-challenge").arg("check-evidence").arg(&evidence).output().unwrap();
+    assert_success(&out);
+    // A push to a peer where we stand ok audits nothing and goes on as ever.
+    let pushed = push(&s.b, &s.contract);
+    assert_eq!(pushed["unchanged"], true, "{pushed}");
 }

@@ -12,3 +12,4 @@ mod market;
 mod prune;
 mod scripts;
 mod server;
+mod simulation;

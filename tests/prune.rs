@@ -9,6 +9,7 @@ use serde::Deserialize;
 
 use kaana_proto::time::Timestamp;
 
+use crate::common::story::{HOUR, keep_watch};
 use crate::common::{
     ServerProc, TestNode, assert_exit, assert_success, at, json_lines, make_contract_sized, now_unix, pseudo_random,
     walk_files,
@@ -47,12 +48,12 @@ fn prune(node: &TestNode, dry: bool, t: u64) -> Vec<Step> {
     json_lines(&out)
 }
 
-/// The holder challenges its peer, which is offline, at every run for a day: the peer is
-/// failing from the last of these tries, whose time is returned. (The holder reaches another
-/// node, so it does not suspect its own connection.)
+/// The holder challenges its peer, which is offline, at every run for a day after its second
+/// unanswered try: the peer is failing from the last of these tries, whose time is returned.
+/// (The holder reaches another node, so it does not suspect its own connection.)
 fn fails_while_offline(holder: &TestNode, contract: &str) -> u64 {
     let t0 = now_unix();
-    for h in [0, 8, 16, 24] {
+    for h in [0, 8, 16, 24, 32] {
         let out = holder
             .cmd("kaana-challenge")
             .arg(contract)
@@ -65,7 +66,7 @@ fn fails_while_offline(holder: &TestNode, contract: &str) -> u64 {
     let line: Vec<serde_json::Value> = json_lines(&holder.run("kaana-offer", &["contracts"]));
     let failing = line.iter().find(|l| l["id"] == contract).unwrap()["their_standing"].clone();
     assert_eq!(failing["state"], "failing", "{failing}");
-    t0 + DAY
+    t0 + 32 * 3_600
 }
 
 fn store(node: &TestNode, contract: &str) -> PathBuf {
@@ -97,6 +98,9 @@ fn a_failing_peers_data_goes_exactly_when_its_grace_runs_out() {
     let t0 = fails_while_offline(&b, &with_a);
     let delete_after = t0 + 7 * DAY;
 
+    // Cron keeps watch meanwhile (a node that has not checked its connection lately deletes
+    // nothing).
+    keep_watch(&b, delete_after - DAY, delete_after);
     for dry in [true, false] {
         assert!(prune(&b, dry, delete_after - 1).is_empty());
     }
@@ -216,6 +220,7 @@ fn a_prune_killed_midway_finishes_on_the_next_run() {
     let total = count(&store(&b, &contract));
     drop(sa);
     let t0 = fails_while_offline(&b, &contract);
+    keep_watch(&b, t0 + 6 * DAY, t0 + 7 * DAY);
 
     let mut child = prune_cmd(&b, t0 + 7 * DAY + 1).stdout(std::process::Stdio::null()).spawn().unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -268,10 +273,11 @@ fn a_node_cut_off_for_longer_than_the_grace_deletes_nothing() {
     assert!(store(&b, &contract).exists());
     assert_eq!(status(&b, &contract), "active");
 
-    // Back: it reaches C again. A's data stays for a day more.
+    // Back: it reaches C again. A's data stays for a day more, with cron keeping watch.
     let _sc = ServerProc::start(&c, &["--listen", &format!("127.0.0.1:{c_port}")]);
     let back = delete_after + 3 * DAY;
     assert!(prune(&b, false, back).is_empty());
+    keep_watch(&b, back + 8 * HOUR, back + 16 * HOUR);
     assert!(prune(&b, false, back + DAY - 1).is_empty());
     let steps = prune(&b, false, back + DAY);
     assert_eq!(steps.len(), 1, "{steps:?}");

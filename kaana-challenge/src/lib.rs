@@ -24,7 +24,6 @@ use kaana_proto::fairness::standing::Standing;
 use kaana_proto::identity::NodeId;
 use kaana_proto::market::RecordId;
 use kaana_proto::net::transport::{Client, Connection, NetError, Traffic};
-use kaana_proto::net::wire::Request;
 use kaana_proto::node::Node;
 use kaana_proto::state::StateError;
 use kaana_proto::store::{ContractEntry, Status};
@@ -57,7 +56,8 @@ pub struct Args {
     #[arg(long)]
     pub all: bool,
     /// Chunks sampled per challenge (the default catches a holder missing 10% of the data with
-    /// probability above 99%; a failing peer is always asked three times as many).
+    /// probability above 99%; a failing peer that asks to be challenged again is asked three
+    /// times as many).
     #[arg(long, value_name = "K", default_value_t = DEFAULT_SAMPLES)]
     pub samples: usize,
     #[command(subcommand)]
@@ -311,7 +311,7 @@ async fn check_contract(
     let mut lines = Vec::new();
     let kind_before = if entry.state.our_standing.is_failing() { "audit" } else { "routine" };
     let unreachable = |entry: &ContractEntry, kind: &'static str, why: String| -> anyhow::Result<Line> {
-        let judged = audit::judge(node, entry, &Heard::Unreachable(why.clone()), None, 0, now, suspect)?;
+        let judged = audit::judge(node, entry, &Heard::Unreachable(why.clone()), None, 0, false, now, suspect)?;
         Ok(Line {
             message: Some(effect_message(judged.effect, &why)),
             ..Line::new(entry, kind, Outcome::Unreachable, judged.standing)
@@ -340,88 +340,56 @@ async fn check_contract(
     let kind = if failing_here { "audit" } else { "routine" };
     let entry = node.contract(&entry.id)?;
     let (started, wire_before) = (std::time::Instant::now(), conn.wire_bytes());
-    let ex = match audit::challenge_peer(&conn, node, &entry, samples, now).await {
-        Ok(ex) => ex,
+    let audited = match audit::audit(&conn, node, &entry, samples, now, suspect).await {
+        Ok(a) => a,
         Err(AuditError::Net(e)) => {
             lines.push(unreachable(&entry, kind, e.to_string())?);
             return Ok(Checked { lines, breach: false });
         }
         Err(e) => return Err(e.into()),
     };
-    let judged = audit::judge(node, &entry, &ex.heard, Some(&ex.transcript), ex.samples, now, suspect)?;
-    if let Some(v) = &judged.verdict {
-        // Telling the peer is a courtesy: its standing here is decided either way.
-        let _ = conn.request(&Request::Verdict { verdict: v.clone() }).await;
-    }
-    let (breach, evidence) = audit::breach_of(node, &entry, &ex, now)?;
+    let ex = &audited.exchanged;
     let message = match &ex.heard {
         Heard::Fail { why, .. } => Some(why.clone()),
-        Heard::Unreachable(why) => Some(effect_message(judged.effect, why)),
+        Heard::Unreachable(why) => Some(effect_message(audited.judged.effect, why)),
         _ => None,
     };
-    let peer = entry.state.peer;
     lines.push(Line {
-        breach: breach != Breach::No,
-        evidence: evidence.clone(),
+        breach: audited.breach != Breach::No,
+        evidence: audited.evidence.clone(),
         message,
         samples: Some(ex.samples),
         ms: Some(started.elapsed().as_secs_f64() * 1e3),
         wire_bytes: Some(conn.wire_bytes() - wire_before),
-        ..Line::new(&entry, kind, ex.heard.outcome(), judged.standing)
+        ..Line::new(&entry, kind, ex.heard.outcome(), audited.judged.standing)
     });
-    if breach != Breach::No {
-        node.update_contract(&entry.id, |e| {
-            e.state.audit = e.state.audit.take().map(|p| if p.pending() { p.ended("breach") } else { p });
-            Ok::<_, StateError>(())
-        })?;
-        node.log_event(now, "breach", json!({"contract": entry.id, "peer": peer, "evidence": evidence}))?;
-        let proof = match &evidence {
-            Some(path) => format!("Evidence anyone can check: {}", path.display()),
-            None => "The peer signed nothing that proves it to others.".to_owned(),
-        };
-        eprintln!(
-            "kaana-challenge: BREACH: node {peer} no longer holds this node's data, inside the grace period it \
-             promised (contract {}). {proof}",
-            entry.id
-        );
+    if audited.breach != Breach::No {
+        eprintln!("kaana-challenge: {}", audited.breach_message(&entry));
         return Ok(Checked { lines, breach: true });
     }
 
-    // Failing there, with the audit passed and the peer's data here whole: back to ok.
+    // Failing there, the audit answered (no breach), the peer's data here whole: back to ok.
     let state = node.contract(&entry.id)?.state;
     let passed = ex.heard == Heard::Pass;
-    if failing_here && deliberate::asks_rechallenge(state.audit.as_ref(), state.awaiting_repush.is_some(), passed, now)
+    let audited = matches!(ex.heard, Heard::Pass | Heard::Fail { .. });
+    if failing_here && deliberate::asks_rechallenge(state.audit.as_ref(), state.awaiting_repush.is_some(), audited, now)
     {
         let _one_at_a_time = rechallenges.lock().await;
-        let line = match audit::rechallenge(&conn, node, &entry, now).await {
+        let (result, message) = match audit::rechallenge(&conn, node, &entry, now).await {
             Ok(verdict) => {
-                let result = verdict.body.result.unwrap_or(if verdict.body.standing.is_failing() {
-                    Outcome::Fail
-                } else {
-                    Outcome::Pass
-                });
-                Line {
-                    samples: None,
-                    ..Line::new(&entry, "rechallenge", result, node.contract(&entry.id)?.state.their_standing)
-                }
+                let failing = verdict.body.standing.is_failing();
+                (verdict.body.result.unwrap_or(if failing { Outcome::Fail } else { Outcome::Pass }), None)
             }
-            Err(e) => Line {
-                message: Some(e.to_string()),
-                ..Line::new(&entry, "rechallenge", Outcome::Fail, node.contract(&entry.id)?.state.their_standing)
-            },
+            Err(e) => (Outcome::Fail, Some(e.to_string())),
         };
-        lines.push(line);
+        let theirs = node.contract(&entry.id)?.state.their_standing;
+        lines.push(Line { message, ..Line::new(&entry, "rechallenge", result, theirs) });
     }
     // A deliberate failure is over once this node is back and ok at the peer, which kept our data.
     node.update_contract(&entry.id, |e| {
         let st = &mut e.state;
-        let over = |p: &Plan| {
-            p.pending()
-                && !p.silent(now)
-                && p.pretence(now) == Pretence::Nothing
-                && passed
-                && !st.our_standing.is_failing()
-        };
+        let back = !st.our_standing.is_failing();
+        let over = |p: &Plan| p.pending() && !p.silent(now) && p.pretence(now) == Pretence::Nothing && passed && back;
         if let Some(plan) = st.audit.clone().filter(over) {
             st.audit = Some(plan.ended("pass"));
         }

@@ -23,7 +23,7 @@ use crate::net::wire::{ErrorCode, ErrorReply};
 use crate::node::Node;
 use crate::record::Signed;
 use crate::state::StateError;
-use crate::store::{ContractEntry, Status};
+use crate::store::{ContractEntry, ContractState, Status};
 use crate::time::Timestamp;
 
 /// What every reply of a holder that holds nothing says, whether it lost the copy or pretends
@@ -74,6 +74,16 @@ pub fn answer(
             format!("node {peer} is not a side of contract {}", c.contract),
         ));
     }
+    // The challenger says how it judges us: known before anything is decided.
+    if c.standing != entry.state.our_standing {
+        node.update_contract(&entry.id, |e| {
+            e.state.our_standing = c.standing;
+            e.state.our_standing_at = Some(now);
+            Ok::<_, StateError>(())
+        })
+        .map_err(internal)?;
+    }
+    let entry = ContractEntry { state: ContractState { our_standing: c.standing, ..entry.state }, ..entry };
     let challenge_id = RecordId::of(c).map_err(internal)?;
     let sign = |reply: Reply| -> Result<Signed<Answer>, ErrorReply> {
         let body = Answer { challenge: challenge_id, holder: node.id(), reply, at: now };

@@ -183,6 +183,7 @@ pub async fn exchange(
         holder: peer,
         manifest: RecordId::of(&target.manifest.body)?,
         generation: target.generation(),
+        standing: node.contract(&entry.id)?.state.their_standing,
         nonce: rng.nonce(),
         picks,
         depth,
@@ -262,9 +263,8 @@ async fn fetch_target(conn: &Connection, node: &Node, entry: &ContractEntry) -> 
 }
 
 /// Challenges `entry`'s peer on a new stream of `conn` about the copy this node last pushed
-/// there (the peer's standing decides how many samples: [`judge::samples_for`]). If the holder
-/// committed a newer generation meanwhile (a push racing the challenge), asks again about that
-/// one, once.
+/// there, with `samples` samples. If the holder committed a newer generation meanwhile (a push
+/// racing the challenge), asks again about that one, once.
 pub async fn challenge_peer(
     conn: &Connection,
     node: &Node,
@@ -273,7 +273,6 @@ pub async fn challenge_peer(
     now: Timestamp,
 ) -> Result<Exchanged, AuditError> {
     let target = Target::from_record(node, &entry.id)?.ok_or(AuditError::NothingPushed(entry.state.peer))?;
-    let samples = judge::samples_for(&entry.state.their_standing, samples);
     let mut ex = conn.open_stream().await?;
     let first = exchange(&mut ex.send, &mut ex.recv, node, entry, target, samples, now).await?;
     let Heard::Superseded { generation, manifest } = first.heard else { return Ok(first) };
@@ -306,19 +305,22 @@ pub struct Judgement {
 }
 
 /// Judges what a challenge of `entry`'s peer showed, by the fairness rules; records the
-/// standing and the peer's record; signs a verdict when one is due. `suspect`: this node
-/// reached too few of its peers in this run to trust its connection.
+/// standing and the peer's record; signs a verdict when one is due. `asked`: the peer asked
+/// for this challenge (a rechallenge). `suspect`: this node reached too few of its peers in
+/// this run to trust its connection.
+#[allow(clippy::too_many_arguments)]
 pub fn judge(
     node: &Node,
     entry: &ContractEntry,
     heard: &Heard,
     transcript: Option<&Transcript>,
     samples: usize,
+    asked: bool,
     now: Timestamp,
     suspect: bool,
 ) -> Result<Judgement, AuditError> {
     let seen = match heard {
-        Heard::Pass => Seen::Pass { samples },
+        Heard::Pass => Seen::Pass { samples, asked },
         Heard::Fail { .. } => Seen::Fail,
         Heard::Superseded { .. } | Heard::Unreachable(_) => Seen::Unreachable,
     };
@@ -554,4 +556,59 @@ pub async fn connect_all(
         }
     }
     Ok((conns, reach))
+}
+
+/// One audit of a peer, done and recorded.
+#[derive(Debug)]
+pub struct Audited {
+    /// The exchange.
+    pub exchanged: Exchanged,
+    /// The judgement that followed.
+    pub judged: Judgement,
+    /// Whether it was a breach.
+    pub breach: Breach,
+    /// The evidence, when the breach is proven.
+    pub evidence: Option<PathBuf>,
+}
+
+/// Challenges `entry`'s peer with `samples` samples, judges it, tells it the verdict, and, if
+/// this node is failing there and the peer failed, records the breach (event, evidence, the
+/// end of a deliberate failure). `suspect`: this node's connection is in doubt in this run.
+pub async fn audit(
+    conn: &Connection,
+    node: &Node,
+    entry: &ContractEntry,
+    samples: usize,
+    now: Timestamp,
+    suspect: bool,
+) -> Result<Audited, AuditError> {
+    let ex = challenge_peer(conn, node, entry, samples, now).await?;
+    let judged = judge(node, entry, &ex.heard, Some(&ex.transcript), ex.samples, false, now, suspect)?;
+    if let Some(v) = &judged.verdict {
+        // Telling the peer is a courtesy: its standing here is decided either way.
+        let _ = conn.request(&Request::Verdict { verdict: v.clone() }).await;
+    }
+    let (breach, evidence) = breach_of(node, entry, &ex, now)?;
+    if breach != Breach::No {
+        node.update_contract(&entry.id, |e| {
+            e.state.audit = e.state.audit.take().map(|p| if p.pending() { p.ended("breach") } else { p });
+            Ok::<_, StateError>(())
+        })?;
+        node.log_event(now, "breach", json!({"contract": entry.id, "peer": entry.state.peer, "evidence": evidence}))?;
+    }
+    Ok(Audited { exchanged: ex, judged, breach, evidence })
+}
+
+impl Audited {
+    /// What a person is told of a breach.
+    pub fn breach_message(&self, entry: &ContractEntry) -> String {
+        let proof = match &self.evidence {
+            Some(path) => format!("Evidence anyone can check: {}", path.display()),
+            None => "The peer signed nothing that proves it to others.".to_owned(),
+        };
+        format!(
+            "BREACH: node {} no longer holds this node's data, inside the grace period it promised (contract {}). {proof}",
+            entry.state.peer, entry.id
+        )
+    }
 }

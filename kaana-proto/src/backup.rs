@@ -112,6 +112,12 @@ pub enum BackupError {
     /// Signing failed.
     #[error(transparent)]
     Record(#[from] RecordError),
+    /// The holder lost this node's data inside the grace it promised: nothing is sent.
+    #[error("{0}")]
+    Breach(String),
+    /// An audit before the push could not be made.
+    #[error("auditing the holder before the push: {0}")]
+    Audit(Box<crate::audit::AuditError>),
     /// Writing the output failed.
     #[error("{}: {error}", .path.display())]
     Output {
@@ -196,6 +202,8 @@ pub async fn push(
     }
     let conn = connect(client, node, peer).await?;
     let err = net(peer);
+    let now = now_from_env().map_err(|e| StateError::damaged(node.home.root(), e))?;
+    audit_first(&conn, node, entry, now).await?;
 
     let mut ex =
         conn.open(&Request::PushBegin { contract: id, volume_size: g.volume_size, extent_size }).await.map_err(&err)?;
@@ -309,7 +317,6 @@ pub async fn push(
         record.save_tops(previous_gen, tops.as_flattened())?;
         return Ok(summary(previous_gen, true));
     }
-    let now = now_from_env().map_err(|e| StateError::damaged(node.home.root(), e))?;
     let manifest = Manifest {
         contract: id,
         owner: node.id(),
@@ -349,6 +356,33 @@ pub async fn push(
         json!({"contract": id, "peer": peer, "generation": generation, "extents_sent": extents_sent, "bytes_sent": bytes_sent}),
     )?;
     Ok(summary(generation, false))
+}
+
+/// Before sending anything, asks the holder how it sees this node; if failing there, audits it
+/// first: a push re-sends what the holder lacks, so pushing first would hide a holder that
+/// deleted our data inside the grace it promised. (Every node does this, so a node back from a
+/// deliberate failure pushes as one back from a real one does.)
+async fn audit_first(
+    conn: &Connection,
+    node: &Node,
+    entry: &ContractEntry,
+    now: crate::time::Timestamp,
+) -> Result<(), BackupError> {
+    use crate::audit::{self, AuditError};
+    let audit_error = |e: AuditError| match e {
+        AuditError::Net(error) => BackupError::Net { peer: entry.state.peer, error },
+        other => BackupError::Audit(Box::new(other)),
+    };
+    let standing = audit::ask_standing(conn, node, entry, now).await.map_err(audit_error)?;
+    if !standing.is_failing() || audit::Target::from_record(node, &entry.id)?.is_none() {
+        return Ok(());
+    }
+    let audited =
+        audit::audit(conn, node, entry, crate::challenge::DEFAULT_SAMPLES, now, false).await.map_err(audit_error)?;
+    if audited.breach != crate::fairness::evidence::Breach::No {
+        return Err(BackupError::Breach(audited.breach_message(entry)));
+    }
+    Ok(())
 }
 
 /// An extent read: its index, the hash of the bytes sent, the hash of the volume's own bytes, the

@@ -45,6 +45,9 @@ pub struct Challenge {
     pub manifest: RecordId,
     /// Its generation.
     pub generation: u64,
+    /// How the challenger judges the holder now: a holder must know where it stands before it
+    /// decides anything (say, to fail on purpose).
+    pub standing: Standing,
     /// Random, so that no answer can be reused (32 hex digits).
     pub nonce: String,
     /// `[extent index, chunk index]` pairs.

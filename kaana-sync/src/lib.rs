@@ -205,14 +205,16 @@ async fn push(
             (entry, r)
         });
     }
-    let mut last_error = None;
+    let (mut last_error, mut breaches) = (None, 0);
     while let Some(done) = tasks.join_next().await {
         let (entry, result) = done?;
         match result {
             Ok(summary) => emit(&summary)?,
             Err(e) => {
+                // A breach found by the audit before the push needs a person; it is no error.
+                let breach = matches!(e, backup::BackupError::Breach(_));
                 let e = anyhow::Error::new(e).context(format!("pushing to contract {}", entry.id));
-                if all {
+                if all || breach {
                     eprintln!("kaana-sync: error: {e:#}");
                     emit(&PushFailed {
                         contract: entry.id,
@@ -221,7 +223,11 @@ async fn push(
                         error: format!("{e:#}"),
                     })?;
                 }
-                last_error = Some(e);
+                if breach {
+                    breaches += 1;
+                } else {
+                    last_error = Some(e);
+                }
             }
         }
     }
@@ -231,6 +237,7 @@ async fn push(
     match (all, last_error) {
         (false, Some(e)) => Err(e),
         (true, Some(_)) => Ok(Exit::Attention),
+        (_, None) if breaches > 0 => Ok(Exit::Attention),
         (_, None) => Ok(Exit::Ok),
     }
 }

@@ -111,3 +111,21 @@ pub fn wreck_store(holder: &TestNode, contract: &str) {
         }
     }
 }
+
+/// Runs `kaana-challenge --all` on `node` every 8 hours from `from` to `to` (both included), as
+/// cron would: a node deletes nothing unless it has watched its connection for a day.
+pub fn keep_watch(node: &TestNode, from: u64, to: u64) {
+    let mut t = from;
+    while t <= to {
+        let out = node
+            .cmd("kaana-challenge")
+            .arg("--all")
+            .env("KAANA_NOW", at(t))
+            .env("KAANA_CONNECT_TIMEOUT", "1s")
+            .env("KAANA_READ_TIMEOUT", "2s")
+            .output()
+            .unwrap();
+        assert!(matches!(out.status.code(), Some(0 | 1)), "{}", stderr(&out));
+        t += 8 * HOUR;
+    }
+}

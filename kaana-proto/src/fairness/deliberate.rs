@@ -226,11 +226,12 @@ impl Plan {
 }
 
 /// Whether a node that is failing at its peer asks, in this run, to be challenged again: once
-/// its own audit of the peer passed, when it is neither silent nor pretending toward the peer,
+/// its own audit of the peer got an answer that was no breach (if the peer dropped our data,
+/// there is nothing to keep there), when it is neither silent nor pretending toward the peer,
 /// and when it is not waiting for the peer to re-send extents it found damaged.
-pub fn asks_rechallenge(plan: Option<&Plan>, awaiting_repush: bool, audit_passed: bool, now: Timestamp) -> bool {
+pub fn asks_rechallenge(plan: Option<&Plan>, awaiting_repush: bool, audited: bool, now: Timestamp) -> bool {
     let acting = plan.is_some_and(|p| p.silent(now) || p.pretence(now) != Pretence::Nothing);
-    audit_passed && !awaiting_repush && !acting
+    audited && !awaiting_repush && !acting
 }
 
 #[cfg(test)]
@@ -321,7 +322,7 @@ mod tests {
         assert_eq!(healed.pretence(t(3 * HOUR)), Pretence::Nothing);
         assert!(asks_rechallenge(Some(&healed), false, true, t(3 * HOUR)));
         assert!(!asks_rechallenge(Some(&healed), true, true, t(3 * HOUR)), "a real scrub found damage");
-        assert!(!asks_rechallenge(Some(&healed), false, false, t(3 * HOUR)), "the audit did not pass");
+        assert!(!asks_rechallenge(Some(&healed), false, false, t(3 * HOUR)), "no answer, or a breach");
         assert_eq!(p.clone().abandoned(t(HOUR)).pretence(t(HOUR)), Pretence::Nothing);
         let lost = plan(Mode::Lost, t(0), GRACE, &picked, &mut rng);
         assert_eq!(lost.pretence(t(0)), Pretence::All);

@@ -312,6 +312,7 @@ mod tests {
             holder: holder.node_id(),
             manifest: manifest_id,
             generation: 3,
+            standing: Standing::Ok,
             nonce: "00".repeat(16),
             picks: picks.clone(),
             depth: 0,

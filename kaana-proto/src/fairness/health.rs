@@ -5,12 +5,18 @@
 //! node that reaches fewer than half of the nodes it tried in a run suspects itself: it judges
 //! nobody unreachable in that run ([`super::judge`]), and deletes no failing peer's data until
 //! it has been back, reaching its peers, for a whole retry window ([`Health::settled`]) — time
-//! for peers that could not reach it meanwhile to ask to be challenged again.
+//! for peers that could not reach it meanwhile to ask to be challenged again. A node that did
+//! not check at all for a while ([`GAP_SECS`]: it was down, or its cron was) cannot tell
+//! either, so it starts that wait again too.
 
 use serde::{Deserialize, Serialize};
 
-use super::RETRY_WINDOW_SECS;
+use super::{HOUR, RETRY_WINDOW_SECS};
 use crate::time::Timestamp;
+
+/// Checks further apart than this (three of cron's four-hourly runs missed) leave a gap this
+/// node knows nothing of.
+pub const GAP_SECS: u64 = 12 * HOUR;
 
 /// How many nodes a run tried to reach, and how many answered.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -52,6 +58,9 @@ impl Health {
         if reach.tried == 0 {
             return h;
         }
+        if h.last_check.is_some_and(|last| now.unix() > last.unix() + GAP_SECS) {
+            h.healthy_since = None;
+        }
         h.last_check = Some(now);
         h.last_reach = [reach.reached, reach.tried];
         if suspect(reach) {
@@ -65,7 +74,8 @@ impl Health {
     }
 
     /// Whether the connection has been good long enough, at `now`, for failing peers' data to
-    /// be deleted: good at every check for at least a retry window.
+    /// be deleted: good at every check, checks no more than [`GAP_SECS`] apart, for at least a
+    /// retry window.
     pub fn settled(&self, now: Timestamp) -> bool {
         self.suspect_since.is_none() && self.healthy_since.is_some_and(|h| now >= h.plus_secs(RETRY_WINDOW_SECS))
     }
@@ -93,12 +103,17 @@ mod tests {
         let cut = Reach { tried: 3, reached: 0 };
         let h = Health::default().after_check(t(0), good);
         assert!(!h.settled(t(HOUR)) && h.settled(t(DAY)));
-        // Checks in between that found it good do not restart the clock.
-        assert!(h.after_check(t(2 * HOUR), good).settled(t(DAY)));
-        let h = h.after_check(t(2 * DAY), cut).after_check(t(9 * DAY), cut);
+        // Checks in between that found it good do not restart the clock; a gap does.
+        let watched = (1..=6).fold(h.clone(), |h, i| h.after_check(t(i * 4 * HOUR), good));
+        assert!(watched.settled(t(DAY)));
+        let unwatched = h.after_check(t(DAY), good);
+        assert_eq!(unwatched.healthy_since, Some(t(DAY)));
+        assert!(!unwatched.settled(t(DAY + HOUR)) && unwatched.settled(t(2 * DAY)));
+        let h = watched;
+        let h = h.after_check(t(2 * DAY), cut).after_check(t(2 * DAY + 4 * HOUR), cut);
         assert_eq!(h.suspect_since, Some(t(2 * DAY)));
         assert!(!h.settled(t(9 * DAY)));
-        let h = h.after_check(t(10 * DAY), good);
+        let h = (0..=6).fold(h, |h, i| h.after_check(t(10 * DAY + i * 4 * HOUR), good));
         assert!(!h.settled(t(10 * DAY + HOUR)) && h.settled(t(11 * DAY)));
         // A run that tried nobody changes nothing.
         assert_eq!(h.after_check(t(12 * DAY), Reach::default()), h);

@@ -3,11 +3,15 @@
 //! - A wrong answer (or a refusal, or "I no longer hold it") makes the peer failing at once.
 //! - No answer is not a wrong answer: it is retried on cron's schedule, and the peer is failing
 //!   only once it has stayed unanswered at every try for [`RETRY_WINDOW_SECS`] (and at least
-//!   [`MIN_TRIES`] tries), in the spirit of Storj's containment. A node that reaches too few of
-//!   its peers suspects itself ([`super::health`]) and counts no tries at all.
-//! - A failing peer is ok again only after passing a challenge [`STRONG_FACTOR`] times the
-//!   default size, and may ask for one at most every [`RECHALLENGE_INTERVAL_SECS`]: a holder
-//!   missing part of the data cannot ask again and again until it gets lucky.
+//!   [`MIN_TRIES`] tries), in the spirit of Storj's containment. One unanswered try is noise (a
+//!   lost packet burst): the window starts at the second in a row. A node that reaches too few
+//!   of its peers suspects itself ([`super::health`]) and counts no tries at all.
+//! - A failing peer is ok again only by passing a challenge it asked for (a rechallenge),
+//!   [`STRONG_FACTOR`] times the default size, at most every [`RECHALLENGE_INTERVAL_SECS`]: a
+//!   holder missing part of the data cannot ask again and again until it gets lucky. The
+//!   judge's own routine challenges of a failing peer are recorded but clear nothing: a peer
+//!   back from an outage (or from a deliberate failure) must first audit the judge, and the
+//!   judge must not have wiped the failing verdict that audit's evidence rests on.
 
 use serde::{Deserialize, Serialize};
 
@@ -19,10 +23,13 @@ use crate::time::Timestamp;
 /// What one challenge of the peer showed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Seen {
-    /// Every sample proved; the challenge had `samples` samples.
+    /// Every sample proved; the challenge had `samples` samples; `asked`: the peer asked for it
+    /// (a rechallenge).
     Pass {
         /// How many samples it asked for.
         samples: usize,
+        /// Whether the peer asked to be challenged.
+        asked: bool,
     },
     /// A wrong answer, a refusal, or "I no longer hold it".
     Fail,
@@ -52,7 +59,8 @@ pub struct PeerRecord {
     /// When it last answered anything.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_seen: Option<Timestamp>,
-    /// The first unanswered try of the current spell, if the peer has not answered since.
+    /// The second unanswered try in a row of the current spell (where its retry window
+    /// starts), if the peer has not answered since.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unreachable_since: Option<Timestamp>,
     /// Unanswered tries in the current spell.
@@ -95,16 +103,8 @@ pub struct Judged {
     pub effect: Effect,
 }
 
-/// The samples a challenge of a peer in `standing` must have to count in full: the default for
-/// an ok peer, [`STRONG_FACTOR`] times it for a failing one.
-pub fn required_samples(standing: &Standing) -> usize {
-    if standing.is_failing() { DEFAULT_SAMPLES * STRONG_FACTOR } else { 1 }
-}
-
-/// The samples to ask a peer in `standing` for, when `asked` were asked for.
-pub fn samples_for(standing: &Standing, asked: usize) -> usize {
-    asked.max(required_samples(standing))
-}
+/// The samples a rechallenge of a failing peer has: [`STRONG_FACTOR`] times the default.
+pub const STRONG_SAMPLES: usize = DEFAULT_SAMPLES * STRONG_FACTOR;
 
 /// Judges what a challenge of the peer showed at `now`. `suspect`: this node reached too few of
 /// its peers in this run to trust its own connection ([`super::health::suspect`]).
@@ -118,12 +118,12 @@ pub fn judge(
 ) -> Judged {
     let mut record = record.clone();
     let (standing, effect) = match seen {
-        Seen::Pass { samples } => {
+        Seen::Pass { samples, asked } => {
             record.passes += 1;
             record.last_pass = Some(now);
             answered(&mut record, now);
-            let ok = samples >= required_samples(&standing);
-            (if ok { Standing::Ok } else { standing }, Effect::Verdict)
+            let clears = !standing.is_failing() || (asked && samples >= STRONG_SAMPLES);
+            (if clears { Standing::Ok } else { standing }, Effect::Verdict)
         }
         Seen::Fail => {
             record.failures += 1;
@@ -134,8 +134,11 @@ pub fn judge(
         Seen::Unreachable if suspect => (standing, Effect::Suspended),
         Seen::Unreachable => {
             record.unreachable += 1;
-            let since = *record.unreachable_since.get_or_insert(now);
             record.tries += 1;
+            let since = match record.tries {
+                1 => now,
+                _ => *record.unreachable_since.get_or_insert(now),
+            };
             let failing_from = since.plus_secs(RETRY_WINDOW_SECS);
             if record.tries >= MIN_TRIES && now >= failing_from && !standing.is_failing() {
                 (standing.after_failure(now, grace_secs), Effect::Verdict)
@@ -181,7 +184,7 @@ pub fn admit_rechallenge(standing: &Standing, record: &PeerRecord, now: Timestam
     }
     match record.last_rechallenge.map(|t| t.plus_secs(RECHALLENGE_INTERVAL_SECS)) {
         Some(until) if now < until => Admission::TooSoon { until },
-        _ => Admission::Challenge { samples: required_samples(standing) },
+        _ => Admission::Challenge { samples: STRONG_SAMPLES },
     }
 }
 
@@ -207,46 +210,56 @@ mod tests {
     }
 
     #[test]
-    fn a_wrong_answer_fails_at_once_and_only_a_strong_pass_clears_it() {
+    fn a_wrong_answer_fails_at_once_and_only_a_strong_rechallenge_clears_it() {
         let (s, r, e) = run(Standing::Ok, PeerRecord::default(), &[(0, Seen::Fail)]);
         assert_eq!(s, Standing::Failing { since: t(0), delete_after: t(GRACE) });
         assert_eq!(e, [Effect::Verdict]);
         assert_eq!((r.failures, r.last_failure, r.verdicts_open_until), (1, Some(t(0)), Some(t(GRACE))));
-        // A pass of a default-sized challenge is counted, and changes nothing.
-        let weak = judge(s, &r, Seen::Pass { samples: DEFAULT_SAMPLES }, t(HOUR), GRACE, false);
-        assert_eq!(weak.standing, s);
-        assert_eq!(weak.record.passes, 1);
-        let strong = judge(s, &r, Seen::Pass { samples: required_samples(&s) }, t(HOUR), GRACE, false);
+        // The judge's own challenges are counted, and change nothing, however strong; so is a
+        // rechallenge of the default size.
+        for (samples, asked) in [(DEFAULT_SAMPLES, false), (STRONG_SAMPLES, false), (DEFAULT_SAMPLES, true)] {
+            let j = judge(s, &r, Seen::Pass { samples, asked }, t(HOUR), GRACE, false);
+            assert_eq!((j.standing, j.record.passes), (s, 1), "{samples} {asked}");
+        }
+        let strong = judge(s, &r, Seen::Pass { samples: STRONG_SAMPLES, asked: true }, t(HOUR), GRACE, false);
         assert_eq!(strong.standing, Standing::Ok);
         // The failing verdict stays open until its delete_after, even once the peer is ok.
         assert_eq!(strong.record.verdicts_open_until, Some(t(GRACE)));
-        assert_eq!(samples_for(&Standing::Ok, 10), 10);
-        assert_eq!(samples_for(&s, 10), DEFAULT_SAMPLES * STRONG_FACTOR);
     }
 
     #[test]
     fn an_unreachable_peer_is_failing_only_after_the_retry_window() {
-        // Cron's four-hourly tries: at 0, 4, ..., 20 h still retrying; at 24 h failing.
-        let tries: Vec<(u64, Seen)> = (0..=6).map(|i| (i * 4 * HOUR, Seen::Unreachable)).collect();
-        let (s, r, e) = run(Standing::Ok, PeerRecord::default(), &tries[..6]);
+        // Cron's four-hourly tries: the window starts at the second in a row (4 h); at 4 h,
+        // ..., 24 h still retrying; at 28 h failing.
+        let tries: Vec<(u64, Seen)> = (0..=7).map(|i| (i * 4 * HOUR, Seen::Unreachable)).collect();
+        let (s, r, e) = run(Standing::Ok, PeerRecord::default(), &tries[..7]);
         assert_eq!(s, Standing::Ok);
-        assert!(e.iter().all(|e| matches!(e, Effect::Retry { failing_from, .. } if *failing_from == t(DAY))));
-        let j = judge(s, &r, Seen::Unreachable, t(DAY), GRACE, false);
-        assert_eq!(j.standing, Standing::Failing { since: t(DAY), delete_after: t(DAY + GRACE) });
+        assert_eq!(e[0], Effect::Retry { tries: 1, failing_from: t(DAY) });
+        assert!(
+            e[1..]
+                .iter()
+                .all(|e| matches!(e, Effect::Retry { failing_from, .. } if *failing_from == t(DAY + 4 * HOUR)))
+        );
+        let j = judge(s, &r, Seen::Unreachable, t(DAY + 4 * HOUR), GRACE, false);
+        assert_eq!(j.standing, Standing::Failing { since: t(DAY + 4 * HOUR), delete_after: t(DAY + 4 * HOUR + GRACE) });
         assert_eq!(j.effect, Effect::Verdict);
-        // Two tries a day apart are not enough: the schedule wants several.
-        let (s, _, _) = run(Standing::Ok, PeerRecord::default(), &[(0, Seen::Unreachable), (DAY, Seen::Unreachable)]);
+        // Tries a day apart are not enough: the schedule wants several.
+        let (s, _, _) = run(
+            Standing::Ok,
+            PeerRecord::default(),
+            &[(0, Seen::Unreachable), (DAY, Seen::Unreachable), (2 * DAY, Seen::Unreachable)],
+        );
         assert_eq!(s, Standing::Ok);
     }
 
     #[test]
     fn an_answer_ends_an_unreachable_spell_and_a_suspect_node_counts_nothing() {
         let mut events: Vec<(u64, Seen)> = (0..6).map(|i| (i * 4 * HOUR, Seen::Unreachable)).collect();
-        events.push((23 * HOUR, Seen::Pass { samples: DEFAULT_SAMPLES }));
+        events.push((23 * HOUR, Seen::Pass { samples: DEFAULT_SAMPLES, asked: false }));
         events.extend((0..6).map(|i| ((24 + i * 4) * HOUR, Seen::Unreachable)));
         let (s, r, _) = run(Standing::Ok, PeerRecord::default(), &events);
         assert_eq!(s, Standing::Ok, "offline 20 hours, back, offline 20 hours: never failing");
-        assert_eq!((r.unreachable, r.tries, r.unreachable_since), (12, 6, Some(t(DAY))));
+        assert_eq!((r.unreachable, r.tries, r.unreachable_since), (12, 6, Some(t(DAY + 4 * HOUR))));
         let j = judge(s, &r, Seen::Unreachable, t(3 * DAY), GRACE, true);
         assert_eq!((j.standing, j.effect, j.record), (s, Effect::Suspended, r));
     }

@@ -148,7 +148,7 @@ pub(super) async fn rechallenge(ctx: &Arc<Ctx>, conn: &quinn::Connection, peer: 
     }
     let c = ctx.clone();
     let judged = blocking(move || {
-        audit::judge(&c.node, &entry, &ex.heard, Some(&ex.transcript), ex.samples, now, false).map_err(internal)
+        audit::judge(&c.node, &entry, &ex.heard, Some(&ex.transcript), ex.samples, true, now, false).map_err(internal)
     })
     .await?;
     let verdict = judged.verdict.ok_or_else(|| internal("no verdict was signed"))?;

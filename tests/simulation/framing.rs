@@ -1,0 +1,155 @@
+//! A framing owner's attempts, with real signed records and the real third-party check: it
+//! gets its honest holder's signed failing verdict (by failing on purpose), then forges
+//! evidence that the holder failed inside that grace. Each attempt is one attack; it succeeds
+//! only if `Evidence::check` accepts the forgery.
+
+use kaana_proto::challenge::{self, Answer, Challenge, Outcome, Receipt, Reply, Verdict};
+use kaana_proto::encoding::hex_encode;
+use kaana_proto::fairness::evidence::Evidence;
+use kaana_proto::fairness::standing::Standing;
+use kaana_proto::identity::Identity;
+use kaana_proto::manifest::{Manifest, encode_list, list_hash};
+use kaana_proto::market::{ContractBody, RecordId, countersign};
+use kaana_proto::proof;
+use kaana_proto::record::Signed;
+use kaana_proto::state::Schema;
+use kaana_proto::time::Timestamp;
+
+/// How many attacks there are.
+pub const ATTACKS: usize = 6;
+const EXTENT: usize = 16 * 1024;
+
+fn t(s: u64) -> Timestamp {
+    Timestamp::from_unix(s)
+}
+
+/// What an honest holder signs for `challenge` of the copy `extents` it receipted as
+/// `receipted`: the same decisions as `kaana_proto::answer`.
+fn honest_reply(
+    holder: &Identity,
+    challenge: &Challenge,
+    receipted: &Manifest,
+    extents: &[Vec<u8>],
+) -> (Signed<Answer>, Vec<u8>) {
+    let mut raw = Vec::new();
+    let g = receipted.geometry().unwrap();
+    let reply = if challenge.manifest != RecordId::of(receipted).unwrap() {
+        Reply::Refused { reason: "not a manifest this node receipted".into() }
+    } else if let Err(reason) = challenge::check_request(g, &challenge.picks, challenge.depth) {
+        Reply::Refused { reason }
+    } else {
+        for [e, c] in &challenge.picks {
+            let d = &extents[*e as usize];
+            let (groups, _) = proof::outboard(d);
+            let siblings = proof::prove(d.len() as u64, *c, d, &groups);
+            let at = (*c * proof::CHUNK) as usize;
+            challenge::encode_item(&mut raw, &d[at..at + proof::chunk_len(d.len() as u64, *c)], &siblings);
+        }
+        Reply::Proof { proof: hex_encode(blake3::hash(&raw).as_bytes()) }
+    };
+    let answer = Answer { challenge: RecordId::of(challenge).unwrap(), holder: holder.node_id(), reply, at: t(1_200) };
+    (Signed::sign(answer, holder).unwrap(), raw)
+}
+
+/// Runs attack `attack` with keys from `seed`; whether the forgery was accepted.
+pub fn attempt(attack: usize, seed: u64) -> bool {
+    let key = |n: u8| Identity::from_seed(*blake3::hash(&[&seed.to_le_bytes()[..], &[n]].concat()).as_bytes());
+    let (owner, holder) = (key(1), key(2));
+    let body = ContractBody {
+        offer: RecordId::of(&Receipt {
+            contract: "00".repeat(32).parse().unwrap(),
+            owner: owner.node_id(),
+            holder: holder.node_id(),
+            generation: seed,
+            manifest: "00".repeat(32).parse().unwrap(),
+            at: t(0),
+        })
+        .unwrap(),
+        offerer: owner.node_id(),
+        taker: holder.node_id(),
+        size: 1 << 20,
+        grace_secs: 500,
+        created_at: t(10),
+    };
+    let contract = countersign(Signed::sign(body, &holder).unwrap(), &owner).unwrap();
+    let id = contract.id().unwrap();
+    let extents: Vec<Vec<u8>> =
+        (0..4u8).map(|i| (0..EXTENT).map(|j| (j as u8).wrapping_mul(29) ^ i).collect()).collect();
+    let list = encode_list(&extents.iter().map(|e| *blake3::hash(e).as_bytes()).collect::<Vec<_>>());
+    let manifest = Manifest {
+        contract: id,
+        owner: owner.node_id(),
+        generation: 2,
+        volume_size: 4 * EXTENT as u64,
+        extent_size: EXTENT as u32,
+        extent_count: 4,
+        extents: hex_encode(&list_hash(&list)),
+        created_at: t(100),
+    };
+    let receipt = Receipt {
+        contract: id,
+        owner: owner.node_id(),
+        holder: holder.node_id(),
+        generation: 2,
+        manifest: RecordId::of(&manifest).unwrap(),
+        at: t(101),
+    };
+    // The holder's failing verdict about the owner: the owner got it by failing on purpose.
+    let verdict = Verdict {
+        contract: id,
+        challenge: None,
+        answer: None,
+        holder: owner.node_id(),
+        result: Some(Outcome::Fail),
+        standing: Standing::Ok.after_failure(t(1_000), 500),
+        at: t(1_000),
+    };
+    let mut asked = manifest.clone();
+    let mut picks = vec![[0, 1], [1, 7], [3, 15]];
+    match attack {
+        // Samples outside the copy.
+        2 => picks[1] = [4, 0],
+        // A second manifest for the same generation, never receipted.
+        3 => asked.created_at = t(200),
+        _ => {}
+    }
+    let challenge = Challenge {
+        contract: id,
+        challenger: owner.node_id(),
+        holder: holder.node_id(),
+        manifest: RecordId::of(&asked).unwrap(),
+        generation: 2,
+        standing: kaana_proto::fairness::standing::Standing::Ok,
+        nonce: "ab".repeat(16),
+        picks,
+        depth: 0,
+        at: t(1_199),
+    };
+    let (answer, mut raw) = honest_reply(&holder, &challenge, &manifest, &extents);
+    let mut evidence = Evidence {
+        schema: Schema,
+        contract,
+        failing_verdict: Some(Signed::sign(verdict.clone(), &holder).unwrap()),
+        manifest: Signed::sign(asked, &owner).unwrap(),
+        receipt: Some(Signed::sign(receipt, &holder).unwrap()),
+        extent_list: hex_encode(&list),
+        challenge: Signed::sign(challenge, &owner).unwrap(),
+        answer: Some(answer),
+        answer_bytes: String::new(),
+        tops: String::new(),
+    };
+    match attack {
+        // The honest answer, bytes changed after the holder signed them.
+        0 => {
+            raw[3] ^= 0x40;
+        }
+        // A verdict the owner signed itself, saying the holder judged it failing.
+        4 => evidence.failing_verdict = Some(Signed::sign(verdict, &owner).unwrap()),
+        // Tops that would make honest proofs fail.
+        5 => evidence.tops = "11".repeat(32 * 4),
+        // 1: the honest answer as it is, hoping the check misjudges it.
+        _ => {}
+    }
+    evidence.answer_bytes = hex_encode(&raw);
+    evidence.check().is_ok()
+}

@@ -1,0 +1,673 @@
+//! The simulated world: nodes that play strategies, symmetric contracts between them, time in
+//! hours, and the fairness rules ([`kaana_proto::fairness`]) deciding everything a real node's
+//! tools would decide: deliberate failures and their audits, judgements, breaches, rechallenges,
+//! what a node's own connection allows, and deletions. What the network and the disks do is
+//! drawn at random; the rules are the real ones.
+
+use std::collections::BTreeMap;
+
+use kaana_proto::challenge::{DEFAULT_SAMPLES, Rng};
+use kaana_proto::fairness::deletion::{self, Decision};
+use kaana_proto::fairness::deliberate::{self, Plan, Pretence, Situation};
+use kaana_proto::fairness::evidence::{self, Breach, Failed};
+use kaana_proto::fairness::health::{self, Health, Reach};
+use kaana_proto::fairness::judge::{self, Admission, Effect, PeerRecord, Seen};
+use kaana_proto::fairness::standing::Standing;
+use kaana_proto::fairness::{DAY, HOUR, RETRY_WINDOW_SECS, margin};
+use kaana_proto::time::Timestamp;
+
+use super::framing;
+
+/// Every contract's grace period.
+pub const GRACE: u64 = 7 * DAY;
+/// Extents in a copy (what a few unreadable ones weigh against).
+const EXTENTS: f64 = 10_000.0;
+/// Packets a lossy node loses, taken as whole exchanges lost (QUIC would retransmit them).
+const LOSS: f64 = 0.05;
+const T0: u64 = 1_800_000_000;
+
+/// How a node behaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Strategy {
+    /// Follows the protocol, always on.
+    Honest,
+    /// Honest, down now and then for 1 to 20 hours (less than the retry window).
+    Offline,
+    /// Honest, behind a link that loses 5% of exchanges.
+    Lossy,
+    /// Honest, with real failures: outages of days, unreadable extents, a dead disk, death.
+    Unlucky,
+    /// Honest, cut off from everyone once for nine days (longer than the grace).
+    CutOff,
+    /// Deletes a peer's data the moment it judges the peer failing.
+    Greedy,
+    /// Deletes a failing peer's data only when the failure looks real: a day of failing with
+    /// no word from the peer.
+    Clever,
+    /// Deletes only on real failures, knowing which are (no real node can): an upper bound.
+    Oracle,
+    /// Fails on purpose often, then tries to frame its peer with forged evidence.
+    Framing,
+    /// Keeps 80% of a peer's data and asks to be challenged again whenever it may.
+    BestOfN,
+}
+
+/// Nodes of each strategy: every strategy at once, with many real failures.
+pub const EVERY_STRATEGY: &[(Strategy, usize)] = &[
+    (Strategy::Honest, 20),
+    (Strategy::Offline, 10),
+    (Strategy::Lossy, 10),
+    (Strategy::Unlucky, 12),
+    (Strategy::CutOff, 4),
+    (Strategy::Greedy, 6),
+    (Strategy::Clever, 6),
+    (Strategy::Oracle, 4),
+    (Strategy::Framing, 4),
+    (Strategy::BestOfN, 4),
+];
+
+/// Greedy holders among honest peers, a few of them unlucky: how often a greedy holder that
+/// deletes only on failures it believes real is caught, when most failures are deliberate.
+pub const AMONG_HONEST: &[(Strategy, usize)] = &[
+    (Strategy::Honest, 30),
+    (Strategy::Offline, 10),
+    (Strategy::Lossy, 10),
+    (Strategy::Unlucky, 4),
+    (Strategy::Greedy, 6),
+    (Strategy::Clever, 6),
+];
+
+/// What happened to the nodes of one strategy.
+#[derive(Debug, Default, Clone)]
+pub struct Tally {
+    /// How many nodes.
+    pub nodes: usize,
+    /// Deliberate failures they made.
+    pub lies: u64,
+    /// Times a peer judged one failing when it had not failed (no deliberate failure, data
+    /// whole, not unreachable for a retry window).
+    pub judged_wrongly: u64,
+    /// Times a peer judged one failing for a real reason or its own deliberate failure.
+    pub judged_rightly: u64,
+    /// Breaches proven against one that held the data (evidence that framed it).
+    pub accused: u64,
+    /// Breaches proven against one for data it really lost.
+    pub breaches: u64,
+    /// Peers' data they deleted inside the grace.
+    pub early_deletions: u64,
+    /// Of those, proven by the peer's audit.
+    pub caught: u64,
+    /// Of the early deletions, those after a deliberate failure.
+    pub on_deliberate: u64,
+    /// Of the early deletions, those not caught because their node was away (dead, cut off)
+    /// through the end of its grace.
+    pub owner_gone: u64,
+    /// Of the early deletions, those not caught although their node came back in time.
+    pub unseen: u64,
+    /// Rechallenges it was granted.
+    pub rechallenges: u64,
+    /// Framing attempts, and forged evidence that passed the third-party check.
+    pub frames: u64,
+    /// Best-of-N: times one got back to ok while holding only part of the data.
+    pub escapes: u64,
+    /// Rechallenges asked for and refused as too soon.
+    pub too_soon: u64,
+    /// Peers' data they pruned although the peer was alive and had not failed.
+    pub pruned_wrongly: u64,
+    /// Their own copies pruned at peers while they lived.
+    pub copies_pruned: u64,
+}
+
+struct Node {
+    strategy: Strategy,
+    phase: u64,
+    down: Vec<(u64, u64)>,
+    cut: Vec<(u64, u64)>,
+    dies_at: u64,
+    wipes: Vec<u64>,
+    damages: Vec<u64>,
+    health: Health,
+    rate: f64,
+}
+
+fn within(spans: &[(u64, u64)], h: u64) -> bool {
+    spans.iter().any(|(a, b)| (*a..*b).contains(&h))
+}
+
+impl Node {
+    fn up(&self, h: u64) -> bool {
+        h < self.dies_at && !within(&self.down, h)
+    }
+
+    fn linked(&self, h: u64) -> bool {
+        self.up(h) && !within(&self.cut, h)
+    }
+
+    /// Whether it was away (down or cut off) for a retry window's worth of the hours before
+    /// `h` (and the few more a judge's tries span): two outages an hour apart make one.
+    fn gone_for_a_window(&self, h: u64) -> bool {
+        let window = RETRY_WINDOW_SECS / HOUR;
+        let from = h.saturating_sub(window + 6);
+        (from..=h).filter(|x| !self.linked(*x)).count() as u64 >= window
+    }
+}
+
+/// One node's side of a contract: its judgement of the peer, what it learned of its own
+/// standing there, its deliberate failure, and the peer's data it holds.
+#[derive(Debug, Clone, Default)]
+struct Side {
+    their: Standing,
+    record: PeerRecord,
+    ours: Standing,
+    ours_window: Option<(Timestamp, Timestamp)>,
+    plan: Option<Plan>,
+    awaiting_repush: bool,
+    held: f64,
+    damaged: u32,
+    last_heard: u64,
+    deletion: Option<usize>,
+    last_frame: u64,
+}
+
+struct Contract {
+    ends: [usize; 2],
+    sides: [Side; 2],
+    ended: bool,
+}
+
+/// One early deletion.
+struct Deletion {
+    strategy: Strategy,
+    deliberate: bool,
+    /// The owner was dead or away through the end of its grace: nobody could ask for the data.
+    owner_gone: bool,
+    caught: bool,
+}
+
+/// The world.
+pub struct World {
+    nodes: Vec<Node>,
+    contracts: Vec<Contract>,
+    deletions: Vec<Deletion>,
+    tally: BTreeMap<Strategy, Tally>,
+    rng: Rng,
+    horizon: u64,
+}
+
+fn ts(h: u64) -> Timestamp {
+    Timestamp::from_unix(T0 + h * HOUR)
+}
+
+fn hour_of(t: Timestamp) -> u64 {
+    (t.unix() - T0) / HOUR
+}
+
+impl World {
+    /// A world of `population` (times `scale`), each node with two contracts, over `days`.
+    pub fn new(population: &[(Strategy, usize)], seed: u64, scale: usize, days: u64) -> World {
+        let mut rng = Rng::from_seed(*blake3::hash(&seed.to_le_bytes()).as_bytes());
+        let horizon = days * 24;
+        let mut nodes = Vec::new();
+        for &(strategy, count) in population {
+            for _ in 0..count * scale {
+                let mut n = Node {
+                    strategy,
+                    phase: rng.below(4),
+                    down: Vec::new(),
+                    cut: Vec::new(),
+                    dies_at: u64::MAX,
+                    wipes: Vec::new(),
+                    damages: Vec::new(),
+                    health: Health::default(),
+                    rate: if strategy == Strategy::Framing { 0.2 } else { 0.02 },
+                };
+                let at = |rng: &mut Rng| rng.below(horizon);
+                match strategy {
+                    Strategy::Offline => {
+                        for _ in 0..24 {
+                            let from = at(&mut rng);
+                            n.down.push((from, from + 1 + rng.below(20)));
+                        }
+                    }
+                    Strategy::Unlucky => {
+                        for _ in 0..6 {
+                            let from = at(&mut rng);
+                            n.down.push((from, from + 24 + rng.below(4 * 24)));
+                        }
+                        n.damages = (0..2).map(|_| at(&mut rng)).collect();
+                        n.wipes = vec![at(&mut rng)];
+                        if rng.below(4) == 0 {
+                            n.dies_at = at(&mut rng);
+                        }
+                    }
+                    Strategy::CutOff => {
+                        let from = at(&mut rng);
+                        n.cut.push((from, from + 9 * 24));
+                    }
+                    _ => {}
+                }
+                nodes.push(n);
+            }
+        }
+        // Two contracts a node, with distinct peers.
+        let mut contracts: Vec<Contract> = Vec::new();
+        let n = nodes.len();
+        let mut degree = vec![0; n];
+        let mut pairs = std::collections::BTreeSet::new();
+        while contracts.len() < n {
+            let (a, b) = (rng.below(n as u64) as usize, rng.below(n as u64) as usize);
+            if a == b || degree[a] >= 2 || degree[b] >= 2 || !pairs.insert((a.min(b), a.max(b))) {
+                if degree.iter().filter(|d| **d < 2).count() < 2 {
+                    break;
+                }
+                continue;
+            }
+            degree[a] += 1;
+            degree[b] += 1;
+            let held = |s: Strategy| if s == Strategy::BestOfN { 0.8 } else { 1.0 };
+            let side = |holder: Strategy| Side { held: held(holder), ..Side::default() };
+            contracts.push(Contract {
+                ends: [a, b],
+                sides: [side(nodes[a].strategy), side(nodes[b].strategy)],
+                ended: false,
+            });
+        }
+        let mut tally = BTreeMap::new();
+        for node in &nodes {
+            tally.entry(node.strategy).or_insert_with(Tally::default).nodes += 1;
+        }
+        World { nodes, contracts, deletions: Vec::new(), tally, rng, horizon }
+    }
+
+    /// Runs the span it was made for, and a retry window and a grace period more.
+    pub fn run(&mut self) -> BTreeMap<Strategy, Tally> {
+        let hours = self.horizon + (RETRY_WINDOW_SECS + GRACE) / HOUR + 24;
+        for h in 0..hours {
+            for i in 0..self.nodes.len() {
+                self.real_events(i, h);
+                if !self.nodes[i].up(h) {
+                    continue;
+                }
+                let phase = self.nodes[i].phase;
+                if h % 24 == (phase + 2) % 24 {
+                    for c in self.contracts_of(i) {
+                        self.push(c, i, h);
+                    }
+                }
+                // A best-of-N holder runs every hour: as often as a failing peer may be
+                // challenged again.
+                if h % 4 == phase || self.nodes[i].strategy == Strategy::BestOfN {
+                    self.challenge_run(i, h);
+                }
+                if h % 24 == (phase + 3) % 24 {
+                    self.prune(i, h);
+                }
+            }
+        }
+        let mut tally = self.tally.clone();
+        for d in &self.deletions {
+            let t = tally.entry(d.strategy).or_default();
+            t.early_deletions += 1;
+            t.on_deliberate += u64::from(d.deliberate);
+            t.caught += u64::from(d.caught);
+            t.owner_gone += u64::from(!d.caught && d.owner_gone);
+            t.unseen += u64::from(!d.caught && !d.owner_gone);
+        }
+        tally
+    }
+
+    fn t(&mut self, s: Strategy) -> &mut Tally {
+        self.tally.entry(s).or_default()
+    }
+
+    fn contracts_of(&self, i: usize) -> Vec<usize> {
+        (0..self.contracts.len())
+            .filter(|c| !self.contracts[*c].ended && self.contracts[*c].ends.contains(&i))
+            .collect()
+    }
+
+    /// (this node's side index, the peer's side index, the peer).
+    fn ends(&self, c: usize, i: usize) -> (usize, usize, usize) {
+        let e = self.contracts[c].ends;
+        if e[0] == i { (0, 1, e[1]) } else { (1, 0, e[0]) }
+    }
+
+    fn silent_toward_peer(&self, c: usize, side: usize, h: u64) -> bool {
+        self.contracts[c].sides[side].plan.as_ref().is_some_and(|p| p.silent(ts(h)))
+    }
+
+    fn roll(&mut self, p: f64) -> bool {
+        (self.rng.below(1_000_000) as f64) < p * 1_000_000.0
+    }
+
+    /// Whether an exchange from `i` to its peer on `c` gets through at `h`.
+    fn reach(&mut self, c: usize, i: usize, h: u64) -> bool {
+        let (_, ps, j) = self.ends(c, i);
+        if !self.nodes[i].linked(h) || !self.nodes[j].linked(h) || self.silent_toward_peer(c, ps, h) {
+            return false;
+        }
+        let lossy = [i, j].iter().any(|n| self.nodes[*n].strategy == Strategy::Lossy);
+        !(lossy && self.roll(LOSS))
+    }
+
+    fn real_events(&mut self, i: usize, h: u64) {
+        let (wiped, damaged) = (self.nodes[i].wipes.contains(&h), self.nodes[i].damages.contains(&h));
+        if !wiped && !damaged {
+            return;
+        }
+        for c in self.contracts_of(i) {
+            let (ms, _, _) = self.ends(c, i);
+            let side = &mut self.contracts[c].sides[ms];
+            if wiped {
+                side.held = 0.0;
+            } else {
+                side.damaged = 5;
+            }
+        }
+    }
+
+    /// This node's run of `kaana-challenge --all`.
+    fn challenge_run(&mut self, i: usize, h: u64) {
+        let mine: Vec<usize> =
+            self.contracts_of(i).into_iter().filter(|c| !self.silent_toward_peer(*c, self.ends(*c, i).0, h)).collect();
+        let ok: Vec<bool> = mine.iter().map(|c| self.reach(*c, i, h)).collect();
+        let suspect = self.check_health(i, h, &ok);
+        for (c, ok) in mine.into_iter().zip(ok) {
+            self.check(c, i, ok, suspect, h);
+        }
+        if self.nodes[i].strategy == Strategy::Clever {
+            self.clever_deletes(i, h);
+        }
+    }
+
+    /// Records what a run reached (asking witnesses when too few answered); whether it is suspect.
+    fn check_health(&mut self, i: usize, h: u64, ok: &[bool]) -> bool {
+        let mut reach = Reach { tried: ok.len(), reached: ok.iter().filter(|o| **o).count() };
+        if health::suspect(reach) {
+            for _ in 0..3 {
+                let w = self.rng.below(self.nodes.len() as u64) as usize;
+                reach.tried += 1;
+                reach.reached += usize::from(w != i && self.nodes[i].linked(h) && self.nodes[w].linked(h));
+            }
+        }
+        self.nodes[i].health = self.nodes[i].health.after_check(ts(h), reach);
+        health::suspect(reach)
+    }
+
+    fn check(&mut self, c: usize, i: usize, ok: bool, suspect: bool, h: u64) {
+        let (ms, ps, j) = self.ends(c, i);
+        if !ok {
+            self.judge(c, i, Seen::Unreachable, suspect, h, false);
+            return;
+        }
+        self.contracts[c].sides[ps].last_heard = h;
+        // How does the peer see us?
+        let theirs = self.contracts[c].sides[ps].their;
+        let me = &mut self.contracts[c].sides[ms];
+        me.ours = theirs;
+        if let Some(w) = theirs.failing() {
+            me.ours_window = Some(w);
+        }
+        let failing_here = theirs.is_failing();
+        let samples = DEFAULT_SAMPLES;
+        let failed = self.answer(c, ps, j, samples, h);
+        let seen = if failed { Seen::Fail } else { Seen::Pass { samples, asked: false } };
+        self.judge(c, i, seen, suspect, h, true);
+        let mut breached = false;
+        if failed {
+            let window = self.contracts[c].sides[ms].ours_window;
+            if evidence::breach(Failed::Signed { at: ts(h) }, window, 0, ts(h)) == Breach::Proven {
+                self.proven(c, ps, j);
+                breached = true;
+            }
+        }
+        if self.nodes[i].strategy == Strategy::Framing && failing_here && !failed {
+            self.frame(c, i, j, h);
+        }
+        let me = &self.contracts[c].sides[ms];
+        let greedy_luck = self.nodes[i].strategy == Strategy::BestOfN;
+        if failing_here
+            && !breached
+            && (greedy_luck || deliberate::asks_rechallenge(me.plan.as_ref(), me.awaiting_repush, true, ts(h)))
+        {
+            self.rechallenge(c, i, h);
+        }
+        let me = &mut self.contracts[c].sides[ms];
+        let over = |p: &Plan| p.pending() && !p.silent(ts(h)) && p.pretence(ts(h)) == Pretence::Nothing;
+        if !failed && !me.ours.is_failing() && me.plan.as_ref().is_some_and(over) {
+            me.plan = me.plan.take().map(|p| p.ended("pass"));
+        }
+    }
+
+    /// The holder on side `hs` (node `j`) answers a challenge of `samples`: whether it fails.
+    fn answer(&mut self, c: usize, hs: usize, j: usize, samples: usize, h: u64) -> bool {
+        let t = ts(h);
+        // The challenge says how the challenger judges the holder: the holder learns it first.
+        let view = self.contracts[c].sides[1 - hs].their;
+        self.contracts[c].sides[hs].ours = view;
+        let holder = &self.contracts[c].sides[hs];
+        let situation = Situation {
+            rate: self.nodes[j].rate,
+            forced: None,
+            grace_secs: GRACE,
+            pending: holder.plan.as_ref().is_some_and(Plan::pending),
+            copy_at_peer: true,
+            failing_at_peer: view.is_failing(),
+            verdicts_open_until: holder.record.verdicts_open_until,
+        };
+        let (held, damaged) = (holder.held, holder.damaged);
+        if let Some(mode) = deliberate::decide(&situation, t, &mut self.rng) {
+            let picked: Vec<[u8; 32]> = (0..samples as u8).map(|b| [b; 32]).collect();
+            let plan = deliberate::plan(mode, t, GRACE, &picked, &mut self.rng);
+            self.contracts[c].sides[hs].plan = Some(plan);
+            self.t(self.nodes[j].strategy).lies += 1;
+            if mode != deliberate::Mode::Silent {
+                return true;
+            }
+        }
+        let pretence = self.contracts[c].sides[hs].plan.as_ref().map_or(Pretence::Nothing, |p| p.pretence(t));
+        let k = samples as i32;
+        let pass = match pretence {
+            Pretence::All => 0.0,
+            Pretence::Extents(bad) => (1.0 - bad.len() as f64 / EXTENTS).powi(k),
+            Pretence::Nothing => 1.0,
+        } * held.powi(k)
+            * (1.0 - f64::from(damaged) / EXTENTS).powi(k);
+        !self.roll(pass)
+    }
+
+    /// Side `i`'s judgement of its peer after `seen`; the verdict reaches the peer if `told`.
+    fn judge(&mut self, c: usize, i: usize, seen: Seen, suspect: bool, h: u64, told: bool) {
+        let (ms, ps, j) = self.ends(c, i);
+        let t = ts(h);
+        let me = &self.contracts[c].sides[ms];
+        let was_failing = me.their.is_failing();
+        let judged = judge::judge(me.their, &me.record, seen, t, GRACE, suspect);
+        let me = &mut self.contracts[c].sides[ms];
+        me.their = judged.standing;
+        me.record = judged.record;
+        if judged.effect != Effect::Verdict {
+            return;
+        }
+        if judged.standing.is_failing()
+            && let Some(plan) = me.plan.take()
+        {
+            me.plan = Some(if plan.pending() { plan.abandoned(t) } else { plan });
+        }
+        if told {
+            let peer = &mut self.contracts[c].sides[ps];
+            peer.ours = judged.standing;
+            if let Some(w) = judged.standing.failing() {
+                peer.ours_window = Some(w);
+            }
+            // A holder told it failed checks its copy: real damage means waiting for a re-push.
+            if seen == Seen::Fail && (peer.held < 1.0 || peer.damaged > 0) {
+                peer.awaiting_repush = true;
+            }
+        }
+        if judged.standing.is_failing() && !was_failing {
+            let peer = &self.contracts[c].sides[ps];
+            let deliberate = peer.plan.as_ref().is_some_and(Plan::pending);
+            let lost = peer.held < 1.0 || peer.damaged > 0;
+            let gone = seen == Seen::Unreachable && self.nodes[j].gone_for_a_window(h);
+            let strategy = self.nodes[j].strategy;
+            if deliberate || lost || gone {
+                self.t(strategy).judged_rightly += 1;
+            } else {
+                self.t(strategy).judged_wrongly += 1;
+            }
+            let real = !deliberate;
+            match self.nodes[i].strategy {
+                Strategy::Greedy => self.delete(c, i, h),
+                Strategy::Oracle if real => self.delete(c, i, h),
+                _ => {}
+            }
+        }
+    }
+
+    /// A clever holder deletes what it holds for peers that have been failing a day without a
+    /// word: what a dead node looks like.
+    fn clever_deletes(&mut self, i: usize, h: u64) {
+        for c in self.contracts_of(i) {
+            let (ms, _, _) = self.ends(c, i);
+            let me = &self.contracts[c].sides[ms];
+            if let Some((since, _)) = me.their.failing()
+                && h >= hour_of(since) + 24
+                && me.last_heard < hour_of(since)
+            {
+                self.delete(c, i, h);
+            }
+        }
+    }
+
+    /// Side `i` deletes the peer's data it holds (greedy holders stop at the end of the
+    /// simulated span, so that each deletion has a whole grace to be caught in).
+    fn delete(&mut self, c: usize, i: usize, h: u64) {
+        if h >= self.horizon {
+            return;
+        }
+        let (ms, ps, j) = self.ends(c, i);
+        let deliberate = self.contracts[c].sides[ps].plan.as_ref().is_some_and(Plan::pending);
+        let me = &mut self.contracts[c].sides[ms];
+        if me.held == 0.0 || me.deletion.is_some() {
+            return;
+        }
+        me.held = 0.0;
+        let Some((_, until)) = me.their.failing().filter(|(_, d)| ts(h) <= *d) else { return };
+        me.deletion = Some(self.deletions.len());
+        // Gone: dead, or away through the end of its grace (when it would have come back to
+        // audit): nobody can ask for the data in time.
+        let d = hour_of(until);
+        let owner_gone = !(d.saturating_sub(margin(GRACE) / HOUR)..d).any(|x| self.nodes[j].linked(x));
+        self.deletions.push(Deletion { strategy: self.nodes[i].strategy, deliberate, owner_gone, caught: false });
+    }
+
+    /// The owner proved a breach by the holder on side `hs` (node `j`).
+    fn proven(&mut self, c: usize, hs: usize, j: usize) {
+        let holder = &mut self.contracts[c].sides[hs];
+        let strategy = self.nodes[j].strategy;
+        if let Some(d) = holder.deletion.take() {
+            self.deletions[d].caught = true;
+            self.t(strategy).breaches += 1;
+        } else if holder.held < 1.0 || holder.damaged > 0 {
+            self.t(strategy).breaches += 1;
+        } else {
+            self.t(strategy).accused += 1;
+        }
+    }
+
+    /// A framing owner forges evidence against its peer, once a day at most.
+    fn frame(&mut self, c: usize, i: usize, j: usize, h: u64) {
+        let (ms, _, _) = self.ends(c, i);
+        if self.contracts[c].sides[ms].last_frame + 24 > h && h >= 24 {
+            return;
+        }
+        self.contracts[c].sides[ms].last_frame = h;
+        let attack = self.rng.below(framing::ATTACKS as u64) as usize;
+        self.t(self.nodes[i].strategy).frames += 1;
+        if framing::attempt(attack, self.rng.below(u64::MAX)) {
+            self.t(self.nodes[j].strategy).accused += 1;
+        }
+    }
+
+    /// Side `i`, failing at its peer, asks to be challenged again.
+    fn rechallenge(&mut self, c: usize, i: usize, h: u64) {
+        let (ms, ps, j) = self.ends(c, i);
+        let t = ts(h);
+        let judge_side = &self.contracts[c].sides[ps];
+        match judge::admit_rechallenge(&judge_side.their, &judge_side.record, t) {
+            Admission::AlreadyOk => self.contracts[c].sides[ms].ours = Standing::Ok,
+            Admission::TooSoon { .. } => self.t(self.nodes[i].strategy).too_soon += 1,
+            Admission::Challenge { samples } => {
+                self.t(self.nodes[i].strategy).rechallenges += 1;
+                self.contracts[c].sides[ps].record.last_rechallenge = Some(t);
+                let me = &self.contracts[c].sides[ms];
+                let k = samples as i32;
+                let pass = me.held.powi(k) * (1.0 - f64::from(me.damaged) / EXTENTS).powi(k);
+                let seen = if self.roll(pass) { Seen::Pass { samples, asked: true } } else { Seen::Fail };
+                self.judge(c, j, seen, false, h, true);
+                let me = &self.contracts[c].sides[ms];
+                if !me.ours.is_failing() && me.held < 1.0 {
+                    self.t(self.nodes[i].strategy).escapes += 1;
+                }
+            }
+        }
+    }
+
+    /// The owner `i` pushes to its peer: what the holder lacks is sent again. A push first asks
+    /// how the owner stands there; failing, it audits the holder before sending anything (else
+    /// it would re-send what a greedy holder deleted before anyone saw it was gone).
+    fn push(&mut self, c: usize, i: usize, h: u64) {
+        let (ms, ps, j) = self.ends(c, i);
+        if self.silent_toward_peer(c, ms, h) || !self.reach(c, i, h) {
+            return;
+        }
+        if self.contracts[c].sides[ps].their.is_failing() {
+            self.check(c, i, true, false, h);
+        }
+        let t = ts(h);
+        let best_of_n = self.nodes[j].strategy == Strategy::BestOfN;
+        let holder = &mut self.contracts[c].sides[ps];
+        holder.last_heard = h;
+        if !best_of_n {
+            holder.held = 1.0;
+        }
+        holder.damaged = 0;
+        holder.awaiting_repush = false;
+        holder.plan = holder.plan.take().map(|p| p.healed(t));
+    }
+
+    /// This node's run of `kaana-prune`: it checks it reaches its peers, then deletes what the
+    /// rules say may go.
+    fn prune(&mut self, i: usize, h: u64) {
+        let mine: Vec<usize> =
+            self.contracts_of(i).into_iter().filter(|c| !self.silent_toward_peer(*c, self.ends(*c, i).0, h)).collect();
+        let ok: Vec<bool> = mine.iter().map(|c| self.reach(*c, i, h)).collect();
+        self.check_health(i, h, &ok);
+        let health = self.nodes[i].health.clone();
+        for c in self.contracts_of(i) {
+            let (ms, ps, j) = self.ends(c, i);
+            if let Decision::Delete(_) = deletion::decide(None, self.contracts[c].sides[ms].their, ts(h), &health) {
+                self.contracts[c].ended = true;
+                self.contracts[c].sides[ms].held = 0.0;
+                let peer = &self.contracts[c].sides[ps];
+                let (strategy, alive) = (self.nodes[j].strategy, h < self.nodes[j].dies_at);
+                // The peer had its chance: it held our data whole, and could be reached through
+                // the last stretch of its grace, when it should have come back.
+                let d = hour_of(
+                    peer.ours_window
+                        .map_or(ts(h), |w| w.1)
+                        .max(self.contracts[c].sides[ms].their.failing().map_or(ts(h), |w| w.1)),
+                );
+                let had_its_chance = (d.saturating_sub(margin(GRACE) / HOUR)..d).all(|x| self.nodes[j].linked(x));
+                let deserved = peer.held < 1.0 || peer.damaged > 0 || !had_its_chance;
+                if alive {
+                    self.t(strategy).copies_pruned += 1;
+                }
+                if alive && !deserved {
+                    self.t(self.nodes[i].strategy).pruned_wrongly += 1;
+                }
+            }
+        }
+    }
+}
