@@ -383,9 +383,6 @@ pub fn learn_verdict(
 ) -> Result<(), StateError> {
     node.update_contract(id, |e| {
         let st = &mut e.state;
-        if st.our_standing_at.is_some_and(|at| at > now) {
-            return Ok(());
-        }
         st.our_standing = verdict.body.standing;
         st.our_standing_at = Some(now);
         if verdict.body.standing.is_failing() {
