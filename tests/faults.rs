@@ -249,7 +249,8 @@ fn a_link_cut_during_a_push_fails_it_clearly_and_it_resumes() {
     }
     let work = tempfile::tempdir().unwrap();
     let volume = work.path().join("vol.img");
-    fs::write(&volume, pseudo_random(6 << 20, 3)).unwrap();
+    // Large enough (128 extents) that the link is cut well before the push could finish.
+    fs::write(&volume, pseudo_random(32 << 20, 3)).unwrap();
     let a = TestNode::init_with(&["--capacity", "1GiB", "--volume", volume.to_str().unwrap(), "--audit-rate", "0"]);
     let b = TestNode::init_with(&["--capacity", "1GiB", "--audit-rate", "0"]);
     let (mut ca, a_peer) = serve_in_ns(&link.ns[0], &a, &link.ip[0]);
@@ -279,7 +280,7 @@ fn a_link_cut_during_a_push_fails_it_clearly_and_it_resumes() {
     assert_exit(&out, 0); // B has pushed nothing yet: nothing to challenge, nothing failed
 
     // Cut the link in the middle of a push.
-    fs::write(&volume, pseudo_random(6 << 20, 4)).unwrap();
+    fs::write(&volume, pseudo_random(32 << 20, 4)).unwrap();
     let mut pusher = in_ns(&link.ns[0], &a, "kaana-sync", &[&["push", &contract][..], &extent[..]].concat())
         .env("KAANA_READ_TIMEOUT", "5s")
         .stdout(Stdio::piped())
@@ -299,7 +300,11 @@ fn a_link_cut_during_a_push_fails_it_clearly_and_it_resumes() {
         if let Some(s) = pusher.try_wait().unwrap() {
             break s;
         }
-        assert!(Instant::now() < deadline, "the push did not notice the cut link");
+        if Instant::now() >= deadline {
+            let _ = pusher.kill();
+            let out = pusher.wait_with_output().unwrap();
+            panic!("the push did not notice the cut link: {}", stderr(&out));
+        }
         std::thread::sleep(Duration::from_millis(100));
     };
     let out = pusher.wait_with_output().unwrap();

@@ -268,7 +268,20 @@ pub async fn push(
         bytes_sent += len;
         Ok(())
     };
-    while let Some(item) = rx.recv().await {
+    loop {
+        // A send that failed is heard at once, not only when the readers next hand over an
+        // extent: with the link gone, they wait for buffers the dead connection still holds,
+        // and a loop that only listened to them would wait for ever.
+        let item = tokio::select! {
+            Some(done) = sends.join_next(), if !sends.is_empty() => {
+                collect(done)?;
+                continue;
+            }
+            item = rx.recv() => match item {
+                Some(item) => item,
+                None => break,
+            },
+        };
         let (index, hash, raw_hash, new_tops, data) = item?;
         let i = index as usize;
         hashes[i] = hash;
@@ -286,9 +299,6 @@ pub async fn push(
                 let _permit = permit;
                 put(&conn, id, offset, hash, data).await
             });
-        }
-        while let Some(done) = sends.try_join_next() {
-            collect(done)?;
         }
     }
     while let Some(done) = sends.join_next().await {
