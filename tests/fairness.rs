@@ -6,7 +6,8 @@ use std::fs;
 
 use kaana_proto::audit::{self, Heard};
 use kaana_proto::challenge::{self, Challenge, Reply, Rng};
-use kaana_proto::fairness::evidence::{Evidence, EvidenceError};
+use kaana_proto::fairness::evidence::{Evidence, EvidenceError, Statement};
+use kaana_proto::fairness::standing::Standing;
 use kaana_proto::market::RecordId;
 use kaana_proto::net::transport::{Client, Connection, read_exact, read_timeout};
 use kaana_proto::net::wire::{Request, Response};
@@ -172,7 +173,7 @@ fn a_greedy_peer_that_deletes_early_is_caught_with_evidence() {
     let forged = s.work.path().join("forged.json");
     let mut tries = vec![
         ("/answer/body/holder", serde_json::Value::String(s.sa.node.clone()), "not consistent"),
-        ("/failing_verdict", serde_json::Value::Null, "does not show the holder's verdict"),
+        ("/answer/body/standing", serde_json::json!({"state": "ok"}), "not consistent"),
         ("/receipt", serde_json::Value::Null, "does not show the holder's receipt"),
         ("/answer", serde_json::Value::Null, "does not show a signed reply"),
     ];
@@ -190,9 +191,10 @@ fn a_greedy_peer_that_deletes_early_is_caught_with_evidence() {
     }
 }
 
-/// A deliberate failure never hands the peer evidence against the liar: B holds A's signed
-/// failing answer, but no verdict of A's that B was failing, so nothing proves a breach; and
-/// while A has judged B failing (its verdict open), A does not fail on purpose at all.
+/// A deliberate failure never hands the peer evidence against the liar: every answer says how
+/// its signer judges the challenger, and A fails on purpose only while it judges B ok; so B,
+/// holding A's signed failing answer and whatever A signed about B, proves nothing. And while A
+/// judges B failing, A does not fail on purpose at all.
 #[test]
 fn a_deliberate_failure_is_never_evidence_against_the_liar() {
     let s = story();
@@ -206,7 +208,8 @@ fn a_deliberate_failure_is_never_evidence_against_the_liar() {
         let entry = b.contract(&s.contract.parse().unwrap()).unwrap();
         audit::challenge_peer(conn, b, &entry, 132, Timestamp::from_unix(now_unix())).await.unwrap()
     });
-    assert!(matches!(ex.heard, Heard::Fail { signed_at: Some(_), .. }), "{:?}", ex.heard);
+    let Heard::Fail { signed: Some((_, standing)), .. } = ex.heard else { panic!("{:?}", ex.heard) };
+    assert_eq!(standing, Standing::Ok, "A's failing answer says it judges B ok");
     let a_verdict: Option<Signed<challenge::Verdict>> =
         serde_json::from_value(state(&s.a, &s.contract)["their_verdict"].clone()).unwrap();
     let b = Node::open(Home::at(&s.b.home)).unwrap();
@@ -214,7 +217,6 @@ fn a_deliberate_failure_is_never_evidence_against_the_liar() {
     let evidence = Evidence {
         schema: Schema,
         contract: entry.contract,
-        failing_verdict: a_verdict,
         manifest: ex.target.manifest.clone(),
         receipt: ex.target.receipt.clone(),
         extent_list: kaana_proto::encoding::hex_encode(&ex.target.list),
@@ -222,8 +224,13 @@ fn a_deliberate_failure_is_never_evidence_against_the_liar() {
         answer: ex.transcript.answer.clone(),
         answer_bytes: kaana_proto::encoding::hex_encode(&ex.transcript.answer_bytes),
         tops: kaana_proto::encoding::hex_encode(ex.transcript.tops.as_flattened()),
+        contradiction: a_verdict.map(Statement::Verdict),
     };
-    assert!(matches!(evidence.check(), Err(EvidenceError::Missing(_))), "{:?}", evidence.check());
+    assert!(
+        matches!(evidence.check(), Err(EvidenceError::NoBreach(ref m)) if m.contains("judged the owner ok")),
+        "{:?}",
+        evidence.check()
+    );
 
     // Now B really loses A's data: A judges B failing. With that verdict open, A answers B
     // honestly whatever fail-next says.
@@ -267,7 +274,7 @@ fn a_holder_refuses_what_could_frame_it() {
                 holder: entry.state.peer,
                 manifest,
                 generation: target.manifest.body.generation,
-                standing: kaana_proto::fairness::standing::Standing::Ok,
+                standing: Standing::Ok,
                 nonce: Rng::from_seed([7; 32]).nonce(),
                 picks,
                 depth: 0,

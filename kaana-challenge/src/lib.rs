@@ -16,7 +16,7 @@ use kaana_proto::audit::{self, AuditError, Heard};
 use kaana_proto::challenge::{DEFAULT_SAMPLES, MAX_SAMPLES, Outcome};
 use kaana_proto::cli::{Exit, emit};
 use kaana_proto::fairness::attention::{self, Concern};
-use kaana_proto::fairness::deliberate::{self, Mode, Plan, Pretence};
+use kaana_proto::fairness::deliberate::{self, Mode, Plan};
 use kaana_proto::fairness::evidence::{Breach, Evidence};
 use kaana_proto::fairness::health;
 use kaana_proto::fairness::judge::{Effect, PeerRecord};
@@ -80,8 +80,8 @@ pub enum Command {
         mode: Option<Mode>,
     },
     /// Check a breach file (from `audits/`) as a third party: signatures, links, that the
-    /// holder had judged the owner failing and failed inside that grace. Needs no node. Exits
-    /// 1 if the evidence does not hold, saying which part is missing.
+    /// holder failed an answer that states the owner failing, inside that grace. Needs no node.
+    /// Exits 1 if the evidence does not hold, saying which part is missing.
     CheckEvidence {
         /// The breach file.
         file: PathBuf,
@@ -193,14 +193,16 @@ struct Checked {
 async fn check_all(node: Node, entries: Vec<ContractEntry>, samples: usize, now: Timestamp) -> anyhow::Result<Exit> {
     let node = Arc::new(node);
     let client = Arc::new(Client::with_traffic(node.identity.clone(), Traffic::Short));
-    // Toward a peer it is failing on purpose in silence, this node is down: no contact at all.
-    let entries: Vec<ContractEntry> = entries.into_iter().filter(|e| !e.state.silent(now)).collect();
+    // Toward a peer it is failing on purpose in silence, this node is down: no contact at all,
+    // under any contract.
+    let silent = node.silent_peers(now)?;
+    let entries: Vec<ContractEntry> = entries.into_iter().filter(|e| !silent.contains(&e.state.peer)).collect();
     let mut by_peer: BTreeMap<NodeId, Vec<ContractEntry>> = BTreeMap::new();
     for entry in entries {
         by_peer.entry(entry.state.peer).or_default().push(entry);
     }
     let peers: Vec<NodeId> = by_peer.keys().copied().collect();
-    let (conns, reach) = audit::connect_all(&client, &node, &peers).await?;
+    let (conns, reach) = audit::connect_all(&client, &node, &peers, now).await?;
     let suspect = health::suspect(reach);
     let health = node.record_health(now, reach)?;
     if suspect {
@@ -388,9 +390,8 @@ async fn check_contract(
     // A deliberate failure is over once this node is back and ok at the peer, which kept our data.
     node.update_contract(&entry.id, |e| {
         let st = &mut e.state;
-        let back = !st.our_standing.is_failing();
-        let over = |p: &Plan| p.pending() && !p.silent(now) && p.pretence(now) == Pretence::Nothing && passed && back;
-        if let Some(plan) = st.audit.clone().filter(over) {
+        let failing = st.our_standing.is_failing();
+        if let Some(plan) = st.audit.clone().filter(|p| deliberate::plan_over(p, passed, failing, now)) {
             st.audit = Some(plan.ended("pass"));
         }
         Ok::<_, StateError>(())
@@ -414,9 +415,10 @@ struct StandingLine {
 async fn standing(node: Node, now: Timestamp) -> anyhow::Result<Exit> {
     let client = Client::with_traffic(node.identity.clone(), Traffic::Short);
     let mut exit = Exit::Ok;
+    let silent = node.silent_peers(now)?;
     for entry in node.contracts()?.into_iter().filter(|e| !is_ended(e)) {
         // Silent toward the peer (a deliberate failure): not asked.
-        let reachable = if entry.state.silent(now) {
+        let reachable = if silent.contains(&entry.state.peer) {
             None
         } else {
             let addrs = node.address_book()?.addrs(&entry.state.peer).to_vec();
@@ -465,7 +467,7 @@ fn check_evidence(file: &std::path::Path) -> anyhow::Result<Exit> {
     match evidence.check() {
         Ok(proven) => {
             let (since, delete_after) =
-                evidence.failing_verdict.as_ref().and_then(|v| v.body.standing.failing()).unzip();
+                evidence.answer.as_ref().and_then(|a| a.body.standing.failing()).unzip();
             emit(&json!({"file": file, "valid": true, "contract": c.contract, "owner": c.challenger,
                 "holder": c.holder, "generation": c.generation, "failed_samples": proven.failed_samples,
                 "samples": proven.samples, "answered_at": evidence.answer.as_ref().map(|a| a.body.at),

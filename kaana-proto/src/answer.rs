@@ -23,7 +23,8 @@ use crate::net::wire::{ErrorCode, ErrorReply};
 use crate::node::Node;
 use crate::record::Signed;
 use crate::state::StateError;
-use crate::store::{ContractEntry, ContractState, Status};
+use crate::fairness::evidence::Statement;
+use crate::store::{ContractEntry, Status};
 use crate::time::Timestamp;
 
 /// What every reply of a holder that holds nothing says, whether it lost the copy or pretends
@@ -65,28 +66,33 @@ pub fn answer(
         return Err(ErrorReply::new(ErrorCode::BadRequest, format!("the challenge is for node {}", c.holder)));
     }
     challenge.verify().map_err(|e| ErrorReply::new(ErrorCode::BadRequest, e.to_string()))?;
-    let entry = node
-        .contract(&c.contract)
-        .map_err(|_| ErrorReply::new(ErrorCode::NotFound, format!("no contract {} here", c.contract)))?;
+    let entry = node.contract(&c.contract).map_err(|e| match e {
+        // Only a contract this node does not have is "not found"; a disk that failed to read
+        // it is a passing trouble, and must not read as a failure.
+        StateError::Io { error, .. } if error.kind() == std::io::ErrorKind::NotFound => {
+            ErrorReply::new(ErrorCode::NotFound, format!("no contract {} here", c.contract))
+        }
+        other => internal(other),
+    })?;
     if entry.state.peer != peer {
         return Err(ErrorReply::new(
             ErrorCode::Unauthorized,
             format!("node {peer} is not a side of contract {}", c.contract),
         ));
     }
-    // The challenger says how it judges us: known before anything is decided.
-    if c.standing != entry.state.our_standing {
-        node.update_contract(&entry.id, |e| {
-            e.state.our_standing = c.standing;
-            e.state.our_standing_at = Some(now);
-            Ok::<_, StateError>(())
+    // The challenger says, signed, how it judges us: known before anything is decided.
+    let entry = node
+        .update_contract(&entry.id, |e| {
+            e.state.learn(Statement::Challenge(challenge.clone()), now);
+            Ok::<_, StateError>(e.clone())
         })
         .map_err(internal)?;
-    }
-    let entry = ContractEntry { state: ContractState { our_standing: c.standing, ..entry.state }, ..entry };
     let challenge_id = RecordId::of(c).map_err(internal)?;
+    // Every reply says how this node judges the challenger: a failing answer carries the grace
+    // this node states it grants.
+    let standing = entry.state.their_standing;
     let sign = |reply: Reply| -> Result<Signed<Answer>, ErrorReply> {
-        let body = Answer { challenge: challenge_id, holder: node.id(), reply, at: now };
+        let body = Answer { challenge: challenge_id, holder: node.id(), reply, standing, at: now };
         Signed::sign(body, &node.identity).map_err(internal)
     };
     let not_held = |reason: &str| Ok((sign(Reply::NotHeld { reason: reason.to_owned() })?, Vec::new()));
@@ -110,7 +116,7 @@ pub fn answer(
         && challenge::check_request(g, &c.picks, c.depth).is_ok()
     {
         let picked: Vec<ExtentHash> = c.picks.iter().filter_map(|[e, _]| hashes.get(*e as usize).copied()).collect();
-        if let Some(p) = fail_on_purpose(node, &entry, &picked, now, seed).map_err(internal)? {
+        if let Some(p) = fail_on_purpose(node, &entry, &picked, &hashes, now, seed).map_err(internal)? {
             on_purpose = Some(p.mode);
             plan = Some(p);
         }
@@ -160,6 +166,7 @@ fn fail_on_purpose(
     node: &Node,
     entry: &ContractEntry,
     picked: &[ExtentHash],
+    all: &[ExtentHash],
     now: Timestamp,
     seed: [u8; 32],
 ) -> Result<Option<deliberate::Plan>, StateError> {
@@ -175,13 +182,18 @@ fn fail_on_purpose(
             pending: st.audit.as_ref().is_some_and(|p| p.pending()),
             copy_at_peer,
             failing_at_peer: st.our_standing.is_failing(),
-            verdicts_open_until: st.their_record.verdicts_open_until,
+            judging_failing: st.their_standing.is_failing(),
+            last_roll: st.last_roll,
         };
         let mut rng = Rng::from_seed(seed);
-        let Some(mode) = deliberate::decide(&situation, now, &mut rng) else {
+        let (mode, rolled) = deliberate::decide(&situation, now, &mut rng);
+        if rolled {
+            st.last_roll = Some(now);
+        }
+        let Some(mode) = mode else {
             return Ok::<_, StateError>(None);
         };
-        let plan = deliberate::plan(mode, now, grace, picked, &mut rng);
+        let plan = deliberate::plan(mode, now, grace, picked, all, &mut rng);
         st.fail_next = false;
         st.fail_next_mode = None;
         st.audit = Some(plan.clone());

@@ -15,7 +15,7 @@ use thiserror::Error;
 use crate::answer::{self, Honesty};
 use crate::challenge::{self, Answer, Challenge, Outcome, Receipt, Reply, Rng, Verdict};
 use crate::encoding;
-use crate::fairness::evidence::{self, Breach, Evidence, Failed};
+use crate::fairness::evidence::{self, Breach, Evidence, Failed, Statement};
 use crate::fairness::health::Reach;
 use crate::fairness::judge::{self, Effect, Seen};
 use crate::fairness::standing::Standing;
@@ -29,7 +29,7 @@ use crate::node::Node;
 use crate::proof;
 use crate::record::{RecordError, Signed};
 use crate::state::{Schema, StateError, create_dir};
-use crate::store::{ContractEntry, LearnedVerdict};
+use crate::store::{ContractEntry, PendingPicks};
 use crate::time::Timestamp;
 
 /// Why a challenge could not be run (as opposed to a holder failing it).
@@ -95,11 +95,11 @@ impl Target {
 pub enum Heard {
     /// Every sample proved.
     Pass,
-    /// A failure; `signed_at` when the holder signed a failing reply (proofs that do not check,
-    /// or "I no longer hold it") at that time by its clock.
+    /// A failure; `signed` when the holder signed a failing reply (proofs that do not check, or
+    /// "I no longer hold it"): when by its clock, and how it said it judged this node.
     Fail {
-        /// When the holder signed it.
-        signed_at: Option<Timestamp>,
+        /// When the holder signed it, and the standing it stated.
+        signed: Option<(Timestamp, Standing)>,
         /// What was wrong, for people.
         why: String,
     },
@@ -151,7 +151,9 @@ pub struct Exchanged {
     pub samples: usize,
 }
 
-/// Sends a challenge of `samples` samples about `target` on an open stream and reads the reply.
+/// Sends a challenge of `samples` samples (or of `picks`, asked before and not answered) about
+/// `target` on an open stream and reads the reply.
+#[allow(clippy::too_many_arguments)]
 pub async fn exchange(
     send: &mut SendStream,
     recv: &mut RecvStream,
@@ -159,13 +161,14 @@ pub async fn exchange(
     entry: &ContractEntry,
     target: Target,
     samples: usize,
+    picks: Option<Vec<[u64; 2]>>,
     now: Timestamp,
 ) -> Result<Exchanged, AuditError> {
     let peer = entry.state.peer;
     let g = target.manifest.body.geometry().map_err(|e| StateError::damaged(node.home.root(), e))?;
     let hashes = target.manifest.body.check_list(&target.list).map_err(|e| StateError::damaged(node.home.root(), e))?;
     let mut rng = Rng::from_seed(seed()?);
-    let picks = challenge::pick(g, samples, &mut rng);
+    let picks = picks.unwrap_or_else(|| challenge::pick(g, samples, &mut rng));
     // Proofs stop at the tops this node kept while pushing, if it has them all and they hold.
     let kept = target.tops.as_ref().and_then(|all| {
         let per = 1usize << proof::TOP_LEVELS;
@@ -194,7 +197,7 @@ pub async fn exchange(
     write_frame(send, &Request::Challenge { challenge: signed.clone() }).await?;
     let _ = send.finish();
     let expected = challenge::answer_len(g, &signed.body.picks, depth).unwrap_or(0);
-    let unsigned = |why: &str| Heard::Fail { signed_at: None, why: why.to_owned() };
+    let unsigned = |why: &str| Heard::Fail { signed: None, why: why.to_owned() };
     let (mut answer, mut raw) = (None, Vec::new());
     let heard = match read_frame::<Response>(recv, read_timeout()).await {
         Ok(Some(Response::Answer { answer: a, len })) => {
@@ -212,14 +215,14 @@ pub async fn exchange(
                         Ok(()) => match challenge::check(g, &hashes, &signed.body.picks, &raw, depth, &tops) {
                             0 => Heard::Pass,
                             n => Heard::Fail {
-                                signed_at: Some(a.body.at),
+                                signed: Some((a.body.at, a.body.standing)),
                                 why: format!("{n} of {} samples do not prove", signed.body.picks.len()),
                             },
                         },
                     }
                 }
                 Reply::NotHeld { reason } => {
-                    Heard::Fail { signed_at: Some(a.body.at), why: format!("the holder says: {reason}") }
+                    Heard::Fail { signed: Some((a.body.at, a.body.standing)), why: format!("the holder says: {reason}") }
                 }
                 Reply::Refused { reason } => unsigned(&format!("the holder declined: {reason}")),
                 Reply::Superseded { generation, manifest } => {
@@ -264,7 +267,8 @@ async fn fetch_target(conn: &Connection, node: &Node, entry: &ContractEntry) -> 
 
 /// Challenges `entry`'s peer on a new stream of `conn` about the copy this node last pushed
 /// there, with `samples` samples. If the holder committed a newer generation meanwhile (a push
-/// racing the challenge), asks again about that one, once.
+/// racing the challenge), asks again about that one, once. Samples asked for and not answered
+/// are asked again, until answered: a holder cannot choose which challenges to answer.
 pub async fn challenge_peer(
     conn: &Connection,
     node: &Node,
@@ -274,8 +278,9 @@ pub async fn challenge_peer(
 ) -> Result<Exchanged, AuditError> {
     let target = Target::from_record(node, &entry.id)?.ok_or(AuditError::NothingPushed(entry.state.peer))?;
     let mut ex = conn.open_stream().await?;
-    let first = exchange(&mut ex.send, &mut ex.recv, node, entry, target, samples, now).await?;
-    let Heard::Superseded { generation, manifest } = first.heard else { return Ok(first) };
+    let pending = pending_picks(node, entry, &target)?;
+    let first = exchange(&mut ex.send, &mut ex.recv, node, entry, target, samples, pending, now).await?;
+    let Heard::Superseded { generation, manifest } = first.heard else { return keep_pending(node, entry, first) };
     let newer = |t: &Target| t.generation() == generation && RecordId::of(&t.manifest.body).ok() == Some(manifest);
     let target = match Target::from_record(node, &entry.id)?.filter(newer) {
         Some(t) => Some(t),
@@ -283,14 +288,37 @@ pub async fn challenge_peer(
     };
     let Some(target) = target.filter(|_| generation > first.target.generation()) else {
         let why = format!("the holder claims a generation {generation} it cannot show");
-        return Ok(Exchanged { heard: Heard::Fail { signed_at: None, why }, ..first });
+        return Ok(Exchanged { heard: Heard::Fail { signed: None, why }, ..first });
     };
     let mut ex = conn.open_stream().await?;
-    let mut second = exchange(&mut ex.send, &mut ex.recv, node, entry, target, samples, now).await?;
+    let mut second = exchange(&mut ex.send, &mut ex.recv, node, entry, target, samples, None, now).await?;
     if let Heard::Superseded { .. } = second.heard {
         second.heard = Heard::Unreachable("the holder's copy changed twice during the challenge".into());
     }
-    Ok(second)
+    keep_pending(node, entry, second)
+}
+
+/// The samples of the last challenge of this copy that got no answer, if any.
+fn pending_picks(node: &Node, entry: &ContractEntry, target: &Target) -> Result<Option<Vec<[u64; 2]>>, AuditError> {
+    let id = RecordId::of(&target.manifest.body)?;
+    Ok(node.contract(&entry.id)?.state.pending_picks.filter(|p| p.manifest == id).map(|p| p.picks))
+}
+
+/// Keeps the samples of a challenge the holder saw and did not answer, to ask them again;
+/// forgets them once answered.
+fn keep_pending(node: &Node, entry: &ContractEntry, ex: Exchanged) -> Result<Exchanged, AuditError> {
+    let pending = match ex.heard {
+        Heard::Unreachable(_) => Some(PendingPicks {
+            manifest: ex.transcript.challenge.body.manifest,
+            picks: ex.transcript.challenge.body.picks.clone(),
+        }),
+        _ => None,
+    };
+    node.update_contract(&entry.id, |e| {
+        e.state.pending_picks = pending;
+        Ok::<_, StateError>(())
+    })?;
+    Ok(ex)
 }
 
 /// A judgement of the peer, recorded.
@@ -321,7 +349,7 @@ pub fn judge(
 ) -> Result<Judgement, AuditError> {
     let seen = match heard {
         Heard::Pass => Seen::Pass { samples, asked },
-        Heard::Fail { .. } => Seen::Fail,
+        Heard::Fail { .. } => Seen::Fail { asked },
         Heard::Superseded { .. } | Heard::Unreachable(_) => Seen::Unreachable,
     };
     let challenge = transcript.map(|t| RecordId::of(&t.challenge.body)).transpose()?;
@@ -372,22 +400,11 @@ pub fn judge(
     Ok(judgement)
 }
 
-/// Records a verdict of the peer's about this node: how it sees us, and, if failing, the
-/// signed word a breach's evidence needs. `skew_secs`: the peer's clock minus ours.
-pub fn learn_verdict(
-    node: &Node,
-    id: &RecordId,
-    verdict: &Signed<Verdict>,
-    skew_secs: i64,
-    now: Timestamp,
-) -> Result<(), StateError> {
+/// Records a signed word of the peer's about this node (a verdict, or a challenge it sent), if
+/// newer than what this node holds.
+pub fn learn(node: &Node, id: &RecordId, statement: Statement, now: Timestamp) -> Result<(), StateError> {
     node.update_contract(id, |e| {
-        let st = &mut e.state;
-        st.our_standing = verdict.body.standing;
-        st.our_standing_at = Some(now);
-        if verdict.body.standing.is_failing() {
-            st.our_failing_verdict = Some(LearnedVerdict { verdict: verdict.clone(), skew_secs });
-        }
+        e.state.learn(statement, now);
         Ok(())
     })
 }
@@ -397,7 +414,7 @@ fn verdict_about_us(node: &Node, peer: &NodeId, id: &RecordId, verdict: &Signed<
     verdict.verify_by(peer).is_ok() && verdict.body.holder == node.id() && verdict.body.contract == *id
 }
 
-/// Asks the peer how it sees this node, and records it (with the peer's signed verdict).
+/// Asks the peer how it sees this node (a fresh verdict, signed), and records it.
 pub async fn ask_standing(
     conn: &Connection,
     node: &Node,
@@ -405,19 +422,15 @@ pub async fn ask_standing(
     now: Timestamp,
 ) -> Result<Standing, AuditError> {
     let peer = entry.state.peer;
-    let (standing, verdict, at) = match conn.request(&Request::Standing { contract: entry.id }).await? {
-        Response::Standing { standing, verdict, at } => (standing, verdict, at),
+    let verdict = match conn.request(&Request::Standing { contract: entry.id }).await? {
+        Response::Standing { verdict } => verdict,
         other => return Err(NetError::Unexpected { request: "standing", reply: format!("{other:?}") }.into()),
     };
-    let skew = at.unix() as i64 - now.unix() as i64;
-    match verdict.filter(|v| verdict_about_us(node, &peer, &entry.id, v) && v.body.standing == standing) {
-        Some(v) => learn_verdict(node, &entry.id, &v, skew, now)?,
-        None => node.update_contract(&entry.id, |e| {
-            e.state.our_standing = standing;
-            e.state.our_standing_at = Some(now);
-            Ok::<_, StateError>(())
-        })?,
+    if !verdict_about_us(node, &peer, &entry.id, &verdict) {
+        return Err(NetError::Unexpected { request: "standing", reply: "a verdict that is not about this node".into() }.into());
     }
+    let standing = verdict.body.standing;
+    learn(node, &entry.id, Statement::Verdict(verdict), now)?;
     Ok(standing)
 }
 
@@ -463,46 +476,43 @@ pub async fn rechallenge(
             NetError::Unexpected { request: "rechallenge", reply: "a verdict about someone else".into() }.into()
         );
     }
-    learn_verdict(node, &entry.id, &verdict, verdict.body.at.unix() as i64 - now.unix() as i64, now)?;
+    learn(node, &entry.id, Statement::Verdict(verdict.clone()), now)?;
     Ok(verdict)
 }
 
 /// What a failed challenge amounts to, by the breach rule; with the evidence file when it
-/// proves a breach to anybody.
-pub fn breach_of(
-    node: &Node,
-    entry: &ContractEntry,
-    ex: &Exchanged,
-    now: Timestamp,
-) -> Result<(Breach, Option<PathBuf>), AuditError> {
-    let Heard::Fail { signed_at, .. } = ex.heard else { return Ok((Breach::No, None)) };
+/// proves a breach to anybody. Call it before learning anything newer from the peer.
+pub fn breach_of(node: &Node, entry: &ContractEntry, ex: &Exchanged, now: Timestamp) -> Result<(Breach, Option<PathBuf>), AuditError> {
+    let Heard::Fail { signed, .. } = ex.heard else { return Ok((Breach::No, None)) };
     let state = node.contract(&entry.id)?.state;
-    let (window, skew) = state.failing_window();
-    let failed = match signed_at {
-        Some(at) => Failed::Signed { at },
+    let (last, skew) = state.last_word();
+    let failed = match signed {
+        Some((at, standing)) => Failed::Signed { at, standing },
         None => Failed::Unsigned,
     };
-    match evidence::breach(failed, window, skew, now) {
+    match evidence::breach(failed, last, skew, now) {
         Breach::Proven => {
             // Only claimed if the file proves it, checked as a third party would.
-            let evidence =
-                state.our_failing_verdict.as_ref().zip(ex.target.receipt.as_ref()).zip(ex.transcript.answer.as_ref());
-            let Some(((learned, receipt), answer)) = evidence else { return Ok((Breach::AtUsOnly, None)) };
+            let contradiction = state.our_statement.map(|l| l.statement);
             let evidence = Evidence {
                 schema: Schema,
                 contract: entry.contract.clone(),
-                failing_verdict: Some(learned.verdict.clone()),
                 manifest: ex.target.manifest.clone(),
-                receipt: Some(receipt.clone()),
+                receipt: ex.target.receipt.clone(),
                 extent_list: encoding::hex_encode(&ex.target.list),
                 challenge: ex.transcript.challenge.clone(),
-                answer: Some(answer.clone()),
+                answer: ex.transcript.answer.clone(),
                 answer_bytes: encoding::hex_encode(&ex.transcript.answer_bytes),
                 tops: encoding::hex_encode(ex.transcript.tops.as_flattened()),
+                contradiction,
             };
-            if evidence.check().is_err() {
-                return Ok((Breach::AtUsOnly, None));
-            }
+            // The contradiction only where the answer needs one.
+            let without = Evidence { contradiction: None, ..evidence.clone() };
+            let evidence = match (without.check(), evidence.check()) {
+                (Ok(_), _) => without,
+                (_, Ok(_)) => evidence,
+                _ => return Ok((Breach::AtUsOnly, None)),
+            };
             let dir = node.home.root().join("audits");
             create_dir(&dir)?;
             let path = dir.join(format!("breach-{}-{}.json", entry.id.short(), now.unix()));
@@ -520,6 +530,7 @@ pub async fn connect_all(
     client: &Arc<Client>,
     node: &Node,
     peers: &[NodeId],
+    now: Timestamp,
 ) -> Result<(Vec<(NodeId, Result<Connection, NetError>)>, Reach), StateError> {
     let book = node.address_book()?;
     let reach_all = |nodes: Vec<NodeId>| {
@@ -542,8 +553,15 @@ pub async fn connect_all(
     let conns = reach_all(peers.to_vec()).await;
     let mut reach = Reach { tried: peers.len(), reached: conns.iter().filter(|(_, c)| c.is_ok()).count() };
     if crate::fairness::health::suspect(reach) {
-        let witnesses: Vec<NodeId> =
-            book.peers.keys().filter(|n| !peers.contains(n) && **n != node.id()).take(3).copied().collect();
+        // Never a node this node is silent toward (a deliberate failure): it is down to it.
+        let silent = node.silent_peers(now)?;
+        let witnesses: Vec<NodeId> = book
+            .peers
+            .keys()
+            .filter(|n| !peers.contains(n) && **n != node.id() && !silent.contains(n))
+            .take(3)
+            .copied()
+            .collect();
         reach.tried += witnesses.len();
         for (_, answered) in reach_all(witnesses).await {
             if let Ok(c) = answered {

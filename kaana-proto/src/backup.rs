@@ -368,9 +368,9 @@ pub async fn push(
     Ok(summary(generation, false))
 }
 
-/// Before sending anything, asks the holder how it sees this node; if failing there, audits it
-/// first: a push re-sends what the holder lacks, so pushing first would hide a holder that
-/// deleted our data inside the grace it promised. (Every node does this, so a node back from a
+/// Before sending anything, asks the holder how it sees this node; if failing there (or in a
+/// deliberate failure of its own), audits it first: a push re-sends what the holder lacks, so
+/// pushing first would hide a holder that deleted our data inside the grace it promised. (Every node does this, so a node back from a
 /// deliberate failure pushes as one back from a real one does.)
 async fn audit_first(
     conn: &Connection,
@@ -384,7 +384,10 @@ async fn audit_first(
         other => BackupError::Audit(Box::new(other)),
     };
     let standing = audit::ask_standing(conn, node, entry, now).await.map_err(audit_error)?;
-    if !standing.is_failing() || audit::Target::from_record(node, &entry.id)?.is_none() {
+    let plan = node.contract(&entry.id)?.state.audit;
+    if !crate::fairness::deliberate::audit_before_push(standing.is_failing(), plan.as_ref())
+        || audit::Target::from_record(node, &entry.id)?.is_none()
+    {
         return Ok(());
     }
     let audited =

@@ -7,11 +7,12 @@
 //! it kept, and never needs the data itself. With `k` distinct extents, a holder missing a
 //! fraction `f` of the extents is caught with probability at least `1 - (1 - f)^k`.
 //!
-//! Every exchange is signed: the challenge (naming the manifest it asks about) by the
-//! challenger, every reply to it by the holder — the proofs, "I no longer hold it", "that
-//! generation is superseded", a refusal — and the verdict by the challenger. With the holder's
-//! signed receipt of the manifest and its own failing verdict about the owner, a third party can
-//! check a breach without trusting either side ([`crate::fairness::evidence`]).
+//! Every exchange is signed: the challenge (naming the manifest it asks about, and saying how
+//! the challenger judges the holder) by the challenger, every reply to it by the holder — the
+//! proofs, "I no longer hold it", "that generation is superseded", a refusal, each with how the
+//! holder judges the challenger — and the verdict by the challenger. With the holder's signed
+//! receipt of the manifest, a third party can check a breach without trusting either side
+//! ([`crate::fairness::evidence`]).
 
 use serde::{Deserialize, Serialize};
 
@@ -74,6 +75,10 @@ pub struct Answer {
     pub holder: NodeId,
     /// What it says.
     pub reply: Reply,
+    /// How the holder judges the challenger now (the holder of a copy is also the judge of its
+    /// owner, who holds the holder's copy): a failing answer thus carries the grace the holder
+    /// itself says it granted, and cannot be read against any other.
+    pub standing: Standing,
     /// When (the holder's clock).
     pub at: Timestamp,
 }

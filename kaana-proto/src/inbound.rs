@@ -415,13 +415,17 @@ impl Inbound {
         let unique: HashSet<ExtentHash> = hashes.into_iter().collect();
         let trash = self.trash_dir();
         let mut bad = 0;
+        let good = |path: &Path, hash: &ExtentHash| fs::read(path).is_ok_and(|data| blake3::hash(&data).as_bytes() == hash);
         for hash in unique {
             let path = self.extent_path(&hash);
-            let good = fs::read(&path).is_ok_and(|data| blake3::hash(&data).as_bytes() == &hash);
-            if !good {
-                bad += 1;
-                // Briefly exclusive: an answer under way sees the extent or its absence, whole.
+            if !good(&path, &hash) {
+                // Briefly exclusive: an answer under way sees the extent or its absence, whole;
+                // and looked at again under the lock, as a push may have just sent it again.
                 let _lock = self.lock(true)?;
+                if good(&path, &hash) {
+                    continue;
+                }
+                bad += 1;
                 create_dir(&trash)?;
                 for p in [path.clone(), self.outboard_path(&hash)] {
                     let name = p.file_name().map(|n| n.to_owned()).unwrap_or_default();

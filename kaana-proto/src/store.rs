@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::challenge::Verdict;
 use crate::fairness::deliberate::{Mode, Plan};
+use crate::fairness::evidence::Statement;
 use crate::fairness::health::{Health, Reach};
 use crate::fairness::judge::PeerRecord;
 use crate::fairness::standing::Standing;
@@ -123,9 +124,11 @@ pub struct ContractState {
     pub our_standing: Standing,
     /// When `our_standing` was learned.
     pub our_standing_at: Option<Timestamp>,
-    /// The peer's latest signed verdict that this node was failing: what breach evidence needs.
+    /// The peer's latest signed word on how it judges this node (a challenge it sent, or a
+    /// verdict): what shows the peer contradicting itself, should it later claim this node's
+    /// grace had run out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub our_failing_verdict: Option<LearnedVerdict>,
+    pub our_statement: Option<LearnedStatement>,
     /// Fail the peer's next challenge on purpose (`kaana-challenge fail-next`).
     #[serde(default)]
     pub fail_next: bool,
@@ -140,17 +143,34 @@ pub struct ContractState {
     /// challenged again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub awaiting_repush: Option<Timestamp>,
+    /// The samples of this node's last challenge of the peer that got no answer: asked again
+    /// until answered, so that a holder cannot pick which challenges to answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_picks: Option<PendingPicks>,
+    /// When this node last rolled the dice for a deliberate failure on this contract.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_roll: Option<Timestamp>,
 }
 
-/// A verdict of the peer's about this node, with how far the peer's clock was ahead of this
+/// A word of the peer's about this node, with how far the peer's clock was ahead of this
 /// node's when it was learned.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct LearnedVerdict {
-    /// The peer-signed verdict.
-    pub verdict: Signed<Verdict>,
+pub struct LearnedStatement {
+    /// The peer-signed statement.
+    pub statement: Statement,
     /// The peer's clock minus this node's, in seconds.
     pub skew_secs: i64,
+}
+
+/// Samples a challenge asked for and got no answer to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PendingPicks {
+    /// The manifest they are of.
+    pub manifest: RecordId,
+    /// `[extent, chunk]` pairs.
+    pub picks: Vec<[u64; 2]>,
 }
 
 impl ContractState {
@@ -166,11 +186,13 @@ impl ContractState {
             their_verdict: None,
             our_standing: Standing::Ok,
             our_standing_at: None,
-            our_failing_verdict: None,
+            our_statement: None,
             fail_next: false,
             fail_next_mode: None,
             audit: None,
             awaiting_repush: None,
+            pending_picks: None,
+            last_roll: None,
         }
     }
 
@@ -179,12 +201,26 @@ impl ContractState {
         self.audit.as_ref().is_some_and(|p| p.silent(now))
     }
 
-    /// The peer's failing verdict about this node, as `(since, delete_after)` and skew.
-    pub fn failing_window(&self) -> (Option<(Timestamp, Timestamp)>, i64) {
-        match &self.our_failing_verdict {
-            Some(l) => (l.verdict.body.standing.failing(), l.skew_secs),
+    /// The peer's latest word on this node (when, by its clock, and the standing), and the
+    /// skew learned with it.
+    pub fn last_word(&self) -> (Option<(Timestamp, Standing)>, i64) {
+        match &self.our_statement {
+            Some(l) => (Some((l.statement.at(), l.statement.standing())), l.skew_secs),
             None => (None, 0),
         }
+    }
+
+    /// Learns the peer's signed word on this node, if newer (by the peer's clock) than what
+    /// this node holds; `now` is this node's clock. Returns whether it was newer.
+    pub fn learn(&mut self, statement: Statement, now: Timestamp) -> bool {
+        if self.our_statement.as_ref().is_some_and(|l| l.statement.at() >= statement.at()) {
+            return false;
+        }
+        self.our_standing = statement.standing();
+        self.our_standing_at = Some(now);
+        let skew_secs = statement.at().unix() as i64 - now.unix() as i64;
+        self.our_statement = Some(LearnedStatement { statement, skew_secs });
+        true
     }
 }
 

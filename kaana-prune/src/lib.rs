@@ -139,9 +139,11 @@ fn check_reach(node: &Node, contracts: &[ContractEntry], now: Timestamp) -> anyh
     if !due {
         return Ok(node.health()?);
     }
+    // Not a peer this node is silent toward (a deliberate failure): toward it, the node is down.
+    let silent = node.silent_peers(now)?;
     let mut peers: Vec<NodeId> = contracts
         .iter()
-        .filter(|e| !matches!(e.state.status, Status::Ended { .. }) && !e.state.silent(now))
+        .filter(|e| !matches!(e.state.status, Status::Ended { .. }) && !silent.contains(&e.state.peer))
         .map(|e| e.state.peer)
         .collect();
     peers.sort();
@@ -151,7 +153,7 @@ fn check_reach(node: &Node, contracts: &[ContractEntry], now: Timestamp) -> anyh
             node.identity.clone(),
             kaana_proto::net::transport::Traffic::Short,
         ));
-        let (conns, reach) = kaana_proto::audit::connect_all(&client, node, &peers).await?;
+        let (conns, reach) = kaana_proto::audit::connect_all(&client, node, &peers, now).await?;
         for c in conns.into_iter().filter_map(|(_, c)| c.ok()) {
             c.close();
         }

@@ -138,10 +138,10 @@ pub fn run(args: Args) -> anyhow::Result<Exit> {
             let extent_size = u32::try_from(extent_size).context("--extent-size is too large")?;
             let entries = if all {
                 // Toward a peer this node is failing on purpose in silence, it is down: no push.
-                let now = kaana_proto::time::now_from_env()?;
+                let silent = node.silent_peers(kaana_proto::time::now_from_env()?)?;
                 node.contracts()?
                     .into_iter()
-                    .filter(|e| matches!(e.state.status, Status::Active) && !e.state.silent(now))
+                    .filter(|e| matches!(e.state.status, Status::Active) && !silent.contains(&e.state.peer))
                     .collect()
             } else {
                 vec![node.find_contract(contract.as_deref().unwrap_or_default())?]

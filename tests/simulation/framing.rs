@@ -1,11 +1,11 @@
-//! A framing owner's attempts, with real signed records and the real third-party check: it
-//! gets its honest holder's signed failing verdict (by failing on purpose), then forges
-//! evidence that the holder failed inside that grace. Each attempt is one attack; it succeeds
-//! only if `Evidence::check` accepts the forgery.
+//! A framing owner's attempts, with real signed records and the real third-party check. The
+//! owner fails on purpose to get its honest holder judging it failing, then forges evidence
+//! that the holder failed inside that grace. Each attempt is one attack; it succeeds only if
+//! `Evidence::check` accepts the forgery.
 
 use kaana_proto::challenge::{self, Answer, Challenge, Outcome, Receipt, Reply, Verdict};
 use kaana_proto::encoding::hex_encode;
-use kaana_proto::fairness::evidence::Evidence;
+use kaana_proto::fairness::evidence::{Evidence, Statement};
 use kaana_proto::fairness::standing::Standing;
 use kaana_proto::identity::Identity;
 use kaana_proto::manifest::{Manifest, encode_list, list_hash};
@@ -16,7 +16,7 @@ use kaana_proto::state::Schema;
 use kaana_proto::time::Timestamp;
 
 /// How many attacks there are.
-pub const ATTACKS: usize = 6;
+pub const ATTACKS: usize = 8;
 const EXTENT: usize = 16 * 1024;
 
 fn t(s: u64) -> Timestamp {
@@ -24,12 +24,15 @@ fn t(s: u64) -> Timestamp {
 }
 
 /// What an honest holder signs for `challenge` of the copy `extents` it receipted as
-/// `receipted`: the same decisions as `kaana_proto::answer`.
+/// `receipted`, judging the owner `standing`, at `at`: the same decisions as
+/// `kaana_proto::answer`.
 fn honest_reply(
     holder: &Identity,
     challenge: &Challenge,
     receipted: &Manifest,
     extents: &[Vec<u8>],
+    standing: Standing,
+    at: Timestamp,
 ) -> (Signed<Answer>, Vec<u8>) {
     let mut raw = Vec::new();
     let g = receipted.geometry().unwrap();
@@ -47,7 +50,7 @@ fn honest_reply(
         }
         Reply::Proof { proof: hex_encode(blake3::hash(&raw).as_bytes()) }
     };
-    let answer = Answer { challenge: RecordId::of(challenge).unwrap(), holder: holder.node_id(), reply, at: t(1_200) };
+    let answer = Answer { challenge: RecordId::of(challenge).unwrap(), holder: holder.node_id(), reply, standing, at };
     (Signed::sign(answer, holder).unwrap(), raw)
 }
 
@@ -73,8 +76,7 @@ pub fn attempt(attack: usize, seed: u64) -> bool {
     };
     let contract = countersign(Signed::sign(body, &holder).unwrap(), &owner).unwrap();
     let id = contract.id().unwrap();
-    let extents: Vec<Vec<u8>> =
-        (0..4u8).map(|i| (0..EXTENT).map(|j| (j as u8).wrapping_mul(29) ^ i).collect()).collect();
+    let extents: Vec<Vec<u8>> = (0..4u8).map(|i| (0..EXTENT).map(|j| (j as u8).wrapping_mul(29) ^ i).collect()).collect();
     let list = encode_list(&extents.iter().map(|e| *blake3::hash(e).as_bytes()).collect::<Vec<_>>());
     let manifest = Manifest {
         contract: id,
@@ -94,15 +96,19 @@ pub fn attempt(attack: usize, seed: u64) -> bool {
         manifest: RecordId::of(&manifest).unwrap(),
         at: t(101),
     };
-    // The holder's failing verdict about the owner: the owner got it by failing on purpose.
-    let verdict = Verdict {
-        contract: id,
-        challenge: None,
-        answer: None,
-        holder: owner.node_id(),
-        result: Some(Outcome::Fail),
-        standing: Standing::Ok.after_failure(t(1_000), 500),
-        at: t(1_000),
+    // The holder judges the owner failing since 1000 (the owner failed on purpose to get it).
+    let failing = Standing::Ok.after_failure(t(1_000), 500);
+    let verdict = |standing, at, by: &Identity| {
+        let v = Verdict {
+            contract: id,
+            challenge: None,
+            answer: None,
+            holder: owner.node_id(),
+            result: Some(Outcome::Fail),
+            standing,
+            at: t(at),
+        };
+        Statement::Verdict(Signed::sign(v, by).unwrap())
     };
     let mut asked = manifest.clone();
     let mut picks = vec![[0, 1], [1, 7], [3, 15]];
@@ -119,17 +125,30 @@ pub fn attempt(attack: usize, seed: u64) -> bool {
         holder: holder.node_id(),
         manifest: RecordId::of(&asked).unwrap(),
         generation: 2,
-        standing: kaana_proto::fairness::standing::Standing::Ok,
+        standing: Standing::Ok,
         nonce: "ab".repeat(16),
         picks,
         depth: 0,
         at: t(1_199),
     };
-    let (answer, mut raw) = honest_reply(&holder, &challenge, &manifest, &extents);
+    // The holder answers honestly; after its grace ran out it had deleted (attack 6).
+    let (answer, mut raw) = match attack {
+        6 => {
+            let mut gone = Answer {
+                challenge: RecordId::of(&challenge).unwrap(),
+                holder: holder.node_id(),
+                reply: Reply::NotHeld { reason: "gone".into() },
+                standing: failing,
+                at: t(1_600),
+            };
+            gone.standing = failing;
+            (Signed::sign(gone, &holder).unwrap(), Vec::new())
+        }
+        _ => honest_reply(&holder, &challenge, &manifest, &extents, failing, t(1_200)),
+    };
     let mut evidence = Evidence {
         schema: Schema,
         contract,
-        failing_verdict: Some(Signed::sign(verdict.clone(), &holder).unwrap()),
         manifest: Signed::sign(asked, &owner).unwrap(),
         receipt: Some(Signed::sign(receipt, &holder).unwrap()),
         extent_list: hex_encode(&list),
@@ -137,16 +156,29 @@ pub fn attempt(attack: usize, seed: u64) -> bool {
         answer: Some(answer),
         answer_bytes: String::new(),
         tops: String::new(),
+        contradiction: None,
     };
     match attack {
         // The honest answer, bytes changed after the holder signed them.
-        0 => {
-            raw[3] ^= 0x40;
+        0 => raw[3] ^= 0x40,
+        // The answer's standing changed by the owner (the holder signed another).
+        4 => {
+            if let Some(a) = &mut evidence.answer {
+                a.body.standing = Standing::Ok.after_failure(t(1_150), 500);
+            }
         }
-        // A verdict the owner signed itself, saying the holder judged it failing.
-        4 => evidence.failing_verdict = Some(Signed::sign(verdict, &owner).unwrap()),
         // Tops that would make honest proofs fail.
         5 => evidence.tops = "11".repeat(32 * 4),
+        // A deletion after the grace ran out, "contradicted" by the holder's own earlier word
+        // that the owner was failing just so (no contradiction), or by one the owner forged.
+        6 => evidence.contradiction = Some(verdict(failing, 1_300, &holder)),
+        7 => {
+            let mut gone = evidence.answer.clone().unwrap();
+            gone.body.reply = Reply::NotHeld { reason: "gone".into() };
+            gone.body.at = t(1_600);
+            evidence.answer = Some(Signed::sign(gone.body, &holder).unwrap());
+            evidence.contradiction = Some(verdict(Standing::Ok, 1_300, &owner));
+        }
         // 1: the honest answer as it is, hoping the check misjudges it.
         _ => {}
     }

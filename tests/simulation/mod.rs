@@ -27,13 +27,14 @@ fn table(title: &str, tally: &std::collections::BTreeMap<Strategy, Tally>, seed:
         "{title}: seed {seed}, {days} days (and 9 more for the last deletions to be caught), grace 7 days, cron every \
          4 hours, audit rate 2% (framers 20%)\n\n\
          | strategy | nodes | deliberate failures | judged failing: rightly / wrongly | accused | breaches proven | \
-         early deletions (after a deliberate failure) | caught | not caught: node away past its grace / other | \
+         early deletions (after a deliberate failure) | caught | not caught: node away past its grace / other \
+         (of which judged failing by their node) | \
          rechallenges (escapes) | own copies pruned | peers' copies pruned wrongly |\n\
          |---|---|---|---|---|---|---|---|---|---|---|---|\n"
     );
     for (s, t) in tally {
         out += &format!(
-            "| {s:?} | {} | {} | {} / {} | {} | {} | {} ({}) | {} ({}) | {} / {} | {} ({}) | {} | {} |\n",
+            "| {s:?} | {} | {} | {} / {} | {} | {} | {} ({}) | {} ({}) | {} / {} ({}) | {} ({}) | {} | {} |\n",
             t.nodes,
             t.lies,
             t.judged_rightly,
@@ -46,6 +47,7 @@ fn table(title: &str, tally: &std::collections::BTreeMap<Strategy, Tally>, seed:
             pct(t.caught, t.early_deletions),
             t.owner_gone,
             t.unseen,
+            t.exposed,
             t.rechallenges,
             t.escapes,
             t.copies_pruned,
@@ -88,6 +90,11 @@ fn a_year_of_strategic_peers() {
     for s in [Strategy::Greedy, Strategy::Clever, Strategy::Oracle] {
         assert_eq!(get(s).unseen, 0, "{s:?}\n{text}");
     }
+    // A two-faced holder escapes proof by signing "ok" everywhere; but its victims then judge it
+    // failing, and its own copies there go at the end of their grace.
+    let two = get(Strategy::TwoFaced);
+    assert!(two.early_deletions >= 10 && two.unseen == two.exposed, "{text}");
+    assert!(two.copies_pruned > 0, "{text}");
     let clever = get(Strategy::Clever);
     assert!(clever.early_deletions >= 20, "the clever holders found failures to exploit\n{text}");
     assert!(clever.caught * 100 >= clever.early_deletions * 95, "{text}");

@@ -44,11 +44,15 @@ pub enum Strategy {
     /// Deletes a failing peer's data only when the failure looks real: a day of failing with
     /// no word from the peer.
     Clever,
+    /// Deletes like the greedy one, and signs "ok" in every word it gives the peer (standing,
+    /// verdicts, challenges, answers), so that no failing answer of its states a grace.
+    TwoFaced,
     /// Deletes only on real failures, knowing which are (no real node can): an upper bound.
     Oracle,
     /// Fails on purpose often, then tries to frame its peer with forged evidence.
     Framing,
-    /// Keeps 80% of a peer's data and asks to be challenged again whenever it may.
+    /// Keeps 80% of a peer's data, declines (as if busy) any challenge it would fail, and asks
+    /// to be challenged again every hour.
     BestOfN,
 }
 
@@ -61,6 +65,7 @@ pub const EVERY_STRATEGY: &[(Strategy, usize)] = &[
     (Strategy::CutOff, 4),
     (Strategy::Greedy, 6),
     (Strategy::Clever, 6),
+    (Strategy::TwoFaced, 4),
     (Strategy::Oracle, 4),
     (Strategy::Framing, 4),
     (Strategy::BestOfN, 4),
@@ -104,6 +109,9 @@ pub struct Tally {
     pub owner_gone: u64,
     /// Of the early deletions, those not caught although their node came back in time.
     pub unseen: u64,
+    /// Of those, the ones whose node judged the deleter failing for it (no proof, but the
+    /// deleter's own copy there then goes at the end of its grace).
+    pub exposed: u64,
     /// Rechallenges it was granted.
     pub rechallenges: u64,
     /// Framing attempts, and forged evidence that passed the third-party check.
@@ -159,7 +167,11 @@ struct Side {
     their: Standing,
     record: PeerRecord,
     ours: Standing,
-    ours_window: Option<(Timestamp, Timestamp)>,
+    /// The peer's latest signed word on this side's standing: when, and what.
+    last_word: Option<(Timestamp, Standing)>,
+    /// Whether the samples of this side's unanswered challenge of the peer would fail.
+    pending_fail: Option<bool>,
+    last_roll: Option<Timestamp>,
     plan: Option<Plan>,
     awaiting_repush: bool,
     held: f64,
@@ -178,6 +190,8 @@ struct Contract {
 /// One early deletion.
 struct Deletion {
     strategy: Strategy,
+    contract: usize,
+    side: usize,
     deliberate: bool,
     /// The owner was dead or away through the end of its grace: nobody could ask for the data.
     owner_gone: bool,
@@ -306,7 +320,11 @@ impl World {
         }
         let mut tally = self.tally.clone();
         for d in &self.deletions {
+            // Exposed: the victim judges the deleter failing (its copy there then goes).
+            let victim_side = &self.contracts[d.contract].sides[1 - d.side];
+            let exposed = !d.caught && !d.owner_gone && victim_side.their.is_failing();
             let t = tally.entry(d.strategy).or_default();
+            t.exposed += u64::from(exposed);
             t.early_deletions += 1;
             t.on_deliberate += u64::from(d.deliberate);
             t.caught += u64::from(d.caught);
@@ -373,7 +391,7 @@ impl World {
         let ok: Vec<bool> = mine.iter().map(|c| self.reach(*c, i, h)).collect();
         let suspect = self.check_health(i, h, &ok);
         for (c, ok) in mine.into_iter().zip(ok) {
-            self.check(c, i, ok, suspect, h);
+            let _ = self.check(c, i, ok, suspect, h);
         }
         if self.nodes[i].strategy == Strategy::Clever {
             self.clever_deletes(i, h);
@@ -394,32 +412,33 @@ impl World {
         health::suspect(reach)
     }
 
-    fn check(&mut self, c: usize, i: usize, ok: bool, suspect: bool, h: u64) {
+    /// Side `i`'s run against its peer on `c`: standing, a challenge (an audit when failing
+    /// there), a rechallenge when due. Whether it found a breach.
+    fn check(&mut self, c: usize, i: usize, ok: bool, suspect: bool, h: u64) -> bool {
         let (ms, ps, j) = self.ends(c, i);
         if !ok {
             self.judge(c, i, Seen::Unreachable, suspect, h, false);
-            return;
+            return false;
         }
         self.contracts[c].sides[ps].last_heard = h;
-        // How does the peer see us?
-        let theirs = self.contracts[c].sides[ps].their;
-        let me = &mut self.contracts[c].sides[ms];
-        me.ours = theirs;
-        if let Some(w) = theirs.failing() {
-            me.ours_window = Some(w);
-        }
-        let failing_here = theirs.is_failing();
+        // How does the peer see us? (Its signed word, now.)
+        let word = self.word(c, ms, h);
+        self.learn(c, ms, word, h);
+        let failing_here = self.contracts[c].sides[ms].ours.is_failing();
         let samples = DEFAULT_SAMPLES;
-        let failed = self.answer(c, ps, j, samples, h);
-        let seen = if failed { Seen::Fail } else { Seen::Pass { samples, asked: false } };
+        let last = self.contracts[c].sides[ms].last_word;
+        let Some((failed, standing)) = self.answer(c, ps, j, samples, h) else {
+            // Declined: as if unreachable, the same samples asked again next time.
+            self.judge(c, i, Seen::Unreachable, suspect, h, false);
+            return false;
+        };
+        self.contracts[c].sides[ms].pending_fail = None;
+        let seen = if failed { Seen::Fail { asked: false } } else { Seen::Pass { samples, asked: false } };
         self.judge(c, i, seen, suspect, h, true);
         let mut breached = false;
-        if failed {
-            let window = self.contracts[c].sides[ms].ours_window;
-            if evidence::breach(Failed::Signed { at: ts(h) }, window, 0, ts(h)) == Breach::Proven {
-                self.proven(c, ps, j);
-                breached = true;
-            }
+        if failed && evidence::breach(Failed::Signed { at: ts(h), standing }, last, 0, ts(h)) == Breach::Proven {
+            self.proven(c, ps, j);
+            breached = true;
         }
         if self.nodes[i].strategy == Strategy::Framing && failing_here && !failed {
             self.frame(c, i, j, h);
@@ -433,18 +452,47 @@ impl World {
             self.rechallenge(c, i, h);
         }
         let me = &mut self.contracts[c].sides[ms];
-        let over = |p: &Plan| p.pending() && !p.silent(ts(h)) && p.pretence(ts(h)) == Pretence::Nothing;
-        if !failed && !me.ours.is_failing() && me.plan.as_ref().is_some_and(over) {
+        let failing = me.ours.is_failing();
+        if me.plan.as_ref().is_some_and(|p| deliberate::plan_over(p, !failed, failing, ts(h))) {
             me.plan = me.plan.take().map(|p| p.ended("pass"));
+        }
+        breached
+    }
+
+    /// The peer's signed word on side `about`'s standing, as the peer (side `1 - about`) gives
+    /// it: the truth, but from a two-faced node always "ok".
+    fn word(&self, c: usize, about: usize, h: u64) -> (Timestamp, Standing) {
+        let judge = self.ends_node(c, 1 - about);
+        let standing = if self.nodes[judge].strategy == Strategy::TwoFaced {
+            Standing::Ok
+        } else {
+            self.contracts[c].sides[1 - about].their
+        };
+        (ts(h), standing)
+    }
+
+    fn ends_node(&self, c: usize, side: usize) -> usize {
+        self.contracts[c].ends[side]
+    }
+
+    /// Side `s` learns the peer's word on its standing.
+    fn learn(&mut self, c: usize, s: usize, (at, standing): (Timestamp, Standing), _h: u64) {
+        let side = &mut self.contracts[c].sides[s];
+        if side.last_word.is_none_or(|(x, _)| x <= at) {
+            side.last_word = Some((at, standing));
+            side.ours = standing;
         }
     }
 
-    /// The holder on side `hs` (node `j`) answers a challenge of `samples`: whether it fails.
-    fn answer(&mut self, c: usize, hs: usize, j: usize, samples: usize, h: u64) -> bool {
+    /// The holder on side `hs` (node `j`) answers a challenge of `samples`: whether it fails,
+    /// and the standing its answer states; `None` if it declines (a best-of-N holder, when it
+    /// would fail).
+    fn answer(&mut self, c: usize, hs: usize, j: usize, samples: usize, h: u64) -> Option<(bool, Standing)> {
         let t = ts(h);
-        // The challenge says how the challenger judges the holder: the holder learns it first.
-        let view = self.contracts[c].sides[1 - hs].their;
-        self.contracts[c].sides[hs].ours = view;
+        // The challenge says, signed, how the challenger judges the holder: learned first.
+        let view = self.word(c, hs, h);
+        self.learn(c, hs, view, h);
+        let stated = self.word(c, 1 - hs, h).1;
         let holder = &self.contracts[c].sides[hs];
         let situation = Situation {
             rate: self.nodes[j].rate,
@@ -452,17 +500,23 @@ impl World {
             grace_secs: GRACE,
             pending: holder.plan.as_ref().is_some_and(Plan::pending),
             copy_at_peer: true,
-            failing_at_peer: view.is_failing(),
-            verdicts_open_until: holder.record.verdicts_open_until,
+            failing_at_peer: holder.ours.is_failing(),
+            judging_failing: holder.their.is_failing(),
+            last_roll: holder.last_roll,
         };
         let (held, damaged) = (holder.held, holder.damaged);
-        if let Some(mode) = deliberate::decide(&situation, t, &mut self.rng) {
+        let (mode, rolled) = deliberate::decide(&situation, t, &mut self.rng);
+        if rolled {
+            self.contracts[c].sides[hs].last_roll = Some(t);
+        }
+        if let Some(mode) = mode {
             let picked: Vec<[u8; 32]> = (0..samples as u8).map(|b| [b; 32]).collect();
-            let plan = deliberate::plan(mode, t, GRACE, &picked, &mut self.rng);
+            let all: Vec<[u8; 32]> = (0..=255u8).map(|b| [b; 32]).collect();
+            let plan = deliberate::plan(mode, t, GRACE, &picked, &all, &mut self.rng);
             self.contracts[c].sides[hs].plan = Some(plan);
             self.t(self.nodes[j].strategy).lies += 1;
             if mode != deliberate::Mode::Silent {
-                return true;
+                return Some((true, stated));
             }
         }
         let pretence = self.contracts[c].sides[hs].plan.as_ref().map_or(Pretence::Nothing, |p| p.pretence(t));
@@ -473,7 +527,17 @@ impl World {
             Pretence::Nothing => 1.0,
         } * held.powi(k)
             * (1.0 - f64::from(damaged) / EXTENTS).powi(k);
-        !self.roll(pass)
+        // Samples asked before and not answered are asked again: their outcome is the same.
+        let challenger = &self.contracts[c].sides[1 - hs];
+        let fails = match challenger.pending_fail {
+            Some(fails) => fails,
+            None => !self.roll(pass),
+        };
+        if fails && self.nodes[j].strategy == Strategy::BestOfN {
+            self.contracts[c].sides[1 - hs].pending_fail = Some(true);
+            return None;
+        }
+        Some((fails, stated))
     }
 
     /// Side `i`'s judgement of its peer after `seen`; the verdict reaches the peer if `told`.
@@ -495,13 +559,11 @@ impl World {
             me.plan = Some(if plan.pending() { plan.abandoned(t) } else { plan });
         }
         if told {
-            let peer = &mut self.contracts[c].sides[ps];
-            peer.ours = judged.standing;
-            if let Some(w) = judged.standing.failing() {
-                peer.ours_window = Some(w);
-            }
+            let word = self.word(c, ps, h);
+            self.learn(c, ps, word, h);
             // A holder told it failed checks its copy: real damage means waiting for a re-push.
-            if seen == Seen::Fail && (peer.held < 1.0 || peer.damaged > 0) {
+            let peer = &mut self.contracts[c].sides[ps];
+            if matches!(seen, Seen::Fail { .. }) && (peer.held < 1.0 || peer.damaged > 0) {
                 peer.awaiting_repush = true;
             }
         }
@@ -518,7 +580,7 @@ impl World {
             }
             let real = !deliberate;
             match self.nodes[i].strategy {
-                Strategy::Greedy => self.delete(c, i, h),
+                Strategy::Greedy | Strategy::TwoFaced => self.delete(c, i, h),
                 Strategy::Oracle if real => self.delete(c, i, h),
                 _ => {}
             }
@@ -559,7 +621,7 @@ impl World {
         // audit): nobody can ask for the data in time.
         let d = hour_of(until);
         let owner_gone = !(d.saturating_sub(margin(GRACE) / HOUR)..d).any(|x| self.nodes[j].linked(x));
-        self.deletions.push(Deletion { strategy: self.nodes[i].strategy, deliberate, owner_gone, caught: false });
+        self.deletions.push(Deletion { strategy: self.nodes[i].strategy, contract: c, side: ms, deliberate, owner_gone, caught: false });
     }
 
     /// The owner proved a breach by the holder on side `hs` (node `j`).
@@ -604,7 +666,8 @@ impl World {
                 let me = &self.contracts[c].sides[ms];
                 let k = samples as i32;
                 let pass = me.held.powi(k) * (1.0 - f64::from(me.damaged) / EXTENTS).powi(k);
-                let seen = if self.roll(pass) { Seen::Pass { samples, asked: true } } else { Seen::Fail };
+                // A holder that declines the samples it cannot prove has failed that rechallenge.
+                let seen = if self.roll(pass) { Seen::Pass { samples, asked: true } } else { Seen::Fail { asked: true } };
                 self.judge(c, j, seen, false, h, true);
                 let me = &self.contracts[c].sides[ms];
                 if !me.ours.is_failing() && me.held < 1.0 {
@@ -622,8 +685,11 @@ impl World {
         if self.silent_toward_peer(c, ms, h) || !self.reach(c, i, h) {
             return;
         }
-        if self.contracts[c].sides[ps].their.is_failing() {
-            self.check(c, i, true, false, h);
+        let word = self.word(c, ms, h);
+        self.learn(c, ms, word, h);
+        let me = &self.contracts[c].sides[ms];
+        if deliberate::audit_before_push(me.ours.is_failing(), me.plan.as_ref()) && self.check(c, i, true, false, h) {
+            return; // A breach: nothing sent.
         }
         let t = ts(h);
         let best_of_n = self.nodes[j].strategy == Strategy::BestOfN;
@@ -654,15 +720,15 @@ impl World {
                 let (strategy, alive) = (self.nodes[j].strategy, h < self.nodes[j].dies_at);
                 // The peer had its chance: it held our data whole, and could be reached through
                 // the last stretch of its grace, when it should have come back.
-                let d = hour_of(
-                    peer.ours_window
-                        .map_or(ts(h), |w| w.1)
-                        .max(self.contracts[c].sides[ms].their.failing().map_or(ts(h), |w| w.1)),
-                );
+                let d = hour_of(self.contracts[c].sides[ms].their.failing().map_or(ts(h), |w| w.1));
                 let had_its_chance = (d.saturating_sub(margin(GRACE) / HOUR)..d).all(|x| self.nodes[j].linked(x));
                 let deserved = peer.held < 1.0 || peer.damaged > 0 || !had_its_chance;
                 if alive {
                     self.t(strategy).copies_pruned += 1;
+                    if std::env::var("SIM_DEBUG").is_ok() && matches!(strategy, Strategy::Honest | Strategy::Offline | Strategy::Lossy) {
+                        let peer = &self.contracts[c].sides[ps];
+                        eprintln!("PRUNED h={h} {:?} of {:?}: judge their={:?} rec={:?}; peer ours={:?} plan={:?} awaiting={} last_word={:?} pending={:?}", self.nodes[i].strategy, strategy, self.contracts[c].sides[ms].their, self.contracts[c].sides[ms].record, peer.ours, peer.plan, peer.awaiting_repush, peer.last_word, peer.pending_fail);
+                    }
                 }
                 if alive && !deserved {
                     self.t(self.nodes[i].strategy).pruned_wrongly += 1;

@@ -120,7 +120,7 @@ mod tests {
     fn our_data_at_risk_unless_our_own_deliberate_failure_explains_it() {
         let failing = Standing::Ok.after_failure(t(0), GRACE);
         assert_eq!(concerns(Standing::Ok, failing, None, GRACE, t(1)), [Concern::AtRisk { delete_after: t(GRACE) }]);
-        let p = plan(Mode::Lost, t(0), GRACE, &[], &mut Rng::from_seed([1; 32]));
+        let p = plan(Mode::Lost, t(0), GRACE, &[], &[], &mut Rng::from_seed([1; 32]));
         assert!(concerns(Standing::Ok, failing, Some(&p), GRACE, t(DAY)).is_empty());
         assert!(!concerns(Standing::Ok, failing, Some(&p), GRACE, t(GRACE)).is_empty(), "it should be back by now");
         assert!(!concerns(Standing::Ok, failing, Some(&p.ended("pass")), GRACE, t(DAY)).is_empty());

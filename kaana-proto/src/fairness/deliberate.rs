@@ -22,9 +22,11 @@
 //! The two alive modes keep every other habit of the node (its pushes, its routine challenges
 //! of the peer — each an audit, since the node knows it is failing there). Audits of the silent
 //! mode fall anywhere from the time the peer can have judged the node failing to a
-//! [`super::margin`] before the peer may delete. A node never fails on purpose while a failing
-//! verdict it signed about the peer is open (see [`super::judge::PeerRecord`]), while it is
-//! failing there already, or before the peer holds a copy it can audit.
+//! [`super::margin`] before the peer may delete. A node never fails on purpose while it judges
+//! the peer failing (its failing answer would carry that judgement, and read as deleting the
+//! peer's data inside the grace it grants), while it is failing there already, or before the
+//! peer holds a copy it can audit; and it rolls the dice at most once an hour per contract, so
+//! that a peer cannot make it fail by challenging it again and again.
 
 use serde::{Deserialize, Serialize};
 
@@ -111,35 +113,42 @@ pub struct Situation {
     pub copy_at_peer: bool,
     /// This node is failing at the peer already, as last learned.
     pub failing_at_peer: bool,
-    /// Until when a failing verdict this node signed about the peer stays open.
-    pub verdicts_open_until: Option<Timestamp>,
+    /// This node judges the peer failing.
+    pub judging_failing: bool,
+    /// When this node last rolled the dice for this contract.
+    pub last_roll: Option<Timestamp>,
 }
 
-/// Whether to fail this challenge on purpose, and how.
-pub fn decide(s: &Situation, now: Timestamp, rng: &mut Rng) -> Option<Mode> {
-    let hazard = s.verdicts_open_until.is_some_and(|until| now <= until);
-    if s.pending || !s.copy_at_peer || s.failing_at_peer || hazard {
-        return None;
+/// Whether to fail this challenge on purpose, and how; and whether the dice were rolled (the
+/// caller records when: they are rolled at most once an hour).
+pub fn decide(s: &Situation, now: Timestamp, rng: &mut Rng) -> (Option<Mode>, bool) {
+    if s.pending || !s.copy_at_peer || s.failing_at_peer || s.judging_failing {
+        return (None, false);
     }
-    let by_rate = s.rate > 0.0 && (rng.below(1_000_000) as f64) < s.rate * 1_000_000.0;
+    let may_roll = s.last_roll.is_none_or(|last| now >= last.plus_secs(super::HOUR));
+    let by_rate = may_roll && s.rate > 0.0 && (rng.below(1_000_000) as f64) < s.rate * 1_000_000.0;
     if s.forced.is_none() && !by_rate {
-        return None;
+        return (None, may_roll);
     }
+    (Some(choose(s, now, rng)), may_roll)
+}
+
+fn choose(s: &Situation, now: Timestamp, rng: &mut Rng) -> Mode {
     let silent_ok = silent_window(now, s.grace_secs).is_some();
     match s.forced.flatten() {
-        Some(Mode::Silent) if !silent_ok => Some(Mode::Damaged),
-        Some(mode) => Some(mode),
+        Some(Mode::Silent) if !silent_ok => Mode::Damaged,
+        Some(mode) => mode,
         None => {
             let weights: Vec<(Mode, u64)> =
                 WEIGHTS.iter().copied().filter(|(m, _)| *m != Mode::Silent || silent_ok).collect();
             let mut pick = rng.below(weights.iter().map(|(_, w)| w).sum());
             for (mode, weight) in weights {
                 if pick < weight {
-                    return Some(mode);
+                    return mode;
                 }
                 pick -= weight;
             }
-            None
+            Mode::Damaged
         }
     }
 }
@@ -153,8 +162,16 @@ fn silent_window(now: Timestamp, grace_secs: u64) -> Option<(Timestamp, Timestam
 }
 
 /// The plan for a failure in `mode` at `now`; `picked` are the extents the peer's challenge
-/// sampled (a damaged node's bad extents include some of them, so the challenge fails).
-pub fn plan(mode: Mode, now: Timestamp, grace_secs: u64, picked: &[ExtentHash], rng: &mut Rng) -> Plan {
+/// sampled, `all` the copy's extents. A damaged node's bad extents are one or two of the picked
+/// ones (so the challenge fails) and a few others anywhere, as real damage is.
+pub fn plan(
+    mode: Mode,
+    now: Timestamp,
+    grace_secs: u64,
+    picked: &[ExtentHash],
+    all: &[ExtentHash],
+    rng: &mut Rng,
+) -> Plan {
     let deadline = now.plus_secs(grace_secs.saturating_sub(margin(grace_secs)));
     let (audit_at, damaged) = match mode {
         Mode::Silent => {
@@ -162,15 +179,16 @@ pub fn plan(mode: Mode, now: Timestamp, grace_secs: u64, picked: &[ExtentHash], 
             (Timestamp::from_unix(lo.unix() + rng.below(hi.unix() - lo.unix() + 1)), Vec::new())
         }
         Mode::Damaged => {
-            let mut distinct: Vec<ExtentHash> = picked.to_vec();
-            distinct.sort_unstable();
-            distinct.dedup();
-            let mut damaged = Vec::new();
-            let want = 1 + rng.below(3) as usize;
-            while damaged.len() < want && !distinct.is_empty() {
-                damaged.push(encoding::hex_encode(&distinct.swap_remove(rng.below(distinct.len() as u64) as usize)));
+            let mut damaged: Vec<String> = Vec::new();
+            for (from, n) in [(picked, 1 + rng.below(2)), (all, rng.below(4))] {
+                for _ in 0..n {
+                    if !from.is_empty() {
+                        damaged.push(encoding::hex_encode(&from[rng.below(from.len() as u64) as usize]));
+                    }
+                }
             }
             damaged.sort_unstable();
+            damaged.dedup();
             (deadline, damaged)
         }
         Mode::Lost => (deadline, Vec::new()),
@@ -225,6 +243,19 @@ impl Plan {
     }
 }
 
+/// Whether a push must first audit the holder: when this node is failing there, or a
+/// deliberate failure of its own is under way (the holder may have judged it without telling):
+/// a push re-sends what the holder lacks, which would hide a deletion.
+pub fn audit_before_push(failing_at_peer: bool, plan: Option<&Plan>) -> bool {
+    failing_at_peer || plan.is_some_and(Plan::pending)
+}
+
+/// Whether a deliberate failure is over: the node is back (neither silent nor pretending), its
+/// audit of the peer passed, and the peer no longer judges it failing.
+pub fn plan_over(plan: &Plan, audit_passed: bool, failing_at_peer: bool, now: Timestamp) -> bool {
+    plan.pending() && !plan.silent(now) && plan.pretence(now) == Pretence::Nothing && audit_passed && !failing_at_peer
+}
+
 /// Whether a node that is failing at its peer asks, in this run, to be challenged again: once
 /// its own audit of the peer got an answer that was no breach (if the peer dropped our data,
 /// there is nothing to keep there), when it is neither silent nor pretending toward the peer,
@@ -253,33 +284,37 @@ mod tests {
             pending: false,
             copy_at_peer: true,
             failing_at_peer: false,
-            verdicts_open_until: None,
+            judging_failing: false,
+            last_roll: None,
         }
+    }
+
+    fn mode(s: &Situation, now: Timestamp, rng: &mut Rng) -> Option<Mode> {
+        decide(s, now, rng).0
     }
 
     #[test]
     fn the_rate_and_fail_next_decide_but_never_when_it_would_harm() {
         let mut rng = Rng::from_seed([3; 32]);
-        assert_eq!(decide(&situation(), t(0), &mut rng), None);
+        assert_eq!(mode(&situation(), t(0), &mut rng), None);
         let forced = Situation { forced: Some(Some(Mode::Lost)), ..situation() };
-        assert_eq!(decide(&forced, t(0), &mut rng), Some(Mode::Lost));
+        assert_eq!(mode(&forced, t(0), &mut rng), Some(Mode::Lost));
         for blocked in [
             Situation { pending: true, ..forced },
             Situation { copy_at_peer: false, ..forced },
             Situation { failing_at_peer: true, ..forced },
-            Situation { verdicts_open_until: Some(t(10)), ..forced },
+            Situation { judging_failing: true, ..forced },
         ] {
-            assert_eq!(decide(&blocked, t(10), &mut rng), None, "{blocked:?}");
+            assert_eq!(mode(&blocked, t(10), &mut rng), None, "{blocked:?}");
         }
-        assert_eq!(
-            decide(&Situation { verdicts_open_until: Some(t(10)), ..forced }, t(11), &mut rng),
-            Some(Mode::Lost)
-        );
-        // At a rate of 2%, about 2% of challenges, in all three modes.
+        // A peer challenging again and again within the hour gets no more rolls of the dice.
         let s = Situation { rate: 0.02, ..situation() };
+        assert_eq!(decide(&Situation { last_roll: Some(t(0)), ..s }, t(HOUR - 1), &mut rng), (None, false));
+        assert!(decide(&Situation { last_roll: Some(t(0)), ..s }, t(HOUR), &mut rng).1);
+        // At a rate of 2%, about 2% of the rolls, in all three modes.
         let mut counts = [0; 3];
         for _ in 0..100_000 {
-            if let Some(m) = decide(&s, t(0), &mut rng) {
+            if let Some(m) = mode(&s, t(0), &mut rng) {
                 counts[m as usize] += 1;
             }
         }
@@ -288,7 +323,7 @@ mod tests {
         assert!(counts[0] > counts[2] * 3 && counts[1] > counts[2] * 3 && counts[2] > 100, "{counts:?}");
         // A grace too short for a silent spell: no silent mode.
         let short = Situation { forced: Some(Some(Mode::Silent)), grace_secs: 12 * HOUR, ..situation() };
-        assert_eq!(decide(&short, t(0), &mut rng), Some(Mode::Damaged));
+        assert_eq!(mode(&short, t(0), &mut rng), Some(Mode::Damaged));
     }
 
     #[test]
@@ -296,7 +331,7 @@ mod tests {
         let mut rng = Rng::from_seed([4; 32]);
         let (mut earliest, mut latest) = (u64::MAX, 0);
         for _ in 0..2_000 {
-            let p = plan(Mode::Silent, t(0), GRACE, &[], &mut rng);
+            let p = plan(Mode::Silent, t(0), GRACE, &[], &[], &mut rng);
             let at = p.audit_at.unix() - t(0).unix();
             earliest = earliest.min(at);
             latest = latest.max(at);
@@ -312,9 +347,18 @@ mod tests {
     fn a_damaged_node_pretends_until_the_peer_re_sends_or_its_deadline() {
         let mut rng = Rng::from_seed([5; 32]);
         let picked: Vec<ExtentHash> = (0..10u8).map(|i| [i; 32]).collect();
-        let p = plan(Mode::Damaged, t(0), GRACE, &picked, &mut rng);
+        let all: Vec<ExtentHash> = (0..200u8).map(|i| [i; 32]).collect();
+        let p = plan(Mode::Damaged, t(0), GRACE, &picked, &all, &mut rng);
         let Pretence::Extents(bad) = p.pretence(t(HOUR)) else { panic!("{p:?}") };
-        assert!((1..=3).contains(&bad.len()) && bad.iter().all(|h| picked.contains(h)));
+        assert!((1..=5).contains(&bad.len()) && bad.iter().any(|h| picked.contains(h)), "{bad:?}");
+        // Over many plans, the damage reaches beyond the picked extents, as real damage does.
+        let beyond = (0..100)
+            .filter(|_| match plan(Mode::Damaged, t(0), GRACE, &picked, &all, &mut rng).pretence(t(0)) {
+                Pretence::Extents(bad) => bad.iter().any(|h| !picked.contains(h)),
+                _ => false,
+            })
+            .count();
+        assert!(beyond > 50, "{beyond}");
         assert_eq!(p.audit_at, t(GRACE - margin(GRACE)));
         assert_eq!(p.pretence(p.audit_at), Pretence::Nothing, "it stops pretending in time to act");
         assert!(!asks_rechallenge(Some(&p), false, true, t(HOUR)));
@@ -324,7 +368,13 @@ mod tests {
         assert!(!asks_rechallenge(Some(&healed), true, true, t(3 * HOUR)), "a real scrub found damage");
         assert!(!asks_rechallenge(Some(&healed), false, false, t(3 * HOUR)), "no answer, or a breach");
         assert_eq!(p.clone().abandoned(t(HOUR)).pretence(t(HOUR)), Pretence::Nothing);
-        let lost = plan(Mode::Lost, t(0), GRACE, &picked, &mut rng);
+        // A push audits while a plan is under way or the node is failing; a plan is over when
+        // the node is back, its audit passed and the peer judges it ok.
+        assert!(audit_before_push(true, None) && audit_before_push(false, Some(&p)));
+        assert!(!audit_before_push(false, Some(&p.clone().ended("pass"))));
+        assert!(!plan_over(&p, true, false, t(HOUR)) && plan_over(&healed, true, false, t(3 * HOUR)));
+        assert!(!plan_over(&healed, false, false, t(3 * HOUR)) && !plan_over(&healed, true, true, t(3 * HOUR)));
+        let lost = plan(Mode::Lost, t(0), GRACE, &picked, &all, &mut rng);
         assert_eq!(lost.pretence(t(0)), Pretence::All);
         assert_eq!(lost.ended("pass").pretence(t(0)), Pretence::Nothing);
     }

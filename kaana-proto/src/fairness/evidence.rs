@@ -4,28 +4,95 @@
 //! promised. What proves one to a third party, with nothing but a file:
 //!
 //! 1. the double-signed contract;
-//! 2. the holder's own signed verdict that the owner was failing (`since`, `delete_after`);
-//! 3. the owner-signed manifest, and the holder's signed receipt of exactly that manifest;
-//! 4. the owner's signed challenge about that manifest, asking only for chunks of the copy;
-//! 5. the holder's signed failing reply to it (proofs that do not check, or "I no longer hold
-//!    it"), made, by the holder's own clock, in `[since, delete_after)`.
+//! 2. the owner-signed manifest, and the holder's signed receipt of exactly that manifest;
+//! 3. the owner's signed challenge about that manifest, asking only for chunks of the copy;
+//! 4. the holder's signed failing answer to it (proofs that do not check, or "I no longer hold
+//!    it"), which says — every answer does — how the holder judged the owner then: `failing
+//!    {since, delete_after}`, and it was made, by the holder's own clock, before `delete_after`.
+//!    A holder that claims the grace had run out can be shown wrong by an earlier statement of
+//!    its own (a challenge or a verdict it signed) that the owner was not failing so from
+//!    `since` on.
 //!
 //! Nothing less: an owner cannot frame an honest holder with a manifest the holder never
-//! receipted, with samples outside the copy, or with a reply made after the holder was free to
-//! delete; and a node that fails on purpose never hands its peer evidence against itself, since
-//! it never does while a failing verdict it signed about that peer is open
-//! ([`super::deliberate`]). A holder that signs nothing is a breach only at the owner.
+//! receipted, with samples outside the copy, or with an answer made after the holder was free to
+//! delete; a holder cannot escape by withholding or replaying its verdicts, since its answer
+//! itself states the grace; and a node's deliberate failure is never evidence against it: it
+//! fails on purpose only while it judges its peer ok ([`super::deliberate`]), and its failing
+//! answer says so. A holder that signs nothing is a breach only at the owner.
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use super::standing::Standing;
 use crate::challenge::{self, Answer, Challenge, Receipt, Reply, Verdict};
 use crate::encoding;
+use crate::identity::NodeId;
 use crate::manifest::Manifest;
 use crate::market::{Contract, RecordId};
-use crate::record::Signed;
+use crate::record::{RecordError, Signed};
 use crate::state::Schema;
 use crate::time::Timestamp;
+
+/// A node's signed word on how it judges its peer under a contract, at a time: a challenge it
+/// sent the peer, or a verdict.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "record", rename_all = "snake_case")]
+pub enum Statement {
+    /// A challenge (its `standing` is the challenger's judgement of the holder).
+    Challenge(Signed<Challenge>),
+    /// A verdict.
+    Verdict(Signed<Verdict>),
+}
+
+impl Statement {
+    /// Who signed it.
+    pub fn signer(&self) -> NodeId {
+        match self {
+            Statement::Challenge(c) => c.signer,
+            Statement::Verdict(v) => v.signer,
+        }
+    }
+
+    /// Who it judges.
+    pub fn about(&self) -> NodeId {
+        match self {
+            Statement::Challenge(c) => c.body.holder,
+            Statement::Verdict(v) => v.body.holder,
+        }
+    }
+
+    /// The contract.
+    pub fn contract(&self) -> RecordId {
+        match self {
+            Statement::Challenge(c) => c.body.contract,
+            Statement::Verdict(v) => v.body.contract,
+        }
+    }
+
+    /// When (the signer's clock).
+    pub fn at(&self) -> Timestamp {
+        match self {
+            Statement::Challenge(c) => c.body.at,
+            Statement::Verdict(v) => v.body.at,
+        }
+    }
+
+    /// The standing it states.
+    pub fn standing(&self) -> Standing {
+        match self {
+            Statement::Challenge(c) => c.body.standing,
+            Statement::Verdict(v) => v.body.standing,
+        }
+    }
+
+    /// Checks the signature and that `signer` made it.
+    pub fn verify_by(&self, signer: &NodeId) -> Result<(), RecordError> {
+        match self {
+            Statement::Challenge(c) => c.verify_by(signer),
+            Statement::Verdict(v) => v.verify_by(signer),
+        }
+    }
+}
 
 /// What a breach file holds (`audits/breach-<contract>-<time>.json`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -35,8 +102,6 @@ pub struct Evidence {
     pub schema: Schema,
     /// The double-signed contract.
     pub contract: Contract,
-    /// The holder's signed verdict that the owner was failing.
-    pub failing_verdict: Option<Signed<Verdict>>,
     /// The owner-signed manifest asked about.
     pub manifest: Signed<Manifest>,
     /// The holder's signed receipt of that manifest.
@@ -54,6 +119,10 @@ pub struct Evidence {
     /// [`challenge::tops_for`]): what proofs that stop short of the root are checked against.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub tops: String,
+    /// When the answer claims the owner's grace had run out: an earlier statement of the
+    /// holder's that contradicts it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contradiction: Option<Statement>,
 }
 
 /// Why evidence does not prove a breach.
@@ -95,18 +164,6 @@ impl Evidence {
         }
         self.challenge.verify_by(&owner).map_err(bad)?;
 
-        // The holder's own word that the owner was failing, and until when.
-        let v = self
-            .failing_verdict
-            .as_ref()
-            .ok_or(EvidenceError::Missing("the holder's verdict that the owner was failing"))?;
-        v.verify_by(&holder).map_err(bad)?;
-        if v.body.contract != id || v.body.holder != owner {
-            return Err(bad("the verdict is not the holder's judgement of the owner under this contract"));
-        }
-        let (since, delete_after) =
-            v.body.standing.failing().ok_or(EvidenceError::Missing("the holder judging the owner failing"))?;
-
         // The manifest asked about, and the holder's receipt of exactly it.
         self.manifest.verify_by(&owner).map_err(bad)?;
         let m = &self.manifest.body;
@@ -114,8 +171,7 @@ impl Evidence {
         if m.contract != id || m.owner != owner || manifest_id != c.manifest || m.generation != c.generation {
             return Err(bad("the manifest is not the one the challenge asks about"));
         }
-        let r =
-            self.receipt.as_ref().ok_or(EvidenceError::Missing("the holder's receipt of the manifest asked about"))?;
+        let r = self.receipt.as_ref().ok_or(EvidenceError::Missing("the holder's receipt of the manifest asked about"))?;
         r.verify_by(&holder).map_err(bad)?;
         if r.body.manifest != manifest_id || r.body.contract != id || r.body.holder != holder || r.body.owner != owner {
             return Err(EvidenceError::Missing("the holder's receipt of the manifest asked about"));
@@ -124,18 +180,45 @@ impl Evidence {
         challenge::check_request(g, &c.picks, c.depth)
             .map_err(|e| EvidenceError::NoBreach(format!("the challenge is not one a holder must answer: {e}")))?;
 
-        // The holder's reply, inside the grace it granted.
+        // The holder's answer, and that it fails.
         let a = self.answer.as_ref().ok_or(EvidenceError::Missing("a signed reply of the holder's"))?;
         a.verify_by(&holder).map_err(bad)?;
         if a.body.challenge != RecordId::of(c).map_err(bad)? {
             return Err(bad("the answer is to another challenge"));
         }
-        if a.body.at < since || a.body.at >= delete_after {
-            return Err(EvidenceError::NoBreach(format!(
-                "the holder answered at {}, outside the grace it granted ({since} to {delete_after})",
-                a.body.at
-            )));
+        let proven = self.failed(a, g)?;
+
+        // Inside the grace the holder itself stated.
+        let (since, delete_after) = a.body.standing.failing().ok_or_else(|| {
+            EvidenceError::NoBreach(
+                "the holder judged the owner ok when it answered: a failure to hold the data, not a breach of a grace"
+                    .into(),
+            )
+        })?;
+        if a.body.at < since {
+            return Err(bad("the answer is older than the failing it states"));
         }
+        if a.body.at < delete_after {
+            return Ok(proven);
+        }
+        // The holder says the grace had run out; its own earlier word may say otherwise.
+        let s = self.contradiction.as_ref().ok_or_else(|| {
+            EvidenceError::NoBreach(format!("the holder answered at {}, after the grace it states ran out", a.body.at))
+        })?;
+        s.verify_by(&holder).map_err(bad)?;
+        if s.contract() != id || s.about() != owner {
+            return Err(bad("the contradicting statement is about another contract or node"));
+        }
+        if (since..=a.body.at).contains(&s.at()) && s.standing() != a.body.standing {
+            Ok(proven)
+        } else {
+            Err(EvidenceError::NoBreach("the holder's earlier statement does not contradict its answer".into()))
+        }
+    }
+
+    /// How the answer fails: "I no longer hold it", or proofs that do not check.
+    fn failed(&self, a: &Signed<Answer>, g: crate::manifest::Geometry) -> Result<Proven, EvidenceError> {
+        let c = &self.challenge.body;
         match &a.body.reply {
             Reply::NotHeld { .. } => Ok(Proven { failed_samples: c.picks.len(), samples: c.picks.len() }),
             Reply::Superseded { .. } | Reply::Refused { .. } => {
@@ -147,7 +230,7 @@ impl Evidence {
                     return Err(bad("the answer bytes are not the ones the holder signed"));
                 }
                 let list = hex_bytes(&self.extent_list).ok_or_else(|| bad("the extent list is not hex"))?;
-                let hashes = m.check_list(&list).map_err(bad)?;
+                let hashes = self.manifest.body.check_list(&list).map_err(bad)?;
                 // The tops given must be exactly those of the picks that have them, and each set
                 // must merge to its extent's hash in the list the holder signed for.
                 let given = hex_bytes(&self.tops).ok_or_else(|| bad("the tops are not hex"))?;
@@ -179,21 +262,24 @@ fn hex_bytes(text: &str) -> Option<Vec<u8>> {
 /// How a challenge of a holder failed, for the breach rule.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Failed {
-    /// A signed failing reply, made at `at` by the holder's clock.
+    /// A signed failing answer, made at `at` by the holder's clock, stating `standing` (how the
+    /// holder judged the challenger then).
     Signed {
         /// When.
         at: Timestamp,
+        /// The challenger's standing, by the holder's word.
+        standing: Standing,
     },
     /// A failure the holder did not sign (a refusal without a signed answer, a reply that does
-    /// not hold together).
+    /// not hold together, a signed refusal of a valid challenge).
     Unsigned,
 }
 
 /// What a failed challenge of a holder amounts to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Breach {
-    /// No breach: the owner was not failing at the holder (its data was owed as to any peer,
-    /// and the failure is judged as such), or the grace had run out.
+    /// No breach: the holder judged the owner ok (a failure to hold the data, judged as such),
+    /// or the grace had run out.
     No,
     /// A breach with evidence a third party can check.
     Proven,
@@ -201,26 +287,39 @@ pub enum Breach {
     AtUsOnly,
 }
 
-/// Whether a failed challenge is a breach: `failing` is the holder's verdict that this node
-/// was failing (`since`, `delete_after`, by the holder's clock), if this node holds one, and
-/// `skew` how far the holder's clock was ahead of this node's when it was learned.
-pub fn breach(failed: Failed, failing: Option<(Timestamp, Timestamp)>, skew_secs: i64, now: Timestamp) -> Breach {
-    let Some((since, delete_after)) = failing else { return Breach::No };
-    if let Failed::Signed { at } = failed
-        && since <= at
-        && at < delete_after
-    {
-        return Breach::Proven;
-    }
+/// Whether a failed challenge is a breach. `last` is the holder's latest earlier statement of
+/// how it judged this node (`at` by the holder's clock, and the standing), if this node holds
+/// one; `skew` how far the holder's clock was ahead of this node's when it was learned.
+pub fn breach(failed: Failed, last: Option<(Timestamp, Standing)>, skew_secs: i64, now: Timestamp) -> Breach {
+    // Inside a window by this node's clock (the holder's times moved by the skew learned).
     let local = |t: Timestamp| t.unix().saturating_add_signed(-skew_secs);
-    if local(since) <= now.unix() && now.unix() < local(delete_after) { Breach::AtUsOnly } else { Breach::No }
+    let inside = |(since, delete_after): (Timestamp, Timestamp)| {
+        local(since) <= now.unix() && now.unix() < local(delete_after)
+    };
+    match failed {
+        Failed::Signed { at, standing } => {
+            let Some((since, delete_after)) = standing.failing() else { return Breach::No };
+            let contradicted = last.is_some_and(|(x, st)| (since..=at).contains(&x) && st != standing);
+            if since <= at && (at < delete_after || contradicted) {
+                Breach::Proven
+            } else if inside((since, delete_after)) {
+                // The holder signed a time this node's clock says is wrong.
+                Breach::AtUsOnly
+            } else {
+                Breach::No
+            }
+        }
+        Failed::Unsigned => match last.and_then(|(_, st)| st.failing()) {
+            Some(window) if inside(window) => Breach::AtUsOnly,
+            _ => Breach::No,
+        },
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::challenge::Outcome;
-    use crate::fairness::standing::Standing;
     use crate::identity::Identity;
     use crate::manifest::{Geometry, encode_list, list_hash};
     use crate::market::{ContractBody, countersign};
@@ -232,22 +331,31 @@ mod tests {
 
     #[test]
     fn the_breach_rule() {
-        let window = Some((t(100), t(200)));
-        assert_eq!(breach(Failed::Signed { at: t(150) }, window, 0, t(150)), Breach::Proven);
-        assert_eq!(breach(Failed::Signed { at: t(100) }, window, 0, t(100)), Breach::Proven);
+        let failing = Standing::Ok.after_failure(t(100), 100);
+        let signed = |at| Failed::Signed { at: t(at), standing: failing };
+        assert_eq!(breach(signed(150), None, 0, t(150)), Breach::Proven);
+        assert_eq!(breach(signed(100), None, 0, t(100)), Breach::Proven);
         // At delete_after the holder may delete.
-        assert_eq!(breach(Failed::Signed { at: t(200) }, window, 0, t(200)), Breach::No);
-        assert_eq!(breach(Failed::Signed { at: t(250) }, window, 0, t(250)), Breach::No);
-        assert_eq!(breach(Failed::Unsigned, window, 0, t(150)), Breach::AtUsOnly);
+        assert_eq!(breach(signed(200), None, 0, t(200)), Breach::No);
+        assert_eq!(breach(signed(250), None, 0, t(250)), Breach::No);
+        // Unless its own earlier word says the owner was not failing so then.
+        assert_eq!(breach(signed(250), Some((t(180), Standing::Ok)), 0, t(250)), Breach::Proven);
+        assert_eq!(breach(signed(250), Some((t(180), failing)), 0, t(250)), Breach::No);
+        assert_eq!(breach(signed(250), Some((t(90), Standing::Ok)), 0, t(250)), Breach::No, "before since");
+        // A holder that judged the owner ok simply failed.
+        assert_eq!(breach(Failed::Signed { at: t(150), standing: Standing::Ok }, None, 0, t(150)), Breach::No);
+        // No signature: a breach at us only, while our last word from it says we are in grace.
+        assert_eq!(breach(Failed::Unsigned, Some((t(100), failing)), 0, t(150)), Breach::AtUsOnly);
         assert_eq!(breach(Failed::Unsigned, None, 0, t(150)), Breach::No);
-        // The holder signs a time past its deadline, but by our clock (its clock 30 s ahead
-        // when we learned the verdict) it is inside: a breach, at us only.
-        assert_eq!(breach(Failed::Signed { at: t(900) }, window, 30, t(160)), Breach::AtUsOnly);
-        assert_eq!(breach(Failed::Unsigned, window, 30, t(171)), Breach::No);
+        // The holder signs a time past its deadline, but by our clock (its clock 30 s ahead)
+        // it is inside: a breach, at us only.
+        assert_eq!(breach(signed(900), None, 30, t(160)), Breach::AtUsOnly);
+        assert_eq!(breach(Failed::Unsigned, Some((t(100), failing)), 30, t(171)), Breach::No);
     }
 
-    /// An owner O, a holder H, a contract, a 4-extent copy H receipted, H's verdict that O
-    /// failed at 1000 (grace 500), O's challenge, and H's reply at 1200.
+    /// An owner O, a holder H, a contract, a 4-extent copy H receipted, O's challenge, and H's
+    /// reply at 1200, saying (as every answer does) how H judges O: failing since 1000, to be
+    /// deleted after 1500.
     struct World {
         owner: Identity,
         holder: Identity,
@@ -255,6 +363,10 @@ mod tests {
     }
 
     const EXTENT: usize = 16 * 1024;
+
+    fn o_failing() -> Standing {
+        Standing::Ok.after_failure(t(1_000), 500)
+    }
 
     fn world(reply_bytes: impl FnOnce(&[Vec<u8>], &[[u64; 2]]) -> Vec<u8>) -> World {
         let (owner, holder) = (Identity::from_seed([1; 32]), Identity::from_seed([2; 32]));
@@ -296,15 +408,6 @@ mod tests {
             manifest: manifest_id,
             at: t(501),
         };
-        let verdict = Verdict {
-            contract: id,
-            challenge: None,
-            answer: None,
-            holder: owner.node_id(),
-            result: Some(Outcome::Fail),
-            standing: Standing::Ok.after_failure(t(1_000), 500),
-            at: t(1_000),
-        };
         let picks = vec![[0, 3], [2, 15], [3, 0]];
         let challenge = Challenge {
             contract: id,
@@ -323,12 +426,12 @@ mod tests {
             challenge: RecordId::of(&challenge).unwrap(),
             holder: holder.node_id(),
             reply: Reply::Proof { proof: encoding::hex_encode(blake3::hash(&raw).as_bytes()) },
+            standing: o_failing(),
             at: t(1_200),
         };
         let evidence = Evidence {
             schema: Schema,
             contract,
-            failing_verdict: Some(Signed::sign(verdict, &holder).unwrap()),
             manifest,
             receipt: Some(Signed::sign(receipt, &holder).unwrap()),
             extent_list: encoding::hex_encode(&list),
@@ -336,6 +439,7 @@ mod tests {
             answer: Some(Signed::sign(answer, &holder).unwrap()),
             answer_bytes: encoding::hex_encode(&raw),
             tops: String::new(),
+            contradiction: None,
         };
         World { owner, holder, evidence }
     }
@@ -363,62 +467,90 @@ mod tests {
         raw
     }
 
-    /// Re-signs the answer over changed bytes or a changed reply.
-    fn resign(w: &mut World, reply: Reply, at: Timestamp) {
+    /// Re-signs the answer with a changed reply, standing or time.
+    fn resign(w: &mut World, reply: Reply, standing: Standing, at: Timestamp) {
         let mut a = w.evidence.answer.clone().unwrap().body;
-        a.reply = reply;
-        a.at = at;
+        (a.reply, a.standing, a.at) = (reply, standing, at);
         w.evidence.answer = Some(Signed::sign(a, &w.holder).unwrap());
     }
 
+    fn verdict(w: &World, standing: Standing, at: u64, by: &Identity) -> Statement {
+        let v = Verdict {
+            contract: w.evidence.contract.id().unwrap(),
+            challenge: None,
+            answer: None,
+            holder: w.owner.node_id(),
+            result: Some(Outcome::Pass),
+            standing,
+            at: t(at),
+        };
+        Statement::Verdict(Signed::sign(v, by).unwrap())
+    }
+
     #[test]
-    fn a_signed_failing_answer_inside_the_grace_is_a_breach() {
+    fn a_signed_failing_answer_inside_the_grace_it_states_is_a_breach() {
         let w = world(lost_one);
         assert_eq!(w.evidence.check(), Ok(Proven { failed_samples: 1, samples: 3 }));
         let mut w = world(honest);
         assert!(matches!(w.evidence.check(), Err(EvidenceError::NoBreach(m)) if m.contains("proves every sample")));
         // "I no longer hold it", signed inside the grace: a breach of every sample.
-        resign(&mut w, Reply::NotHeld { reason: "gone".into() }, t(1_200));
+        resign(&mut w, Reply::NotHeld { reason: "gone".into() }, o_failing(), t(1_200));
         assert_eq!(w.evidence.check(), Ok(Proven { failed_samples: 3, samples: 3 }));
     }
 
     #[test]
-    fn no_breach_outside_the_grace_the_holder_granted() {
+    fn no_breach_outside_the_grace_unless_the_holders_own_word_contradicts_it() {
         let mut w = world(lost_one);
-        let raw = w.evidence.answer.clone().unwrap().body.reply;
-        // After delete_after (1500) the holder may delete; before the owner failed, the
-        // failure is not one against the grace.
-        for at in [1_500, 2_000, 999] {
-            resign(&mut w, raw.clone(), t(at));
-            assert!(
-                matches!(w.evidence.check(), Err(EvidenceError::NoBreach(m)) if m.contains("outside the grace")),
-                "{at}"
-            );
+        let reply = w.evidence.answer.clone().unwrap().body.reply;
+        // After delete_after (1500) the holder may delete.
+        for at in [1_500, 2_000] {
+            resign(&mut w, reply.clone(), o_failing(), t(at));
+            assert!(matches!(w.evidence.check(), Err(EvidenceError::NoBreach(m)) if m.contains("ran out")), "{at}");
         }
-        // A verdict that says the owner was ok proves nothing.
+        // An answer older than the failing it states does not hold together.
+        resign(&mut w, reply.clone(), o_failing(), t(999));
+        assert!(matches!(w.evidence.check(), Err(EvidenceError::Inconsistent(_))));
+        // The holder claims the grace ran out, but said at 1 700 that the owner was ok (or
+        // failing since another time): its own word contradicts it.
+        resign(&mut w, reply.clone(), o_failing(), t(2_000));
+        for said in [Standing::Ok, Standing::Ok.after_failure(t(1_600), 500)] {
+            w.evidence.contradiction = Some(verdict(&w, said, 1_700, &w.holder));
+            assert_eq!(w.evidence.check(), Ok(Proven { failed_samples: 1, samples: 3 }), "{said:?}");
+        }
+        // Not a contradiction: the same failing, a word from before `since`, or one the owner
+        // signed itself.
+        for (said, at, by) in [(o_failing(), 1_700, &w.holder), (Standing::Ok, 900, &w.holder)] {
+            w.evidence.contradiction = Some(verdict(&w, said, at, by));
+            assert!(matches!(w.evidence.check(), Err(EvidenceError::NoBreach(_))), "{said:?} {at}");
+        }
+        w.evidence.contradiction = Some(verdict(&w, Standing::Ok, 1_700, &w.owner));
+        assert!(matches!(w.evidence.check(), Err(EvidenceError::Inconsistent(_))));
+        // A holder that judged the owner ok when it failed simply failed.
         let mut w = world(lost_one);
-        let mut v = w.evidence.failing_verdict.clone().unwrap().body;
-        v.standing = Standing::Ok;
-        w.evidence.failing_verdict = Some(Signed::sign(v, &w.holder).unwrap());
-        assert_eq!(w.evidence.check(), Err(EvidenceError::Missing("the holder judging the owner failing")));
+        resign(&mut w, reply, Standing::Ok, t(1_200));
+        assert!(matches!(w.evidence.check(), Err(EvidenceError::NoBreach(m)) if m.contains("judged the owner ok")));
     }
 
     #[test]
     fn an_owner_cannot_frame_an_honest_holder() {
         // Each part is needed, and check-evidence names the one that is missing.
         for (part, strip) in [
-            ("verdict", (|e: &mut Evidence| e.failing_verdict = None) as fn(&mut Evidence)),
-            ("receipt", |e| e.receipt = None),
+            ("receipt", (|e: &mut Evidence| e.receipt = None) as fn(&mut Evidence)),
             ("signed reply", |e| e.answer = None),
         ] {
             let mut w = world(lost_one);
             strip(&mut w.evidence);
             assert!(matches!(w.evidence.check(), Err(EvidenceError::Missing(m)) if m.contains(part)), "{part}");
         }
-        // A verdict the owner signed itself (as if the holder had judged it) does not hold.
+        // An answer the owner signed itself, or whose standing it changed, does not hold.
         let mut w = world(lost_one);
-        let v = w.evidence.failing_verdict.clone().unwrap().body;
-        w.evidence.failing_verdict = Some(Signed::sign(v, &w.owner).unwrap());
+        let a = w.evidence.answer.clone().unwrap().body;
+        w.evidence.answer = Some(Signed::sign(a, &w.owner).unwrap());
+        assert!(matches!(w.evidence.check(), Err(EvidenceError::Inconsistent(_))));
+        let mut w = world(lost_one);
+        let mut forged = w.evidence.answer.clone().unwrap();
+        forged.body.standing = Standing::Ok.after_failure(t(1_100), 500);
+        w.evidence.answer = Some(forged);
         assert!(matches!(w.evidence.check(), Err(EvidenceError::Inconsistent(_))));
 
         // A second manifest the owner signed for the same generation, which the holder never
@@ -451,7 +583,7 @@ mod tests {
 
         // A holder that declined (superseded, refused) did not fail.
         let mut w = world(honest);
-        resign(&mut w, Reply::Refused { reason: "not receipted".into() }, t(1_200));
+        resign(&mut w, Reply::Refused { reason: "not receipted".into() }, o_failing(), t(1_200));
         assert!(matches!(w.evidence.check(), Err(EvidenceError::NoBreach(m)) if m.contains("declined")));
     }
 }

@@ -7,8 +7,10 @@
 //!   lost packet burst): the window starts at the second in a row. A node that reaches too few
 //!   of its peers suspects itself ([`super::health`]) and counts no tries at all.
 //! - A failing peer is ok again only by passing a challenge it asked for (a rechallenge),
-//!   [`STRONG_FACTOR`] times the default size, at most every [`RECHALLENGE_INTERVAL_SECS`]: a
-//!   holder missing part of the data cannot ask again and again until it gets lucky. The
+//!   [`STRONG_FACTOR`] times the default size and twice that again after each failed one (up
+//!   to [`MAX_SAMPLES`]), at most every [`RECHALLENGE_INTERVAL_SECS`]: a holder missing part of
+//!   the data cannot ask again and again until it gets lucky (missing 5%, it passes the first
+//!   with probability 0.95^132 = 0.1%, and all later ones together with less than 10^-5). The
 //!   judge's own routine challenges of a failing peer are recorded but clear nothing: a peer
 //!   back from an outage (or from a deliberate failure) must first audit the judge, and the
 //!   judge must not have wiped the failing verdict that audit's evidence rests on.
@@ -17,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use super::standing::Standing;
 use super::{MIN_TRIES, RECHALLENGE_INTERVAL_SECS, RETRY_WINDOW_SECS, STRONG_FACTOR};
-use crate::challenge::DEFAULT_SAMPLES;
+use crate::challenge::{DEFAULT_SAMPLES, MAX_SAMPLES};
 use crate::time::Timestamp;
 
 /// What one challenge of the peer showed.
@@ -31,8 +33,12 @@ pub enum Seen {
         /// Whether the peer asked to be challenged.
         asked: bool,
     },
-    /// A wrong answer, a refusal, or "I no longer hold it".
-    Fail,
+    /// A wrong answer, a refusal, or "I no longer hold it"; `asked`: to a rechallenge (one the
+    /// peer asked for and then left unanswered counts so too).
+    Fail {
+        /// Whether the peer asked to be challenged.
+        asked: bool,
+    },
     /// No answer: the peer could not be reached, timed out, or was busy.
     Unreachable,
 }
@@ -69,11 +75,9 @@ pub struct PeerRecord {
     /// When the peer last had a rechallenge (while failing).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_rechallenge: Option<Timestamp>,
-    /// The latest `delete_after` of a failing verdict this node signed about the peer. Until
-    /// then, that verdict and any failing answer of this node would read as this node deleting
-    /// the peer's data inside its grace: so no deliberate failure before it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub verdicts_open_until: Option<Timestamp>,
+    /// Rechallenges it failed since it was last ok: each makes the next one twice as strong.
+    #[serde(default)]
+    pub rechallenges_failed: u32,
 }
 
 /// What a judgement amounts to.
@@ -103,8 +107,13 @@ pub struct Judged {
     pub effect: Effect,
 }
 
-/// The samples a rechallenge of a failing peer has: [`STRONG_FACTOR`] times the default.
+/// The samples of a failing peer's first rechallenge: [`STRONG_FACTOR`] times the default.
 pub const STRONG_SAMPLES: usize = DEFAULT_SAMPLES * STRONG_FACTOR;
+
+/// The samples of a failing peer's next rechallenge, after `failed` failed ones.
+pub fn rechallenge_samples(failed: u32) -> usize {
+    STRONG_SAMPLES.checked_shl(failed).unwrap_or(MAX_SAMPLES).min(MAX_SAMPLES)
+}
 
 /// Judges what a challenge of the peer showed at `now`. `suspect`: this node reached too few of
 /// its peers in this run to trust its own connection ([`super::health::suspect`]).
@@ -122,12 +131,18 @@ pub fn judge(
             record.passes += 1;
             record.last_pass = Some(now);
             answered(&mut record, now);
-            let clears = !standing.is_failing() || (asked && samples >= STRONG_SAMPLES);
+            let clears = !standing.is_failing() || (asked && samples >= rechallenge_samples(record.rechallenges_failed));
+            if clears {
+                record.rechallenges_failed = 0;
+            }
             (if clears { Standing::Ok } else { standing }, Effect::Verdict)
         }
-        Seen::Fail => {
+        Seen::Fail { asked } => {
             record.failures += 1;
             record.last_failure = Some(now);
+            if asked {
+                record.rechallenges_failed += 1;
+            }
             answered(&mut record, now);
             (standing.after_failure(now, grace_secs), Effect::Verdict)
         }
@@ -147,9 +162,6 @@ pub fn judge(
             }
         }
     };
-    if let Some((_, delete_after)) = standing.failing() {
-        record.verdicts_open_until = record.verdicts_open_until.max(Some(delete_after));
-    }
     Judged { standing, record, effect }
 }
 
@@ -184,7 +196,7 @@ pub fn admit_rechallenge(standing: &Standing, record: &PeerRecord, now: Timestam
     }
     match record.last_rechallenge.map(|t| t.plus_secs(RECHALLENGE_INTERVAL_SECS)) {
         Some(until) if now < until => Admission::TooSoon { until },
-        _ => Admission::Challenge { samples: STRONG_SAMPLES },
+        _ => Admission::Challenge { samples: rechallenge_samples(record.rechallenges_failed) },
     }
 }
 
@@ -211,10 +223,10 @@ mod tests {
 
     #[test]
     fn a_wrong_answer_fails_at_once_and_only_a_strong_rechallenge_clears_it() {
-        let (s, r, e) = run(Standing::Ok, PeerRecord::default(), &[(0, Seen::Fail)]);
+        let (s, r, e) = run(Standing::Ok, PeerRecord::default(), &[(0, Seen::Fail { asked: false })]);
         assert_eq!(s, Standing::Failing { since: t(0), delete_after: t(GRACE) });
         assert_eq!(e, [Effect::Verdict]);
-        assert_eq!((r.failures, r.last_failure, r.verdicts_open_until), (1, Some(t(0)), Some(t(GRACE))));
+        assert_eq!((r.failures, r.last_failure), (1, Some(t(0))));
         // The judge's own challenges are counted, and change nothing, however strong; so is a
         // rechallenge of the default size.
         for (samples, asked) in [(DEFAULT_SAMPLES, false), (STRONG_SAMPLES, false), (DEFAULT_SAMPLES, true)] {
@@ -223,8 +235,15 @@ mod tests {
         }
         let strong = judge(s, &r, Seen::Pass { samples: STRONG_SAMPLES, asked: true }, t(HOUR), GRACE, false);
         assert_eq!(strong.standing, Standing::Ok);
-        // The failing verdict stays open until its delete_after, even once the peer is ok.
-        assert_eq!(strong.record.verdicts_open_until, Some(t(GRACE)));
+        // Each failed rechallenge makes the next twice as strong; a pass of a weaker one
+        // clears nothing.
+        let failed = judge(s, &r, Seen::Fail { asked: true }, t(HOUR), GRACE, false);
+        assert_eq!(failed.record.rechallenges_failed, 1);
+        let weak = judge(s, &failed.record, Seen::Pass { samples: STRONG_SAMPLES, asked: true }, t(2 * HOUR), GRACE, false);
+        assert_eq!(weak.standing, s);
+        let strong = judge(s, &failed.record, Seen::Pass { samples: 264, asked: true }, t(2 * HOUR), GRACE, false);
+        assert_eq!((strong.standing, strong.record.rechallenges_failed), (Standing::Ok, 0));
+        assert_eq!([0, 1, 2, 3, 40].map(rechallenge_samples), [132, 264, 528, 1024, 1024]);
     }
 
     #[test]
@@ -272,6 +291,7 @@ mod tests {
         assert_eq!(admit_rechallenge(&failing, &r, t(0)), Admission::Challenge { samples: 132 });
         r.last_rechallenge = Some(t(0));
         assert_eq!(admit_rechallenge(&failing, &r, t(HOUR - 1)), Admission::TooSoon { until: t(HOUR) });
-        assert_eq!(admit_rechallenge(&failing, &r, t(HOUR)), Admission::Challenge { samples: 132 });
+        r.rechallenges_failed = 2;
+        assert_eq!(admit_rechallenge(&failing, &r, t(HOUR)), Admission::Challenge { samples: 528 });
     }
 }

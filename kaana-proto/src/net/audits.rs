@@ -10,6 +10,7 @@ use super::wire::{ErrorCode, ErrorReply, Response};
 use crate::answer::{self, Honesty};
 use crate::audit::{self, Heard};
 use crate::challenge::{Challenge, Outcome, Verdict};
+use crate::fairness::evidence::Statement;
 use crate::fairness::judge::{self, Admission};
 use crate::identity::NodeId;
 use crate::market::RecordId;
@@ -52,8 +53,9 @@ pub(super) async fn answer(ctx: &Arc<Ctx>, peer: NodeId, challenge: Signed<Chall
     .await
 }
 
-/// `verdict`: how the peer judged our answer; recorded as our standing there. After a failing
-/// one, the copy of the peer's data here is checked, as a holder that learns it failed does.
+/// `verdict`: how the peer judged our answer; recorded as our standing there (if newer than
+/// what we hold). After a failing one, the copy of the peer's data here is checked, as a holder
+/// that learns it failed does.
 pub(super) async fn verdict(ctx: &Arc<Ctx>, peer: NodeId, verdict: Signed<Verdict>) -> Handled {
     let c = ctx.clone();
     blocking(move || {
@@ -64,10 +66,9 @@ pub(super) async fn verdict(ctx: &Arc<Ctx>, peer: NodeId, verdict: Signed<Verdic
         let id = verdict.body.contract;
         let entry = side(&c, peer, &id)?;
         let now = now()?;
-        let skew = verdict.body.at.unix() as i64 - now.unix() as i64;
-        audit::learn_verdict(&c.node, &id, &verdict, skew, now).map_err(internal)?;
-        let scrubbed_lately = entry.state.awaiting_repush.is_some();
-        if verdict.body.result == Some(Outcome::Fail) && !scrubbed_lately {
+        let failed = verdict.body.result == Some(Outcome::Fail);
+        audit::learn(&c.node, &id, Statement::Verdict(verdict), now).map_err(internal)?;
+        if failed && entry.state.awaiting_repush.is_none() {
             answer::mark_for_scrub(&c.node, &id, now).map_err(internal)?;
             let node = c.clone();
             tokio::task::spawn_blocking(move || {
@@ -81,20 +82,19 @@ pub(super) async fn verdict(ctx: &Arc<Ctx>, peer: NodeId, verdict: Signed<Verdic
     .await
 }
 
-/// `standing`: how we see the peer, with our last signed verdict about it.
+/// `standing`: how we see the peer, signed now.
 pub(super) async fn standing(ctx: &Arc<Ctx>, peer: NodeId, id: RecordId) -> Handled {
     let c = ctx.clone();
     blocking(move || {
         let entry = side(&c, peer, &id)?;
-        let at = now()?;
-        let verdict = entry.state.their_verdict.filter(|v| v.body.standing == entry.state.their_standing);
-        Ok((Response::Standing { standing: entry.state.their_standing, verdict, at }, None))
+        Ok((Response::Standing { verdict: standing_verdict(&c, &entry, now()?)? }, None))
     })
     .await
 }
 
 /// `rechallenge`: the peer asks to be challenged again. A failing peer is challenged at once,
-/// strongly, on its own connection (at most once an hour); an ok one gets its standing.
+/// strongly, on its own connection (at most once an hour, each failed one making the next
+/// stronger); an ok one gets its standing.
 pub(super) async fn rechallenge(ctx: &Arc<Ctx>, conn: &quinn::Connection, peer: NodeId, id: RecordId) -> Handled {
     let c = ctx.clone();
     let now = now()?;
@@ -116,12 +116,7 @@ pub(super) async fn rechallenge(ctx: &Arc<Ctx>, conn: &quinn::Connection, peer: 
             return Err(ErrorReply::new(ErrorCode::Refused, format!("asked again too soon: ask again after {until}")));
         }
         Admission::AlreadyOk => {
-            let verdict =
-                match entry.state.their_verdict.clone().filter(|v| v.body.standing == entry.state.their_standing) {
-                    Some(v) => v,
-                    None => standing_verdict(ctx, &entry, now)?,
-                };
-            return Ok((Response::Rechallenged { verdict }, None));
+            return Ok((Response::Rechallenged { verdict: standing_verdict(ctx, &entry, now)? }, None));
         }
         Admission::Challenge { samples } => samples,
     };
@@ -129,22 +124,13 @@ pub(super) async fn rechallenge(ctx: &Arc<Ctx>, conn: &quinn::Connection, peer: 
         return Err(ErrorReply::new(ErrorCode::Refused, "nothing of ours is at your node to challenge you about"));
     };
     let (mut send, mut recv) = conn.open_bi().await.map_err(internal)?;
-    let ex = audit::exchange(&mut send, &mut recv, &ctx.node, &entry, target, samples, now)
+    let mut ex = audit::exchange(&mut send, &mut recv, &ctx.node, &entry, target, samples, None, now)
         .await
         .map_err(|e| ErrorReply::new(ErrorCode::Refused, format!("could not challenge you: {e}")))?;
     if let Heard::Superseded { .. } | Heard::Unreachable(_) = ex.heard {
-        // Nothing was proved either way: this rechallenge does not count against the peer.
-        let c = ctx.clone();
-        let _ = blocking(move || {
-            c.node
-                .update_contract(&id, |e| {
-                    e.state.their_record.last_rechallenge = None;
-                    Ok::<_, StateError>(())
-                })
-                .map_err(internal)
-        })
-        .await;
-        return Err(ErrorReply::new(ErrorCode::Refused, "your answer did not come through: ask again"));
+        // A peer that asks to be challenged and then does not answer (having seen the samples)
+        // has failed that rechallenge: it may ask again in an hour, for a stronger one.
+        ex.heard = Heard::Fail { signed: None, why: "no answer to the rechallenge it asked for".into() };
     }
     let c = ctx.clone();
     let judged = blocking(move || {
@@ -155,7 +141,7 @@ pub(super) async fn rechallenge(ctx: &Arc<Ctx>, conn: &quinn::Connection, peer: 
     Ok((Response::Rechallenged { verdict }, None))
 }
 
-/// A signed statement of the peer's standing here, for a peer never judged yet.
+/// A signed statement of the peer's standing here, now (no challenge behind it).
 fn standing_verdict(ctx: &Ctx, entry: &ContractEntry, now: Timestamp) -> Result<Signed<Verdict>, ErrorReply> {
     let body = Verdict {
         contract: entry.id,

@@ -232,12 +232,23 @@ pub(super) async fn commit(
     .await
 }
 
+/// What a deliberate failure under way pretends is missing here.
+fn pretence(entry: &ContractEntry) -> Result<Pretence, ErrorReply> {
+    let now = now_from_env().map_err(internal)?;
+    Ok(entry.state.audit.as_ref().map_or(Pretence::Nothing, |p| p.pretence(now)))
+}
+
 /// `get_manifest`: the committed manifest and its list, to its owner only.
 pub(super) async fn get_manifest(ctx: &Arc<Ctx>, peer: NodeId, id: RecordId) -> Handled {
     let c = ctx.clone();
     blocking(move || {
-        let (_, inbound) = authorise(&c, peer, &id, false)?;
-        match inbound.committed_with_receipt().map_err(internal)? {
+        let (entry, inbound) = authorise(&c, peer, &id, false)?;
+        // A deliberate failure shows what its pretence says is here, to every request alike.
+        let held = match pretence(&entry)? {
+            Pretence::All => None,
+            _ => inbound.committed_with_receipt().map_err(internal)?,
+        };
+        match held {
             Some((manifest, list, receipt)) => Ok((Response::ManifestIs { manifest, receipt }, Some(list.into()))),
             None => {
                 Err(ErrorReply::new(ErrorCode::NotFound, format!("no generation of contract {id} is committed here")))
@@ -252,8 +263,13 @@ pub(super) async fn get_extent(ctx: &Arc<Ctx>, peer: NodeId, id: RecordId, hash:
     let c = ctx.clone();
     let mut data = ctx.buffers.take_or_new();
     blocking(move || {
-        let (_, inbound) = authorise(&c, peer, &id, false)?;
-        match inbound.read_into(&hash, &mut data).map_err(internal)? {
+        let (entry, inbound) = authorise(&c, peer, &id, false)?;
+        let hidden = match pretence(&entry)? {
+            Pretence::All => true,
+            Pretence::Extents(bad) => bad.contains(&hash),
+            Pretence::Nothing => false,
+        };
+        match !hidden && inbound.read_into(&hash, &mut data).map_err(internal)? {
             true => Ok((Response::ExtentIs { len: data.len() as u32 }, Some(data.into_bytes()))),
             false => Err(ErrorReply::new(
                 ErrorCode::NotFound,

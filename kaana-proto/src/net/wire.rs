@@ -11,12 +11,10 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::challenge::{Answer, Challenge, Receipt, Verdict};
-use crate::fairness::standing::Standing;
 use crate::identity::NodeId;
 use crate::manifest::{ExtentHash, Manifest};
 use crate::market::{Contract, ContractBody, Notice, Offer, RecordId};
 use crate::record::Signed;
-use crate::time::Timestamp;
 
 /// The protocol version every frame carries.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -287,14 +285,10 @@ pub enum Response {
         /// How many raw bytes follow.
         len: u64,
     },
-    /// How the server sees the asking node.
+    /// How the server sees the asking node: a verdict signed for the asking, saying so.
     Standing {
-        /// Its standing.
-        standing: Standing,
-        /// The server's last signed verdict about it (whose standing is this one), if any.
-        verdict: Option<Signed<Verdict>>,
-        /// The server's clock.
-        at: Timestamp,
+        /// The signed verdict (no challenge behind it; its `at` is the server's clock now).
+        verdict: Signed<Verdict>,
     },
     /// The server challenged the client again; its verdict.
     Rechallenged {
