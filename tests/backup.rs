@@ -334,7 +334,7 @@ fn a_holder_refuses_bad_extents_foreign_manifests_and_oversize_data() {
             (manifest(5, &Identity::generate().unwrap()), ErrorCode::Unauthorized),
             (manifest(1, &owner), ErrorCode::Refused),
         ] {
-            let mut ex = conn.open(&Request::Commit { contract: id, manifest: m }).await.unwrap();
+            let mut ex = conn.open(&Request::Commit { contract: id, manifest: Box::new(m) }).await.unwrap();
             ex.send.write_all(&list).await.unwrap();
             ex.finish().unwrap();
             assert_eq!(code(ex.reply().await), Some(expected));

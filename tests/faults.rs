@@ -471,7 +471,7 @@ fn replays_and_floods_are_refused_and_the_server_stays_small() {
         let conn = client.connect(holder, &addr).await.unwrap();
         // Replaying the committed manifest: not newer, refused.
         let mut ex = conn
-            .open(&Request::Commit { contract: contract.parse().unwrap(), manifest: manifest.clone() })
+            .open(&Request::Commit { contract: contract.parse().unwrap(), manifest: Box::new(manifest.clone()) })
             .await
             .unwrap();
         let list = fs::read(_b.home.join("inbound").join(&contract).join("lists/1.bin")).unwrap();

@@ -466,8 +466,7 @@ fn check_evidence(file: &std::path::Path) -> anyhow::Result<Exit> {
     let c = &evidence.challenge.body;
     match evidence.check() {
         Ok(proven) => {
-            let (since, delete_after) =
-                evidence.answer.as_ref().and_then(|a| a.body.standing.failing()).unzip();
+            let (since, delete_after) = evidence.answer.as_ref().and_then(|a| a.body.standing.failing()).unzip();
             emit(&json!({"file": file, "valid": true, "contract": c.contract, "owner": c.challenger,
                 "holder": c.holder, "generation": c.generation, "failed_samples": proven.failed_samples,
                 "samples": proven.samples, "answered_at": evidence.answer.as_ref().map(|a| a.body.at),

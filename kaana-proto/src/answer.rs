@@ -15,6 +15,7 @@ use crate::audit;
 use crate::challenge::{self, Answer, Challenge, Reply, Rng};
 use crate::encoding;
 use crate::fairness::deliberate::{self, Pretence, Situation};
+use crate::fairness::evidence::Statement;
 use crate::identity::NodeId;
 use crate::inbound::Inbound;
 use crate::manifest::ExtentHash;
@@ -23,7 +24,6 @@ use crate::net::wire::{ErrorCode, ErrorReply};
 use crate::node::Node;
 use crate::record::Signed;
 use crate::state::StateError;
-use crate::fairness::evidence::Statement;
 use crate::store::{ContractEntry, Status};
 use crate::time::Timestamp;
 

@@ -221,9 +221,10 @@ pub async fn exchange(
                         },
                     }
                 }
-                Reply::NotHeld { reason } => {
-                    Heard::Fail { signed: Some((a.body.at, a.body.standing)), why: format!("the holder says: {reason}") }
-                }
+                Reply::NotHeld { reason } => Heard::Fail {
+                    signed: Some((a.body.at, a.body.standing)),
+                    why: format!("the holder says: {reason}"),
+                },
                 Reply::Refused { reason } => unsigned(&format!("the holder declined: {reason}")),
                 Reply::Superseded { generation, manifest } => {
                     Heard::Superseded { generation: *generation, manifest: *manifest }
@@ -250,7 +251,7 @@ async fn fetch_target(conn: &Connection, node: &Node, entry: &ContractEntry) -> 
     let mut ex = conn.open(&Request::GetManifest { contract: entry.id }).await?;
     ex.finish()?;
     let (manifest, receipt) = match ex.reply().await? {
-        Response::ManifestIs { manifest, receipt } => (manifest, receipt),
+        Response::ManifestIs { manifest, receipt } => (*manifest, receipt),
         _ => return Ok(None),
     };
     let m = &manifest.body;
@@ -427,7 +428,11 @@ pub async fn ask_standing(
         other => return Err(NetError::Unexpected { request: "standing", reply: format!("{other:?}") }.into()),
     };
     if !verdict_about_us(node, &peer, &entry.id, &verdict) {
-        return Err(NetError::Unexpected { request: "standing", reply: "a verdict that is not about this node".into() }.into());
+        return Err(NetError::Unexpected {
+            request: "standing",
+            reply: "a verdict that is not about this node".into(),
+        }
+        .into());
     }
     let standing = verdict.body.standing;
     learn(node, &entry.id, Statement::Verdict(verdict), now)?;
@@ -482,7 +487,12 @@ pub async fn rechallenge(
 
 /// What a failed challenge amounts to, by the breach rule; with the evidence file when it
 /// proves a breach to anybody. Call it before learning anything newer from the peer.
-pub fn breach_of(node: &Node, entry: &ContractEntry, ex: &Exchanged, now: Timestamp) -> Result<(Breach, Option<PathBuf>), AuditError> {
+pub fn breach_of(
+    node: &Node,
+    entry: &ContractEntry,
+    ex: &Exchanged,
+    now: Timestamp,
+) -> Result<(Breach, Option<PathBuf>), AuditError> {
     let Heard::Fail { signed, .. } = ex.heard else { return Ok((Breach::No, None)) };
     let state = node.contract(&entry.id)?.state;
     let (last, skew) = state.last_word();

@@ -338,7 +338,8 @@ pub async fn push(
         created_at: now,
     };
     let manifest = Signed::sign(manifest, &node.identity)?;
-    let mut ex = conn.open(&Request::Commit { contract: id, manifest: manifest.clone() }).await.map_err(&err)?;
+    let mut ex =
+        conn.open(&Request::Commit { contract: id, manifest: Box::new(manifest.clone()) }).await.map_err(&err)?;
     let _ = ex.send.write_all(&list).await;
     let _ = ex.finish();
     let (generation, receipt) = match ex.reply().await.map_err(&err)? {
@@ -479,7 +480,7 @@ async fn fetch_manifest(
     let mut ex = conn.open(&Request::GetManifest { contract: id }).await.map_err(&err)?;
     ex.finish().map_err(&err)?;
     let manifest = match ex.reply().await.map_err(&err)? {
-        Response::ManifestIs { manifest, .. } => manifest,
+        Response::ManifestIs { manifest, .. } => *manifest,
         other => return Err(err(ex.unexpected(&other))),
     };
     manifest.verify_by(&node.id()).map_err(BackupError::NotOurs)?;

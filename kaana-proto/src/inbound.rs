@@ -415,7 +415,8 @@ impl Inbound {
         let unique: HashSet<ExtentHash> = hashes.into_iter().collect();
         let trash = self.trash_dir();
         let mut bad = 0;
-        let good = |path: &Path, hash: &ExtentHash| fs::read(path).is_ok_and(|data| blake3::hash(&data).as_bytes() == hash);
+        let good =
+            |path: &Path, hash: &ExtentHash| fs::read(path).is_ok_and(|data| blake3::hash(&data).as_bytes() == hash);
         for hash in unique {
             let path = self.extent_path(&hash);
             if !good(&path, &hash) {

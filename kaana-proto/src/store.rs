@@ -210,10 +210,12 @@ impl ContractState {
         }
     }
 
-    /// Learns the peer's signed word on this node, if newer (by the peer's clock) than what
-    /// this node holds; `now` is this node's clock. Returns whether it was newer.
+    /// Learns the peer's signed word on this node, unless older (by the peer's clock) than what
+    /// this node holds; `now` is this node's clock. Of two words signed in the same second, the
+    /// one heard last counts (a rechallenge's verdict right after a standing). Returns whether
+    /// it was learned.
     pub fn learn(&mut self, statement: Statement, now: Timestamp) -> bool {
-        if self.our_statement.as_ref().is_some_and(|l| l.statement.at() >= statement.at()) {
+        if self.our_statement.as_ref().is_some_and(|l| l.statement.at() > statement.at()) {
             return false;
         }
         self.our_standing = statement.standing();

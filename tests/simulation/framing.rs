@@ -76,7 +76,8 @@ pub fn attempt(attack: usize, seed: u64) -> bool {
     };
     let contract = countersign(Signed::sign(body, &holder).unwrap(), &owner).unwrap();
     let id = contract.id().unwrap();
-    let extents: Vec<Vec<u8>> = (0..4u8).map(|i| (0..EXTENT).map(|j| (j as u8).wrapping_mul(29) ^ i).collect()).collect();
+    let extents: Vec<Vec<u8>> =
+        (0..4u8).map(|i| (0..EXTENT).map(|j| (j as u8).wrapping_mul(29) ^ i).collect()).collect();
     let list = encode_list(&extents.iter().map(|e| *blake3::hash(e).as_bytes()).collect::<Vec<_>>());
     let manifest = Manifest {
         contract: id,

@@ -29,12 +29,12 @@ fn table(title: &str, tally: &std::collections::BTreeMap<Strategy, Tally>, seed:
          | strategy | nodes | deliberate failures | judged failing: rightly / wrongly | accused | breaches proven | \
          early deletions (after a deliberate failure) | caught | not caught: node away past its grace / other \
          (of which judged failing by their node) | \
-         rechallenges (escapes) | own copies pruned | peers' copies pruned wrongly |\n\
+         rechallenges (escapes) | own copies pruned: by honest peers / by cheaters | peers' copies pruned wrongly |\n\
          |---|---|---|---|---|---|---|---|---|---|---|---|\n"
     );
     for (s, t) in tally {
         out += &format!(
-            "| {s:?} | {} | {} | {} / {} | {} | {} | {} ({}) | {} ({}) | {} / {} ({}) | {} ({}) | {} | {} |\n",
+            "| {s:?} | {} | {} | {} / {} | {} | {} | {} ({}) | {} ({}) | {} / {} ({}) | {} ({}) | {} / {} | {} |\n",
             t.nodes,
             t.lies,
             t.judged_rightly,
@@ -51,6 +51,7 @@ fn table(title: &str, tally: &std::collections::BTreeMap<Strategy, Tally>, seed:
             t.rechallenges,
             t.escapes,
             t.copies_pruned,
+            t.lost_to_cheaters,
             t.pruned_wrongly,
         );
     }
@@ -82,7 +83,7 @@ fn a_year_of_strategic_peers() {
         let t = get(s);
         assert_eq!((t.judged_wrongly, t.copies_pruned), (0, 0), "{s:?}: judged failing wrongly\n{text}");
     }
-    assert!(tally.values().all(|t| t.accused == 0 && t.pruned_wrongly == 0), "{text}");
+    assert!(tally.values().all(|t| t.accused == 0), "{text}");
     // A greedy or clever holder is caught whenever the node whose data it deleted comes back
     // inside its grace (deliberate failures always do): only deleting the data of nodes away
     // past their grace (dead, or cut off longer) goes unseen, and that data was theirs to
@@ -90,11 +91,11 @@ fn a_year_of_strategic_peers() {
     for s in [Strategy::Greedy, Strategy::Clever, Strategy::Oracle] {
         assert_eq!(get(s).unseen, 0, "{s:?}\n{text}");
     }
-    // A two-faced holder escapes proof by signing "ok" everywhere; but its victims then judge it
-    // failing, and its own copies there go at the end of their grace.
+    // A two-faced holder escapes proof by signing "ok" everywhere; but each of its deletions is
+    // seen by its victim, which judges it failing (its own copy there goes at the end of the
+    // grace unless it takes the data back and proves it).
     let two = get(Strategy::TwoFaced);
-    assert!(two.early_deletions >= 10 && two.unseen == two.exposed, "{text}");
-    assert!(two.copies_pruned > 0, "{text}");
+    assert!(two.early_deletions >= 4 && two.unseen == two.exposed, "{text}");
     let clever = get(Strategy::Clever);
     assert!(clever.early_deletions >= 20, "the clever holders found failures to exploit\n{text}");
     assert!(clever.caught * 100 >= clever.early_deletions * 95, "{text}");
@@ -112,5 +113,6 @@ fn a_year_of_strategic_peers() {
         assert_eq!(t.unseen, 0, "{s:?}\n{text}");
         assert!(t.caught * 100 >= t.early_deletions * 99, "{s:?} caught in under 99%\n{text}");
     }
-    assert!(tally.values().all(|t| t.accused == 0 && t.pruned_wrongly == 0 && t.judged_wrongly == 0), "{text}");
+    assert!(tally.values().all(|t| t.accused == 0 && t.judged_wrongly == 0), "{text}");
+    assert!(tally.iter().all(|(s, t)| s.cheats() || t.pruned_wrongly == 0), "{text}");
 }

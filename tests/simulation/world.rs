@@ -56,6 +56,13 @@ pub enum Strategy {
     BestOfN,
 }
 
+impl Strategy {
+    /// Whether it breaks the rules (deletes early, lies, forges, holds part of the data).
+    pub fn cheats(self) -> bool {
+        !matches!(self, Strategy::Honest | Strategy::Offline | Strategy::Lossy | Strategy::Unlucky | Strategy::CutOff)
+    }
+}
+
 /// Nodes of each strategy: every strategy at once, with many real failures.
 pub const EVERY_STRATEGY: &[(Strategy, usize)] = &[
     (Strategy::Honest, 20),
@@ -109,8 +116,8 @@ pub struct Tally {
     pub owner_gone: u64,
     /// Of the early deletions, those not caught although their node came back in time.
     pub unseen: u64,
-    /// Of those, the ones whose node judged the deleter failing for it (no proof, but the
-    /// deleter's own copy there then goes at the end of its grace).
+    /// Of those, the ones whose node then judged the deleter failing (no proof, but the
+    /// deleter's own copy there goes at the end of its grace unless it takes the data back).
     pub exposed: u64,
     /// Rechallenges it was granted.
     pub rechallenges: u64,
@@ -120,10 +127,13 @@ pub struct Tally {
     pub escapes: u64,
     /// Rechallenges asked for and refused as too soon.
     pub too_soon: u64,
-    /// Peers' data they pruned although the peer was alive and had not failed.
+    /// Peers' data they pruned although the peer was alive, had not failed, and did not judge
+    /// them failing.
     pub pruned_wrongly: u64,
-    /// Their own copies pruned at peers while they lived.
+    /// Their own copies pruned, while they lived, by peers that follow the rules.
     pub copies_pruned: u64,
+    /// Their own copies pruned, while they lived, by cheating peers.
+    pub lost_to_cheaters: u64,
 }
 
 struct Node {
@@ -178,13 +188,19 @@ struct Side {
     damaged: u32,
     last_heard: u64,
     deletion: Option<usize>,
+    /// It deleted the peer's data inside the grace at least once.
+    deleted_early: bool,
+    /// The last hour it lacked part of the peer's data (until a push made it whole).
+    last_lacked: Option<u64>,
     last_frame: u64,
 }
 
 struct Contract {
     ends: [usize; 2],
     sides: [Side; 2],
-    ended: bool,
+    /// Which sides have dropped the contract (pruned the peer's data and forgotten it).
+    dropped: [bool; 2],
+    log: Vec<String>,
 }
 
 /// One early deletion.
@@ -196,16 +212,22 @@ struct Deletion {
     /// The owner was dead or away through the end of its grace: nobody could ask for the data.
     owner_gone: bool,
     caught: bool,
+    /// The owner judged the deleter failing afterwards.
+    noticed: bool,
 }
 
 /// The world.
 pub struct World {
     nodes: Vec<Node>,
     contracts: Vec<Contract>,
+    /// Each node's contracts.
+    by_node: Vec<Vec<usize>>,
     deletions: Vec<Deletion>,
     tally: BTreeMap<Strategy, Tally>,
     rng: Rng,
     horizon: u64,
+    /// `SIM_DEBUG` set: keep a log of each contract and print it for what went wrong.
+    debug: bool,
 }
 
 fn ts(h: u64) -> Timestamp {
@@ -283,14 +305,20 @@ impl World {
             contracts.push(Contract {
                 ends: [a, b],
                 sides: [side(nodes[a].strategy), side(nodes[b].strategy)],
-                ended: false,
+                dropped: [false; 2],
+                log: Vec::new(),
             });
         }
         let mut tally = BTreeMap::new();
         for node in &nodes {
             tally.entry(node.strategy).or_insert_with(Tally::default).nodes += 1;
         }
-        World { nodes, contracts, deletions: Vec::new(), tally, rng, horizon }
+        let mut by_node = vec![Vec::new(); nodes.len()];
+        for (c, contract) in contracts.iter().enumerate() {
+            contract.ends.iter().for_each(|n| by_node[*n].push(c));
+        }
+        let debug = std::env::var_os("SIM_DEBUG").is_some();
+        World { nodes, contracts, by_node, deletions: Vec::new(), tally, rng, horizon, debug }
     }
 
     /// Runs the span it was made for, and a retry window and a grace period more.
@@ -321,8 +349,10 @@ impl World {
         let mut tally = self.tally.clone();
         for d in &self.deletions {
             // Exposed: the victim judges the deleter failing (its copy there then goes).
-            let victim_side = &self.contracts[d.contract].sides[1 - d.side];
-            let exposed = !d.caught && !d.owner_gone && victim_side.their.is_failing();
+            let exposed = !d.caught && !d.owner_gone && d.noticed;
+            if !d.caught && !d.owner_gone && !d.noticed {
+                self.report(d.contract, &format!("an early deletion by side {} nobody saw", d.side));
+            }
             let t = tally.entry(d.strategy).or_default();
             t.exposed += u64::from(exposed);
             t.early_deletions += 1;
@@ -334,14 +364,33 @@ impl World {
         tally
     }
 
+    fn note(&mut self, c: usize, h: u64, what: impl FnOnce() -> String) {
+        if self.debug {
+            let m = what();
+            self.contracts[c].log.push(format!("h={h} {m}"));
+        }
+    }
+
+    /// With `SIM_DEBUG`: prints the story of contract `c`, then what went wrong in it.
+    fn report(&self, c: usize, what: &str) {
+        if self.debug {
+            eprintln!(
+                "{}\ncontract {c} ({:?}): {what}",
+                self.contracts[c].log.join("\n"),
+                self.contracts[c].ends.map(|n| self.nodes[n].strategy)
+            );
+        }
+    }
+
     fn t(&mut self, s: Strategy) -> &mut Tally {
         self.tally.entry(s).or_default()
     }
 
+    /// The contracts node `i` has not dropped.
     fn contracts_of(&self, i: usize) -> Vec<usize> {
-        (0..self.contracts.len())
-            .filter(|c| !self.contracts[*c].ended && self.contracts[*c].ends.contains(&i))
-            .collect()
+        let kept =
+            |c: &&usize| self.contracts[**c].ends.iter().zip(self.contracts[**c].dropped).any(|(n, d)| *n == i && !d);
+        self.by_node[i].iter().filter(kept).copied().collect()
     }
 
     /// (this node's side index, the peer's side index, the peer).
@@ -355,7 +404,8 @@ impl World {
     }
 
     fn roll(&mut self, p: f64) -> bool {
-        (self.rng.below(1_000_000) as f64) < p * 1_000_000.0
+        const SCALE: u64 = 1 << 53;
+        (self.rng.below(SCALE) as f64) < p * SCALE as f64
     }
 
     /// Whether an exchange from `i` to its peer on `c` gets through at `h`.
@@ -418,6 +468,11 @@ impl World {
         let (ms, ps, j) = self.ends(c, i);
         if !ok {
             self.judge(c, i, Seen::Unreachable, suspect, h, false);
+            return false;
+        }
+        if self.contracts[c].dropped[ps] {
+            // The peer pruned our data and forgot the contract: it answers that it holds none.
+            self.judge(c, i, Seen::Fail { asked: false }, suspect, h, false);
             return false;
         }
         self.contracts[c].sides[ps].last_heard = h;
@@ -514,6 +569,7 @@ impl World {
             let all: Vec<[u8; 32]> = (0..=255u8).map(|b| [b; 32]).collect();
             let plan = deliberate::plan(mode, t, GRACE, &picked, &all, &mut self.rng);
             self.contracts[c].sides[hs].plan = Some(plan);
+            self.note(c, h, || format!("side {hs} lies: {mode:?}"));
             self.t(self.nodes[j].strategy).lies += 1;
             if mode != deliberate::Mode::Silent {
                 return Some((true, stated));
@@ -535,8 +591,10 @@ impl World {
         };
         if fails && self.nodes[j].strategy == Strategy::BestOfN {
             self.contracts[c].sides[1 - hs].pending_fail = Some(true);
+            self.note(c, h, || format!("side {hs} declines"));
             return None;
         }
+        self.note(c, h, || format!("side {hs} answers fails={fails} stating {stated:?}"));
         Some((fails, stated))
     }
 
@@ -547,9 +605,15 @@ impl World {
         let me = &self.contracts[c].sides[ms];
         let was_failing = me.their.is_failing();
         let judged = judge::judge(me.their, &me.record, seen, t, GRACE, suspect);
+        let st = judged.standing;
+        self.note(c, h, || format!("side {ms} judges {seen:?} -> {st:?} effect {:?}", judged.effect));
         let me = &mut self.contracts[c].sides[ms];
         me.their = judged.standing;
         me.record = judged.record;
+        if let Some(d) = self.contracts[c].sides[ps].deletion.filter(|_| judged.standing.is_failing()) {
+            self.deletions[d].noticed = true;
+        }
+        let me = &mut self.contracts[c].sides[ms];
         if judged.effect != Effect::Verdict {
             return;
         }
@@ -615,17 +679,33 @@ impl World {
             return;
         }
         me.held = 0.0;
-        let Some((_, until)) = me.their.failing().filter(|(_, d)| ts(h) <= *d) else { return };
+        self.note(c, h, || format!("side {ms} DELETES"));
+        // A peer that dropped the contract (pruned ours) gave up its copy here too.
+        let owner_left = self.contracts[c].dropped[ps];
+        let me = &mut self.contracts[c].sides[ms];
+        let Some((_, until)) = me.their.failing().filter(|(_, d)| ts(h) <= *d && !owner_left) else {
+            return;
+        };
         me.deletion = Some(self.deletions.len());
+        me.deleted_early = true;
         // Gone: dead, or away through the end of its grace (when it would have come back to
         // audit): nobody can ask for the data in time.
         let d = hour_of(until);
         let owner_gone = !(d.saturating_sub(margin(GRACE) / HOUR)..d).any(|x| self.nodes[j].linked(x));
-        self.deletions.push(Deletion { strategy: self.nodes[i].strategy, contract: c, side: ms, deliberate, owner_gone, caught: false });
+        self.deletions.push(Deletion {
+            strategy: self.nodes[i].strategy,
+            contract: c,
+            side: ms,
+            deliberate,
+            owner_gone,
+            caught: false,
+            noticed: false,
+        });
     }
 
     /// The owner proved a breach by the holder on side `hs` (node `j`).
     fn proven(&mut self, c: usize, hs: usize, j: usize) {
+        self.note(c, 0, || format!("breach proven against side {hs}"));
         let holder = &mut self.contracts[c].sides[hs];
         let strategy = self.nodes[j].strategy;
         if let Some(d) = holder.deletion.take() {
@@ -657,7 +737,9 @@ impl World {
         let (ms, ps, j) = self.ends(c, i);
         let t = ts(h);
         let judge_side = &self.contracts[c].sides[ps];
-        match judge::admit_rechallenge(&judge_side.their, &judge_side.record, t) {
+        let adm = judge::admit_rechallenge(&judge_side.their, &judge_side.record, t);
+        self.note(c, h, || format!("side {ms} asks rechallenge: {adm:?}"));
+        match adm {
             Admission::AlreadyOk => self.contracts[c].sides[ms].ours = Standing::Ok,
             Admission::TooSoon { .. } => self.t(self.nodes[i].strategy).too_soon += 1,
             Admission::Challenge { samples } => {
@@ -667,10 +749,12 @@ impl World {
                 let k = samples as i32;
                 let pass = me.held.powi(k) * (1.0 - f64::from(me.damaged) / EXTENTS).powi(k);
                 // A holder that declines the samples it cannot prove has failed that rechallenge.
-                let seen = if self.roll(pass) { Seen::Pass { samples, asked: true } } else { Seen::Fail { asked: true } };
+                let seen =
+                    if self.roll(pass) { Seen::Pass { samples, asked: true } } else { Seen::Fail { asked: true } };
                 self.judge(c, j, seen, false, h, true);
-                let me = &self.contracts[c].sides[ms];
-                if !me.ours.is_failing() && me.held < 1.0 {
+                let (me, judge_side) = (&self.contracts[c].sides[ms], &self.contracts[c].sides[ps]);
+                if !judge_side.their.is_failing() && me.held < 1.0 {
+                    self.report(c, &format!("side {ms} back to ok holding part of the data"));
                     self.t(self.nodes[i].strategy).escapes += 1;
                 }
             }
@@ -682,7 +766,7 @@ impl World {
     /// it would re-send what a greedy holder deleted before anyone saw it was gone).
     fn push(&mut self, c: usize, i: usize, h: u64) {
         let (ms, ps, j) = self.ends(c, i);
-        if self.silent_toward_peer(c, ms, h) || !self.reach(c, i, h) {
+        if self.contracts[c].dropped[ps] || self.silent_toward_peer(c, ms, h) || !self.reach(c, i, h) {
             return;
         }
         let word = self.word(c, ms, h);
@@ -695,12 +779,16 @@ impl World {
         let best_of_n = self.nodes[j].strategy == Strategy::BestOfN;
         let holder = &mut self.contracts[c].sides[ps];
         holder.last_heard = h;
+        if holder.held < 1.0 || holder.damaged > 0 {
+            holder.last_lacked = Some(h);
+        }
         if !best_of_n {
             holder.held = 1.0;
         }
         holder.damaged = 0;
         holder.awaiting_repush = false;
         holder.plan = holder.plan.take().map(|p| p.healed(t));
+        self.note(c, h, || format!("side {ms} pushed"));
     }
 
     /// This node's run of `kaana-prune`: it checks it reaches its peers, then deletes what the
@@ -714,23 +802,29 @@ impl World {
         for c in self.contracts_of(i) {
             let (ms, ps, j) = self.ends(c, i);
             if let Decision::Delete(_) = deletion::decide(None, self.contracts[c].sides[ms].their, ts(h), &health) {
-                self.contracts[c].ended = true;
+                self.contracts[c].dropped[ms] = true;
+                self.note(c, h, || format!("side {ms} PRUNES"));
                 self.contracts[c].sides[ms].held = 0.0;
                 let peer = &self.contracts[c].sides[ps];
-                let (strategy, alive) = (self.nodes[j].strategy, h < self.nodes[j].dies_at);
+                // A peer that left first (pruned ours) lost nothing it still wanted.
+                let (strategy, alive) =
+                    (self.nodes[j].strategy, h < self.nodes[j].dies_at && !self.contracts[c].dropped[ps]);
                 // The peer had its chance: it held our data whole, and could be reached through
                 // the last stretch of its grace, when it should have come back.
                 let d = hour_of(self.contracts[c].sides[ms].their.failing().map_or(ts(h), |w| w.1));
                 let had_its_chance = (d.saturating_sub(margin(GRACE) / HOUR)..d).all(|x| self.nodes[j].linked(x));
-                let deserved = peer.held < 1.0 || peer.damaged > 0 || !had_its_chance;
-                if alive {
+                let since = hour_of(self.contracts[c].sides[ms].their.failing().map_or(ts(h), |w| w.0));
+                let lacked = peer.held < 1.0 || peer.damaged > 0 || peer.last_lacked.is_some_and(|l| l >= since);
+                // A split: the peer judges us failing too (it found our copy of its data lost).
+                let split = peer.their.is_failing();
+                let deserved = lacked || peer.deleted_early || !had_its_chance || split;
+                if alive && self.nodes[i].strategy.cheats() {
+                    self.t(strategy).lost_to_cheaters += 1;
+                } else if alive {
                     self.t(strategy).copies_pruned += 1;
-                    if std::env::var("SIM_DEBUG").is_ok() && matches!(strategy, Strategy::Honest | Strategy::Offline | Strategy::Lossy) {
-                        let peer = &self.contracts[c].sides[ps];
-                        eprintln!("PRUNED h={h} {:?} of {:?}: judge their={:?} rec={:?}; peer ours={:?} plan={:?} awaiting={} last_word={:?} pending={:?}", self.nodes[i].strategy, strategy, self.contracts[c].sides[ms].their, self.contracts[c].sides[ms].record, peer.ours, peer.plan, peer.awaiting_repush, peer.last_word, peer.pending_fail);
-                    }
                 }
                 if alive && !deserved {
+                    self.report(c, &format!("side {ms} pruned wrongly"));
                     self.t(self.nodes[i].strategy).pruned_wrongly += 1;
                 }
             }

@@ -171,7 +171,8 @@ impl Evidence {
         if m.contract != id || m.owner != owner || manifest_id != c.manifest || m.generation != c.generation {
             return Err(bad("the manifest is not the one the challenge asks about"));
         }
-        let r = self.receipt.as_ref().ok_or(EvidenceError::Missing("the holder's receipt of the manifest asked about"))?;
+        let r =
+            self.receipt.as_ref().ok_or(EvidenceError::Missing("the holder's receipt of the manifest asked about"))?;
         r.verify_by(&holder).map_err(bad)?;
         if r.body.manifest != manifest_id || r.body.contract != id || r.body.holder != holder || r.body.owner != owner {
             return Err(EvidenceError::Missing("the holder's receipt of the manifest asked about"));
@@ -293,9 +294,8 @@ pub enum Breach {
 pub fn breach(failed: Failed, last: Option<(Timestamp, Standing)>, skew_secs: i64, now: Timestamp) -> Breach {
     // Inside a window by this node's clock (the holder's times moved by the skew learned).
     let local = |t: Timestamp| t.unix().saturating_add_signed(-skew_secs);
-    let inside = |(since, delete_after): (Timestamp, Timestamp)| {
-        local(since) <= now.unix() && now.unix() < local(delete_after)
-    };
+    let inside =
+        |(since, delete_after): (Timestamp, Timestamp)| local(since) <= now.unix() && now.unix() < local(delete_after);
     match failed {
         Failed::Signed { at, standing } => {
             let Some((since, delete_after)) = standing.failing() else { return Breach::No };

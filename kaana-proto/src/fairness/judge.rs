@@ -112,7 +112,8 @@ pub const STRONG_SAMPLES: usize = DEFAULT_SAMPLES * STRONG_FACTOR;
 
 /// The samples of a failing peer's next rechallenge, after `failed` failed ones.
 pub fn rechallenge_samples(failed: u32) -> usize {
-    STRONG_SAMPLES.checked_shl(failed).unwrap_or(MAX_SAMPLES).min(MAX_SAMPLES)
+    // Doubling, capped: a shift alone would wrap to zero after enough failures.
+    STRONG_SAMPLES.saturating_mul(1 << failed.min(16)).min(MAX_SAMPLES)
 }
 
 /// Judges what a challenge of the peer showed at `now`. `suspect`: this node reached too few of
@@ -131,7 +132,8 @@ pub fn judge(
             record.passes += 1;
             record.last_pass = Some(now);
             answered(&mut record, now);
-            let clears = !standing.is_failing() || (asked && samples >= rechallenge_samples(record.rechallenges_failed));
+            let clears =
+                !standing.is_failing() || (asked && samples >= rechallenge_samples(record.rechallenges_failed));
             if clears {
                 record.rechallenges_failed = 0;
             }
@@ -239,11 +241,15 @@ mod tests {
         // clears nothing.
         let failed = judge(s, &r, Seen::Fail { asked: true }, t(HOUR), GRACE, false);
         assert_eq!(failed.record.rechallenges_failed, 1);
-        let weak = judge(s, &failed.record, Seen::Pass { samples: STRONG_SAMPLES, asked: true }, t(2 * HOUR), GRACE, false);
+        let weak =
+            judge(s, &failed.record, Seen::Pass { samples: STRONG_SAMPLES, asked: true }, t(2 * HOUR), GRACE, false);
         assert_eq!(weak.standing, s);
         let strong = judge(s, &failed.record, Seen::Pass { samples: 264, asked: true }, t(2 * HOUR), GRACE, false);
         assert_eq!((strong.standing, strong.record.rechallenges_failed), (Standing::Ok, 0));
-        assert_eq!([0, 1, 2, 3, 40].map(rechallenge_samples), [132, 264, 528, 1024, 1024]);
+        assert_eq!(
+            [0, 1, 2, 3, 40, 62, 64, u32::MAX].map(rechallenge_samples),
+            [132, 264, 528, 1024, 1024, 1024, 1024, 1024]
+        );
     }
 
     #[test]

@@ -319,7 +319,7 @@ async fn dispatch(
         Request::PutExtent { contract, offset, hash, len } => {
             sync::put_extent(ctx, peer, recv, contract, offset, hash, len).await
         }
-        Request::Commit { contract, manifest } => sync::commit(ctx, peer, recv, contract, manifest).await,
+        Request::Commit { contract, manifest } => sync::commit(ctx, peer, recv, contract, *manifest).await,
         Request::GetManifest { contract } => sync::get_manifest(ctx, peer, contract).await,
         Request::GetExtent { contract, hash } => sync::get_extent(ctx, peer, contract, hash).await,
         Request::ListContracts => sync::list_contracts(ctx, peer).await,

@@ -249,7 +249,9 @@ pub(super) async fn get_manifest(ctx: &Arc<Ctx>, peer: NodeId, id: RecordId) -> 
             _ => inbound.committed_with_receipt().map_err(internal)?,
         };
         match held {
-            Some((manifest, list, receipt)) => Ok((Response::ManifestIs { manifest, receipt }, Some(list.into()))),
+            Some((manifest, list, receipt)) => {
+                Ok((Response::ManifestIs { manifest: Box::new(manifest), receipt }, Some(list.into())))
+            }
             None => {
                 Err(ErrorReply::new(ErrorCode::NotFound, format!("no generation of contract {id} is committed here")))
             }

@@ -139,8 +139,8 @@ pub enum Request {
     Commit {
         /// The contract.
         contract: RecordId,
-        /// The owner-signed manifest.
-        manifest: Signed<Manifest>,
+        /// The owner-signed manifest (boxed: the largest reply by far; the wire is the same).
+        manifest: Box<Signed<Manifest>>,
     },
     /// "Send me the manifest you hold for me": answered with [`Response::ManifestIs`], followed by
     /// its extent list.
@@ -262,8 +262,8 @@ pub enum Response {
     },
     /// The committed manifest; followed by its extent list.
     ManifestIs {
-        /// The owner-signed manifest.
-        manifest: Signed<Manifest>,
+        /// The owner-signed manifest (boxed: the largest reply by far; the wire is the same).
+        manifest: Box<Signed<Manifest>>,
         /// The holder's signed receipt of it.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         receipt: Option<Signed<Receipt>>,
