@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use kaana_proto::challenge::{DEFAULT_SAMPLES, Rng};
 use kaana_proto::fairness::deletion::{self, Decision};
-use kaana_proto::fairness::deliberate::{self, Plan, Pretence, Situation};
+use kaana_proto::fairness::deliberate::{self, Mode, Plan, Pretence, Situation};
 use kaana_proto::fairness::evidence::{self, Breach, Failed};
 use kaana_proto::fairness::health::{self, Health, Reach};
 use kaana_proto::fairness::judge::{self, Admission, Effect, PeerRecord, Seen};
@@ -162,11 +162,12 @@ impl Node {
     }
 
     /// Whether it was away (down or cut off) for a retry window's worth of the hours before
-    /// `h` (and the few more a judge's tries span): two outages an hour apart make one.
+    /// `h` (and the few more a judge's tries span), less one cron interval (a try or two lost
+    /// on a lossy link may start the window early): two outages an hour apart make one.
     fn gone_for_a_window(&self, h: u64) -> bool {
         let window = RETRY_WINDOW_SECS / HOUR;
         let from = h.saturating_sub(window + 6);
-        (from..=h).filter(|x| !self.linked(*x)).count() as u64 >= window
+        (from..=h).filter(|x| !self.linked(*x)).count() as u64 >= window - 4
     }
 }
 
@@ -290,12 +291,13 @@ impl World {
         let n = nodes.len();
         let mut degree = vec![0; n];
         let mut pairs = std::collections::BTreeSet::new();
-        while contracts.len() < n {
+        // Random pairs until every node has two, or the few left can only pair among
+        // themselves again (then they keep fewer).
+        let mut draws = 0;
+        while contracts.len() < n && draws < 100 * n {
+            draws += 1;
             let (a, b) = (rng.below(n as u64) as usize, rng.below(n as u64) as usize);
             if a == b || degree[a] >= 2 || degree[b] >= 2 || !pairs.insert((a.min(b), a.max(b))) {
-                if degree.iter().filter(|d| **d < 2).count() < 2 {
-                    break;
-                }
                 continue;
             }
             degree[a] += 1;
@@ -571,7 +573,7 @@ impl World {
             self.contracts[c].sides[hs].plan = Some(plan);
             self.note(c, h, || format!("side {hs} lies: {mode:?}"));
             self.t(self.nodes[j].strategy).lies += 1;
-            if mode != deliberate::Mode::Silent {
+            if mode != Mode::Silent {
                 return Some((true, stated));
             }
         }
@@ -633,7 +635,12 @@ impl World {
         }
         if judged.standing.is_failing() && !was_failing {
             let peer = &self.contracts[c].sides[ps];
-            let deliberate = peer.plan.as_ref().is_some_and(Plan::pending);
+            // Its own doing: a deliberate failure under way, or a silent one that spanned most of
+            // the unanswered spell (it came back, and the first try after was lost).
+            let spell = RETRY_WINDOW_SECS / HOUR;
+            let deliberate = peer.plan.as_ref().is_some_and(|p| {
+                p.pending() || (p.mode == Mode::Silent && hour_of(p.audit_at) + spell / 2 >= h)
+            });
             let lost = peer.held < 1.0 || peer.damaged > 0;
             let gone = seen == Seen::Unreachable && self.nodes[j].gone_for_a_window(h);
             let strategy = self.nodes[j].strategy;
@@ -641,6 +648,9 @@ impl World {
                 self.t(strategy).judged_rightly += 1;
             } else {
                 self.t(strategy).judged_wrongly += 1;
+                let away: Vec<u64> = (h.saturating_sub(40)..=h).filter(|x| !self.nodes[j].linked(*x)).collect();
+                let plan = self.contracts[c].sides[ps].plan.clone();
+                self.report(c, &format!("side {ps} judged failing wrongly at h={h}; its hours away before: {away:?}; its plan {plan:?}"));
             }
             let real = !deliberate;
             match self.nodes[i].strategy {

@@ -4,8 +4,10 @@
 //! - No answer is not a wrong answer: it is retried on cron's schedule, and the peer is failing
 //!   only once it has stayed unanswered at every try for [`RETRY_WINDOW_SECS`] (and at least
 //!   [`MIN_TRIES`] tries), in the spirit of Storj's containment. One unanswered try is noise (a
-//!   lost packet burst): the window starts at the second in a row. A node that reaches too few
-//!   of its peers suspects itself ([`super::health`]) and counts no tries at all.
+//!   lost packet burst): the window starts at the second in a row. Tries more than
+//!   [`TRY_GAP_SECS`] apart start a new spell (the judge saw nothing in between). A node that
+//!   reaches too few of its peers suspects itself ([`super::health`]) and counts no tries at
+//!   all.
 //! - A failing peer is ok again only by passing a challenge it asked for (a rechallenge),
 //!   [`STRONG_FACTOR`] times the default size and twice that again after each failed one (up
 //!   to [`MAX_SAMPLES`]), at most every [`RECHALLENGE_INTERVAL_SECS`]: a holder missing part of
@@ -18,7 +20,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::standing::Standing;
-use super::{MIN_TRIES, RECHALLENGE_INTERVAL_SECS, RETRY_WINDOW_SECS, STRONG_FACTOR};
+use super::{MIN_TRIES, RECHALLENGE_INTERVAL_SECS, RETRY_WINDOW_SECS, STRONG_FACTOR, TRY_GAP_SECS};
 use crate::challenge::{DEFAULT_SAMPLES, MAX_SAMPLES};
 use crate::time::Timestamp;
 
@@ -72,6 +74,9 @@ pub struct PeerRecord {
     /// Unanswered tries in the current spell.
     #[serde(default)]
     pub tries: u32,
+    /// When the last try of the current spell was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_try: Option<Timestamp>,
     /// When the peer last had a rechallenge (while failing).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_rechallenge: Option<Timestamp>,
@@ -151,7 +156,12 @@ pub fn judge(
         Seen::Unreachable if suspect => (standing, Effect::Suspended),
         Seen::Unreachable => {
             record.unreachable += 1;
+            if record.last_try.is_some_and(|last| now.unix() > last.unix() + TRY_GAP_SECS) {
+                record.tries = 0;
+                record.unreachable_since = None;
+            }
             record.tries += 1;
+            record.last_try = Some(now);
             let since = match record.tries {
                 1 => now,
                 _ => *record.unreachable_since.get_or_insert(now),
@@ -171,6 +181,7 @@ fn answered(record: &mut PeerRecord, now: Timestamp) {
     record.last_seen = Some(now);
     record.unreachable_since = None;
     record.tries = 0;
+    record.last_try = None;
 }
 
 /// What a peer that asks to be challenged again gets.
@@ -275,6 +286,17 @@ mod tests {
             &[(0, Seen::Unreachable), (DAY, Seen::Unreachable), (2 * DAY, Seen::Unreachable)],
         );
         assert_eq!(s, Standing::Ok);
+        // Two tries, then none for a week (this node was down, or silent toward the peer on
+        // purpose), then two more: the judge saw nothing in between, so a new spell starts.
+        let (s, r, e) = run(
+            Standing::Ok,
+            PeerRecord::default(),
+            &[(0, Seen::Unreachable), (4 * HOUR, Seen::Unreachable), (7 * DAY, Seen::Unreachable)],
+        );
+        assert_eq!((s, r.tries, r.unreachable_since), (Standing::Ok, 1, None));
+        assert_eq!(e[2], Effect::Retry { tries: 1, failing_from: t(8 * DAY) });
+        let j = judge(s, &r, Seen::Unreachable, t(7 * DAY + 4 * HOUR), GRACE, false);
+        assert_eq!(j.effect, Effect::Retry { tries: 2, failing_from: t(8 * DAY + 4 * HOUR) });
     }
 
     #[test]

@@ -36,6 +36,10 @@ pub const RETRY_WINDOW_SECS: u64 = DAY;
 /// How many unanswered tries, at least, over [`RETRY_WINDOW_SECS`] (cron's four-hourly
 /// challenges make seven in a day).
 pub const MIN_TRIES: u32 = 4;
+/// Unanswered tries further apart than this are not one spell: a judge that did not try for a
+/// while (it was down, its cron did not run, or it was silent toward the peer on purpose) saw
+/// nothing of the peer meanwhile, and starts its count again.
+pub const TRY_GAP_SECS: u64 = 12 * HOUR;
 /// How often a failing peer may ask to be challenged again.
 pub const RECHALLENGE_INTERVAL_SECS: u64 = HOUR;
 /// A failing peer is ok again only after passing a challenge with this many times the default
