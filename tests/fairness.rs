@@ -189,6 +189,15 @@ fn a_greedy_peer_that_deletes_early_is_caught_with_evidence() {
         assert_eq!((code, v["valid"].as_bool()), (Some(1), Some(false)), "{pointer}");
         assert!(v["reason"].as_str().unwrap().contains(reason), "{pointer}: {v}");
     }
+    // A breach file of protocol 1 (an exchange, no stated grace) proves nothing, and says why.
+    let mut old = original.clone();
+    let fields = old.as_object_mut().unwrap();
+    let exchange = serde_json::json!({"challenge": fields.remove("challenge"), "answer": fields.remove("answer")});
+    fields.insert("transcript".into(), exchange);
+    fs::write(&forged, serde_json::to_vec(&old).unwrap()).unwrap();
+    let (code, v) = check(&forged);
+    assert_eq!((code, v["valid"].as_bool()), (Some(1), Some(false)));
+    assert!(v["reason"].as_str().unwrap().contains("before protocol 2"), "{v}");
 }
 
 /// A deliberate failure never hands the peer evidence against the liar: every answer says how

@@ -459,7 +459,15 @@ fn check_evidence(file: &std::path::Path) -> anyhow::Result<Exit> {
     let evidence: Evidence = match serde_json::from_slice(&text) {
         Ok(e) => e,
         Err(e) => {
-            emit(&json!({"file": file, "valid": false, "reason": format!("not a breach file: {e}")}))?;
+            let old = serde_json::from_slice::<serde_json::Value>(&text).is_ok_and(|v| v.get("transcript").is_some());
+            let reason = if old {
+                "a breach file from before protocol 2: its answer does not state the grace the holder was in, and \
+                 an answer alone can frame an honest holder, so it proves nothing"
+                    .to_owned()
+            } else {
+                format!("not a breach file: {e}")
+            };
+            emit(&json!({"file": file, "valid": false, "reason": reason}))?;
             return Ok(Exit::Attention);
         }
     };

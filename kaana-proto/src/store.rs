@@ -551,3 +551,29 @@ impl Node {
         self.home.append_event(&event)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::Identity;
+
+    /// A state file as the tools wrote it before the fairness rules (no record of the peer, no
+    /// statements learned, an audit without a form) still reads, with its audit pending.
+    #[test]
+    fn a_state_file_from_before_the_fairness_rules_still_reads() {
+        let peer = Identity::generate().unwrap().node_id();
+        let mut old = serde_json::to_value(ContractState::new(Role::Taker, peer)).unwrap();
+        let fields = old.as_object_mut().unwrap();
+        fields.retain(|k, _| {
+            ["schema", "role", "peer", "status", "their_standing", "our_standing", "our_standing_at", "fail_next"]
+                .contains(&k.as_str())
+        });
+        let when = serde_json::to_value(Timestamp::from_unix(1_800_000_000)).unwrap();
+        fields.insert("audit".into(), serde_json::json!({"failed_at": when, "audit_at": when, "result": null}));
+        let state: ContractState = serde_json::from_value(old).unwrap();
+        let plan = state.audit.unwrap();
+        assert_eq!((plan.mode, plan.pending(), plan.damaged.len()), (Mode::Damaged, true, 0));
+        assert_eq!(plan.pretence(Timestamp::from_unix(1_700_000_000)), crate::fairness::deliberate::Pretence::Nothing);
+        assert_eq!((state.their_record, state.our_statement), (PeerRecord::default(), None));
+    }
+}

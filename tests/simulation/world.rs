@@ -638,9 +638,10 @@ impl World {
             // Its own doing: a deliberate failure under way, or a silent one that spanned most of
             // the unanswered spell (it came back, and the first try after was lost).
             let spell = RETRY_WINDOW_SECS / HOUR;
-            let deliberate = peer.plan.as_ref().is_some_and(|p| {
-                p.pending() || (p.mode == Mode::Silent && hour_of(p.audit_at) + spell / 2 >= h)
-            });
+            let deliberate = peer
+                .plan
+                .as_ref()
+                .is_some_and(|p| p.pending() || (p.mode == Mode::Silent && hour_of(p.audit_at) + spell / 2 >= h));
             let lost = peer.held < 1.0 || peer.damaged > 0;
             let gone = seen == Seen::Unreachable && self.nodes[j].gone_for_a_window(h);
             let strategy = self.nodes[j].strategy;
@@ -650,7 +651,12 @@ impl World {
                 self.t(strategy).judged_wrongly += 1;
                 let away: Vec<u64> = (h.saturating_sub(40)..=h).filter(|x| !self.nodes[j].linked(*x)).collect();
                 let plan = self.contracts[c].sides[ps].plan.clone();
-                self.report(c, &format!("side {ps} judged failing wrongly at h={h}; its hours away before: {away:?}; its plan {plan:?}"));
+                self.report(
+                    c,
+                    &format!(
+                        "side {ps} judged failing wrongly at h={h}; its hours away before: {away:?}; its plan {plan:?}"
+                    ),
+                );
             }
             let real = !deliberate;
             match self.nodes[i].strategy {

@@ -48,6 +48,13 @@ pub enum Mode {
     Lost,
 }
 
+impl Mode {
+    /// The form of a plan written before failures had forms: wrong proofs.
+    fn before_modes() -> Mode {
+        Mode::Damaged
+    }
+}
+
 /// Out of 100 deliberate failures, how many of each mode (silent, damaged, lost).
 const WEIGHTS: [(Mode, u64); 3] = [(Mode::Silent, 45), (Mode::Damaged, 45), (Mode::Lost, 10)];
 /// Slack for the peer's next try after this node goes silent (its cron's interval).
@@ -69,7 +76,9 @@ impl std::str::FromStr for Mode {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Plan {
-    /// The form the failure takes.
+    /// The form the failure takes (plans written before there were forms were wrong proofs:
+    /// damaged).
+    #[serde(default = "Mode::before_modes")]
     pub mode: Mode,
     /// When this node failed on purpose.
     pub failed_at: Timestamp,
@@ -215,6 +224,8 @@ impl Plan {
         match self.mode {
             Mode::Silent => Pretence::Nothing,
             Mode::Lost => Pretence::All,
+            // A plan from before there were forms names no extents: nothing to pretend.
+            Mode::Damaged if self.damaged.is_empty() => Pretence::Nothing,
             Mode::Damaged => {
                 Pretence::Extents(self.damaged.iter().filter_map(|h| encoding::hex_decode::<32>(h).ok()).collect())
             }

@@ -2,7 +2,7 @@
 //! by a counted run of raw bytes.
 //!
 //! A frame is a 4-byte big-endian length and that many bytes of JSON, at most [`MAX_FRAME`].
-//! Every message carries `"v": 1` and a `"kind"`. Each request opens its own bidirectional
+//! Every message carries `"v"` ([`PROTOCOL_VERSION`]) and a `"kind"`. Each request opens its own bidirectional
 //! QUIC stream: request frame (and its raw bytes), then the reply frame (and its raw bytes).
 //! This module is pure: it encodes and decodes; `transport` moves the bytes.
 
@@ -16,8 +16,10 @@ use crate::manifest::{ExtentHash, Manifest};
 use crate::market::{Contract, ContractBody, Notice, Offer, RecordId};
 use crate::record::Signed;
 
-/// The protocol version every frame carries.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// The protocol version every frame carries. 2: every answer states how the holder judges the
+/// challenger, challenges state the reverse, and a peer can be asked for its standing and a
+/// rechallenge (version 1 nodes cannot take part in the fairness rules).
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// The largest JSON frame accepted, in bytes.
 pub const MAX_FRAME: usize = 1 << 20;
@@ -36,7 +38,7 @@ pub enum FrameError {
     Version(u32),
 }
 
-/// A message in its envelope: `{"v": 1, "kind": ..., ...}`.
+/// A message in its envelope: `{"v": 2, "kind": ..., ...}`.
 #[derive(Debug, Serialize, Deserialize)]
 struct Envelope<T> {
     v: u32,
@@ -364,15 +366,17 @@ mod tests {
         let frame = encode(&Request::Hello).unwrap();
         let len = frame_len(frame[..4].try_into().unwrap()).unwrap();
         assert_eq!(len, frame.len() - 4);
-        assert_eq!(&frame[4..], br#"{"v":1,"kind":"hello"}"#);
+        assert_eq!(&frame[4..], br#"{"v":2,"kind":"hello"}"#);
         assert_eq!(decode::<Request>(&frame[4..]), Ok(Request::Hello));
     }
 
     #[test]
     fn errors_say_what_is_wrong() {
         assert_eq!(frame_len((MAX_FRAME as u32 + 1).to_be_bytes()), Err(FrameError::TooLarge(MAX_FRAME as u64 + 1)));
-        assert_eq!(decode::<Request>(br#"{"v":2,"kind":"hello"}"#), Err(FrameError::Version(2)));
-        let unknown = ErrorReply::from(decode::<Request>(br#"{"v":1,"kind":"steal"}"#).unwrap_err());
+        // A version 1 node's frame, and one from the future.
+        assert_eq!(decode::<Request>(br#"{"v":1,"kind":"hello"}"#), Err(FrameError::Version(1)));
+        assert_eq!(decode::<Request>(br#"{"v":3,"kind":"hello"}"#), Err(FrameError::Version(3)));
+        let unknown = ErrorReply::from(decode::<Request>(br#"{"v":2,"kind":"steal"}"#).unwrap_err());
         assert_eq!(unknown.code, ErrorCode::UnknownRequest);
         let garbage = ErrorReply::from(decode::<Request>(b"\x00\xffnot json").unwrap_err());
         assert_eq!(garbage.code, ErrorCode::BadFrame);
