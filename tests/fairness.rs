@@ -99,13 +99,16 @@ fn a_silent_deliberate_failure_looks_like_an_outage_and_comes_back_at_its_audit(
     let audit_at = unix_of(&plan["audit_at"]);
     assert!((t0 + DAY + 8 * HOUR..=t0 + DAY + 7 * DAY - 14 * HOUR).contains(&audit_at), "{plan}");
 
-    for h in [6, 12, 18] {
+    for h in [6, 12, 18, 24] {
         let (code, lines, _) = challenge(&s.b, &[&s.contract], Some(t0 + h * HOUR));
         assert_eq!((code, kinds(&lines)), (Some(0), vec![("routine", "unreachable")]));
         assert_eq!(lines[0].their_standing["state"], "ok");
     }
     let (_, lines, _) = challenge(&s.b, &[&s.contract], Some(t0 + 36 * HOUR));
-    assert_eq!(lines[0].their_standing["state"], "failing", "a day after the second unanswered try");
+    assert_eq!(
+        lines[0].their_standing["state"], "failing",
+        "a day after the second unanswered try (tries no more than 12 hours apart)"
+    );
     // Meanwhile A sends B nothing: no challenge, no push.
     let (code, lines, err) = challenge(&s.a, &["--all"], Some(t0 + DAY));
     assert_eq!((code, lines.len()), (Some(0), 0), "{err}");
