@@ -61,7 +61,7 @@ fn a_damaged_deliberate_failure_heals_with_the_next_push_and_is_forgiven() {
     assert!((t0 + 7 * DAY..=now_unix() + 7 * DAY).contains(&delete_after));
     let plan = state(&s.a, &s.contract)["audit"].clone();
     assert_eq!(plan["mode"], "damaged");
-    assert!((1..=3).contains(&plan["damaged"].as_array().unwrap().len()), "{plan}");
+    assert!((1..=5).contains(&plan["damaged"].as_array().unwrap().len()), "{plan}");
 
     // A knows B sees it as failing, and that this is its own doing: nothing for its person.
     let out = s.a.run("kaana-challenge", &["standing"]);
@@ -75,7 +75,7 @@ fn a_damaged_deliberate_failure_heals_with_the_next_push_and_is_forgiven() {
     // B's next push (its volume unchanged) re-sends what A showed missing, and only that.
     let pushed = push(&s.b, &s.contract);
     let sent = pushed["extents_sent"].as_u64().unwrap();
-    assert!((1..=3).contains(&sent) && pushed["unchanged"] == false, "{pushed}");
+    assert!((1..=5).contains(&sent) && pushed["unchanged"] == false, "{pushed}");
     let (code, lines, err) = challenge(&s.a, &["--all"], None);
     assert_eq!(code, Some(0), "{err}");
     assert_eq!(kinds(&lines), [("audit", "pass"), ("rechallenge", "pass")]);
