@@ -110,8 +110,8 @@ fn a_holder_that_lost_the_data_fails_and_the_person_is_told_when_it_lasts() {
     let late = t0 + 7 * DAY - 7 * HOUR;
     let (code, _, err) = challenge(&s.a, &[&s.contract], Some(late - HOUR));
     assert_eq!(code, Some(0), "{err}");
-    let (code, _, err) = challenge(&s.a, &[&s.contract], Some(late));
-    assert_eq!(code, Some(1));
+    let (code, lines, err) = challenge(&s.a, &[&s.contract], Some(late));
+    assert_eq!(code, Some(1), "{err} {lines:?}");
     assert!(err.contains("longer than a deliberate failure lasts"), "{err}");
     let out = s.a.run("kaana-sync", &["verify", &s.contract]);
     assert_exit(&out, 1);

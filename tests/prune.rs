@@ -171,6 +171,58 @@ fn a_terminated_contract_keeps_its_data_for_the_grace_then_it_goes() {
     }
 }
 
+/// B gave notice while A was down (never delivered); the notice ran out, B pruned A's copy and
+/// ended the contract. A's next run asks B, which shows the notice: nothing is judged, no
+/// breach, and A takes the notice, so that its own prune lets B's copy go and `--all` asks no
+/// more.
+#[test]
+fn a_contract_ended_by_notice_is_no_breach_when_the_owner_still_asks() {
+    let work = tempfile::tempdir().unwrap();
+    let a = node_with_volume(work.path(), "a.img", 1, "1GiB");
+    let b = node_with_volume(work.path(), "b.img", 2, "1GiB");
+    let (sa, sb) = (ServerProc::start(&a, &[]), ServerProc::start(&b, &[]));
+    let contract = make_contract_sized(&a, &sa, &b, "32MiB");
+    assert_success(&a.run("kaana-sync", &["push", &contract]));
+    assert_success(&b.run("kaana-sync", &["push", &contract]));
+    drop(sa);
+    let out = b.cmd("kaana-offer").args(["terminate", &contract]).env("KAANA_CONNECT_TIMEOUT", "1s").output().unwrap();
+    let line: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(line["delivered"], false, "{line}");
+    let end: Timestamp = line["delete_after"].as_str().unwrap().parse().unwrap();
+    let end = end.unix();
+    assert_eq!(prune(&b, false, end + 1).len(), 1);
+    assert_eq!((status(&b, &contract), status(&a, &contract)), ("ended".into(), "active".into()));
+    // B keeps the notice, to show A.
+    let state = b.home.join("contracts").join(format!("{contract}.state.json"));
+    let state: serde_json::Value = serde_json::from_slice(&fs::read(state).unwrap()).unwrap();
+    let notice_at: Timestamp = state["status"]["notice"]["body"]["at"].as_str().unwrap().parse().unwrap();
+    assert_eq!(notice_at.unix() + 7 * DAY, end, "{state}");
+
+    // B's server, its clock past the notice too.
+    let addr = sb.addr.clone();
+    drop(sb);
+    let _sb = ServerProc::start_at(&b, &["--listen", &addr], end + 2);
+    let challenge = |t: u64| {
+        let out = a.cmd("kaana-challenge").arg("--all").env("KAANA_NOW", at(t)).output().unwrap();
+        (out.status.code(), json_lines::<serde_json::Value>(&out), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let (code, lines, err) = challenge(end + 3);
+    assert_eq!((code, lines.len()), (Some(0), 1), "{err} {lines:?}");
+    assert_eq!((lines[0]["result"].as_str(), lines[0]["breach"].as_bool()), (Some("ended"), Some(false)), "{lines:?}");
+    assert!(lines[0]["message"].as_str().unwrap().contains("ended by a notice"), "{lines:?}");
+    assert_eq!(lines[0]["their_standing"]["state"], "ok", "nothing judged: {lines:?}");
+    let audits = a.home.join("audits");
+    assert!(!audits.exists() || walk_files(&audits) == 0, "no breach file");
+    assert_eq!(status(&a, &contract), "terminated");
+    // Nothing is owed any more: --all does not ask, and A's prune lets B's copy go.
+    let (code, lines, err) = challenge(end + 4);
+    assert_eq!((code, lines.len()), (Some(0), 0), "{err} {lines:?}");
+    let steps = prune(&a, false, end + 5);
+    assert_eq!(steps.len(), 1, "{steps:?}");
+    assert!(!store(&a, &contract).exists());
+    assert_eq!(status(&a, &contract), "ended");
+}
+
 #[test]
 fn leftovers_of_interrupted_pushes_go_after_a_day_and_committed_data_stays() {
     let work = tempfile::tempdir().unwrap();

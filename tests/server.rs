@@ -55,7 +55,7 @@ fn serve_prints_its_node_and_answers_hello() {
         Response::Hello { node, you, protocol, .. } => {
             assert_eq!(node.to_string(), server.node);
             assert_eq!(you, my_id, "the server learns the client's id from the handshake");
-            assert_eq!(protocol, 2);
+            assert_eq!(protocol, 3);
         }
         other => panic!("unexpected {other:?}"),
     }
@@ -115,7 +115,7 @@ fn bad_input_gets_an_error_and_the_server_keeps_serving() {
     runtime().block_on(async move {
         let client = Client::new(Identity::generate().unwrap());
 
-        let unknown = br#"{"v":2,"kind":"delete_everything"}"#;
+        let unknown = br#"{"v":3,"kind":"delete_everything"}"#;
         let mut frame = (unknown.len() as u32).to_be_bytes().to_vec();
         frame.extend_from_slice(unknown);
         assert_eq!(error_code(&send_raw(&client, id, &addr, &frame).await), Some(ErrorCode::UnknownRequest));
@@ -134,13 +134,13 @@ fn bad_input_gets_an_error_and_the_server_keeps_serving() {
         assert_eq!(error_code(&send_raw(&client, id, &addr, &huge).await), Some(ErrorCode::TooLarge));
 
         // A stream that stops half-way through a frame.
-        let half = b"\x00\x00\x00\x40{\"v\":2,";
+        let half = b"\x00\x00\x00\x40{\"v\":3,";
         assert_eq!(error_code(&send_raw(&client, id, &addr, half).await), Some(ErrorCode::BadFrame));
 
         // A frame that never finishes: the stream is held open; the read time-out answers it.
         let conn = client.connect(id, &addr).await.unwrap();
         let mut ex = conn.open_stream().await.unwrap();
-        ex.send.write_all(b"\x00\x00\x00\x40{\"v\":2").await.unwrap();
+        ex.send.write_all(b"\x00\x00\x00\x40{\"v\":3").await.unwrap();
         let held = read_frame::<Response>(&mut ex.recv, Duration::from_secs(10)).await;
         assert_eq!(error_code(&held), Some(ErrorCode::Timeout), "{held:?}");
 
@@ -240,7 +240,7 @@ fn sigterm_during_a_request_finishes_it_and_exits_zero() {
         let conn = client.connect(id, &addr).await.unwrap();
         let mut ex = conn.open_stream().await.unwrap();
         // Half a request: the server is now in the middle of reading it.
-        ex.send.write_all(b"\x00\x00\x00\x16{\"v\":2,").await.unwrap();
+        ex.send.write_all(b"\x00\x00\x00\x16{\"v\":3,").await.unwrap();
         (conn, ex)
     });
     std::thread::sleep(Duration::from_millis(200));

@@ -19,7 +19,7 @@ use kaana_proto::fairness::attention::{self, Concern};
 use kaana_proto::fairness::deliberate::{self, Mode, Plan};
 use kaana_proto::fairness::evidence::{Breach, Evidence};
 use kaana_proto::fairness::health;
-use kaana_proto::fairness::judge::{Effect, PeerRecord};
+use kaana_proto::fairness::judge::{self, Effect, PeerRecord};
 use kaana_proto::fairness::standing::Standing;
 use kaana_proto::identity::NodeId;
 use kaana_proto::market::RecordId;
@@ -157,7 +157,7 @@ pub fn run(args: Args) -> anyhow::Result<Exit> {
             }
             let entries = match (&args.contract, args.all) {
                 (Some(c), false) => vec![node.find_contract(c)?],
-                (None, true) => node.contracts()?.into_iter().filter(|e| !is_ended(e)).collect(),
+                (None, true) => node.contracts()?.into_iter().filter(|e| !owes_nothing(e, now)).collect(),
                 _ => anyhow::bail!("say which contract to check, or --all"),
             };
             kaana_proto::cli::runtime()?.block_on(check_all(node, entries, args.samples, now))
@@ -169,8 +169,14 @@ fn handled_before() -> anyhow::Result<Exit> {
     anyhow::bail!("internal: this command is handled before the node is opened")
 }
 
-fn is_ended(e: &ContractEntry) -> bool {
-    matches!(e.state.status, Status::Ended { .. })
+/// Whether nothing is owed under the contract any more: it ended, or its notice ran out (the
+/// peer may have pruned our copy already; `--all` does not ask for it).
+fn owes_nothing(e: &ContractEntry, now: Timestamp) -> bool {
+    match &e.state.status {
+        Status::Active => false,
+        Status::Terminated { delete_after, .. } => *delete_after <= now,
+        Status::Ended { .. } => true,
+    }
 }
 
 fn fail_next(node: &Node, prefix: &str, mode: Option<Mode>) -> anyhow::Result<Exit> {
@@ -195,8 +201,14 @@ async fn check_all(node: Node, entries: Vec<ContractEntry>, samples: usize, now:
     let client = Arc::new(Client::with_traffic(node.identity.clone(), Traffic::Short));
     // Toward a peer it is failing on purpose in silence, this node is down: no contact at all,
     // under any contract.
+    // (It sees nothing of the peer meanwhile, so a spell of unanswered tries it had begun is
+    // forgotten.)
     let silent = node.silent_peers(now)?;
-    let entries: Vec<ContractEntry> = entries.into_iter().filter(|e| !silent.contains(&e.state.peer)).collect();
+    let (quiet, entries): (Vec<ContractEntry>, Vec<ContractEntry>) =
+        entries.into_iter().partition(|e| silent.contains(&e.state.peer));
+    for e in quiet.iter().filter(|e| e.state.their_record.tries > 0 || e.state.their_record.last_try.is_some()) {
+        node.update_contract(&e.id, |e| Ok::<_, StateError>(judge::forget_spell(&mut e.state.their_record)))?;
+    }
     let mut by_peer: BTreeMap<NodeId, Vec<ContractEntry>> = BTreeMap::new();
     for entry in entries {
         by_peer.entry(entry.state.peer).or_default().push(entry);
@@ -291,13 +303,13 @@ fn contract_concerns(entry: &ContractEntry, now: Timestamp) -> Vec<Concern> {
 }
 
 /// What a judgement that decided nothing says.
-fn effect_message(effect: Effect, why: &str) -> String {
+fn effect_message(effect: Option<Effect>, why: &str) -> String {
     match effect {
-        Effect::Retry { tries, failing_from } => {
+        Some(Effect::Retry { tries, failing_from }) => {
             format!("{why}; unanswered {tries} time(s): tried again at the next run, failing only from {failing_from}")
         }
-        Effect::Suspended => format!("{why}; this node's own connection is in doubt: not counted"),
-        Effect::Verdict => why.to_owned(),
+        Some(Effect::Suspended) => format!("{why}; this node's own connection is in doubt: not counted"),
+        Some(Effect::Verdict) | None => why.to_owned(),
     }
 }
 
@@ -354,6 +366,11 @@ async fn check_contract(
     let message = match &ex.heard {
         Heard::Fail { why, .. } => Some(why.clone()),
         Heard::Unreachable(why) => Some(effect_message(audited.judged.effect, why)),
+        Heard::Ended { notice } => Some(format!(
+            "the contract ended by a notice given at {}: nothing is owed (its copy here goes when kaana-prune runs after {})",
+            notice.body.at,
+            notice.body.at.plus_secs(entry.contract.body.grace_secs)
+        )),
         _ => None,
     };
     lines.push(Line {
@@ -416,7 +433,7 @@ async fn standing(node: Node, now: Timestamp) -> anyhow::Result<Exit> {
     let client = Client::with_traffic(node.identity.clone(), Traffic::Short);
     let mut exit = Exit::Ok;
     let silent = node.silent_peers(now)?;
-    for entry in node.contracts()?.into_iter().filter(|e| !is_ended(e)) {
+    for entry in node.contracts()?.into_iter().filter(|e| !owes_nothing(e, now)) {
         // Silent toward the peer (a deliberate failure): not asked.
         let reachable = if silent.contains(&entry.state.peer) {
             None

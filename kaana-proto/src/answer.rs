@@ -80,24 +80,28 @@ pub fn answer(
             format!("node {peer} is not a side of contract {}", c.contract),
         ));
     }
-    // The challenger says, signed, how it judges us: known before anything is decided.
-    let entry = node
+    // The challenger says, signed, how it judges us: known before anything is decided. Every
+    // reply says how this node judges the challenger (a failing answer carries the grace this
+    // node states it grants), read and recorded as said together.
+    let (entry, standing) = node
         .update_contract(&entry.id, |e| {
             e.state.learn(Statement::Challenge(challenge.clone()), now);
-            Ok::<_, StateError>(e.clone())
+            let standing = e.state.say(now);
+            Ok::<_, StateError>((e.clone(), standing))
         })
         .map_err(internal)?;
     let challenge_id = RecordId::of(c).map_err(internal)?;
-    // Every reply says how this node judges the challenger: a failing answer carries the grace
-    // this node states it grants.
-    let standing = entry.state.their_standing;
     let sign = |reply: Reply| -> Result<Signed<Answer>, ErrorReply> {
         let body = Answer { challenge: challenge_id, holder: node.id(), reply, standing, at: now };
         Signed::sign(body, &node.identity).map_err(internal)
     };
     let not_held = |reason: &str| Ok((sign(Reply::NotHeld { reason: reason.to_owned() })?, Vec::new()));
-    if let Status::Ended { at, .. } = &entry.state.status {
-        return not_held(&format!("contract {} ended at {at}", c.contract));
+    match &entry.state.status {
+        Status::Ended { notice: Some(notice), .. } => {
+            return Ok((sign(Reply::Ended { notice: notice.clone() })?, Vec::new()));
+        }
+        Status::Ended { at, .. } => return not_held(&format!("contract {} ended at {at}", c.contract)),
+        _ => {}
     }
 
     let store = Inbound::new(&node.config.storage, &c.contract);
@@ -184,6 +188,7 @@ fn fail_on_purpose(
             failing_at_peer: st.our_standing.is_failing(),
             judging_failing: st.their_standing.is_failing(),
             last_roll: st.last_roll,
+            ending: !matches!(st.status, Status::Active),
         };
         let mut rng = Rng::from_seed(seed);
         let (mode, rolled) = deliberate::decide(&situation, now, &mut rng);
@@ -209,12 +214,23 @@ fn fail_on_purpose(
     Ok(plan)
 }
 
+/// How often at most a holder checks its copy of one peer's data after failing verdicts (a
+/// peer sending one failing verdict after another must not keep it reading its disk).
+pub const SCRUB_GAP_SECS: u64 = 3_600;
+
 /// What the holder does on hearing it failed a challenge, marked before it starts (see
 /// [`scrub_after_failure`]): it does not ask to be challenged again until its copy is checked.
-pub fn mark_for_scrub(node: &Node, contract: &RecordId, now: Timestamp) -> Result<(), StateError> {
+/// Returns whether to check it now: not while a check's repair is awaited, nor twice within
+/// [`SCRUB_GAP_SECS`].
+pub fn mark_for_scrub(node: &Node, contract: &RecordId, now: Timestamp) -> Result<bool, StateError> {
     node.update_contract(contract, |e| {
+        let recent = e.state.scrubbed_at.is_some_and(|t| now.unix() < t.unix().saturating_add(SCRUB_GAP_SECS));
+        if e.state.awaiting_repush.is_some() || recent {
+            return Ok(false);
+        }
         e.state.awaiting_repush = Some(now);
-        Ok(())
+        e.state.scrubbed_at = Some(now);
+        Ok(true)
     })
 }
 

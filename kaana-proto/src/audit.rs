@@ -22,14 +22,14 @@ use crate::fairness::standing::Standing;
 use crate::identity::NodeId;
 use crate::inbound::Inbound;
 use crate::manifest::Manifest;
-use crate::market::RecordId;
+use crate::market::{Notice, RecordId};
 use crate::net::transport::{Client, Connection, NetError, read_exact, read_frame, read_timeout, write_frame};
-use crate::net::wire::{ErrorCode, ErrorReply, Request, Response};
+use crate::net::wire::{ErrorCode, ErrorReply, FrameError, PROTOCOL_VERSION, Request, Response};
 use crate::node::Node;
 use crate::proof;
 use crate::record::{RecordError, Signed};
 use crate::state::{Schema, StateError, create_dir};
-use crate::store::{ContractEntry, PendingPicks};
+use crate::store::{ContractEntry, LearnedStatement, PendingPicks, Status};
 use crate::time::Timestamp;
 
 /// Why a challenge could not be run (as opposed to a holder failing it).
@@ -85,7 +85,8 @@ impl Target {
         }))
     }
 
-    fn generation(&self) -> u64 {
+    /// The generation the target is of.
+    pub fn generation(&self) -> u64 {
         self.manifest.body.generation
     }
 }
@@ -112,6 +113,12 @@ pub enum Heard {
     },
     /// No reply.
     Unreachable(String),
+    /// The holder showed a notice, signed by a side, that ended the contract by the time of its
+    /// answer: nothing is owed any more.
+    Ended {
+        /// The notice.
+        notice: Signed<Notice>,
+    },
 }
 
 impl Heard {
@@ -121,6 +128,7 @@ impl Heard {
             Heard::Pass => Outcome::Pass,
             Heard::Fail { .. } => Outcome::Fail,
             Heard::Superseded { .. } | Heard::Unreachable(_) => Outcome::Unreachable,
+            Heard::Ended { .. } => Outcome::Ended,
         }
     }
 }
@@ -180,13 +188,16 @@ pub async fn exchange(
         Some(tops) => (proof::TOP_LEVELS, tops),
         None => (0, Vec::new()),
     };
+    // The standing stated. That it was said at `now` is recorded by the judgement of the
+    // reply, made at `now` or later (one state write per challenge, not two).
+    let standing = node.contract(&entry.id)?.state.their_standing;
     let body = Challenge {
         contract: entry.id,
         challenger: node.id(),
         holder: peer,
         manifest: RecordId::of(&target.manifest.body)?,
         generation: target.generation(),
-        standing: node.contract(&entry.id)?.state.their_standing,
+        standing,
         nonce: rng.nonce(),
         picks,
         depth,
@@ -226,6 +237,13 @@ pub async fn exchange(
                     why: format!("the holder says: {reason}"),
                 },
                 Reply::Refused { reason } => unsigned(&format!("the holder declined: {reason}")),
+                Reply::Ended { notice } if evidence::ended_by(&entry.contract, notice, a.body.at) => {
+                    Heard::Ended { notice: notice.clone() }
+                }
+                Reply::Ended { .. } => Heard::Fail {
+                    signed: Some((a.body.at, a.body.standing)),
+                    why: "the holder says the contract ended, by a notice that had not ended it".into(),
+                },
                 Reply::Superseded { generation, manifest } => {
                     Heard::Superseded { generation: *generation, manifest: *manifest }
                 }
@@ -239,6 +257,11 @@ pub async fn exchange(
         },
         Ok(Some(_)) => unsigned("a reply that is not an answer"),
         Ok(None) => Heard::Unreachable("the stream ended without a reply".into()),
+        // A peer on another protocol version cannot answer: as if unreachable (judged failing
+        // only if it stays so for the retry window), not a wrong answer.
+        Err(NetError::Frame(FrameError::Version(v))) => {
+            Heard::Unreachable(format!("the holder speaks protocol version {v}, this node {PROTOCOL_VERSION}"))
+        }
         Err(NetError::Frame(e)) => unsigned(&format!("a bad frame: {e}")),
         Err(e) => Heard::Unreachable(e.to_string()),
     };
@@ -327,8 +350,8 @@ fn keep_pending(node: &Node, entry: &ContractEntry, ex: Exchanged) -> Result<Exc
 pub struct Judgement {
     /// The peer's standing now.
     pub standing: Standing,
-    /// What it amounted to.
-    pub effect: Effect,
+    /// What it amounted to; `None`: nothing was judged (the contract had ended by a notice).
+    pub effect: Option<Effect>,
     /// The verdict signed, if one was due.
     pub verdict: Option<Signed<Verdict>>,
 }
@@ -352,12 +375,20 @@ pub fn judge(
         Heard::Pass => Seen::Pass { samples, asked },
         Heard::Fail { .. } => Seen::Fail { asked },
         Heard::Superseded { .. } | Heard::Unreachable(_) => Seen::Unreachable,
+        Heard::Ended { notice } => return adopt_notice(node, entry, notice, now),
     };
+    // Dated no earlier than the clock reads now: another run of this node (cron's beside a
+    // person's) may have signed a word on the peer since this one started.
+    let now = now.max(crate::time::now_from_env().unwrap_or(now));
     let challenge = transcript.map(|t| RecordId::of(&t.challenge.body)).transpose()?;
     let answer = transcript.and_then(|t| t.answer.as_ref()).map(|a| RecordId::of(&a.body)).transpose()?;
     let grace = entry.contract.body.grace_secs;
     let judgement = node.update_contract(&entry.id, |e| {
         let st = &mut e.state;
+        // After every word this node signed on the peer: none of them can then contradict the
+        // grace this judgement may start.
+        let now = st.judging_time(now);
+        st.said_at = Some(now);
         let j = judge::judge(st.their_standing, &st.their_record, seen, now, grace, suspect);
         st.their_standing = j.standing;
         st.their_record = j.record;
@@ -385,12 +416,12 @@ pub fn judge(
         {
             st.audit = Some(if plan.pending() { plan.abandoned(now) } else { plan });
         }
-        Ok::<_, AuditError>(Judgement { standing: j.standing, effect: j.effect, verdict })
+        Ok::<_, AuditError>(Judgement { standing: j.standing, effect: Some(j.effect), verdict })
     })?;
     let effect = match judgement.effect {
-        Effect::Verdict => json!("verdict"),
-        Effect::Retry { tries, failing_from } => json!({"retry": tries, "failing_from": failing_from}),
-        Effect::Suspended => json!("suspended"),
+        Some(Effect::Verdict) | None => json!("verdict"),
+        Some(Effect::Retry { tries, failing_from }) => json!({"retry": tries, "failing_from": failing_from}),
+        Some(Effect::Suspended) => json!("suspended"),
     };
     node.log_event(
         now,
@@ -401,13 +432,38 @@ pub fn judge(
     Ok(judgement)
 }
 
+/// The holder showed the notice that ended the contract: nothing is judged. A contract this
+/// node still held active takes the notice (its own copy of the peer's data then goes when
+/// `kaana-prune` finds the notice run out).
+fn adopt_notice(
+    node: &Node,
+    entry: &ContractEntry,
+    notice: &Signed<Notice>,
+    now: Timestamp,
+) -> Result<Judgement, AuditError> {
+    let delete_after = notice.body.at.plus_secs(entry.contract.body.grace_secs);
+    let (standing, adopted) = node.update_contract(&entry.id, |e| {
+        let adopted = matches!(e.state.status, Status::Active);
+        if adopted {
+            e.state.status = Status::Terminated { notice: notice.clone(), delete_after, delivered: true };
+        }
+        Ok::<_, AuditError>((e.state.their_standing, adopted))
+    })?;
+    let from = if notice.body.from == node.id() { "us" } else { "peer" };
+    if adopted {
+        node.log_event(
+            now,
+            "notice",
+            json!({"contract": entry.id, "peer": entry.state.peer, "from": from, "delete_after": delete_after}),
+        )?;
+    }
+    Ok(Judgement { standing, effect: None, verdict: None })
+}
+
 /// Records a signed word of the peer's about this node (a verdict, or a challenge it sent), if
-/// newer than what this node holds.
-pub fn learn(node: &Node, id: &RecordId, statement: Statement, now: Timestamp) -> Result<(), StateError> {
-    node.update_contract(id, |e| {
-        e.state.learn(statement, now);
-        Ok(())
-    })
+/// newer than what this node holds. Returns whether it was learned.
+pub fn learn(node: &Node, id: &RecordId, statement: Statement, now: Timestamp) -> Result<bool, StateError> {
+    node.update_contract(id, |e| Ok(e.state.learn(statement, now)))
 }
 
 /// Whether `verdict` is `peer`'s signed verdict about this node under `id`.
@@ -486,24 +542,28 @@ pub async fn rechallenge(
 }
 
 /// What a failed challenge amounts to, by the breach rule; with the evidence file when it
-/// proves a breach to anybody. Call it before learning anything newer from the peer.
+/// proves a breach to anybody. `earlier`: the peer's words this node held before the challenge
+/// (the peer may have sent newer ones meanwhile, to replace those that would show it wrong).
 pub fn breach_of(
     node: &Node,
     entry: &ContractEntry,
     ex: &Exchanged,
+    earlier: &[LearnedStatement],
     now: Timestamp,
 ) -> Result<(Breach, Option<PathBuf>), AuditError> {
     let Heard::Fail { signed, .. } = ex.heard else { return Ok((Breach::No, None)) };
     let state = node.contract(&entry.id)?.state;
-    let (last, skew) = state.last_word();
+    let held: Vec<LearnedStatement> = earlier.iter().chain(state.words()).cloned().collect();
+    let words: Vec<(Timestamp, Standing)> = held.iter().map(|l| (l.statement.at(), l.statement.standing())).collect();
+    let skew = state.our_statement.as_ref().or(earlier.first()).map_or(0, |l| l.skew_secs);
     let failed = match signed {
         Some((at, standing)) => Failed::Signed { at, standing },
         None => Failed::Unsigned,
     };
-    match evidence::breach(failed, last, skew, now) {
+    match evidence::breach(failed, &words, skew, entry.contract.body.grace_secs, now) {
         Breach::Proven => {
-            // Only claimed if the file proves it, checked as a third party would.
-            let contradiction = state.our_statement.map(|l| l.statement);
+            // Only claimed if the file proves it, checked as a third party would: without a
+            // contradiction if the answer needs none, else with the first word that does it.
             let evidence = Evidence {
                 schema: Schema,
                 contract: entry.contract.clone(),
@@ -514,14 +574,14 @@ pub fn breach_of(
                 answer: ex.transcript.answer.clone(),
                 answer_bytes: encoding::hex_encode(&ex.transcript.answer_bytes),
                 tops: encoding::hex_encode(ex.transcript.tops.as_flattened()),
-                contradiction,
+                contradiction: None,
             };
-            // The contradiction only where the answer needs one.
-            let without = Evidence { contradiction: None, ..evidence.clone() };
-            let evidence = match (without.check(), evidence.check()) {
-                (Ok(_), _) => without,
-                (_, Ok(_)) => evidence,
-                _ => return Ok((Breach::AtUsOnly, None)),
+            let candidates = std::iter::once(None).chain(held.iter().map(|l| Some(l.statement.clone())));
+            let Some(evidence) = candidates
+                .map(|contradiction| Evidence { contradiction, ..evidence.clone() })
+                .find(|e| e.check().is_ok())
+            else {
+                return Ok((Breach::AtUsOnly, None));
             };
             let dir = node.home.root().join("audits");
             create_dir(&dir)?;
@@ -607,13 +667,14 @@ pub async fn audit(
     now: Timestamp,
     suspect: bool,
 ) -> Result<Audited, AuditError> {
+    let earlier: Vec<LearnedStatement> = node.contract(&entry.id)?.state.words().cloned().collect();
     let ex = challenge_peer(conn, node, entry, samples, now).await?;
     let judged = judge(node, entry, &ex.heard, Some(&ex.transcript), ex.samples, false, now, suspect)?;
     if let Some(v) = &judged.verdict {
         // Telling the peer is a courtesy: its standing here is decided either way.
         let _ = conn.request(&Request::Verdict { verdict: v.clone() }).await;
     }
-    let (breach, evidence) = breach_of(node, entry, &ex, now)?;
+    let (breach, evidence) = breach_of(node, entry, &ex, &earlier, now)?;
     if breach != Breach::No {
         node.update_contract(&entry.id, |e| {
             e.state.audit = e.state.audit.take().map(|p| if p.pending() { p.ended("breach") } else { p });

@@ -20,9 +20,9 @@ use crate::encoding;
 use crate::fairness::standing::Standing;
 use crate::identity::NodeId;
 use crate::manifest::{ExtentHash, Geometry};
-use crate::market::RecordId;
+use crate::market::{Notice, RecordId};
 use crate::proof;
-use crate::record::Record;
+use crate::record::{Record, Signed};
 use crate::time::Timestamp;
 
 /// Samples per challenge by default: a holder missing 10% of the extents fails with probability
@@ -111,6 +111,11 @@ pub enum Reply {
         /// Why, for people.
         reason: String,
     },
+    /// "The contract ended by this notice, and its grace has run out: nothing is owed."
+    Ended {
+        /// The signed notice (from either side).
+        notice: Signed<Notice>,
+    },
 }
 
 impl Record for Answer {
@@ -127,6 +132,9 @@ pub enum Outcome {
     Fail,
     /// No answer.
     Unreachable,
+    /// The holder showed the notice that ended the contract: nothing is owed (never in a
+    /// verdict).
+    Ended,
 }
 
 /// The challenger's judgement, signed by it, with the standing that follows.

@@ -86,6 +86,9 @@ pub enum Status {
         at: Timestamp,
         /// Why.
         reason: String,
+        /// The notice that ended it, if one did: what this node shows a peer that still asks.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        notice: Option<Signed<Notice>>,
     },
 }
 
@@ -150,7 +153,23 @@ pub struct ContractState {
     /// When this node last rolled the dice for a deliberate failure on this contract.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_roll: Option<Timestamp>,
+    /// The peer's latest signed word that this node was `ok` (kept beside `our_statement`,
+    /// which a later failing word replaces): what shows a grace the peer backdates for false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub our_last_ok: Option<LearnedStatement>,
+    /// The latest time this node signed a word on the peer (a challenge, an answer, a
+    /// standing, a verdict). A judgement that the peer is failing is dated no earlier, so that
+    /// nothing this node said before a grace began can read as contradicting that grace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub said_at: Option<Timestamp>,
+    /// When this node last checked its copy of the peer's data after a failing verdict.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scrubbed_at: Option<Timestamp>,
 }
+
+/// How far ahead of this node's clock a peer's word may be dated and still be learned (a
+/// word from the far future would otherwise hide every later one).
+pub const MAX_AHEAD_SECS: u64 = 3_600;
 
 /// A word of the peer's about this node, with how far the peer's clock was ahead of this
 /// node's when it was learned.
@@ -193,7 +212,31 @@ impl ContractState {
             awaiting_repush: None,
             pending_picks: None,
             last_roll: None,
+            our_last_ok: None,
+            said_at: None,
+            scrubbed_at: None,
         }
+    }
+
+    /// This node's standing of the peer, to state in a word signed at `now`; records that it
+    /// said so (call it under the contract's update, and sign with what it returns).
+    pub fn say(&mut self, now: Timestamp) -> Standing {
+        self.said_at = self.said_at.max(Some(now));
+        self.their_standing
+    }
+
+    /// The time to judge the peer at: `now`, or the last time this node signed a word on it if
+    /// that is later (a clock set back). A word signed at the second a grace begins does not
+    /// contradict it (see [`crate::fairness::evidence::breach`]).
+    pub fn judging_time(&self, now: Timestamp) -> Timestamp {
+        // A word dated far ahead (a clock that jumped forward, then back) is not waited for.
+        self.said_at.filter(|s| *s <= now.plus_secs(MAX_AHEAD_SECS)).map_or(now, |s| now.max(s))
+    }
+
+    /// The peer's words that may contradict a grace it states (its latest, and its latest
+    /// `ok`), each with the skew learned with it.
+    pub fn words(&self) -> impl Iterator<Item = &LearnedStatement> {
+        self.our_statement.iter().chain(self.our_last_ok.iter())
     }
 
     /// Whether this node's deliberate failure keeps it silent toward the peer at `now`.
@@ -201,27 +244,22 @@ impl ContractState {
         self.audit.as_ref().is_some_and(|p| p.silent(now))
     }
 
-    /// The peer's latest word on this node (when, by its clock, and the standing), and the
-    /// skew learned with it.
-    pub fn last_word(&self) -> (Option<(Timestamp, Standing)>, i64) {
-        match &self.our_statement {
-            Some(l) => (Some((l.statement.at(), l.statement.standing())), l.skew_secs),
-            None => (None, 0),
-        }
-    }
-
     /// Learns the peer's signed word on this node, unless older (by the peer's clock) than what
     /// this node holds; `now` is this node's clock. Of two words signed in the same second, the
     /// one heard last counts (a rechallenge's verdict right after a standing). Returns whether
     /// it was learned.
     pub fn learn(&mut self, statement: Statement, now: Timestamp) -> bool {
-        if self.our_statement.as_ref().is_some_and(|l| l.statement.at() > statement.at()) {
+        let at = statement.at();
+        if self.our_statement.as_ref().is_some_and(|l| l.statement.at() > at) || at > now.plus_secs(MAX_AHEAD_SECS) {
             return false;
         }
         self.our_standing = statement.standing();
         self.our_standing_at = Some(now);
-        let skew_secs = statement.at().unix() as i64 - now.unix() as i64;
-        self.our_statement = Some(LearnedStatement { statement, skew_secs });
+        let learned = LearnedStatement { skew_secs: at.unix() as i64 - now.unix() as i64, statement };
+        if !learned.statement.standing().is_failing() {
+            self.our_last_ok = Some(learned.clone());
+        }
+        self.our_statement = Some(learned);
         true
     }
 }
@@ -575,5 +613,42 @@ mod tests {
         assert_eq!((plan.mode, plan.pending(), plan.damaged.len()), (Mode::Damaged, true, 0));
         assert_eq!(plan.pretence(Timestamp::from_unix(1_700_000_000)), crate::fairness::deliberate::Pretence::Nothing);
         assert_eq!((state.their_record, state.our_statement), (PeerRecord::default(), None));
+    }
+
+    /// The peer's words on this node: newer ones replace older ones, the latest "ok" is kept
+    /// beside a failing one, and a word dated far ahead of this node's clock is not learned
+    /// (it would hide every later word until its date).
+    #[test]
+    fn words_learned_and_words_refused() {
+        let (me, peer) = (Identity::from_seed([1; 32]), Identity::from_seed([2; 32]));
+        let t = |s: u64| Timestamp::from_unix(1_800_000_000 + s);
+        let word = |standing: Standing, at: u64| {
+            let v = Verdict {
+                contract: "33".repeat(32).parse().unwrap(),
+                challenge: None,
+                answer: None,
+                holder: me.node_id(),
+                result: None,
+                standing,
+                at: t(at),
+            };
+            Statement::Verdict(Signed::sign(v, &peer).unwrap())
+        };
+        let mut state = ContractState::new(Role::Taker, peer.node_id());
+        let failing = Standing::Ok.after_failure(t(200), 7 * 86_400);
+        assert!(state.learn(word(Standing::Ok, 100), t(100)));
+        assert!(state.learn(word(failing, 200), t(210)));
+        assert!(!state.learn(word(Standing::Ok, 150), t(220)), "older than what is held");
+        assert_eq!(state.our_standing, failing);
+        let ats: Vec<(Timestamp, i64)> = state.words().map(|w| (w.statement.at(), w.skew_secs)).collect();
+        assert_eq!(ats, [(t(200), -10), (t(100), 0)]);
+        assert!(!state.learn(word(Standing::Ok, 300 + MAX_AHEAD_SECS + 1), t(300)), "from the far future");
+        assert!(state.learn(word(Standing::Ok, 300 + MAX_AHEAD_SECS), t(300)), "an hour ahead: a clock off");
+        assert_eq!(state.our_standing, Standing::Ok);
+        // What this node says is recorded, and judgements are dated no earlier.
+        assert_eq!(state.say(t(500)), Standing::Ok);
+        assert_eq!((state.judging_time(t(400)), state.judging_time(t(600))), (t(500), t(600)));
+        state.say(t(10_000));
+        assert_eq!(state.judging_time(t(5_000)), t(5_000), "a clock set back by more than an hour");
     }
 }

@@ -282,7 +282,12 @@ fn apply(node: &Node, step: &Step, now: Timestamp) -> anyhow::Result<Option<u64>
                 };
                 // Ended first: from here the server refuses the peer's pushes and challenges,
                 // and a crash leaves an ended contract whose leftovers the next run removes.
-                entry.state.status = Status::Ended { at: now, reason: reason.clone() };
+                // A notice that ended it is kept, to show a peer that still asks.
+                let notice = match &entry.state.status {
+                    Status::Terminated { notice, .. } => Some(notice.clone()),
+                    _ => None,
+                };
+                entry.state.status = Status::Ended { at: now, reason: reason.clone(), notice };
                 node.save_contract_state(id, &entry.state)?;
                 node.log_event(
                     now,

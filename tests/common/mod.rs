@@ -140,9 +140,19 @@ impl ServerProc {
     /// Starts `kaana-sync serve` for `node` on 127.0.0.1 (a free port) with `extra` arguments,
     /// and waits for its first line.
     pub fn start(node: &TestNode, extra: &[&str]) -> Self {
+        Self::spawn(node.cmd("kaana-sync"), extra)
+    }
+
+    /// As [`ServerProc::start`], with the server's clock set to `t` (`KAANA_NOW`).
+    pub fn start_at(node: &TestNode, extra: &[&str], t: u64) -> Self {
+        let mut cmd = node.cmd("kaana-sync");
+        cmd.env("KAANA_NOW", at(t));
+        Self::spawn(cmd, extra)
+    }
+
+    fn spawn(mut cmd: Command, extra: &[&str]) -> Self {
         use std::io::BufRead as _;
-        let mut child = node
-            .cmd("kaana-sync")
+        let mut child = cmd
             .arg("serve")
             .args(if extra.contains(&"--listen") { &[][..] } else { &["--listen", "127.0.0.1:0"][..] })
             .args(extra)

@@ -9,14 +9,17 @@ use kaana_proto::fairness::evidence::{Evidence, Statement};
 use kaana_proto::fairness::standing::Standing;
 use kaana_proto::identity::Identity;
 use kaana_proto::manifest::{Manifest, encode_list, list_hash};
-use kaana_proto::market::{ContractBody, RecordId, countersign};
+use kaana_proto::market::{ContractBody, Notice, RecordId, countersign};
 use kaana_proto::proof;
 use kaana_proto::record::Signed;
 use kaana_proto::state::Schema;
 use kaana_proto::time::Timestamp;
 
 /// How many attacks there are.
-pub const ATTACKS: usize = 8;
+pub const ATTACKS: usize = 10;
+/// Not an attack: the holder really lost a sample inside its grace (what every attack must
+/// fail to look like, and what the check must accept).
+pub const REAL_BREACH: usize = ATTACKS;
 const EXTENT: usize = 16 * 1024;
 
 fn t(s: u64) -> Timestamp {
@@ -132,9 +135,22 @@ pub fn attempt(attack: usize, seed: u64) -> bool {
         depth: 0,
         at: t(1_199),
     };
-    // The holder answers honestly; after its grace ran out it had deleted (attack 6).
+    // The holder answers honestly; after its grace ran out it had deleted (attacks 6 and 8),
+    // or the contract had ended by a notice the owner gave (attack 9: inside the grace the
+    // holder states, but after the notice ran out).
     let (answer, mut raw) = match attack {
-        6 => {
+        9 => {
+            let notice = Notice { contract: id, from: owner.node_id(), at: t(900) };
+            let ended = Answer {
+                challenge: RecordId::of(&challenge).unwrap(),
+                holder: holder.node_id(),
+                reply: Reply::Ended { notice: Signed::sign(notice, &owner).unwrap() },
+                standing: failing,
+                at: t(1_450),
+            };
+            (Signed::sign(ended, &holder).unwrap(), Vec::new())
+        }
+        6 | 8 => {
             let mut gone = Answer {
                 challenge: RecordId::of(&challenge).unwrap(),
                 holder: holder.node_id(),
@@ -144,6 +160,11 @@ pub fn attempt(attack: usize, seed: u64) -> bool {
             };
             gone.standing = failing;
             (Signed::sign(gone, &holder).unwrap(), Vec::new())
+        }
+        REAL_BREACH => {
+            let mut lost = extents.clone();
+            lost[1].fill(0);
+            honest_reply(&holder, &challenge, &manifest, &lost, failing, t(1_200))
         }
         _ => honest_reply(&holder, &challenge, &manifest, &extents, failing, t(1_200)),
     };
@@ -179,6 +200,13 @@ pub fn attempt(attack: usize, seed: u64) -> bool {
             gone.body.at = t(1_600);
             evidence.answer = Some(Signed::sign(gone.body, &holder).unwrap());
             evidence.contradiction = Some(verdict(Standing::Ok, 1_300, &owner));
+        }
+        // The holder's word that the owner was ok, at the very second it judged it failing
+        // (the challenge that found the failure): no contradiction.
+        8 => {
+            let mut ok = Challenge { standing: Standing::Ok, at: t(1_000), ..evidence.challenge.body.clone() };
+            (ok.challenger, ok.holder) = (holder.node_id(), owner.node_id());
+            evidence.contradiction = Some(Statement::Challenge(Signed::sign(ok, &holder).unwrap()));
         }
         // 1: the honest answer as it is, hoping the check misjudges it.
         _ => {}

@@ -118,3 +118,15 @@ fn a_year_of_strategic_peers() {
     assert!(tally.values().all(|t| t.accused == 0 && t.judged_wrongly == 0), "{text}");
     assert!(tally.iter().all(|(s, t)| s.cheats() || t.pruned_wrongly == 0), "{text}");
 }
+
+/// Each framing attack fails, with keys from many seeds, where the same records showing a real
+/// loss inside the grace are accepted.
+#[test]
+fn every_framing_attack_fails_where_a_real_breach_is_proven() {
+    for seed in 0..20 {
+        assert!(framing::attempt(framing::REAL_BREACH, seed), "seed {seed}: a real breach was not proven");
+        for attack in 0..framing::ATTACKS {
+            assert!(!framing::attempt(attack, seed), "seed {seed}: attack {attack} was accepted");
+        }
+    }
+}

@@ -438,8 +438,12 @@ impl World {
 
     /// This node's run of `kaana-challenge --all`.
     fn challenge_run(&mut self, i: usize, h: u64) {
-        let mine: Vec<usize> =
-            self.contracts_of(i).into_iter().filter(|c| !self.silent_toward_peer(*c, self.ends(*c, i).0, h)).collect();
+        let (quiet, mine): (Vec<usize>, Vec<usize>) =
+            self.contracts_of(i).into_iter().partition(|c| self.silent_toward_peer(*c, self.ends(*c, i).0, h));
+        for c in quiet {
+            let ms = self.ends(c, i).0;
+            judge::forget_spell(&mut self.contracts[c].sides[ms].record);
+        }
         let ok: Vec<bool> = mine.iter().map(|c| self.reach(*c, i, h)).collect();
         let suspect = self.check_health(i, h, &ok);
         for (c, ok) in mine.into_iter().zip(ok) {
@@ -493,7 +497,10 @@ impl World {
         let seen = if failed { Seen::Fail { asked: false } } else { Seen::Pass { samples, asked: false } };
         self.judge(c, i, seen, suspect, h, true);
         let mut breached = false;
-        if failed && evidence::breach(Failed::Signed { at: ts(h), standing }, last, 0, ts(h)) == Breach::Proven {
+        if failed
+            && evidence::breach(Failed::Signed { at: ts(h), standing }, last.as_slice(), 0, GRACE, ts(h))
+                == Breach::Proven
+        {
             self.proven(c, ps, j);
             breached = true;
         }
@@ -560,6 +567,7 @@ impl World {
             failing_at_peer: holder.ours.is_failing(),
             judging_failing: holder.their.is_failing(),
             last_roll: holder.last_roll,
+            ending: false,
         };
         let (held, damaged) = (holder.held, holder.damaged);
         let (mode, rolled) = deliberate::decide(&situation, t, &mut self.rng);
@@ -810,8 +818,12 @@ impl World {
     /// This node's run of `kaana-prune`: it checks it reaches its peers, then deletes what the
     /// rules say may go.
     fn prune(&mut self, i: usize, h: u64) {
-        let mine: Vec<usize> =
-            self.contracts_of(i).into_iter().filter(|c| !self.silent_toward_peer(*c, self.ends(*c, i).0, h)).collect();
+        let (quiet, mine): (Vec<usize>, Vec<usize>) =
+            self.contracts_of(i).into_iter().partition(|c| self.silent_toward_peer(*c, self.ends(*c, i).0, h));
+        for c in quiet {
+            let ms = self.ends(c, i).0;
+            judge::forget_spell(&mut self.contracts[c].sides[ms].record);
+        }
         let ok: Vec<bool> = mine.iter().map(|c| self.reach(*c, i, h)).collect();
         self.check_health(i, h, &ok);
         let health = self.nodes[i].health.clone();

@@ -126,12 +126,15 @@ pub struct Situation {
     pub judging_failing: bool,
     /// When this node last rolled the dice for this contract.
     pub last_roll: Option<Timestamp>,
+    /// A side gave notice: the peer may delete the data at the notice's end, so an audit
+    /// could not tell an early deletion from a due one.
+    pub ending: bool,
 }
 
 /// Whether to fail this challenge on purpose, and how; and whether the dice were rolled (the
 /// caller records when: they are rolled at most once an hour).
 pub fn decide(s: &Situation, now: Timestamp, rng: &mut Rng) -> (Option<Mode>, bool) {
-    if s.pending || !s.copy_at_peer || s.failing_at_peer || s.judging_failing {
+    if s.pending || !s.copy_at_peer || s.failing_at_peer || s.judging_failing || s.ending {
         return (None, false);
     }
     let may_roll = s.last_roll.is_none_or(|last| now >= last.plus_secs(super::HOUR));
@@ -297,6 +300,7 @@ mod tests {
             failing_at_peer: false,
             judging_failing: false,
             last_roll: None,
+            ending: false,
         }
     }
 
@@ -315,6 +319,7 @@ mod tests {
             Situation { copy_at_peer: false, ..forced },
             Situation { failing_at_peer: true, ..forced },
             Situation { judging_failing: true, ..forced },
+            Situation { ending: true, ..forced },
         ] {
             assert_eq!(mode(&blocked, t(10), &mut rng), None, "{blocked:?}");
         }

@@ -28,7 +28,7 @@ use crate::challenge::{self, Answer, Challenge, Receipt, Reply, Verdict};
 use crate::encoding;
 use crate::identity::NodeId;
 use crate::manifest::Manifest;
-use crate::market::{Contract, RecordId};
+use crate::market::{Contract, Notice, RecordId};
 use crate::record::{RecordError, Signed};
 use crate::state::Schema;
 use crate::time::Timestamp;
@@ -189,7 +189,7 @@ impl Evidence {
         }
         let proven = self.failed(a, g)?;
 
-        // Inside the grace the holder itself stated.
+        // Inside the grace the holder itself stated, of the contract's length.
         let (since, delete_after) = a.body.standing.failing().ok_or_else(|| {
             EvidenceError::NoBreach(
                 "the holder judged the owner ok when it answered: a failure to hold the data, not a breach of a grace"
@@ -198,6 +198,11 @@ impl Evidence {
         })?;
         if a.body.at < since {
             return Err(bad("the answer is older than the failing it states"));
+        }
+        if delete_after.unix().checked_sub(since.unix()) != Some(self.contract.body.grace_secs) {
+            // A grace the contract does not grant: stated to escape (a short one, or one run
+            // out by being backdated whole), not one a holder may claim.
+            return Ok(proven);
         }
         if a.body.at < delete_after {
             return Ok(proven);
@@ -210,7 +215,9 @@ impl Evidence {
         if s.contract() != id || s.about() != owner {
             return Err(bad("the contradicting statement is about another contract or node"));
         }
-        if (since..=a.body.at).contains(&s.at()) && s.standing() != a.body.standing {
+        // Strictly after `since`: a node judges a peer failing only after every word it signed
+        // before (its challenge that found the failure included).
+        if since < s.at() && s.at() <= a.body.at && s.standing() != a.body.standing {
             Ok(proven)
         } else {
             Err(EvidenceError::NoBreach("the holder's earlier statement does not contradict its answer".into()))
@@ -222,6 +229,11 @@ impl Evidence {
         let c = &self.challenge.body;
         match &a.body.reply {
             Reply::NotHeld { .. } => Ok(Proven { failed_samples: c.picks.len(), samples: c.picks.len() }),
+            Reply::Ended { notice } if ended_by(&self.contract, notice, a.body.at) => {
+                Err(EvidenceError::NoBreach(format!("the contract had ended by a notice given at {}", notice.body.at)))
+            }
+            // A notice that does not end the contract yet: the holder holds nothing it owes.
+            Reply::Ended { .. } => Ok(Proven { failed_samples: c.picks.len(), samples: c.picks.len() }),
             Reply::Superseded { .. } | Reply::Refused { .. } => {
                 Err(EvidenceError::NoBreach("the holder declined the challenge; it did not fail it".into()))
             }
@@ -248,6 +260,15 @@ impl Evidence {
             }
         }
     }
+}
+
+/// Whether `notice`, signed by a side of `contract`, ended it by `at` (its grace run out).
+pub fn ended_by(contract: &Contract, notice: &Signed<Notice>, at: Timestamp) -> bool {
+    let n = &notice.body;
+    contract.id().is_ok_and(|id| id == n.contract)
+        && contract.body.peer_of(&n.from).is_some()
+        && notice.verify_by(&n.from).is_ok()
+        && n.at.plus_secs(contract.body.grace_secs) <= at
 }
 
 fn hex_bytes(text: &str) -> Option<Vec<u8>> {
@@ -288,10 +309,17 @@ pub enum Breach {
     AtUsOnly,
 }
 
-/// Whether a failed challenge is a breach. `last` is the holder's latest earlier statement of
-/// how it judged this node (`at` by the holder's clock, and the standing), if this node holds
-/// one; `skew` how far the holder's clock was ahead of this node's when it was learned.
-pub fn breach(failed: Failed, last: Option<(Timestamp, Standing)>, skew_secs: i64, now: Timestamp) -> Breach {
+/// Whether a failed challenge is a breach. `words` are the holder's earlier statements of how
+/// it judged this node that this node holds (`at` by the holder's clock, and the standing: its
+/// latest, and its latest `ok`); `skew_secs` how far the holder's clock was ahead of this
+/// node's when its latest was learned; `grace_secs` the contract's grace.
+pub fn breach(
+    failed: Failed,
+    words: &[(Timestamp, Standing)],
+    skew_secs: i64,
+    grace_secs: u64,
+    now: Timestamp,
+) -> Breach {
     // Inside a window by this node's clock (the holder's times moved by the skew learned).
     let local = |t: Timestamp| t.unix().saturating_add_signed(-skew_secs);
     let inside =
@@ -299,8 +327,9 @@ pub fn breach(failed: Failed, last: Option<(Timestamp, Standing)>, skew_secs: i6
     match failed {
         Failed::Signed { at, standing } => {
             let Some((since, delete_after)) = standing.failing() else { return Breach::No };
-            let contradicted = last.is_some_and(|(x, st)| (since..=at).contains(&x) && st != standing);
-            if since <= at && (at < delete_after || contradicted) {
+            let granted = delete_after.unix().checked_sub(since.unix()) == Some(grace_secs);
+            let contradicted = words.iter().any(|(x, st)| since < *x && *x <= at && *st != standing);
+            if since <= at && (at < delete_after || !granted || contradicted) {
                 Breach::Proven
             } else if inside((since, delete_after)) {
                 // The holder signed a time this node's clock says is wrong.
@@ -309,7 +338,7 @@ pub fn breach(failed: Failed, last: Option<(Timestamp, Standing)>, skew_secs: i6
                 Breach::No
             }
         }
-        Failed::Unsigned => match last.and_then(|(_, st)| st.failing()) {
+        Failed::Unsigned => match words.iter().max_by_key(|(x, _)| *x).and_then(|(_, st)| st.failing()) {
             Some(window) if inside(window) => Breach::AtUsOnly,
             _ => Breach::No,
         },
@@ -331,26 +360,38 @@ mod tests {
 
     #[test]
     fn the_breach_rule() {
-        let failing = Standing::Ok.after_failure(t(100), 100);
+        const G: u64 = 100;
+        let failing = Standing::Ok.after_failure(t(100), G);
         let signed = |at| Failed::Signed { at: t(at), standing: failing };
-        assert_eq!(breach(signed(150), None, 0, t(150)), Breach::Proven);
-        assert_eq!(breach(signed(100), None, 0, t(100)), Breach::Proven);
+        let b = |f, words: &[(Timestamp, Standing)], skew, now| breach(f, words, skew, G, t(now));
+        assert_eq!(b(signed(150), &[], 0, 150), Breach::Proven);
+        assert_eq!(b(signed(100), &[], 0, 100), Breach::Proven);
         // At delete_after the holder may delete.
-        assert_eq!(breach(signed(200), None, 0, t(200)), Breach::No);
-        assert_eq!(breach(signed(250), None, 0, t(250)), Breach::No);
-        // Unless its own earlier word says the owner was not failing so then.
-        assert_eq!(breach(signed(250), Some((t(180), Standing::Ok)), 0, t(250)), Breach::Proven);
-        assert_eq!(breach(signed(250), Some((t(180), failing)), 0, t(250)), Breach::No);
-        assert_eq!(breach(signed(250), Some((t(90), Standing::Ok)), 0, t(250)), Breach::No, "before since");
+        assert_eq!(b(signed(200), &[], 0, 200), Breach::No);
+        assert_eq!(b(signed(250), &[], 0, 250), Breach::No);
+        // Unless its own earlier word, made after `since`, says the owner was not failing so.
+        assert_eq!(b(signed(250), &[(t(180), Standing::Ok)], 0, 250), Breach::Proven);
+        assert_eq!(b(signed(250), &[(t(180), failing)], 0, 250), Breach::No);
+        assert_eq!(b(signed(250), &[(t(90), Standing::Ok)], 0, 250), Breach::No, "before since");
+        // A word made at `since` itself is the one that found the failure: no contradiction
+        // (a judge dates a failing judgement after every word it signed before).
+        assert_eq!(b(signed(250), &[(t(100), Standing::Ok)], 0, 250), Breach::No, "at since");
+        // The latest `ok` kept beside a later failing word still contradicts.
+        assert_eq!(b(signed(250), &[(t(190), failing), (t(150), Standing::Ok)], 0, 250), Breach::Proven);
+        // A grace of another length than the contract's is no grace the holder may claim: a
+        // short one, or a backdated window that ran out.
+        let short = Failed::Signed { at: t(150), standing: Standing::Ok.after_failure(t(100), 10) };
+        assert_eq!(b(short, &[], 0, 150), Breach::Proven);
         // A holder that judged the owner ok simply failed.
-        assert_eq!(breach(Failed::Signed { at: t(150), standing: Standing::Ok }, None, 0, t(150)), Breach::No);
+        assert_eq!(b(Failed::Signed { at: t(150), standing: Standing::Ok }, &[], 0, 150), Breach::No);
         // No signature: a breach at us only, while our last word from it says we are in grace.
-        assert_eq!(breach(Failed::Unsigned, Some((t(100), failing)), 0, t(150)), Breach::AtUsOnly);
-        assert_eq!(breach(Failed::Unsigned, None, 0, t(150)), Breach::No);
+        assert_eq!(b(Failed::Unsigned, &[(t(100), failing)], 0, 150), Breach::AtUsOnly);
+        assert_eq!(b(Failed::Unsigned, &[(t(100), failing), (t(90), Standing::Ok)], 0, 150), Breach::AtUsOnly);
+        assert_eq!(b(Failed::Unsigned, &[], 0, 150), Breach::No);
         // The holder signs a time past its deadline, but by our clock (its clock 30 s ahead)
         // it is inside: a breach, at us only.
-        assert_eq!(breach(signed(900), None, 30, t(160)), Breach::AtUsOnly);
-        assert_eq!(breach(Failed::Unsigned, Some((t(100), failing)), 30, t(171)), Breach::No);
+        assert_eq!(b(signed(900), &[], 30, 160), Breach::AtUsOnly);
+        assert_eq!(b(Failed::Unsigned, &[(t(100), failing)], 30, 171), Breach::No);
     }
 
     /// An owner O, a holder H, a contract, a 4-extent copy H receipted, O's challenge, and H's
@@ -517,9 +558,11 @@ mod tests {
             w.evidence.contradiction = Some(verdict(&w, said, 1_700, &w.holder));
             assert_eq!(w.evidence.check(), Ok(Proven { failed_samples: 1, samples: 3 }), "{said:?}");
         }
-        // Not a contradiction: the same failing, a word from before `since`, or one the owner
-        // signed itself.
-        for (said, at, by) in [(o_failing(), 1_700, &w.holder), (Standing::Ok, 900, &w.holder)] {
+        // Not a contradiction: the same failing, a word from before `since` or at its very
+        // second (the challenge that found the failure says "ok"), or one the owner signed.
+        for (said, at, by) in
+            [(o_failing(), 1_700, &w.holder), (Standing::Ok, 900, &w.holder), (Standing::Ok, 1_000, &w.holder)]
+        {
             w.evidence.contradiction = Some(verdict(&w, said, at, by));
             assert!(matches!(w.evidence.check(), Err(EvidenceError::NoBreach(_))), "{said:?} {at}");
         }
@@ -527,8 +570,52 @@ mod tests {
         assert!(matches!(w.evidence.check(), Err(EvidenceError::Inconsistent(_))));
         // A holder that judged the owner ok when it failed simply failed.
         let mut w = world(lost_one);
-        resign(&mut w, reply, Standing::Ok, t(1_200));
+        resign(&mut w, reply.clone(), Standing::Ok, t(1_200));
         assert!(matches!(w.evidence.check(), Err(EvidenceError::NoBreach(m)) if m.contains("judged the owner ok")));
+    }
+
+    #[test]
+    fn a_grace_shorter_or_backdated_does_not_excuse_a_greedy_holder() {
+        let mut w = world(lost_one);
+        let reply = w.evidence.answer.clone().unwrap().body.reply;
+        // A grace shorter than the contract's (since 1 000, delete after 1 100): a breach at
+        // any time, no other word needed.
+        resign(&mut w, reply.clone(), Standing::Failing { since: t(1_000), delete_after: t(1_100) }, t(1_200));
+        assert_eq!(w.evidence.check(), Ok(Proven { failed_samples: 1, samples: 3 }));
+        // A whole grace backdated to have run out (since 0, delete after 500): its own word
+        // that the owner was ok at 300, which the owner keeps, shows it.
+        resign(&mut w, reply, Standing::Ok.after_failure(t(0), 500), t(1_200));
+        assert!(matches!(w.evidence.check(), Err(EvidenceError::NoBreach(_))));
+        w.evidence.contradiction = Some(verdict(&w, Standing::Ok, 300, &w.holder));
+        assert_eq!(w.evidence.check(), Ok(Proven { failed_samples: 1, samples: 3 }));
+    }
+
+    #[test]
+    fn a_contract_ended_by_notice_owes_nothing_and_a_notice_still_running_excuses_nothing() {
+        let mut w = world(lost_one);
+        let notice = |w: &World, at: u64, by: &Identity| {
+            let body = Notice { contract: w.evidence.contract.id().unwrap(), from: by.node_id(), at: t(at) };
+            Signed::sign(body, by).unwrap()
+        };
+        // Notice given at 600 by either side: the contract ended at 1 100, before the answer.
+        for n in [notice(&w, 600, &w.holder), notice(&w, 600, &w.owner)] {
+            resign(&mut w, Reply::Ended { notice: n }, o_failing(), t(1_200));
+            assert!(
+                matches!(w.evidence.check(), Err(EvidenceError::NoBreach(m)) if m.contains("ended by a notice")),
+                "{:?}",
+                w.evidence.check()
+            );
+        }
+        // Notice given at 800 ends it at 1 300: at 1 200 the data was still owed. A notice by
+        // a stranger, or for another contract, ends nothing.
+        let stranger = Identity::from_seed([9; 32]);
+        let mut other = notice(&w, 100, &w.holder);
+        other.body.contract = "22".repeat(32).parse().unwrap();
+        let other = Signed::sign(other.body, &w.holder).unwrap();
+        for n in [notice(&w, 800, &w.holder), notice(&w, 100, &stranger), other] {
+            resign(&mut w, Reply::Ended { notice: n.clone() }, o_failing(), t(1_200));
+            assert_eq!(w.evidence.check(), Ok(Proven { failed_samples: 3, samples: 3 }), "{:?}", n.body);
+        }
     }
 
     #[test]

@@ -177,6 +177,16 @@ pub fn judge(
     Judged { standing, record, effect }
 }
 
+/// Forgets the current spell of unanswered tries: this node is not trying the peer (it is
+/// silent toward it on purpose), so it sees nothing of it meanwhile. Whether anything changed.
+pub fn forget_spell(record: &mut PeerRecord) -> bool {
+    let had = record.tries > 0 || record.unreachable_since.is_some() || record.last_try.is_some();
+    record.tries = 0;
+    record.unreachable_since = None;
+    record.last_try = None;
+    had
+}
+
 fn answered(record: &mut PeerRecord, now: Timestamp) {
     record.last_seen = Some(now);
     record.unreachable_since = None;
@@ -297,6 +307,22 @@ mod tests {
         assert_eq!(e[2], Effect::Retry { tries: 1, failing_from: t(8 * DAY) });
         let j = judge(s, &r, Seen::Unreachable, t(7 * DAY + 4 * HOUR), GRACE, false);
         assert_eq!(j.effect, Effect::Retry { tries: 2, failing_from: t(8 * DAY + 4 * HOUR) });
+        // A judge that runs only by day (a laptop shut from 8 pm to 8 am) still judges a
+        // holder that vanished; shut from 7 pm to 9 am, it never does (each night may have
+        // hidden the peer back).
+        let days = |hours: [u64; 4]| -> Vec<(u64, Seen)> {
+            (0..4).flat_map(|d| hours.map(|h| (d * DAY + h * HOUR, Seen::Unreachable))).collect()
+        };
+        let (s, _, _) = run(Standing::Ok, PeerRecord::default(), &days([8, 12, 16, 20]));
+        assert!(s.is_failing(), "{s:?}");
+        let (s, _, _) = run(Standing::Ok, PeerRecord::default(), &days([9, 13, 17, 19]));
+        assert_eq!(s, Standing::Ok);
+        let days = days([8, 12, 16, 20]);
+        // Silent toward the peer on purpose, the judge forgets the spell it had begun.
+        let mut r = run(Standing::Ok, PeerRecord::default(), &days[..3]).1;
+        assert!(forget_spell(&mut r));
+        assert_eq!((r.tries, r.unreachable_since, r.last_try, r.unreachable), (0, None, None, 3));
+        assert!(!forget_spell(&mut r));
     }
 
     #[test]

@@ -38,7 +38,11 @@ pub const RETRY_WINDOW_SECS: u64 = DAY;
 pub const MIN_TRIES: u32 = 4;
 /// Unanswered tries further apart than this are not one spell: a judge that did not try for a
 /// while (it was down, its cron did not run, or it was silent toward the peer on purpose) saw
-/// nothing of the peer meanwhile, and starts its count again.
+/// nothing of the peer meanwhile, and starts its count again. Twelve hours: a judge down longer
+/// than that between its tries may have missed the peer back between two outages of its own
+/// (a day and a half let two honest nodes, each offline under a day by turns, judge each other
+/// failing in the simulation). A judge shut down for longer every night therefore never judges
+/// an unreachable peer: it keeps the peer's copy, and its person sees the `unreachable` lines.
 pub const TRY_GAP_SECS: u64 = 12 * HOUR;
 /// How often a failing peer may ask to be challenged again.
 pub const RECHALLENGE_INTERVAL_SECS: u64 = HOUR;

@@ -54,8 +54,8 @@ pub(super) async fn answer(ctx: &Arc<Ctx>, peer: NodeId, challenge: Signed<Chall
 }
 
 /// `verdict`: how the peer judged our answer; recorded as our standing there (if newer than
-/// what we hold). After a failing one, the copy of the peer's data here is checked, as a holder
-/// that learns it failed does.
+/// what we hold). After a newly learned failing one, the copy of the peer's data here is
+/// checked, as a holder that learns it failed does (at most once an hour).
 pub(super) async fn verdict(ctx: &Arc<Ctx>, peer: NodeId, verdict: Signed<Verdict>) -> Handled {
     let c = ctx.clone();
     blocking(move || {
@@ -64,12 +64,11 @@ pub(super) async fn verdict(ctx: &Arc<Ctx>, peer: NodeId, verdict: Signed<Verdic
             return Err(ErrorReply::new(ErrorCode::BadRequest, "the verdict is about another node"));
         }
         let id = verdict.body.contract;
-        let entry = side(&c, peer, &id)?;
+        side(&c, peer, &id)?;
         let now = now()?;
         let failed = verdict.body.result == Some(Outcome::Fail);
-        audit::learn(&c.node, &id, Statement::Verdict(verdict), now).map_err(internal)?;
-        if failed && entry.state.awaiting_repush.is_none() {
-            answer::mark_for_scrub(&c.node, &id, now).map_err(internal)?;
+        let learned = audit::learn(&c.node, &id, Statement::Verdict(verdict), now).map_err(internal)?;
+        if learned && failed && answer::mark_for_scrub(&c.node, &id, now).map_err(internal)? {
             let node = c.clone();
             tokio::task::spawn_blocking(move || {
                 if let Err(e) = answer::scrub_after_failure(&node.node, &id, now) {
@@ -116,17 +115,48 @@ pub(super) async fn rechallenge(ctx: &Arc<Ctx>, conn: &quinn::Connection, peer: 
             return Err(ErrorReply::new(ErrorCode::Refused, format!("asked again too soon: ask again after {until}")));
         }
         Admission::AlreadyOk => {
-            return Ok((Response::Rechallenged { verdict: standing_verdict(ctx, &entry, now)? }, None));
+            let c = ctx.clone();
+            let verdict = blocking(move || standing_verdict(&c, &entry, now)).await?;
+            return Ok((Response::Rechallenged { verdict }, None));
         }
         Admission::Challenge { samples } => samples,
     };
     let Some(target) = audit::Target::from_record(&ctx.node, &id).map_err(internal)? else {
         return Err(ErrorReply::new(ErrorCode::Refused, "nothing of ours is at your node to challenge you about"));
     };
-    let (mut send, mut recv) = conn.open_bi().await.map_err(internal)?;
-    let mut ex = audit::exchange(&mut send, &mut recv, &ctx.node, &entry, target, samples, None, now)
-        .await
-        .map_err(|e| ErrorReply::new(ErrorCode::Refused, format!("could not challenge you: {e}")))?;
+    let mut ex = rechallenge_exchange(ctx, conn, &entry, target, samples, now).await?;
+    if let Heard::Superseded { generation, .. } = ex.heard {
+        // A push committed meanwhile: the peer is challenged on the copy it now holds, which
+        // this node must know of (it pushed it); a generation this node never pushed is a lie.
+        let newer = audit::Target::from_record(&ctx.node, &id)
+            .map_err(internal)?
+            .filter(|t| t.generation() == generation && generation > ex.target.generation());
+        ex = match newer {
+            Some(t) => rechallenge_exchange(ctx, conn, &entry, t, samples, now).await?,
+            None => audit::Exchanged {
+                heard: Heard::Fail {
+                    signed: None,
+                    why: format!("the holder claims a generation {generation} it cannot show"),
+                },
+                ..ex
+            },
+        };
+    }
+    if let Heard::Ended { notice } = &ex.heard {
+        // It asked to be challenged, then showed the notice that ended the contract: nothing
+        // is owed, nothing judged.
+        let id = entry.id;
+        let _ = blocking({
+            let c = ctx.clone();
+            let (entry, heard) = (entry.clone(), ex.heard.clone());
+            move || audit::judge(&c.node, &entry, &heard, None, 0, true, now, false).map_err(internal)
+        })
+        .await?;
+        return Err(ErrorReply::new(
+            ErrorCode::Refused,
+            format!("contract {id} ended by a notice given at {}: nothing to rechallenge", notice.body.at),
+        ));
+    }
     if let Heard::Superseded { .. } | Heard::Unreachable(_) = ex.heard {
         // A peer that asks to be challenged and then does not answer (having seen the samples)
         // has failed that rechallenge: it may ask again in an hour, for a stronger one.
@@ -141,15 +171,32 @@ pub(super) async fn rechallenge(ctx: &Arc<Ctx>, conn: &quinn::Connection, peer: 
     Ok((Response::Rechallenged { verdict }, None))
 }
 
-/// A signed statement of the peer's standing here, now (no challenge behind it).
+/// One challenge of the peer, on a stream this node opens on the peer's connection.
+async fn rechallenge_exchange(
+    ctx: &Ctx,
+    conn: &quinn::Connection,
+    entry: &ContractEntry,
+    target: audit::Target,
+    samples: usize,
+    now: Timestamp,
+) -> Result<audit::Exchanged, ErrorReply> {
+    let (mut send, mut recv) = conn.open_bi().await.map_err(internal)?;
+    audit::exchange(&mut send, &mut recv, &ctx.node, entry, target, samples, None, now)
+        .await
+        .map_err(|e| ErrorReply::new(ErrorCode::Refused, format!("could not challenge you: {e}")))
+}
+
+/// A signed statement of the peer's standing here, now (no challenge behind it): read and
+/// recorded as said together, so that a later judgement is dated after it.
 fn standing_verdict(ctx: &Ctx, entry: &ContractEntry, now: Timestamp) -> Result<Signed<Verdict>, ErrorReply> {
+    let standing = ctx.node.update_contract(&entry.id, |e| Ok::<_, StateError>(e.state.say(now))).map_err(internal)?;
     let body = Verdict {
         contract: entry.id,
         challenge: None,
         answer: None,
         holder: entry.state.peer,
         result: None,
-        standing: entry.state.their_standing,
+        standing,
         at: now,
     };
     Signed::sign(body, &ctx.node.identity).map_err(internal)

@@ -19,7 +19,7 @@ use crate::record::Signed;
 /// The protocol version every frame carries. 2: every answer states how the holder judges the
 /// challenger, challenges state the reverse, and a peer can be asked for its standing and a
 /// rechallenge (version 1 nodes cannot take part in the fairness rules).
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// The largest JSON frame accepted, in bytes.
 pub const MAX_FRAME: usize = 1 << 20;
@@ -366,7 +366,7 @@ mod tests {
         let frame = encode(&Request::Hello).unwrap();
         let len = frame_len(frame[..4].try_into().unwrap()).unwrap();
         assert_eq!(len, frame.len() - 4);
-        assert_eq!(&frame[4..], br#"{"v":2,"kind":"hello"}"#);
+        assert_eq!(&frame[4..], br#"{"v":3,"kind":"hello"}"#);
         assert_eq!(decode::<Request>(&frame[4..]), Ok(Request::Hello));
     }
 
@@ -374,9 +374,9 @@ mod tests {
     fn errors_say_what_is_wrong() {
         assert_eq!(frame_len((MAX_FRAME as u32 + 1).to_be_bytes()), Err(FrameError::TooLarge(MAX_FRAME as u64 + 1)));
         // A version 1 node's frame, and one from the future.
-        assert_eq!(decode::<Request>(br#"{"v":1,"kind":"hello"}"#), Err(FrameError::Version(1)));
-        assert_eq!(decode::<Request>(br#"{"v":3,"kind":"hello"}"#), Err(FrameError::Version(3)));
-        let unknown = ErrorReply::from(decode::<Request>(br#"{"v":2,"kind":"steal"}"#).unwrap_err());
+        assert_eq!(decode::<Request>(br#"{"v":2,"kind":"hello"}"#), Err(FrameError::Version(2)));
+        assert_eq!(decode::<Request>(br#"{"v":4,"kind":"hello"}"#), Err(FrameError::Version(4)));
+        let unknown = ErrorReply::from(decode::<Request>(br#"{"v":3,"kind":"steal"}"#).unwrap_err());
         assert_eq!(unknown.code, ErrorCode::UnknownRequest);
         let garbage = ErrorReply::from(decode::<Request>(b"\x00\xffnot json").unwrap_err());
         assert_eq!(garbage.code, ErrorCode::BadFrame);
