@@ -94,6 +94,17 @@ fn every_command_in_the_readme_exists_with_its_flags() {
     assert!(checked >= 20, "only {checked} commands found in the README");
 }
 
+/// A time-out in the environment that cannot be read is refused, not silently replaced.
+#[test]
+fn an_unreadable_time_out_is_refused() {
+    for (var, value) in [("KAANA_CONNECT_TIMEOUT", "forever"), ("KAANA_READ_TIMEOUT", "0s")] {
+        let out = Command::new(bin_dir().join("kaana-offer")).args(["id"]).env(var, value).output().unwrap();
+        assert_exit(&out, 2);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(var) && err.contains(value), "{err}");
+    }
+}
+
 #[test]
 fn every_tool_prints_completions_and_a_man_page() {
     for tool in ["kaana-offer", "kaana-sync", "kaana-challenge", "kaana-prune"] {
@@ -102,7 +113,11 @@ fn every_tool_prints_completions_and_a_man_page() {
         assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("_{}", tool.replace('-', "__"))));
         let out = Command::new(bin_dir().join(tool)).arg("man").output().unwrap();
         assert_success(&out);
-        assert!(String::from_utf8_lossy(&out.stdout).contains(".TH"), "{tool}");
+        let page = String::from_utf8_lossy(&out.stdout);
+        assert!(page.contains(".TH"), "{tool}");
+        // One page: its commands in it, no references to per-command pages never installed.
+        assert!(page.contains(&format!(".SS \"{tool} man\"")), "{tool}: {page}");
+        assert!(!page.contains("(1)"), "{tool} refers to another page: {page}");
     }
 }
 

@@ -28,6 +28,10 @@ impl From<Exit> for ExitCode {
 /// Runs a tool's body, prints its error chain once (prefixed with the tool's name) and maps
 /// the outcome to an exit code.
 pub fn main_with(tool: &str, run: impl FnOnce() -> anyhow::Result<Exit>) -> ExitCode {
+    if let Err(e) = crate::net::transport::check_env() {
+        eprintln!("{tool}: error: {e}");
+        return Exit::Error.into();
+    }
     match run() {
         Ok(exit) => exit.into(),
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
@@ -63,12 +67,65 @@ pub fn print_completions<A: clap::CommandFactory>(shell: clap_complete::Shell) -
     Ok(Exit::Ok)
 }
 
-/// Prints the man page (roff) of a tool whose arguments are `A`.
+/// Prints the man page (roff) of a tool whose arguments are `A`: one page, its commands each
+/// with their usage and options (no references to per-command pages that are not installed).
 pub fn print_man<A: clap::CommandFactory>() -> anyhow::Result<Exit> {
+    let mut cmd = A::command();
+    cmd.build();
+    let man = clap_mangen::Man::new(cmd.clone());
     let mut out = io::stdout().lock();
-    clap_mangen::Man::new(A::command()).render(&mut out)?;
+    man.render_title(&mut out)?;
+    man.render_name_section(&mut out)?;
+    man.render_synopsis_section(&mut out)?;
+    man.render_description_section(&mut out)?;
+    if cmd.get_arguments().any(|a| !a.is_hide_set()) {
+        man.render_options_section(&mut out)?;
+    }
+    if cmd.get_subcommands().any(|s| !s.is_hide_set()) {
+        writeln!(out, ".SH COMMANDS")?;
+        man_commands(&mut out, cmd.get_name(), &cmd)?;
+    }
+    if cmd.get_after_long_help().is_some() || cmd.get_after_help().is_some() {
+        man.render_extra_section(&mut out)?;
+    }
     out.flush()?;
     Ok(Exit::Ok)
+}
+
+/// Each visible subcommand of `cmd` (and theirs), with its usage and options.
+fn man_commands(out: &mut impl io::Write, prefix: &str, cmd: &clap::Command) -> io::Result<()> {
+    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set() && s.get_name() != "help") {
+        let name = format!("{prefix} {}", sub.get_name());
+        writeln!(out, ".SS \"{}\"", roff(&name))?;
+        if let Some(about) = sub.get_long_about().or(sub.get_about()) {
+            writeln!(out, "{}", roff(&about.to_string()))?;
+        }
+        let usage = sub.clone().render_usage().to_string();
+        writeln!(out, ".PP\n\\fB{}\\fR", roff(usage.trim_start_matches("Usage: ")))?;
+        for arg in sub.get_arguments().filter(|a| !a.is_hide_set()) {
+            let flag = match (arg.get_short(), arg.get_long()) {
+                (_, Some(long)) => format!("--{long}"),
+                (Some(short), None) => format!("-{short}"),
+                (None, None) => arg.get_id().to_string().to_uppercase(),
+            };
+            writeln!(out, ".TP\n\\fB{}\\fR", roff(&flag))?;
+            if let Some(help) = arg.get_long_help().or(arg.get_help()) {
+                writeln!(out, "{}", roff(&help.to_string()))?;
+            }
+        }
+        man_commands(out, &name, sub)?;
+    }
+    Ok(())
+}
+
+/// `text` safe in roff: backslashes escaped, no line starting a request.
+fn roff(text: &str) -> String {
+    let lines = text.replace('\\', "\\e");
+    let lines: Vec<String> = lines
+        .lines()
+        .map(|l| if l.starts_with('.') || l.starts_with('\'') { format!("\\&{l}") } else { l.to_owned() })
+        .collect();
+    lines.join("\n")
 }
 
 /// Writes `value` to stdout as one line of JSON and flushes it, so that a pipe reader sees

@@ -193,6 +193,19 @@ fn client_config(
     Ok((config, seen))
 }
 
+/// Checks the time-outs set in the environment, so that a tool refuses a value it could not
+/// read (`KAANA_CONNECT_TIMEOUT=forever`) instead of silently using its default.
+pub fn check_env() -> Result<(), String> {
+    for var in [CONNECT_TIMEOUT_ENV, READ_TIMEOUT_ENV] {
+        if let Ok(text) = std::env::var(var)
+            && humantime::parse_duration(&text).map_or(true, |d| d.is_zero())
+        {
+            return Err(format!("{var}={text:?} is not a time-out such as 10s, 2m or 1h"));
+        }
+    }
+    Ok(())
+}
+
 /// A client's time-out on every read: `KAANA_READ_TIMEOUT`, else [`READ_TIMEOUT`].
 pub fn read_timeout() -> Duration {
     static CELL: OnceLock<Duration> = OnceLock::new();
