@@ -216,10 +216,21 @@ fn a_plain_volume_is_refused_unless_allowed() {
     let volume = work.path().join("plain.img");
     fs::write(&volume, b"my diary, unencrypted. ".repeat(200_000)).unwrap();
     let Pair { a, b: _b, sa: _sa, sb: _sb, contract } = contracted_pair(&volume, "64MiB");
-    let out = a.run("kaana-sync", &["push", &contract]);
+    // Bad input is the tool's error (exit 2), with --all as without, and nothing is sent.
+    for args in [&["push", &contract][..], &["push", "--all"]] {
+        let out = a.run("kaana-sync", args);
+        assert_exit(&out, 2);
+        assert!(stderr(&out).contains("does not look encrypted"), "{}", stderr(&out));
+        assert_eq!(out.stdout, b"", "{args:?}");
+    }
+    let out = a.run("kaana-sync", &["push", "--all", "--allow-plaintext", "--extent-size", "3000"]);
     assert_exit(&out, 2);
-    assert!(stderr(&out).contains("does not look encrypted"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--extent-size"), "{}", stderr(&out));
     assert_success(&a.run("kaana-sync", &["push", &contract, "--allow-plaintext"]));
+    // Without a contract or --all, the tool says both ways.
+    let out = a.run("kaana-sync", &["push"]);
+    assert_exit(&out, 2);
+    assert!(stderr(&out).contains("<CONTRACT|--all>"), "{}", stderr(&out));
 }
 
 #[test]

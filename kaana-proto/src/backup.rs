@@ -183,6 +183,14 @@ async fn connect(client: &Client, node: &Node, peer: NodeId) -> Result<Connectio
     client.connect_any(peer, &addrs).await.map_err(net(peer))
 }
 
+/// Whether this node's volume can be pushed in extents of `extent_size`: configured, readable,
+/// of a valid geometry, and encrypted-looking unless `allow_plaintext`.
+pub fn check_volume(node: &Node, extent_size: u32, allow_plaintext: bool) -> Result<(), BackupError> {
+    let path = node.config.volume.as_deref().ok_or(BackupError::NoVolume)?;
+    Volume::open(path, extent_size, allow_plaintext)?;
+    Ok(())
+}
+
 /// Pushes the node's volume to the holder of `entry`.
 pub async fn push(
     client: &Client,

@@ -61,10 +61,11 @@ pub enum Command {
     ///
     /// Prints one JSON line per contract: contract, peer, generation, extents_sent, bytes_sent,
     /// bytes_total, secs. With --all, a contract whose push failed prints {contract, peer, ok:
-    /// false, error} and the tool exits 1.
+    /// false, error} and the tool exits 1. Bad input (an extent size, no volume, a volume that
+    /// does not look encrypted) is refused before anything is sent: exit 2.
+    #[command(group(clap::ArgGroup::new("which").required(true).args(["contract", "all"])))]
     Push {
         /// The contract (its id or at least 8 leading hex digits).
-        #[arg(required_unless_present = "all", conflicts_with = "all")]
         contract: Option<String>,
         /// Push to every active contract, a few at a time.
         #[arg(long)]
@@ -136,6 +137,7 @@ pub fn run(args: Args) -> anyhow::Result<Exit> {
         }
         Command::Push { contract, all, allow_plaintext, extent_size } => {
             let extent_size = u32::try_from(extent_size).context("--extent-size is too large")?;
+            kaana_proto::manifest::Geometry::new(u64::from(extent_size), extent_size).context("bad --extent-size")?;
             let entries = if all {
                 // Toward a peer this node is failing on purpose in silence, it is down: no push.
                 let silent = node.silent_peers(kaana_proto::time::now_from_env()?)?;
@@ -146,6 +148,10 @@ pub fn run(args: Args) -> anyhow::Result<Exit> {
             } else {
                 vec![node.find_contract(contract.as_deref().unwrap_or_default())?]
             };
+            if !entries.is_empty() {
+                // Bad input is the tool's error, with or without --all: checked once, up front.
+                backup::check_volume(&node, extent_size, allow_plaintext)?;
+            }
             kaana_proto::cli::runtime()?.block_on(push(node, entries, all, extent_size, allow_plaintext))
         }
         Command::Restore { contract, out, generation } => {
