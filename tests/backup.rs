@@ -270,8 +270,24 @@ fn a_node_rebuilt_from_its_phrase_restores_from_one_peer() {
     std::io::Write::write_all(&mut child.stdin.take().unwrap(), phrase["recovery_phrase"].as_str().unwrap().as_bytes())
         .unwrap();
     assert_success(&child.wait_with_output().unwrap());
+    // With no peer to ask, --fetch says what to do; a peer that cannot be reached is named,
+    // and the run needs a person (exit 1), not "0 recovered" and all well.
+    let out = rebuilt.run("kaana-offer", &["contracts", "--fetch"]);
+    assert_exit(&out, 2);
+    assert!(stderr(&out).contains("peer add"), "{}", stderr(&out));
+    let gone = Identity::generate().unwrap().node_id();
+    assert_success(&rebuilt.run("kaana-offer", &["peer", "add", "--no-check", &format!("{gone}@127.0.0.1:9")]));
+    let out =
+        rebuilt.cmd("kaana-offer").args(["contracts", "--fetch"]).env("KAANA_CONNECT_TIMEOUT", "1s").output().unwrap();
+    assert_exit(&out, 1);
+    assert!(stderr(&out).contains(&format!("could not ask node {gone}")), "{}", stderr(&out));
+    assert!(stderr(&out).contains("0 contract(s) recovered from 0 of 1 peer(s)"), "{}", stderr(&out));
     assert_success(&rebuilt.run("kaana-offer", &["peer", "add", &sb.peer()]));
-    let contracts: Vec<serde_json::Value> = json_lines(&rebuilt.run("kaana-offer", &["contracts", "--fetch"]));
+    let out =
+        rebuilt.cmd("kaana-offer").args(["contracts", "--fetch"]).env("KAANA_CONNECT_TIMEOUT", "1s").output().unwrap();
+    assert_exit(&out, 1);
+    assert!(stderr(&out).contains("1 contract(s) recovered from 1 of 2 peer(s)"), "{}", stderr(&out));
+    let contracts: Vec<serde_json::Value> = json_lines(&out);
     assert_eq!(contracts.len(), 1);
     assert_eq!(contracts[0]["id"], contract.as_str());
     let back = work.path().join("back.luks");

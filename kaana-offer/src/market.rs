@@ -407,19 +407,36 @@ pub(crate) fn accept(home: Option<&Path>, prefix: &str) -> anyhow::Result<Exit> 
 
 pub(crate) fn contracts(home: Option<&Path>, fetch: bool) -> anyhow::Result<Exit> {
     let node = Node::open_at(home)?;
+    let mut exit = Exit::Ok;
     if fetch {
-        let found = block_on(async {
+        if node.address_book()?.peers.is_empty() {
+            bail!("no peer to ask: add one first with `kaana-offer peer add ID@HOST:PORT`");
+        }
+        let fetched = block_on(async {
             let client = Client::with_traffic(node.identity.clone(), Traffic::Short);
             let r = kaana_proto::backup::fetch_contracts(&client, &node).await;
             client.close().await;
             Ok(r?)
         })?;
-        eprintln!("kaana-offer: {} contract(s) recovered from peers", found.len());
+        for (peer, why) in &fetched.unreached {
+            eprintln!("kaana-offer: could not ask node {peer}: {why}");
+        }
+        let reached = fetched.asked - fetched.unreached.len();
+        eprintln!(
+            "kaana-offer: {} contract(s) recovered from {reached} of {} peer(s)",
+            fetched.found.len(),
+            fetched.asked
+        );
+        if !fetched.unreached.is_empty() {
+            // Contracts with the peers not reached may be missing: run it again once they are.
+            eprintln!("kaana-offer: run `kaana-offer contracts --fetch` again when they can be reached");
+            exit = Exit::Attention;
+        }
     }
     for entry in node.contracts()? {
         emit(&entry.summary())?;
     }
-    Ok(Exit::Ok)
+    Ok(exit)
 }
 
 #[derive(Serialize)]

@@ -715,22 +715,37 @@ async fn restore_extent(
 }
 
 /// Asks every peer in the address book which contracts this node has with it, and stores the
-/// ones it does not know (for a node rebuilt from its recovery phrase). Returns their ids.
-pub async fn fetch_contracts(client: &Client, node: &Node) -> Result<Vec<RecordId>, BackupError> {
+/// ones it does not know (for a node rebuilt from its recovery phrase). Returns them, and which
+/// peers could not be asked.
+pub async fn fetch_contracts(client: &Client, node: &Node) -> Result<Recovered, BackupError> {
     use crate::store::{ContractState, Role};
     let me = node.id();
-    let mut found = Vec::new();
+    let mut fetched = Recovered::default();
     for (peer, entry) in node.address_book()?.peers {
-        let conn = match client.connect_any(peer, &entry.addrs).await {
-            Ok(c) => c,
+        fetched.asked += 1;
+        let reply = match client.connect_any(peer, &entry.addrs).await {
+            Ok(conn) => {
+                let r = conn.request(&Request::ListContracts).await;
+                conn.close();
+                r
+            }
+            Err(e) => Err(e),
+        };
+        let contracts = match reply {
+            Ok(Response::Contracts { contracts }) => contracts,
+            Ok(Response::Error(e)) => {
+                fetched.unreached.push((peer, format!("it refused: {}", e.message)));
+                continue;
+            }
+            Ok(_) => {
+                fetched.unreached.push((peer, "a reply that is not a list of contracts".into()));
+                continue;
+            }
             Err(e) => {
-                eprintln!("kaana: node {}: {e}", peer.short());
+                fetched.unreached.push((peer, e.to_string()));
                 continue;
             }
         };
-        let reply = conn.request(&Request::ListContracts).await;
-        conn.close();
-        let Ok(Response::Contracts { contracts }) = reply else { continue };
         for contract in contracts {
             if contract.verify().is_err() || contract.body.peer_of(&me) != Some(peer) {
                 continue;
@@ -742,8 +757,19 @@ pub async fn fetch_contracts(client: &Client, node: &Node) -> Result<Vec<RecordI
             let role = if contract.body.offerer == me { Role::Offerer } else { Role::Taker };
             let _lock = node.home.lock()?;
             node.save_new_contract(&contract, &ContractState::new(role, peer))?;
-            found.push(id);
+            fetched.found.push(id);
         }
     }
-    Ok(found)
+    Ok(fetched)
+}
+
+/// What [`fetch_contracts`] recovered.
+#[derive(Debug, Default)]
+pub struct Recovered {
+    /// Contracts found and kept.
+    pub found: Vec<RecordId>,
+    /// Peers asked.
+    pub asked: usize,
+    /// Peers that could not be asked, and why.
+    pub unreached: Vec<(NodeId, String)>,
 }
