@@ -223,6 +223,42 @@ fn a_contract_ended_by_notice_is_no_breach_when_the_owner_still_asks() {
     assert_eq!(status(&a, &contract), "ended");
 }
 
+/// B gave notice while A was down. A's nightly push is refused with the notice's dates, and
+/// B's next challenge run tells A, which then holds the same notice.
+#[test]
+fn a_notice_the_peer_missed_is_told_by_the_next_challenge_run() {
+    let work = tempfile::tempdir().unwrap();
+    let a = node_with_volume(work.path(), "a.img", 1, "1GiB");
+    let b = node_with_volume(work.path(), "b.img", 2, "1GiB");
+    let (sa, _sb) = (ServerProc::start(&a, &[]), ServerProc::start(&b, &[]));
+    let contract = make_contract_sized(&a, &sa, &b, "32MiB");
+    assert_success(&a.run("kaana-sync", &["push", &contract]));
+    assert_success(&b.run("kaana-sync", &["push", &contract]));
+    let addr = sa.addr.clone();
+    drop(sa);
+    let out = b.cmd("kaana-offer").args(["terminate", &contract]).env("KAANA_CONNECT_TIMEOUT", "1s").output().unwrap();
+    assert_exit(&out, 1);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("kaana-offer terminate"), "a hint to run it again");
+    let line: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(line["delivered"], false);
+    let _sa = ServerProc::start(&a, &["--listen", &addr]);
+    assert_eq!(status(&a, &contract), "active");
+
+    let out = a.run("kaana-sync", &["push", &contract]);
+    assert_exit(&out, 2);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("is terminated by node") && err.contains(line["delete_after"].as_str().unwrap()), "{err}");
+
+    let out = b.run("kaana-challenge", &["--all"]);
+    assert_success(&out);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("now told"), "{}", String::from_utf8_lossy(&out.stderr));
+    let at_a: Vec<serde_json::Value> = json_lines(&a.run("kaana-offer", &["contracts"]));
+    assert_eq!((at_a[0]["status"].as_str(), &at_a[0]["delete_after"]), (Some("terminated"), &line["delete_after"]));
+    let again: serde_json::Value =
+        serde_json::from_slice(&b.run("kaana-offer", &["terminate", &contract]).stdout).unwrap();
+    assert_eq!(again["delivered"], true);
+}
+
 #[test]
 fn leftovers_of_interrupted_pushes_go_after_a_day_and_committed_data_stays() {
     let work = tempfile::tempdir().unwrap();

@@ -24,6 +24,7 @@ use kaana_proto::fairness::standing::Standing;
 use kaana_proto::identity::NodeId;
 use kaana_proto::market::RecordId;
 use kaana_proto::net::transport::{Client, Connection, NetError, Traffic};
+use kaana_proto::net::wire::Request;
 use kaana_proto::node::Node;
 use kaana_proto::state::StateError;
 use kaana_proto::store::{ContractEntry, Status};
@@ -331,6 +332,19 @@ async fn check_contract(
             ..Line::new(entry, kind, Outcome::Unreachable, judged.standing)
         })
     };
+    // A notice of ours the peer was never told of (it was away when we gave it): told now.
+    if let (Ok(conn), Status::Terminated { notice, delivered: false, .. }) = (&conn, &entry.state.status)
+        && notice.body.from == node.id()
+        && conn.request(&Request::Notice { notice: notice.clone() }).await.is_ok()
+    {
+        node.update_contract(&entry.id, |e| {
+            if let Status::Terminated { delivered, .. } = &mut e.state.status {
+                *delivered = true;
+            }
+            Ok::<_, StateError>(())
+        })?;
+        eprintln!("kaana-challenge: contract {}: the peer is now told of this node's notice", entry.id.short());
+    }
     if audit::Target::from_record(node, &entry.id)?.is_none() {
         eprintln!("kaana-challenge: contract {}: nothing pushed yet, nothing to challenge", entry.id.short());
         return Ok(Checked { lines, breach: false });

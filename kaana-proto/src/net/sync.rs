@@ -55,7 +55,12 @@ fn authorise(ctx: &Ctx, peer: NodeId, id: &RecordId, for_push: bool) -> Result<(
                 format!("contract {id} has ended; no data is kept for it"),
             ));
         }
-        (Status::Terminated { .. }, true) => return Err(refused(format!("contract {id} is terminated: no new data"))),
+        (Status::Terminated { notice, delete_after, .. }, true) => {
+            return Err(refused(format!(
+                "contract {id} is terminated by node {}'s notice of {}: no new data (what is held stays until {delete_after})",
+                notice.body.from, notice.body.at
+            )));
+        }
         _ => {}
     }
     let inbound = Inbound::new(&ctx.node.config.storage, id);
