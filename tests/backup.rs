@@ -233,6 +233,29 @@ fn a_plain_volume_is_refused_unless_allowed() {
     assert!(stderr(&out).contains("<CONTRACT|--all>"), "{}", stderr(&out));
 }
 
+/// Ctrl-C during a push (here while it waits for a holder that is away): exit 130, and the
+/// person is told that running it again resumes.
+#[test]
+fn an_interrupted_push_says_a_rerun_resumes() {
+    let work = tempfile::tempdir().unwrap();
+    let volume = luks_volume(work.path());
+    let Pair { a, b: _b, sa: _sa, sb, contract } = contracted_pair(&volume, "64MiB");
+    drop(sb);
+    let child = a
+        .cmd("kaana-sync")
+        .args(["push", &contract])
+        .env("KAANA_CONNECT_TIMEOUT", "60s")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(800));
+    let sent = std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(sent.success());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130), "{}", stderr(&out));
+    assert!(stderr(&out).contains("run the same push again to resume"), "{}", stderr(&out));
+}
+
 #[test]
 fn verify_catches_a_lost_extent() {
     let work = tempfile::tempdir().unwrap();

@@ -152,7 +152,19 @@ pub fn run(args: Args) -> anyhow::Result<Exit> {
                 // Bad input is the tool's error, with or without --all: checked once, up front.
                 backup::check_volume(&node, extent_size, allow_plaintext)?;
             }
-            kaana_proto::cli::runtime()?.block_on(push(node, entries, all, extent_size, allow_plaintext))
+            kaana_proto::cli::runtime()?.block_on(async {
+                tokio::select! {
+                    r = push(node, entries, all, extent_size, allow_plaintext) => r,
+                    _ = tokio::signal::ctrl_c() => {
+                        // What the holder stored stays; the previous generation stays whole.
+                        eprintln!(
+                            "kaana-sync: interrupted: run the same push again to resume (what the holder already \
+                             stored is not sent again)"
+                        );
+                        std::process::exit(130)
+                    }
+                }
+            })
         }
         Command::Restore { contract, out, generation } => {
             let entry = node.find_contract(&contract)?;
