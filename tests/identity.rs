@@ -234,3 +234,56 @@ fn a_closed_stdout_ends_a_tool_quietly() {
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert!(out.stderr.is_empty(), "{}", stderr(&out));
 }
+
+/// `kaana-offer config`: print, get and set each setting, checked as `init` checks it; what is
+/// refused leaves config.json as it was.
+#[test]
+fn the_configuration_is_read_and_changed_as_init_checks_it() {
+    let node = TestNode::init_with(&["--capacity", "1GiB", "--audit-rate", "0"]);
+    let all: serde_json::Value = one_json(&node.run("kaana-offer", &["config"]));
+    assert_eq!((all["capacity"].as_u64(), all["replicas"].as_u64()), (Some(1 << 30), Some(2)), "{all}");
+    let got: serde_json::Value = one_json(&node.run("kaana-offer", &["config", "get", "capacity"]));
+    assert_eq!(got, serde_json::json!({"capacity": 1u64 << 30}));
+
+    let set = |key: &str, value: &str| -> serde_json::Value {
+        one_json(&node.run("kaana-offer", &["config", "set", key, value]))
+    };
+    assert_eq!(set("capacity", "512MiB"), serde_json::json!({"capacity": 512u64 << 20}));
+    assert_eq!(set("grace_secs", "3d"), serde_json::json!({"grace_secs": 3 * 86_400}));
+    assert_eq!(set("replicas", "3"), serde_json::json!({"replicas": 3}));
+    assert_eq!(set("audit_rate", "0.05"), serde_json::json!({"audit_rate": 0.05}));
+    assert_eq!(
+        set("advertise", "192.0.2.7:7447,[2001:db8::1]:7447"),
+        serde_json::json!({"advertise": ["192.0.2.7:7447", "[2001:db8::1]:7447"]})
+    );
+    assert_eq!(set("advertise", ""), serde_json::json!({"advertise": []}));
+    assert_eq!(set("listen", "127.0.0.1:7999"), serde_json::json!({"listen": "127.0.0.1:7999"}));
+    let volume = node.home.parent().unwrap().join("vol.img");
+    fs::write(&volume, vec![7u8; 1 << 20]).unwrap();
+    let canonical = fs::canonicalize(&volume).unwrap();
+    assert_eq!(set("volume", volume.to_str().unwrap()), serde_json::json!({"volume": canonical}));
+
+    let before = fs::read(node.home.join("config.json")).unwrap();
+    for (key, value, says) in [
+        ("capacity", "100PiB", "free"),
+        ("capacity", "lots", "capacity"),
+        ("replicas", "0", "at least 1"),
+        ("audit_rate", "2", "between 0 and 1"),
+        ("grace_secs", "soon", "grace_secs"),
+        ("advertise", "nowhere", "HOST:PORT"),
+        ("listen", "here", "address"),
+        ("volume", "/no/such/volume", "/no/such/volume"),
+        ("storage", "/elsewhere", "cannot be changed"),
+        ("colour", "blue", "the settings are listen, advertise"),
+    ] {
+        let out = node.run("kaana-offer", &["config", "set", key, value]);
+        assert_exit(&out, 2);
+        assert!(stderr(&out).contains(says), "{key} {value}: {}", stderr(&out));
+    }
+    assert_eq!(fs::read(node.home.join("config.json")).unwrap(), before, "nothing refused was written");
+    let out = node.run("kaana-offer", &["config", "get", "colour"]);
+    assert_exit(&out, 2);
+    // The node reads what was set.
+    let status: serde_json::Value = one_json(&node.run("kaana-offer", &["status"]));
+    assert_eq!((status["capacity"].as_u64(), status["replicas"].as_u64()), (Some(512 << 20), Some(3)), "{status}");
+}

@@ -214,6 +214,17 @@ fn the_offerer_never_commits_more_than_its_capacity() {
     let status: serde_json::Value = one_json(&a.run("kaana-offer", &["status"]));
     assert_eq!(status["committed"], 700u64 << 20);
     assert_eq!(status["free"], (1u64 << 30) - (700 << 20));
+    // Nor can the capacity be set below what contracts already commit.
+    let out = a.run("kaana-offer", &["config", "set", "capacity", "500MiB"]);
+    assert_exit(&out, 2);
+    assert!(stderr(&out).contains("already commit"), "{}", stderr(&out));
+    let out = a.run("kaana-offer", &["config", "set", "capacity", "2GiB"]);
+    assert_eq!(one_json::<serde_json::Value>(&out)["capacity"], 2u64 << 30);
+    assert!(stderr(&out).contains("restart `kaana-sync serve`"), "{}", stderr(&out));
+    let addr = sa.addr.clone();
+    drop(sa);
+    let _sa = ServerProc::start(&a, &["--listen", &addr]);
+    assert_success(&c.run("kaana-offer", &["accept", &second.id]));
 }
 
 #[test]

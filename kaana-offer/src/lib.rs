@@ -35,6 +35,12 @@ pub enum Command {
     Init(InitArgs),
     /// Print this node's id.
     Id,
+    /// Print the configuration as one JSON line, or get or set one setting (checked as `init`
+    /// checks it, under the node's lock).
+    Config {
+        #[command(subcommand)]
+        action: Option<ConfigCommand>,
+    },
     /// Print the recovery phrase: the only way to rebuild this node's identity. Write it down
     /// and keep it away from this machine.
     RecoveryPhrase,
@@ -138,6 +144,25 @@ pub struct InitArgs {
     pub recover: bool,
 }
 
+/// Configuration commands. The settings are those of `config.json`: listen, advertise,
+/// volume, storage (read only), capacity, replicas, grace_secs, audit_rate.
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Print one setting: {"KEY": VALUE}.
+    Get {
+        /// The setting.
+        key: String,
+    },
+    /// Change one setting and print it: {"KEY": VALUE}. Values as `init` takes them: 2TiB, 7d,
+    /// 0.02, HOST:PORT (advertise: several, comma-separated; empty for none).
+    Set {
+        /// The setting.
+        key: String,
+        /// Its new value.
+        value: String,
+    },
+}
+
 /// Address book commands.
 #[derive(Debug, Subcommand)]
 pub enum PeerCommand {
@@ -170,6 +195,9 @@ pub fn run(args: Args) -> anyhow::Result<Exit> {
         Command::Man => kaana_proto::cli::print_man::<Args>(),
         Command::Init(init_args) => setup::init(home, init_args),
         Command::Id => setup::id(home),
+        Command::Config { action: None } => setup::config_show(home),
+        Command::Config { action: Some(ConfigCommand::Get { key }) } => setup::config_get(home, &key),
+        Command::Config { action: Some(ConfigCommand::Set { key, value }) } => setup::config_set(home, &key, &value),
         Command::RecoveryPhrase => setup::recovery_phrase(home),
         Command::Peer(PeerCommand::Add { peer, no_check }) => setup::peer_add(home, &peer, no_check),
         Command::Peer(PeerCommand::List) => setup::peer_list(home),

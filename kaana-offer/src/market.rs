@@ -80,7 +80,7 @@ pub(crate) fn status(home: Option<&Path>) -> anyhow::Result<Exit> {
     let missing = node.config.replicas.saturating_sub(u32::try_from(full).unwrap_or(u32::MAX));
     let mut problems = Vec::new();
     if node.config.volume.is_none() {
-        problems.push("no volume configured: nothing to back up (init --volume PATH)".to_owned());
+        problems.push("no volume configured: nothing to back up (kaana-offer config set volume PATH)".to_owned());
     }
     if missing > 0 {
         let wanted = volume_size.map(|v| format!(" of at least {}", format_size(v))).unwrap_or_default();
@@ -153,7 +153,7 @@ fn check_room(node: &Node, size: u64) -> anyhow::Result<()> {
     if committed.saturating_add(size) > node.config.capacity {
         bail!(
             "{} is more than this node's free capacity: {} free ({} capacity, {} committed to contracts); \
-             a node never commits more than its capacity",
+             a node never commits more than its capacity (raise it with `kaana-offer config set capacity SIZE`)",
             format_size(size),
             format_size(node.config.capacity.saturating_sub(committed)),
             format_size(node.config.capacity),

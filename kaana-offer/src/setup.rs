@@ -8,7 +8,7 @@ use anyhow::{Context as _, bail};
 use serde::Serialize;
 
 use kaana_proto::cli::{Exit, emit};
-use kaana_proto::config::{Config, PeerAddr, is_host_port};
+use kaana_proto::config::{Config, Key, PeerAddr, is_host_port};
 use kaana_proto::identity::{Identity, NodeId};
 use kaana_proto::net::transport::{Client, Traffic};
 use kaana_proto::net::wire::{Request, Response};
@@ -162,4 +162,80 @@ fn say_hello(node: &Node, peer: &PeerAddr) -> anyhow::Result<()> {
         client.close().await;
         result
     })
+}
+
+pub(crate) fn config_show(home: Option<&Path>) -> anyhow::Result<Exit> {
+    let node = Node::open_at(home)?;
+    emit(&node.config)?;
+    Ok(Exit::Ok)
+}
+
+pub(crate) fn config_get(home: Option<&Path>, key: &str) -> anyhow::Result<Exit> {
+    let key: Key = key.parse().map_err(anyhow::Error::msg)?;
+    let node = Node::open_at(home)?;
+    emit(&serde_json::json!({ key.name(): node.config.get(key) }))?;
+    Ok(Exit::Ok)
+}
+
+/// Changes one setting under the node's lock, checked as `init` checks it.
+pub(crate) fn config_set(home: Option<&Path>, key: &str, value: &str) -> anyhow::Result<Exit> {
+    let key: Key = key.parse().map_err(anyhow::Error::msg)?;
+    let node = Node::open_at(home)?;
+    let _lock = node.home.lock()?;
+    // Read again under the lock: another tool may have changed it since the node was opened.
+    let mut config: Config = node.home.read(&node.home.config())?;
+    config.set(key, value).map_err(anyhow::Error::msg)?;
+    match key {
+        Key::Volume => {
+            let path = config.volume.take().unwrap_or_default();
+            let path = std::fs::canonicalize(&path).with_context(|| format!("volume {}", path.display()))?;
+            kaana_proto::volume::size(&path).with_context(|| format!("volume {}", path.display()))?;
+            config.volume = Some(path);
+        }
+        Key::Capacity => {
+            // Never less than what contracts already commit, and what is not yet stored must
+            // fit in the free space (a node never promises space it does not have).
+            let committed = node.committed()?;
+            if config.capacity < committed {
+                bail!(
+                    "capacity {} is less than the {} contracts already commit here: terminate some first",
+                    format_size(config.capacity),
+                    format_size(committed)
+                );
+            }
+            let stored = stored_for_peers(&node)?;
+            let free = free_space(&config.storage)?;
+            if config.capacity > free.saturating_add(stored) {
+                bail!(
+                    "capacity {} is more than the {} free in {} (plus the {} peers' data already takes): a node \
+                     never promises space it does not have",
+                    format_size(config.capacity),
+                    format_size(free),
+                    config.storage.display(),
+                    format_size(stored)
+                );
+            }
+        }
+        _ => {}
+    }
+    node.home.write(&node.home.config(), &config)?;
+    if matches!(key, Key::Listen | Key::Advertise | Key::Capacity | Key::AuditRate) {
+        // The server reads its configuration when it starts.
+        eprintln!(
+            "kaana-offer: restart `kaana-sync serve` (systemctl restart kaana-sync) for the server to use the new {}",
+            key.name()
+        );
+    }
+    emit(&serde_json::json!({ key.name(): config.get(key) }))?;
+    Ok(Exit::Ok)
+}
+
+/// Bytes of peers' data stored here now.
+fn stored_for_peers(node: &Node) -> anyhow::Result<u64> {
+    let mut total = 0;
+    for entry in node.contracts()? {
+        let inbound = kaana_proto::inbound::Inbound::new(&node.config.storage, &entry.id);
+        total += inbound.present()?.iter().map(|(_, len)| len).sum::<u64>();
+    }
+    Ok(total)
 }

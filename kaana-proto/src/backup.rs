@@ -74,7 +74,7 @@ pub enum BackupError {
     #[error(transparent)]
     State(#[from] StateError),
     /// The node has no volume configured.
-    #[error("no volume configured: set one with `kaana-offer init --volume PATH`")]
+    #[error("no volume configured: set one with `kaana-offer config set volume PATH`")]
     NoVolume,
     /// The volume is larger than the contract.
     #[error("the volume ({volume} bytes) is larger than contract {contract} ({size} bytes)")]

@@ -48,6 +48,108 @@ pub struct Config {
     pub advertise: Vec<String>,
 }
 
+/// A setting of `config.json` that `kaana-offer config` reads and changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Key {
+    /// `listen`.
+    Listen,
+    /// `advertise`.
+    Advertise,
+    /// `volume`.
+    Volume,
+    /// `storage` (read only: peers' data lives there).
+    Storage,
+    /// `capacity`.
+    Capacity,
+    /// `replicas`.
+    Replicas,
+    /// `grace_secs`.
+    GraceSecs,
+    /// `audit_rate`.
+    AuditRate,
+}
+
+impl Key {
+    /// Every key, as `config.json` names them.
+    pub const ALL: [(&'static str, Key); 8] = [
+        ("listen", Key::Listen),
+        ("advertise", Key::Advertise),
+        ("volume", Key::Volume),
+        ("storage", Key::Storage),
+        ("capacity", Key::Capacity),
+        ("replicas", Key::Replicas),
+        ("grace_secs", Key::GraceSecs),
+        ("audit_rate", Key::AuditRate),
+    ];
+
+    /// Its name in `config.json`.
+    pub fn name(self) -> &'static str {
+        Key::ALL.iter().find(|(_, k)| *k == self).map_or("", |(n, _)| n)
+    }
+}
+
+impl FromStr for Key {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Key::ALL.iter().find(|(n, _)| *n == s).map(|(_, k)| *k).ok_or_else(|| {
+            let names: Vec<&str> = Key::ALL.iter().map(|(n, _)| *n).collect();
+            format!("no setting {s:?}: the settings are {}", names.join(", "))
+        })
+    }
+}
+
+impl Config {
+    /// The value of `key`, as `config.json` holds it.
+    pub fn get(&self, key: Key) -> serde_json::Value {
+        let all = serde_json::to_value(self).unwrap_or_default();
+        all.get(key.name()).cloned().unwrap_or(serde_json::Value::Null)
+    }
+
+    /// Sets `key` from `text` as a person writes it (`2TiB`, `7d`, `0.02`, `HOST:PORT,...`),
+    /// checked as `init` checks it. What needs the disk (the volume's path, the capacity against
+    /// the free space) the caller checks too.
+    pub fn set(&mut self, key: Key, text: &str) -> Result<(), String> {
+        match key {
+            Key::Listen => {
+                self.listen =
+                    text.parse().map_err(|_| format!("listen {text:?} is not an address such as 0.0.0.0:7447"))?;
+            }
+            Key::Advertise => {
+                let addrs: Vec<String> =
+                    text.split(',').map(str::trim).filter(|a| !a.is_empty()).map(str::to_owned).collect();
+                if let Some(bad) = addrs.iter().find(|a| !is_host_port(a)) {
+                    return Err(format!("advertise {bad:?} is not HOST:PORT"));
+                }
+                self.advertise = addrs;
+            }
+            Key::Volume => {
+                if text.is_empty() {
+                    return Err("volume: give the path of the encrypted volume".into());
+                }
+                self.volume = Some(PathBuf::from(text));
+            }
+            Key::Storage => {
+                return Err("storage cannot be changed: peers' data lives there (move it by hand, with the server \
+                            stopped, and edit config.json)"
+                    .into());
+            }
+            Key::Capacity => self.capacity = crate::size::parse_size(text).map_err(|e| format!("capacity: {e}"))?,
+            Key::Replicas => match text.parse::<u32>() {
+                Ok(n) if n >= 1 => self.replicas = n,
+                _ => return Err(format!("replicas must be a whole number, at least 1, not {text:?}")),
+            },
+            Key::GraceSecs => {
+                self.grace_secs = crate::time::parse_duration(text).map_err(|e| format!("grace_secs: {e}"))?;
+            }
+            Key::AuditRate => match text.parse::<f64>() {
+                Ok(r) if (0.0..=1.0).contains(&r) => self.audit_rate = r,
+                _ => return Err(format!("audit_rate must be between 0 and 1, not {text:?}")),
+            },
+        }
+        Ok(())
+    }
+}
+
 /// Why a peer address was refused.
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum PeerAddrError {
