@@ -287,3 +287,40 @@ fn the_configuration_is_read_and_changed_as_init_checks_it() {
     let status: serde_json::Value = one_json(&node.run("kaana-offer", &["status"]));
     assert_eq!((status["capacity"].as_u64(), status["replicas"].as_u64()), (Some(512 << 20), Some(3)), "{status}");
 }
+
+/// A tool run as another user than the state directory's owner (root on the service's home)
+/// refuses before it writes anything, naming both users and the `sudo -u` line to use.
+#[test]
+fn a_tool_run_by_another_user_than_the_homes_owner_refuses_before_writing() {
+    use std::os::unix::fs::MetadataExt as _;
+    if fs::metadata("/proc/self").unwrap().uid() != 0 {
+        eprintln!("not run: only root can give a directory to another user here");
+        return;
+    }
+    let node = TestNode::init_with(&["--audit-rate", "0"]);
+    let chown = std::process::Command::new("chown").args(["-R", "65534"]).arg(&node.home).status().unwrap();
+    assert!(chown.success());
+    let files = |dir: &std::path::Path| -> Vec<(String, u64)> {
+        let mut v: Vec<(String, u64)> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap())
+            .map(|e| (e.file_name().to_string_lossy().into_owned(), e.metadata().unwrap().len()))
+            .collect();
+        v.sort();
+        v
+    };
+    let before = files(&node.home);
+    let owner = fs::read_to_string("/etc/passwd")
+        .unwrap()
+        .lines()
+        .find(|l| l.split(':').nth(2) == Some("65534"))
+        .map_or("65534".to_owned(), |l| l.split(':').next().unwrap().to_owned());
+    for (tool, args) in [("kaana-offer", &["contracts"][..]), ("kaana-challenge", &["--all"]), ("kaana-prune", &[])] {
+        let out = node.run(tool, args);
+        assert_exit(&out, 2);
+        let err = stderr(&out);
+        assert!(err.contains(&format!("belongs to user {owner}")) && err.contains("runs as user root"), "{err}");
+        assert!(err.contains(&format!("sudo -u {owner} {tool} --home {}", node.home.display())), "{err}");
+    }
+    assert_eq!(files(&node.home), before, "nothing was written");
+}

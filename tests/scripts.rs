@@ -138,6 +138,61 @@ fn backup(home: &Path, hook: Option<&str>) -> std::process::Output {
     backup_at(home, hook, None)
 }
 
+/// `scripts/install.sh` into a prefix, then the crontab it installed, run line by line as cron
+/// runs it (`env -i PATH=/usr/bin:/bin`, then the crontab's own variables) against a real node
+/// and its peer: each line does its job and exits 0. `--uninstall` removes what it installed.
+#[test]
+fn the_installed_crontab_runs_under_crons_environment() {
+    let work = tempfile::tempdir().unwrap();
+    let volume = work.path().join("vol.img");
+    fs::write(&volume, pseudo_random(1 << 20, 9)).unwrap();
+    let Pair { a, b: _b, sa: _sa, sb: _sb, contract } = contracted_pair(&volume, "16MiB");
+    let (prefix, logs) = (work.path().join("usr"), work.path().join("log"));
+    fs::create_dir(&logs).unwrap();
+    let install = |extra: &[&str]| {
+        Command::new("bash")
+            .arg(repo().join("scripts/install.sh"))
+            .args(["--no-system", "--prefix", prefix.to_str().unwrap(), "--bin-dir", bin_dir().to_str().unwrap()])
+            .args(["--home", a.home.to_str().unwrap(), "--log-dir", logs.to_str().unwrap()])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    assert_success(&install(&[]));
+    for file in ["bin/kaana-prune", "share/man/man1/kaana-sync.1", "share/bash-completion/completions/kaana-offer"] {
+        assert!(prefix.join(file).exists(), "{file}");
+    }
+    let crontab = fs::read_to_string(prefix.join("share/kaana/crontab")).unwrap();
+    let (mut vars, mut commands) = (Vec::new(), Vec::new());
+    for line in crontab.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
+        match line.split_once('=') {
+            Some((name, _)) if !name.contains(char::is_whitespace) => vars.push(line.to_owned()),
+            _ => commands.push(line.split_whitespace().skip(5).collect::<Vec<_>>().join(" ")),
+        }
+    }
+    assert_eq!(commands.len(), 3, "{crontab}");
+    assert!(vars.iter().any(|v| v.starts_with(&format!("PATH={}/bin:", prefix.display()))), "{vars:?}");
+    for command in &commands {
+        let out = Command::new("env")
+            .args(["-i", "PATH=/usr/bin:/bin"])
+            .args(vars.iter().filter(|v| !v.starts_with("MAILTO=")))
+            .args(["sh", "-c", command])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{command}: {:?}\n{}", out.status.code(), stderr(&out));
+    }
+    let log = |name: &str| -> Vec<serde_json::Value> {
+        let text = fs::read_to_string(logs.join(name)).unwrap_or_default();
+        text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    };
+    assert!(log("backup.jsonl").iter().any(|l| l["contract"] == contract.as_str() && l["generation"] == 1));
+    assert!(log("challenge.jsonl").iter().any(|l| l["contract"] == contract.as_str() && l["result"] == "pass"));
+    assert!(log("verify.jsonl").iter().any(|l| l["contract"] == contract.as_str() && l["ok"] == true));
+
+    assert_success(&install(&["--uninstall"]));
+    assert!(!prefix.join("bin/kaana-offer").exists() && !prefix.join("share/kaana").exists());
+}
+
 #[test]
 fn the_cron_pipeline_pushes_checks_and_says_what_needs_a_person() {
     let work = tempfile::tempdir().unwrap();

@@ -44,6 +44,7 @@ impl Node {
         if !id_path.exists() {
             return Err(StateError::NotInitialised(home.root().to_owned()));
         }
+        crate::state::check_same_user(home.root())?;
         let key_path = home.identity_key();
         check_key_private(&key_path)?;
         let id_file: IdentityFile = home.read(&id_path)?;

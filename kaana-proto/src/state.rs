@@ -56,6 +56,23 @@ pub enum StateError {
         /// What is wrong with it.
         reason: String,
     },
+    /// The tool runs as another user than the one owning the state directory: files it wrote
+    /// would lock that user out.
+    #[error(
+        "{} belongs to user {owner}, but this runs as user {me}: files written now would lock {owner} out. \
+         Run it as {owner}, e.g. `sudo -u {owner} {tool} --home {} ...`",
+        .path.display(), .path.display()
+    )]
+    WrongUser {
+        /// The state directory.
+        path: PathBuf,
+        /// Who owns it.
+        owner: String,
+        /// Who runs the tool.
+        me: String,
+        /// The tool's name.
+        tool: String,
+    },
     /// The secret key file can be read by other users.
     #[error("{} can be read by other users (mode {mode:04o}); fix it with: chmod 600 {}", .path.display(), .path.display())]
     KeyExposed {
@@ -298,6 +315,37 @@ pub fn check_key_private(path: &Path) -> Result<(), StateError> {
         return Err(StateError::KeyExposed { path: path.to_owned(), mode });
     }
     Ok(())
+}
+
+/// Refuses to go on when the process runs as another user than the owner of `dir` (a root
+/// shell on the service's state directory, say): whatever it wrote would be that user's, mode
+/// 0600, and lock the owner out. The effective user is the owner of `/proc/self`.
+pub fn check_same_user(dir: &Path) -> Result<(), StateError> {
+    use std::os::unix::fs::MetadataExt as _;
+    let owner = std::fs::metadata(dir).map_err(|e| StateError::io(dir, e))?.uid();
+    let Ok(me) = std::fs::metadata("/proc/self").map(|m| m.uid()) else { return Ok(()) };
+    if owner == me {
+        return Ok(());
+    }
+    let tool = std::env::args()
+        .next()
+        .and_then(|a| Path::new(&a).file_name().map(|n| n.to_string_lossy().into_owned()))
+        .unwrap_or_else(|| "kaana-offer".to_owned());
+    Err(StateError::WrongUser { path: dir.to_owned(), owner: user_name(owner), me: user_name(me), tool })
+}
+
+/// The name `/etc/passwd` gives user `uid`, else the number.
+fn user_name(uid: u32) -> String {
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    passwd
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split(':');
+            let name = f.next()?;
+            (f.nth(1)?.parse::<u32>().ok()? == uid).then(|| name.to_owned())
+        })
+        .next()
+        .unwrap_or_else(|| uid.to_string())
 }
 
 #[cfg(test)]

@@ -90,11 +90,16 @@ pub enum Command {
         #[arg(long, value_name = "N")]
         generation: Option<u64>,
     },
-    /// A restore drill: read back and check every extent from a contract's peer, writing
-    /// nothing. Exits 1 if anything is missing or wrong.
+    /// A restore drill: read back and check every extent from a contract's peer (or every
+    /// active contract's, one after the other), writing nothing. Exits 1 if anything is missing
+    /// or wrong, or a peer could not be reached.
+    #[command(group(clap::ArgGroup::new("which").required(true).args(["contract", "all"])))]
     Verify {
         /// The contract (its id or at least 8 leading hex digits).
-        contract: String,
+        contract: Option<String>,
+        /// Every active contract (cron's weekly drill).
+        #[arg(long)]
+        all: bool,
     },
     /// Per contract: what this node holds for the peer, and what the peer holds for it.
     Status,
@@ -177,22 +182,12 @@ pub fn run(args: Args) -> anyhow::Result<Exit> {
                 Ok(if summary.ok { Exit::Ok } else { Exit::Attention })
             })
         }
-        Command::Verify { contract } => {
-            let entry = node.find_contract(&contract)?;
-            kaana_proto::cli::runtime()?.block_on(async {
-                let client = Client::new(node.identity.clone());
-                let r = backup::restore(&client, &node, &entry, None, None, "verify").await;
-                client.close().await;
-                let summary = r.with_context(|| format!("verifying contract {}", entry.id))?;
-                emit(&summary)?;
-                if !summary.ok {
-                    eprintln!(
-                        "kaana-sync: {} of {} extents are missing or wrong at node {}: this copy is damaged",
-                        summary.bad_extents, summary.extents, summary.peer
-                    );
-                }
-                Ok(if summary.ok { Exit::Ok } else { Exit::Attention })
-            })
+        Command::Verify { contract, all } => {
+            let entries = match contract {
+                Some(c) => vec![node.find_contract(&c)?],
+                None => node.contracts()?.into_iter().filter(|e| matches!(e.state.status, Status::Active)).collect(),
+            };
+            kaana_proto::cli::runtime()?.block_on(verify(node, entries, all))
         }
         Command::Status => status(&node),
         Command::Completions { .. } | Command::Man => Ok(Exit::Ok),
@@ -260,6 +255,40 @@ async fn push(
     }
 }
 
+/// Verifies each contract's copy in turn; one line each.
+async fn verify(node: Node, entries: Vec<ContractEntry>, all: bool) -> anyhow::Result<Exit> {
+    let client = Client::new(node.identity.clone());
+    let mut exit = Exit::Ok;
+    for entry in entries {
+        let r = backup::restore(&client, &node, &entry, None, None, "verify").await;
+        let summary = match r.with_context(|| format!("verifying contract {}", entry.id)) {
+            Ok(s) => s,
+            Err(e) if all => {
+                // With --all, one peer out of reach does not stop the drill of the others.
+                eprintln!("kaana-sync: error: {e:#}");
+                emit(&PushFailed { contract: entry.id, peer: entry.state.peer, ok: false, error: format!("{e:#}") })?;
+                exit = Exit::Attention;
+                continue;
+            }
+            Err(e) => {
+                client.close().await;
+                return Err(e);
+            }
+        };
+        emit(&summary)?;
+        if !summary.ok {
+            eprintln!(
+                "kaana-sync: {} of {} extents are missing or wrong at node {}: this copy is damaged",
+                summary.bad_extents, summary.extents, summary.peer
+            );
+            exit = Exit::Attention;
+        }
+    }
+    client.close().await;
+    Ok(exit)
+}
+
+/// A contract whose push (or verify, with `--all`) failed.
 #[derive(Serialize)]
 struct PushFailed {
     contract: RecordId,

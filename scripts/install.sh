@@ -1,0 +1,107 @@
+#!/usr/bin/env bash
+# Installs Ka'ana like's tools where a Debian machine expects them, or removes them.
+#
+# usage: scripts/install.sh [--uninstall] [--prefix DIR] [--bin-dir DIR] [--user NAME]
+#                           [--home DIR] [--log-dir DIR] [--system-dir DIR] [--no-system]
+#
+#   --prefix DIR      where the tools, man pages, completions and scripts go [/usr/local]
+#   --bin-dir DIR     the built tools to install [target/release]
+#   --user NAME       the node's user [kaana]
+#   --home DIR        the node's state directory [/var/lib/kaana]
+#   --log-dir DIR     where cron's lines write their logs [/var/log/kaana]
+#   --system-dir DIR  where the systemd unit goes [/etc/systemd/system]
+#   --no-system       only files under --prefix (no unit, no crontab, no log directory, no
+#                     user needed): for a try-out, or a machine set up by other means
+#
+# Installs: PREFIX/bin/kaana-{offer,sync,challenge,prune}; their man pages
+# (PREFIX/share/man/man1) and bash completions (PREFIX/share/bash-completion/completions);
+# PREFIX/share/kaana/{backup.sh,crontab,70-kaana-volume.rules.example}; and, unless
+# --no-system: the systemd unit (not started), the crontab for the user, and the log
+# directory owned by the user. Paths in the unit and crontab follow the options. It creates no
+# user and no node: see the README, "A real set-up". --uninstall removes what it installed
+# (the state directory, logs and user stay). Exit 0 done, 2 could not.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+prefix=/usr/local bin_dir=target/release user=kaana home=/var/lib/kaana log_dir=/var/log/kaana
+system_dir=/etc/systemd/system system=yes uninstall=no
+tools=(kaana-offer kaana-sync kaana-challenge kaana-prune)
+die() { echo "install.sh: $*" >&2; exit 2; }
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --uninstall) uninstall=yes; shift ;;
+    --no-system) system=no; shift ;;
+    --prefix|--bin-dir|--user|--home|--log-dir|--system-dir)
+      [ $# -ge 2 ] || die "$1 needs a value"
+      case "$1" in
+        --prefix) prefix=$2 ;; --bin-dir) bin_dir=$2 ;; --user) user=$2 ;; --home) home=$2 ;;
+        --log-dir) log_dir=$2 ;; --system-dir) system_dir=$2 ;;
+      esac
+      shift 2 ;;
+    -h|--help) sed -n '2,/^set -e/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+    *) die "unknown argument $1 (see --help)" ;;
+  esac
+done
+share=$prefix/share/kaana
+man_dir=$prefix/share/man/man1
+completions=$prefix/share/bash-completion/completions
+unit=$system_dir/kaana-sync.service
+
+# The unit and crontab, with this machine's paths.
+localise() {
+  sed -e "s#/usr/local/share/kaana#$share#g" -e "s#/usr/local/bin#$prefix/bin#g" \
+      -e "s#/var/lib/kaana#$home#g" -e "s#/var/log/kaana#$log_dir#g" \
+      -e "s#^User=kaana#User=$user#" -e "s#-u kaana #-u $user #g" "$1"
+}
+
+if [ "$uninstall" = yes ]; then
+  for t in "${tools[@]}"; do
+    rm -f "$prefix/bin/$t" "$man_dir/$t.1" "$completions/$t"
+  done
+  rm -f "$share/backup.sh" "$share/crontab" "$share/70-kaana-volume.rules.example"
+  rmdir "$share" 2>/dev/null || true
+  if [ "$system" = yes ]; then
+    if [ -f "$unit" ]; then
+      command -v systemctl >/dev/null && systemctl disable --now kaana-sync 2>/dev/null || true
+      rm -f "$unit"
+    fi
+    if command -v crontab >/dev/null && crontab -u "$user" -l 2>/dev/null | grep -q 'kaana'; then
+      crontab -u "$user" -r
+    fi
+  fi
+  where=$prefix
+  [ "$system" = yes ] && where="$prefix, the unit and $user's crontab"
+  echo "install.sh: removed from $where; $home and $log_dir are kept" >&2
+  exit 0
+fi
+
+for t in "${tools[@]}"; do
+  [ -x "$bin_dir/$t" ] || die "$bin_dir/$t is missing: build first (cargo build --release), or pass --bin-dir"
+done
+if [ "$system" = yes ]; then
+  id "$user" >/dev/null 2>&1 || die "no user $user: create it first (useradd --system --home-dir $home --create-home $user)"
+fi
+install -d "$prefix/bin" "$man_dir" "$completions" "$share"
+for t in "${tools[@]}"; do
+  install -m 0755 "$bin_dir/$t" "$prefix/bin/$t"
+  "$prefix/bin/$t" man >"$man_dir/$t.1"
+  "$prefix/bin/$t" completions bash >"$completions/$t"
+done
+install -m 0755 scripts/backup.sh "$share/backup.sh"
+localise scripts/crontab.example >"$share/crontab"
+install -m 0644 scripts/70-kaana-volume.rules.example "$share/70-kaana-volume.rules.example"
+if [ "$system" = yes ]; then
+  install -d -m 0750 -o "$user" -g "$(id -gn "$user")" "$log_dir"
+  install -d "$system_dir"
+  localise scripts/kaana-sync.service >"$unit"
+  command -v systemctl >/dev/null && systemctl daemon-reload 2>/dev/null || true
+  if command -v crontab >/dev/null; then
+    crontab -u "$user" "$share/crontab"
+  else
+    echo "install.sh: no crontab command here: install $share/crontab for $user by hand" >&2
+  fi
+  echo "install.sh: installed in $prefix; unit $unit (start it: systemctl enable --now kaana-sync);" \
+       "crontab for $user (set MAILTO: crontab -u $user -e); logs in $log_dir" >&2
+else
+  echo "install.sh: installed in $prefix (no unit, crontab or log directory: --no-system)" >&2
+fi
