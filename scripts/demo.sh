@@ -17,7 +17,8 @@ export PATH="$PATH:/usr/sbin:/sbin"
 
 if [ -z "${KAANA_BIN:-}" ]; then
   scripts/install-deps.sh
-  cargo build --workspace --quiet
+  echo "demo: building the tools (cargo build: the first build takes a few minutes on a small machine)" >&2
+  cargo build --workspace
   KAANA_BIN="$(pwd)/target/debug"
 fi
 for tool in kaana-offer kaana-sync kaana-challenge kaana-prune jq mke2fs qemu-img debugfs; do
@@ -39,15 +40,26 @@ trap 'exit 130' INT TERM
 started=$(date +%s)
 PASS=secret-demo-passphrase
 step() { printf '\n== %s\n' "$*"; }
+# The nodes' ids (and homes) shown as A, B and C, once known.
+label() {
+  local args=()
+  for n in A B C; do
+    local id_var="${n}_id"
+    [ -n "${!id_var:-}" ] && args+=(-e "s/${!id_var}/<$n>/g")
+  done
+  args+=(-e "s#$work/##g")
+  sed "${args[@]}"
+}
 fail() { printf '\ndemo: FAILED: %s\n' "$*" >&2; exit 1; }
 # Runs a tool, shows its JSON, and keeps it in $out; exits unless the exit code is one of $ok.
 run() {
   local ok="$1"; shift
+  printf '$ %s\n' "$*" | label
   set +e
   out=$("$@" 2>"$work/last.err")
   local code=$?
   set -e
-  [ -n "$out" ] && printf '%s\n' "$out"
+  [ -n "$out" ] && printf '%s\n' "$out" | label
   case " $ok " in
     *" $code "*) ;;
     *) cat "$work/last.err" >&2; fail "$* exited $code" ;;
@@ -81,6 +93,10 @@ node() { # NAME: init, start the server, remember its id and address
 
 step "Three nodes, each with a LUKS-encrypted volume of real files, start their servers"
 for n in A B C; do volume "$n"; node "$n"; done
+for n in A B C; do
+  id_var="${n}_id" addr_var="${n}_addr"
+  echo "$n is node ${!id_var} at ${!addr_var}, state in $n/ (shown below as <$n> and $n)"
+done
 A() { kaana-offer --home "$work/A" "$@"; }
 day=86400
 t0=$(date +%s)

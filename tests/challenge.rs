@@ -11,7 +11,10 @@ use kaana_proto::record::Signed;
 use kaana_proto::time::Timestamp;
 
 use crate::common::story::{DAY, HOUR, Story, challenge, contract_line, kinds, story, unix_of, wreck_store};
-use crate::common::{ServerProc, TestNode, assert_exit, json_lines, make_contract_sized, now_unix, pseudo_random};
+use crate::common::{
+    ServerProc, TestNode, assert_exit, assert_success, at, bin_dir, json_lines, make_contract_sized, now_unix,
+    one_json, pseudo_random, stderr,
+};
 
 #[test]
 fn routine_challenges_pass_both_ways() {
@@ -165,4 +168,49 @@ fn all_checks_forty_contracts_with_one_peer_over_one_connection() {
     assert_eq!(code, Some(0), "{err}");
     assert_eq!(lines.len(), 40);
     assert!(lines.iter().all(|l| l.kind == "routine" && l.result == "pass"), "{lines:?}");
+}
+
+/// `kaana-offer status` tells a person in one screen what needs them (a peer not answering and
+/// since when, a push that is getting old): JSON lines when piped, a short report on a terminal;
+/// exit 1 then, 0 when all is well.
+#[test]
+fn status_says_what_needs_a_person() {
+    let s = story();
+    assert_success(&s.a.run("kaana-offer", &["config", "set", "replicas", "1"]));
+    let status = |t: u64| s.a.cmd("kaana-offer").arg("status").env("KAANA_NOW", at(t)).output().unwrap();
+    let t0 = now_unix();
+    let (code, _, err) = challenge(&s.a, &["--all"], Some(t0));
+    assert_eq!(code, Some(0), "{err}");
+    let out = status(t0);
+    assert_exit(&out, 0);
+    let line: serde_json::Value = one_json(&out);
+    let peer = &line["peers"][0];
+    assert_eq!((peer["contract"].as_str(), peer["status"].as_str()), (Some(s.contract.as_str()), Some("active")));
+    assert!(peer["last_push"].is_string() && peer["last_pass"].is_string(), "{line}");
+    assert!(line["disk_free"].as_u64().unwrap() > 0 && line["problems"] == serde_json::json!([]), "{line}");
+
+    drop(s.sb);
+    for h in [4, 8] {
+        let (code, _, err) = challenge(&s.a, &[&s.contract], Some(t0 + h * HOUR));
+        assert_eq!(code, Some(0), "{err}");
+    }
+    let late = t0 + 3 * DAY;
+    let out = status(late);
+    assert_exit(&out, 1);
+    let line: serde_json::Value = one_json(&out);
+    let problems = line["problems"].to_string();
+    assert!(problems.contains("has not answered since") && problems.contains("2 tries"), "{problems}");
+    assert!(problems.contains("the last push the peer committed was at"), "{problems}");
+    assert!(stderr(&out).contains("has not answered since"), "{}", stderr(&out));
+    // On a terminal, the same as a report.
+    let home = s.a.home.display().to_string();
+    let tty = std::process::Command::new("script")
+        .args(["-qec", &format!("kaana-offer --home {home} status"), "/dev/null"])
+        .env("PATH", format!("{}:/usr/bin:/bin", bin_dir().display()))
+        .env("KAANA_NOW", at(late))
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&tty.stdout);
+    assert!(report.contains("needs attention:") && report.contains("has not answered since"), "{report}");
+    assert!(!report.trim_start().starts_with('{'), "{report}");
 }

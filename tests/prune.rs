@@ -45,6 +45,10 @@ fn prune(node: &TestNode, dry: bool, t: u64) -> Vec<Step> {
     }
     let out = cmd.output().unwrap();
     assert_success(&out);
+    // Each line says whether it was only planned or done.
+    for line in json_lines::<serde_json::Value>(&out) {
+        assert_eq!(line["dry_run"], dry, "{line}");
+    }
     json_lines(&out)
 }
 

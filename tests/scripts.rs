@@ -51,21 +51,32 @@ fn examples(text: &str) -> String {
 fn the_readme_examples_run_as_written() {
     let script = examples(&readme());
     assert!(script.contains("kaana-sync --home a push"), "the examples were found");
+    // From the repository's root, as a reader pastes them; twice; leaving nothing there.
     let dir = tempfile::tempdir().unwrap();
+    let untracked = || {
+        let out =
+            Command::new("git").args(["status", "--porcelain", "--untracked-files=all"]).current_dir(repo()).output();
+        out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default()
+    };
+    let before = untracked();
     let path = format!("{}:{}:/usr/sbin:/sbin", bin_dir().display(), std::env::var("PATH").unwrap_or_default());
     let wrapped = format!("set -euo pipefail\ntrap 'kill $(jobs -p) 2>/dev/null || true' EXIT\n{script}");
-    let out = Command::new("bash")
-        .arg("-c")
-        .arg(&wrapped)
-        .current_dir(dir.path())
-        .env("PATH", path)
-        .env_remove("KAANA_HOME")
-        .env_remove("KAANA_NOW")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "README examples failed:\n{stdout}\n{}", stderr(&out));
-    assert!(stdout.contains("identical"), "{stdout}");
+    for run in 1..=2 {
+        let out = Command::new("bash")
+            .arg("-c")
+            .arg(&wrapped)
+            .current_dir(repo())
+            .env("PATH", &path)
+            .env("TMPDIR", dir.path())
+            .env_remove("KAANA_HOME")
+            .env_remove("KAANA_NOW")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "README examples failed (run {run}):\n{stdout}\n{}", stderr(&out));
+        assert!(stdout.contains("identical"), "{stdout}");
+    }
+    assert_eq!(untracked(), before, "the examples left files in the repository");
 }
 
 /// Every command the README describes exists, with every flag it shows.

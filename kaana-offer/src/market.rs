@@ -9,6 +9,8 @@ use serde_json::json;
 
 use kaana_proto::cli::{Exit, emit};
 use kaana_proto::config::{PeerAddr, is_host_port};
+use kaana_proto::fairness::attention;
+use kaana_proto::fairness::standing::Standing;
 use kaana_proto::identity::NodeId;
 use kaana_proto::market::{self, ContractBody, Notice, Offer, RecordId};
 use kaana_proto::net::transport::{Client, NetError, Traffic};
@@ -58,17 +60,43 @@ struct StatusLine {
     capacity: u64,
     committed: u64,
     free: u64,
+    /// Free space on the storage's file system.
+    disk_free: u64,
     replicas: u32,
     volume: Option<PathBuf>,
     volume_size: Option<u64>,
     contracts: usize,
     full_contracts: usize,
     missing: u32,
+    /// Each contract that is not ended, as this node sees it.
+    peers: Vec<PeerStatus>,
     problems: Vec<String>,
 }
 
+/// One contract in `status`.
+#[derive(Serialize)]
+struct PeerStatus {
+    contract: RecordId,
+    peer: NodeId,
+    status: &'static str,
+    /// How this node judges the peer, and how the peer judges this node.
+    their_standing: Standing,
+    our_standing: Standing,
+    /// Unanswered since (the current spell of unanswered tries), if it is unanswered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    unreachable_since: Option<Timestamp>,
+    /// When the peer last committed a push of ours, and last passed our challenge.
+    last_push: Option<Timestamp>,
+    last_pass: Option<Timestamp>,
+}
+
+/// A push older than this needs a person (the nightly one has failed for two nights).
+const STALE_PUSH_SECS: u64 = 2 * 86_400;
+
 pub(crate) fn status(home: Option<&Path>) -> anyhow::Result<Exit> {
+    use std::io::IsTerminal as _;
     let node = Node::open_at(home)?;
+    let now = now_from_env()?;
     let contracts = node.contracts()?;
     let live: Vec<_> = contracts.iter().filter(|e| matches!(e.state.status, Status::Active)).collect();
     let committed = node.committed()?;
@@ -89,24 +117,110 @@ pub(crate) fn status(home: Option<&Path>) -> anyhow::Result<Exit> {
             node.config.replicas
         ));
     }
+    let mut peers = Vec::new();
+    for e in contracts.iter().filter(|e| !matches!(e.state.status, Status::Ended { .. })) {
+        let st = &e.state;
+        let target = kaana_proto::audit::Target::from_record(&node, &e.id)?;
+        let last_push = target.as_ref().map(|t| t.receipt.as_ref().map_or(t.manifest.body.created_at, |r| r.body.at));
+        let short = format!("contract {} with {}", e.id.short(), st.peer.short());
+        for concern in
+            attention::concerns(st.their_standing, st.our_standing, st.audit.as_ref(), e.contract.body.grace_secs, now)
+        {
+            problems.push(format!("{short}: {concern}"));
+        }
+        if let Some(since) = st.their_record.unreachable_since {
+            problems
+                .push(format!("{short}: the peer has not answered since {since} ({} tries)", st.their_record.tries));
+        }
+        if matches!(st.status, Status::Active) && node.config.volume.is_some() {
+            match last_push {
+                None => problems.push(format!("{short}: nothing pushed yet (kaana-sync push {})", e.id.short())),
+                Some(t) if now.unix() > t.unix().saturating_add(STALE_PUSH_SECS) => {
+                    problems.push(format!("{short}: the last push the peer committed was at {t}"));
+                }
+                _ => {}
+            }
+        }
+        peers.push(PeerStatus {
+            contract: e.id,
+            peer: st.peer,
+            status: st.status.name(),
+            their_standing: st.their_standing,
+            our_standing: st.our_standing,
+            unreachable_since: st.their_record.unreachable_since,
+            last_push,
+            last_pass: st.their_record.last_pass,
+        });
+    }
+    let disk_free = kaana_proto::state::free_space(&node.config.storage)?;
     let line = StatusLine {
         node: node.id(),
         capacity: node.config.capacity,
         committed,
         free: node.config.capacity.saturating_sub(committed),
+        disk_free,
         replicas: node.config.replicas,
         volume: node.config.volume.clone(),
         volume_size,
         contracts: live.len(),
         full_contracts: full,
         missing,
+        peers,
         problems,
     };
-    emit(&line)?;
-    for p in &line.problems {
-        eprintln!("kaana-offer: {p}");
+    if std::io::stdout().is_terminal() {
+        print!("{}", report(&line));
+    } else {
+        emit(&line)?;
+        for p in &line.problems {
+            eprintln!("kaana-offer: {p}");
+        }
     }
     Ok(if line.problems.is_empty() { Exit::Ok } else { Exit::Attention })
+}
+
+/// `status` as a person reads it on a terminal.
+fn report(s: &StatusLine) -> String {
+    let when = |t: Option<Timestamp>| t.map_or_else(|| "never".to_owned(), |t| t.to_string());
+    let mut out = format!(
+        "node {}\nvolume {} ({})\ncapacity {}: {} committed to contracts, {} free; {} free on disk\n\
+         contracts {} active ({} at least the volume's size) for {} replicas\n",
+        s.node,
+        s.volume.as_ref().map_or_else(|| "none".to_owned(), |v| v.display().to_string()),
+        s.volume_size.map_or_else(|| "-".to_owned(), format_size),
+        format_size(s.capacity),
+        format_size(s.committed),
+        format_size(s.free),
+        format_size(s.disk_free),
+        s.contracts,
+        s.full_contracts,
+        s.replicas,
+    );
+    for p in &s.peers {
+        let judged = |st: &Standing| match st.failing() {
+            Some((since, delete_after)) => format!("failing since {since} (data goes after {delete_after})"),
+            None => "ok".to_owned(),
+        };
+        out += &format!(
+            "  {} with {} ({}): peer {}; we are {} there; last push {}, last pass {}\n",
+            p.contract.short(),
+            p.peer.short(),
+            p.status,
+            judged(&p.their_standing),
+            judged(&p.our_standing),
+            when(p.last_push),
+            when(p.last_pass),
+        );
+    }
+    if s.problems.is_empty() {
+        out += "all well\n";
+    } else {
+        out += "needs attention:\n";
+        for p in &s.problems {
+            out += &format!("  - {p}\n");
+        }
+    }
+    out
 }
 
 pub(crate) fn create(

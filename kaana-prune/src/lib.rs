@@ -63,6 +63,14 @@ pub enum Command {
 }
 
 /// One step of the plan, as printed.
+/// A step as printed: `dry_run` says whether it is only planned (`--dry-run`) or applied now.
+#[derive(Serialize)]
+struct Line<'a> {
+    #[serde(flatten)]
+    step: &'a Step,
+    dry_run: bool,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Step {
     /// The contract concerned, if any.
@@ -100,7 +108,7 @@ pub fn run(args: Args) -> anyhow::Result<Exit> {
     let now = now_from_env()?;
     let steps = plan(&node, now)?;
     for step in &steps {
-        emit(step)?;
+        emit(&Line { step, dry_run: args.dry_run })?;
     }
     if args.dry_run {
         let total: u64 = steps.iter().map(|s| s.bytes).sum();
