@@ -30,6 +30,31 @@ fn the_demo_tells_the_whole_story_and_passes() {
     for story in ["audit", "breach\":true", "\"valid\":true", "\"action\":\"delete\"", "identical to the originals"] {
         assert!(stdout.contains(story), "the demo did not show {story}");
     }
+    // Every field the tools printed is documented.
+    let lines: Vec<serde_json::Value> = stdout.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    assert!(lines.len() > 20, "{stdout}");
+    assert_documented(&lines);
+}
+
+/// Asserts that every key of `values` (at any depth) is named in docs/json.md.
+fn assert_documented(values: &[serde_json::Value]) {
+    fn keys(v: &serde_json::Value, out: &mut std::collections::BTreeSet<String>) {
+        match v {
+            serde_json::Value::Object(m) => {
+                for (k, v) in m {
+                    out.insert(k.clone());
+                    keys(v, out);
+                }
+            }
+            serde_json::Value::Array(a) => a.iter().for_each(|v| keys(v, out)),
+            _ => {}
+        }
+    }
+    let doc = fs::read_to_string(repo().join("docs/json.md")).unwrap();
+    let mut all = std::collections::BTreeSet::new();
+    values.iter().for_each(|v| keys(v, &mut all));
+    let missing: Vec<&String> = all.iter().filter(|k| !doc.contains(&format!("`{k}`"))).collect();
+    assert!(missing.is_empty(), "fields not in docs/json.md: {missing:?}");
 }
 
 /// The blocks of the README marked as examples, in order.
@@ -199,6 +224,16 @@ fn the_installed_crontab_runs_under_crons_environment() {
     assert!(log("backup.jsonl").iter().any(|l| l["contract"] == contract.as_str() && l["generation"] == 1));
     assert!(log("challenge.jsonl").iter().any(|l| l["contract"] == contract.as_str() && l["result"] == "pass"));
     assert!(log("verify.jsonl").iter().any(|l| l["contract"] == contract.as_str() && l["ok"] == true));
+    // Every field of what cron logged, and of the node's events, is documented.
+    let events: Vec<serde_json::Value> = fs::read_to_string(a.home.join("events.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(events.len() > 3);
+    for logged in [log("backup.jsonl"), log("challenge.jsonl"), log("verify.jsonl"), events] {
+        assert_documented(&logged);
+    }
 
     assert_success(&install(&["--uninstall"]));
     assert!(!prefix.join("bin/kaana-offer").exists() && !prefix.join("share/kaana").exists());

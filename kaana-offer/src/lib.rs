@@ -47,8 +47,10 @@ pub enum Command {
     /// Manage the address book of peers.
     #[command(subcommand)]
     Peer(PeerCommand),
-    /// Say what this node has against what it wants: capacity used, and contracts of at least
-    /// its volume's size against its replicas. Exits 1 when contracts are missing.
+    /// Say what needs a person: capacity used, contracts of at least the volume's size against
+    /// its replicas, and each contract's peer (failing, silent, our data at risk there, last
+    /// push and pass). A report on a terminal, one JSON line when piped. Exits 1 when anything
+    /// needs a person.
     Status,
     /// Make a signed offer: "I will hold SIZE of yours if you hold as much of mine".
     Create {

@@ -59,9 +59,9 @@ pub enum Command {
     /// (`--all` skips a peer this node is failing on purpose in silence: toward it, the node is
     /// down until its audit.)
     ///
-    /// Prints one JSON line per contract: contract, peer, generation, extents_sent, bytes_sent,
-    /// bytes_total, secs. With --all, a contract whose push failed prints {contract, peer, ok:
-    /// false, error} and the tool exits 1. Bad input (an extent size, no volume, a volume that
+    /// Prints one JSON line per contract: contract, peer, generation, extents_sent,
+    /// extents_total, bytes_sent, bytes_total, secs, unchanged. With --all, a contract whose
+    /// push failed prints {contract, peer, ok: false, error} and the tool exits 1. Bad input (an extent size, no volume, a volume that
     /// does not look encrypted) is refused before anything is sent: exit 2.
     #[command(group(clap::ArgGroup::new("which").required(true).args(["contract", "all"])))]
     Push {
