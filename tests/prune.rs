@@ -263,6 +263,73 @@ fn a_notice_the_peer_missed_is_told_by_the_next_challenge_run() {
     assert_eq!(again["delivered"], true);
 }
 
+/// B's system disk dies; its storage disk survives. Rebuilt from its phrase, B does not yet know
+/// its contracts: prune keeps A's data (even with `--leftovers`, for a week after the rebuild),
+/// `contracts --fetch` brings the contract back, and A's restore drill finds its copy whole.
+/// Data nobody can explain goes only when a person asks, a week after a rebuild.
+#[test]
+fn a_node_rebuilt_from_its_phrase_deletes_nothing_it_cannot_explain() {
+    let work = tempfile::tempdir().unwrap();
+    let a = node_with_volume(work.path(), "a.img", 1, "1GiB");
+    let storage = work.path().join("storage");
+    let b = TestNode::init_with(&["--capacity", "1GiB", "--storage", storage.to_str().unwrap()]);
+    let (sa, sb) = (ServerProc::start(&a, &[]), ServerProc::start(&b, &[]));
+    let contract = make_contract_sized(&a, &sa, &b, "32MiB");
+    assert_success(&a.run("kaana-sync", &["push", &contract]));
+    let phrase: serde_json::Value = b.json("kaana-offer", &["recovery-phrase"]);
+    let addr = sb.addr.clone();
+    drop(sb);
+    drop(b); // the system disk is gone; the storage disk is not
+
+    let rebuilt = TestNode::new();
+    let mut child = rebuilt
+        .cmd("kaana-offer")
+        .args(["init", "--recover", "--listen", "127.0.0.1:0", "--capacity", "1GiB"])
+        .args(["--storage", storage.to_str().unwrap()])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), phrase["recovery_phrase"].as_str().unwrap().as_bytes())
+        .unwrap();
+    assert_success(&child.wait_with_output().unwrap());
+    let held = storage.join("inbound").join(&contract);
+    let files = walk_files(&held);
+    let t = now_unix() + 2 * DAY;
+    for extra in [&[][..], &["--leftovers"]] {
+        let out = prune_cmd(&rebuilt, t).args(extra).output().unwrap();
+        assert_success(&out);
+        assert!(out.stdout.is_empty(), "{extra:?}: {}", String::from_utf8_lossy(&out.stdout));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("for no contract this node knows, kept"), "{err}");
+        assert_eq!(walk_files(&held), files, "{extra:?}");
+    }
+    assert!(
+        String::from_utf8_lossy(&prune_cmd(&rebuilt, t).arg("--leftovers").output().unwrap().stderr)
+            .contains("rebuilt from its phrase")
+    );
+
+    let _sb = ServerProc::start(&rebuilt, &["--listen", &addr]);
+    assert_success(&rebuilt.run("kaana-offer", &["peer", "add", &sa.peer()]));
+    let out = rebuilt.run("kaana-offer", &["contracts", "--fetch"]);
+    assert_success(&out);
+    assert!(prune(&rebuilt, false, t).is_empty());
+    assert_success(&a.run("kaana-sync", &["verify", &contract]));
+
+    // Data nobody can explain, a week after the rebuild, when a person asks.
+    let stray = storage.join("inbound").join("ab".repeat(32));
+    fs::create_dir_all(stray.join("extents")).unwrap();
+    fs::write(stray.join("extents").join("x"), b"?").unwrap();
+    let later = now_unix() + 8 * DAY;
+    assert!(prune(&rebuilt, false, later).is_empty());
+    assert!(stray.exists());
+    let out = prune_cmd(&rebuilt, later).arg("--leftovers").output().unwrap();
+    assert_success(&out);
+    let steps: Vec<Step> = json_lines(&out);
+    assert_eq!((steps.len(), steps[0].action.as_str()), (1, "remove_orphan"), "{steps:?}");
+    assert!(!stray.exists() && held.exists());
+}
+
 #[test]
 fn leftovers_of_interrupted_pushes_go_after_a_day_and_committed_data_stays() {
     let work = tempfile::tempdir().unwrap();

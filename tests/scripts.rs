@@ -27,6 +27,11 @@ fn the_demo_tells_the_whole_story_and_passes() {
     assert!(out.status.success(), "demo failed:\n{stdout}\n{}", stderr(&out));
     let last = stdout.lines().last().unwrap_or_default();
     assert!(last.starts_with("demo: PASSED"), "{last}");
+    // Each command is shown as a person would type it, the nodes named A, B and C.
+    for shown in ["$ kaana-offer --home A create --size 64MiB", "$ kaana-sync --home B push --all", "\"peer\":\"<A>\""]
+    {
+        assert!(stdout.contains(shown), "the demo did not show {shown}");
+    }
     for story in ["audit", "breach\":true", "\"valid\":true", "\"action\":\"delete\"", "identical to the originals"] {
         assert!(stdout.contains(story), "the demo did not show {story}");
     }

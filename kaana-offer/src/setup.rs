@@ -93,6 +93,9 @@ pub(crate) fn init(home: Option<&Path>, args: InitArgs) -> anyhow::Result<Exit> 
         advertise: args.advertise,
     };
     let node = Node::init(home, identity, config)?;
+    if args.recover {
+        node.mark_recovered(kaana_proto::time::now_from_env()?)?;
+    }
     emit(&InitLine {
         node: node.id(),
         home: node.home.root(),

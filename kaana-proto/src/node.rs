@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::{AddressBook, Config, PeerAddr};
 use crate::identity::{Identity, NodeId};
 use crate::state::{Home, Schema, StateError, check_key_private, write_atomic};
+use crate::time::Timestamp;
 
 /// `identity.json`: the node's public id.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -19,6 +20,14 @@ pub struct IdentityFile {
     pub schema: Schema,
     /// The node id.
     pub node: NodeId,
+}
+
+/// `recovered.json`: when the node was rebuilt from its recovery phrase.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Recovered {
+    schema: Schema,
+    at: Timestamp,
 }
 
 /// An opened node.
@@ -83,6 +92,19 @@ impl Node {
         home.write(&home.config(), &config)?;
         home.write(&id_path, &IdentityFile { schema: Schema, node: identity.node_id() })?;
         Ok(Node { home, identity, config })
+    }
+
+    /// Records that this node was rebuilt from its recovery phrase at `now` (`recovered.json`):
+    /// until its contracts are fetched back, data in its storage may belong to contracts it
+    /// does not know yet.
+    pub fn mark_recovered(&self, now: Timestamp) -> Result<(), StateError> {
+        self.home.write(&self.home.root().join("recovered.json"), &Recovered { schema: Schema, at: now })
+    }
+
+    /// When this node was last rebuilt from its recovery phrase, if it was.
+    pub fn recovered_at(&self) -> Result<Option<Timestamp>, StateError> {
+        let file: Option<Recovered> = self.home.read_optional(&self.home.root().join("recovered.json"))?;
+        Ok(file.map(|r| r.at))
     }
 
     /// This node's id.

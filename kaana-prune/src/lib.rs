@@ -46,6 +46,11 @@ pub struct Args {
     /// Print the plan and change nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Also remove data for contracts this node does not know (it is otherwise reported and
+    /// kept: a node rebuilt with `init --recover` knows its contracts only after
+    /// `kaana-offer contracts --fetch`). Never within 7 days of `init --recover`.
+    #[arg(long)]
+    pub leftovers: bool,
     #[command(subcommand)]
     pub command: Option<Command>,
 }
@@ -62,7 +67,6 @@ pub enum Command {
     Man,
 }
 
-/// One step of the plan, as printed.
 /// A step as printed: `dry_run` says whether it is only planned (`--dry-run`) or applied now.
 #[derive(Serialize)]
 struct Line<'a> {
@@ -71,6 +75,7 @@ struct Line<'a> {
     dry_run: bool,
 }
 
+/// One step of the plan, as printed.
 #[derive(Debug, Clone, Serialize)]
 pub struct Step {
     /// The contract concerned, if any.
@@ -106,7 +111,7 @@ pub fn run(args: Args) -> anyhow::Result<Exit> {
     }
     let node = Node::open_at(args.home.as_deref())?;
     let now = now_from_env()?;
-    let steps = plan(&node, now)?;
+    let steps = plan(&node, now, args.leftovers)?;
     for step in &steps {
         emit(&Line { step, dry_run: args.dry_run })?;
     }
@@ -170,8 +175,11 @@ fn check_reach(node: &Node, contracts: &[ContractEntry], now: Timestamp) -> anyh
     })
 }
 
-/// Builds the plan.
-pub fn plan(node: &Node, now: Timestamp) -> anyhow::Result<Vec<Step>> {
+/// How long after `init --recover` data of unknown contracts is kept even with `--leftovers`.
+pub const RECOVERY_HOLD_SECS: u64 = 7 * 86_400;
+
+/// Builds the plan. `leftovers`: also remove data of contracts this node does not know.
+pub fn plan(node: &Node, now: Timestamp, leftovers: bool) -> anyhow::Result<Vec<Step>> {
     let mut steps = Vec::new();
     let before = UNIX_EPOCH + Duration::from_secs(now.unix()) - SAFE_AGE;
     let contracts = node.contracts()?;
@@ -219,13 +227,36 @@ pub fn plan(node: &Node, now: Timestamp) -> anyhow::Result<Vec<Step>> {
             }
         }
     }
-    // Stores of contracts this node does not know at all.
+    // Stores of contracts this node does not know at all: kept and reported, unless a person
+    // asks (a node rebuilt from its phrase knows its contracts only once it fetched them back).
+    let recovered = node.recovered_at()?.filter(|t| now.unix() < t.unix().saturating_add(RECOVERY_HOLD_SECS));
     let inbound_root = node.config.storage.join("inbound");
     for dir in std::fs::read_dir(&inbound_root).into_iter().flatten().flatten() {
         let name = dir.file_name().to_string_lossy().into_owned();
         let known = name.parse::<RecordId>().is_ok_and(|id| contracts.iter().any(|e| e.id == id));
-        if !known && old(&dir.path(), before) {
-            let store_bytes = Inbound::at_dir(&dir.path()).size_on_disk();
+        if known {
+            continue;
+        }
+        let store_bytes = Inbound::at_dir(&dir.path()).size_on_disk();
+        let kept = match (leftovers, recovered) {
+            (false, _) => {
+                Some("remove it with `kaana-prune --leftovers` if no contract of yours is missing".to_owned())
+            }
+            (true, Some(t)) => Some(format!(
+                "this node was rebuilt from its phrase at {t}: `--leftovers` removes unknown data only a week after"
+            )),
+            (true, None) => None,
+        };
+        if let Some(why) = kept {
+            eprintln!(
+                "kaana-prune: {}: {} of data for no contract this node knows, kept (run `kaana-offer contracts --fetch` \
+                 to bring its contract back); {why}",
+                dir.path().display(),
+                format_size(store_bytes)
+            );
+            continue;
+        }
+        if old(&dir.path(), before) {
             let reason = "data for no contract this node has".to_owned();
             steps.push(Step {
                 contract: name.parse().ok(),
