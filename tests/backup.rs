@@ -138,6 +138,41 @@ fn an_incremental_push_sends_only_what_changed() {
     assert_eq!((again.ok, again.extents_fetched), (true, 0));
 }
 
+/// A holder that went back to an old copy (generation 1 after committing generation 2): restore
+/// and the restore drill say the copy is stale and exit non-zero; the old generation is still
+/// there for whoever asks for it by number.
+#[test]
+fn a_holder_serving_an_older_generation_is_caught_by_restore_and_verify() {
+    let work = tempfile::tempdir().unwrap();
+    let volume = luks_volume(work.path());
+    let v1 = fs::read(&volume).unwrap();
+    let Pair { a, b, sa: _sa, sb: _sb, contract } = contracted_pair(&volume, "64MiB");
+    push(&a, &contract);
+    let store = b.home.join("inbound").join(&contract);
+    let old = work.path().join("old-copy");
+    let copied = std::process::Command::new("cp").arg("-a").arg(&store).arg(&old).status().unwrap();
+    assert!(copied.success());
+    write_in_luks(&volume, 9 << 20, 64 << 10, 0xab);
+    assert_eq!(push(&a, &contract).generation, 2);
+    fs::remove_dir_all(&store).unwrap();
+    assert!(std::process::Command::new("cp").arg("-a").arg(&old).arg(&store).status().unwrap().success());
+
+    let back = work.path().join("back.luks");
+    let out = a.run("kaana-sync", &["restore", &contract, "--out", back.to_str().unwrap()]);
+    assert_exit(&out, 2);
+    assert!(stderr(&out).contains("serves generation 1, older than generation 2"), "{}", stderr(&out));
+    let out = a.run("kaana-sync", &["verify", &contract]);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(stderr(&out).contains("its copy is stale"), "{}", stderr(&out));
+    let out = a.run("kaana-sync", &["verify", "--all"]);
+    assert_exit(&out, 1);
+    assert!(stderr(&out).contains("its copy is stale"), "{}", stderr(&out));
+    // Asked for by number, the old generation comes back.
+    let out = a.run("kaana-sync", &["restore", &contract, "--out", back.to_str().unwrap(), "--generation", "1"]);
+    assert_success(&out);
+    assert_eq!(fs::read(&back).unwrap(), v1);
+}
+
 #[test]
 fn a_holder_killed_mid_push_keeps_the_last_generation_and_the_push_resumes() {
     let work = tempfile::tempdir().unwrap();

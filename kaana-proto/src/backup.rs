@@ -103,6 +103,18 @@ pub enum BackupError {
         /// What was asked for.
         want: u64,
     },
+    /// The holder serves a generation older than the last one this node pushed and it
+    /// committed: it kept (or went back to) an old copy.
+    #[error(
+        "the holder serves generation {have}, older than generation {last} it committed for this node: its copy \
+         is stale (ask for it with --generation {have} if an old copy is what you want)"
+    )]
+    Stale {
+        /// What it serves.
+        have: u64,
+        /// What this node last pushed and the holder committed.
+        last: u64,
+    },
     /// An extent the holder sent does not match the manifest.
     #[error("extent {index} from the holder does not match the manifest")]
     BadExtent {
@@ -537,6 +549,11 @@ pub async fn restore(
     progress_label: &str,
 ) -> Result<RestoreSummary, BackupError> {
     let started = Instant::now();
+    // The last generation this node pushed and the holder receipted: the holder must serve at
+    // least that one (unless another is asked for). Unknown after a rebuild from the phrase.
+    let last = crate::audit::Target::from_record(node, &entry.id)?
+        .filter(|t| t.receipt.is_some())
+        .map(|t| t.manifest.body.generation);
     let conn = connect(client, node, entry.state.peer).await?;
     let mut fetched = fetch_manifest(&conn, node, entry).await?;
     let mut attempts = 0;
@@ -544,6 +561,10 @@ pub async fn restore(
         let generation = fetched.0.body.generation;
         if let Some(want) = want_generation.filter(|w| *w != generation) {
             return Err(BackupError::Generation { have: generation, want });
+        }
+        if let Some(last) = last.filter(|l| want_generation.is_none() && generation < *l) {
+            conn.close();
+            return Err(BackupError::Stale { have: generation, last });
         }
         let result = restore_generation(&conn, node, entry, fetched, out, progress_label, started).await;
         let missing = match &result {
