@@ -173,6 +173,26 @@ fn a_holder_serving_an_older_generation_is_caught_by_restore_and_verify() {
     assert_eq!(fs::read(&back).unwrap(), v1);
 }
 
+/// A holder that claims a generation this node never pushed (here its own record edited to
+/// 999) is refused, and the push stops rather than wrap or skip generations.
+#[test]
+fn a_holder_claiming_a_generation_never_pushed_is_refused() {
+    let work = tempfile::tempdir().unwrap();
+    let volume = luks_volume(work.path());
+    let Pair { a, b, sa: _sa, sb: _sb, contract } = contracted_pair(&volume, "64MiB");
+    assert_eq!(push(&a, &contract).generation, 1);
+    let store = b.home.join("inbound").join(&contract);
+    let committed = store.join("committed.json");
+    let mut c: serde_json::Value = serde_json::from_slice(&fs::read(&committed).unwrap()).unwrap();
+    c["manifest"]["body"]["generation"] = 999.into();
+    fs::write(&committed, serde_json::to_vec(&c).unwrap()).unwrap();
+    fs::rename(store.join("lists").join("1.bin"), store.join("lists").join("999.bin")).unwrap();
+    write_in_luks(&volume, 9 << 20, 64 << 10, 0xab);
+    let out = a.run("kaana-sync", &["push", &contract]);
+    assert_exit(&out, 2);
+    assert!(stderr(&out).contains("claims to have committed generation 999"), "{}", stderr(&out));
+}
+
 #[test]
 fn a_holder_killed_mid_push_keeps_the_last_generation_and_the_push_resumes() {
     let work = tempfile::tempdir().unwrap();

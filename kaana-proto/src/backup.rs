@@ -115,6 +115,14 @@ pub enum BackupError {
         /// What this node last pushed and the holder committed.
         last: u64,
     },
+    /// The holder claims something this node knows to be false.
+    #[error("node {peer} claims {what}: refused")]
+    Claim {
+        /// The holder.
+        peer: NodeId,
+        /// What it claims.
+        what: String,
+    },
     /// An extent the holder sent does not match the manifest.
     #[error("extent {index} from the holder does not match the manifest")]
     BadExtent {
@@ -195,6 +203,10 @@ async fn connect(client: &Client, node: &Node, peer: NodeId) -> Result<Connectio
     client.connect_any(peer, &addrs).await.map_err(net(peer))
 }
 
+/// The highest generation a holder may claim: far beyond any real count of pushes, far from
+/// where adding one would wrap.
+pub const MAX_GENERATION: u64 = 1 << 48;
+
 /// Whether this node's volume can be pushed in extents of `extent_size`: configured, readable,
 /// of a valid geometry, and encrypted-looking unless `allow_plaintext`.
 pub fn check_volume(node: &Node, extent_size: u32, allow_plaintext: bool) -> Result<(), BackupError> {
@@ -248,6 +260,15 @@ pub async fn push(
     let shared = record.lock(false)?;
     let previous = record.committed()?;
     let previous_gen = previous.as_ref().map_or(0, |(m, _)| m.body.generation);
+    // The holder's committed generation is its claim: at most one beyond what this node
+    // recorded (a commit whose receipt never came back), and one that can be followed.
+    let claimed = committed.unwrap_or(0);
+    if (previous.is_some() && claimed > previous_gen + 1) || claimed >= MAX_GENERATION {
+        return Err(BackupError::Claim {
+            peer,
+            what: format!("to have committed generation {claimed}, beyond the last this node pushed ({previous_gen})"),
+        });
+    }
     // And the tops kept then (what this node's challenges check shorter proofs against): an
     // extent that is not hashed again keeps its tops.
     let per = 1usize << proof::TOP_LEVELS;
