@@ -455,6 +455,26 @@ fn a_holder_refuses_bad_extents_foreign_manifests_and_oversize_data() {
         ] {
             assert_eq!(code(sconn.request(&req).await), Some(ErrorCode::Unauthorized), "{req:?}");
         }
+        // Nor is a byte of a stranger's commit read: a manifest announcing a million extents,
+        // and no list at all, is refused for who sent it.
+        let mut huge = manifest(7, &owner).body;
+        (huge.volume_size, huge.extent_count) = (1 << 32, 1 << 20);
+        let huge = Signed::sign(huge, &owner).unwrap();
+        let mut ex = sconn.open(&Request::Commit { contract: id, manifest: Box::new(huge.clone()) }).await.unwrap();
+        ex.finish().unwrap();
+        assert_eq!(code(ex.reply().await), Some(ErrorCode::Unauthorized));
+        // The owner's own manifest must fit its geometry and the contract before its list is read.
+        let mut ex = conn.open(&Request::Commit { contract: id, manifest: Box::new(huge) }).await.unwrap();
+        ex.finish().unwrap();
+        assert_eq!(code(ex.reply().await), Some(ErrorCode::Refused));
+        let mut odd = manifest(7, &owner).body;
+        odd.extent_count = 2;
+        let mut ex = conn
+            .open(&Request::Commit { contract: id, manifest: Box::new(Signed::sign(odd, &owner).unwrap()) })
+            .await
+            .unwrap();
+        ex.finish().unwrap();
+        assert_eq!(code(ex.reply().await), Some(ErrorCode::BadRequest));
         stranger.close().await;
         client.close().await;
     });

@@ -158,6 +158,28 @@ pub(super) async fn put_extent(
     result.map(|()| (Response::Stored, None))
 }
 
+/// Whether `peer` may commit `manifest` under contract `id`: a side of it, the owner's signed
+/// manifest for it, within its size, of a geometry whose extent count it states.
+fn check_commit(c: &Ctx, peer: NodeId, id: RecordId, manifest: &Signed<Manifest>) -> Result<Inbound, ErrorReply> {
+    let bad = |msg: String| ErrorReply::new(ErrorCode::BadRequest, msg);
+    let (entry, inbound) = authorise(c, peer, &id, true)?;
+    let m = &manifest.body;
+    if m.contract != id || m.owner != peer {
+        return Err(bad(format!("the manifest is not for contract {id} from node {peer}")));
+    }
+    manifest.verify_by(&peer).map_err(|e| {
+        ErrorReply::new(ErrorCode::Unauthorized, format!("the manifest is not signed by the owner: {e}"))
+    })?;
+    if m.volume_size > entry.contract.body.size {
+        return Err(refused(format!("a volume of {} bytes is more than contract {id} holds", m.volume_size)));
+    }
+    let g = m.geometry().map_err(|e| bad(e.to_string()))?;
+    if m.extent_count != g.count() || m.extent_count > MAX_LIST_EXTENTS {
+        return Err(bad(format!("{} extents do not fit the manifest's geometry", m.extent_count)));
+    }
+    Ok(inbound)
+}
+
 /// `commit`: the owner-signed manifest of a newer generation whose extents are all here.
 pub(super) async fn commit(
     ctx: &Arc<Ctx>,
@@ -167,25 +189,16 @@ pub(super) async fn commit(
     manifest: Signed<Manifest>,
 ) -> Handled {
     let bad = |msg: String| ErrorReply::new(ErrorCode::BadRequest, msg);
-    let count = manifest.body.extent_count;
-    if count > MAX_LIST_EXTENTS {
-        return Err(bad(format!("{count} extents are more than a manifest may list")));
-    }
-    let mut list = vec![0u8; (count * 32) as usize];
+    // Who asks, for what, and whether the manifest is the owner's and fits the contract: all
+    // checked before a byte of the list is read (its length is the manifest's own count).
+    let c = ctx.clone();
+    let manifest = blocking(move || check_commit(&c, peer, id, &manifest).map(|_| manifest)).await?;
+    let mut list = vec![0u8; (manifest.body.extent_count * 32) as usize];
     read_exact(recv, &mut list, ctx.opts.read_timeout, "the extent list").await.map_err(|e| bad(e.to_string()))?;
     let c = ctx.clone();
     blocking(move || {
-        let (entry, inbound) = authorise(&c, peer, &id, true)?;
+        let inbound = check_commit(&c, peer, id, &manifest)?;
         let m = &manifest.body;
-        if m.contract != id || m.owner != peer {
-            return Err(bad(format!("the manifest is not for contract {id} from node {peer}")));
-        }
-        manifest.verify_by(&peer).map_err(|e| {
-            ErrorReply::new(ErrorCode::Unauthorized, format!("the manifest is not signed by the owner: {e}"))
-        })?;
-        if m.volume_size > entry.contract.body.size {
-            return Err(refused(format!("a volume of {} bytes is more than contract {id} holds", m.volume_size)));
-        }
         let now = now_from_env().map_err(internal)?;
         let receipt = Receipt {
             contract: id,
