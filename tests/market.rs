@@ -146,6 +146,11 @@ fn bad_offers_are_refused_and_nothing_is_stored() {
     let (a, sa) = node_with_server();
     let (b, _sb) = node_with_server();
 
+    // One that would stay on boards for more than 30 days.
+    let out = a.run("kaana-offer", &["create", "--size", "100MiB", "--ttl", "31d"]);
+    assert_exit(&out, 2);
+    assert!(stderr(&out).contains("at most 30d"), "{}", stderr(&out));
+
     // Its own offer.
     let own = create_offer(&a, &["--size", "100MiB", "--ttl", "1h"]);
     let out = a.run("kaana-offer", &["accept", &own.id]);

@@ -239,6 +239,9 @@ pub(crate) fn create(
     if grace_secs == 0 || ttl == 0 {
         bail!("--grace and --ttl must be more than 0");
     }
+    if ttl > market::MAX_OFFER_TTL_SECS {
+        bail!("--ttl must be at most 30d: boards keep an offer no longer");
+    }
     let addrs = if addrs.is_empty() { node.contact_addrs()? } else { addrs };
     if addrs.is_empty() {
         bail!(
@@ -415,7 +418,13 @@ async fn fetch_board(
 ) -> Result<(), NetError> {
     let conn = client.connect(board.node, &board.addr).await?;
     let mut after = None;
-    loop {
+    // A board holds at most TOTAL_CAP offers: a board that says "more" beyond that is not
+    // followed further.
+    for page in 0.. {
+        if page > kaana_proto::board::TOTAL_CAP / kaana_proto::board::PAGE {
+            eprintln!("kaana-offer: board {} lists more pages than a board can hold; stopped", board.node.short());
+            break;
+        }
         match conn.request(&Request::ListOffers { after }).await? {
             Response::Offers { offers, more } => {
                 after = offers.last().and_then(|o| RecordId::of(&o.body).ok());

@@ -155,4 +155,15 @@ mod tests {
         assert!(board.purge(Timestamp::from_unix(300)));
         assert_eq!(board.len(), PER_SIGNER_CAP);
     }
+
+    #[test]
+    fn an_offer_expiring_beyond_the_horizon_is_refused() {
+        let now = Timestamp::from_unix(1_000);
+        let c = Identity::from_seed([3; 32]);
+        let mut board = Board::default();
+        let horizon = 1_000 + market::MAX_OFFER_TTL_SECS;
+        assert_eq!(board.insert(offer(&c, 0, horizon), now).unwrap(), Inserted::New);
+        assert!(matches!(board.insert(offer(&c, 1, horizon + 2 * 3_600), now), Err(BoardRefusal::Invalid(_))));
+        assert!(matches!(board.insert(offer(&c, 2, 1_000 + 3_650 * 86_400), now), Err(BoardRefusal::Invalid(_))));
+    }
 }

@@ -14,6 +14,9 @@ use crate::time::Timestamp;
 
 /// Addresses an offer may list.
 pub const MAX_ADDRS: usize = 8;
+/// How far ahead an offer may expire: a board holds an offer no longer than this (plus an hour
+/// for clocks that disagree), so a board filled with offers empties again.
+pub const MAX_OFFER_TTL_SECS: u64 = 30 * 86_400;
 /// Characters one address may have.
 const MAX_ADDR_LEN: usize = 255;
 
@@ -142,6 +145,9 @@ pub fn check_offer(offer: &Signed<Offer>, now: Timestamp) -> Result<RecordId, Ma
     }
     if now >= b.expires_at {
         return Err(MarketError::Expired { id, at: b.expires_at });
+    }
+    if b.expires_at > now.plus_secs(MAX_OFFER_TTL_SECS + 3_600) {
+        return Err(invalid(format!("offer {id} expires at {}, more than 30 days ahead", b.expires_at)));
     }
     Ok(id)
 }
@@ -323,7 +329,7 @@ mod tests {
             let text = serde_json::to_vec(&signed).unwrap();
             let back: Signed<Offer> = serde_json::from_slice(&text).unwrap();
             prop_assert_eq!(&back, &signed);
-            prop_assert!(check_offer(&back, Timestamp::from_unix(0)).is_ok());
+            prop_assert!(check_offer(&back, Timestamp::from_unix(expires - 1)).is_ok());
             let mut trailing = text.clone();
             trailing.extend_from_slice(b" x");
             prop_assert!(serde_json::from_slice::<Signed<Offer>>(&trailing).is_err());

@@ -161,7 +161,8 @@ fn accept_on_disk(
     let id = node.save_new_contract(&contract, &ContractState::new(Role::Offerer, taker)).map_err(internal)?;
     own_offer.taken_by = Some(id);
     node.save_own_offer(&offer_id, &own_offer).map_err(internal)?;
-    let reachable: Vec<String> = addrs.iter().filter(|a| is_host_port(a)).cloned().collect();
+    let reachable: Vec<String> =
+        addrs.iter().filter(|a| a.len() <= 255 && is_host_port(a)).take(market::MAX_ADDRS).cloned().collect();
     node.remember_addrs(&taker, &reachable).map_err(internal)?;
     node.log_event(now, "contract", json!({"contract": id, "peer": taker, "role": "offerer", "size": size}))
         .map_err(internal)?;
