@@ -2,12 +2,16 @@
 # Installs Ka'ana like's tools where a Debian machine expects them, or removes them.
 #
 # usage: scripts/install.sh [--uninstall] [--prefix DIR] [--bin-dir DIR] [--user NAME]
-#                           [--home DIR] [--log-dir DIR] [--system-dir DIR] [--no-system]
+#                           [--home DIR] [--storage DIR] [--log-dir DIR] [--system-dir DIR]
+#                           [--mailto ADDRESS] [--no-system]
 #
 #   --prefix DIR      where the tools, man pages, completions and scripts go [/usr/local]
-#   --bin-dir DIR     the built tools to install [target/release]
+#   --bin-dir DIR     the built tools to install [the repository's target/release]
 #   --user NAME       the node's user [kaana]
 #   --home DIR        the node's state directory [/var/lib/kaana]
+#   --storage DIR     where peers' data is kept, if not in the state directory (the unit may
+#                     write there)
+#   --mailto ADDRESS  where cron mails what needs a person [kept from the user's crontab]
 #   --log-dir DIR     where cron's lines write their logs [/var/log/kaana]
 #   --system-dir DIR  where the systemd unit goes [/etc/systemd/system]
 #   --no-system       only files under --prefix (no unit, no crontab, no log directory, no
@@ -16,32 +20,44 @@
 # Installs: PREFIX/bin/kaana-{offer,sync,challenge,prune}; their man pages
 # (PREFIX/share/man/man1) and bash completions (PREFIX/share/bash-completion/completions);
 # PREFIX/share/kaana/{backup.sh,crontab,70-kaana-volume.rules.example}; and, unless
-# --no-system: the systemd unit (not started), the crontab for the user, and the log
-# directory owned by the user. Paths in the unit and crontab follow the options. It creates no
-# user and no node: see the README, "A real set-up". --uninstall removes what it installed
-# (the state directory, logs and user stay). Exit 0 done, 2 could not.
+# --no-system (then run it as root): the systemd unit (not started), the crontab lines for the
+# user (between "# >>> kaana" and "# <<< kaana"; the user's other lines stay, and so does its
+# MAILTO unless --mailto), and the log directory owned by the user. Paths in the unit and
+# crontab follow the options. It creates no user and no node: see the README, "A real set-up".
+# --uninstall removes what it installed (the state directory, logs, user and the crontab's
+# other lines stay). Exit 0 done, 2 could not.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+repo=$(cd "$(dirname "$0")/.." && pwd)
 
-prefix=/usr/local bin_dir=target/release user=kaana home=/var/lib/kaana log_dir=/var/log/kaana
-system_dir=/etc/systemd/system system=yes uninstall=no
+prefix=/usr/local bin_dir="" user=kaana home=/var/lib/kaana log_dir=/var/log/kaana
+system_dir=/etc/systemd/system system=yes uninstall=no storage="" mailto=""
 tools=(kaana-offer kaana-sync kaana-challenge kaana-prune)
 die() { echo "install.sh: $*" >&2; exit 2; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --uninstall) uninstall=yes; shift ;;
     --no-system) system=no; shift ;;
-    --prefix|--bin-dir|--user|--home|--log-dir|--system-dir)
+    --prefix|--bin-dir|--user|--home|--storage|--log-dir|--system-dir|--mailto)
       [ $# -ge 2 ] || die "$1 needs a value"
+      case "$2" in *[[:space:]\\\#\&%]*) die "$1 $2: no spaces or \\ # & % in it, please (it goes into the unit and crontab)" ;; esac
       case "$1" in
         --prefix) prefix=$2 ;; --bin-dir) bin_dir=$2 ;; --user) user=$2 ;; --home) home=$2 ;;
-        --log-dir) log_dir=$2 ;; --system-dir) system_dir=$2 ;;
+        --storage) storage=$2 ;; --log-dir) log_dir=$2 ;; --system-dir) system_dir=$2 ;; --mailto) mailto=$2 ;;
       esac
       shift 2 ;;
     -h|--help) sed -n '2,/^set -e/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) die "unknown argument $1 (see --help)" ;;
   esac
 done
+# Paths as given, from where it was run; then it works from the repository's root.
+absolute() { case "$1" in /*) echo "$1" ;; *) echo "$PWD/$1" ;; esac; }
+prefix=$(absolute "$prefix") bin_dir=$(absolute "${bin_dir:-$repo/target/release}") home=$(absolute "$home")
+log_dir=$(absolute "$log_dir") system_dir=$(absolute "$system_dir")
+[ -n "$storage" ] && storage=$(absolute "$storage")
+cd "$repo"
+if [ "$system" = yes ] && [ "$(id -u)" != 0 ]; then
+  die "installing the unit, crontab and log directory needs root (or pass --no-system)"
+fi
 share=$prefix/share/kaana
 man_dir=$prefix/share/man/man1
 completions=$prefix/share/bash-completion/completions
@@ -51,8 +67,11 @@ unit=$system_dir/kaana-sync.service
 localise() {
   sed -e "s#/usr/local/share/kaana#$share#g" -e "s#/usr/local/bin#$prefix/bin#g" \
       -e "s#/var/lib/kaana#$home#g" -e "s#/var/log/kaana#$log_dir#g" \
-      -e "s#^User=kaana#User=$user#" -e "s#-u kaana #-u $user #g" "$1"
+      -e "s#^User=kaana#User=$user#" -e "s#-u kaana #-u $user #g" \
+      -e "s#^ReadWritePaths=.*#ReadWritePaths=$home${storage:+ $storage}#" "$1"
 }
+# The user's crontab without our lines.
+others() { crontab -u "$user" -l 2>/dev/null | sed '/^# >>> kaana/,/^# <<< kaana/d' || true; }
 
 if [ "$uninstall" = yes ]; then
   for t in "${tools[@]}"; do
@@ -64,9 +83,15 @@ if [ "$uninstall" = yes ]; then
     if [ -f "$unit" ]; then
       command -v systemctl >/dev/null && systemctl disable --now kaana-sync 2>/dev/null || true
       rm -f "$unit"
+      command -v systemctl >/dev/null && systemctl daemon-reload 2>/dev/null || true
     fi
-    if command -v crontab >/dev/null && crontab -u "$user" -l 2>/dev/null | grep -q 'kaana'; then
-      crontab -u "$user" -r
+    if command -v crontab >/dev/null && crontab -u "$user" -l 2>/dev/null | grep -q '^# >>> kaana'; then
+      rest=$(others)
+      if [ -n "$(grep -v '^[[:space:]]*\(#\|$\)' <<<"$rest")" ]; then
+        printf '%s\n' "$rest" | crontab -u "$user" -
+      else
+        crontab -u "$user" -r
+      fi
     fi
   fi
   where=$prefix
@@ -96,7 +121,14 @@ if [ "$system" = yes ]; then
   localise scripts/kaana-sync.service >"$unit"
   command -v systemctl >/dev/null && systemctl daemon-reload 2>/dev/null || true
   if command -v crontab >/dev/null; then
-    crontab -u "$user" "$share/crontab"
+    # Our lines between markers, after the user's own; its MAILTO kept unless --mailto.
+    [ -z "$mailto" ] && mailto=$(crontab -u "$user" -l 2>/dev/null | sed -n 's/^MAILTO=//p' | tail -1)
+    rest=$(others) # read whole before the new table is written
+    { if [ -n "$rest" ]; then printf '%s\n' "$rest"; fi
+      echo "# >>> kaana (scripts/install.sh; --uninstall removes these lines)"
+      if [ -n "$mailto" ]; then sed "s#^MAILTO=.*#MAILTO=$mailto#" "$share/crontab"; else cat "$share/crontab"; fi
+      echo "# <<< kaana"
+    } | crontab -u "$user" -
   else
     echo "install.sh: no crontab command here: install $share/crontab for $user by hand" >&2
   fi

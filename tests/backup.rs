@@ -193,6 +193,27 @@ fn a_holder_claiming_a_generation_never_pushed_is_refused() {
     assert!(stderr(&out).contains("claims to have committed generation 999"), "{}", stderr(&out));
 }
 
+/// Two pushes whose replies were lost (here: this node's record set back two generations): the
+/// holder is ahead of the record, shows a manifest this node signed, and the next push goes on.
+#[test]
+fn a_holder_ahead_of_the_record_by_pushes_whose_replies_were_lost_is_believed() {
+    let work = tempfile::tempdir().unwrap();
+    let volume = luks_volume(work.path());
+    let Pair { a, b: _b, sa: _sa, sb: _sb, contract } = contracted_pair(&volume, "64MiB");
+    assert_eq!(push(&a, &contract).generation, 1);
+    let record = a.home.join("outbound").join(&contract);
+    let saved = work.path().join("record-at-1");
+    assert!(std::process::Command::new("cp").arg("-a").arg(&record).arg(&saved).status().unwrap().success());
+    for (i, byte) in [0xab, 0xcd].into_iter().enumerate() {
+        write_in_luks(&volume, 9 << 20, 64 << 10, byte);
+        assert_eq!(push(&a, &contract).generation, 2 + i as u64);
+    }
+    fs::remove_dir_all(&record).unwrap();
+    assert!(std::process::Command::new("cp").arg("-a").arg(&saved).arg(&record).status().unwrap().success());
+    write_in_luks(&volume, 9 << 20, 64 << 10, 0xef);
+    assert_eq!(push(&a, &contract).generation, 4);
+}
+
 #[test]
 fn a_holder_killed_mid_push_keeps_the_last_generation_and_the_push_resumes() {
     let work = tempfile::tempdir().unwrap();

@@ -323,4 +323,16 @@ fn a_tool_run_by_another_user_than_the_homes_owner_refuses_before_writing() {
         assert!(err.contains(&format!("sudo -u {owner} {tool} --home {}", node.home.display())), "{err}");
     }
     assert_eq!(files(&node.home), before, "nothing was written");
+    // `init` too, on a directory made for another user (`useradd --create-home`).
+    let fresh = tempfile::tempdir().unwrap();
+    let home = fresh.path().join("kaana");
+    fs::create_dir(&home).unwrap();
+    assert!(std::process::Command::new("chown").arg("65534").arg(&home).status().unwrap().success());
+    let out = std::process::Command::new(crate::common::bin_dir().join("kaana-offer"))
+        .args(["--home", home.to_str().unwrap(), "init"])
+        .output()
+        .unwrap();
+    assert_exit(&out, 2);
+    assert!(stderr(&out).contains(&format!("sudo -u {owner} kaana-offer --home")), "{}", stderr(&out));
+    assert_eq!(fs::read_dir(&home).unwrap().count(), 0, "nothing was written");
 }

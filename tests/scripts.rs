@@ -244,6 +244,66 @@ fn the_installed_crontab_runs_under_crons_environment() {
     assert!(!prefix.join("bin/kaana-offer").exists() && !prefix.join("share/kaana").exists());
 }
 
+/// `install.sh` as root, for the system: the unit (with the user and the paths given), the log
+/// directory, and the user's crontab — its own lines and MAILTO kept, ours between markers —
+/// and `--uninstall` takes back exactly what it added. (`crontab` here is a stand-in that keeps
+/// the table in a file, so that no real user's crontab is touched.)
+#[test]
+fn install_sh_for_the_system_keeps_the_users_crontab_and_takes_back_only_its_own() {
+    use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+    if fs::metadata("/proc/self").unwrap().uid() != 0 {
+        eprintln!("not run: installing for the system needs root");
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let (shims, table) = (work.path().join("shims"), work.path().join("table"));
+    fs::create_dir(&shims).unwrap();
+    let shim = format!(
+        "#!/bin/sh\n# crontab -u USER (-l | - | -r)\ncase \"$3\" in\n  -l) cat {t} 2>/dev/null || exit 1 ;;\n  -) cat > {t} ;;\n  -r) rm -f {t} ;;\nesac\n",
+        t = table.display()
+    );
+    fs::write(shims.join("crontab"), shim).unwrap();
+    fs::set_permissions(shims.join("crontab"), fs::Permissions::from_mode(0o755)).unwrap();
+    let mine = "MAILTO=me@example.org\n0 1 * * * echo mine\n";
+    fs::write(&table, mine).unwrap();
+    let (prefix, system, logs, storage) =
+        (work.path().join("usr"), work.path().join("systemd"), work.path().join("log"), work.path().join("data"));
+    let install = |extra: &[&str]| {
+        Command::new("bash")
+            .arg(repo().join("scripts/install.sh"))
+            .args(["--prefix", prefix.to_str().unwrap(), "--bin-dir", bin_dir().to_str().unwrap(), "--user", "nobody"])
+            .args(["--home", "/var/lib/kaana-test", "--storage", storage.to_str().unwrap()])
+            .args(["--log-dir", logs.to_str().unwrap(), "--system-dir", system.to_str().unwrap()])
+            .args(extra)
+            .env("PATH", format!("{}:{}", shims.display(), std::env::var("PATH").unwrap_or_default()))
+            .output()
+            .unwrap()
+    };
+    let out = install(&[]);
+    assert_success(&out);
+    let unit = fs::read_to_string(system.join("kaana-sync.service")).unwrap();
+    assert!(
+        unit.contains("User=nobody") && unit.contains(&format!("ExecStart={}/bin/kaana-sync serve", prefix.display()))
+    );
+    assert!(unit.contains(&format!("ReadWritePaths=/var/lib/kaana-test {}", storage.display())), "{unit}");
+    assert_eq!(fs::metadata(&logs).unwrap().uid(), 65534, "the log directory is the user's");
+    let crontab = fs::read_to_string(&table).unwrap();
+    assert!(crontab.starts_with(mine), "{crontab}");
+    assert!(crontab.contains("# >>> kaana") && crontab.contains("kaana-challenge --home /var/lib/kaana-test --all"));
+    assert_eq!(crontab.matches("MAILTO=me@example.org").count(), 2, "its MAILTO applies to our lines too: {crontab}");
+    // Again (an upgrade): the same table, not our lines twice.
+    assert_success(&install(&[]));
+    assert_eq!(fs::read_to_string(&table).unwrap(), crontab);
+    assert_success(&install(&["--uninstall"]));
+    assert_eq!(fs::read_to_string(&table).unwrap(), mine);
+    assert!(!system.join("kaana-sync.service").exists() && !prefix.join("bin/kaana-sync").exists());
+    // A path that would break the unit or the crontab is refused, before anything is installed.
+    let out = install(&["--prefix", "/opt/my kaana"]);
+    assert_exit(&out, 2);
+    assert!(stderr(&out).contains("no spaces"), "{}", stderr(&out));
+    assert!(!prefix.exists() || !prefix.join("bin/kaana-sync").exists());
+}
+
 #[test]
 fn the_cron_pipeline_pushes_checks_and_says_what_needs_a_person() {
     let work = tempfile::tempdir().unwrap();

@@ -100,13 +100,20 @@ pub(crate) fn status(home: Option<&Path>) -> anyhow::Result<Exit> {
     let contracts = node.contracts()?;
     let live: Vec<_> = contracts.iter().filter(|e| matches!(e.state.status, Status::Active)).collect();
     let committed = node.committed()?;
+    let mut problems = Vec::new();
+    // What cannot be read is a problem to report, not a reason to report nothing.
     let volume_size = match &node.config.volume {
-        Some(v) => Some(volume::size(v)?),
+        Some(v) => match volume::size(v) {
+            Ok(size) => Some(size),
+            Err(e) => {
+                problems.push(format!("the volume cannot be read: {e}"));
+                None
+            }
+        },
         None => None,
     };
     let full = live.iter().filter(|e| volume_size.is_none_or(|v| e.contract.body.size >= v)).count();
     let missing = node.config.replicas.saturating_sub(u32::try_from(full).unwrap_or(u32::MAX));
-    let mut problems = Vec::new();
     if node.config.volume.is_none() {
         problems.push("no volume configured: nothing to back up (kaana-offer config set volume PATH)".to_owned());
     }
@@ -120,7 +127,10 @@ pub(crate) fn status(home: Option<&Path>) -> anyhow::Result<Exit> {
     let mut peers = Vec::new();
     for e in contracts.iter().filter(|e| !matches!(e.state.status, Status::Ended { .. })) {
         let st = &e.state;
-        let target = kaana_proto::audit::Target::from_record(&node, &e.id)?;
+        let target = kaana_proto::audit::Target::from_record(&node, &e.id).unwrap_or_else(|err| {
+            problems.push(format!("contract {}: this node's record of its copy is unreadable: {err}", e.id.short()));
+            None
+        });
         let last_push = target.as_ref().map(|t| t.receipt.as_ref().map_or(t.manifest.body.created_at, |r| r.body.at));
         let short = format!("contract {} with {}", e.id.short(), st.peer.short());
         for concern in
@@ -153,6 +163,20 @@ pub(crate) fn status(home: Option<&Path>) -> anyhow::Result<Exit> {
         });
     }
     let disk_free = kaana_proto::state::free_space(&node.config.storage)?;
+    // Room still promised to peers but not yet taken must be free on the disk.
+    let stored: u64 = contracts
+        .iter()
+        .filter_map(|e| kaana_proto::inbound::Inbound::new(&node.config.storage, &e.id).present().ok())
+        .map(|p| p.iter().map(|(_, len)| len).sum::<u64>())
+        .sum();
+    let owed = committed.saturating_sub(stored);
+    if disk_free < owed {
+        problems.push(format!(
+            "{} free on the storage's disk, but contracts may still store {} more here: free some space",
+            format_size(disk_free),
+            format_size(owed)
+        ));
+    }
     let line = StatusLine {
         node: node.id(),
         capacity: node.config.capacity,

@@ -58,6 +58,7 @@ pub(crate) fn init(home: Option<&Path>, args: InitArgs) -> anyhow::Result<Exit> 
         bail!("--advertise {bad:?} is not HOST:PORT");
     }
     let home = Home::at(Home::locate(home)?);
+    kaana_proto::state::check_same_user(home.root())?;
     let identity = if args.recover {
         let mut phrase = String::new();
         std::io::stdin().read_to_string(&mut phrase).context("reading the recovery phrase from stdin")?;
@@ -222,7 +223,7 @@ pub(crate) fn config_set(home: Option<&Path>, key: &str, value: &str) -> anyhow:
         _ => {}
     }
     node.home.write(&node.home.config(), &config)?;
-    if matches!(key, Key::Listen | Key::Advertise | Key::Capacity | Key::AuditRate) {
+    if matches!(key, Key::Listen | Key::Advertise | Key::AuditRate) {
         // The server reads its configuration when it starts.
         eprintln!(
             "kaana-offer: restart `kaana-sync serve` (systemctl restart kaana-sync) for the server to use the new {}",

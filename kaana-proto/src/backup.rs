@@ -252,6 +252,24 @@ pub async fn push(
     read_exact(&mut ex.recv, &mut have_raw, read_timeout(), "the holder's extent list").await.map_err(&err)?;
     let have: Arc<HashSet<ExtentHash>> =
         Arc::new(have_raw.chunks_exact(32).map(|c| c.try_into().unwrap_or([0; 32])).collect());
+    // The holder's committed generation is its claim. Beyond what this node recorded (pushes
+    // whose replies were lost), it must show a manifest of that generation this node signed;
+    // and no claim may come near where the next generation would wrap.
+    let claimed = committed.unwrap_or(0);
+    let recorded = Inbound::outbound(node.home.root(), &id).committed().ok().flatten().map(|(m, _)| m.body.generation);
+    if claimed >= MAX_GENERATION || recorded.is_some_and(|r| claimed > r + 1) {
+        let shown = fetch_manifest(&conn, node, entry).await.ok().is_some_and(|(m, _)| m.body.generation == claimed);
+        if !shown || claimed >= MAX_GENERATION {
+            return Err(BackupError::Claim {
+                peer,
+                what: format!(
+                    "to have committed generation {claimed}, beyond the last this node pushed ({}), with no manifest \
+                     of it this node signed",
+                    recorded.unwrap_or(0)
+                ),
+            });
+        }
+    }
 
     // What we sent last time, and the volume's own (pre-keystream) hashes then: an extent whose
     // raw bytes are unchanged, and that the holder still has, needs no keystream and no sending.
@@ -260,15 +278,6 @@ pub async fn push(
     let shared = record.lock(false)?;
     let previous = record.committed()?;
     let previous_gen = previous.as_ref().map_or(0, |(m, _)| m.body.generation);
-    // The holder's committed generation is its claim: at most one beyond what this node
-    // recorded (a commit whose receipt never came back), and one that can be followed.
-    let claimed = committed.unwrap_or(0);
-    if (previous.is_some() && claimed > previous_gen + 1) || claimed >= MAX_GENERATION {
-        return Err(BackupError::Claim {
-            peer,
-            what: format!("to have committed generation {claimed}, beyond the last this node pushed ({previous_gen})"),
-        });
-    }
     // And the tops kept then (what this node's challenges check shorter proofs against): an
     // extent that is not hashed again keeps its tops.
     let per = 1usize << proof::TOP_LEVELS;
@@ -572,9 +581,15 @@ pub async fn restore(
     let started = Instant::now();
     // The last generation this node pushed and the holder receipted: the holder must serve at
     // least that one (unless another is asked for). Unknown after a rebuild from the phrase.
-    let last = crate::audit::Target::from_record(node, &entry.id)?
-        .filter(|t| t.receipt.is_some())
-        .map(|t| t.manifest.body.generation);
+    let last = match crate::audit::Target::from_record(node, &entry.id) {
+        Ok(t) => t.filter(|t| t.receipt.is_some()).map(|t| t.manifest.body.generation),
+        Err(e) => {
+            eprintln!(
+                "kaana: this node's record of its copy is unreadable ({e}): the holder's generation is not checked"
+            );
+            None
+        }
+    };
     let conn = connect(client, node, entry.state.peer).await?;
     let mut fetched = fetch_manifest(&conn, node, entry).await?;
     let mut attempts = 0;

@@ -138,9 +138,11 @@ impl Config {
                 Ok(n) if n >= 1 => self.replicas = n,
                 _ => return Err(format!("replicas must be a whole number, at least 1, not {text:?}")),
             },
-            Key::GraceSecs => {
-                self.grace_secs = crate::time::parse_duration(text).map_err(|e| format!("grace_secs: {e}"))?;
-            }
+            Key::GraceSecs => match crate::time::parse_duration(text) {
+                Ok(secs) if secs >= 1 => self.grace_secs = secs,
+                Ok(_) => return Err("grace_secs must be at least 1s".into()),
+                Err(e) => return Err(format!("grace_secs: {e}")),
+            },
             Key::AuditRate => match text.parse::<f64>() {
                 Ok(r) if (0.0..=1.0).contains(&r) => self.audit_rate = r,
                 _ => return Err(format!("audit_rate must be between 0 and 1, not {text:?}")),

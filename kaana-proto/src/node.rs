@@ -49,11 +49,12 @@ impl Node {
 
     /// Opens the node in `home`, checking its key's permissions and that its files agree.
     pub fn open(home: Home) -> Result<Node, StateError> {
+        // Another user first: to it, a 0700 directory looks empty.
+        crate::state::check_same_user(home.root())?;
         let id_path = home.identity_json();
         if !id_path.exists() {
             return Err(StateError::NotInitialised(home.root().to_owned()));
         }
-        crate::state::check_same_user(home.root())?;
         let key_path = home.identity_key();
         check_key_private(&key_path)?;
         let id_file: IdentityFile = home.read(&id_path)?;
@@ -72,6 +73,8 @@ impl Node {
     /// Creates a node in `home` with `identity` and `config`. Never replaces an existing
     /// identity: if `identity.json` or `identity.key` is there, nothing is written.
     pub fn init(home: Home, identity: Identity, config: Config) -> Result<Node, StateError> {
+        // A directory made for the node's user (`useradd --create-home`) is initialised by it.
+        crate::state::check_same_user(home.root())?;
         home.create()?;
         let _lock = home.lock()?;
         let (id_path, key_path) = (home.identity_json(), home.identity_key());

@@ -319,11 +319,16 @@ pub fn check_key_private(path: &Path) -> Result<(), StateError> {
 
 /// Refuses to go on when the process runs as another user than the owner of `dir` (a root
 /// shell on the service's state directory, say): whatever it wrote would be that user's, mode
-/// 0600, and lock the owner out. The effective user is the owner of `/proc/self`.
+/// 0600, and lock the owner out. The effective user is read from `/proc/self/status`.
+/// A directory that does not exist yet is no one's.
 pub fn check_same_user(dir: &Path) -> Result<(), StateError> {
     use std::os::unix::fs::MetadataExt as _;
-    let owner = std::fs::metadata(dir).map_err(|e| StateError::io(dir, e))?.uid();
-    let Ok(me) = std::fs::metadata("/proc/self").map(|m| m.uid()) else { return Ok(()) };
+    let owner = match std::fs::metadata(dir) {
+        Ok(m) => m.uid(),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(StateError::io(dir, e)),
+    };
+    let Some(me) = effective_uid() else { return Ok(()) };
     if owner == me {
         return Ok(());
     }
@@ -332,6 +337,12 @@ pub fn check_same_user(dir: &Path) -> Result<(), StateError> {
         .and_then(|a| Path::new(&a).file_name().map(|n| n.to_string_lossy().into_owned()))
         .unwrap_or_else(|| "kaana-offer".to_owned());
     Err(StateError::WrongUser { path: dir.to_owned(), owner: user_name(owner), me: user_name(me), tool })
+}
+
+/// The process's effective user id (`Uid:` in `/proc/self/status`: real, effective, saved, fs).
+fn effective_uid() -> Option<u32> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status.lines().find_map(|l| l.strip_prefix("Uid:")).and_then(|ids| ids.split_whitespace().nth(1)?.parse().ok())
 }
 
 /// The name `/etc/passwd` gives user `uid`, else the number.

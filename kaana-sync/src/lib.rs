@@ -185,7 +185,14 @@ pub fn run(args: Args) -> anyhow::Result<Exit> {
         Command::Verify { contract, all } => {
             let entries = match contract {
                 Some(c) => vec![node.find_contract(&c)?],
-                None => node.contracts()?.into_iter().filter(|e| matches!(e.state.status, Status::Active)).collect(),
+                None => {
+                    // Not toward a peer this node is failing on purpose in silence: it is down there.
+                    let silent = node.silent_peers(kaana_proto::time::now_from_env()?)?;
+                    node.contracts()?
+                        .into_iter()
+                        .filter(|e| matches!(e.state.status, Status::Active) && !silent.contains(&e.state.peer))
+                        .collect()
+                }
             };
             kaana_proto::cli::runtime()?.block_on(verify(node, entries, all))
         }

@@ -149,12 +149,15 @@ fn accept_on_disk(
         .map_err(|e| ErrorReply::new(ErrorCode::BadRequest, e.to_string()))?;
     let committed = node.committed().map_err(internal)?;
     let size = proposal.body.size;
-    if committed.saturating_add(size) > node.config.capacity {
+    // The capacity as config.json says now (`kaana-offer config set capacity` may have
+    // lowered it since the server started).
+    let config: crate::config::Config = node.home.read(&node.home.config()).map_err(internal)?;
+    if committed.saturating_add(size) > config.capacity {
         return Err(refused(format!(
             "node {} has no room: {size} bytes asked, {} free of its {} capacity",
             node.id(),
-            node.config.capacity.saturating_sub(committed),
-            node.config.capacity
+            config.capacity.saturating_sub(committed),
+            config.capacity
         )));
     }
     let contract = market::countersign(proposal, &node.identity).map_err(internal)?;
