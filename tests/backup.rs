@@ -15,7 +15,7 @@ use kaana_proto::record::Signed;
 
 use crate::common::{
     Pair, ServerProc, TestNode, assert_exit, assert_success, contracted_pair, debugfs_cat, decrypt_luks, json_lines,
-    make_contract_sized, make_luks, one_json, pseudo_random, stderr, write_in_luks,
+    make_contract_sized, make_luks, one_json, pseudo_random, recovered, stderr, write_in_luks,
 };
 
 #[derive(Debug, Deserialize)]
@@ -358,17 +358,7 @@ fn a_node_rebuilt_from_its_phrase_restores_from_one_peer() {
     let phrase: serde_json::Value = a.json("kaana-offer", &["recovery-phrase"]);
     drop(a); // the disk is gone
 
-    let rebuilt = TestNode::new();
-    let mut child = rebuilt
-        .cmd("kaana-offer")
-        .args(["init", "--recover", "--listen", "127.0.0.1:0"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::io::Write::write_all(&mut child.stdin.take().unwrap(), phrase["recovery_phrase"].as_str().unwrap().as_bytes())
-        .unwrap();
-    assert_success(&child.wait_with_output().unwrap());
+    let rebuilt = recovered(phrase["recovery_phrase"].as_str().unwrap(), &[]);
     // With no peer to ask, --fetch says what to do; a peer that cannot be reached is named,
     // and the run needs a person (exit 1), not "0 recovered" and all well.
     let out = rebuilt.run("kaana-offer", &["contracts", "--fetch"]);

@@ -12,7 +12,7 @@ use kaana_proto::time::Timestamp;
 use crate::common::story::{HOUR, keep_watch};
 use crate::common::{
     ServerProc, TestNode, assert_exit, assert_success, at, json_lines, make_contract_sized, now_unix, pseudo_random,
-    walk_files,
+    recovered, walk_files,
 };
 
 const DAY: u64 = 86_400;
@@ -71,6 +71,27 @@ fn fails_while_offline(holder: &TestNode, contract: &str) -> u64 {
     let failing = line.iter().find(|l| l["id"] == contract).unwrap()["their_standing"].clone();
     assert_eq!(failing["state"], "failing", "{failing}");
     t0 + 32 * 3_600
+}
+
+/// A and B, each with a volume and a server, a 32 MiB contract, each side's volume pushed.
+struct Pushed {
+    work: tempfile::TempDir,
+    a: TestNode,
+    b: TestNode,
+    sa: ServerProc,
+    sb: ServerProc,
+    contract: String,
+}
+
+fn pushed_pair() -> Pushed {
+    let work = tempfile::tempdir().unwrap();
+    let a = node_with_volume(work.path(), "a.img", 1, "1GiB");
+    let b = node_with_volume(work.path(), "b.img", 2, "1GiB");
+    let (sa, sb) = (ServerProc::start(&a, &[]), ServerProc::start(&b, &[]));
+    let contract = make_contract_sized(&a, &sa, &b, "32MiB");
+    assert_success(&a.run("kaana-sync", &["push", &contract]));
+    assert_success(&b.run("kaana-sync", &["push", &contract]));
+    Pushed { work, a, b, sa, sb, contract }
 }
 
 fn store(node: &TestNode, contract: &str) -> PathBuf {
@@ -149,13 +170,7 @@ fn a_failing_peers_data_goes_exactly_when_its_grace_runs_out() {
 
 #[test]
 fn a_terminated_contract_keeps_its_data_for_the_grace_then_it_goes() {
-    let work = tempfile::tempdir().unwrap();
-    let a = node_with_volume(work.path(), "a.img", 1, "1GiB");
-    let b = node_with_volume(work.path(), "b.img", 2, "1GiB");
-    let (sa, _sb) = (ServerProc::start(&a, &[]), ServerProc::start(&b, &[]));
-    let contract = make_contract_sized(&a, &sa, &b, "32MiB");
-    assert_success(&a.run("kaana-sync", &["push", &contract]));
-    assert_success(&b.run("kaana-sync", &["push", &contract]));
+    let Pushed { work: _work, a, b, sa: _sa, sb: _sb, contract } = pushed_pair();
     let line: serde_json::Value =
         serde_json::from_slice(&a.run("kaana-offer", &["terminate", &contract]).stdout).unwrap();
     let delete_after: Timestamp = line["delete_after"].as_str().unwrap().parse().unwrap();
@@ -181,13 +196,7 @@ fn a_terminated_contract_keeps_its_data_for_the_grace_then_it_goes() {
 /// more.
 #[test]
 fn a_contract_ended_by_notice_is_no_breach_when_the_owner_still_asks() {
-    let work = tempfile::tempdir().unwrap();
-    let a = node_with_volume(work.path(), "a.img", 1, "1GiB");
-    let b = node_with_volume(work.path(), "b.img", 2, "1GiB");
-    let (sa, sb) = (ServerProc::start(&a, &[]), ServerProc::start(&b, &[]));
-    let contract = make_contract_sized(&a, &sa, &b, "32MiB");
-    assert_success(&a.run("kaana-sync", &["push", &contract]));
-    assert_success(&b.run("kaana-sync", &["push", &contract]));
+    let Pushed { work: _work, a, b, sa, sb, contract } = pushed_pair();
     drop(sa);
     let out = b.cmd("kaana-offer").args(["terminate", &contract]).env("KAANA_CONNECT_TIMEOUT", "1s").output().unwrap();
     let line: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -231,13 +240,7 @@ fn a_contract_ended_by_notice_is_no_breach_when_the_owner_still_asks() {
 /// B's next challenge run tells A, which then holds the same notice.
 #[test]
 fn a_notice_the_peer_missed_is_told_by_the_next_challenge_run() {
-    let work = tempfile::tempdir().unwrap();
-    let a = node_with_volume(work.path(), "a.img", 1, "1GiB");
-    let b = node_with_volume(work.path(), "b.img", 2, "1GiB");
-    let (sa, _sb) = (ServerProc::start(&a, &[]), ServerProc::start(&b, &[]));
-    let contract = make_contract_sized(&a, &sa, &b, "32MiB");
-    assert_success(&a.run("kaana-sync", &["push", &contract]));
-    assert_success(&b.run("kaana-sync", &["push", &contract]));
+    let Pushed { work: _work, a, b, sa, sb: _sb, contract } = pushed_pair();
     let addr = sa.addr.clone();
     drop(sa);
     let out = b.cmd("kaana-offer").args(["terminate", &contract]).env("KAANA_CONNECT_TIMEOUT", "1s").output().unwrap();
@@ -281,18 +284,8 @@ fn a_node_rebuilt_from_its_phrase_deletes_nothing_it_cannot_explain() {
     drop(sb);
     drop(b); // the system disk is gone; the storage disk is not
 
-    let rebuilt = TestNode::new();
-    let mut child = rebuilt
-        .cmd("kaana-offer")
-        .args(["init", "--recover", "--listen", "127.0.0.1:0", "--capacity", "1GiB"])
-        .args(["--storage", storage.to_str().unwrap()])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::io::Write::write_all(&mut child.stdin.take().unwrap(), phrase["recovery_phrase"].as_str().unwrap().as_bytes())
-        .unwrap();
-    assert_success(&child.wait_with_output().unwrap());
+    let phrase = phrase["recovery_phrase"].as_str().unwrap();
+    let rebuilt = recovered(phrase, &["--capacity", "1GiB", "--storage", storage.to_str().unwrap()]);
     let held = storage.join("inbound").join(&contract);
     let files = walk_files(&held);
     let t = now_unix() + 2 * DAY;

@@ -129,6 +129,23 @@ pub fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+/// A node rebuilt from `phrase` with `kaana-offer init --recover` and `extra` arguments (a
+/// server on a free port of 127.0.0.1).
+pub fn recovered(phrase: &str, extra: &[&str]) -> TestNode {
+    let node = TestNode::new();
+    let mut child = node
+        .cmd("kaana-offer")
+        .args(["init", "--recover", "--listen", "127.0.0.1:0"])
+        .args(extra)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), phrase.as_bytes()).unwrap();
+    assert_success(&child.wait_with_output().unwrap());
+    node
+}
+
 /// A running `kaana-sync serve`, killed when dropped.
 pub struct ServerProc {
     pub child: std::process::Child,
