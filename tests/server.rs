@@ -162,13 +162,20 @@ fn bad_input_gets_an_error_and_the_server_keeps_serving() {
 
 #[test]
 fn two_hundred_connections_from_twenty_nodes_are_all_answered() {
+    // Twenty nodes the server knows (its peers).
     let node = TestNode::init();
+    let peers: Vec<Identity> = (0..20).map(|_| Identity::generate().unwrap()).collect();
+    for p in &peers {
+        assert_success(
+            &node.run("kaana-offer", &["peer", "add", "--no-check", &format!("{}@127.0.0.1:9", p.node_id())]),
+        );
+    }
     let server = ServerProc::start(&node, &[]);
     let id: NodeId = server.node.parse().unwrap();
     let addr = server.addr.clone();
     let answered = runtime().block_on(async move {
         let clients: Vec<std::sync::Arc<Client>> =
-            (0..20).map(|_| std::sync::Arc::new(Client::new(Identity::generate().unwrap()))).collect();
+            peers.into_iter().map(|p| std::sync::Arc::new(Client::new(p))).collect();
         let mut tasks = tokio::task::JoinSet::new();
         for client in &clients {
             for _ in 0..10 {
@@ -201,12 +208,17 @@ fn two_hundred_connections_from_twenty_nodes_are_all_answered() {
 
 #[test]
 fn too_many_connections_from_one_node_are_refused_and_others_still_served() {
+    // A node the server knows (a stranger gets two: see below).
     let node = TestNode::init();
+    let greedy = Identity::generate().unwrap();
+    assert_success(
+        &node.run("kaana-offer", &["peer", "add", "--no-check", &format!("{}@127.0.0.1:9", greedy.node_id())]),
+    );
     let server = ServerProc::start(&node, &[]);
     let id: NodeId = server.node.parse().unwrap();
     let addr = server.addr.clone();
     runtime().block_on(async move {
-        let greedy = Client::new(Identity::generate().unwrap());
+        let greedy = Client::new(greedy);
         let mut conns = Vec::new();
         let mut refused = 0;
         for _ in 0..40 {
@@ -263,4 +275,48 @@ fn sigterm_during_a_request_finishes_it_and_exits_zero() {
     assert_eq!(server.wait(20), Some(0));
     assert!(assert_state_consistent(&node.home) >= 2);
     rt.block_on(client.close());
+}
+
+/// Fresh keys cost nothing, so nodes the server does not know share one small budget of
+/// connections (64, two each); a node it knows still gets in when strangers have taken it all.
+#[test]
+fn strangers_share_a_small_budget_and_known_nodes_still_get_in() {
+    let node = TestNode::init();
+    let friend = Identity::generate().unwrap();
+    assert_success(
+        &node.run("kaana-offer", &["peer", "add", "--no-check", &format!("{}@127.0.0.1:9", friend.node_id())]),
+    );
+    let server = ServerProc::start(&node, &[]);
+    let id: NodeId = server.node.parse().unwrap();
+    runtime().block_on(async {
+        let mut held = Vec::new();
+        let mut clients = Vec::new();
+        for _ in 0..32 {
+            let client = Client::new(Identity::generate().unwrap());
+            for _ in 0..2 {
+                let conn = client.connect(id, &server.addr).await.unwrap();
+                assert!(matches!(conn.request(&Request::Hello).await, Ok(Response::Hello { .. })));
+                held.push(conn);
+            }
+            clients.push(client);
+        }
+        // A third connection from one stranger, and a new stranger: refused.
+        let refused = |r: Result<Response, NetError>| !matches!(r, Ok(Response::Hello { .. }));
+        assert!(refused(hello(&clients[0], id, &server.addr).await), "a stranger's third connection");
+        let late = Client::new(Identity::generate().unwrap());
+        assert!(refused(hello(&late, id, &server.addr).await), "a 65th stranger connection");
+        // The node in the address book gets in.
+        let client = Client::new(friend.clone());
+        assert!(matches!(hello(&client, id, &server.addr).await, Ok(Response::Hello { .. })));
+        // Strangers gone, a new one gets in again.
+        for conn in held.drain(..) {
+            conn.close();
+        }
+        drop(clients);
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while refused(hello(&late, id, &server.addr).await) {
+            assert!(std::time::Instant::now() < deadline, "the strangers' places were never given back");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
 }

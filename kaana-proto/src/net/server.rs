@@ -45,6 +45,11 @@ pub struct ServerOptions {
     pub max_connections: usize,
     /// Connections at once from one node.
     pub max_connections_per_peer: usize,
+    /// Connections at once from strangers (nodes that are neither in the address book nor a
+    /// contract's peer), all together: fresh keys cost nothing, so they share one small budget.
+    pub max_stranger_connections: usize,
+    /// Connections at once from one stranger.
+    pub max_connections_per_stranger: usize,
 }
 
 impl ServerOptions {
@@ -56,6 +61,8 @@ impl ServerOptions {
             drain_timeout: Duration::from_secs(30),
             max_connections: 1024,
             max_connections_per_peer: 16,
+            max_stranger_connections: 64,
+            max_connections_per_stranger: 2,
         }
     }
 }
@@ -75,6 +82,8 @@ pub(super) struct Ctx {
     pub(super) opts: ServerOptions,
     /// Open connections per peer; the total is the sum.
     open: Mutex<HashMap<NodeId, usize>>,
+    /// The nodes this node knows (address book and contract peers), and when that was read.
+    known: Mutex<Option<(std::time::Instant, std::collections::HashSet<NodeId>)>>,
     /// The node's board, kept in memory and written to `board.json` when it changes.
     pub(super) board: Mutex<Board>,
     /// For forwarding offers to other boards.
@@ -106,18 +115,46 @@ impl Drop for Slot {
     }
 }
 
+/// How long the set of known nodes is trusted before it is read again.
+const KNOWN_FOR: Duration = Duration::from_secs(10);
+
 impl Ctx {
-    fn take_slot(self: &Arc<Self>, peer: NodeId) -> Result<Slot, &'static str> {
+    /// Whether `peer` is in the address book or a contract's peer (read at most every
+    /// [`KNOWN_FOR`]). Blocking.
+    fn knows(&self, peer: &NodeId) -> bool {
+        let Ok(mut known) = self.known.lock() else { return false };
+        if known.as_ref().is_none_or(|(at, _)| at.elapsed() > KNOWN_FOR) {
+            let mut set: std::collections::HashSet<NodeId> =
+                self.node.address_book().map(|b| b.peers.into_keys().collect()).unwrap_or_default();
+            set.extend(self.node.contracts().unwrap_or_default().into_iter().map(|e| e.state.peer));
+            *known = Some((std::time::Instant::now(), set));
+        }
+        known.as_ref().is_some_and(|(_, set)| set.contains(peer))
+    }
+
+    fn take_slot(self: &Arc<Self>, peer: NodeId, stranger: bool) -> Result<Slot, &'static str> {
         let mut open = self.open.lock().map_err(|_| "internal error")?;
         if open.values().sum::<usize>() >= self.opts.max_connections {
             return Err("the server has too many connections");
         }
+        if stranger {
+            let strangers: usize = open.iter().filter(|(p, _)| !self.was_known(p)).map(|(_, n)| n).sum();
+            if strangers >= self.opts.max_stranger_connections {
+                return Err("the server has too many connections from nodes it does not know");
+            }
+        }
+        let cap = if stranger { self.opts.max_connections_per_stranger } else { self.opts.max_connections_per_peer };
         let n = open.entry(peer).or_default();
-        if *n >= self.opts.max_connections_per_peer {
+        if *n >= cap {
             return Err("too many connections from this node");
         }
         *n += 1;
         Ok(Slot { ctx: self.clone(), peer })
+    }
+
+    /// Whether `peer` was known when the set was last read (no I/O).
+    fn was_known(&self, peer: &NodeId) -> bool {
+        self.known.lock().ok().and_then(|k| k.as_ref().map(|(_, set)| set.contains(peer))).unwrap_or(false)
     }
 }
 
@@ -141,6 +178,7 @@ impl Server {
             node,
             opts,
             open: Mutex::new(HashMap::new()),
+            known: Mutex::new(None),
             board: Mutex::new(board),
             client,
             put_permits: Semaphore::new(MAX_PUTS_AT_ONCE),
@@ -214,7 +252,9 @@ async fn handle_connection(
         conn.close(VarInt::from_u32(CLOSE_BUSY), b"no node key");
         return;
     };
-    let _slot = match ctx.take_slot(peer) {
+    let c = ctx.clone();
+    let stranger = !tokio::task::spawn_blocking(move || c.knows(&peer)).await.unwrap_or(false);
+    let _slot = match ctx.take_slot(peer, stranger) {
         Ok(slot) => slot,
         Err(why) => {
             log(format_args!("{remote}: refused node {}: {why}", peer.short()));
