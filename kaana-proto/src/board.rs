@@ -3,6 +3,11 @@
 //! A board takes an offer only if its signature is valid, it has not expired, and its signer is
 //! under the per-signer cap; it drops offers as they expire; and it holds at most `total_cap`.
 //! Offers are kept by id, so the same offer arriving twice (forwarded by two boards) is one.
+//!
+//! Fresh keys cost nothing, so a flood of signers can fill a board. An offer *vouched for* (its
+//! signer, or the board that forwarded it, is a node this board's node knows) is taken even
+//! then: it replaces the offer from a stranger that expires first. Strangers' offers wait for
+//! room.
 
 use std::collections::BTreeMap;
 
@@ -47,6 +52,8 @@ pub enum Inserted {
 #[derive(Debug, Clone, Default)]
 pub struct Board {
     offers: BTreeMap<RecordId, Signed<Offer>>,
+    /// The offers vouched for (never replaced by another).
+    vouched: std::collections::BTreeSet<RecordId>,
 }
 
 impl Board {
@@ -61,8 +68,18 @@ impl Board {
 
     /// Takes `offer` if it is valid at `now` and within the caps.
     pub fn insert(&mut self, offer: Signed<Offer>, now: Timestamp) -> Result<Inserted, BoardRefusal> {
+        self.insert_as(offer, now, false)
+    }
+
+    /// Takes `offer` as [`Board::insert`] does; `vouched`: its signer or forwarder is known
+    /// here, so a full board makes room for it by dropping the stranger's offer that expires
+    /// first.
+    pub fn insert_as(&mut self, offer: Signed<Offer>, now: Timestamp, vouched: bool) -> Result<Inserted, BoardRefusal> {
         let id = market::check_offer(&offer, now)?;
         if self.offers.contains_key(&id) {
+            if vouched {
+                self.vouched.insert(id);
+            }
             return Ok(Inserted::Known);
         }
         self.purge(now);
@@ -71,9 +88,23 @@ impl Board {
             return Err(BoardRefusal::SignerCap(signer));
         }
         if self.offers.len() >= TOTAL_CAP {
-            return Err(BoardRefusal::Full);
+            let stranger = self
+                .offers
+                .iter()
+                .filter(|(id, _)| !self.vouched.contains(id))
+                .min_by_key(|(_, o)| o.body.expires_at)
+                .map(|(id, _)| *id);
+            match stranger {
+                Some(out) if vouched => {
+                    self.offers.remove(&out);
+                }
+                _ => return Err(BoardRefusal::Full),
+            }
         }
         self.offers.insert(id, offer);
+        if vouched {
+            self.vouched.insert(id);
+        }
         Ok(Inserted::New)
     }
 
@@ -81,11 +112,14 @@ impl Board {
     pub fn purge(&mut self, now: Timestamp) -> bool {
         let before = self.offers.len();
         self.offers.retain(|_, o| now < o.body.expires_at);
+        let offers = &self.offers;
+        self.vouched.retain(|id| offers.contains_key(id));
         self.offers.len() != before
     }
 
     /// Removes one offer (e.g. once it is taken).
     pub fn remove(&mut self, id: &RecordId) -> bool {
+        self.vouched.remove(id);
         self.offers.remove(id).is_some()
     }
 
@@ -154,6 +188,37 @@ mod tests {
         assert_eq!((page.len(), more), (PER_SIGNER_CAP, false));
         assert!(board.purge(Timestamp::from_unix(300)));
         assert_eq!(board.len(), PER_SIGNER_CAP);
+    }
+
+    #[test]
+    fn a_board_full_of_strangers_still_takes_a_vouched_offer() {
+        let now = Timestamp::from_unix(1_000);
+        let mut board = Board::default();
+        let strangers: Vec<Identity> = (0..TOTAL_CAP / PER_SIGNER_CAP)
+            .map(|i| Identity::from_seed(*blake3::hash(&(i as u64).to_le_bytes()).as_bytes()))
+            .collect();
+        for (i, s) in strangers.iter().enumerate() {
+            for n in 0..PER_SIGNER_CAP as u64 {
+                assert_eq!(board.insert(offer(s, n, 10_000 + i as u64), now).unwrap(), Inserted::New);
+            }
+        }
+        assert_eq!(board.len(), TOTAL_CAP);
+        let late = Identity::from_seed([9; 32]);
+        assert!(matches!(board.insert(offer(&late, 0, 50_000), now), Err(BoardRefusal::Full)));
+        // Vouched for: it replaces the stranger's offer that expires first.
+        let friend = Identity::from_seed([8; 32]);
+        assert_eq!(board.insert_as(offer(&friend, 0, 50_000), now, true).unwrap(), Inserted::New);
+        assert_eq!(board.len(), TOTAL_CAP);
+        assert!(board.offers.values().any(|o| o.body.node == friend.node_id()));
+        assert_eq!(board.offers.values().filter(|o| o.body.node == strangers[0].node_id()).count(), PER_SIGNER_CAP - 1);
+        // A board of vouched offers only takes no more.
+        let mut full = Board::default();
+        for (i, s) in strangers.iter().enumerate() {
+            for n in 0..PER_SIGNER_CAP as u64 {
+                full.insert_as(offer(s, n, 10_000 + i as u64), now, true).unwrap();
+            }
+        }
+        assert!(matches!(full.insert_as(offer(&friend, 0, 50_000), now, true), Err(BoardRefusal::Full)));
     }
 
     #[test]

@@ -53,9 +53,12 @@ fn save_board(ctx: &Ctx, board: &Board) -> Result<(), ErrorReply> {
 /// node knows (every peer in its address book but the signer and the sender).
 pub(super) async fn publish(ctx: &Arc<Ctx>, from: NodeId, offer: Signed<Offer>) -> Reply {
     let now = now()?;
+    // Vouched for when its signer, or the board that forwards it, is a node this one knows.
+    let (c, signer) = (ctx.clone(), offer.body.node);
+    let vouched = blocking(move || Ok(c.knows(&from) || c.knows(&signer))).await?;
     let inserted = {
         let mut board = ctx.board.lock().map_err(internal)?;
-        board.insert(offer.clone(), now).map_err(|e| ErrorReply::new(ErrorCode::Refused, e.to_string()))?
+        board.insert_as(offer.clone(), now, vouched).map_err(|e| ErrorReply::new(ErrorCode::Refused, e.to_string()))?
     };
     if inserted == Inserted::New {
         let c = ctx.clone();

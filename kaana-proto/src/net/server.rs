@@ -121,7 +121,7 @@ const KNOWN_FOR: Duration = Duration::from_secs(10);
 impl Ctx {
     /// Whether `peer` is in the address book or a contract's peer (read at most every
     /// [`KNOWN_FOR`]). Blocking.
-    fn knows(&self, peer: &NodeId) -> bool {
+    pub(super) fn knows(&self, peer: &NodeId) -> bool {
         let Ok(mut known) = self.known.lock() else { return false };
         if known.as_ref().is_none_or(|(at, _)| at.elapsed() > KNOWN_FOR) {
             let mut set: std::collections::HashSet<NodeId> =
