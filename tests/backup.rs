@@ -214,6 +214,47 @@ fn a_holder_ahead_of_the_record_by_pushes_whose_replies_were_lost_is_believed() 
     assert_eq!(push(&a, &contract).generation, 4);
 }
 
+/// An owner that sends extent after extent and never commits: the holder stores at most twice
+/// the contract's size, counted from what is on its disk, so neither skipping `push_begin` nor
+/// a restart of the holder resets the count.
+#[test]
+fn a_holder_stores_at_most_twice_the_contract_even_across_a_restart() {
+    let work = tempfile::tempdir().unwrap();
+    let volume = luks_volume(work.path());
+    let Pair { a, b, sa: _sa, sb, contract } = contracted_pair(&volume, "16MiB");
+    let owner = Identity::from_key_file(&fs::read_to_string(a.home.join("identity.key")).unwrap()).unwrap();
+    let id: RecordId = contract.parse().unwrap();
+    let holder = sb.node.parse().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let put = |addr: &str, seeds: std::ops::Range<u64>| -> (usize, usize) {
+        rt.block_on(async {
+            let client = Client::new(owner.clone());
+            let conn = client.connect(holder, addr).await.unwrap();
+            let (mut stored, mut refused) = (0, 0);
+            for seed in seeds {
+                let data = pseudo_random(4 << 20, 1_001 + 2 * seed); // (odd: `seed | 1` makes pairs alike)
+                let hash = *blake3::hash(&data).as_bytes();
+                let offset = (seed % 4) * (4 << 20);
+                let mut ex = conn.open(&Request::PutExtent { contract: id, offset, hash, len: 4 << 20 }).await.unwrap();
+                let _ = ex.send.write_all(&data).await;
+                let _ = ex.finish();
+                match ex.reply().await {
+                    Ok(Response::Stored) => stored += 1,
+                    Err(NetError::Remote(e)) if e.code == ErrorCode::Refused => refused += 1,
+                    other => panic!("{other:?}"),
+                }
+            }
+            client.close().await;
+            (stored, refused)
+        })
+    };
+    assert_eq!(put(&sb.addr, 0..10), (8, 2), "32 MiB for a 16 MiB contract, then no more");
+    let addr = sb.addr.clone();
+    drop(sb);
+    let _sb = ServerProc::start(&b, &["--listen", &addr]);
+    assert_eq!(put(&addr, 10..13), (0, 3), "a restart does not reset what is on disk");
+}
+
 #[test]
 fn a_holder_killed_mid_push_keeps_the_last_generation_and_the_push_resumes() {
     let work = tempfile::tempdir().unwrap();

@@ -127,7 +127,16 @@ pub(super) async fn put_extent(
     len: u32,
 ) -> Handled {
     let c = ctx.clone();
-    let (entry, inbound) = blocking(move || authorise(&c, peer, &id, true)).await?;
+    let (entry, inbound, on_disk) = blocking(move || {
+        let (entry, inbound) = authorise(&c, peer, &id, true)?;
+        // What the store holds already, when this server has not counted it yet (it restarted,
+        // or the peer skipped `push_begin`): the quota is what is on disk, not what was sent
+        // since.
+        let counted = c.stored.lock().map_err(internal)?.contains_key(&id);
+        let on_disk = if counted { 0 } else { inbound.present().map_err(internal)?.iter().map(|(_, n)| n).sum() };
+        Ok((entry, inbound, on_disk))
+    })
+    .await?;
     let size = entry.contract.body.size;
     if len == 0 || len > MAX_EXTENT_SIZE || offset.saturating_add(u64::from(len)) > size {
         return Err(refused(format!("{len} bytes at offset {offset} are past contract {id}'s size of {size} bytes")));
@@ -135,7 +144,7 @@ pub(super) async fn put_extent(
     {
         // Old and new generations live side by side during a push: at most twice the size.
         let mut stored = ctx.stored.lock().map_err(internal)?;
-        let now = stored.entry(id).or_default();
+        let now = stored.entry(id).or_insert(on_disk);
         if *now + u64::from(len) > 2 * size {
             return Err(refused(format!("contract {id} already stores {now} bytes here; no more until a commit")));
         }
