@@ -566,3 +566,61 @@ fn all_files(dir: &Path) -> Vec<PathBuf> {
     }
     out
 }
+
+/// One contract's owner begins extents on every stream it may and stalls them, half sent: it
+/// holds at most half the holder's places for incoming extents, and another owner's push goes
+/// through meanwhile (its client giving up on any reply after 10 s, far below the stall).
+#[test]
+fn a_peer_stalling_its_pushes_holds_at_most_half_the_holders_places() {
+    let work = tempfile::tempdir().unwrap();
+    let holder = TestNode::init_with(&["--capacity", "1GiB"]);
+    let sh = ServerProc::start(&holder, &["--read-timeout", "120s"]);
+    let owner = |name: &str, seed: u64| {
+        let v = work.path().join(name);
+        fs::write(&v, pseudo_random(16 << 20, seed)).unwrap();
+        let node = TestNode::init_with(&["--capacity", "1GiB", "--volume", v.to_str().unwrap()]);
+        let server = ServerProc::start(&node, &[]);
+        (node, server)
+    };
+    let ((x, sx), (y, sy)) = (owner("x.img", 3), owner("y.img", 5));
+    let cx = make_contract_sized(&x, &sx, &holder, "64MiB");
+    let cy = make_contract_sized(&y, &sy, &holder, "64MiB");
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let key = Identity::from_key_file(&fs::read_to_string(x.home.join("identity.key")).unwrap()).unwrap();
+    let (client, stalled) = rt.block_on(async {
+        let client = Client::new(key);
+        let conn = client.connect(sh.node.parse().unwrap(), &sh.addr).await.unwrap();
+        let mut stalled = Vec::new();
+        for i in 0..8u64 {
+            let req = Request::PutExtent {
+                contract: cx.parse().unwrap(),
+                offset: i << 22,
+                hash: [i as u8; 32],
+                len: 4 << 20,
+            };
+            let mut ex = conn.open(&req).await.unwrap();
+            // Half a megabyte each: within the connection's 8 MiB in flight.
+            ex.send.write_all(&vec![0u8; 512 << 10]).await.unwrap();
+            stalled.push(ex);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        (client, (conn, stalled))
+    });
+    let out = y.cmd("kaana-sync").args(["push", &cy]).env("KAANA_READ_TIMEOUT", "10s").output().unwrap();
+    assert_success(&out);
+    // Y's push did not wait for X's stalls to time out (120 s): X's first stream is still
+    // being read, and the rest of its bytes get an answer (they do not match the hash given).
+    let (conn, mut stalled) = stalled;
+    let first = stalled.remove(0);
+    let reply = rt.block_on(async move {
+        let mut ex = first;
+        ex.send.write_all(&vec![0u8; (4 << 20) - (512 << 10)]).await.map_err(|e| e.to_string())?;
+        ex.finish().map_err(|e| e.to_string())?;
+        ex.reply().await.map_err(|e| e.to_string())
+    });
+    assert!(matches!(&reply, Err(e) if e.contains("hash")), "{reply:?}");
+    drop(stalled);
+    conn.close();
+    rt.block_on(client.close());
+    drop(sy);
+}

@@ -31,6 +31,8 @@ use crate::time::now_from_env;
 
 /// Extents a server receives at once, in all (each is held in memory until stored).
 const MAX_PUTS_AT_ONCE: usize = 8;
+/// Of those, one contract's at most.
+pub(super) const PUT_SHARE: usize = MAX_PUTS_AT_ONCE / 2;
 
 /// How the server runs.
 #[derive(Debug, Clone)]
@@ -90,6 +92,8 @@ pub(super) struct Ctx {
     pub(super) client: Client,
     /// Extents being received at once (each held in memory until it is stored).
     pub(super) put_permits: Semaphore,
+    /// Each contract's share of those (half): one peer's stalled pushes cannot hold them all.
+    pub(super) put_shares: Mutex<HashMap<RecordId, Arc<Semaphore>>>,
     /// Buffers for extents being received or sent, reused.
     pub(super) buffers: crate::buffer::Pool,
     /// Bytes stored per contract during pushes (to cap what a push may add).
@@ -182,6 +186,7 @@ impl Server {
             board: Mutex::new(board),
             client,
             put_permits: Semaphore::new(MAX_PUTS_AT_ONCE),
+            put_shares: Mutex::new(HashMap::new()),
             buffers: crate::buffer::Pool::new(MAX_PUTS_AT_ONCE),
             stored: Mutex::new(HashMap::new()),
         };

@@ -7,8 +7,9 @@ use std::sync::Arc;
 use bytes::Bytes;
 use quinn::RecvStream;
 use serde_json::json;
+use tokio::sync::Semaphore;
 
-use super::server::Ctx;
+use super::server::{Ctx, PUT_SHARE};
 use super::transport::read_exact;
 use super::wire::{ErrorCode, ErrorReply, Response};
 use crate::challenge::Receipt;
@@ -150,6 +151,13 @@ pub(super) async fn put_extent(
         }
         *now += u64::from(len);
     }
+    // The contract's share first, then a place among all: a peer that stalls its pushes holds
+    // at most half the places, and other contracts' pushes go on.
+    let share = {
+        let mut shares = ctx.put_shares.lock().map_err(internal)?;
+        shares.entry(id).or_insert_with(|| Arc::new(Semaphore::new(PUT_SHARE))).clone()
+    };
+    let _share = share.acquire_owned().await.map_err(internal)?;
     let _permit = ctx.put_permits.acquire().await.map_err(internal)?;
     let mut data = ctx.buffers.take_or_new();
     data.set_len(len as usize);
