@@ -52,6 +52,11 @@ fn files() -> Vec<(&'static str, Vec<u8>)> {
     vec![("notes.txt", b"the first byte of my data is b\n".to_vec()), ("photo.raw", pseudo_random(3 << 20, 7))]
 }
 
+/// Copies directory `from` to `to` (which must not exist), as it is.
+fn copy_dir(from: &Path, to: &Path) {
+    assert!(std::process::Command::new("cp").arg("-a").arg(from).arg(to).status().unwrap().success());
+}
+
 fn luks_volume(dir: &Path) -> PathBuf {
     let f = files();
     let refs: Vec<(&str, &[u8])> = f.iter().map(|(n, d)| (*n, d.as_slice())).collect();
@@ -150,12 +155,11 @@ fn a_holder_serving_an_older_generation_is_caught_by_restore_and_verify() {
     push(&a, &contract);
     let store = b.home.join("inbound").join(&contract);
     let old = work.path().join("old-copy");
-    let copied = std::process::Command::new("cp").arg("-a").arg(&store).arg(&old).status().unwrap();
-    assert!(copied.success());
+    copy_dir(&store, &old);
     write_in_luks(&volume, 9 << 20, 64 << 10, 0xab);
     assert_eq!(push(&a, &contract).generation, 2);
     fs::remove_dir_all(&store).unwrap();
-    assert!(std::process::Command::new("cp").arg("-a").arg(&old).arg(&store).status().unwrap().success());
+    copy_dir(&old, &store);
 
     let back = work.path().join("back.luks");
     let out = a.run("kaana-sync", &["restore", &contract, "--out", back.to_str().unwrap()]);
@@ -203,13 +207,13 @@ fn a_holder_ahead_of_the_record_by_pushes_whose_replies_were_lost_is_believed() 
     assert_eq!(push(&a, &contract).generation, 1);
     let record = a.home.join("outbound").join(&contract);
     let saved = work.path().join("record-at-1");
-    assert!(std::process::Command::new("cp").arg("-a").arg(&record).arg(&saved).status().unwrap().success());
+    copy_dir(&record, &saved);
     for (i, byte) in [0xab, 0xcd].into_iter().enumerate() {
         write_in_luks(&volume, 9 << 20, 64 << 10, byte);
         assert_eq!(push(&a, &contract).generation, 2 + i as u64);
     }
     fs::remove_dir_all(&record).unwrap();
-    assert!(std::process::Command::new("cp").arg("-a").arg(&saved).arg(&record).status().unwrap().success());
+    copy_dir(&saved, &record);
     write_in_luks(&volume, 9 << 20, 64 << 10, 0xef);
     assert_eq!(push(&a, &contract).generation, 4);
 }

@@ -164,11 +164,10 @@ pub(crate) fn status(home: Option<&Path>) -> anyhow::Result<Exit> {
     }
     let disk_free = kaana_proto::state::free_space(&node.config.storage)?;
     // Room still promised to peers but not yet taken must be free on the disk.
-    let stored: u64 = contracts
-        .iter()
-        .filter_map(|e| kaana_proto::inbound::Inbound::new(&node.config.storage, &e.id).present().ok())
-        .map(|p| p.iter().map(|(_, len)| len).sum::<u64>())
-        .sum();
+    let stored = node.stored_for_peers().unwrap_or_else(|e| {
+        problems.push(format!("the storage cannot be read: {e}"));
+        committed
+    });
     let owed = committed.saturating_sub(stored);
     if disk_free < owed {
         problems.push(format!(

@@ -207,7 +207,7 @@ pub(crate) fn config_set(home: Option<&Path>, key: &str, value: &str) -> anyhow:
                     format_size(committed)
                 );
             }
-            let stored = stored_for_peers(&node)?;
+            let stored = node.stored_for_peers()?;
             let free = free_space(&config.storage)?;
             if config.capacity > free.saturating_add(stored) {
                 bail!(
@@ -232,14 +232,4 @@ pub(crate) fn config_set(home: Option<&Path>, key: &str, value: &str) -> anyhow:
     }
     emit(&serde_json::json!({ key.name(): config.get(key) }))?;
     Ok(Exit::Ok)
-}
-
-/// Bytes of peers' data stored here now.
-fn stored_for_peers(node: &Node) -> anyhow::Result<u64> {
-    let mut total = 0;
-    for entry in node.contracts()? {
-        let inbound = kaana_proto::inbound::Inbound::new(&node.config.storage, &entry.id);
-        total += inbound.present()?.iter().map(|(_, len)| len).sum::<u64>();
-    }
-    Ok(total)
 }

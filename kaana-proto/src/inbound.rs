@@ -137,6 +137,11 @@ impl Inbound {
         self.extent_path(hash).is_file()
     }
 
+    /// Bytes of the extents stored (what counts against a contract's quota).
+    pub fn stored_bytes(&self) -> Result<u64, StateError> {
+        Ok(self.present()?.iter().map(|(_, len)| len).sum())
+    }
+
     /// Every stored extent, with its size.
     pub fn present(&self) -> Result<Vec<(ExtentHash, u64)>, StateError> {
         let mut out = Vec::new();

@@ -515,6 +515,15 @@ impl Node {
         Ok(health)
     }
 
+    /// Bytes of peers' extents stored here now, under every contract.
+    pub fn stored_for_peers(&self) -> Result<u64, StateError> {
+        let mut total = 0;
+        for entry in self.contracts()? {
+            total += crate::inbound::Inbound::new(&self.config.storage, &entry.id).stored_bytes()?;
+        }
+        Ok(total)
+    }
+
     /// Bytes committed to contracts that are not ended (what peers may store here).
     pub fn committed(&self) -> Result<u64, StateError> {
         Ok(self

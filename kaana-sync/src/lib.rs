@@ -236,7 +236,7 @@ async fn push(
                 let e = anyhow::Error::new(e).context(format!("pushing to contract {}", entry.id));
                 if all || breach {
                     eprintln!("kaana-sync: error: {e:#}");
-                    emit(&PushFailed {
+                    emit(&ContractFailed {
                         contract: entry.id,
                         peer: entry.state.peer,
                         ok: false,
@@ -273,7 +273,12 @@ async fn verify(node: Node, entries: Vec<ContractEntry>, all: bool) -> anyhow::R
             Err(e) if all => {
                 // With --all, one peer out of reach does not stop the drill of the others.
                 eprintln!("kaana-sync: error: {e:#}");
-                emit(&PushFailed { contract: entry.id, peer: entry.state.peer, ok: false, error: format!("{e:#}") })?;
+                emit(&ContractFailed {
+                    contract: entry.id,
+                    peer: entry.state.peer,
+                    ok: false,
+                    error: format!("{e:#}"),
+                })?;
                 exit = Exit::Attention;
                 continue;
             }
@@ -297,7 +302,7 @@ async fn verify(node: Node, entries: Vec<ContractEntry>, all: bool) -> anyhow::R
 
 /// A contract whose push (or verify, with `--all`) failed.
 #[derive(Serialize)]
-struct PushFailed {
+struct ContractFailed {
     contract: RecordId,
     peer: NodeId,
     ok: bool,
@@ -336,7 +341,7 @@ fn status(node: &Node) -> anyhow::Result<Exit> {
         };
         let ours = kaana_proto::audit::Target::from_record(node, &entry.id)?.map(|t| copy(&t.manifest.body, None));
         let inbound = Inbound::new(&node.config.storage, &entry.id);
-        let stored: u64 = inbound.present()?.iter().map(|(_, len)| len).sum();
+        let stored = inbound.stored_bytes()?;
         let theirs = inbound.committed()?.map(|(m, _)| copy(&m.body, Some(stored)));
         emit(&StatusLine {
             contract: entry.id,

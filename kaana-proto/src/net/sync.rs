@@ -134,7 +134,7 @@ pub(super) async fn put_extent(
         // or the peer skipped `push_begin`): the quota is what is on disk, not what was sent
         // since.
         let counted = c.stored.lock().map_err(internal)?.contains_key(&id);
-        let on_disk = if counted { 0 } else { inbound.present().map_err(internal)?.iter().map(|(_, n)| n).sum() };
+        let on_disk = if counted { 0 } else { inbound.stored_bytes().map_err(internal)? };
         Ok((entry, inbound, on_disk))
     })
     .await?;
