@@ -12,4 +12,5 @@ mod market;
 mod prune;
 mod scripts;
 mod server;
+mod setup;
 mod simulation;

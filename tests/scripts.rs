@@ -7,11 +7,11 @@ use std::process::Command;
 
 use crate::common::{Pair, assert_exit, assert_success, bin_dir, contracted_pair, pseudo_random, stderr};
 
-fn repo() -> PathBuf {
+pub(crate) fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-fn readme() -> String {
+pub(crate) fn readme() -> String {
     fs::read_to_string(repo().join("README.md")).unwrap()
 }
 
