@@ -308,6 +308,32 @@ fn strangers_share_a_small_budget_and_known_nodes_still_get_in() {
         // The node in the address book gets in.
         let client = Client::new(friend.clone());
         assert!(matches!(hello(&client, id, &server.addr).await, Ok(Response::Hello { .. })));
+        // It may send a frame of 100 KiB (this one is not JSON); a stranger may not: its requests
+        // are small, and the length alone is refused.
+        let mut big = (100u32 << 10).to_be_bytes().to_vec();
+        big.extend(std::iter::repeat_n(b'x', 100 << 10));
+        assert_eq!(error_code(&send_raw(&client, id, &server.addr, &big).await), Some(ErrorCode::BadFrame));
+        let mut ex = held[3].open_stream().await.unwrap();
+        let _ = ex.send.write_all(&big).await;
+        let _ = ex.send.finish();
+        let stranger = read_frame::<Response>(&mut ex.recv, Duration::from_secs(10)).await;
+        assert!(
+            matches!(&stranger, Ok(Some(Response::Error(e))) if e.code == ErrorCode::TooLarge && e.message.contains("65536")),
+            "{stranger:?}"
+        );
+        // A stranger's connection holds four streams at once; the fifth waits for one to end.
+        let conn = &held[2];
+        let mut open = Vec::new();
+        for _ in 0..4 {
+            let mut ex = conn.open_stream().await.unwrap();
+            ex.send.write_all(b"\x00\x00").await.unwrap();
+            open.push(ex);
+        }
+        let fifth = tokio::time::timeout(Duration::from_secs(2), conn.open_stream()).await;
+        assert!(fifth.is_err(), "a fifth stream was opened at once");
+        drop(open);
+        let fifth = tokio::time::timeout(Duration::from_secs(20), conn.open_stream()).await;
+        assert!(matches!(fifth, Ok(Ok(_))), "the fifth stream never opened");
         // Strangers gone, a new one gets in again.
         for conn in held.drain(..) {
             conn.close();

@@ -19,7 +19,7 @@ use super::audits;
 use super::market;
 use super::sync;
 use super::tls::node_of_spki;
-use super::transport::{self, CLOSE_BUSY, CLOSE_SHUTDOWN, Client, NetError, read_frame, write_frame};
+use super::transport::{self, CLOSE_BUSY, CLOSE_SHUTDOWN, Client, NetError, read_frame_within, write_frame};
 use super::wire::{ErrorCode, ErrorReply, PROTOCOL_VERSION, Request, Response};
 use crate::board::Board;
 use crate::identity::NodeId;
@@ -33,6 +33,13 @@ use crate::time::now_from_env;
 const MAX_PUTS_AT_ONCE: usize = 8;
 /// Of those, one contract's at most.
 pub(super) const PUT_SHARE: usize = MAX_PUTS_AT_ONCE / 2;
+
+/// The largest frame a stranger may send: its requests are small (hello, an offer, a page of the
+/// board, an acceptance). It also keeps the handshake's first streams and window
+/// ([`transport::FIRST_STREAMS`], [`transport::FIRST_WINDOW`]) that a known node has raised; so
+/// all strangers together (at most [`ServerOptions::max_stranger_connections`]) have at most
+/// 64 × 256 KiB in flight toward the server.
+const STRANGER_MAX_FRAME: usize = 64 << 10;
 
 /// How the server runs.
 #[derive(Debug, Clone)]
@@ -267,6 +274,10 @@ async fn handle_connection(
             return;
         }
     };
+    if !stranger {
+        transport::open_up(&conn);
+    }
+    let max_frame = if stranger { STRANGER_MAX_FRAME } else { super::wire::MAX_FRAME };
     if silent_toward(&ctx, peer).await {
         // A deliberate failure: toward this peer the node is one whose disk hung. Nothing it
         // sends is read or answered; the connection ends when the peer gives up.
@@ -281,7 +292,8 @@ async fn handle_connection(
             _ = stop.changed() => break,
             stream = conn.accept_bi() => match stream {
                 Ok((send, recv)) => {
-                    tokio::spawn(handle_stream(ctx.clone(), conn.clone(), peer, send, recv, busy.clone()));
+                    let stream = Stream { peer, max_frame, send, recv };
+                    tokio::spawn(handle_stream(ctx.clone(), conn.clone(), stream, busy.clone()));
                 }
                 Err(_) => break,
             },
@@ -299,15 +311,18 @@ async fn silent_toward(ctx: &Arc<Ctx>, peer: NodeId) -> bool {
     matches!(silent.await, Ok(Some(true)))
 }
 
-async fn handle_stream(
-    ctx: Arc<Ctx>,
-    conn: quinn::Connection,
+/// A request's stream, and what its sender may send on it.
+struct Stream {
     peer: NodeId,
-    mut send: SendStream,
-    mut recv: RecvStream,
-    _busy: mpsc::Sender<()>,
-) {
-    let (response, raw) = match read_frame::<Request>(&mut recv, ctx.opts.read_timeout).await {
+    /// The largest request frame read from this peer.
+    max_frame: usize,
+    send: SendStream,
+    recv: RecvStream,
+}
+
+async fn handle_stream(ctx: Arc<Ctx>, conn: quinn::Connection, stream: Stream, _busy: mpsc::Sender<()>) {
+    let Stream { peer, max_frame, mut send, mut recv } = stream;
+    let (response, raw) = match read_frame_within::<Request>(&mut recv, ctx.opts.read_timeout, max_frame).await {
         Ok(Some(req)) => dispatch(&ctx, &conn, peer, req, &mut recv).await,
         Ok(None) => return,
         Err(NetError::Lost(_)) => return,

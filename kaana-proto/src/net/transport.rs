@@ -177,8 +177,25 @@ pub fn server_config(identity: &Identity) -> Result<quinn::ServerConfig, NetErro
     let tls = tls::server_config(identity).map_err(|e| NetError::Setup(e.to_string()))?;
     let quic = QuicServerConfig::try_from(tls).map_err(|e| NetError::Setup(e.to_string()))?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
-    config.transport_config(Arc::new(transport_config(Traffic::Bulk)));
+    // A client starts with little: who it is is known only after the handshake, and what the
+    // handshake grants cannot be taken back. The server then opens up to nodes it trusts.
+    let mut transport = transport_config(Traffic::Bulk);
+    transport
+        .max_concurrent_bidi_streams(VarInt::from_u32(FIRST_STREAMS))
+        .receive_window(VarInt::from_u32(FIRST_WINDOW));
+    config.transport_config(Arc::new(transport));
     Ok(config)
+}
+
+/// Streams a client may open at once on a new connection, until [`open_up`].
+pub const FIRST_STREAMS: u32 = 4;
+/// Bytes a client may have in flight toward the server on a new connection, until [`open_up`].
+pub const FIRST_WINDOW: u32 = 256 << 10;
+
+/// Gives a server's client the full [`MAX_STREAMS_PER_CONNECTION`] streams and receive window.
+pub fn open_up(conn: &quinn::Connection) {
+    conn.set_max_concurrent_bi_streams(VarInt::from_u32(MAX_STREAMS_PER_CONNECTION));
+    conn.set_receive_window(VarInt::from_u32(RECEIVE_WINDOW));
 }
 
 fn client_config(
@@ -448,13 +465,22 @@ pub async fn write_frame<T: Serialize>(send: &mut SendStream, msg: &T) -> Result
 
 /// Reads one frame within `timeout`. `Ok(None)` if the stream ended cleanly before it began.
 pub async fn read_frame<T: DeserializeOwned>(recv: &mut RecvStream, timeout: Duration) -> Result<Option<T>, NetError> {
+    read_frame_within(recv, timeout, wire::MAX_FRAME).await
+}
+
+/// As [`read_frame`], refusing a frame over `cap` bytes before reading any of it.
+pub async fn read_frame_within<T: DeserializeOwned>(
+    recv: &mut RecvStream,
+    timeout: Duration,
+    cap: usize,
+) -> Result<Option<T>, NetError> {
     let mut prefix = [0u8; 4];
     let read = tokio::time::timeout(timeout, recv.read_exact(&mut prefix)).await;
     if let Ok(Err(quinn::ReadExactError::FinishedEarly(0))) = read {
         return Ok(None);
     }
     read_outcome(read, timeout, "a frame", prefix.len())?;
-    let len = wire::frame_len(prefix)?;
+    let len = wire::frame_len_within(prefix, cap)?;
     let mut json = vec![0u8; len];
     read_exact(recv, &mut json, timeout, "a frame").await?;
     Ok(Some(wire::decode(&json)?))

@@ -28,8 +28,8 @@ pub const MAX_FRAME: usize = 1 << 20;
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum FrameError {
     /// The length prefix announces more than [`MAX_FRAME`] bytes.
-    #[error("frame of {0} bytes is over the {MAX_FRAME}-byte cap")]
-    TooLarge(u64),
+    #[error("frame of {0} bytes is over the {1}-byte cap")]
+    TooLarge(u64, usize),
     /// The frame is not JSON, or not a message this version knows.
     #[error("frame is not a valid message: {0}")]
     Malformed(String),
@@ -58,17 +58,22 @@ pub fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, FrameError> {
         .map_err(|e| FrameError::Malformed(e.to_string()))?;
     let len = out.len() - 4;
     if len > MAX_FRAME {
-        return Err(FrameError::TooLarge(len as u64));
+        return Err(FrameError::TooLarge(len as u64, MAX_FRAME));
     }
     out[..4].copy_from_slice(&(len as u32).to_be_bytes());
     Ok(out)
 }
 
-/// Reads a length prefix, refusing one over the cap.
+/// Reads a length prefix, refusing one over [`MAX_FRAME`].
 pub fn frame_len(prefix: [u8; 4]) -> Result<usize, FrameError> {
-    let len = u32::from_be_bytes(prefix) as usize;
-    if len > MAX_FRAME {
-        return Err(FrameError::TooLarge(len as u64));
+    frame_len_within(prefix, MAX_FRAME)
+}
+
+/// Reads a length prefix, refusing one over `cap` (at most [`MAX_FRAME`]).
+pub fn frame_len_within(prefix: [u8; 4], cap: usize) -> Result<usize, FrameError> {
+    let (len, cap) = (u32::from_be_bytes(prefix) as usize, cap.min(MAX_FRAME));
+    if len > cap {
+        return Err(FrameError::TooLarge(len as u64, cap));
     }
     Ok(len)
 }
@@ -347,7 +352,7 @@ impl ErrorReply {
 impl From<FrameError> for ErrorReply {
     fn from(e: FrameError) -> Self {
         let code = match &e {
-            FrameError::TooLarge(_) => ErrorCode::TooLarge,
+            FrameError::TooLarge(..) => ErrorCode::TooLarge,
             FrameError::Malformed(m) if m.starts_with("unknown variant") => ErrorCode::UnknownRequest,
             FrameError::Malformed(_) | FrameError::Version(_) => ErrorCode::BadFrame,
         };
@@ -372,7 +377,11 @@ mod tests {
 
     #[test]
     fn errors_say_what_is_wrong() {
-        assert_eq!(frame_len((MAX_FRAME as u32 + 1).to_be_bytes()), Err(FrameError::TooLarge(MAX_FRAME as u64 + 1)));
+        assert_eq!(
+            frame_len((MAX_FRAME as u32 + 1).to_be_bytes()),
+            Err(FrameError::TooLarge(MAX_FRAME as u64 + 1, MAX_FRAME))
+        );
+        assert_eq!(frame_len_within(100u32.to_be_bytes(), 64), Err(FrameError::TooLarge(100, 64)));
         // A version 1 node's frame, and one from the future.
         assert_eq!(decode::<Request>(br#"{"v":2,"kind":"hello"}"#), Err(FrameError::Version(2)));
         assert_eq!(decode::<Request>(br#"{"v":4,"kind":"hello"}"#), Err(FrameError::Version(4)));
