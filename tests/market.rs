@@ -296,6 +296,83 @@ fn a_board_flooded_by_one_signer_keeps_its_cap_and_honest_offers() {
     assert_eq!(refused, 10_000 - kaana_proto::board::PER_SIGNER_CAP);
 }
 
+/// Throwaway keys fill a board to its 4096 offers. An offer from a node the board knows is still
+/// taken (a stranger's makes room) and forwarded at once, while strangers' offers go on to other
+/// boards no faster than one every two seconds; and the board on disk holds what it took.
+#[test]
+fn a_board_flooded_by_throwaway_keys_still_takes_and_forwards_a_friends_offer() {
+    use kaana_proto::board::{PER_SIGNER_CAP, TOTAL_CAP};
+    let (a, sa) = node_with_server();
+    let (b, sb) = node_with_server();
+    let (_c, sc) = node_with_server();
+    // A is B's friend; B forwards to C (and to A).
+    assert_success(&b.run("kaana-offer", &["peer", "add", &sa.peer()]));
+    assert_success(&b.run("kaana-offer", &["peer", "add", &sc.peer()]));
+    let board = sb.node.parse().unwrap();
+    let addr = sb.addr.clone();
+    const LANES: usize = 8;
+    let keys_per_lane = TOTAL_CAP / PER_SIGNER_CAP / LANES + 4;
+    let started = Instant::now();
+    let (taken, refused) = runtime().block_on(async move {
+        let expires = Timestamp::from_unix(now_unix() + 86_400);
+        let mut tasks = tokio::task::JoinSet::new();
+        for lane in 0..LANES {
+            let addr = addr.clone();
+            tasks.spawn(async move {
+                let (mut taken, mut refused) = (0, 0);
+                for key in 0..keys_per_lane {
+                    let flooder = Identity::generate().unwrap();
+                    let client = Client::new(flooder.clone());
+                    let conn = client.connect(board, &addr).await.unwrap();
+                    for n in 0..PER_SIGNER_CAP {
+                        let body = Offer {
+                            node: flooder.node_id(),
+                            addrs: vec!["127.0.0.1:9".into()],
+                            size: 1 << 20,
+                            grace_secs: 60,
+                            expires_at: expires,
+                            nonce: format!("{lane:08x}{key:08x}{n:016x}"),
+                        };
+                        let offer = Signed::sign(body, &flooder).unwrap();
+                        match conn.request(&Request::Publish { offer }).await {
+                            Ok(Response::Published { new: true }) => taken += 1,
+                            Err(NetError::Remote(e)) if e.code == ErrorCode::Refused => refused += 1,
+                            other => panic!("unexpected {other:?}"),
+                        }
+                    }
+                    client.close().await;
+                }
+                (taken, refused)
+            });
+        }
+        let (mut taken, mut refused) = (0, 0);
+        while let Some(r) = tasks.join_next().await {
+            let (t, r) = r.unwrap();
+            (taken, refused) = (taken + t, refused + r);
+        }
+        (taken, refused)
+    });
+    let flood_secs = started.elapsed().as_secs();
+    assert_eq!(taken, TOTAL_CAP, "the board filled");
+    assert_eq!(refused, LANES * keys_per_lane * PER_SIGNER_CAP - TOTAL_CAP, "the rest found it full");
+
+    // A's offer is taken, and reaches C well before the strangers' queue would let it.
+    let offer = create_offer(&a, &["--size", "1MiB"]);
+    let published: Vec<serde_json::Value> = json_lines(&a.run("kaana-offer", &["publish", "--board", &sb.peer()]));
+    assert_eq!(published[0]["result"], "new", "{published:?}");
+    let at_c = list_until(&a, &sc, |o| o.iter().any(|o| o.id == offer.id));
+    // Of the strangers' 4096, C got a few: those queued (16) and one per two seconds.
+    let strangers_at_c = at_c.iter().filter(|o| o.id != offer.id).count();
+    let bound = 16 + 1 + (started.elapsed().as_secs() as usize).div_ceil(2);
+    assert!(strangers_at_c <= bound, "{strangers_at_c} strangers' offers forwarded in {flood_secs}+ s");
+    // On disk at B: the full board, A's offer in it (read from board.json and board.log).
+    let at_b: Vec<OfferLine> = json_lines(&b.run("kaana-offer", &["list"]));
+    assert_eq!(at_b.len(), TOTAL_CAP);
+    assert!(at_b.iter().any(|o| o.id == offer.id));
+    let log = fs::read_to_string(b.home.join("board.log")).unwrap_or_default();
+    assert!(log.lines().count() <= TOTAL_CAP, "the log never outgrows the board");
+}
+
 #[test]
 fn a_tampered_offer_is_refused_by_a_board() {
     let (a, sa) = node_with_server();

@@ -391,7 +391,7 @@ pub(crate) fn list(home: Option<&Path>, boards: &[PeerAddr]) -> anyhow::Result<E
     let mut shown: BTreeMap<RecordId, Signed<Offer>> = BTreeMap::new();
     let mut exit = Exit::Ok;
     if boards.is_empty() {
-        for o in node.offer_list(&node.home.board())?.offers.into_iter().chain(own.values().map(|o| o.offer.clone())) {
+        for o in node.board_offers(now)?.into_iter().chain(own.values().map(|o| o.offer.clone())) {
             if let Ok(id) = market::check_offer(&o, now) {
                 shown.insert(id, o);
             }
@@ -483,7 +483,7 @@ fn remember_seen(node: &Node, seen: &BTreeMap<RecordId, Signed<Offer>>, now: Tim
         }
     }
     kaana_proto::state::create_dir(&node.home.offers_dir())?;
-    node.home.write(&path, &OfferList { schema: Schema, offers: all.into_values().collect() })?;
+    node.home.write(&path, &OfferList { schema: Schema, offers: all.into_values().collect(), vouched: Vec::new() })?;
     Ok(())
 }
 
@@ -496,7 +496,7 @@ pub(crate) fn accept(home: Option<&Path>, prefix: &str) -> anyhow::Result<Exit> 
         .offer_list(&node.home.seen_offers())?
         .offers
         .into_iter()
-        .chain(node.offer_list(&node.home.board())?.offers)
+        .chain(node.board_offers(now)?)
         .chain(own.into_iter().map(|(_, o)| o.offer))
         .filter_map(|o| RecordId::of(&o.body).ok().map(|id| (id, o)));
     let mut unique: BTreeMap<RecordId, Signed<Offer>> = BTreeMap::new();

@@ -140,6 +140,11 @@ impl Board {
         self.offers.iter()
     }
 
+    /// The ids of the offers vouched for.
+    pub fn vouched(&self) -> impl Iterator<Item = &RecordId> {
+        self.vouched.iter()
+    }
+
     /// How many offers it holds.
     pub fn len(&self) -> usize {
         self.offers.len()

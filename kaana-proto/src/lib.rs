@@ -8,6 +8,7 @@ pub mod answer;
 pub mod audit;
 pub mod backup;
 pub mod board;
+pub mod board_file;
 pub mod buffer;
 pub mod challenge;
 pub mod cli;

@@ -187,9 +187,14 @@ impl Home {
         self.root.join("server.json")
     }
 
-    /// `board.json`: the offers this node's board holds (written by the server).
+    /// `board.json`: the offers this node's board held when the server last wrote it whole.
     pub fn board(&self) -> PathBuf {
         self.root.join("board.json")
+    }
+
+    /// `board.log`: the board's changes since `board.json`, one JSON line each.
+    pub fn board_log(&self) -> PathBuf {
+        self.root.join("board.log")
     }
 
     /// `offers/`: this node's own offers, one file each, and `offers/seen.json`.
@@ -257,16 +262,18 @@ impl Home {
     /// Appends one JSON line to `events.jsonl` and syncs it. Takes no lock: one `write` of a
     /// line to a file opened for appending lands whole.
     pub fn append_event<T: Serialize>(&self, event: &T) -> Result<(), StateError> {
-        let path = self.events();
-        let mut line = serde_json::to_vec(event).map_err(|e| StateError::damaged(&path, e))?;
+        self.append_line(&self.events(), event)
+    }
+
+    /// Appends `value` as one JSON line to the file at `path` (made with mode 0600) and syncs
+    /// it: one `write` of a line to a file opened for appending lands whole, or, after a crash,
+    /// as a last line cut short that its reader skips.
+    pub fn append_line<T: Serialize>(&self, path: &Path, value: &T) -> Result<(), StateError> {
+        let mut line = serde_json::to_vec(value).map_err(|e| StateError::damaged(path, e))?;
         line.push(b'\n');
-        let mut file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .mode(0o600)
-            .open(&path)
-            .map_err(|e| StateError::io(&path, e))?;
-        file.write_all(&line).and_then(|()| file.sync_data()).map_err(|e| StateError::io(&path, e))
+        let mut file =
+            OpenOptions::new().create(true).append(true).mode(0o600).open(path).map_err(|e| StateError::io(path, e))?;
+        file.write_all(&line).and_then(|()| file.sync_data()).map_err(|e| StateError::io(path, e))
     }
 }
 

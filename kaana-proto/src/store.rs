@@ -43,6 +43,9 @@ pub struct OfferList {
     pub schema: Schema,
     /// The offers.
     pub offers: Vec<Signed<Offer>>,
+    /// Of those, the ids of the offers vouched for (`board.json` only; see [`crate::board`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub vouched: Vec<RecordId>,
 }
 
 /// `contracts/<id>.json`.
@@ -554,6 +557,12 @@ impl Node {
     /// Reads an offer list file (empty if missing).
     pub fn offer_list(&self, path: &std::path::Path) -> Result<OfferList, StateError> {
         Ok(self.home.read_optional(path)?.unwrap_or_default())
+    }
+
+    /// The offers on this node's board (`board.json` and `board.log`), as of `now`.
+    pub fn board_offers(&self, now: Timestamp) -> Result<Vec<Signed<Offer>>, StateError> {
+        let stored = crate::board_file::StoredBoard::load(&self.home, now)?;
+        Ok(stored.board().offers().map(|(_, o)| o.clone()).collect())
     }
 
     /// Where this node's running server was last bound, if it ever ran.

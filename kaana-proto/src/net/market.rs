@@ -7,17 +7,18 @@
 use std::sync::Arc;
 
 use serde_json::json;
+use tokio::sync::mpsc;
 
 use super::server::Ctx;
 use super::transport::NetError;
 use super::wire::{ErrorCode, ErrorReply, Request, Response};
-use crate::board::{Board, Inserted};
+use crate::board::Inserted;
+use crate::board_file::StoredBoard;
 use crate::config::is_host_port;
 use crate::identity::NodeId;
 use crate::market::{self, ContractBody, Notice, Offer, RecordId};
 use crate::record::Signed;
-use crate::state::Schema;
-use crate::store::{ContractState, OfferList, Role, Status};
+use crate::store::{ContractState, Role, Status};
 use crate::time::{Timestamp, now_from_env};
 
 type Reply = Result<Response, ErrorReply>;
@@ -37,42 +38,105 @@ async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(f).await.map_err(internal)?
 }
 
-/// Loads the board the node's state directory holds.
-pub(super) fn load_board(ctx_node: &crate::node::Node, now: Timestamp) -> Result<Board, crate::state::StateError> {
-    let list = ctx_node.offer_list(&ctx_node.home.board())?;
-    Ok(Board::from_offers(list.offers, now))
+/// Loads the board the node's state directory holds, and writes it whole (folding in the log).
+pub(super) fn load_board(node: &crate::node::Node, now: Timestamp) -> Result<StoredBoard, crate::state::StateError> {
+    let mut board = StoredBoard::load(&node.home, now)?;
+    let _lock = node.home.lock()?;
+    board.write_whole(&node.home)?;
+    Ok(board)
 }
 
-fn save_board(ctx: &Ctx, board: &Board) -> Result<(), ErrorReply> {
-    let list = OfferList { schema: Schema, offers: board.offers().map(|(_, o)| o.clone()).collect() };
-    let _lock = ctx.node.home.lock().map_err(internal)?;
-    ctx.node.home.write(&ctx.node.home.board(), &list).map_err(internal)
-}
-
-/// `publish`: takes the offer onto the board and, if it is new, forwards it to the boards this
-/// node knows (every peer in its address book but the signer and the sender).
+/// `publish`: takes the offer onto the board and, if it is new, queues it to be forwarded to the
+/// boards this node knows (every peer in its address book but the signer and the sender).
 pub(super) async fn publish(ctx: &Arc<Ctx>, from: NodeId, offer: Signed<Offer>) -> Reply {
     let now = now()?;
-    // Vouched for when its signer, or the board that forwards it, is a node this one knows.
-    let (c, signer) = (ctx.clone(), offer.body.node);
-    let vouched = blocking(move || Ok(c.knows(&from) || c.knows(&signer))).await?;
-    let inserted = {
-        let mut board = ctx.board.lock().map_err(internal)?;
-        board.insert_as(offer.clone(), now, vouched).map_err(|e| ErrorReply::new(ErrorCode::Refused, e.to_string()))?
-    };
+    let c = ctx.clone();
+    let taken = offer.clone();
+    let (inserted, vouched) = blocking(move || {
+        // Vouched for when its signer, or the board that forwards it, is a node this one knows.
+        let vouched = c.knows(&from) || c.knows(&taken.body.node);
+        let mut board = c.board.lock().map_err(internal)?;
+        let inserted = board.insert(&c.node.home, taken, now, vouched).map_err(internal)?;
+        Ok((inserted.map_err(|e| ErrorReply::new(ErrorCode::Refused, e.to_string()))?, vouched))
+    })
+    .await?;
     if inserted == Inserted::New {
-        let c = ctx.clone();
-        blocking(move || {
-            let board = c.board.lock().map_err(internal)?.clone();
-            save_board(&c, &board)
-        })
-        .await?;
-        tokio::spawn(forward(ctx.clone(), from, offer));
+        ctx.forwarding.queue(from, offer, vouched);
     }
     Ok(Response::Published { new: inserted == Inserted::New })
 }
 
-async fn forward(ctx: Arc<Ctx>, from: NodeId, offer: Signed<Offer>) {
+/// Offers waiting to be forwarded. Each new offer costs a connection to every board in the
+/// address book, so forwarding is bounded: offers vouched for wait in a queue of
+/// [`VOUCHED_QUEUE`], strangers' offers in one of [`STRANGER_QUEUE`] and go out at most one per
+/// [`STRANGER_GAP`]; an offer that finds its queue full is not forwarded (it stays on this
+/// board, where others can list it). A flood of strangers' offers never delays a vouched one.
+#[derive(Debug)]
+pub(super) struct Forwarding {
+    vouched: mpsc::Sender<(NodeId, Signed<Offer>)>,
+    strangers: mpsc::Sender<(NodeId, Signed<Offer>)>,
+    /// Offers not forwarded because their queue was full, not yet logged.
+    dropped: std::sync::atomic::AtomicU64,
+}
+
+/// Vouched offers waiting to be forwarded, at most.
+const VOUCHED_QUEUE: usize = 256;
+/// Strangers' offers waiting to be forwarded, at most.
+const STRANGER_QUEUE: usize = 16;
+/// The least time between two strangers' offers forwarded.
+const STRANGER_GAP: std::time::Duration = std::time::Duration::from_secs(2);
+
+impl Forwarding {
+    /// The queues, and the receivers [`Forwarding::run`] takes.
+    pub(super) fn new() -> (Self, ForwardQueues) {
+        let (vouched, vouched_rx) = mpsc::channel(VOUCHED_QUEUE);
+        let (strangers, strangers_rx) = mpsc::channel(STRANGER_QUEUE);
+        let dropped = std::sync::atomic::AtomicU64::new(0);
+        (Forwarding { vouched, strangers, dropped }, ForwardQueues { vouched: vouched_rx, strangers: strangers_rx })
+    }
+
+    fn queue(&self, from: NodeId, offer: Signed<Offer>, vouched: bool) {
+        let queue = if vouched { &self.vouched } else { &self.strangers };
+        if queue.try_send((from, offer)).is_err() {
+            self.dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
+
+/// The receiving ends of [`Forwarding`].
+#[derive(Debug)]
+pub(super) struct ForwardQueues {
+    vouched: mpsc::Receiver<(NodeId, Signed<Offer>)>,
+    strangers: mpsc::Receiver<(NodeId, Signed<Offer>)>,
+}
+
+impl ForwardQueues {
+    /// Forwards queued offers until the server stops: vouched ones as they come, strangers'
+    /// one per [`STRANGER_GAP`], each lane in its own task.
+    pub(super) fn run(self, ctx: &Arc<Ctx>) {
+        let ForwardQueues { mut vouched, mut strangers } = self;
+        let c = ctx.clone();
+        tokio::spawn(async move {
+            while let Some((from, offer)) = vouched.recv().await {
+                forward(&c, from, offer).await;
+            }
+        });
+        let c = ctx.clone();
+        tokio::spawn(async move {
+            while let Some((from, offer)) = strangers.recv().await {
+                let next = tokio::time::Instant::now() + STRANGER_GAP;
+                forward(&c, from, offer).await;
+                let dropped = c.forwarding.dropped.swap(0, std::sync::atomic::Ordering::Relaxed);
+                if dropped > 0 {
+                    eprintln!("kaana-sync serve: {dropped} offer(s) not forwarded: too many at once");
+                }
+                tokio::time::sleep_until(next).await;
+            }
+        });
+    }
+}
+
+async fn forward(ctx: &Ctx, from: NodeId, offer: Signed<Offer>) {
     let book = match ctx.node.address_book() {
         Ok(b) => b,
         Err(e) => return eprintln!("kaana-sync serve: cannot read the address book to forward an offer: {e}"),
@@ -100,7 +164,7 @@ async fn forward(ctx: Arc<Ctx>, from: NodeId, offer: Signed<Offer>) {
 pub(super) fn list(ctx: &Ctx, after: Option<RecordId>) -> Reply {
     let now = now()?;
     let board = ctx.board.lock().map_err(internal)?;
-    let (offers, more) = board.page(after, now);
+    let (offers, more) = board.board().page(after, now);
     Ok(Response::Offers { offers, more })
 }
 
@@ -110,15 +174,8 @@ pub(super) async fn accept(ctx: &Arc<Ctx>, taker: NodeId, proposal: Signed<Contr
     let now = now()?;
     let c = ctx.clone();
     let (contract, offer_id) = blocking(move || accept_on_disk(&c, taker, proposal, &addrs, now)).await?;
-    let removed = ctx.board.lock().map_err(internal)?.remove(&offer_id);
-    if removed {
-        let c = ctx.clone();
-        blocking(move || {
-            let board = c.board.lock().map_err(internal)?.clone();
-            save_board(&c, &board)
-        })
-        .await?;
-    }
+    let c = ctx.clone();
+    blocking(move || c.board.lock().map_err(internal)?.remove(&c.node.home, &offer_id).map_err(internal)).await?;
     Ok(Response::Contract { contract })
 }
 

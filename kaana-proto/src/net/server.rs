@@ -21,7 +21,7 @@ use super::sync;
 use super::tls::node_of_spki;
 use super::transport::{self, CLOSE_BUSY, CLOSE_SHUTDOWN, Client, NetError, read_frame_within, write_frame};
 use super::wire::{ErrorCode, ErrorReply, PROTOCOL_VERSION, Request, Response};
-use crate::board::Board;
+use crate::board_file::StoredBoard;
 use crate::identity::NodeId;
 use crate::market::RecordId;
 use crate::node::Node;
@@ -81,6 +81,8 @@ impl ServerOptions {
 pub struct Server {
     endpoint: Endpoint,
     ctx: Arc<Ctx>,
+    /// Taken by [`Server::run`], which starts forwarding.
+    queues: Option<market::ForwardQueues>,
 }
 
 /// What every request handler shares.
@@ -93,8 +95,10 @@ pub(super) struct Ctx {
     open: Mutex<HashMap<NodeId, usize>>,
     /// The nodes this node knows (address book and contract peers), and when that was read.
     known: Mutex<Option<(std::time::Instant, std::collections::HashSet<NodeId>)>>,
-    /// The node's board, kept in memory and written to `board.json` when it changes.
-    pub(super) board: Mutex<Board>,
+    /// The node's board, in memory and on disk.
+    pub(super) board: Mutex<StoredBoard>,
+    /// New offers waiting to be forwarded to other boards.
+    pub(super) forwarding: market::Forwarding,
     /// For forwarding offers to other boards.
     pub(super) client: Client,
     /// Extents being received at once (each held in memory until it is stored).
@@ -185,19 +189,21 @@ impl Server {
         let info = ServerInfo { schema: Schema, node: node.id(), listen, pid: std::process::id() };
         node.home.write(&node.home.server_info(), &info).map_err(|e| NetError::Setup(e.to_string()))?;
         let client = Client::with_traffic(node.identity.clone(), transport::Traffic::Short);
+        let (forwarding, queues) = market::Forwarding::new();
         let ctx = Ctx {
             node,
             opts,
             open: Mutex::new(HashMap::new()),
             known: Mutex::new(None),
             board: Mutex::new(board),
+            forwarding,
             client,
             put_permits: Semaphore::new(MAX_PUTS_AT_ONCE),
             put_shares: Mutex::new(HashMap::new()),
             buffers: crate::buffer::Pool::new(MAX_PUTS_AT_ONCE),
             stored: Mutex::new(HashMap::new()),
         };
-        Ok(Server { endpoint, ctx: Arc::new(ctx) })
+        Ok(Server { endpoint, ctx: Arc::new(ctx), queues: Some(queues) })
     }
 
     /// The address the server is bound to.
@@ -206,7 +212,10 @@ impl Server {
     }
 
     /// Serves until `shutdown` completes, then drains and closes.
-    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+    pub async fn run(mut self, shutdown: impl Future<Output = ()>) {
+        if let Some(queues) = self.queues.take() {
+            queues.run(&self.ctx);
+        }
         let (stop_tx, stop_rx) = watch::channel(false);
         // Every task holds a clone of `busy`; when all are dropped, the drain is over.
         let (busy, mut idle) = mpsc::channel::<()>(1);
