@@ -185,6 +185,39 @@ for r in $(seq "$RUNS"); do
 done
 all50=$(median <"$work/all.t")
 
+# --- under a flood -------------------------------------------------------------------------------
+say "honest work alone and under a flood (strangers on fresh keys, a hostile contract peer), $RUNS runs each"
+cargo build --release --example flood --quiet
+head -c $((64 << 20)) /dev/urandom >"$work/hostile.img"
+start_node H --capacity 1GiB --volume "$work/hostile.img"
+hb=$(contract B H 64MiB)
+kaana-sync --home "$work/H" push "$hb" >/dev/null
+honest_round() { # TAG: an incremental push, a full restore and 10 challenges by A, timed
+  scribble
+  local t; t=$(now); kaana-sync --home "$work/A" push "$ab" >/dev/null; since "$t" >>"$work/$1.push"
+  rm -f "$work/restored.img"; t=$(now)
+  kaana-sync --home "$work/A" restore "$ab" --out "$work/restored.img" >/dev/null; since "$t" >>"$work/$1.restore"
+  for _ in $(seq 10); do kaana-challenge --home "$work/A" "$ab" | jq -r .ms >>"$work/$1.challenge"; done
+}
+: >"$work/u.push" >"$work/u.restore" >"$work/u.challenge" >"$work/f.push" >"$work/f.restore" >"$work/f.challenge"
+restart_server B
+for r in $(seq "$RUNS"); do honest_round u; done
+alone_rss=$(awk '/VmHWM/ {print $2}' /proc/"$B_pid"/status)
+restart_server B
+target/release/examples/flood "$B_peer" --as "$work/H" "$hb" --secs 3600 >"$work/flood.out" 2>"$work/flood.log" &
+flood_pid=$!
+pids+=($flood_pid)
+sleep 2
+for r in $(seq "$RUNS"); do honest_round f; done
+flood_rss=$(awk '/VmHWM/ {print $2}' /proc/"$B_pid"/status)
+kill -INT "$flood_pid"; wait "$flood_pid" || true
+flood_sent=$(cat "$work/flood.out")
+kill -0 "$B_pid" || { say "FAILED: the server died under the flood"; exit 1; }
+kaana-sync --home "$work/A" verify "$ab" >/dev/null || { say "FAILED: verify after the flood"; exit 1; }
+u_push=$(median <"$work/u.push"); u_restore=$(median <"$work/u.restore"); u_ch=$(median <"$work/u.challenge")
+f_push=$(median <"$work/f.push"); f_restore=$(median <"$work/f.restore"); f_ch=$(median <"$work/f.challenge")
+rm -f "$work/restored.img"
+
 # --- memory --------------------------------------------------------------------------------------
 peak() { # VOLUME_NODE CONTRACT: sets peak_client, peak_server (KiB) of a push to a fresh holder
   rm -rf "$work/B/inbound/$2" "$work/$1/outbound/$2"
@@ -225,7 +258,13 @@ printf '%-34s %.1f ms, %s bytes on the wire, %s bytes read by the holder\n' "cha
 printf '%-34s %.2f s\n' "kaana-challenge --all, 50 contracts" "$all50"
 printf '%-34s client %s KiB, server %s KiB\n' "peak memory at $SIZE" "$mem_client" "$mem_server"
 printf '%-34s client %s KiB, server %s KiB\n' "peak memory at 4 x $SIZE" "$mem4_client" "$mem4_server"
-printf '%-34s %.1f Gbit/s TCP, %.0f MB/s disk read (%s)\n\n' "the machine" "$tcp_gbit" "$disk_mbs" "$cache"
+printf '%-34s %.1f Gbit/s TCP, %.0f MB/s disk read (%s)\n' "the machine" "$tcp_gbit" "$disk_mbs" "$cache"
+printf '\nunder a flood (target: at most 2 x alone) %8s %10s %9s\n' "alone" "flooded" "ratio"
+printf '%-34s %9.2fs %9.2fs %9.3f\n' "  incremental push" "$u_push" "$f_push" "$(ratio "$f_push" "$u_push")"
+printf '%-34s %9.2fs %9.2fs %9.3f\n' "  full restore" "$u_restore" "$f_restore" "$(ratio "$f_restore" "$u_restore")"
+printf '%-34s %8.1fms %8.1fms %9.3f\n' "  challenge" "$u_ch" "$f_ch" "$(ratio "$f_ch" "$u_ch")"
+printf '%-34s %7s KiB %6s KiB\n' "  server peak memory" "$alone_rss" "$flood_rss"
+printf '%-34s %s\n\n' "  the flood sent" "$flood_sent"
 
 jq -cn \
   --arg size "$SIZE" --argjson runs "$RUNS" \
@@ -236,7 +275,10 @@ jq -cn \
   --argjson rtt_ms "$rtt_ms" --argjson wire "$wire" --argjson read_bytes "$read_bytes" --argjson all50 "$all50" \
   --argjson mem_client "$mem_client" --argjson mem_server "$mem_server" \
   --argjson mem4_client "$mem4_client" --argjson mem4_server "$mem4_server" \
-  --argjson tcp_gbit "$tcp_gbit" --argjson disk_mbs "$disk_mbs" --arg cache "$cache" '{
+  --argjson tcp_gbit "$tcp_gbit" --argjson disk_mbs "$disk_mbs" --arg cache "$cache" \
+  --argjson u_push "$u_push" --argjson u_restore "$u_restore" --argjson u_ch "$u_ch" \
+  --argjson f_push "$f_push" --argjson f_restore "$f_restore" --argjson f_ch "$f_ch" \
+  --argjson alone_rss "$alone_rss" --argjson flood_rss "$flood_rss" --argjson flood_sent "$flood_sent" '{
     size: $size, runs: $runs,
     initial_push: {ours_s: $push_ours, rsync_ssh_s: $push_ssh, rsync_daemon_s: $push_daemon,
                    rsync_daemon_fsync_s: $push_dsync,
@@ -245,5 +287,9 @@ jq -cn \
     restore: {ours_s: $restore_ours, rsync_ssh_s: $restore_ssh, ratio_ssh: ($restore_ours / $restore_ssh)},
     challenge: {rtt_ms: $rtt_ms, wire_bytes: $wire, holder_read_bytes: $read_bytes, all_50_contracts_s: $all50},
     peak_rss_kib: {client: $mem_client, server: $mem_server, client_4x: $mem4_client, server_4x: $mem4_server},
-    machine: {loopback_tcp_gbit: $tcp_gbit, disk_read_mb_s: $disk_mbs, disk_read_cache: $cache}
+    machine: {loopback_tcp_gbit: $tcp_gbit, disk_read_mb_s: $disk_mbs, disk_read_cache: $cache},
+    flood: {alone: {push_s: $u_push, restore_s: $u_restore, challenge_ms: $u_ch, server_peak_kib: $alone_rss},
+            flooded: {push_s: $f_push, restore_s: $f_restore, challenge_ms: $f_ch, server_peak_kib: $flood_rss},
+            ratio: {push: ($f_push / $u_push), restore: ($f_restore / $u_restore), challenge: ($f_ch / $u_ch)},
+            sent: $flood_sent}
   }'

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod flood;
 pub mod story;
 
 use std::path::{Path, PathBuf};
