@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use kaana_proto::identity::Identity;
+use kaana_proto::protocol::identity::Identity;
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -46,7 +46,7 @@ fn main() -> anyhow::Result<()> {
         server: server.parse()?,
         addr: addr.to_owned(),
         peer,
-        expires_at: kaana_proto::time::Timestamp::from_unix(now + 86_400),
+        expires_at: kaana_proto::protocol::time::Timestamp::from_unix(now + 86_400),
     };
     let (stop, counts) = (Arc::new(AtomicBool::new(false)), Arc::new(flood::Counts::default()));
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;

@@ -6,12 +6,12 @@ use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 
-use kaana_proto::identity::Identity;
-use kaana_proto::manifest::{Manifest, encode_list, list_hash};
-use kaana_proto::market::RecordId;
 use kaana_proto::net::transport::{Client, NetError};
 use kaana_proto::net::wire::{ErrorCode, Request, Response};
-use kaana_proto::record::Signed;
+use kaana_proto::protocol::identity::Identity;
+use kaana_proto::protocol::manifest::{Manifest, encode_list, list_hash};
+use kaana_proto::protocol::market::RecordId;
+use kaana_proto::protocol::record::Signed;
 
 use crate::common::{
     Pair, ServerProc, TestNode, assert_exit, assert_success, contracted_pair, debugfs_cat, decrypt_luks, json_lines,
@@ -482,8 +482,8 @@ fn a_holder_refuses_bad_extents_foreign_manifests_and_oversize_data() {
                 volume_size: 4096,
                 extent_size: 4096,
                 extent_count: 1,
-                extents: kaana_proto::encoding::hex_encode(&list_hash(&list)),
-                created_at: kaana_proto::time::Timestamp::from_unix(0),
+                extents: kaana_proto::protocol::encoding::hex_encode(&list_hash(&list)),
+                created_at: kaana_proto::protocol::time::Timestamp::from_unix(0),
             };
             Signed::sign(body, signer).unwrap()
         };

@@ -4,11 +4,11 @@
 
 use std::fs;
 
-use kaana_proto::identity::Identity;
 use kaana_proto::net::transport::{Client, NetError};
 use kaana_proto::net::wire::{ErrorCode, Request};
-use kaana_proto::record::Signed;
-use kaana_proto::time::Timestamp;
+use kaana_proto::protocol::identity::Identity;
+use kaana_proto::protocol::record::Signed;
+use kaana_proto::protocol::time::Timestamp;
 
 use crate::common::story::{DAY, HOUR, Story, challenge, contract_line, kinds, story, unix_of, wreck_store};
 use crate::common::{
@@ -125,13 +125,13 @@ fn a_challenge_from_a_stranger_is_refused() {
     let s = story();
     let holder = s.sb.node.parse().unwrap();
     let stranger = Identity::generate().unwrap();
-    let body = kaana_proto::challenge::Challenge {
+    let body = kaana_proto::protocol::challenge::Challenge {
         contract: s.contract.parse().unwrap(),
         challenger: stranger.node_id(),
         holder,
         manifest: s.contract.parse().unwrap(),
         generation: 1,
-        standing: kaana_proto::fairness::standing::Standing::Ok,
+        standing: kaana_proto::protocol::fairness::standing::Standing::Ok,
         nonce: "00".repeat(16),
         picks: vec![[0, 0]],
         depth: 0,

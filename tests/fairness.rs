@@ -4,17 +4,17 @@
 
 use std::fs;
 
-use kaana_proto::audit::{self, Heard};
-use kaana_proto::challenge::{self, Challenge, Reply, Rng};
-use kaana_proto::fairness::evidence::{Evidence, EvidenceError, Statement};
-use kaana_proto::fairness::standing::Standing;
-use kaana_proto::market::RecordId;
 use kaana_proto::net::transport::{Client, Connection, read_exact, read_timeout};
 use kaana_proto::net::wire::{Request, Response};
-use kaana_proto::node::Node;
-use kaana_proto::record::Signed;
-use kaana_proto::state::{Home, Schema};
-use kaana_proto::time::Timestamp;
+use kaana_proto::node::audit::{self, Heard};
+use kaana_proto::protocol::challenge::{self, Challenge, Reply, Rng};
+use kaana_proto::protocol::fairness::evidence::{Evidence, EvidenceError, Statement};
+use kaana_proto::protocol::fairness::standing::Standing;
+use kaana_proto::protocol::market::RecordId;
+use kaana_proto::protocol::record::Signed;
+use kaana_proto::protocol::time::Timestamp;
+use kaana_proto::store::home::{Home, Schema};
+use kaana_proto::store::node::Node;
 
 use crate::common::story::{DAY, HOUR, challenge, contract_line, kinds, state, story, unix_of, wreck_store};
 use crate::common::{TestNode, assert_success, at, json_lines, now_unix, one_json};
@@ -231,11 +231,11 @@ fn a_deliberate_failure_is_never_evidence_against_the_liar() {
         contract: entry.contract,
         manifest: ex.target.manifest.clone(),
         receipt: ex.target.receipt.clone(),
-        extent_list: kaana_proto::encoding::hex_encode(&ex.target.list),
+        extent_list: kaana_proto::protocol::encoding::hex_encode(&ex.target.list),
         challenge: ex.transcript.challenge.clone(),
         answer: ex.transcript.answer.clone(),
-        answer_bytes: kaana_proto::encoding::hex_encode(&ex.transcript.answer_bytes),
-        tops: kaana_proto::encoding::hex_encode(ex.transcript.tops.as_flattened()),
+        answer_bytes: kaana_proto::protocol::encoding::hex_encode(&ex.transcript.answer_bytes),
+        tops: kaana_proto::protocol::encoding::hex_encode(ex.transcript.tops.as_flattened()),
         contradiction: a_verdict.map(Statement::Verdict),
     };
     assert!(
@@ -270,7 +270,7 @@ fn a_holder_refuses_what_could_frame_it() {
     let contract: RecordId = s.contract.parse().unwrap();
     let replies = as_node(&s.a, &holder, &addr, async |a, conn| {
         let entry = a.contract(&contract).unwrap();
-        let target = audit::Target::from_record(a, &contract).unwrap().unwrap();
+        let target = kaana_proto::store::outbound::Target::from_record(a, &contract).unwrap().unwrap();
         let mut second = target.manifest.body.clone();
         second.created_at = Timestamp::from_unix(second.created_at.unix() + 1);
         let g = target.manifest.body.geometry().unwrap();
@@ -334,7 +334,7 @@ fn rechallenges_are_strong_and_rate_limited() {
         let second = audit::rechallenge(conn, b, &entry, now).await.map(|v| v.body.result);
         (first.map_err(|e| e.to_string()), second.map_err(|e| e.to_string()))
     });
-    assert_eq!(results.0, Ok(Some(kaana_proto::challenge::Outcome::Fail)), "{results:?}");
+    assert_eq!(results.0, Ok(Some(kaana_proto::protocol::challenge::Outcome::Fail)), "{results:?}");
     assert!(results.1.as_ref().is_err_and(|e| e.contains("too soon")), "{results:?}");
     let events = fs::read_to_string(s.a.home.join("events.jsonl")).unwrap();
     let last = events.lines().rfind(|l| l.contains("\"verdict\"")).unwrap();
@@ -424,9 +424,11 @@ fn ten_thousand_challenges_of_an_honest_holder_never_fail_beside_pushes_restores
         for i in 0..10_000 {
             let entry = a.contract(&id).unwrap();
             let now = Timestamp::from_unix(now_unix());
-            let asked = audit::Target::from_record(a, &id).unwrap().unwrap().manifest.body.generation;
-            let ex =
-                audit::challenge_peer(conn, a, &entry, kaana_proto::challenge::DEFAULT_SAMPLES, now).await.unwrap();
+            let asked =
+                kaana_proto::store::outbound::Target::from_record(a, &id).unwrap().unwrap().manifest.body.generation;
+            let ex = audit::challenge_peer(conn, a, &entry, kaana_proto::protocol::challenge::DEFAULT_SAMPLES, now)
+                .await
+                .unwrap();
             // Asked again about a newer generation: the holder had committed one meanwhile.
             if ex.transcript.challenge.body.generation != asked {
                 superseded += 1;

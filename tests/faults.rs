@@ -7,10 +7,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use kaana_proto::challenge::Rng;
-use kaana_proto::identity::Identity;
 use kaana_proto::net::transport::Client;
 use kaana_proto::net::wire::{Request, Response};
+use kaana_proto::protocol::challenge::Rng;
+use kaana_proto::protocol::identity::Identity;
 
 use crate::common::{
     Pair, ServerProc, TestNode, assert_exit, assert_state_consistent, assert_state_consistent_after_kill,
@@ -448,13 +448,13 @@ fn replays_and_floods_are_refused_and_the_server_stays_small() {
     fs::write(&volume, pseudo_random(4 << 20, 12)).unwrap();
     let Pair { a, b: _b, sa: _sa, sb, contract } = contracted_pair(&volume, "64MiB");
     assert_success(&a.run("kaana-sync", &["push", &contract]));
-    let holder: kaana_proto::identity::NodeId = sb.node.parse().unwrap();
+    let holder: kaana_proto::protocol::identity::NodeId = sb.node.parse().unwrap();
     let addr = sb.addr.clone();
     let owner = Identity::from_key_file(&fs::read_to_string(a.home.join("identity.key")).unwrap()).unwrap();
     let committed: serde_json::Value =
         serde_json::from_slice(&fs::read(_b.home.join("inbound").join(&contract).join("committed.json")).unwrap())
             .unwrap();
-    let manifest: kaana_proto::record::Signed<kaana_proto::manifest::Manifest> =
+    let manifest: kaana_proto::protocol::record::Signed<kaana_proto::protocol::manifest::Manifest> =
         serde_json::from_value(committed["manifest"].clone()).unwrap();
     let rss = || -> u64 {
         let status = fs::read_to_string(format!("/proc/{}/status", sb.child.id())).unwrap();
@@ -542,7 +542,7 @@ fn a_flood_from_strangers_and_a_hostile_peer_leaves_honest_work_done_and_the_ser
         server: sb.node.parse().unwrap(),
         addr: sb.addr.clone(),
         peer: Some((key, hb.parse().unwrap(), manifest)),
-        expires_at: kaana_proto::time::Timestamp::from_unix(crate::common::now_unix() + 86_400),
+        expires_at: kaana_proto::protocol::time::Timestamp::from_unix(crate::common::now_unix() + 86_400),
     };
     let (stop, counts) = (Arc::new(AtomicBool::new(false)), Arc::new(Counts::default()));
     let flooding = {
@@ -627,7 +627,7 @@ fn the_secret_stays_in_the_key_file_and_every_file_is_private() {
     drop((sa, sb));
     for node in [&a, &b] {
         let secret = fs::read_to_string(node.home.join("identity.key")).unwrap().trim().to_owned();
-        let seed = kaana_proto::encoding::hex_decode::<32>(&secret).unwrap();
+        let seed = kaana_proto::protocol::encoding::hex_decode::<32>(&secret).unwrap();
         assert!(!said.contains(&secret), "the secret was printed");
         for path in all_files(&node.home) {
             let mode = fs::metadata(&path).unwrap().permissions().mode();

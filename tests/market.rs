@@ -5,13 +5,13 @@ use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 
-use kaana_proto::identity::Identity;
-use kaana_proto::market::{Offer, RecordId};
 use kaana_proto::net::transport::{Client, NetError};
 use kaana_proto::net::wire::{ErrorCode, Request, Response};
-use kaana_proto::record::Signed;
-use kaana_proto::store::{ContractFile, OfferList};
-use kaana_proto::time::Timestamp;
+use kaana_proto::protocol::identity::Identity;
+use kaana_proto::protocol::market::{Offer, RecordId};
+use kaana_proto::protocol::record::Signed;
+use kaana_proto::protocol::time::Timestamp;
+use kaana_proto::store::files::{ContractFile, OfferList};
 
 use crate::common::{ServerProc, TestNode, assert_exit, assert_success, json_lines, now_unix, one_json, stderr};
 
@@ -188,7 +188,7 @@ fn bad_offers_are_refused_and_nothing_is_stored() {
     let target = list.offers.iter().position(|o| RecordId::of(&o.body).unwrap().to_string() == big.id).unwrap();
     let mut sig = *list.offers[target].sig.as_bytes();
     sig[7] ^= 0x10;
-    list.offers[target].sig = kaana_proto::identity::Signature::from_bytes(sig);
+    list.offers[target].sig = kaana_proto::protocol::identity::Signature::from_bytes(sig);
     fs::write(&seen_path, serde_json::to_vec(&list).unwrap()).unwrap();
     let out = b.run("kaana-offer", &["accept", &big.id]);
     assert_exit(&out, 2);
@@ -292,8 +292,8 @@ fn a_board_flooded_by_one_signer_keeps_its_cap_and_honest_offers() {
         assert!(offers.iter().any(|o| o.body.node == honest.node_id()));
         (kept, refused)
     });
-    assert_eq!(kept, kaana_proto::board::PER_SIGNER_CAP);
-    assert_eq!(refused, 10_000 - kaana_proto::board::PER_SIGNER_CAP);
+    assert_eq!(kept, kaana_proto::protocol::board::PER_SIGNER_CAP);
+    assert_eq!(refused, 10_000 - kaana_proto::protocol::board::PER_SIGNER_CAP);
 }
 
 /// Throwaway keys fill a board to its 4096 offers. An offer from a node the board knows is still
@@ -301,7 +301,7 @@ fn a_board_flooded_by_one_signer_keeps_its_cap_and_honest_offers() {
 /// boards no faster than one every two seconds; and the board on disk holds what it took.
 #[test]
 fn a_board_flooded_by_throwaway_keys_still_takes_and_forwards_a_friends_offer() {
-    use kaana_proto::board::{PER_SIGNER_CAP, TOTAL_CAP};
+    use kaana_proto::protocol::board::{PER_SIGNER_CAP, TOTAL_CAP};
     let (a, sa) = node_with_server();
     let (b, sb) = node_with_server();
     let (_c, sc) = node_with_server();
@@ -378,7 +378,7 @@ fn a_tampered_offer_is_refused_by_a_board() {
     let (a, sa) = node_with_server();
     let offer = create_offer(&a, &["--size", "10MiB"]);
     let file = a.home.join("offers").join(format!("{}.json", offer.id));
-    let own: kaana_proto::store::OwnOffer = serde_json::from_slice(&fs::read(file).unwrap()).unwrap();
+    let own: kaana_proto::store::files::OwnOffer = serde_json::from_slice(&fs::read(file).unwrap()).unwrap();
     let board = sa.node.parse().unwrap();
     let addr = sa.addr.clone();
     runtime().block_on(async move {

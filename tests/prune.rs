@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 
-use kaana_proto::time::Timestamp;
+use kaana_proto::protocol::time::Timestamp;
 
 use crate::common::story::{HOUR, keep_watch};
 use crate::common::{

@@ -3,9 +3,9 @@
 
 use std::time::Duration;
 
-use kaana_proto::identity::{Identity, NodeId};
 use kaana_proto::net::transport::{Client, NetError, read_frame};
 use kaana_proto::net::wire::{ErrorCode, MAX_FRAME, Request, Response};
+use kaana_proto::protocol::identity::{Identity, NodeId};
 
 use crate::common::{ServerProc, TestNode, assert_exit, assert_state_consistent, assert_success, one_json, stderr};
 

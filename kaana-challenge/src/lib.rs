@@ -1,7 +1,7 @@
 //! `kaana-challenge`: challenges, standings, deliberate failures and their audits.
 //!
 //! The tool gathers what the rules need (the state, what each peer says) and carries out what
-//! they decide ([`kaana_proto::fairness`]); it decides nothing itself.
+//! they decide ([`kaana_proto::protocol::fairness`]); it decides nothing itself.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -12,23 +12,24 @@ use clap::{Parser, Subcommand};
 use serde::Serialize;
 use serde_json::json;
 
-use kaana_proto::audit::{self, AuditError, Heard};
-use kaana_proto::challenge::{DEFAULT_SAMPLES, MAX_SAMPLES, Outcome};
-use kaana_proto::cli::{Exit, emit};
-use kaana_proto::fairness::attention::{self, Concern};
-use kaana_proto::fairness::deliberate::{self, Mode, Plan};
-use kaana_proto::fairness::evidence::{Breach, Evidence};
-use kaana_proto::fairness::health;
-use kaana_proto::fairness::judge::{self, Effect, PeerRecord};
-use kaana_proto::fairness::standing::Standing;
-use kaana_proto::identity::NodeId;
-use kaana_proto::market::RecordId;
 use kaana_proto::net::transport::{Client, Connection, NetError, Traffic};
 use kaana_proto::net::wire::Request;
-use kaana_proto::node::Node;
-use kaana_proto::state::StateError;
-use kaana_proto::store::{ContractEntry, Status};
-use kaana_proto::time::{Timestamp, now_from_env};
+use kaana_proto::node::audit::{self, AuditError, Heard};
+use kaana_proto::node::cli::{Exit, emit};
+use kaana_proto::node::machine::now_from_env;
+use kaana_proto::protocol::challenge::{DEFAULT_SAMPLES, MAX_SAMPLES, Outcome};
+use kaana_proto::protocol::fairness::attention::{self, Concern};
+use kaana_proto::protocol::fairness::deliberate::{self, Mode, Plan};
+use kaana_proto::protocol::fairness::evidence::{Breach, Evidence};
+use kaana_proto::protocol::fairness::health;
+use kaana_proto::protocol::fairness::judge::{self, Effect, PeerRecord};
+use kaana_proto::protocol::fairness::standing::Standing;
+use kaana_proto::protocol::identity::NodeId;
+use kaana_proto::protocol::market::RecordId;
+use kaana_proto::protocol::time::Timestamp;
+use kaana_proto::store::files::{ContractEntry, Status};
+use kaana_proto::store::home::StateError;
+use kaana_proto::store::node::Node;
 
 /// Challenge peers to prove they still hold this node's data, and audit their honesty.
 ///
@@ -142,15 +143,15 @@ impl Line {
 pub fn run(args: Args) -> anyhow::Result<Exit> {
     match &args.command {
         Some(Command::CheckEvidence { file }) => return check_evidence(file),
-        Some(Command::Completions { shell }) => return kaana_proto::cli::print_completions::<Args>(*shell),
-        Some(Command::Man) => return kaana_proto::cli::print_man::<Args>(),
+        Some(Command::Completions { shell }) => return kaana_proto::node::cli::print_completions::<Args>(*shell),
+        Some(Command::Man) => return kaana_proto::node::cli::print_man::<Args>(),
         _ => {}
     }
     let node = Node::open_at(args.home.as_deref())?;
     let now = now_from_env()?;
     match args.command {
         Some(Command::FailNext { contract, mode }) => fail_next(&node, &contract, mode),
-        Some(Command::Standing) => kaana_proto::cli::runtime()?.block_on(standing(node, now)),
+        Some(Command::Standing) => kaana_proto::node::cli::runtime()?.block_on(standing(node, now)),
         Some(Command::CheckEvidence { .. } | Command::Completions { .. } | Command::Man) => handled_before(),
         None => {
             if !(1..=MAX_SAMPLES).contains(&args.samples) {
@@ -161,7 +162,7 @@ pub fn run(args: Args) -> anyhow::Result<Exit> {
                 (None, true) => node.contracts()?.into_iter().filter(|e| !owes_nothing(e, now)).collect(),
                 _ => anyhow::bail!("say which contract to check, or --all"),
             };
-            kaana_proto::cli::runtime()?.block_on(check_all(node, entries, args.samples, now))
+            kaana_proto::node::cli::runtime()?.block_on(check_all(node, entries, args.samples, now))
         }
     }
 }
@@ -345,7 +346,7 @@ async fn check_contract(
         })?;
         eprintln!("kaana-challenge: contract {}: the peer is now told of this node's notice", entry.id.short());
     }
-    if audit::Target::from_record(node, &entry.id)?.is_none() {
+    if kaana_proto::store::outbound::Target::from_record(node, &entry.id)?.is_none() {
         eprintln!("kaana-challenge: contract {}: nothing pushed yet, nothing to challenge", entry.id.short());
         return Ok(Checked { lines, breach: false });
     }

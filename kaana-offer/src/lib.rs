@@ -8,10 +8,10 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-use kaana_proto::cli::Exit;
-use kaana_proto::config::{self, PeerAddr};
-use kaana_proto::size::parse_size;
-use kaana_proto::time::parse_duration;
+use kaana_proto::node::cli::Exit;
+use kaana_proto::protocol::size::parse_size;
+use kaana_proto::protocol::time::parse_duration;
+use kaana_proto::store::config::{self, PeerAddr};
 
 /// Set up a Ka'ana like node and trade storage with peers.
 ///
@@ -193,8 +193,8 @@ fn parse_duration_arg(s: &str) -> Result<u64, String> {
 pub fn run(args: Args) -> anyhow::Result<Exit> {
     let home = args.home.as_deref();
     match args.command {
-        Command::Completions { shell } => kaana_proto::cli::print_completions::<Args>(shell),
-        Command::Man => kaana_proto::cli::print_man::<Args>(),
+        Command::Completions { shell } => kaana_proto::node::cli::print_completions::<Args>(shell),
+        Command::Man => kaana_proto::node::cli::print_man::<Args>(),
         Command::Init(init_args) => setup::init(home, init_args),
         Command::Id => setup::id(home),
         Command::Config { action: None } => setup::config_show(home),

@@ -7,21 +7,22 @@ use anyhow::{Context as _, anyhow, bail};
 use serde::Serialize;
 use serde_json::json;
 
-use kaana_proto::cli::{Exit, emit};
-use kaana_proto::config::{PeerAddr, is_host_port};
-use kaana_proto::fairness::attention;
-use kaana_proto::fairness::standing::Standing;
-use kaana_proto::identity::NodeId;
-use kaana_proto::market::{self, ContractBody, Notice, Offer, RecordId};
 use kaana_proto::net::transport::{Client, NetError, Traffic};
 use kaana_proto::net::wire::{Request, Response};
-use kaana_proto::node::Node;
-use kaana_proto::record::Signed;
-use kaana_proto::size::format_size;
-use kaana_proto::state::Schema;
-use kaana_proto::store::{ContractState, ContractSummary, OfferList, OwnOffer, Role, Status, find_by_prefix};
-use kaana_proto::time::{Timestamp, now_from_env};
-use kaana_proto::volume;
+use kaana_proto::node::cli::{Exit, emit};
+use kaana_proto::node::machine::now_from_env;
+use kaana_proto::protocol::fairness::attention;
+use kaana_proto::protocol::fairness::standing::Standing;
+use kaana_proto::protocol::identity::NodeId;
+use kaana_proto::protocol::market::{self, ContractBody, Notice, Offer, RecordId};
+use kaana_proto::protocol::record::Signed;
+use kaana_proto::protocol::size::format_size;
+use kaana_proto::protocol::time::Timestamp;
+use kaana_proto::store::config::{PeerAddr, is_host_port};
+use kaana_proto::store::files::{ContractState, ContractSummary, OfferList, OwnOffer, Role, Status, find_by_prefix};
+use kaana_proto::store::home::Schema;
+use kaana_proto::store::node::Node;
+use kaana_proto::store::volume;
 
 use crate::block_on;
 
@@ -127,7 +128,7 @@ pub(crate) fn status(home: Option<&Path>) -> anyhow::Result<Exit> {
     let mut peers = Vec::new();
     for e in contracts.iter().filter(|e| !matches!(e.state.status, Status::Ended { .. })) {
         let st = &e.state;
-        let target = kaana_proto::audit::Target::from_record(&node, &e.id).unwrap_or_else(|err| {
+        let target = kaana_proto::store::outbound::Target::from_record(&node, &e.id).unwrap_or_else(|err| {
             problems.push(format!("contract {}: this node's record of its copy is unreadable: {err}", e.id.short()));
             None
         });
@@ -162,7 +163,7 @@ pub(crate) fn status(home: Option<&Path>) -> anyhow::Result<Exit> {
             last_pass: st.their_record.last_pass,
         });
     }
-    let disk_free = kaana_proto::state::free_space(&node.config.storage)?;
+    let disk_free = kaana_proto::store::home::free_space(&node.config.storage)?;
     // Room still promised to peers but not yet taken must be free on the disk.
     let stored = node.stored_for_peers().unwrap_or_else(|e| {
         problems.push(format!("the storage cannot be read: {e}"));
@@ -277,8 +278,14 @@ pub(crate) fn create(
     }
     let _lock = node.home.lock()?;
     check_room(&node, size)?;
-    let body =
-        Offer { node: node.id(), addrs, size, grace_secs, expires_at: now.plus_secs(ttl), nonce: market::new_nonce()? };
+    let body = Offer {
+        node: node.id(),
+        addrs,
+        size,
+        grace_secs,
+        expires_at: now.plus_secs(ttl),
+        nonce: kaana_proto::node::machine::new_nonce()?,
+    };
     let offer = Signed::sign(body, &node.identity)?;
     let id = RecordId::of(&offer.body)?;
     node.save_own_offer(&id, &OwnOffer { schema: Schema, offer: offer.clone(), taken_by: None })?;
@@ -444,7 +451,7 @@ async fn fetch_board(
     // A board holds at most TOTAL_CAP offers: a board that says "more" beyond that is not
     // followed further.
     for page in 0.. {
-        if page > kaana_proto::board::TOTAL_CAP / kaana_proto::board::PAGE {
+        if page > kaana_proto::protocol::board::TOTAL_CAP / kaana_proto::protocol::board::PAGE {
             eprintln!("kaana-offer: board {} lists more pages than a board can hold; stopped", board.node.short());
             break;
         }
@@ -482,7 +489,7 @@ fn remember_seen(node: &Node, seen: &BTreeMap<RecordId, Signed<Offer>>, now: Tim
             all.insert(id, o);
         }
     }
-    kaana_proto::state::create_dir(&node.home.offers_dir())?;
+    kaana_proto::store::home::create_dir(&node.home.offers_dir())?;
     node.home.write(&path, &OfferList { schema: Schema, offers: all.into_values().collect(), vouched: Vec::new() })?;
     Ok(())
 }
@@ -560,7 +567,7 @@ pub(crate) fn contracts(home: Option<&Path>, fetch: bool) -> anyhow::Result<Exit
         }
         let fetched = block_on(async {
             let client = Client::with_traffic(node.identity.clone(), Traffic::Short);
-            let r = kaana_proto::backup::fetch_contracts(&client, &node).await;
+            let r = kaana_proto::node::backup::fetch_contracts(&client, &node).await;
             client.close().await;
             Ok(r?)
         })?;

@@ -7,14 +7,14 @@ use std::path::Path;
 use anyhow::{Context as _, bail};
 use serde::Serialize;
 
-use kaana_proto::cli::{Exit, emit};
-use kaana_proto::config::{Config, Key, PeerAddr, is_host_port};
-use kaana_proto::identity::{Identity, NodeId};
 use kaana_proto::net::transport::{Client, Traffic};
 use kaana_proto::net::wire::{Request, Response};
-use kaana_proto::node::Node;
-use kaana_proto::size::format_size;
-use kaana_proto::state::{Home, Schema, create_dir, free_space};
+use kaana_proto::node::cli::{Exit, emit};
+use kaana_proto::protocol::identity::{Identity, NodeId};
+use kaana_proto::protocol::size::format_size;
+use kaana_proto::store::config::{Config, Key, PeerAddr, is_host_port};
+use kaana_proto::store::home::{Home, Schema, create_dir, free_space};
+use kaana_proto::store::node::Node;
 
 use crate::InitArgs;
 
@@ -58,7 +58,7 @@ pub(crate) fn init(home: Option<&Path>, args: InitArgs) -> anyhow::Result<Exit> 
         bail!("--advertise {bad:?} is not HOST:PORT");
     }
     let home = Home::at(Home::locate(home)?);
-    kaana_proto::state::check_same_user(home.root())?;
+    kaana_proto::store::home::check_same_user(home.root())?;
     let identity = if args.recover {
         let mut phrase = String::new();
         std::io::stdin().read_to_string(&mut phrase).context("reading the recovery phrase from stdin")?;
@@ -95,7 +95,7 @@ pub(crate) fn init(home: Option<&Path>, args: InitArgs) -> anyhow::Result<Exit> 
     };
     let node = Node::init(home, identity, config)?;
     if args.recover {
-        node.mark_recovered(kaana_proto::time::now_from_env()?)?;
+        node.mark_recovered(kaana_proto::node::machine::now_from_env()?)?;
     }
     emit(&InitLine {
         node: node.id(),
@@ -193,7 +193,7 @@ pub(crate) fn config_set(home: Option<&Path>, key: &str, value: &str) -> anyhow:
         Key::Volume => {
             let path = config.volume.take().unwrap_or_default();
             let path = std::fs::canonicalize(&path).with_context(|| format!("volume {}", path.display()))?;
-            kaana_proto::volume::size(&path).with_context(|| format!("volume {}", path.display()))?;
+            kaana_proto::store::volume::size(&path).with_context(|| format!("volume {}", path.display()))?;
             config.volume = Some(path);
         }
         Key::Capacity => {

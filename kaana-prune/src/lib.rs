@@ -1,7 +1,7 @@
 //! `kaana-prune`: deletes peers' data whose grace period has run out, and cleans leftovers.
 //!
 //! Whether a peer's data may go is the fairness rules' decision
-//! ([`kaana_proto::fairness::deletion`]); before deleting a failing peer's data, prune checks
+//! ([`kaana_proto::protocol::fairness::deletion`]); before deleting a failing peer's data, prune checks
 //! that this node reaches its peers, since a node cut off from everyone must not delete the
 //! data of peers that could not reach it. It builds a plan first and prints it (one JSON line
 //! per step); `--dry-run` stops there. Each step is checked again, under the state lock, just
@@ -17,16 +17,17 @@ use clap::Parser;
 use serde::Serialize;
 use serde_json::json;
 
-use kaana_proto::cli::{Exit, emit};
-use kaana_proto::fairness::deletion::{self, Decision};
-use kaana_proto::fairness::health::Health;
-use kaana_proto::identity::NodeId;
-use kaana_proto::inbound::Inbound;
-use kaana_proto::market::RecordId;
-use kaana_proto::node::Node;
-use kaana_proto::size::format_size;
-use kaana_proto::store::{ContractEntry, Status};
-use kaana_proto::time::{Timestamp, now_from_env};
+use kaana_proto::node::cli::{Exit, emit};
+use kaana_proto::node::machine::now_from_env;
+use kaana_proto::protocol::fairness::deletion::{self, Decision};
+use kaana_proto::protocol::fairness::health::Health;
+use kaana_proto::protocol::identity::NodeId;
+use kaana_proto::protocol::market::RecordId;
+use kaana_proto::protocol::size::format_size;
+use kaana_proto::protocol::time::Timestamp;
+use kaana_proto::store::files::{ContractEntry, Status};
+use kaana_proto::store::inbound::Inbound;
+use kaana_proto::store::node::Node;
 
 /// How old a leftover must be before it is removed: an interrupted push may still resume.
 pub const SAFE_AGE: Duration = Duration::from_secs(24 * 3_600);
@@ -105,8 +106,8 @@ enum Work {
 /// Runs `kaana-prune`.
 pub fn run(args: Args) -> anyhow::Result<Exit> {
     match args.command {
-        Some(Command::Completions { shell }) => return kaana_proto::cli::print_completions::<Args>(shell),
-        Some(Command::Man) => return kaana_proto::cli::print_man::<Args>(),
+        Some(Command::Completions { shell }) => return kaana_proto::node::cli::print_completions::<Args>(shell),
+        Some(Command::Man) => return kaana_proto::node::cli::print_man::<Args>(),
         None => {}
     }
     let node = Node::open_at(args.home.as_deref())?;
@@ -161,12 +162,12 @@ fn check_reach(node: &Node, contracts: &[ContractEntry], now: Timestamp) -> anyh
         .collect();
     peers.sort();
     peers.dedup();
-    kaana_proto::cli::runtime()?.block_on(async {
+    kaana_proto::node::cli::runtime()?.block_on(async {
         let client = std::sync::Arc::new(kaana_proto::net::transport::Client::with_traffic(
             node.identity.clone(),
             kaana_proto::net::transport::Traffic::Short,
         ));
-        let (conns, reach) = kaana_proto::audit::connect_all(&client, node, &peers, now).await?;
+        let (conns, reach) = kaana_proto::node::audit::connect_all(&client, node, &peers, now).await?;
         for c in conns.into_iter().filter_map(|(_, c)| c.ok()) {
             c.close();
         }

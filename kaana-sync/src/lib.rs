@@ -10,18 +10,18 @@ use serde::Serialize;
 
 use std::sync::Arc;
 
-use kaana_proto::backup;
-use kaana_proto::cli::{Exit, Progress, emit};
-use kaana_proto::identity::NodeId;
-use kaana_proto::inbound::Inbound;
-use kaana_proto::market::RecordId;
-use kaana_proto::net::server::{Server, ServerOptions};
 use kaana_proto::net::transport::Client;
-use kaana_proto::node::Node;
-use kaana_proto::store::{ContractEntry, Status};
-use kaana_proto::time::Timestamp;
-use kaana_proto::time::parse_duration;
-use kaana_proto::volume;
+use kaana_proto::node::backup;
+use kaana_proto::node::cli::{Exit, Progress, emit};
+use kaana_proto::node::server::{Server, ServerOptions};
+use kaana_proto::protocol::identity::NodeId;
+use kaana_proto::protocol::market::RecordId;
+use kaana_proto::protocol::time::Timestamp;
+use kaana_proto::protocol::time::parse_duration;
+use kaana_proto::store::files::{ContractEntry, Status};
+use kaana_proto::store::inbound::Inbound;
+use kaana_proto::store::node::Node;
+use kaana_proto::store::volume;
 
 /// Back up this node's encrypted volume to its peers, serve theirs, and restore.
 ///
@@ -113,7 +113,7 @@ pub enum Command {
 }
 
 fn parse_size_arg(s: &str) -> Result<u64, String> {
-    kaana_proto::size::parse_size(s).map_err(|e| e.to_string())
+    kaana_proto::protocol::size::parse_size(s).map_err(|e| e.to_string())
 }
 
 fn parse_duration_arg(s: &str) -> Result<Duration, String> {
@@ -129,8 +129,8 @@ struct ServeLine {
 /// Runs `kaana-sync`.
 pub fn run(args: Args) -> anyhow::Result<Exit> {
     match args.command {
-        Command::Completions { shell } => return kaana_proto::cli::print_completions::<Args>(shell),
-        Command::Man => return kaana_proto::cli::print_man::<Args>(),
+        Command::Completions { shell } => return kaana_proto::node::cli::print_completions::<Args>(shell),
+        Command::Man => return kaana_proto::node::cli::print_man::<Args>(),
         _ => {}
     }
     let node = Node::open_at(args.home.as_deref())?;
@@ -138,14 +138,15 @@ pub fn run(args: Args) -> anyhow::Result<Exit> {
         Command::Serve { listen, read_timeout } => {
             let mut opts = ServerOptions::new(listen.unwrap_or(node.config.listen));
             opts.read_timeout = read_timeout;
-            kaana_proto::cli::runtime()?.block_on(serve(node, opts))
+            kaana_proto::node::cli::runtime()?.block_on(serve(node, opts))
         }
         Command::Push { contract, all, allow_plaintext, extent_size } => {
             let extent_size = u32::try_from(extent_size).context("--extent-size is too large")?;
-            kaana_proto::manifest::Geometry::new(u64::from(extent_size), extent_size).context("bad --extent-size")?;
+            kaana_proto::protocol::manifest::Geometry::new(u64::from(extent_size), extent_size)
+                .context("bad --extent-size")?;
             let entries = if all {
                 // Toward a peer this node is failing on purpose in silence, it is down: no push.
-                let silent = node.silent_peers(kaana_proto::time::now_from_env()?)?;
+                let silent = node.silent_peers(kaana_proto::node::machine::now_from_env()?)?;
                 node.contracts()?
                     .into_iter()
                     .filter(|e| matches!(e.state.status, Status::Active) && !silent.contains(&e.state.peer))
@@ -157,7 +158,7 @@ pub fn run(args: Args) -> anyhow::Result<Exit> {
                 // Bad input is the tool's error, with or without --all: checked once, up front.
                 backup::check_volume(&node, extent_size, allow_plaintext)?;
             }
-            kaana_proto::cli::runtime()?.block_on(async {
+            kaana_proto::node::cli::runtime()?.block_on(async {
                 tokio::select! {
                     r = push(node, entries, all, extent_size, allow_plaintext) => r,
                     _ = tokio::signal::ctrl_c() => {
@@ -173,7 +174,7 @@ pub fn run(args: Args) -> anyhow::Result<Exit> {
         }
         Command::Restore { contract, out, generation } => {
             let entry = node.find_contract(&contract)?;
-            kaana_proto::cli::runtime()?.block_on(async {
+            kaana_proto::node::cli::runtime()?.block_on(async {
                 let client = Client::new(node.identity.clone());
                 let r = backup::restore(&client, &node, &entry, Some(&out), generation, "restore").await;
                 client.close().await;
@@ -187,14 +188,14 @@ pub fn run(args: Args) -> anyhow::Result<Exit> {
                 Some(c) => vec![node.find_contract(&c)?],
                 None => {
                     // Not toward a peer this node is failing on purpose in silence: it is down there.
-                    let silent = node.silent_peers(kaana_proto::time::now_from_env()?)?;
+                    let silent = node.silent_peers(kaana_proto::node::machine::now_from_env()?)?;
                     node.contracts()?
                         .into_iter()
                         .filter(|e| matches!(e.state.status, Status::Active) && !silent.contains(&e.state.peer))
                         .collect()
                 }
             };
-            kaana_proto::cli::runtime()?.block_on(verify(node, entries, all))
+            kaana_proto::node::cli::runtime()?.block_on(verify(node, entries, all))
         }
         Command::Status => status(&node),
         Command::Completions { .. } | Command::Man => Ok(Exit::Ok),
@@ -332,14 +333,15 @@ struct CopyLine {
 
 fn status(node: &Node) -> anyhow::Result<Exit> {
     for entry in node.contracts()? {
-        let copy = |m: &kaana_proto::manifest::Manifest, stored| CopyLine {
+        let copy = |m: &kaana_proto::protocol::manifest::Manifest, stored| CopyLine {
             generation: m.generation,
             bytes: m.volume_size,
             extents: m.extent_count,
             committed_at: m.created_at,
             stored_bytes: stored,
         };
-        let ours = kaana_proto::audit::Target::from_record(node, &entry.id)?.map(|t| copy(&t.manifest.body, None));
+        let ours =
+            kaana_proto::store::outbound::Target::from_record(node, &entry.id)?.map(|t| copy(&t.manifest.body, None));
         let inbound = Inbound::new(&node.config.storage, &entry.id);
         let stored = inbound.stored_bytes()?;
         let theirs = inbound.committed()?.map(|(m, _)| copy(&m.body, Some(stored)));

@@ -12,13 +12,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use kaana_proto::identity::{Identity, NodeId};
-use kaana_proto::manifest::Manifest;
-use kaana_proto::market::{Offer, RecordId};
 use kaana_proto::net::transport::{Client, Connection, Exchange, NetError};
 use kaana_proto::net::wire::Request;
-use kaana_proto::record::Signed;
-use kaana_proto::time::Timestamp;
+use kaana_proto::protocol::identity::{Identity, NodeId};
+use kaana_proto::protocol::manifest::Manifest;
+use kaana_proto::protocol::market::{Offer, RecordId};
+use kaana_proto::protocol::record::Signed;
+use kaana_proto::protocol::time::Timestamp;
 
 /// Whom the flood is aimed at, and as whom.
 #[derive(Clone)]

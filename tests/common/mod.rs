@@ -379,7 +379,7 @@ pub fn now_unix() -> u64 {
 
 /// `secs` as the RFC 3339 text `KAANA_NOW` takes.
 pub fn at(secs: u64) -> String {
-    kaana_proto::time::Timestamp::from_unix(secs).to_string()
+    kaana_proto::protocol::time::Timestamp::from_unix(secs).to_string()
 }
 
 /// How many files there are under `dir`.

@@ -96,7 +96,7 @@ pub fn state(node: &TestNode, contract: &str) -> serde_json::Value {
 
 /// A time from a state file's field.
 pub fn unix_of(v: &serde_json::Value) -> u64 {
-    v.as_str().unwrap().parse::<kaana_proto::time::Timestamp>().unwrap().unix()
+    v.as_str().unwrap().parse::<kaana_proto::protocol::time::Timestamp>().unwrap().unix()
 }
 
 /// Overwrites every extent `holder` stores under `contract` with zeros (a holder that lost it).

@@ -3,17 +3,17 @@
 //! that the holder failed inside that grace. Each attempt is one attack; it succeeds only if
 //! `Evidence::check` accepts the forgery.
 
-use kaana_proto::challenge::{self, Answer, Challenge, Outcome, Receipt, Reply, Verdict};
-use kaana_proto::encoding::hex_encode;
-use kaana_proto::fairness::evidence::{Evidence, Statement};
-use kaana_proto::fairness::standing::Standing;
-use kaana_proto::identity::Identity;
-use kaana_proto::manifest::{Manifest, encode_list, list_hash};
-use kaana_proto::market::{ContractBody, Notice, RecordId, countersign};
-use kaana_proto::proof;
-use kaana_proto::record::Signed;
-use kaana_proto::state::Schema;
-use kaana_proto::time::Timestamp;
+use kaana_proto::protocol::challenge::{self, Answer, Challenge, Outcome, Receipt, Reply, Verdict};
+use kaana_proto::protocol::encoding::hex_encode;
+use kaana_proto::protocol::fairness::evidence::{Evidence, Statement};
+use kaana_proto::protocol::fairness::standing::Standing;
+use kaana_proto::protocol::identity::Identity;
+use kaana_proto::protocol::manifest::{Manifest, encode_list, list_hash};
+use kaana_proto::protocol::market::{ContractBody, Notice, RecordId, countersign};
+use kaana_proto::protocol::proof;
+use kaana_proto::protocol::record::Signed;
+use kaana_proto::protocol::time::Timestamp;
+use kaana_proto::store::home::Schema;
 
 /// How many attacks there are.
 pub const ATTACKS: usize = 10;
@@ -28,7 +28,7 @@ fn t(s: u64) -> Timestamp {
 
 /// What an honest holder signs for `challenge` of the copy `extents` it receipted as
 /// `receipted`, judging the owner `standing`, at `at`: the same decisions as
-/// `kaana_proto::answer`.
+/// `kaana_proto::node::answer`.
 fn honest_reply(
     holder: &Identity,
     challenge: &Challenge,

@@ -1,20 +1,20 @@
 //! The simulated world: nodes that play strategies, symmetric contracts between them, time in
-//! hours, and the fairness rules ([`kaana_proto::fairness`]) deciding everything a real node's
+//! hours, and the fairness rules ([`kaana_proto::protocol::fairness`]) deciding everything a real node's
 //! tools would decide: deliberate failures and their audits, judgements, breaches, rechallenges,
 //! what a node's own connection allows, and deletions. What the network and the disks do is
 //! drawn at random; the rules are the real ones.
 
 use std::collections::BTreeMap;
 
-use kaana_proto::challenge::{DEFAULT_SAMPLES, Rng};
-use kaana_proto::fairness::deletion::{self, Decision};
-use kaana_proto::fairness::deliberate::{self, Mode, Plan, Pretence, Situation};
-use kaana_proto::fairness::evidence::{self, Breach, Failed};
-use kaana_proto::fairness::health::{self, Health, Reach};
-use kaana_proto::fairness::judge::{self, Admission, Effect, PeerRecord, Seen};
-use kaana_proto::fairness::standing::Standing;
-use kaana_proto::fairness::{DAY, HOUR, RETRY_WINDOW_SECS, margin};
-use kaana_proto::time::Timestamp;
+use kaana_proto::protocol::challenge::{DEFAULT_SAMPLES, Rng};
+use kaana_proto::protocol::fairness::deletion::{self, Decision};
+use kaana_proto::protocol::fairness::deliberate::{self, Mode, Plan, Pretence, Situation};
+use kaana_proto::protocol::fairness::evidence::{self, Breach, Failed};
+use kaana_proto::protocol::fairness::health::{self, Health, Reach};
+use kaana_proto::protocol::fairness::judge::{self, Admission, Effect, PeerRecord, Seen};
+use kaana_proto::protocol::fairness::standing::Standing;
+use kaana_proto::protocol::fairness::{DAY, HOUR, RETRY_WINDOW_SECS, margin};
+use kaana_proto::protocol::time::Timestamp;
 
 use super::framing;
 

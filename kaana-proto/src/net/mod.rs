@@ -1,9 +1,6 @@
-//! Networking: the wire format (pure), TLS with node keys, QUIC transport, and the node server.
+//! The wire: frames and messages ([`wire`], pure), TLS with node keys as identities ([`tls`]),
+//! and QUIC connections and streams ([`transport`]).
 
-mod audits;
-mod market;
-pub mod server;
-mod sync;
 pub mod tls;
 pub mod transport;
 pub mod wire;

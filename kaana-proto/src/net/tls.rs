@@ -15,7 +15,7 @@ use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::sign::CertifiedKey;
 use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, OtherError, SignatureScheme};
 
-use crate::identity::{Identity, NodeId};
+use crate::protocol::identity::{Identity, NodeId};
 
 /// The ALPN protocol id of this protocol's first version.
 pub const ALPN: &[u8] = b"kaana/1";

@@ -1,5 +1,9 @@
 //! QUIC endpoints and framed exchanges over them: the client that reaches a named node, and
 //! the stream-level frame I/O both sides use, each read under a time-out.
+//!
+//! Longer than 400 lines: the client, its connections and exchanges, and the frame reads and
+//! writes share their time-outs and error mapping; a sixth is the endpoint's tuning, each value
+//! explained.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
@@ -13,7 +17,7 @@ use thiserror::Error;
 
 use super::tls::{self, WrongNode};
 use super::wire::{self, ErrorReply, FrameError, Request, Response};
-use crate::identity::{Identity, NodeId};
+use crate::protocol::identity::{Identity, NodeId};
 
 /// How long a read of one frame (or one run of raw bytes) may take.
 pub const READ_TIMEOUT: Duration = Duration::from_secs(30);

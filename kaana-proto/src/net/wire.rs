@@ -1,6 +1,9 @@
 //! The wire format: versioned, length-prefixed JSON messages, where a message says so followed
 //! by a counted run of raw bytes.
 //!
+//! Longer than 400 lines: every message of the protocol in one place, as the wire's reference; a
+//! seventh is tests.
+//!
 //! A frame is a 4-byte big-endian length and that many bytes of JSON, at most [`MAX_FRAME`].
 //! Every message carries `"v"` ([`PROTOCOL_VERSION`]) and a `"kind"`. Each request opens its own bidirectional
 //! QUIC stream: request frame (and its raw bytes), then the reply frame (and its raw bytes).
@@ -10,11 +13,11 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::challenge::{Answer, Challenge, Receipt, Verdict};
-use crate::identity::NodeId;
-use crate::manifest::{ExtentHash, Manifest};
-use crate::market::{Contract, ContractBody, Notice, Offer, RecordId};
-use crate::record::Signed;
+use crate::protocol::challenge::{Answer, Challenge, Receipt, Verdict};
+use crate::protocol::identity::NodeId;
+use crate::protocol::manifest::{ExtentHash, Manifest};
+use crate::protocol::market::{Contract, ContractBody, Notice, Offer, RecordId};
+use crate::protocol::record::Signed;
 
 /// The protocol version every frame carries. 2: every answer states how the holder judges the
 /// challenger, challenges state the reverse, and a peer can be asked for its standing and a
@@ -136,7 +139,7 @@ pub enum Request {
         /// Where the extent starts in the volume.
         offset: u64,
         /// The BLAKE3 hash of the bytes that follow.
-        #[serde(with = "crate::encoding::hex32")]
+        #[serde(with = "crate::protocol::encoding::hex32")]
         hash: ExtentHash,
         /// How many bytes follow.
         len: u32,
@@ -160,7 +163,7 @@ pub enum Request {
         /// The contract.
         contract: RecordId,
         /// The extent's hash.
-        #[serde(with = "crate::encoding::hex32")]
+        #[serde(with = "crate::protocol::encoding::hex32")]
         hash: ExtentHash,
     },
     /// "Which contracts do we have?" (for a node rebuilt from its recovery phrase): answered with
@@ -363,7 +366,7 @@ impl From<FrameError> for ErrorReply {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::identity::Identity;
+    use crate::protocol::identity::Identity;
     use proptest::prelude::*;
 
     #[test]

@@ -1,0 +1,11 @@
+//! What ties the layers together: the server and its handlers ([`server`]), push and restore
+//! ([`backup`]), challenges and audits ([`audit`]), the holder's answers ([`answer`]), what the
+//! tools share on the command line ([`cli`]), and what a run takes from the machine: the
+//! clock, the environment, the OS's randomness ([`machine`]).
+
+pub mod answer;
+pub mod audit;
+pub mod backup;
+pub mod cli;
+pub mod machine;
+pub mod server;

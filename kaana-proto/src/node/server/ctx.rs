@@ -1,0 +1,144 @@
+//! What every request handler shares: the node, the server's options and caps, the board, the
+//! put permits, and who the server knows.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+
+use super::forward::Forwarding;
+use crate::net::transport::{self, Client};
+use crate::protocol::identity::NodeId;
+use crate::protocol::market::RecordId;
+use crate::store::board::StoredBoard;
+use crate::store::node::Node;
+
+/// Extents a server receives at once, in all (each is held in memory until stored).
+pub(super) const MAX_PUTS_AT_ONCE: usize = 8;
+/// Of those, one contract's at most.
+pub(super) const PUT_SHARE: usize = MAX_PUTS_AT_ONCE / 2;
+
+/// How the server runs.
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    /// Address to bind (port 0 picks one).
+    pub listen: SocketAddr,
+    /// Time-out on every read from a client.
+    pub read_timeout: Duration,
+    /// How long shutdown waits for requests in flight.
+    pub drain_timeout: Duration,
+    /// Connections at once, in all.
+    pub max_connections: usize,
+    /// Connections at once from one node.
+    pub max_connections_per_peer: usize,
+    /// Connections at once from strangers (nodes that are neither in the address book nor a
+    /// contract's peer), all together: fresh keys cost nothing, so they share one small budget.
+    pub max_stranger_connections: usize,
+    /// Connections at once from one stranger.
+    pub max_connections_per_stranger: usize,
+}
+
+impl ServerOptions {
+    /// Defaults for `listen`.
+    pub fn new(listen: SocketAddr) -> Self {
+        ServerOptions {
+            listen,
+            read_timeout: transport::READ_TIMEOUT,
+            drain_timeout: Duration::from_secs(30),
+            max_connections: 1024,
+            max_connections_per_peer: 16,
+            max_stranger_connections: 64,
+            max_connections_per_stranger: 2,
+        }
+    }
+}
+
+/// What every request handler shares.
+#[derive(Debug)]
+pub(super) struct Ctx {
+    /// The node served.
+    pub(super) node: Node,
+    pub(super) opts: ServerOptions,
+    /// Open connections per peer; the total is the sum.
+    pub(super) open: Mutex<HashMap<NodeId, usize>>,
+    /// The nodes this node knows (address book and contract peers), and when that was read.
+    pub(super) known: Mutex<Option<(std::time::Instant, std::collections::HashSet<NodeId>)>>,
+    /// The node's board, in memory and on disk.
+    pub(super) board: Mutex<StoredBoard>,
+    /// New offers waiting to be forwarded to other boards.
+    pub(super) forwarding: Forwarding,
+    /// For forwarding offers to other boards.
+    pub(super) client: Client,
+    /// Extents being received at once (each held in memory until it is stored).
+    pub(super) put_permits: Semaphore,
+    /// Each contract's share of those (half): one peer's stalled pushes cannot hold them all.
+    pub(super) put_shares: Mutex<HashMap<RecordId, Arc<Semaphore>>>,
+    /// Buffers for extents being received or sent, reused.
+    pub(super) buffers: crate::store::buffer::Pool,
+    /// Bytes stored per contract during pushes (to cap what a push may add).
+    pub(super) stored: Mutex<HashMap<RecordId, u64>>,
+}
+
+/// Holds one connection's place in the caps until dropped.
+pub(super) struct Slot {
+    ctx: Arc<Ctx>,
+    peer: NodeId,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Ok(mut open) = self.ctx.open.lock()
+            && let Some(n) = open.get_mut(&self.peer)
+        {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.peer);
+            }
+        }
+    }
+}
+
+/// How long the set of known nodes is trusted before it is read again.
+const KNOWN_FOR: Duration = Duration::from_secs(10);
+
+impl Ctx {
+    /// Whether `peer` is in the address book or a contract's peer (read at most every
+    /// [`KNOWN_FOR`]). Blocking.
+    pub(super) fn knows(&self, peer: &NodeId) -> bool {
+        let Ok(mut known) = self.known.lock() else { return false };
+        if known.as_ref().is_none_or(|(at, _)| at.elapsed() > KNOWN_FOR) {
+            let mut set: std::collections::HashSet<NodeId> =
+                self.node.address_book().map(|b| b.peers.into_keys().collect()).unwrap_or_default();
+            set.extend(self.node.contracts().unwrap_or_default().into_iter().map(|e| e.state.peer));
+            *known = Some((std::time::Instant::now(), set));
+        }
+        known.as_ref().is_some_and(|(_, set)| set.contains(peer))
+    }
+
+    pub(super) fn take_slot(self: &Arc<Self>, peer: NodeId, stranger: bool) -> Result<Slot, &'static str> {
+        let mut open = self.open.lock().map_err(|_| "internal error")?;
+        if open.values().sum::<usize>() >= self.opts.max_connections {
+            return Err("the server has too many connections");
+        }
+        if stranger {
+            let strangers: usize = open.iter().filter(|(p, _)| !self.was_known(p)).map(|(_, n)| n).sum();
+            if strangers >= self.opts.max_stranger_connections {
+                return Err("the server has too many connections from nodes it does not know");
+            }
+        }
+        let cap = if stranger { self.opts.max_connections_per_stranger } else { self.opts.max_connections_per_peer };
+        let n = open.entry(peer).or_default();
+        if *n >= cap {
+            return Err("too many connections from this node");
+        }
+        *n += 1;
+        Ok(Slot { ctx: self.clone(), peer })
+    }
+
+    /// Whether `peer` was known when the set was last read (no I/O).
+    fn was_known(&self, peer: &NodeId) -> bool {
+        self.known.lock().ok().and_then(|k| k.as_ref().map(|(_, set)| set.contains(peer))).unwrap_or(false)
+    }
+}

@@ -1,0 +1,284 @@
+//! The node server: the node's one network endpoint.
+//!
+//! Every connection is authenticated by its node key in the TLS handshake; every request is
+//! then answered on its own stream, with the client's node id passed to the handler so that it
+//! can authorise the request. The server caps connections (in all and per peer) and streams per
+//! connection, reads every frame under a time-out, answers a bad request with an error reply and
+//! goes on serving. On shutdown it stops taking work, lets requests in flight finish, and closes.
+
+mod audits;
+mod ctx;
+mod forward;
+mod market;
+mod sync;
+
+pub use ctx::ServerOptions;
+use ctx::{Ctx, MAX_PUTS_AT_ONCE};
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use quinn::{Endpoint, RecvStream, SendStream, VarInt};
+use tokio::sync::{Semaphore, mpsc, watch};
+
+use crate::net::tls::node_of_spki;
+use crate::net::transport::{self, CLOSE_BUSY, CLOSE_SHUTDOWN, Client, NetError, read_frame_within, write_frame};
+use crate::net::wire::{ErrorCode, ErrorReply, PROTOCOL_VERSION, Request, Response};
+use crate::node::machine::now_from_env;
+use crate::protocol::identity::NodeId;
+use crate::store::files::ServerInfo;
+use crate::store::home::Schema;
+use crate::store::node::Node;
+
+/// The largest frame a stranger may send: its requests are small (hello, an offer, a page of the
+/// board, an acceptance). It also keeps the handshake's first streams and window
+/// ([`transport::FIRST_STREAMS`], [`transport::FIRST_WINDOW`]) that a known node has raised; so
+/// all strangers together (at most [`ServerOptions::max_stranger_connections`]) have at most
+/// 64 × 256 KiB in flight toward the server.
+const STRANGER_MAX_FRAME: usize = 64 << 10;
+
+/// A bound server, ready to run.
+#[derive(Debug)]
+pub struct Server {
+    endpoint: Endpoint,
+    ctx: Arc<Ctx>,
+    /// Taken by [`Server::run`], which starts forwarding.
+    queues: Option<forward::ForwardQueues>,
+}
+
+/// Writes one line for the person running the server.
+fn log(msg: std::fmt::Arguments<'_>) {
+    eprintln!("kaana-sync serve: {msg}");
+}
+
+impl Server {
+    /// Binds the node's endpoint. Must be called inside a tokio runtime.
+    pub fn bind(node: Node, opts: ServerOptions) -> Result<Server, NetError> {
+        let now = now_from_env().map_err(|e| NetError::Setup(e.to_string()))?;
+        let board = market::load_board(&node, now).map_err(|e| NetError::Setup(e.to_string()))?;
+        let config = transport::server_config(&node.identity)?;
+        let endpoint = transport::endpoint(opts.listen, Some(config), transport::Traffic::Bulk)?;
+        let listen = endpoint.local_addr().map_err(|e| NetError::Setup(e.to_string()))?;
+        let info = ServerInfo { schema: Schema, node: node.id(), listen, pid: std::process::id() };
+        node.home.write(&node.home.server_info(), &info).map_err(|e| NetError::Setup(e.to_string()))?;
+        let client = Client::with_traffic(node.identity.clone(), transport::Traffic::Short);
+        let (forwarding, queues) = forward::Forwarding::new();
+        let ctx = Ctx {
+            node,
+            opts,
+            open: Mutex::new(HashMap::new()),
+            known: Mutex::new(None),
+            board: Mutex::new(board),
+            forwarding,
+            client,
+            put_permits: Semaphore::new(MAX_PUTS_AT_ONCE),
+            put_shares: Mutex::new(HashMap::new()),
+            buffers: crate::store::buffer::Pool::new(MAX_PUTS_AT_ONCE),
+            stored: Mutex::new(HashMap::new()),
+        };
+        Ok(Server { endpoint, ctx: Arc::new(ctx), queues: Some(queues) })
+    }
+
+    /// The address the server is bound to.
+    pub fn local_addr(&self) -> Result<SocketAddr, NetError> {
+        self.endpoint.local_addr().map_err(|e| NetError::Setup(e.to_string()))
+    }
+
+    /// Serves until `shutdown` completes, then drains and closes.
+    pub async fn run(mut self, shutdown: impl Future<Output = ()>) {
+        if let Some(queues) = self.queues.take() {
+            let ctx = self.ctx.clone();
+            queues.run(move |from, offer| {
+                let ctx = ctx.clone();
+                async move { market::forward(&ctx, from, offer).await }
+            });
+        }
+        let (stop_tx, stop_rx) = watch::channel(false);
+        // Every task holds a clone of `busy`; when all are dropped, the drain is over.
+        let (busy, mut idle) = mpsc::channel::<()>(1);
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                () = &mut shutdown => break,
+                incoming = self.endpoint.accept() => match incoming {
+                    Some(incoming) => {
+                        let task = handle_connection(self.ctx.clone(), incoming, stop_rx.clone(), busy.clone());
+                        tokio::spawn(task);
+                    }
+                    None => break,
+                },
+            }
+        }
+        log(format_args!("shutting down: no new work; finishing requests in flight"));
+        self.endpoint.set_server_config(None);
+        let _ = stop_tx.send(true);
+        drop(busy);
+        if tokio::time::timeout(self.ctx.opts.drain_timeout, idle.recv()).await.is_err() {
+            log(format_args!(
+                "requests still in flight after {}s; closing anyway",
+                self.ctx.opts.drain_timeout.as_secs()
+            ));
+        }
+        self.endpoint.close(VarInt::from_u32(CLOSE_SHUTDOWN), b"server shutting down");
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
+        log(format_args!("stopped"));
+    }
+}
+
+fn peer_of(conn: &quinn::Connection) -> Option<NodeId> {
+    let certs = conn.peer_identity()?.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>().ok()?;
+    node_of_spki(certs.first()?)
+}
+
+async fn handle_connection(
+    ctx: Arc<Ctx>,
+    incoming: quinn::Incoming,
+    mut stop: watch::Receiver<bool>,
+    busy: mpsc::Sender<()>,
+) {
+    let remote = incoming.remote_address();
+    let connecting = match incoming.accept() {
+        Ok(c) => c,
+        Err(e) => return log(format_args!("{remote}: handshake refused: {e}")),
+    };
+    let conn = match tokio::time::timeout(ctx.opts.read_timeout, connecting).await {
+        Ok(Ok(conn)) => conn,
+        Ok(Err(e)) => return log(format_args!("{remote}: handshake failed: {e}")),
+        Err(_) => return log(format_args!("{remote}: handshake timed out")),
+    };
+    let Some(peer) = peer_of(&conn) else {
+        conn.close(VarInt::from_u32(CLOSE_BUSY), b"no node key");
+        return;
+    };
+    let c = ctx.clone();
+    let stranger = !tokio::task::spawn_blocking(move || c.knows(&peer)).await.unwrap_or(false);
+    let _slot = match ctx.take_slot(peer, stranger) {
+        Ok(slot) => slot,
+        Err(why) => {
+            log(format_args!("{remote}: refused node {}: {why}", peer.short()));
+            conn.close(VarInt::from_u32(CLOSE_BUSY), why.as_bytes());
+            return;
+        }
+    };
+    if !stranger {
+        transport::open_up(&conn);
+    }
+    let max_frame = if stranger { STRANGER_MAX_FRAME } else { crate::net::wire::MAX_FRAME };
+    if silent_toward(&ctx, peer).await {
+        // A deliberate failure: toward this peer the node is one whose disk hung. Nothing it
+        // sends is read or answered; the connection ends when the peer gives up.
+        tokio::select! {
+            _ = stop.changed() => {}
+            _ = conn.closed() => {}
+        }
+        return;
+    }
+    loop {
+        tokio::select! {
+            _ = stop.changed() => break,
+            stream = conn.accept_bi() => match stream {
+                Ok((send, recv)) => {
+                    let stream = Stream { peer, max_frame, send, recv };
+                    tokio::spawn(handle_stream(ctx.clone(), conn.clone(), stream, busy.clone()));
+                }
+                Err(_) => break,
+            },
+        }
+    }
+}
+
+/// Whether a deliberate failure of this node keeps it silent toward `peer` now.
+async fn silent_toward(ctx: &Arc<Ctx>, peer: NodeId) -> bool {
+    let c = ctx.clone();
+    let silent = tokio::task::spawn_blocking(move || {
+        let now = now_from_env().ok()?;
+        Some(c.node.silent_peers(now).ok()?.contains(&peer))
+    });
+    matches!(silent.await, Ok(Some(true)))
+}
+
+/// A request's stream, and what its sender may send on it.
+struct Stream {
+    peer: NodeId,
+    /// The largest request frame read from this peer.
+    max_frame: usize,
+    send: SendStream,
+    recv: RecvStream,
+}
+
+async fn handle_stream(ctx: Arc<Ctx>, conn: quinn::Connection, stream: Stream, _busy: mpsc::Sender<()>) {
+    let Stream { peer, max_frame, mut send, mut recv } = stream;
+    let (response, raw) = match read_frame_within::<Request>(&mut recv, ctx.opts.read_timeout, max_frame).await {
+        Ok(Some(req)) => dispatch(&ctx, &conn, peer, req, &mut recv).await,
+        Ok(None) => return,
+        Err(NetError::Lost(_)) => return,
+        Err(e) => {
+            let reply = match e {
+                NetError::Frame(f) => ErrorReply::from(f),
+                NetError::Timeout { .. } => ErrorReply::new(ErrorCode::Timeout, e.to_string()),
+                other => ErrorReply::new(ErrorCode::BadFrame, other.to_string()),
+            };
+            log(format_args!("node {}: {}", peer.short(), reply.message));
+            (Response::Error(reply), None)
+        }
+    };
+    if matches!(response, Response::Error(_)) {
+        // Nothing more is read from this stream: whatever else the client sends is refused.
+        let _ = recv.stop(VarInt::from_u32(0));
+    }
+    let mut sent = write_frame(&mut send, &response).await;
+    if let (Ok(()), Some(raw)) = (&sent, raw) {
+        sent = send.write_chunk(raw).await.map_err(|e| NetError::Lost(e.to_string()));
+    }
+    if sent.is_ok() && send.finish().is_ok() {
+        // Wait until the client has the whole reply, so a shutdown never cuts it short.
+        let _ = tokio::time::timeout(ctx.opts.read_timeout, send.stopped()).await;
+    }
+}
+
+async fn dispatch(
+    ctx: &Arc<Ctx>,
+    conn: &quinn::Connection,
+    peer: NodeId,
+    req: Request,
+    recv: &mut RecvStream,
+) -> (Response, Option<bytes::Bytes>) {
+    let kind = req.kind();
+    let plain = |r: Result<Response, ErrorReply>| r.map(|r| (r, None));
+    let result = match req {
+        Request::Hello => Ok((
+            Response::Hello {
+                node: ctx.node.id(),
+                you: peer,
+                protocol: PROTOCOL_VERSION,
+                software: concat!("kaana-like ", env!("CARGO_PKG_VERSION")).to_owned(),
+            },
+            None,
+        )),
+        Request::Publish { offer } => plain(market::publish(ctx, peer, offer).await),
+        Request::ListOffers { after } => plain(market::list(ctx, after)),
+        Request::Accept { proposal, addrs } => plain(market::accept(ctx, peer, proposal, addrs).await),
+        Request::Notice { notice } => plain(market::notice(ctx, peer, notice).await),
+        Request::PushBegin { contract, volume_size, extent_size } => {
+            sync::push_begin(ctx, peer, contract, volume_size, extent_size).await
+        }
+        Request::PutExtent { contract, offset, hash, len } => {
+            sync::put_extent(ctx, peer, recv, contract, offset, hash, len).await
+        }
+        Request::Commit { contract, manifest } => sync::commit(ctx, peer, recv, contract, *manifest).await,
+        Request::GetManifest { contract } => sync::get_manifest(ctx, peer, contract).await,
+        Request::GetExtent { contract, hash } => sync::get_extent(ctx, peer, contract, hash).await,
+        Request::ListContracts => sync::list_contracts(ctx, peer).await,
+        Request::Challenge { challenge } => audits::answer(ctx, peer, challenge).await,
+        Request::Verdict { verdict } => audits::verdict(ctx, peer, verdict).await,
+        Request::Standing { contract } => audits::standing(ctx, peer, contract).await,
+        Request::Rechallenge { contract } => audits::rechallenge(ctx, conn, peer, contract).await,
+    };
+    result.unwrap_or_else(|e| {
+        log(format_args!("node {}: {kind} refused: {}", peer.short(), e.message));
+        (Response::Error(e), None)
+    })
+}

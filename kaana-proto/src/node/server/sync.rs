@@ -1,0 +1,329 @@
+//! The server's side of push and restore: the holder checks every extent's hash before it stores
+//! it, refuses anything past the contract's size, commits only owner-signed manifests of a newer
+//! generation, and gives a copy back only to its owner.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use quinn::RecvStream;
+use serde_json::json;
+use tokio::sync::Semaphore;
+
+use super::ctx::{Ctx, PUT_SHARE};
+use crate::net::transport::read_exact;
+use crate::net::wire::{ErrorCode, ErrorReply, Response};
+use crate::node::machine::now_from_env;
+use crate::protocol::challenge::Receipt;
+use crate::protocol::fairness::deliberate::Pretence;
+use crate::protocol::identity::NodeId;
+use crate::protocol::manifest::{ExtentHash, Geometry, MAX_EXTENT_SIZE, Manifest};
+use crate::protocol::market::RecordId;
+use crate::protocol::record::Signed;
+use crate::store::files::{ContractEntry, Status};
+use crate::store::inbound::{Inbound, InboundError};
+
+/// A reply and the raw bytes that follow it.
+pub(super) type Handled = Result<(Response, Option<Bytes>), ErrorReply>;
+
+/// The most extents a list may have (with 4 MiB extents, an 8 TiB volume).
+const MAX_LIST_EXTENTS: u64 = 2 << 20;
+
+fn internal(e: impl std::fmt::Display) -> ErrorReply {
+    ErrorReply::new(ErrorCode::Internal, e.to_string())
+}
+
+fn refused(msg: impl Into<String>) -> ErrorReply {
+    ErrorReply::new(ErrorCode::Refused, msg)
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ErrorReply> + Send + 'static,
+) -> Result<T, ErrorReply> {
+    tokio::task::spawn_blocking(f).await.map_err(internal)?
+}
+
+/// The contract `id`, if `peer` is its other side. `for_push`: it must also be active.
+fn authorise(ctx: &Ctx, peer: NodeId, id: &RecordId, for_push: bool) -> Result<(ContractEntry, Inbound), ErrorReply> {
+    let entry =
+        ctx.node.contract(id).map_err(|_| ErrorReply::new(ErrorCode::NotFound, format!("no contract {id} here")))?;
+    if entry.state.peer != peer {
+        return Err(ErrorReply::new(ErrorCode::Unauthorized, format!("node {peer} is not a side of contract {id}")));
+    }
+    match (&entry.state.status, for_push) {
+        (Status::Ended { .. }, _) => {
+            return Err(ErrorReply::new(
+                ErrorCode::NotFound,
+                format!("contract {id} has ended; no data is kept for it"),
+            ));
+        }
+        (Status::Terminated { notice, delete_after, .. }, true) => {
+            return Err(refused(format!(
+                "contract {id} is terminated by node {}'s notice of {}: no new data (what is held stays until {delete_after})",
+                notice.body.from, notice.body.at
+            )));
+        }
+        _ => {}
+    }
+    let inbound = Inbound::new(&ctx.node.config.storage, id);
+    Ok((entry, inbound))
+}
+
+fn map_inbound(e: InboundError) -> ErrorReply {
+    match e {
+        InboundError::HashMismatch(_) | InboundError::Manifest(_) => {
+            ErrorReply::new(ErrorCode::BadRequest, e.to_string())
+        }
+        InboundError::Missing(_) => refused(e.to_string()),
+        InboundError::State(s) => ErrorReply::new(ErrorCode::Internal, format!("the holder could not store it: {s}")),
+    }
+}
+
+/// `push_begin`: checks the volume fits the contract and says what is already here.
+pub(super) async fn push_begin(
+    ctx: &Arc<Ctx>,
+    peer: NodeId,
+    id: RecordId,
+    volume_size: u64,
+    extent_size: u32,
+) -> Handled {
+    let c = ctx.clone();
+    blocking(move || {
+        let (entry, inbound) = authorise(&c, peer, &id, true)?;
+        Geometry::new(volume_size, extent_size).map_err(|e| ErrorReply::new(ErrorCode::BadRequest, e.to_string()))?;
+        if volume_size > entry.contract.body.size {
+            return Err(refused(format!(
+                "a volume of {volume_size} bytes is more than contract {id} holds ({} bytes)",
+                entry.contract.body.size
+            )));
+        }
+        let now = now_from_env().map_err(internal)?;
+        // A deliberate failure under way shows the peer what its pretence says is here.
+        let pretence = entry.state.audit.as_ref().map_or(Pretence::Nothing, |p| p.pretence(now));
+        let mut committed = inbound.committed().map_err(internal)?.map(|(m, _)| m.body.generation);
+        let mut present = inbound.present().map_err(internal)?;
+        match pretence {
+            Pretence::Nothing => {}
+            Pretence::All => {
+                committed = None;
+                present.clear();
+            }
+            Pretence::Extents(bad) => present.retain(|(h, _)| !bad.contains(h)),
+        }
+        let stored = present.iter().map(|(_, len)| len).sum();
+        c.stored.lock().map_err(internal)?.insert(id, stored);
+        let have: Vec<u8> = present.iter().flat_map(|(h, _)| h.iter().copied()).collect();
+        Ok((Response::PushReady { committed, have: present.len() as u64 }, Some(have.into())))
+    })
+    .await
+}
+
+/// `put_extent`: reads the bytes, checks them against their hash, stores and syncs them.
+pub(super) async fn put_extent(
+    ctx: &Arc<Ctx>,
+    peer: NodeId,
+    recv: &mut RecvStream,
+    id: RecordId,
+    offset: u64,
+    hash: ExtentHash,
+    len: u32,
+) -> Handled {
+    let c = ctx.clone();
+    let (entry, inbound, on_disk) = blocking(move || {
+        let (entry, inbound) = authorise(&c, peer, &id, true)?;
+        // What the store holds already, when this server has not counted it yet (it restarted,
+        // or the peer skipped `push_begin`): the quota is what is on disk, not what was sent
+        // since.
+        let counted = c.stored.lock().map_err(internal)?.contains_key(&id);
+        let on_disk = if counted { 0 } else { inbound.stored_bytes().map_err(internal)? };
+        Ok((entry, inbound, on_disk))
+    })
+    .await?;
+    let size = entry.contract.body.size;
+    if len == 0 || len > MAX_EXTENT_SIZE || offset.saturating_add(u64::from(len)) > size {
+        return Err(refused(format!("{len} bytes at offset {offset} are past contract {id}'s size of {size} bytes")));
+    }
+    {
+        // Old and new generations live side by side during a push: at most twice the size.
+        let mut stored = ctx.stored.lock().map_err(internal)?;
+        let now = stored.entry(id).or_insert(on_disk);
+        if *now + u64::from(len) > 2 * size {
+            return Err(refused(format!("contract {id} already stores {now} bytes here; no more until a commit")));
+        }
+        *now += u64::from(len);
+    }
+    // The contract's share first, then a place among all: a peer that stalls its pushes holds
+    // at most half the places, and other contracts' pushes go on.
+    let share = {
+        let mut shares = ctx.put_shares.lock().map_err(internal)?;
+        shares.entry(id).or_insert_with(|| Arc::new(Semaphore::new(PUT_SHARE))).clone()
+    };
+    let _share = share.acquire_owned().await.map_err(internal)?;
+    let _permit = ctx.put_permits.acquire().await.map_err(internal)?;
+    let mut data = ctx.buffers.take_or_new();
+    data.set_len(len as usize);
+    let read = read_exact(recv, &mut data, ctx.opts.read_timeout, "extent bytes").await;
+    let result = match read {
+        Ok(()) => blocking(move || inbound.put(&hash, &data).map_err(map_inbound)).await,
+        Err(e) => Err(ErrorReply::new(ErrorCode::BadFrame, e.to_string())),
+    };
+    if result.is_err()
+        && let Ok(mut stored) = ctx.stored.lock()
+    {
+        let now = stored.entry(id).or_default();
+        *now = now.saturating_sub(u64::from(len));
+    }
+    result.map(|()| (Response::Stored, None))
+}
+
+/// Whether `peer` may commit `manifest` under contract `id`: a side of it, the owner's signed
+/// manifest for it, within its size, of a geometry whose extent count it states.
+fn check_commit(c: &Ctx, peer: NodeId, id: RecordId, manifest: &Signed<Manifest>) -> Result<Inbound, ErrorReply> {
+    let bad = |msg: String| ErrorReply::new(ErrorCode::BadRequest, msg);
+    let (entry, inbound) = authorise(c, peer, &id, true)?;
+    let m = &manifest.body;
+    if m.contract != id || m.owner != peer {
+        return Err(bad(format!("the manifest is not for contract {id} from node {peer}")));
+    }
+    manifest.verify_by(&peer).map_err(|e| {
+        ErrorReply::new(ErrorCode::Unauthorized, format!("the manifest is not signed by the owner: {e}"))
+    })?;
+    if m.volume_size > entry.contract.body.size {
+        return Err(refused(format!("a volume of {} bytes is more than contract {id} holds", m.volume_size)));
+    }
+    let g = m.geometry().map_err(|e| bad(e.to_string()))?;
+    if m.extent_count != g.count() || m.extent_count > MAX_LIST_EXTENTS {
+        return Err(bad(format!("{} extents do not fit the manifest's geometry", m.extent_count)));
+    }
+    Ok(inbound)
+}
+
+/// `commit`: the owner-signed manifest of a newer generation whose extents are all here.
+pub(super) async fn commit(
+    ctx: &Arc<Ctx>,
+    peer: NodeId,
+    recv: &mut RecvStream,
+    id: RecordId,
+    manifest: Signed<Manifest>,
+) -> Handled {
+    let bad = |msg: String| ErrorReply::new(ErrorCode::BadRequest, msg);
+    // Who asks, for what, and whether the manifest is the owner's and fits the contract: all
+    // checked before a byte of the list is read (its length is the manifest's own count).
+    let c = ctx.clone();
+    let manifest = blocking(move || check_commit(&c, peer, id, &manifest).map(|_| manifest)).await?;
+    let mut list = vec![0u8; (manifest.body.extent_count * 32) as usize];
+    read_exact(recv, &mut list, ctx.opts.read_timeout, "the extent list").await.map_err(|e| bad(e.to_string()))?;
+    let c = ctx.clone();
+    blocking(move || {
+        let inbound = check_commit(&c, peer, id, &manifest)?;
+        let m = &manifest.body;
+        let now = now_from_env().map_err(internal)?;
+        let receipt = Receipt {
+            contract: id,
+            owner: peer,
+            holder: c.node.id(),
+            generation: m.generation,
+            manifest: RecordId::of(m).map_err(internal)?,
+            at: now,
+        };
+        let receipt = Signed::sign(receipt, &c.node.identity).map_err(internal)?;
+        let _lock = c.node.home.lock().map_err(internal)?;
+        if let Some((current, _)) = inbound.committed().map_err(internal)?
+            && current.body.generation >= m.generation
+        {
+            return Err(refused(format!(
+                "generation {} is not newer than the committed generation {}",
+                m.generation, current.body.generation
+            )));
+        }
+        let freed = inbound.commit(&manifest, &list, receipt.clone()).map_err(map_inbound)?;
+        // The peer's copy here is whole again: what a scrub (or a deliberate failure's
+        // pretence) said was missing has been sent.
+        let mut state = c.node.contract(&id).map_err(internal)?.state;
+        let healed = state.audit.clone().map(|p| p.healed(now));
+        if state.awaiting_repush.is_some() || healed != state.audit {
+            state.awaiting_repush = None;
+            state.audit = healed;
+            c.node.save_contract_state(&id, &state).map_err(internal)?;
+        }
+        // What the new generation no longer needs goes after the reply.
+        let trash = inbound.clone();
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = trash.empty_trash() {
+                eprintln!("kaana-sync serve: {e}");
+            }
+        });
+        if let Ok(mut stored) = c.stored.lock() {
+            stored.remove(&id);
+        }
+        c.node
+            .log_event(
+                now,
+                "commit",
+                json!({"contract": id, "peer": peer, "generation": m.generation, "bytes": m.volume_size}),
+            )
+            .map_err(internal)?;
+        Ok((Response::Committed { generation: m.generation, freed, receipt }, None))
+    })
+    .await
+}
+
+/// What a deliberate failure under way pretends is missing here.
+fn pretence(entry: &ContractEntry) -> Result<Pretence, ErrorReply> {
+    let now = now_from_env().map_err(internal)?;
+    Ok(entry.state.audit.as_ref().map_or(Pretence::Nothing, |p| p.pretence(now)))
+}
+
+/// `get_manifest`: the committed manifest and its list, to its owner only.
+pub(super) async fn get_manifest(ctx: &Arc<Ctx>, peer: NodeId, id: RecordId) -> Handled {
+    let c = ctx.clone();
+    blocking(move || {
+        let (entry, inbound) = authorise(&c, peer, &id, false)?;
+        // A deliberate failure shows what its pretence says is here, to every request alike.
+        let held = match pretence(&entry)? {
+            Pretence::All => None,
+            _ => inbound.committed_with_receipt().map_err(internal)?,
+        };
+        match held {
+            Some((manifest, list, receipt)) => {
+                Ok((Response::ManifestIs { manifest: Box::new(manifest), receipt }, Some(list.into())))
+            }
+            None => {
+                Err(ErrorReply::new(ErrorCode::NotFound, format!("no generation of contract {id} is committed here")))
+            }
+        }
+    })
+    .await
+}
+
+/// `get_extent`: one extent, to its owner only.
+pub(super) async fn get_extent(ctx: &Arc<Ctx>, peer: NodeId, id: RecordId, hash: ExtentHash) -> Handled {
+    let c = ctx.clone();
+    let mut data = ctx.buffers.take_or_new();
+    blocking(move || {
+        let (entry, inbound) = authorise(&c, peer, &id, false)?;
+        let hidden = match pretence(&entry)? {
+            Pretence::All => true,
+            Pretence::Extents(bad) => bad.contains(&hash),
+            Pretence::Nothing => false,
+        };
+        match !hidden && inbound.read_into(&hash, &mut data).map_err(internal)? {
+            true => Ok((Response::ExtentIs { len: data.len() as u32 }, Some(data.into_bytes()))),
+            false => Err(ErrorReply::new(
+                ErrorCode::NotFound,
+                format!("extent {} of contract {id} is not here", crate::protocol::encoding::hex_encode(&hash)),
+            )),
+        }
+    })
+    .await
+}
+
+/// `list_contracts`: every contract the asking node is a side of.
+pub(super) async fn list_contracts(ctx: &Arc<Ctx>, peer: NodeId) -> Handled {
+    let c = ctx.clone();
+    blocking(move || {
+        let contracts = c.node.contracts().map_err(internal)?;
+        let mine = contracts.into_iter().filter(|e| e.state.peer == peer).map(|e| e.contract).collect();
+        Ok((Response::Contracts { contracts: mine }, None))
+    })
+    .await
+}

@@ -1,0 +1,753 @@
+//! A holder's store of one peer's copy under one contract:
+//! `<storage>/inbound/<contract>/`.
+//!
+//! Longer than 400 lines: the holder's store and the owner's record share its file layout, its
+//! lock and its crash-safe writes; a fifth is tests.
+//!
+//! Extents are content-addressed files (`extents/ab/abcd…`), each written to a temp file,
+//! synced, and renamed into place only if its bytes hash to its name. A generation is committed
+//! by writing its extent list (`lists/<gen>.bin`) and then, atomically, `committed.json` (the
+//! owner-signed manifest and the holder's receipt of it): that rename is the commit point, so a
+//! crash anywhere leaves the previous generation whole. After a commit, extents and lists it
+//! does not reference are dropped.
+//!
+//! Answers to challenges read a committed generation's extents while a commit may be replacing
+//! it, in another process or thread: so answers hold the store's `.lock` shared, and a commit
+//! (and anything else that removes extents a generation may name) holds it exclusively. An
+//! answer thus sees one whole generation, never a half-dropped one.
+
+use std::collections::HashSet;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write as _};
+use std::os::unix::fs::OpenOptionsExt as _;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::protocol::challenge::{self, Receipt};
+use crate::protocol::encoding;
+use crate::protocol::manifest::{ExtentHash, Geometry, Manifest, ManifestError};
+use crate::protocol::market::RecordId;
+use crate::protocol::proof;
+use crate::protocol::record::Signed;
+use crate::store::buffer::AlignedBuf;
+use crate::store::home::{Schema, StateError, create_dir, write_atomic};
+
+/// Why the store refused or failed.
+#[derive(Debug, Error)]
+pub enum InboundError {
+    /// The bytes do not hash to the extent's id.
+    #[error("extent bytes do not match their hash {}", encoding::hex_encode(.0))]
+    HashMismatch(ExtentHash),
+    /// The manifest names extents the store does not have.
+    #[error("{0} extents of the manifest have not been received")]
+    Missing(usize),
+    /// The manifest or its list is wrong.
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    /// The disk failed or is full.
+    #[error(transparent)]
+    State(#[from] StateError),
+}
+
+/// `committed.json`: the committed generation's owner-signed manifest.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Committed {
+    /// Always 1.
+    pub schema: Schema,
+    /// The manifest.
+    pub manifest: Signed<Manifest>,
+    /// In the owner's record: the holder's signed receipt of this generation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub receipt: Option<Signed<Receipt>>,
+}
+
+/// A committed generation: the owner-signed manifest and its extent list.
+pub type CommittedCopy = (Signed<Manifest>, Vec<u8>);
+
+/// A committed generation as the owner records it: with the holder's receipt.
+pub type RecordedCopy = (Signed<Manifest>, Vec<u8>, Option<Signed<Receipt>>);
+
+/// A chunk and its proof: the siblings' chaining values, nearest the chunk first.
+pub type ChunkProof = (Vec<u8>, Vec<[u8; 32]>);
+
+/// One contract's inbound store.
+#[derive(Debug, Clone)]
+pub struct Inbound {
+    dir: PathBuf,
+}
+
+impl Inbound {
+    /// The store for `contract` under the node's storage directory.
+    pub fn new(storage: &Path, contract: &RecordId) -> Self {
+        Inbound { dir: storage.join("inbound").join(contract.to_string()) }
+    }
+
+    /// The owner's record of what the holder of `contract` last committed:
+    /// `<home>/outbound/<contract>/`, laid out like a holder's store without the extents.
+    pub fn outbound(home: &Path, contract: &RecordId) -> Self {
+        Inbound { dir: home.join("outbound").join(contract.to_string()) }
+    }
+
+    /// A store at `dir` (to clean up one whose contract is unknown).
+    pub fn at_dir(dir: &Path) -> Self {
+        Inbound { dir: dir.to_owned() }
+    }
+
+    /// Its directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn extents_dir(&self) -> PathBuf {
+        self.dir.join("extents")
+    }
+
+    fn extent_path(&self, hash: &ExtentHash) -> PathBuf {
+        let hex = encoding::hex_encode(hash);
+        self.extents_dir().join(&hex[..2]).join(hex)
+    }
+
+    fn list_path(&self, generation: u64) -> PathBuf {
+        self.dir.join("lists").join(format!("{generation}.bin"))
+    }
+
+    fn committed_path(&self) -> PathBuf {
+        self.dir.join("committed.json")
+    }
+
+    /// Takes the store's lock: shared to read a committed generation, exclusive to replace or
+    /// drop one. `None` (nothing to hold) when the store does not exist and `exclusive` is false.
+    pub fn lock(&self, exclusive: bool) -> Result<Option<File>, StateError> {
+        let path = self.dir.join(".lock");
+        if exclusive {
+            create_dir(&self.dir)?;
+        }
+        let file = match OpenOptions::new().create(true).truncate(false).write(true).mode(0o600).open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound && !exclusive => return Ok(None),
+            Err(e) => return Err(StateError::io(&path, e)),
+        };
+        if exclusive { file.lock() } else { file.lock_shared() }.map_err(|e| StateError::io(&path, e))?;
+        Ok(Some(file))
+    }
+
+    /// Whether the extent is stored.
+    pub fn has(&self, hash: &ExtentHash) -> bool {
+        self.extent_path(hash).is_file()
+    }
+
+    /// Bytes of the extents stored (what counts against a contract's quota).
+    pub fn stored_bytes(&self) -> Result<u64, StateError> {
+        Ok(self.present()?.iter().map(|(_, len)| len).sum())
+    }
+
+    /// Every stored extent, with its size.
+    pub fn present(&self) -> Result<Vec<(ExtentHash, u64)>, StateError> {
+        let mut out = Vec::new();
+        let root = self.extents_dir();
+        for sub in read_dir_or_empty(&root)? {
+            if !sub.is_dir() {
+                continue;
+            }
+            for path in read_dir_or_empty(&sub)? {
+                let Some(name) = path.file_name().and_then(|n| n.to_str()) else { continue };
+                let Ok(hash) = encoding::hex_decode::<32>(name) else { continue };
+                // An extent a commit moved aside meanwhile is not present.
+                match fs::metadata(&path) {
+                    Ok(m) => out.push((hash, m.len())),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(StateError::io(&path, e)),
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn outboard_path(&self, hash: &ExtentHash) -> PathBuf {
+        self.extent_path(hash).with_extension("ob")
+    }
+
+    /// Stores an extent after checking its bytes hash to `hash`, synced to disk before it is
+    /// renamed into place, and that name synced too (written straight to the device when `data`
+    /// is aligned for it). Its outboard (for chunk proofs) is made in the same pass and written
+    /// beside it; it is a cache, remade from the extent if it is ever lost or wrong.
+    pub fn put(&self, hash: &ExtentHash, data: &[u8]) -> Result<(), InboundError> {
+        let (groups, root) = proof::outboard(data);
+        if root.as_bytes() != hash {
+            return Err(InboundError::HashMismatch(*hash));
+        }
+        let path = self.extent_path(hash);
+        if path.is_file() {
+            return Ok(());
+        }
+        let dir = path.parent().unwrap_or(&self.dir).to_owned();
+        create_dir(&dir)?;
+        if !groups.is_empty() {
+            let ob: Vec<u8> = groups.iter().flatten().copied().collect();
+            let ob_path = self.outboard_path(hash);
+            write_private(&ob_path, &ob).map_err(|e| StateError::io(&ob_path, e))?;
+        }
+        let tmp = dir.join(format!(".{}.{}.tmp", std::process::id(), next_tmp()));
+        let result = (|| {
+            let f = crate::store::buffer::create_file(&tmp, data)?;
+            f.sync_data()?;
+            fs::rename(&tmp, &path)
+        })();
+        result.map_err(|e| {
+            let _ = fs::remove_file(&tmp);
+            InboundError::State(StateError::io(&path, e))
+        })?;
+        // The name is durable before the holder says "stored" (a commit relies on it): the
+        // extent's directory, and the directories above it, which a put may have just created
+        // (another put may have created them a moment ago and not synced them yet; syncing a
+        // directory with nothing new is cheap).
+        for d in [dir.as_path(), &self.extents_dir(), &self.dir] {
+            sync_dir(d)?;
+        }
+        Ok(())
+    }
+
+    /// Reads an extent into `buf`; false if it is not stored.
+    pub fn read_into(&self, hash: &ExtentHash, buf: &mut AlignedBuf) -> Result<bool, StateError> {
+        let path = self.extent_path(hash);
+        match crate::store::buffer::read_file(&path, buf) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(StateError::io(&path, e)),
+        }
+    }
+
+    /// Chunk `index` of a stored extent of `len` bytes and its proof (siblings nearest the chunk
+    /// first); `None` if the extent is not stored (or is shorter than it should be).
+    pub fn prove(&self, hash: &ExtentHash, len: u64, index: u64) -> Result<Option<ChunkProof>, StateError> {
+        Ok(self.prove_counting(hash, len, index)?.map(|(proof, _)| proof))
+    }
+
+    /// [`Inbound::prove`], also saying how many bytes it read from disk.
+    fn prove_counting(&self, hash: &ExtentHash, len: u64, index: u64) -> Result<Option<(ChunkProof, u64)>, StateError> {
+        use std::os::unix::fs::FileExt as _;
+        let path = self.extent_path(hash);
+        let file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(StateError::io(&path, e)),
+        };
+        if index >= proof::chunks(len) {
+            return Ok(None);
+        }
+        let (group_start, group_len) = if len <= proof::GROUP {
+            (0, len)
+        } else {
+            let start = index * proof::CHUNK / proof::GROUP * proof::GROUP;
+            (start, (len - start).min(proof::GROUP))
+        };
+        let mut group = vec![0u8; group_len as usize];
+        if file.read_exact_at(&mut group, group_start).is_err() {
+            return Ok(None);
+        }
+        let groups = if len <= proof::GROUP { Vec::new() } else { self.outboard(hash, &path, len)? };
+        let siblings = proof::prove(len, index, &group, &groups);
+        let from = (index * proof::CHUNK - group_start) as usize;
+        let chunk = group[from..from + proof::chunk_len(len, index)].to_vec();
+        let read = group_len + 32 * groups.len() as u64;
+        Ok(Some(((chunk, siblings), read)))
+    }
+
+    /// The raw answer to a challenge's `picks` of the copy whose extents are `hashes`: each
+    /// chunk and its proof (up to `depth` levels below the root where the extent splits evenly
+    /// there); what is not stored, cannot be read, or is in `unreadable` (what a deliberate
+    /// failure pretends), comes back as zeros of the right length, which fails the check. Also
+    /// returns how many bytes it read from disk. The caller holds the store's lock, shared.
+    pub fn answer(
+        &self,
+        g: Geometry,
+        hashes: &[ExtentHash],
+        picks: &[[u64; 2]],
+        depth: u32,
+        unreadable: &HashSet<ExtentHash>,
+    ) -> Result<(Vec<u8>, u64), StateError> {
+        let mut raw = Vec::with_capacity(challenge::answer_len(g, picks, depth).unwrap_or(0));
+        let mut read = 0;
+        for [e, ci] in picks {
+            let len = g.len(*e) as u64;
+            if *ci >= proof::chunks(len) {
+                continue;
+            }
+            // An extent that cannot be read is as good as missing: its samples fail.
+            let proved = match hashes.get(*e as usize).filter(|h| !unreadable.contains(*h)) {
+                Some(hash) => self.prove_counting(hash, len, *ci).unwrap_or(None),
+                None => None,
+            };
+            let siblings_len = proof::proof_len_to(len, *ci, depth);
+            match proved {
+                Some(((chunk, mut siblings), n)) => {
+                    read += n;
+                    // Nearest the chunk first: what is cut is the part above the tops.
+                    siblings.truncate(siblings_len);
+                    challenge::encode_item(&mut raw, &chunk, &siblings);
+                }
+                None => raw.resize(raw.len() + proof::chunk_len(len, *ci) + 32 * siblings_len, 0),
+            }
+        }
+        Ok((raw, read))
+    }
+
+    /// The extent's outboard, remade from the extent if missing or not matching its hash.
+    fn outboard(&self, hash: &ExtentHash, path: &Path, len: u64) -> Result<Vec<[u8; 32]>, StateError> {
+        let ob_path = self.outboard_path(hash);
+        if let Ok(bytes) = fs::read(&ob_path) {
+            let groups: Vec<[u8; 32]> = bytes.chunks_exact(32).map(|c| c.try_into().unwrap_or([0; 32])).collect();
+            if proof::outboard_root(len, &groups).is_some_and(|r| r.as_bytes() == hash) {
+                return Ok(groups);
+            }
+        }
+        // The outboard is a cache: remake it from the extent (whose own bytes decide the answer).
+        let data = fs::read(path).map_err(|e| StateError::io(path, e))?;
+        let (groups, _) = proof::outboard(&data);
+        let ob: Vec<u8> = groups.iter().flatten().copied().collect();
+        let _ = write_private(&ob_path, &ob);
+        Ok(groups)
+    }
+
+    /// The committed generation's manifest and extent list, if any.
+    pub fn committed(&self) -> Result<Option<CommittedCopy>, StateError> {
+        Ok(self.committed_with_receipt()?.map(|(m, list, _)| (m, list)))
+    }
+
+    /// The committed generation's manifest, extent list, and (in an owner's record) receipt.
+    pub fn committed_with_receipt(&self) -> Result<Option<RecordedCopy>, StateError> {
+        let path = self.committed_path();
+        let Some(c) = crate::store::home::Home::at(&self.dir).read_optional::<Committed>(&path)? else {
+            return Ok(None);
+        };
+        let list_path = self.list_path(c.manifest.body.generation);
+        let list = fs::read(&list_path).map_err(|e| StateError::io(&list_path, e))?;
+        c.manifest.body.check_list(&list).map_err(|e| StateError::damaged(&list_path, e))?;
+        Ok(Some((c.manifest, list, c.receipt)))
+    }
+
+    /// Commits a generation, with the holder's `receipt` of it: every extent it names must be
+    /// stored. Then moves what it does not reference to the trash (see
+    /// [`Inbound::empty_trash`]). Returns the bytes dropped. Holds the store's lock exclusively.
+    pub fn commit(
+        &self,
+        manifest: &Signed<Manifest>,
+        list: &[u8],
+        receipt: Signed<Receipt>,
+    ) -> Result<u64, InboundError> {
+        let hashes = manifest.body.check_list(list)?;
+        let _lock = self.lock(true)?;
+        let missing = hashes.iter().filter(|h| !self.has(h)).count();
+        if missing > 0 {
+            return Err(InboundError::Missing(missing));
+        }
+        // Every extent named is on disk under its name already: `put` synced it and its directory.
+        self.record(manifest, list, Some(receipt))?;
+        let keep: HashSet<ExtentHash> = hashes.into_iter().collect();
+        Ok(self.drop_unreferenced(&keep, Some(manifest.body.generation))?)
+    }
+
+    /// Writes a generation's list, then (atomically: the commit point) `committed.json`.
+    pub fn record(
+        &self,
+        manifest: &Signed<Manifest>,
+        list: &[u8],
+        receipt: Option<Signed<Receipt>>,
+    ) -> Result<(), StateError> {
+        let list_path = self.list_path(manifest.body.generation);
+        create_dir(list_path.parent().unwrap_or(&self.dir))?;
+        write_atomic(&list_path, list)?;
+        let committed = Committed { schema: Schema, manifest: manifest.clone(), receipt };
+        crate::store::home::Home::at(&self.dir).write(&self.committed_path(), &committed)?;
+        for path in read_dir_or_empty(&self.dir.join("lists"))? {
+            if path != list_path {
+                remove_file(&path)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Moves extents not in `keep` and temp files to the trash, and removes lists of other
+    /// generations than `keep_list`. Returns the bytes moved. Renames are quick where deleting
+    /// a large file is not (some 1.3 ms per 4 MiB extent here), so a commit does not wait for it.
+    pub fn drop_unreferenced(&self, keep: &HashSet<ExtentHash>, keep_list: Option<u64>) -> Result<u64, StateError> {
+        let mut freed = 0;
+        let trash = self.trash_dir();
+        create_dir(&trash)?;
+        for sub in read_dir_or_empty(&self.extents_dir())? {
+            for path in read_dir_or_empty(&sub)? {
+                let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+                let stem = name.strip_suffix(".ob").unwrap_or(name);
+                let referenced = encoding::hex_decode::<32>(stem).is_ok_and(|h| keep.contains(&h));
+                if !referenced {
+                    freed += fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+                    match fs::rename(&path, trash.join(name)) {
+                        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(StateError::io(&path, e)),
+                        _ => {}
+                    }
+                }
+            }
+        }
+        for path in read_dir_or_empty(&self.dir.join("lists"))? {
+            let generation = path.file_stem().and_then(|n| n.to_str()).and_then(|n| n.parse::<u64>().ok());
+            if generation.is_none() || generation != keep_list {
+                remove_file(&path)?;
+            }
+        }
+        Ok(freed)
+    }
+
+    fn trash_dir(&self) -> PathBuf {
+        self.dir.join("trash")
+    }
+
+    /// Deletes what [`Inbound::drop_unreferenced`] moved to the trash. Safe to repeat, and to
+    /// run beside pushes and commits (nothing in the trash is ever needed again).
+    pub fn empty_trash(&self) -> Result<(), StateError> {
+        for path in read_dir_or_empty(&self.trash_dir())? {
+            remove_file(&path)?;
+        }
+        Ok(())
+    }
+
+    /// Checks every extent of the committed generation against its hash, as a holder does when
+    /// its peer says it failed a challenge; moves those that are missing, unreadable or wrong
+    /// to the trash, so the owner's next push sends them again. Returns how many it found bad.
+    pub fn scrub(&self) -> Result<usize, StateError> {
+        let Some((manifest, list)) = self.committed()? else { return Ok(0) };
+        let hashes = manifest.body.check_list(&list).map_err(|e| StateError::damaged(&self.dir, e))?;
+        let unique: HashSet<ExtentHash> = hashes.into_iter().collect();
+        let trash = self.trash_dir();
+        let mut bad = 0;
+        let good =
+            |path: &Path, hash: &ExtentHash| fs::read(path).is_ok_and(|data| blake3::hash(&data).as_bytes() == hash);
+        for hash in unique {
+            let path = self.extent_path(&hash);
+            if !good(&path, &hash) {
+                // Briefly exclusive: an answer under way sees the extent or its absence, whole;
+                // and looked at again under the lock, as a push may have just sent it again.
+                let _lock = self.lock(true)?;
+                if good(&path, &hash) {
+                    continue;
+                }
+                bad += 1;
+                create_dir(&trash)?;
+                for p in [path.clone(), self.outboard_path(&hash)] {
+                    let name = p.file_name().map(|n| n.to_owned()).unwrap_or_default();
+                    match fs::rename(&p, trash.join(name)) {
+                        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(StateError::io(&p, e)),
+                        _ => {}
+                    }
+                }
+            }
+        }
+        Ok(bad)
+    }
+
+    /// In an owner's record: the hashes of the volume's own bytes (before the keystream) at
+    /// generation `generation`, if kept. A cache that lets a push skip unchanged extents.
+    pub fn raw_hashes(&self, generation: u64) -> Option<Vec<ExtentHash>> {
+        self.read_values("raw", generation)
+    }
+
+    /// Keeps the raw hashes of generation `generation` (and drops older ones).
+    pub fn save_raw_hashes(&self, generation: u64, raw: &[u8]) -> Result<(), StateError> {
+        self.save_values("raw", generation, raw)
+    }
+
+    /// In an owner's record: the tops of every extent of generation `generation`
+    /// ([`proof::TOP_LEVELS`] levels down; zeros for an extent without tops), if kept. What lets
+    /// this node's challenges ask for shorter proofs.
+    pub fn tops(&self, generation: u64) -> Option<Vec<[u8; 32]>> {
+        self.read_values("tops", generation)
+    }
+
+    /// Keeps the tops of generation `generation` (and drops older ones).
+    pub fn save_tops(&self, generation: u64, tops: &[u8]) -> Result<(), StateError> {
+        self.save_values("tops", generation, tops)
+    }
+
+    /// `<kind>-<generation>.bin`: 32-byte values.
+    fn read_values(&self, kind: &str, generation: u64) -> Option<Vec<[u8; 32]>> {
+        let bytes = fs::read(self.dir.join(format!("{kind}-{generation}.bin"))).ok()?;
+        (bytes.len() % 32 == 0).then(|| bytes.chunks_exact(32).map(|c| c.try_into().unwrap_or([0; 32])).collect())
+    }
+
+    fn save_values(&self, kind: &str, generation: u64, values: &[u8]) -> Result<(), StateError> {
+        let name = format!("{kind}-{generation}.bin");
+        write_atomic(&self.dir.join(&name), values)?;
+        for path in read_dir_or_empty(&self.dir)? {
+            let file = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            if file.starts_with(&format!("{kind}-")) && file != name {
+                remove_file(&path)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Files of this store that no committed generation needs and that are older than `before`:
+    /// extents (and their outboards) of interrupted pushes, temp files, old lists, a trash a
+    /// server did not get to empty. With their sizes.
+    pub fn leftovers(&self, before: std::time::SystemTime) -> Result<Vec<(PathBuf, u64)>, StateError> {
+        let committed = self.committed()?;
+        let generation = committed.as_ref().map(|(m, _)| m.body.generation);
+        let keep: HashSet<ExtentHash> = match &committed {
+            Some((m, list)) => {
+                m.body.check_list(list).map_err(|e| StateError::damaged(&self.dir, e))?.into_iter().collect()
+            }
+            None => HashSet::new(),
+        };
+        let mut out = Vec::new();
+        let mut consider = |path: PathBuf| -> Result<(), StateError> {
+            // A file gone meanwhile (a trash being emptied) is no leftover.
+            let meta = match fs::metadata(&path) {
+                Ok(m) => m,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+                Err(e) => return Err(StateError::io(&path, e)),
+            };
+            if meta.modified().is_ok_and(|m| m < before) {
+                out.push((path, meta.len()));
+            }
+            Ok(())
+        };
+        for sub in read_dir_or_empty(&self.extents_dir())? {
+            for path in read_dir_or_empty(&sub)? {
+                let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+                let stem = name.strip_suffix(".ob").unwrap_or(name);
+                if !encoding::hex_decode::<32>(stem).is_ok_and(|h| keep.contains(&h)) {
+                    consider(path)?;
+                }
+            }
+        }
+        for path in read_dir_or_empty(&self.dir.join("lists"))? {
+            let g = path.file_stem().and_then(|n| n.to_str()).and_then(|n| n.parse::<u64>().ok());
+            if g.is_none() || g != generation {
+                consider(path)?;
+            }
+        }
+        for path in read_dir_or_empty(&self.trash_dir())? {
+            consider(path)?;
+        }
+        Ok(out)
+    }
+
+    /// Bytes the store takes on disk (extents, outboards, lists).
+    pub fn size_on_disk(&self) -> u64 {
+        fn walk(dir: &Path) -> u64 {
+            let Ok(entries) = fs::read_dir(dir) else { return 0 };
+            entries
+                .flatten()
+                .map(|e| match e.file_type() {
+                    Ok(t) if t.is_dir() => walk(&e.path()),
+                    _ => e.metadata().map(|m| m.len()).unwrap_or(0),
+                })
+                .sum()
+        }
+        walk(&self.dir)
+    }
+
+    /// Removes [`Inbound::leftovers`] older than `before`, found again under the store's lock
+    /// (so a commit since the plan was made never loses an extent it now names). Returns the
+    /// bytes freed.
+    pub fn remove_leftovers(&self, before: std::time::SystemTime) -> Result<u64, StateError> {
+        let _lock = self.lock(true)?;
+        let mut freed = 0;
+        for (path, len) in self.leftovers(before)? {
+            remove_file(&path)?;
+            freed += len;
+        }
+        Ok(freed)
+    }
+
+    /// Removes the whole store (its data is owed no longer), holding its lock: an answer under
+    /// way finishes first. Safe to repeat.
+    pub fn remove_all(&self) -> Result<(), StateError> {
+        let _lock = if self.dir.exists() { self.lock(true)? } else { None };
+        match fs::remove_dir_all(&self.dir) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(StateError::io(&self.dir, e)),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Writes a file readable by its owner only (a cache: not synced).
+fn write_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?.write_all(bytes)
+}
+
+fn next_tmp() -> u64 {
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+fn read_dir_or_empty(dir: &Path) -> Result<Vec<PathBuf>, StateError> {
+    match fs::read_dir(dir) {
+        Ok(entries) => entries.map(|e| e.map(|e| e.path()).map_err(|e| StateError::io(dir, e))).collect(),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(StateError::io(dir, e)),
+    }
+}
+
+fn remove_file(path: &Path) -> Result<(), StateError> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(StateError::io(path, e)),
+        _ => Ok(()),
+    }
+}
+
+fn sync_dir(dir: &Path) -> Result<(), StateError> {
+    File::open(dir).and_then(|d| d.sync_all()).map_err(|e| StateError::io(dir, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::challenge::{Rng, check, pick};
+
+    fn extent(i: u64, len: usize) -> Vec<u8> {
+        let mut rng = Rng::from_seed([i as u8; 32]);
+        (0..len).map(|_| rng.below(256) as u8).collect()
+    }
+
+    /// A holder that lost 10% of the extents fails a default challenge in at least 99% of runs;
+    /// one that overwrote them likewise; an honest one always passes.
+    #[test]
+    fn a_holder_missing_ten_percent_is_caught() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Inbound { dir: dir.path().to_owned() };
+        let g = Geometry::new(100 * 65_536 - 3_000, 65_536).unwrap();
+        let depth = proof::TOP_LEVELS;
+        let (hashes, tops): (Vec<ExtentHash>, Vec<Vec<[u8; 32]>>) = (0..g.count())
+            .map(|i| {
+                let data = extent(i, g.len(i));
+                let (hash, tops) = proof::hash_with_tops(&data, depth);
+                store.put(hash.as_bytes(), &data).unwrap();
+                (*hash.as_bytes(), tops)
+            })
+            .unzip();
+        let runs = 1_000;
+        let caught = |store: &Inbound| {
+            (0..runs)
+                .filter(|i| {
+                    let mut rng = Rng::from_seed(blake3::hash(&u64::to_le_bytes(*i)).into());
+                    let picks = pick(g, challenge::DEFAULT_SAMPLES, &mut rng);
+                    let (raw, _) = store.answer(g, &hashes, &picks, depth, &HashSet::new()).unwrap();
+                    let tops = challenge::tops_for(g, &hashes, &picks, depth, |e| Some(tops[e as usize].clone()));
+                    check(g, &hashes, &picks, &raw, depth, &tops.unwrap()) > 0
+                })
+                .count()
+        };
+        assert_eq!(caught(&store), 0, "an honest holder passes");
+        // Lose 10 of the 100 extents: 5 deleted, 5 overwritten with other bytes.
+        for (n, hash) in hashes.iter().enumerate().filter(|(n, _)| n % 10 == 3) {
+            let path = store.extent_path(hash);
+            if n < 50 {
+                fs::remove_file(&path).unwrap();
+            } else {
+                fs::write(&path, extent(1_000 + n as u64, g.len(n as u64))).unwrap();
+            }
+        }
+        let caught = caught(&store);
+        assert!(caught * 100 >= runs as usize * 99, "caught {caught} of {runs}");
+    }
+
+    /// A commit moves what the new generation does not name to the trash at once (it is no
+    /// longer offered to a push) and deletes it later; a trash left behind is a leftover.
+    #[test]
+    fn a_commit_trashes_what_it_no_longer_needs() {
+        use crate::protocol::identity::Identity;
+        use crate::protocol::manifest::{encode_list, list_hash};
+        let dir = tempfile::tempdir().unwrap();
+        let store = Inbound { dir: dir.path().to_owned() };
+        let (old, new) = (extent(1, 8192), extent(2, 8192));
+        let (old_hash, new_hash) = (*blake3::hash(&old).as_bytes(), *blake3::hash(&new).as_bytes());
+        store.put(&old_hash, &old).unwrap();
+        store.put(&new_hash, &new).unwrap();
+        let owner = Identity::from_seed([9; 32]);
+        let list = encode_list(&[new_hash]);
+        let manifest = Manifest {
+            contract: "55".repeat(32).parse().unwrap(),
+            owner: owner.node_id(),
+            generation: 1,
+            volume_size: 8192,
+            extent_size: 8192,
+            extent_count: 1,
+            extents: encoding::hex_encode(&list_hash(&list)),
+            created_at: "2026-11-29T10:00:00Z".parse().unwrap(),
+        };
+        let manifest = Signed::sign(manifest, &owner).unwrap();
+        let receipt = Receipt {
+            contract: manifest.body.contract,
+            owner: owner.node_id(),
+            holder: owner.node_id(),
+            generation: 1,
+            manifest: RecordId::of(&manifest.body).unwrap(),
+            at: manifest.body.created_at,
+        };
+        let freed = store.commit(&manifest, &list, Signed::sign(receipt, &owner).unwrap()).unwrap();
+        assert_eq!(freed, 8192);
+        assert_eq!(store.present().unwrap(), vec![(new_hash, 8192)]);
+        assert_eq!(fs::read_dir(store.trash_dir()).unwrap().count(), 1);
+        let later = std::time::SystemTime::now() + std::time::Duration::from_secs(60);
+        assert!(store.leftovers(later).unwrap().iter().any(|(p, _)| p.starts_with(store.trash_dir())));
+        store.empty_trash().unwrap();
+        assert_eq!(fs::read_dir(store.trash_dir()).unwrap().count(), 0);
+        assert!(store.leftovers(later).unwrap().is_empty());
+        assert!(store.read_into(&new_hash, &mut AlignedBuf::default()).unwrap(), "what it names stays");
+    }
+
+    /// A scrub finds what is missing or wrong, and moves it aside so that the owner's next
+    /// push sends it again; what is right stays.
+    #[test]
+    fn a_scrub_removes_what_no_longer_matches() {
+        use crate::protocol::identity::Identity;
+        use crate::protocol::manifest::{encode_list, list_hash};
+        let dir = tempfile::tempdir().unwrap();
+        let store = Inbound { dir: dir.path().to_owned() };
+        let data: Vec<Vec<u8>> = (0..4).map(|i| extent(i, 8192)).collect();
+        let hashes: Vec<ExtentHash> = data.iter().map(|d| *blake3::hash(d).as_bytes()).collect();
+        for (h, d) in hashes.iter().zip(&data) {
+            store.put(h, d).unwrap();
+        }
+        let owner = Identity::from_seed([8; 32]);
+        let list = encode_list(&hashes);
+        let manifest = Manifest {
+            contract: "66".repeat(32).parse().unwrap(),
+            owner: owner.node_id(),
+            generation: 1,
+            volume_size: 4 * 8192,
+            extent_size: 8192,
+            extent_count: 4,
+            extents: encoding::hex_encode(&list_hash(&list)),
+            created_at: "2026-11-29T10:00:00Z".parse().unwrap(),
+        };
+        let manifest = Signed::sign(manifest, &owner).unwrap();
+        store.record(&manifest, &list, None).unwrap();
+        assert_eq!(store.scrub().unwrap(), 0);
+        fs::write(store.extent_path(&hashes[1]), extent(99, 8192)).unwrap();
+        fs::remove_file(store.extent_path(&hashes[2])).unwrap();
+        assert_eq!(store.scrub().unwrap(), 2);
+        let mut left: Vec<ExtentHash> = store.present().unwrap().into_iter().map(|(h, _)| h).collect();
+        left.sort_unstable();
+        let mut want = vec![hashes[0], hashes[3]];
+        want.sort_unstable();
+        assert_eq!(left, want);
+    }
+
+    #[test]
+    fn a_lost_outboard_is_remade() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Inbound { dir: dir.path().to_owned() };
+        let data = extent(7, 100_000);
+        let hash = *blake3::hash(&data).as_bytes();
+        store.put(&hash, &data).unwrap();
+        let (chunk, siblings) = store.prove(&hash, 100_000, 50).unwrap().unwrap();
+        fs::write(store.outboard_path(&hash), b"garbage").unwrap();
+        assert_eq!(store.prove(&hash, 100_000, 50).unwrap().unwrap(), (chunk.clone(), siblings.clone()));
+        assert!(proof::verify(100_000, 50, &chunk, &siblings, &hash));
+    }
+}

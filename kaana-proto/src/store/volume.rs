@@ -1,0 +1,182 @@
+//! The encrypted volume this node backs up: a LUKS block device or image file, read raw in
+//! extents, so that everything read (and sent) is ciphertext.
+//!
+//! A volume that does not look encrypted (no LUKS header, and bytes that are not near-random) is
+//! refused unless the caller allows plaintext: sending a plain file system to a peer would hand
+//! it the data.
+
+use std::fs::File;
+use std::io::{Seek as _, SeekFrom};
+use std::os::unix::fs::FileExt as _;
+use std::path::{Path, PathBuf};
+
+use thiserror::Error;
+
+use crate::protocol::manifest::{Geometry, ManifestError};
+use crate::store::buffer::AlignedBuf;
+use crate::store::home::StateError;
+
+/// The magic at the start of a LUKS1 or LUKS2 header.
+const LUKS_MAGIC: &[u8; 6] = b"LUKS\xba\xbe";
+/// Bits of entropy per byte above which sampled bytes look encrypted.
+const ENTROPY_THRESHOLD: f64 = 7.9;
+/// Blocks sampled to judge the entropy, and their size.
+const SAMPLES: u64 = 64;
+const SAMPLE_LEN: usize = 4096;
+
+/// Why a volume cannot be read.
+#[derive(Debug, Error)]
+pub enum VolumeError {
+    /// Reading failed.
+    #[error("volume {}: {error}", .path.display())]
+    Io {
+        /// The volume.
+        path: PathBuf,
+        /// What the system said.
+        error: std::io::Error,
+    },
+    /// It does not look encrypted.
+    #[error(
+        "volume {} does not look encrypted (no LUKS header; {entropy:.2} bits of entropy per byte): \
+         sending it would hand peers the data. Use a LUKS volume, or pass --allow-plaintext if it is \
+         encrypted some other way",
+        .path.display()
+    )]
+    Plaintext {
+        /// The volume.
+        path: PathBuf,
+        /// What was measured.
+        entropy: f64,
+    },
+    /// The extent size is not allowed.
+    #[error(transparent)]
+    Geometry(#[from] ManifestError),
+}
+
+/// How a volume looked.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Looks {
+    /// It starts with a LUKS header.
+    Luks,
+    /// Its bytes are near-random (bits of entropy per byte).
+    Random(f64),
+    /// Neither (bits of entropy per byte).
+    Plain(f64),
+}
+
+/// An open volume.
+#[derive(Debug)]
+pub struct Volume {
+    file: File,
+    path: PathBuf,
+    geometry: Geometry,
+}
+
+impl Volume {
+    /// Opens `path` for reading in extents of `extent_size`, refusing one that does not look
+    /// encrypted unless `allow_plaintext`.
+    pub fn open(path: &Path, extent_size: u32, allow_plaintext: bool) -> Result<Volume, VolumeError> {
+        let io = |error| VolumeError::Io { path: path.to_owned(), error };
+        let mut file = File::open(path).map_err(io)?;
+        let size = file.seek(SeekFrom::End(0)).map_err(io)?;
+        let geometry = Geometry::new(size, extent_size)?;
+        if !allow_plaintext && let Looks::Plain(entropy) = looks(&file, size).map_err(io)? {
+            return Err(VolumeError::Plaintext { path: path.to_owned(), entropy });
+        }
+        Ok(Volume { file, path: path.to_owned(), geometry })
+    }
+
+    /// Its shape.
+    pub fn geometry(&self) -> Geometry {
+        self.geometry
+    }
+
+    /// Reads extent `index` into `buf` (resized to the extent's length).
+    pub fn read_extent(&self, index: u64, buf: &mut AlignedBuf) -> Result<(), VolumeError> {
+        buf.set_len(self.geometry.len(index));
+        self.file
+            .read_exact_at(buf, self.geometry.offset(index))
+            .map_err(|error| VolumeError::Io { path: self.path.clone(), error })
+    }
+}
+
+/// Judges whether a volume's raw bytes look encrypted.
+pub fn looks(file: &File, size: u64) -> std::io::Result<Looks> {
+    let mut magic = [0u8; 6];
+    if size >= 6 {
+        file.read_exact_at(&mut magic, 0)?;
+        if &magic == LUKS_MAGIC {
+            return Ok(Looks::Luks);
+        }
+    }
+    let mut counts = [0u64; 256];
+    let mut total = 0u64;
+    let mut block = vec![0u8; SAMPLE_LEN];
+    let step = (size / SAMPLES).max(SAMPLE_LEN as u64);
+    let mut offset = 0;
+    while offset < size {
+        let len = (size - offset).min(SAMPLE_LEN as u64) as usize;
+        file.read_exact_at(&mut block[..len], offset)?;
+        for &b in &block[..len] {
+            counts[usize::from(b)] += 1;
+        }
+        total += len as u64;
+        offset += step;
+    }
+    let entropy = if total == 0 {
+        0.0
+    } else {
+        counts
+            .iter()
+            .filter(|&&c| c > 0)
+            .map(|&c| {
+                let p = c as f64 / total as f64;
+                -p * p.log2()
+            })
+            .sum()
+    };
+    Ok(if entropy >= ENTROPY_THRESHOLD { Looks::Random(entropy) } else { Looks::Plain(entropy) })
+}
+
+/// The volume's size in bytes (works for block devices as well as files).
+pub fn size(path: &Path) -> Result<u64, StateError> {
+    let mut f = File::open(path).map_err(|e| StateError::io(path, e))?;
+    f.seek(SeekFrom::End(0)).map_err(|e| StateError::io(path, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_luks_and_random_volumes() {
+        let dir = tempfile::tempdir().unwrap();
+        let plain = dir.path().join("plain");
+        std::fs::write(&plain, b"hello world, this is a file system ".repeat(10_000)).unwrap();
+        assert!(matches!(Volume::open(&plain, 4096, false), Err(VolumeError::Plaintext { .. })));
+        assert!(Volume::open(&plain, 4096, true).is_ok());
+
+        let mut luks = b"LUKS\xba\xbe\x00\x01".to_vec();
+        luks.resize(1 << 20, 0);
+        let luks_path = dir.path().join("luks");
+        std::fs::write(&luks_path, &luks).unwrap();
+        let f = File::open(&luks_path).unwrap();
+        assert_eq!(looks(&f, 1 << 20).unwrap(), Looks::Luks);
+
+        let mut random = vec![0u8; 1 << 20];
+        let mut x: u64 = 0x9e3779b97f4a7c15;
+        for b in random.iter_mut() {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            *b = (x >> 24) as u8;
+        }
+        let random_path = dir.path().join("random");
+        std::fs::write(&random_path, &random).unwrap();
+        let v = Volume::open(&random_path, 4096, false).unwrap();
+        assert_eq!(v.geometry().count(), 256);
+        let mut buf = AlignedBuf::default();
+        v.read_extent(3, &mut buf).unwrap();
+        assert_eq!(&buf[..], &random[3 * 4096..4 * 4096]);
+    }
+}
