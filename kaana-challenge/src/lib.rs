@@ -47,10 +47,8 @@ use kaana_proto::store::node::Node;
 #[derive(Debug, Parser)]
 #[command(name = "kaana-challenge", version, subcommand_precedence_over_arg = true)]
 pub struct Args {
-    /// The node's state directory [default: $KAANA_HOME, else $XDG_STATE_HOME/kaana, else
-    /// ~/.local/state/kaana].
-    #[arg(long, global = true, value_name = "DIR")]
-    pub home: Option<PathBuf>,
+    #[command(flatten)]
+    pub home: kaana_proto::node::cli::HomeArgs,
     /// The contract to check (its id or at least 8 leading hex digits).
     #[arg(conflicts_with = "all")]
     pub contract: Option<String>,
@@ -147,7 +145,7 @@ pub fn run(args: Args) -> anyhow::Result<Exit> {
         Some(Command::Man) => return kaana_proto::node::cli::print_man::<Args>(),
         _ => {}
     }
-    let node = Node::open_at(args.home.as_deref())?;
+    let node = args.home.open()?;
     let now = now_from_env()?;
     match args.command {
         Some(Command::FailNext { contract, mode }) => fail_next(&node, &contract, mode),
@@ -159,7 +157,7 @@ pub fn run(args: Args) -> anyhow::Result<Exit> {
             }
             let entries = match (&args.contract, args.all) {
                 (Some(c), false) => vec![node.find_contract(c)?],
-                (None, true) => node.contracts()?.into_iter().filter(|e| !owes_nothing(e, now)).collect(),
+                (None, true) => node.contracts()?.into_iter().filter(|e| !e.state.status.owes_nothing(now)).collect(),
                 _ => anyhow::bail!("say which contract to check, or --all"),
             };
             kaana_proto::node::cli::runtime()?.block_on(check_all(node, entries, args.samples, now))
@@ -169,16 +167,6 @@ pub fn run(args: Args) -> anyhow::Result<Exit> {
 
 fn handled_before() -> anyhow::Result<Exit> {
     anyhow::bail!("internal: this command is handled before the node is opened")
-}
-
-/// Whether nothing is owed under the contract any more: it ended, or its notice ran out (the
-/// peer may have pruned our copy already; `--all` does not ask for it).
-fn owes_nothing(e: &ContractEntry, now: Timestamp) -> bool {
-    match &e.state.status {
-        Status::Active => false,
-        Status::Terminated { delete_after, .. } => *delete_after <= now,
-        Status::Ended { .. } => true,
-    }
 }
 
 fn fail_next(node: &Node, prefix: &str, mode: Option<Mode>) -> anyhow::Result<Exit> {
@@ -448,7 +436,7 @@ async fn standing(node: Node, now: Timestamp) -> anyhow::Result<Exit> {
     let client = Client::with_traffic(node.identity.clone(), Traffic::Short);
     let mut exit = Exit::Ok;
     let silent = node.silent_peers(now)?;
-    for entry in node.contracts()?.into_iter().filter(|e| !owes_nothing(e, now)) {
+    for entry in node.contracts()?.into_iter().filter(|e| !e.state.status.owes_nothing(now)) {
         // Silent toward the peer (a deliberate failure): not asked.
         let reachable = if silent.contains(&entry.state.peer) {
             None

@@ -20,10 +20,8 @@ use kaana_proto::store::config::{self, PeerAddr};
 #[derive(Debug, Parser)]
 #[command(name = "kaana-offer", version)]
 pub struct Args {
-    /// The node's state directory [default: $KAANA_HOME, else $XDG_STATE_HOME/kaana, else
-    /// ~/.local/state/kaana].
-    #[arg(long, global = true, value_name = "DIR")]
-    pub home: Option<PathBuf>,
+    #[command(flatten)]
+    pub home: kaana_proto::node::cli::HomeArgs,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -191,7 +189,7 @@ fn parse_duration_arg(s: &str) -> Result<u64, String> {
 
 /// Runs `kaana-offer`.
 pub fn run(args: Args) -> anyhow::Result<Exit> {
-    let home = args.home.as_deref();
+    let home = args.home.dir();
     match args.command {
         Command::Completions { shell } => kaana_proto::node::cli::print_completions::<Args>(shell),
         Command::Man => kaana_proto::node::cli::print_man::<Args>(),

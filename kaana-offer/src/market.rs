@@ -645,12 +645,12 @@ pub(crate) fn terminate(home: Option<&Path>, prefix: &str) -> anyhow::Result<Exi
     })?;
     let delivered = match sent {
         Ok(_) => {
-            let _lock = node.home.lock()?;
-            let mut entry = node.contract(&id)?;
-            if let Status::Terminated { delivered, .. } = &mut entry.state.status {
-                *delivered = true;
-            }
-            node.save_contract_state(&id, &entry.state)?;
+            node.update_contract(&id, |entry| {
+                if let Status::Terminated { delivered, .. } = &mut entry.state.status {
+                    *delivered = true;
+                }
+                Ok::<_, kaana_proto::store::home::StateError>(())
+            })?;
             true
         }
         Err(e) => {

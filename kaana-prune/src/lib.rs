@@ -40,10 +40,8 @@ pub const SAFE_AGE: Duration = Duration::from_secs(24 * 3_600);
 #[derive(Debug, Parser)]
 #[command(name = "kaana-prune", version)]
 pub struct Args {
-    /// The node's state directory [default: $KAANA_HOME, else $XDG_STATE_HOME/kaana, else
-    /// ~/.local/state/kaana].
-    #[arg(long, global = true, value_name = "DIR")]
-    pub home: Option<PathBuf>,
+    #[command(flatten)]
+    pub home: kaana_proto::node::cli::HomeArgs,
     /// Print the plan and change nothing.
     #[arg(long)]
     pub dry_run: bool,
@@ -110,7 +108,7 @@ pub fn run(args: Args) -> anyhow::Result<Exit> {
         Some(Command::Man) => return kaana_proto::node::cli::print_man::<Args>(),
         None => {}
     }
-    let node = Node::open_at(args.home.as_deref())?;
+    let node = args.home.open()?;
     let now = now_from_env()?;
     let steps = plan(&node, now, args.leftovers)?;
     for step in &steps {

@@ -30,10 +30,8 @@ use kaana_proto::store::volume;
 #[derive(Debug, Parser)]
 #[command(name = "kaana-sync", version)]
 pub struct Args {
-    /// The node's state directory [default: $KAANA_HOME, else $XDG_STATE_HOME/kaana, else
-    /// ~/.local/state/kaana].
-    #[arg(long, global = true, value_name = "DIR")]
-    pub home: Option<PathBuf>,
+    #[command(flatten)]
+    pub home: kaana_proto::node::cli::HomeArgs,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -133,7 +131,7 @@ pub fn run(args: Args) -> anyhow::Result<Exit> {
         Command::Man => return kaana_proto::node::cli::print_man::<Args>(),
         _ => {}
     }
-    let node = Node::open_at(args.home.as_deref())?;
+    let node = args.home.open()?;
     match args.command {
         Command::Serve { listen, read_timeout } => {
             let mut opts = ServerOptions::new(listen.unwrap_or(node.config.listen));

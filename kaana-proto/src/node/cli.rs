@@ -25,6 +25,27 @@ impl From<Exit> for ExitCode {
     }
 }
 
+/// The `--home` flag every tool takes, flattened into its arguments.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct HomeArgs {
+    /// The node's state directory [default: $KAANA_HOME, else $XDG_STATE_HOME/kaana, else
+    /// ~/.local/state/kaana].
+    #[arg(long, global = true, value_name = "DIR")]
+    pub home: Option<std::path::PathBuf>,
+}
+
+impl HomeArgs {
+    /// The directory given, if any (else the defaults apply).
+    pub fn dir(&self) -> Option<&std::path::Path> {
+        self.home.as_deref()
+    }
+
+    /// Opens the node there.
+    pub fn open(&self) -> Result<crate::store::node::Node, crate::store::home::StateError> {
+        crate::store::node::Node::open_at(self.dir())
+    }
+}
+
 /// Runs a tool's body, prints its error chain once (prefixed with the tool's name) and maps
 /// the outcome to an exit code.
 pub fn main_with(tool: &str, run: impl FnOnce() -> anyhow::Result<Exit>) -> ExitCode {

@@ -107,6 +107,17 @@ impl Status {
             Status::Ended { .. } => "ended",
         }
     }
+
+    /// Whether nothing is owed under the contract any more at `now`: it ended, or its notice
+    /// ran out (the peer may have pruned this node's copy already: a challenge would only judge
+    /// that).
+    pub fn owes_nothing(&self, now: Timestamp) -> bool {
+        match self {
+            Status::Active => false,
+            Status::Terminated { delete_after, .. } => *delete_after <= now,
+            Status::Ended { .. } => true,
+        }
+    }
 }
 
 /// `contracts/<id>.state.json`: this node's view of a contract.
