@@ -19,10 +19,10 @@ use serde_json::json;
 
 use kaana_proto::node::cli::{Exit, emit};
 use kaana_proto::node::machine::now_from_env;
-use kaana_proto::protocol::fairness::deletion::{self, Decision};
 use kaana_proto::protocol::fairness::health::Health;
 use kaana_proto::protocol::identity::NodeId;
 use kaana_proto::protocol::market::RecordId;
+use kaana_proto::protocol::prune::{self, Held, Plan, Term};
 use kaana_proto::protocol::size::format_size;
 use kaana_proto::protocol::time::Timestamp;
 use kaana_proto::store::files::{ContractEntry, Status};
@@ -131,14 +131,12 @@ pub fn run(args: Args) -> anyhow::Result<Exit> {
     Ok(Exit::Ok)
 }
 
-/// What the rules say of a contract's data at `now`.
-fn decision(entry: &ContractEntry, now: Timestamp, health: &Health) -> Decision {
-    match &entry.state.status {
-        Status::Ended { .. } => Decision::Keep,
-        Status::Terminated { delete_after, .. } => {
-            deletion::decide(Some(*delete_after), entry.state.their_standing, now, health)
-        }
-        Status::Active => deletion::decide(None, entry.state.their_standing, now, health),
+/// The contract's term, as the prune rules see it.
+fn term(status: &Status) -> Term {
+    match status {
+        Status::Active => Term::Active,
+        Status::Terminated { delete_after, .. } => Term::Notice { delete_after: *delete_after },
+        Status::Ended { .. } => Term::Ended,
     }
 }
 
@@ -174,9 +172,6 @@ fn check_reach(node: &Node, contracts: &[ContractEntry], now: Timestamp) -> anyh
     })
 }
 
-/// How long after `init --recover` data of unknown contracts is kept even with `--leftovers`.
-pub const RECOVERY_HOLD_SECS: u64 = 7 * 86_400;
-
 /// Builds the plan. `leftovers`: also remove data of contracts this node does not know.
 pub fn plan(node: &Node, now: Timestamp, leftovers: bool) -> anyhow::Result<Vec<Step>> {
     let mut steps = Vec::new();
@@ -186,49 +181,35 @@ pub fn plan(node: &Node, now: Timestamp, leftovers: bool) -> anyhow::Result<Vec<
     for entry in &contracts {
         let store = Inbound::new(&node.config.storage, &entry.id);
         let (contract, peer) = (Some(entry.id), Some(entry.state.peer));
-        let decided = decision(entry, now, &health);
-        if let Decision::Hold(why) = &decided {
-            eprintln!("kaana-prune: contract {}: {why}", entry.id.short());
-        }
-        if let Decision::Delete(reason) = decided {
-            steps.push(Step {
-                contract,
-                peer,
-                action: "delete",
-                bytes: store.size_on_disk(),
-                reason,
-                work: Work::End(entry.id),
-            });
-        } else if matches!(entry.state.status, Status::Ended { .. }) {
-            if store.dir().exists() {
-                let reason = "the contract has ended; its data was not all removed".to_owned();
-                let work = Work::RemoveDir(store.dir().to_owned());
-                steps.push(Step { contract, peer, action: "remove_orphan", bytes: store.size_on_disk(), reason, work });
-            }
+        let term = term(&entry.state.status);
+        let stale = if term == Term::Ended {
+            Vec::new()
         } else {
-            let leftovers = {
-                // Under the store's lock: a commit may be replacing the generation.
-                let _shared = store.lock(false)?;
-                store.leftovers(before)?
+            // Under the store's lock: a commit may be replacing the generation.
+            let _shared = store.lock(false)?;
+            store.leftovers(before)?
+        };
+        let held = Held { exists: store.dir().exists(), stale_files: stale.len() };
+        let (action, reason, bytes, work) =
+            match prune::for_contract(term, entry.state.their_standing, held, now, &health) {
+                Plan::Keep => continue,
+                Plan::Hold(why) => {
+                    eprintln!("kaana-prune: contract {}: {why}", entry.id.short());
+                    continue;
+                }
+                Plan::Delete(reason) => ("delete", reason, store.size_on_disk(), Work::End(entry.id)),
+                Plan::RemoveOrphan(reason) => {
+                    ("remove_orphan", reason, store.size_on_disk(), Work::RemoveDir(store.dir().to_owned()))
+                }
+                Plan::RemoveStale(reason) => {
+                    ("remove_leftovers", reason, stale.iter().map(|(_, n)| n).sum(), Work::Leftovers(entry.id))
+                }
             };
-            if !leftovers.is_empty() {
-                let bytes = leftovers.iter().map(|(_, n)| n).sum();
-                let reason =
-                    format!("{} file(s) no generation needs, older than 24h (interrupted pushes)", leftovers.len());
-                steps.push(Step {
-                    contract,
-                    peer,
-                    action: "remove_leftovers",
-                    bytes,
-                    reason,
-                    work: Work::Leftovers(entry.id),
-                });
-            }
-        }
+        steps.push(Step { contract, peer, action, bytes, reason, work });
     }
     // Stores of contracts this node does not know at all: kept and reported, unless a person
     // asks (a node rebuilt from its phrase knows its contracts only once it fetched them back).
-    let recovered = node.recovered_at()?.filter(|t| now.unix() < t.unix().saturating_add(RECOVERY_HOLD_SECS));
+    let recovered = node.recovered_at()?;
     let inbound_root = node.config.storage.join("inbound");
     for dir in std::fs::read_dir(&inbound_root).into_iter().flatten().flatten() {
         let name = dir.file_name().to_string_lossy().into_owned();
@@ -237,34 +218,22 @@ pub fn plan(node: &Node, now: Timestamp, leftovers: bool) -> anyhow::Result<Vec<
             continue;
         }
         let store_bytes = Inbound::at_dir(&dir.path()).size_on_disk();
-        let kept = match (leftovers, recovered) {
-            (false, _) => {
-                Some("remove it with `kaana-prune --leftovers` if no contract of yours is missing".to_owned())
-            }
-            (true, Some(t)) => Some(format!(
-                "this node was rebuilt from its phrase at {t}: `--leftovers` removes unknown data only a week after"
-            )),
-            (true, None) => None,
-        };
-        if let Some(why) = kept {
-            eprintln!(
+        match prune::for_unknown(leftovers, recovered, old(&dir.path(), before), now) {
+            Plan::Hold(why) => eprintln!(
                 "kaana-prune: {}: {} of data for no contract this node knows, kept (run `kaana-offer contracts --fetch` \
                  to bring its contract back); {why}",
                 dir.path().display(),
                 format_size(store_bytes)
-            );
-            continue;
-        }
-        if old(&dir.path(), before) {
-            let reason = "data for no contract this node has".to_owned();
-            steps.push(Step {
+            ),
+            Plan::RemoveOrphan(reason) => steps.push(Step {
                 contract: name.parse().ok(),
                 peer: None,
                 action: "remove_orphan",
                 bytes: store_bytes,
                 reason,
                 work: Work::RemoveDir(dir.path()),
-            });
+            }),
+            _ => {}
         }
     }
     // Temp files of atomic writes that a crash left behind.
@@ -314,7 +283,15 @@ fn apply(node: &Node, step: &Step, now: Timestamp) -> anyhow::Result<Option<u64>
             {
                 let _lock = node.home.lock()?;
                 let mut entry = node.contract(id)?;
-                let Decision::Delete(reason) = decision(&entry, now, &node.health()?) else {
+                let held = Held { exists: true, stale_files: 0 };
+                let decided = prune::for_contract(
+                    term(&entry.state.status),
+                    entry.state.their_standing,
+                    held,
+                    now,
+                    &node.health()?,
+                );
+                let Plan::Delete(reason) = decided else {
                     eprintln!("kaana-prune: contract {id} no longer expires now; left alone");
                     return Ok(None);
                 };

@@ -33,6 +33,7 @@ use crate::protocol::identity::NodeId;
 use crate::protocol::manifest::{ExtentHash, Geometry, Keystream, Manifest, ManifestError, encode_list, list_hash};
 use crate::protocol::market::RecordId;
 use crate::protocol::proof;
+use crate::protocol::push;
 use crate::protocol::record::{RecordError, Signed};
 use crate::store::buffer::{OutFile, Pool, Pooled};
 use crate::store::files::ContractEntry;
@@ -206,9 +207,7 @@ async fn connect(client: &Client, node: &Node, peer: NodeId) -> Result<Connectio
     client.connect_any(peer, &addrs).await.map_err(net(peer))
 }
 
-/// The highest generation a holder may claim: far beyond any real count of pushes, far from
-/// where adding one would wrap.
-pub const MAX_GENERATION: u64 = 1 << 48;
+pub use crate::protocol::push::MAX_GENERATION;
 
 /// Whether this node's volume can be pushed in extents of `extent_size`: configured, readable,
 /// of a valid geometry, and encrypted-looking unless `allow_plaintext`.
@@ -247,8 +246,7 @@ pub async fn push(
         Response::PushReady { committed, have } => (committed, have),
         other => return Err(err(ex.unexpected(&other))),
     };
-    let limit = 2 * entry.contract.body.size / u64::from(crate::protocol::manifest::MIN_EXTENT_SIZE) + 1;
-    if have_count > limit {
+    if have_count > push::max_held(entry.contract.body.size) {
         return Err(err(NetError::Truncated(format!("the holder claims {have_count} extents"))));
     }
     let mut have_raw = vec![0u8; (have_count * 32) as usize];
@@ -260,9 +258,10 @@ pub async fn push(
     // and no claim may come near where the next generation would wrap.
     let claimed = committed.unwrap_or(0);
     let recorded = Inbound::outbound(node.home.root(), &id).committed().ok().flatten().map(|(m, _)| m.body.generation);
-    if claimed >= MAX_GENERATION || recorded.is_some_and(|r| claimed > r + 1) {
+    let claim = push::judge_claim(claimed, recorded);
+    if claim != push::Claim::Believed {
         let shown = fetch_manifest(&conn, node, entry).await.ok().is_some_and(|(m, _)| m.body.generation == claimed);
-        if !shown || claimed >= MAX_GENERATION {
+        if !shown || claim == push::Claim::Refused {
             return Err(BackupError::Claim {
                 peer,
                 what: format!(
@@ -294,12 +293,7 @@ pub async fn push(
         Some((m, list)) if m.body.volume_size == g.volume_size && m.body.extent_size == extent_size => {
             let raw = record.raw_hashes(m.body.generation).unwrap_or_default();
             let sent = m.body.check_list(list).unwrap_or_default();
-            (0..g.count() as usize)
-                .map(|i| match (raw.get(i), sent.get(i)) {
-                    (Some(r), Some(h)) if have.contains(h) => Some((*r, *h)),
-                    _ => None,
-                })
-                .collect()
+            push::reusable(g.count() as usize, &raw, &sent, &have)
         }
         _ => Vec::new(),
     });
@@ -483,15 +477,14 @@ fn spawn_readers(
                 let mut buf = pool.take();
                 let item = volume.read_extent(index, &mut buf).map(|()| {
                     let raw_hash = *blake3::hash(&buf).as_bytes();
-                    if let Some(Some((raw, sent))) = known.get(index as usize)
-                        && *raw == raw_hash
-                    {
-                        return (index, *sent, raw_hash, None, None);
+                    let known = known.get(index as usize).and_then(Option::as_ref);
+                    if let push::Step::Reuse { sent } = push::step(known, &raw_hash) {
+                        return (index, sent, raw_hash, None, None);
                     }
                     keystream.apply(g.offset(index), &mut buf);
                     let (hash, tops) = proof::hash_with_tops(&buf, proof::TOP_LEVELS);
                     let hash = *hash.as_bytes();
-                    (index, hash, raw_hash, Some(tops), (!have.contains(&hash)).then_some(buf))
+                    (index, hash, raw_hash, Some(tops), push::must_send(&hash, &have).then_some(buf))
                 });
                 let failed = item.is_err();
                 if tx.blocking_send(item).is_err() || failed {

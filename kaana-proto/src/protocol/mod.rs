@@ -9,6 +9,8 @@ pub mod identity;
 pub mod manifest;
 pub mod market;
 pub mod proof;
+pub mod prune;
+pub mod push;
 pub mod record;
 pub mod size;
 pub mod time;

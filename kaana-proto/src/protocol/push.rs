@@ -1,0 +1,139 @@
+//! What a push sends, given what the holder has; and which of the holder's claims to believe.
+//! Pure: the volume's hashes and the holder's answers come in as values.
+//!
+//! Before sending anything the holder says which generation it committed and which extents
+//! (by hash) it holds. An extent whose volume bytes hash as they did at the last push, and whose
+//! encoded bytes the holder still holds, is neither encoded nor sent again; any other extent is
+//! encoded and hashed, and sent only if the holder does not hold that hash. The holder's claims
+//! are bounded first: no more extents than two generations of the smallest extents make, and no
+//! generation beyond the last this node pushed plus one unless the holder shows a manifest of it
+//! that this node signed (a push whose reply was lost), nor near where the next would wrap.
+
+use std::collections::HashSet;
+
+use crate::protocol::manifest::{ExtentHash, MIN_EXTENT_SIZE};
+
+/// Generations a holder may claim, at most: far beyond any real count of pushes, far from
+/// where adding one would wrap.
+pub const MAX_GENERATION: u64 = 1 << 48;
+
+/// The most extents a holder of a contract of `size` bytes may say it holds: the old and the new
+/// generation side by side, of the smallest extents.
+pub fn max_held(size: u64) -> u64 {
+    2 * size / u64::from(MIN_EXTENT_SIZE) + 1
+}
+
+/// What to make of the generation a holder says it committed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// At most one beyond the last this node recorded (or nothing recorded): believed.
+    Believed,
+    /// Further beyond: believed only if the holder shows a manifest of that generation that
+    /// this node signed (pushes whose replies were lost).
+    NeedsProof,
+    /// Near where the next generation would wrap: never.
+    Refused,
+}
+
+/// Judges the holder's `claimed` generation against the last one this node `recorded`.
+pub fn judge_claim(claimed: u64, recorded: Option<u64>) -> Claim {
+    if claimed >= MAX_GENERATION {
+        Claim::Refused
+    } else if recorded.is_some_and(|r| claimed > r + 1) {
+        Claim::NeedsProof
+    } else {
+        Claim::Believed
+    }
+}
+
+/// For each of `count` extents, the last push's (volume hash, sent hash) when the holder still
+/// holds what was sent: such an extent, unchanged, is not encoded again. `raw` and `sent` are the
+/// last push's lists (empty when its geometry differs).
+pub fn reusable(
+    count: usize,
+    raw: &[ExtentHash],
+    sent: &[ExtentHash],
+    held: &HashSet<ExtentHash>,
+) -> Vec<Option<(ExtentHash, ExtentHash)>> {
+    (0..count)
+        .map(|i| match (raw.get(i), sent.get(i)) {
+            (Some(r), Some(h)) if held.contains(h) => Some((*r, *h)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// What to do with one extent whose volume bytes hash to `raw_now`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Unchanged since the last push and still held: its hash is `sent`; nothing to encode.
+    Reuse {
+        /// The hash the holder holds it under.
+        sent: ExtentHash,
+    },
+    /// Encode and hash it; then [`must_send`] says whether the holder needs it.
+    Encode,
+}
+
+/// Decides for one extent, from what [`reusable`] found for it.
+pub fn step(known: Option<&(ExtentHash, ExtentHash)>, raw_now: &ExtentHash) -> Step {
+    match known {
+        Some((raw, sent)) if raw == raw_now => Step::Reuse { sent: *sent },
+        _ => Step::Encode,
+    }
+}
+
+/// Whether an encoded extent of hash `hash` must be sent: the holder does not hold it.
+pub fn must_send(hash: &ExtentHash, held: &HashSet<ExtentHash>) -> bool {
+    !held.contains(hash)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn h(n: u8) -> ExtentHash {
+        [n; 32]
+    }
+
+    #[test]
+    fn an_unchanged_extent_still_held_is_reused_and_nothing_else_is() {
+        let (raw, sent) = (vec![h(1), h(2), h(3)], vec![h(11), h(12), h(13)]);
+        // The holder lost extent 1 (12); extent 3 is new (the volume grew).
+        let held: HashSet<ExtentHash> = [h(11), h(13)].into();
+        let known = reusable(4, &raw, &sent, &held);
+        assert_eq!(known, vec![Some((h(1), h(11))), None, Some((h(3), h(13))), None]);
+        // Extent 0 unchanged: reused. Extent 2 changed since: encoded again.
+        assert_eq!(step(known[0].as_ref(), &h(1)), Step::Reuse { sent: h(11) });
+        assert_eq!(step(known[2].as_ref(), &h(9)), Step::Encode);
+        assert_eq!(step(known[1].as_ref(), &h(2)), Step::Encode);
+        assert_eq!(step(known[3].as_ref(), &h(4)), Step::Encode);
+        // Encoded, an extent is sent only if the holder lacks its hash (another generation's
+        // identical extent is enough).
+        assert!(must_send(&h(12), &held));
+        assert!(!must_send(&h(13), &held));
+    }
+
+    #[test]
+    fn a_first_push_or_a_new_geometry_reuses_nothing() {
+        let held: HashSet<ExtentHash> = [h(1)].into();
+        assert_eq!(reusable(2, &[], &[], &held), vec![None, None]);
+    }
+
+    #[test]
+    fn claims_beyond_the_last_push_need_proof_and_near_the_wrap_are_refused() {
+        assert_eq!(judge_claim(0, None), Claim::Believed);
+        assert_eq!(judge_claim(7, None), Claim::Believed);
+        assert_eq!(judge_claim(5, Some(4)), Claim::Believed);
+        assert_eq!(judge_claim(3, Some(4)), Claim::Believed);
+        assert_eq!(judge_claim(6, Some(4)), Claim::NeedsProof);
+        assert_eq!(judge_claim(u64::MAX, Some(4)), Claim::Refused);
+        assert_eq!(judge_claim(MAX_GENERATION, None), Claim::Refused);
+    }
+
+    #[test]
+    fn a_holder_may_say_it_holds_two_generations_of_the_smallest_extents() {
+        assert_eq!(max_held(64 << 20), 2 * (64 << 20) / 4096 + 1);
+        assert_eq!(max_held(0), 1);
+    }
+}
