@@ -327,9 +327,7 @@ async fn check_contract(
         && conn.request(&Request::Notice { notice: notice.clone() }).await.is_ok()
     {
         node.update_contract(&entry.id, |e| {
-            if let Status::Terminated { delivered, .. } = &mut e.state.status {
-                *delivered = true;
-            }
+            e.notice_delivered();
             Ok::<_, StateError>(())
         })?;
         eprintln!("kaana-challenge: contract {}: the peer is now told of this node's notice", entry.id.short());

@@ -296,15 +296,14 @@ pub(crate) fn create(
 
 /// Refuses a commitment of `size` more bytes that the capacity cannot hold.
 fn check_room(node: &Node, size: u64) -> anyhow::Result<()> {
-    let committed = node.committed()?;
-    if committed.saturating_add(size) > node.config.capacity {
+    if let Err(no) = market::room_for(size, node.committed()?, node.config.capacity) {
         bail!(
             "{} is more than this node's free capacity: {} free ({} capacity, {} committed to contracts); \
              a node never commits more than its capacity (raise it with `kaana-offer config set capacity SIZE`)",
-            format_size(size),
-            format_size(node.config.capacity.saturating_sub(committed)),
-            format_size(node.config.capacity),
-            format_size(committed)
+            format_size(no.size),
+            format_size(no.free),
+            format_size(no.capacity),
+            format_size(no.committed)
         );
     }
     Ok(())
@@ -617,8 +616,7 @@ pub(crate) fn terminate(home: Option<&Path>, prefix: &str) -> anyhow::Result<Exi
             }
             Status::Active => {
                 let notice = Signed::sign(Notice { contract: entry.id, from: me, at: now }, &node.identity)?;
-                let delete_after = now.plus_secs(entry.contract.body.grace_secs);
-                entry.state.status = Status::Terminated { notice: notice.clone(), delete_after, delivered: false };
+                let delete_after = entry.take_notice(notice.clone(), false).context("the contract is active")?;
                 node.save_contract_state(&entry.id, &entry.state)?;
                 node.log_event(
                     now,
@@ -646,9 +644,7 @@ pub(crate) fn terminate(home: Option<&Path>, prefix: &str) -> anyhow::Result<Exi
     let delivered = match sent {
         Ok(_) => {
             node.update_contract(&id, |entry| {
-                if let Status::Terminated { delivered, .. } = &mut entry.state.status {
-                    *delivered = true;
-                }
+                entry.notice_delivered();
                 Ok::<_, kaana_proto::store::home::StateError>(())
             })?;
             true

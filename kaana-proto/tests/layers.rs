@@ -308,6 +308,30 @@ fn the_pure_layer_touches_no_file_socket_clock_or_randomness() {
     assert!(found.is_empty(), "the pure layer reaches out:\n{}", found.join("\n"));
 }
 
+/// The library prints nothing of its own: what a run says goes through the `Report` a tool or
+/// the server passes in (`node/report.rs`); only the tools' edge (`node/cli.rs`: errors, JSON
+/// lines) writes to stdout or stderr.
+#[test]
+fn only_the_edge_prints() {
+    let krate = read_crate();
+    let edge = ["node/cli.rs", "node/report.rs"];
+    let mut found = Vec::new();
+    for file in krate.modules.values() {
+        let rel = file.strip_prefix(src()).unwrap().display().to_string();
+        if edge.contains(&rel.as_str()) {
+            continue;
+        }
+        let text = fs::read_to_string(file).unwrap();
+        let code = text.split("#[cfg(test)]").next().unwrap_or("");
+        for (n, line) in code.lines().enumerate() {
+            if ["println!", "eprintln!", "print!(", "indicatif"].iter().any(|w| line.contains(w)) {
+                found.push(format!("{rel}:{}", n + 1));
+            }
+        }
+    }
+    assert!(found.is_empty(), "the library prints:\n{}", found.join("\n"));
+}
+
 #[test]
 fn the_reader_finds_imports_in_every_form() {
     let text =

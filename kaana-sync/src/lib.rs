@@ -1,5 +1,7 @@
 //! `kaana-sync`: the node's server, and push, restore and verify of its volume.
 
+mod bar;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -12,7 +14,7 @@ use std::sync::Arc;
 
 use kaana_proto::net::transport::Client;
 use kaana_proto::node::backup;
-use kaana_proto::node::cli::{Exit, Progress, emit};
+use kaana_proto::node::cli::{Exit, emit};
 use kaana_proto::node::server::{Server, ServerOptions};
 use kaana_proto::protocol::identity::NodeId;
 use kaana_proto::protocol::market::RecordId;
@@ -21,7 +23,6 @@ use kaana_proto::protocol::time::parse_duration;
 use kaana_proto::store::files::{ContractEntry, Status};
 use kaana_proto::store::inbound::Inbound;
 use kaana_proto::store::node::Node;
-use kaana_proto::store::volume;
 
 /// Back up this node's encrypted volume to its peers, serve theirs, and restore.
 ///
@@ -174,7 +175,9 @@ pub fn run(args: Args) -> anyhow::Result<Exit> {
             let entry = node.find_contract(&contract)?;
             kaana_proto::node::cli::runtime()?.block_on(async {
                 let client = Client::new(node.identity.clone());
-                let r = backup::restore(&client, &node, &entry, Some(&out), generation, "restore").await;
+                let r =
+                    backup::restore(&client, &node, &entry, Some(&out), generation, "restore", &bar::Bar::default())
+                        .await;
                 client.close().await;
                 let summary = r.with_context(|| format!("restoring contract {} to {}", entry.id, out.display()))?;
                 emit(&summary)?;
@@ -217,10 +220,7 @@ async fn push(
         let (node, client, permits) = (node.clone(), client.clone(), permits.clone());
         tasks.spawn(async move {
             let _permit = permits.acquire_owned().await;
-            let size = node.config.volume.as_deref().and_then(|v| volume::size(v).ok()).unwrap_or(0);
-            let progress = Progress::bytes(size, &format!("push {}", entry.id.short()));
-            let r = backup::push(&client, &node, &entry, extent_size, allow_plaintext, &progress).await;
-            progress.finish();
+            let r = backup::push(&client, &node, &entry, extent_size, allow_plaintext, &bar::Bar::default()).await;
             (entry, r)
         });
     }
@@ -266,7 +266,7 @@ async fn verify(node: Node, entries: Vec<ContractEntry>, all: bool) -> anyhow::R
     let client = Client::new(node.identity.clone());
     let mut exit = Exit::Ok;
     for entry in entries {
-        let r = backup::restore(&client, &node, &entry, None, None, "verify").await;
+        let r = backup::restore(&client, &node, &entry, None, None, "verify", &bar::Bar::default()).await;
         let summary = match r.with_context(|| format!("verifying contract {}", entry.id)) {
             Ok(s) => s,
             Err(e) if all => {
@@ -356,7 +356,7 @@ fn status(node: &Node) -> anyhow::Result<Exit> {
 
 async fn serve(node: Node, opts: ServerOptions) -> anyhow::Result<Exit> {
     let id = node.id();
-    let server = Server::bind(node, opts)?;
+    let server = Server::bind(node, opts, std::sync::Arc::new(kaana_proto::node::report::Stderr("kaana-sync serve")))?;
     let listen = server.local_addr()?;
     emit(&ServeLine { node: id, listen })?;
     eprintln!("kaana-sync serve: node {id} listening on {listen}");

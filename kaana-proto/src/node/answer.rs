@@ -65,20 +65,7 @@ pub fn answer(
         return Err(ErrorReply::new(ErrorCode::BadRequest, format!("the challenge is for node {}", c.holder)));
     }
     challenge.verify().map_err(|e| ErrorReply::new(ErrorCode::BadRequest, e.to_string()))?;
-    let entry = node.contract(&c.contract).map_err(|e| match e {
-        // Only a contract this node does not have is "not found"; a disk that failed to read
-        // it is a passing trouble, and must not read as a failure.
-        StateError::Io { error, .. } if error.kind() == std::io::ErrorKind::NotFound => {
-            ErrorReply::new(ErrorCode::NotFound, format!("no contract {} here", c.contract))
-        }
-        other => internal(other),
-    })?;
-    if entry.state.peer != peer {
-        return Err(ErrorReply::new(
-            ErrorCode::Unauthorized,
-            format!("node {peer} is not a side of contract {}", c.contract),
-        ));
-    }
+    let entry = node.contract_for(peer, &c.contract).map_err(crate::node::refusal::denied)?;
     // The challenger says, signed, how it judges us: known before anything is decided. Every
     // reply says how this node judges the challenger (a failing answer carries the grace this
     // node states it grants), read and recorded as said together.

@@ -30,7 +30,7 @@ use crate::protocol::market::{Notice, RecordId};
 use crate::protocol::proof;
 use crate::protocol::record::{RecordError, Signed};
 use crate::protocol::time::Timestamp;
-use crate::store::files::{ContractEntry, LearnedStatement, PendingPicks, Status};
+use crate::store::files::{ContractEntry, LearnedStatement, PendingPicks};
 use crate::store::home::{Schema, StateError, create_dir};
 use crate::store::node::Node;
 use crate::store::outbound::Target;
@@ -412,16 +412,11 @@ fn adopt_notice(
     notice: &Signed<Notice>,
     now: Timestamp,
 ) -> Result<Judgement, AuditError> {
-    let delete_after = notice.body.at.plus_secs(entry.contract.body.grace_secs);
     let (standing, adopted) = node.update_contract(&entry.id, |e| {
-        let adopted = matches!(e.state.status, Status::Active);
-        if adopted {
-            e.state.status = Status::Terminated { notice: notice.clone(), delete_after, delivered: true };
-        }
-        Ok::<_, AuditError>((e.state.their_standing, adopted))
+        Ok::<_, AuditError>((e.state.their_standing, e.take_notice(notice.clone(), true)))
     })?;
     let from = if notice.body.from == node.id() { "us" } else { "peer" };
-    if adopted {
+    if let Some(delete_after) = adopted {
         node.log_event(
             now,
             "notice",

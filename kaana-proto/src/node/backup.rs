@@ -26,8 +26,8 @@ use tokio::task::JoinSet;
 
 use crate::net::transport::{Client, Connection, NetError, read_exact, read_timeout};
 use crate::net::wire::{Request, Response};
-use crate::node::cli::Progress;
 use crate::node::machine::now_from_env;
+use crate::node::report::Report;
 use crate::protocol::encoding;
 use crate::protocol::identity::NodeId;
 use crate::protocol::manifest::{ExtentHash, Geometry, Keystream, Manifest, ManifestError, encode_list, list_hash};
@@ -217,6 +217,15 @@ pub fn check_volume(node: &Node, extent_size: u32, allow_plaintext: bool) -> Res
     Ok(())
 }
 
+/// Ends a transfer's report when the transfer ends, however it ends.
+struct Finish<'a>(&'a dyn Report);
+
+impl Drop for Finish<'_> {
+    fn drop(&mut self) {
+        self.0.finish();
+    }
+}
+
 /// Pushes the node's volume to the holder of `entry`.
 pub async fn push(
     client: &Client,
@@ -224,13 +233,15 @@ pub async fn push(
     entry: &ContractEntry,
     extent_size: u32,
     allow_plaintext: bool,
-    progress: &Progress,
+    report: &dyn Report,
 ) -> Result<PushSummary, BackupError> {
     let started = Instant::now();
     let (id, peer) = (entry.id, entry.state.peer);
     let path = node.config.volume.clone().ok_or(BackupError::NoVolume)?;
     let volume = Arc::new(Volume::open(&path, extent_size, allow_plaintext)?);
     let g = volume.geometry();
+    report.start(&format!("push {}", id.short()), g.volume_size);
+    let _finish = Finish(report);
     if g.volume_size > entry.contract.body.size {
         return Err(BackupError::TooLarge { contract: id, volume: g.volume_size, size: entry.contract.body.size });
     }
@@ -338,7 +349,7 @@ pub async fn push(
         {
             tops[i * per..(i + 1) * per].copy_from_slice(t);
         }
-        progress.inc(g.len(index) as u64);
+        report.advance(g.len(index) as u64);
         if let Some(data) = data {
             let permit = permits.clone().acquire_owned().await.map_err(|e| err(NetError::Lost(e.to_string())))?;
             let (conn, offset) = (conn.clone(), g.offset(index));
@@ -573,7 +584,8 @@ pub async fn restore(
     entry: &ContractEntry,
     out: Option<&Path>,
     want_generation: Option<u64>,
-    progress_label: &str,
+    what: &str,
+    report: &dyn Report,
 ) -> Result<RestoreSummary, BackupError> {
     let started = Instant::now();
     // The last generation this node pushed and the holder receipted: the holder must serve at
@@ -581,9 +593,9 @@ pub async fn restore(
     let last = match crate::store::outbound::Target::from_record(node, &entry.id) {
         Ok(t) => t.filter(|t| t.receipt.is_some()).map(|t| t.manifest.body.generation),
         Err(e) => {
-            eprintln!(
-                "kaana: this node's record of its copy is unreadable ({e}): the holder's generation is not checked"
-            );
+            report.say(&format!(
+                "this node's record of its copy is unreadable ({e}): the holder's generation is not checked"
+            ));
             None
         }
     };
@@ -599,7 +611,7 @@ pub async fn restore(
             conn.close();
             return Err(BackupError::Stale { have: generation, last });
         }
-        let result = restore_generation(&conn, node, entry, fetched, out, progress_label, started).await;
+        let result = restore_generation(&conn, node, entry, fetched, out, (what, report), started).await;
         let missing = match &result {
             Err(BackupError::Net { error: NetError::Remote(e), .. }) => e.code == crate::net::wire::ErrorCode::NotFound,
             Ok(summary) => summary.bad_extents > 0,
@@ -625,7 +637,7 @@ async fn restore_generation(
     entry: &ContractEntry,
     (manifest, hashes): (Signed<Manifest>, Vec<ExtentHash>),
     out: Option<&Path>,
-    progress_label: &str,
+    (what, report): (&str, &dyn Report),
     started: Instant,
 ) -> Result<RestoreSummary, BackupError> {
     let (id, peer) = (entry.id, entry.state.peer);
@@ -654,7 +666,8 @@ async fn restore_generation(
         }
         None => None,
     };
-    let progress = Progress::bytes(g.volume_size, progress_label);
+    report.start(what, g.volume_size);
+    let _finish = Finish(report);
     let keystream = Keystream::new(&node.identity, &id);
     let in_flight = restore_in_flight(g.extent_size);
     let permits = Arc::new(Semaphore::new(in_flight));
@@ -681,12 +694,11 @@ async fn restore_generation(
         while let Some(done) = tasks.try_join_next() {
             tally(done)?;
         }
-        progress.inc(g.len(index) as u64);
+        report.advance(g.len(index) as u64);
     }
     while let Some(done) = tasks.join_next().await {
         tally(done)?;
     }
-    progress.finish();
     if let (Some(f), Some(path)) = (&file, out) {
         f.file().sync_all().map_err(|error| BackupError::Output { path: path.to_owned(), error })?;
     }

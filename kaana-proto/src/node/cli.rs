@@ -3,7 +3,7 @@
 //! stdout carries data only, one JSON object per line; everything meant for a person goes to
 //! stderr. A closed stdout (`| head`) ends the tool quietly.
 
-use std::io::{self, IsTerminal as _, Write as _};
+use std::io::{self, Write as _};
 use std::process::ExitCode;
 
 use serde::Serialize;
@@ -157,40 +157,4 @@ pub fn emit<T: Serialize>(value: &T) -> anyhow::Result<()> {
     out.write_all(b"\n")?;
     out.flush()?;
     Ok(())
-}
-
-/// A progress bar on stderr when it is a terminal, and nothing at all otherwise (cron, pipes).
-#[derive(Debug)]
-pub struct Progress(Option<indicatif::ProgressBar>);
-
-impl Progress {
-    /// A bar counting `total` bytes, labelled `what`.
-    pub fn bytes(total: u64, what: &str) -> Self {
-        if !io::stderr().is_terminal() {
-            return Progress(None);
-        }
-        let bar = indicatif::ProgressBar::new(total);
-        let style =
-            indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
-                .map(|s| s.progress_chars("=> "));
-        if let Ok(style) = style {
-            bar.set_style(style);
-        }
-        bar.set_message(what.to_owned());
-        Progress(Some(bar))
-    }
-
-    /// Counts `n` more bytes done.
-    pub fn inc(&self, n: u64) {
-        if let Some(bar) = &self.0 {
-            bar.inc(n);
-        }
-    }
-
-    /// Removes the bar.
-    pub fn finish(&self) {
-        if let Some(bar) = &self.0 {
-            bar.finish_and_clear();
-        }
-    }
 }

@@ -8,4 +8,6 @@ pub mod audit;
 pub mod backup;
 pub mod cli;
 pub mod machine;
+pub mod refusal;
+pub mod report;
 pub mod server;

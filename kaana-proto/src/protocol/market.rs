@@ -219,6 +219,29 @@ impl Record for Notice {
     const KIND: &'static str = "notice";
 }
 
+/// A commitment the capacity cannot hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+#[error("{size} bytes asked, {free} free of a {capacity}-byte capacity ({committed} committed to contracts)")]
+pub struct NoRoom {
+    /// What was asked.
+    pub size: u64,
+    /// What is free.
+    pub free: u64,
+    /// The node's capacity.
+    pub capacity: u64,
+    /// What its contracts (not ended) commit already.
+    pub committed: u64,
+}
+
+/// The capacity rule: a node never commits more than its capacity, counting every contract that
+/// has not ended (`committed`).
+pub fn room_for(size: u64, committed: u64, capacity: u64) -> Result<(), NoRoom> {
+    if committed.saturating_add(size) > capacity {
+        return Err(NoRoom { size, free: capacity.saturating_sub(committed), capacity, committed });
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -120,6 +120,25 @@ impl Status {
     }
 }
 
+/// Why a peer may not act on a contract here.
+#[derive(Debug, thiserror::Error)]
+pub enum Denied {
+    /// This node holds no such contract.
+    #[error("no contract {0} here")]
+    NoContract(RecordId),
+    /// It does, and the peer is not its other side.
+    #[error("node {peer} is not a side of contract {id}")]
+    NotASide {
+        /// Who asked.
+        peer: NodeId,
+        /// The contract.
+        id: RecordId,
+    },
+    /// Its files could not be read.
+    #[error(transparent)]
+    State(StateError),
+}
+
 /// `contracts/<id>.state.json`: this node's view of a contract.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -321,6 +340,25 @@ pub struct ContractSummary {
 }
 
 impl ContractEntry {
+    /// Takes a termination notice (this node's own, or the peer's): an active contract becomes
+    /// terminated, the data owed until the notice's time plus the contract's grace, which is
+    /// returned. A contract already terminated or ended keeps its first notice (`None`).
+    pub fn take_notice(&mut self, notice: Signed<Notice>, delivered: bool) -> Option<Timestamp> {
+        if !matches!(self.state.status, Status::Active) {
+            return None;
+        }
+        let delete_after = notice.body.at.plus_secs(self.contract.body.grace_secs);
+        self.state.status = Status::Terminated { notice, delete_after, delivered };
+        Some(delete_after)
+    }
+
+    /// Marks this node's notice as told to the peer.
+    pub fn notice_delivered(&mut self) {
+        if let Status::Terminated { delivered, .. } = &mut self.state.status {
+            *delivered = true;
+        }
+    }
+
     /// The printed form.
     pub fn summary(&self) -> ContractSummary {
         let delete_after = match &self.state.status {
@@ -464,6 +502,20 @@ impl Node {
         }
         let state = self.home.read(&self.contract_state_path(id))?;
         Ok(ContractEntry { id: *id, contract: file.contract, state })
+    }
+
+    /// Contract `id`, if `peer` is its other side: the one check of who may act on a contract
+    /// here. A contract file this node cannot read is [`Denied::State`], never "no contract":
+    /// a passing disk trouble must not read as a failure.
+    pub fn contract_for(&self, peer: NodeId, id: &RecordId) -> Result<ContractEntry, Denied> {
+        let entry = self.contract(id).map_err(|e| match e {
+            StateError::Io { error, .. } if error.kind() == std::io::ErrorKind::NotFound => Denied::NoContract(*id),
+            other => Denied::State(other),
+        })?;
+        if entry.state.peer != peer {
+            return Err(Denied::NotASide { peer, id: *id });
+        }
+        Ok(entry)
     }
 
     /// One contract by its id or a prefix of it (at least 8 hex digits).

@@ -35,12 +35,7 @@ async fn blocking<T: Send + 'static>(
 }
 
 fn side(ctx: &Ctx, peer: NodeId, id: &RecordId) -> Result<ContractEntry, ErrorReply> {
-    let entry =
-        ctx.node.contract(id).map_err(|_| ErrorReply::new(ErrorCode::NotFound, format!("no contract {id} here")))?;
-    if entry.state.peer != peer {
-        return Err(ErrorReply::new(ErrorCode::Unauthorized, format!("node {peer} is not a side of contract {id}")));
-    }
-    Ok(entry)
+    ctx.node.contract_for(peer, id).map_err(crate::node::refusal::denied)
 }
 
 /// `challenge`: prove we hold the peer's copy.
@@ -73,7 +68,7 @@ pub(super) async fn verdict(ctx: &Arc<Ctx>, peer: NodeId, verdict: Signed<Verdic
             let node = c.clone();
             tokio::task::spawn_blocking(move || {
                 if let Err(e) = answer::scrub_after_failure(&node.node, &id, now) {
-                    eprintln!("kaana-sync serve: checking contract {}: {e}", id.short());
+                    node.say(format_args!("checking contract {}: {e}", id.short()));
                 }
             });
         }

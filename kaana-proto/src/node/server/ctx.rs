@@ -10,6 +10,7 @@ use tokio::sync::Semaphore;
 
 use super::forward::Forwarding;
 use crate::net::transport::{self, Client};
+use crate::node::report::Report;
 use crate::protocol::identity::NodeId;
 use crate::protocol::market::RecordId;
 use crate::store::board::StoredBoard;
@@ -56,8 +57,9 @@ impl ServerOptions {
 }
 
 /// What every request handler shares.
-#[derive(Debug)]
 pub(super) struct Ctx {
+    /// Where the server's lines for its person go.
+    pub(super) report: Arc<dyn Report>,
     /// The node served.
     pub(super) node: Node,
     pub(super) opts: ServerOptions,
@@ -103,7 +105,18 @@ impl Drop for Slot {
 /// How long the set of known nodes is trusted before it is read again.
 const KNOWN_FOR: Duration = Duration::from_secs(10);
 
+impl std::fmt::Debug for Ctx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ctx").field("node", &self.node.id()).field("opts", &self.opts).finish_non_exhaustive()
+    }
+}
+
 impl Ctx {
+    /// Writes one line for the person running the server.
+    pub(super) fn say(&self, msg: std::fmt::Arguments<'_>) {
+        self.report.say(&msg.to_string());
+    }
+
     /// Whether `peer` is in the address book or a contract's peer (read at most every
     /// [`KNOWN_FOR`]). Blocking.
     pub(super) fn knows(&self, peer: &NodeId) -> bool {

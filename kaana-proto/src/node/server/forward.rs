@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
+use crate::node::report::Report;
 use crate::protocol::identity::NodeId;
 use crate::protocol::market::Offer;
 use crate::protocol::record::Signed;
@@ -64,7 +65,7 @@ pub(super) struct ForwardQueues {
 impl ForwardQueues {
     /// Forwards queued offers with `send` until the server stops: vouched ones as they come,
     /// strangers' one per [`STRANGER_GAP`], each lane in its own task.
-    pub(super) fn run<F, Fut>(self, send: F)
+    pub(super) fn run<F, Fut>(self, send: F, report: Arc<dyn Report>)
     where
         F: Fn(NodeId, Signed<Offer>) -> Fut + Clone + Send + 'static,
         Fut: Future<Output = ()> + Send,
@@ -82,7 +83,7 @@ impl ForwardQueues {
                 send(from, offer).await;
                 let dropped = dropped.swap(0, Ordering::Relaxed);
                 if dropped > 0 {
-                    eprintln!("kaana-sync serve: {dropped} offer(s) not forwarded: too many at once");
+                    report.say(&format!("{dropped} offer(s) not forwarded: too many at once"));
                 }
                 tokio::time::sleep_until(next).await;
             }

@@ -19,7 +19,7 @@ use crate::protocol::record::Signed;
 use crate::protocol::time::Timestamp;
 use crate::store::board::StoredBoard;
 use crate::store::config::is_host_port;
-use crate::store::files::{ContractState, Role, Status};
+use crate::store::files::{ContractState, Role};
 
 type Reply = Result<Response, ErrorReply>;
 
@@ -74,7 +74,7 @@ pub(super) async fn publish(ctx: &Arc<Ctx>, from: NodeId, offer: Signed<Offer>) 
 pub(super) async fn forward(ctx: &Ctx, from: NodeId, offer: Signed<Offer>) {
     let book = match ctx.node.address_book() {
         Ok(b) => b,
-        Err(e) => return eprintln!("kaana-sync serve: cannot read the address book to forward an offer: {e}"),
+        Err(e) => return ctx.say(format_args!("cannot read the address book to forward an offer: {e}")),
     };
     let me = ctx.node.id();
     let silent = now_from_env().ok().and_then(|now| ctx.node.silent_peers(now).ok()).unwrap_or_default();
@@ -90,7 +90,7 @@ pub(super) async fn forward(ctx: &Ctx, from: NodeId, offer: Signed<Offer>) {
         }
         .await;
         if let Err(e) = result {
-            eprintln!("kaana-sync serve: could not forward an offer to board {}: {e}", peer.short());
+            ctx.say(format_args!("could not forward an offer to board {}: {e}", peer.short()));
         }
     }
 }
@@ -147,13 +147,8 @@ fn accept_on_disk(
     // The capacity as config.json says now (`kaana-offer config set capacity` may have
     // lowered it since the server started).
     let config: crate::store::config::Config = node.home.read(&node.home.config()).map_err(internal)?;
-    if committed.saturating_add(size) > config.capacity {
-        return Err(refused(format!(
-            "node {} has no room: {size} bytes asked, {} free of its {} capacity",
-            node.id(),
-            config.capacity.saturating_sub(committed),
-            config.capacity
-        )));
+    if let Err(no) = market::room_for(size, committed, config.capacity) {
+        return Err(refused(format!("node {} has no room: {no}", node.id())));
     }
     let contract = market::countersign(proposal, &node.identity).map_err(internal)?;
     let id = node.save_new_contract(&contract, &ContractState::new(Role::Offerer, taker)).map_err(internal)?;
@@ -182,27 +177,15 @@ pub(super) async fn notice(ctx: &Arc<Ctx>, from: NodeId, notice: Signed<Notice>)
         }
         let _lock = node.home.lock().map_err(internal)?;
         let id = notice.body.contract;
-        let mut entry =
-            node.contract(&id).map_err(|_| ErrorReply::new(ErrorCode::NotFound, format!("no contract {id} here")))?;
-        if entry.state.peer != from {
-            return Err(ErrorReply::new(
-                ErrorCode::Unauthorized,
-                format!("node {from} is not a side of contract {id}"),
-            ));
-        }
-        match entry.state.status {
-            Status::Active => {
-                let delete_after = notice.body.at.plus_secs(entry.contract.body.grace_secs);
-                entry.state.status = Status::Terminated { notice, delete_after, delivered: true };
-                node.save_contract_state(&id, &entry.state).map_err(internal)?;
-                node.log_event(
-                    now,
-                    "notice",
-                    json!({"contract": id, "peer": from, "from": "peer", "delete_after": delete_after}),
-                )
-                .map_err(internal)?;
-            }
-            Status::Terminated { .. } | Status::Ended { .. } => {}
+        let mut entry = node.contract_for(from, &id).map_err(crate::node::refusal::denied)?;
+        if let Some(delete_after) = entry.take_notice(notice, true) {
+            node.save_contract_state(&id, &entry.state).map_err(internal)?;
+            node.log_event(
+                now,
+                "notice",
+                json!({"contract": id, "peer": from, "from": "peer", "delete_after": delete_after}),
+            )
+            .map_err(internal)?;
         }
         Ok(Response::Ack)
     })

@@ -12,6 +12,7 @@ mod forward;
 mod market;
 mod sync;
 
+use crate::node::report::Report;
 pub use ctx::ServerOptions;
 use ctx::{Ctx, MAX_PUTS_AT_ONCE};
 
@@ -49,14 +50,9 @@ pub struct Server {
     queues: Option<forward::ForwardQueues>,
 }
 
-/// Writes one line for the person running the server.
-fn log(msg: std::fmt::Arguments<'_>) {
-    eprintln!("kaana-sync serve: {msg}");
-}
-
 impl Server {
     /// Binds the node's endpoint. Must be called inside a tokio runtime.
-    pub fn bind(node: Node, opts: ServerOptions) -> Result<Server, NetError> {
+    pub fn bind(node: Node, opts: ServerOptions, report: Arc<dyn Report>) -> Result<Server, NetError> {
         let now = now_from_env().map_err(|e| NetError::Setup(e.to_string()))?;
         let board = market::load_board(&node, now).map_err(|e| NetError::Setup(e.to_string()))?;
         let config = transport::server_config(&node.identity)?;
@@ -68,6 +64,7 @@ impl Server {
         let (forwarding, queues) = forward::Forwarding::new();
         let ctx = Ctx {
             node,
+            report,
             opts,
             open: Mutex::new(HashMap::new()),
             known: Mutex::new(None),
@@ -91,10 +88,14 @@ impl Server {
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) {
         if let Some(queues) = self.queues.take() {
             let ctx = self.ctx.clone();
-            queues.run(move |from, offer| {
-                let ctx = ctx.clone();
-                async move { market::forward(&ctx, from, offer).await }
-            });
+            let report = ctx.report.clone();
+            queues.run(
+                move |from, offer| {
+                    let ctx = ctx.clone();
+                    async move { market::forward(&ctx, from, offer).await }
+                },
+                report,
+            );
         }
         let (stop_tx, stop_rx) = watch::channel(false);
         // Every task holds a clone of `busy`; when all are dropped, the drain is over.
@@ -112,19 +113,19 @@ impl Server {
                 },
             }
         }
-        log(format_args!("shutting down: no new work; finishing requests in flight"));
+        self.ctx.say(format_args!("shutting down: no new work; finishing requests in flight"));
         self.endpoint.set_server_config(None);
         let _ = stop_tx.send(true);
         drop(busy);
         if tokio::time::timeout(self.ctx.opts.drain_timeout, idle.recv()).await.is_err() {
-            log(format_args!(
+            self.ctx.say(format_args!(
                 "requests still in flight after {}s; closing anyway",
                 self.ctx.opts.drain_timeout.as_secs()
             ));
         }
         self.endpoint.close(VarInt::from_u32(CLOSE_SHUTDOWN), b"server shutting down");
         let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
-        log(format_args!("stopped"));
+        self.ctx.say(format_args!("stopped"));
     }
 }
 
@@ -142,12 +143,12 @@ async fn handle_connection(
     let remote = incoming.remote_address();
     let connecting = match incoming.accept() {
         Ok(c) => c,
-        Err(e) => return log(format_args!("{remote}: handshake refused: {e}")),
+        Err(e) => return ctx.say(format_args!("{remote}: handshake refused: {e}")),
     };
     let conn = match tokio::time::timeout(ctx.opts.read_timeout, connecting).await {
         Ok(Ok(conn)) => conn,
-        Ok(Err(e)) => return log(format_args!("{remote}: handshake failed: {e}")),
-        Err(_) => return log(format_args!("{remote}: handshake timed out")),
+        Ok(Err(e)) => return ctx.say(format_args!("{remote}: handshake failed: {e}")),
+        Err(_) => return ctx.say(format_args!("{remote}: handshake timed out")),
     };
     let Some(peer) = peer_of(&conn) else {
         conn.close(VarInt::from_u32(CLOSE_BUSY), b"no node key");
@@ -158,7 +159,7 @@ async fn handle_connection(
     let _slot = match ctx.take_slot(peer, stranger) {
         Ok(slot) => slot,
         Err(why) => {
-            log(format_args!("{remote}: refused node {}: {why}", peer.short()));
+            ctx.say(format_args!("{remote}: refused node {}: {why}", peer.short()));
             conn.close(VarInt::from_u32(CLOSE_BUSY), why.as_bytes());
             return;
         }
@@ -221,7 +222,7 @@ async fn handle_stream(ctx: Arc<Ctx>, conn: quinn::Connection, stream: Stream, _
                 NetError::Timeout { .. } => ErrorReply::new(ErrorCode::Timeout, e.to_string()),
                 other => ErrorReply::new(ErrorCode::BadFrame, other.to_string()),
             };
-            log(format_args!("node {}: {}", peer.short(), reply.message));
+            ctx.say(format_args!("node {}: {}", peer.short(), reply.message));
             (Response::Error(reply), None)
         }
     };
@@ -278,7 +279,7 @@ async fn dispatch(
         Request::Rechallenge { contract } => audits::rechallenge(ctx, conn, peer, contract).await,
     };
     result.unwrap_or_else(|e| {
-        log(format_args!("node {}: {kind} refused: {}", peer.short(), e.message));
+        ctx.say(format_args!("node {}: {kind} refused: {}", peer.short(), e.message));
         (Response::Error(e), None)
     })
 }

@@ -44,11 +44,7 @@ async fn blocking<T: Send + 'static>(
 
 /// The contract `id`, if `peer` is its other side. `for_push`: it must also be active.
 fn authorise(ctx: &Ctx, peer: NodeId, id: &RecordId, for_push: bool) -> Result<(ContractEntry, Inbound), ErrorReply> {
-    let entry =
-        ctx.node.contract(id).map_err(|_| ErrorReply::new(ErrorCode::NotFound, format!("no contract {id} here")))?;
-    if entry.state.peer != peer {
-        return Err(ErrorReply::new(ErrorCode::Unauthorized, format!("node {peer} is not a side of contract {id}")));
-    }
+    let entry = ctx.node.contract_for(peer, id).map_err(crate::node::refusal::denied)?;
     match (&entry.state.status, for_push) {
         (Status::Ended { .. }, _) => {
             return Err(ErrorReply::new(
@@ -246,10 +242,10 @@ pub(super) async fn commit(
             c.node.save_contract_state(&id, &state).map_err(internal)?;
         }
         // What the new generation no longer needs goes after the reply.
-        let trash = inbound.clone();
+        let (trash, report) = (inbound.clone(), c.report.clone());
         tokio::task::spawn_blocking(move || {
             if let Err(e) = trash.empty_trash() {
-                eprintln!("kaana-sync serve: {e}");
+                report.say(&e.to_string());
             }
         });
         if let Ok(mut stored) = c.stored.lock() {
