@@ -4,7 +4,7 @@
 
 use std::fs;
 
-use kaana_proto::net::transport::{Client, Connection, read_exact, read_timeout};
+use kaana_proto::net::transport::{Client, Connection, read_exact};
 use kaana_proto::net::wire::{Request, Response};
 use kaana_proto::node::audit::{self, Heard};
 use kaana_proto::protocol::challenge::{self, Challenge, Reply, Rng};
@@ -299,7 +299,7 @@ fn a_holder_refuses_what_could_frame_it() {
                 Response::Answer { answer, len } => {
                     answer.verify_by(&entry.state.peer).unwrap();
                     let mut raw = vec![0u8; len as usize];
-                    read_exact(&mut ex.recv, &mut raw, read_timeout(), "raw").await.unwrap();
+                    read_exact(&mut ex.recv, &mut raw, conn.read_timeout(), "raw").await.unwrap();
                     out.push(answer.body.reply);
                 }
                 other => panic!("{other:?}"),

@@ -12,10 +12,11 @@ use clap::{Parser, Subcommand};
 use serde::Serialize;
 use serde_json::json;
 
-use kaana_proto::net::transport::{Client, Connection, NetError, Traffic};
+use kaana_proto::net::transport::{Connection, NetError, Traffic};
 use kaana_proto::net::wire::Request;
 use kaana_proto::node::audit::{self, AuditError, Heard};
 use kaana_proto::node::cli::{Exit, emit};
+use kaana_proto::node::machine::Settings;
 use kaana_proto::node::machine::now_from_env;
 use kaana_proto::protocol::challenge::{DEFAULT_SAMPLES, MAX_SAMPLES, Outcome};
 use kaana_proto::protocol::fairness::attention::{self, Concern};
@@ -138,7 +139,7 @@ impl Line {
 }
 
 /// Runs `kaana-challenge`.
-pub fn run(args: Args) -> anyhow::Result<Exit> {
+pub fn run(args: Args, settings: Settings) -> anyhow::Result<Exit> {
     match &args.command {
         Some(Command::CheckEvidence { file }) => return check_evidence(file),
         Some(Command::Completions { shell }) => return kaana_proto::node::cli::print_completions::<Args>(*shell),
@@ -149,7 +150,7 @@ pub fn run(args: Args) -> anyhow::Result<Exit> {
     let now = now_from_env()?;
     match args.command {
         Some(Command::FailNext { contract, mode }) => fail_next(&node, &contract, mode),
-        Some(Command::Standing) => kaana_proto::node::cli::runtime()?.block_on(standing(node, now)),
+        Some(Command::Standing) => kaana_proto::node::cli::runtime()?.block_on(standing(node, settings, now)),
         Some(Command::CheckEvidence { .. } | Command::Completions { .. } | Command::Man) => handled_before(),
         None => {
             if !(1..=MAX_SAMPLES).contains(&args.samples) {
@@ -160,7 +161,7 @@ pub fn run(args: Args) -> anyhow::Result<Exit> {
                 (None, true) => node.contracts()?.into_iter().filter(|e| !e.state.status.owes_nothing(now)).collect(),
                 _ => anyhow::bail!("say which contract to check, or --all"),
             };
-            kaana_proto::node::cli::runtime()?.block_on(check_all(node, entries, args.samples, now))
+            kaana_proto::node::cli::runtime()?.block_on(check_all(node, settings, entries, args.samples, now))
         }
     }
 }
@@ -186,9 +187,15 @@ struct Checked {
     breach: bool,
 }
 
-async fn check_all(node: Node, entries: Vec<ContractEntry>, samples: usize, now: Timestamp) -> anyhow::Result<Exit> {
+async fn check_all(
+    node: Node,
+    settings: Settings,
+    entries: Vec<ContractEntry>,
+    samples: usize,
+    now: Timestamp,
+) -> anyhow::Result<Exit> {
     let node = Arc::new(node);
-    let client = Arc::new(Client::with_traffic(node.identity.clone(), Traffic::Short));
+    let client = Arc::new(settings.client(&node.identity, Traffic::Short));
     // Toward a peer it is failing on purpose in silence, this node is down: no contact at all,
     // under any contract.
     // (It sees nothing of the peer meanwhile, so a spell of unanswered tries it had begun is
@@ -430,8 +437,8 @@ struct StandingLine {
     audit: Option<Plan>,
 }
 
-async fn standing(node: Node, now: Timestamp) -> anyhow::Result<Exit> {
-    let client = Client::with_traffic(node.identity.clone(), Traffic::Short);
+async fn standing(node: Node, settings: Settings, now: Timestamp) -> anyhow::Result<Exit> {
+    let client = settings.client(&node.identity, Traffic::Short);
     let mut exit = Exit::Ok;
     let silent = node.silent_peers(now)?;
     for entry in node.contracts()?.into_iter().filter(|e| !e.state.status.owes_nothing(now)) {

@@ -188,7 +188,8 @@ fn parse_duration_arg(s: &str) -> Result<u64, String> {
 }
 
 /// Runs `kaana-offer`.
-pub fn run(args: Args) -> anyhow::Result<Exit> {
+pub fn run(args: Args, settings: kaana_proto::node::machine::Settings) -> anyhow::Result<Exit> {
+    let settings = &settings;
     let home = args.home.dir();
     match args.command {
         Command::Completions { shell } => kaana_proto::node::cli::print_completions::<Args>(shell),
@@ -199,15 +200,15 @@ pub fn run(args: Args) -> anyhow::Result<Exit> {
         Command::Config { action: Some(ConfigCommand::Get { key }) } => setup::config_get(home, &key),
         Command::Config { action: Some(ConfigCommand::Set { key, value }) } => setup::config_set(home, &key, &value),
         Command::RecoveryPhrase => setup::recovery_phrase(home),
-        Command::Peer(PeerCommand::Add { peer, no_check }) => setup::peer_add(home, &peer, no_check),
+        Command::Peer(PeerCommand::Add { peer, no_check }) => setup::peer_add(home, settings, &peer, no_check),
         Command::Peer(PeerCommand::List) => setup::peer_list(home),
         Command::Status => market::status(home),
         Command::Create { size, grace, ttl, addrs } => market::create(home, size, grace, ttl, addrs),
-        Command::Publish { offer, boards } => market::publish(home, offer.as_deref(), &boards),
-        Command::List { boards } => market::list(home, &boards),
-        Command::Accept { offer } => market::accept(home, &offer),
-        Command::Contracts { fetch } => market::contracts(home, fetch),
-        Command::Terminate { contract } => market::terminate(home, &contract),
+        Command::Publish { offer, boards } => market::publish(home, settings, offer.as_deref(), &boards),
+        Command::List { boards } => market::list(home, settings, &boards),
+        Command::Accept { offer } => market::accept(home, settings, &offer),
+        Command::Contracts { fetch } => market::contracts(home, settings, fetch),
+        Command::Terminate { contract } => market::terminate(home, settings, &contract),
     }
 }
 

@@ -10,7 +10,7 @@ use serde_json::json;
 use kaana_proto::net::transport::{Client, NetError, Traffic};
 use kaana_proto::net::wire::{Request, Response};
 use kaana_proto::node::cli::{Exit, emit};
-use kaana_proto::node::machine::now_from_env;
+use kaana_proto::node::machine::{Settings, now_from_env};
 use kaana_proto::protocol::fairness::attention;
 use kaana_proto::protocol::fairness::standing::Standing;
 use kaana_proto::protocol::identity::NodeId;
@@ -318,7 +318,12 @@ struct PublishLine {
     message: Option<String>,
 }
 
-pub(crate) fn publish(home: Option<&Path>, prefix: Option<&str>, boards: &[PeerAddr]) -> anyhow::Result<Exit> {
+pub(crate) fn publish(
+    home: Option<&Path>,
+    settings: &Settings,
+    prefix: Option<&str>,
+    boards: &[PeerAddr],
+) -> anyhow::Result<Exit> {
     let node = Node::open_at(home)?;
     let now = now_from_env()?;
     let own = node.own_offers()?;
@@ -347,7 +352,7 @@ pub(crate) fn publish(home: Option<&Path>, prefix: Option<&str>, boards: &[PeerA
     };
     let (mut ok, mut failed) = (0, 0);
     block_on(async {
-        let client = Client::with_traffic(node.identity.clone(), Traffic::Short);
+        let client = settings.client(&node.identity, Traffic::Short);
         for board in &boards {
             let conn = match client.connect(board.node, &board.addr).await {
                 Ok(c) => Some(c),
@@ -389,7 +394,7 @@ pub(crate) fn publish(home: Option<&Path>, prefix: Option<&str>, boards: &[PeerA
     })
 }
 
-pub(crate) fn list(home: Option<&Path>, boards: &[PeerAddr]) -> anyhow::Result<Exit> {
+pub(crate) fn list(home: Option<&Path>, settings: &Settings, boards: &[PeerAddr]) -> anyhow::Result<Exit> {
     let node = Node::open_at(home)?;
     let now = now_from_env()?;
     let me = node.id();
@@ -403,7 +408,7 @@ pub(crate) fn list(home: Option<&Path>, boards: &[PeerAddr]) -> anyhow::Result<E
             }
         }
     } else {
-        let fetched = block_on(fetch_boards(&node, boards, now))?;
+        let fetched = block_on(fetch_boards(&node, settings, boards, now))?;
         if fetched.failed > 0 {
             exit =
                 if fetched.offers.is_empty() && fetched.failed == boards.len() { Exit::Error } else { Exit::Attention };
@@ -423,8 +428,13 @@ struct Fetched {
     failed: usize,
 }
 
-async fn fetch_boards(node: &Node, boards: &[PeerAddr], now: Timestamp) -> anyhow::Result<Fetched> {
-    let client = Client::with_traffic(node.identity.clone(), Traffic::Short);
+async fn fetch_boards(
+    node: &Node,
+    settings: &Settings,
+    boards: &[PeerAddr],
+    now: Timestamp,
+) -> anyhow::Result<Fetched> {
+    let client = settings.client(&node.identity, Traffic::Short);
     let mut out = Fetched { offers: BTreeMap::new(), failed: 0 };
     for board in boards {
         match fetch_board(&client, board, now, &mut out.offers).await {
@@ -493,7 +503,7 @@ fn remember_seen(node: &Node, seen: &BTreeMap<RecordId, Signed<Offer>>, now: Tim
     Ok(())
 }
 
-pub(crate) fn accept(home: Option<&Path>, prefix: &str) -> anyhow::Result<Exit> {
+pub(crate) fn accept(home: Option<&Path>, settings: &Settings, prefix: &str) -> anyhow::Result<Exit> {
     let node = Node::open_at(home)?;
     let now = now_from_env()?;
     let me = node.id();
@@ -528,7 +538,7 @@ pub(crate) fn accept(home: Option<&Path>, prefix: &str) -> anyhow::Result<Exit> 
     check_room(&node, offer.body.size).with_context(|| format!("offer {offer_id}"))?;
     let proposal = Signed::sign(ContractBody::for_offer(&offer, offer_id, me, now), &node.identity)?;
     let contract = block_on(async {
-        let client = Client::with_traffic(node.identity.clone(), Traffic::Short);
+        let client = settings.client(&node.identity, Traffic::Short);
         let result = async {
             let conn = client.connect_any(offer.body.node, &offer.body.addrs).await?;
             let reply = conn.request(&Request::Accept { proposal: proposal.clone(), addrs }).await;
@@ -557,7 +567,7 @@ pub(crate) fn accept(home: Option<&Path>, prefix: &str) -> anyhow::Result<Exit> 
     Ok(Exit::Ok)
 }
 
-pub(crate) fn contracts(home: Option<&Path>, fetch: bool) -> anyhow::Result<Exit> {
+pub(crate) fn contracts(home: Option<&Path>, settings: &Settings, fetch: bool) -> anyhow::Result<Exit> {
     let node = Node::open_at(home)?;
     let mut exit = Exit::Ok;
     if fetch {
@@ -565,7 +575,7 @@ pub(crate) fn contracts(home: Option<&Path>, fetch: bool) -> anyhow::Result<Exit
             bail!("no peer to ask: add one first with `kaana-offer peer add ID@HOST:PORT`");
         }
         let fetched = block_on(async {
-            let client = Client::with_traffic(node.identity.clone(), Traffic::Short);
+            let client = settings.client(&node.identity, Traffic::Short);
             let r = kaana_proto::node::backup::fetch_contracts(&client, &node).await;
             client.close().await;
             Ok(r?)
@@ -598,7 +608,7 @@ struct TerminateLine {
     delivered: bool,
 }
 
-pub(crate) fn terminate(home: Option<&Path>, prefix: &str) -> anyhow::Result<Exit> {
+pub(crate) fn terminate(home: Option<&Path>, settings: &Settings, prefix: &str) -> anyhow::Result<Exit> {
     let node = Node::open_at(home)?;
     let now = now_from_env()?;
     let me = node.id();
@@ -630,7 +640,7 @@ pub(crate) fn terminate(home: Option<&Path>, prefix: &str) -> anyhow::Result<Exi
     let entry = node.contract(&id)?;
     let addrs = node.address_book()?.addrs(&entry.state.peer).to_vec();
     let sent = block_on(async {
-        let client = Client::with_traffic(node.identity.clone(), Traffic::Short);
+        let client = settings.client(&node.identity, Traffic::Short);
         let result = async {
             let conn = client.connect_any(entry.state.peer, &addrs).await?;
             let r = conn.request(&Request::Notice { notice }).await;

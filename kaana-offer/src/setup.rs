@@ -7,9 +7,10 @@ use std::path::Path;
 use anyhow::{Context as _, bail};
 use serde::Serialize;
 
-use kaana_proto::net::transport::{Client, Traffic};
+use kaana_proto::net::transport::Traffic;
 use kaana_proto::net::wire::{Request, Response};
 use kaana_proto::node::cli::{Exit, emit};
+use kaana_proto::node::machine::Settings;
 use kaana_proto::protocol::identity::{Identity, NodeId};
 use kaana_proto::protocol::size::format_size;
 use kaana_proto::store::config::{Config, Key, PeerAddr, is_host_port};
@@ -126,13 +127,18 @@ pub(crate) fn recovery_phrase(home: Option<&Path>) -> anyhow::Result<Exit> {
     Ok(Exit::Ok)
 }
 
-pub(crate) fn peer_add(home: Option<&Path>, peer: &PeerAddr, no_check: bool) -> anyhow::Result<Exit> {
+pub(crate) fn peer_add(
+    home: Option<&Path>,
+    settings: &Settings,
+    peer: &PeerAddr,
+    no_check: bool,
+) -> anyhow::Result<Exit> {
     let node = Node::open_at(home)?;
     if peer.node == node.id() {
         bail!("{} is this node's own id; add another node's", peer.node);
     }
     if !no_check {
-        say_hello(&node, peer)
+        say_hello(&node, settings, peer)
             .with_context(|| format!("checking that {peer} answers (add --no-check to add it without checking)"))?;
     }
     let changed = node.add_peer(peer)?;
@@ -150,9 +156,9 @@ pub(crate) fn peer_list(home: Option<&Path>) -> anyhow::Result<Exit> {
 }
 
 /// Asks `peer` who it is over an authenticated connection.
-fn say_hello(node: &Node, peer: &PeerAddr) -> anyhow::Result<()> {
+fn say_hello(node: &Node, settings: &Settings, peer: &PeerAddr) -> anyhow::Result<()> {
     crate::block_on(async {
-        let client = Client::with_traffic(node.identity.clone(), Traffic::Short);
+        let client = settings.client(&node.identity, Traffic::Short);
         let result = async {
             let conn = client.connect(peer.node, &peer.addr).await?;
             let reply = conn.request(&Request::Hello).await?;

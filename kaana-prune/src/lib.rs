@@ -18,6 +18,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use kaana_proto::node::cli::{Exit, emit};
+use kaana_proto::node::machine::Settings;
 use kaana_proto::node::machine::now_from_env;
 use kaana_proto::protocol::fairness::health::Health;
 use kaana_proto::protocol::identity::NodeId;
@@ -102,7 +103,7 @@ enum Work {
 }
 
 /// Runs `kaana-prune`.
-pub fn run(args: Args) -> anyhow::Result<Exit> {
+pub fn run(args: Args, settings: Settings) -> anyhow::Result<Exit> {
     match args.command {
         Some(Command::Completions { shell }) => return kaana_proto::node::cli::print_completions::<Args>(shell),
         Some(Command::Man) => return kaana_proto::node::cli::print_man::<Args>(),
@@ -110,7 +111,7 @@ pub fn run(args: Args) -> anyhow::Result<Exit> {
     }
     let node = args.home.open()?;
     let now = now_from_env()?;
-    let steps = plan(&node, now, args.leftovers)?;
+    let steps = plan(&node, &settings, now, args.leftovers)?;
     for step in &steps {
         emit(&Line { step, dry_run: args.dry_run })?;
     }
@@ -142,7 +143,12 @@ fn term(status: &Status) -> Term {
 
 /// Checks that this node reaches its peers (those it is not silent toward), if a failing
 /// peer's grace has run out: the rules delete nothing while its own connection is in doubt.
-fn check_reach(node: &Node, contracts: &[ContractEntry], now: Timestamp) -> anyhow::Result<Health> {
+fn check_reach(
+    node: &Node,
+    settings: &Settings,
+    contracts: &[ContractEntry],
+    now: Timestamp,
+) -> anyhow::Result<Health> {
     let due = contracts
         .iter()
         .any(|e| !matches!(e.state.status, Status::Ended { .. }) && e.state.their_standing.expired(now));
@@ -159,10 +165,7 @@ fn check_reach(node: &Node, contracts: &[ContractEntry], now: Timestamp) -> anyh
     peers.sort();
     peers.dedup();
     kaana_proto::node::cli::runtime()?.block_on(async {
-        let client = std::sync::Arc::new(kaana_proto::net::transport::Client::with_traffic(
-            node.identity.clone(),
-            kaana_proto::net::transport::Traffic::Short,
-        ));
+        let client = std::sync::Arc::new(settings.client(&node.identity, kaana_proto::net::transport::Traffic::Short));
         let (conns, reach) = kaana_proto::node::audit::connect_all(&client, node, &peers, now).await?;
         for c in conns.into_iter().filter_map(|(_, c)| c.ok()) {
             c.close();
@@ -173,11 +176,11 @@ fn check_reach(node: &Node, contracts: &[ContractEntry], now: Timestamp) -> anyh
 }
 
 /// Builds the plan. `leftovers`: also remove data of contracts this node does not know.
-pub fn plan(node: &Node, now: Timestamp, leftovers: bool) -> anyhow::Result<Vec<Step>> {
+pub fn plan(node: &Node, settings: &Settings, now: Timestamp, leftovers: bool) -> anyhow::Result<Vec<Step>> {
     let mut steps = Vec::new();
     let before = UNIX_EPOCH + Duration::from_secs(now.unix()) - SAFE_AGE;
     let contracts = node.contracts()?;
-    let health = check_reach(node, &contracts, now)?;
+    let health = check_reach(node, settings, &contracts, now)?;
     for entry in &contracts {
         let store = Inbound::new(&node.config.storage, &entry.id);
         let (contract, peer) = (Some(entry.id), Some(entry.state.peer));

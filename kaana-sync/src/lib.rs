@@ -12,9 +12,10 @@ use serde::Serialize;
 
 use std::sync::Arc;
 
-use kaana_proto::net::transport::Client;
+use kaana_proto::net::transport::Traffic;
 use kaana_proto::node::backup;
 use kaana_proto::node::cli::{Exit, emit};
+use kaana_proto::node::machine::Settings;
 use kaana_proto::node::server::{Server, ServerOptions};
 use kaana_proto::protocol::identity::NodeId;
 use kaana_proto::protocol::market::RecordId;
@@ -126,7 +127,7 @@ struct ServeLine {
 }
 
 /// Runs `kaana-sync`.
-pub fn run(args: Args) -> anyhow::Result<Exit> {
+pub fn run(args: Args, settings: Settings) -> anyhow::Result<Exit> {
     match args.command {
         Command::Completions { shell } => return kaana_proto::node::cli::print_completions::<Args>(shell),
         Command::Man => return kaana_proto::node::cli::print_man::<Args>(),
@@ -137,6 +138,7 @@ pub fn run(args: Args) -> anyhow::Result<Exit> {
         Command::Serve { listen, read_timeout } => {
             let mut opts = ServerOptions::new(listen.unwrap_or(node.config.listen));
             opts.read_timeout = read_timeout;
+            opts.client_timeouts = settings.timeouts;
             kaana_proto::node::cli::runtime()?.block_on(serve(node, opts))
         }
         Command::Push { contract, all, allow_plaintext, extent_size } => {
@@ -159,7 +161,7 @@ pub fn run(args: Args) -> anyhow::Result<Exit> {
             }
             kaana_proto::node::cli::runtime()?.block_on(async {
                 tokio::select! {
-                    r = push(node, entries, all, extent_size, allow_plaintext) => r,
+                    r = push(node, settings, entries, all, extent_size, allow_plaintext) => r,
                     _ = tokio::signal::ctrl_c() => {
                         // What the holder stored stays; the previous generation stays whole.
                         eprintln!(
@@ -174,7 +176,7 @@ pub fn run(args: Args) -> anyhow::Result<Exit> {
         Command::Restore { contract, out, generation } => {
             let entry = node.find_contract(&contract)?;
             kaana_proto::node::cli::runtime()?.block_on(async {
-                let client = Client::new(node.identity.clone());
+                let client = settings.client(&node.identity, Traffic::Bulk);
                 let r =
                     backup::restore(&client, &node, &entry, Some(&out), generation, "restore", &bar::Bar::default())
                         .await;
@@ -196,7 +198,7 @@ pub fn run(args: Args) -> anyhow::Result<Exit> {
                         .collect()
                 }
             };
-            kaana_proto::node::cli::runtime()?.block_on(verify(node, entries, all))
+            kaana_proto::node::cli::runtime()?.block_on(verify(node, settings, entries, all))
         }
         Command::Status => status(&node),
         Command::Completions { .. } | Command::Man => Ok(Exit::Ok),
@@ -206,6 +208,7 @@ pub fn run(args: Args) -> anyhow::Result<Exit> {
 /// Pushes a few contracts at a time; prints one line per contract.
 async fn push(
     node: Node,
+    settings: Settings,
     entries: Vec<ContractEntry>,
     all: bool,
     extent_size: u32,
@@ -213,7 +216,7 @@ async fn push(
 ) -> anyhow::Result<Exit> {
     const AT_ONCE: usize = 2;
     let node = Arc::new(node);
-    let client = Arc::new(Client::new(node.identity.clone()));
+    let client = Arc::new(settings.client(&node.identity, Traffic::Bulk));
     let permits = Arc::new(tokio::sync::Semaphore::new(AT_ONCE));
     let mut tasks = tokio::task::JoinSet::new();
     for entry in entries {
@@ -262,8 +265,8 @@ async fn push(
 }
 
 /// Verifies each contract's copy in turn; one line each.
-async fn verify(node: Node, entries: Vec<ContractEntry>, all: bool) -> anyhow::Result<Exit> {
-    let client = Client::new(node.identity.clone());
+async fn verify(node: Node, settings: Settings, entries: Vec<ContractEntry>, all: bool) -> anyhow::Result<Exit> {
+    let client = settings.client(&node.identity, Traffic::Bulk);
     let mut exit = Exit::Ok;
     for entry in entries {
         let r = backup::restore(&client, &node, &entry, None, None, "verify", &bar::Bar::default()).await;

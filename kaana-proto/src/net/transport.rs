@@ -23,10 +23,6 @@ use crate::protocol::identity::{Identity, NodeId};
 pub const READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a connection attempt may take, unless `KAANA_CONNECT_TIMEOUT` says otherwise.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// The environment variable that overrides [`READ_TIMEOUT`] for clients (a duration such as `5s`).
-pub const READ_TIMEOUT_ENV: &str = "KAANA_READ_TIMEOUT";
-/// The environment variable that overrides [`CONNECT_TIMEOUT`] (a duration such as `3s`).
-pub const CONNECT_TIMEOUT_ENV: &str = "KAANA_CONNECT_TIMEOUT";
 /// Requests one connection may have open at once (QUIC flow control holds back the rest).
 pub const MAX_STREAMS_PER_CONNECTION: u32 = 16;
 /// A connection with nothing on it for this long is closed.
@@ -214,30 +210,21 @@ fn client_config(
     Ok((config, seen))
 }
 
-/// Checks the time-outs set in the environment, so that a tool refuses a value it could not
-/// read (`KAANA_CONNECT_TIMEOUT=forever`) instead of silently using its default.
-pub fn check_env() -> Result<(), String> {
-    for var in [CONNECT_TIMEOUT_ENV, READ_TIMEOUT_ENV] {
-        if let Ok(text) = std::env::var(var)
-            && humantime::parse_duration(&text).map_or(true, |d| d.is_zero())
-        {
-            return Err(format!("{var}={text:?} is not a time-out such as 10s, 2m or 1h"));
-        }
+/// How long a client waits: to connect, and for each read. A tool reads them from the
+/// environment once, at its edge (`node::machine::Settings`); a client made without them uses
+/// these defaults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// To connect (and finish the handshake).
+    pub connect: Duration,
+    /// For each read of a reply.
+    pub read: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts { connect: CONNECT_TIMEOUT, read: READ_TIMEOUT }
     }
-    Ok(())
-}
-
-/// A client's time-out on every read: `KAANA_READ_TIMEOUT`, else [`READ_TIMEOUT`].
-pub fn read_timeout() -> Duration {
-    static CELL: OnceLock<Duration> = OnceLock::new();
-    *CELL.get_or_init(|| {
-        std::env::var(READ_TIMEOUT_ENV).ok().and_then(|t| humantime::parse_duration(&t).ok()).unwrap_or(READ_TIMEOUT)
-    })
-}
-
-/// The connect time-out in force: `KAANA_CONNECT_TIMEOUT`, else [`CONNECT_TIMEOUT`].
-pub fn connect_timeout() -> Duration {
-    std::env::var(CONNECT_TIMEOUT_ENV).ok().and_then(|t| humantime::parse_duration(&t).ok()).unwrap_or(CONNECT_TIMEOUT)
 }
 
 /// A node's client side: connects to other nodes, presenting this node's key.
@@ -247,7 +234,7 @@ pub struct Client {
     traffic: Traffic,
     v4: OnceLock<Endpoint>,
     v6: OnceLock<Endpoint>,
-    connect_timeout: Duration,
+    timeouts: Timeouts,
 }
 
 impl Client {
@@ -258,7 +245,13 @@ impl Client {
 
     /// A client presenting `identity`, for `traffic`. Must be used inside a tokio runtime.
     pub fn with_traffic(identity: Identity, traffic: Traffic) -> Self {
-        Client { identity, traffic, v4: OnceLock::new(), v6: OnceLock::new(), connect_timeout: connect_timeout() }
+        Client { identity, traffic, v4: OnceLock::new(), v6: OnceLock::new(), timeouts: Timeouts::default() }
+    }
+
+    /// The same client, waiting as `timeouts` say.
+    pub fn with_timeouts(mut self, timeouts: Timeouts) -> Self {
+        self.timeouts = timeouts;
+        self
     }
 
     fn endpoint(&self, target: &SocketAddr) -> Result<&Endpoint, NetError> {
@@ -286,9 +279,9 @@ impl Client {
         let unreachable = |reason: String| NetError::Unreachable { node, addr: addr.to_owned(), reason };
         let connecting =
             self.endpoint(&target)?.connect_with(config, target, "kaana").map_err(|e| unreachable(e.to_string()))?;
-        let conn = match tokio::time::timeout(self.connect_timeout, connecting).await {
+        let conn = match tokio::time::timeout(self.timeouts.connect, connecting).await {
             Err(_) => {
-                return Err(unreachable(format!("no answer within {}s", self.connect_timeout.as_secs())));
+                return Err(unreachable(format!("no answer within {}s", self.timeouts.connect.as_secs())));
             }
             Ok(Err(e)) => {
                 return Err(match seen.get() {
@@ -300,7 +293,7 @@ impl Client {
             }
             Ok(Ok(conn)) => conn,
         };
-        Ok(Connection { conn, node })
+        Ok(Connection { conn, node, read_timeout: self.timeouts.read })
     }
 
     /// Connects to `node` trying each of `addrs` in turn; the last error if none answers. A
@@ -359,9 +352,15 @@ impl Client {
 pub struct Connection {
     conn: quinn::Connection,
     node: NodeId,
+    read_timeout: Duration,
 }
 
 impl Connection {
+    /// How long each read of a reply on this connection waits.
+    pub fn read_timeout(&self) -> Duration {
+        self.read_timeout
+    }
+
     /// The node at the other end (proved in the handshake).
     pub fn node(&self) -> NodeId {
         self.node
@@ -370,7 +369,7 @@ impl Connection {
     /// Opens a stream and sends nothing yet (for callers that write frames themselves).
     pub async fn open_stream(&self) -> Result<Exchange, NetError> {
         let (send, recv) = self.conn.open_bi().await.map_err(|e| lost(&self.conn, e))?;
-        Ok(Exchange { send, recv, request: "a raw stream", conn: self.conn.clone() })
+        Ok(Exchange { send, recv, request: "a raw stream", conn: self.conn.clone(), read_timeout: self.read_timeout })
     }
 
     /// Waits for the peer to open a stream to this side (the server's half of a rechallenge).
@@ -388,7 +387,8 @@ impl Connection {
     /// the reply from the returned [`Exchange`].
     pub async fn open(&self, req: &Request) -> Result<Exchange, NetError> {
         let (send, recv) = self.conn.open_bi().await.map_err(|e| lost(&self.conn, e))?;
-        let mut ex = Exchange { send, recv, request: req.kind(), conn: self.conn.clone() };
+        let mut ex =
+            Exchange { send, recv, request: req.kind(), conn: self.conn.clone(), read_timeout: self.read_timeout };
         write_frame(&mut ex.send, req).await.map_err(|e| ex.remap(e))?;
         Ok(ex)
     }
@@ -415,6 +415,7 @@ pub struct Exchange {
     pub recv: RecvStream,
     request: &'static str,
     conn: quinn::Connection,
+    read_timeout: Duration,
 }
 
 impl Exchange {
@@ -432,7 +433,7 @@ impl Exchange {
 
     /// Reads the reply frame; an error reply becomes [`NetError::Remote`].
     pub async fn reply(&mut self) -> Result<Response, NetError> {
-        let frame = read_frame::<Response>(&mut self.recv, read_timeout()).await.map_err(|e| self.remap(e))?;
+        let frame = read_frame::<Response>(&mut self.recv, self.read_timeout).await.map_err(|e| self.remap(e))?;
         match frame {
             Some(Response::Error(e)) => Err(NetError::Remote(e)),
             Some(r) => Ok(r),

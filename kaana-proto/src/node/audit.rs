@@ -16,7 +16,7 @@ use quinn::{RecvStream, SendStream};
 use serde_json::json;
 use thiserror::Error;
 
-use crate::net::transport::{Client, Connection, NetError, read_exact, read_frame, read_timeout, write_frame};
+use crate::net::transport::{Client, Connection, NetError, read_exact, read_frame, write_frame};
 use crate::net::wire::{ErrorCode, ErrorReply, FrameError, PROTOCOL_VERSION, Request, Response};
 use crate::node::answer::{self, Honesty};
 use crate::protocol::challenge::{self, Answer, Challenge, Outcome, Reply, Rng, Verdict};
@@ -134,8 +134,7 @@ pub struct Exchanged {
 /// `target` on an open stream and reads the reply.
 #[allow(clippy::too_many_arguments)]
 pub async fn exchange(
-    send: &mut SendStream,
-    recv: &mut RecvStream,
+    (send, recv, read_timeout): (&mut SendStream, &mut RecvStream, std::time::Duration),
     node: &Node,
     entry: &ContractEntry,
     target: Target,
@@ -181,7 +180,7 @@ pub async fn exchange(
     let expected = challenge::answer_len(g, &signed.body.picks, depth).unwrap_or(0);
     let unsigned = |why: &str| Heard::Fail { signed: None, why: why.to_owned() };
     let (mut answer, mut raw) = (None, Vec::new());
-    let heard = match read_frame::<Response>(recv, read_timeout()).await {
+    let heard = match read_frame::<Response>(recv, read_timeout).await {
         Ok(Some(Response::Answer { answer: a, len })) => {
             let attributed = a.verify_by(&peer).is_ok() && a.body.challenge == challenge_id && a.body.holder == peer;
             let heard = match &a.body.reply {
@@ -189,7 +188,7 @@ pub async fn exchange(
                 Reply::Proof { .. } if len as usize > expected => unsigned("an answer longer than its proofs"),
                 Reply::Proof { proof } => {
                     raw = vec![0u8; len as usize];
-                    match read_exact(recv, &mut raw, read_timeout(), "the answer").await {
+                    match read_exact(recv, &mut raw, read_timeout, "the answer").await {
                         Err(e) => Heard::Unreachable(e.to_string()),
                         Ok(()) if *proof != encoding::hex_encode(blake3::hash(&raw).as_bytes()) => {
                             unsigned("the answer's bytes are not the ones it signed")
@@ -253,7 +252,7 @@ async fn fetch_target(conn: &Connection, node: &Node, entry: &ContractEntry) -> 
         return Ok(None);
     }
     let mut list = vec![0u8; (m.extent_count * 32) as usize];
-    read_exact(&mut ex.recv, &mut list, read_timeout(), "the extent list").await?;
+    read_exact(&mut ex.recv, &mut list, conn.read_timeout(), "the extent list").await?;
     if m.check_list(&list).is_err() {
         return Ok(None);
     }
@@ -274,7 +273,8 @@ pub async fn challenge_peer(
     let target = Target::from_record(node, &entry.id)?.ok_or(AuditError::NothingPushed(entry.state.peer))?;
     let mut ex = conn.open_stream().await?;
     let pending = pending_picks(node, entry, &target)?;
-    let first = exchange(&mut ex.send, &mut ex.recv, node, entry, target, samples, pending, now).await?;
+    let first =
+        exchange((&mut ex.send, &mut ex.recv, conn.read_timeout()), node, entry, target, samples, pending, now).await?;
     let Heard::Superseded { generation, manifest } = first.heard else { return keep_pending(node, entry, first) };
     let newer = |t: &Target| t.generation() == generation && RecordId::of(&t.manifest.body).ok() == Some(manifest);
     let target = match Target::from_record(node, &entry.id)?.filter(newer) {
@@ -286,7 +286,8 @@ pub async fn challenge_peer(
         return Ok(Exchanged { heard: Heard::Fail { signed: None, why }, ..first });
     };
     let mut ex = conn.open_stream().await?;
-    let mut second = exchange(&mut ex.send, &mut ex.recv, node, entry, target, samples, None, now).await?;
+    let mut second =
+        exchange((&mut ex.send, &mut ex.recv, conn.read_timeout()), node, entry, target, samples, None, now).await?;
     if let Heard::Superseded { .. } = second.heard {
         second.heard = Heard::Unreachable("the holder's copy changed twice during the challenge".into());
     }
@@ -473,7 +474,7 @@ pub async fn rechallenge(
     let peer = entry.state.peer;
     let mut ex = conn.open(&Request::Rechallenge { contract: entry.id }).await?;
     ex.finish()?;
-    let timeout = read_timeout();
+    let timeout = conn.read_timeout();
     let reply = tokio::select! {
         reply = ex.reply() => reply?,
         stream = tokio::time::timeout(timeout, conn.accept_stream()) => {

@@ -24,7 +24,7 @@ use thiserror::Error;
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
 
-use crate::net::transport::{Client, Connection, NetError, read_exact, read_timeout};
+use crate::net::transport::{Client, Connection, NetError, read_exact};
 use crate::net::wire::{Request, Response};
 use crate::node::machine::now_from_env;
 use crate::node::report::Report;
@@ -261,7 +261,7 @@ pub async fn push(
         return Err(err(NetError::Truncated(format!("the holder claims {have_count} extents"))));
     }
     let mut have_raw = vec![0u8; (have_count * 32) as usize];
-    read_exact(&mut ex.recv, &mut have_raw, read_timeout(), "the holder's extent list").await.map_err(&err)?;
+    read_exact(&mut ex.recv, &mut have_raw, conn.read_timeout(), "the holder's extent list").await.map_err(&err)?;
     let have: Arc<HashSet<ExtentHash>> =
         Arc::new(have_raw.chunks_exact(32).map(|c| c.try_into().unwrap_or([0; 32])).collect());
     // The holder's committed generation is its claim. Beyond what this node recorded (pushes
@@ -547,7 +547,7 @@ async fn fetch_manifest(
     }
     manifest.body.geometry()?;
     let mut list = vec![0u8; (manifest.body.extent_count * 32) as usize];
-    read_exact(&mut ex.recv, &mut list, read_timeout(), "the extent list").await.map_err(&err)?;
+    read_exact(&mut ex.recv, &mut list, conn.read_timeout(), "the extent list").await.map_err(&err)?;
     let hashes = manifest.body.check_list(&list)?;
     Ok((manifest, hashes))
 }
@@ -566,7 +566,7 @@ async fn get_extent(
         Response::ExtentIs { len: got } if got as usize == len => {
             let mut data = pool.take_or_new();
             data.set_len(len);
-            read_exact(&mut ex.recv, &mut data, read_timeout(), "extent bytes").await?;
+            read_exact(&mut ex.recv, &mut data, conn.read_timeout(), "extent bytes").await?;
             Ok(data)
         }
         other => Err(ex.unexpected(&other)),

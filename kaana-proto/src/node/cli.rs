@@ -8,6 +8,8 @@ use std::process::ExitCode;
 
 use serde::Serialize;
 
+use crate::node::machine::Settings;
+
 /// How a tool ended. The numbers are part of the command-line contract.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Exit {
@@ -46,14 +48,17 @@ impl HomeArgs {
     }
 }
 
-/// Runs a tool's body, prints its error chain once (prefixed with the tool's name) and maps
-/// the outcome to an exit code.
-pub fn main_with(tool: &str, run: impl FnOnce() -> anyhow::Result<Exit>) -> ExitCode {
-    if let Err(e) = crate::net::transport::check_env() {
-        eprintln!("{tool}: error: {e}");
-        return Exit::Error.into();
-    }
-    match run() {
+/// Runs a tool's body with the settings of its environment, prints its error chain once
+/// (prefixed with the tool's name) and maps the outcome to an exit code.
+pub fn main_with(tool: &str, run: impl FnOnce(Settings) -> anyhow::Result<Exit>) -> ExitCode {
+    let settings = match Settings::from_env() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("{tool}: error: {e}");
+            return Exit::Error.into();
+        }
+    };
+    match run(settings) {
         Ok(exit) => exit.into(),
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {

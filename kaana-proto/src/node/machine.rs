@@ -1,9 +1,11 @@
-//! What a run takes from the machine, read here and in no layer below: the time now
-//! (`KAANA_NOW` when set, else the clock), and fresh keys and nonces from the operating system's
-//! randomness. The rules below take these as parameters.
+//! What a run takes from the machine, read here and in no layer below: the settings in its
+//! environment (read once, at the tool's edge, into [`Settings`]), the time now (`KAANA_NOW`
+//! when set, else the clock), and fresh keys and nonces from the operating system's randomness.
+//! The layers below take these as parameters.
 
 use std::time::SystemTime;
 
+use crate::net::transport::{Client, Timeouts, Traffic};
 use crate::protocol::encoding;
 use crate::protocol::identity::Identity;
 use crate::protocol::time::{NOW_ENV, TimeError, Timestamp, parse_time_loose};
@@ -30,4 +32,38 @@ pub fn new_nonce() -> Result<String, getrandom::Error> {
     let mut n = [0u8; 16];
     getrandom::fill(&mut n)?;
     Ok(encoding::hex_encode(&n))
+}
+
+/// The environment variable that overrides [`READ_TIMEOUT`] for clients (a duration such as `5s`).
+pub const READ_TIMEOUT_ENV: &str = "KAANA_READ_TIMEOUT";
+/// The environment variable that overrides [`CONNECT_TIMEOUT`] (a duration such as `3s`).
+pub const CONNECT_TIMEOUT_ENV: &str = "KAANA_CONNECT_TIMEOUT";
+
+/// What a tool takes from its environment, read once when it starts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Settings {
+    /// `KAANA_CONNECT_TIMEOUT` and `KAANA_READ_TIMEOUT`, else the defaults.
+    pub timeouts: Timeouts,
+}
+
+impl Settings {
+    /// Reads the environment; a time-out that is not one (`KAANA_CONNECT_TIMEOUT=forever`) is
+    /// refused rather than silently replaced by its default.
+    pub fn from_env() -> Result<Self, String> {
+        let mut timeouts = Timeouts::default();
+        for (var, slot) in [(CONNECT_TIMEOUT_ENV, &mut timeouts.connect), (READ_TIMEOUT_ENV, &mut timeouts.read)] {
+            if let Ok(text) = std::env::var(var) {
+                match humantime::parse_duration(&text) {
+                    Ok(d) if !d.is_zero() => *slot = d,
+                    _ => return Err(format!("{var}={text:?} is not a time-out such as 10s, 2m or 1h")),
+                }
+            }
+        }
+        Ok(Settings { timeouts })
+    }
+
+    /// A client presenting `identity` for `traffic`, waiting as these settings say.
+    pub fn client(&self, identity: &Identity, traffic: Traffic) -> Client {
+        Client::with_traffic(identity.clone(), traffic).with_timeouts(self.timeouts)
+    }
 }

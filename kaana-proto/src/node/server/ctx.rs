@@ -39,6 +39,8 @@ pub struct ServerOptions {
     pub max_stranger_connections: usize,
     /// Connections at once from one stranger.
     pub max_connections_per_stranger: usize,
+    /// How the server's own client (forwarding offers) waits.
+    pub client_timeouts: transport::Timeouts,
 }
 
 impl ServerOptions {
@@ -52,6 +54,7 @@ impl ServerOptions {
             max_connections_per_peer: 16,
             max_stranger_connections: 64,
             max_connections_per_stranger: 2,
+            client_timeouts: transport::Timeouts::default(),
         }
     }
 }

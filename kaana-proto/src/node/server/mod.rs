@@ -60,7 +60,8 @@ impl Server {
         let listen = endpoint.local_addr().map_err(|e| NetError::Setup(e.to_string()))?;
         let info = ServerInfo { schema: Schema, node: node.id(), listen, pid: std::process::id() };
         node.home.write(&node.home.server_info(), &info).map_err(|e| NetError::Setup(e.to_string()))?;
-        let client = Client::with_traffic(node.identity.clone(), transport::Traffic::Short);
+        let client =
+            Client::with_traffic(node.identity.clone(), transport::Traffic::Short).with_timeouts(opts.client_timeouts);
         let (forwarding, queues) = forward::Forwarding::new();
         let ctx = Ctx {
             node,
