@@ -146,7 +146,7 @@ pub fn run(args: Args, settings: Settings) -> anyhow::Result<Exit> {
         Some(Command::Man) => return kaana_proto::node::cli::print_man::<Args>(),
         _ => {}
     }
-    let node = args.home.open()?;
+    let node = args.home.open(&settings)?;
     let now = now_from_env()?;
     match args.command {
         Some(Command::FailNext { contract, mode }) => fail_next(&node, &contract, mode),

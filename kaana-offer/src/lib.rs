@@ -190,10 +190,16 @@ fn parse_duration_arg(s: &str) -> Result<u64, String> {
 /// Runs `kaana-offer`.
 pub fn run(args: Args, settings: kaana_proto::node::machine::Settings) -> anyhow::Result<Exit> {
     let settings = &settings;
-    let home = args.home.dir();
     match args.command {
-        Command::Completions { shell } => kaana_proto::node::cli::print_completions::<Args>(shell),
-        Command::Man => kaana_proto::node::cli::print_man::<Args>(),
+        Command::Completions { shell } => return kaana_proto::node::cli::print_completions::<Args>(shell),
+        Command::Man => return kaana_proto::node::cli::print_man::<Args>(),
+        _ => {}
+    }
+    let home = &args.home.dir(settings)?;
+    match args.command {
+        Command::Completions { .. } | Command::Man => {
+            anyhow::bail!("internal: this command is handled before the node is found")
+        }
         Command::Init(init_args) => setup::init(home, init_args),
         Command::Id => setup::id(home),
         Command::Config { action: None } => setup::config_show(home),

@@ -94,7 +94,7 @@ struct PeerStatus {
 /// A push older than this needs a person (the nightly one has failed for two nights).
 const STALE_PUSH_SECS: u64 = 2 * 86_400;
 
-pub(crate) fn status(home: Option<&Path>) -> anyhow::Result<Exit> {
+pub(crate) fn status(home: &Path) -> anyhow::Result<Exit> {
     use std::io::IsTerminal as _;
     let node = Node::open_at(home)?;
     let now = now_from_env()?;
@@ -247,13 +247,7 @@ fn report(s: &StatusLine) -> String {
     out
 }
 
-pub(crate) fn create(
-    home: Option<&Path>,
-    size: u64,
-    grace: Option<u64>,
-    ttl: u64,
-    addrs: Vec<String>,
-) -> anyhow::Result<Exit> {
+pub(crate) fn create(home: &Path, size: u64, grace: Option<u64>, ttl: u64, addrs: Vec<String>) -> anyhow::Result<Exit> {
     let node = Node::open_at(home)?;
     let now = now_from_env()?;
     if size == 0 {
@@ -319,7 +313,7 @@ struct PublishLine {
 }
 
 pub(crate) fn publish(
-    home: Option<&Path>,
+    home: &Path,
     settings: &Settings,
     prefix: Option<&str>,
     boards: &[PeerAddr],
@@ -394,7 +388,7 @@ pub(crate) fn publish(
     })
 }
 
-pub(crate) fn list(home: Option<&Path>, settings: &Settings, boards: &[PeerAddr]) -> anyhow::Result<Exit> {
+pub(crate) fn list(home: &Path, settings: &Settings, boards: &[PeerAddr]) -> anyhow::Result<Exit> {
     let node = Node::open_at(home)?;
     let now = now_from_env()?;
     let me = node.id();
@@ -503,7 +497,7 @@ fn remember_seen(node: &Node, seen: &BTreeMap<RecordId, Signed<Offer>>, now: Tim
     Ok(())
 }
 
-pub(crate) fn accept(home: Option<&Path>, settings: &Settings, prefix: &str) -> anyhow::Result<Exit> {
+pub(crate) fn accept(home: &Path, settings: &Settings, prefix: &str) -> anyhow::Result<Exit> {
     let node = Node::open_at(home)?;
     let now = now_from_env()?;
     let me = node.id();
@@ -567,7 +561,7 @@ pub(crate) fn accept(home: Option<&Path>, settings: &Settings, prefix: &str) -> 
     Ok(Exit::Ok)
 }
 
-pub(crate) fn contracts(home: Option<&Path>, settings: &Settings, fetch: bool) -> anyhow::Result<Exit> {
+pub(crate) fn contracts(home: &Path, settings: &Settings, fetch: bool) -> anyhow::Result<Exit> {
     let node = Node::open_at(home)?;
     let mut exit = Exit::Ok;
     if fetch {
@@ -608,7 +602,7 @@ struct TerminateLine {
     delivered: bool,
 }
 
-pub(crate) fn terminate(home: Option<&Path>, settings: &Settings, prefix: &str) -> anyhow::Result<Exit> {
+pub(crate) fn terminate(home: &Path, settings: &Settings, prefix: &str) -> anyhow::Result<Exit> {
     let node = Node::open_at(home)?;
     let now = now_from_env()?;
     let me = node.id();

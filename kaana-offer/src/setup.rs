@@ -48,7 +48,7 @@ struct InitLine<'a> {
     recovered: bool,
 }
 
-pub(crate) fn init(home: Option<&Path>, args: InitArgs) -> anyhow::Result<Exit> {
+pub(crate) fn init(home: &Path, args: InitArgs) -> anyhow::Result<Exit> {
     if !(0.0..=1.0).contains(&args.audit_rate) {
         bail!("--audit-rate must be between 0 and 1, not {}", args.audit_rate);
     }
@@ -58,7 +58,7 @@ pub(crate) fn init(home: Option<&Path>, args: InitArgs) -> anyhow::Result<Exit> 
     if let Some(bad) = args.advertise.iter().find(|a| !is_host_port(a)) {
         bail!("--advertise {bad:?} is not HOST:PORT");
     }
-    let home = Home::at(Home::locate(home)?);
+    let home = Home::at(home);
     kaana_proto::store::home::check_same_user(home.root())?;
     let identity = if args.recover {
         let mut phrase = String::new();
@@ -115,24 +115,19 @@ pub(crate) fn init(home: Option<&Path>, args: InitArgs) -> anyhow::Result<Exit> 
     Ok(Exit::Ok)
 }
 
-pub(crate) fn id(home: Option<&Path>) -> anyhow::Result<Exit> {
+pub(crate) fn id(home: &Path) -> anyhow::Result<Exit> {
     let node = Node::open_at(home)?;
     emit(&NodeLine { node: node.id(), home: node.home.root() })?;
     Ok(Exit::Ok)
 }
 
-pub(crate) fn recovery_phrase(home: Option<&Path>) -> anyhow::Result<Exit> {
+pub(crate) fn recovery_phrase(home: &Path) -> anyhow::Result<Exit> {
     let node = Node::open_at(home)?;
     emit(&PhraseLine { node: node.id(), recovery_phrase: node.identity.recovery_phrase() })?;
     Ok(Exit::Ok)
 }
 
-pub(crate) fn peer_add(
-    home: Option<&Path>,
-    settings: &Settings,
-    peer: &PeerAddr,
-    no_check: bool,
-) -> anyhow::Result<Exit> {
+pub(crate) fn peer_add(home: &Path, settings: &Settings, peer: &PeerAddr, no_check: bool) -> anyhow::Result<Exit> {
     let node = Node::open_at(home)?;
     if peer.node == node.id() {
         bail!("{} is this node's own id; add another node's", peer.node);
@@ -147,7 +142,7 @@ pub(crate) fn peer_add(
     Ok(Exit::Ok)
 }
 
-pub(crate) fn peer_list(home: Option<&Path>) -> anyhow::Result<Exit> {
+pub(crate) fn peer_list(home: &Path) -> anyhow::Result<Exit> {
     let node = Node::open_at(home)?;
     for (id, entry) in node.address_book()?.peers {
         emit(&PeerLine { node: id, addrs: entry.addrs, changed: None })?;
@@ -174,13 +169,13 @@ fn say_hello(node: &Node, settings: &Settings, peer: &PeerAddr) -> anyhow::Resul
     })
 }
 
-pub(crate) fn config_show(home: Option<&Path>) -> anyhow::Result<Exit> {
+pub(crate) fn config_show(home: &Path) -> anyhow::Result<Exit> {
     let node = Node::open_at(home)?;
     emit(&node.config)?;
     Ok(Exit::Ok)
 }
 
-pub(crate) fn config_get(home: Option<&Path>, key: &str) -> anyhow::Result<Exit> {
+pub(crate) fn config_get(home: &Path, key: &str) -> anyhow::Result<Exit> {
     let key: Key = key.parse().map_err(anyhow::Error::msg)?;
     let node = Node::open_at(home)?;
     emit(&serde_json::json!({ key.name(): node.config.get(key) }))?;
@@ -188,7 +183,7 @@ pub(crate) fn config_get(home: Option<&Path>, key: &str) -> anyhow::Result<Exit>
 }
 
 /// Changes one setting under the node's lock, checked as `init` checks it.
-pub(crate) fn config_set(home: Option<&Path>, key: &str, value: &str) -> anyhow::Result<Exit> {
+pub(crate) fn config_set(home: &Path, key: &str, value: &str) -> anyhow::Result<Exit> {
     let key: Key = key.parse().map_err(anyhow::Error::msg)?;
     let node = Node::open_at(home)?;
     let _lock = node.home.lock()?;

@@ -332,6 +332,28 @@ fn only_the_edge_prints() {
     assert!(found.is_empty(), "the library prints:\n{}", found.join("\n"));
 }
 
+/// Settings come from the environment once, at the edge (`node/machine.rs`, into `Settings`),
+/// and reach the rest as typed values: no other module reads a variable.
+#[test]
+fn only_the_edge_reads_the_environment() {
+    let krate = read_crate();
+    let mut found = Vec::new();
+    for file in krate.modules.values() {
+        let rel = file.strip_prefix(src()).unwrap().display().to_string();
+        if rel == "node/machine.rs" {
+            continue;
+        }
+        let text = fs::read_to_string(file).unwrap();
+        let code = text.split("#[cfg(test)]").next().unwrap_or("");
+        for (n, line) in code.lines().enumerate() {
+            if ["env::var", "env::vars"].iter().any(|w| line.contains(w)) {
+                found.push(format!("{rel}:{}", n + 1));
+            }
+        }
+    }
+    assert!(found.is_empty(), "the environment is read in:\n{}", found.join("\n"));
+}
+
 #[test]
 fn the_reader_finds_imports_in_every_form() {
     let text =

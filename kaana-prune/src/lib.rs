@@ -109,7 +109,7 @@ pub fn run(args: Args, settings: Settings) -> anyhow::Result<Exit> {
         Some(Command::Man) => return kaana_proto::node::cli::print_man::<Args>(),
         None => {}
     }
-    let node = args.home.open()?;
+    let node = args.home.open(&settings)?;
     let now = now_from_env()?;
     let steps = plan(&node, &settings, now, args.leftovers)?;
     for step in &steps {

@@ -133,7 +133,7 @@ pub fn run(args: Args, settings: Settings) -> anyhow::Result<Exit> {
         Command::Man => return kaana_proto::node::cli::print_man::<Args>(),
         _ => {}
     }
-    let node = args.home.open()?;
+    let node = args.home.open(&settings)?;
     match args.command {
         Command::Serve { listen, read_timeout } => {
             let mut opts = ServerOptions::new(listen.unwrap_or(node.config.listen));

@@ -37,14 +37,14 @@ pub struct HomeArgs {
 }
 
 impl HomeArgs {
-    /// The directory given, if any (else the defaults apply).
-    pub fn dir(&self) -> Option<&std::path::Path> {
-        self.home.as_deref()
+    /// The state directory: `--home`, else the one the environment names ([`Settings::home`]).
+    pub fn dir(&self, settings: &Settings) -> Result<std::path::PathBuf, crate::store::home::StateError> {
+        self.home.clone().or_else(|| settings.home.clone()).ok_or(crate::store::home::StateError::NoHome)
     }
 
     /// Opens the node there.
-    pub fn open(&self) -> Result<crate::store::node::Node, crate::store::home::StateError> {
-        crate::store::node::Node::open_at(self.dir())
+    pub fn open(&self, settings: &Settings) -> Result<crate::store::node::Node, crate::store::home::StateError> {
+        crate::store::node::Node::open_at(&self.dir(settings)?)
     }
 }
 

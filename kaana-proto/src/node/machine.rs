@@ -3,6 +3,7 @@
 //! when set, else the clock), and fresh keys and nonces from the operating system's randomness.
 //! The layers below take these as parameters.
 
+use std::path::PathBuf;
 use std::time::SystemTime;
 
 use crate::net::transport::{Client, Timeouts, Traffic};
@@ -39,11 +40,18 @@ pub const READ_TIMEOUT_ENV: &str = "KAANA_READ_TIMEOUT";
 /// The environment variable that overrides [`CONNECT_TIMEOUT`] (a duration such as `3s`).
 pub const CONNECT_TIMEOUT_ENV: &str = "KAANA_CONNECT_TIMEOUT";
 
+/// The state directory, when `--home` does not say: this variable, else
+/// `$XDG_STATE_HOME/kaana`, else `~/.local/state/kaana`.
+pub const HOME_ENV: &str = "KAANA_HOME";
+
 /// What a tool takes from its environment, read once when it starts.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Settings {
     /// `KAANA_CONNECT_TIMEOUT` and `KAANA_READ_TIMEOUT`, else the defaults.
     pub timeouts: Timeouts,
+    /// The state directory when `--home` is not given ([`HOME_ENV`]); `None` if the environment
+    /// names none (no `$HOME` either).
+    pub home: Option<PathBuf>,
 }
 
 impl Settings {
@@ -59,7 +67,11 @@ impl Settings {
                 }
             }
         }
-        Ok(Settings { timeouts })
+        let var = |name| std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from);
+        let home = var(HOME_ENV)
+            .or_else(|| var("XDG_STATE_HOME").map(|p| p.join("kaana")))
+            .or_else(|| var("HOME").map(|h| h.join(".local/state/kaana")));
+        Ok(Settings { timeouts, home })
     }
 
     /// A client presenting `identity` for `traffic`, waiting as these settings say.

@@ -18,8 +18,6 @@ use serde::de::DeserializeOwned;
 use thiserror::Error;
 
 /// The environment variable that names the state directory when `--home` is not given.
-pub const HOME_ENV: &str = "KAANA_HOME";
-
 pub use crate::protocol::encoding::{SCHEMA_VERSION, Schema};
 
 /// Why the state directory or one of its files could not be used.
@@ -107,22 +105,6 @@ pub struct StateLock {
 }
 
 impl Home {
-    /// Where the state directory is: `flag` (from `--home`), else `$KAANA_HOME`, else
-    /// `$XDG_STATE_HOME/kaana`, else `~/.local/state/kaana`.
-    pub fn locate(flag: Option<&Path>) -> Result<PathBuf, StateError> {
-        if let Some(p) = flag {
-            return Ok(p.to_owned());
-        }
-        let var = |name| std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from);
-        if let Some(p) = var(HOME_ENV) {
-            return Ok(p);
-        }
-        if let Some(p) = var("XDG_STATE_HOME") {
-            return Ok(p.join("kaana"));
-        }
-        var("HOME").map(|h| h.join(".local/state/kaana")).ok_or(StateError::NoHome)
-    }
-
     /// The state directory at `root` (nothing is checked or created).
     pub fn at(root: impl Into<PathBuf>) -> Self {
         Home { root: root.into() }

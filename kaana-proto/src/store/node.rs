@@ -42,9 +42,9 @@ pub struct Node {
 }
 
 impl Node {
-    /// Opens the node at `--home`, `$KAANA_HOME` or the XDG state directory.
-    pub fn open_at(flag: Option<&Path>) -> Result<Node, StateError> {
-        Node::open(Home::at(Home::locate(flag)?))
+    /// Opens the node whose state directory is `dir`.
+    pub fn open_at(dir: &Path) -> Result<Node, StateError> {
+        Node::open(Home::at(dir))
     }
 
     /// Opens the node in `home`, checking its key's permissions and that its files agree.
