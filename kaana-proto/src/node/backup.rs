@@ -38,8 +38,8 @@ use crate::protocol::record::{RecordError, Signed};
 use crate::store::buffer::{OutFile, Pool, Pooled};
 use crate::store::files::ContractEntry;
 use crate::store::home::StateError;
-use crate::store::inbound::Inbound;
 use crate::store::node::Node;
+use crate::store::outbound::Outbound;
 use crate::store::volume::{Volume, VolumeError};
 
 /// Extents a push has in flight at once. The holder writes and syncs each before it answers, so
@@ -268,7 +268,7 @@ pub async fn push(
     // whose replies were lost), it must show a manifest of that generation this node signed;
     // and no claim may come near where the next generation would wrap.
     let claimed = committed.unwrap_or(0);
-    let recorded = Inbound::outbound(node.home.root(), &id).committed().ok().flatten().map(|(m, _)| m.body.generation);
+    let recorded = Outbound::at(node.home.root(), &id).committed().ok().flatten().map(|(m, _)| m.body.generation);
     let claim = push::judge_claim(claimed, recorded);
     if claim != push::Claim::Believed {
         let shown = fetch_manifest(&conn, node, entry).await.ok().is_some_and(|(m, _)| m.body.generation == claimed);
@@ -286,7 +286,7 @@ pub async fn push(
 
     // What we sent last time, and the volume's own (pre-keystream) hashes then: an extent whose
     // raw bytes are unchanged, and that the holder still has, needs no keystream and no sending.
-    let record = Inbound::outbound(node.home.root(), &id);
+    let record = Outbound::at(node.home.root(), &id);
     // Read under the record's lock: a challenge or another push may be writing it.
     let shared = record.lock(false)?;
     let previous = record.committed()?;

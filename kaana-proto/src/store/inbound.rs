@@ -1,8 +1,9 @@
 //! A holder's store of one peer's copy under one contract:
 //! `<storage>/inbound/<contract>/`.
 //!
-//! Longer than 400 lines: the holder's store and the owner's record share its file layout, its
-//! lock and its crash-safe writes; a fifth is tests.
+//! Longer than 400 lines: the holder's store is one layout (extents and their outboards,
+//! lists, the commit, the trash, scrubs, leftovers) that each part must keep crash-safe with the
+//! others; a fifth is tests. (The owner's record, which shares the layout, is `outbound.rs`.)
 //!
 //! Extents are content-addressed files (`extents/ab/abcd…`), each written to a temp file,
 //! synced, and renamed into place only if its bytes hash to its name. A generation is committed
@@ -84,12 +85,6 @@ impl Inbound {
     /// The store for `contract` under the node's storage directory.
     pub fn new(storage: &Path, contract: &RecordId) -> Self {
         Inbound { dir: storage.join("inbound").join(contract.to_string()) }
-    }
-
-    /// The owner's record of what the holder of `contract` last committed:
-    /// `<home>/outbound/<contract>/`, laid out like a holder's store without the extents.
-    pub fn outbound(home: &Path, contract: &RecordId) -> Self {
-        Inbound { dir: home.join("outbound").join(contract.to_string()) }
     }
 
     /// A store at `dir` (to clean up one whose contract is unknown).
@@ -448,47 +443,6 @@ impl Inbound {
         Ok(bad)
     }
 
-    /// In an owner's record: the hashes of the volume's own bytes (before the keystream) at
-    /// generation `generation`, if kept. A cache that lets a push skip unchanged extents.
-    pub fn raw_hashes(&self, generation: u64) -> Option<Vec<ExtentHash>> {
-        self.read_values("raw", generation)
-    }
-
-    /// Keeps the raw hashes of generation `generation` (and drops older ones).
-    pub fn save_raw_hashes(&self, generation: u64, raw: &[u8]) -> Result<(), StateError> {
-        self.save_values("raw", generation, raw)
-    }
-
-    /// In an owner's record: the tops of every extent of generation `generation`
-    /// ([`proof::TOP_LEVELS`] levels down; zeros for an extent without tops), if kept. What lets
-    /// this node's challenges ask for shorter proofs.
-    pub fn tops(&self, generation: u64) -> Option<Vec<[u8; 32]>> {
-        self.read_values("tops", generation)
-    }
-
-    /// Keeps the tops of generation `generation` (and drops older ones).
-    pub fn save_tops(&self, generation: u64, tops: &[u8]) -> Result<(), StateError> {
-        self.save_values("tops", generation, tops)
-    }
-
-    /// `<kind>-<generation>.bin`: 32-byte values.
-    fn read_values(&self, kind: &str, generation: u64) -> Option<Vec<[u8; 32]>> {
-        let bytes = fs::read(self.dir.join(format!("{kind}-{generation}.bin"))).ok()?;
-        (bytes.len() % 32 == 0).then(|| bytes.chunks_exact(32).map(|c| c.try_into().unwrap_or([0; 32])).collect())
-    }
-
-    fn save_values(&self, kind: &str, generation: u64, values: &[u8]) -> Result<(), StateError> {
-        let name = format!("{kind}-{generation}.bin");
-        write_atomic(&self.dir.join(&name), values)?;
-        for path in read_dir_or_empty(&self.dir)? {
-            let file = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-            if file.starts_with(&format!("{kind}-")) && file != name {
-                remove_file(&path)?;
-            }
-        }
-        Ok(())
-    }
-
     /// Files of this store that no committed generation needs and that are older than `before`:
     /// extents (and their outboards) of interrupted pushes, temp files, old lists, a trash a
     /// server did not get to empty. With their sizes.
@@ -584,7 +538,7 @@ fn next_tmp() -> u64 {
     N.fetch_add(1, Ordering::Relaxed)
 }
 
-fn read_dir_or_empty(dir: &Path) -> Result<Vec<PathBuf>, StateError> {
+pub(super) fn read_dir_or_empty(dir: &Path) -> Result<Vec<PathBuf>, StateError> {
     match fs::read_dir(dir) {
         Ok(entries) => entries.map(|e| e.map(|e| e.path()).map_err(|e| StateError::io(dir, e))).collect(),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
@@ -592,7 +546,7 @@ fn read_dir_or_empty(dir: &Path) -> Result<Vec<PathBuf>, StateError> {
     }
 }
 
-fn remove_file(path: &Path) -> Result<(), StateError> {
+pub(super) fn remove_file(path: &Path) -> Result<(), StateError> {
     match fs::remove_file(path) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => Err(StateError::io(path, e)),
         _ => Ok(()),

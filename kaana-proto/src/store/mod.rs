@@ -1,6 +1,6 @@
 //! The disk: the state directory ([`home`]), its configuration ([`config`]) and the node opened
-//! from it ([`node`]), its typed files ([`files`]), the holder's store of peers' extents and the
-//! owner's record of its copies ([`inbound`], [`outbound`]), the board on disk ([`board`]), the volume reader
+//! from it ([`node`]), its typed files ([`files`]), the holder's store of peers' extents
+//! ([`inbound`]), the owner's record of its copies at peers ([`outbound`]), the board on disk ([`board`]), the volume reader
 //! ([`volume`]) and I/O buffers ([`buffer`]).
 
 pub mod board;

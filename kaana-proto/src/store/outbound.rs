@@ -1,11 +1,19 @@
-//! The owner's record of its copy at a peer, as a challenge asks about it: the manifest the
-//! holder committed, its extent list, the holder's receipt, and the tops this node kept.
+//! The owner's record of its copy at a peer: `<home>/outbound/<contract>/`, laid out like a
+//! holder's store (`committed.json`: the manifest the holder committed and its receipt;
+//! `lists/<gen>.bin`) without the extents, and the owner's caches beside it: the volume's own
+//! hashes (`raw-<gen>.bin`, so a push skips unchanged extents) and each extent's tops
+//! (`tops-<gen>.bin`, so challenges ask for shorter proofs). And [`Target`]: what a challenge
+//! asks about, read from it.
+
+use std::fs;
+use std::path::Path;
 
 use crate::protocol::challenge::Receipt;
+use crate::protocol::manifest::ExtentHash;
 use crate::protocol::manifest::Manifest;
 use crate::protocol::record::{RecordId, Signed};
-use crate::store::home::StateError;
-use crate::store::inbound::Inbound;
+use crate::store::home::{StateError, write_atomic};
+use crate::store::inbound::{CommittedCopy, Inbound, RecordedCopy, read_dir_or_empty, remove_file};
 use crate::store::node::Node;
 
 /// What a challenge asks about: a manifest of ours that the holder committed, and what the
@@ -25,7 +33,7 @@ pub struct Target {
 impl Target {
     /// This node's record of what the holder of `id` last committed.
     pub fn from_record(node: &Node, id: &RecordId) -> Result<Option<Target>, StateError> {
-        let record = Inbound::outbound(node.home.root(), id);
+        let record = Outbound::at(node.home.root(), id);
         // Under the record's lock, shared: a push may be replacing it.
         let _shared = record.lock(false)?;
         Ok(record.committed_with_receipt()?.map(|(manifest, list, receipt)| {
@@ -37,5 +45,85 @@ impl Target {
     /// The generation the target is of.
     pub fn generation(&self) -> u64 {
         self.manifest.body.generation
+    }
+}
+
+/// The owner's record of its copy under one contract.
+#[derive(Debug, Clone)]
+pub struct Outbound {
+    /// The holder's layout, which the record shares.
+    layout: Inbound,
+}
+
+impl Outbound {
+    /// The record of `contract` in the state directory `home`.
+    pub fn at(home: &Path, contract: &RecordId) -> Self {
+        Outbound { layout: Inbound::at_dir(&home.join("outbound").join(contract.to_string())) }
+    }
+
+    /// Takes the record's lock: shared to read it, exclusive to replace it (see [`Inbound::lock`]).
+    pub fn lock(&self, exclusive: bool) -> Result<Option<fs::File>, StateError> {
+        self.layout.lock(exclusive)
+    }
+
+    /// The manifest the holder last committed and its list, if any.
+    pub fn committed(&self) -> Result<Option<CommittedCopy>, StateError> {
+        self.layout.committed()
+    }
+
+    /// The same, with the holder's receipt of it when this node has one.
+    pub fn committed_with_receipt(&self) -> Result<Option<RecordedCopy>, StateError> {
+        self.layout.committed_with_receipt()
+    }
+
+    /// Records a generation the holder committed (see [`Inbound::record`]).
+    pub fn record(
+        &self,
+        manifest: &Signed<Manifest>,
+        list: &[u8],
+        receipt: Option<Signed<Receipt>>,
+    ) -> Result<(), StateError> {
+        self.layout.record(manifest, list, receipt)
+    }
+
+    /// The hashes of the volume's own bytes (before the keystream) at
+    /// generation `generation`, if kept. A cache that lets a push skip unchanged extents.
+    pub fn raw_hashes(&self, generation: u64) -> Option<Vec<ExtentHash>> {
+        self.read_values("raw", generation)
+    }
+
+    /// Keeps the raw hashes of generation `generation` (and drops older ones).
+    pub fn save_raw_hashes(&self, generation: u64, raw: &[u8]) -> Result<(), StateError> {
+        self.save_values("raw", generation, raw)
+    }
+
+    /// The tops of every extent of generation `generation`
+    /// ([`proof::TOP_LEVELS`] levels down; zeros for an extent without tops), if kept. What lets
+    /// this node's challenges ask for shorter proofs.
+    pub fn tops(&self, generation: u64) -> Option<Vec<[u8; 32]>> {
+        self.read_values("tops", generation)
+    }
+
+    /// Keeps the tops of generation `generation` (and drops older ones).
+    pub fn save_tops(&self, generation: u64, tops: &[u8]) -> Result<(), StateError> {
+        self.save_values("tops", generation, tops)
+    }
+
+    /// `<kind>-<generation>.bin`: 32-byte values.
+    fn read_values(&self, kind: &str, generation: u64) -> Option<Vec<[u8; 32]>> {
+        let bytes = fs::read(self.layout.dir().join(format!("{kind}-{generation}.bin"))).ok()?;
+        (bytes.len() % 32 == 0).then(|| bytes.chunks_exact(32).map(|c| c.try_into().unwrap_or([0; 32])).collect())
+    }
+
+    fn save_values(&self, kind: &str, generation: u64, values: &[u8]) -> Result<(), StateError> {
+        let name = format!("{kind}-{generation}.bin");
+        write_atomic(&self.layout.dir().join(&name), values)?;
+        for path in read_dir_or_empty(self.layout.dir())? {
+            let file = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            if file.starts_with(&format!("{kind}-")) && file != name {
+                remove_file(&path)?;
+            }
+        }
+        Ok(())
     }
 }
