@@ -91,9 +91,6 @@ struct PeerStatus {
     last_pass: Option<Timestamp>,
 }
 
-/// A push older than this needs a person (the nightly one has failed for two nights).
-const STALE_PUSH_SECS: u64 = 2 * 86_400;
-
 pub(crate) fn status(home: &Path) -> anyhow::Result<Exit> {
     use std::io::IsTerminal as _;
     let node = Node::open_at(home)?;
@@ -146,7 +143,7 @@ pub(crate) fn status(home: &Path) -> anyhow::Result<Exit> {
         if matches!(st.status, Status::Active) && node.config.volume.is_some() {
             match last_push {
                 None => problems.push(format!("{short}: nothing pushed yet (kaana-sync push {})", e.id.short())),
-                Some(t) if now.unix() > t.unix().saturating_add(STALE_PUSH_SECS) => {
+                Some(t) if attention::push_is_stale(t, now) => {
                     problems.push(format!("{short}: the last push the peer committed was at {t}"));
                 }
                 _ => {}
@@ -606,31 +603,33 @@ pub(crate) fn terminate(home: &Path, settings: &Settings, prefix: &str) -> anyho
     let node = Node::open_at(home)?;
     let now = now_from_env()?;
     let me = node.id();
-    let (id, notice) = {
-        let _lock = node.home.lock()?;
-        let mut entry = node.find_contract(prefix)?;
+    let id = node.find_contract(prefix)?.id;
+    // Under the lock, from the state as it is now: a notice already given stands.
+    let given = node.update_contract(&id, |entry| -> anyhow::Result<Option<(Signed<Notice>, Option<Timestamp>)>> {
         match &entry.state.status {
             Status::Ended { at, .. } => bail!("contract {} already ended at {at}", entry.id),
             Status::Terminated { notice, delivered, .. } => {
-                if notice.body.from != me || *delivered {
-                    emit(&TerminateLine { contract: entry.summary(), delivered: true })?;
-                    return Ok(Exit::Ok);
-                }
-                (entry.id, notice.clone())
+                Ok((notice.body.from == me && !*delivered).then(|| (notice.clone(), None)))
             }
             Status::Active => {
                 let notice = Signed::sign(Notice { contract: entry.id, from: me, at: now }, &node.identity)?;
-                let delete_after = entry.take_notice(notice.clone(), false).context("the contract is active")?;
-                node.save_contract_state(&entry.id, &entry.state)?;
-                node.log_event(
-                    now,
-                    "notice",
-                    json!({"contract": entry.id, "peer": entry.state.peer, "from": "us", "delete_after": delete_after}),
-                )?;
-                (entry.id, notice)
+                let delete_after = entry.take_notice(notice.clone(), false);
+                Ok(Some((notice, delete_after)))
             }
         }
+    })?;
+    let Some((notice, newly)) = given else {
+        emit(&TerminateLine { contract: node.contract(&id)?.summary(), delivered: true })?;
+        return Ok(Exit::Ok);
     };
+    if let Some(delete_after) = newly {
+        let peer = node.contract(&id)?.state.peer;
+        node.log_event(
+            now,
+            "notice",
+            json!({"contract": id, "peer": peer, "from": "us", "delete_after": delete_after}),
+        )?;
+    }
     let entry = node.contract(&id)?;
     let addrs = node.address_book()?.addrs(&entry.state.peer).to_vec();
     let sent = block_on(async {

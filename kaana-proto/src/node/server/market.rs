@@ -175,11 +175,10 @@ pub(super) async fn notice(ctx: &Arc<Ctx>, from: NodeId, notice: Signed<Notice>)
         if notice.body.at.unix() > now.unix() + 3_600 {
             return Err(ErrorReply::new(ErrorCode::BadRequest, "the notice is dated in the future"));
         }
-        let _lock = node.home.lock().map_err(internal)?;
         let id = notice.body.contract;
-        let mut entry = node.contract_for(from, &id).map_err(crate::node::refusal::denied)?;
-        if let Some(delete_after) = entry.take_notice(notice, true) {
-            node.save_contract_state(&id, &entry.state).map_err(internal)?;
+        node.contract_for(from, &id).map_err(crate::node::refusal::denied)?;
+        let taken = node.update_contract(&id, |e| Ok::<_, crate::store::home::StateError>(e.take_notice(notice, true)));
+        if let Some(delete_after) = taken.map_err(internal)? {
             node.log_event(
                 now,
                 "notice",

@@ -14,7 +14,7 @@
 use super::deliberate::Plan;
 use super::health::Health;
 use super::standing::Standing;
-use super::{RETRY_WINDOW_SECS, margin};
+use super::{DAY, RETRY_WINDOW_SECS, margin};
 use crate::protocol::time::Timestamp;
 
 /// What a person should know.
@@ -90,11 +90,19 @@ pub fn cut_off(health: &Health, now: Timestamp) -> Option<Concern> {
         .map(|since| Concern::CutOff { since })
 }
 
+/// How old the last push the peer committed may be before a person should know: the nightly
+/// push has failed two nights running.
+pub const STALE_PUSH_SECS: u64 = 2 * DAY;
+
+/// Whether a last committed push at `last` is stale at `now` (see [`STALE_PUSH_SECS`]).
+pub fn push_is_stale(last: Timestamp, now: Timestamp) -> bool {
+    now.unix() > last.unix().saturating_add(STALE_PUSH_SECS)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::protocol::challenge::Rng;
-    use crate::protocol::fairness::DAY;
     use crate::protocol::fairness::deliberate::{Mode, plan};
     use crate::protocol::fairness::health::Reach;
 
@@ -131,5 +139,13 @@ mod tests {
         let h = Health::default().after_check(t(0), Reach { tried: 3, reached: 0 });
         assert_eq!(cut_off(&h, t(DAY - 1)), None);
         assert_eq!(cut_off(&h, t(DAY)), Some(Concern::CutOff { since: t(0) }));
+    }
+
+    #[test]
+    fn a_push_is_stale_after_two_nights() {
+        let last = Timestamp::from_unix(100 * DAY);
+        assert!(!push_is_stale(last, Timestamp::from_unix(101 * DAY)));
+        assert!(!push_is_stale(last, Timestamp::from_unix(102 * DAY)));
+        assert!(push_is_stale(last, Timestamp::from_unix(102 * DAY + 1)));
     }
 }
