@@ -11,7 +11,6 @@ use std::collections::HashSet;
 
 use serde_json::json;
 
-use crate::net::wire::{ErrorCode, ErrorReply};
 use crate::protocol::challenge::{self, Answer, Challenge, Reply, Rng};
 use crate::protocol::encoding;
 use crate::protocol::fairness::deliberate::{self, Pretence, Situation};
@@ -21,6 +20,7 @@ use crate::protocol::manifest::ExtentHash;
 use crate::protocol::market::RecordId;
 use crate::protocol::record::Signed;
 use crate::protocol::time::Timestamp;
+use crate::store::files::Denied;
 use crate::store::files::{ContractEntry, Status};
 use crate::store::home::StateError;
 use crate::store::inbound::Inbound;
@@ -30,8 +30,29 @@ use crate::store::node::Node;
 /// to: the same words, so the two cannot be told apart.
 const NOTHING_HELD: &str = "no generation of this contract is held here";
 
-fn internal(e: impl std::fmt::Display) -> ErrorReply {
-    ErrorReply::new(ErrorCode::Internal, e.to_string())
+/// Why a challenge gets no signed answer: it cannot be attributed, or this node could not
+/// answer at all. (The wire's words for these are chosen at the edge: `node::refusal`.)
+#[derive(Debug, thiserror::Error)]
+pub enum Unanswerable {
+    /// Not signed by the node that sent it.
+    #[error("a challenge must be signed by the node that sends it")]
+    NotSigned,
+    /// For another node.
+    #[error("the challenge is for node {0}")]
+    NotForUs(NodeId),
+    /// Its signature or its fields do not hold.
+    #[error("{0}")]
+    Invalid(String),
+    /// About a contract the sender may not ask about here.
+    #[error(transparent)]
+    Denied(#[from] Denied),
+    /// This node could not read or sign what it needed.
+    #[error("{0}")]
+    Internal(String),
+}
+
+fn internal(e: impl std::fmt::Display) -> Unanswerable {
+    Unanswerable::Internal(e.to_string())
 }
 
 /// Whether the holder may fail on purpose (never when it asked to be challenged).
@@ -56,16 +77,16 @@ pub fn answer(
     now: Timestamp,
     honesty: Honesty,
     seed: [u8; 32],
-) -> Result<Answered, ErrorReply> {
+) -> Result<Answered, Unanswerable> {
     let c = &challenge.body;
     if challenge.signer != peer || c.challenger != peer {
-        return Err(ErrorReply::new(ErrorCode::Unauthorized, "a challenge must be signed by the node that sends it"));
+        return Err(Unanswerable::NotSigned);
     }
     if c.holder != node.id() {
-        return Err(ErrorReply::new(ErrorCode::BadRequest, format!("the challenge is for node {}", c.holder)));
+        return Err(Unanswerable::NotForUs(c.holder));
     }
-    challenge.verify().map_err(|e| ErrorReply::new(ErrorCode::BadRequest, e.to_string()))?;
-    let entry = node.contract_for(peer, &c.contract).map_err(crate::node::refusal::denied)?;
+    challenge.verify().map_err(|e| Unanswerable::Invalid(e.to_string()))?;
+    let entry = node.contract_for(peer, &c.contract)?;
     // The challenger says, signed, how it judges us: known before anything is decided. Every
     // reply says how this node judges the challenger (a failing answer carries the grace this
     // node states it grants), read and recorded as said together.
@@ -77,7 +98,7 @@ pub fn answer(
         })
         .map_err(internal)?;
     let challenge_id = RecordId::of(c).map_err(internal)?;
-    let sign = |reply: Reply| -> Result<Signed<Answer>, ErrorReply> {
+    let sign = |reply: Reply| -> Result<Signed<Answer>, Unanswerable> {
         let body = Answer { challenge: challenge_id, holder: node.id(), reply, standing, at: now };
         Signed::sign(body, &node.identity).map_err(internal)
     };

@@ -481,7 +481,8 @@ pub async fn rechallenge(
             let (mut send, mut recv) =
                 stream.map_err(|_| NetError::Timeout { what: "the peer's challenge", secs: timeout.as_secs() })??;
             let answered = match read_frame::<Request>(&mut recv, timeout).await? {
-                Some(Request::Challenge { challenge }) => answer::answer(node, peer, &challenge, now, Honesty::Honest, seed()?),
+                Some(Request::Challenge { challenge }) => answer::answer(node, peer, &challenge, now, Honesty::Honest, seed()?)
+                    .map_err(crate::node::refusal::unanswerable),
                 _ => Err(ErrorReply::new(ErrorCode::BadRequest, "expected a challenge")),
             };
             match answered {

@@ -43,7 +43,8 @@ pub(super) async fn answer(ctx: &Arc<Ctx>, peer: NodeId, challenge: Signed<Chall
     let c = ctx.clone();
     blocking(move || {
         let seed = audit::seed().map_err(internal)?;
-        let (answer, raw) = answer::answer(&c.node, peer, &challenge, now()?, Honesty::MayAudit, seed)?;
+        let (answer, raw) = answer::answer(&c.node, peer, &challenge, now()?, Honesty::MayAudit, seed)
+            .map_err(crate::node::refusal::unanswerable)?;
         Ok((Response::Answer { answer, len: raw.len() as u64 }, Some(raw.into())))
     })
     .await
