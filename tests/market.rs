@@ -229,6 +229,13 @@ fn the_offerer_never_commits_more_than_its_capacity() {
     assert_success(&c.run("kaana-offer", &["accept", &second.id]));
 }
 
+/// An offer of `size` bytes by `ident` (reachable nowhere), signed.
+fn signed_offer(ident: &Identity, size: u64, expires_at: Timestamp, nonce: String) -> Signed<Offer> {
+    let body =
+        Offer { node: ident.node_id(), addrs: vec!["127.0.0.1:9".into()], size, grace_secs: 60, expires_at, nonce };
+    Signed::sign(body, ident).unwrap()
+}
+
 #[test]
 fn a_board_flooded_by_one_signer_keeps_its_cap_and_honest_offers() {
     let (_a, sa) = node_with_server();
@@ -246,15 +253,7 @@ fn a_board_flooded_by_one_signer_keeps_its_cap_and_honest_offers() {
                 let conn = client.connect(board, &addr).await.unwrap();
                 let mut refused = 0;
                 for n in 0..5_000u64 {
-                    let body = Offer {
-                        node: flooder.node_id(),
-                        addrs: vec!["127.0.0.1:9".into()],
-                        size: 1 << 20,
-                        grace_secs: 60,
-                        expires_at: expires,
-                        nonce: format!("{:032x}", lane * 10_000 + n),
-                    };
-                    let offer = Signed::sign(body, &flooder).unwrap();
+                    let offer = signed_offer(&flooder, 1 << 20, expires, format!("{:032x}", lane * 10_000 + n));
                     match conn.request(&Request::Publish { offer }).await {
                         Ok(Response::Published { .. }) => {}
                         Err(NetError::Remote(e)) if e.code == ErrorCode::Refused => refused += 1,
@@ -272,15 +271,8 @@ fn a_board_flooded_by_one_signer_keeps_its_cap_and_honest_offers() {
         let honest = Identity::generate().unwrap();
         let honest_client = Client::new(honest.clone());
         let conn = honest_client.connect(board, &addr).await.unwrap();
-        let body = Offer {
-            node: honest.node_id(),
-            addrs: vec!["127.0.0.1:9".into()],
-            size: 1,
-            grace_secs: 60,
-            expires_at: expires,
-            nonce: format!("{:032x}", 1),
-        };
-        let reply = conn.request(&Request::Publish { offer: Signed::sign(body, &honest).unwrap() }).await;
+        let offer = signed_offer(&honest, 1, expires, format!("{:032x}", 1));
+        let reply = conn.request(&Request::Publish { offer }).await;
         assert!(matches!(reply, Ok(Response::Published { new: true })), "{reply:?}");
         let Ok(Response::Offers { offers, more: false }) = conn.request(&Request::ListOffers { after: None }).await
         else {
@@ -325,15 +317,7 @@ fn a_board_flooded_by_throwaway_keys_still_takes_and_forwards_a_friends_offer() 
                     let client = Client::new(flooder.clone());
                     let conn = client.connect(board, &addr).await.unwrap();
                     for n in 0..PER_SIGNER_CAP {
-                        let body = Offer {
-                            node: flooder.node_id(),
-                            addrs: vec!["127.0.0.1:9".into()],
-                            size: 1 << 20,
-                            grace_secs: 60,
-                            expires_at: expires,
-                            nonce: format!("{lane:08x}{key:08x}{n:016x}"),
-                        };
-                        let offer = Signed::sign(body, &flooder).unwrap();
+                        let offer = signed_offer(&flooder, 1 << 20, expires, format!("{lane:08x}{key:08x}{n:016x}"));
                         match conn.request(&Request::Publish { offer }).await {
                             Ok(Response::Published { new: true }) => taken += 1,
                             Err(NetError::Remote(e)) if e.code == ErrorCode::Refused => refused += 1,

@@ -5,11 +5,10 @@
 use std::sync::Arc;
 
 use super::ctx::Ctx;
-use super::sync::Handled;
+use super::reply::{Handled, blocking, internal, now};
 use crate::net::wire::{ErrorCode, ErrorReply, Response};
 use crate::node::answer::{self, Honesty};
 use crate::node::audit::{self, Heard};
-use crate::node::machine::now_from_env;
 use crate::protocol::challenge::{Challenge, Outcome, Verdict};
 use crate::protocol::fairness::evidence::Statement;
 use crate::protocol::fairness::judge::{self, Admission};
@@ -19,20 +18,6 @@ use crate::protocol::record::Signed;
 use crate::protocol::time::Timestamp;
 use crate::store::files::ContractEntry;
 use crate::store::home::StateError;
-
-fn internal(e: impl std::fmt::Display) -> ErrorReply {
-    ErrorReply::new(ErrorCode::Internal, e.to_string())
-}
-
-fn now() -> Result<Timestamp, ErrorReply> {
-    now_from_env().map_err(internal)
-}
-
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, ErrorReply> + Send + 'static,
-) -> Result<T, ErrorReply> {
-    tokio::task::spawn_blocking(f).await.map_err(internal)?
-}
 
 fn side(ctx: &Ctx, peer: NodeId, id: &RecordId) -> Result<ContractEntry, ErrorReply> {
     ctx.node.contract_for(peer, id).map_err(crate::node::refusal::denied)

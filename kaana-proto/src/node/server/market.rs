@@ -9,6 +9,7 @@ use std::sync::Arc;
 use serde_json::json;
 
 use super::ctx::Ctx;
+use super::reply::{blocking, internal, now};
 use crate::net::transport::NetError;
 use crate::net::wire::{ErrorCode, ErrorReply, Request, Response};
 use crate::node::machine::now_from_env;
@@ -22,21 +23,6 @@ use crate::store::config::is_host_port;
 use crate::store::files::{ContractState, Role};
 
 type Reply = Result<Response, ErrorReply>;
-
-fn internal(e: impl std::fmt::Display) -> ErrorReply {
-    ErrorReply::new(ErrorCode::Internal, e.to_string())
-}
-
-fn now() -> Result<Timestamp, ErrorReply> {
-    now_from_env().map_err(internal)
-}
-
-/// Runs disk work on the blocking pool.
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, ErrorReply> + Send + 'static,
-) -> Result<T, ErrorReply> {
-    tokio::task::spawn_blocking(f).await.map_err(internal)?
-}
 
 /// Loads the board the node's state directory holds, and writes it whole (folding in the log).
 pub(super) fn load_board(

@@ -10,6 +10,7 @@ mod audits;
 mod ctx;
 mod forward;
 mod market;
+mod reply;
 mod sync;
 
 use crate::node::report::Report;

@@ -4,12 +4,12 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
 use quinn::RecvStream;
 use serde_json::json;
 use tokio::sync::Semaphore;
 
 use super::ctx::{Ctx, PUT_SHARE};
+use super::reply::{Handled, blocking, internal, refused};
 use crate::net::transport::read_exact;
 use crate::net::wire::{ErrorCode, ErrorReply, Response};
 use crate::node::machine::now_from_env;
@@ -22,25 +22,8 @@ use crate::protocol::record::Signed;
 use crate::store::files::{ContractEntry, Status};
 use crate::store::inbound::{Inbound, InboundError};
 
-/// A reply and the raw bytes that follow it.
-pub(super) type Handled = Result<(Response, Option<Bytes>), ErrorReply>;
-
 /// The most extents a list may have (with 4 MiB extents, an 8 TiB volume).
 const MAX_LIST_EXTENTS: u64 = 2 << 20;
-
-fn internal(e: impl std::fmt::Display) -> ErrorReply {
-    ErrorReply::new(ErrorCode::Internal, e.to_string())
-}
-
-fn refused(msg: impl Into<String>) -> ErrorReply {
-    ErrorReply::new(ErrorCode::Refused, msg)
-}
-
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, ErrorReply> + Send + 'static,
-) -> Result<T, ErrorReply> {
-    tokio::task::spawn_blocking(f).await.map_err(internal)?
-}
 
 /// The contract `id`, if `peer` is its other side. `for_push`: it must also be active.
 fn authorise(ctx: &Ctx, peer: NodeId, id: &RecordId, for_push: bool) -> Result<(ContractEntry, Inbound), ErrorReply> {
