@@ -185,29 +185,32 @@ pub fn plan(node: &Node, settings: &Settings, now: Timestamp, leftovers: bool) -
         let store = Inbound::new(&node.config.storage, &entry.id);
         let (contract, peer) = (Some(entry.id), Some(entry.state.peer));
         let term = term(&entry.state.status);
-        let stale = if term == Term::Ended {
-            Vec::new()
-        } else {
+        let standing = entry.state.their_standing;
+        let mut held = Held { exists: store.dir().exists(), stale_files: 0 };
+        let mut plan = prune::for_contract(term, standing, held, now, &health);
+        // The files no generation needs are looked for only in data that stays.
+        let mut stale = Vec::new();
+        if plan == Plan::Keep && term != Term::Ended {
             // Under the store's lock: a commit may be replacing the generation.
             let _shared = store.lock(false)?;
-            store.leftovers(before)?
+            stale = store.leftovers(before)?;
+            held.stale_files = stale.len();
+            plan = prune::for_contract(term, standing, held, now, &health);
+        }
+        let (action, reason, bytes, work) = match plan {
+            Plan::Keep => continue,
+            Plan::Hold(why) => {
+                eprintln!("kaana-prune: contract {}: {why}", entry.id.short());
+                continue;
+            }
+            Plan::Delete(reason) => ("delete", reason, store.size_on_disk(), Work::End(entry.id)),
+            Plan::RemoveOrphan(reason) => {
+                ("remove_orphan", reason, store.size_on_disk(), Work::RemoveDir(store.dir().to_owned()))
+            }
+            Plan::RemoveStale(reason) => {
+                ("remove_leftovers", reason, stale.iter().map(|(_, n)| n).sum(), Work::Leftovers(entry.id))
+            }
         };
-        let held = Held { exists: store.dir().exists(), stale_files: stale.len() };
-        let (action, reason, bytes, work) =
-            match prune::for_contract(term, entry.state.their_standing, held, now, &health) {
-                Plan::Keep => continue,
-                Plan::Hold(why) => {
-                    eprintln!("kaana-prune: contract {}: {why}", entry.id.short());
-                    continue;
-                }
-                Plan::Delete(reason) => ("delete", reason, store.size_on_disk(), Work::End(entry.id)),
-                Plan::RemoveOrphan(reason) => {
-                    ("remove_orphan", reason, store.size_on_disk(), Work::RemoveDir(store.dir().to_owned()))
-                }
-                Plan::RemoveStale(reason) => {
-                    ("remove_leftovers", reason, stale.iter().map(|(_, n)| n).sum(), Work::Leftovers(entry.id))
-                }
-            };
         steps.push(Step { contract, peer, action, bytes, reason, work });
     }
     // Stores of contracts this node does not know at all: kept and reported, unless a person

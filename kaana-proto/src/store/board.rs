@@ -97,11 +97,14 @@ impl StoredBoard {
         now: Timestamp,
         vouched: bool,
     ) -> Result<Result<Inserted, BoardRefusal>, StateError> {
+        let id = RecordId::of(&offer.body).ok();
+        let was_vouched = id.is_some_and(|id| self.board.vouched().any(|v| *v == id));
         let inserted = match self.board.insert_as(offer.clone(), now, vouched) {
             Ok(inserted) => inserted,
             Err(refusal) => return Ok(Err(refusal)),
         };
-        if inserted == Inserted::New {
+        // New, or known and vouched for only now: what a restart must find.
+        if inserted == Inserted::New || (vouched && !was_vouched) {
             self.record(home, &Change::Add { offer, vouched })?;
         }
         Ok(Ok(inserted))

@@ -163,7 +163,7 @@ async fn rechallenge_exchange(
     now: Timestamp,
 ) -> Result<audit::Exchanged, ErrorReply> {
     let (mut send, mut recv) = conn.open_bi().await.map_err(internal)?;
-    audit::exchange((&mut send, &mut recv, ctx.opts.read_timeout), &ctx.node, entry, target, samples, None, now)
+    audit::exchange((&mut send, &mut recv, ctx.opts.client_timeouts.read), &ctx.node, entry, target, samples, None, now)
         .await
         .map_err(|e| ErrorReply::new(ErrorCode::Refused, format!("could not challenge you: {e}")))
 }

@@ -107,6 +107,8 @@ impl Drop for Slot {
 
 /// How long the set of known nodes is trusted before it is read again.
 const KNOWN_FOR: Duration = Duration::from_secs(10);
+/// How soon the set is read again for a node not in it.
+const RECHECK_AFTER: Duration = Duration::from_secs(1);
 
 impl std::fmt::Debug for Ctx {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -120,17 +122,30 @@ impl Ctx {
         self.report.say(&msg.to_string());
     }
 
-    /// Whether `peer` is in the address book or a contract's peer (read at most every
-    /// [`KNOWN_FOR`]). Blocking.
+    /// Whether `peer` is in the address book or a contract's peer. The set is read again after
+    /// [`KNOWN_FOR`], or sooner (at most every [`RECHECK_AFTER`]) when `peer` is not in it: a
+    /// node just added or just contracted with is known at once, and a flood of strangers
+    /// costs at most one read a second. Blocking.
     pub(super) fn knows(&self, peer: &NodeId) -> bool {
         let Ok(mut known) = self.known.lock() else { return false };
-        if known.as_ref().is_none_or(|(at, _)| at.elapsed() > KNOWN_FOR) {
+        let stale = |at: &std::time::Instant, set: &std::collections::HashSet<NodeId>| {
+            at.elapsed() > KNOWN_FOR || (!set.contains(peer) && at.elapsed() > RECHECK_AFTER)
+        };
+        if known.as_ref().is_none_or(|(at, set)| stale(at, set)) {
             let mut set: std::collections::HashSet<NodeId> =
                 self.node.address_book().map(|b| b.peers.into_keys().collect()).unwrap_or_default();
             set.extend(self.node.contracts().unwrap_or_default().into_iter().map(|e| e.state.peer));
             *known = Some((std::time::Instant::now(), set));
         }
         known.as_ref().is_some_and(|(_, set)| set.contains(peer))
+    }
+
+    /// Forgets the set of known nodes (a contract was just made here): read again at the next
+    /// connection.
+    pub(super) fn forget_known(&self) {
+        if let Ok(mut known) = self.known.lock() {
+            *known = None;
+        }
     }
 
     pub(super) fn take_slot(self: &Arc<Self>, peer: NodeId, stranger: bool) -> Result<Slot, &'static str> {

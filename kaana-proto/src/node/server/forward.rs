@@ -72,21 +72,29 @@ impl ForwardQueues {
     {
         let ForwardQueues { mut vouched, mut strangers, dropped } = self;
         let first = send.clone();
+        let report_first = report.clone();
+        let dropped_first = dropped.clone();
         tokio::spawn(async move {
             while let Some((from, offer)) = vouched.recv().await {
                 first(from, offer).await;
+                say_dropped(&dropped_first, report_first.as_ref());
             }
         });
         tokio::spawn(async move {
             while let Some((from, offer)) = strangers.recv().await {
                 let next = tokio::time::Instant::now() + STRANGER_GAP;
                 send(from, offer).await;
-                let dropped = dropped.swap(0, Ordering::Relaxed);
-                if dropped > 0 {
-                    report.say(&format!("{dropped} offer(s) not forwarded: too many at once"));
-                }
+                say_dropped(&dropped, report.as_ref());
                 tokio::time::sleep_until(next).await;
             }
         });
+    }
+}
+
+/// Says how many offers found their queue full since it was last said.
+fn say_dropped(dropped: &AtomicU64, report: &dyn Report) {
+    let n = dropped.swap(0, Ordering::Relaxed);
+    if n > 0 {
+        report.say(&format!("{n} offer(s) not forwarded: too many at once"));
     }
 }

@@ -57,36 +57,47 @@ pub(super) async fn publish(ctx: &Arc<Ctx>, from: NodeId, offer: Signed<Offer>) 
 
 /// Sends `offer` (which came from `from`) to every board in the address book but the
 /// signer's, the sender's and this node's (see [`super::forward`] for when).
-pub(super) async fn forward(ctx: &Ctx, from: NodeId, offer: Signed<Offer>) {
+/// To all of them at once: a board that is away costs its own time-out, not every other's.
+pub(super) async fn forward(ctx: &Arc<Ctx>, from: NodeId, offer: Signed<Offer>) {
     let book = match ctx.node.address_book() {
         Ok(b) => b,
         Err(e) => return ctx.say(format_args!("cannot read the address book to forward an offer: {e}")),
     };
     let me = ctx.node.id();
     let silent = now_from_env().ok().and_then(|now| ctx.node.silent_peers(now).ok()).unwrap_or_default();
+    let mut sends = tokio::task::JoinSet::new();
     for (peer, entry) in book.peers {
         if peer == from || peer == offer.body.node || peer == me || silent.contains(&peer) {
             continue;
         }
-        let result: Result<(), NetError> = async {
-            let conn = ctx.client.connect_any(peer, &entry.addrs).await?;
-            let r = conn.request(&Request::Publish { offer: offer.clone() }).await;
-            conn.close();
-            r.map(|_| ())
-        }
-        .await;
-        if let Err(e) = result {
-            ctx.say(format_args!("could not forward an offer to board {}: {e}", peer.short()));
-        }
+        let (c, offer) = (ctx.clone(), offer.clone());
+        sends.spawn(async move {
+            let result: Result<(), NetError> = async {
+                let conn = c.client.connect_any(peer, &entry.addrs).await?;
+                let r = conn.request(&Request::Publish { offer }).await;
+                conn.close();
+                r.map(|_| ())
+            }
+            .await;
+            if let Err(e) = result {
+                c.say(format_args!("could not forward an offer to board {}: {e}", peer.short()));
+            }
+        });
     }
+    while sends.join_next().await.is_some() {}
 }
 
-/// `list_offers`: a page of the board.
-pub(super) fn list(ctx: &Ctx, after: Option<RecordId>) -> Reply {
+/// `list_offers`: a page of the board. On the blocking pool: the board's lock may be held by a
+/// publish syncing its line to disk, and the event loop must not wait for it.
+pub(super) async fn list(ctx: &Arc<Ctx>, after: Option<RecordId>) -> Reply {
     let now = now()?;
-    let board = ctx.board.lock().map_err(internal)?;
-    let (offers, more) = board.board().page(after, now);
-    Ok(Response::Offers { offers, more })
+    let c = ctx.clone();
+    blocking(move || {
+        let board = c.board.lock().map_err(internal)?;
+        let (offers, more) = board.board().page(after, now);
+        Ok(Response::Offers { offers, more })
+    })
+    .await
 }
 
 /// `accept`: the offerer's side. Checks the offer is ours, open and unexpired, that the taker
@@ -138,6 +149,7 @@ fn accept_on_disk(
     }
     let contract = market::countersign(proposal, &node.identity).map_err(internal)?;
     let id = node.save_new_contract(&contract, &ContractState::new(Role::Offerer, taker)).map_err(internal)?;
+    ctx.forget_known();
     own_offer.taken_by = Some(id);
     node.save_own_offer(&offer_id, &own_offer).map_err(internal)?;
     let reachable: Vec<String> =

@@ -232,10 +232,19 @@ async fn handle_stream(ctx: Arc<Ctx>, conn: quinn::Connection, stream: Stream, _
         // Nothing more is read from this stream: whatever else the client sends is refused.
         let _ = recv.stop(VarInt::from_u32(0));
     }
-    let mut sent = write_frame(&mut send, &response).await;
-    if let (Ok(()), Some(raw)) = (&sent, raw) {
-        sent = send.write_chunk(raw).await.map_err(|e| NetError::Lost(e.to_string()));
-    }
+    // A client that takes no more of the reply (it grants no flow-control credit) gives up its
+    // place after the read time-out, as one that sends nothing does.
+    let write = async {
+        write_frame(&mut send, &response).await?;
+        match raw {
+            Some(raw) => send.write_chunk(raw).await.map_err(|e| NetError::Lost(e.to_string())),
+            None => Ok(()),
+        }
+    };
+    let sent = match tokio::time::timeout(ctx.opts.read_timeout, write).await {
+        Ok(r) => r,
+        Err(_) => Err(NetError::Lost("the client took no more of the reply".into())),
+    };
     if sent.is_ok() && send.finish().is_ok() {
         // Wait until the client has the whole reply, so a shutdown never cuts it short.
         let _ = tokio::time::timeout(ctx.opts.read_timeout, send.stopped()).await;
@@ -262,7 +271,7 @@ async fn dispatch(
             None,
         )),
         Request::Publish { offer } => plain(market::publish(ctx, peer, offer).await),
-        Request::ListOffers { after } => plain(market::list(ctx, after)),
+        Request::ListOffers { after } => plain(market::list(ctx, after).await),
         Request::Accept { proposal, addrs } => plain(market::accept(ctx, peer, proposal, addrs).await),
         Request::Notice { notice } => plain(market::notice(ctx, peer, notice).await),
         Request::PushBegin { contract, volume_size, extent_size } => {
