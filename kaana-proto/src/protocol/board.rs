@@ -24,6 +24,12 @@ pub const PER_SIGNER_CAP: usize = 8;
 pub const TOTAL_CAP: usize = 4096;
 /// Offers listed per page.
 pub const PAGE: usize = 500;
+/// Bytes of offers (as JSON) a page holds at most: well inside a frame.
+pub const PAGE_BYTES: usize = 512 << 10;
+
+fn encoded_len(offer: &Signed<Offer>) -> usize {
+    serde_json::to_vec(offer).map_or(usize::MAX / 2, |v| v.len())
+}
 
 /// Why a board refused an offer.
 #[derive(Debug, Error)]
@@ -129,9 +135,17 @@ impl Board {
             Some(a) => self.offers.range((std::ops::Bound::Excluded(a), std::ops::Bound::Unbounded)),
             None => self.offers.range(..),
         };
-        let mut live = range.filter(|(_, o)| now < o.body.expires_at).map(|(_, o)| o.clone());
-        let page: Vec<_> = live.by_ref().take(PAGE).collect();
-        let more = live.next().is_some();
+        // At most PAGE offers and PAGE_BYTES of them encoded (offers with many long addresses
+        // would otherwise make a page too large for one frame), but at least one.
+        let mut live = range.filter(|(_, o)| now < o.body.expires_at).map(|(_, o)| o).peekable();
+        let (mut page, mut bytes) = (Vec::new(), 0);
+        while let Some(o) =
+            live.next_if(|o| page.len() < PAGE && (page.is_empty() || bytes + encoded_len(o) <= PAGE_BYTES))
+        {
+            bytes += encoded_len(o);
+            page.push(o.clone());
+        }
+        let more = live.peek().is_some();
         (page, more)
     }
 
@@ -235,5 +249,71 @@ mod tests {
         assert_eq!(board.insert(offer(&c, 0, horizon), now).unwrap(), Inserted::New);
         assert!(matches!(board.insert(offer(&c, 1, horizon + 2 * 3_600), now), Err(BoardRefusal::Invalid(_))));
         assert!(matches!(board.insert(offer(&c, 2, 1_000 + 3_650 * 86_400), now), Err(BoardRefusal::Invalid(_))));
+    }
+
+    #[test]
+    fn a_page_of_offers_with_long_addresses_still_fits_a_frame() {
+        let mut board = Board::default();
+        // Four labels of 60 letters and one of 6, then a port: 255 characters.
+        let long = format!("{}.{}:7447", vec!["a".repeat(60); 4].join("."), "b".repeat(6));
+        assert_eq!(long.len(), 255);
+        for n in 0..(PAGE as u64 + 100) {
+            let ident = Identity::from_seed([
+                (n % 251) as u8 + 1,
+                (n / 251) as u8 + 1,
+                3,
+                4,
+                5,
+                6,
+                7,
+                8,
+                9,
+                10,
+                11,
+                12,
+                13,
+                14,
+                15,
+                16,
+                17,
+                18,
+                19,
+                20,
+                21,
+                22,
+                23,
+                24,
+                25,
+                26,
+                27,
+                28,
+                29,
+                30,
+                31,
+                32,
+            ]);
+            let body = Offer {
+                node: ident.node_id(),
+                addrs: vec![long.clone(); crate::protocol::market::MAX_ADDRS],
+                size: 1,
+                grace_secs: 60,
+                expires_at: Timestamp::from_unix(2_000),
+                nonce: format!("{n:032x}"),
+            };
+            board.insert(Signed::sign(body, &ident).unwrap(), Timestamp::from_unix(1_000)).unwrap();
+        }
+        let (mut seen, mut after) = (0, None);
+        loop {
+            let (page, more) = board.page(after, Timestamp::from_unix(1_000));
+            let bytes = serde_json::to_vec(&page).unwrap().len();
+            assert!(bytes <= PAGE_BYTES + 4_096, "a page of {bytes} bytes");
+            assert!(!page.is_empty());
+            seen += page.len();
+            after = RecordId::of(&page.last().unwrap().body).ok();
+            if !more {
+                break;
+            }
+        }
+        assert_eq!(seen, PAGE + 100, "every offer is on some page");
     }
 }
