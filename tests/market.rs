@@ -357,6 +357,52 @@ fn a_board_flooded_by_throwaway_keys_still_takes_and_forwards_a_friends_offer() 
     assert!(log.lines().count() <= TOTAL_CAP, "the log never outgrows the board");
 }
 
+/// A hostile board that answers every page with the same offers and "more" for ever: `list`
+/// follows it no further than a board can hold, says so, and ends.
+#[test]
+fn a_board_that_always_says_more_is_followed_only_as_far_as_a_board_can_hold() {
+    use kaana_proto::net::transport::{self, Traffic, read_frame, write_frame};
+    let taker = TestNode::init();
+    let rt = runtime();
+    let board = Identity::generate().unwrap();
+    let endpoint = rt
+        .block_on(async {
+            let config = transport::server_config(&board)?;
+            transport::endpoint("127.0.0.1:0".parse().unwrap(), Some(config), Traffic::Short)
+        })
+        .unwrap();
+    let addr = endpoint.local_addr().unwrap();
+    let expires = Timestamp::from_unix(now_unix() + 86_400);
+    let page: Vec<Signed<Offer>> =
+        (0..100u64).map(|n| signed_offer(&board, 1 << 20, expires, format!("{n:032x}"))).collect();
+    let pages = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let served = pages.clone();
+    rt.spawn(async move {
+        while let Some(incoming) = endpoint.accept().await {
+            let (page, served) = (page.clone(), served.clone());
+            tokio::spawn(async move {
+                let Ok(conn) = incoming.await else { return };
+                while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+                    if let Ok(Some(Request::ListOffers { .. })) =
+                        read_frame::<Request>(&mut recv, Duration::from_secs(10)).await
+                    {
+                        served.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let _ = write_frame(&mut send, &Response::Offers { offers: page.clone(), more: true }).await;
+                        let _ = send.finish();
+                    }
+                }
+            });
+        }
+    });
+    let out = taker.run("kaana-offer", &["list", "--board", &format!("{}@{addr}", board.node_id())]);
+    assert!(stderr(&out).contains("more offers than a board can hold; stopped"), "{}", stderr(&out));
+    let lines: Vec<OfferLine> = json_lines(&out);
+    assert_eq!(lines.len(), 100, "the same offers, each once");
+    let asked = pages.load(std::sync::atomic::Ordering::Relaxed);
+    let most = kaana_proto::protocol::board::TOTAL_CAP / 100 + 2;
+    assert!(asked <= most, "{asked} pages asked for");
+}
+
 #[test]
 fn a_tampered_offer_is_refused_by_a_board() {
     let (a, sa) = node_with_server();

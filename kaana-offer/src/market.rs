@@ -449,14 +449,16 @@ async fn fetch_board(
     let conn = client.connect(board.node, &board.addr).await?;
     let mut after = None;
     // A board holds at most TOTAL_CAP offers: a board that says "more" beyond that is not
-    // followed further.
-    for page in 0.. {
-        if page > kaana_proto::protocol::board::TOTAL_CAP / kaana_proto::protocol::board::PAGE {
-            eprintln!("kaana-offer: board {} lists more pages than a board can hold; stopped", board.node.short());
+    // followed further (and every page must bring at least one).
+    let mut listed = 0;
+    loop {
+        if listed > kaana_proto::protocol::board::TOTAL_CAP {
+            eprintln!("kaana-offer: board {} lists more offers than a board can hold; stopped", board.node.short());
             break;
         }
         match conn.request(&Request::ListOffers { after }).await? {
             Response::Offers { offers, more } => {
+                listed += offers.len();
                 after = offers.last().and_then(|o| RecordId::of(&o.body).ok());
                 for offer in offers {
                     match market::check_offer(&offer, now) {
