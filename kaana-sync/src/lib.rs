@@ -237,13 +237,7 @@ async fn push(
                 let breach = matches!(e, backup::BackupError::Breach(_));
                 let e = anyhow::Error::new(e).context(format!("pushing to contract {}", entry.id));
                 if all || breach {
-                    eprintln!("kaana-sync: error: {e:#}");
-                    emit(&ContractFailed {
-                        contract: entry.id,
-                        peer: entry.state.peer,
-                        ok: false,
-                        error: format!("{e:#}"),
-                    })?;
+                    say_failed(&entry, &e)?;
                 }
                 if breach {
                     breaches += 1;
@@ -264,6 +258,13 @@ async fn push(
     }
 }
 
+/// Says on stderr, and as its JSON line, that the work on `entry` failed with `e`.
+fn say_failed(entry: &ContractEntry, e: &anyhow::Error) -> anyhow::Result<()> {
+    eprintln!("kaana-sync: error: {e:#}");
+    emit(&ContractFailed { contract: entry.id, peer: entry.state.peer, ok: false, error: format!("{e:#}") })?;
+    Ok(())
+}
+
 /// Verifies each contract's copy in turn; one line each.
 async fn verify(node: Node, settings: Settings, entries: Vec<ContractEntry>, all: bool) -> anyhow::Result<Exit> {
     let client = settings.client(&node.identity, Traffic::Bulk);
@@ -274,13 +275,7 @@ async fn verify(node: Node, settings: Settings, entries: Vec<ContractEntry>, all
             Ok(s) => s,
             Err(e) if all => {
                 // With --all, one peer out of reach does not stop the drill of the others.
-                eprintln!("kaana-sync: error: {e:#}");
-                emit(&ContractFailed {
-                    contract: entry.id,
-                    peer: entry.state.peer,
-                    ok: false,
-                    error: format!("{e:#}"),
-                })?;
+                say_failed(&entry, &e)?;
                 exit = Exit::Attention;
                 continue;
             }
