@@ -207,8 +207,6 @@ async fn connect(client: &Client, node: &Node, peer: NodeId) -> Result<Connectio
     client.connect_any(peer, &addrs).await.map_err(net(peer))
 }
 
-pub use crate::protocol::push::MAX_GENERATION;
-
 /// Whether this node's volume can be pushed in extents of `extent_size`: configured, readable,
 /// of a valid geometry, and encrypted-looking unless `allow_plaintext`.
 pub fn check_volume(node: &Node, extent_size: u32, allow_plaintext: bool) -> Result<(), BackupError> {

@@ -23,11 +23,3 @@ impl Report for Stderr {
         eprintln!("{}: {line}", self.0);
     }
 }
-
-/// Says nothing.
-#[derive(Debug, Clone, Copy)]
-pub struct Quiet;
-
-impl Report for Quiet {
-    fn say(&self, _line: &str) {}
-}

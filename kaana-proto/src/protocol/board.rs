@@ -137,21 +137,27 @@ impl Board {
         };
         // At most PAGE offers and PAGE_BYTES of them encoded (offers with many long addresses
         // would otherwise make a page too large for one frame), but at least one.
-        let mut live = range.filter(|(_, o)| now < o.body.expires_at).map(|(_, o)| o).peekable();
+        let live = range.filter(|(_, o)| now < o.body.expires_at).map(|(_, o)| o);
         let (mut page, mut bytes) = (Vec::new(), 0);
-        while let Some(o) =
-            live.next_if(|o| page.len() < PAGE && (page.is_empty() || bytes + encoded_len(o) <= PAGE_BYTES))
-        {
-            bytes += encoded_len(o);
+        for o in live {
+            let len = encoded_len(o);
+            if page.len() == PAGE || (!page.is_empty() && bytes + len > PAGE_BYTES) {
+                return (page, true);
+            }
+            bytes += len;
             page.push(o.clone());
         }
-        let more = live.peek().is_some();
-        (page, more)
+        (page, false)
     }
 
     /// Every offer, by id.
     pub fn offers(&self) -> impl Iterator<Item = (&RecordId, &Signed<Offer>)> {
         self.offers.iter()
+    }
+
+    /// Whether offer `id` is here, vouched for.
+    pub fn is_vouched(&self, id: &RecordId) -> bool {
+        self.vouched.contains(id)
     }
 
     /// The ids of the offers vouched for.

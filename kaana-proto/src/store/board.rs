@@ -98,7 +98,7 @@ impl StoredBoard {
         vouched: bool,
     ) -> Result<Result<Inserted, BoardRefusal>, StateError> {
         let id = RecordId::of(&offer.body).ok();
-        let was_vouched = id.is_some_and(|id| self.board.vouched().any(|v| *v == id));
+        let was_vouched = id.is_some_and(|id| self.board.is_vouched(&id));
         let inserted = match self.board.insert_as(offer.clone(), now, vouched) {
             Ok(inserted) => inserted,
             Err(refusal) => return Ok(Err(refusal)),
