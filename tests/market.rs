@@ -231,8 +231,15 @@ fn the_offerer_never_commits_more_than_its_capacity() {
 
 /// An offer of `size` bytes by `ident` (reachable nowhere), signed.
 fn signed_offer(ident: &Identity, size: u64, expires_at: Timestamp, nonce: String) -> Signed<Offer> {
-    let body =
-        Offer { node: ident.node_id(), addrs: vec!["127.0.0.1:9".into()], size, grace_secs: 60, expires_at, nonce };
+    let body = Offer {
+        node: ident.node_id(),
+        addrs: vec!["127.0.0.1:9".into()],
+        size,
+        grace_secs: 60,
+        expires_at,
+        nonce,
+        history: None,
+    };
     Signed::sign(body, ident).unwrap()
 }
 

@@ -61,6 +61,14 @@ pub enum Command {
         /// How long the offer stays open.
         #[arg(long, value_name = "DURATION", default_value = "7d", value_parser = parse_duration_arg)]
         ttl: u64,
+        /// How long each side keeps the other's superseded generations (0: the newest only)
+        /// [default: config's history_secs].
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration_arg)]
+        history: Option<u64>,
+        /// Bytes of superseded generations each side keeps beyond the newest: a size (2GiB) or
+        /// a percent of --size (25%) [default: config's history_percent].
+        #[arg(long, value_name = "SIZE|PERCENT")]
+        history_space: Option<String>,
         /// Where takers reach this node (HOST:PORT; repeat for several) [default: the advertised
         /// or listening address].
         #[arg(long = "addr", value_name = "HOST:PORT")]
@@ -139,13 +147,22 @@ pub struct InitArgs {
     /// Fraction of challenges answered wrongly on purpose, to audit peers (0 to 1).
     #[arg(long, value_name = "RATE", default_value_t = config::DEFAULT_AUDIT_RATE)]
     pub audit_rate: f64,
+    /// How long this node's offers keep a peer's superseded generations (0: the newest only),
+    /// e.g. 14d.
+    #[arg(long, value_name = "DURATION", default_value = "14d", value_parser = parse_duration_arg)]
+    pub history: u64,
+    /// The history allowance of this node's offers, in percent of their size: bytes of
+    /// superseded generations kept beyond the newest.
+    #[arg(long, value_name = "PERCENT", default_value_t = kaana_proto::protocol::history::DEFAULT_SHARE_PERCENT)]
+    pub history_percent: u64,
     /// Rebuild a node from its recovery phrase, read from stdin.
     #[arg(long)]
     pub recover: bool,
 }
 
 /// Configuration commands. The settings are those of `config.json`: listen, advertise,
-/// volume, storage (read only), capacity, replicas, grace_secs, audit_rate.
+/// volume, storage (read only), capacity, replicas, grace_secs, audit_rate, history_secs,
+/// history_percent.
 #[derive(Debug, Subcommand)]
 pub enum ConfigCommand {
     /// Print one setting: {"KEY": VALUE}.
@@ -209,7 +226,9 @@ pub fn run(args: Args, settings: kaana_proto::node::machine::Settings) -> anyhow
         Command::Peer(PeerCommand::Add { peer, no_check }) => setup::peer_add(home, settings, &peer, no_check),
         Command::Peer(PeerCommand::List) => setup::peer_list(home),
         Command::Status => market::status(home),
-        Command::Create { size, grace, ttl, addrs } => market::create(home, size, grace, ttl, addrs),
+        Command::Create { size, grace, ttl, history, history_space, addrs } => {
+            market::create(home, market::Terms { size, grace, ttl, history, history_space }, addrs)
+        }
         Command::Publish { offer, boards } => market::publish(home, settings, offer.as_deref(), &boards),
         Command::List { boards } => market::list(home, settings, &boards),
         Command::Accept { offer } => market::accept(home, settings, &offer),

@@ -13,6 +13,7 @@ use kaana_proto::node::cli::{Exit, emit};
 use kaana_proto::node::machine::{Settings, now_from_env};
 use kaana_proto::protocol::fairness::attention;
 use kaana_proto::protocol::fairness::standing::Standing;
+use kaana_proto::protocol::history::History;
 use kaana_proto::protocol::identity::NodeId;
 use kaana_proto::protocol::market::{self, ContractBody, Notice, Offer, RecordId};
 use kaana_proto::protocol::record::Signed;
@@ -244,12 +245,44 @@ fn report(s: &StatusLine) -> String {
     out
 }
 
-pub(crate) fn create(home: &Path, size: u64, grace: Option<u64>, ttl: u64, addrs: Vec<String>) -> anyhow::Result<Exit> {
+/// The terms `create` is given.
+pub(crate) struct Terms {
+    pub size: u64,
+    pub grace: Option<u64>,
+    pub ttl: u64,
+    pub history: Option<u64>,
+    pub history_space: Option<String>,
+}
+
+/// The history terms an offer of `size` bytes makes, from its options and the config.
+fn history_terms(node: &Node, size: u64, keep: Option<u64>, space: Option<&str>) -> anyhow::Result<Option<History>> {
+    let keep_secs = keep.unwrap_or(node.config.history_secs);
+    if keep_secs == 0 {
+        return Ok(None);
+    }
+    let percent = |p: u64| (u128::from(size) * u128::from(p) / 100) as u64;
+    let bytes = match space {
+        None => percent(node.config.history_percent),
+        Some(text) => match text.strip_suffix('%') {
+            Some(p) => {
+                percent(p.trim().parse().map_err(|_| anyhow!("--history-space {text:?} is not a percent such as 25%"))?)
+            }
+            None => kaana_proto::protocol::size::parse_size(text).map_err(|e| anyhow!("--history-space: {e}"))?,
+        },
+    };
+    let terms = History { keep_secs, bytes };
+    terms.check(size).map_err(|e| anyhow!("--history/--history-space: {e}"))?;
+    Ok(Some(terms))
+}
+
+pub(crate) fn create(home: &Path, terms: Terms, addrs: Vec<String>) -> anyhow::Result<Exit> {
+    let Terms { size, grace, ttl, history, history_space } = terms;
     let node = Node::open_at(home)?;
     let now = now_from_env()?;
     if size == 0 {
         bail!("--size must be more than 0");
     }
+    let history = history_terms(&node, size, history, history_space.as_deref())?;
     let grace_secs = grace.unwrap_or(node.config.grace_secs);
     if grace_secs == 0 || ttl == 0 {
         bail!("--grace and --ttl must be more than 0");
@@ -268,7 +301,8 @@ pub(crate) fn create(home: &Path, size: u64, grace: Option<u64>, ttl: u64, addrs
         bail!("--addr {bad:?} is not HOST:PORT");
     }
     let _lock = node.home.lock()?;
-    check_room(&node, size)?;
+    let held = size.saturating_add(kaana_proto::protocol::history::allowance(history.as_ref()));
+    check_room(&node, held)?;
     let body = Offer {
         node: node.id(),
         addrs,
@@ -276,6 +310,7 @@ pub(crate) fn create(home: &Path, size: u64, grace: Option<u64>, ttl: u64, addrs
         grace_secs,
         expires_at: now.plus_secs(ttl),
         nonce: kaana_proto::node::machine::new_nonce()?,
+        history,
     };
     let offer = Signed::sign(body, &node.identity)?;
     let id = RecordId::of(&offer.body)?;
@@ -528,7 +563,7 @@ pub(crate) fn accept(home: &Path, settings: &Settings, prefix: &str) -> anyhow::
     if let Some(existing) = node.contracts()?.into_iter().find(|e| e.contract.body.offer == offer_id) {
         bail!("this node already holds contract {} from offer {offer_id}", existing.id);
     }
-    check_room(&node, offer.body.size).with_context(|| format!("offer {offer_id}"))?;
+    check_room(&node, offer.body.held_bytes()).with_context(|| format!("offer {offer_id}"))?;
     let proposal = Signed::sign(ContractBody::for_offer(&offer, offer_id, me, now), &node.identity)?;
     let contract = block_on(async {
         let client = settings.client(&node.identity, Traffic::Short);

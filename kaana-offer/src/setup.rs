@@ -55,6 +55,12 @@ pub(crate) fn init(home: &Path, args: InitArgs) -> anyhow::Result<Exit> {
     if args.replicas == 0 {
         bail!("--replicas must be at least 1");
     }
+    if args.history > kaana_proto::protocol::history::MAX_KEEP_SECS {
+        bail!("--history must be at most 400d");
+    }
+    if !(1..=400).contains(&args.history_percent) {
+        bail!("--history-percent must be from 1 to 400, not {}", args.history_percent);
+    }
     if let Some(bad) = args.advertise.iter().find(|a| !is_host_port(a)) {
         bail!("--advertise {bad:?} is not HOST:PORT");
     }
@@ -93,6 +99,8 @@ pub(crate) fn init(home: &Path, args: InitArgs) -> anyhow::Result<Exit> {
         grace_secs: args.grace,
         audit_rate: args.audit_rate,
         advertise: args.advertise,
+        history_secs: args.history,
+        history_percent: args.history_percent,
     };
     let node = Node::init(home, identity, config)?;
     if args.recover {

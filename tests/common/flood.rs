@@ -151,6 +151,7 @@ async fn strangers(aim: Aim, lane: u64, stop: Arc<AtomicBool>, counts: Arc<Count
             grace_secs: 60,
             expires_at: aim.expires_at,
             nonce: format!("{lane:016x}{round:016x}"),
+            history: None,
         };
         if let Ok(offer) = Signed::sign(body, &key) {
             ask(&conn, &Request::Publish { offer }, &counts).await;

@@ -76,6 +76,7 @@ pub fn attempt(attack: usize, seed: u64) -> bool {
         size: 1 << 20,
         grace_secs: 500,
         created_at: t(10),
+        history: None,
     };
     let contract = countersign(Signed::sign(body, &holder).unwrap(), &owner).unwrap();
     let id = contract.id().unwrap();

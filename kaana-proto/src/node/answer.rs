@@ -2,10 +2,12 @@
 //! refused, and now and then a deliberate failure in one of the forms real failures take
 //! ([`crate::protocol::fairness::deliberate`]), kept up toward the peer until the audit.
 //!
-//! The holder reads the committed generation under the store's shared lock, so a commit under
-//! way (which holds it exclusively while it replaces the generation and moves old extents
-//! aside) can never make an honest holder sign a failing answer. A challenge about a manifest
-//! the holder has since replaced is answered "superseded", naming the newer one.
+//! The holder reads the generation asked about under the store's shared lock, so a commit under
+//! way (which holds it exclusively while it replaces the generation, retires old ones and moves
+//! their extents aside) can never make an honest holder sign a failing answer. A challenge may
+//! ask about any generation the holder keeps (its history); one about a manifest the holder no
+//! longer keeps (replaced, or retired as the history terms allow) is answered "superseded",
+//! naming the newest.
 
 use std::collections::HashSet;
 
@@ -116,13 +118,18 @@ pub fn answer(
     // commit takes the state lock and then the store's, so an answer never holds the store's
     // while it waits for the state's.
     let (mut plan, mut on_purpose) = (entry.state.audit.clone(), None);
+    // The generation asked about, if this holder keeps it, and the newest it keeps (read under
+    // the store's lock, shared).
     let held = || -> Result<_, StateError> {
+        let newest = store.committed()?.map(|(m, _)| m);
+        Ok((store.generation_by_id(&c.manifest)?, newest))
+    };
+    let first_look = || -> Result<_, StateError> {
         let _shared = store.lock(false)?;
-        store.committed_with_receipt()
+        held()
     };
     if honesty == Honesty::MayAudit
-        && let Some((m, list, _)) = held().map_err(internal)?
-        && RecordId::of(&m.body).ok() == Some(c.manifest)
+        && let (Some((m, list, _)), _) = first_look().map_err(internal)?
         && let (Ok(g), Ok(hashes)) = (m.body.geometry(), m.body.check_list(&list))
         && challenge::check_request(g, &c.picks, c.depth).is_ok()
     {
@@ -135,20 +142,31 @@ pub fn answer(
     let pretence = plan.as_ref().map_or(Pretence::Nothing, |p| p.pretence(now));
 
     let _shared = store.lock(false).map_err(internal)?;
-    let Some((manifest, list, _)) = store.committed_with_receipt().map_err(internal)? else {
+    let (asked, newest) = held().map_err(internal)?;
+    let Some(newest) = newest else {
         return not_held(NOTHING_HELD);
     };
     if pretence == Pretence::All {
         return not_held(NOTHING_HELD);
     }
-    let held_id = RecordId::of(&manifest.body).map_err(internal)?;
-    if c.manifest != held_id {
-        let reply = if manifest.body.generation > c.generation {
-            Reply::Superseded { generation: manifest.body.generation, manifest: held_id }
+    let Some((manifest, list, _)) = asked else {
+        // Not a generation kept here: replaced (or retired as the history terms allow), or
+        // never receipted.
+        let reply = if newest.body.generation > c.generation {
+            Reply::Superseded {
+                generation: newest.body.generation,
+                manifest: RecordId::of(&newest.body).map_err(internal)?,
+            }
         } else {
             Reply::Refused { reason: format!("manifest {} is not one this node receipted", c.manifest) }
         };
         return Ok((sign(reply)?, Vec::new()));
+    };
+    if manifest.body.generation != c.generation {
+        return Ok((
+            sign(Reply::Refused { reason: "the challenge names another generation than its manifest's".into() })?,
+            Vec::new(),
+        ));
     }
     let g = manifest.body.geometry().map_err(internal)?;
     if let Err(reason) = challenge::check_request(g, &c.picks, c.depth) {

@@ -255,7 +255,7 @@ pub async fn push(
         Response::PushReady { committed, have } => (committed, have),
         other => return Err(err(ex.unexpected(&other))),
     };
-    if have_count > push::max_held(entry.contract.body.size) {
+    if have_count > push::max_held(entry.contract.body.held_bytes()) {
         return Err(err(NetError::Truncated(format!("the holder claims {have_count} extents"))));
     }
     let mut have_raw = vec![0u8; (have_count * 32) as usize];
@@ -413,7 +413,8 @@ pub async fn push(
     {
         // Under the record's lock: a challenge reads the manifest, its list and tops together.
         let _lock = record.lock(true)?;
-        record.record(&manifest, &list, Some(receipt))?;
+        let at = receipt.body.at;
+        record.record(&manifest, &list, Some(receipt), entry.contract.body.history.as_ref(), at)?;
         record.save_raw_hashes(generation, &encode_list(&raw_hashes))?;
         record.save_tops(generation, tops.as_flattened())?;
     }

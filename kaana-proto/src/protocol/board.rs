@@ -190,6 +190,7 @@ mod tests {
                 grace_secs: 60,
                 expires_at: Timestamp::from_unix(expires),
                 nonce: format!("{n:032x}"),
+                history: None,
             },
             ident,
         )
@@ -305,6 +306,7 @@ mod tests {
                 grace_secs: 60,
                 expires_at: Timestamp::from_unix(2_000),
                 nonce: format!("{n:032x}"),
+                history: None,
             };
             board.insert(Signed::sign(body, &ident).unwrap(), Timestamp::from_unix(1_000)).unwrap();
         }

@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::protocol::encoding;
+use crate::protocol::history::History;
 use crate::protocol::identity::{Identity, NodeId, Signature};
 pub use crate::protocol::record::RecordId;
 use crate::protocol::record::{self, Record, RecordError, Signed};
@@ -35,10 +36,21 @@ pub struct Offer {
     pub expires_at: Timestamp,
     /// Random, so that two offers with the same terms have different ids (32 hex digits).
     pub nonce: String,
+    /// How much of each side's history the other keeps; none: the newest generation only.
+    /// (Left out of the signed encoding when none, so offers made before history still verify.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub history: Option<History>,
 }
 
 impl Record for Offer {
     const KIND: &'static str = "offer";
+}
+
+impl Offer {
+    /// Bytes each side may take at the other: the size and the history allowance.
+    pub fn held_bytes(&self) -> u64 {
+        self.size.saturating_add(crate::protocol::history::allowance(self.history.as_ref()))
+    }
 }
 
 /// Why an offer, acceptance, contract or notice was refused.
@@ -83,6 +95,9 @@ pub fn check_offer(offer: &Signed<Offer>, now: Timestamp) -> Result<RecordId, Ma
     if b.nonce.len() != 32 || encoding::hex_decode::<16>(&b.nonce).is_err() {
         return Err(invalid(format!("offer {id} has a malformed nonce")));
     }
+    if let Some(h) = &b.history {
+        h.check(b.size).map_err(|e| invalid(format!("offer {id}: {e}")))?;
+    }
     if now >= b.expires_at {
         return Err(MarketError::Expired { id, at: b.expires_at });
     }
@@ -108,6 +123,9 @@ pub struct ContractBody {
     pub grace_secs: u64,
     /// When the taker accepted.
     pub created_at: Timestamp,
+    /// The offer's history terms (left out of the signed encoding when none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub history: Option<History>,
 }
 
 impl Record for ContractBody {
@@ -124,7 +142,13 @@ impl ContractBody {
             size: offer.body.size,
             grace_secs: offer.body.grace_secs,
             created_at: now,
+            history: offer.body.history,
         }
+    }
+
+    /// Bytes each side may take at the other: the size and the history allowance.
+    pub fn held_bytes(&self) -> u64 {
+        self.size.saturating_add(crate::protocol::history::allowance(self.history.as_ref()))
     }
 
     /// The other side of the contract from `me`, if `me` is a side.
@@ -277,6 +301,7 @@ mod tests {
                 grace_secs: grace,
                 expires_at: Timestamp::from_unix(expires),
                 nonce: "ab".repeat(16),
+                history: None,
             };
             let signed = Signed::sign(body, &ident).unwrap();
             let text = serde_json::to_vec(&signed).unwrap();
@@ -297,6 +322,7 @@ mod tests {
             grace_secs: 7 * 86_400,
             expires_at: Timestamp::from_unix(expires),
             nonce: "00112233445566778899aabbccddeeff".into(),
+            history: None,
         };
         Signed::sign(body, ident).unwrap()
     }

@@ -5,6 +5,7 @@ pub mod board;
 pub mod challenge;
 pub mod encoding;
 pub mod fairness;
+pub mod history;
 pub mod identity;
 pub mod manifest;
 pub mod market;

@@ -168,6 +168,7 @@ mod tests {
             grace_secs: 60,
             expires_at: Timestamp::from_unix(2_000),
             nonce: format!("{n:032x}"),
+            history: None,
         };
         Signed::sign(body, ident).unwrap()
     }

@@ -21,6 +21,16 @@ pub const DEFAULT_GRACE_SECS: u64 = 7 * 86_400;
 pub const DEFAULT_REPLICAS: u32 = 2;
 /// Fraction of challenges answered wrongly on purpose, to audit peers' honesty.
 pub const DEFAULT_AUDIT_RATE: f64 = 0.02;
+/// How long this node's offers keep a peer's superseded generations unless told otherwise.
+pub const DEFAULT_HISTORY_SECS: u64 = 14 * 86_400;
+
+fn default_history_secs() -> u64 {
+    DEFAULT_HISTORY_SECS
+}
+
+fn default_history_percent() -> u64 {
+    crate::protocol::history::DEFAULT_SHARE_PERCENT
+}
 
 /// `config.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -46,6 +56,13 @@ pub struct Config {
     /// not one they can reach (e.g. `0.0.0.0`).
     #[serde(default)]
     pub advertise: Vec<String>,
+    /// How long this node's offers keep a peer's superseded generations, in seconds (0: the
+    /// newest generation only).
+    #[serde(default = "default_history_secs")]
+    pub history_secs: u64,
+    /// The history allowance of this node's offers, in percent of their size.
+    #[serde(default = "default_history_percent")]
+    pub history_percent: u64,
 }
 
 /// A setting of `config.json` that `kaana-offer config` reads and changes.
@@ -67,11 +84,15 @@ pub enum Key {
     GraceSecs,
     /// `audit_rate`.
     AuditRate,
+    /// `history_secs`.
+    HistorySecs,
+    /// `history_percent`.
+    HistoryPercent,
 }
 
 impl Key {
     /// Every key, as `config.json` names them.
-    pub const ALL: [(&'static str, Key); 8] = [
+    pub const ALL: [(&'static str, Key); 10] = [
         ("listen", Key::Listen),
         ("advertise", Key::Advertise),
         ("volume", Key::Volume),
@@ -80,6 +101,8 @@ impl Key {
         ("replicas", Key::Replicas),
         ("grace_secs", Key::GraceSecs),
         ("audit_rate", Key::AuditRate),
+        ("history_secs", Key::HistorySecs),
+        ("history_percent", Key::HistoryPercent),
     ];
 
     /// Its name in `config.json`.
@@ -148,6 +171,15 @@ impl Config {
             Key::AuditRate => match text.parse::<f64>() {
                 Ok(r) if (0.0..=1.0).contains(&r) => self.audit_rate = r,
                 _ => return Err(format!("audit_rate must be between 0 and 1, not {text:?}")),
+            },
+            Key::HistorySecs => match crate::protocol::time::parse_duration(text) {
+                Ok(secs) if secs <= crate::protocol::history::MAX_KEEP_SECS => self.history_secs = secs,
+                Ok(_) => return Err("history_secs must be at most 400d".into()),
+                Err(e) => return Err(format!("history_secs: {e}")),
+            },
+            Key::HistoryPercent => match text.trim_end_matches('%').parse::<u64>() {
+                Ok(p) if (1..=400).contains(&p) => self.history_percent = p,
+                _ => return Err(format!("history_percent must be a whole number from 1 to 400, not {text:?}")),
             },
         }
         Ok(())

@@ -593,13 +593,14 @@ impl Node {
         Ok(total)
     }
 
-    /// Bytes committed to contracts that are not ended (what peers may store here).
+    /// Bytes committed to contracts that are not ended (what peers may store here: each
+    /// contract's size and history allowance).
     pub fn committed(&self) -> Result<u64, StateError> {
         Ok(self
             .contracts()?
             .iter()
             .filter(|e| !matches!(e.state.status, Status::Ended { .. }))
-            .map(|e| e.contract.body.size)
+            .map(|e| e.contract.body.held_bytes())
             .sum())
     }
 

@@ -7,10 +7,14 @@
 //!
 //! Extents are content-addressed files (`extents/ab/abcd…`), each written to a temp file,
 //! synced, and renamed into place only if its bytes hash to its name. A generation is committed
-//! by writing its extent list (`lists/<gen>.bin`) and then, atomically, `committed.json` (the
+//! by writing its extent list (`lists/<gen>.bin`), keeping the generation it replaces
+//! (`kept/<gen>.json`: its manifest and receipt), and then, atomically, `committed.json` (the
 //! owner-signed manifest and the holder's receipt of it): that rename is the commit point, so a
-//! crash anywhere leaves the previous generation whole. After a commit, extents and lists it
-//! does not reference are dropped.
+//! crash anywhere leaves every earlier generation whole. Then the contract's history terms
+//! decide which superseded generations to retire ([`crate::protocol::history`]): each is retired
+//! by removing its `kept/` file (the point of no return), and only after that are the lists and
+//! extents no kept generation names dropped (copy-on-write: an extent stays while any kept
+//! generation names it). A crash between these steps leaves more than is owed, never less.
 //!
 //! Answers to challenges read a committed generation's extents while a commit may be replacing
 //! it, in another process or thread: so answers hold the store's `.lock` shared, and a commit
@@ -29,6 +33,7 @@ use thiserror::Error;
 
 use crate::protocol::challenge::{self, Receipt};
 use crate::protocol::encoding;
+use crate::protocol::history::{self, History};
 use crate::protocol::manifest::{ExtentHash, Geometry, Manifest, ManifestError};
 use crate::protocol::market::RecordId;
 use crate::protocol::proof;
@@ -112,6 +117,14 @@ impl Inbound {
 
     fn committed_path(&self) -> PathBuf {
         self.dir.join("committed.json")
+    }
+
+    fn kept_dir(&self) -> PathBuf {
+        self.dir.join("kept")
+    }
+
+    fn kept_path(&self, generation: u64) -> PathBuf {
+        self.kept_dir().join(format!("{generation}.json"))
     }
 
     /// Takes the store's lock: shared to read a committed generation, exclusive to replace or
@@ -325,14 +338,59 @@ impl Inbound {
         Ok(Some((c.manifest, list, c.receipt)))
     }
 
+    /// Every generation kept, oldest first, the committed (newest) one last: manifest, extent
+    /// list and receipt. A `kept/` file of a generation not older than the committed one (a
+    /// commit cut short) is not one.
+    pub fn generations(&self) -> Result<Vec<RecordedCopy>, StateError> {
+        let Some(newest) = self.committed_with_receipt()? else { return Ok(Vec::new()) };
+        let home = crate::store::home::Home::at(&self.dir);
+        let mut out = Vec::new();
+        for g in self.kept_numbers()? {
+            if g >= newest.0.body.generation {
+                continue;
+            }
+            let path = self.kept_path(g);
+            // Retired meanwhile (by another process, between the listing and the read).
+            let Some(c) = home.read_optional::<Committed>(&path)? else { continue };
+            if c.manifest.body.generation != g {
+                return Err(StateError::damaged(&path, "it holds another generation than its name says"));
+            }
+            let list_path = self.list_path(g);
+            let list = fs::read(&list_path).map_err(|e| StateError::io(&list_path, e))?;
+            c.manifest.body.check_list(&list).map_err(|e| StateError::damaged(&list_path, e))?;
+            out.push((c.manifest, list, c.receipt));
+        }
+        out.push(newest);
+        Ok(out)
+    }
+
+    /// The generations with a `kept/` file, in order.
+    fn kept_numbers(&self) -> Result<Vec<u64>, StateError> {
+        let mut numbers: Vec<u64> = read_dir_or_empty(&self.kept_dir())?
+            .iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "json"))
+            .filter_map(|p| p.file_stem()?.to_str()?.parse().ok())
+            .collect();
+        numbers.sort_unstable();
+        Ok(numbers)
+    }
+
+    /// The kept generation whose manifest has record id `id`, if any.
+    pub fn generation_by_id(&self, id: &RecordId) -> Result<Option<RecordedCopy>, StateError> {
+        Ok(self.generations()?.into_iter().find(|(m, _, _)| RecordId::of(&m.body).ok().as_ref() == Some(id)))
+    }
+
     /// Commits a generation, with the holder's `receipt` of it: every extent it names must be
-    /// stored. Then moves what it does not reference to the trash (see
-    /// [`Inbound::empty_trash`]). Returns the bytes dropped. Holds the store's lock exclusively.
+    /// stored. Keeps the generation it replaces, then retires what the history `terms` no longer
+    /// keep at the receipt's time, and moves what no kept generation references to the trash
+    /// (see [`Inbound::empty_trash`]). Returns the bytes dropped. Holds the store's lock
+    /// exclusively.
     pub fn commit(
         &self,
         manifest: &Signed<Manifest>,
         list: &[u8],
         receipt: Signed<Receipt>,
+        terms: Option<&History>,
     ) -> Result<u64, InboundError> {
         let hashes = manifest.body.check_list(list)?;
         let _lock = self.lock(true)?;
@@ -341,35 +399,93 @@ impl Inbound {
             return Err(InboundError::Missing(missing));
         }
         // Every extent named is on disk under its name already: `put` synced it and its directory.
-        self.record(manifest, list, Some(receipt))?;
-        let keep: HashSet<ExtentHash> = hashes.into_iter().collect();
-        Ok(self.drop_unreferenced(&keep, Some(manifest.body.generation))?)
+        let at = receipt.body.at;
+        self.record(manifest, list, Some(receipt), terms, at)?;
+        Ok(self.drop_unkept()?)
     }
 
-    /// Writes a generation's list, then (atomically: the commit point) `committed.json`.
+    /// Writes a generation's list, keeps the committed generation it replaces, then (atomically:
+    /// the commit point) writes `committed.json`; then retires what `terms` no longer keep at
+    /// `now`, and removes the lists of generations not kept. Returns the generations retired.
     pub fn record(
         &self,
         manifest: &Signed<Manifest>,
         list: &[u8],
         receipt: Option<Signed<Receipt>>,
-    ) -> Result<(), StateError> {
+        terms: Option<&History>,
+        now: crate::protocol::time::Timestamp,
+    ) -> Result<Vec<u64>, StateError> {
         let list_path = self.list_path(manifest.body.generation);
         create_dir(list_path.parent().unwrap_or(&self.dir))?;
         write_atomic(&list_path, list)?;
+        let home = crate::store::home::Home::at(&self.dir);
+        if let Some(current) = home.read_optional::<Committed>(&self.committed_path())?
+            && current.manifest.body.generation < manifest.body.generation
+            && terms.is_some()
+        {
+            // Kept before it stops being the committed one: no moment without it.
+            create_dir(&self.kept_dir())?;
+            home.write(&self.kept_path(current.manifest.body.generation), &current)?;
+        }
         let committed = Committed { schema: Schema, manifest: manifest.clone(), receipt };
-        crate::store::home::Home::at(&self.dir).write(&self.committed_path(), &committed)?;
-        for path in read_dir_or_empty(&self.dir.join("lists"))? {
-            if path != list_path {
+        home.write(&self.committed_path(), &committed)?;
+        self.retire(terms, now)
+    }
+
+    /// Retires the generations `terms` no longer keep at `now` (oldest first, never the
+    /// committed one): removes their `kept/` files, then every list no kept generation owns.
+    /// Extents are left to [`Inbound::drop_unkept`]. Returns the generations retired.
+    pub fn retire(
+        &self,
+        terms: Option<&History>,
+        now: crate::protocol::time::Timestamp,
+    ) -> Result<Vec<u64>, StateError> {
+        let generations = self.generations()?;
+        let views: Vec<history::Generation> = generations.iter().map(view).collect::<Result<_, _>>()?;
+        let count = history::to_retire(&views, terms, now);
+        let retired: Vec<u64> = views[..count].iter().map(|g| g.generation).collect();
+        for g in &retired {
+            remove_file(&self.kept_path(*g))?;
+        }
+        if !retired.is_empty() {
+            sync_dir(&self.kept_dir())?;
+        }
+        let kept: HashSet<u64> = views[count..].iter().map(|g| g.generation).collect();
+        for path in read_dir_or_empty(&self.kept_dir())? {
+            let g = path.file_stem().and_then(|n| n.to_str()).and_then(|n| n.parse::<u64>().ok());
+            if !g.is_some_and(|g| kept.contains(&g)) {
                 remove_file(&path)?;
             }
         }
-        Ok(())
+        for path in read_dir_or_empty(&self.dir.join("lists"))? {
+            let g = path.file_stem().and_then(|n| n.to_str()).and_then(|n| n.parse::<u64>().ok());
+            if !g.is_some_and(|g| kept.contains(&g)) {
+                remove_file(&path)?;
+            }
+        }
+        Ok(retired)
     }
 
-    /// Moves extents not in `keep` and temp files to the trash, and removes lists of other
-    /// generations than `keep_list`. Returns the bytes moved. Renames are quick where deleting
-    /// a large file is not (some 1.3 ms per 4 MiB extent here), so a commit does not wait for it.
-    pub fn drop_unreferenced(&self, keep: &HashSet<ExtentHash>, keep_list: Option<u64>) -> Result<u64, StateError> {
+    /// Every extent some kept generation names.
+    fn kept_extents(&self) -> Result<HashSet<ExtentHash>, StateError> {
+        let mut keep = HashSet::new();
+        for (m, list, _) in self.generations()? {
+            keep.extend(m.body.check_list(&list).map_err(|e| StateError::damaged(&self.dir, e))?);
+        }
+        Ok(keep)
+    }
+
+    /// Moves what no kept generation names to the trash. Returns the bytes moved. The caller
+    /// holds the store's lock exclusively.
+    fn drop_unkept(&self) -> Result<u64, StateError> {
+        let keep = self.kept_extents()?;
+        self.drop_unreferenced(&keep)
+    }
+
+    /// Moves extents not in `keep` and temp files to the trash. Returns the bytes moved.
+    /// Renames are quick where deleting a large file is not (some 1.3 ms per 4 MiB extent
+    /// here), so a commit does not wait for it.
+    pub fn drop_unreferenced(&self, keep: &HashSet<ExtentHash>) -> Result<u64, StateError> {
         let mut freed = 0;
         let trash = self.trash_dir();
         create_dir(&trash)?;
@@ -385,12 +501,6 @@ impl Inbound {
                         _ => {}
                     }
                 }
-            }
-        }
-        for path in read_dir_or_empty(&self.dir.join("lists"))? {
-            let generation = path.file_stem().and_then(|n| n.to_str()).and_then(|n| n.parse::<u64>().ok());
-            if generation.is_none() || generation != keep_list {
-                remove_file(&path)?;
             }
         }
         Ok(freed)
@@ -409,13 +519,13 @@ impl Inbound {
         Ok(())
     }
 
-    /// Checks every extent of the committed generation against its hash, as a holder does when
+    /// Checks every extent of the kept generations against its hash, as a holder does when
     /// its peer says it failed a challenge; moves those that are missing, unreadable or wrong
-    /// to the trash, so the owner's next push sends them again. Returns how many it found bad.
+    /// to the trash, so the owner's next push sends them again (those only older generations
+    /// name stay lost: the owner's challenges of those generations say so). Returns how many it
+    /// found bad.
     pub fn scrub(&self) -> Result<usize, StateError> {
-        let Some((manifest, list)) = self.committed()? else { return Ok(0) };
-        let hashes = manifest.body.check_list(&list).map_err(|e| StateError::damaged(&self.dir, e))?;
-        let unique: HashSet<ExtentHash> = hashes.into_iter().collect();
+        let unique = self.kept_extents()?;
         let trash = self.trash_dir();
         let mut bad = 0;
         let good =
@@ -443,18 +553,16 @@ impl Inbound {
         Ok(bad)
     }
 
-    /// Files of this store that no committed generation needs and that are older than `before`:
-    /// extents (and their outboards) of interrupted pushes, temp files, old lists, a trash a
-    /// server did not get to empty. With their sizes.
+    /// Files of this store that no kept generation needs and that are older than `before`:
+    /// extents (and their outboards) of interrupted pushes, temp files, lists of generations not
+    /// kept, a trash a server did not get to empty. With their sizes.
     pub fn leftovers(&self, before: std::time::SystemTime) -> Result<Vec<(PathBuf, u64)>, StateError> {
-        let committed = self.committed()?;
-        let generation = committed.as_ref().map(|(m, _)| m.body.generation);
-        let keep: HashSet<ExtentHash> = match &committed {
-            Some((m, list)) => {
-                m.body.check_list(list).map_err(|e| StateError::damaged(&self.dir, e))?.into_iter().collect()
-            }
-            None => HashSet::new(),
-        };
+        let generations = self.generations()?;
+        let kept: HashSet<u64> = generations.iter().map(|(m, _, _)| m.body.generation).collect();
+        let mut keep: HashSet<ExtentHash> = HashSet::new();
+        for (m, list, _) in &generations {
+            keep.extend(m.body.check_list(list).map_err(|e| StateError::damaged(&self.dir, e))?);
+        }
         let mut out = Vec::new();
         let mut consider = |path: PathBuf| -> Result<(), StateError> {
             // A file gone meanwhile (a trash being emptied) is no leftover.
@@ -479,7 +587,7 @@ impl Inbound {
         }
         for path in read_dir_or_empty(&self.dir.join("lists"))? {
             let g = path.file_stem().and_then(|n| n.to_str()).and_then(|n| n.parse::<u64>().ok());
-            if g.is_none() || g != generation {
+            if !g.is_some_and(|g| kept.contains(&g)) {
                 consider(path)?;
             }
         }
@@ -526,6 +634,20 @@ impl Inbound {
             _ => Ok(()),
         }
     }
+}
+
+/// A kept generation as the history rules see it: its number, when the holder committed it (its
+/// receipt's time; the manifest's where there is no receipt), its extents and their lengths.
+pub fn view((manifest, list, receipt): &RecordedCopy) -> Result<history::Generation, StateError> {
+    let m = &manifest.body;
+    let damaged = |e: ManifestError| StateError::damaged(std::path::Path::new("the extent list"), e);
+    let g = m.geometry().map_err(damaged)?;
+    let hashes = m.check_list(list).map_err(damaged)?;
+    Ok(history::Generation {
+        generation: m.generation,
+        committed_at: receipt.as_ref().map_or(m.created_at, |r| r.body.at),
+        extents: hashes.into_iter().enumerate().map(|(i, h)| (h, g.len(i as u64) as u64)).collect(),
+    })
 }
 
 /// Writes a file readable by its owner only (a cache: not synced).
@@ -642,7 +764,7 @@ mod tests {
             manifest: RecordId::of(&manifest.body).unwrap(),
             at: manifest.body.created_at,
         };
-        let freed = store.commit(&manifest, &list, Signed::sign(receipt, &owner).unwrap()).unwrap();
+        let freed = store.commit(&manifest, &list, Signed::sign(receipt, &owner).unwrap(), None).unwrap();
         assert_eq!(freed, 8192);
         assert_eq!(store.present().unwrap(), vec![(new_hash, 8192)]);
         assert_eq!(fs::read_dir(store.trash_dir()).unwrap().count(), 1);
@@ -680,7 +802,7 @@ mod tests {
             created_at: "2026-11-29T10:00:00Z".parse().unwrap(),
         };
         let manifest = Signed::sign(manifest, &owner).unwrap();
-        store.record(&manifest, &list, None).unwrap();
+        store.record(&manifest, &list, None, None, manifest.body.created_at).unwrap();
         assert_eq!(store.scrub().unwrap(), 0);
         fs::write(store.extent_path(&hashes[1]), extent(99, 8192)).unwrap();
         fs::remove_file(store.extent_path(&hashes[2])).unwrap();

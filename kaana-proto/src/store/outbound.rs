@@ -9,9 +9,11 @@ use std::fs;
 use std::path::Path;
 
 use crate::protocol::challenge::Receipt;
+use crate::protocol::history::History;
 use crate::protocol::manifest::ExtentHash;
 use crate::protocol::manifest::Manifest;
 use crate::protocol::record::{RecordId, Signed};
+use crate::protocol::time::Timestamp;
 use crate::store::home::{StateError, write_atomic};
 use crate::store::inbound::{CommittedCopy, Inbound, RecordedCopy, read_dir_or_empty, remove_file};
 use crate::store::node::Node;
@@ -76,14 +78,29 @@ impl Outbound {
         self.layout.committed_with_receipt()
     }
 
-    /// Records a generation the holder committed (see [`Inbound::record`]).
+    /// Records a generation the holder committed, and retires from the record what the
+    /// history `terms` let the holder retire at `now` (see [`Inbound::record`]): run at the
+    /// receipt's time, the holder's own rule on the same generations, so both sides keep the same
+    /// ones. Returns the generations retired.
     pub fn record(
         &self,
         manifest: &Signed<Manifest>,
         list: &[u8],
         receipt: Option<Signed<Receipt>>,
-    ) -> Result<(), StateError> {
-        self.layout.record(manifest, list, receipt)
+        terms: Option<&History>,
+        now: Timestamp,
+    ) -> Result<Vec<u64>, StateError> {
+        self.layout.record(manifest, list, receipt, terms, now)
+    }
+
+    /// Every generation recorded as kept by the holder, oldest first, the newest last.
+    pub fn generations(&self) -> Result<Vec<RecordedCopy>, StateError> {
+        self.layout.generations()
+    }
+
+    /// Forgets the generations the holder may retire at `now` under `terms`.
+    pub fn retire(&self, terms: Option<&History>, now: Timestamp) -> Result<Vec<u64>, StateError> {
+        self.layout.retire(terms, now)
     }
 
     /// The hashes of the volume's own bytes (before the keystream) at

@@ -144,7 +144,7 @@ fn accept_on_disk(
     // The capacity as config.json says now (`kaana-offer config set capacity` may have
     // lowered it since the server started).
     let config: crate::store::config::Config = node.home.read(&node.home.config()).map_err(internal)?;
-    if let Err(no) = market::room_for(size, committed, config.capacity) {
+    if let Err(no) = market::room_for(proposal.body.held_bytes(), committed, config.capacity) {
         return Err(refused(format!("node {} has no room: {no}", node.id())));
     }
     let contract = market::countersign(proposal, &node.identity).map_err(internal)?;

@@ -122,10 +122,12 @@ pub(super) async fn put_extent(
         return Err(refused(format!("{len} bytes at offset {offset} are past contract {id}'s size of {size} bytes")));
     }
     {
-        // Old and new generations live side by side during a push: at most twice the size.
+        // The kept history and the old and new generations live side by side during a push:
+        // at most twice the size and the history allowance.
         let mut stored = ctx.stored.lock().map_err(internal)?;
         let now = stored.entry(id).or_insert(on_disk);
-        if *now + u64::from(len) > 2 * size {
+        if *now + u64::from(len) > 2 * size + crate::protocol::history::allowance(entry.contract.body.history.as_ref())
+        {
             return Err(refused(format!("contract {id} already stores {now} bytes here; no more until a commit")));
         }
         *now += u64::from(len);
@@ -156,7 +158,12 @@ pub(super) async fn put_extent(
 
 /// Whether `peer` may commit `manifest` under contract `id`: a side of it, the owner's signed
 /// manifest for it, within its size, of a geometry whose extent count it states.
-fn check_commit(c: &Ctx, peer: NodeId, id: RecordId, manifest: &Signed<Manifest>) -> Result<Inbound, ErrorReply> {
+fn check_commit(
+    c: &Ctx,
+    peer: NodeId,
+    id: RecordId,
+    manifest: &Signed<Manifest>,
+) -> Result<(ContractEntry, Inbound), ErrorReply> {
     let bad = |msg: String| ErrorReply::new(ErrorCode::BadRequest, msg);
     let (entry, inbound) = authorise(c, peer, &id, true)?;
     let m = &manifest.body;
@@ -173,7 +180,7 @@ fn check_commit(c: &Ctx, peer: NodeId, id: RecordId, manifest: &Signed<Manifest>
     if m.extent_count != g.count() || m.extent_count > MAX_LIST_EXTENTS {
         return Err(bad(format!("{} extents do not fit the manifest's geometry", m.extent_count)));
     }
-    Ok(inbound)
+    Ok((entry, inbound))
 }
 
 /// `commit`: the owner-signed manifest of a newer generation whose extents are all here.
@@ -193,7 +200,7 @@ pub(super) async fn commit(
     read_exact(recv, &mut list, ctx.opts.read_timeout, "the extent list").await.map_err(|e| bad(e.to_string()))?;
     let c = ctx.clone();
     blocking(move || {
-        let inbound = check_commit(&c, peer, id, &manifest)?;
+        let (entry, inbound) = check_commit(&c, peer, id, &manifest)?;
         let m = &manifest.body;
         let now = now_from_env().map_err(internal)?;
         let receipt = Receipt {
@@ -214,7 +221,8 @@ pub(super) async fn commit(
                 m.generation, current.body.generation
             )));
         }
-        let freed = inbound.commit(&manifest, &list, receipt.clone()).map_err(map_inbound)?;
+        let terms = entry.contract.body.history.as_ref();
+        let freed = inbound.commit(&manifest, &list, receipt.clone(), terms).map_err(map_inbound)?;
         // The peer's copy here is whole again: what a scrub (or a deliberate failure's
         // pretence) said was missing has been sent.
         let mut state = c.node.contract(&id).map_err(internal)?.state;

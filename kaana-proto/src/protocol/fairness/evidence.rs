@@ -420,6 +420,7 @@ mod tests {
             size: 1 << 20,
             grace_secs: 500,
             created_at: t(10),
+            history: None,
         };
         let proposed = Signed::sign(body, &holder).unwrap();
         let contract = countersign(proposed, &owner).unwrap();
