@@ -505,7 +505,7 @@ fn a_holder_refuses_bad_extents_foreign_manifests_and_oversize_data() {
         let stranger = Client::new(Identity::generate().unwrap());
         let sconn = stranger.connect(holder, &addr).await.unwrap();
         for req in [
-            Request::GetManifest { contract: id },
+            Request::GetManifest { contract: id, generation: None },
             Request::GetExtent { contract: id, hash },
             Request::PushBegin { contract: id, volume_size: 4096, extent_size: 4096 },
         ] {

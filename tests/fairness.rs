@@ -218,7 +218,7 @@ fn a_deliberate_failure_is_never_evidence_against_the_liar() {
     let (addr, peer) = (s.sa.addr.clone(), s.sa.node.clone());
     let ex = as_node(&s.b, &peer, &addr, async |b, conn| {
         let entry = b.contract(&s.contract.parse().unwrap()).unwrap();
-        audit::challenge_peer(conn, b, &entry, 132, Timestamp::from_unix(now_unix())).await.unwrap()
+        audit::challenge_peer(conn, b, &entry, 132, None, Timestamp::from_unix(now_unix())).await.unwrap()
     });
     let Heard::Fail { signed: Some((_, standing)), .. } = ex.heard else { panic!("{:?}", ex.heard) };
     assert_eq!(standing, Standing::Ok, "A's failing answer says it judges B ok");
@@ -426,7 +426,7 @@ fn ten_thousand_challenges_of_an_honest_holder_never_fail_beside_pushes_restores
             let now = Timestamp::from_unix(now_unix());
             let asked =
                 kaana_proto::store::outbound::Target::from_record(a, &id).unwrap().unwrap().manifest.body.generation;
-            let ex = audit::challenge_peer(conn, a, &entry, kaana_proto::protocol::challenge::DEFAULT_SAMPLES, now)
+            let ex = audit::challenge_peer(conn, a, &entry, kaana_proto::protocol::challenge::DEFAULT_SAMPLES, None, now)
                 .await
                 .unwrap();
             // Asked again about a newer generation: the holder had committed one meanwhile.

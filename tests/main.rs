@@ -6,6 +6,7 @@ mod backup;
 mod challenge;
 mod common;
 mod fairness;
+mod history;
 mod faults;
 mod identity;
 mod market;

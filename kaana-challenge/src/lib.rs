@@ -61,6 +61,10 @@ pub struct Args {
     /// times as many).
     #[arg(long, value_name = "K", default_value_t = DEFAULT_SAMPLES)]
     pub samples: usize,
+    /// Ask about this generation of the contract's copy (one the peer's history terms still
+    /// keep) [default: the newest, or half the time an older one the terms keep].
+    #[arg(long, value_name = "N", conflicts_with = "all")]
+    pub generation: Option<u64>,
     #[command(subcommand)]
     pub command: Option<Command>,
 }
@@ -113,6 +117,9 @@ struct Line {
     /// Samples asked for.
     #[serde(skip_serializing_if = "Option::is_none")]
     samples: Option<usize>,
+    /// The generation asked about.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    generation: Option<u64>,
     /// How long the exchange took, and the bytes it put on the wire.
     #[serde(skip_serializing_if = "Option::is_none")]
     ms: Option<f64>,
@@ -132,6 +139,7 @@ impl Line {
             evidence: None,
             message: None,
             samples: None,
+            generation: None,
             ms: None,
             wire_bytes: None,
         }
@@ -161,7 +169,7 @@ pub fn run(args: Args, settings: Settings) -> anyhow::Result<Exit> {
                 (None, true) => node.contracts()?.into_iter().filter(|e| !e.state.status.owes_nothing(now)).collect(),
                 _ => anyhow::bail!("say which contract to check, or --all"),
             };
-            kaana_proto::node::cli::runtime()?.block_on(check_all(node, settings, entries, args.samples, now))
+            kaana_proto::node::cli::runtime()?.block_on(check_all(node, settings, entries, (args.samples, args.generation), now))
         }
     }
 }
@@ -191,7 +199,7 @@ async fn check_all(
     node: Node,
     settings: Settings,
     entries: Vec<ContractEntry>,
-    samples: usize,
+    samples: (usize, Option<u64>),
     now: Timestamp,
 ) -> anyhow::Result<Exit> {
     let node = Arc::new(node);
@@ -315,7 +323,7 @@ async fn check_contract(
     entry: ContractEntry,
     conn: Result<Connection, String>,
     rechallenges: &tokio::sync::Mutex<()>,
-    samples: usize,
+    samples: (usize, Option<u64>),
     now: Timestamp,
     suspect: bool,
 ) -> anyhow::Result<Checked> {
@@ -386,6 +394,7 @@ async fn check_contract(
         evidence: audited.evidence.clone(),
         message,
         samples: Some(ex.samples),
+        generation: Some(ex.target.generation()),
         ms: Some(started.elapsed().as_secs_f64() * 1e3),
         wire_bytes: Some(conn.wire_bytes() - wire_before),
         ..Line::new(&entry, kind, ex.heard.outcome(), audited.judged.standing)

@@ -35,6 +35,9 @@ struct OfferLine<'a> {
     addrs: &'a [String],
     size: u64,
     grace_secs: u64,
+    /// The history terms: how long, and how many bytes (0 and 0: the newest generation only).
+    history_secs: u64,
+    history_bytes: u64,
     expires_at: Timestamp,
     nonce: &'a str,
     own: bool,
@@ -49,6 +52,8 @@ fn offer_line<'a>(id: RecordId, offer: &'a Offer, own: bool, taken_by: Option<Re
         addrs: &offer.addrs,
         size: offer.size,
         grace_secs: offer.grace_secs,
+        history_secs: offer.history.map_or(0, |h| h.keep_secs),
+        history_bytes: offer.history.map_or(0, |h| h.bytes),
         expires_at: offer.expires_at,
         nonce: &offer.nonce,
         own,
@@ -624,9 +629,23 @@ pub(crate) fn contracts(home: &Path, settings: &Settings, fetch: bool) -> anyhow
         }
     }
     for entry in node.contracts()? {
-        emit(&entry.summary())?;
+        // The history each side holds: of ours at the peer (this node's record), of the peer's here.
+        let ours = kaana_proto::store::outbound::Outbound::at(node.home.root(), &entry.id).generations()?.len();
+        let theirs = kaana_proto::store::inbound::Inbound::new(&node.config.storage, &entry.id).generations()?.len();
+        emit(&ContractLine { contract: entry.summary(), our_generations: ours, their_generations: theirs })?;
     }
     Ok(exit)
+}
+
+/// A contract as `contracts` prints it: with the generations each side keeps of the other's.
+#[derive(Serialize)]
+struct ContractLine {
+    #[serde(flatten)]
+    contract: ContractSummary,
+    /// Generations of this node's volume the peer keeps (by this node's record).
+    our_generations: usize,
+    /// Generations of the peer's volume this node keeps.
+    their_generations: usize,
 }
 
 #[derive(Serialize)]

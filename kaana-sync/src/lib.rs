@@ -76,19 +76,28 @@ pub enum Command {
         /// Extent size (a power of two from 4KiB to 64MiB).
         #[arg(long, value_name = "SIZE", default_value = "4MiB", value_parser = parse_size_arg)]
         extent_size: u64,
+        /// Push a volume that no longer looks like the one pushed before (its LUKS header gone
+        /// or replaced, or most of its extents changed at once) anyway. Without it such a push
+        /// is refused (exit 1), so that a ransomwared or reformatted volume never becomes the
+        /// newest generation.
+        #[arg(long)]
+        force: bool,
     },
     /// Bring the volume back from a contract's peer and write it to PATH, byte for byte as
-    /// pushed. Checks the manifest is signed by this node and every extent against it. Run it
-    /// again to resume: extents already right in PATH are not fetched again.
+    /// pushed: the newest generation, or an older one the peer keeps (`kaana-sync history`
+    /// lists them). Checks the manifest is signed by this node and every extent against it. Run
+    /// it again to resume: extents already right in PATH are not fetched again.
+    ///
+    /// Prints one JSON line: contract, peer, generation, bytes, ok, extents, extents_fetched,
+    /// bad_extents, secs.
     Restore {
         /// The contract (its id or at least 8 leading hex digits).
         contract: String,
         /// Where to write the volume (a file or a block device).
         #[arg(long, value_name = "PATH")]
         out: PathBuf,
-        /// Fail unless the peer holds this generation.
-        #[arg(long, value_name = "N")]
-        generation: Option<u64>,
+        #[command(flatten)]
+        pick: PickArgs,
     },
     /// A restore drill: read back and check every extent from a contract's peer (or every
     /// active contract's, one after the other), writing nothing. Exits 1 if anything is missing
@@ -100,6 +109,15 @@ pub enum Command {
         /// Every active contract (cron's weekly drill).
         #[arg(long)]
         all: bool,
+        #[command(flatten)]
+        pick: PickArgs,
+    },
+    /// The generations of this node's volume a contract's peer keeps (its history), oldest
+    /// first: one JSON line each: contract, peer, generation, committed_at, bytes (the volume's
+    /// size then), unique_bytes (what no other kept generation shares), manifest, newest.
+    History {
+        /// The contract (its id or at least 8 leading hex digits).
+        contract: String,
     },
     /// Per contract: what this node holds for the peer, and what the peer holds for it.
     Status,
@@ -110,6 +128,38 @@ pub enum Command {
     },
     /// Print the man page (roff): `kaana-sync man > kaana-sync.1`.
     Man,
+}
+
+/// Which generation a restore or verify reads.
+#[derive(Debug, Clone, clap::Args)]
+pub struct PickArgs {
+    /// This generation, if the peer keeps it [default: the newest].
+    #[arg(long, value_name = "N", conflicts_with = "at")]
+    pub generation: Option<u64>,
+    /// The newest generation the peer committed at or before TIME (RFC 3339 UTC such as
+    /// 2026-11-28T09:30:00Z; a date alone means the end of that day).
+    #[arg(long, value_name = "TIME", value_parser = parse_at)]
+    pub at: Option<Timestamp>,
+}
+
+impl PickArgs {
+    fn pick(&self) -> backup::Pick {
+        match (self.generation, self.at) {
+            (Some(g), _) => backup::Pick::Generation(g),
+            (None, Some(at)) => backup::Pick::At(at),
+            (None, None) => backup::Pick::Newest,
+        }
+    }
+}
+
+/// A time a person types for `--at`: RFC 3339 (UTC), or a date alone (the end of that day).
+fn parse_at(s: &str) -> Result<Timestamp, String> {
+    let t = s.trim();
+    let is_date = t.len() == 10 && t.as_bytes().get(4) == Some(&b'-') && t.as_bytes().get(7) == Some(&b'-');
+    if is_date {
+        return kaana_proto::protocol::time::parse_time_loose(&format!("{t}T23:59:59Z")).map_err(|e| e.to_string());
+    }
+    kaana_proto::protocol::time::parse_time_loose(t).map_err(|e| e.to_string())
 }
 
 fn parse_size_arg(s: &str) -> Result<u64, String> {
@@ -141,7 +191,7 @@ pub fn run(args: Args, settings: Settings) -> anyhow::Result<Exit> {
             opts.client_timeouts = settings.timeouts;
             kaana_proto::node::cli::runtime()?.block_on(serve(node, opts))
         }
-        Command::Push { contract, all, allow_plaintext, extent_size } => {
+        Command::Push { contract, all, allow_plaintext, extent_size, force } => {
             let extent_size = u32::try_from(extent_size).context("--extent-size is too large")?;
             kaana_proto::protocol::manifest::Geometry::new(u64::from(extent_size), extent_size)
                 .context("bad --extent-size")?;
@@ -161,7 +211,7 @@ pub fn run(args: Args, settings: Settings) -> anyhow::Result<Exit> {
             }
             kaana_proto::node::cli::runtime()?.block_on(async {
                 tokio::select! {
-                    r = push(node, settings, entries, all, extent_size, allow_plaintext) => r,
+                    r = push(node, settings, entries, all, extent_size, backup::PushOptions { allow_plaintext, force }) => r,
                     _ = tokio::signal::ctrl_c() => {
                         // What the holder stored stays; the previous generation stays whole.
                         eprintln!(
@@ -173,20 +223,22 @@ pub fn run(args: Args, settings: Settings) -> anyhow::Result<Exit> {
                 }
             })
         }
-        Command::Restore { contract, out, generation } => {
+        Command::Restore { contract, out, pick } => {
             let entry = node.find_contract(&contract)?;
             kaana_proto::node::cli::runtime()?.block_on(async {
                 let client = settings.client(&node.identity, Traffic::Bulk);
-                let r =
-                    backup::restore(&client, &node, &entry, Some(&out), generation, "restore", &bar::Bar::default())
-                        .await;
+                let r = backup::restore(&client, &node, &entry, Some(&out), pick.pick(), "restore", &bar::Bar::default())
+                    .await;
                 client.close().await;
                 let summary = r.with_context(|| format!("restoring contract {} to {}", entry.id, out.display()))?;
                 emit(&summary)?;
                 Ok(if summary.ok { Exit::Ok } else { Exit::Attention })
             })
         }
-        Command::Verify { contract, all } => {
+        Command::Verify { contract, all, pick } => {
+            if all && (pick.generation.is_some() || pick.at.is_some()) {
+                anyhow::bail!("--generation and --at choose one contract's generation: give a CONTRACT_ID, not --all");
+            }
             let entries = match contract {
                 Some(c) => vec![node.find_contract(&c)?],
                 None => {
@@ -198,11 +250,47 @@ pub fn run(args: Args, settings: Settings) -> anyhow::Result<Exit> {
                         .collect()
                 }
             };
-            kaana_proto::node::cli::runtime()?.block_on(verify(node, settings, entries, all))
+            kaana_proto::node::cli::runtime()?.block_on(verify(node, settings, entries, all, pick.pick()))
+        }
+        Command::History { contract } => {
+            let entry = node.find_contract(&contract)?;
+            kaana_proto::node::cli::runtime()?.block_on(async {
+                let client = settings.client(&node.identity, Traffic::Short);
+                let r = backup::history(&client, &node, &entry).await;
+                client.close().await;
+                let kept = r.with_context(|| format!("asking node {} which generations it keeps", entry.state.peer))?;
+                let newest = kept.last().map(|g| g.generation);
+                for g in kept {
+                    emit(&HistoryLine {
+                        contract: entry.id,
+                        peer: entry.state.peer,
+                        generation: g.generation,
+                        committed_at: g.committed_at,
+                        bytes: g.bytes,
+                        unique_bytes: g.unique_bytes,
+                        manifest: g.manifest,
+                        newest: Some(g.generation) == newest,
+                    })?;
+                }
+                Ok(Exit::Ok)
+            })
         }
         Command::Status => status(&node),
         Command::Completions { .. } | Command::Man => Ok(Exit::Ok),
     }
+}
+
+/// One generation a peer keeps, as `history` prints it.
+#[derive(Serialize)]
+struct HistoryLine {
+    contract: RecordId,
+    peer: NodeId,
+    generation: u64,
+    committed_at: Timestamp,
+    bytes: u64,
+    unique_bytes: u64,
+    manifest: RecordId,
+    newest: bool,
 }
 
 /// Pushes a few contracts at a time; prints one line per contract.
@@ -212,7 +300,7 @@ async fn push(
     entries: Vec<ContractEntry>,
     all: bool,
     extent_size: u32,
-    allow_plaintext: bool,
+    opts: backup::PushOptions,
 ) -> anyhow::Result<Exit> {
     const AT_ONCE: usize = 2;
     let node = Arc::new(node);
@@ -223,7 +311,7 @@ async fn push(
         let (node, client, permits) = (node.clone(), client.clone(), permits.clone());
         tasks.spawn(async move {
             let _permit = permits.acquire_owned().await;
-            let r = backup::push(&client, &node, &entry, extent_size, allow_plaintext, &bar::Bar::default()).await;
+            let r = backup::push(&client, &node, &entry, extent_size, opts, &bar::Bar::default()).await;
             (entry, r)
         });
     }
@@ -233,8 +321,9 @@ async fn push(
         match result {
             Ok(summary) => emit(&summary)?,
             Err(e) => {
-                // A breach found by the audit before the push needs a person; it is no error.
-                let breach = matches!(e, backup::BackupError::Breach(_));
+                // A breach found by the audit before the push, or a volume the guard refused,
+                // needs a person; it is no error.
+                let breach = matches!(e, backup::BackupError::Breach(_) | backup::BackupError::Guard(_));
                 let e = anyhow::Error::new(e).context(format!("pushing to contract {}", entry.id));
                 if all || breach {
                     say_failed(&entry, &e)?;
@@ -266,11 +355,17 @@ fn say_failed(entry: &ContractEntry, e: &anyhow::Error) -> anyhow::Result<()> {
 }
 
 /// Verifies each contract's copy in turn; one line each.
-async fn verify(node: Node, settings: Settings, entries: Vec<ContractEntry>, all: bool) -> anyhow::Result<Exit> {
+async fn verify(
+    node: Node,
+    settings: Settings,
+    entries: Vec<ContractEntry>,
+    all: bool,
+    pick: backup::Pick,
+) -> anyhow::Result<Exit> {
     let client = settings.client(&node.identity, Traffic::Bulk);
     let mut exit = Exit::Ok;
     for entry in entries {
-        let r = backup::restore(&client, &node, &entry, None, None, "verify", &bar::Bar::default()).await;
+        let r = backup::restore(&client, &node, &entry, None, pick, "verify", &bar::Bar::default()).await;
         let summary = match r.with_context(|| format!("verifying contract {}", entry.id)) {
             Ok(s) => s,
             Err(e) if all => {
@@ -325,22 +420,34 @@ struct CopyLine {
     committed_at: Timestamp,
     #[serde(skip_serializing_if = "Option::is_none")]
     stored_bytes: Option<u64>,
+    /// Generations kept (the history and the newest), and the bytes the older ones take beyond
+    /// the newest.
+    generations: usize,
+    history_bytes: u64,
+}
+
+/// The newest of `kept` generations as `status` shows it, with the history kept behind it.
+fn copy_line(kept: &[kaana_proto::store::inbound::RecordedCopy], stored: Option<u64>) -> anyhow::Result<Option<CopyLine>> {
+    let Some((newest, _, receipt)) = kept.last() else { return Ok(None) };
+    let views: Vec<_> = kept.iter().map(kaana_proto::store::inbound::view).collect::<Result<_, _>>()?;
+    let m = &newest.body;
+    Ok(Some(CopyLine {
+        generation: m.generation,
+        bytes: m.volume_size,
+        extents: m.extent_count,
+        committed_at: receipt.as_ref().map_or(m.created_at, |r| r.body.at),
+        stored_bytes: stored,
+        generations: kept.len(),
+        history_bytes: kaana_proto::protocol::history::history_bytes(&views),
+    }))
 }
 
 fn status(node: &Node) -> anyhow::Result<Exit> {
     for entry in node.contracts()? {
-        let copy = |m: &kaana_proto::protocol::manifest::Manifest, stored| CopyLine {
-            generation: m.generation,
-            bytes: m.volume_size,
-            extents: m.extent_count,
-            committed_at: m.created_at,
-            stored_bytes: stored,
-        };
-        let ours =
-            kaana_proto::store::outbound::Target::from_record(node, &entry.id)?.map(|t| copy(&t.manifest.body, None));
+        let ours = copy_line(&kaana_proto::store::outbound::Outbound::at(node.home.root(), &entry.id).generations()?, None)?;
         let inbound = Inbound::new(&node.config.storage, &entry.id);
         let stored = inbound.stored_bytes()?;
-        let theirs = inbound.committed()?.map(|(m, _)| copy(&m.body, Some(stored)));
+        let theirs = copy_line(&inbound.generations()?, Some(stored))?;
         emit(&StatusLine {
             contract: entry.id,
             peer: entry.state.peer,

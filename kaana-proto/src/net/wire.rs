@@ -18,6 +18,7 @@ use crate::protocol::identity::NodeId;
 use crate::protocol::manifest::{ExtentHash, Manifest};
 use crate::protocol::market::{Contract, ContractBody, Notice, Offer, RecordId};
 use crate::protocol::record::Signed;
+use crate::protocol::time::Timestamp;
 
 /// The protocol version every frame carries. 2: every answer states how the holder judges the
 /// challenger, challenges state the reverse, and a peer can be asked for its standing and a
@@ -93,6 +94,22 @@ pub fn decode<T: DeserializeOwned>(json: &[u8]) -> Result<T, FrameError> {
     }
 }
 
+/// One generation a holder keeps, as it lists them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeptGeneration {
+    /// Its number.
+    pub generation: u64,
+    /// When the holder committed it (its receipt's time).
+    pub committed_at: Timestamp,
+    /// Its manifest's record id.
+    pub manifest: RecordId,
+    /// The volume's size in it.
+    pub bytes: u64,
+    /// Bytes of extents no other kept generation names.
+    pub unique_bytes: u64,
+}
+
 /// A request, sent by a client on a new stream.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -157,6 +174,14 @@ pub enum Request {
     GetManifest {
         /// The contract.
         contract: RecordId,
+        /// The kept generation wanted [default: the newest].
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        generation: Option<u64>,
+    },
+    /// "Which generations of mine do you keep?": answered with [`Response::Generations`].
+    ListGenerations {
+        /// The contract.
+        contract: RecordId,
     },
     /// "Send me this extent of mine": answered with [`Response::ExtentIs`], followed by its bytes.
     GetExtent {
@@ -208,6 +233,7 @@ impl Request {
             Request::PutExtent { .. } => "put_extent",
             Request::Commit { .. } => "commit",
             Request::GetManifest { .. } => "get_manifest",
+            Request::ListGenerations { .. } => "list_generations",
             Request::GetExtent { .. } => "get_extent",
             Request::ListContracts => "list_contracts",
             Request::Challenge { .. } => "challenge",
@@ -287,6 +313,11 @@ pub enum Response {
     Contracts {
         /// The double-signed contracts.
         contracts: Vec<Contract>,
+    },
+    /// The generations the holder keeps of the asker's copy, oldest first.
+    Generations {
+        /// One per kept generation.
+        generations: Vec<KeptGeneration>,
     },
     /// The holder's signed answer; followed by `len` raw bytes (chunks and proofs).
     Answer {

@@ -53,6 +53,14 @@ pub enum AuditError {
     /// Randomness was not available.
     #[error("no randomness: {0}")]
     Random(String),
+    /// The generation asked about is not one the holder must keep.
+    #[error("generation {generation} is not one the holder must keep now (it must keep {kept:?})")]
+    NotKept {
+        /// The generation asked about.
+        generation: u64,
+        /// Those it must keep.
+        kept: Vec<u64>,
+    },
 }
 
 /// 32 bytes from the OS: the seed of a challenge's picks or of a deliberate failure's choices.
@@ -146,7 +154,10 @@ pub async fn exchange(
     let g = target.manifest.body.geometry().map_err(|e| StateError::damaged(node.home.root(), e))?;
     let hashes = target.manifest.body.check_list(&target.list).map_err(|e| StateError::damaged(node.home.root(), e))?;
     let mut rng = Rng::from_seed(seed()?);
-    let picks = picks.unwrap_or_else(|| challenge::pick(g, samples, &mut rng));
+    let picks = picks.unwrap_or_else(|| match &target.only {
+        Some(only) => challenge::pick_among(g, only, samples, &mut rng),
+        None => challenge::pick(g, samples, &mut rng),
+    });
     // Proofs stop at the tops this node kept while pushing, if it has them all and they hold.
     let kept = target.tops.as_ref().and_then(|all| {
         let per = 1usize << proof::TOP_LEVELS;
@@ -241,7 +252,7 @@ pub async fn exchange(
 
 /// Fetches the manifest the holder of `entry` committed, as a target, if this node signed it.
 async fn fetch_target(conn: &Connection, node: &Node, entry: &ContractEntry) -> Result<Option<Target>, NetError> {
-    let mut ex = conn.open(&Request::GetManifest { contract: entry.id }).await?;
+    let mut ex = conn.open(&Request::GetManifest { contract: entry.id, generation: None }).await?;
     ex.finish()?;
     let (manifest, receipt) = match ex.reply().await? {
         Response::ManifestIs { manifest, receipt } => (*manifest, receipt),
@@ -256,26 +267,55 @@ async fn fetch_target(conn: &Connection, node: &Node, entry: &ContractEntry) -> 
     if m.check_list(&list).is_err() {
         return Ok(None);
     }
-    Ok(Some(Target { manifest, list, receipt, tops: None }))
+    Ok(Some(Target { manifest, list, receipt, tops: None, only: None }))
 }
 
-/// Challenges `entry`'s peer on a new stream of `conn` about the copy this node last pushed
-/// there, with `samples` samples. If the holder committed a newer generation meanwhile (a push
-/// racing the challenge), asks again about that one, once. Samples asked for and not answered
-/// are asked again, until answered: a holder cannot choose which challenges to answer.
+/// Challenges `entry`'s peer on a new stream of `conn` about a copy this node pushed there,
+/// with `samples` samples: `generation` if given, else the newest or, half the time, one of the
+/// older generations the history terms still keep (sampling what the newest does not share). If
+/// the holder committed a newer generation meanwhile (a push racing the challenge), asks again
+/// about that one, once. Samples asked for and not answered are asked again, until answered: a
+/// holder cannot choose which challenges to answer.
 pub async fn challenge_peer(
     conn: &Connection,
     node: &Node,
     entry: &ContractEntry,
     samples: usize,
+    generation: Option<u64>,
     now: Timestamp,
 ) -> Result<Exchanged, AuditError> {
-    let target = Target::from_record(node, &entry.id)?.ok_or(AuditError::NothingPushed(entry.state.peer))?;
+    let terms = entry.contract.body.history.as_ref();
+    let choices = Target::choices(node, &entry.id, terms, now)?;
+    let &(newest_generation, newest_id) = choices.last().ok_or(AuditError::NothingPushed(entry.state.peer))?;
+    // What was asked and not answered is asked again; else what the caller wants; else a draw.
+    let pending = node.contract(&entry.id)?.state.pending_picks;
+    let pending_at = pending.as_ref().and_then(|p| choices.iter().position(|(_, m)| *m == p.manifest));
+    let at = match (pending_at, generation) {
+        (Some(i), _) => i,
+        (None, Some(g)) => choices.iter().position(|(c, _)| *c == g).ok_or_else(|| AuditError::NotKept {
+            generation: g,
+            kept: choices.iter().map(|(c, _)| *c).collect(),
+        })?,
+        (None, None) => {
+            let mut rng = Rng::from_seed(seed()?);
+            let older = choices.len() - 1;
+            if older > 0 && rng.below(2) == 0 { rng.below(older as u64) as usize } else { older }
+        }
+    };
+    // An older generation that shares every extent with the next has nothing of its own to ask.
+    let target = match Target::of_generation(node, &entry.id, choices[at].0)? {
+        Some(t) => t,
+        None => Target::from_record(node, &entry.id)?.ok_or(AuditError::NothingPushed(entry.state.peer))?,
+    };
+    let picks = pending.filter(|p| RecordId::of(&target.manifest.body).ok() == Some(p.manifest)).map(|p| p.picks);
     let mut ex = conn.open_stream().await?;
-    let pending = pending_picks(node, entry, &target)?;
     let first =
-        exchange((&mut ex.send, &mut ex.recv, conn.read_timeout()), node, entry, target, samples, pending, now).await?;
+        exchange((&mut ex.send, &mut ex.recv, conn.read_timeout()), node, entry, target, samples, picks, now).await?;
     let Heard::Superseded { generation, manifest } = first.heard else { return keep_pending(node, entry, first) };
+    if first.target.generation() < newest_generation && generation == newest_generation && manifest == newest_id {
+        // "I no longer keep that older generation": the history terms say whether it may.
+        return retired(node, entry, first, newest_generation);
+    }
     let newer = |t: &Target| t.generation() == generation && RecordId::of(&t.manifest.body).ok() == Some(manifest);
     let target = match Target::from_record(node, &entry.id)?.filter(newer) {
         Some(t) => Some(t),
@@ -294,10 +334,34 @@ pub async fn challenge_peer(
     keep_pending(node, entry, second)
 }
 
-/// The samples of the last challenge of this copy that got no answer, if any.
-fn pending_picks(node: &Node, entry: &ContractEntry, target: &Target) -> Result<Option<Vec<[u64; 2]>>, AuditError> {
-    let id = RecordId::of(&target.manifest.body)?;
-    Ok(node.contract(&entry.id)?.state.pending_picks.filter(|p| p.manifest == id).map(|p| p.picks))
+/// The holder says it no longer keeps an older generation this node asked about (one the
+/// history terms keep an hour from now, by this node's record). A failure, signed by the
+/// holder's answer, unless this node's record misses a generation between that one and the
+/// newest (a push whose reply was lost: the holder then counted history this node does not
+/// know of, and may rightly have retired more): then the record forgets it, and nobody is
+/// judged (as for a push racing a challenge).
+fn retired(node: &Node, entry: &ContractEntry, first: Exchanged, newest: u64) -> Result<Exchanged, AuditError> {
+    let asked = first.target.generation();
+    let record = crate::store::outbound::Outbound::at(node.home.root(), &entry.id);
+    let recorded: Vec<u64> = {
+        let _shared = record.lock(false)?;
+        record.manifests()?.iter().map(|(m, _)| m.body.generation).filter(|g| *g >= asked).collect()
+    };
+    let whole = recorded.windows(2).all(|w| w[1] == w[0] + 1) && recorded.last() == Some(&newest);
+    let heard = if whole {
+        let signed = first.transcript.answer.as_ref().map(|a| (a.body.at, a.body.standing));
+        Heard::Fail {
+            signed,
+            why: format!("the holder no longer keeps generation {asked}, which the contract's history terms still keep"),
+        }
+    } else {
+        record.forget_through(asked)?;
+        Heard::Unreachable(format!(
+            "the holder no longer keeps generation {asked}; this node's record misses a generation after it, so it \
+             cannot tell whether the history terms let it go"
+        ))
+    };
+    keep_pending(node, entry, Exchanged { heard, ..first })
 }
 
 /// Keeps the samples of a challenge the holder saw and did not answer, to ask them again;
@@ -631,12 +695,12 @@ pub async fn audit(
     conn: &Connection,
     node: &Node,
     entry: &ContractEntry,
-    samples: usize,
+    (samples, generation): (usize, Option<u64>),
     now: Timestamp,
     suspect: bool,
 ) -> Result<Audited, AuditError> {
     let earlier: Vec<LearnedStatement> = node.contract(&entry.id)?.state.words().cloned().collect();
-    let ex = challenge_peer(conn, node, entry, samples, now).await?;
+    let ex = challenge_peer(conn, node, entry, samples, generation, now).await?;
     let judged = judge(node, entry, &ex.heard, Some(&ex.transcript), ex.samples, false, now, suspect)?;
     if let Some(v) = &judged.verdict {
         // Telling the peer is a courtesy: its standing here is decided either way.

@@ -25,10 +25,12 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
 
 use crate::net::transport::{Client, Connection, NetError, read_exact};
-use crate::net::wire::{Request, Response};
+use crate::net::wire::{KeptGeneration, Request, Response};
 use crate::node::machine::now_from_env;
 use crate::node::report::Report;
 use crate::protocol::encoding;
+use crate::protocol::history;
+use crate::protocol::time::Timestamp;
 use crate::protocol::identity::NodeId;
 use crate::protocol::manifest::{ExtentHash, Geometry, Keystream, Manifest, ManifestError, encode_list, list_hash};
 use crate::protocol::market::RecordId;
@@ -106,6 +108,28 @@ pub enum BackupError {
         have: u64,
         /// What was asked for.
         want: u64,
+    },
+    /// The push guard stopped a push: the volume no longer looks like the one pushed before.
+    #[error("{0}")]
+    Guard(String),
+    /// The holder keeps no generation committed at or before the time asked for.
+    #[error("the holder keeps no generation committed at or before {at}{}", match .oldest {
+        Some(t) => format!(" (the oldest it keeps was committed at {t})"),
+        None => " (it keeps none)".into(),
+    })]
+    NoneAt {
+        /// The time asked for.
+        at: Timestamp,
+        /// When the oldest kept one was committed.
+        oldest: Option<Timestamp>,
+    },
+    /// The holder does not keep the generation asked for.
+    #[error("generation {generation} is not kept by the holder: {why} (`kaana-sync history` lists those it keeps)")]
+    NotKept {
+        /// The generation asked for.
+        generation: u64,
+        /// What the holder said.
+        why: String,
     },
     /// The holder serves a generation older than the last one this node pushed and it
     /// committed: it kept (or went back to) an old copy.
@@ -224,20 +248,48 @@ impl Drop for Finish<'_> {
     }
 }
 
+/// What a push may do beyond the usual.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PushOptions {
+    /// Send a volume that does not look encrypted.
+    pub allow_plaintext: bool,
+    /// Send a volume the push guard refuses (no longer looks like the one pushed before).
+    pub force: bool,
+}
+
+/// What a person is told when the push guard stops a push.
+fn guarded(previous: u64, why: &str) -> BackupError {
+    BackupError::Guard(format!(
+        "the volume no longer looks like the one pushed before: {why}. Nothing was committed: the holder keeps \
+         generation {previous} as the newest. If this change is wanted (a new volume, a wholesale rewrite), push \
+         again with --force"
+    ))
+}
+
 /// Pushes the node's volume to the holder of `entry`.
 pub async fn push(
     client: &Client,
     node: &Node,
     entry: &ContractEntry,
     extent_size: u32,
-    allow_plaintext: bool,
+    opts: PushOptions,
     report: &dyn Report,
 ) -> Result<PushSummary, BackupError> {
     let started = Instant::now();
     let (id, peer) = (entry.id, entry.state.peer);
     let path = node.config.volume.clone().ok_or(BackupError::NoVolume)?;
-    let volume = Arc::new(Volume::open(&path, extent_size, allow_plaintext)?);
+    let volume = Arc::new(Volume::open(&path, extent_size, opts.allow_plaintext)?);
     let g = volume.geometry();
+    // The guard, first on what the volume looks like: before anything is sent.
+    let record = Outbound::at(node.home.root(), &id);
+    let shape = volume.shape()?;
+    let last_pushed = record.committed()?.map_or(0, |(m, _)| m.body.generation);
+    if !opts.force
+        && let Some(before) = record.shape()?
+        && let Some(why) = push::guard_shape(&before, &shape)
+    {
+        return Err(guarded(last_pushed, &why));
+    }
     report.start(&format!("push {}", id.short()), g.volume_size);
     let _finish = Finish(report);
     if g.volume_size > entry.contract.body.size {
@@ -269,7 +321,7 @@ pub async fn push(
     let recorded = Outbound::at(node.home.root(), &id).committed().ok().flatten().map(|(m, _)| m.body.generation);
     let claim = push::judge_claim(claimed, recorded);
     if claim != push::Claim::Believed {
-        let shown = fetch_manifest(&conn, node, entry).await.ok().is_some_and(|(m, _)| m.body.generation == claimed);
+        let shown = fetch_manifest(&conn, node, entry, None).await.ok().is_some_and(|(m, _)| m.body.generation == claimed);
         if !shown || claim == push::Claim::Refused {
             return Err(BackupError::Claim {
                 peer,
@@ -284,7 +336,6 @@ pub async fn push(
 
     // What we sent last time, and the volume's own (pre-keystream) hashes then: an extent whose
     // raw bytes are unchanged, and that the holder still has, needs no keystream and no sending.
-    let record = Outbound::at(node.home.root(), &id);
     // Read under the record's lock: a challenge or another push may be writing it.
     let shared = record.lock(false)?;
     let previous = record.committed()?;
@@ -298,14 +349,22 @@ pub async fn push(
         }
         _ => Vec::new(),
     };
+    let previous_raw = match &previous {
+        Some((m, _)) if m.body.volume_size == g.volume_size && m.body.extent_size == extent_size => {
+            record.raw_hashes(m.body.generation).unwrap_or_default()
+        }
+        _ => Vec::new(),
+    };
     let known: Arc<Vec<Option<(ExtentHash, ExtentHash)>>> = Arc::new(match &previous {
-        Some((m, list)) if m.body.volume_size == g.volume_size && m.body.extent_size == extent_size => {
-            let raw = record.raw_hashes(m.body.generation).unwrap_or_default();
+        Some((m, list)) if !previous_raw.is_empty() => {
             let sent = m.body.check_list(list).unwrap_or_default();
-            push::reusable(g.count() as usize, &raw, &sent, &have)
+            push::reusable(g.count() as usize, &previous_raw, &sent, &have)
         }
         _ => Vec::new(),
     });
+    // The guard, then on how much changed: counted as the volume is read, stopped as soon as
+    // most of it has (what was sent by then is never committed).
+    let mut changed = 0u64;
 
     drop(shared);
     let keystream = Keystream::new(&node.identity, &id);
@@ -340,6 +399,20 @@ pub async fn push(
         };
         let (index, hash, raw_hash, new_tops, data) = item?;
         let i = index as usize;
+        if previous_raw.get(i).is_some_and(|r| *r != raw_hash) {
+            changed += 1;
+            if !opts.force && push::mostly_changed(changed, g.count()) {
+                conn.close();
+                return Err(guarded(
+                    previous_gen,
+                    &format!(
+                        "more than half of its {} extents changed since generation {previous_gen} (a ransomwared or \
+                         wiped volume changes all of them at once)",
+                        g.count()
+                    ),
+                ));
+            }
+        }
         hashes[i] = hash;
         raw_hashes[i] = raw_hash;
         if let Some(t) =
@@ -381,6 +454,7 @@ pub async fn push(
         let _lock = record.lock(true)?;
         record.save_raw_hashes(previous_gen, &encode_list(&raw_hashes))?;
         record.save_tops(previous_gen, tops.as_flattened())?;
+        record.save_shape(&shape)?;
         return Ok(summary(previous_gen, true));
     }
     let manifest = Manifest {
@@ -417,6 +491,7 @@ pub async fn push(
         record.record(&manifest, &list, Some(receipt), entry.contract.body.history.as_ref(), at)?;
         record.save_raw_hashes(generation, &encode_list(&raw_hashes))?;
         record.save_tops(generation, tops.as_flattened())?;
+        record.save_shape(&shape)?;
     }
     node.log_event(
         now,
@@ -448,7 +523,7 @@ async fn audit_first(
     {
         return Ok(());
     }
-    let audited = audit::audit(conn, node, entry, crate::protocol::challenge::DEFAULT_SAMPLES, now, false)
+    let audited = audit::audit(conn, node, entry, (crate::protocol::challenge::DEFAULT_SAMPLES, None), now, false)
         .await
         .map_err(audit_error)?;
     if audited.breach != crate::protocol::fairness::evidence::Breach::No {
@@ -526,22 +601,57 @@ async fn put(
     }
 }
 
-/// Fetches the committed manifest of this node's copy under `entry` and checks it is ours.
+/// The generations the holder of `entry` keeps of this node's copy, oldest first.
+pub async fn history(client: &Client, node: &Node, entry: &ContractEntry) -> Result<Vec<KeptGeneration>, BackupError> {
+    let conn = connect(client, node, entry.state.peer).await?;
+    let kept = list_generations(&conn, entry).await;
+    conn.close();
+    kept
+}
+
+async fn list_generations(conn: &Connection, entry: &ContractEntry) -> Result<Vec<KeptGeneration>, BackupError> {
+    let err = net(entry.state.peer);
+    match conn.request(&Request::ListGenerations { contract: entry.id }).await.map_err(&err)? {
+        Response::Generations { mut generations } => {
+            generations.sort_by_key(|g| g.generation);
+            Ok(generations)
+        }
+        other => Err(err(NetError::Unexpected { request: "list_generations", reply: format!("{other:?}") })),
+    }
+}
+
+/// Which generation a restore or verify reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pick {
+    /// The newest the holder committed.
+    Newest,
+    /// This one.
+    Generation(u64),
+    /// The newest committed at or before this time.
+    At(Timestamp),
+}
+
+/// Fetches a kept manifest of this node's copy under `entry` (the newest, or `generation`) and
+/// checks it is ours.
 async fn fetch_manifest(
     conn: &Connection,
     node: &Node,
     entry: &ContractEntry,
+    generation: Option<u64>,
 ) -> Result<(Signed<Manifest>, Vec<ExtentHash>), BackupError> {
     let (id, peer) = (entry.id, entry.state.peer);
     let err = net(peer);
-    let mut ex = conn.open(&Request::GetManifest { contract: id }).await.map_err(&err)?;
+    let mut ex = conn.open(&Request::GetManifest { contract: id, generation }).await.map_err(&err)?;
     ex.finish().map_err(&err)?;
     let manifest = match ex.reply().await.map_err(&err)? {
         Response::ManifestIs { manifest, .. } => *manifest,
         other => return Err(err(ex.unexpected(&other))),
     };
     manifest.verify_by(&node.id()).map_err(BackupError::NotOurs)?;
-    if manifest.body.contract != id || manifest.body.owner != node.id() {
+    if manifest.body.contract != id
+        || manifest.body.owner != node.id()
+        || generation.is_some_and(|g| g != manifest.body.generation)
+    {
         return Err(BackupError::WrongManifest(id));
     }
     manifest.body.geometry()?;
@@ -582,7 +692,7 @@ pub async fn restore(
     node: &Node,
     entry: &ContractEntry,
     out: Option<&Path>,
-    want_generation: Option<u64>,
+    pick: Pick,
     what: &str,
     report: &dyn Report,
 ) -> Result<RestoreSummary, BackupError> {
@@ -599,7 +709,30 @@ pub async fn restore(
         }
     };
     let conn = connect(client, node, entry.state.peer).await?;
-    let mut fetched = fetch_manifest(&conn, node, entry).await?;
+    let want_generation = match pick {
+        Pick::Newest => None,
+        Pick::Generation(g) => Some(g),
+        Pick::At(at) => {
+            let kept = list_generations(&conn, entry).await?;
+            let times: Vec<(u64, Timestamp)> = kept.iter().map(|g| (g.generation, g.committed_at)).collect();
+            match history::at_or_before(&times, at) {
+                Some(g) => Some(g),
+                None => {
+                    conn.close();
+                    return Err(BackupError::NoneAt { at, oldest: kept.first().map(|g| g.committed_at) });
+                }
+            }
+        }
+    };
+    let mut fetched = match fetch_manifest(&conn, node, entry, want_generation).await {
+        Err(BackupError::Net { error: NetError::Remote(e), .. })
+            if want_generation.is_some() && e.code == crate::net::wire::ErrorCode::NotFound =>
+        {
+            conn.close();
+            return Err(BackupError::NotKept { generation: want_generation.unwrap_or(0), why: e.message });
+        }
+        other => other?,
+    };
     let mut attempts = 0;
     loop {
         let generation = fetched.0.body.generation;
@@ -618,7 +751,7 @@ pub async fn restore(
         };
         if missing && want_generation.is_none() && attempts < 3 {
             attempts += 1;
-            let newer = fetch_manifest(&conn, node, entry).await?;
+            let newer = fetch_manifest(&conn, node, entry, None).await?;
             if newer.0.body.generation > generation {
                 fetched = newer;
                 continue;

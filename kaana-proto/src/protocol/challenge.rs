@@ -222,7 +222,19 @@ impl Rng {
 /// Picks `k` samples: distinct extents while there are enough (a partial shuffle), then extents
 /// again; one random chunk in each.
 pub fn pick(g: Geometry, k: usize, rng: &mut Rng) -> Vec<[u64; 2]> {
-    let n = g.count();
+    let order = distinct(g.count(), k, rng);
+    order.into_iter().map(|e| [e, rng.below(proof::chunks(g.len(e) as u64))]).collect()
+}
+
+/// [`pick`] among the extents `among` only (indexes into the copy): what a challenge of an older
+/// generation samples, the extents the newest does not share. Empty if `among` is.
+pub fn pick_among(g: Geometry, among: &[u64], k: usize, rng: &mut Rng) -> Vec<[u64; 2]> {
+    let order = distinct(among.len() as u64, k, rng);
+    order.into_iter().map(|i| among[i as usize]).map(|e| [e, rng.below(proof::chunks(g.len(e) as u64))]).collect()
+}
+
+/// `k` draws from `0..n`: distinct while they can be, then with repeats.
+fn distinct(n: u64, k: usize, rng: &mut Rng) -> Vec<u64> {
     if n == 0 || k == 0 {
         return Vec::new();
     }
@@ -241,7 +253,7 @@ pub fn pick(g: Geometry, k: usize, rng: &mut Rng) -> Vec<[u64; 2]> {
         };
         order.push(e);
     }
-    order.into_iter().map(|e| [e, rng.below(proof::chunks(g.len(e) as u64))]).collect()
+    order
 }
 
 /// Proofs may stop at the root (0) or at the owner's tops ([`proof::TOP_LEVELS`]).

@@ -97,9 +97,8 @@ pub fn to_retire(generations: &[Generation], terms: Option<&History>, now: Times
         return 0;
     }
     let Some(terms) = terms else { return n - 1 };
-    // By time: the first (oldest) generation still promised; those before it have run out.
-    let promised = |i: usize| generations[i + 1].committed_at.plus_secs(terms.keep_secs) > now;
-    let by_time = (0..n - 1).find(|&i| promised(i)).unwrap_or(n - 1);
+    let times: Vec<Timestamp> = generations.iter().map(|g| g.committed_at).collect();
+    let by_time = expired(&times, Some(terms), now);
     // By space: the longest run of newest generations whose history fits the allowance.
     let current: HashSet<&ExtentHash> = generations[n - 1].extents.iter().map(|(h, _)| h).collect();
     let mut seen: HashSet<&ExtentHash> = HashSet::new();
@@ -117,6 +116,19 @@ pub fn to_retire(generations: &[Generation], terms: Option<&History>, now: Times
         by_space = i;
     }
     by_space.max(by_time)
+}
+
+/// How many of the generations committed at `times` (oldest first, the newest last) have run
+/// out by time alone at `now`: the oldest ones, up to the first still promised. Never the
+/// newest.
+pub fn expired(times: &[Timestamp], terms: Option<&History>, now: Timestamp) -> usize {
+    let n = times.len();
+    if n <= 1 {
+        return 0;
+    }
+    let Some(terms) = terms else { return n - 1 };
+    let promised = |i: usize| times[i + 1].plus_secs(terms.keep_secs) > now;
+    (0..n - 1).find(|&i| promised(i)).unwrap_or(n - 1)
 }
 
 /// Bytes each generation holds that no other of `generations` names: what retiring it alone
@@ -148,10 +160,10 @@ pub fn at_or_before(generations: &[(u64, Timestamp)], at: Timestamp) -> Option<u
     generations.iter().filter(|(_, t)| *t <= at).max_by_key(|(g, _)| *g).map(|(g, _)| *g)
 }
 
-/// The extent indexes of `older` that the newest generation does not name: what a challenge of
-/// an older generation samples, so that a holder keeping only the newest is caught.
-pub fn only_in(older: &[ExtentHash], newest: &[ExtentHash]) -> Vec<u64> {
-    let current: HashSet<&ExtentHash> = newest.iter().collect();
+/// The extent indexes of `older` that `newer` does not name: what a challenge of a generation
+/// samples (against the next kept one), so that a holder keeping less than the history is caught.
+pub fn only_in(older: &[ExtentHash], newer: &[ExtentHash]) -> Vec<u64> {
+    let current: HashSet<&ExtentHash> = newer.iter().collect();
     older.iter().enumerate().filter(|(_, h)| !current.contains(h)).map(|(i, _)| i as u64).collect()
 }
 

@@ -17,8 +17,8 @@ use crate::protocol::manifest::{ExtentHash, MIN_EXTENT_SIZE};
 /// where adding one would wrap.
 pub const MAX_GENERATION: u64 = 1 << 48;
 
-/// The most extents a holder of a contract of `size` bytes may say it holds: the old and the new
-/// generation side by side, of the smallest extents.
+/// The most extents a holder of a contract of `size` bytes (with its history allowance) may say
+/// it holds: the old and the new generation side by side, of the smallest extents.
 pub fn max_held(size: u64) -> u64 {
     2 * size / u64::from(MIN_EXTENT_SIZE) + 1
 }
@@ -88,9 +88,59 @@ pub fn must_send(hash: &ExtentHash, held: &HashSet<ExtentHash>) -> bool {
     !held.contains(hash)
 }
 
+/// What a volume looked like when it was pushed: what the push guard compares.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Shape {
+    /// `luks`, `random` (near-random bytes without a LUKS header) or `plain`.
+    pub kind: String,
+    /// The LUKS header's UUID, for a LUKS volume.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub luks_uuid: Option<String>,
+}
+
+/// Why the push guard stops a push: the volume no longer looks like the one pushed before. A
+/// LUKS volume whose header is gone or belongs to another volume (a new UUID), or a volume that
+/// was structured (plain) and is now near-random: what ransomware, a careless `mkfs` or
+/// `cryptsetup luksFormat`, or a dying disk leave behind.
+pub fn guard_shape(before: &Shape, now: &Shape) -> Option<String> {
+    match (before.kind.as_str(), now.kind.as_str()) {
+        ("luks", "luks") if before.luks_uuid != now.luks_uuid => Some(format!(
+            "its LUKS header belongs to another volume now (UUID {} before, {} now)",
+            before.luks_uuid.as_deref().unwrap_or("?"),
+            now.luks_uuid.as_deref().unwrap_or("?")
+        )),
+        ("luks", "luks") => None,
+        ("luks", other) => Some(format!("its LUKS header is gone (it reads as {other} bytes now)")),
+        ("plain", "random") => Some("its bytes were structured and are near-random now".into()),
+        _ => None,
+    }
+}
+
+/// Whether `changed` of `total` extents changing since the last push is "most of the volume at
+/// once": more than half, on a volume of at least 4 extents. (A day of ordinary use changes a
+/// few percent.)
+pub fn mostly_changed(changed: u64, total: u64) -> bool {
+    total >= 4 && changed * 2 > total
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_guard_stops_a_volume_that_is_no_longer_itself() {
+        let luks = |uuid: &str| Shape { kind: "luks".into(), luks_uuid: Some(uuid.into()) };
+        let kind = |k: &str| Shape { kind: k.into(), luks_uuid: None };
+        assert_eq!(guard_shape(&luks("a"), &luks("a")), None);
+        assert!(guard_shape(&luks("a"), &luks("b")).unwrap().contains("another volume"));
+        assert!(guard_shape(&luks("a"), &kind("random")).unwrap().contains("header is gone"));
+        assert!(guard_shape(&kind("plain"), &kind("random")).is_some());
+        assert_eq!(guard_shape(&kind("random"), &kind("random")), None);
+        assert_eq!(guard_shape(&kind("random"), &luks("a")), None);
+        assert!(!mostly_changed(2, 4) && mostly_changed(3, 4) && !mostly_changed(3, 3));
+        assert!(!mostly_changed(50, 100) && mostly_changed(51, 100));
+    }
 
     fn h(n: u8) -> ExtentHash {
         [n; 32]

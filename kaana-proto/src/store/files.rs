@@ -324,6 +324,13 @@ pub struct ContractSummary {
     pub size: u64,
     /// The grace period, in seconds.
     pub grace_secs: u64,
+    /// How long each side keeps the other's superseded generations, in seconds (0: the newest
+    /// only).
+    #[serde(default)]
+    pub history_secs: u64,
+    /// Bytes of superseded generations each side keeps beyond the newest.
+    #[serde(default)]
+    pub history_bytes: u64,
     /// `active`, `terminated` or `ended`.
     pub status: String,
     /// When it was made.
@@ -371,6 +378,8 @@ impl ContractEntry {
             role: self.state.role,
             size: self.contract.body.size,
             grace_secs: self.contract.body.grace_secs,
+            history_secs: self.contract.body.history.map_or(0, |h| h.keep_secs),
+            history_bytes: self.contract.body.history.map_or(0, |h| h.bytes),
             status: self.state.status.name().to_owned(),
             created_at: self.contract.body.created_at,
             their_standing: self.state.their_standing,

@@ -342,11 +342,21 @@ impl Inbound {
     /// list and receipt. A `kept/` file of a generation not older than the committed one (a
     /// commit cut short) is not one.
     pub fn generations(&self) -> Result<Vec<RecordedCopy>, StateError> {
-        let Some(newest) = self.committed_with_receipt()? else { return Ok(Vec::new()) };
+        let mut out = Vec::new();
+        for (manifest, receipt) in self.manifests()? {
+            let list = self.list_of(&manifest)?;
+            out.push((manifest, list, receipt));
+        }
+        Ok(out)
+    }
+
+    /// [`Inbound::generations`] without their lists: each kept manifest and its receipt.
+    pub fn manifests(&self) -> Result<Vec<(Signed<Manifest>, Option<Signed<Receipt>>)>, StateError> {
         let home = crate::store::home::Home::at(&self.dir);
+        let Some(newest) = home.read_optional::<Committed>(&self.committed_path())? else { return Ok(Vec::new()) };
         let mut out = Vec::new();
         for g in self.kept_numbers()? {
-            if g >= newest.0.body.generation {
+            if g >= newest.manifest.body.generation {
                 continue;
             }
             let path = self.kept_path(g);
@@ -355,13 +365,18 @@ impl Inbound {
             if c.manifest.body.generation != g {
                 return Err(StateError::damaged(&path, "it holds another generation than its name says"));
             }
-            let list_path = self.list_path(g);
-            let list = fs::read(&list_path).map_err(|e| StateError::io(&list_path, e))?;
-            c.manifest.body.check_list(&list).map_err(|e| StateError::damaged(&list_path, e))?;
-            out.push((c.manifest, list, c.receipt));
+            out.push((c.manifest, c.receipt));
         }
-        out.push(newest);
+        out.push((newest.manifest, newest.receipt));
         Ok(out)
+    }
+
+    /// The extent list of a kept generation, checked against its manifest.
+    pub fn list_of(&self, manifest: &Signed<Manifest>) -> Result<Vec<u8>, StateError> {
+        let list_path = self.list_path(manifest.body.generation);
+        let list = fs::read(&list_path).map_err(|e| StateError::io(&list_path, e))?;
+        manifest.body.check_list(&list).map_err(|e| StateError::damaged(&list_path, e))?;
+        Ok(list)
     }
 
     /// The generations with a `kept/` file, in order.
@@ -377,7 +392,8 @@ impl Inbound {
 
     /// The kept generation whose manifest has record id `id`, if any.
     pub fn generation_by_id(&self, id: &RecordId) -> Result<Option<RecordedCopy>, StateError> {
-        Ok(self.generations()?.into_iter().find(|(m, _, _)| RecordId::of(&m.body).ok().as_ref() == Some(id)))
+        let found = self.manifests()?.into_iter().find(|(m, _)| RecordId::of(&m.body).ok().as_ref() == Some(id));
+        found.map(|(m, r)| Ok((m.clone(), self.list_of(&m)?, r))).transpose()
     }
 
     /// Commits a generation, with the holder's `receipt` of it: every extent it names must be
@@ -464,6 +480,18 @@ impl Inbound {
             }
         }
         Ok(retired)
+    }
+
+    /// Retires every kept generation older than `generation` (never the committed one), as
+    /// [`Inbound::retire`] does. The caller holds the store's lock exclusively.
+    pub fn forget_older(&self, generation: u64) -> Result<(), StateError> {
+        for g in self.kept_numbers()? {
+            if g < generation {
+                remove_file(&self.kept_path(g))?;
+                remove_file(&self.list_path(g))?;
+            }
+        }
+        Ok(())
     }
 
     /// Every extent some kept generation names.

@@ -10,11 +10,12 @@ use std::path::Path;
 
 use crate::protocol::challenge::Receipt;
 use crate::protocol::history::History;
+use crate::protocol::push::Shape;
 use crate::protocol::manifest::ExtentHash;
 use crate::protocol::manifest::Manifest;
 use crate::protocol::record::{RecordId, Signed};
 use crate::protocol::time::Timestamp;
-use crate::store::home::{StateError, write_atomic};
+use crate::store::home::{Home, Schema, StateError, write_atomic};
 use crate::store::inbound::{CommittedCopy, Inbound, RecordedCopy, read_dir_or_empty, remove_file};
 use crate::store::node::Node;
 
@@ -30,7 +31,14 @@ pub struct Target {
     pub receipt: Option<Signed<Receipt>>,
     /// Every extent's tops, when this node kept them for this generation.
     pub tops: Option<Vec<[u8; 32]>>,
+    /// For an older generation: the extents (indexes) the newest does not share, which its
+    /// challenges sample. `None`: the whole copy.
+    pub only: Option<Vec<u64>>,
 }
+
+/// How far apart two nodes' clocks may be for the history rules: the owner asks only about
+/// generations the holder must still keep an hour from now by the owner's clock.
+pub const CLOCK_SLACK_SECS: u64 = 3_600;
 
 impl Target {
     /// This node's record of what the holder of `id` last committed.
@@ -40,14 +48,73 @@ impl Target {
         let _shared = record.lock(false)?;
         Ok(record.committed_with_receipt()?.map(|(manifest, list, receipt)| {
             let tops = record.tops(manifest.body.generation);
-            Target { manifest, list, receipt, tops }
+            Target { manifest, list, receipt, tops, only: None }
         }))
+    }
+
+    /// What this node may challenge the holder of `id` about at `now`: every generation the
+    /// holder committed that the contract's history `terms` still keep [`CLOCK_SLACK_SECS`]
+    /// from now, oldest first, the newest last (the record retires by space as the holder does,
+    /// at each commit; what runs out by time is left out here). As (generation, manifest id).
+    pub fn choices(
+        node: &Node,
+        id: &RecordId,
+        terms: Option<&History>,
+        now: Timestamp,
+    ) -> Result<Vec<(u64, RecordId)>, StateError> {
+        let record = Outbound::at(node.home.root(), id);
+        let _shared = record.lock(false)?;
+        let kept = record.layout.manifests()?;
+        let times: Vec<Timestamp> =
+            kept.iter().map(|(m, r)| r.as_ref().map_or(m.body.created_at, |r| r.body.at)).collect();
+        let expired = crate::protocol::history::expired(&times, terms, now.plus_secs(CLOCK_SLACK_SECS));
+        let n = kept.len();
+        kept.into_iter()
+            .enumerate()
+            .skip(expired)
+            // Older generations are asked about only with the holder's receipt of them.
+            .filter(|(i, (_, r))| *i + 1 == n || r.is_some())
+            .map(|(_, (m, _))| Ok((m.body.generation, RecordId::of(&m.body).map_err(|e| StateError::damaged(record.layout.dir(), e))?)))
+            .collect()
+    }
+
+    /// The target for generation `generation` of this node's record of `id`, if kept. An older
+    /// generation samples only the extents the next kept one does not share (`None` if it
+    /// shares them all): each extent of the history is in exactly one such set (that of the
+    /// newest generation naming it), and what only one generation names is in its own, so a
+    /// holder that drops any part of the history fails that generation's challenges. Older
+    /// generations are asked without tops (proofs to the root): the owner keeps only each one's
+    /// extent list, 32 bytes per extent.
+    pub fn of_generation(node: &Node, id: &RecordId, generation: u64) -> Result<Option<Target>, StateError> {
+        let record = Outbound::at(node.home.root(), id);
+        let _shared = record.lock(false)?;
+        let kept = record.layout.manifests()?;
+        let Some(at) = kept.iter().position(|(m, _)| m.body.generation == generation) else { return Ok(None) };
+        let (manifest, receipt) = kept[at].clone();
+        let list = record.layout.list_of(&manifest)?;
+        let Some((next, _)) = kept.get(at + 1) else {
+            let tops = record.tops(generation);
+            return Ok(Some(Target { manifest, list, receipt, tops, only: None }));
+        };
+        let damaged = |e| StateError::damaged(record.layout.dir(), e);
+        let hashes = manifest.body.check_list(&list).map_err(damaged)?;
+        let next_hashes = next.body.check_list(&record.layout.list_of(next)?).map_err(damaged)?;
+        let only = crate::protocol::history::only_in(&hashes, &next_hashes);
+        Ok((!only.is_empty()).then_some(Target { manifest, list, receipt, tops: None, only: Some(only) }))
     }
 
     /// The generation the target is of.
     pub fn generation(&self) -> u64 {
         self.manifest.body.generation
     }
+}
+
+/// `shape.json`: what the volume looked like at the last push the holder committed.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ShapeFile {
+    schema: Schema,
+    shape: Shape,
 }
 
 /// The owner's record of its copy under one contract.
@@ -93,9 +160,21 @@ impl Outbound {
         self.layout.record(manifest, list, receipt, terms, now)
     }
 
+    /// [`Outbound::generations`] without their lists.
+    pub fn manifests(&self) -> Result<Vec<(Signed<Manifest>, Option<Signed<Receipt>>)>, StateError> {
+        self.layout.manifests()
+    }
+
     /// Every generation recorded as kept by the holder, oldest first, the newest last.
     pub fn generations(&self) -> Result<Vec<RecordedCopy>, StateError> {
         self.layout.generations()
+    }
+
+    /// Forgets generation `generation` and every older one (never the newest).
+    pub fn forget_through(&self, generation: u64) -> Result<(), StateError> {
+        let _lock = self.lock(true)?;
+        let newest = self.layout.committed()?.map(|(m, _)| m.body.generation);
+        self.layout.forget_older(newest.map_or(0, |n| n.min(generation + 1)))
     }
 
     /// Forgets the generations the holder may retire at `now` under `terms`.
@@ -124,6 +203,18 @@ impl Outbound {
     /// Keeps the tops of generation `generation` (and drops older ones).
     pub fn save_tops(&self, generation: u64, tops: &[u8]) -> Result<(), StateError> {
         self.save_values("tops", generation, tops)
+    }
+
+    /// What the volume looked like at the last push the holder committed, if recorded.
+    pub fn shape(&self) -> Result<Option<Shape>, StateError> {
+        let path = self.layout.dir().join("shape.json");
+        Ok(Home::at(self.layout.dir()).read_optional::<ShapeFile>(&path)?.map(|f| f.shape))
+    }
+
+    /// Records what the volume looked like at a push the holder committed.
+    pub fn save_shape(&self, shape: &Shape) -> Result<(), StateError> {
+        let path = self.layout.dir().join("shape.json");
+        Home::at(self.layout.dir()).write(&path, &ShapeFile { schema: Schema, shape: shape.clone() })
     }
 
     /// `<kind>-<generation>.bin`: 32-byte values.

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use thiserror::Error;
 
 use crate::protocol::manifest::{Geometry, ManifestError};
+use crate::protocol::push::Shape;
 use crate::store::buffer::AlignedBuf;
 use crate::store::home::StateError;
 
@@ -89,6 +90,23 @@ impl Volume {
     /// Its shape.
     pub fn geometry(&self) -> Geometry {
         self.geometry
+    }
+
+    /// What it looks like now (for the push guard): LUKS with its UUID, near-random, or plain.
+    pub fn shape(&self) -> Result<Shape, VolumeError> {
+        let io = |error| VolumeError::Io { path: self.path.clone(), error };
+        Ok(match looks(&self.file, self.geometry.volume_size).map_err(io)? {
+            Looks::Luks => {
+                // LUKS1 and LUKS2 both keep the UUID, NUL-padded, at byte 168.
+                let mut uuid = [0u8; 40];
+                self.file.read_exact_at(&mut uuid, 168).map_err(io)?;
+                let text: String =
+                    uuid.iter().take_while(|&&b| b != 0).map(|&b| char::from(b)).filter(|c| c.is_ascii_graphic()).collect();
+                Shape { kind: "luks".into(), luks_uuid: Some(text) }
+            }
+            Looks::Random(_) => Shape { kind: "random".into(), luks_uuid: None },
+            Looks::Plain(_) => Shape { kind: "plain".into(), luks_uuid: None },
+        })
     }
 
     /// Reads extent `index` into `buf` (resized to the extent's length).

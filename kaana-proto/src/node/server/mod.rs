@@ -281,7 +281,8 @@ async fn dispatch(
             sync::put_extent(ctx, peer, recv, contract, offset, hash, len).await
         }
         Request::Commit { contract, manifest } => sync::commit(ctx, peer, recv, contract, *manifest).await,
-        Request::GetManifest { contract } => sync::get_manifest(ctx, peer, contract).await,
+        Request::GetManifest { contract, generation } => sync::get_manifest(ctx, peer, contract, generation).await,
+        Request::ListGenerations { contract } => sync::list_generations(ctx, peer, contract).await,
         Request::GetExtent { contract, hash } => sync::get_extent(ctx, peer, contract, hash).await,
         Request::ListContracts => sync::list_contracts(ctx, peer).await,
         Request::Challenge { challenge } => audits::answer(ctx, peer, challenge).await,

@@ -11,7 +11,7 @@ use tokio::sync::Semaphore;
 use super::ctx::{Ctx, PUT_SHARE};
 use super::reply::{Handled, blocking, internal, refused};
 use crate::net::transport::read_exact;
-use crate::net::wire::{ErrorCode, ErrorReply, Response};
+use crate::net::wire::{ErrorCode, ErrorReply, KeptGeneration, Response};
 use crate::node::machine::now_from_env;
 use crate::protocol::challenge::Receipt;
 use crate::protocol::fairness::deliberate::Pretence;
@@ -260,24 +260,65 @@ fn pretence(entry: &ContractEntry) -> Result<Pretence, ErrorReply> {
     Ok(entry.state.audit.as_ref().map_or(Pretence::Nothing, |p| p.pretence(now)))
 }
 
-/// `get_manifest`: the committed manifest and its list, to its owner only.
-pub(super) async fn get_manifest(ctx: &Arc<Ctx>, peer: NodeId, id: RecordId) -> Handled {
+/// `get_manifest`: a kept manifest (the newest unless `generation` says) and its list, to its
+/// owner only.
+pub(super) async fn get_manifest(ctx: &Arc<Ctx>, peer: NodeId, id: RecordId, generation: Option<u64>) -> Handled {
     let c = ctx.clone();
     blocking(move || {
         let (entry, inbound) = authorise(&c, peer, &id, false)?;
         // A deliberate failure shows what its pretence says is here, to every request alike.
-        let held = match pretence(&entry)? {
-            Pretence::All => None,
-            _ => inbound.committed_with_receipt().map_err(internal)?,
+        let held = match (pretence(&entry)?, generation) {
+            (Pretence::All, _) => None,
+            (_, None) => inbound.committed_with_receipt().map_err(internal)?,
+            (_, Some(g)) => {
+                let _shared = inbound.lock(false).map_err(internal)?;
+                inbound.generations().map_err(internal)?.into_iter().find(|(m, _, _)| m.body.generation == g)
+            }
         };
         match held {
             Some((manifest, list, receipt)) => {
                 Ok((Response::ManifestIs { manifest: Box::new(manifest), receipt }, Some(list.into())))
             }
-            None => {
-                Err(ErrorReply::new(ErrorCode::NotFound, format!("no generation of contract {id} is committed here")))
-            }
+            None => Err(ErrorReply::new(
+                ErrorCode::NotFound,
+                match generation {
+                    Some(g) => format!("generation {g} of contract {id} is not kept here"),
+                    None => format!("no generation of contract {id} is committed here"),
+                },
+            )),
         }
+    })
+    .await
+}
+
+/// `list_generations`: the generations kept of the owner's copy, to its owner only.
+pub(super) async fn list_generations(ctx: &Arc<Ctx>, peer: NodeId, id: RecordId) -> Handled {
+    let c = ctx.clone();
+    blocking(move || {
+        let (entry, inbound) = authorise(&c, peer, &id, false)?;
+        let kept = match pretence(&entry)? {
+            Pretence::All => Vec::new(),
+            _ => {
+                let _shared = inbound.lock(false).map_err(internal)?;
+                inbound.generations().map_err(internal)?
+            }
+        };
+        let views: Vec<_> = kept.iter().map(crate::store::inbound::view).collect::<Result<_, _>>().map_err(internal)?;
+        let unique = crate::protocol::history::unique_bytes(&views);
+        let generations = kept
+            .iter()
+            .zip(views.iter().zip(unique))
+            .map(|((m, _, _), (v, unique_bytes))| {
+                Ok(KeptGeneration {
+                    generation: v.generation,
+                    committed_at: v.committed_at,
+                    manifest: RecordId::of(&m.body).map_err(internal)?,
+                    bytes: m.body.volume_size,
+                    unique_bytes,
+                })
+            })
+            .collect::<Result<_, ErrorReply>>()?;
+        Ok((Response::Generations { generations }, None))
     })
     .await
 }
