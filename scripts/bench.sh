@@ -74,13 +74,14 @@ restart_server() { # NAME: a fresh server process (its peak memory starts from z
   eval "${name}_pid=$!"
   for _ in $(seq 100); do [ -s "$work/$name.serve" ] && break; sleep 0.05; done
 }
-contract() { # OFFERER TAKER SIZE: prints the contract id
-  local offer
-  offer=$(kaana-offer --home "$work/$1" create --size "$3" | jq -r .id)
-  kaana-offer --home "$work/$1" publish "$offer" >/dev/null
-  local peer="${1}_peer"
-  kaana-offer --home "$work/$2" list --board "${!peer}" >/dev/null
-  kaana-offer --home "$work/$2" accept "$offer" | jq -r .id
+contract() { # OFFERER TAKER SIZE [create options...]: prints the contract id
+  local offer offerer=$1 taker=$2 csize=$3
+  shift 3
+  offer=$(kaana-offer --home "$work/$offerer" create --size "$csize" "$@" | jq -r .id)
+  kaana-offer --home "$work/$offerer" publish "$offer" >/dev/null
+  local peer="${offerer}_peer"
+  kaana-offer --home "$work/$taker" list --board "${!peer}" >/dev/null
+  kaana-offer --home "$work/$taker" accept "$offer" | jq -r .id
 }
 
 cap=$(((size * 6) >> 20))MiB
@@ -218,6 +219,48 @@ u_push=$(median <"$work/u.push"); u_restore=$(median <"$work/u.restore"); u_ch=$
 f_push=$(median <"$work/f.push"); f_restore=$(median <"$work/f.restore"); f_ch=$(median <"$work/f.challenge")
 rm -f "$work/restored.img"
 
+# --- history -------------------------------------------------------------------------------------
+say "history: an incremental push with and without history, $RUNS runs each"
+cp "$work/vol.img" "$work/hist.img"
+start_node D --capacity "$cap"
+start_node E --capacity "$cap" --volume "$work/hist.img"
+e14=$(contract D E "${mib}MiB")                                     # the default: 14 days, 25%
+e0=$(contract D E "${mib}MiB" --history 0)                          # the newest only
+e30=$(contract D E "${mib}MiB" --history 30d --history-space 50%)
+kaana-sync --home "$work/E" push --all >/dev/null
+: >"$work/h.with" >"$work/h.without"
+timed_push() { local t; t=$(now); kaana-sync --home "$work/E" push "$1" >/dev/null; since "$t"; }
+for r in $(seq "$RUNS"); do
+  for _ in $(seq 20); do dd if=/dev/urandom of="$work/hist.img" bs=1M count=1 seek=$((RANDOM * 32768 % mib + RANDOM % mib)) conv=notrunc status=none; done
+  if [ $((r % 2)) = 1 ]; then timed_push "$e14" >>"$work/h.with"; timed_push "$e0" >>"$work/h.without"
+  else timed_push "$e0" >>"$work/h.without"; timed_push "$e14" >>"$work/h.with"; fi
+done
+hist_with=$(median <"$work/h.with"); hist_without=$(median <"$work/h.without")
+
+say "history: 30 daily generations with 1% of the extents changed each day"
+extents=$(((size + (4 << 20) - 1) / (4 << 20)))
+daily=$(((extents + 99) / 100))
+day0=$(date +%s)
+for d in $(seq 30); do
+  for _ in $(seq "$daily"); do dd if=/dev/urandom of="$work/hist.img" bs=4M count=1 seek=$(((RANDOM * 32768 + RANDOM) % extents)) conv=notrunc status=none; done
+  at=$(date -u -d "@$((day0 + d * 86400))" +%Y-%m-%dT%H:%M:%SZ)
+  kill "$D_pid"; wait "$D_pid" 2>/dev/null || true
+  addr=$(jq -r .listen "$work/D.serve")
+  KAANA_NOW=$at kaana-sync --home "$work/D" serve --listen "$addr" >"$work/D.serve" 2>>"$work/D.log" &
+  pids+=($!); D_pid=$!
+  for _ in $(seq 100); do [ -s "$work/D.serve" ] && break; sleep 0.05; done
+  KAANA_NOW=$at kaana-sync --home "$work/E" push "$e14" >/dev/null
+  KAANA_NOW=$at kaana-sync --home "$work/E" push "$e30" >/dev/null
+done
+kept() { kaana-sync --home "$work/E" history "$1" | wc -l; }
+held() { du -sb "$work/D/inbound/$1" | cut -f1; }
+days_g30=$(kept "$e30"); days_b30=$(held "$e30"); days_g14=$(kept "$e14"); days_b14=$(held "$e14")
+oldest=$(kaana-sync --home "$work/E" history "$e30" | head -1 | jq .generation)
+KAANA_NOW=$at kaana-sync --home "$work/E" verify "$e30" --generation "$oldest" >/dev/null \
+  || { say "FAILED: the oldest kept generation does not verify"; exit 1; }
+kill "$D_pid" "$E_pid"; wait "$D_pid" "$E_pid" 2>/dev/null || true
+rm -rf "$work/D" "$work/E" "$work/hist.img"
+
 # --- memory --------------------------------------------------------------------------------------
 peak() { # VOLUME_NODE CONTRACT: sets peak_client, peak_server (KiB) of a push to a fresh holder
   rm -rf "$work/B/inbound/$2" "$work/$1/outbound/$2"
@@ -264,7 +307,12 @@ printf '%-34s %9.2fs %9.2fs %9.3f\n' "  incremental push" "$u_push" "$f_push" "$
 printf '%-34s %9.2fs %9.2fs %9.3f\n' "  full restore" "$u_restore" "$f_restore" "$(ratio "$f_restore" "$u_restore")"
 printf '%-34s %8.1fms %8.1fms %9.3f\n' "  challenge" "$u_ch" "$f_ch" "$(ratio "$f_ch" "$u_ch")"
 printf '%-34s %7s KiB %6s KiB\n' "  server peak memory" "$alone_rss" "$flood_rss"
-printf '%-34s %s\n\n' "  the flood sent" "$flood_sent"
+printf '%-34s %s\n' "  the flood sent" "$flood_sent"
+printf '\nhistory (target: no measurable cost) %12s %10s %9s\n' "with" "without" "ratio"
+printf '%-34s %9.2fs %9.2fs %9.3f\n' "  incremental push (14d, 25%)" "$hist_with" "$hist_without" "$(ratio "$hist_with" "$hist_without")"
+printf '30 daily generations, %s extents (1%%) changed a day: the holder keeps\n' "$daily"
+printf '%-34s %3s generations, %s bytes (%.2f x the volume)\n' "  terms 30d, 50%" "$days_g30" "$days_b30" "$(ratio "$days_b30" "$size")"
+printf '%-34s %3s generations, %s bytes (%.2f x the volume)\n\n' "  terms 14d, 25% (the default)" "$days_g14" "$days_b14" "$(ratio "$days_b14" "$size")"
 
 jq -cn \
   --arg size "$SIZE" --argjson runs "$RUNS" \
@@ -278,7 +326,10 @@ jq -cn \
   --argjson tcp_gbit "$tcp_gbit" --argjson disk_mbs "$disk_mbs" --arg cache "$cache" \
   --argjson u_push "$u_push" --argjson u_restore "$u_restore" --argjson u_ch "$u_ch" \
   --argjson f_push "$f_push" --argjson f_restore "$f_restore" --argjson f_ch "$f_ch" \
-  --argjson alone_rss "$alone_rss" --argjson flood_rss "$flood_rss" --argjson flood_sent "$flood_sent" '{
+  --argjson alone_rss "$alone_rss" --argjson flood_rss "$flood_rss" --argjson flood_sent "$flood_sent" \
+  --argjson hist_with "$hist_with" --argjson hist_without "$hist_without" --argjson daily "$daily" \
+  --argjson days_g30 "$days_g30" --argjson days_b30 "$days_b30" --argjson days_g14 "$days_g14" \
+  --argjson days_b14 "$days_b14" --argjson sizeb "$size" '{
     size: $size, runs: $runs,
     initial_push: {ours_s: $push_ours, rsync_ssh_s: $push_ssh, rsync_daemon_s: $push_daemon,
                    rsync_daemon_fsync_s: $push_dsync,
@@ -291,5 +342,9 @@ jq -cn \
     flood: {alone: {push_s: $u_push, restore_s: $u_restore, challenge_ms: $u_ch, server_peak_kib: $alone_rss},
             flooded: {push_s: $f_push, restore_s: $f_restore, challenge_ms: $f_ch, server_peak_kib: $flood_rss},
             ratio: {push: ($f_push / $u_push), restore: ($f_restore / $u_restore), challenge: ($f_ch / $u_ch)},
-            sent: $flood_sent}
+            sent: $flood_sent},
+    history: {incremental_push: {with_s: $hist_with, without_s: $hist_without, ratio: ($hist_with / $hist_without)},
+              thirty_days: {extents_changed_daily: $daily,
+                            terms_30d_50pct: {generations: $days_g30, holder_bytes: $days_b30, volumes: ($days_b30 / $sizeb)},
+                            terms_14d_25pct: {generations: $days_g14, holder_bytes: $days_b14, volumes: ($days_b14 / $sizeb)}}}
   }'

@@ -102,14 +102,14 @@ day=86400
 t0=$(date +%s)
 at() { date -u -d "@$1" +%Y-%m-%dT%H:%M:%SZ; }
 
-step "A offers 64 MiB for 64 MiB, keeping a failing peer's data 7 days; it publishes to its board"
+step "A offers 64 MiB for 64 MiB, keeping a failing peer's data 7 days and 14 days of its history; it publishes to its board"
 run 0 kaana-offer --home "$work/A" create --size 64MiB --grace 7d; offer_b=$(jq -r .id <<<"$out")
 run 0 kaana-offer --home "$work/A" create --size 64MiB --grace 7d; offer_c=$(jq -r .id <<<"$out")
 run 0 kaana-offer --home "$work/A" publish
 
 step "B lists A's board and accepts; so does C (each takes one offer)"
 run 0 kaana-offer --home "$work/B" list --board "$A_id@$A_addr"
-check "$(head -1 <<<"$out")" '.size == 67108864 and .grace_secs == 604800'
+check "$(head -1 <<<"$out")" '.size == 67108864 and .grace_secs == 604800 and .history_secs == 1209600'
 run 0 kaana-offer --home "$work/B" accept "$offer_b"; ab=$(jq -r .id <<<"$out")
 check "$out" '.status == "active" and .role == "taker"'
 run 0 kaana-offer --home "$work/C" list --board "$A_id@$A_addr"
@@ -167,13 +167,25 @@ check "$out" '.action == "delete"'
 run 0 env KAANA_NOW="$(at $((t0 + 8 * day + 7200)))" kaana-prune --home "$work/A"
 [ ! -e "$work/A/inbound/$ac" ] || fail "C's data is still at A"
 run "0 1" kaana-offer --home "$work/A" status   # 1: it wants one more replica now
-check "$out" '.committed == 67108864'
+check "$out" '.committed == 67108864 + 16777216'   # B's contract: its size and its history space
 
-step "A loses its disk: its volume comes back from B, byte for byte, and decrypts"
+step "Ransomware overwrites A's volume: the push guard refuses to make it the newest copy"
 cp "$work/A.luks" "$work/A.original.luks"
+head -c "$(stat -c %s "$work/A.luks")" /dev/urandom >"$work/A.luks"
+run 1 kaana-sync --home "$work/A" push "$ab"
+check "$out" '.ok == false and (.error | contains("--force"))'
+grep -o 'its LUKS header is gone[^.]*' "$work/last.err" || fail "the guard did not say why"
+
+step "Even pushed by mistake with --force, the old volume stays in B's history"
+run 0 kaana-sync --home "$work/A" push "$ab" --force
+check "$out" '.generation == 2'
+run 0 kaana-sync --home "$work/A" history "$ab"
+check "$(jq -s . <<<"$out")" 'map(.generation) == [1, 2]'
+
+step "A restores its volume as it was before the ransomware: byte for byte, and it decrypts"
 rm "$work/A.luks"
-run 0 kaana-sync --home "$work/A" restore "$ab" --out "$work/A.restored.luks"
-check "$out" '.ok == true'
+run 0 kaana-sync --home "$work/A" restore "$ab" --out "$work/A.restored.luks" --generation 1
+check "$out" '.ok == true and .generation == 1'
 cmp "$work/A.original.luks" "$work/A.restored.luks" || fail "the restored volume differs"
 qemu-img convert --object "secret,id=s,data=$PASS" \
   --image-opts "driver=luks,key-secret=s,file.filename=$work/A.restored.luks" -O raw "$work/A.restored.ext4"
@@ -182,5 +194,5 @@ for f in notes.txt photo.raw numbers.txt; do
 done
 echo "notes.txt, photo.raw and numbers.txt are identical to the originals"
 
-printf '\ndemo: PASSED in %ss: offers, contracts, encrypted pushes, challenges, an honest audit, a caught breach, a prune after the grace, and a full restore.\n' \
+printf '\ndemo: PASSED in %ss: offers, contracts, encrypted pushes, challenges, an honest audit, a caught breach, a prune after the grace, a ransomwared volume refused, and a full restore from history.\n' \
   "$(($(date +%s) - started))"

@@ -131,8 +131,8 @@ fn an_incremental_push_sends_only_what_changed() {
     assert_eq!(second.extents_sent, 1, "64 KiB inside one 4 MiB extent");
     assert_eq!(second.bytes_sent, 4 << 20);
     assert_eq!(second.extents_total, first.extents_total);
-    // Old extents the new generation does not use are gone from the holder.
-    assert_eq!(inbound_extents(&b, &contract).len() as u64, first.extents_total);
+    // The extent the new generation replaced stays: generation 1 is history now.
+    assert_eq!(inbound_extents(&b, &contract).len() as u64, first.extents_total + 1);
 
     let back = work.path().join("restored.luks");
     let restored = restore(&a, &contract, &back);
@@ -222,7 +222,7 @@ fn a_holder_ahead_of_the_record_by_pushes_whose_replies_were_lost_is_believed() 
 /// the contract's size, counted from what is on its disk, so neither skipping `push_begin` nor
 /// a restart of the holder resets the count.
 #[test]
-fn a_holder_stores_at_most_twice_the_contract_even_across_a_restart() {
+fn a_holder_stores_at_most_twice_the_contract_and_its_history_even_across_a_restart() {
     let work = tempfile::tempdir().unwrap();
     let volume = luks_volume(work.path());
     let Pair { a, b, sa: _sa, sb, contract } = contracted_pair(&volume, "16MiB");
@@ -252,7 +252,8 @@ fn a_holder_stores_at_most_twice_the_contract_even_across_a_restart() {
             (stored, refused)
         })
     };
-    assert_eq!(put(&sb.addr, 0..10), (8, 2), "32 MiB for a 16 MiB contract, then no more");
+    // A 16 MiB contract with the default history allowance of 25%: 2 × 16 + 4 MiB.
+    assert_eq!(put(&sb.addr, 0..10), (9, 1), "36 MiB for a 16 MiB contract and its history, then no more");
     let addr = sb.addr.clone();
     drop(sb);
     let _sb = ServerProc::start(&b, &["--listen", &addr]);
@@ -270,13 +271,14 @@ fn a_holder_killed_mid_push_keeps_the_last_generation_and_the_push_resumes() {
     let first: PushLine = a.json("kaana-sync", &[&["push", &contract][..], &extent[..]].concat());
     assert_eq!(first.extents_total, 384);
 
-    // Generation 2 changes everything; kill the holder part-way through.
+    // Generation 2 changes everything (so the push guard wants --force); kill the holder
+    // part-way through.
     fs::write(&volume, pseudo_random(96 << 20, 2)).unwrap();
     let port = sb.addr.rsplit_once(':').unwrap().1.to_owned();
     let mut sb = sb;
     let pusher = a
         .cmd("kaana-sync")
-        .args(["push", &contract])
+        .args(["push", &contract, "--force"])
         .args(extent)
         .stdout(std::process::Stdio::piped())
         .spawn()
@@ -303,7 +305,7 @@ fn a_holder_killed_mid_push_keeps_the_last_generation_and_the_push_resumes() {
     assert_eq!(restored.generation, 1);
     assert!(fs::read(&back).unwrap() == v1);
     // The next push does not send again what the holder already stored.
-    let resumed: PushLine = a.json("kaana-sync", &[&["push", &contract][..], &extent[..]].concat());
+    let resumed: PushLine = a.json("kaana-sync", &[&["push", &contract, "--force"][..], &extent[..]].concat());
     assert_eq!(resumed.generation, 2);
     assert_eq!(resumed.extents_sent as usize, 384 - stored_before_restart);
     let restored = restore(&a, &contract, &back);

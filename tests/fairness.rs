@@ -426,9 +426,10 @@ fn ten_thousand_challenges_of_an_honest_holder_never_fail_beside_pushes_restores
             let now = Timestamp::from_unix(now_unix());
             let asked =
                 kaana_proto::store::outbound::Target::from_record(a, &id).unwrap().unwrap().manifest.body.generation;
-            let ex = audit::challenge_peer(conn, a, &entry, kaana_proto::protocol::challenge::DEFAULT_SAMPLES, None, now)
-                .await
-                .unwrap();
+            let ex =
+                audit::challenge_peer(conn, a, &entry, kaana_proto::protocol::challenge::DEFAULT_SAMPLES, None, now)
+                    .await
+                    .unwrap();
             // Asked again about a newer generation: the holder had committed one meanwhile.
             if ex.transcript.challenge.body.generation != asked {
                 superseded += 1;

@@ -69,7 +69,17 @@ fn a_full_disk_at_the_holder_fails_the_push_cleanly_and_it_completes_later() {
     };
     let volume = work.path().join("vol.img");
     fs::write(&volume, pseudo_random(24 << 20, 1)).unwrap();
-    let a = TestNode::init_with(&["--capacity", "1GiB", "--volume", volume.to_str().unwrap(), "--audit-rate", "0"]);
+    // Without history: the contract takes its size alone of B's capacity.
+    let a = TestNode::init_with(&[
+        "--capacity",
+        "1GiB",
+        "--volume",
+        volume.to_str().unwrap(),
+        "--audit-rate",
+        "0",
+        "--history",
+        "0",
+    ]);
     let b =
         TestNode::init_with(&["--capacity", "36MiB", "--storage", storage.0.to_str().unwrap(), "--audit-rate", "0"]);
     let (sa, _sb) = (ServerProc::start(&a, &[]), ServerProc::start(&b, &[]));
@@ -79,7 +89,7 @@ fn a_full_disk_at_the_holder_fails_the_push_cleanly_and_it_completes_later() {
 
     // Generation 2 changes every byte: old and new do not fit side by side in 40 MiB.
     fs::write(&volume, pseudo_random(24 << 20, 2)).unwrap();
-    let out = a.run("kaana-sync", &["push", &contract, "--extent-size", "1MiB"]);
+    let out = a.run("kaana-sync", &["push", &contract, "--extent-size", "1MiB", "--force"]);
     assert_exit(&out, 2);
     assert!(stderr(&out).contains("No space left on device"), "{}", stderr(&out));
     assert_eq!(committed_generation_in(&storage.0, &contract), Some(1));
@@ -89,7 +99,7 @@ fn a_full_disk_at_the_holder_fails_the_push_cleanly_and_it_completes_later() {
     assert_success(&a.run("kaana-offer", &["peer", "add", &format!("{}@{}", b.id(), _sb.addr)]));
 
     storage.resize("80m");
-    let done: serde_json::Value = a.json("kaana-sync", &["push", &contract, "--extent-size", "1MiB"]);
+    let done: serde_json::Value = a.json("kaana-sync", &["push", &contract, "--extent-size", "1MiB", "--force"]);
     assert_eq!(done["generation"], 2);
     assert!(done["extents_sent"].as_u64().unwrap() < 24, "what was stored before the disk filled is not sent again");
     assert_success(&a.run("kaana-sync", &["verify", &contract]));
@@ -280,8 +290,9 @@ fn a_link_cut_during_a_push_fails_it_clearly_and_it_resumes() {
     let out = run(&link.ns[1], &b, "kaana-challenge", &[&contract]);
     assert_exit(&out, 0); // B has pushed nothing yet: nothing to challenge, nothing failed
 
-    // Cut the link in the middle of a push.
+    // Cut the link in the middle of a push (of a volume rewritten whole: --force).
     fs::write(&volume, pseudo_random(32 << 20, 4)).unwrap();
+    let extent = ["--extent-size", "256KiB", "--force"];
     let mut pusher = in_ns(&link.ns[0], &a, "kaana-sync", &[&["push", &contract][..], &extent[..]].concat())
         .env("KAANA_READ_TIMEOUT", "5s")
         .stdout(Stdio::piped())

@@ -99,11 +99,7 @@ fn unique_to(holder: &TestNode, contract: &str, old: u64, new: u64) -> Vec<PathB
             .collect()
     };
     let newer = list(new);
-    list(old)
-        .into_iter()
-        .filter(|h| !newer.contains(h))
-        .map(|h| store.join("extents").join(&h[..2]).join(&h))
-        .collect()
+    list(old).into_iter().filter(|h| !newer.contains(h)).map(|h| store.join("extents").join(&h[..2]).join(&h)).collect()
 }
 
 /// Day 1 a volume, day 2 a file added, day 3 the whole image overwritten with random bytes (the

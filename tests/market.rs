@@ -166,9 +166,16 @@ fn bad_offers_are_refused_and_nothing_is_stored() {
     assert_exit(&out, 2);
     assert!(stderr(&out).contains("expired"), "{}", stderr(&out));
 
-    // More than B's free capacity (1 GiB).
-    let big = create_offer(&a, &["--size", "1GiB"]);
-    let bigger = a.cmd("kaana-offer").args(["create", "--size", "2GiB"]).output().unwrap();
+    // More than B's free capacity (1 GiB). (Without history: an offer takes its size alone.)
+    let big = create_offer(&a, &["--size", "1GiB", "--history", "0"]);
+    let with_history = a.cmd("kaana-offer").args(["create", "--size", "1GiB"]).output().unwrap();
+    assert_exit(&with_history, 2);
+    assert!(
+        stderr(&with_history).contains("1.2 GiB is more than"),
+        "its 25% history counts: {}",
+        stderr(&with_history)
+    );
+    let bigger = a.cmd("kaana-offer").args(["create", "--size", "2GiB", "--history", "0"]).output().unwrap();
     assert_exit(&bigger, 2);
     assert!(stderr(&bigger).contains("free capacity"), "{}", stderr(&bigger));
     assert_success(&a.run("kaana-offer", &["publish", &big.id]));
@@ -216,9 +223,10 @@ fn the_offerer_never_commits_more_than_its_capacity() {
     assert_exit(&out, 2);
     assert!(stderr(&out).contains("no room"), "{}", stderr(&out));
     assert!(contract_files(&c).is_empty());
+    // The contract's size and its history allowance (25% by default).
     let status: serde_json::Value = one_json(&a.run("kaana-offer", &["status"]));
-    assert_eq!(status["committed"], 700u64 << 20);
-    assert_eq!(status["free"], (1u64 << 30) - (700 << 20));
+    assert_eq!(status["committed"], 875u64 << 20);
+    assert_eq!(status["free"], (1u64 << 30) - (875 << 20));
     // Nor can the capacity be set below what contracts already commit.
     let out = a.run("kaana-offer", &["config", "set", "capacity", "500MiB"]);
     assert_exit(&out, 2);

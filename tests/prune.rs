@@ -109,7 +109,7 @@ fn status(node: &TestNode, contract: &str) -> String {
 fn a_failing_peers_data_goes_exactly_when_its_grace_runs_out() {
     let work = tempfile::tempdir().unwrap();
     let a = node_with_volume(work.path(), "a.img", 1, "1GiB");
-    let b = node_with_volume(work.path(), "b.img", 2, "64MiB");
+    let b = node_with_volume(work.path(), "b.img", 2, "80MiB");
     let c = node_with_volume(work.path(), "c.img", 3, "1GiB");
     let (sa, sb, _sc) = (ServerProc::start(&a, &[]), ServerProc::start(&b, &[]), ServerProc::start(&c, &[]));
     let with_a = make_contract_sized(&b, &sb, &a, "32MiB");

@@ -169,7 +169,13 @@ pub fn run(args: Args, settings: Settings) -> anyhow::Result<Exit> {
                 (None, true) => node.contracts()?.into_iter().filter(|e| !e.state.status.owes_nothing(now)).collect(),
                 _ => anyhow::bail!("say which contract to check, or --all"),
             };
-            kaana_proto::node::cli::runtime()?.block_on(check_all(node, settings, entries, (args.samples, args.generation), now))
+            kaana_proto::node::cli::runtime()?.block_on(check_all(
+                node,
+                settings,
+                entries,
+                (args.samples, args.generation),
+                now,
+            ))
         }
     }
 }

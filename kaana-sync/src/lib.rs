@@ -227,8 +227,9 @@ pub fn run(args: Args, settings: Settings) -> anyhow::Result<Exit> {
             let entry = node.find_contract(&contract)?;
             kaana_proto::node::cli::runtime()?.block_on(async {
                 let client = settings.client(&node.identity, Traffic::Bulk);
-                let r = backup::restore(&client, &node, &entry, Some(&out), pick.pick(), "restore", &bar::Bar::default())
-                    .await;
+                let r =
+                    backup::restore(&client, &node, &entry, Some(&out), pick.pick(), "restore", &bar::Bar::default())
+                        .await;
                 client.close().await;
                 let summary = r.with_context(|| format!("restoring contract {} to {}", entry.id, out.display()))?;
                 emit(&summary)?;
@@ -427,15 +428,18 @@ struct CopyLine {
 }
 
 /// The newest of `kept` generations as `status` shows it, with the history kept behind it.
-fn copy_line(kept: &[kaana_proto::store::inbound::RecordedCopy], stored: Option<u64>) -> anyhow::Result<Option<CopyLine>> {
-    let Some((newest, _, receipt)) = kept.last() else { return Ok(None) };
+fn copy_line(
+    kept: &[kaana_proto::store::inbound::RecordedCopy],
+    stored: Option<u64>,
+) -> anyhow::Result<Option<CopyLine>> {
+    let Some((newest, _, _)) = kept.last() else { return Ok(None) };
     let views: Vec<_> = kept.iter().map(kaana_proto::store::inbound::view).collect::<Result<_, _>>()?;
     let m = &newest.body;
     Ok(Some(CopyLine {
         generation: m.generation,
         bytes: m.volume_size,
         extents: m.extent_count,
-        committed_at: receipt.as_ref().map_or(m.created_at, |r| r.body.at),
+        committed_at: views.last().map_or(m.created_at, |v| v.committed_at),
         stored_bytes: stored,
         generations: kept.len(),
         history_bytes: kaana_proto::protocol::history::history_bytes(&views),
@@ -444,7 +448,8 @@ fn copy_line(kept: &[kaana_proto::store::inbound::RecordedCopy], stored: Option<
 
 fn status(node: &Node) -> anyhow::Result<Exit> {
     for entry in node.contracts()? {
-        let ours = copy_line(&kaana_proto::store::outbound::Outbound::at(node.home.root(), &entry.id).generations()?, None)?;
+        let ours =
+            copy_line(&kaana_proto::store::outbound::Outbound::at(node.home.root(), &entry.id).generations()?, None)?;
         let inbound = Inbound::new(&node.config.storage, &entry.id);
         let stored = inbound.stored_bytes()?;
         let theirs = copy_line(&inbound.generations()?, Some(stored))?;

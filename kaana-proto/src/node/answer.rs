@@ -121,10 +121,9 @@ pub fn answer(
     // The generation asked about, if this holder keeps it, and the newest it keeps (read under
     // the store's lock, shared).
     let held = || -> Result<_, StateError> {
-        let manifests = store.manifests()?;
-        let newest = manifests.last().map(|(m, _)| m.clone());
-        let asked = manifests.into_iter().find(|(m, _)| RecordId::of(&m.body).ok() == Some(c.manifest));
-        let asked = asked.map(|(m, r)| Ok::<_, StateError>((m.clone(), store.list_of(&m)?, r))).transpose()?;
+        let newest = store.committed_manifest()?;
+        let asked =
+            store.kept_generation(c.generation)?.filter(|(m, _, _)| RecordId::of(&m.body).ok() == Some(c.manifest));
         Ok((asked, newest))
     };
     let first_look = || -> Result<_, StateError> {

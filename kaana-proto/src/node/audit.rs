@@ -292,10 +292,10 @@ pub async fn challenge_peer(
     let pending_at = pending.as_ref().and_then(|p| choices.iter().position(|(_, m)| *m == p.manifest));
     let at = match (pending_at, generation) {
         (Some(i), _) => i,
-        (None, Some(g)) => choices.iter().position(|(c, _)| *c == g).ok_or_else(|| AuditError::NotKept {
-            generation: g,
-            kept: choices.iter().map(|(c, _)| *c).collect(),
-        })?,
+        (None, Some(g)) => choices
+            .iter()
+            .position(|(c, _)| *c == g)
+            .ok_or_else(|| AuditError::NotKept { generation: g, kept: choices.iter().map(|(c, _)| *c).collect() })?,
         (None, None) => {
             let mut rng = Rng::from_seed(seed()?);
             let older = choices.len() - 1;
@@ -352,7 +352,9 @@ fn retired(node: &Node, entry: &ContractEntry, first: Exchanged, newest: u64) ->
         let signed = first.transcript.answer.as_ref().map(|a| (a.body.at, a.body.standing));
         Heard::Fail {
             signed,
-            why: format!("the holder no longer keeps generation {asked}, which the contract's history terms still keep"),
+            why: format!(
+                "the holder no longer keeps generation {asked}, which the contract's history terms still keep"
+            ),
         }
     } else {
         record.forget_through(asked)?;

@@ -30,13 +30,13 @@ use crate::node::machine::now_from_env;
 use crate::node::report::Report;
 use crate::protocol::encoding;
 use crate::protocol::history;
-use crate::protocol::time::Timestamp;
 use crate::protocol::identity::NodeId;
 use crate::protocol::manifest::{ExtentHash, Geometry, Keystream, Manifest, ManifestError, encode_list, list_hash};
 use crate::protocol::market::RecordId;
 use crate::protocol::proof;
 use crate::protocol::push;
 use crate::protocol::record::{RecordError, Signed};
+use crate::protocol::time::Timestamp;
 use crate::store::buffer::{OutFile, Pool, Pooled};
 use crate::store::files::ContractEntry;
 use crate::store::home::StateError;
@@ -321,7 +321,8 @@ pub async fn push(
     let recorded = Outbound::at(node.home.root(), &id).committed().ok().flatten().map(|(m, _)| m.body.generation);
     let claim = push::judge_claim(claimed, recorded);
     if claim != push::Claim::Believed {
-        let shown = fetch_manifest(&conn, node, entry, None).await.ok().is_some_and(|(m, _)| m.body.generation == claimed);
+        let shown =
+            fetch_manifest(&conn, node, entry, None).await.ok().is_some_and(|(m, _)| m.body.generation == claimed);
         if !shown || claim == push::Claim::Refused {
             return Err(BackupError::Claim {
                 peer,

@@ -326,6 +326,12 @@ impl Inbound {
         Ok(self.committed_with_receipt()?.map(|(m, list, _)| (m, list)))
     }
 
+    /// The committed generation's manifest alone.
+    pub fn committed_manifest(&self) -> Result<Option<Signed<Manifest>>, StateError> {
+        let home = crate::store::home::Home::at(&self.dir);
+        Ok(home.read_optional::<Committed>(&self.committed_path())?.map(|c| c.manifest))
+    }
+
     /// The committed generation's manifest, extent list, and (in an owner's record) receipt.
     pub fn committed_with_receipt(&self) -> Result<Option<RecordedCopy>, StateError> {
         let path = self.committed_path();
@@ -380,7 +386,7 @@ impl Inbound {
     }
 
     /// The generations with a `kept/` file, in order.
-    fn kept_numbers(&self) -> Result<Vec<u64>, StateError> {
+    pub(crate) fn kept_numbers(&self) -> Result<Vec<u64>, StateError> {
         let mut numbers: Vec<u64> = read_dir_or_empty(&self.kept_dir())?
             .iter()
             .filter(|p| p.extension().is_some_and(|e| e == "json"))
@@ -388,6 +394,23 @@ impl Inbound {
             .collect();
         numbers.sort_unstable();
         Ok(numbers)
+    }
+
+    /// Kept generation `generation`, if kept: read from its own file, not from all of them.
+    pub fn kept_generation(&self, generation: u64) -> Result<Option<RecordedCopy>, StateError> {
+        let home = crate::store::home::Home::at(&self.dir);
+        let Some(newest) = home.read_optional::<Committed>(&self.committed_path())? else { return Ok(None) };
+        let c = match generation.cmp(&newest.manifest.body.generation) {
+            std::cmp::Ordering::Equal => newest,
+            std::cmp::Ordering::Greater => return Ok(None),
+            std::cmp::Ordering::Less => match home.read_optional::<Committed>(&self.kept_path(generation))? {
+                Some(c) if c.manifest.body.generation == generation => c,
+                Some(_) => return Err(StateError::damaged(&self.kept_path(generation), "it holds another generation")),
+                None => return Ok(None),
+            },
+        };
+        let list = self.list_of(&c.manifest)?;
+        Ok(Some((c.manifest, list, c.receipt)))
     }
 
     /// The kept generation whose manifest has record id `id`, if any.
@@ -416,8 +439,12 @@ impl Inbound {
         }
         // Every extent named is on disk under its name already: `put` synced it and its directory.
         let at = receipt.body.at;
-        self.record(manifest, list, Some(receipt), terms, at)?;
-        Ok(self.drop_unkept()?)
+        let (_, kept) = self.record_keeping(manifest, list, Some(receipt), terms, at)?;
+        let mut keep = HashSet::new();
+        for (m, list, _) in &kept {
+            keep.extend(m.body.check_list(list).map_err(|e| StateError::damaged(&self.dir, e))?);
+        }
+        Ok(self.drop_unreferenced(&keep)?)
     }
 
     /// Writes a generation's list, keeps the committed generation it replaces, then (atomically:
@@ -431,6 +458,18 @@ impl Inbound {
         terms: Option<&History>,
         now: crate::protocol::time::Timestamp,
     ) -> Result<Vec<u64>, StateError> {
+        Ok(self.record_keeping(manifest, list, receipt, terms, now)?.0)
+    }
+
+    /// [`Inbound::record`], also returning the generations kept.
+    fn record_keeping(
+        &self,
+        manifest: &Signed<Manifest>,
+        list: &[u8],
+        receipt: Option<Signed<Receipt>>,
+        terms: Option<&History>,
+        now: crate::protocol::time::Timestamp,
+    ) -> Result<(Vec<u64>, Vec<RecordedCopy>), StateError> {
         let list_path = self.list_path(manifest.body.generation);
         create_dir(list_path.parent().unwrap_or(&self.dir))?;
         write_atomic(&list_path, list)?;
@@ -439,13 +478,17 @@ impl Inbound {
             && current.manifest.body.generation < manifest.body.generation
             && terms.is_some()
         {
-            // Kept before it stops being the committed one: no moment without it.
+            // Kept before it stops being the committed one: no moment without it. A second name
+            // for the same file (the commit point below renames a new file over the first).
             create_dir(&self.kept_dir())?;
-            home.write(&self.kept_path(current.manifest.body.generation), &current)?;
+            let kept = self.kept_path(current.manifest.body.generation);
+            remove_file(&kept)?;
+            fs::hard_link(self.committed_path(), &kept).map_err(|e| StateError::io(&kept, e))?;
+            sync_dir(&self.kept_dir())?;
         }
         let committed = Committed { schema: Schema, manifest: manifest.clone(), receipt };
         home.write(&self.committed_path(), &committed)?;
-        self.retire(terms, now)
+        self.retire_keeping(terms, now)
     }
 
     /// Retires the generations `terms` no longer keep at `now` (oldest first, never the
@@ -456,7 +499,16 @@ impl Inbound {
         terms: Option<&History>,
         now: crate::protocol::time::Timestamp,
     ) -> Result<Vec<u64>, StateError> {
-        let generations = self.generations()?;
+        Ok(self.retire_keeping(terms, now)?.0)
+    }
+
+    /// [`Inbound::retire`], also returning the generations kept.
+    fn retire_keeping(
+        &self,
+        terms: Option<&History>,
+        now: crate::protocol::time::Timestamp,
+    ) -> Result<(Vec<u64>, Vec<RecordedCopy>), StateError> {
+        let mut generations = self.generations()?;
         let views: Vec<history::Generation> = generations.iter().map(view).collect::<Result<_, _>>()?;
         let count = history::to_retire(&views, terms, now);
         let retired: Vec<u64> = views[..count].iter().map(|g| g.generation).collect();
@@ -479,7 +531,7 @@ impl Inbound {
                 remove_file(&path)?;
             }
         }
-        Ok(retired)
+        Ok((retired, generations.split_off(count)))
     }
 
     /// Retires every kept generation older than `generation` (never the committed one), as
@@ -495,19 +547,12 @@ impl Inbound {
     }
 
     /// Every extent some kept generation names.
-    fn kept_extents(&self) -> Result<HashSet<ExtentHash>, StateError> {
+    pub(crate) fn kept_extents(&self) -> Result<HashSet<ExtentHash>, StateError> {
         let mut keep = HashSet::new();
         for (m, list, _) in self.generations()? {
             keep.extend(m.body.check_list(&list).map_err(|e| StateError::damaged(&self.dir, e))?);
         }
         Ok(keep)
-    }
-
-    /// Moves what no kept generation names to the trash. Returns the bytes moved. The caller
-    /// holds the store's lock exclusively.
-    fn drop_unkept(&self) -> Result<u64, StateError> {
-        let keep = self.kept_extents()?;
-        self.drop_unreferenced(&keep)
     }
 
     /// Moves extents not in `keep` and temp files to the trash. Returns the bytes moved.
@@ -665,7 +710,9 @@ impl Inbound {
 }
 
 /// A kept generation as the history rules see it: its number, when the holder committed it (its
-/// receipt's time; the manifest's where there is no receipt), its extents and their lengths.
+/// receipt's time, but never before the owner signed the manifest: a holder that backdates its
+/// receipts cannot shorten what it promised; the manifest's time where there is no receipt), its
+/// extents and their lengths.
 pub fn view((manifest, list, receipt): &RecordedCopy) -> Result<history::Generation, StateError> {
     let m = &manifest.body;
     let damaged = |e: ManifestError| StateError::damaged(std::path::Path::new("the extent list"), e);
@@ -673,7 +720,7 @@ pub fn view((manifest, list, receipt): &RecordedCopy) -> Result<history::Generat
     let hashes = m.check_list(list).map_err(damaged)?;
     Ok(history::Generation {
         generation: m.generation,
-        committed_at: receipt.as_ref().map_or(m.created_at, |r| r.body.at),
+        committed_at: receipt.as_ref().map_or(m.created_at, |r| r.body.at.max(m.created_at)),
         extents: hashes.into_iter().enumerate().map(|(i, h)| (h, g.len(i as u64) as u64)).collect(),
     })
 }

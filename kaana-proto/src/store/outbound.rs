@@ -10,9 +10,9 @@ use std::path::Path;
 
 use crate::protocol::challenge::Receipt;
 use crate::protocol::history::History;
-use crate::protocol::push::Shape;
 use crate::protocol::manifest::ExtentHash;
 use crate::protocol::manifest::Manifest;
+use crate::protocol::push::Shape;
 use crate::protocol::record::{RecordId, Signed};
 use crate::protocol::time::Timestamp;
 use crate::store::home::{Home, Schema, StateError, write_atomic};
@@ -65,8 +65,10 @@ impl Target {
         let record = Outbound::at(node.home.root(), id);
         let _shared = record.lock(false)?;
         let kept = record.layout.manifests()?;
-        let times: Vec<Timestamp> =
-            kept.iter().map(|(m, r)| r.as_ref().map_or(m.body.created_at, |r| r.body.at)).collect();
+        let times: Vec<Timestamp> = kept
+            .iter()
+            .map(|(m, r)| r.as_ref().map_or(m.body.created_at, |r| r.body.at.max(m.body.created_at)))
+            .collect();
         let expired = crate::protocol::history::expired(&times, terms, now.plus_secs(CLOCK_SLACK_SECS));
         let n = kept.len();
         kept.into_iter()
@@ -74,7 +76,9 @@ impl Target {
             .skip(expired)
             // Older generations are asked about only with the holder's receipt of them.
             .filter(|(i, (_, r))| *i + 1 == n || r.is_some())
-            .map(|(_, (m, _))| Ok((m.body.generation, RecordId::of(&m.body).map_err(|e| StateError::damaged(record.layout.dir(), e))?)))
+            .map(|(_, (m, _))| {
+                Ok((m.body.generation, RecordId::of(&m.body).map_err(|e| StateError::damaged(record.layout.dir(), e))?))
+            })
             .collect()
     }
 
@@ -88,17 +92,19 @@ impl Target {
     pub fn of_generation(node: &Node, id: &RecordId, generation: u64) -> Result<Option<Target>, StateError> {
         let record = Outbound::at(node.home.root(), id);
         let _shared = record.lock(false)?;
-        let kept = record.layout.manifests()?;
-        let Some(at) = kept.iter().position(|(m, _)| m.body.generation == generation) else { return Ok(None) };
-        let (manifest, receipt) = kept[at].clone();
-        let list = record.layout.list_of(&manifest)?;
-        let Some((next, _)) = kept.get(at + 1) else {
+        let Some((manifest, list, receipt)) = record.layout.kept_generation(generation)? else { return Ok(None) };
+        let newest = record.layout.committed_manifest()?.map_or(generation, |m| m.body.generation);
+        if generation == newest {
             let tops = record.tops(generation);
             return Ok(Some(Target { manifest, list, receipt, tops, only: None }));
+        }
+        let next = record.layout.kept_numbers()?.into_iter().filter(|g| (generation + 1..newest).contains(g)).min();
+        let Some((next, next_list, _)) = record.layout.kept_generation(next.unwrap_or(newest))? else {
+            return Ok(None);
         };
         let damaged = |e| StateError::damaged(record.layout.dir(), e);
         let hashes = manifest.body.check_list(&list).map_err(damaged)?;
-        let next_hashes = next.body.check_list(&record.layout.list_of(next)?).map_err(damaged)?;
+        let next_hashes = next.body.check_list(&next_list).map_err(damaged)?;
         let only = crate::protocol::history::only_in(&hashes, &next_hashes);
         Ok((!only.is_empty()).then_some(Target { manifest, list, receipt, tops: None, only: Some(only) }))
     }
@@ -213,6 +219,9 @@ impl Outbound {
 
     /// Records what the volume looked like at a push the holder committed.
     pub fn save_shape(&self, shape: &Shape) -> Result<(), StateError> {
+        if self.shape().ok().flatten().as_ref() == Some(shape) {
+            return Ok(());
+        }
         let path = self.layout.dir().join("shape.json");
         Home::at(self.layout.dir()).write(&path, &ShapeFile { schema: Schema, shape: shape.clone() })
     }

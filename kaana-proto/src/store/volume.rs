@@ -100,8 +100,12 @@ impl Volume {
                 // LUKS1 and LUKS2 both keep the UUID, NUL-padded, at byte 168.
                 let mut uuid = [0u8; 40];
                 self.file.read_exact_at(&mut uuid, 168).map_err(io)?;
-                let text: String =
-                    uuid.iter().take_while(|&&b| b != 0).map(|&b| char::from(b)).filter(|c| c.is_ascii_graphic()).collect();
+                let text: String = uuid
+                    .iter()
+                    .take_while(|&&b| b != 0)
+                    .map(|&b| char::from(b))
+                    .filter(|c| c.is_ascii_graphic())
+                    .collect();
                 Shape { kind: "luks".into(), luks_uuid: Some(text) }
             }
             Looks::Random(_) => Shape { kind: "random".into(), luks_uuid: None },
