@@ -195,6 +195,13 @@ fn a_holder_claiming_a_generation_never_pushed_is_refused() {
     let out = a.run("kaana-sync", &["push", &contract]);
     assert_exit(&out, 2);
     assert!(stderr(&out).contains("claims to have committed generation 999"), "{}", stderr(&out));
+    // Just one beyond the record (as a lost reply would leave it) is no easier: it must be shown.
+    c["manifest"]["body"]["generation"] = 2.into();
+    fs::write(&committed, serde_json::to_vec(&c).unwrap()).unwrap();
+    fs::rename(store.join("lists").join("999.bin"), store.join("lists").join("2.bin")).unwrap();
+    let out = a.run("kaana-sync", &["push", &contract]);
+    assert_exit(&out, 2);
+    assert!(stderr(&out).contains("claims to have committed generation 2"), "{}", stderr(&out));
 }
 
 /// Two pushes whose replies were lost (here: this node's record set back two generations): the
@@ -216,6 +223,14 @@ fn a_holder_ahead_of_the_record_by_pushes_whose_replies_were_lost_is_believed() 
     copy_dir(&saved, &record);
     write_in_luks(&volume, 9 << 20, 64 << 10, 0xef);
     assert_eq!(push(&a, &contract).generation, 4);
+    // The record has the newest the holder showed (3) beside 1 and 4: 2 stays unknown to it.
+    let kept: Vec<u64> = fs::read_dir(record.join("kept"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().trim_end_matches(".json").parse().unwrap())
+        .collect::<std::collections::BTreeSet<u64>>()
+        .into_iter()
+        .collect();
+    assert_eq!(kept, vec![1, 3]);
 }
 
 /// An owner that sends extent after extent and never commits: the holder stores at most twice

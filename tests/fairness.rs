@@ -418,9 +418,9 @@ fn ten_thousand_challenges_of_an_honest_holder_never_fail_beside_pushes_restores
         }));
     }
     let (addr, peer) = (s.sb.addr.clone(), s.sb.node.clone());
-    let (outcomes, superseded) = as_node(&s.a, &peer, &addr, async |a, conn| {
+    let (outcomes, superseded, older) = as_node(&s.a, &peer, &addr, async |a, conn| {
         let id: RecordId = s.contract.parse().unwrap();
-        let (mut outcomes, mut superseded) = (std::collections::BTreeMap::new(), 0u64);
+        let (mut outcomes, mut superseded, mut older) = (std::collections::BTreeMap::new(), 0u64, 0u64);
         for i in 0..10_000 {
             let entry = a.contract(&id).unwrap();
             let now = Timestamp::from_unix(now_unix());
@@ -430,25 +430,30 @@ fn ten_thousand_challenges_of_an_honest_holder_never_fail_beside_pushes_restores
                 audit::challenge_peer(conn, a, &entry, kaana_proto::protocol::challenge::DEFAULT_SAMPLES, None, now)
                     .await
                     .unwrap();
-            // Asked again about a newer generation: the holder had committed one meanwhile.
-            if ex.transcript.challenge.body.generation != asked {
-                superseded += 1;
-            }
+            // Asked again about a newer generation: the holder had committed one meanwhile. Or
+            // asked about an older one, of the history the holder keeps (retiring it meanwhile).
+            let generation = ex.transcript.challenge.body.generation;
+            superseded += u64::from(generation > asked);
+            older += u64::from(generation < asked);
             let key = match &ex.heard {
                 Heard::Pass => "pass".to_owned(),
                 other => format!("challenge {i}: {other:?}"),
             };
             *outcomes.entry(key).or_insert(0u64) += 1;
         }
-        (outcomes, superseded)
+        (outcomes, superseded, older)
     });
     stop.store(true, Ordering::Relaxed);
     for w in workers {
         w.join().unwrap();
     }
     let (pushes, restores) = (pushes.load(Ordering::Relaxed), restores.load(Ordering::Relaxed));
-    eprintln!("10 000 challenges beside {pushes} pushes and {restores} restores; {superseded} raced a commit");
+    eprintln!(
+        "10 000 challenges beside {pushes} pushes and {restores} restores; {superseded} raced a commit; {older} asked \
+         about an older generation"
+    );
     assert_eq!(outcomes.get("pass"), Some(&10_000), "{outcomes:?}");
+    assert!(older >= 2_000, "the history was challenged too: {older} of 10 000");
     assert!(pushes >= 20 && restores >= 1, "the work ran beside the challenges: {pushes} pushes, {restores} restores");
 }
 

@@ -272,3 +272,48 @@ fn the_guard_refuses_a_volume_mostly_changed_at_once() {
     assert_eq!(forced["generation"], 3);
     drop(sb);
 }
+
+/// A change larger than the history allowance but short of half the volume (ransomware inside a
+/// LUKS volume keeps its header): committing it would retire every older generation, so the
+/// push is refused without --force, saying so; forced, only the new generation stays.
+#[test]
+fn a_push_that_would_leave_no_history_needs_force() {
+    let work = tempfile::tempdir().unwrap();
+    let volume = work.path().join("vol.img");
+    fs::write(&volume, pseudo_random(8 << 20, 6)).unwrap();
+    let a = TestNode::init_with(&["--capacity", "1GiB", "--volume", volume.to_str().unwrap()]);
+    let b = TestNode::init_with(&["--capacity", "1GiB"]);
+    let (sa, _sb) = (ServerProc::start(&a, &[]), ServerProc::start(&b, &[]));
+    let offer: serde_json::Value = a.json("kaana-offer", &["create", "--size", "64MiB", "--history-space", "2MiB"]);
+    let offer = offer["id"].as_str().unwrap();
+    assert_success(&a.run("kaana-offer", &["publish", offer]));
+    assert_success(&b.run("kaana-offer", &["list", "--board", &sa.peer()]));
+    let contract: serde_json::Value = b.json("kaana-offer", &["accept", offer]);
+    let contract = contract["id"].as_str().unwrap();
+    assert_eq!(contract_history_bytes(&a, contract), 2 << 20);
+    let push = |extra: &[&str]| {
+        let mut args = vec!["push", contract, "--extent-size", "1MiB"];
+        args.extend_from_slice(extra);
+        a.run("kaana-sync", &args)
+    };
+    assert_success(&push(&[]));
+    // Three of eight 1 MiB extents: 3 MiB, more than the 2 MiB of history.
+    let mut data = fs::read(&volume).unwrap();
+    for e in [2usize, 5, 7] {
+        data[e << 20..(e << 20) + 100].copy_from_slice(&pseudo_random(100, e as u64 + 90));
+    }
+    fs::write(&volume, &data).unwrap();
+    let refused = push(&[]);
+    assert_exit(&refused, 1);
+    let why = stderr(&refused);
+    assert!(why.contains("more than the history allowance of 2.0 MiB") && why.contains("--force"), "{why}");
+    let forced: serde_json::Value = only_json(&push(&["--force"]));
+    assert_eq!(forced["generation"], 2);
+    let kept: Vec<HistoryLine> = json_lines(&a.run("kaana-sync", &["history", contract]));
+    assert_eq!(kept.iter().map(|g| g.generation).collect::<Vec<_>>(), vec![2]);
+}
+
+fn contract_history_bytes(node: &TestNode, contract: &str) -> u64 {
+    let lines: Vec<serde_json::Value> = json_lines(&node.run("kaana-offer", &["contracts"]));
+    lines.iter().find(|l| l["id"] == contract).unwrap()["history_bytes"].as_u64().unwrap()
+}

@@ -630,8 +630,16 @@ pub(crate) fn contracts(home: &Path, settings: &Settings, fetch: bool) -> anyhow
     }
     for entry in node.contracts()? {
         // The history each side holds: of ours at the peer (this node's record), of the peer's here.
-        let ours = kaana_proto::store::outbound::Outbound::at(node.home.root(), &entry.id).generations()?.len();
-        let theirs = kaana_proto::store::inbound::Inbound::new(&node.config.storage, &entry.id).generations()?.len();
+        let record = kaana_proto::store::outbound::Outbound::at(node.home.root(), &entry.id);
+        let ours = {
+            let _shared = record.lock(false)?;
+            record.manifests()?.len()
+        };
+        let store = kaana_proto::store::inbound::Inbound::new(&node.config.storage, &entry.id);
+        let theirs = {
+            let _shared = store.lock(false)?;
+            store.manifests()?.len()
+        };
         emit(&ContractLine { contract: entry.summary(), our_generations: ours, their_generations: theirs })?;
     }
     Ok(exit)

@@ -123,7 +123,9 @@ fn commit_forever() {
             manifest: RecordId::of(&manifest.body).unwrap(),
             at,
         };
-        store.commit(&manifest, &list, Signed::sign(receipt, &owner).unwrap(), Some(&TERMS)).unwrap();
+        let (_, unretired) =
+            store.commit(&manifest, &list, Signed::sign(receipt, &owner).unwrap(), Some(&TERMS)).unwrap();
+        assert!(unretired.is_none(), "{unretired:?}");
         store.empty_trash().unwrap();
         if std::env::var(ONE_ENV).is_ok() {
             return;

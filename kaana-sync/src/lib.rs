@@ -448,11 +448,17 @@ fn copy_line(
 
 fn status(node: &Node) -> anyhow::Result<Exit> {
     for entry in node.contracts()? {
-        let ours =
-            copy_line(&kaana_proto::store::outbound::Outbound::at(node.home.root(), &entry.id).generations()?, None)?;
+        // Each read under its store's lock, shared: a commit may be retiring generations.
+        let record = kaana_proto::store::outbound::Outbound::at(node.home.root(), &entry.id);
+        let ours = {
+            let _shared = record.lock(false)?;
+            copy_line(&record.generations()?, None)?
+        };
         let inbound = Inbound::new(&node.config.storage, &entry.id);
-        let stored = inbound.stored_bytes()?;
-        let theirs = copy_line(&inbound.generations()?, Some(stored))?;
+        let theirs = {
+            let _shared = inbound.lock(false)?;
+            copy_line(&inbound.generations()?, Some(inbound.stored_bytes()?))?
+        };
         emit(&StatusLine {
             contract: entry.id,
             peer: entry.state.peer,

@@ -53,6 +53,9 @@ pub enum AuditError {
     /// Randomness was not available.
     #[error("no randomness: {0}")]
     Random(String),
+    /// The generation asked about has no extent of its own (it shares them all with the next).
+    #[error("generation {0} shares every extent with the next kept generation: nothing of its own to ask about")]
+    NothingOwn(u64),
     /// The generation asked about is not one the holder must keep.
     #[error("generation {generation} is not one the holder must keep now (it must keep {kept:?})")]
     NotKept {
@@ -303,15 +306,24 @@ pub async fn challenge_peer(
         }
     };
     // An older generation that shares every extent with the next has nothing of its own to ask.
-    let target = match Target::of_generation(node, &entry.id, choices[at].0)? {
-        Some(t) => t,
-        None => Target::from_record(node, &entry.id)?.ok_or(AuditError::NothingPushed(entry.state.peer))?,
+    let target = match (Target::of_generation(node, &entry.id, choices[at].0)?, generation) {
+        (Some(t), _) => t,
+        (None, Some(g)) => return Err(AuditError::NothingOwn(g)),
+        (None, None) => Target::from_record(node, &entry.id)?.ok_or(AuditError::NothingPushed(entry.state.peer))?,
     };
     let picks = pending.filter(|p| RecordId::of(&target.manifest.body).ok() == Some(p.manifest)).map(|p| p.picks);
     let mut ex = conn.open_stream().await?;
     let first =
         exchange((&mut ex.send, &mut ex.recv, conn.read_timeout()), node, entry, target, samples, picks, now).await?;
-    let Heard::Superseded { generation, manifest } = first.heard else { return keep_pending(node, entry, first) };
+    let Heard::Superseded { generation, manifest } = first.heard else {
+        if first.target.only.is_some() && matches!(first.heard, Heard::Fail { .. }) {
+            // What an older generation lost cannot be sent again (this node no longer has it):
+            // judged once, it is not asked about again, nor anything older.
+            crate::store::outbound::Outbound::at(node.home.root(), &entry.id)
+                .forget_through(first.target.generation())?;
+        }
+        return keep_pending(node, entry, first);
+    };
     if first.target.generation() < newest_generation && generation == newest_generation && manifest == newest_id {
         // "I no longer keep that older generation": the history terms say whether it may.
         return retired(node, entry, first, newest_generation);
@@ -345,9 +357,11 @@ fn retired(node: &Node, entry: &ContractEntry, first: Exchanged, newest: u64) ->
     let record = crate::store::outbound::Outbound::at(node.home.root(), &entry.id);
     let recorded: Vec<u64> = {
         let _shared = record.lock(false)?;
-        record.manifests()?.iter().map(|(m, _)| m.body.generation).filter(|g| *g >= asked).collect()
+        record.manifests()?.iter().map(|(m, _)| m.body.generation).filter(|g| (asked..=newest).contains(g)).collect()
     };
     let whole = recorded.windows(2).all(|w| w[1] == w[0] + 1) && recorded.last() == Some(&newest);
+    // Judged or not, it is not asked about again, nor anything older.
+    record.forget_through(asked)?;
     let heard = if whole {
         let signed = first.transcript.answer.as_ref().map(|a| (a.body.at, a.body.standing));
         Heard::Fail {
@@ -357,7 +371,6 @@ fn retired(node: &Node, entry: &ContractEntry, first: Exchanged, newest: u64) ->
             ),
         }
     } else {
-        record.forget_through(asked)?;
         Heard::Unreachable(format!(
             "the holder no longer keeps generation {asked}; this node's record misses a generation after it, so it \
              cannot tell whether the history terms let it go"

@@ -320,19 +320,37 @@ pub async fn push(
     let claimed = committed.unwrap_or(0);
     let recorded = Outbound::at(node.home.root(), &id).committed().ok().flatten().map(|(m, _)| m.body.generation);
     let claim = push::judge_claim(claimed, recorded);
-    if claim != push::Claim::Believed {
-        let shown =
-            fetch_manifest(&conn, node, entry, None).await.ok().is_some_and(|(m, _)| m.body.generation == claimed);
-        if !shown || claim == push::Claim::Refused {
+    // Any generation beyond this node's record (a reply lost, or a false claim) must be shown,
+    // signed by this node and receipted by the holder, and joins the record: the record of
+    // what the holder keeps never has a gap the holder made up (the history's challenges rely
+    // on it).
+    if claimed > recorded.unwrap_or(0) || claim == push::Claim::Refused {
+        let shown = match claim {
+            push::Claim::Refused => None,
+            _ => fetch_copy(&conn, node, entry, None).await.ok().filter(|(m, _, r)| {
+                let manifest_id = RecordId::of(&m.body).ok();
+                m.body.generation == claimed
+                    && r.as_ref().is_some_and(|r| {
+                        r.verify_by(&peer).is_ok()
+                            && Some(r.body.manifest) == manifest_id
+                            && r.body.generation == claimed
+                            && r.body.contract == id
+                    })
+            }),
+        };
+        let Some((manifest, list, receipt)) = shown else {
             return Err(BackupError::Claim {
                 peer,
                 what: format!(
-                    "to have committed generation {claimed}, beyond the last this node pushed ({}), with no manifest \
-                     of it this node signed",
+                    "to have committed generation {claimed}, beyond the last this node recorded ({}), with no \
+                     manifest of it this node signed and no receipt of its own",
                     recorded.unwrap_or(0)
                 ),
             });
-        }
+        };
+        let at = history::committed_at(manifest.body.created_at, receipt.as_ref().map(|r| r.body.at));
+        let _lock = record.lock(true)?;
+        record.record(&manifest, &list, receipt, entry.contract.body.history.as_ref(), at)?;
     }
 
     // What we sent last time, and the volume's own (pre-keystream) hashes then: an extent whose
@@ -458,6 +476,35 @@ pub async fn push(
         record.save_shape(&shape)?;
         return Ok(summary(previous_gen, true));
     }
+    // The guard, last on what the commit would cost the history: a change larger than the
+    // history allowance retires the generation it replaces at once, leaving no copy of the
+    // volume as it was. That is what a wholesale change does, wanted or not.
+    let terms = entry.contract.body.history.as_ref();
+    if !opts.force && terms.is_some() {
+        let kept = {
+            let _shared = record.lock(false)?;
+            record.generations()?
+        };
+        let mut views: Vec<history::Generation> =
+            kept.iter().map(crate::store::inbound::view).collect::<Result<_, _>>()?;
+        let before = views.len();
+        views.push(history::Generation {
+            generation: previous_gen + 1,
+            committed_at: now,
+            extents: hashes.iter().enumerate().map(|(i, h)| (*h, g.len(i as u64) as u64)).collect(),
+        });
+        if before > 0 && history::to_retire(&views, terms, now) >= before {
+            conn.close();
+            return Err(guarded(
+                previous_gen,
+                &format!(
+                    "this push changes more than the history allowance of {} holds, so committing it would \
+                     retire every older generation, generation {previous_gen} too",
+                    crate::protocol::size::format_size(history::allowance(terms))
+                ),
+            ));
+        }
+    }
     let manifest = Manifest {
         contract: id,
         owner: node.id(),
@@ -488,7 +535,7 @@ pub async fn push(
     {
         // Under the record's lock: a challenge reads the manifest, its list and tops together.
         let _lock = record.lock(true)?;
-        let at = receipt.body.at;
+        let at = history::committed_at(manifest.body.created_at, Some(receipt.body.at));
         record.record(&manifest, &list, Some(receipt), entry.contract.body.history.as_ref(), at)?;
         record.save_raw_hashes(generation, &encode_list(&raw_hashes))?;
         record.save_tops(generation, tops.as_flattened())?;
@@ -640,12 +687,25 @@ async fn fetch_manifest(
     entry: &ContractEntry,
     generation: Option<u64>,
 ) -> Result<(Signed<Manifest>, Vec<ExtentHash>), BackupError> {
+    let (manifest, list, _) = fetch_copy(conn, node, entry, generation).await?;
+    let hashes = manifest.body.check_list(&list)?;
+    Ok((manifest, hashes))
+}
+
+/// [`fetch_manifest`], with the raw extent list and the holder's receipt as it sends it
+/// (unchecked).
+async fn fetch_copy(
+    conn: &Connection,
+    node: &Node,
+    entry: &ContractEntry,
+    generation: Option<u64>,
+) -> Result<(Signed<Manifest>, Vec<u8>, Option<Signed<crate::protocol::challenge::Receipt>>), BackupError> {
     let (id, peer) = (entry.id, entry.state.peer);
     let err = net(peer);
     let mut ex = conn.open(&Request::GetManifest { contract: id, generation }).await.map_err(&err)?;
     ex.finish().map_err(&err)?;
-    let manifest = match ex.reply().await.map_err(&err)? {
-        Response::ManifestIs { manifest, .. } => *manifest,
+    let (manifest, receipt) = match ex.reply().await.map_err(&err)? {
+        Response::ManifestIs { manifest, receipt } => (*manifest, receipt),
         other => return Err(err(ex.unexpected(&other))),
     };
     manifest.verify_by(&node.id()).map_err(BackupError::NotOurs)?;
@@ -658,8 +718,8 @@ async fn fetch_manifest(
     manifest.body.geometry()?;
     let mut list = vec![0u8; (manifest.body.extent_count * 32) as usize];
     read_exact(&mut ex.recv, &mut list, conn.read_timeout(), "the extent list").await.map_err(&err)?;
-    let hashes = manifest.body.check_list(&list)?;
-    Ok((manifest, hashes))
+    manifest.body.check_list(&list)?;
+    Ok((manifest, list, receipt))
 }
 
 /// Fetches one extent into a buffer from `pool`.
@@ -715,6 +775,12 @@ pub async fn restore(
         Pick::Generation(g) => Some(g),
         Pick::At(at) => {
             let kept = list_generations(&conn, entry).await?;
+            // The holder's newest must be at least the last this node pushed and it committed.
+            let newest = kept.last().map_or(0, |g| g.generation);
+            if let Some(last) = last.filter(|l| newest < *l) {
+                conn.close();
+                return Err(BackupError::Stale { have: newest, last });
+            }
             let times: Vec<(u64, Timestamp)> = kept.iter().map(|g| (g.generation, g.committed_at)).collect();
             match history::at_or_before(&times, at) {
                 Some(g) => Some(g),

@@ -10,6 +10,17 @@ use thiserror::Error;
 /// The z-base-32 alphabet (the one pkarr uses for ed25519 keys, so node ids can be DHT keys).
 const ZBASE32: &[u8; 32] = b"ybndrfg8ejkmcpqxot1uwisza345h769";
 
+/// Each ASCII character's value in [`ZBASE32`]; 0xff for characters outside it.
+const ZBASE32_INDEX: [u8; 128] = {
+    let mut t = [0xffu8; 128];
+    let mut i = 0;
+    while i < 32 {
+        t[ZBASE32[i] as usize] = i as u8;
+        i += 1;
+    }
+    t
+};
+
 /// Why a text did not decode.
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum DecodeError {
@@ -64,7 +75,7 @@ pub fn zbase32_decode<const N: usize>(text: &str) -> Result<[u8; N], DecodeError
     let mut bits = 0;
     let mut i = 0;
     for c in text.chars() {
-        let v = ZBASE32.iter().position(|&a| char::from(a) == c).ok_or(DecodeError::Character(c))? as u32;
+        let v = u32::from(*ZBASE32_INDEX.get(c as usize).filter(|&&v| v != 0xff).ok_or(DecodeError::Character(c))?);
         acc = ((acc << 5) | v) & 0xffff;
         bits += 5;
         if bits >= 8 {

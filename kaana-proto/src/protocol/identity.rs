@@ -105,9 +105,17 @@ impl Serialize for NodeId {
 }
 
 impl<'de> Deserialize<'de> for NodeId {
+    /// Decoded strictly (one spelling per key), but not checked to be a valid curve point here:
+    /// records carry several ids each and are read often (a holder's history reads its kept
+    /// generations' records at every commit), and a point's decompression costs more than the
+    /// rest of the record's parse. A key that is no valid point fails where it is used: at the
+    /// first signature checked against it, and at the handshake. (Text a person types goes
+    /// through `FromStr`, which checks it at once.)
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let text = String::deserialize(d)?;
-        text.parse().map_err(serde::de::Error::custom)
+        encoding::zbase32_decode::<32>(&text)
+            .map(NodeId)
+            .map_err(|e| serde::de::Error::custom(IdentityError::NodeIdText(e)))
     }
 }
 

@@ -77,6 +77,9 @@ pub type CommittedCopy = (Signed<Manifest>, Vec<u8>);
 /// A committed generation as the owner records it: with the holder's receipt.
 pub type RecordedCopy = (Signed<Manifest>, Vec<u8>, Option<Signed<Receipt>>);
 
+/// A kept generation's manifest and (in an owner's record, and the holder's own) receipt.
+pub type KeptManifest = (Signed<Manifest>, Option<Signed<Receipt>>);
+
 /// A chunk and its proof: the siblings' chaining values, nearest the chunk first.
 pub type ChunkProof = (Vec<u8>, Vec<[u8; 32]>);
 
@@ -357,7 +360,7 @@ impl Inbound {
     }
 
     /// [`Inbound::generations`] without their lists: each kept manifest and its receipt.
-    pub fn manifests(&self) -> Result<Vec<(Signed<Manifest>, Option<Signed<Receipt>>)>, StateError> {
+    pub fn manifests(&self) -> Result<Vec<KeptManifest>, StateError> {
         let home = crate::store::home::Home::at(&self.dir);
         let Some(newest) = home.read_optional::<Committed>(&self.committed_path())? else { return Ok(Vec::new()) };
         let mut out = Vec::new();
@@ -421,16 +424,17 @@ impl Inbound {
 
     /// Commits a generation, with the holder's `receipt` of it: every extent it names must be
     /// stored. Keeps the generation it replaces, then retires what the history `terms` no longer
-    /// keep at the receipt's time, and moves what no kept generation references to the trash
-    /// (see [`Inbound::empty_trash`]). Returns the bytes dropped. Holds the store's lock
-    /// exclusively.
+    /// keep when the generation counts as committed ([`history::committed_at`]), and moves what
+    /// no kept generation references to the trash (see [`Inbound::empty_trash`]). Returns the
+    /// bytes dropped, and why the retirement after the commit point failed, if it did (the
+    /// commit stands). Holds the store's lock exclusively.
     pub fn commit(
         &self,
         manifest: &Signed<Manifest>,
         list: &[u8],
         receipt: Signed<Receipt>,
         terms: Option<&History>,
-    ) -> Result<u64, InboundError> {
+    ) -> Result<(u64, Option<StateError>), InboundError> {
         let hashes = manifest.body.check_list(list)?;
         let _lock = self.lock(true)?;
         let missing = hashes.iter().filter(|h| !self.has(h)).count();
@@ -438,13 +442,21 @@ impl Inbound {
             return Err(InboundError::Missing(missing));
         }
         // Every extent named is on disk under its name already: `put` synced it and its directory.
-        let at = receipt.body.at;
-        let (_, kept) = self.record_keeping(manifest, list, Some(receipt), terms, at)?;
-        let mut keep = HashSet::new();
-        for (m, list, _) in &kept {
-            keep.extend(m.body.check_list(list).map_err(|e| StateError::damaged(&self.dir, e))?);
-        }
-        Ok(self.drop_unreferenced(&keep)?)
+        let at = history::committed_at(manifest.body.created_at, Some(receipt.body.at));
+        self.commit_point(manifest, list, Some(receipt), terms)?;
+        // Committed. What follows only frees space: if it fails (a kept generation's file
+        // damaged, the disk failing), the commit stands, and the next commit or prune tries again.
+        let freed = self.retire_keeping(terms, at).and_then(|(_, kept)| {
+            let mut keep = HashSet::new();
+            for (m, list, _) in &kept {
+                keep.extend(m.body.check_list(list).map_err(|e| StateError::damaged(&self.dir, e))?);
+            }
+            self.drop_unreferenced(&keep)
+        });
+        Ok(match freed {
+            Ok(bytes) => (bytes, None),
+            Err(e) => (0, Some(e)),
+        })
     }
 
     /// Writes a generation's list, keeps the committed generation it replaces, then (atomically:
@@ -458,18 +470,19 @@ impl Inbound {
         terms: Option<&History>,
         now: crate::protocol::time::Timestamp,
     ) -> Result<Vec<u64>, StateError> {
-        Ok(self.record_keeping(manifest, list, receipt, terms, now)?.0)
+        self.commit_point(manifest, list, receipt, terms)?;
+        Ok(self.retire_keeping(terms, now)?.0)
     }
 
-    /// [`Inbound::record`], also returning the generations kept.
-    fn record_keeping(
+    /// Writes a generation's list, keeps the committed generation it replaces (if `terms` keep
+    /// history), then writes `committed.json`: the commit point.
+    fn commit_point(
         &self,
         manifest: &Signed<Manifest>,
         list: &[u8],
         receipt: Option<Signed<Receipt>>,
         terms: Option<&History>,
-        now: crate::protocol::time::Timestamp,
-    ) -> Result<(Vec<u64>, Vec<RecordedCopy>), StateError> {
+    ) -> Result<(), StateError> {
         let list_path = self.list_path(manifest.body.generation);
         create_dir(list_path.parent().unwrap_or(&self.dir))?;
         write_atomic(&list_path, list)?;
@@ -480,29 +493,26 @@ impl Inbound {
         {
             // Kept before it stops being the committed one: no moment without it. A second name
             // for the same file (the commit point below renames a new file over the first).
-            create_dir(&self.kept_dir())?;
+            if !self.kept_dir().is_dir() {
+                create_dir(&self.kept_dir())?;
+                sync_dir(&self.dir)?;
+            }
             let kept = self.kept_path(current.manifest.body.generation);
             remove_file(&kept)?;
-            fs::hard_link(self.committed_path(), &kept).map_err(|e| StateError::io(&kept, e))?;
-            sync_dir(&self.kept_dir())?;
+            // A file system without hard links gets a copy.
+            match fs::hard_link(self.committed_path(), &kept) {
+                Ok(()) => sync_dir(&self.kept_dir())?,
+                Err(_) => home.write(&kept, &current)?,
+            }
         }
         let committed = Committed { schema: Schema, manifest: manifest.clone(), receipt };
-        home.write(&self.committed_path(), &committed)?;
-        self.retire_keeping(terms, now)
+        home.write(&self.committed_path(), &committed)
     }
 
     /// Retires the generations `terms` no longer keep at `now` (oldest first, never the
     /// committed one): removes their `kept/` files, then every list no kept generation owns.
-    /// Extents are left to [`Inbound::drop_unkept`]. Returns the generations retired.
-    pub fn retire(
-        &self,
-        terms: Option<&History>,
-        now: crate::protocol::time::Timestamp,
-    ) -> Result<Vec<u64>, StateError> {
-        Ok(self.retire_keeping(terms, now)?.0)
-    }
-
-    /// [`Inbound::retire`], also returning the generations kept.
+    /// Extents are left to the caller ([`Inbound::drop_unreferenced`]). Returns the generations
+    /// retired and those kept.
     fn retire_keeping(
         &self,
         terms: Option<&History>,
@@ -535,7 +545,7 @@ impl Inbound {
     }
 
     /// Retires every kept generation older than `generation` (never the committed one), as
-    /// [`Inbound::retire`] does. The caller holds the store's lock exclusively.
+    /// [`Inbound::retire_keeping`] does. The caller holds the store's lock exclusively.
     pub fn forget_older(&self, generation: u64) -> Result<(), StateError> {
         for g in self.kept_numbers()? {
             if g < generation {
@@ -709,10 +719,8 @@ impl Inbound {
     }
 }
 
-/// A kept generation as the history rules see it: its number, when the holder committed it (its
-/// receipt's time, but never before the owner signed the manifest: a holder that backdates its
-/// receipts cannot shorten what it promised; the manifest's time where there is no receipt), its
-/// extents and their lengths.
+/// A kept generation as the history rules see it: its number, when it counts as committed
+/// ([`history::committed_at`]), its extents and their lengths.
 pub fn view((manifest, list, receipt): &RecordedCopy) -> Result<history::Generation, StateError> {
     let m = &manifest.body;
     let damaged = |e: ManifestError| StateError::damaged(std::path::Path::new("the extent list"), e);
@@ -720,7 +728,7 @@ pub fn view((manifest, list, receipt): &RecordedCopy) -> Result<history::Generat
     let hashes = m.check_list(list).map_err(damaged)?;
     Ok(history::Generation {
         generation: m.generation,
-        committed_at: receipt.as_ref().map_or(m.created_at, |r| r.body.at.max(m.created_at)),
+        committed_at: history::committed_at(m.created_at, receipt.as_ref().map(|r| r.body.at)),
         extents: hashes.into_iter().enumerate().map(|(i, h)| (h, g.len(i as u64) as u64)).collect(),
     })
 }
@@ -839,7 +847,8 @@ mod tests {
             manifest: RecordId::of(&manifest.body).unwrap(),
             at: manifest.body.created_at,
         };
-        let freed = store.commit(&manifest, &list, Signed::sign(receipt, &owner).unwrap(), None).unwrap();
+        let (freed, unretired) = store.commit(&manifest, &list, Signed::sign(receipt, &owner).unwrap(), None).unwrap();
+        assert!(unretired.is_none());
         assert_eq!(freed, 8192);
         assert_eq!(store.present().unwrap(), vec![(new_hash, 8192)]);
         assert_eq!(fs::read_dir(store.trash_dir()).unwrap().count(), 1);

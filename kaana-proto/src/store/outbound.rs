@@ -16,7 +16,7 @@ use crate::protocol::push::Shape;
 use crate::protocol::record::{RecordId, Signed};
 use crate::protocol::time::Timestamp;
 use crate::store::home::{Home, Schema, StateError, write_atomic};
-use crate::store::inbound::{CommittedCopy, Inbound, RecordedCopy, read_dir_or_empty, remove_file};
+use crate::store::inbound::{CommittedCopy, Inbound, KeptManifest, RecordedCopy, read_dir_or_empty, remove_file};
 use crate::store::node::Node;
 
 /// What a challenge asks about: a manifest of ours that the holder committed, and what the
@@ -36,9 +36,7 @@ pub struct Target {
     pub only: Option<Vec<u64>>,
 }
 
-/// How far apart two nodes' clocks may be for the history rules: the owner asks only about
-/// generations the holder must still keep an hour from now by the owner's clock.
-pub const CLOCK_SLACK_SECS: u64 = 3_600;
+pub use crate::protocol::history::CLOCK_SLACK_SECS;
 
 impl Target {
     /// This node's record of what the holder of `id` last committed.
@@ -67,7 +65,7 @@ impl Target {
         let kept = record.layout.manifests()?;
         let times: Vec<Timestamp> = kept
             .iter()
-            .map(|(m, r)| r.as_ref().map_or(m.body.created_at, |r| r.body.at.max(m.body.created_at)))
+            .map(|(m, r)| crate::protocol::history::committed_at(m.body.created_at, r.as_ref().map(|r| r.body.at)))
             .collect();
         let expired = crate::protocol::history::expired(&times, terms, now.plus_secs(CLOCK_SLACK_SECS));
         let n = kept.len();
@@ -84,7 +82,7 @@ impl Target {
 
     /// The target for generation `generation` of this node's record of `id`, if kept. An older
     /// generation samples only the extents the next kept one does not share (`None` if it
-    /// shares them all): each extent of the history is in exactly one such set (that of the
+    /// shares them all): each extent of the history is in at least one such set (that of the
     /// newest generation naming it), and what only one generation names is in its own, so a
     /// holder that drops any part of the history fails that generation's challenges. Older
     /// generations are asked without tops (proofs to the root): the owner keeps only each one's
@@ -167,7 +165,7 @@ impl Outbound {
     }
 
     /// [`Outbound::generations`] without their lists.
-    pub fn manifests(&self) -> Result<Vec<(Signed<Manifest>, Option<Signed<Receipt>>)>, StateError> {
+    pub fn manifests(&self) -> Result<Vec<KeptManifest>, StateError> {
         self.layout.manifests()
     }
 
@@ -181,11 +179,6 @@ impl Outbound {
         let _lock = self.lock(true)?;
         let newest = self.layout.committed()?.map(|(m, _)| m.body.generation);
         self.layout.forget_older(newest.map_or(0, |n| n.min(generation + 1)))
-    }
-
-    /// Forgets the generations the holder may retire at `now` under `terms`.
-    pub fn retire(&self, terms: Option<&History>, now: Timestamp) -> Result<Vec<u64>, StateError> {
-        self.layout.retire(terms, now)
     }
 
     /// The hashes of the volume's own bytes (before the keystream) at

@@ -222,7 +222,13 @@ pub(super) async fn commit(
             )));
         }
         let terms = entry.contract.body.history.as_ref();
-        let freed = inbound.commit(&manifest, &list, receipt.clone(), terms).map_err(map_inbound)?;
+        let (freed, unretired) = inbound.commit(&manifest, &list, receipt.clone(), terms).map_err(map_inbound)?;
+        if let Some(e) = unretired {
+            c.report.say(&format!(
+                "contract {id}: generation {} committed, but retiring old ones failed: {e}",
+                m.generation
+            ));
+        }
         // The peer's copy here is whole again: what a scrub (or a deliberate failure's
         // pretence) said was missing has been sent.
         let mut state = c.node.contract(&id).map_err(internal)?.state;
