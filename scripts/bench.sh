@@ -273,7 +273,7 @@ say "peak memory at $SIZE and at 4 x $SIZE"
 peak A "$ab"; mem_client=$peak_client; mem_server=$peak_server
 head -c $((size * 4)) /dev/urandom >"$work/vol4.img"
 start_node A4 --capacity "$cap" --volume "$work/vol4.img"
-b4=$(contract B A4 "$((mib * 4))MiB")
+b4=$(contract B A4 "$((mib * 4))MiB" --history 0)
 peak A4 "$b4"; mem4_client=$peak_client; mem4_server=$peak_server
 rm -f "$work/vol4.img"; rm -rf "$work/B/inbound/$b4"
 

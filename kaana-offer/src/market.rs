@@ -609,7 +609,7 @@ pub(crate) fn contracts(home: &Path, settings: &Settings, fetch: bool) -> anyhow
         }
         let fetched = block_on(async {
             let client = settings.client(&node.identity, Traffic::Short);
-            let r = kaana_proto::node::backup::fetch_contracts(&client, &node).await;
+            let r = kaana_proto::node::restore::fetch_contracts(&client, &node).await;
             client.close().await;
             Ok(r?)
         })?;

@@ -13,10 +13,10 @@ use serde::Serialize;
 use std::sync::Arc;
 
 use kaana_proto::net::transport::Traffic;
-use kaana_proto::node::backup;
 use kaana_proto::node::cli::{Exit, emit};
 use kaana_proto::node::machine::Settings;
 use kaana_proto::node::server::{Server, ServerOptions};
+use kaana_proto::node::{backup, restore};
 use kaana_proto::protocol::identity::NodeId;
 use kaana_proto::protocol::market::RecordId;
 use kaana_proto::protocol::time::Timestamp;
@@ -143,11 +143,11 @@ pub struct PickArgs {
 }
 
 impl PickArgs {
-    fn pick(&self) -> backup::Pick {
+    fn pick(&self) -> restore::Pick {
         match (self.generation, self.at) {
-            (Some(g), _) => backup::Pick::Generation(g),
-            (None, Some(at)) => backup::Pick::At(at),
-            (None, None) => backup::Pick::Newest,
+            (Some(g), _) => restore::Pick::Generation(g),
+            (None, Some(at)) => restore::Pick::At(at),
+            (None, None) => restore::Pick::Newest,
         }
     }
 }
@@ -228,7 +228,7 @@ pub fn run(args: Args, settings: Settings) -> anyhow::Result<Exit> {
             kaana_proto::node::cli::runtime()?.block_on(async {
                 let client = settings.client(&node.identity, Traffic::Bulk);
                 let r =
-                    backup::restore(&client, &node, &entry, Some(&out), pick.pick(), "restore", &bar::Bar::default())
+                    restore::restore(&client, &node, &entry, Some(&out), pick.pick(), "restore", &bar::Bar::default())
                         .await;
                 client.close().await;
                 let summary = r.with_context(|| format!("restoring contract {} to {}", entry.id, out.display()))?;
@@ -257,7 +257,7 @@ pub fn run(args: Args, settings: Settings) -> anyhow::Result<Exit> {
             let entry = node.find_contract(&contract)?;
             kaana_proto::node::cli::runtime()?.block_on(async {
                 let client = settings.client(&node.identity, Traffic::Short);
-                let r = backup::history(&client, &node, &entry).await;
+                let r = restore::history(&client, &node, &entry).await;
                 client.close().await;
                 let kept = r.with_context(|| format!("asking node {} which generations it keeps", entry.state.peer))?;
                 let newest = kept.last().map(|g| g.generation);
@@ -361,12 +361,12 @@ async fn verify(
     settings: Settings,
     entries: Vec<ContractEntry>,
     all: bool,
-    pick: backup::Pick,
+    pick: restore::Pick,
 ) -> anyhow::Result<Exit> {
     let client = settings.client(&node.identity, Traffic::Bulk);
     let mut exit = Exit::Ok;
     for entry in entries {
-        let r = backup::restore(&client, &node, &entry, None, pick, "verify", &bar::Bar::default()).await;
+        let r = restore::restore(&client, &node, &entry, None, pick, "verify", &bar::Bar::default()).await;
         let summary = match r.with_context(|| format!("verifying contract {}", entry.id)) {
             Ok(s) => s,
             Err(e) if all => {

@@ -1,7 +1,8 @@
-//! What ties the layers together: the server and its handlers ([`server`]), push and restore
-//! ([`backup`]), challenges and audits ([`audit`]), the holder's answers ([`answer`]), what the
-//! tools share on the command line ([`cli`]), and what a run takes from the machine: the
-//! clock, the environment, the OS's randomness ([`machine`]).
+//! What ties the layers together: the server and its handlers ([`server`]), push
+//! ([`backup`]), restore, verify and the history ([`restore`]), challenges and audits
+//! ([`audit`]), the holder's answers ([`answer`]), what the tools share on the command line
+//! ([`cli`]), and what a run takes from the machine: the clock, the environment, the OS's
+//! randomness ([`machine`]).
 
 pub mod answer;
 pub mod audit;
@@ -10,4 +11,5 @@ pub mod cli;
 pub mod machine;
 pub mod refusal;
 pub mod report;
+pub mod restore;
 pub mod server;

@@ -416,12 +416,6 @@ impl Inbound {
         Ok(Some((c.manifest, list, c.receipt)))
     }
 
-    /// The kept generation whose manifest has record id `id`, if any.
-    pub fn generation_by_id(&self, id: &RecordId) -> Result<Option<RecordedCopy>, StateError> {
-        let found = self.manifests()?.into_iter().find(|(m, _)| RecordId::of(&m.body).ok().as_ref() == Some(id));
-        found.map(|(m, r)| Ok((m.clone(), self.list_of(&m)?, r))).transpose()
-    }
-
     /// Commits a generation, with the holder's `receipt` of it: every extent it names must be
     /// stored. Keeps the generation it replaces, then retires what the history `terms` no longer
     /// keep when the generation counts as committed ([`history::committed_at`]), and moves what

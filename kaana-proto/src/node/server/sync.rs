@@ -278,7 +278,7 @@ pub(super) async fn get_manifest(ctx: &Arc<Ctx>, peer: NodeId, id: RecordId, gen
             (_, None) => inbound.committed_with_receipt().map_err(internal)?,
             (_, Some(g)) => {
                 let _shared = inbound.lock(false).map_err(internal)?;
-                inbound.generations().map_err(internal)?.into_iter().find(|(m, _, _)| m.body.generation == g)
+                inbound.kept_generation(g).map_err(internal)?
             }
         };
         match held {
