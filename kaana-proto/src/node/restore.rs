@@ -2,6 +2,10 @@
 //! generations it keeps (its history), and, for a node rebuilt from its recovery phrase, which
 //! contracts there are.
 //!
+//! Longer than 400 lines: one restore (the generation to read, a racing push, resuming, each
+//! extent fetched, checked, decoded and written) with the two questions it shares its
+//! connection and checks with.
+//!
 //! Restore fetches a kept manifest (the newest, or one of the history), checks this node signed
 //! it, and fetches, checks, decodes and writes each extent at its offset; extents already right
 //! in the output are not fetched again, so a restore resumes. Verify is the same, writing
