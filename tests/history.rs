@@ -220,6 +220,12 @@ fn each_day_comes_back_as_it_was_even_after_a_ransomwared_push() {
         assert!(out.status.code().is_some_and(|c| c < 2), "{}", stderr(&out));
         json_lines::<serde_json::Value>(&out).remove(0)
     };
+    // The owner keeps, for each older generation, the tops of its own extents (what its
+    // challenges sample), so that they ask for proofs as short as the newest's.
+    for g in [1, 2] {
+        let tops = fs::read(a.home.join("outbound").join(&contract).join(format!("older-tops-{g}.bin"))).unwrap();
+        assert!(!tops.is_empty() && tops.len().is_multiple_of(136), "generation {g}: {} bytes", tops.len());
+    }
     let passed = challenge("1");
     assert_eq!((passed["result"].as_str(), passed["generation"].as_u64()), (Some("pass"), Some(1)), "{passed}");
     // The holder deletes what only generation 1 names (keeping the others whole): caught.

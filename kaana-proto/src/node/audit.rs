@@ -325,8 +325,11 @@ pub async fn challenge_peer(
         return keep_pending(node, entry, first);
     };
     if first.target.generation() < newest_generation && generation == newest_generation && manifest == newest_id {
-        // "I no longer keep that older generation": the history terms say whether it may.
-        return retired(node, entry, first, newest_generation);
+        // "I no longer keep that older generation": the history terms say whether it may. If
+        // this node cannot tell, the newest is asked about instead, as after a racing push.
+        if let Some(judged) = retired(node, entry, &first, newest_generation)? {
+            return keep_pending(node, entry, judged);
+        }
     }
     let newer = |t: &Target| t.generation() == generation && RecordId::of(&t.manifest.body).ok() == Some(manifest);
     let target = match Target::from_record(node, &entry.id)?.filter(newer) {
@@ -350,9 +353,14 @@ pub async fn challenge_peer(
 /// history terms keep an hour from now, by this node's record). A failure, signed by the
 /// holder's answer, unless this node's record misses a generation between that one and the
 /// newest (a push whose reply was lost: the holder then counted history this node does not
-/// know of, and may rightly have retired more): then the record forgets it, and nobody is
-/// judged (as for a push racing a challenge).
-fn retired(node: &Node, entry: &ContractEntry, first: Exchanged, newest: u64) -> Result<Exchanged, AuditError> {
+/// know of, and may rightly have retired more): then nothing is judged (`None`). Either way
+/// the record forgets that generation and anything older.
+fn retired(
+    node: &Node,
+    entry: &ContractEntry,
+    first: &Exchanged,
+    newest: u64,
+) -> Result<Option<Exchanged>, AuditError> {
     let asked = first.target.generation();
     let record = crate::store::outbound::Outbound::at(node.home.root(), &entry.id);
     let recorded: Vec<u64> = {
@@ -362,21 +370,12 @@ fn retired(node: &Node, entry: &ContractEntry, first: Exchanged, newest: u64) ->
     let whole = recorded.windows(2).all(|w| w[1] == w[0] + 1) && recorded.last() == Some(&newest);
     // Judged or not, it is not asked about again, nor anything older.
     record.forget_through(asked)?;
-    let heard = if whole {
-        let signed = first.transcript.answer.as_ref().map(|a| (a.body.at, a.body.standing));
-        Heard::Fail {
-            signed,
-            why: format!(
-                "the holder no longer keeps generation {asked}, which the contract's history terms still keep"
-            ),
-        }
-    } else {
-        Heard::Unreachable(format!(
-            "the holder no longer keeps generation {asked}; this node's record misses a generation after it, so it \
-             cannot tell whether the history terms let it go"
-        ))
-    };
-    keep_pending(node, entry, Exchanged { heard, ..first })
+    if !whole {
+        return Ok(None);
+    }
+    let signed = first.transcript.answer.as_ref().map(|a| (a.body.at, a.body.standing));
+    let why = format!("the holder no longer keeps generation {asked}, which the contract's history terms still keep");
+    Ok(Some(Exchanged { heard: Heard::Fail { signed, why }, ..first.clone() }))
 }
 
 /// Keeps the samples of a challenge the holder saw and did not answer, to ask them again;

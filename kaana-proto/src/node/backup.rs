@@ -505,7 +505,22 @@ pub async fn push(
         // Under the record's lock: a challenge reads the manifest, its list and tops together.
         let _lock = record.lock(true)?;
         let at = history::committed_at(manifest.body.created_at, Some(receipt.body.at));
-        record.record(&manifest, &list, Some(receipt), entry.contract.body.history.as_ref(), at)?;
+        // The replaced generation's tops of what it does not share with the new one: what the
+        // challenges of it, as history, sample (so they too ask for shorter proofs).
+        if terms.is_some()
+            && let Some((replaced, replaced_list)) = &previous
+            && !previous_tops.is_empty()
+        {
+            let new: HashSet<&[u8]> = list.chunks_exact(32).collect();
+            let own: Vec<(u64, &[[u8; 32]])> = replaced_list
+                .chunks_exact(32)
+                .enumerate()
+                .filter(|(_, h)| !new.contains(h))
+                .filter_map(|(i, _)| previous_tops.get(i * per..(i + 1) * per).map(|t| (i as u64, t)))
+                .collect();
+            record.save_older_tops(replaced.body.generation, &own)?;
+        }
+        record.record(&manifest, &list, Some(receipt), terms, at)?;
         record.save_raw_hashes(generation, &encode_list(&raw_hashes))?;
         record.save_tops(generation, tops.as_flattened())?;
         record.save_shape(&shape)?;

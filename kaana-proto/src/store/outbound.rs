@@ -84,9 +84,9 @@ impl Target {
     /// generation samples only the extents the next kept one does not share (`None` if it
     /// shares them all): each extent of the history is in at least one such set (that of the
     /// newest generation naming it), and what only one generation names is in its own, so a
-    /// holder that drops any part of the history fails that generation's challenges. Older
-    /// generations are asked without tops (proofs to the root): the owner keeps only each one's
-    /// extent list, 32 bytes per extent.
+    /// holder that drops any part of the history fails that generation's challenges. The owner
+    /// keeps each older generation's extent list (32 bytes per extent) and the tops of its own
+    /// extents only (136 bytes each): proofs as short as the newest's, for what changed.
     pub fn of_generation(node: &Node, id: &RecordId, generation: u64) -> Result<Option<Target>, StateError> {
         let record = Outbound::at(node.home.root(), id);
         let _shared = record.lock(false)?;
@@ -104,7 +104,8 @@ impl Target {
         let hashes = manifest.body.check_list(&list).map_err(damaged)?;
         let next_hashes = next.body.check_list(&next_list).map_err(damaged)?;
         let only = crate::protocol::history::only_in(&hashes, &next_hashes);
-        Ok((!only.is_empty()).then_some(Target { manifest, list, receipt, tops: None, only: Some(only) }))
+        let tops = record.older_tops(generation, hashes.len());
+        Ok((!only.is_empty()).then_some(Target { manifest, list, receipt, tops, only: Some(only) }))
     }
 
     /// The generation the target is of.
@@ -161,7 +162,9 @@ impl Outbound {
         terms: Option<&History>,
         now: Timestamp,
     ) -> Result<Vec<u64>, StateError> {
-        self.layout.record(manifest, list, receipt, terms, now)
+        let retired = self.layout.record(manifest, list, receipt, terms, now)?;
+        self.drop_older_tops()?;
+        Ok(retired)
     }
 
     /// [`Outbound::generations`] without their lists.
@@ -178,7 +181,8 @@ impl Outbound {
     pub fn forget_through(&self, generation: u64) -> Result<(), StateError> {
         let _lock = self.lock(true)?;
         let newest = self.layout.committed()?.map(|(m, _)| m.body.generation);
-        self.layout.forget_older(newest.map_or(0, |n| n.min(generation + 1)))
+        self.layout.forget_older(newest.map_or(0, |n| n.min(generation + 1)))?;
+        self.drop_older_tops()
     }
 
     /// The hashes of the volume's own bytes (before the keystream) at
@@ -217,6 +221,50 @@ impl Outbound {
         }
         let path = self.layout.dir().join("shape.json");
         Home::at(self.layout.dir()).write(&path, &ShapeFile { schema: Schema, shape: shape.clone() })
+    }
+
+    /// Keeps the tops of an older generation's own extents (those the next does not share),
+    /// by index: `older-tops-<generation>.bin`, each entry the index (8 bytes) and its tops.
+    pub fn save_older_tops(&self, generation: u64, own: &[(u64, &[[u8; 32]])]) -> Result<(), StateError> {
+        let mut bytes = Vec::new();
+        for (index, tops) in own {
+            bytes.extend_from_slice(&index.to_le_bytes());
+            tops.iter().for_each(|t| bytes.extend_from_slice(t));
+        }
+        write_atomic(&self.layout.dir().join(format!("older-tops-{generation}.bin")), &bytes)
+    }
+
+    /// The tops of an older generation of `count` extents, where kept ([`Outbound::save_older_tops`]):
+    /// zeros for extents it shares with the next (its challenges never sample those).
+    pub fn older_tops(&self, generation: u64, count: usize) -> Option<Vec<[u8; 32]>> {
+        let per = 1usize << crate::protocol::proof::TOP_LEVELS;
+        let bytes = fs::read(self.layout.dir().join(format!("older-tops-{generation}.bin"))).ok()?;
+        let entry = 8 + 32 * per;
+        if bytes.len() % entry != 0 {
+            return None;
+        }
+        let mut all = vec![[0u8; 32]; count * per];
+        for e in bytes.chunks_exact(entry) {
+            let index = u64::from_le_bytes(e[..8].try_into().ok()?) as usize;
+            let at = all.get_mut(index * per..(index + 1) * per)?;
+            for (slot, value) in at.iter_mut().zip(e[8..].chunks_exact(32)) {
+                *slot = value.try_into().ok()?;
+            }
+        }
+        Some(all)
+    }
+
+    /// Removes the older tops of generations no longer kept.
+    fn drop_older_tops(&self) -> Result<(), StateError> {
+        let kept: std::collections::HashSet<u64> = self.layout.kept_numbers()?.into_iter().collect();
+        for path in read_dir_or_empty(self.layout.dir())? {
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            let generation = name.strip_prefix("older-tops-").and_then(|n| n.strip_suffix(".bin"));
+            if generation.is_some_and(|g| g.parse::<u64>().is_ok_and(|g| !kept.contains(&g))) {
+                remove_file(&path)?;
+            }
+        }
+        Ok(())
     }
 
     /// `<kind>-<generation>.bin`: 32-byte values.
