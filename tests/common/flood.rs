@@ -194,7 +194,9 @@ async fn hostile_peer(aim: Aim, lane: u64, stop: Arc<AtomicBool>, counts: Arc<Co
             // A frame over the cap, and requests it may make.
             held.extend(send_raw(&conn, &announced(64 << 20, 64 << 10), &counts).await);
             let alive = ask(&conn, &Request::ListContracts, &counts).await
-                && ask(&conn, &Request::GetManifest { contract, generation: None }, &counts).await;
+                && ask(&conn, &Request::GetManifest { contract, generation: None }, &counts).await
+                && ask(&conn, &Request::ListGenerations { contract }, &counts).await
+                && ask(&conn, &Request::GetManifest { contract, generation: Some(u64::MAX) }, &counts).await;
             tokio::time::sleep(Duration::from_millis(200)).await;
             drop(held);
             if stop.load(Ordering::Relaxed) || !alive {

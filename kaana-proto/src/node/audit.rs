@@ -365,9 +365,9 @@ fn retired(
     let record = crate::store::outbound::Outbound::at(node.home.root(), &entry.id);
     let recorded: Vec<u64> = {
         let _shared = record.lock(false)?;
-        record.manifests()?.iter().map(|(m, _)| m.body.generation).filter(|g| (asked..=newest).contains(g)).collect()
+        record.manifests()?.iter().map(|(m, _)| m.body.generation).collect()
     };
-    let whole = recorded.windows(2).all(|w| w[1] == w[0] + 1) && recorded.last() == Some(&newest);
+    let whole = crate::protocol::history::record_is_whole(&recorded, asked, newest);
     // Judged or not, it is not asked about again, nor anything older.
     record.forget_through(asked)?;
     if !whole {

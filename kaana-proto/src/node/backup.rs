@@ -456,13 +456,12 @@ pub async fn push(
         };
         let mut views: Vec<history::Generation> =
             kept.iter().map(crate::store::inbound::view).collect::<Result<_, _>>()?;
-        let before = views.len();
         views.push(history::Generation {
             generation: previous_gen + 1,
             committed_at: now,
             extents: hashes.iter().enumerate().map(|(i, h)| (*h, g.len(i as u64) as u64)).collect(),
         });
-        if before > 0 && history::to_retire(&views, terms, now) >= before {
+        if history::leaves_no_history(&views, terms, now) {
             conn.close();
             return Err(guarded(
                 previous_gen,

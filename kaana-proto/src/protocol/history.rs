@@ -144,6 +144,22 @@ pub fn expired(times: &[Timestamp], terms: Option<&History>, now: Timestamp) -> 
     (0..n - 1).find(|&i| promised(i)).unwrap_or(n - 1)
 }
 
+/// Whether committing the last of `generations` (oldest first) would retire every one before it:
+/// a change larger than the allowance, which leaves no copy of the volume as it was. (Without
+/// history terms that is every commit, and no news.)
+pub fn leaves_no_history(generations: &[Generation], terms: Option<&History>, now: Timestamp) -> bool {
+    terms.is_some() && generations.len() > 1 && to_retire(generations, terms, now) == generations.len() - 1
+}
+
+/// Whether a record of the generations from `asked` to `newest` (the numbers it holds in that
+/// range, in order) misses none: only then can its owner tell that a holder retired `asked`
+/// early. A gap (a push whose reply was lost) means the holder counted history the owner does
+/// not know of, and may rightly have retired more.
+pub fn record_is_whole(recorded: &[u64], asked: u64, newest: u64) -> bool {
+    let within: Vec<u64> = recorded.iter().copied().filter(|g| (asked..=newest).contains(g)).collect();
+    within.first() == Some(&asked) && within.windows(2).all(|w| w[1] == w[0] + 1) && within.last() == Some(&newest)
+}
+
 /// Bytes each generation holds that no other of `generations` names: what retiring it alone
 /// would free.
 pub fn unique_bytes(generations: &[Generation]) -> Vec<u64> {
@@ -258,6 +274,22 @@ mod tests {
             signed.plus_secs(CLOCK_SLACK_SECS),
             "future-dated"
         );
+    }
+
+    #[test]
+    fn a_commit_that_leaves_no_history_and_a_record_with_a_gap() {
+        let terms = History { keep_secs: 30 * DAY, bytes: 150 };
+        let gens = [generation(1, 1, &[1, 2, 3]), generation(2, 2, &[1, 2, 4])];
+        let now = Timestamp::from_unix(3 * DAY);
+        assert!(!leaves_no_history(&gens, Some(&terms), now), "100 bytes of history fit 150");
+        let wholesale = [gens[0].clone(), gens[1].clone(), generation(3, 3, &[5, 6, 7])];
+        assert!(leaves_no_history(&wholesale, Some(&terms), now), "300 bytes do not");
+        assert!(!leaves_no_history(&wholesale, None, now), "without history, no news");
+        assert!(!leaves_no_history(&gens[..1], Some(&terms), now), "a first push");
+        assert!(record_is_whole(&[1, 2, 3, 4], 2, 4));
+        assert!(!record_is_whole(&[1, 2, 4], 2, 4), "3 is missing");
+        assert!(!record_is_whole(&[3, 4], 2, 4), "the one asked about is missing");
+        assert!(!record_is_whole(&[2, 3], 2, 4), "the newest is missing");
     }
 
     #[test]
