@@ -5,6 +5,7 @@
 mod backup;
 mod challenge;
 mod common;
+mod discovery;
 mod fairness;
 mod faults;
 mod history;

@@ -209,7 +209,7 @@ async fn check_all(
     now: Timestamp,
 ) -> anyhow::Result<Exit> {
     let node = Arc::new(node);
-    let client = Arc::new(settings.client(&node.identity, Traffic::Short));
+    let client = Arc::new(settings.client(&node, Traffic::Short));
     // Toward a peer it is failing on purpose in silence, this node is down: no contact at all,
     // under any contract.
     // (It sees nothing of the peer meanwhile, so a spell of unanswered tries it had begun is
@@ -453,7 +453,7 @@ struct StandingLine {
 }
 
 async fn standing(node: Node, settings: Settings, now: Timestamp) -> anyhow::Result<Exit> {
-    let client = settings.client(&node.identity, Traffic::Short);
+    let client = settings.client(&node, Traffic::Short);
     let mut exit = Exit::Ok;
     let silent = node.silent_peers(now)?;
     for entry in node.contracts()?.into_iter().filter(|e| !e.state.status.owes_nothing(now)) {

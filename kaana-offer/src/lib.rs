@@ -1,5 +1,6 @@
 //! `kaana-offer`: node set-up, identity, address book, offers, boards and contracts.
 
+mod found;
 mod market;
 mod setup;
 
@@ -85,11 +86,32 @@ pub enum Command {
         boards: Vec<PeerAddr>,
     },
     /// List offers, one JSON line each: this node's own board and offers, or those of the given
-    /// boards (which are then remembered, so `accept` can take them).
+    /// boards and of the boards found on the DHT (which are then remembered, so `accept` can take
+    /// them).
     List {
         /// A board to ask (repeat for several).
         #[arg(long = "board", value_name = "ID@HOST:PORT")]
         boards: Vec<PeerAddr>,
+        /// Also ask the boards announced on the Mainline DHT (at most 32), and say on stderr how
+        /// many answered and how long it took.
+        #[arg(long)]
+        dht: bool,
+    },
+    /// Publish this node's signed address record on the Mainline DHT now, so that peers find it
+    /// by its id alone (the running server republishes it hourly and when its address changes,
+    /// and announces its board). Prints {"node", "addrs", "board", "stored_on", "secs"}; exits 1
+    /// if no DHT node stored it.
+    Announce,
+    /// Run DHT nodes that know each other, for a private network or a test (the bootstrap list
+    /// for --dht-bootstrap): prints {"bootstrap": [HOST:PORT, ...]} and serves until SIGTERM or
+    /// SIGINT.
+    DhtNodes {
+        /// How many nodes.
+        #[arg(long, default_value_t = 20)]
+        count: usize,
+        /// The IPv4 address they bind (each on a port of its own).
+        #[arg(long, default_value = "127.0.0.1")]
+        ip: std::net::Ipv4Addr,
     },
     /// Accept an offer seen on a board: both nodes then hold the same contract, signed by both.
     Accept {
@@ -155,6 +177,14 @@ pub struct InitArgs {
     /// superseded generations kept beyond the newest.
     #[arg(long, value_name = "PERCENT", default_value_t = kaana_proto::protocol::history::DEFAULT_SHARE_PERCENT)]
     pub history_percent: u64,
+    /// The Mainline DHT's bootstrap nodes: `public` (the public DHT), `none` (no DHT), or
+    /// HOST:PORT nodes (repeat, or separate with commas) for a private network
+    /// [env: KAANA_DHT_BOOTSTRAP overrides it for every tool run].
+    #[arg(long, value_name = "HOST:PORT|public|none", num_args = 1.., value_delimiter = ',')]
+    pub dht_bootstrap: Vec<String>,
+    /// Do not ask the router to forward a port to the server (UPnP IGD).
+    #[arg(long)]
+    pub no_port_mapping: bool,
     /// Rebuild a node from its recovery phrase, read from stdin.
     #[arg(long)]
     pub recover: bool,
@@ -183,17 +213,35 @@ pub enum ConfigCommand {
 /// Address book commands.
 #[derive(Debug, Subcommand)]
 pub enum PeerCommand {
-    /// Add a peer, written ID@HOST:PORT. First checks that the node answers at that address
-    /// and proves it holds that id's key.
+    /// Add a peer, written ID@HOST:PORT, or its id alone to look its address up on the DHT.
+    /// First checks that the node answers at that address and proves it holds that id's key.
     Add {
-        /// The peer: its node id, `@`, and HOST:PORT.
-        peer: PeerAddr,
+        /// The peer: its node id, then `@` and HOST:PORT unless it is to be found on the DHT.
+        #[arg(value_parser = parse_peer_arg)]
+        peer: PeerArg,
         /// Add it without checking (e.g. the peer is offline now).
         #[arg(long)]
         no_check: bool,
     },
     /// List the address book, one peer per line.
     List,
+}
+
+/// A peer as `peer add` takes it: with an address, or its id alone (looked up on the DHT).
+#[derive(Debug, Clone)]
+pub enum PeerArg {
+    /// `ID@HOST:PORT`.
+    At(PeerAddr),
+    /// `ID`.
+    Id(kaana_proto::protocol::identity::NodeId),
+}
+
+fn parse_peer_arg(s: &str) -> Result<PeerArg, String> {
+    if s.contains('@') {
+        s.parse().map(PeerArg::At).map_err(|e: config::PeerAddrError| e.to_string())
+    } else {
+        s.parse().map(PeerArg::Id).map_err(|e| format!("{s:?} is not a peer (ID or ID@HOST:PORT): {e}"))
+    }
 }
 
 fn parse_size_arg(s: &str) -> Result<u64, String> {
@@ -210,11 +258,12 @@ pub fn run(args: Args, settings: kaana_proto::node::machine::Settings) -> anyhow
     match args.command {
         Command::Completions { shell } => return kaana_proto::node::cli::print_completions::<Args>(shell),
         Command::Man => return kaana_proto::node::cli::print_man::<Args>(),
+        Command::DhtNodes { count, ip } => return found::dht_nodes(count, ip),
         _ => {}
     }
     let home = &args.home.dir(settings)?;
     match args.command {
-        Command::Completions { .. } | Command::Man => {
+        Command::Completions { .. } | Command::Man | Command::DhtNodes { .. } => {
             anyhow::bail!("internal: this command is handled before the node is found")
         }
         Command::Init(init_args) => setup::init(home, init_args),
@@ -230,7 +279,8 @@ pub fn run(args: Args, settings: kaana_proto::node::machine::Settings) -> anyhow
             market::create(home, market::Terms { size, grace, ttl, history, history_space }, addrs)
         }
         Command::Publish { offer, boards } => market::publish(home, settings, offer.as_deref(), &boards),
-        Command::List { boards } => market::list(home, settings, &boards),
+        Command::List { boards, dht } => market::list(home, settings, &boards, dht),
+        Command::Announce => found::announce(home, settings),
         Command::Accept { offer } => market::accept(home, settings, &offer),
         Command::Contracts { fetch } => market::contracts(home, settings, fetch),
         Command::Terminate { contract } => market::terminate(home, settings, &contract),

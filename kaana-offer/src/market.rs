@@ -7,7 +7,7 @@ use anyhow::{Context as _, anyhow, bail};
 use serde::Serialize;
 use serde_json::json;
 
-use kaana_proto::net::transport::{Client, NetError, Traffic};
+use kaana_proto::net::transport::{Connection, NetError, Traffic};
 use kaana_proto::net::wire::{Request, Response};
 use kaana_proto::node::cli::{Exit, emit};
 use kaana_proto::node::machine::{Settings, now_from_env};
@@ -77,6 +77,9 @@ struct StatusLine {
     missing: u32,
     /// Each contract that is not ended, as this node sees it.
     peers: Vec<PeerStatus>,
+    /// Whether peers can reach this node (`null`: nothing tells yet), and why it is thought so.
+    reachable: Option<bool>,
+    reachable_why: String,
     problems: Vec<String>,
 }
 
@@ -180,6 +183,10 @@ pub(crate) fn status(home: &Path) -> anyhow::Result<Exit> {
             format_size(owed)
         ));
     }
+    let (reachable, reachable_why) = reachability(&node, !live.is_empty(), now)?;
+    if reachable == Some(false) && !live.is_empty() {
+        problems.push(format!("peers cannot reach this node: {reachable_why}"));
+    }
     let line = StatusLine {
         node: node.id(),
         capacity: node.config.capacity,
@@ -193,6 +200,8 @@ pub(crate) fn status(home: &Path) -> anyhow::Result<Exit> {
         full_contracts: full,
         missing,
         peers,
+        reachable,
+        reachable_why,
         problems,
     };
     if std::io::stdout().is_terminal() {
@@ -204,6 +213,31 @@ pub(crate) fn status(home: &Path) -> anyhow::Result<Exit> {
         }
     }
     Ok(if line.problems.is_empty() { Exit::Ok } else { Exit::Attention })
+}
+
+/// Whether peers can reach this node, from what its server last wrote in `reach.json`.
+fn reachability(node: &Node, has_contracts: bool, now: Timestamp) -> anyhow::Result<(Option<bool>, String)> {
+    use kaana_proto::protocol::discovery::{Sightings, Whereabouts, announced, reachable};
+    let server = node.server_info()?.filter(|s| kaana_proto::node::machine::process_alive(s.pid));
+    let reach = node.reach()?;
+    // What the server would announce, and what it last did (with the public address the DHT saw).
+    let mut addrs = announced(&Whereabouts {
+        advertise: node.config.advertise.clone(),
+        listen: server.as_ref().map(|s| s.listen),
+        mapped: reach.mapped.as_deref().and_then(|m| m.parse().ok()),
+        ..Whereabouts::default()
+    });
+    addrs.extend(reach.announced.iter().filter(|a| !addrs.contains(a)).cloned().collect::<Vec<_>>());
+    let sightings = Sightings {
+        serving: server.is_some(),
+        since: reach.serving_since,
+        announced: addrs,
+        mapped: reach.mapped,
+        mapping_error: reach.mapping_error,
+        last_reached: reach.last_reached.map(|r| (r.at, r.peer)),
+        has_contracts,
+    };
+    Ok(reachable(&sightings, now))
 }
 
 /// `status` as a person reads it on a terminal.
@@ -223,6 +257,11 @@ fn report(s: &StatusLine) -> String {
         s.full_contracts,
         s.replicas,
     );
+    out.push_str(&format!(
+        "reachable {}: {}\n",
+        s.reachable.map_or("unknown", |r| if r { "yes" } else { "no" }),
+        s.reachable_why
+    ));
     for p in &s.peers {
         let judged = |st: &Standing| match st.failing() {
             Some((since, delete_after)) => format!("failing since {since} (data goes after {delete_after})"),
@@ -383,7 +422,7 @@ pub(crate) fn publish(
     };
     let (mut ok, mut failed) = (0, 0);
     block_on(async {
-        let client = settings.client(&node.identity, Traffic::Short);
+        let client = settings.client(&node, Traffic::Short);
         for board in &boards {
             let conn = match client.connect(board.node, &board.addr).await {
                 Ok(c) => Some(c),
@@ -425,24 +464,24 @@ pub(crate) fn publish(
     })
 }
 
-pub(crate) fn list(home: &Path, settings: &Settings, boards: &[PeerAddr]) -> anyhow::Result<Exit> {
+pub(crate) fn list(home: &Path, settings: &Settings, boards: &[PeerAddr], dht: bool) -> anyhow::Result<Exit> {
     let node = Node::open_at(home)?;
     let now = now_from_env()?;
     let me = node.id();
     let own: BTreeMap<RecordId, OwnOffer> = node.own_offers()?.into_iter().collect();
     let mut shown: BTreeMap<RecordId, Signed<Offer>> = BTreeMap::new();
     let mut exit = Exit::Ok;
-    if boards.is_empty() {
+    if boards.is_empty() && !dht {
         for o in node.board_offers(now)?.into_iter().chain(own.values().map(|o| o.offer.clone())) {
             if let Ok(id) = market::check_offer(&o, now) {
                 shown.insert(id, o);
             }
         }
     } else {
-        let fetched = block_on(fetch_boards(&node, settings, boards, now))?;
+        let fetched = block_on(fetch_boards(&node, settings, boards, dht, now))?;
+        let asked = boards.len() + usize::from(dht);
         if fetched.failed > 0 {
-            exit =
-                if fetched.offers.is_empty() && fetched.failed == boards.len() { Exit::Error } else { Exit::Attention };
+            exit = if fetched.offers.is_empty() && fetched.failed == asked { Exit::Error } else { Exit::Attention };
         }
         shown = fetched.offers;
         remember_seen(&node, &shown, now)?;
@@ -454,46 +493,52 @@ pub(crate) fn list(home: &Path, settings: &Settings, boards: &[PeerAddr]) -> any
     Ok(exit)
 }
 
-struct Fetched {
-    offers: BTreeMap<RecordId, Signed<Offer>>,
-    failed: usize,
+pub(crate) struct Fetched {
+    pub(crate) offers: BTreeMap<RecordId, Signed<Offer>>,
+    /// Sources that failed: a board each, and the DHT as one.
+    pub(crate) failed: usize,
 }
 
 async fn fetch_boards(
     node: &Node,
     settings: &Settings,
     boards: &[PeerAddr],
+    dht: bool,
     now: Timestamp,
 ) -> anyhow::Result<Fetched> {
-    let client = settings.client(&node.identity, Traffic::Short);
+    let client = settings.client(node, Traffic::Short);
     let mut out = Fetched { offers: BTreeMap::new(), failed: 0 };
     for board in boards {
-        match fetch_board(&client, board, now, &mut out.offers).await {
-            Ok(()) => {}
-            Err(e) => {
-                eprintln!("kaana-offer: board {board}: {e}");
-                out.failed += 1;
-            }
+        let fetched = async {
+            let conn = client.connect(board.node, &board.addr).await?;
+            fetch_board(&conn, now, &mut out.offers).await
+        };
+        if let Err(e) = fetched.await {
+            eprintln!("kaana-offer: board {board}: {e}");
+            out.failed += 1;
         }
+    }
+    if dht {
+        crate::found::fetch_dht_boards(node, settings, &client, now, &mut out).await;
     }
     client.close().await;
     Ok(out)
 }
 
-async fn fetch_board(
-    client: &Client,
-    board: &PeerAddr,
+/// Lists every offer on the board at the other end of `conn` into `into`, each checked.
+pub(crate) async fn fetch_board(
+    conn: &Connection,
     now: Timestamp,
     into: &mut BTreeMap<RecordId, Signed<Offer>>,
 ) -> Result<(), NetError> {
-    let conn = client.connect(board.node, &board.addr).await?;
+    let board = conn.node();
     let mut after = None;
     // A board holds at most TOTAL_CAP offers: a board that says "more" beyond that is not
     // followed further (and every page must bring at least one).
     let mut listed = 0;
     loop {
         if listed > kaana_proto::protocol::board::TOTAL_CAP {
-            eprintln!("kaana-offer: board {} lists more offers than a board can hold; stopped", board.node.short());
+            eprintln!("kaana-offer: board {} lists more offers than a board can hold; stopped", board.short());
             break;
         }
         match conn.request(&Request::ListOffers { after }).await? {
@@ -505,7 +550,7 @@ async fn fetch_board(
                         Ok(id) => {
                             into.insert(id, offer);
                         }
-                        Err(e) => eprintln!("kaana-offer: board {} listed an invalid offer: {e}", board.node.short()),
+                        Err(e) => eprintln!("kaana-offer: board {} listed an invalid offer: {e}", board.short()),
                     }
                 }
                 if !more || after.is_none() {
@@ -571,7 +616,7 @@ pub(crate) fn accept(home: &Path, settings: &Settings, prefix: &str) -> anyhow::
     check_room(&node, offer.body.held_bytes()).with_context(|| format!("offer {offer_id}"))?;
     let proposal = Signed::sign(ContractBody::for_offer(&offer, offer_id, me, now), &node.identity)?;
     let contract = block_on(async {
-        let client = settings.client(&node.identity, Traffic::Short);
+        let client = settings.client(&node, Traffic::Short);
         let result = async {
             let conn = client.connect_any(offer.body.node, &offer.body.addrs).await?;
             let reply = conn.request(&Request::Accept { proposal: proposal.clone(), addrs }).await;
@@ -608,7 +653,7 @@ pub(crate) fn contracts(home: &Path, settings: &Settings, fetch: bool) -> anyhow
             bail!("no peer to ask: add one first with `kaana-offer peer add ID@HOST:PORT`");
         }
         let fetched = block_on(async {
-            let client = settings.client(&node.identity, Traffic::Short);
+            let client = settings.client(&node, Traffic::Short);
             let r = kaana_proto::node::restore::fetch_contracts(&client, &node).await;
             client.close().await;
             Ok(r?)
@@ -697,7 +742,7 @@ pub(crate) fn terminate(home: &Path, settings: &Settings, prefix: &str) -> anyho
     let entry = node.contract(&id)?;
     let addrs = node.address_book()?.addrs(&entry.state.peer).to_vec();
     let sent = block_on(async {
-        let client = settings.client(&node.identity, Traffic::Short);
+        let client = settings.client(&node, Traffic::Short);
         let result = async {
             let conn = client.connect_any(entry.state.peer, &addrs).await?;
             let r = conn.request(&Request::Notice { notice }).await;

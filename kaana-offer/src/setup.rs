@@ -8,7 +8,6 @@ use anyhow::{Context as _, bail};
 use serde::Serialize;
 
 use kaana_proto::net::transport::Traffic;
-use kaana_proto::net::wire::{Request, Response};
 use kaana_proto::node::cli::{Exit, emit};
 use kaana_proto::node::machine::Settings;
 use kaana_proto::protocol::identity::{Identity, NodeId};
@@ -17,7 +16,7 @@ use kaana_proto::store::config::{Config, Key, PeerAddr, is_host_port};
 use kaana_proto::store::home::{Home, Schema, create_dir, free_space};
 use kaana_proto::store::node::Node;
 
-use crate::InitArgs;
+use crate::{InitArgs, PeerArg};
 
 #[derive(Serialize)]
 struct NodeLine<'a> {
@@ -64,6 +63,11 @@ pub(crate) fn init(home: &Path, args: InitArgs) -> anyhow::Result<Exit> {
     if let Some(bad) = args.advertise.iter().find(|a| !is_host_port(a)) {
         bail!("--advertise {bad:?} is not HOST:PORT");
     }
+    let dht_bootstrap = if args.dht_bootstrap.is_empty() {
+        None
+    } else {
+        kaana_proto::protocol::discovery::parse_bootstrap(&args.dht_bootstrap.join(",")).map_err(anyhow::Error::msg)?
+    };
     let home = Home::at(home);
     kaana_proto::store::home::check_same_user(home.root())?;
     let identity = if args.recover {
@@ -101,6 +105,8 @@ pub(crate) fn init(home: &Path, args: InitArgs) -> anyhow::Result<Exit> {
         advertise: args.advertise,
         history_secs: args.history,
         history_percent: args.history_percent,
+        dht_bootstrap,
+        port_mapping: !args.no_port_mapping,
     };
     let node = Node::init(home, identity, config)?;
     if args.recover {
@@ -135,18 +141,45 @@ pub(crate) fn recovery_phrase(home: &Path) -> anyhow::Result<Exit> {
     Ok(Exit::Ok)
 }
 
-pub(crate) fn peer_add(home: &Path, settings: &Settings, peer: &PeerAddr, no_check: bool) -> anyhow::Result<Exit> {
+pub(crate) fn peer_add(home: &Path, settings: &Settings, peer: &PeerArg, no_check: bool) -> anyhow::Result<Exit> {
     let node = Node::open_at(home)?;
-    if peer.node == node.id() {
-        bail!("{} is this node's own id; add another node's", peer.node);
+    let id = match peer {
+        PeerArg::At(p) => p.node,
+        PeerArg::Id(id) => *id,
+    };
+    if id == node.id() {
+        bail!("{id} is this node's own id; add another node's");
     }
-    if !no_check {
-        say_hello(&node, settings, peer)
-            .with_context(|| format!("checking that {peer} answers (add --no-check to add it without checking)"))?;
+    let (candidates, found) = match peer {
+        PeerArg::At(p) => (vec![p.addr.clone()], false),
+        PeerArg::Id(id) => (crate::found::look_up_peer(&node, settings, *id)?, true),
+    };
+    let mut chosen = None;
+    if no_check {
+        chosen = candidates.first().cloned();
+    } else {
+        let mut errors = Vec::new();
+        for addr in &candidates {
+            let at = PeerAddr { node: id, addr: addr.clone() };
+            match say_hello(&node, settings, &at) {
+                Ok(()) => {
+                    chosen = Some(addr.clone());
+                    break;
+                }
+                Err(e) => errors.push(format!("{at}: {e:#}")),
+            }
+        }
+        if chosen.is_none() {
+            bail!("checking that {id} answers (add --no-check to add it without checking): {}", errors.join("; "));
+        }
     }
-    let changed = node.add_peer(peer)?;
-    let addrs = node.address_book()?.addrs(&peer.node).to_vec();
-    emit(&PeerLine { node: peer.node, addrs, changed: Some(changed) })?;
+    // A peer found on the DHT is already in the address book, its record's addresses first.
+    let changed = match (chosen, found) {
+        (Some(addr), false) => node.add_peer(&PeerAddr { node: id, addr })?,
+        _ => true,
+    };
+    let addrs = node.address_book()?.addrs(&id).to_vec();
+    emit(&PeerLine { node: id, addrs, changed: Some(changed) })?;
     Ok(Exit::Ok)
 }
 
@@ -161,17 +194,8 @@ pub(crate) fn peer_list(home: &Path) -> anyhow::Result<Exit> {
 /// Asks `peer` who it is over an authenticated connection.
 fn say_hello(node: &Node, settings: &Settings, peer: &PeerAddr) -> anyhow::Result<()> {
     crate::block_on(async {
-        let client = settings.client(&node.identity, Traffic::Short);
-        let result = async {
-            let conn = client.connect(peer.node, &peer.addr).await?;
-            let reply = conn.request(&Request::Hello).await?;
-            conn.close();
-            match reply {
-                Response::Hello { node: answered, .. } if answered == peer.node => Ok(()),
-                other => bail!("unexpected answer to hello: {other:?}"),
-            }
-        }
-        .await;
+        let client = settings.client(node, Traffic::Short);
+        let result = crate::found::say_hello(&client, peer).await;
         client.close().await;
         result
     })

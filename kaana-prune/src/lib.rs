@@ -165,7 +165,7 @@ fn check_reach(
     peers.sort();
     peers.dedup();
     kaana_proto::node::cli::runtime()?.block_on(async {
-        let client = std::sync::Arc::new(settings.client(&node.identity, kaana_proto::net::transport::Traffic::Short));
+        let client = std::sync::Arc::new(settings.client(node, kaana_proto::net::transport::Traffic::Short));
         let (conns, reach) = kaana_proto::node::audit::connect_all(&client, node, &peers, now).await?;
         for c in conns.into_iter().filter_map(|(_, c)| c.ok()) {
             c.close();

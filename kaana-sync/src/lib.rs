@@ -53,6 +53,10 @@ pub enum Command {
         /// Time-out on every read from a client, e.g. 30s.
         #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration_arg)]
         read_timeout: Duration,
+        /// Do not ask the router to forward a UDP port to the server (UPnP IGD) [default: config
+        /// port_mapping, else KAANA_PORT_MAPPING].
+        #[arg(long)]
+        no_port_mapping: bool,
     },
     /// Send the volume to a contract's peer (or every active contract's): only the extents the
     /// peer does not have yet, then a new signed generation. An interrupted push resumes.
@@ -185,11 +189,12 @@ pub fn run(args: Args, settings: Settings) -> anyhow::Result<Exit> {
     }
     let node = args.home.open(&settings)?;
     match args.command {
-        Command::Serve { listen, read_timeout } => {
+        Command::Serve { listen, read_timeout, no_port_mapping } => {
             let mut opts = ServerOptions::new(listen.unwrap_or(node.config.listen));
             opts.read_timeout = read_timeout;
             opts.client_timeouts = settings.timeouts;
-            kaana_proto::node::cli::runtime()?.block_on(serve(node, opts))
+            let map_port = !no_port_mapping && settings.port_mapping.unwrap_or(node.config.port_mapping);
+            kaana_proto::node::cli::runtime()?.block_on(serve(node, opts, &settings, map_port))
         }
         Command::Push { contract, all, allow_plaintext, extent_size, force } => {
             let extent_size = u32::try_from(extent_size).context("--extent-size is too large")?;
@@ -226,7 +231,7 @@ pub fn run(args: Args, settings: Settings) -> anyhow::Result<Exit> {
         Command::Restore { contract, out, pick } => {
             let entry = node.find_contract(&contract)?;
             kaana_proto::node::cli::runtime()?.block_on(async {
-                let client = settings.client(&node.identity, Traffic::Bulk);
+                let client = settings.client(&node, Traffic::Bulk);
                 let r =
                     restore::restore(&client, &node, &entry, Some(&out), pick.pick(), "restore", &bar::Bar::default())
                         .await;
@@ -256,7 +261,7 @@ pub fn run(args: Args, settings: Settings) -> anyhow::Result<Exit> {
         Command::History { contract } => {
             let entry = node.find_contract(&contract)?;
             kaana_proto::node::cli::runtime()?.block_on(async {
-                let client = settings.client(&node.identity, Traffic::Short);
+                let client = settings.client(&node, Traffic::Short);
                 let r = restore::history(&client, &node, &entry).await;
                 client.close().await;
                 let kept = r.with_context(|| format!("asking node {} which generations it keeps", entry.state.peer))?;
@@ -305,7 +310,7 @@ async fn push(
 ) -> anyhow::Result<Exit> {
     const AT_ONCE: usize = 2;
     let node = Arc::new(node);
-    let client = Arc::new(settings.client(&node.identity, Traffic::Bulk));
+    let client = Arc::new(settings.client(&node, Traffic::Bulk));
     let permits = Arc::new(tokio::sync::Semaphore::new(AT_ONCE));
     let mut tasks = tokio::task::JoinSet::new();
     for entry in entries {
@@ -363,7 +368,7 @@ async fn verify(
     all: bool,
     pick: restore::Pick,
 ) -> anyhow::Result<Exit> {
-    let client = settings.client(&node.identity, Traffic::Bulk);
+    let client = settings.client(&node, Traffic::Bulk);
     let mut exit = Exit::Ok;
     for entry in entries {
         let r = restore::restore(&client, &node, &entry, None, pick, "verify", &bar::Bar::default()).await;
@@ -470,14 +475,22 @@ fn status(node: &Node) -> anyhow::Result<Exit> {
     Ok(Exit::Ok)
 }
 
-async fn serve(node: Node, opts: ServerOptions) -> anyhow::Result<Exit> {
+async fn serve(node: Node, opts: ServerOptions, settings: &Settings, map_port: bool) -> anyhow::Result<Exit> {
+    use kaana_proto::node::discover::{Discovery, keep_reachable};
     let id = node.id();
-    let server = Server::bind(node, opts, std::sync::Arc::new(kaana_proto::node::report::Stderr("kaana-sync serve")))?;
+    let report = std::sync::Arc::new(kaana_proto::node::report::Stderr("kaana-sync serve"));
+    let discovery = std::sync::Arc::new(Discovery::new(&node.config, settings));
+    let server = Server::bind(node.clone(), opts, report.clone())?;
     let listen = server.local_addr()?;
     emit(&ServeLine { node: id, listen })?;
     eprintln!("kaana-sync serve: node {id} listening on {listen}");
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let found = tokio::spawn(keep_reachable(node, discovery, listen, map_port, report, stopped));
     let shutdown = shutdown_signal()?;
     server.run(shutdown).await;
+    let _ = stop.send(true);
+    // Removing the port mapping takes a round trip to the router at most (3 s).
+    let _ = tokio::time::timeout(Duration::from_secs(5), found).await;
     Ok(Exit::Ok)
 }
 

@@ -101,10 +101,11 @@ fn check_signature(
     verify_tls13_signature_with_raw_key(message, &SubjectPublicKeyInfoDer::from(cert.as_ref()), dss, algs)
 }
 
-/// Client side: the server must be `expected`.
+/// Client side: the server must be `expected` (any node with a valid key when `None`: a board
+/// found on the DHT, known only by its address).
 #[derive(Debug)]
 struct ExpectNode {
-    expected: NodeId,
+    expected: Option<NodeId>,
     seen: Arc<SeenServer>,
     algs: WebPkiSupportedAlgorithms,
 }
@@ -122,8 +123,8 @@ impl ServerCertVerifier for ExpectNode {
         if let Ok(mut seen) = self.seen.0.lock() {
             *seen = Some(found);
         }
-        if found != self.expected {
-            let err = WrongNode { expected: self.expected, found };
+        if let Some(expected) = self.expected.filter(|e| *e != found) {
+            let err = WrongNode { expected, found };
             return Err(rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(err)))));
         }
         Ok(ServerCertVerified::assertion())
@@ -204,10 +205,11 @@ impl ClientCertVerifier for AnyNode {
     }
 }
 
-/// A rustls client config for reaching `expected`, presenting `identity`'s key.
+/// A rustls client config for reaching `expected` (any node when `None`), presenting
+/// `identity`'s key.
 pub fn client_config(
     identity: &Identity,
-    expected: NodeId,
+    expected: Option<NodeId>,
 ) -> Result<(rustls::ClientConfig, Arc<SeenServer>), rustls::Error> {
     let seen = Arc::new(SeenServer::default());
     let verifier = ExpectNode { expected, seen: seen.clone(), algs: algorithms() };

@@ -5,7 +5,9 @@
 //! writes share their time-outs and error mapping; a sixth is the endpoint's tuning, each value
 //! explained.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -200,7 +202,7 @@ pub fn open_up(conn: &quinn::Connection) {
 
 fn client_config(
     identity: &Identity,
-    expected: NodeId,
+    expected: Option<NodeId>,
     traffic: Traffic,
 ) -> Result<(quinn::ClientConfig, Arc<tls::SeenServer>), NetError> {
     let (tls, seen) = tls::client_config(identity, expected).map_err(|e| NetError::Setup(e.to_string()))?;
@@ -227,6 +229,13 @@ impl Default for Timeouts {
     }
 }
 
+/// Where a client looks for a node whose known addresses do not answer (for the tools: the
+/// node's address record on the DHT).
+pub trait Resolve: Send + Sync + std::fmt::Debug {
+    /// Addresses to try for `node`, or why none could be found.
+    fn resolve(&self, node: NodeId) -> Pin<Box<dyn Future<Output = Result<Vec<String>, String>> + Send + '_>>;
+}
+
 /// A node's client side: connects to other nodes, presenting this node's key.
 #[derive(Debug)]
 pub struct Client {
@@ -235,6 +244,7 @@ pub struct Client {
     v4: OnceLock<Endpoint>,
     v6: OnceLock<Endpoint>,
     timeouts: Timeouts,
+    resolver: Option<Arc<dyn Resolve>>,
 }
 
 impl Client {
@@ -245,7 +255,20 @@ impl Client {
 
     /// A client presenting `identity`, for `traffic`. Must be used inside a tokio runtime.
     pub fn with_traffic(identity: Identity, traffic: Traffic) -> Self {
-        Client { identity, traffic, v4: OnceLock::new(), v6: OnceLock::new(), timeouts: Timeouts::default() }
+        Client {
+            identity,
+            traffic,
+            v4: OnceLock::new(),
+            v6: OnceLock::new(),
+            timeouts: Timeouts::default(),
+            resolver: None,
+        }
+    }
+
+    /// The same client, asking `resolver` where a node is when its known addresses do not answer.
+    pub fn with_resolver(mut self, resolver: Arc<dyn Resolve>) -> Self {
+        self.resolver = Some(resolver);
+        self
     }
 
     /// The same client, waiting as `timeouts` say.
@@ -269,14 +292,28 @@ impl Client {
 
     /// Connects to `node` at `addr` (`HOST:PORT`), refusing any other node.
     pub async fn connect(&self, node: NodeId, addr: &str) -> Result<Connection, NetError> {
+        self.connect_to(Some(node), addr).await
+    }
+
+    /// Connects to whichever node answers at `addr` (a board found on the DHT, known only by its
+    /// address); the connection names it, proved in the handshake.
+    pub async fn connect_anyone(&self, addr: &str) -> Result<Connection, NetError> {
+        self.connect_to(None, addr).await
+    }
+
+    async fn connect_to(&self, expected: Option<NodeId>, addr: &str) -> Result<Connection, NetError> {
         let resolve = |reason: String| NetError::Resolve { addr: addr.to_owned(), reason };
         let target = tokio::net::lookup_host(addr)
             .await
             .map_err(|e| resolve(e.to_string()))?
             .next()
             .ok_or_else(|| resolve("no address".into()))?;
-        let (config, seen) = client_config(&self.identity, node, self.traffic)?;
-        let unreachable = |reason: String| NetError::Unreachable { node, addr: addr.to_owned(), reason };
+        let (config, seen) = client_config(&self.identity, expected, self.traffic)?;
+        let unreachable = |reason: String| NetError::Unreachable {
+            node: expected.unwrap_or_else(|| self.identity.node_id()),
+            addr: addr.to_owned(),
+            reason,
+        };
         let connecting =
             self.endpoint(&target)?.connect_with(config, target, "kaana").map_err(|e| unreachable(e.to_string()))?;
         let conn = match tokio::time::timeout(self.timeouts.connect, connecting).await {
@@ -284,22 +321,56 @@ impl Client {
                 return Err(unreachable(format!("no answer within {}s", self.timeouts.connect.as_secs())));
             }
             Ok(Err(e)) => {
-                return Err(match seen.get() {
-                    Some(found) if found != node => {
-                        NetError::WrongNode { addr: addr.to_owned(), error: WrongNode { expected: node, found } }
+                return Err(match (expected, seen.get()) {
+                    (Some(expected), Some(found)) if found != expected => {
+                        NetError::WrongNode { addr: addr.to_owned(), error: WrongNode { expected, found } }
                     }
                     _ => unreachable(e.to_string()),
                 });
             }
             Ok(Ok(conn)) => conn,
         };
+        let node = match (expected, seen.get()) {
+            (Some(node), _) | (None, Some(node)) => node,
+            (None, None) => return Err(unreachable("the server presented no key".into())),
+        };
         Ok(Connection { conn, node, read_timeout: self.timeouts.read })
     }
 
-    /// Connects to `node` trying each of `addrs` in turn; the last error if none answers. A
-    /// server at its limit of connections from this node (other tools of ours are talking to it)
-    /// is tried again after a short, growing pause, for up to about ten seconds.
+    /// Connects to `node` trying each of `addrs` in turn, then, if none answers and the client
+    /// has a resolver, the addresses it finds that were not tried yet; the last error if none
+    /// answers. A server at its limit of connections from this node (other tools of ours are
+    /// talking to it) is tried again after a short, growing pause, for up to about ten seconds.
     pub async fn connect_any(&self, node: NodeId, addrs: &[String]) -> Result<Connection, NetError> {
+        let first = match self.connect_known(node, addrs).await {
+            Err(e @ NetError::Busy(_)) => return Err(e),
+            Err(e) => e,
+            ok => return ok,
+        };
+        let Some(resolver) = &self.resolver else { return Err(first) };
+        match resolver.resolve(node).await {
+            Ok(found) => {
+                let fresh: Vec<String> = found.into_iter().filter(|a| !addrs.contains(a)).collect();
+                if fresh.is_empty() {
+                    return Err(first);
+                }
+                self.connect_known(node, &fresh).await
+            }
+            Err(why) => Err(match first {
+                NetError::NoAddress(node) => NetError::Unreachable {
+                    node,
+                    addr: "the DHT".into(),
+                    reason: format!("no address known, and {why}"),
+                },
+                NetError::Unreachable { node, addr, reason } => {
+                    NetError::Unreachable { node, addr, reason: format!("{reason}; on the DHT: {why}") }
+                }
+                other => other,
+            }),
+        }
+    }
+
+    async fn connect_known(&self, node: NodeId, addrs: &[String]) -> Result<Connection, NetError> {
         let mut pause = Duration::from_millis(50);
         for attempt in 0.. {
             match self.connect_first(node, addrs).await {

@@ -4,12 +4,15 @@
 //! The layers below take these as parameters.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use crate::net::transport::{Client, Timeouts, Traffic};
+use crate::node::discover::Discovery;
 use crate::protocol::encoding;
 use crate::protocol::identity::Identity;
 use crate::protocol::time::{NOW_ENV, TimeError, Timestamp, parse_time_loose};
+use crate::store::node::Node;
 
 /// Now: `KAANA_NOW` when set, else the system clock.
 pub fn now_from_env() -> Result<Timestamp, TimeError> {
@@ -28,6 +31,11 @@ impl Identity {
     }
 }
 
+/// Whether process `pid` is alive on this machine (on Linux, by `/proc`; elsewhere assumed).
+pub fn process_alive(pid: u32) -> bool {
+    if cfg!(target_os = "linux") { std::path::Path::new(&format!("/proc/{pid}")).exists() } else { true }
+}
+
 /// A fresh random nonce for an offer.
 pub fn new_nonce() -> Result<String, getrandom::Error> {
     let mut n = [0u8; 16];
@@ -39,6 +47,13 @@ pub fn new_nonce() -> Result<String, getrandom::Error> {
 pub const READ_TIMEOUT_ENV: &str = "KAANA_READ_TIMEOUT";
 /// The environment variable that overrides [`CONNECT_TIMEOUT`] (a duration such as `3s`).
 pub const CONNECT_TIMEOUT_ENV: &str = "KAANA_CONNECT_TIMEOUT";
+
+/// The DHT's bootstrap nodes for this run, overriding the config's `dht_bootstrap`: `public`,
+/// `none`, or `HOST:PORT` nodes separated by commas.
+pub const DHT_BOOTSTRAP_ENV: &str = "KAANA_DHT_BOOTSTRAP";
+/// Whether the server asks the router for a port mapping, overriding the config's `port_mapping`
+/// (`on` or `off`).
+pub const PORT_MAPPING_ENV: &str = "KAANA_PORT_MAPPING";
 
 /// The state directory, when `--home` does not say: this variable, else
 /// `$XDG_STATE_HOME/kaana`, else `~/.local/state/kaana`.
@@ -52,6 +67,10 @@ pub struct Settings {
     /// The state directory when `--home` is not given ([`HOME_ENV`]); `None` if the environment
     /// names none (no `$HOME` either).
     pub home: Option<PathBuf>,
+    /// `KAANA_DHT_BOOTSTRAP`, when set: `Some(None)` for the public DHT, `Some(Some([]))` for none.
+    pub dht_bootstrap: Option<Option<Vec<String>>>,
+    /// `KAANA_PORT_MAPPING`, when set.
+    pub port_mapping: Option<bool>,
 }
 
 impl Settings {
@@ -71,11 +90,31 @@ impl Settings {
         let home = var(HOME_ENV)
             .or_else(|| var("XDG_STATE_HOME").map(|p| p.join("kaana")))
             .or_else(|| var("HOME").map(|h| h.join(".local/state/kaana")));
-        Ok(Settings { timeouts, home })
+        let dht_bootstrap = match std::env::var(DHT_BOOTSTRAP_ENV) {
+            Ok(text) => Some(
+                crate::protocol::discovery::parse_bootstrap(&text).map_err(|e| format!("{DHT_BOOTSTRAP_ENV}: {e}"))?,
+            ),
+            Err(_) => None,
+        };
+        let port_mapping = match std::env::var(PORT_MAPPING_ENV).as_deref() {
+            Ok("on" | "true" | "yes") => Some(true),
+            Ok("off" | "false" | "no") => Some(false),
+            Ok(other) => return Err(format!("{PORT_MAPPING_ENV}={other:?} is neither on nor off")),
+            Err(_) => None,
+        };
+        Ok(Settings { timeouts, home, dht_bootstrap, port_mapping })
     }
 
-    /// A client presenting `identity` for `traffic`, waiting as these settings say.
-    pub fn client(&self, identity: &Identity, traffic: Traffic) -> Client {
-        Client::with_traffic(identity.clone(), traffic).with_timeouts(self.timeouts)
+    /// A client presenting `node`'s key for `traffic`, waiting as these settings say, and
+    /// looking a peer up on the DHT when its known addresses do not answer (unless the DHT is
+    /// off).
+    pub fn client(&self, node: &Node, traffic: Traffic) -> Client {
+        let client = Client::with_traffic(node.identity.clone(), traffic).with_timeouts(self.timeouts);
+        let discovery = Discovery::new(&node.config, self);
+        if discovery.enabled() {
+            client.with_resolver(Arc::new(crate::node::discover::BookResolver::new(node.clone(), Arc::new(discovery))))
+        } else {
+            client
+        }
     }
 }

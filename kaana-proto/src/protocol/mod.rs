@@ -3,6 +3,7 @@
 
 pub mod board;
 pub mod challenge;
+pub mod discovery;
 pub mod encoding;
 pub mod fairness;
 pub mod history;

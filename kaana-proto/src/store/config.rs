@@ -63,6 +63,16 @@ pub struct Config {
     /// The history allowance of this node's offers, in percent of their size.
     #[serde(default = "default_history_percent")]
     pub history_percent: u64,
+    /// The DHT's bootstrap nodes (`HOST:PORT`): `None` for the public DHT, empty for no DHT.
+    #[serde(default)]
+    pub dht_bootstrap: Option<Vec<String>>,
+    /// Whether the server asks the router to forward a UDP port to it (UPnP IGD).
+    #[serde(default = "default_port_mapping")]
+    pub port_mapping: bool,
+}
+
+fn default_port_mapping() -> bool {
+    true
 }
 
 /// A setting of `config.json` that `kaana-offer config` reads and changes.
@@ -88,11 +98,15 @@ pub enum Key {
     HistorySecs,
     /// `history_percent`.
     HistoryPercent,
+    /// `dht_bootstrap`.
+    DhtBootstrap,
+    /// `port_mapping`.
+    PortMapping,
 }
 
 impl Key {
     /// Every key, as `config.json` names them.
-    pub const ALL: [(&'static str, Key); 10] = [
+    pub const ALL: [(&'static str, Key); 12] = [
         ("listen", Key::Listen),
         ("advertise", Key::Advertise),
         ("volume", Key::Volume),
@@ -103,6 +117,8 @@ impl Key {
         ("audit_rate", Key::AuditRate),
         ("history_secs", Key::HistorySecs),
         ("history_percent", Key::HistoryPercent),
+        ("dht_bootstrap", Key::DhtBootstrap),
+        ("port_mapping", Key::PortMapping),
     ];
 
     /// Its name in `config.json`.
@@ -181,6 +197,12 @@ impl Config {
                 Ok(p) if (1..=400).contains(&p) => self.history_percent = p,
                 _ => return Err(format!("history_percent must be a whole number from 1 to 400, not {text:?}")),
             },
+            Key::DhtBootstrap => self.dht_bootstrap = crate::protocol::discovery::parse_bootstrap(text)?,
+            Key::PortMapping => match text {
+                "true" | "on" | "yes" => self.port_mapping = true,
+                "false" | "off" | "no" => self.port_mapping = false,
+                _ => return Err(format!("port_mapping must be true or false, not {text:?}")),
+            },
         }
         Ok(())
     }
@@ -232,15 +254,7 @@ impl fmt::Display for PeerAddr {
     }
 }
 
-/// Whether `addr` is `HOST:PORT` (IPv6 hosts in brackets).
-pub fn is_host_port(addr: &str) -> bool {
-    if addr.parse::<SocketAddr>().is_ok() {
-        return true;
-    }
-    let Some((host, port)) = addr.rsplit_once(':') else { return false };
-    let name_ok = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '.';
-    port.parse::<u16>().is_ok() && !host.is_empty() && host.chars().all(name_ok)
-}
+pub use crate::protocol::discovery::is_host_port;
 
 /// `peers.json`: node id to the addresses it was last seen at, newest first.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -258,6 +272,24 @@ pub struct AddressBook {
 pub struct PeerEntry {
     /// Addresses (`HOST:PORT`), the most recently added first.
     pub addrs: Vec<String>,
+    /// What the peer's own address record on the DHT said, when it was looked up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dht: Option<Resolved>,
+}
+
+/// A peer's address record as found on the DHT.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Resolved {
+    /// The record's sequence number (when it was signed, in microseconds): only a newer record
+    /// replaces it.
+    pub seq: u64,
+    /// The addresses it gave.
+    pub addrs: Vec<String>,
+    /// Whether the peer keeps a board.
+    pub board: bool,
+    /// When this node last looked the peer up (a record is not asked for again within its TTL).
+    pub resolved_at: crate::protocol::time::Timestamp,
 }
 
 impl AddressBook {
@@ -270,6 +302,37 @@ impl AddressBook {
         entry.addrs.retain(|a| a != &peer.addr);
         entry.addrs.insert(0, peer.addr.clone());
         true
+    }
+
+    /// Takes in `node`'s address record `record` with sequence number `seq`, looked up at
+    /// `now`: a newer record than the last one known puts its addresses first and drops those
+    /// only the older record gave; an older or the same record changes no address (a replayed
+    /// record is ignored). Returns whether the addresses changed.
+    pub fn learn(
+        &mut self,
+        node: NodeId,
+        seq: u64,
+        record: &crate::protocol::discovery::AddressRecord,
+        now: crate::protocol::time::Timestamp,
+    ) -> bool {
+        let entry = self.peers.entry(node).or_default();
+        let known = entry.dht.as_ref().map(|d| d.seq);
+        if !crate::protocol::discovery::replaces(known, seq) {
+            if let Some(d) = entry.dht.as_mut() {
+                d.resolved_at = now;
+            }
+            return false;
+        }
+        let before = entry.addrs.clone();
+        if let Some(old) = &entry.dht {
+            entry.addrs.retain(|a| !old.addrs.contains(a) || record.addrs.contains(a));
+        }
+        entry.addrs.retain(|a| !record.addrs.contains(a));
+        let mut addrs = record.addrs.clone();
+        addrs.append(&mut entry.addrs);
+        entry.addrs = addrs;
+        entry.dht = Some(Resolved { seq, addrs: record.addrs.clone(), board: record.board, resolved_at: now });
+        entry.addrs != before
     }
 
     /// The addresses known for `node`, newest first.
@@ -306,5 +369,22 @@ mod tests {
         assert!(!book.add(&PeerAddr { node: id, addr: "b:2".into() }));
         assert!(book.add(&PeerAddr { node: id, addr: "a:1".into() }));
         assert_eq!(book.addrs(&id), ["a:1", "b:2"]);
+    }
+
+    #[test]
+    fn a_newer_record_replaces_what_an_older_one_said_and_keeps_the_rest() {
+        use crate::protocol::discovery::AddressRecord;
+        let id = Identity::from_seed([5; 32]).node_id();
+        let now = crate::protocol::time::Timestamp::from_unix(1_800_000_000);
+        let mut book = AddressBook::default();
+        book.add(&PeerAddr { node: id, addr: "typed:1".into() });
+        let rec = |a: &str| AddressRecord { addrs: vec![a.to_owned()], board: true };
+        assert!(book.learn(id, 10, &rec("dht:1"), now));
+        assert_eq!(book.addrs(&id), ["dht:1", "typed:1"]);
+        assert!(book.learn(id, 20, &rec("dht:2"), now));
+        assert_eq!(book.addrs(&id), ["dht:2", "typed:1"], "the older record's address is dropped");
+        assert!(!book.learn(id, 10, &rec("dht:1"), now), "a replayed older record changes nothing");
+        assert!(!book.learn(id, 20, &rec("dht:1"), now), "nor does one with the same number");
+        assert_eq!(book.addrs(&id), ["dht:2", "typed:1"]);
     }
 }

@@ -31,7 +31,7 @@ struct Recovered {
 }
 
 /// An opened node.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Node {
     /// Its state directory.
     pub home: Home,
@@ -124,6 +124,23 @@ impl Node {
     pub fn add_peer(&self, peer: &PeerAddr) -> Result<bool, StateError> {
         let _lock = self.home.lock()?;
         self.remember_addrs(&peer.node, std::slice::from_ref(&peer.addr))
+    }
+
+    /// Takes `peer`'s address record `record` (sequence number `seq`), looked up on the DHT at
+    /// `now`, into the address book under the state lock (see [`AddressBook::learn`]); returns
+    /// whether its addresses changed.
+    pub fn learn_record(
+        &self,
+        peer: NodeId,
+        seq: u64,
+        record: &crate::protocol::discovery::AddressRecord,
+        now: Timestamp,
+    ) -> Result<bool, StateError> {
+        let _lock = self.home.lock()?;
+        let mut book = self.address_book()?;
+        let changed = book.learn(peer, seq, record, now);
+        self.home.write(&self.home.peers(), &book)?;
+        Ok(changed)
     }
 
     /// Records `addrs` (the preferred first) for `node` in the address book; returns whether it

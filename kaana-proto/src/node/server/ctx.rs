@@ -84,6 +84,8 @@ pub(super) struct Ctx {
     pub(super) buffers: crate::store::buffer::Pool,
     /// Bytes stored per contract during pushes (to cap what a push may add).
     pub(super) stored: Mutex<HashMap<RecordId, u64>>,
+    /// When the server last wrote down that a known peer reached it (`reach.json`).
+    pub(super) reached: Mutex<Option<std::time::Instant>>,
 }
 
 /// Holds one connection's place in the caps until dropped.

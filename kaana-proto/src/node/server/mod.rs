@@ -77,6 +77,7 @@ impl Server {
             put_shares: Mutex::new(HashMap::new()),
             buffers: crate::store::buffer::Pool::new(MAX_PUTS_AT_ONCE),
             stored: Mutex::new(HashMap::new()),
+            reached: Mutex::new(None),
         };
         Ok(Server { endpoint, ctx: Arc::new(ctx), queues: Some(queues) })
     }
@@ -168,6 +169,7 @@ async fn handle_connection(
     };
     if !stranger {
         transport::open_up(&conn);
+        note_reached(&ctx, peer);
     }
     let max_frame = if stranger { STRANGER_MAX_FRAME } else { crate::net::wire::MAX_FRAME };
     if silent_toward(&ctx, peer).await {
@@ -190,6 +192,33 @@ async fn handle_connection(
                 Err(_) => break,
             },
         }
+    }
+}
+
+/// How often the server writes down that a known peer reached it.
+const REACHED_EVERY: Duration = Duration::from_secs(600);
+
+/// Writes down in `reach.json` that `peer`, a node this one knows, reached the server: the
+/// evidence `kaana-offer status` has that the node can be reached from outside. At most every
+/// [`REACHED_EVERY`].
+fn note_reached(ctx: &Arc<Ctx>, peer: NodeId) {
+    let due = match ctx.reached.lock() {
+        Ok(mut last) if last.is_none_or(|t| t.elapsed() >= REACHED_EVERY) => {
+            *last = Some(std::time::Instant::now());
+            true
+        }
+        _ => false,
+    };
+    if due {
+        let c = ctx.clone();
+        tokio::task::spawn_blocking(move || {
+            let Ok(now) = now_from_env() else { return };
+            if let Err(e) =
+                c.node.update_reach(|r| r.last_reached = Some(crate::store::reach::Reached { at: now, peer }))
+            {
+                c.say(format_args!("reach.json: {e}"));
+            }
+        });
     }
 }
 

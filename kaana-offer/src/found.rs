@@ -1,0 +1,190 @@
+//! Being found and finding others on the Mainline DHT: `announce`, `peer add ID` (looked up by
+//! id), `list --dht`, and `dht-nodes` (DHT nodes for a private network or a test).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::{Context as _, bail};
+use serde::Serialize;
+
+use kaana_proto::net::transport::Client;
+use kaana_proto::net::wire::{Request, Response};
+use kaana_proto::node::cli::{Exit, emit};
+use kaana_proto::node::discover::Discovery;
+use kaana_proto::node::machine::{Settings, now_from_env};
+use kaana_proto::protocol::discovery::Whereabouts;
+use kaana_proto::protocol::identity::NodeId;
+use kaana_proto::protocol::time::Timestamp;
+use kaana_proto::store::config::PeerAddr;
+use kaana_proto::store::node::Node;
+
+use crate::block_on;
+use crate::market::Fetched;
+
+/// At most this many boards found on the DHT are asked for their offers.
+const MAX_DHT_BOARDS: usize = 32;
+
+#[derive(Serialize)]
+struct AnnounceLine {
+    node: NodeId,
+    addrs: Vec<String>,
+    board: bool,
+    stored_on: u32,
+    secs: f64,
+}
+
+/// `kaana-offer announce`: publishes this node's address record now (the running server keeps
+/// it fresh on its own), and with a running server, announces its board under the DHT topic.
+pub(crate) fn announce(home: &Path, settings: &Settings) -> anyhow::Result<Exit> {
+    let node = Node::open_at(home)?;
+    let now = now_from_env()?;
+    let discovery = Discovery::new(&node.config, settings);
+    let server = node.server_info()?.filter(|s| kaana_proto::node::machine::process_alive(s.pid));
+    if server.is_none() {
+        eprintln!(
+            "kaana-offer: the server is not running: the record gives the configured addresses, no board is \
+             announced, and nothing keeps the record fresh (start `kaana-sync serve`)"
+        );
+    }
+    let reach = node.reach()?;
+    let listen = server.as_ref().map_or(node.config.listen, |s| s.listen);
+    let mapped = reach.mapped.as_deref().and_then(|m| m.parse().ok()).filter(|_| server.is_some());
+    let started = Instant::now();
+    let published = block_on(async {
+        let public_ip = if listen.ip().is_unspecified() {
+            match discovery.dht().await {
+                Ok(dht) => dht.public_address().await.map(|a| a.ip()),
+                Err(_) => None,
+            }
+        } else {
+            None
+        };
+        let w = Whereabouts {
+            advertise: node.config.advertise.clone(),
+            listen: Some(listen),
+            mapped,
+            public_ip,
+            public_dht: discovery.is_public(),
+        };
+        let board_port = server.as_ref().map(|_| mapped.map_or(listen.port(), |m: std::net::SocketAddr| m.port()));
+        Ok(discovery.publish(&node, &w, board_port, now).await?)
+    })
+    .context("announcing this node on the DHT")?;
+    emit(&AnnounceLine {
+        node: node.id(),
+        addrs: published.addrs,
+        board: published.board,
+        stored_on: published.stored_on,
+        secs: round_secs(started),
+    })?;
+    Ok(if published.stored_on == 0 { Exit::Attention } else { Exit::Ok })
+}
+
+fn round_secs(since: Instant) -> f64 {
+    (since.elapsed().as_secs_f64() * 1000.0).round() / 1000.0
+}
+
+/// `kaana-offer peer add ID`: looks the node up on the DHT, checks that it answers there as that
+/// id (unless `no_check`), and keeps its addresses. Returns them.
+pub(crate) fn look_up_peer(node: &Node, settings: &Settings, peer: NodeId) -> anyhow::Result<Vec<String>> {
+    let now = now_from_env()?;
+    let discovery = Discovery::new(&node.config, settings);
+    let found = block_on(async { Ok(discovery.lookup(node, peer, now).await?) })
+        .with_context(|| format!("looking node {peer} up on the DHT"))?;
+    match found {
+        Some((record, _)) if !record.addrs.is_empty() => Ok(record.addrs),
+        Some(_) => bail!("node {peer}'s record on the DHT gives no address"),
+        None => bail!(
+            "node {peer} has no address record on the DHT (it announces itself when its server runs, or with \
+             `kaana-offer announce`); add it as ID@HOST:PORT instead"
+        ),
+    }
+}
+
+/// `list --dht`: asks the boards announced under the DHT topic for their offers, and says on
+/// stderr how many it asked and how long it took.
+pub(crate) async fn fetch_dht_boards(
+    node: &Node,
+    settings: &Settings,
+    client: &Client,
+    now: Timestamp,
+    out: &mut Fetched,
+) {
+    let started = Instant::now();
+    let discovery = Discovery::new(&node.config, settings);
+    let found = match discovery.boards(MAX_DHT_BOARDS).await {
+        Ok(found) => found,
+        Err(e) => {
+            eprintln!("kaana-offer: the DHT: {e} ({:.1}s)", started.elapsed().as_secs_f64());
+            out.failed += 1;
+            return;
+        }
+    };
+    let before = out.offers.len();
+    let mut answered = 0;
+    let mut boards: BTreeMap<NodeId, String> = BTreeMap::new();
+    for addr in &found {
+        let listed = async {
+            let conn = client.connect_anyone(&addr.to_string()).await?;
+            if conn.node() == node.id() || boards.contains_key(&conn.node()) {
+                // This node's own board, or one already asked at another address.
+                conn.close();
+                return Ok(false);
+            }
+            boards.insert(conn.node(), addr.to_string());
+            crate::market::fetch_board(&conn, now, &mut out.offers).await.map(|()| true)
+        };
+        match listed.await {
+            Ok(true) => answered += 1,
+            Ok(false) => {}
+            Err(e) => eprintln!("kaana-offer: board at {addr} (found on the DHT): {e}"),
+        }
+    }
+    eprintln!(
+        "kaana-offer: the DHT gave {} board address(es); {answered} board(s) answered with {} offer(s) in {:.1}s",
+        found.len(),
+        out.offers.len() - before,
+        started.elapsed().as_secs_f64()
+    );
+}
+
+/// Asks `peer` at `addr` who it is: it must prove it holds `peer`'s key.
+pub(crate) async fn say_hello(client: &Client, peer: &PeerAddr) -> anyhow::Result<()> {
+    let conn = client.connect(peer.node, &peer.addr).await?;
+    let reply = conn.request(&Request::Hello).await?;
+    conn.close();
+    match reply {
+        Response::Hello { node: answered, .. } if answered == peer.node => Ok(()),
+        other => bail!("unexpected answer to hello: {other:?}"),
+    }
+}
+
+#[derive(Serialize)]
+struct NodesLine {
+    bootstrap: Vec<String>,
+}
+
+/// `kaana-offer dht-nodes`: runs `count` DHT nodes on `ip` that know each other, prints their
+/// addresses (the bootstrap list for a private network), and serves until SIGTERM or SIGINT.
+pub(crate) fn dht_nodes(count: usize, ip: std::net::Ipv4Addr) -> anyhow::Result<Exit> {
+    if count == 0 {
+        bail!("--count must be at least 1");
+    }
+    let testnet = mainline::Testnet::builder(count).bind_address(ip).build().context("starting the DHT nodes")?;
+    emit(&NodesLine { bootstrap: testnet.bootstrap.clone() })?;
+    eprintln!("kaana-offer: {count} DHT nodes on {ip}; give them to nodes with --dht-bootstrap or KAANA_DHT_BOOTSTRAP");
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).context("listening for SIGTERM")?;
+        let mut int = signal(SignalKind::interrupt()).context("listening for SIGINT")?;
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        anyhow::Ok(())
+    })?;
+    drop(testnet);
+    Ok(Exit::Ok)
+}
