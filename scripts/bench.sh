@@ -30,6 +30,8 @@ cargo build --release --workspace --quiet
 BIN="$(pwd)/target/release"
 export PATH="$BIN:$PATH"
 unset KAANA_HOME KAANA_NOW
+# Nothing leaves the machine: no public DHT, no router asked for a port.
+export KAANA_DHT_BOOTSTRAP=none KAANA_PORT_MAPPING=off
 
 bytes_of() { numfmt --from=iec-i "${1%B}"; }
 size=$(bytes_of "$SIZE")

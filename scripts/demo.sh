@@ -9,10 +9,20 @@
 # is caught, with evidence anyone can check. When C's grace runs out, kaana-prune frees the
 # space. Last, A's volume comes back from B, is decrypted, and its files compared.
 #
+# With --dht the nodes find each other by id alone, on a local Mainline DHT of 20 nodes on
+# 127.0.0.1 (`kaana-offer dht-nodes`): B adds A knowing only A's id, and finds A's offers on the
+# boards announced there. Without it, no tool goes near a DHT.
+#
 # Exit 0 only if every step did what it should. Every process started is stopped on exit, on
 # failure and on Ctrl-C. Set KAANA_BIN to a folder of built tools to skip the build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+dht=false
+case "${1:-}" in
+  --dht) dht=true ;;
+  "") ;;
+  *) echo "usage: scripts/demo.sh [--dht]" >&2; exit 2 ;;
+esac
 export PATH="$PATH:/usr/sbin:/sbin"
 
 if [ -z "${KAANA_BIN:-}" ]; then
@@ -26,6 +36,8 @@ for tool in kaana-offer kaana-sync kaana-challenge kaana-prune jq mke2fs qemu-im
 done
 export PATH="$KAANA_BIN:$PATH"
 unset KAANA_HOME KAANA_NOW
+# Nothing leaves the machine: no public DHT, no router asked for a port.
+export KAANA_DHT_BOOTSTRAP=none KAANA_PORT_MAPPING=off
 
 work="$(mktemp -d -t kaana-demo.XXXXXX)"
 pids=()
@@ -82,7 +94,7 @@ volume() { # NAME: an ext4 file system of real files, encrypted with LUKS
 node() { # NAME: init, start the server, remember its id and address
   local name=$1 home="$work/$1"
   kaana-offer --home "$home" init --listen 127.0.0.1:0 --capacity 256MiB --audit-rate 0 \
-    --volume "$work/$name.luks" >"$work/$name.init" 2>/dev/null
+    --dht-bootstrap "$KAANA_DHT_BOOTSTRAP" --volume "$work/$name.luks" >"$work/$name.init" 2>/dev/null
   kaana-sync --home "$home" serve >"$work/$name.serve" 2>"$work/$name.serve.log" &
   pids+=($!)
   for _ in $(seq 100); do [ -s "$work/$name.serve" ] && break; sleep 0.05; done
@@ -90,6 +102,15 @@ node() { # NAME: init, start the server, remember its id and address
   eval "${name}_id=\$(jq -r .node \"\$work/\$name.serve\")"
   eval "${name}_addr=\$(jq -r .listen \"\$work/\$name.serve\")"
 }
+
+if $dht; then
+  step "A local Mainline DHT: 20 DHT nodes on 127.0.0.1, standing in for the public one"
+  kaana-offer dht-nodes --count 20 >"$work/dht.json" 2>/dev/null &
+  pids+=($!)
+  for _ in $(seq 100); do [ -s "$work/dht.json" ] && break; sleep 0.05; done
+  KAANA_DHT_BOOTSTRAP=$(jq -r '.bootstrap | join(",")' "$work/dht.json") || fail "the DHT nodes did not start"
+  echo "bootstrap: ${KAANA_DHT_BOOTSTRAP%%,*},… (20 nodes)"
+fi
 
 step "Three nodes, each with a LUKS-encrypted volume of real files, start their servers"
 for n in A B C; do volume "$n"; node "$n"; done
@@ -107,13 +128,33 @@ run 0 kaana-offer --home "$work/A" create --size 64MiB --grace 7d; offer_b=$(jq 
 run 0 kaana-offer --home "$work/A" create --size 64MiB --grace 7d; offer_c=$(jq -r .id <<<"$out")
 run 0 kaana-offer --home "$work/A" publish
 
-step "B lists A's board and accepts; so does C (each takes one offer)"
-run 0 kaana-offer --home "$work/B" list --board "$A_id@$A_addr"
-check "$(head -1 <<<"$out")" '.size == 67108864 and .grace_secs == 604800 and .history_secs == 1209600'
-run 0 kaana-offer --home "$work/B" accept "$offer_b"; ab=$(jq -r .id <<<"$out")
-check "$out" '.status == "active" and .role == "taker"'
-run 0 kaana-offer --home "$work/C" list --board "$A_id@$A_addr"
-run 0 kaana-offer --home "$work/C" accept "$offer_c"; ac=$(jq -r .id <<<"$out")
+if $dht; then
+  step "Each server announced its node on the DHT; B knows only A's id, and finds A there"
+  for n in A B C; do
+    for _ in $(seq 200); do
+      jq -e '.announced | length > 0' "$work/$n/reach.json" >/dev/null 2>&1 && break
+      sleep 0.05
+    done
+  done
+  run 0 kaana-offer --home "$work/B" peer add "$A_id"
+  check "$out" ".addrs == [\"$A_addr\"]"
+  step "B and C list the boards announced on the DHT and accept (each takes one offer)"
+  run 0 kaana-offer --home "$work/B" list --dht
+  grep -o 'the DHT gave.*' "$work/last.err" || true
+  check "$(jq -s . <<<"$out")" "map(select(.id == \"$offer_b\")) | length == 1"
+  run 0 kaana-offer --home "$work/B" accept "$offer_b"; ab=$(jq -r .id <<<"$out")
+  check "$out" '.status == "active" and .role == "taker"'
+  run 0 kaana-offer --home "$work/C" list --dht
+  run 0 kaana-offer --home "$work/C" accept "$offer_c"; ac=$(jq -r .id <<<"$out")
+else
+  step "B lists A's board and accepts; so does C (each takes one offer)"
+  run 0 kaana-offer --home "$work/B" list --board "$A_id@$A_addr"
+  check "$(head -1 <<<"$out")" '.size == 67108864 and .grace_secs == 604800 and .history_secs == 1209600'
+  run 0 kaana-offer --home "$work/B" accept "$offer_b"; ab=$(jq -r .id <<<"$out")
+  check "$out" '.status == "active" and .role == "taker"'
+  run 0 kaana-offer --home "$work/C" list --board "$A_id@$A_addr"
+  run 0 kaana-offer --home "$work/C" accept "$offer_c"; ac=$(jq -r .id <<<"$out")
+fi
 
 step "Everyone pushes its volume (read raw, so already encrypted) to its peer"
 for n in A B C; do
@@ -194,5 +235,6 @@ for f in notes.txt photo.raw numbers.txt; do
 done
 echo "notes.txt, photo.raw and numbers.txt are identical to the originals"
 
-printf '\ndemo: PASSED in %ss: offers, contracts, encrypted pushes, challenges, an honest audit, a caught breach, a prune after the grace, a ransomwared volume refused, and a full restore from history.\n' \
-  "$(($(date +%s) - started))"
+$dht && found=" (the nodes found each other by id on a local DHT)" || found=""
+printf '\ndemo: PASSED%s in %ss: offers, contracts, encrypted pushes, challenges, an honest audit, a caught breach, a prune after the grace, a ransomwared volume refused, and a full restore from history.\n' \
+  "$found" "$(($(date +%s) - started))"

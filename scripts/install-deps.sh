@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs what building, testing and the demo need, when it is missing. Safe to run again.
 # Debian packages: e2fsprogs (mke2fs, debugfs), qemu-utils (qemu-img, qemu-io) for real LUKS
-# volumes; iproute2 for the network-namespace tests; jq for the demo and scripts. Rust:
+# volumes; iproute2 for the network-namespace tests; miniupnpd-nftables and nftables for the
+# port-mapping test (a real UPnP router in a namespace; Debian does not start it as a service
+# unless asked); jq for the demo and scripts. Rust:
 # cargo-nextest runs the tests.
 set -euo pipefail
 export PATH="$PATH:/usr/sbin:/sbin"
@@ -13,6 +15,8 @@ command -v qemu-img >/dev/null 2>&1 || need_apt+=(qemu-utils)
 command -v qemu-io >/dev/null 2>&1 || need_apt+=(qemu-utils)
 command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
 command -v jq >/dev/null 2>&1 || need_apt+=(jq)
+command -v nft >/dev/null 2>&1 || need_apt+=(nftables)
+command -v miniupnpd >/dev/null 2>&1 || need_apt+=(miniupnpd-nftables)
 if [ ${#need_apt[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"

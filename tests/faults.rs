@@ -14,19 +14,9 @@ use kaana_proto::protocol::identity::Identity;
 
 use crate::common::{
     Pair, ServerProc, TestNode, assert_exit, assert_state_consistent, assert_state_consistent_after_kill,
-    assert_success, bin_dir, contracted_pair, json_lines, make_contract_sized, one_json, pseudo_random, stderr,
+    assert_success, bin_dir, contracted_pair, json_lines, make_contract_sized, one_json, pseudo_random, sh, stderr,
     walk_files,
 };
-
-/// Runs a command; whether it succeeded.
-fn sh(cmd: &str) -> bool {
-    Command::new("bash")
-        .args(["-c", cmd])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
 
 /// A small tmpfs, unmounted when dropped.
 struct Tmpfs(PathBuf);

@@ -11,6 +11,7 @@ mod faults;
 mod history;
 mod identity;
 mod market;
+mod portmap;
 mod prune;
 mod scripts;
 mod server;

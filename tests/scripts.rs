@@ -41,6 +41,27 @@ fn the_demo_tells_the_whole_story_and_passes() {
     assert_documented(&lines);
 }
 
+#[test]
+fn the_demo_with_dht_finds_the_nodes_by_id_on_a_local_dht() {
+    let out = Command::new("bash")
+        .arg(repo().join("scripts/demo.sh"))
+        .arg("--dht")
+        .env("KAANA_BIN", bin_dir())
+        .env_remove("KAANA_HOME")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "demo --dht failed:\n{stdout}\n{}", stderr(&out));
+    let last = stdout.lines().last().unwrap_or_default();
+    assert!(last.starts_with("demo: PASSED (the nodes found each other by id on a local DHT)"), "{last}");
+    for shown in ["$ kaana-offer --home B peer add <A>\n", "$ kaana-offer --home B list --dht", "board(s) answered"] {
+        assert!(stdout.contains(shown), "the demo did not show {shown:?}:\n{stdout}");
+    }
+    assert!(!stdout.contains("$ kaana-offer --home B list --board"), "no board is named by address");
+    let lines: Vec<serde_json::Value> = stdout.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    assert_documented(&lines);
+}
+
 /// Asserts that every key of `values` (at any depth) is named in docs/json.md.
 fn assert_documented(values: &[serde_json::Value]) {
     fn keys(v: &serde_json::Value, out: &mut std::collections::BTreeSet<String>) {
@@ -216,6 +237,7 @@ fn the_installed_crontab_runs_under_crons_environment() {
     for command in &commands {
         let out = Command::new("env")
             .args(["-i", "PATH=/usr/bin:/bin"])
+            .args(crate::common::OFFLINE_ENV.iter().map(|(k, v)| format!("{k}={v}")))
             .args(vars.iter().filter(|v| !v.starts_with("MAILTO=")))
             .args(["sh", "-c", command])
             .output()

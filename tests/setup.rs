@@ -12,7 +12,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use crate::common::{ServerProc, assert_success, bin_dir, decrypt_luks, json_lines, make_luks, one_json};
+use crate::common::{OFFLINE_ENV, ServerProc, assert_success, bin_dir, decrypt_luks, json_lines, make_luks, one_json};
 use crate::scripts::{readme, repo};
 
 /// The text of the README between the heading `from` and the next heading of its level.
@@ -80,6 +80,7 @@ impl Machine {
             .args(["-c", command])
             .current_dir(repo())
             .env_clear()
+            .envs(OFFLINE_ENV)
             .env("PATH", format!("{}/bin:/usr/bin:/bin:/usr/sbin:/sbin", self.prefix.display()))
             .output()
             .unwrap()
@@ -105,6 +106,7 @@ impl Machine {
         let mut child = Command::new(words.next().unwrap())
             .args(words)
             .env_clear()
+            .envs(OFFLINE_ENV)
             .env("PATH", "/usr/bin:/bin")
             .env(name, env_value)
             .stdout(Stdio::piped())
@@ -263,6 +265,7 @@ fn the_real_set_up_runs_as_written() {
             .args(["-c", &c])
             .current_dir(repo())
             .env_clear()
+            .envs(OFFLINE_ENV)
             .env("PATH", format!("{}/bin:/usr/bin:/bin", again.prefix.display()))
             .env("KAANA_HOME", &new_home)
             .output()

@@ -1,8 +1,9 @@
 //! Being found and finding others on the Mainline DHT: `announce`, `peer add ID` (looked up by
 //! id), `list --dht`, and `dht-nodes` (DHT nodes for a private network or a test).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context as _, bail};
@@ -11,10 +12,9 @@ use serde::Serialize;
 use kaana_proto::net::transport::Client;
 use kaana_proto::net::wire::{Request, Response};
 use kaana_proto::node::cli::{Exit, emit};
-use kaana_proto::node::discover::Discovery;
 use kaana_proto::node::machine::{Settings, now_from_env};
-use kaana_proto::protocol::discovery::Whereabouts;
 use kaana_proto::protocol::identity::NodeId;
+use kaana_proto::protocol::reachability::Whereabouts;
 use kaana_proto::protocol::time::Timestamp;
 use kaana_proto::store::config::PeerAddr;
 use kaana_proto::store::node::Node;
@@ -39,7 +39,7 @@ struct AnnounceLine {
 pub(crate) fn announce(home: &Path, settings: &Settings) -> anyhow::Result<Exit> {
     let node = Node::open_at(home)?;
     let now = now_from_env()?;
-    let discovery = Discovery::new(&node.config, settings);
+    let discovery = settings.discovery(&node);
     let server = node.server_info()?.filter(|s| kaana_proto::node::machine::process_alive(s.pid));
     if server.is_none() {
         eprintln!(
@@ -52,14 +52,7 @@ pub(crate) fn announce(home: &Path, settings: &Settings) -> anyhow::Result<Exit>
     let mapped = reach.mapped.as_deref().and_then(|m| m.parse().ok()).filter(|_| server.is_some());
     let started = Instant::now();
     let published = block_on(async {
-        let public_ip = if listen.ip().is_unspecified() {
-            match discovery.dht().await {
-                Ok(dht) => dht.public_address().await.map(|a| a.ip()),
-                Err(_) => None,
-            }
-        } else {
-            None
-        };
+        let public_ip = if listen.ip().is_unspecified() { discovery.own_public_ip().await } else { None };
         let w = Whereabouts {
             advertise: node.config.advertise.clone(),
             listen: Some(listen),
@@ -89,7 +82,7 @@ fn round_secs(since: Instant) -> f64 {
 /// id (unless `no_check`), and keeps its addresses. Returns them.
 pub(crate) fn look_up_peer(node: &Node, settings: &Settings, peer: NodeId) -> anyhow::Result<Vec<String>> {
     let now = now_from_env()?;
-    let discovery = Discovery::new(&node.config, settings);
+    let discovery = settings.discovery(node);
     let found = block_on(async { Ok(discovery.lookup(node, peer, now).await?) })
         .with_context(|| format!("looking node {peer} up on the DHT"))?;
     match found {
@@ -102,17 +95,19 @@ pub(crate) fn look_up_peer(node: &Node, settings: &Settings, peer: NodeId) -> an
     }
 }
 
-/// `list --dht`: asks the boards announced under the DHT topic for their offers, and says on
-/// stderr how many it asked and how long it took.
+/// `list --dht`: asks the boards announced under the DHT topic for their offers, all at once
+/// (an address announced by a node that is gone, or by someone who wants listings to be slow,
+/// costs one connection time-out in all, not one each), and says on stderr how many it asked
+/// and how long it took.
 pub(crate) async fn fetch_dht_boards(
     node: &Node,
     settings: &Settings,
-    client: &Client,
+    client: &Arc<Client>,
     now: Timestamp,
     out: &mut Fetched,
 ) {
     let started = Instant::now();
-    let discovery = Discovery::new(&node.config, settings);
+    let discovery = settings.discovery(node);
     let found = match discovery.boards(MAX_DHT_BOARDS).await {
         Ok(found) => found,
         Err(e) => {
@@ -121,29 +116,39 @@ pub(crate) async fn fetch_dht_boards(
             return;
         }
     };
+    let mut asked = tokio::task::JoinSet::new();
+    for addr in found.iter().map(ToString::to_string) {
+        let client = client.clone();
+        asked.spawn(async move {
+            let listed = async {
+                let conn = client.connect_anyone(&addr).await?;
+                let mut offers = BTreeMap::new();
+                let r = crate::market::fetch_board(&conn, now, &mut offers).await;
+                r.map(|()| (conn.node(), offers))
+            };
+            let listed = listed.await;
+            (addr, listed)
+        });
+    }
     let before = out.offers.len();
-    let mut answered = 0;
-    let mut boards: BTreeMap<NodeId, String> = BTreeMap::new();
-    for addr in &found {
-        let listed = async {
-            let conn = client.connect_anyone(&addr.to_string()).await?;
-            if conn.node() == node.id() || boards.contains_key(&conn.node()) {
-                // This node's own board, or one already asked at another address.
-                conn.close();
-                return Ok(false);
+    let mut boards: BTreeSet<NodeId> = BTreeSet::new();
+    while let Some(done) = asked.join_next().await {
+        let Ok((addr, listed)) = done else { continue };
+        match listed {
+            // This node's own board is not news; a board announced at two addresses counts once.
+            Ok((board, _)) if board == node.id() => {}
+            Ok((board, offers)) => {
+                if boards.insert(board) {
+                    out.offers.extend(offers);
+                }
             }
-            boards.insert(conn.node(), addr.to_string());
-            crate::market::fetch_board(&conn, now, &mut out.offers).await.map(|()| true)
-        };
-        match listed.await {
-            Ok(true) => answered += 1,
-            Ok(false) => {}
             Err(e) => eprintln!("kaana-offer: board at {addr} (found on the DHT): {e}"),
         }
     }
     eprintln!(
-        "kaana-offer: the DHT gave {} board address(es); {answered} board(s) answered with {} offer(s) in {:.1}s",
+        "kaana-offer: the DHT gave {} board address(es); {} board(s) answered with {} offer(s) in {:.1}s",
         found.len(),
+        boards.len(),
         out.offers.len() - before,
         started.elapsed().as_secs_f64()
     );

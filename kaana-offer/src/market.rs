@@ -217,7 +217,7 @@ pub(crate) fn status(home: &Path) -> anyhow::Result<Exit> {
 
 /// Whether peers can reach this node, from what its server last wrote in `reach.json`.
 fn reachability(node: &Node, has_contracts: bool, now: Timestamp) -> anyhow::Result<(Option<bool>, String)> {
-    use kaana_proto::protocol::discovery::{Sightings, Whereabouts, announced, reachable};
+    use kaana_proto::protocol::reachability::{Sightings, Whereabouts, announced, reachable};
     let server = node.server_info()?.filter(|s| kaana_proto::node::machine::process_alive(s.pid));
     let reach = node.reach()?;
     // What the server would announce, and what it last did (with the public address the DHT saw).
@@ -506,7 +506,7 @@ async fn fetch_boards(
     dht: bool,
     now: Timestamp,
 ) -> anyhow::Result<Fetched> {
-    let client = settings.client(node, Traffic::Short);
+    let client = std::sync::Arc::new(settings.client(node, Traffic::Short));
     let mut out = Fetched { offers: BTreeMap::new(), failed: 0 };
     for board in boards {
         let fetched = async {

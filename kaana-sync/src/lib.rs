@@ -476,10 +476,10 @@ fn status(node: &Node) -> anyhow::Result<Exit> {
 }
 
 async fn serve(node: Node, opts: ServerOptions, settings: &Settings, map_port: bool) -> anyhow::Result<Exit> {
-    use kaana_proto::node::discover::{Discovery, keep_reachable};
+    use kaana_proto::node::server::keep_reachable;
     let id = node.id();
     let report = std::sync::Arc::new(kaana_proto::node::report::Stderr("kaana-sync serve"));
-    let discovery = std::sync::Arc::new(Discovery::new(&node.config, settings));
+    let discovery = std::sync::Arc::new(settings.discovery(&node));
     let server = Server::bind(node.clone(), opts, report.clone())?;
     let listen = server.local_addr()?;
     emit(&ServeLine { node: id, listen })?;

@@ -24,6 +24,21 @@ pub fn bin_dir() -> PathBuf {
     dir
 }
 
+/// What keeps a tool on this machine when a test clears its environment (as cron and systemd
+/// do): no public DHT, no router asked for a port. (`.cargo/config.toml` sets the same for
+/// every process the tests start with the environment they inherit.)
+pub const OFFLINE_ENV: [(&str, &str); 2] = [("KAANA_DHT_BOOTSTRAP", "none"), ("KAANA_PORT_MAPPING", "off")];
+
+/// Runs a shell command quietly; whether it succeeded.
+pub fn sh(cmd: &str) -> bool {
+    Command::new("bash")
+        .args(["-c", cmd])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
 /// A command for one of the tools, with a clean environment for the variables they read.
 pub fn tool(name: &str) -> Command {
     let mut cmd = Command::new(bin_dir().join(name));

@@ -110,11 +110,18 @@ impl Settings {
     /// off).
     pub fn client(&self, node: &Node, traffic: Traffic) -> Client {
         let client = Client::with_traffic(node.identity.clone(), traffic).with_timeouts(self.timeouts);
-        let discovery = Discovery::new(&node.config, self);
-        if discovery.enabled() {
-            client.with_resolver(Arc::new(crate::node::discover::BookResolver::new(node.clone(), Arc::new(discovery))))
-        } else {
-            client
+        let discovery = self.discovery(node);
+        match now_from_env() {
+            Ok(now) if discovery.enabled() => {
+                let resolver = crate::node::discover::BookResolver::new(node.clone(), Arc::new(discovery), now);
+                client.with_resolver(Arc::new(resolver))
+            }
+            _ => client,
         }
+    }
+
+    /// The DHT `node`'s configuration names, unless the environment names another.
+    pub fn discovery(&self, node: &Node) -> Discovery {
+        Discovery::new(&node.config, self.dht_bootstrap.clone())
     }
 }

@@ -1,9 +1,9 @@
 //! Finding nodes beyond the address book, as pure rules and records: a node's signed address
 //! record (a pkarr packet under its own key, for the Mainline DHT), the DHT topic under which
-//! nodes that keep a board announce themselves, when to publish again, which of two records
-//! wins, and whether this node can be reached from outside.
+//! nodes that keep a board announce themselves, when to publish again, and which of two records
+//! wins. What a node announces, and whether it can be reached, is [`super::reachability`].
 
-use std::net::{IpAddr, SocketAddr};
+use core::net::SocketAddr;
 
 use pkarr::dns::rdata::TXT;
 use pkarr::{Keypair, SignedPacket};
@@ -29,10 +29,6 @@ pub const REANNOUNCE_SECS: u64 = 15 * 60;
 pub const MAX_ADDRS: usize = 8;
 /// The fixed, versioned string the board topic is derived from.
 pub const BOARD_TOPIC: &str = "kaana-like boards v1";
-/// How long, without any peer reaching it, a node with contracts counts itself unreachable:
-/// twice the four hours between cron's challenges.
-pub const SILENCE_SECS: u64 = 8 * 3600;
-
 /// What a node says about itself on the DHT.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AddressRecord {
@@ -165,66 +161,6 @@ pub fn publish_due(last: Option<(Timestamp, &[String])>, addrs: &[String], now: 
     }
 }
 
-/// What a node knows of where it can be reached, to build the addresses it announces.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Whereabouts {
-    /// The addresses the person configured (`advertise`).
-    pub advertise: Vec<String>,
-    /// The address the server is bound to.
-    pub listen: Option<SocketAddr>,
-    /// The address the router forwards to it (a port mapping), if one holds.
-    pub mapped: Option<SocketAddr>,
-    /// The public IP address the DHT's nodes see this node at.
-    pub public_ip: Option<IpAddr>,
-    /// Whether the DHT is the public one (then loopback and private addresses are of no use to
-    /// anyone reading the record, and are left out).
-    pub public_dht: bool,
-}
-
-/// The addresses a node announces, most preferred first, without repeats: those configured, the
-/// router's mapped address, the listen address when it is a definite one, and when it listens on
-/// every interface, the public IP the DHT sees with the listen port. On the public DHT, loopback,
-/// private and link-local addresses are left out.
-pub fn announced(w: &Whereabouts) -> Vec<String> {
-    let mut out: Vec<String> = w.advertise.clone();
-    out.extend(w.mapped.map(|m| m.to_string()));
-    if let Some(listen) = w.listen {
-        if !listen.ip().is_unspecified() {
-            out.push(listen.to_string());
-        } else if let Some(ip) = w.public_ip {
-            out.push(SocketAddr::new(ip, listen.port()).to_string());
-        }
-    }
-    let mut seen = std::collections::BTreeSet::new();
-    out.retain(|a| seen.insert(a.clone()));
-    if w.public_dht {
-        out.retain(|a| a.parse::<SocketAddr>().map_or(true, |s| is_global(s.ip())));
-    }
-    out.truncate(MAX_ADDRS);
-    out
-}
-
-/// Whether `ip` can be reached from the Internet at large (not loopback, private, link-local,
-/// unspecified, or shared address space).
-pub fn is_global(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => {
-            let o = v4.octets();
-            !(v4.is_loopback()
-                || v4.is_private()
-                || v4.is_link_local()
-                || v4.is_unspecified()
-                || v4.is_broadcast()
-                || v4.is_documentation()
-                || (o[0] == 100 && (o[1] & 0xc0) == 64))
-        }
-        IpAddr::V6(v6) => {
-            let s = v6.segments();
-            !(v6.is_loopback() || v6.is_unspecified() || (s[0] & 0xfe00) == 0xfc00 || (s[0] & 0xffc0) == 0xfe80)
-        }
-    }
-}
-
 /// Whether `addr` is `HOST:PORT` (IPv6 hosts in brackets).
 pub fn is_host_port(addr: &str) -> bool {
     if addr.parse::<SocketAddr>().is_ok() {
@@ -249,66 +185,6 @@ pub fn parse_bootstrap(text: &str) -> Result<Option<Vec<String>>, String> {
         return Err(format!("DHT bootstrap node {bad:?} is not HOST:PORT (or say `public` or `none`)"));
     }
     Ok(Some(nodes))
-}
-
-/// What the server last learned of its own reachability.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Sightings {
-    /// Whether the server is running.
-    pub serving: bool,
-    /// When the server started.
-    pub since: Option<Timestamp>,
-    /// The addresses it last announced.
-    pub announced: Vec<String>,
-    /// The router's mapping, if one holds (`external` address).
-    pub mapped: Option<String>,
-    /// Why there is no mapping, if it was asked for and refused.
-    pub mapping_error: Option<String>,
-    /// When a peer with a contract last reached the server, and which.
-    pub last_reached: Option<(Timestamp, NodeId)>,
-    /// Whether this node has contracts whose peers should be reaching it.
-    pub has_contracts: bool,
-}
-
-/// Whether this node can be reached from outside, and why it is thought so: `Some(true)` on
-/// evidence (a peer reached it lately, or the router maps a port to it), `Some(false)` when it
-/// cannot be (no server, nothing to announce, or peers with contracts silent for
-/// [`SILENCE_SECS`]), `None` when nothing tells yet.
-pub fn reachable(s: &Sightings, now: Timestamp) -> (Option<bool>, String) {
-    if !s.serving {
-        return (Some(false), "the server is not running (start `kaana-sync serve`)".into());
-    }
-    let recent = |t: Timestamp| now.unix() < t.unix().saturating_add(SILENCE_SECS);
-    if let Some((at, peer)) = s.last_reached.filter(|(at, _)| recent(*at)) {
-        return (Some(true), format!("peer {} reached this node at {at}", peer.short()));
-    }
-    let up_long = s.since.is_some_and(|since| !recent(since));
-    if s.has_contracts && up_long {
-        let last = s.last_reached.map_or("never".to_owned(), |(at, _)| format!("last at {at}"));
-        let mapping = s.mapping_error.as_ref().map(|e| format!("; the router refused a port mapping: {e}"));
-        return (
-            Some(false),
-            format!(
-                "no peer has reached this node for {}h ({last}) though it has contracts{}: forward UDP to the \
-                 listen port on the router, or set `advertise`",
-                SILENCE_SECS / 3600,
-                mapping.unwrap_or_default()
-            ),
-        );
-    }
-    if let Some(m) = &s.mapped {
-        return (Some(true), format!("the router forwards {m} to this node"));
-    }
-    if s.announced.is_empty() {
-        let why = s.mapping_error.as_ref().map(|e| format!(" (port mapping: {e})")).unwrap_or_default();
-        return (
-            Some(false),
-            format!(
-                "no address peers can reach: the server listens on no definite address, no `advertise` is set and no port is mapped{why}"
-            ),
-        );
-    }
-    (None, format!("announced at {}; no peer has reached it yet", s.announced.join(", ")))
 }
 
 #[cfg(test)]
@@ -379,24 +255,6 @@ mod tests {
     }
 
     #[test]
-    fn announced_addresses() {
-        let w = Whereabouts {
-            advertise: vec!["backup.example.org:7447".into()],
-            listen: Some("0.0.0.0:7447".parse().unwrap()),
-            mapped: Some("203.0.113.9:40000".parse().unwrap()),
-            public_ip: Some("198.51.100.7".parse().unwrap()),
-            public_dht: false,
-        };
-        assert_eq!(announced(&w), ["backup.example.org:7447", "203.0.113.9:40000", "198.51.100.7:7447"]);
-        let lan = Whereabouts { listen: Some("192.168.1.5:7447".parse().unwrap()), ..Whereabouts::default() };
-        assert_eq!(announced(&lan), ["192.168.1.5:7447"]);
-        assert!(announced(&Whereabouts { public_dht: true, ..lan }).is_empty());
-        let lo = Whereabouts { listen: Some("127.0.0.1:9".parse().unwrap()), ..Whereabouts::default() };
-        assert_eq!(announced(&lo), ["127.0.0.1:9"]);
-        assert!(is_global("8.8.8.8".parse().unwrap()) && !is_global("100.64.0.1".parse().unwrap()));
-    }
-
-    #[test]
     fn bootstrap_settings() {
         assert_eq!(parse_bootstrap("public"), Ok(None));
         assert_eq!(parse_bootstrap("none"), Ok(Some(vec![])));
@@ -405,23 +263,5 @@ mod tests {
             Ok(Some(vec!["127.0.0.1:1".into(), "127.0.0.1:2".into()]))
         );
         assert!(parse_bootstrap("127.0.0.1").is_err());
-    }
-
-    #[test]
-    fn reachability() {
-        let a = Identity::from_seed([1; 32]).node_id();
-        let off = Sightings::default();
-        assert_eq!(reachable(&off, t(0)).0, Some(false));
-        let on = Sightings { serving: true, since: Some(t(0)), announced: vec!["1.2.3.4:5".into()], ..off };
-        assert_eq!(reachable(&on, t(10)).0, None);
-        let reached = Sightings { last_reached: Some((t(5), a)), has_contracts: true, ..on.clone() };
-        assert_eq!(reachable(&reached, t(10)).0, Some(true));
-        assert_eq!(reachable(&reached, t(5 + SILENCE_SECS)).0, Some(false), "silent peers for 8h");
-        let young = Sightings { has_contracts: true, ..on.clone() };
-        assert_eq!(reachable(&young, t(SILENCE_SECS - 1)).0, None, "a server just started is not judged");
-        let nothing = Sightings { announced: vec![], mapping_error: Some("no router".into()), ..on };
-        let (r, why) = reachable(&nothing, t(10));
-        assert_eq!(r, Some(false));
-        assert!(why.contains("no router"), "{why}");
     }
 }

@@ -13,6 +13,7 @@ pub mod market;
 pub mod proof;
 pub mod prune;
 pub mod push;
+pub mod reachability;
 pub mod record;
 pub mod size;
 pub mod time;

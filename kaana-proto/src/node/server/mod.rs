@@ -10,12 +10,14 @@ mod audits;
 mod ctx;
 mod forward;
 mod market;
+mod reachable;
 mod reply;
 mod sync;
 
 use crate::node::report::Report;
 pub use ctx::ServerOptions;
 use ctx::{Ctx, MAX_PUTS_AT_ONCE};
+pub use reachable::keep_reachable;
 
 use std::collections::HashMap;
 use std::future::Future;

@@ -1,0 +1,158 @@
+//! The server's side of being found: the port the router maps to it, and its address record and
+//! board announced on the Mainline DHT, kept fresh while it runs. What it learns goes to
+//! `reach.json`.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+
+use crate::net::portmap::{self, Mapping};
+use crate::node::discover::Discovery;
+use crate::node::machine::now_from_env;
+use crate::node::report::Report;
+use crate::protocol::discovery;
+use crate::protocol::reachability::{self, Whereabouts};
+use crate::protocol::time::Timestamp;
+use crate::store::node::Node;
+
+/// How often the server looks at its mapping and its record.
+const TICK: Duration = Duration::from_secs(30);
+/// How long after a refused mapping the router is asked again.
+const MAPPING_RETRY: Duration = Duration::from_secs(600);
+
+/// The server's side of being found, until `stop`: asks the router to forward a UDP port to
+/// `listen` when `map_port` (renewed at half its lease, removed at the end), publishes the
+/// node's address record when it is due (hourly, and when the addresses change) and announces
+/// the board under the DHT topic every quarter hour. What it learns goes to `reach.json`.
+pub async fn keep_reachable(
+    node: Node,
+    discovery: Arc<Discovery>,
+    listen: SocketAddr,
+    map_port: bool,
+    report: Arc<dyn Report>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let say = |what: String| report.say(&what);
+    let now = now_from_env().unwrap_or(Timestamp::from_unix(0));
+    if let Err(e) = node.update_reach(|r| {
+        r.serving_since = Some(now);
+        r.mapped = None;
+        r.mapping_error = None;
+        r.dht_error = None;
+    }) {
+        say(format!("reach.json: {e}"));
+    }
+    // A server bound to loopback has nothing a router could forward to.
+    let map_port = map_port && !listen.ip().is_loopback();
+    let mut mapping: Option<Mapping> = None;
+    let mut next_mapping = Instant::now();
+    let mut last_error: Option<String> = None;
+    let mut tick = tokio::time::interval(TICK);
+    loop {
+        tokio::select! {
+            _ = stop.changed() => break,
+            _ = tick.tick() => {}
+        }
+        let now = match now_from_env() {
+            Ok(now) => now,
+            Err(e) => {
+                say(e.to_string());
+                continue;
+            }
+        };
+        if map_port && Instant::now() >= next_mapping {
+            let previous = mapping.clone();
+            let bind = Some(listen.ip()).filter(|ip: &IpAddr| !ip.is_unspecified());
+            let asked = tokio::task::spawn_blocking(move || portmap::map_udp(bind, listen.port(), previous.as_ref()));
+            match asked.await {
+                Ok(Ok(m)) => {
+                    if mapping.as_ref().map(|old| old.external) != Some(m.external) {
+                        say(format!("the router {} forwards UDP {} to {}", m.router(), m.external, m.local));
+                    }
+                    next_mapping = Instant::now() + Duration::from_secs(u64::from(portmap::LEASE_SECS / 2));
+                    let external = m.external.to_string();
+                    mapping = Some(m);
+                    let _ = node.update_reach(|r| {
+                        r.mapped = Some(external);
+                        r.mapping_error = None;
+                    });
+                }
+                Ok(Err(e)) => {
+                    if mapping.take().is_some() || last_error.as_deref() != Some(&e.to_string()) {
+                        say(format!("no port mapping: {e}"));
+                    }
+                    last_error = Some(e.to_string());
+                    next_mapping = Instant::now() + MAPPING_RETRY;
+                    let _ = node.update_reach(|r| {
+                        r.mapped = None;
+                        r.mapping_error = Some(e.to_string());
+                    });
+                }
+                Err(_) => {}
+            }
+        }
+        if discovery.enabled() {
+            announce_if_due(&node, &discovery, listen, mapping.as_ref(), now, &say).await;
+        }
+    }
+    if let Some(m) = mapping {
+        let removed = tokio::task::spawn_blocking(move || portmap::unmap(&m));
+        match tokio::time::timeout(Duration::from_secs(3), removed).await {
+            Ok(Ok(Ok(()))) => say("port mapping removed".into()),
+            Ok(Ok(Err(e))) => say(format!("port mapping not removed: {e}")),
+            _ => say("port mapping not removed: the router did not answer".into()),
+        }
+    }
+    let _ = node.update_reach(|r| {
+        r.serving_since = None;
+        r.mapped = None;
+    });
+}
+
+async fn announce_if_due(
+    node: &Node,
+    discovery: &Discovery,
+    listen: SocketAddr,
+    mapping: Option<&Mapping>,
+    now: Timestamp,
+    say: &impl Fn(String),
+) {
+    let reach = match node.reach() {
+        Ok(r) => r,
+        Err(e) => return say(format!("reach.json: {e}")),
+    };
+    // Only a server on every interface needs the DHT's view of its address (and the DHT is not
+    // started for a server with nothing to announce).
+    let public_ip = if listen.ip().is_unspecified() { discovery.own_public_ip().await } else { None };
+    let w = Whereabouts {
+        advertise: node.config.advertise.clone(),
+        listen: Some(listen),
+        mapped: mapping.map(|m| m.external),
+        public_ip,
+        public_dht: discovery.is_public(),
+    };
+    let addrs = reachability::announced(&Whereabouts { public_dht: discovery.is_public(), ..w.clone() });
+    let last = reach.published_at.map(|at| (at, reach.announced.as_slice()));
+    let board_due = reach
+        .board_announced_at
+        .is_none_or(|at| now.unix() >= at.unix().saturating_add(discovery::REANNOUNCE_SECS) || now < at);
+    if addrs.is_empty() || !(discovery::publish_due(last, &addrs, now) || board_due) {
+        return;
+    }
+    let port = mapping.map_or(listen.port(), |m| m.external.port());
+    match discovery.publish(node, &w, Some(port), now).await {
+        Ok(p) => {
+            if last.is_none_or(|(_, old)| old != p.addrs.as_slice()) {
+                say(format!("announced on the DHT at {} (stored on {} DHT nodes)", p.addrs.join(", "), p.stored_on));
+            }
+        }
+        Err(e) => {
+            if reach.dht_error.as_deref() != Some(&e.to_string()) {
+                say(format!("not announced on the DHT: {e}"));
+            }
+            let _ = node.update_reach(|r| r.dht_error = Some(e.to_string()));
+        }
+    }
+}
