@@ -32,7 +32,8 @@ impl Home {
     }
 
     fn new() -> Option<Home> {
-        let tag = format!("{:x}", std::process::id() % 0xffff);
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+        let tag = format!("{:x}", (std::process::id() ^ nanos) % 0xffff);
         let ns = |w: &str| format!("ku-{w}-{tag}");
         let (lan, rtr, wan) = (ns("lan"), ns("rtr"), ns("wan"));
         let (l, rl, w, rw) = (format!("kul{tag}"), format!("kurl{tag}"), format!("kuw{tag}"), format!("kurw{tag}"));
@@ -139,7 +140,8 @@ fn first_line(child: &mut Child) -> serde_json::Value {
 
 /// Waits until `home`'s `reach.json` satisfies `ok`.
 fn wait_reach(node: &TestNode, what: &str, ok: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
-    let deadline = Instant::now() + Duration::from_secs(20);
+    // The server tries the DHT again every 30 s if its first try fails.
+    let deadline = Instant::now() + Duration::from_secs(75);
     loop {
         let reach: serde_json::Value = std::fs::read(node.home.join("reach.json"))
             .ok()

@@ -9,12 +9,16 @@ use std::time::Instant;
 use anyhow::{Context as _, bail};
 use serde::Serialize;
 
-use kaana_proto::net::transport::Client;
+use kaana_proto::net::transport::{Client, Traffic};
 use kaana_proto::net::wire::{Request, Response};
 use kaana_proto::node::cli::{Exit, emit};
 use kaana_proto::node::machine::{Settings, now_from_env};
+use kaana_proto::protocol::board::TOTAL_CAP;
+use kaana_proto::protocol::discovery::AddressRecord;
+use kaana_proto::protocol::identity::Identity;
 use kaana_proto::protocol::identity::NodeId;
 use kaana_proto::protocol::reachability::Whereabouts;
+use kaana_proto::protocol::reachability::is_global;
 use kaana_proto::protocol::time::Timestamp;
 use kaana_proto::store::config::PeerAddr;
 use kaana_proto::store::node::Node;
@@ -24,6 +28,8 @@ use crate::market::Fetched;
 
 /// At most this many boards found on the DHT are asked for their offers.
 const MAX_DHT_BOARDS: usize = 32;
+/// How long `list --dht` waits for the boards found on the DHT, in all.
+const DHT_LIST_DEADLINE: std::time::Duration = std::time::Duration::from_secs(20);
 
 #[derive(Serialize)]
 struct AnnounceLine {
@@ -60,14 +66,23 @@ pub(crate) fn announce(home: &Path, settings: &Settings) -> anyhow::Result<Exit>
             public_ip,
             public_dht: discovery.is_public(),
         };
-        let board_port = server.as_ref().map(|_| mapped.map_or(listen.port(), |m: std::net::SocketAddr| m.port()));
-        Ok(discovery.publish(&node, &w, board_port, now).await?)
+        let published = discovery.publish(&node, &w, server.is_some(), now).await?;
+        let mut board = false;
+        if server.is_some() {
+            let port = mapped.map_or(listen.port(), |m: std::net::SocketAddr| m.port());
+            match discovery.announce_board(&node, port, now).await {
+                Ok(()) => board = true,
+                Err(e) => eprintln!("kaana-offer: the board was not announced: {e}"),
+            }
+        }
+        Ok((published, board))
     })
     .context("announcing this node on the DHT")?;
+    let (published, board) = published;
     emit(&AnnounceLine {
         node: node.id(),
         addrs: published.addrs,
-        board: published.board,
+        board,
         stored_on: published.stored_on,
         secs: round_secs(started),
     })?;
@@ -78,15 +93,14 @@ fn round_secs(since: Instant) -> f64 {
     (since.elapsed().as_secs_f64() * 1000.0).round() / 1000.0
 }
 
-/// `kaana-offer peer add ID`: looks the node up on the DHT, checks that it answers there as that
-/// id (unless `no_check`), and keeps its addresses. Returns them.
-pub(crate) fn look_up_peer(node: &Node, settings: &Settings, peer: NodeId) -> anyhow::Result<Vec<String>> {
-    let now = now_from_env()?;
+/// `kaana-offer peer add ID`: looks the node's address record up on the DHT (changing nothing:
+/// the caller keeps it once the node has answered there). Returns it and its sequence number.
+pub(crate) fn look_up_peer(node: &Node, settings: &Settings, peer: NodeId) -> anyhow::Result<(AddressRecord, u64)> {
     let discovery = settings.discovery(node);
-    let found = block_on(async { Ok(discovery.lookup(node, peer, now).await?) })
+    let found = block_on(async { Ok(discovery.find(peer).await?) })
         .with_context(|| format!("looking node {peer} up on the DHT"))?;
     match found {
-        Some((record, _)) if !record.addrs.is_empty() => Ok(record.addrs),
+        Some((record, seq)) if !record.addrs.is_empty() => Ok((record, seq)),
         Some(_) => bail!("node {peer}'s record on the DHT gives no address"),
         None => bail!(
             "node {peer} has no address record on the DHT (it announces itself when its server runs, or with \
@@ -96,16 +110,11 @@ pub(crate) fn look_up_peer(node: &Node, settings: &Settings, peer: NodeId) -> an
 }
 
 /// `list --dht`: asks the boards announced under the DHT topic for their offers, all at once
-/// (an address announced by a node that is gone, or by someone who wants listings to be slow,
-/// costs one connection time-out in all, not one each), and says on stderr how many it asked
-/// and how long it took.
-pub(crate) async fn fetch_dht_boards(
-    node: &Node,
-    settings: &Settings,
-    client: &Arc<Client>,
-    now: Timestamp,
-    out: &mut Fetched,
-) {
+/// and within [`DHT_LIST_DEADLINE`] in all (an address announced by a node that is gone, or by
+/// someone who wants listings to be slow, costs that much at most), as a throwaway key (a board
+/// found on the DHT is a stranger: it learns nothing of this node), keeping at most a board's
+/// worth of offers from them all; and says on stderr how many it asked and how long it took.
+pub(crate) async fn fetch_dht_boards(node: &Node, settings: &Settings, now: Timestamp, out: &mut Fetched) {
     let started = Instant::now();
     let discovery = settings.discovery(node);
     let found = match discovery.boards(MAX_DHT_BOARDS).await {
@@ -116,9 +125,23 @@ pub(crate) async fn fetch_dht_boards(
             return;
         }
     };
+    // On the public DHT anyone may announce anything: never an address on this node's own network.
+    let found: Vec<String> = found
+        .iter()
+        .filter(|a| !discovery.is_public() || is_global(std::net::IpAddr::V4(*a.ip())))
+        .map(ToString::to_string)
+        .collect();
+    let stranger = match Identity::generate() {
+        Ok(key) => Arc::new(Client::with_traffic(key, Traffic::Short).with_timeouts(settings.timeouts)),
+        Err(e) => {
+            eprintln!("kaana-offer: no randomness for a throwaway key: {e}");
+            out.failed += 1;
+            return;
+        }
+    };
     let mut asked = tokio::task::JoinSet::new();
-    for addr in found.iter().map(ToString::to_string) {
-        let client = client.clone();
+    for addr in found.iter().cloned() {
+        let client = stranger.clone();
         asked.spawn(async move {
             let listed = async {
                 let conn = client.connect_anyone(&addr).await?;
@@ -132,18 +155,37 @@ pub(crate) async fn fetch_dht_boards(
     }
     let before = out.offers.len();
     let mut boards: BTreeSet<NodeId> = BTreeSet::new();
-    while let Some(done) = asked.join_next().await {
+    let deadline = tokio::time::Instant::now() + DHT_LIST_DEADLINE;
+    loop {
+        let done = match tokio::time::timeout_at(deadline, asked.join_next()).await {
+            Ok(Some(done)) => done,
+            Ok(None) => break,
+            Err(_) => {
+                eprintln!(
+                    "kaana-offer: {} board(s) found on the DHT did not finish within {}s; left out",
+                    asked.len(),
+                    DHT_LIST_DEADLINE.as_secs()
+                );
+                asked.abort_all();
+                break;
+            }
+        };
         let Ok((addr, listed)) = done else { continue };
         match listed {
             // This node's own board is not news; a board announced at two addresses counts once.
             Ok((board, _)) if board == node.id() => {}
             Ok((board, offers)) => {
                 if boards.insert(board) {
-                    out.offers.extend(offers);
+                    let room = TOTAL_CAP.saturating_sub(out.offers.len() - before);
+                    out.offers.extend(offers.into_iter().take(room));
                 }
             }
             Err(e) => eprintln!("kaana-offer: board at {addr} (found on the DHT): {e}"),
         }
+    }
+    stranger.close().await;
+    if !found.is_empty() && boards.is_empty() {
+        out.failed += 1;
     }
     eprintln!(
         "kaana-offer: the DHT gave {} board address(es); {} board(s) answered with {} offer(s) in {:.1}s",

@@ -274,7 +274,7 @@ pub fn run(args: Args, settings: kaana_proto::node::machine::Settings) -> anyhow
         Command::RecoveryPhrase => setup::recovery_phrase(home),
         Command::Peer(PeerCommand::Add { peer, no_check }) => setup::peer_add(home, settings, &peer, no_check),
         Command::Peer(PeerCommand::List) => setup::peer_list(home),
-        Command::Status => market::status(home),
+        Command::Status => market::status(home, settings),
         Command::Create { size, grace, ttl, history, history_space, addrs } => {
             market::create(home, market::Terms { size, grace, ttl, history, history_space }, addrs)
         }

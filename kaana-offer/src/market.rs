@@ -100,7 +100,7 @@ struct PeerStatus {
     last_pass: Option<Timestamp>,
 }
 
-pub(crate) fn status(home: &Path) -> anyhow::Result<Exit> {
+pub(crate) fn status(home: &Path, settings: &Settings) -> anyhow::Result<Exit> {
     use std::io::IsTerminal as _;
     let node = Node::open_at(home)?;
     let now = now_from_env()?;
@@ -183,7 +183,11 @@ pub(crate) fn status(home: &Path) -> anyhow::Result<Exit> {
             format_size(owed)
         ));
     }
-    let (reachable, reachable_why) = reachability(&node, !live.is_empty(), now)?;
+    let public = settings.discovery(&node).is_public();
+    let (reachable, reachable_why) = reachability(&node, !live.is_empty(), public, now).unwrap_or_else(|e| {
+        problems.push(format!("whether peers can reach this node is unknown: {e}"));
+        (None, e.to_string())
+    });
     if reachable == Some(false) && !live.is_empty() {
         problems.push(format!("peers cannot reach this node: {reachable_why}"));
     }
@@ -216,15 +220,28 @@ pub(crate) fn status(home: &Path) -> anyhow::Result<Exit> {
 }
 
 /// Whether peers can reach this node, from what its server last wrote in `reach.json`.
-fn reachability(node: &Node, has_contracts: bool, now: Timestamp) -> anyhow::Result<(Option<bool>, String)> {
-    use kaana_proto::protocol::reachability::{Sightings, Whereabouts, announced, reachable};
+fn reachability(
+    node: &Node,
+    has_contracts: bool,
+    public: bool,
+    now: Timestamp,
+) -> anyhow::Result<(Option<bool>, String)> {
+    use kaana_proto::protocol::reachability::{Sightings, Whereabouts, announced, is_global, reachable};
     let server = node.server_info()?.filter(|s| kaana_proto::node::machine::process_alive(s.pid));
     let reach = node.reach()?;
+    // On the public DHT a mapping to a router whose own address is private (a second NAT, or the
+    // carrier's) is no evidence: no one outside can use it.
+    let mapped: Option<std::net::SocketAddr> = reach
+        .mapped
+        .as_deref()
+        .and_then(|m| m.parse().ok())
+        .filter(|m: &std::net::SocketAddr| !public || is_global(m.ip()));
     // What the server would announce, and what it last did (with the public address the DHT saw).
     let mut addrs = announced(&Whereabouts {
         advertise: node.config.advertise.clone(),
         listen: server.as_ref().map(|s| s.listen),
-        mapped: reach.mapped.as_deref().and_then(|m| m.parse().ok()),
+        mapped,
+        public_dht: public,
         ..Whereabouts::default()
     });
     addrs.extend(reach.announced.iter().filter(|a| !addrs.contains(a)).cloned().collect::<Vec<_>>());
@@ -232,7 +249,7 @@ fn reachability(node: &Node, has_contracts: bool, now: Timestamp) -> anyhow::Res
         serving: server.is_some(),
         since: reach.serving_since,
         announced: addrs,
-        mapped: reach.mapped,
+        mapped: mapped.map(|m| m.to_string()),
         mapping_error: reach.mapping_error,
         last_reached: reach.last_reached.map(|r| (r.at, r.peer)),
         has_contracts,
@@ -506,7 +523,7 @@ async fn fetch_boards(
     dht: bool,
     now: Timestamp,
 ) -> anyhow::Result<Fetched> {
-    let client = std::sync::Arc::new(settings.client(node, Traffic::Short));
+    let client = settings.client(node, Traffic::Short);
     let mut out = Fetched { offers: BTreeMap::new(), failed: 0 };
     for board in boards {
         let fetched = async {
@@ -519,7 +536,7 @@ async fn fetch_boards(
         }
     }
     if dht {
-        crate::found::fetch_dht_boards(node, settings, &client, now, &mut out).await;
+        crate::found::fetch_dht_boards(node, settings, now, &mut out).await;
     }
     client.close().await;
     Ok(out)

@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use kaana_proto::net::transport::Traffic;
 use kaana_proto::node::cli::{Exit, emit};
-use kaana_proto::node::machine::Settings;
+use kaana_proto::node::machine::{Settings, now_from_env};
 use kaana_proto::protocol::identity::{Identity, NodeId};
 use kaana_proto::protocol::size::format_size;
 use kaana_proto::store::config::{Config, Key, PeerAddr, is_host_port};
@@ -151,32 +151,33 @@ pub(crate) fn peer_add(home: &Path, settings: &Settings, peer: &PeerArg, no_chec
         bail!("{id} is this node's own id; add another node's");
     }
     let (candidates, found) = match peer {
-        PeerArg::At(p) => (vec![p.addr.clone()], false),
-        PeerArg::Id(id) => (crate::found::look_up_peer(&node, settings, *id)?, true),
+        PeerArg::At(p) => (vec![p.addr.clone()], None),
+        PeerArg::Id(id) => {
+            let (record, seq) = crate::found::look_up_peer(&node, settings, *id)?;
+            (record.addrs.clone(), Some((record, seq)))
+        }
     };
-    let mut chosen = None;
-    if no_check {
-        chosen = candidates.first().cloned();
-    } else {
+    if !no_check {
         let mut errors = Vec::new();
+        let mut answered = false;
         for addr in &candidates {
             let at = PeerAddr { node: id, addr: addr.clone() };
             match say_hello(&node, settings, &at) {
                 Ok(()) => {
-                    chosen = Some(addr.clone());
+                    answered = true;
                     break;
                 }
                 Err(e) => errors.push(format!("{at}: {e:#}")),
             }
         }
-        if chosen.is_none() {
+        if !answered {
             bail!("checking that {id} answers (add --no-check to add it without checking): {}", errors.join("; "));
         }
     }
-    // A peer found on the DHT is already in the address book, its record's addresses first.
-    let changed = match (chosen, found) {
-        (Some(addr), false) => node.add_peer(&PeerAddr { node: id, addr })?,
-        _ => true,
+    // Only now, the node having answered (or not asked), does it go into the address book.
+    let changed = match found {
+        Some((record, seq)) => node.learn_record(id, seq, &record, now_from_env()?)?,
+        None => node.add_peer(&PeerAddr { node: id, addr: candidates[0].clone() })?,
     };
     let addrs = node.address_book()?.addrs(&id).to_vec();
     emit(&PeerLine { node: id, addrs, changed: Some(changed) })?;
@@ -256,7 +257,7 @@ pub(crate) fn config_set(home: &Path, key: &str, value: &str) -> anyhow::Result<
         _ => {}
     }
     node.home.write(&node.home.config(), &config)?;
-    if matches!(key, Key::Listen | Key::Advertise | Key::AuditRate) {
+    if matches!(key, Key::Listen | Key::Advertise | Key::AuditRate | Key::DhtBootstrap | Key::PortMapping) {
         // The server reads its configuration when it starts.
         eprintln!(
             "kaana-offer: restart `kaana-sync serve` (systemctl restart kaana-sync) for the server to use the new {}",

@@ -194,7 +194,11 @@ pub fn run(args: Args, settings: Settings) -> anyhow::Result<Exit> {
             opts.read_timeout = read_timeout;
             opts.client_timeouts = settings.timeouts;
             let map_port = !no_port_mapping && settings.port_mapping.unwrap_or(node.config.port_mapping);
-            kaana_proto::node::cli::runtime()?.block_on(serve(node, opts, &settings, map_port))
+            let runtime = kaana_proto::node::cli::runtime()?;
+            let served = runtime.block_on(serve(node, opts, &settings, map_port));
+            // A router that never answers must not hold the exit: its blocking call is left behind.
+            runtime.shutdown_timeout(Duration::from_secs(1));
+            served
         }
         Command::Push { contract, all, allow_plaintext, extent_size, force } => {
             let extent_size = u32::try_from(extent_size).context("--extent-size is too large")?;

@@ -42,7 +42,7 @@ pub fn sh(cmd: &str) -> bool {
 /// A command for one of the tools, with a clean environment for the variables they read.
 pub fn tool(name: &str) -> Command {
     let mut cmd = Command::new(bin_dir().join(name));
-    cmd.env_remove("KAANA_HOME").env_remove("KAANA_NOW").stdin(Stdio::null());
+    cmd.env_remove("KAANA_HOME").env_remove("KAANA_NOW").envs(OFFLINE_ENV).stdin(Stdio::null());
     cmd
 }
 
@@ -67,12 +67,20 @@ impl TestNode {
 
     /// A node made with `kaana-offer init --listen 127.0.0.1:0` and `extra` arguments. Unless
     /// `extra` sets one, its audit rate is 0: at the default rate about one challenge in fifty
-    /// fails on purpose, which only tests about deliberate failures want.
+    /// fails on purpose, which only tests about deliberate failures want. Unless `extra` names
+    /// a DHT, it has none, and it asks no router for a port.
     pub fn init_with(extra: &[&str]) -> Self {
         let node = TestNode::new();
         let rate: &[&str] = if extra.contains(&"--audit-rate") { &[] } else { &["--audit-rate", "0"] };
-        let out =
-            node.cmd("kaana-offer").args(["init", "--listen", "127.0.0.1:0"]).args(rate).args(extra).output().unwrap();
+        let dht: &[&str] = if extra.contains(&"--dht-bootstrap") { &[] } else { &["--dht-bootstrap", "none"] };
+        let out = node
+            .cmd("kaana-offer")
+            .args(["init", "--listen", "127.0.0.1:0", "--no-port-mapping"])
+            .args(rate)
+            .args(dht)
+            .args(extra)
+            .output()
+            .unwrap();
         assert_success(&out);
         node
     }

@@ -67,6 +67,14 @@ pub enum NetError {
         /// Why.
         reason: String,
     },
+    /// No connection could be made to whichever node is at an address (a board found on the DHT).
+    #[error("cannot reach a node at {addr}: {reason}")]
+    UnreachableAt {
+        /// The address.
+        addr: String,
+        /// Why.
+        reason: String,
+    },
     /// No address is known for the node.
     #[error("no address known for node {0}: add one with `kaana-offer peer add ID@HOST:PORT`")]
     NoAddress(NodeId),
@@ -309,10 +317,9 @@ impl Client {
             .next()
             .ok_or_else(|| resolve("no address".into()))?;
         let (config, seen) = client_config(&self.identity, expected, self.traffic)?;
-        let unreachable = |reason: String| NetError::Unreachable {
-            node: expected.unwrap_or_else(|| self.identity.node_id()),
-            addr: addr.to_owned(),
-            reason,
+        let unreachable = |reason: String| match expected {
+            Some(node) => NetError::Unreachable { node, addr: addr.to_owned(), reason },
+            None => NetError::UnreachableAt { addr: addr.to_owned(), reason },
         };
         let connecting =
             self.endpoint(&target)?.connect_with(config, target, "kaana").map_err(|e| unreachable(e.to_string()))?;

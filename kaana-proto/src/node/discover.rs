@@ -7,7 +7,7 @@ use std::future::Future;
 use std::net::{IpAddr, SocketAddr, SocketAddrV4};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use thiserror::Error;
 use tokio::sync::OnceCell;
@@ -42,6 +42,10 @@ pub enum DiscoveryError {
     NothingToAnnounce(String),
 }
 
+/// How long a DHT node that failed to start is not tried again (within a run, so that a tool
+/// reaching several peers pays for a dead DHT once).
+const START_RETRY: Duration = Duration::from_secs(60);
+
 /// The DHT as one run of a tool, or the server, uses it: its DHT node starts at the first use.
 #[derive(Debug)]
 pub struct Discovery {
@@ -49,6 +53,7 @@ pub struct Discovery {
     public: bool,
     timeout: Duration,
     dht: OnceCell<Dht>,
+    failed: std::sync::Mutex<Option<(Instant, String)>>,
 }
 
 impl Discovery {
@@ -60,7 +65,13 @@ impl Discovery {
             None => (dht::PUBLIC_BOOTSTRAP.iter().map(|s| (*s).to_owned()).collect(), true),
             Some(nodes) => (nodes, false),
         };
-        Discovery { bootstrap, public, timeout: dht::DEFAULT_TIMEOUT, dht: OnceCell::new() }
+        Discovery {
+            bootstrap,
+            public,
+            timeout: dht::DEFAULT_TIMEOUT,
+            dht: OnceCell::new(),
+            failed: std::sync::Mutex::new(None),
+        }
     }
 
     /// Whether a DHT is configured at all.
@@ -88,32 +99,43 @@ impl Discovery {
                 Err(_) => Err(DhtError::Timeout(self.timeout.as_secs(), self.bootstrap.join(", "))),
             }
         };
-        Ok(self.dht.get_or_try_init(start).await?)
+        if let Ok(failed) = self.failed.lock()
+            && let Some((at, why)) = failed.as_ref().filter(|(at, _)| at.elapsed() < START_RETRY)
+        {
+            let _ = at;
+            return Err(DiscoveryError::Dht(DhtError::Start(why.clone())));
+        }
+        match self.dht.get_or_try_init(start).await {
+            Ok(dht) => Ok(dht),
+            Err(e) => {
+                if let Ok(mut failed) = self.failed.lock() {
+                    *failed = Some((Instant::now(), e.to_string()));
+                }
+                Err(e.into())
+            }
+        }
     }
 
-    /// Looks `peer` up on the DHT at `now` and takes its record into `node`'s address book (a
-    /// newer record than the one known replaces it; an older one is ignored). `None` if the
-    /// peer has no record there.
-    pub async fn lookup(
-        &self,
-        node: &Node,
-        peer: NodeId,
-        now: Timestamp,
-    ) -> Result<Option<(AddressRecord, u64)>, DiscoveryError> {
+    /// Looks `peer`'s address record up on the DHT, changing nothing: `None` if it has none
+    /// there. On the public DHT, addresses no one outside could use (loopback, private) are
+    /// dropped: a record must not point this node's tools at its own network.
+    pub async fn find(&self, peer: NodeId) -> Result<Option<(AddressRecord, u64)>, DiscoveryError> {
         let Some(packet) = self.dht().await?.resolve(&peer, None).await? else { return Ok(None) };
-        let record = discovery::read(&peer, &packet)?;
-        let seq = packet.timestamp().as_u64();
-        node.learn_record(peer, seq, &record, now)?;
-        Ok(Some((record, seq)))
+        let mut record = discovery::read(&peer, &packet)?;
+        if self.public {
+            record.addrs.retain(|a| a.parse::<SocketAddr>().map_or(true, |s| reachability::is_global(s.ip())));
+        }
+        Ok(Some((record, packet.timestamp().as_u64())))
     }
 
-    /// Signs and publishes `node`'s address record for `whereabouts` at `now`, and with
-    /// `board_port`, announces its board under the DHT topic at that port.
+    /// Signs and publishes `node`'s address record for `whereabouts` at `now` (saying it keeps
+    /// a board when `board`), with a sequence number reserved under the state lock, so that the
+    /// server and `announce` never sign two records with one number.
     pub async fn publish(
         &self,
         node: &Node,
         whereabouts: &Whereabouts,
-        board_port: Option<u16>,
+        board: bool,
         now: Timestamp,
     ) -> Result<Published, DiscoveryError> {
         let w = Whereabouts { public_dht: self.public, ..whereabouts.clone() };
@@ -126,25 +148,27 @@ impl Discovery {
             }));
         }
         let dht = self.dht().await?;
-        let record = AddressRecord { addrs: addrs.clone(), board: board_port.is_some() };
-        let seq = discovery::next_seq(now, node.reach()?.published_seq);
+        let record = AddressRecord { addrs: addrs.clone(), board };
+        let mut seq = 0;
+        node.update_reach(|r| {
+            seq = discovery::next_seq(now, r.published_seq);
+            r.published_seq = Some(seq);
+        })?;
         let packet = discovery::sign(&node.identity, &record, seq)?;
         let stored_on = dht.publish(&packet).await?;
         node.update_reach(|r| {
-            r.published_seq = Some(seq);
             r.published_at = Some(now);
             r.announced = addrs.clone();
             r.dht_error = None;
         })?;
-        let board = match board_port {
-            Some(port) => {
-                dht.announce(discovery::board_topic(), port).await?;
-                node.update_reach(|r| r.board_announced_at = Some(now))?;
-                true
-            }
-            None => false,
-        };
-        Ok(Published { addrs, stored_on, board })
+        Ok(Published { addrs, stored_on })
+    }
+
+    /// Announces `node`'s board under the DHT's board topic at `port` (BEP 5), at `now`.
+    pub async fn announce_board(&self, node: &Node, port: u16, now: Timestamp) -> Result<(), DiscoveryError> {
+        self.dht().await?.announce(discovery::board_topic(), port).await?;
+        node.update_reach(|r| r.board_announced_at = Some(now))?;
+        Ok(())
     }
 
     /// The public address the DHT's nodes see this machine at, if it is one of this machine's
@@ -168,8 +192,6 @@ pub struct Published {
     pub addrs: Vec<String>,
     /// On how many DHT nodes it was stored.
     pub stored_on: u32,
-    /// Whether the board was announced under the topic too.
-    pub board: bool,
 }
 
 /// Looks a peer up on the DHT for a client whose known addresses for it did not answer, and
@@ -196,8 +218,16 @@ impl BookResolver {
         {
             return Ok(known.addrs.clone());
         }
-        match self.discovery.lookup(&self.node, peer, now).await {
-            Ok(Some(_)) => Ok(self.node.address_book().map_err(|e| e.to_string())?.addrs(&peer).to_vec()),
+        match self.discovery.find(peer).await {
+            Ok(Some((record, seq))) => {
+                // Kept for the next run if the state lock is free; the connection is tried either
+                // way (the caller may hold the lock: waiting for it would be waiting for itself).
+                let _ = self.node.learn_record_if_free(peer, seq, &record, now);
+                let book = self.node.address_book().map_err(|e| e.to_string())?;
+                let mut addrs = record.addrs;
+                addrs.extend(book.addrs(&peer).iter().filter(|a| !addrs.contains(a)).cloned().collect::<Vec<_>>());
+                Ok(addrs)
+            }
             Ok(None) => Err("it has no address record on the DHT".into()),
             Err(e) => Err(e.to_string()),
         }

@@ -140,10 +140,21 @@ pub fn read_bytes(node: &NodeId, bytes: &[u8]) -> Result<(AddressRecord, u64), R
     Ok((read(node, &packet)?, packet.timestamp().as_u64()))
 }
 
-/// Whether a record with sequence number `fetched` replaces one already known with `known`:
-/// only a newer one does, so a replayed older record changes nothing.
-pub fn replaces(known: Option<u64>, fetched: u64) -> bool {
-    known.is_none_or(|k| fetched > k)
+/// How far ahead of `now` a record's sequence number (its signing time) may be before it is
+/// taken for a clock that was wrong: a day.
+pub const FUTURE_SLACK_SECS: u64 = 86_400;
+
+/// Whether a record with sequence number `fetched` replaces one already known with `known`, at
+/// `now`: only a newer one does, so a replayed older record changes nothing. A known record
+/// signed more than [`FUTURE_SLACK_SECS`] in the future (a peer whose clock was wrong) is
+/// replaced by any record that is not, else the peer could never be followed again.
+pub fn replaces(known: Option<u64>, fetched: u64, now: Timestamp) -> bool {
+    let horizon = now.unix().saturating_add(FUTURE_SLACK_SECS).saturating_mul(1_000_000);
+    match known {
+        None => true,
+        Some(k) if k > horizon => fetched > k || fetched <= horizon,
+        Some(k) => fetched > k,
+    }
 }
 
 /// Whether a peer's record resolved at `resolved_at` is still fresh at `now` (within its TTL):
@@ -238,10 +249,15 @@ mod tests {
         let first = next_seq(t(5), None);
         assert_eq!(next_seq(t(5), Some(first)), first + 1);
         assert_eq!(next_seq(t(0), Some(first)), first + 1, "a clock set back still moves forward");
-        assert!(replaces(None, 1));
-        assert!(replaces(Some(1), 2));
-        assert!(!replaces(Some(2), 2));
-        assert!(!replaces(Some(3), 2), "an older record is ignored");
+        let now = t(0);
+        assert!(replaces(None, 1, now));
+        assert!(replaces(Some(1), 2, now));
+        assert!(!replaces(Some(2), 2, now));
+        assert!(!replaces(Some(3), 2, now), "an older record is ignored");
+        let future = next_seq(t(10 * 86_400), None);
+        assert!(replaces(Some(future), next_seq(now, None), now), "a record from a wrong clock gives way");
+        assert!(!replaces(Some(future), future - 1, now), "but not to another from the future");
+        assert!(!replaces(Some(next_seq(t(3600), None)), next_seq(now, None), now), "an hour ahead is skew, not wrong");
     }
 
     #[test]

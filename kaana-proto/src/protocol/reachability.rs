@@ -43,7 +43,8 @@ pub fn announced(w: &Whereabouts) -> Vec<String> {
         }
     }
     let mut seen = std::collections::BTreeSet::new();
-    out.retain(|a| seen.insert(a.clone()));
+    // Port 0 is no address (a listen address that asks for any port, before a server bound one).
+    out.retain(|a| seen.insert(a.clone()) && !a.ends_with(":0"));
     if w.public_dht {
         out.retain(|a| a.parse::<SocketAddr>().map_or(true, |s| is_global(s.ip())));
     }
@@ -156,6 +157,8 @@ mod tests {
         assert!(announced(&Whereabouts { public_dht: true, ..lan }).is_empty());
         let lo = Whereabouts { listen: Some("127.0.0.1:9".parse().unwrap()), ..Whereabouts::default() };
         assert_eq!(announced(&lo), ["127.0.0.1:9"]);
+        let unbound = Whereabouts { listen: Some("127.0.0.1:0".parse().unwrap()), ..Whereabouts::default() };
+        assert!(announced(&unbound).is_empty(), "port 0 is no address");
         assert!(is_global("8.8.8.8".parse().unwrap()) && !is_global("100.64.0.1".parse().unwrap()));
     }
 

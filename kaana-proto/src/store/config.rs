@@ -317,7 +317,7 @@ impl AddressBook {
     ) -> bool {
         let entry = self.peers.entry(node).or_default();
         let known = entry.dht.as_ref().map(|d| d.seq);
-        if !crate::protocol::discovery::replaces(known, seq) {
+        if !crate::protocol::discovery::replaces(known, seq, now) {
             if let Some(d) = entry.dht.as_mut() {
                 d.resolved_at = now;
             }

@@ -195,6 +195,24 @@ impl Home {
         Ok(StateLock { _file: file })
     }
 
+    /// The state directory's lock if it is free now, else `None` (held by another process, or by
+    /// this one: a caller that may run under the lock must not wait for it).
+    pub fn try_lock(&self) -> Result<Option<StateLock>, StateError> {
+        let path = self.lock_path();
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|e| StateError::io(&path, e))?;
+        match file.try_lock() {
+            Ok(()) => Ok(Some(StateLock { _file: file })),
+            Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+            Err(std::fs::TryLockError::Error(e)) => Err(StateError::io(&path, e)),
+        }
+    }
+
     /// Reads and parses a JSON state file.
     pub fn read<T: DeserializeOwned>(&self, path: &Path) -> Result<T, StateError> {
         let bytes = fs::read(path).map_err(|e| StateError::io(path, e))?;

@@ -137,6 +137,30 @@ impl Node {
         now: Timestamp,
     ) -> Result<bool, StateError> {
         let _lock = self.home.lock()?;
+        self.learn_record_locked(peer, seq, record, now)
+    }
+
+    /// As [`Node::learn_record`], but only if the state lock is free now (`None` if not): for a
+    /// lookup made while a caller of this process may hold it (a connection made under the lock
+    /// must not wait for it: that would be waiting for itself).
+    pub fn learn_record_if_free(
+        &self,
+        peer: NodeId,
+        seq: u64,
+        record: &crate::protocol::discovery::AddressRecord,
+        now: Timestamp,
+    ) -> Result<Option<bool>, StateError> {
+        let Some(_lock) = self.home.try_lock()? else { return Ok(None) };
+        self.learn_record_locked(peer, seq, record, now).map(Some)
+    }
+
+    fn learn_record_locked(
+        &self,
+        peer: NodeId,
+        seq: u64,
+        record: &crate::protocol::discovery::AddressRecord,
+        now: Timestamp,
+    ) -> Result<bool, StateError> {
         let mut book = self.address_book()?;
         let changed = book.learn(peer, seq, record, now);
         self.home.write(&self.home.peers(), &book)?;

@@ -24,8 +24,9 @@ const MAPPING_RETRY: Duration = Duration::from_secs(600);
 
 /// The server's side of being found, until `stop`: asks the router to forward a UDP port to
 /// `listen` when `map_port` (renewed at half its lease, removed at the end), publishes the
-/// node's address record when it is due (hourly, and when the addresses change) and announces
-/// the board under the DHT topic every quarter hour. What it learns goes to `reach.json`.
+/// node's address record when it is due (at once, hourly, and when the addresses change) and
+/// announces the board under the DHT topic every quarter hour. What it learns goes to
+/// `reach.json`. A stop in the middle of a step abandons the step (and removes the mapping).
 pub async fn keep_reachable(
     node: Node,
     discovery: Arc<Discovery>,
@@ -46,9 +47,14 @@ pub async fn keep_reachable(
     }
     // A server bound to loopback has nothing a router could forward to.
     let map_port = map_port && !listen.ip().is_loopback();
-    let mut mapping: Option<Mapping> = None;
-    let mut next_mapping = Instant::now();
-    let mut last_error: Option<String> = None;
+    if map_port {
+        say("asking the router to forward the listen port (UPnP; turn off with --no-port-mapping)".into());
+    }
+    if discovery.enabled() && discovery.is_public() {
+        say("announcing this node on the public Mainline DHT (turn off with `kaana-offer config set dht_bootstrap none`)"
+            .into());
+    }
+    let mut upkeep = Upkeep { mapping: None, next_mapping: Instant::now(), last_error: None };
     let mut tick = tokio::time::interval(TICK);
     loop {
         tokio::select! {
@@ -62,42 +68,20 @@ pub async fn keep_reachable(
                 continue;
             }
         };
-        if map_port && Instant::now() >= next_mapping {
-            let previous = mapping.clone();
-            let bind = Some(listen.ip()).filter(|ip: &IpAddr| !ip.is_unspecified());
-            let asked = tokio::task::spawn_blocking(move || portmap::map_udp(bind, listen.port(), previous.as_ref()));
-            match asked.await {
-                Ok(Ok(m)) => {
-                    if mapping.as_ref().map(|old| old.external) != Some(m.external) {
-                        say(format!("the router {} forwards UDP {} to {}", m.router(), m.external, m.local));
-                    }
-                    next_mapping = Instant::now() + Duration::from_secs(u64::from(portmap::LEASE_SECS / 2));
-                    let external = m.external.to_string();
-                    mapping = Some(m);
-                    let _ = node.update_reach(|r| {
-                        r.mapped = Some(external);
-                        r.mapping_error = None;
-                    });
-                }
-                Ok(Err(e)) => {
-                    if mapping.take().is_some() || last_error.as_deref() != Some(&e.to_string()) {
-                        say(format!("no port mapping: {e}"));
-                    }
-                    last_error = Some(e.to_string());
-                    next_mapping = Instant::now() + MAPPING_RETRY;
-                    let _ = node.update_reach(|r| {
-                        r.mapped = None;
-                        r.mapping_error = Some(e.to_string());
-                    });
-                }
-                Err(_) => {}
+        let step = async {
+            if map_port && Instant::now() >= upkeep.next_mapping {
+                upkeep.map(&node, listen, &say).await;
             }
-        }
-        if discovery.enabled() {
-            announce_if_due(&node, &discovery, listen, mapping.as_ref(), now, &say).await;
+            if discovery.enabled() {
+                announce_if_due(&node, &discovery, listen, upkeep.mapping.as_ref(), now, &say).await;
+            }
+        };
+        tokio::select! {
+            _ = stop.changed() => break,
+            () = step => {}
         }
     }
-    if let Some(m) = mapping {
+    if let Some(m) = upkeep.mapping.take() {
         let removed = tokio::task::spawn_blocking(move || portmap::unmap(&m));
         match tokio::time::timeout(Duration::from_secs(3), removed).await {
             Ok(Ok(Ok(()))) => say("port mapping removed".into()),
@@ -109,6 +93,49 @@ pub async fn keep_reachable(
         r.serving_since = None;
         r.mapped = None;
     });
+}
+
+/// The router's side of the upkeep.
+struct Upkeep {
+    mapping: Option<Mapping>,
+    next_mapping: Instant,
+    last_error: Option<String>,
+}
+
+impl Upkeep {
+    /// Asks for (or renews) the mapping, and writes what happened in `reach.json`.
+    async fn map(&mut self, node: &Node, listen: SocketAddr, say: &impl Fn(String)) {
+        let previous = self.mapping.clone();
+        let bind = Some(listen.ip()).filter(|ip: &IpAddr| !ip.is_unspecified());
+        let asked = tokio::task::spawn_blocking(move || portmap::map_udp(bind, listen.port(), previous.as_ref()));
+        match asked.await {
+            Ok(Ok(m)) => {
+                if self.mapping.as_ref().map(|old| old.external) != Some(m.external) {
+                    say(format!("the router {} forwards UDP {} to {}", m.router(), m.external, m.local));
+                }
+                self.next_mapping = Instant::now() + Duration::from_secs(u64::from(portmap::LEASE_SECS / 2));
+                let external = m.external.to_string();
+                self.mapping = Some(m);
+                self.last_error = None;
+                let _ = node.update_reach(|r| {
+                    r.mapped = Some(external);
+                    r.mapping_error = None;
+                });
+            }
+            Ok(Err(e)) => {
+                if self.mapping.take().is_some() || self.last_error.as_deref() != Some(&e.to_string()) {
+                    say(format!("no port mapping: {e}"));
+                }
+                self.last_error = Some(e.to_string());
+                self.next_mapping = Instant::now() + MAPPING_RETRY;
+                let _ = node.update_reach(|r| {
+                    r.mapped = None;
+                    r.mapping_error = Some(e.to_string());
+                });
+            }
+            Err(_) => {}
+        }
+    }
 }
 
 async fn announce_if_due(
@@ -133,26 +160,33 @@ async fn announce_if_due(
         public_ip,
         public_dht: discovery.is_public(),
     };
-    let addrs = reachability::announced(&Whereabouts { public_dht: discovery.is_public(), ..w.clone() });
+    let addrs = reachability::announced(&w);
+    if addrs.is_empty() {
+        return;
+    }
     let last = reach.published_at.map(|at| (at, reach.announced.as_slice()));
+    let failed = |e: String| {
+        if reach.dht_error.as_deref() != Some(&e) {
+            say(format!("not announced on the DHT: {e}"));
+        }
+        let _ = node.update_reach(|r| r.dht_error = Some(e));
+    };
+    if discovery::publish_due(last, &addrs, now) {
+        match discovery.publish(node, &w, true, now).await {
+            Ok(p) if last.is_none_or(|(_, old)| old != p.addrs.as_slice()) => {
+                say(format!("announced on the DHT at {} (stored on {} DHT nodes)", p.addrs.join(", "), p.stored_on));
+            }
+            Ok(_) => {}
+            Err(e) => return failed(e.to_string()),
+        }
+    }
     let board_due = reach
         .board_announced_at
         .is_none_or(|at| now.unix() >= at.unix().saturating_add(discovery::REANNOUNCE_SECS) || now < at);
-    if addrs.is_empty() || !(discovery::publish_due(last, &addrs, now) || board_due) {
-        return;
-    }
-    let port = mapping.map_or(listen.port(), |m| m.external.port());
-    match discovery.publish(node, &w, Some(port), now).await {
-        Ok(p) => {
-            if last.is_none_or(|(_, old)| old != p.addrs.as_slice()) {
-                say(format!("announced on the DHT at {} (stored on {} DHT nodes)", p.addrs.join(", "), p.stored_on));
-            }
-        }
-        Err(e) => {
-            if reach.dht_error.as_deref() != Some(&e.to_string()) {
-                say(format!("not announced on the DHT: {e}"));
-            }
-            let _ = node.update_reach(|r| r.dht_error = Some(e.to_string()));
+    if board_due {
+        let port = mapping.map_or(listen.port(), |m| m.external.port());
+        if let Err(e) = discovery.announce_board(node, port, now).await {
+            failed(e.to_string());
         }
     }
 }
