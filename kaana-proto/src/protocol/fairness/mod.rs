@@ -16,6 +16,8 @@
 //! - [`evidence`]: what proves a breach to a third party, and the breach rule itself.
 //! - [`deletion`]: when a peer's data may go.
 //! - [`attention`]: what needs a person (exit 1), and what is only recorded.
+//! - [`replicas`]: keeping `replicas` healthy copies: which count, which offers replace those
+//!   that do not, and which contracts may end (never a failing peer's before its grace is out).
 
 pub mod attention;
 pub mod deletion;
@@ -23,6 +25,7 @@ pub mod deliberate;
 pub mod evidence;
 pub mod health;
 pub mod judge;
+pub mod replicas;
 pub mod standing;
 
 /// An hour, in seconds.
