@@ -13,6 +13,7 @@ mod identity;
 mod market;
 mod portmap;
 mod prune;
+mod replicas;
 mod scripts;
 mod server;
 mod setup;

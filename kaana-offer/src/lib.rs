@@ -1,5 +1,6 @@
 //! `kaana-offer`: node set-up, identity, address book, offers, boards and contracts.
 
+mod ensure;
 mod found;
 mod market;
 mod setup;
@@ -96,6 +97,17 @@ pub enum Command {
         /// many answered and how long it took.
         #[arg(long)]
         dht: bool,
+    },
+    /// Bring the node to `replicas` healthy copies without a person: take the best acceptable
+    /// offers (own board, the address book's boards, the DHT's), push the volume there, and only
+    /// once those copies are committed end the contracts they replace (a breach, a peer failing
+    /// past its grace). A failing peer within its grace keeps its contract. With nothing
+    /// acceptable on offer, it publishes an offer of this node's and exits 1. One JSON line per
+    /// step.
+    Ensure {
+        /// Print the plan; change nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Publish this node's signed address record on the Mainline DHT now, so that peers find it
     /// by its id alone (the running server republishes it hourly and when its address changes,
@@ -281,6 +293,7 @@ pub fn run(args: Args, settings: kaana_proto::node::machine::Settings) -> anyhow
         Command::Publish { offer, boards } => market::publish(home, settings, offer.as_deref(), &boards),
         Command::List { boards, dht } => market::list(home, settings, &boards, dht),
         Command::Announce => found::announce(home, settings),
+        Command::Ensure { dry_run } => ensure::ensure(home, settings, dry_run),
         Command::Accept { offer } => market::accept(home, settings, &offer),
         Command::Contracts { fetch } => market::contracts(home, settings, fetch),
         Command::Terminate { contract } => market::terminate(home, settings, &contract),

@@ -337,13 +337,25 @@ fn history_terms(node: &Node, size: u64, keep: Option<u64>, space: Option<&str>)
 }
 
 pub(crate) fn create(home: &Path, terms: Terms, addrs: Vec<String>) -> anyhow::Result<Exit> {
-    let Terms { size, grace, ttl, history, history_space } = terms;
     let node = Node::open_at(home)?;
     let now = now_from_env()?;
+    let (id, offer) = make_offer(&node, terms, addrs, now)?;
+    emit(&offer_line(id, &offer.body, true, None))?;
+    Ok(Exit::Ok)
+}
+
+/// Makes, signs and keeps an offer of this node's on `terms` (checked as `create` checks them).
+pub(crate) fn make_offer(
+    node: &Node,
+    terms: Terms,
+    addrs: Vec<String>,
+    now: Timestamp,
+) -> anyhow::Result<(RecordId, Signed<Offer>)> {
+    let Terms { size, grace, ttl, history, history_space } = terms;
     if size == 0 {
         bail!("--size must be more than 0");
     }
-    let history = history_terms(&node, size, history, history_space.as_deref())?;
+    let history = history_terms(node, size, history, history_space.as_deref())?;
     let grace_secs = grace.unwrap_or(node.config.grace_secs);
     if grace_secs == 0 || ttl == 0 {
         bail!("--grace and --ttl must be more than 0");
@@ -363,7 +375,7 @@ pub(crate) fn create(home: &Path, terms: Terms, addrs: Vec<String>) -> anyhow::R
     }
     let _lock = node.home.lock()?;
     let held = size.saturating_add(kaana_proto::protocol::history::allowance(history.as_ref()));
-    check_room(&node, held)?;
+    check_room(node, held)?;
     let body = Offer {
         node: node.id(),
         addrs,
@@ -377,8 +389,7 @@ pub(crate) fn create(home: &Path, terms: Terms, addrs: Vec<String>) -> anyhow::R
     let id = RecordId::of(&offer.body)?;
     node.save_own_offer(&id, &OwnOffer { schema: Schema, offer: offer.clone(), taken_by: None })?;
     node.log_event(now, "offer", json!({"offer": id, "size": size, "grace_secs": grace_secs}))?;
-    emit(&offer_line(id, &offer.body, true, None))?;
-    Ok(Exit::Ok)
+    Ok((id, offer))
 }
 
 /// Refuses a commitment of `size` more bytes that the capacity cannot hold.
@@ -397,12 +408,60 @@ fn check_room(node: &Node, size: u64) -> anyhow::Result<()> {
 }
 
 #[derive(Serialize)]
-struct PublishLine {
-    offer: RecordId,
-    board: NodeId,
-    result: &'static str,
+pub(crate) struct PublishLine {
+    pub(crate) offer: RecordId,
+    pub(crate) board: NodeId,
+    pub(crate) result: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
-    message: Option<String>,
+    pub(crate) message: Option<String>,
+}
+
+/// Sends `offers` to `boards` (default: this node's own board, through its running server, which
+/// forwards them to the boards it knows); one line per offer and board.
+pub(crate) fn publish_offers(
+    node: &Node,
+    settings: &Settings,
+    offers: &[(RecordId, Signed<Offer>)],
+    boards: &[PeerAddr],
+) -> anyhow::Result<Vec<PublishLine>> {
+    let boards: Vec<PeerAddr> = if boards.is_empty() {
+        vec![PeerAddr { node: node.id(), addr: node.own_server_addr()? }]
+    } else {
+        boards.to_vec()
+    };
+    let mut lines = Vec::new();
+    block_on(async {
+        let client = settings.client(node, Traffic::Short);
+        for board in &boards {
+            let conn = match client.connect(board.node, &board.addr).await {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    let hint = if board.node == node.id() { " (is `kaana-sync serve` running?)" } else { "" };
+                    eprintln!("kaana-offer: board {board}: {e}{hint}");
+                    None
+                }
+            };
+            for (id, offer) in offers {
+                let (result, message) = match &conn {
+                    None => ("unreachable", None),
+                    Some(conn) => match conn.request(&Request::Publish { offer: offer.clone() }).await {
+                        Ok(Response::Published { new: true }) => ("new", None),
+                        Ok(Response::Published { new: false }) => ("known", None),
+                        Ok(other) => ("refused", Some(format!("unexpected reply {other:?}"))),
+                        Err(NetError::Remote(e)) => ("refused", Some(e.message)),
+                        Err(e) => ("failed", Some(e.to_string())),
+                    },
+                };
+                lines.push(PublishLine { offer: *id, board: board.node, result, message });
+            }
+            if let Some(c) = conn {
+                c.close();
+            }
+        }
+        client.close().await;
+        Ok(())
+    })?;
+    Ok(lines)
 }
 
 pub(crate) fn publish(
@@ -432,48 +491,12 @@ pub(crate) fn publish(
     if offers.is_empty() {
         bail!("no open offer to publish: make one with `kaana-offer create --size SIZE --grace DURATION`");
     }
-    let boards: Vec<PeerAddr> = if boards.is_empty() {
-        vec![PeerAddr { node: node.id(), addr: node.own_server_addr()? }]
-    } else {
-        boards.to_vec()
-    };
-    let (mut ok, mut failed) = (0, 0);
-    block_on(async {
-        let client = settings.client(&node, Traffic::Short);
-        for board in &boards {
-            let conn = match client.connect(board.node, &board.addr).await {
-                Ok(c) => Some(c),
-                Err(e) => {
-                    let hint = if board.node == node.id() { " (is `kaana-sync serve` running?)" } else { "" };
-                    eprintln!("kaana-offer: board {board}: {e}{hint}");
-                    None
-                }
-            };
-            for (id, offer) in &offers {
-                let (result, message) = match &conn {
-                    None => ("unreachable", None),
-                    Some(conn) => match conn.request(&Request::Publish { offer: offer.clone() }).await {
-                        Ok(Response::Published { new: true }) => ("new", None),
-                        Ok(Response::Published { new: false }) => ("known", None),
-                        Ok(other) => ("refused", Some(format!("unexpected reply {other:?}"))),
-                        Err(NetError::Remote(e)) => ("refused", Some(e.message)),
-                        Err(e) => ("failed", Some(e.to_string())),
-                    },
-                };
-                if matches!(result, "new" | "known") {
-                    ok += 1
-                } else {
-                    failed += 1
-                }
-                emit(&PublishLine { offer: *id, board: board.node, result, message })?;
-            }
-            if let Some(c) = conn {
-                c.close();
-            }
-        }
-        client.close().await;
-        Ok(())
-    })?;
+    let lines = publish_offers(&node, settings, &offers, boards)?;
+    for line in &lines {
+        emit(line)?;
+    }
+    let ok = lines.iter().filter(|l| matches!(l.result, "new" | "known")).count();
+    let failed = lines.len() - ok;
     Ok(match (ok, failed) {
         (_, 0) => Exit::Ok,
         (0, _) => Exit::Error,
@@ -516,7 +539,7 @@ pub(crate) struct Fetched {
     pub(crate) failed: usize,
 }
 
-async fn fetch_boards(
+pub(crate) async fn fetch_boards(
     node: &Node,
     settings: &Settings,
     boards: &[PeerAddr],
@@ -601,7 +624,6 @@ fn remember_seen(node: &Node, seen: &BTreeMap<RecordId, Signed<Offer>>, now: Tim
 pub(crate) fn accept(home: &Path, settings: &Settings, prefix: &str) -> anyhow::Result<Exit> {
     let node = Node::open_at(home)?;
     let now = now_from_env()?;
-    let me = node.id();
     let own = node.own_offers()?;
     let candidates = node
         .offer_list(&node.home.seen_offers())?
@@ -614,10 +636,24 @@ pub(crate) fn accept(home: &Path, settings: &Settings, prefix: &str) -> anyhow::
     unique.extend(candidates);
     let (offer_id, offer) = find_by_prefix(unique, prefix, "offer seen on a board")
         .map_err(|e| anyhow!("{e} (list a board first: `kaana-offer list --board ID@HOST:PORT`)"))?;
+    let id = take_offer(&node, settings, offer_id, &offer, now)?;
+    emit(&node.contract(&id)?.summary())?;
+    Ok(Exit::Ok)
+}
+
+/// Accepts `offer` (its id `offer_id`) from its maker: the contract, signed by both, is kept.
+pub(crate) fn take_offer(
+    node: &Node,
+    settings: &Settings,
+    offer_id: RecordId,
+    offer: &Signed<Offer>,
+    now: Timestamp,
+) -> anyhow::Result<RecordId> {
+    let me = node.id();
     if offer.body.node == me {
         bail!("offer {offer_id} is this node's own: another node must accept it");
     }
-    market::check_offer(&offer, now).with_context(|| format!("offer {offer_id}"))?;
+    market::check_offer(offer, now).with_context(|| format!("offer {offer_id}"))?;
     let addrs = node.contact_addrs()?;
     if addrs.is_empty() {
         bail!(
@@ -630,10 +666,10 @@ pub(crate) fn accept(home: &Path, settings: &Settings, prefix: &str) -> anyhow::
     if let Some(existing) = node.contracts()?.into_iter().find(|e| e.contract.body.offer == offer_id) {
         bail!("this node already holds contract {} from offer {offer_id}", existing.id);
     }
-    check_room(&node, offer.body.held_bytes()).with_context(|| format!("offer {offer_id}"))?;
-    let proposal = Signed::sign(ContractBody::for_offer(&offer, offer_id, me, now), &node.identity)?;
+    check_room(node, offer.body.held_bytes()).with_context(|| format!("offer {offer_id}"))?;
+    let proposal = Signed::sign(ContractBody::for_offer(offer, offer_id, me, now), &node.identity)?;
     let contract = block_on(async {
-        let client = settings.client(&node, Traffic::Short);
+        let client = settings.client(node, Traffic::Short);
         let result = async {
             let conn = client.connect_any(offer.body.node, &offer.body.addrs).await?;
             let reply = conn.request(&Request::Accept { proposal: proposal.clone(), addrs }).await;
@@ -650,7 +686,7 @@ pub(crate) fn accept(home: &Path, settings: &Settings, prefix: &str) -> anyhow::
     // The offerer may return the contract of an earlier, interrupted accept of ours: same offer,
     // same sides, same terms, signed by both.
     let b = &contract.body;
-    let expected = ContractBody::for_offer(&offer, offer_id, me, b.created_at);
+    let expected = ContractBody::for_offer(offer, offer_id, me, b.created_at);
     if *b != expected {
         bail!("the offerer returned a contract with other terms than offer {offer_id}; nothing stored");
     }
@@ -658,8 +694,7 @@ pub(crate) fn accept(home: &Path, settings: &Settings, prefix: &str) -> anyhow::
     let id = node.save_new_contract(&contract, &ContractState::new(Role::Taker, offer.body.node))?;
     node.remember_addrs(&offer.body.node, &offer.body.addrs)?;
     node.log_event(now, "contract", json!({"contract": id, "peer": offer.body.node, "role": "taker", "size": b.size}))?;
-    emit(&node.contract(&id)?.summary())?;
-    Ok(Exit::Ok)
+    Ok(id)
 }
 
 pub(crate) fn contracts(home: &Path, settings: &Settings, fetch: bool) -> anyhow::Result<Exit> {
@@ -728,8 +763,16 @@ struct TerminateLine {
 pub(crate) fn terminate(home: &Path, settings: &Settings, prefix: &str) -> anyhow::Result<Exit> {
     let node = Node::open_at(home)?;
     let now = now_from_env()?;
-    let me = node.id();
     let id = node.find_contract(prefix)?.id;
+    let delivered = give_notice(&node, settings, id, now)?;
+    emit(&TerminateLine { contract: node.contract(&id)?.summary(), delivered })?;
+    Ok(if delivered { Exit::Ok } else { Exit::Attention })
+}
+
+/// Ends contract `id` with a signed notice at `now` (or the one already given) and tells the
+/// peer; whether the peer was told (a notice it already has counts).
+pub(crate) fn give_notice(node: &Node, settings: &Settings, id: RecordId, now: Timestamp) -> anyhow::Result<bool> {
+    let me = node.id();
     // Under the lock, from the state as it is now: a notice already given stands.
     let given = node.update_contract(&id, |entry| -> anyhow::Result<Option<(Signed<Notice>, Option<Timestamp>)>> {
         match &entry.state.status {
@@ -744,10 +787,7 @@ pub(crate) fn terminate(home: &Path, settings: &Settings, prefix: &str) -> anyho
             }
         }
     })?;
-    let Some((notice, newly)) = given else {
-        emit(&TerminateLine { contract: node.contract(&id)?.summary(), delivered: true })?;
-        return Ok(Exit::Ok);
-    };
+    let Some((notice, newly)) = given else { return Ok(true) };
     if let Some(delete_after) = newly {
         let peer = node.contract(&id)?.state.peer;
         node.log_event(
@@ -759,7 +799,7 @@ pub(crate) fn terminate(home: &Path, settings: &Settings, prefix: &str) -> anyho
     let entry = node.contract(&id)?;
     let addrs = node.address_book()?.addrs(&entry.state.peer).to_vec();
     let sent = block_on(async {
-        let client = settings.client(&node, Traffic::Short);
+        let client = settings.client(node, Traffic::Short);
         let result = async {
             let conn = client.connect_any(entry.state.peer, &addrs).await?;
             let r = conn.request(&Request::Notice { notice }).await;
@@ -770,19 +810,17 @@ pub(crate) fn terminate(home: &Path, settings: &Settings, prefix: &str) -> anyho
         client.close().await;
         Ok(result)
     })?;
-    let delivered = match sent {
+    match sent {
         Ok(_) => {
             node.update_contract(&id, |entry| {
                 entry.notice_delivered();
                 Ok::<_, kaana_proto::store::home::StateError>(())
             })?;
-            true
+            Ok(true)
         }
         Err(e) => {
             eprintln!("kaana-offer: the peer was not told yet ({e}); run `kaana-offer terminate {id}` again");
-            false
+            Ok(false)
         }
-    };
-    emit(&TerminateLine { contract: node.contract(&id)?.summary(), delivered })?;
-    Ok(if delivered { Exit::Ok } else { Exit::Attention })
+    }
 }
