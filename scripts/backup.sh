@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Ka'ana like's backup pipeline, for cron: an optional snapshot hook, then
-# `kaana-sync push --all`, `kaana-challenge --all` and `kaana-prune`.
+# `kaana-sync push --all`, `kaana-challenge --all`, `kaana-prune` and `kaana-offer ensure` (which
+# replaces copies that no longer count, or offers when nothing acceptable is on offer).
 #
 # The tools' JSON lines go to stdout (send them to a log); when something needs a person, the
 # last line on stderr says what, in one line, and the exit code is 1 (2 if a step could not run).
@@ -35,6 +36,7 @@ summarise() { # STEP OUTPUT
   case "$1" in
     push) jq -rs '[.[] | select(.ok == false) | "push to \(.peer[0:8]) failed"] | unique | join(", ")' <<<"$2" ;;
     challenge) jq -rs '[.[] | select(.breach == true) | "BREACH by \(.peer[0:8])"] + [.[] | select(.breach != true and .result != "pass") | "\(.kind) of \(.peer[0:8]): \(.result)"] | unique | join(", ")' <<<"$2" ;;
+    ensure) jq -rs '[.[] | select(.action == "offer") | "replicas missing: no acceptable offer, this node offers"] + [.[] | select((.action == "take" or .action == "push") and .done == false) | "ensure could not \(.action) (\(.reason))"] | unique | join(", ")' <<<"$2" ;;
   esac
 }
 
@@ -60,6 +62,7 @@ fi
 step push kaana-sync push --all
 step challenge kaana-challenge --all
 step prune kaana-prune
+step ensure kaana-offer ensure
 
 if [ "$worst" -gt 0 ]; then
   (IFS=';'; echo "backup.sh: needs attention: ${reasons[*]}" | sed 's/;/; /g') >&2

@@ -210,3 +210,54 @@ fn a_dht_that_does_not_answer_costs_seconds_and_says_so() {
     assert_eq!(line["reachable"], false, "no server: {line}");
     drop(dead);
 }
+
+#[test]
+fn a_node_that_lost_everything_but_its_phrase_finds_its_peers_on_the_dht_and_restores() {
+    let (_dht, boot) = testnet(20);
+    let work = tempfile::tempdir().unwrap();
+    let volume = work.path().join("a.vol");
+    std::fs::write(&volume, pseudo_random(4 << 20, 31)).unwrap();
+    let a =
+        TestNode::init_with(&["--capacity", "1GiB", "--volume", volume.to_str().unwrap(), "--dht-bootstrap", &boot]);
+    let b = TestNode::init_with(&["--capacity", "1GiB", "--dht-bootstrap", &boot]);
+    let (sa, sb) = (Served::start(&a, &boot, "127.0.0.1:0"), Served::start(&b, &boot, "127.0.0.1:0"));
+    let offer = json(&b, &boot, "kaana-offer", &["create", "--size", "16MiB"]);
+    assert_success(&run(&b, &boot, "kaana-offer", &["publish"]));
+    let b_at = format!("{}@{}", b.id(), sb.addr);
+    assert_success(&run(&a, &boot, "kaana-offer", &["list", "--board", &b_at]));
+    let contract = json(&a, &boot, "kaana-offer", &["accept", offer["id"].as_str().unwrap()]);
+    let contract = contract["id"].as_str().unwrap().to_owned();
+    assert_success(&run(&a, &boot, "kaana-sync", &["push", &contract]));
+    let phrase: serde_json::Value = a.json("kaana-offer", &["recovery-phrase"]);
+    let phrase = phrase["recovery_phrase"].as_str().unwrap().to_owned();
+    // While healthy, the node keeps its locator on the DHT (its server does it hourly;
+    // `announce` at once).
+    let announced = json(&a, &boot, "kaana-offer", &["announce"]);
+    assert_eq!(announced["locator"], true, "{announced}");
+
+    // A loses everything: its server, its state directory. Only the phrase is left.
+    drop(sa);
+    std::fs::remove_dir_all(&a.home).unwrap();
+    let again = TestNode::new();
+    let mut child = on_dht(
+        &again,
+        &boot,
+        "kaana-offer",
+        &["init", "--recover", "--listen", "127.0.0.1:0", "--dht-bootstrap", &boot],
+    )
+    .stdin(Stdio::piped())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), phrase.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_success(&out);
+    let line: serde_json::Value = one_json(&out);
+    assert_eq!((line["recovered"].as_bool(), line["peers_found"].as_u64()), (Some(true), Some(1)), "{line}");
+    assert_eq!(line["contracts_found"], serde_json::json!([contract]), "{line}");
+    assert!(stderr(&out).contains(&format!("kaana-sync restore {contract}")), "{}", stderr(&out));
+    let back = work.path().join("back.vol");
+    assert_success(&run(&again, &boot, "kaana-sync", &["restore", &contract, "--out", back.to_str().unwrap()]));
+    assert!(std::fs::read(&back).unwrap() == std::fs::read(&volume).unwrap(), "restored byte for byte");
+}

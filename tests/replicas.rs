@@ -136,6 +136,12 @@ fn a_breaching_holder_is_replaced_before_its_contract_is_ended() {
     let back = f.work.path().join("back.vol");
     assert_success(&f.a.node.run("kaana-sync", &["restore", &ad, "--out", back.to_str().unwrap()]));
     assert!(fs::read(&back).unwrap() == fs::read(f.work.path().join("a.vol")).unwrap(), "byte for byte from D");
+    // The peer records say who is clean: C's breach stays on its record.
+    let records: Vec<serde_json::Value> = json_lines(&f.a.node.run("kaana-offer", &["peers", "--records"]));
+    let of = |p: &Peer| records.iter().find(|r| r["node"] == p.server.node.as_str()).cloned().unwrap();
+    assert_eq!((of(&f.c)["record"]["breaches"].as_u64(), of(&f.c)["clean"].as_bool()), (Some(1), Some(false)));
+    assert_eq!(of(&f.c)["record"]["contracts_ended"], 1);
+    assert_eq!(of(&f.b)["clean"], true, "{records:?}");
     // Nothing more to do: a second run takes nothing.
     let again = ensure(&f.a.node, &[], None);
     assert_success(&again);

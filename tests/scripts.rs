@@ -209,6 +209,8 @@ fn the_installed_crontab_runs_under_crons_environment() {
     let volume = work.path().join("vol.img");
     fs::write(&volume, pseudo_random(1 << 20, 9)).unwrap();
     let Pair { a, b: _b, sa: _sa, sb: _sb, contract } = contracted_pair(&volume, "16MiB");
+    // One copy wanted, one held: `ensure`, in backup.sh, has nothing to do.
+    assert_success(&a.run("kaana-offer", &["config", "set", "replicas", "1"]));
     let (prefix, logs) = (work.path().join("usr"), work.path().join("log"));
     fs::create_dir(&logs).unwrap();
     let install = |extra: &[&str]| {
@@ -332,6 +334,8 @@ fn the_cron_pipeline_pushes_checks_and_says_what_needs_a_person() {
     let volume = work.path().join("vol.img");
     fs::write(&volume, pseudo_random(1 << 20, 5)).unwrap();
     let Pair { a, b: _b, sa: _sa, sb, contract } = contracted_pair(&volume, "16MiB");
+    // One copy wanted, one held: `ensure` has nothing to do (a test below wants two).
+    assert_success(&a.run("kaana-offer", &["config", "set", "replicas", "1"]));
     let marker = work.path().join("snapshot-taken");
     let out = backup(&a.home, Some(&format!("touch {}", marker.display())));
     assert_success(&out);
@@ -360,4 +364,11 @@ fn the_cron_pipeline_pushes_checks_and_says_what_needs_a_person() {
     let out = backup(&a.home, Some("exit 3"));
     assert_exit(&out, 2);
     assert!(out.stdout.is_empty());
+
+    // Two copies wanted, nothing on offer: the pipeline's `ensure` offers, and says so.
+    assert_success(&a.run("kaana-offer", &["config", "set", "replicas", "2"]));
+    let out = backup(&a.home, None);
+    assert_exit(&out, 1);
+    let last = stderr(&out).lines().last().unwrap_or_default().to_owned();
+    assert!(last.contains("replicas missing: no acceptable offer, this node offers"), "{last}");
 }

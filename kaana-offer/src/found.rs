@@ -37,6 +37,8 @@ struct AnnounceLine {
     addrs: Vec<String>,
     board: bool,
     stored_on: u32,
+    /// Whether the recovery locator was stored too (false: no contract yet, or it failed).
+    locator: bool,
     secs: f64,
 }
 
@@ -84,6 +86,13 @@ pub(crate) fn announce(home: &Path, settings: &Settings) -> anyhow::Result<Exit>
         addrs: published.addrs,
         board,
         stored_on: published.stored_on,
+        locator: match &published.locator {
+            Ok(stored) => *stored,
+            Err(e) => {
+                eprintln!("kaana-offer: the recovery locator was not stored: {e}");
+                false
+            }
+        },
         secs: round_secs(started),
     })?;
     Ok(if published.stored_on == 0 { Exit::Attention } else { Exit::Ok })

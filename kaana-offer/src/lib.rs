@@ -98,6 +98,13 @@ pub enum Command {
         #[arg(long)]
         dht: bool,
     },
+    /// The address book, one peer per line (as `peer list`); with --records, what this node
+    /// knows of each peer across all its contracts with it.
+    Peers {
+        /// With each peer's record: passes, failures, unanswered tries, breaches, contracts ended.
+        #[arg(long)]
+        records: bool,
+    },
     /// Bring the node to `replicas` healthy copies without a person: take the best acceptable
     /// offers (own board, the address book's boards, the DHT's), push the volume there, and only
     /// once those copies are committed end the contracts they replace (a breach, a peer failing
@@ -236,7 +243,12 @@ pub enum PeerCommand {
         no_check: bool,
     },
     /// List the address book, one peer per line.
-    List,
+    List {
+        /// With each peer's record across all contracts with it (passes, failures, unanswered
+        /// tries, breaches, contracts ended): what `ensure` chooses by.
+        #[arg(long)]
+        records: bool,
+    },
 }
 
 /// A peer as `peer add` takes it: with an address, or its id alone (looked up on the DHT).
@@ -278,14 +290,15 @@ pub fn run(args: Args, settings: kaana_proto::node::machine::Settings) -> anyhow
         Command::Completions { .. } | Command::Man | Command::DhtNodes { .. } => {
             anyhow::bail!("internal: this command is handled before the node is found")
         }
-        Command::Init(init_args) => setup::init(home, init_args),
+        Command::Init(init_args) => setup::init(home, settings, init_args),
         Command::Id => setup::id(home),
         Command::Config { action: None } => setup::config_show(home),
         Command::Config { action: Some(ConfigCommand::Get { key }) } => setup::config_get(home, &key),
         Command::Config { action: Some(ConfigCommand::Set { key, value }) } => setup::config_set(home, &key, &value),
         Command::RecoveryPhrase => setup::recovery_phrase(home),
         Command::Peer(PeerCommand::Add { peer, no_check }) => setup::peer_add(home, settings, &peer, no_check),
-        Command::Peer(PeerCommand::List) => setup::peer_list(home),
+        Command::Peer(PeerCommand::List { records }) => setup::peer_list(home, records),
+        Command::Peers { records } => setup::peer_list(home, records),
         Command::Status => market::status(home, settings),
         Command::Create { size, grace, ttl, history, history_space, addrs } => {
             market::create(home, market::Terms { size, grace, ttl, history, history_space }, addrs)

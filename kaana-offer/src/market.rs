@@ -127,7 +127,7 @@ pub(crate) fn status(home: &Path, settings: &Settings) -> anyhow::Result<Exit> {
     if missing > 0 {
         let wanted = volume_size.map(|v| format!(" of at least {}", format_size(v))).unwrap_or_default();
         problems.push(format!(
-            "{missing} more contract(s){wanted} wanted for {} replicas: `kaana-offer list --board ...` then `accept`, or `create` and `publish` an offer",
+            "{missing} more contract(s){wanted} wanted for {} replicas: `kaana-offer ensure` takes what is on offer, or offers (by hand: `list`, then `accept`)",
             node.config.replicas
         ));
     }

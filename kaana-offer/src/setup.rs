@@ -11,6 +11,7 @@ use kaana_proto::net::transport::Traffic;
 use kaana_proto::node::cli::{Exit, emit};
 use kaana_proto::node::machine::{Settings, now_from_env};
 use kaana_proto::protocol::identity::{Identity, NodeId};
+use kaana_proto::protocol::market::RecordId;
 use kaana_proto::protocol::size::format_size;
 use kaana_proto::store::config::{Config, Key, PeerAddr, is_host_port};
 use kaana_proto::store::home::{Home, Schema, create_dir, free_space};
@@ -45,9 +46,15 @@ struct InitLine<'a> {
     listen: SocketAddr,
     capacity: u64,
     recovered: bool,
+    /// With `--recover` and the DHT: the peers its recovery locator named.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    peers_found: Option<usize>,
+    /// With `--recover` and the DHT: the contracts those peers gave back, to restore from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    contracts_found: Option<Vec<RecordId>>,
 }
 
-pub(crate) fn init(home: &Path, args: InitArgs) -> anyhow::Result<Exit> {
+pub(crate) fn init(home: &Path, settings: &Settings, args: InitArgs) -> anyhow::Result<Exit> {
     if !(0.0..=1.0).contains(&args.audit_rate) {
         bail!("--audit-rate must be between 0 and 1, not {}", args.audit_rate);
     }
@@ -109,8 +116,22 @@ pub(crate) fn init(home: &Path, args: InitArgs) -> anyhow::Result<Exit> {
         port_mapping: !args.no_port_mapping,
     };
     let node = Node::init(home, identity, config)?;
+    let mut found = (None, None);
+    let mut exit = Exit::Ok;
     if args.recover {
         node.mark_recovered(kaana_proto::node::machine::now_from_env()?)?;
+        if settings.discovery(&node).enabled() {
+            match recover_from_dht(&node, settings) {
+                Ok(f) => found = f,
+                Err(e) => {
+                    eprintln!(
+                        "kaana-offer: the recovery locator was not found: {e:#}. Add a peer with `kaana-offer peer add \
+                         ID` (or ID@HOST:PORT) and run `kaana-offer contracts --fetch`"
+                    );
+                    exit = Exit::Attention;
+                }
+            }
+        }
     }
     emit(&InitLine {
         node: node.id(),
@@ -118,6 +139,8 @@ pub(crate) fn init(home: &Path, args: InitArgs) -> anyhow::Result<Exit> {
         listen: node.config.listen,
         capacity: node.config.capacity,
         recovered: args.recover,
+        peers_found: found.0,
+        contracts_found: found.1,
     })?;
     if !args.recover {
         eprintln!(
@@ -126,7 +149,33 @@ pub(crate) fn init(home: &Path, args: InitArgs) -> anyhow::Result<Exit> {
             node.id()
         );
     }
-    Ok(Exit::Ok)
+    Ok(exit)
+}
+
+/// After `init --recover`: finds the node's recovery locator on the DHT, takes its peers into
+/// the address book, asks them for the contracts this node is a side of, and says what can be
+/// restored. Returns how many peers the locator named and the contracts found.
+fn recover_from_dht(node: &Node, settings: &Settings) -> anyhow::Result<(Option<usize>, Option<Vec<RecordId>>)> {
+    let discovery = settings.discovery(node);
+    let locator = crate::block_on(async { Ok(discovery.find_locator(&node.identity).await?) })?
+        .context("the DHT holds no locator for this node (it is published while the node's server runs)")?;
+    for (peer, addr) in &locator.peers {
+        node.add_peer(&PeerAddr { node: *peer, addr: addr.clone() })?;
+    }
+    let fetched = crate::block_on(async {
+        let client = settings.client(node, Traffic::Short);
+        let r = kaana_proto::node::restore::fetch_contracts(&client, node).await;
+        client.close().await;
+        Ok(r?)
+    })?;
+    for (peer, why) in &fetched.unreached {
+        eprintln!("kaana-offer: could not ask node {peer}: {why} (run `kaana-offer contracts --fetch` later)");
+    }
+    let contracts: Vec<RecordId> = node.contracts()?.iter().map(|e| e.id).collect();
+    for id in &contracts {
+        eprintln!("kaana-offer: contract {id} found: `kaana-sync restore {id} --out PATH` brings the volume back");
+    }
+    Ok((Some(locator.peers.len()), Some(contracts)))
 }
 
 pub(crate) fn id(home: &Path) -> anyhow::Result<Exit> {
@@ -184,12 +233,40 @@ pub(crate) fn peer_add(home: &Path, settings: &Settings, peer: &PeerArg, no_chec
     Ok(Exit::Ok)
 }
 
-pub(crate) fn peer_list(home: &Path) -> anyhow::Result<Exit> {
+pub(crate) fn peer_list(home: &Path, records: bool) -> anyhow::Result<Exit> {
+    use kaana_proto::protocol::fairness::replicas::PeerHistory;
     let node = Node::open_at(home)?;
+    let mut histories: std::collections::BTreeMap<NodeId, PeerHistory> = std::collections::BTreeMap::new();
+    if records {
+        for e in node.contracts()? {
+            let breach = e.state.audit.as_ref().and_then(|a| a.result.as_deref()) == Some("breach");
+            let active = matches!(e.state.status, kaana_proto::store::files::Status::Active);
+            histories.entry(e.state.peer).or_default().add(&e.state.their_record, active, breach);
+        }
+    }
     for (id, entry) in node.address_book()?.peers {
-        emit(&PeerLine { node: id, addrs: entry.addrs, changed: None })?;
+        if records {
+            let h = histories.remove(&id).unwrap_or_default();
+            emit(&RecordLine { node: id, addrs: entry.addrs, record: h, clean: h.clean() })?;
+        } else {
+            emit(&PeerLine { node: id, addrs: entry.addrs, changed: None })?;
+        }
+    }
+    // Peers with contracts but no address (yet): their records all the same.
+    for (id, h) in histories {
+        emit(&RecordLine { node: id, addrs: Vec::new(), record: h, clean: h.clean() })?;
     }
     Ok(Exit::Ok)
+}
+
+/// `peers --records`: a peer and what this node knows of it across all its contracts with it.
+#[derive(Serialize)]
+struct RecordLine {
+    node: NodeId,
+    addrs: Vec<String>,
+    record: kaana_proto::protocol::fairness::replicas::PeerHistory,
+    /// No breach, no failure, never unreachable: `ensure` prefers such peers.
+    clean: bool,
 }
 
 /// Asks `peer` who it is over an authenticated connection.

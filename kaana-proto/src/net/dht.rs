@@ -85,6 +85,35 @@ impl Dht {
         }
     }
 
+    /// Stores a signed mutable item (BEP 44) as it is; returns on how many DHT nodes.
+    pub async fn put_item(&self, item: MutableItem) -> Result<u32, DhtError> {
+        match self.within(self.inner.put_mutable(item, None)).await? {
+            Ok(outcome) => Ok(outcome.stored_at),
+            Err(PutMutableError::Query(e)) => Err(self.put_failed(e)),
+            Err(e) => Err(DhtError::Refused(e.to_string())),
+        }
+    }
+
+    /// The newest mutable item under `key` (its signature checked), if there is one.
+    pub async fn get_item(&self, key: &[u8; 32]) -> Result<Option<MutableItem>, DhtError> {
+        let mut items = self.inner.get_mutable(key, None, None);
+        let mut best: Option<MutableItem> = None;
+        let gather = async {
+            while let Some(item) = items.next().await {
+                if best.as_ref().is_none_or(|b| item.seq() > b.seq()) {
+                    best = Some(item);
+                }
+            }
+        };
+        let finished = tokio::time::timeout(self.timeout, gather).await.is_ok();
+        match best {
+            Some(item) => Ok(Some(item)),
+            None if !finished => Err(DhtError::Timeout(self.timeout.as_secs().max(1), self.bootstrap.clone())),
+            None if !self.answered().await => Err(DhtError::NoAnswer(self.bootstrap.clone())),
+            None => Ok(None),
+        }
+    }
+
     /// The newest valid record `node` published, newer than `newer_than` if given; `None` if
     /// there is none. Each item's signature is checked against `node`'s key.
     pub async fn resolve(&self, node: &NodeId, newer_than: Option<u64>) -> Result<Option<SignedPacket>, DhtError> {

@@ -15,7 +15,8 @@ use tokio::sync::OnceCell;
 use crate::net::dht::{self, Dht, DhtError};
 use crate::net::transport::Resolve;
 use crate::protocol::discovery::{self, AddressRecord, RecordError};
-use crate::protocol::identity::NodeId;
+use crate::protocol::identity::{Identity, NodeId};
+use crate::protocol::locator::{self, Locator};
 use crate::protocol::reachability::{self, Whereabouts};
 use crate::protocol::time::Timestamp;
 use crate::store::config::Config;
@@ -161,7 +162,47 @@ impl Discovery {
             r.announced = addrs.clone();
             r.dht_error = None;
         })?;
-        Ok(Published { addrs, stored_on })
+        // The recovery locator goes with it, under the same number (each one larger).
+        let locator = self.publish_locator(node, i64::try_from(seq).unwrap_or(i64::MAX)).await;
+        Ok(Published { addrs, stored_on, locator })
+    }
+
+    /// Seals and stores `node`'s recovery locator (its contracts' peers and their last addresses)
+    /// under the key its secret derives; whether it was stored (a node without contracts has
+    /// nothing to store).
+    pub async fn publish_locator(&self, node: &Node, seq: i64) -> Result<bool, DiscoveryError> {
+        let book = node.address_book()?;
+        let mut peers: Vec<(NodeId, String)> = Vec::new();
+        let mut entries = node.contracts()?;
+        // Active contracts first, the newest first: those are the ones to restore from.
+        entries.sort_by_key(|e| {
+            (
+                !matches!(e.state.status, crate::store::files::Status::Active),
+                std::cmp::Reverse(e.contract.body.created_at),
+            )
+        });
+        for e in entries {
+            if matches!(e.state.status, crate::store::files::Status::Ended { .. })
+                || peers.iter().any(|(p, _)| *p == e.state.peer)
+            {
+                continue;
+            }
+            if let Some(addr) = book.addrs(&e.state.peer).first() {
+                peers.push((e.state.peer, addr.clone()));
+            }
+        }
+        if peers.is_empty() {
+            return Ok(false);
+        }
+        let item = locator::seal(&node.identity, &Locator { peers }, seq);
+        self.dht().await?.put_item(item).await?;
+        Ok(true)
+    }
+
+    /// The recovery locator `identity`'s secret finds on the DHT, if there is one.
+    pub async fn find_locator(&self, identity: &Identity) -> Result<Option<Locator>, DiscoveryError> {
+        let item = self.dht().await?.get_item(&locator::key(identity)).await?;
+        Ok(item.and_then(|i| locator::open(identity, &i)))
     }
 
     /// Announces `node`'s board under the DHT's board topic at `port` (BEP 5), at `now`.
@@ -186,12 +227,14 @@ impl Discovery {
 }
 
 /// What [`Discovery::publish`] did.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Published {
     /// The addresses the record gives.
     pub addrs: Vec<String>,
     /// On how many DHT nodes it was stored.
     pub stored_on: u32,
+    /// Whether the recovery locator was stored with it (or why not).
+    pub locator: Result<bool, DiscoveryError>,
 }
 
 /// Looks a peer up on the DHT for a client whose known addresses for it did not answer, and

@@ -8,6 +8,7 @@ pub mod encoding;
 pub mod fairness;
 pub mod history;
 pub mod identity;
+pub mod locator;
 pub mod manifest;
 pub mod market;
 pub mod proof;

@@ -173,10 +173,18 @@ async fn announce_if_due(
     };
     if discovery::publish_due(last, &addrs, now) {
         match discovery.publish(node, &w, true, now).await {
-            Ok(p) if last.is_none_or(|(_, old)| old != p.addrs.as_slice()) => {
-                say(format!("announced on the DHT at {} (stored on {} DHT nodes)", p.addrs.join(", "), p.stored_on));
+            Ok(p) => {
+                if last.is_none_or(|(_, old)| old != p.addrs.as_slice()) {
+                    say(format!(
+                        "announced on the DHT at {} (stored on {} DHT nodes)",
+                        p.addrs.join(", "),
+                        p.stored_on
+                    ));
+                }
+                if let Err(e) = p.locator {
+                    say(format!("the recovery locator was not stored on the DHT: {e}"));
+                }
             }
-            Ok(_) => {}
             Err(e) => return failed(e.to_string()),
         }
     }
