@@ -234,6 +234,22 @@ fn a_node_that_lost_everything_but_its_phrase_finds_its_peers_on_the_dht_and_res
     // `announce` at once).
     let announced = json(&a, &boot, "kaana-offer", &["announce"]);
     assert_eq!(announced["locator"], true, "{announced}");
+    // B's server keeps A's locator alive too (the DHT forgets an item no one stores again): at
+    // its start, then hourly, it looks its contract peers up and stores their locators again.
+    drop(sb);
+    let _sb = Served::start(&b, &boot, "127.0.0.1:0");
+    let deadline = Instant::now() + Duration::from_secs(75);
+    loop {
+        let reach: serde_json::Value = std::fs::read(b.home.join("reach.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        if reach["peers_locators"][1] == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "B did not keep A's locator: {reach}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 
     // A loses everything: its server, its state directory. Only the phrase is left.
     drop(sa);
@@ -260,4 +276,30 @@ fn a_node_that_lost_everything_but_its_phrase_finds_its_peers_on_the_dht_and_res
     let back = work.path().join("back.vol");
     assert_success(&run(&again, &boot, "kaana-sync", &["restore", &contract, "--out", back.to_str().unwrap()]));
     assert!(std::fs::read(&back).unwrap() == std::fs::read(&volume).unwrap(), "restored byte for byte");
+
+    // Recovering while the DHT does not answer: init says so (exit 1), and once it answers,
+    // `contracts --fetch` finds the locator itself.
+    let dead = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let dead_boot = dead.local_addr().unwrap().to_string();
+    let later = TestNode::new();
+    let mut child = on_dht(
+        &later,
+        &dead_boot,
+        "kaana-offer",
+        &["init", "--recover", "--listen", "127.0.0.1:0", "--dht-bootstrap", &boot],
+    )
+    .stdin(Stdio::piped())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), phrase.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_exit(&out, 1);
+    assert!(stderr(&out).contains("contracts --fetch"), "{}", stderr(&out));
+    let out = run(&later, &boot, "kaana-offer", &["contracts", "--fetch"]);
+    assert_success(&out);
+    let lines: Vec<serde_json::Value> = json_lines(&out);
+    assert!(lines.iter().any(|l| l["id"] == contract.as_str()), "{lines:?}");
+    drop(dead);
 }

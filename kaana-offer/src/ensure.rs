@@ -50,38 +50,24 @@ pub(crate) fn ensure(home: &Path, settings: &Settings, dry_run: bool) -> anyhow:
     // One ensure at a time: a second waits, then plans from what the first did (so two at once
     // never make two contracts where one was wanted).
     let lock_path = node.home.root().join("ensure.lock");
-    let lock = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .with_context(|| format!("opening {}", lock_path.display()))?;
+    let lock = {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&lock_path)
+            .with_context(|| format!("opening {}", lock_path.display()))?
+    };
     lock.lock().with_context(|| format!("locking {}", lock_path.display()))?;
     let now = now_from_env()?;
     let volume = node.config.volume.clone().context("no volume configured: nothing to back up")?;
     let volume_size = kaana_proto::store::volume::size(&volume)?;
-    let entries = node.contracts()?;
-    let mut histories: BTreeMap<NodeId, PeerHistory> = BTreeMap::new();
-    let mut copies = Vec::new();
-    for e in &entries {
-        let breach = e.state.audit.as_ref().and_then(|a| a.result.as_deref()) == Some("breach");
-        let active = matches!(e.state.status, Status::Active);
-        histories.entry(e.state.peer).or_default().add(&e.state.their_record, active, breach);
-        if matches!(e.state.status, Status::Ended { .. }) {
-            continue;
-        }
-        let committed = kaana_proto::store::outbound::Target::from_record(&node, &e.id).ok().flatten().is_some();
-        copies.push(Copy {
-            contract: e.id,
-            peer: e.state.peer,
-            size: e.contract.body.size,
-            active,
-            standing: e.state.their_standing,
-            breach,
-            committed,
-        });
-    }
-    let offers = gather_offers(&node, settings, now)?;
+    // Toward a peer this node is failing on purpose in silence, it is down: not asked, not told.
+    let silent = node.silent_peers(now)?;
+    let (copies, histories) = copies_and_records(&node)?;
+    let offers = gather_offers(&node, settings, &silent, now)?;
     let candidates: Vec<Candidate> = offers
         .iter()
         .map(|(id, o)| Candidate {
@@ -101,9 +87,11 @@ pub(crate) fn ensure(home: &Path, settings: &Settings, dry_run: bool) -> anyhow:
         me: node.id(),
     };
     let plan = replicas::plan(&copies, &candidates, &histories, &wants, now);
+    let peer_of = |contract: &RecordId| copies.iter().find(|c| c.contract == *contract).map(|c| c.peer);
     for (contract, peer, health) in &plan.copies {
         let (action, delete_after, reason) = match health {
             Health::Healthy => ("keep", None, "healthy: it counts".to_owned()),
+            Health::Pending => ("keep", None, "not committed yet: pushed to again".to_owned()),
             Health::Doubtful { delete_after } => (
                 "wait",
                 Some(*delete_after),
@@ -111,28 +99,30 @@ pub(crate) fn ensure(home: &Path, settings: &Settings, dry_run: bool) -> anyhow:
                  and this contract is kept until its grace runs out"
                     .to_owned(),
             ),
+            Health::Lost if plan.end.contains(contract) => continue,
             Health::Lost => {
                 let c = copies.iter().find(|c| c.contract == *contract);
-                let why = c.and_then(|c| replicas::lost_because(c, volume_size, now)).unwrap_or("lost");
-                if plan.end.contains(contract) { continue } else { ("lost", None, why.to_owned()) }
+                ("lost", None, c.and_then(|c| replicas::lost_because(c, volume_size, now)).unwrap_or("lost").to_owned())
             }
         };
         emit(&Step { action, contract: Some(*contract), peer: Some(*peer), delete_after, reason, ..Step::default() })?;
     }
-    for (offer, why) in &plan.passed_over {
-        if dry_run {
+    if dry_run {
+        for (offer, why) in &plan.passed_over {
             eprintln!("kaana-offer: offer {} not taken: {why}", offer.short());
         }
-    }
-    if dry_run {
         for id in &plan.take {
             let o = &offers[id];
             let reason = format!("would take this offer of {} bytes and push the volume there", o.body.size);
             emit(&Step { action: "take", offer: Some(*id), peer: Some(o.body.node), reason, ..Step::default() })?;
         }
+        for id in &plan.pending {
+            let reason = "would push the volume there again".to_owned();
+            emit(&Step { action: "push", contract: Some(*id), peer: peer_of(id), reason, ..Step::default() })?;
+        }
         for id in &plan.end {
-            let reason = "would end it once the new copies are committed".to_owned();
-            emit(&Step { action: "end", contract: Some(*id), reason, ..Step::default() })?;
+            let reason = "would end it once enough copies are committed without it".to_owned();
+            emit(&Step { action: "end", contract: Some(*id), peer: peer_of(id), reason, ..Step::default() })?;
         }
         if plan.shortfall > 0 {
             let reason = format!("no acceptable offer for {} more cop(ies): would publish one", plan.shortfall);
@@ -140,38 +130,54 @@ pub(crate) fn ensure(home: &Path, settings: &Settings, dry_run: bool) -> anyhow:
         }
         return Ok(if plan.shortfall > 0 { Exit::Attention } else { Exit::Ok });
     }
-    // Make: take each offer and push the volume there.
-    let mut made = 0;
+    // The offers this node made for new replicas are withdrawn once enough copies are in hand or
+    // taken, before taking any (so that no one takes one meanwhile).
+    if plan.shortfall == 0 {
+        withdraw_own_offers(&node, now)?;
+    }
+    let mut exit = Exit::Ok;
+    // Make: take every offer first (an acceptance carries its time: none waits behind a push),
+    // then push the volume to each new holder and to each that has not committed yet.
+    let mut to_push: Vec<RecordId> = Vec::new();
+    let mut take_failed = false;
     for id in &plan.take {
         let o = &offers[id];
-        let taken = market::take_offer(&node, settings, *id, o, now);
-        let contract = match taken {
-            Ok(c) => c,
+        match market::take_offer(&node, settings, *id, o, true, now_from_env()?) {
+            Ok(contract) => {
+                let reason = format!("a new copy at {}", o.body.node.short());
+                let step = Step {
+                    action: "take",
+                    offer: Some(*id),
+                    contract: Some(contract),
+                    peer: Some(o.body.node),
+                    done: true,
+                    reason,
+                    ..Step::default()
+                };
+                emit(&step)?;
+                to_push.push(contract);
+            }
             Err(e) => {
                 let reason = format!("{e:#}");
                 eprintln!("kaana-offer: offer {}: {reason}", id.short());
                 emit(&Step { action: "take", offer: Some(*id), peer: Some(o.body.node), reason, ..Step::default() })?;
-                continue;
+                take_failed = true;
+                exit = Exit::Attention;
             }
-        };
-        let reason = format!("a new copy at {}", o.body.node.short());
-        emit(&Step {
-            action: "take",
-            offer: Some(*id),
-            contract: Some(contract),
-            peer: Some(o.body.node),
-            done: true,
-            reason,
-            ..Step::default()
-        })?;
-        match push(&node, settings, contract) {
+        }
+    }
+    to_push.extend(plan.pending.iter().filter(|c| !silent.contains(&peer_of(c).unwrap_or(node.id()))));
+    let mut committed = 0u32;
+    for contract in &to_push {
+        let peer = node.contract(contract)?.state.peer;
+        match push(&node, settings, *contract) {
             Ok(generation) => {
-                made += 1;
+                committed += 1;
                 let reason = "the volume is committed there".to_owned();
                 let step = Step {
                     action: "push",
-                    contract: Some(contract),
-                    peer: Some(o.body.node),
+                    contract: Some(*contract),
+                    peer: Some(peer),
                     generation: Some(generation),
                     done: true,
                     reason,
@@ -182,37 +188,44 @@ pub(crate) fn ensure(home: &Path, settings: &Settings, dry_run: bool) -> anyhow:
             Err(e) => {
                 let reason = format!("{e:#}");
                 eprintln!("kaana-offer: pushing to contract {}: {reason}", contract.short());
-                emit(&Step {
-                    action: "push",
-                    contract: Some(contract),
-                    peer: Some(o.body.node),
-                    reason,
-                    ..Step::default()
-                })?;
+                emit(&Step { action: "push", contract: Some(*contract), peer: Some(peer), reason, ..Step::default() })?;
+                exit = Exit::Attention;
             }
         }
     }
-    // Break: only once every new copy is committed.
-    let made_all = made == plan.take.len();
-    let mut exit = Exit::Ok;
+    // Break: only once enough copies are committed without what is ended.
+    let ends = replicas::ends_now(&plan, committed, node.config.replicas);
     for id in &plan.end {
-        let peer = copies.iter().find(|c| c.contract == *id).map(|c| c.peer);
-        if !made_all {
-            let reason = "kept: the copy that replaces it is not committed yet".to_owned();
-            emit(&Step { action: "end", contract: Some(*id), peer, reason, ..Step::default() })?;
-            exit = Exit::Attention;
+        let peer = peer_of(id);
+        let reason = if !ends.contains(id) {
+            "kept: not enough copies are committed without it yet"
+        } else if peer.is_some_and(|p| silent.contains(&p)) {
+            "kept for now: this node is silent toward its peer (a deliberate failure)"
+        } else {
+            let delivered = market::give_notice(&node, settings, *id, now_from_env()?)?;
+            if !delivered {
+                exit = Exit::Attention;
+            }
+            let reason = if delivered { "ended: replaced" } else { "ended: replaced (the peer is not told yet)" };
+            emit(&Step {
+                action: "end",
+                contract: Some(*id),
+                peer,
+                done: true,
+                reason: reason.into(),
+                ..Step::default()
+            })?;
             continue;
-        }
-        let delivered = market::give_notice(&node, settings, *id, now)?;
-        let reason = if delivered { "ended: replaced" } else { "ended: replaced (the peer is not told yet)" };
-        emit(&Step { action: "end", contract: Some(*id), peer, done: true, reason: reason.into(), ..Step::default() })?;
+        };
+        emit(&Step { action: "end", contract: Some(*id), peer, reason: reason.into(), ..Step::default() })?;
     }
-    let missing = plan.shortfall + u32::try_from(plan.take.len() - made).unwrap_or(u32::MAX);
-    if missing > 0 {
-        let offer = offer_instead(&node, settings, volume_size, now)?;
+    let missing = node.config.replicas.saturating_sub(plan.healthy.saturating_add(committed));
+    if missing > 0 && (plan.shortfall > 0 || take_failed) {
+        let offer = offer_instead(&node, settings, volume_size, now_from_env()?)?;
         let reason = format!(
-            "no acceptable offer for {missing} more cop(ies): this node's offer of {volume_size} bytes is on its board; \
-             run ensure again once a peer takes it"
+            "no acceptable offer for {} more cop(ies): this node's offer of {volume_size} bytes is on its board; \
+             run ensure again once a peer takes it",
+            plan.shortfall.max(1)
         );
         eprintln!("kaana-offer: {reason}");
         emit(&Step { action: "offer", offer: Some(offer), done: true, reason, ..Step::default() })?;
@@ -223,11 +236,50 @@ pub(crate) fn ensure(home: &Path, settings: &Settings, dry_run: bool) -> anyhow:
     Ok(exit)
 }
 
+/// This node's contracts as `ensure` sees them (those not ended), and what it knows of each peer
+/// across all its contracts with it (ended ones too).
+pub(crate) fn copies_and_records(node: &Node) -> anyhow::Result<(Vec<Copy>, BTreeMap<NodeId, PeerHistory>)> {
+    let mut histories: BTreeMap<NodeId, PeerHistory> = BTreeMap::new();
+    let mut copies = Vec::new();
+    for e in node.contracts()? {
+        let breach = e.state.breached();
+        let active = matches!(e.state.status, Status::Active);
+        histories.entry(e.state.peer).or_default().add(&e.state.their_record, active, breach);
+        if e.state.status.is_ended() {
+            continue;
+        }
+        let committed = kaana_proto::store::outbound::Target::from_record(node, &e.id).ok().flatten().is_some();
+        copies.push(Copy {
+            contract: e.id,
+            peer: e.state.peer,
+            size: e.contract.body.size,
+            active,
+            standing: e.state.their_standing,
+            breach,
+            committed,
+        });
+    }
+    Ok((copies, histories))
+}
+
+/// Withdraws the open offers this node made for new replicas (`ensure`'s own).
+fn withdraw_own_offers(node: &Node, now: Timestamp) -> anyhow::Result<()> {
+    let _lock = node.home.lock()?;
+    for (id, mut own) in node.own_offers()? {
+        if own.for_a_new_peer && own.open(now) {
+            own.withdrawn = Some(now);
+            node.save_own_offer(&id, &own)?;
+        }
+    }
+    Ok(())
+}
+
 /// The offers `ensure` may choose from: those on this node's own board, on the boards of its
 /// address book, and on the boards announced on the DHT (when it is on).
 fn gather_offers(
     node: &Node,
     settings: &Settings,
+    silent: &std::collections::HashSet<NodeId>,
     now: Timestamp,
 ) -> anyhow::Result<BTreeMap<RecordId, Signed<Offer>>> {
     let mut all = BTreeMap::new();
@@ -240,7 +292,7 @@ fn gather_offers(
         .address_book()?
         .peers
         .into_iter()
-        .filter(|(id, _)| *id != node.id())
+        .filter(|(id, _)| *id != node.id() && !silent.contains(id))
         .filter_map(|(id, e)| e.addrs.first().map(|a| PeerAddr { node: id, addr: a.clone() }))
         .collect();
     let dht = settings.discovery(node).enabled();
@@ -267,15 +319,12 @@ fn push(node: &Node, settings: &Settings, contract: RecordId) -> anyhow::Result<
 
 /// This node's open offer of at least `volume_size` bytes, made and published if there is none.
 fn offer_instead(node: &Node, settings: &Settings, volume_size: u64, now: Timestamp) -> anyhow::Result<RecordId> {
-    let open = node
-        .own_offers()?
-        .into_iter()
-        .find(|(_, o)| o.taken_by.is_none() && now < o.offer.body.expires_at && o.offer.body.size >= volume_size);
+    let open = node.own_offers()?.into_iter().find(|(_, o)| o.open(now) && o.offer.body.size >= volume_size);
     let (id, offer) = match open {
         Some((id, o)) => (id, o.offer),
         None => {
             let terms = Terms { size: volume_size, grace: None, ttl: 7 * 86_400, history: None, history_space: None };
-            market::make_offer(node, terms, Vec::new(), now)?
+            market::make_offer(node, terms, Vec::new(), true, now)?
         }
     };
     let lines = market::publish_offers(node, settings, &[(id, offer)], &[])?;

@@ -205,6 +205,19 @@ pub(crate) async fn fetch_dht_boards(node: &Node, settings: &Settings, now: Time
     );
 }
 
+/// Finds this node's recovery locator on the DHT and takes the peers it names into the address
+/// book; how many.
+pub(crate) fn peers_from_locator(node: &Node, settings: &Settings) -> anyhow::Result<usize> {
+    let discovery = settings.discovery(node);
+    let locator = block_on(async { Ok(discovery.find_locator(&node.identity).await?) })
+        .context("looking for this node's recovery locator on the DHT")?
+        .context("the DHT holds no recovery locator for this node (its server stores one while it runs)")?;
+    for (peer, addr) in &locator.peers {
+        node.add_peer(&PeerAddr { node: *peer, addr: addr.clone() })?;
+    }
+    Ok(locator.peers.len())
+}
+
 /// Asks `peer` at `addr` who it is: it must prove it holds `peer`'s key.
 pub(crate) async fn say_hello(client: &Client, peer: &PeerAddr) -> anyhow::Result<()> {
     let conn = client.connect(peer.node, &peer.addr).await?;

@@ -339,7 +339,7 @@ fn history_terms(node: &Node, size: u64, keep: Option<u64>, space: Option<&str>)
 pub(crate) fn create(home: &Path, terms: Terms, addrs: Vec<String>) -> anyhow::Result<Exit> {
     let node = Node::open_at(home)?;
     let now = now_from_env()?;
-    let (id, offer) = make_offer(&node, terms, addrs, now)?;
+    let (id, offer) = make_offer(&node, terms, addrs, false, now)?;
     emit(&offer_line(id, &offer.body, true, None))?;
     Ok(Exit::Ok)
 }
@@ -349,6 +349,7 @@ pub(crate) fn make_offer(
     node: &Node,
     terms: Terms,
     addrs: Vec<String>,
+    for_a_new_peer: bool,
     now: Timestamp,
 ) -> anyhow::Result<(RecordId, Signed<Offer>)> {
     let Terms { size, grace, ttl, history, history_space } = terms;
@@ -387,7 +388,8 @@ pub(crate) fn make_offer(
     };
     let offer = Signed::sign(body, &node.identity)?;
     let id = RecordId::of(&offer.body)?;
-    node.save_own_offer(&id, &OwnOffer { schema: Schema, offer: offer.clone(), taken_by: None })?;
+    let own = OwnOffer { schema: Schema, offer: offer.clone(), taken_by: None, for_a_new_peer, withdrawn: None };
+    node.save_own_offer(&id, &own)?;
     node.log_event(now, "offer", json!({"offer": id, "size": size, "grace_secs": grace_secs}))?;
     Ok((id, offer))
 }
@@ -482,11 +484,7 @@ pub(crate) fn publish(
             market::check_offer(&o.offer, now)?;
             vec![(id, o.offer)]
         }
-        None => own
-            .into_iter()
-            .filter(|(_, o)| o.taken_by.is_none() && now < o.offer.body.expires_at)
-            .map(|(id, o)| (id, o.offer))
-            .collect(),
+        None => own.into_iter().filter(|(_, o)| o.open(now)).map(|(id, o)| (id, o.offer)).collect(),
     };
     if offers.is_empty() {
         bail!("no open offer to publish: make one with `kaana-offer create --size SIZE --grace DURATION`");
@@ -512,8 +510,12 @@ pub(crate) fn list(home: &Path, settings: &Settings, boards: &[PeerAddr], dht: b
     let mut shown: BTreeMap<RecordId, Signed<Offer>> = BTreeMap::new();
     let mut exit = Exit::Ok;
     if boards.is_empty() && !dht {
+        // A withdrawn offer of this node's stays on its board until it expires: not shown.
+        let withdrawn: Vec<RecordId> = own.iter().filter(|(_, o)| o.withdrawn.is_some()).map(|(id, _)| *id).collect();
         for o in node.board_offers(now)?.into_iter().chain(own.values().map(|o| o.offer.clone())) {
-            if let Ok(id) = market::check_offer(&o, now) {
+            if let Ok(id) = market::check_offer(&o, now)
+                && !withdrawn.contains(&id)
+            {
                 shown.insert(id, o);
             }
         }
@@ -636,17 +638,20 @@ pub(crate) fn accept(home: &Path, settings: &Settings, prefix: &str) -> anyhow::
     unique.extend(candidates);
     let (offer_id, offer) = find_by_prefix(unique, prefix, "offer seen on a board")
         .map_err(|e| anyhow!("{e} (list a board first: `kaana-offer list --board ID@HOST:PORT`)"))?;
-    let id = take_offer(&node, settings, offer_id, &offer, now)?;
+    let id = take_offer(&node, settings, offer_id, &offer, false, now)?;
     emit(&node.contract(&id)?.summary())?;
     Ok(Exit::Ok)
 }
 
 /// Accepts `offer` (its id `offer_id`) from its maker: the contract, signed by both, is kept.
+/// With `one_per_peer`, refused if this node already has a contract not ended with the maker
+/// (checked under the lock the acceptance holds).
 pub(crate) fn take_offer(
     node: &Node,
     settings: &Settings,
     offer_id: RecordId,
     offer: &Signed<Offer>,
+    one_per_peer: bool,
     now: Timestamp,
 ) -> anyhow::Result<RecordId> {
     let me = node.id();
@@ -663,8 +668,14 @@ pub(crate) fn take_offer(
     }
     // Held across the exchange, so that two accepts at once cannot both take the last free space.
     let _lock = node.home.lock()?;
-    if let Some(existing) = node.contracts()?.into_iter().find(|e| e.contract.body.offer == offer_id) {
+    let contracts = node.contracts()?;
+    if let Some(existing) = contracts.iter().find(|e| e.contract.body.offer == offer_id) {
         bail!("this node already holds contract {} from offer {offer_id}", existing.id);
+    }
+    if one_per_peer
+        && let Some(existing) = contracts.iter().find(|e| e.state.peer == offer.body.node && !e.state.status.is_ended())
+    {
+        bail!("this node already has contract {} with node {}", existing.id, offer.body.node);
     }
     check_room(node, offer.body.held_bytes()).with_context(|| format!("offer {offer_id}"))?;
     let proposal = Signed::sign(ContractBody::for_offer(offer, offer_id, me, now), &node.identity)?;
@@ -702,7 +713,13 @@ pub(crate) fn contracts(home: &Path, settings: &Settings, fetch: bool) -> anyhow
     let mut exit = Exit::Ok;
     if fetch {
         if node.address_book()?.peers.is_empty() {
-            bail!("no peer to ask: add one first with `kaana-offer peer add ID@HOST:PORT`");
+            if !settings.discovery(&node).enabled() {
+                bail!("no peer to ask: add one first with `kaana-offer peer add ID@HOST:PORT`");
+            }
+            // After `init --recover`: the recovery locator on the DHT names the peers.
+            let n = crate::found::peers_from_locator(&node, settings)
+                .context("no peer to ask (add one with `kaana-offer peer add ID`)")?;
+            eprintln!("kaana-offer: the recovery locator named {n} peer(s)");
         }
         let fetched = block_on(async {
             let client = settings.client(&node, Traffic::Short);

@@ -122,11 +122,17 @@ pub(crate) fn init(home: &Path, settings: &Settings, args: InitArgs) -> anyhow::
         node.mark_recovered(kaana_proto::node::machine::now_from_env()?)?;
         if settings.discovery(&node).enabled() {
             match recover_from_dht(&node, settings) {
-                Ok(f) => found = f,
+                Ok((peers, contracts, all_answered)) => {
+                    found = (peers, contracts);
+                    if !all_answered {
+                        exit = Exit::Attention;
+                    }
+                }
                 Err(e) => {
                     eprintln!(
-                        "kaana-offer: the recovery locator was not found: {e:#}. Add a peer with `kaana-offer peer add \
-                         ID` (or ID@HOST:PORT) and run `kaana-offer contracts --fetch`"
+                        "kaana-offer: {e:#}. Run `kaana-offer contracts --fetch` to try again (it looks for the \
+                         locator while the address book is empty), or add a peer with `kaana-offer peer add ID` (or \
+                         ID@HOST:PORT) first"
                     );
                     exit = Exit::Attention;
                 }
@@ -154,20 +160,17 @@ pub(crate) fn init(home: &Path, settings: &Settings, args: InitArgs) -> anyhow::
 
 /// After `init --recover`: finds the node's recovery locator on the DHT, takes its peers into
 /// the address book, asks them for the contracts this node is a side of, and says what can be
-/// restored. Returns how many peers the locator named and the contracts found.
-fn recover_from_dht(node: &Node, settings: &Settings) -> anyhow::Result<(Option<usize>, Option<Vec<RecordId>>)> {
-    let discovery = settings.discovery(node);
-    let locator = crate::block_on(async { Ok(discovery.find_locator(&node.identity).await?) })?
-        .context("the DHT holds no locator for this node (it is published while the node's server runs)")?;
-    for (peer, addr) in &locator.peers {
-        node.add_peer(&PeerAddr { node: *peer, addr: addr.clone() })?;
-    }
+/// restored. Returns how many peers the locator named, the contracts found, and whether every
+/// peer answered.
+fn recover_from_dht(node: &Node, settings: &Settings) -> anyhow::Result<(Option<usize>, Option<Vec<RecordId>>, bool)> {
+    let peers = crate::found::peers_from_locator(node, settings)?;
     let fetched = crate::block_on(async {
         let client = settings.client(node, Traffic::Short);
         let r = kaana_proto::node::restore::fetch_contracts(&client, node).await;
         client.close().await;
         Ok(r?)
-    })?;
+    })
+    .context("asking the peers the locator named for this node's contracts")?;
     for (peer, why) in &fetched.unreached {
         eprintln!("kaana-offer: could not ask node {peer}: {why} (run `kaana-offer contracts --fetch` later)");
     }
@@ -175,7 +178,7 @@ fn recover_from_dht(node: &Node, settings: &Settings) -> anyhow::Result<(Option<
     for id in &contracts {
         eprintln!("kaana-offer: contract {id} found: `kaana-sync restore {id} --out PATH` brings the volume back");
     }
-    Ok((Some(locator.peers.len()), Some(contracts)))
+    Ok((Some(peers), Some(contracts), fetched.unreached.is_empty()))
 }
 
 pub(crate) fn id(home: &Path) -> anyhow::Result<Exit> {
@@ -236,14 +239,8 @@ pub(crate) fn peer_add(home: &Path, settings: &Settings, peer: &PeerArg, no_chec
 pub(crate) fn peer_list(home: &Path, records: bool) -> anyhow::Result<Exit> {
     use kaana_proto::protocol::fairness::replicas::PeerHistory;
     let node = Node::open_at(home)?;
-    let mut histories: std::collections::BTreeMap<NodeId, PeerHistory> = std::collections::BTreeMap::new();
-    if records {
-        for e in node.contracts()? {
-            let breach = e.state.audit.as_ref().and_then(|a| a.result.as_deref()) == Some("breach");
-            let active = matches!(e.state.status, kaana_proto::store::files::Status::Active);
-            histories.entry(e.state.peer).or_default().add(&e.state.their_record, active, breach);
-        }
-    }
+    let mut histories: std::collections::BTreeMap<NodeId, PeerHistory> =
+        if records { crate::ensure::copies_and_records(&node)?.1 } else { Default::default() };
     for (id, entry) in node.address_book()?.peers {
         if records {
             let h = histories.remove(&id).unwrap_or_default();

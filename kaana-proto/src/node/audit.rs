@@ -724,6 +724,7 @@ pub async fn audit(
     if breach != Breach::No {
         node.update_contract(&entry.id, |e| {
             e.state.audit = e.state.audit.take().map(|p| if p.pending() { p.ended("breach") } else { p });
+            e.state.breaches = e.state.breaches.saturating_add(1);
             Ok::<_, StateError>(())
         })?;
         node.log_event(now, "breach", json!({"contract": entry.id, "peer": entry.state.peer, "evidence": evidence}))?;

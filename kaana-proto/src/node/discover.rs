@@ -149,7 +149,12 @@ impl Discovery {
             }));
         }
         let dht = self.dht().await?;
-        let record = AddressRecord { addrs: addrs.clone(), board };
+        let has_contracts = node.contracts()?.iter().any(|e| !e.state.status.is_ended());
+        let record = AddressRecord {
+            addrs: addrs.clone(),
+            board,
+            locator: has_contracts.then(|| locator::key_hex(&node.identity)),
+        };
         let mut seq = 0;
         node.update_reach(|r| {
             seq = discovery::next_seq(now, r.published_seq);
@@ -162,15 +167,15 @@ impl Discovery {
             r.announced = addrs.clone();
             r.dht_error = None;
         })?;
-        // The recovery locator goes with it, under the same number (each one larger).
-        let locator = self.publish_locator(node, i64::try_from(seq).unwrap_or(i64::MAX)).await;
+        // The recovery locator goes with it.
+        let locator = self.publish_locator(node, now).await;
         Ok(Published { addrs, stored_on, locator })
     }
 
     /// Seals and stores `node`'s recovery locator (its contracts' peers and their last addresses)
     /// under the key its secret derives; whether it was stored (a node without contracts has
     /// nothing to store).
-    pub async fn publish_locator(&self, node: &Node, seq: i64) -> Result<bool, DiscoveryError> {
+    pub async fn publish_locator(&self, node: &Node, now: Timestamp) -> Result<bool, DiscoveryError> {
         let book = node.address_book()?;
         let mut peers: Vec<(NodeId, String)> = Vec::new();
         let mut entries = node.contracts()?;
@@ -194,9 +199,46 @@ impl Discovery {
         if peers.is_empty() {
             return Ok(false);
         }
+        // Its own sequence (whole seconds, each one larger), reserved under the state lock: not
+        // the address record's, which would tie the two together.
+        let mut seq = 0;
+        node.update_reach(|r| {
+            seq = i64::try_from(now.unix()).unwrap_or(i64::MAX - 1).max(r.locator_seq.map_or(0, |p| p + 1));
+            r.locator_seq = Some(seq);
+        })?;
         let item = locator::seal(&node.identity, &Locator { peers }, seq);
         self.dht().await?.put_item(item).await?;
         Ok(true)
+    }
+
+    /// Keeps the recovery locators of `node`'s contract peers alive on the DHT: looks each peer's
+    /// address record up (taking it into the address book), and stores the signed locator item
+    /// its record names again, as it is. Returns how many were stored. A node that is gone
+    /// cannot republish its own: its peers do, so that its phrase still finds them.
+    pub async fn keep_peers_locators(&self, node: &Node, now: Timestamp) -> Result<usize, DiscoveryError> {
+        let mut peers: Vec<NodeId> =
+            node.contracts()?.iter().filter(|e| !e.state.status.is_ended()).map(|e| e.state.peer).collect();
+        peers.sort_unstable();
+        peers.dedup();
+        if peers.is_empty() {
+            return Ok(0);
+        }
+        let dht = self.dht().await?;
+        let mut kept = 0;
+        for peer in peers {
+            let Ok(Some((record, seq))) = self.find(peer).await else { continue };
+            node.learn_record(peer, seq, &record, now)?;
+            let Some(key) = record.locator.as_deref().and_then(|k| crate::protocol::encoding::hex_decode::<32>(k).ok())
+            else {
+                continue;
+            };
+            if let Ok(Some(item)) = dht.get_item(&key).await
+                && dht.put_item(item).await.is_ok()
+            {
+                kept += 1;
+            }
+        }
+        Ok(kept)
     }
 
     /// The recovery locator `identity`'s secret finds on the DHT, if there is one.

@@ -36,6 +36,9 @@ pub struct AddressRecord {
     pub addrs: Vec<String>,
     /// Whether its server keeps a board.
     pub board: bool,
+    /// The key its recovery locator is kept under (hex), so that its peers can keep the
+    /// locator alive on the DHT when the node itself is gone (see [`super::locator`]).
+    pub locator: Option<String>,
 }
 
 /// Why a record was refused.
@@ -78,6 +81,9 @@ pub fn sign(identity: &Identity, record: &AddressRecord, seq: u64) -> Result<Sig
     if record.board {
         strings.push("board".to_owned());
     }
+    if let Some(key) = &record.locator {
+        strings.push(format!("loc={key}"));
+    }
     let mut txt = TXT::new();
     for s in &strings {
         txt.add_string(s).map_err(|e| malformed(&e))?;
@@ -111,7 +117,12 @@ pub fn read(node: &NodeId, packet: &SignedPacket) -> Result<AddressRecord, Recor
             .take(MAX_ADDRS)
             .map(str::to_owned)
             .collect();
-        found = Some(AddressRecord { addrs, board: strings.iter().any(|s| s == "board") });
+        let locator = strings
+            .iter()
+            .filter_map(|s| s.strip_prefix("loc="))
+            .find(|k| k.len() == 64 && k.bytes().all(|b| b.is_ascii_hexdigit()))
+            .map(str::to_owned);
+        found = Some(AddressRecord { addrs, board: strings.iter().any(|s| s == "board"), locator });
         break;
     }
     found.ok_or_else(|| RecordError::Malformed(format!("no {RECORD_NAME} record of version 1")))
@@ -210,7 +221,11 @@ mod tests {
     fn a_record_round_trips_and_refuses_other_keys() {
         let a = Identity::from_seed([1; 32]);
         let m = Identity::from_seed([2; 32]);
-        let record = AddressRecord { addrs: vec!["127.0.0.1:7447".into(), "example.org:7000".into()], board: true };
+        let record = AddressRecord {
+            addrs: vec!["127.0.0.1:7447".into(), "example.org:7000".into()],
+            board: true,
+            locator: Some("ab".repeat(32)),
+        };
         let packet = sign(&a, &record, next_seq(t(0), None)).unwrap();
         assert_eq!(read(&a.node_id(), &packet).unwrap(), record);
         assert_eq!(
@@ -232,7 +247,7 @@ mod tests {
     #[test]
     fn a_record_without_ours_is_refused_and_bad_addresses_dropped() {
         let a = Identity::from_seed([1; 32]);
-        let record = AddressRecord { addrs: vec!["no port".into(), "1.2.3.4:5".into()], board: false };
+        let record = AddressRecord { addrs: vec!["no port".into(), "1.2.3.4:5".into()], board: false, locator: None };
         let packet = sign(&a, &record, 1).unwrap();
         assert_eq!(read(&a.node_id(), &packet).unwrap().addrs, ["1.2.3.4:5"]);
         let other = SignedPacket::builder()

@@ -1,8 +1,9 @@
 //! The recovery locator, as pure code: the few bytes a node rebuilt from its recovery phrase
 //! alone needs to find its peers again (each contract's peer id and its last address), kept on
-//! the Mainline DHT as a BEP 44 mutable item under a key derived from the node's secret. Only
-//! that secret finds it (the key is not the node id: the item does not say whose it is), signs it,
-//! and decrypts it (a BLAKE3 keystream from the secret and the item's sequence number).
+//! the Mainline DHT as a BEP 44 mutable item under a key derived from the node's secret. That
+//! secret finds it, signs it, and alone decrypts it (a BLAKE3 keystream from the secret and the
+//! item's sequence number); it is always 900 bytes. The node's address record names the key, so
+//! that its peers can store the signed item again and keep it alive after the node is gone.
 
 use mainline::{MutableItem, SigningKey};
 
@@ -18,6 +19,11 @@ pub const MAX_BYTES: usize = 900;
 pub struct Locator {
     /// Each peer (a contract's other side) and its last address (`HOST:PORT`), newest first.
     pub peers: Vec<(NodeId, String)>,
+}
+
+/// The key as its peers learn it from the node's address record (hex).
+pub fn key_hex(identity: &Identity) -> String {
+    crate::protocol::encoding::hex_encode(&key(identity))
 }
 
 /// The key the locator is signed with, derived from the node's secret.
@@ -37,31 +43,37 @@ fn keystream(identity: &Identity, seq: i64, len: usize) -> Vec<u8> {
     out
 }
 
-/// The locator's plain bytes: the version, then per peer its 32-byte id, the address's length
-/// and the address; as many peers as fit in [`MAX_BYTES`].
+/// The locator's plain bytes: the version, how many peers, then per peer its 32-byte id, the
+/// address's length and the address (as many peers as fit), padded with zeros to
+/// [`MAX_BYTES`], so that its size tells nothing of how many peers there are.
 pub fn encode(locator: &Locator) -> Vec<u8> {
-    let mut out = vec![VERSION];
+    let mut out = vec![VERSION, 0];
+    let mut count: u8 = 0;
     for (node, addr) in &locator.peers {
         let addr = addr.as_bytes();
         let Ok(len) = u8::try_from(addr.len()) else { continue };
-        if out.len() + 33 + addr.len() > MAX_BYTES {
+        if out.len() + 33 + addr.len() > MAX_BYTES || count == u8::MAX {
             break;
         }
         out.extend_from_slice(node.as_bytes());
         out.push(len);
         out.extend_from_slice(addr);
+        count += 1;
     }
+    out[1] = count;
+    out.resize(MAX_BYTES, 0);
     out
 }
 
 /// Reads [`encode`]'s bytes; `None` if they are not a locator of this version.
 pub fn decode(bytes: &[u8]) -> Option<Locator> {
-    let (&version, mut rest) = bytes.split_first()?;
+    let (&version, rest) = bytes.split_first()?;
     if version != VERSION {
         return None;
     }
+    let (&count, mut rest) = rest.split_first()?;
     let mut peers = Vec::new();
-    while !rest.is_empty() {
+    for _ in 0..count {
         let id: [u8; 32] = rest.get(..32)?.try_into().ok()?;
         let len = usize::from(*rest.get(32)?);
         let addr = std::str::from_utf8(rest.get(33..33 + len)?).ok()?;
@@ -119,7 +131,8 @@ mod tests {
             .map(|i| (Identity::from_seed([i; 32]).node_id(), format!("host-{i}.example.org:7447")))
             .collect();
         let bytes = encode(&Locator { peers: many });
-        assert!(bytes.len() <= MAX_BYTES);
+        assert_eq!(bytes.len(), MAX_BYTES, "always the same size");
+        assert_eq!(encode(&Locator::default()).len(), MAX_BYTES);
         assert!(decode(&bytes).is_some_and(|l| l.peers.len() > 10));
         for cut in 0..bytes.len() {
             let _ = decode(&bytes[..cut]);

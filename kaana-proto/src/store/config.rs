@@ -288,6 +288,9 @@ pub struct Resolved {
     pub addrs: Vec<String>,
     /// Whether the peer keeps a board.
     pub board: bool,
+    /// The key of the peer's recovery locator (hex), which this node's server keeps alive.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub locator: Option<String>,
     /// When this node last looked the peer up (a record is not asked for again within its TTL).
     pub resolved_at: crate::protocol::time::Timestamp,
 }
@@ -331,7 +334,13 @@ impl AddressBook {
         let mut addrs = record.addrs.clone();
         addrs.append(&mut entry.addrs);
         entry.addrs = addrs;
-        entry.dht = Some(Resolved { seq, addrs: record.addrs.clone(), board: record.board, resolved_at: now });
+        entry.dht = Some(Resolved {
+            seq,
+            addrs: record.addrs.clone(),
+            board: record.board,
+            locator: record.locator.clone(),
+            resolved_at: now,
+        });
         entry.addrs != before
     }
 
@@ -378,7 +387,7 @@ mod tests {
         let now = crate::protocol::time::Timestamp::from_unix(1_800_000_000);
         let mut book = AddressBook::default();
         book.add(&PeerAddr { node: id, addr: "typed:1".into() });
-        let rec = |a: &str| AddressRecord { addrs: vec![a.to_owned()], board: true };
+        let rec = |a: &str| AddressRecord { addrs: vec![a.to_owned()], board: true, locator: None };
         assert!(book.learn(id, 10, &rec("dht:1"), now));
         assert_eq!(book.addrs(&id), ["dht:1", "typed:1"]);
         assert!(book.learn(id, 20, &rec("dht:2"), now));

@@ -36,6 +36,20 @@ pub struct OwnOffer {
     pub offer: Signed<Offer>,
     /// The contract it became, once taken: an offer makes at most one contract.
     pub taken_by: Option<RecordId>,
+    /// Made by `ensure` for a new replica: only a node this one has no contract with may take it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub for_a_new_peer: bool,
+    /// When it was withdrawn (`ensure`, once the replicas it was made for are there): no one may
+    /// take it any more.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub withdrawn: Option<Timestamp>,
+}
+
+impl OwnOffer {
+    /// Whether someone may still take it at `now`: not taken, not withdrawn, not expired.
+    pub fn open(&self, now: Timestamp) -> bool {
+        self.taken_by.is_none() && self.withdrawn.is_none() && now < self.offer.body.expires_at
+    }
 }
 
 /// `board.json` and `offers/seen.json`: a list of signed offers.
@@ -106,6 +120,11 @@ impl Status {
             Status::Terminated { .. } => "terminated",
             Status::Ended { .. } => "ended",
         }
+    }
+
+    /// Whether it is `ended`.
+    pub fn is_ended(&self) -> bool {
+        matches!(self, Status::Ended { .. })
     }
 
     /// Whether nothing is owed under the contract any more at `now`: it ended, or its notice
@@ -201,6 +220,21 @@ pub struct ContractState {
     /// When this node last checked its copy of the peer's data after a failing verdict.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scrubbed_at: Option<Timestamp>,
+    /// Breaches an audit found on this contract (the peer deleted this node's data early), kept
+    /// for good: the peer's record, which `ensure` chooses peers by.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub breaches: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+impl ContractState {
+    /// Whether an audit ever found the peer breaching this contract.
+    pub fn breached(&self) -> bool {
+        self.breaches > 0 || self.audit.as_ref().and_then(|a| a.result.as_deref()) == Some("breach")
+    }
 }
 
 /// How far ahead of this node's clock a peer's word may be dated and still be learned (a
@@ -251,6 +285,7 @@ impl ContractState {
             our_last_ok: None,
             said_at: None,
             scrubbed_at: None,
+            breaches: 0,
         }
     }
 

@@ -39,6 +39,12 @@ pub struct Reach {
     /// The last DHT error the server met, if the last try failed.
     #[serde(default)]
     pub dht_error: Option<String>,
+    /// The sequence number of the recovery locator last stored (whole seconds, each larger).
+    #[serde(default)]
+    pub locator_seq: Option<i64>,
+    /// When the server last stored its contract peers' locators again, and how many.
+    #[serde(default)]
+    pub peers_locators: Option<(Timestamp, usize)>,
     /// When a known peer (address book or contract) last reached the server, and which.
     #[serde(default)]
     pub last_reached: Option<Reached>,

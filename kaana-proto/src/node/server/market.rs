@@ -136,6 +136,16 @@ fn accept_on_disk(
         }
         return Err(refused(format!("offer {offer_id} is already taken (contract {cid})")));
     }
+    if let Some(at) = own_offer.withdrawn {
+        return Err(refused(format!("offer {offer_id} was withdrawn at {at}")));
+    }
+    if own_offer.for_a_new_peer
+        && node.contracts().map_err(internal)?.iter().any(|e| e.state.peer == taker && !e.state.status.is_ended())
+    {
+        // Made by `ensure` for a replica at a node this one has no contract with: never two
+        // contracts with one peer.
+        return Err(refused(format!("offer {offer_id} is for a node this one has no contract with")));
+    }
     market::check_offer(&own_offer.offer, now).map_err(|e| refused(e.to_string()))?;
     market::check_acceptance(&own_offer.offer, offer_id, &proposal, &taker, now)
         .map_err(|e| ErrorReply::new(ErrorCode::BadRequest, e.to_string()))?;

@@ -42,6 +42,8 @@ pub async fn keep_reachable(
         r.mapped = None;
         r.mapping_error = None;
         r.dht_error = None;
+        // The peers' locators are stored again at each start (then hourly).
+        r.peers_locators = None;
     }) {
         say(format!("reach.json: {e}"));
     }
@@ -150,6 +152,21 @@ async fn announce_if_due(
         Ok(r) => r,
         Err(e) => return say(format!("reach.json: {e}")),
     };
+    // The peers' recovery locators, kept alive hourly (a node that is gone cannot).
+    let locators_due = reach
+        .peers_locators
+        .is_none_or(|(at, _)| now.unix() >= at.unix().saturating_add(discovery::REPUBLISH_SECS) || now < at);
+    if locators_due {
+        match discovery.keep_peers_locators(node, now).await {
+            Ok(kept) => {
+                let _ = node.update_reach(|r| r.peers_locators = Some((now, kept)));
+            }
+            Err(e) => {
+                say(format!("the peers' recovery locators were not stored again: {e}"));
+                let _ = node.update_reach(|r| r.peers_locators = Some((now, 0)));
+            }
+        }
+    }
     // Only a server on every interface needs the DHT's view of its address (and the DHT is not
     // started for a server with nothing to announce).
     let public_ip = if listen.ip().is_unspecified() { discovery.own_public_ip().await } else { None };

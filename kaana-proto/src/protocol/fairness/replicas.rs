@@ -42,6 +42,9 @@ pub struct Copy {
 pub enum Health {
     /// It counts.
     Healthy,
+    /// It will count once the peer commits a push: no other is taken for it, but it does not
+    /// yet make up for one that is ended.
+    Pending,
     /// Its peer is failing, within its grace: it does not count now, but it is kept (the peer may
     /// be testing this node) until `delete_after`.
     Doubtful {
@@ -53,16 +56,20 @@ pub enum Health {
     Lost,
 }
 
-/// Why a contract is [`Health::Lost`], or `None` if it is not.
+/// Why a contract is [`Health::Lost`], or `None` if it is not. A breach is proven misconduct;
+/// short of one, a peer failing within its grace is never lost (it may be testing this node),
+/// whatever else is wrong with its contract.
 pub fn lost_because(c: &Copy, volume_size: u64, now: Timestamp) -> Option<&'static str> {
     if !c.active {
         Some("terminated or ended")
     } else if c.breach {
         Some("the peer deleted this node's data early (a breach)")
-    } else if c.size < volume_size {
-        Some("smaller than the volume")
+    } else if c.standing.is_failing() && !c.standing.expired(now) {
+        None
     } else if c.standing.expired(now) {
         Some("the peer has been failing past its grace")
+    } else if c.size < volume_size {
+        Some("smaller than the volume")
     } else {
         None
     }
@@ -75,6 +82,7 @@ pub fn health(c: &Copy, volume_size: u64, now: Timestamp) -> Health {
     }
     match c.standing.failing() {
         Some((_, delete_after)) => Health::Doubtful { delete_after },
+        None if !c.committed => Health::Pending,
         None => Health::Healthy,
     }
 }
@@ -107,9 +115,10 @@ impl PeerHistory {
         self.breaches += u64::from(breach);
     }
 
-    /// Whether nothing stands against the peer: no breach, no failure, never unreachable.
+    /// Whether nothing stands against the peer: no breach, no failed challenge (an unanswered
+    /// try is a reboot as often as not: it only ranks the peer lower).
     pub fn clean(&self) -> bool {
-        self.breaches == 0 && self.failures == 0 && self.unreachable == 0
+        self.breaches == 0 && self.failures == 0
     }
 
     /// The order peers are preferred in (smaller first): clean first, then fewer failures and
@@ -152,6 +161,11 @@ pub struct Wants {
     pub me: NodeId,
 }
 
+/// The longest grace an offer may have: four times this node's own, and at least 30 days.
+pub fn max_grace(min_grace_secs: u64) -> u64 {
+    min_grace_secs.saturating_mul(4).max(30 * 86_400)
+}
+
 /// Why an offer is not taken, or `None` if it may be.
 pub fn refusal(
     o: &Candidate,
@@ -168,6 +182,10 @@ pub fn refusal(
         Some("smaller than the volume")
     } else if o.grace_secs < wants.min_grace_secs {
         Some("a shorter grace than this node's")
+    } else if o.grace_secs > max_grace(wants.min_grace_secs) {
+        // A grace that never runs out would keep a failing holder's contract, and this node's
+        // capacity, for good.
+        Some("a grace far longer than this node's")
     } else if in_use.contains(&o.peer) {
         Some("this node already has a contract with that peer")
     } else if history.is_some_and(|h| h.breaches > 0) {
@@ -182,12 +200,14 @@ pub fn refusal(
 pub struct Plan {
     /// Every contract not ended, with how it counts.
     pub copies: Vec<(RecordId, NodeId, Health)>,
-    /// Healthy copies now.
+    /// Healthy copies now (committed).
     pub healthy: u32,
+    /// Copies that will count once their peer commits a push: pushed to again.
+    pub pending: Vec<RecordId>,
     /// Offers to take, in order.
     pub take: Vec<RecordId>,
-    /// Active contracts to end once every copy taken is committed (or at once when none is
-    /// needed): lost ones that are still active.
+    /// Lost contracts still active, to end once enough copies are committed without them
+    /// ([`ends_now`]).
     pub end: Vec<RecordId>,
     /// Copies still missing after the offers taken: this node should offer instead.
     pub shortfall: u32,
@@ -213,16 +233,21 @@ pub fn plan(
     for c in copies {
         let h = health(c, wants.volume_size, now);
         plan.healthy += u32::from(h == Health::Healthy);
+        if h == Health::Pending {
+            plan.pending.push(c.contract);
+        }
         if h == Health::Lost && c.active {
             plan.end.push(c.contract);
         }
         plan.copies.push((c.contract, c.peer, h));
     }
-    let mut need = wants.replicas.saturating_sub(plan.healthy);
+    let pending = u32::try_from(plan.pending.len()).unwrap_or(u32::MAX);
+    let mut need = wants.replicas.saturating_sub(plan.healthy.saturating_add(pending));
     let mut ranked: Vec<&Candidate> = offers.iter().collect();
+    // Clean peers first; then the least capacity spent, and the grace nearest this node's own.
     ranked.sort_by_key(|o| {
         let h = histories.get(&o.peer).copied().unwrap_or_default();
-        (h.rank(), u64::MAX - o.grace_secs, o.offer)
+        (h.rank(), o.held_bytes, o.grace_secs, o.offer)
     });
     let mut free = wants.free;
     for o in ranked {
@@ -241,6 +266,13 @@ pub fn plan(
     }
     plan.shortfall = need;
     plan
+}
+
+/// The lost contracts of `plan` to end now that `committed` copies beyond its healthy ones are
+/// committed (those it took, and the pending ones that committed): all of them once the healthy
+/// copies reach `replicas` without them, none before (make before break).
+pub fn ends_now(plan: &Plan, committed: u32, replicas: u32) -> &[RecordId] {
+    if plan.healthy.saturating_add(committed) >= replicas { &plan.end } else { &[] }
 }
 
 #[cfg(test)]
@@ -287,6 +319,48 @@ mod tests {
         c.breach = true;
         let p = plan(&[copy(2, Standing::Ok), c], &[offer(1, 4)], &BTreeMap::new(), &wants(), t(0));
         assert_eq!((p.healthy, p.take.clone(), p.end.clone(), p.shortfall), (1, vec![id(101)], vec![id(3)], 0));
+        assert!(ends_now(&p, 0, 2).is_empty(), "not before the new copy is committed");
+        assert_eq!(ends_now(&p, 1, 2), [id(3)]);
+    }
+
+    #[test]
+    fn nothing_is_ended_while_copies_are_missing() {
+        // Both copies too small for a grown volume, nothing on offer: both are kept.
+        let mut small = [copy(2, Standing::Ok), copy(3, Standing::Ok)];
+        for c in &mut small {
+            c.size = GIB / 2;
+        }
+        let p = plan(&small, &[], &BTreeMap::new(), &wants(), t(0));
+        assert_eq!((p.end.len(), p.shortfall), (2, 2));
+        assert!(ends_now(&p, 0, 2).is_empty());
+        // A failing peer within its grace is never lost, even with a contract too small.
+        let failing = Standing::Failing { since: t(0), delete_after: t(7 * 86_400) };
+        let mut c = copy(4, failing);
+        c.size = GIB / 2;
+        assert_eq!(health(&c, GIB, t(86_400)), Health::Doubtful { delete_after: t(7 * 86_400) });
+    }
+
+    #[test]
+    fn a_copy_never_committed_takes_no_other_but_makes_up_for_nothing() {
+        let mut pending = copy(3, Standing::Ok);
+        pending.committed = false;
+        let mut breached = copy(4, Standing::Ok);
+        breached.breach = true;
+        let p = plan(&[copy(2, Standing::Ok), pending, breached], &[offer(1, 5)], &BTreeMap::new(), &wants(), t(0));
+        assert_eq!((p.healthy, p.pending.clone(), p.take.len()), (1, vec![id(3)], 0));
+        assert!(ends_now(&p, 0, 2).is_empty(), "the breached copy stays until the pending one commits");
+        assert_eq!(ends_now(&p, 1, 2), [id(4)]);
+    }
+
+    #[test]
+    fn an_endless_grace_is_refused_and_the_cheapest_adequate_offer_wins() {
+        let mut endless = offer(1, 4);
+        endless.grace_secs = u64::MAX;
+        let mut big = offer(2, 5);
+        big.held_bytes = 4 * GIB;
+        let p = plan(&[copy(2, Standing::Ok)], &[endless, big, offer(3, 6)], &BTreeMap::new(), &wants(), t(0));
+        assert_eq!(p.take, [id(103)]);
+        assert!(p.passed_over.contains(&(id(101), "a grace far longer than this node's")), "{:?}", p.passed_over);
     }
 
     #[test]
@@ -319,7 +393,19 @@ mod tests {
         let p = plan(&[copy(2, Standing::Ok)], &offers, &breacher, &wants(), t(0));
         assert!(p.take.is_empty());
         assert_eq!(p.shortfall, 1);
-        assert_eq!(p.passed_over.len(), 6, "{:?}", p.passed_over);
+        let mut why: Vec<&str> = p.passed_over.iter().map(|(_, w)| *w).collect();
+        why.sort_unstable();
+        assert_eq!(
+            why,
+            [
+                "a shorter grace than this node's",
+                "more than this node's free capacity",
+                "smaller than the volume",
+                "that peer breached a contract before",
+                "this node already has a contract with that peer",
+                "this node's own offer",
+            ]
+        );
     }
 
     #[test]
