@@ -179,6 +179,20 @@ fn a_peer_known_only_by_its_id_is_found_traded_with_and_found_again_after_it_mov
     assert_eq!(peer_addrs(&b, &a_id).first(), Some(&sa.addr));
 }
 
+/// `init --recover` of `node` from `phrase`, configured with the DHT at `config_boot`, run with
+/// the DHT at `run_boot`.
+fn recover(node: &TestNode, run_boot: &str, config_boot: &str, phrase: &str) -> Output {
+    let args = ["init", "--recover", "--listen", "127.0.0.1:0", "--dht-bootstrap", config_boot];
+    let mut child = on_dht(node, run_boot, "kaana-offer", &args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), phrase.as_bytes()).unwrap();
+    child.wait_with_output().unwrap()
+}
+
 fn pubkey_of(id: &str) -> [u8; 32] {
     let node: kaana_proto::protocol::identity::NodeId = id.parse().unwrap();
     *node.as_bytes()
@@ -255,19 +269,7 @@ fn a_node_that_lost_everything_but_its_phrase_finds_its_peers_on_the_dht_and_res
     drop(sa);
     std::fs::remove_dir_all(&a.home).unwrap();
     let again = TestNode::new();
-    let mut child = on_dht(
-        &again,
-        &boot,
-        "kaana-offer",
-        &["init", "--recover", "--listen", "127.0.0.1:0", "--dht-bootstrap", &boot],
-    )
-    .stdin(Stdio::piped())
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .spawn()
-    .unwrap();
-    std::io::Write::write_all(&mut child.stdin.take().unwrap(), phrase.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = recover(&again, &boot, &boot, &phrase);
     assert_success(&out);
     let line: serde_json::Value = one_json(&out);
     assert_eq!((line["recovered"].as_bool(), line["peers_found"].as_u64()), (Some(true), Some(1)), "{line}");
@@ -282,19 +284,7 @@ fn a_node_that_lost_everything_but_its_phrase_finds_its_peers_on_the_dht_and_res
     let dead = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     let dead_boot = dead.local_addr().unwrap().to_string();
     let later = TestNode::new();
-    let mut child = on_dht(
-        &later,
-        &dead_boot,
-        "kaana-offer",
-        &["init", "--recover", "--listen", "127.0.0.1:0", "--dht-bootstrap", &boot],
-    )
-    .stdin(Stdio::piped())
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .spawn()
-    .unwrap();
-    std::io::Write::write_all(&mut child.stdin.take().unwrap(), phrase.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = recover(&later, &dead_boot, &boot, &phrase);
     assert_exit(&out, 1);
     assert!(stderr(&out).contains("contracts --fetch"), "{}", stderr(&out));
     let out = run(&later, &boot, "kaana-offer", &["contracts", "--fetch"]);
