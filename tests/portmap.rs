@@ -19,7 +19,7 @@ fn sh_out(cmd: &str) -> String {
 /// router: NAT to the WAN, miniupnpd on the LAN side) and `wan` (11.77.0.2).
 struct Home {
     tag: String,
-    miniupnpd: Child,
+    miniupnpd: std::cell::RefCell<Child>,
     dir: tempfile::TempDir,
 }
 
@@ -85,24 +85,40 @@ impl Home {
              system_uptime=yes\nuuid=3d3cec3a-8cf0-11e0-98ee-001a6bd2d070\n\
              allow 1024-65535 192.168.77.0/24 1024-65535\ndeny 0-65535 0.0.0.0/0 0-65535\n"
         );
-        std::fs::write(dir.path().join("miniupnpd.conf"), conf).unwrap();
-        let miniupnpd = Command::new("ip")
-            .args(["netns", "exec", &rtr, "miniupnpd", "-d", "-f"])
-            .arg(dir.path().join("miniupnpd.conf"))
+        std::fs::write(dir.path().join("miniupnpd.conf"), &conf).unwrap();
+        std::fs::write(dir.path().join("natpmp-only.conf"), conf.replace("enable_upnp=yes", "enable_upnp=no")).unwrap();
+        let miniupnpd =
+            Home::router(&rtr, &dir.path().join("miniupnpd.conf"), &dir.path().join("miniupnpd.pid"), ":1900");
+        Some(Home { tag, miniupnpd: std::cell::RefCell::new(miniupnpd), dir })
+    }
+
+    /// Starts miniupnpd in `rtr` with `conf`; ready once it listens on `port` (UDP).
+    fn router(rtr: &str, conf: &std::path::Path, pid: &std::path::Path, port: &str) -> Child {
+        let child = Command::new("ip")
+            .args(["netns", "exec", rtr, "miniupnpd", "-d", "-f"])
+            .arg(conf)
             .arg("-P")
-            .arg(dir.path().join("miniupnpd.pid"))
+            .arg(pid)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("miniupnpd is installed (scripts/install-deps.sh)");
-        let home = Home { tag, miniupnpd, dir };
-        // Ready once it listens for SSDP on the LAN side.
         let deadline = Instant::now() + Duration::from_secs(10);
-        while !sh_out(&format!("ip netns exec {rtr} ss -lun")).contains(":1900") {
+        while !sh_out(&format!("ip netns exec {rtr} ss -lun")).contains(port) {
             assert!(Instant::now() < deadline, "miniupnpd did not start");
             std::thread::sleep(Duration::from_millis(50));
         }
-        Some(home)
+        child
+    }
+
+    /// The router again, speaking NAT-PMP only (no UPnP).
+    fn natpmp_only(&self) {
+        let mut child = self.miniupnpd.borrow_mut();
+        let _ = child.kill();
+        let _ = child.wait();
+        let rtr = self.ns("rtr");
+        let (conf, pid) = (self.dir.path().join("natpmp-only.conf"), self.dir.path().join("miniupnpd.pid"));
+        *child = Home::router(&rtr, &conf, &pid, ":5351");
     }
 
     /// `tool` on `node` inside namespace `which`.
@@ -120,8 +136,8 @@ impl Home {
 
 impl Drop for Home {
     fn drop(&mut self) {
-        let _ = self.miniupnpd.kill();
-        let _ = self.miniupnpd.wait();
+        let _ = self.miniupnpd.get_mut().kill();
+        let _ = self.miniupnpd.get_mut().wait();
         for w in ["lan", "rtr", "wan"] {
             let ns = self.ns(w);
             sh(&format!("ip netns pids {ns} | xargs -r kill -9"));
@@ -236,6 +252,28 @@ fn a_node_behind_a_home_router_is_mapped_announced_found_by_id_and_unmapped_on_s
     let out = run("wan", &b, "kaana-offer", &["peer", "add", &at_router]);
     assert_exit(&out, 2);
     assert!(stderr(&out).contains("no answer"), "{}", stderr(&out));
+
+    // A router that speaks NAT-PMP only: the server finds no UPnP router, asks the default
+    // gateway over NAT-PMP, and the same holds.
+    net.natpmp_only();
+    let _ = std::fs::remove_file(a.home.join("reach.json"));
+    let mut serve = net
+        .tool("lan", &a, "kaana-sync", &["serve"])
+        .env("KAANA_DHT_BOOTSTRAP", "none")
+        .env("KAANA_PORT_MAPPING", "on")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    first_line(&mut serve);
+    wait_reach(&a, "the NAT-PMP mapping", |r| r["mapped"] == mapped.as_str());
+    assert!(net.mappings().contains("dnat ip to 192.168.77.2:7447"), "{}", net.mappings());
+    assert_success(&run("wan", &b, "kaana-offer", &["peer", "add", &at_router]));
+    kill_term(&mut serve);
+    let mut log = String::new();
+    std::io::Read::read_to_string(&mut serve.stderr.take().unwrap(), &mut log).unwrap();
+    assert!(log.contains("(NAT-PMP)") && log.contains("port mapping removed"), "{log}");
+    assert!(!net.mappings().contains("dnat"), "{}", net.mappings());
     let _ = dht.kill();
     let _ = dht.wait();
 }

@@ -4,6 +4,7 @@ mod ensure;
 mod found;
 mod market;
 mod setup;
+mod status;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -201,7 +202,7 @@ pub struct InitArgs {
     /// [env: KAANA_DHT_BOOTSTRAP overrides it for every tool run].
     #[arg(long, value_name = "HOST:PORT|public|none", num_args = 1.., value_delimiter = ',')]
     pub dht_bootstrap: Vec<String>,
-    /// Do not ask the router to forward a port to the server (UPnP IGD).
+    /// Do not ask the router to forward a port to the server (UPnP IGD, NAT-PMP).
     #[arg(long)]
     pub no_port_mapping: bool,
     /// Rebuild a node from its recovery phrase, read from stdin.
@@ -299,7 +300,7 @@ pub fn run(args: Args, settings: kaana_proto::node::machine::Settings) -> anyhow
         Command::Peer(PeerCommand::Add { peer, no_check }) => setup::peer_add(home, settings, &peer, no_check),
         Command::Peer(PeerCommand::List { records }) => setup::peer_list(home, records),
         Command::Peers { records } => setup::peer_list(home, records),
-        Command::Status => market::status(home, settings),
+        Command::Status => status::status(home, settings),
         Command::Create { size, grace, ttl, history, history_space, addrs } => {
             market::create(home, market::Terms { size, grace, ttl, history, history_space }, addrs)
         }

@@ -53,7 +53,7 @@ pub enum Command {
         /// Time-out on every read from a client, e.g. 30s.
         #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration_arg)]
         read_timeout: Duration,
-        /// Do not ask the router to forward a UDP port to the server (UPnP IGD) [default: config
+        /// Do not ask the router to forward a UDP port to the server (UPnP IGD, NAT-PMP) [default: config
         /// port_mapping, else KAANA_PORT_MAPPING].
         #[arg(long)]
         no_port_mapping: bool,

@@ -50,7 +50,7 @@ pub async fn keep_reachable(
     // A server bound to loopback has nothing a router could forward to.
     let map_port = map_port && !listen.ip().is_loopback();
     if map_port {
-        say("asking the router to forward the listen port (UPnP; turn off with --no-port-mapping)".into());
+        say("asking the router to forward the listen port (UPnP, else NAT-PMP; turn off with --no-port-mapping)".into());
     }
     if discovery.enabled() && discovery.is_public() {
         say("announcing this node on the public Mainline DHT (turn off with `kaana-offer config set dht_bootstrap none`)"
@@ -113,7 +113,13 @@ impl Upkeep {
         match asked.await {
             Ok(Ok(m)) => {
                 if self.mapping.as_ref().map(|old| old.external) != Some(m.external) {
-                    say(format!("the router {} forwards UDP {} to {}", m.router(), m.external, m.local));
+                    say(format!(
+                        "the router {} forwards UDP {} to {} ({})",
+                        m.router(),
+                        m.external,
+                        m.local,
+                        m.protocol()
+                    ));
                 }
                 self.next_mapping = Instant::now() + Duration::from_secs(u64::from(portmap::LEASE_SECS / 2));
                 let external = m.external.to_string();

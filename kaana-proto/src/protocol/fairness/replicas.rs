@@ -6,6 +6,8 @@
 //! peer that is failing, but whose grace has not run out, may be testing this node with a
 //! deliberate failure: a copy may be added elsewhere at once, but its contract is never ended
 //! before its `delete_after`, so a deliberate failure never costs an honest peer its contract.
+//!
+//! Longer than 400 lines: the rules are some 250; the rest is their unit tests, kept beside them.
 
 use std::collections::{BTreeMap, BTreeSet};
 
