@@ -107,7 +107,7 @@ if $dht; then
   step "A local Mainline DHT: 20 DHT nodes on 127.0.0.1, standing in for the public one"
   kaana-offer dht-nodes --count 20 >"$work/dht.json" 2>/dev/null &
   pids+=($!)
-  for _ in $(seq 100); do [ -s "$work/dht.json" ] && break; sleep 0.05; done
+  for _ in $(seq 600); do [ -s "$work/dht.json" ] && break; sleep 0.05; done
   KAANA_DHT_BOOTSTRAP=$(jq -r '.bootstrap | join(",")' "$work/dht.json") || fail "the DHT nodes did not start"
   echo "bootstrap: ${KAANA_DHT_BOOTSTRAP%%,*},… (20 nodes)"
 fi
