@@ -20,6 +20,24 @@ fn restart_at(p: &mut Peer, t: u64) {
     p.server = ServerProc::start_at(&p.node, &["--listen", &format!("127.0.0.1:{port}")], t);
 }
 
+/// `a` challenges its peers every six hours for thirty hours from now (one of them silent: it is
+/// failing after a day of tries); when it began.
+fn silence_of_a_day(a: &Peer) -> u64 {
+    let t0 = now_unix();
+    for h in [0, 6, 12, 18, 24, 30] {
+        let out = a
+            .node
+            .cmd("kaana-challenge")
+            .args(["--all"])
+            .env("KAANA_NOW", at(t0 + h * HOUR))
+            .env("KAANA_CONNECT_TIMEOUT", "1s")
+            .output()
+            .unwrap();
+        assert!(out.status.code().is_some_and(|c| c <= 1), "{}", stderr(&out));
+    }
+    t0
+}
+
 /// A node with servers, as the tests here use it.
 struct Peer {
     node: TestNode,
@@ -153,18 +171,7 @@ fn a_silent_holder_gets_a_copy_made_elsewhere_at_once_and_loses_its_contract_onl
     let Four { work: _work, a, b, c: _c, mut d, ab, ac: _ac } = four();
     let Peer { node: b, server: sb } = b;
     drop(sb);
-    let t0 = now_unix();
-    for h in [0, 6, 12, 18, 24, 30] {
-        let out = a
-            .node
-            .cmd("kaana-challenge")
-            .args(["--all"])
-            .env("KAANA_NOW", at(t0 + h * HOUR))
-            .env("KAANA_CONNECT_TIMEOUT", "1s")
-            .output()
-            .unwrap();
-        assert!(out.status.code().is_some_and(|c| c <= 1), "{}", stderr(&out));
-    }
+    let t0 = silence_of_a_day(&a);
     let failing: Vec<serde_json::Value> = json_lines(&a.node.run("kaana-offer", &["contracts"]));
     let b_line = failing.iter().find(|l| l["id"] == ab.as_str()).unwrap();
     assert_eq!(b_line["their_standing"]["state"], "failing", "{b_line}");
@@ -207,18 +214,7 @@ fn a_silent_holder_that_comes_back_within_its_grace_keeps_its_contract_and_the_s
     let port = b.server.addr.rsplit_once(':').unwrap().1.to_owned();
     let Peer { node: b, server: sb } = b;
     drop(sb);
-    let t0 = now_unix();
-    for h in [0, 6, 12, 18, 24, 30] {
-        let out = a
-            .node
-            .cmd("kaana-challenge")
-            .args(["--all"])
-            .env("KAANA_NOW", at(t0 + h * HOUR))
-            .env("KAANA_CONNECT_TIMEOUT", "1s")
-            .output()
-            .unwrap();
-        assert!(out.status.code().is_some_and(|c| c <= 1), "{}", stderr(&out));
-    }
+    let t0 = silence_of_a_day(&a);
     restart_at(&mut d, t0 + 31 * HOUR);
     let out = ensure(&a.node, &[], Some(t0 + 31 * HOUR));
     assert_success(&out);

@@ -183,14 +183,7 @@ impl Home {
 
     /// Takes the directory's exclusive advisory lock, waiting for other holders.
     pub fn lock(&self) -> Result<StateLock, StateError> {
-        let path = self.lock_path();
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode(0o600)
-            .open(&path)
-            .map_err(|e| StateError::io(&path, e))?;
+        let (path, file) = self.lock_file()?;
         file.lock().map_err(|e| StateError::io(&path, e))?;
         Ok(StateLock { _file: file })
     }
@@ -198,6 +191,15 @@ impl Home {
     /// The state directory's lock if it is free now, else `None` (held by another process, or by
     /// this one: a caller that may run under the lock must not wait for it).
     pub fn try_lock(&self) -> Result<Option<StateLock>, StateError> {
+        let (path, file) = self.lock_file()?;
+        match file.try_lock() {
+            Ok(()) => Ok(Some(StateLock { _file: file })),
+            Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+            Err(std::fs::TryLockError::Error(e)) => Err(StateError::io(&path, e)),
+        }
+    }
+
+    fn lock_file(&self) -> Result<(PathBuf, File), StateError> {
         let path = self.lock_path();
         let file = OpenOptions::new()
             .create(true)
@@ -206,11 +208,7 @@ impl Home {
             .mode(0o600)
             .open(&path)
             .map_err(|e| StateError::io(&path, e))?;
-        match file.try_lock() {
-            Ok(()) => Ok(Some(StateLock { _file: file })),
-            Err(std::fs::TryLockError::WouldBlock) => Ok(None),
-            Err(std::fs::TryLockError::Error(e)) => Err(StateError::io(&path, e)),
-        }
+        Ok((path, file))
     }
 
     /// Reads and parses a JSON state file.
