@@ -306,7 +306,8 @@ fn with_nothing_on_offer_it_offers_dry_run_changes_nothing_and_two_at_once_make_
     assert_eq!(taken, 1, "one contract between them");
     let contracts: Vec<serde_json::Value> = json_lines(&a.node.run("kaana-offer", &["contracts"]));
     assert_eq!(contracts.len(), 2, "{contracts:?}");
-    // The offer A made for that replica is withdrawn: no longer listed, and refused to a taker.
+    // The offer A made for that replica is withdrawn: hidden from A's list, and refused to a
+    // taker that still finds it on A's board.
     let listed: Vec<serde_json::Value> = json_lines(&a.node.run("kaana-offer", &["list"]));
     assert!(!listed.iter().any(|l| l["id"] == offer["offer"]), "{listed:?}");
     let late = peer(&[]);
@@ -335,6 +336,18 @@ fn a_copy_taken_by_hand_and_never_pushed_is_pushed_before_anything_is_ended() {
     assert_eq!(step(&plan, "push", &ad).unwrap()["done"], false);
     assert_eq!(step(&plan, "end", &f.ac).unwrap()["done"], false);
     assert_eq!(status_of(&f.a.node, &f.ac), "active", "--dry-run ended nothing");
+    // D is down: the push fails, and nothing is ended.
+    let mut f = f;
+    let _ = f.d.server.child.kill();
+    let _ = f.d.server.child.wait();
+    let out = ensure(&f.a.node, &[], None);
+    assert_exit(&out, 1);
+    let s = steps(&out);
+    assert_eq!(step(&s, "push", &ad).unwrap()["done"], false, "{s:?}");
+    assert_eq!(step(&s, "end", &f.ac).unwrap()["done"], false, "{s:?}");
+    assert_eq!(status_of(&f.a.node, &f.ac), "active", "not ended while the new copy is not committed");
+    // D is back: pushed, and only then is C's contract ended.
+    restart_at(&mut f.d, now_unix());
     let out = ensure(&f.a.node, &[], None);
     assert_success(&out);
     let s = steps(&out);

@@ -140,14 +140,25 @@ pub(crate) fn ensure(home: &Path, settings: &Settings, dry_run: bool) -> anyhow:
     // then push the volume to each new holder and to each that has not committed yet.
     let mut to_push: Vec<RecordId> = Vec::new();
     let mut take_failed = false;
-    for id in &plan.take {
-        let o = &offers[id];
-        match market::take_offer(&node, settings, *id, o, true, now_from_env()?) {
+    // An offer refused when taken (withdrawn, taken by another, its maker gone) gives way to the
+    // next acceptable one, from another peer.
+    let mut queue: std::collections::VecDeque<RecordId> = plan.take.iter().chain(&plan.fallback).copied().collect();
+    let mut wanted = plan.take.len();
+    let mut tried_peers: Vec<NodeId> = Vec::new();
+    while wanted > 0 {
+        let Some(id) = queue.pop_front() else { break };
+        let o = &offers[&id];
+        if tried_peers.contains(&o.body.node) {
+            continue;
+        }
+        match market::take_offer(&node, settings, id, o, true, now_from_env()?) {
             Ok(contract) => {
+                wanted -= 1;
+                tried_peers.push(o.body.node);
                 let reason = format!("a new copy at {}", o.body.node.short());
                 let step = Step {
                     action: "take",
-                    offer: Some(*id),
+                    offer: Some(id),
                     contract: Some(contract),
                     peer: Some(o.body.node),
                     done: true,
@@ -160,11 +171,13 @@ pub(crate) fn ensure(home: &Path, settings: &Settings, dry_run: bool) -> anyhow:
             Err(e) => {
                 let reason = format!("{e:#}");
                 eprintln!("kaana-offer: offer {}: {reason}", id.short());
-                emit(&Step { action: "take", offer: Some(*id), peer: Some(o.body.node), reason, ..Step::default() })?;
-                take_failed = true;
-                exit = Exit::Attention;
+                emit(&Step { action: "take", offer: Some(id), peer: Some(o.body.node), reason, ..Step::default() })?;
             }
         }
+    }
+    if wanted > 0 {
+        take_failed = true;
+        exit = Exit::Attention;
     }
     to_push.extend(plan.pending.iter().filter(|c| !silent.contains(&peer_of(c).unwrap_or(node.id()))));
     let mut committed = 0u32;
@@ -257,6 +270,8 @@ pub(crate) fn copies_and_records(node: &Node) -> anyhow::Result<(Vec<Copy>, BTre
             standing: e.state.their_standing,
             breach,
             committed,
+            created_at: e.contract.body.created_at,
+            grace_secs: e.contract.body.grace_secs,
         });
     }
     Ok((copies, histories))
@@ -319,7 +334,12 @@ fn push(node: &Node, settings: &Settings, contract: RecordId) -> anyhow::Result<
 
 /// This node's open offer of at least `volume_size` bytes, made and published if there is none.
 fn offer_instead(node: &Node, settings: &Settings, volume_size: u64, now: Timestamp) -> anyhow::Result<RecordId> {
-    let open = node.own_offers()?.into_iter().find(|(_, o)| o.open(now) && o.offer.body.size >= volume_size);
+    // Only one made for a new peer: an offer made by hand may be taken by a node this one
+    // already has a contract with.
+    let open = node
+        .own_offers()?
+        .into_iter()
+        .find(|(_, o)| o.for_a_new_peer && o.open(now) && o.offer.body.size >= volume_size);
     let (id, offer) = match open {
         Some((id, o)) => (id, o.offer),
         None => {

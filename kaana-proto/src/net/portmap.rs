@@ -50,6 +50,8 @@ pub struct Mapping {
     pub external: SocketAddr,
     /// Where the router sends it.
     pub local: SocketAddr,
+    /// How long the router keeps it, in seconds (a NAT-PMP router may grant less than asked).
+    pub lease_secs: u32,
     via: Via,
 }
 
@@ -135,7 +137,7 @@ fn upnp(
         },
     };
     let ip = gateway.get_external_ip().map_err(|e| refused(format!("no external address: {e}")))?;
-    Ok(Mapping { external: SocketAddr::new(ip, external_port), local, via: Via::Upnp(gateway) })
+    Ok(Mapping { external: SocketAddr::new(ip, external_port), local, lease_secs: LEASE_SECS, via: Via::Upnp(gateway) })
 }
 
 /// Removes `mapping` from the router.
@@ -165,8 +167,8 @@ fn default_gateway() -> Result<Ipv4Addr, String> {
     gateway_of(&table).ok_or_else(|| "no default route".to_owned())
 }
 
-/// The default route's gateway in `/proc/net/route` text (hex fields, in the host's byte order:
-/// little-endian here).
+/// The default route's gateway in `/proc/net/route` text (hex fields of the address's bytes in
+/// memory order, read as a number in the host's byte order).
 fn gateway_of(table: &str) -> Option<Ipv4Addr> {
     table.lines().skip(1).find_map(|line| {
         let f: Vec<&str> = line.split_whitespace().collect();
@@ -174,7 +176,7 @@ fn gateway_of(table: &str) -> Option<Ipv4Addr> {
             return None;
         }
         let raw = u32::from_str_radix(f.get(2)?, 16).ok()?;
-        (raw != 0).then(|| Ipv4Addr::from(raw.to_le_bytes()))
+        (raw != 0).then(|| Ipv4Addr::from(raw.to_ne_bytes()))
     })
 }
 
@@ -193,6 +195,7 @@ fn natpmp(gateway: Ipv4Addr, bind: Option<IpAddr>, port: u16, external: Option<u
     let router = SocketAddr::new(IpAddr::V4(gateway), NATPMP_PORT);
     let reply = natpmp_exchange(gateway, bind, &map_request(port, external.unwrap_or(port), LEASE_SECS), 129, 16)?;
     let mapped = u16::from_be_bytes([reply[10], reply[11]]);
+    let lease_secs = u32::from_be_bytes([reply[12], reply[13], reply[14], reply[15]]);
     let ip_reply = natpmp_exchange(gateway, bind, &[0, 0], 128, 12)?;
     let ip = Ipv4Addr::new(ip_reply[8], ip_reply[9], ip_reply[10], ip_reply[11]);
     let local_ip = match bind.filter(|ip| !ip.is_unspecified()) {
@@ -202,6 +205,7 @@ fn natpmp(gateway: Ipv4Addr, bind: Option<IpAddr>, port: u16, external: Option<u
     Ok(Mapping {
         external: SocketAddr::new(IpAddr::V4(ip), mapped),
         local: SocketAddr::new(local_ip, port),
+        lease_secs,
         via: Via::NatPmp { gateway, bind },
     })
 }

@@ -76,6 +76,7 @@ pub async fn keep_reachable(
             }
             if discovery.enabled() {
                 announce_if_due(&node, &discovery, listen, upkeep.mapping.as_ref(), now, &say).await;
+                keep_locators_if_due(&node, &discovery, now, &say).await;
             }
         };
         tokio::select! {
@@ -85,7 +86,7 @@ pub async fn keep_reachable(
     }
     if let Some(m) = upkeep.mapping.take() {
         let removed = tokio::task::spawn_blocking(move || portmap::unmap(&m));
-        match tokio::time::timeout(Duration::from_secs(3), removed).await {
+        match tokio::time::timeout(Duration::from_secs(5), removed).await {
             Ok(Ok(Ok(()))) => say("port mapping removed".into()),
             Ok(Ok(Err(e))) => say(format!("port mapping not removed: {e}")),
             _ => say("port mapping not removed: the router did not answer".into()),
@@ -121,7 +122,8 @@ impl Upkeep {
                         m.protocol()
                     ));
                 }
-                self.next_mapping = Instant::now() + Duration::from_secs(u64::from(portmap::LEASE_SECS / 2));
+                // Renewed at half the lease the router granted (at least a minute apart).
+                self.next_mapping = Instant::now() + Duration::from_secs(u64::from(m.lease_secs / 2).max(60));
                 let external = m.external.to_string();
                 self.mapping = Some(m);
                 self.last_error = None;
@@ -158,21 +160,6 @@ async fn announce_if_due(
         Ok(r) => r,
         Err(e) => return say(format!("reach.json: {e}")),
     };
-    // The peers' recovery locators, kept alive hourly (a node that is gone cannot).
-    let locators_due = reach
-        .peers_locators
-        .is_none_or(|(at, _)| now.unix() >= at.unix().saturating_add(discovery::REPUBLISH_SECS) || now < at);
-    if locators_due {
-        match discovery.keep_peers_locators(node, now).await {
-            Ok(kept) => {
-                let _ = node.update_reach(|r| r.peers_locators = Some((now, kept)));
-            }
-            Err(e) => {
-                say(format!("the peers' recovery locators were not stored again: {e}"));
-                let _ = node.update_reach(|r| r.peers_locators = Some((now, 0)));
-            }
-        }
-    }
     // Only a server on every interface needs the DHT's view of its address (and the DHT is not
     // started for a server with nothing to announce).
     let public_ip = if listen.ip().is_unspecified() { discovery.own_public_ip().await } else { None };
@@ -218,6 +205,26 @@ async fn announce_if_due(
         let port = mapping.map_or(listen.port(), |m| m.external.port());
         if let Err(e) = discovery.announce_board(node, port, now).await {
             failed(e.to_string());
+        }
+    }
+}
+
+/// Stores the contract peers' recovery locators again when due (at start, then hourly): a node
+/// that is gone cannot store its own.
+async fn keep_locators_if_due(node: &Node, discovery: &Discovery, now: Timestamp, say: &impl Fn(String)) {
+    let Ok(reach) = node.reach() else { return };
+    let locators_due = reach
+        .peers_locators
+        .is_none_or(|(at, _)| now.unix() >= at.unix().saturating_add(discovery::REPUBLISH_SECS) || now < at);
+    if locators_due {
+        match discovery.keep_peers_locators(node, now).await {
+            Ok(kept) => {
+                let _ = node.update_reach(|r| r.peers_locators = Some((now, kept)));
+            }
+            Err(e) => {
+                say(format!("the peers' recovery locators were not stored again: {e}"));
+                let _ = node.update_reach(|r| r.peers_locators = Some((now, 0)));
+            }
         }
     }
 }

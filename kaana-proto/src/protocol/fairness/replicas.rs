@@ -36,6 +36,10 @@ pub struct Copy {
     pub breach: bool,
     /// Whether the peer ever committed a push of this node's volume.
     pub committed: bool,
+    /// When the contract was made.
+    pub created_at: Timestamp,
+    /// Its grace period: a contract its peer has committed nothing under for that long is lost.
+    pub grace_secs: u64,
 }
 
 /// Whether a contract counts toward the replicas.
@@ -70,6 +74,10 @@ pub fn lost_because(c: &Copy, volume_size: u64, now: Timestamp) -> Option<&'stat
         None
     } else if c.standing.expired(now) {
         Some("the peer has been failing past its grace")
+    } else if !c.committed && now.unix() > c.created_at.unix().saturating_add(c.grace_secs) {
+        // Never pushed to, it was never challenged, and its peer never judged: it must not
+        // hold a replica's place for good.
+        Some("nothing committed there for longer than its grace")
     } else if c.size < volume_size {
         Some("smaller than the volume")
     } else {
@@ -208,6 +216,9 @@ pub struct Plan {
     pub pending: Vec<RecordId>,
     /// Offers to take, in order.
     pub take: Vec<RecordId>,
+    /// Acceptable offers beyond those, in order, from other peers: taken instead of one that is
+    /// refused when taken.
+    pub fallback: Vec<RecordId>,
     /// Lost contracts still active, to end once enough copies are committed without them
     /// ([`ends_now`]).
     pub end: Vec<RecordId>,
@@ -257,6 +268,7 @@ pub fn plan(
             plan.passed_over.push((o.offer, why));
         } else if need == 0 {
             plan.passed_over.push((o.offer, "enough copies"));
+            plan.fallback.push(o.offer);
         } else if o.held_bytes > free {
             plan.passed_over.push((o.offer, "more than this node's free capacity"));
         } else {
@@ -297,7 +309,17 @@ mod tests {
     }
 
     fn copy(n: u8, standing: Standing) -> Copy {
-        Copy { contract: id(n), peer: node(n), size: GIB, active: true, standing, breach: false, committed: true }
+        Copy {
+            contract: id(n),
+            peer: node(n),
+            size: GIB,
+            active: true,
+            standing,
+            breach: false,
+            committed: true,
+            created_at: t(0),
+            grace_secs: 7 * 86_400,
+        }
     }
 
     fn offer(n: u8, peer: u8) -> Candidate {
@@ -352,6 +374,11 @@ mod tests {
         assert_eq!((p.healthy, p.pending.clone(), p.take.len()), (1, vec![id(3)], 0));
         assert!(ends_now(&p, 0, 2).is_empty(), "the breached copy stays until the pending one commits");
         assert_eq!(ends_now(&p, 1, 2), [id(4)]);
+        // Never committed for longer than its grace: lost, and replaced.
+        let mut stale = copy(3, Standing::Ok);
+        stale.committed = false;
+        let p = plan(&[copy(2, Standing::Ok), stale], &[offer(1, 5)], &BTreeMap::new(), &wants(), t(8 * 86_400));
+        assert_eq!((p.take.clone(), p.end.clone()), (vec![id(101)], vec![id(3)]));
     }
 
     #[test]
