@@ -71,18 +71,14 @@ impl Dht {
 
     /// Stores `packet` (a signed address record) under its key; returns on how many DHT nodes.
     pub async fn publish(&self, packet: &SignedPacket) -> Result<u32, DhtError> {
-        let item = MutableItem::new_signed_unchecked(
+        self.put_item(MutableItem::new_signed_unchecked(
             packet.public_key().to_bytes(),
             packet.signature().to_bytes(),
             &packet.encoded_packet(),
             i64::try_from(packet.timestamp().as_u64()).unwrap_or(i64::MAX),
             None,
-        );
-        match self.within(self.inner.put_mutable(item, None)).await? {
-            Ok(outcome) => Ok(outcome.stored_at),
-            Err(PutMutableError::Query(e)) => Err(self.put_failed(e)),
-            Err(e) => Err(DhtError::Refused(e.to_string())),
-        }
+        ))
+        .await
     }
 
     /// Stores a signed mutable item (BEP 44) as it is; returns on how many DHT nodes.
@@ -106,20 +102,14 @@ impl Dht {
             }
         };
         let finished = tokio::time::timeout(self.timeout, gather).await.is_ok();
-        match best {
-            Some(item) => Ok(Some(item)),
-            None if !finished => Err(DhtError::Timeout(self.timeout.as_secs().max(1), self.bootstrap.clone())),
-            None if !self.answered().await => Err(DhtError::NoAnswer(self.bootstrap.clone())),
-            None => Ok(None),
-        }
+        self.outcome(best, finished).await
     }
 
-    /// The newest valid record `node` published, newer than `newer_than` if given; `None` if
-    /// there is none. Each item's signature is checked against `node`'s key.
-    pub async fn resolve(&self, node: &NodeId, newer_than: Option<u64>) -> Result<Option<SignedPacket>, DhtError> {
+    /// The newest valid record `node` published; `None` if there is none. Each item's signature
+    /// is checked against `node`'s key.
+    pub async fn resolve(&self, node: &NodeId) -> Result<Option<SignedPacket>, DhtError> {
         let key = pkarr::PublicKey::try_from(node.as_bytes()).map_err(|e| DhtError::Refused(e.to_string()))?;
-        let since = newer_than.and_then(|s| i64::try_from(s).ok());
-        let mut items = self.inner.get_mutable(node.as_bytes(), None, since);
+        let mut items = self.inner.get_mutable(node.as_bytes(), None, None);
         let mut best: Option<SignedPacket> = None;
         let gather = async {
             while let Some(item) = items.next().await {
@@ -133,10 +123,15 @@ impl Dht {
                 }
             }
         };
-        // A query that runs out of time still gives what it found.
         let finished = tokio::time::timeout(self.timeout, gather).await.is_ok();
+        self.outcome(best, finished).await
+    }
+
+    /// What a query that gathered `best` comes to: a query that ran out of time still gives what
+    /// it found; one that found nothing is an error unless some DHT node answered.
+    async fn outcome<T>(&self, best: Option<T>, finished: bool) -> Result<Option<T>, DhtError> {
         match best {
-            Some(p) => Ok(Some(p)),
+            Some(found) => Ok(Some(found)),
             None if !finished => Err(DhtError::Timeout(self.timeout.as_secs().max(1), self.bootstrap.clone())),
             None if !self.answered().await => Err(DhtError::NoAnswer(self.bootstrap.clone())),
             None => Ok(None),

@@ -121,7 +121,7 @@ impl Discovery {
     /// there. On the public DHT, addresses no one outside could use (loopback, private) are
     /// dropped: a record must not point this node's tools at its own network.
     pub async fn find(&self, peer: NodeId) -> Result<Option<(AddressRecord, u64)>, DiscoveryError> {
-        let Some(packet) = self.dht().await?.resolve(&peer, None).await? else { return Ok(None) };
+        let Some(packet) = self.dht().await?.resolve(&peer).await? else { return Ok(None) };
         let mut record = discovery::read(&peer, &packet)?;
         if self.public {
             record.addrs.retain(|a| a.parse::<SocketAddr>().map_or(true, |s| reachability::is_global(s.ip())));
