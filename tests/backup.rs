@@ -555,3 +555,66 @@ fn a_holder_refuses_bad_extents_foreign_manifests_and_oversize_data() {
     let verified: RestoreLine = a.json("kaana-sync", &["verify", &contract]);
     assert!(verified.ok);
 }
+
+/// `--limit-rate` holds a push and a restore to the rate (never faster: how close to it they come
+/// over 30 s is a figure of `scripts/bench.sh`), the config's `limit_rate` is the default and
+/// `--limit-rate 0` lifts it. The rate is low enough that one extent takes longer than the
+/// holder's read time-out (2 s here): the holder cuts off a peer that stalls, not one that is
+/// slow, and the push and the restore complete.
+#[test]
+fn limit_rate_holds_push_and_restore_to_the_rate() {
+    let work = tempfile::tempdir().unwrap();
+    let volume = work.path().join("vol.img");
+    let original = pseudo_random(2 << 20, 11);
+    fs::write(&volume, &original).unwrap();
+    let a = TestNode::init_with(&["--capacity", "1GiB", "--volume", volume.to_str().unwrap()]);
+    let b = TestNode::init_with(&["--capacity", "1GiB"]);
+    let (sa, _sb) = (ServerProc::start(&a, &[]), ServerProc::start(&b, &["--read-timeout", "2s"]));
+    let contract = make_contract_sized(&a, &sa, &b, "64MiB");
+    let rate = 512u64 << 10;
+    // 2 MiB at 512 KiB/s: 4 s, less one 50 ms burst. Two 1 MiB extents in flight share the rate,
+    // so each takes about 4 s, twice the holder's read time-out.
+    let at_least = Duration::from_millis(3900);
+
+    let started = Instant::now();
+    let out = a.run("kaana-sync", &["push", &contract, "--extent-size", "1MiB", "--limit-rate", "512KiB"]);
+    assert_success(&out);
+    let pushed: PushLine = one_json(&out);
+    assert!(started.elapsed() >= at_least, "a push of 2 MiB at 512 KiB/s took {:?}", started.elapsed());
+    assert_eq!((pushed.bytes_sent, pushed.extents_sent), (2 << 20, 2));
+    assert!(pushed.bytes_sent as f64 / pushed.secs <= rate as f64 * 1.03, "{pushed:?}");
+
+    let back = work.path().join("back.img");
+    let started = Instant::now();
+    let out = a.run("kaana-sync", &["restore", &contract, "--out", back.to_str().unwrap(), "--limit-rate", "4Mbit"]);
+    assert_success(&out);
+    assert!(started.elapsed() >= at_least, "a restore of 2 MiB at 4 Mbit/s took {:?}", started.elapsed());
+    assert_eq!(fs::read(&back).unwrap(), original);
+
+    // The config's limit is the default; --limit-rate 0 lifts it.
+    assert_success(&a.run("kaana-offer", &["config", "set", "limit_rate", "512KiB/s"]));
+    let shown: serde_json::Value = a.json("kaana-offer", &["config", "get", "limit_rate"]);
+    assert_eq!(shown["limit_rate"], rate);
+    let started = Instant::now();
+    let verified: RestoreLine = a.json("kaana-sync", &["verify", &contract]);
+    assert!(verified.ok);
+    assert!(started.elapsed() >= at_least, "a verify of 2 MiB at the config's 512 KiB/s took {:?}", started.elapsed());
+    let started = Instant::now();
+    let verified: RestoreLine = a.json("kaana-sync", &["verify", &contract, "--limit-rate", "0"]);
+    assert!(verified.ok);
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "without a limit, a verify of 2 MiB took {:?}",
+        started.elapsed()
+    );
+
+    // Bad rates are refused before anything is sent.
+    for bad in ["fast", "100", "10 parsecs"] {
+        let out = a.run("kaana-sync", &["push", &contract, "--limit-rate", bad]);
+        assert_exit(&out, 2);
+        assert!(stderr(&out).contains("--limit-rate"), "{}", stderr(&out));
+        assert_exit(&a.run("kaana-offer", &["config", "set", "limit_rate", bad]), 2);
+    }
+    assert_success(&a.run("kaana-offer", &["config", "set", "limit_rate", "none"]));
+    assert!(a.json::<serde_json::Value>("kaana-offer", &["config", "get", "limit_rate"])["limit_rate"].is_null());
+}

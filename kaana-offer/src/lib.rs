@@ -212,7 +212,7 @@ pub struct InitArgs {
 
 /// Configuration commands. The settings are those of `config.json`: listen, advertise,
 /// volume, storage (read only), capacity, replicas, grace_secs, audit_rate, history_secs,
-/// history_percent.
+/// history_percent, dht_bootstrap, port_mapping, limit_rate.
 #[derive(Debug, Subcommand)]
 pub enum ConfigCommand {
     /// Print one setting: {"KEY": VALUE}.
@@ -221,7 +221,8 @@ pub enum ConfigCommand {
         key: String,
     },
     /// Change one setting and print it: {"KEY": VALUE}. Values as `init` takes them: 2TiB, 7d,
-    /// 0.02, HOST:PORT (advertise: several, comma-separated; empty for none).
+    /// 0.02, HOST:PORT (advertise: several, comma-separated; empty for none); limit_rate a rate
+    /// such as 10MiB/s or 20Mbit (none: no limit).
     Set {
         /// The setting.
         key: String,

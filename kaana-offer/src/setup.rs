@@ -114,6 +114,7 @@ pub(crate) fn init(home: &Path, settings: &Settings, args: InitArgs) -> anyhow::
         history_percent: args.history_percent,
         dht_bootstrap,
         port_mapping: !args.no_port_mapping,
+        limit_rate: None,
     };
     let node = Node::init(home, identity, config)?;
     let mut found = (None, None);

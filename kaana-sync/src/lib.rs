@@ -86,6 +86,8 @@ pub enum Command {
         /// newest generation.
         #[arg(long)]
         force: bool,
+        #[command(flatten)]
+        rate: RateArgs,
     },
     /// Bring the volume back from a contract's peer and write it to PATH, byte for byte as
     /// pushed: the newest generation, or an older one the peer keeps (`kaana-sync history`
@@ -102,6 +104,8 @@ pub enum Command {
         out: PathBuf,
         #[command(flatten)]
         pick: PickArgs,
+        #[command(flatten)]
+        rate: RateArgs,
     },
     /// A restore drill: read back and check every extent from a contract's peer (or every
     /// active contract's, one after the other), writing nothing. Exits 1 if anything is missing
@@ -115,6 +119,8 @@ pub enum Command {
         all: bool,
         #[command(flatten)]
         pick: PickArgs,
+        #[command(flatten)]
+        rate: RateArgs,
     },
     /// The generations of this node's volume a contract's peer keeps (its history), oldest
     /// first: one JSON line each: contract, peer, generation, committed_at, bytes (the volume's
@@ -132,6 +138,31 @@ pub enum Command {
     },
     /// Print the man page (roff): `kaana-sync man > kaana-sync.1`.
     Man,
+}
+
+/// How fast a push, restore or verify may move the volume.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RateArgs {
+    /// Move at most RATE per second, all extents (and with --all, all contracts) together: a
+    /// size per second (10MiB, 500kB/s) or bits (20Mbit). 0 means no limit [default: config
+    /// limit_rate, else none].
+    #[arg(long, value_name = "RATE", value_parser = parse_rate_arg)]
+    pub limit_rate: Option<Rate>,
+}
+
+/// A rate as `--limit-rate` gives it: bytes per second, or none (no limit).
+#[derive(Debug, Clone, Copy)]
+pub struct Rate(Option<u64>);
+
+impl RateArgs {
+    /// The limit: this option's, else the config's.
+    fn limit(&self, node: &Node) -> Option<u64> {
+        self.limit_rate.map_or(node.config.limit_rate, |r| r.0)
+    }
+}
+
+fn parse_rate_arg(s: &str) -> Result<Rate, String> {
+    kaana_proto::protocol::size::parse_rate(s).map(Rate).map_err(|e| e.to_string())
 }
 
 /// Which generation a restore or verify reads.
@@ -200,7 +231,8 @@ pub fn run(args: Args, settings: Settings) -> anyhow::Result<Exit> {
             runtime.shutdown_timeout(Duration::from_secs(1));
             served
         }
-        Command::Push { contract, all, allow_plaintext, extent_size, force } => {
+        Command::Push { contract, all, allow_plaintext, extent_size, force, rate } => {
+            let limit = rate.limit(&node);
             let extent_size = u32::try_from(extent_size).context("--extent-size is too large")?;
             kaana_proto::protocol::manifest::Geometry::new(u64::from(extent_size), extent_size)
                 .context("bad --extent-size")?;
@@ -220,7 +252,7 @@ pub fn run(args: Args, settings: Settings) -> anyhow::Result<Exit> {
             }
             kaana_proto::node::cli::runtime()?.block_on(async {
                 tokio::select! {
-                    r = push(node, settings, entries, all, extent_size, backup::PushOptions { allow_plaintext, force }) => r,
+                    r = push(node, settings, entries, (all, limit), extent_size, backup::PushOptions { allow_plaintext, force }) => r,
                     _ = tokio::signal::ctrl_c() => {
                         // What the holder stored stays; the previous generation stays whole.
                         eprintln!(
@@ -232,10 +264,10 @@ pub fn run(args: Args, settings: Settings) -> anyhow::Result<Exit> {
                 }
             })
         }
-        Command::Restore { contract, out, pick } => {
+        Command::Restore { contract, out, pick, rate } => {
             let entry = node.find_contract(&contract)?;
             kaana_proto::node::cli::runtime()?.block_on(async {
-                let client = settings.client(&node, Traffic::Bulk);
+                let client = settings.client(&node, Traffic::Bulk).with_rate_limit(rate.limit(&node));
                 let r =
                     restore::restore(&client, &node, &entry, Some(&out), pick.pick(), "restore", &bar::Bar::default())
                         .await;
@@ -245,7 +277,8 @@ pub fn run(args: Args, settings: Settings) -> anyhow::Result<Exit> {
                 Ok(if summary.ok { Exit::Ok } else { Exit::Attention })
             })
         }
-        Command::Verify { contract, all, pick } => {
+        Command::Verify { contract, all, pick, rate } => {
+            let limit = rate.limit(&node);
             if all && (pick.generation.is_some() || pick.at.is_some()) {
                 anyhow::bail!("--generation and --at choose one contract's generation: give a CONTRACT_ID, not --all");
             }
@@ -260,7 +293,7 @@ pub fn run(args: Args, settings: Settings) -> anyhow::Result<Exit> {
                         .collect()
                 }
             };
-            kaana_proto::node::cli::runtime()?.block_on(verify(node, settings, entries, all, pick.pick()))
+            kaana_proto::node::cli::runtime()?.block_on(verify(node, settings, entries, (all, limit), pick.pick()))
         }
         Command::History { contract } => {
             let entry = node.find_contract(&contract)?;
@@ -308,13 +341,13 @@ async fn push(
     node: Node,
     settings: Settings,
     entries: Vec<ContractEntry>,
-    all: bool,
+    (all, limit): (bool, Option<u64>),
     extent_size: u32,
     opts: backup::PushOptions,
 ) -> anyhow::Result<Exit> {
     const AT_ONCE: usize = 2;
     let node = Arc::new(node);
-    let client = Arc::new(settings.client(&node, Traffic::Bulk));
+    let client = Arc::new(settings.client(&node, Traffic::Bulk).with_rate_limit(limit));
     let permits = Arc::new(tokio::sync::Semaphore::new(AT_ONCE));
     let mut tasks = tokio::task::JoinSet::new();
     for entry in entries {
@@ -369,10 +402,10 @@ async fn verify(
     node: Node,
     settings: Settings,
     entries: Vec<ContractEntry>,
-    all: bool,
+    (all, limit): (bool, Option<u64>),
     pick: restore::Pick,
 ) -> anyhow::Result<Exit> {
-    let client = settings.client(&node, Traffic::Bulk);
+    let client = settings.client(&node, Traffic::Bulk).with_rate_limit(limit);
     let mut exit = Exit::Ok;
     for entry in entries {
         let r = restore::restore(&client, &node, &entry, None, pick, "verify", &bar::Bar::default()).await;

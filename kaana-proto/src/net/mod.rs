@@ -3,6 +3,7 @@
 
 pub mod dht;
 pub mod portmap;
+pub mod rate;
 pub mod tls;
 pub mod transport;
 pub mod wire;

@@ -17,6 +17,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use thiserror::Error;
 
+use super::rate::{PACED_CHUNK, RateLimit};
 use super::tls::{self, WrongNode};
 use super::wire::{self, ErrorReply, FrameError, Request, Response};
 use crate::protocol::identity::{Identity, NodeId};
@@ -143,6 +144,12 @@ pub enum Traffic {
 /// QUIC's smallest packet size, which every path must carry.
 const MIN_UDP_PAYLOAD: u16 = 1200;
 
+/// The receive window of a client held to `bytes_per_sec`: about a quarter of a second of it,
+/// so that a holder cannot send a restore faster than the limit for more than a moment.
+fn limited_window(bytes_per_sec: u64) -> u32 {
+    (bytes_per_sec / 4).clamp(128 << 10, u64::from(RECEIVE_WINDOW)) as u32
+}
+
 fn transport_config(traffic: Traffic) -> TransportConfig {
     let mut t = TransportConfig::default();
     let mtu = (traffic == Traffic::Bulk).then(|| {
@@ -212,11 +219,17 @@ fn client_config(
     identity: &Identity,
     expected: Option<NodeId>,
     traffic: Traffic,
+    limit: Option<&RateLimit>,
 ) -> Result<(quinn::ClientConfig, Arc<tls::SeenServer>), NetError> {
     let (tls, seen) = tls::client_config(identity, expected).map_err(|e| NetError::Setup(e.to_string()))?;
     let quic = QuicClientConfig::try_from(tls).map_err(|e| NetError::Setup(e.to_string()))?;
     let mut config = quinn::ClientConfig::new(Arc::new(quic));
-    config.transport_config(Arc::new(transport_config(traffic)));
+    let mut transport = transport_config(traffic);
+    if let Some(limit) = limit {
+        let window = limited_window(limit.bytes_per_sec());
+        transport.receive_window(VarInt::from_u32(window)).stream_receive_window(VarInt::from_u32(window));
+    }
+    config.transport_config(Arc::new(transport));
     Ok((config, seen))
 }
 
@@ -253,6 +266,7 @@ pub struct Client {
     v6: OnceLock<Endpoint>,
     timeouts: Timeouts,
     resolver: Option<Arc<dyn Resolve>>,
+    limit: Option<Arc<RateLimit>>,
 }
 
 impl Client {
@@ -270,7 +284,20 @@ impl Client {
             v6: OnceLock::new(),
             timeouts: Timeouts::default(),
             resolver: None,
+            limit: None,
         }
+    }
+
+    /// The same client, moving the bytes of extents at most `bytes_per_sec` per second, all its
+    /// connections together (`None`: as fast as the path allows).
+    pub fn with_rate_limit(mut self, bytes_per_sec: Option<u64>) -> Self {
+        self.limit = bytes_per_sec.map(|r| Arc::new(RateLimit::new(r)));
+        self
+    }
+
+    /// The rate this client is held to, if any.
+    pub fn rate_limit(&self) -> Option<u64> {
+        self.limit.as_ref().map(|l| l.bytes_per_sec())
     }
 
     /// The same client, asking `resolver` where a node is when its known addresses do not answer.
@@ -316,7 +343,7 @@ impl Client {
             .map_err(|e| resolve(e.to_string()))?
             .next()
             .ok_or_else(|| resolve("no address".into()))?;
-        let (config, seen) = client_config(&self.identity, expected, self.traffic)?;
+        let (config, seen) = client_config(&self.identity, expected, self.traffic, self.limit.as_deref())?;
         let unreachable = |reason: String| match expected {
             Some(node) => NetError::Unreachable { node, addr: addr.to_owned(), reason },
             None => NetError::UnreachableAt { addr: addr.to_owned(), reason },
@@ -341,7 +368,7 @@ impl Client {
             (Some(node), _) | (None, Some(node)) => node,
             (None, None) => return Err(unreachable("the server presented no key".into())),
         };
-        Ok(Connection { conn, node, read_timeout: self.timeouts.read })
+        Ok(Connection { conn, node, read_timeout: self.timeouts.read, limit: self.limit.clone() })
     }
 
     /// Connects to `node` trying each of `addrs` in turn, then, if none answers and the client
@@ -431,12 +458,18 @@ pub struct Connection {
     conn: quinn::Connection,
     node: NodeId,
     read_timeout: Duration,
+    limit: Option<Arc<RateLimit>>,
 }
 
 impl Connection {
     /// How long each read of a reply on this connection waits.
     pub fn read_timeout(&self) -> Duration {
         self.read_timeout
+    }
+
+    /// The rate this connection's client is held to, if any.
+    pub fn rate_limit(&self) -> Option<u64> {
+        self.limit.as_ref().map(|l| l.bytes_per_sec())
     }
 
     /// The node at the other end (proved in the handshake).
@@ -447,7 +480,12 @@ impl Connection {
     /// Opens a stream and sends nothing yet (for callers that write frames themselves).
     pub async fn open_stream(&self) -> Result<Exchange, NetError> {
         let (send, recv) = self.conn.open_bi().await.map_err(|e| lost(&self.conn, e))?;
-        Ok(Exchange { send, recv, request: "a raw stream", conn: self.conn.clone(), read_timeout: self.read_timeout })
+        Ok(self.exchange(send, recv, "a raw stream"))
+    }
+
+    fn exchange(&self, send: SendStream, recv: RecvStream, request: &'static str) -> Exchange {
+        let (conn, read_timeout, limit) = (self.conn.clone(), self.read_timeout, self.limit.clone());
+        Exchange { send, recv, request, conn, read_timeout, limit }
     }
 
     /// Waits for the peer to open a stream to this side (the server's half of a rechallenge).
@@ -465,8 +503,7 @@ impl Connection {
     /// the reply from the returned [`Exchange`].
     pub async fn open(&self, req: &Request) -> Result<Exchange, NetError> {
         let (send, recv) = self.conn.open_bi().await.map_err(|e| lost(&self.conn, e))?;
-        let mut ex =
-            Exchange { send, recv, request: req.kind(), conn: self.conn.clone(), read_timeout: self.read_timeout };
+        let mut ex = self.exchange(send, recv, req.kind());
         write_frame(&mut ex.send, req).await.map_err(|e| ex.remap(e))?;
         Ok(ex)
     }
@@ -494,9 +531,34 @@ pub struct Exchange {
     request: &'static str,
     conn: quinn::Connection,
     read_timeout: Duration,
+    limit: Option<Arc<RateLimit>>,
 }
 
 impl Exchange {
+    /// Sends a run of raw bytes (an extent) after the request, without a copy: whole, or, under
+    /// a rate limit, a paced chunk at a time. Returns once the connection has taken them all.
+    pub async fn send_bulk(&mut self, data: bytes::Bytes) -> Result<(), NetError> {
+        let Some(limit) = self.limit.clone() else {
+            return self.send.write_chunk(data).await.map_err(|e| lost(&self.conn, e));
+        };
+        let mut at = 0;
+        while at < data.len() {
+            let end = (at + PACED_CHUNK).min(data.len());
+            limit.take(end - at).await;
+            self.send.write_chunk(data.slice(at..end)).await.map_err(|e| lost(&self.conn, e))?;
+            at = end;
+        }
+        Ok(())
+    }
+
+    /// Reads a run of raw bytes (an extent) that follows the reply into `buf`, under the rate
+    /// limit if there is one. Each part must come within the read time-out: a slow path, or a
+    /// low limit, only makes the whole take longer.
+    pub async fn read_bulk(&mut self, buf: &mut [u8], what: &'static str) -> Result<(), NetError> {
+        let (timeout, limit) = (self.read_timeout, self.limit.clone());
+        read_paced(&mut self.recv, buf, timeout, what, limit.as_deref()).await.map_err(|e| self.remap(e))
+    }
+
     /// Says the request is complete.
     pub fn finish(&mut self) -> Result<(), NetError> {
         self.send.finish().map_err(|e| lost(&self.conn, e))
@@ -578,6 +640,54 @@ pub async fn read_exact(
 ) -> Result<(), NetError> {
     let len = buf.len();
     read_outcome(tokio::time::timeout(timeout, recv.read_exact(buf)).await, timeout, what, len)
+}
+
+/// Bytes a run of raw bytes is read and written in, each part under its own time-out: a peer
+/// must move at least this much per time-out (2 KiB/s at 30 s).
+const RUN_PART: usize = PACED_CHUNK;
+
+/// Reads a run of raw bytes (an extent) into `buf`, a part at a time, each part within
+/// `timeout`: a peer that keeps sending, however slowly (a home uplink, a rate limit), is not cut
+/// off, while one that stops is. Under `limit`, each part waits its turn first.
+pub async fn read_paced(
+    recv: &mut RecvStream,
+    buf: &mut [u8],
+    timeout: Duration,
+    what: &'static str,
+    limit: Option<&RateLimit>,
+) -> Result<(), NetError> {
+    let (len, part) = (buf.len(), RUN_PART);
+    let mut at = 0;
+    while at < len {
+        let end = (at + part).min(len);
+        if let Some(limit) = limit {
+            limit.take(end - at).await;
+        }
+        let read = tokio::time::timeout(timeout, recv.read_exact(&mut buf[at..end])).await;
+        let read = match read {
+            Ok(Err(quinn::ReadExactError::FinishedEarly(n))) => Ok(Err(quinn::ReadExactError::FinishedEarly(at + n))),
+            other => other,
+        };
+        read_outcome(read, timeout, what, len)?;
+        at = end;
+    }
+    Ok(())
+}
+
+/// Writes a run of raw bytes (an extent) without a copy, a part at a time, each part within
+/// `timeout`: a reader that keeps taking, however slowly, is served; one that stops is not
+/// waited for.
+pub async fn write_paced(send: &mut SendStream, data: bytes::Bytes, timeout: Duration) -> Result<(), NetError> {
+    let mut at = 0;
+    while at < data.len() {
+        let end = (at + RUN_PART).min(data.len());
+        match tokio::time::timeout(timeout, send.write_chunk(data.slice(at..end))).await {
+            Ok(Ok(())) => at = end,
+            Ok(Err(e)) => return Err(NetError::Lost(e.to_string())),
+            Err(_) => return Err(NetError::Lost("the client took no more of the reply".into())),
+        }
+    }
+    Ok(())
 }
 
 fn read_outcome(

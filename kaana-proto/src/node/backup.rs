@@ -47,6 +47,16 @@ use crate::store::volume::{Volume, VolumeError};
 /// 6.7-8.1 s, 8 at once 4.8-5.6 s, 12 no better). Memory does not grow with it: a buffer goes
 /// back to the pool once its bytes are acknowledged, before the holder's answer.
 const PUSH_IN_FLIGHT: usize = 8;
+/// Extents in flight at once for a transfer held to `limit` bytes a second: under a limit, fewer
+/// (one per 16 MiB/s, two at least), so that each moves at a good share of the rate and a holder's
+/// places are not held by slow streams; without one, `most`.
+pub(crate) fn in_flight(limit: Option<u64>, most: usize) -> usize {
+    match limit {
+        Some(rate) => usize::try_from(rate >> 24).unwrap_or(most).clamp(2, most.max(2)),
+        None => most,
+    }
+}
+
 /// Buffers beyond those the readers fill and queue: the extents being sent and not yet
 /// acknowledged (the send window is 4 MiB, so about one).
 const SENDING: usize = 2;
@@ -359,7 +369,7 @@ pub async fn push(
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
     let pool = Pool::new(threads + READ_AHEAD + SENDING);
     let mut rx = spawn_readers(volume, keystream, have, known, threads, pool.clone());
-    let permits = Arc::new(Semaphore::new(PUSH_IN_FLIGHT));
+    let permits = Arc::new(Semaphore::new(in_flight(client.rate_limit(), PUSH_IN_FLIGHT)));
     let mut sends: JoinSet<Result<u64, NetError>> = JoinSet::new();
     let mut hashes = vec![[0u8; 32]; g.count() as usize];
     let mut raw_hashes = vec![[0u8; 32]; g.count() as usize];
@@ -624,7 +634,7 @@ async fn put(
     let len = data.len() as u32;
     let mut ex = conn.open(&Request::PutExtent { contract, offset, hash, len }).await?;
     // A holder that refuses stops reading; its reply says why, so read it either way.
-    let _ = ex.send.write_chunk(data.into_bytes()).await;
+    let _ = ex.send_bulk(data.into_bytes()).await;
     let _ = ex.finish();
     match ex.reply().await? {
         Response::Stored => Ok(u64::from(len)),

@@ -110,6 +110,11 @@ impl Settings {
     /// off).
     pub fn client(&self, node: &Node, traffic: Traffic) -> Client {
         let client = Client::with_traffic(node.identity.clone(), traffic).with_timeouts(self.timeouts);
+        // Volumes move at most at the configured rate; a tool's `--limit-rate` overrides it.
+        let client = match traffic {
+            Traffic::Bulk => client.with_rate_limit(node.config.limit_rate),
+            Traffic::Short => client,
+        };
         let discovery = self.discovery(node);
         match now_from_env() {
             Ok(now) if discovery.enabled() => {

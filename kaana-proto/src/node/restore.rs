@@ -22,7 +22,7 @@ use serde_json::json;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-use crate::net::transport::{Client, Connection, NetError, read_exact};
+use crate::net::transport::{Client, Connection, NetError};
 use crate::net::wire::{KeptGeneration, Request, Response};
 use crate::node::backup::{BackupError, Finish, connect, fetch_manifest, net};
 use crate::node::machine::now_from_env;
@@ -111,7 +111,7 @@ async fn get_extent(
         Response::ExtentIs { len: got } if got as usize == len => {
             let mut data = pool.take_or_new();
             data.set_len(len);
-            read_exact(&mut ex.recv, &mut data, conn.read_timeout(), "extent bytes").await?;
+            ex.read_bulk(&mut data, "extent bytes").await?;
             Ok(data)
         }
         other => Err(ex.unexpected(&other)),
@@ -243,7 +243,7 @@ async fn restore_generation(
     report.start(what, g.volume_size);
     let _finish = Finish(report);
     let keystream = Keystream::new(&node.identity, &id);
-    let in_flight = restore_in_flight(g.extent_size);
+    let in_flight = crate::node::backup::in_flight(conn.rate_limit(), restore_in_flight(g.extent_size));
     let permits = Arc::new(Semaphore::new(in_flight));
     let pool = Pool::new(in_flight);
     let mut tasks: JoinSet<Result<Fetched, BackupError>> = JoinSet::new();

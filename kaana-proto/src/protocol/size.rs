@@ -53,6 +53,28 @@ pub fn parse_size(text: &str) -> Result<u64, SizeError> {
     u64::try_from(total).map_err(|_| range())
 }
 
+/// Reads a rate a person types for `--limit-rate` and `limit_rate`: a size per second
+/// (`10MiB`, `500kB/s`, `2.5MB`), or bits per second (`20Mbit`, `1Gbit/s`: SI, 8 bits a byte).
+/// `0`, `none`, `off` and `unlimited` mean no limit (`None`). A limit below 1 KiB/s is refused:
+/// at that rate nothing useful would ever arrive.
+pub fn parse_rate(text: &str) -> Result<Option<u64>, SizeError> {
+    let t = text.trim();
+    let t = t.strip_suffix("/s").or_else(|| t.strip_suffix("/S")).unwrap_or(t).trim();
+    if ["0", "none", "off", "unlimited"].contains(&t.to_ascii_lowercase().as_str()) {
+        return Ok(None);
+    }
+    let lower = t.to_ascii_lowercase();
+    let bytes = match lower.strip_suffix("bit").or_else(|| lower.strip_suffix("bps")) {
+        Some(bits) => parse_size(&format!("{bits}B"))? / 8,
+        None => parse_size(t)?,
+    };
+    match bytes {
+        0 => Ok(None),
+        b if b < 1024 => Err(SizeError::Range(format!("{text} (a limit must be at least 1KiB/s)"))),
+        b => Ok(Some(b)),
+    }
+}
+
 /// Writes a size for people, in binary units with up to one decimal (`1.5 GiB`).
 pub fn format_size(bytes: u64) -> String {
     const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
@@ -81,5 +103,21 @@ mod tests {
         assert!(matches!(parse_size("0.1B"), Err(SizeError::Range(_))));
         assert!(matches!(parse_size("99999PiB"), Err(SizeError::Range(_))));
         assert_eq!(format_size(3 << 29), "1.5 GiB");
+    }
+
+    #[test]
+    fn rates() {
+        assert_eq!(parse_rate("10MiB"), Ok(Some(10 << 20)));
+        assert_eq!(parse_rate("10MiB/s"), Ok(Some(10 << 20)));
+        assert_eq!(parse_rate("500kB/s"), Ok(Some(500_000)));
+        assert_eq!(parse_rate("20Mbit"), Ok(Some(2_500_000)));
+        assert_eq!(parse_rate("1 Gbit/s"), Ok(Some(125_000_000)));
+        assert!(matches!(parse_rate("8kbit"), Err(SizeError::Range(_))));
+        for none in ["0", "none", "off", "Unlimited", "0/s"] {
+            assert_eq!(parse_rate(none), Ok(None), "{none}");
+        }
+        assert!(matches!(parse_rate("100"), Err(SizeError::Range(_))));
+        assert!(matches!(parse_rate("fast"), Err(SizeError::Syntax(_))));
+        assert!(matches!(parse_rate("10 parsecs/s"), Err(SizeError::Unit(_))));
     }
 }

@@ -69,6 +69,10 @@ pub struct Config {
     /// Whether the server asks the router to forward a UDP port to it (UPnP IGD).
     #[serde(default = "default_port_mapping")]
     pub port_mapping: bool,
+    /// Bytes per second push, restore and verify move at most, unless told otherwise with
+    /// `--limit-rate` (`None`: as fast as the path allows).
+    #[serde(default)]
+    pub limit_rate: Option<u64>,
 }
 
 fn default_port_mapping() -> bool {
@@ -102,11 +106,13 @@ pub enum Key {
     DhtBootstrap,
     /// `port_mapping`.
     PortMapping,
+    /// `limit_rate`.
+    LimitRate,
 }
 
 impl Key {
     /// Every key, as `config.json` names them.
-    pub const ALL: [(&'static str, Key); 12] = [
+    pub const ALL: [(&'static str, Key); 13] = [
         ("listen", Key::Listen),
         ("advertise", Key::Advertise),
         ("volume", Key::Volume),
@@ -119,6 +125,7 @@ impl Key {
         ("history_percent", Key::HistoryPercent),
         ("dht_bootstrap", Key::DhtBootstrap),
         ("port_mapping", Key::PortMapping),
+        ("limit_rate", Key::LimitRate),
     ];
 
     /// Its name in `config.json`.
@@ -203,6 +210,9 @@ impl Config {
                 "false" | "off" | "no" => self.port_mapping = false,
                 _ => return Err(format!("port_mapping must be true or false, not {text:?}")),
             },
+            Key::LimitRate => {
+                self.limit_rate = crate::protocol::size::parse_rate(text).map_err(|e| format!("limit_rate: {e}"))?;
+            }
         }
         Ok(())
     }

@@ -29,7 +29,9 @@ use quinn::{Endpoint, RecvStream, SendStream, VarInt};
 use tokio::sync::{Semaphore, mpsc, watch};
 
 use crate::net::tls::node_of_spki;
-use crate::net::transport::{self, CLOSE_BUSY, CLOSE_SHUTDOWN, Client, NetError, read_frame_within, write_frame};
+use crate::net::transport::{
+    self, CLOSE_BUSY, CLOSE_SHUTDOWN, Client, NetError, read_frame_within, write_frame, write_paced,
+};
 use crate::net::wire::{ErrorCode, ErrorReply, PROTOCOL_VERSION, Request, Response};
 use crate::node::machine::now_from_env;
 use crate::protocol::identity::NodeId;
@@ -264,16 +266,14 @@ async fn handle_stream(ctx: Arc<Ctx>, conn: quinn::Connection, stream: Stream, _
         let _ = recv.stop(VarInt::from_u32(0));
     }
     // A client that takes no more of the reply (it grants no flow-control credit) gives up its
-    // place after the read time-out, as one that sends nothing does.
-    let write = async {
-        write_frame(&mut send, &response).await?;
-        match raw {
-            Some(raw) => send.write_chunk(raw).await.map_err(|e| NetError::Lost(e.to_string())),
+    // place after the read time-out, as one that sends nothing does; one that takes an extent
+    // slowly (held to a rate, or on a slow path) is served, each part within the time-out.
+    let sent = match tokio::time::timeout(ctx.opts.read_timeout, write_frame(&mut send, &response)).await {
+        Ok(Ok(())) => match raw {
+            Some(raw) => write_paced(&mut send, raw, ctx.opts.read_timeout).await,
             None => Ok(()),
-        }
-    };
-    let sent = match tokio::time::timeout(ctx.opts.read_timeout, write).await {
-        Ok(r) => r,
+        },
+        Ok(Err(e)) => Err(e),
         Err(_) => Err(NetError::Lost("the client took no more of the reply".into())),
     };
     if sent.is_ok() && send.finish().is_ok() {

@@ -10,7 +10,7 @@ use tokio::sync::Semaphore;
 
 use super::ctx::{Ctx, PUT_SHARE};
 use super::reply::{Handled, blocking, internal, refused};
-use crate::net::transport::read_exact;
+use crate::net::transport::{read_exact, read_paced};
 use crate::net::wire::{ErrorCode, ErrorReply, KeptGeneration, Response};
 use crate::node::machine::now_from_env;
 use crate::protocol::challenge::Receipt;
@@ -142,7 +142,9 @@ pub(super) async fn put_extent(
     let _permit = ctx.put_permits.acquire().await.map_err(internal)?;
     let mut data = ctx.buffers.take_or_new();
     data.set_len(len as usize);
-    let read = read_exact(recv, &mut data, ctx.opts.read_timeout, "extent bytes").await;
+    // Part by part, each within the time-out: an owner held to a low rate, or on a slow uplink,
+    // takes longer than one time-out for a whole extent.
+    let read = read_paced(recv, &mut data, ctx.opts.read_timeout, "extent bytes", None).await;
     let result = match read {
         Ok(()) => blocking(move || inbound.put(&hash, &data).map_err(map_inbound)).await,
         Err(e) => Err(ErrorReply::new(ErrorCode::BadFrame, e.to_string())),
