@@ -2,7 +2,12 @@
 # Benchmark: Ka'ana like against rsync (over ssh, and rsync's own daemon) doing the same job on
 # the same machine in the same run, and against the machine's own limits.
 #
-#   scripts/bench.sh [SIZE]      SIZE of the random volume, default 2GiB (units: MiB, GiB)
+#   scripts/bench.sh [SIZE]      SIZE of the random volume, default 1GiB (units: MiB, GiB)
+#
+# Besides rsync: a bare b3sum of the volume (the floor of any change detection that reads it),
+# peak memory at 1, 4 and 16 x SIZE (and at SIZE in 64 KiB extents: as many extents as a volume
+# 64 times larger), four owners pushing into one holder at once, forty owners' challenges at
+# once, and --limit-rate over a 30-second push and restore. Needs about 40 x SIZE of free disk.
 #
 # Everything runs on 127.0.0.1 (sshd and the rsync daemon too) in a temporary folder under
 # /var/tmp, removed at the end. Each timed figure is the median of RUNS runs (default 3),
@@ -13,7 +18,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PATH:/usr/sbin:/sbin"
 
-SIZE=${1:-2GiB}
+SIZE=${1:-1GiB}
 RUNS=${RUNS:-3}
 CHALLENGES=${CHALLENGES:-100}
 
@@ -24,6 +29,11 @@ done
 if [ ${#need[@]} -gt 0 ]; then
   echo "bench: installing ${need[*]}" >&2
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+export PATH="$PATH:$HOME/.cargo/bin"
+if ! command -v b3sum >/dev/null 2>&1; then
+  echo "bench: installing b3sum (cargo install)" >&2
+  cargo install b3sum --quiet
 fi
 echo "bench: building (release)" >&2
 cargo build --release --workspace --quiet
@@ -83,11 +93,11 @@ contract() { # OFFERER TAKER SIZE [create options...]: prints the contract id
   kaana-offer --home "$work/$offerer" publish "$offer" >/dev/null
   local peer="${offerer}_peer"
   kaana-offer --home "$work/$taker" list --board "${!peer}" >/dev/null
-  kaana-offer --home "$work/$taker" accept "$offer" | jq -r .id
+  kaana-offer --home "$work/$taker" accept "$offer" | jq -r .id | grep . || { say "FAILED: no contract"; kill -TERM $$; }
 }
 
 cap=$(((size * 6) >> 20))MiB
-start_node B --capacity "$cap"
+start_node B --capacity "$(((size * 24) >> 20))MiB"   # 1, 4 and 16 x SIZE at once, and more
 start_node A --capacity "$cap" --volume "$work/vol.img"
 # History: 14 days in 50% of the size (at small sizes, 20 scattered 1 MiB writes touch more than
 # the default 25%, and the push guard would want --force).
@@ -155,6 +165,11 @@ for r in $(seq "$RUNS"); do
   t=$(now); rsync -I --inplace --no-whole-file -e "$SSH" "$work/vol.img" "root@127.0.0.1:$work/ssh-dest/vol.img"; since "$t" >>"$work/i.ssh"
 done
 incr_ours=$(median <"$work/i.ours"); incr_ssh=$(median <"$work/i.ssh"); incr_sent=$(median <"$work/i.sent")
+say "b3sum of the volume from the page cache, $RUNS runs"
+b3sum "$work/vol.img" >/dev/null
+: >"$work/b3.t"
+for r in $(seq "$RUNS"); do t=$(now); b3sum "$work/vol.img" >/dev/null; since "$t" >>"$work/b3.t"; done
+b3=$(median <"$work/b3.t")
 
 # --- restore -------------------------------------------------------------------------------------
 say "full restore, $RUNS runs each"
@@ -269,20 +284,98 @@ kill "$D_pid" "$E_pid"; wait "$D_pid" "$E_pid" 2>/dev/null || true
 rm -rf "$work/D" "$work/E" "$work/hist.img"
 
 # --- memory --------------------------------------------------------------------------------------
-peak() { # VOLUME_NODE CONTRACT: sets peak_client, peak_server (KiB) of a push to a fresh holder
-  rm -rf "$work/B/inbound/$2" "$work/$1/outbound/$2"
+peak() { # VOLUME_NODE CONTRACT [push options]: sets peak_client, peak_server (KiB) of a push to a fresh holder
+  local owner=$1 c=$2; shift 2
+  rm -rf "$work/B/inbound/$c" "$work/$owner/outbound/$c"
   restart_server B
-  /usr/bin/time -o "$work/time.out" -f %M kaana-sync --home "$work/$1" push "$2" >/dev/null
+  /usr/bin/time -o "$work/time.out" -f %M kaana-sync --home "$work/$owner" push "$c" "$@" >/dev/null
   peak_client=$(tail -1 "$work/time.out")
   peak_server=$(awk '/VmHWM/ {print $2}' /proc/"$B_pid"/status)
 }
-say "peak memory at $SIZE and at 4 x $SIZE"
+say "peak memory at $SIZE, 4 x and 16 x $SIZE, and at $SIZE / 4 and $SIZE in 64 KiB extents"
 peak A "$ab"; mem_client=$peak_client; mem_server=$peak_server
-head -c $((size * 4)) /dev/urandom >"$work/vol4.img"
-start_node A4 --capacity "$cap" --volume "$work/vol4.img"
-b4=$(contract B A4 "$((mib * 4))MiB" --history 0)
-peak A4 "$b4"; mem4_client=$peak_client; mem4_server=$peak_server
-rm -f "$work/vol4.img"; rm -rf "$work/B/inbound/$b4"
+# What each extent costs, apart from the buffers: the same extent size (64 KiB), 4 times as many
+# extents. Buffers are the same in both; the difference is the per-extent state.
+peak A "$ab" --extent-size 64KiB; memx_client=$peak_client; memx_server=$peak_server
+rm -rf "$work/B/inbound/$ab" "$work/A/outbound/$ab"
+head -c $((size / 4)) "$work/vol.img" >"$work/volq.img"
+start_node AQ --capacity "$cap" --volume "$work/volq.img"
+bq=$(contract B AQ "$((mib / 4))MiB" --history 0)
+peak AQ "$bq" --extent-size 64KiB; memq_client=$peak_client; memq_server=$peak_server
+rm -f "$work/volq.img"; rm -rf "$work/B/inbound/$bq"
+per_extent() { echo "scale=0; ($2 - $1) * 1024 / ($size / 65536 * 3 / 4)" | bc -l; }
+pex_client=$(per_extent "$memq_client" "$memx_client"); pex_server=$(per_extent "$memq_server" "$memx_server")
+for k in 4 16; do
+  for _ in $(seq "$k"); do cat "$work/vol.img"; done >"$work/vol$k.img"   # (the keystream makes every extent differ)
+  start_node "A$k" --capacity "$(((size * k * 2) >> 20))MiB" --volume "$work/vol$k.img"
+  bk=$(contract B "A$k" "$((mib * k))MiB" --history 0)
+  peak "A$k" "$bk"; eval "mem${k}_client=$peak_client mem${k}_server=$peak_server"
+  rm -f "$work/vol$k.img"; rm -rf "$work/B/inbound/$bk"
+done
+# The slope from SIZE to 16 x SIZE, in KiB per GiB of volume, and what it makes of a terabyte.
+slope() { echo "scale=3; ($2 - $1) * 1073741824 / ($size * 15)" | bc -l; }
+slope_client=$(slope "$mem_client" "$mem16_client"); slope_server=$(slope "$mem_server" "$mem16_server")
+tib() { echo "scale=0; ($1 + $2 * (1024 - $size / 1073741824)) / 1" | bc -l; }
+tib_client=$(tib "$mem_client" "$slope_client"); tib_server=$(tib "$mem_server" "$slope_server")
+# And by the per-extent cost: a TiB in 4 MiB extents has 262144 of them.
+tibx() { echo "scale=0; $1 + $2 * (262144 - $size / 4194304) / 1024" | bc -l; }
+tibx_client=$(tibx "$mem_client" "$pex_client"); tibx_server=$(tibx "$mem_server" "$pex_server")
+
+# --- a busy holder -------------------------------------------------------------------------------
+say "a busy holder: one owner's push of $SIZE alone, and four owners' at once, $RUNS runs each"
+start_node K --capacity "$(((size * 12) >> 20))MiB"
+ko=()
+for o in 1 2 3 4; do
+  # (owners run no server here: only their tools talk, to the holder; a fixed port gives them an address)
+  kaana-offer --home "$work/O$o" init --listen "127.0.0.1:$(free_port)" --audit-rate 0 --capacity "$cap" --volume "$work/vol.img" >/dev/null 2>&1
+  ko+=("$(contract K "O$o" "${mib}MiB" --history 0)")
+done
+fresh_k() { for o in 1 2 3 4; do rm -rf "$work/K/inbound/${ko[o-1]}" "$work/O$o/outbound/${ko[o-1]}"; done; }
+: >"$work/k.alone" >"$work/k.wall" >"$work/k.spread"
+busy_rss=0
+for r in $(seq "$RUNS"); do
+  fresh_k
+  t=$(now); kaana-sync --home "$work/O1" push "${ko[0]}" >/dev/null; since "$t" >>"$work/k.alone"
+  fresh_k; restart_server K
+  t=$(now)
+  ps=()
+  for o in 1 2 3 4; do kaana-sync --home "$work/O$o" push "${ko[o-1]}" >"$work/k.$o" & ps+=($!); done
+  wait "${ps[@]}"
+  since "$t" >>"$work/k.wall"
+  cat "$work/k.1" "$work/k.2" "$work/k.3" "$work/k.4" | jq -s 'map(.secs) | max / min' >>"$work/k.spread"
+  rss=$(awk '/VmHWM/ {print $2}' /proc/"$K_pid"/status); [ "$rss" -gt "$busy_rss" ] && busy_rss=$rss
+done
+busy_alone=$(median <"$work/k.alone"); busy_wall=$(median <"$work/k.wall"); busy_spread=$(median <"$work/k.spread")
+busy_ratio=$(echo "scale=3; 4 * $busy_alone / $busy_wall" | bc -l)
+fresh_k
+
+say "forty owners' challenges at once, against the same holder"
+for o in $(seq 40); do
+  kaana-offer --home "$work/W$o" init --listen "127.0.0.1:$(free_port)" --audit-rate 0 --capacity 64MiB --volume "$work/small.img" >/dev/null 2>&1
+  wc_=$(contract K "W$o" 8MiB --history 0)
+  kaana-sync --home "$work/W$o" push "$wc_" >/dev/null
+done
+t=$(now)
+ps=()
+for o in $(seq 40); do kaana-challenge --home "$work/W$o" --all >"$work/w.$o" 2>"$work/w.$o.err" & ps+=($!); done
+wait "${ps[@]}" || true
+forty_s=$(since "$t")
+forty_pass=$(cat "$work"/w.* | jq -s 'map(select(.result == "pass")) | length')
+forty_ms=$(cat "$work"/w.* | jq -r 'select(.result == "pass") | .ms' | median)
+[ "$forty_pass" = 40 ] || say "FAILED: $forty_pass of 40 challenges at once passed"
+
+# --- a rate limit --------------------------------------------------------------------------------
+rate=$((size / 30))
+say "--limit-rate $rate (bytes a second: $SIZE in 30 s), a push and a restore"
+fresh_holder
+line=$(kaana-sync --home "$work/A" push "$ab" --limit-rate "$rate")
+lim_push=$(jq '.bytes_sent / .secs' <<<"$line")
+rm -f "$work/restored.img"
+line=$(kaana-sync --home "$work/A" restore "$ab" --out "$work/restored.img" --limit-rate "$rate")
+lim_restore=$(jq '.bytes / .secs' <<<"$line")
+rm -f "$work/restored.img"
+off() { echo "scale=4; ($1 / $rate - 1) * 100" | bc -l; }
+lim_push_off=$(off "$lim_push"); lim_restore_off=$(off "$lim_restore")
 
 # --- the machine's limits ------------------------------------------------------------------------
 say "the machine's own limits: loopback TCP, disk read"
@@ -296,19 +389,40 @@ t=$(now); dd if="$work/vol.img" of=/dev/null bs=4M status=none; disk_mbs=$(echo 
 
 # --- report --------------------------------------------------------------------------------------
 mbs() { echo "$size / $1 / 1000000" | bc -l; }
+met() { if [ "$(echo "$1" | bc -l)" = 1 ]; then echo "met"; else echo "NOT met"; fi; }
+r_ssh=$(ratio "$push_ours" "$push_ssh"); r_dsync=$(ratio "$push_ours" "$push_dsync")
+r_incr=$(ratio "$incr_ours" "$incr_ssh"); r_b3=$(ratio "$incr_ours" "$b3"); r_restore=$(ratio "$restore_ours" "$restore_ssh")
 printf '\nKa'"'"'ana like vs rsync, %s random volume, median of %s runs (127.0.0.1, %s cores)\n\n' "$SIZE" "$RUNS" "$(nproc)"
-printf '%-34s %10s %10s %10s %9s\n' "" "ours" "rsync+ssh" "rsyncd" "ours/ssh"
-printf '%-34s %9.2fs %9.2fs %9.2fs %9.3f\n' "initial push" "$push_ours" "$push_ssh" "$push_daemon" "$(ratio "$push_ours" "$push_ssh")"
-printf '%-34s %10s %10s %9.2fs\n' "  (rsync daemon with --fsync)" "" "" "$push_dsync"
-printf '%-34s %9.2fs %9.2fs %10s %9.3f\n' "incremental push (20 x 1 MiB)" "$incr_ours" "$incr_ssh" "-" "$(ratio "$incr_ours" "$incr_ssh")"
-printf '%-34s %9.2fs %9.2fs %10s %9.3f\n' "full restore" "$restore_ours" "$restore_ssh" "-" "$(ratio "$restore_ours" "$restore_ssh")"
+printf '%-34s %10s %10s %10s %9s   %s\n' "" "ours" "rsync+ssh" "rsyncd" "ours/ssh" "target"
+printf '%-34s %9.2fs %9.2fs %9.2fs %9.3f   <= 0.35: %s\n' "initial push" "$push_ours" "$push_ssh" "$push_daemon" "$r_ssh" "$(met "$r_ssh <= 0.35")"
+printf '%-34s %10s %10s %9.2fs %9s   ours/this <= 0.6: %.3f, %s\n' "  (rsync daemon with --fsync)" "" "" "$push_dsync" "" "$r_dsync" "$(met "$r_dsync <= 0.6")"
+printf '%-34s %9.2fs %9.2fs %10s %9.3f   <= 0.15: %s\n' "incremental push (20 x 1 MiB)" "$incr_ours" "$incr_ssh" "-" "$r_incr" "$(met "$r_incr <= 0.15")"
+printf '%-34s %9.2fs %10s %10s %9s   ours/b3sum <= 1.5: %.3f, %s\n' "  (b3sum of the volume, page cache)" "$b3" "" "" "" "$r_b3" "$(met "$r_b3 <= 1.5")"
+printf '%-34s %9.2fs %9.2fs %10s %9.3f   <= 0.3: %s\n' "full restore" "$restore_ours" "$restore_ssh" "-" "$r_restore" "$(met "$r_restore <= 0.3")"
 printf '\n%-34s %.0f MB/s push, %.0f MB/s restore\n' "our throughput" "$(mbs "$push_ours")" "$(mbs "$restore_ours")"
 printf '%-34s %s bytes sent\n' "incremental push sent" "$incr_sent"
 printf '%-34s %.1f ms, %s bytes on the wire, %s bytes read by the holder\n' "challenge (median of $CHALLENGES)" "$rtt_ms" "$wire" "$read_bytes"
 printf '%-34s %.2f s\n' "kaana-challenge --all, 50 contracts" "$all50"
-printf '%-34s client %s KiB, server %s KiB\n' "peak memory at $SIZE" "$mem_client" "$mem_server"
-printf '%-34s client %s KiB, server %s KiB\n' "peak memory at 4 x $SIZE" "$mem4_client" "$mem4_server"
 printf '%-34s %.1f Gbit/s TCP, %.0f MB/s disk read (%s)\n' "the machine" "$tcp_gbit" "$disk_mbs" "$cache"
+printf '\npeak memory of a push (target: < 64 MiB, flat)  client       server\n'
+printf '%-34s %9s KiB %9s KiB\n' "  at $SIZE" "$mem_client" "$mem_server"
+printf '%-34s %9s KiB %9s KiB\n' "  at 4 x $SIZE" "$mem4_client" "$mem4_server"
+printf '%-34s %9s KiB %9s KiB   all < 65536: %s\n' "  at 16 x $SIZE" "$mem16_client" "$mem16_server" "$(met "$mem_client < 65536 && $mem_server < 65536 && $mem4_client < 65536 && $mem4_server < 65536 && $mem16_client < 65536 && $mem16_server < 65536")"
+printf '%-34s %9.1f KiB %9.1f KiB   (per GiB of volume)\n' "  slope, $SIZE to 16 x $SIZE" "$slope_client" "$slope_server"
+printf '%-34s %9s KiB %9s KiB   at a TiB, by that slope\n' "  extrapolated" "$tib_client" "$tib_server"
+printf '%-34s %9s KiB %9s KiB\n' "  $SIZE / 4 in 64 KiB extents" "$memq_client" "$memq_server"
+printf '%-34s %9s KiB %9s KiB\n' "  $SIZE in 64 KiB extents" "$memx_client" "$memx_server"
+printf '%-34s %9s B   %9s B     (the difference over the extents added)\n' "  per extent" "$pex_client" "$pex_server"
+printf '%-34s %9s KiB %9s KiB   at a TiB (262144 extents), by that; <= %s KiB + 48 MiB: %s\n' "  extrapolated" "$tibx_client" "$tibx_server" "$mem_client/$mem_server" "$(met "$tibx_client - $mem_client <= 49152 && $tibx_server - $mem_server <= 49152")"
+printf '\na busy holder: 4 owners push %s each at once\n' "$SIZE"
+printf '%-34s %9.2fs alone, %.2fs for all four (%.0f MB/s together)\n' "  push" "$busy_alone" "$busy_wall" "$(echo "4 * $size / $busy_wall / 1000000" | bc -l)"
+printf '%-34s %9.3f   >= 0.9: %s\n' "  together / one alone" "$busy_ratio" "$(met "$busy_ratio >= 0.9")"
+printf '%-34s %9.3f   <= 1.5: %s\n' "  slowest / fastest owner" "$busy_spread" "$(met "$busy_spread <= 1.5")"
+printf '%-34s %9s KiB   < 131072: %s\n' "  holder peak memory" "$busy_rss" "$(met "$busy_rss < 131072")"
+printf '%-34s %9s of 40 passed in %.2f s (median %.1f ms)   all: %s\n' "  40 owners' challenges at once" "$forty_pass" "$forty_s" "$forty_ms" "$(met "$forty_pass == 40")"
+printf '\n--limit-rate %s bytes/s (%s in 30 s)\n' "$rate" "$SIZE"
+printf '%-34s %9.0f B/s, %+.2f%%   within 5%%: %s\n' "  push" "$lim_push" "$lim_push_off" "$(met "$lim_push_off <= 5 && $lim_push_off >= -5")"
+printf '%-34s %9.0f B/s, %+.2f%%   within 5%%: %s\n' "  restore" "$lim_restore" "$lim_restore_off" "$(met "$lim_restore_off <= 5 && $lim_restore_off >= -5")"
 printf '\nunder a flood (target: at most 2 x alone) %8s %10s %9s\n' "alone" "flooded" "ratio"
 printf '%-34s %9.2fs %9.2fs %9.3f\n' "  incremental push" "$u_push" "$f_push" "$(ratio "$f_push" "$u_push")"
 printf '%-34s %9.2fs %9.2fs %9.3f\n' "  full restore" "$u_restore" "$f_restore" "$(ratio "$f_restore" "$u_restore")"
@@ -325,11 +439,22 @@ jq -cn \
   --arg size "$SIZE" --argjson runs "$RUNS" \
   --argjson push_ours "$push_ours" --argjson push_ssh "$push_ssh" --argjson push_daemon "$push_daemon" \
   --argjson push_dsync "$push_dsync" \
-  --argjson incr_ours "$incr_ours" --argjson incr_ssh "$incr_ssh" --argjson incr_sent "$incr_sent" \
+  --argjson incr_ours "$incr_ours" --argjson incr_ssh "$incr_ssh" --argjson incr_sent "$incr_sent" --argjson b3 "$b3" \
   --argjson restore_ours "$restore_ours" --argjson restore_ssh "$restore_ssh" \
   --argjson rtt_ms "$rtt_ms" --argjson wire "$wire" --argjson read_bytes "$read_bytes" --argjson all50 "$all50" \
   --argjson mem_client "$mem_client" --argjson mem_server "$mem_server" \
   --argjson mem4_client "$mem4_client" --argjson mem4_server "$mem4_server" \
+  --argjson mem16_client "$mem16_client" --argjson mem16_server "$mem16_server" \
+  --argjson memx_client "$memx_client" --argjson memx_server "$memx_server" \
+  --argjson memq_client "$memq_client" --argjson memq_server "$memq_server" \
+  --argjson pex_client "$pex_client" --argjson pex_server "$pex_server" \
+  --argjson tibx_client "$tibx_client" --argjson tibx_server "$tibx_server" \
+  --argjson slope_client "$slope_client" --argjson slope_server "$slope_server" \
+  --argjson tib_client "$tib_client" --argjson tib_server "$tib_server" \
+  --argjson busy_alone "$busy_alone" --argjson busy_wall "$busy_wall" --argjson busy_ratio "$busy_ratio" \
+  --argjson busy_spread "$busy_spread" --argjson busy_rss "$busy_rss" \
+  --argjson forty_pass "$forty_pass" --argjson forty_s "$forty_s" --argjson forty_ms "$forty_ms" \
+  --argjson rate "$rate" --argjson lim_push "$lim_push" --argjson lim_restore "$lim_restore" \
   --argjson tcp_gbit "$tcp_gbit" --argjson disk_mbs "$disk_mbs" --arg cache "$cache" \
   --argjson u_push "$u_push" --argjson u_restore "$u_restore" --argjson u_ch "$u_ch" \
   --argjson f_push "$f_push" --argjson f_restore "$f_restore" --argjson f_ch "$f_ch" \
@@ -340,11 +465,25 @@ jq -cn \
     size: $size, runs: $runs,
     initial_push: {ours_s: $push_ours, rsync_ssh_s: $push_ssh, rsync_daemon_s: $push_daemon,
                    rsync_daemon_fsync_s: $push_dsync,
-                   ratio_ssh: ($push_ours / $push_ssh), ratio_daemon: ($push_ours / $push_daemon)},
-    incremental_push: {ours_s: $incr_ours, rsync_ssh_s: $incr_ssh, ratio_ssh: ($incr_ours / $incr_ssh), ours_bytes_sent: $incr_sent},
+                   ratio_ssh: ($push_ours / $push_ssh), ratio_daemon: ($push_ours / $push_daemon),
+                   ratio_daemon_fsync: ($push_ours / $push_dsync)},
+    incremental_push: {ours_s: $incr_ours, rsync_ssh_s: $incr_ssh, ratio_ssh: ($incr_ours / $incr_ssh), ours_bytes_sent: $incr_sent,
+                       b3sum_s: $b3, ratio_b3sum: ($incr_ours / $b3)},
     restore: {ours_s: $restore_ours, rsync_ssh_s: $restore_ssh, ratio_ssh: ($restore_ours / $restore_ssh)},
     challenge: {rtt_ms: $rtt_ms, wire_bytes: $wire, holder_read_bytes: $read_bytes, all_50_contracts_s: $all50},
-    peak_rss_kib: {client: $mem_client, server: $mem_server, client_4x: $mem4_client, server_4x: $mem4_server},
+    peak_rss_kib: {client: $mem_client, server: $mem_server, client_4x: $mem4_client, server_4x: $mem4_server,
+                   client_16x: $mem16_client, server_16x: $mem16_server,
+                   client_64k_extents: $memx_client, server_64k_extents: $memx_server,
+                   client_64k_extents_quarter: $memq_client, server_64k_extents_quarter: $memq_server,
+                   per_extent_bytes: {client: $pex_client, server: $pex_server},
+                   at_1tib_by_per_extent: {client: $tibx_client, server: $tibx_server},
+                   slope_kib_per_gib: {client: $slope_client, server: $slope_server},
+                   at_1tib_by_slope: {client: $tib_client, server: $tib_server}},
+    busy_holder: {alone_s: $busy_alone, four_at_once_s: $busy_wall, aggregate_ratio: $busy_ratio,
+                  slowest_over_fastest: $busy_spread, holder_peak_kib: $busy_rss,
+                  forty_challenges: {passed: $forty_pass, secs: $forty_s, median_ms: $forty_ms}},
+    limit_rate: {rate: $rate, push_bytes_per_s: $lim_push, restore_bytes_per_s: $lim_restore,
+                 push_off: ($lim_push / $rate - 1), restore_off: ($lim_restore / $rate - 1)},
     machine: {loopback_tcp_gbit: $tcp_gbit, disk_read_mb_s: $disk_mbs, disk_read_cache: $cache},
     flood: {alone: {push_s: $u_push, restore_s: $u_restore, challenge_ms: $u_ch, server_peak_kib: $alone_rss},
             flooded: {push_s: $f_push, restore_s: $f_restore, challenge_ms: $f_ch, server_peak_kib: $flood_rss},
