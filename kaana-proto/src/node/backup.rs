@@ -29,7 +29,7 @@ use crate::node::report::Report;
 use crate::protocol::encoding;
 use crate::protocol::history;
 use crate::protocol::identity::NodeId;
-use crate::protocol::manifest::{ExtentHash, Keystream, Manifest, ManifestError, encode_list, list_hash};
+use crate::protocol::manifest::{ExtentHash, Keystream, Manifest, ManifestError, list_hash};
 use crate::protocol::market::RecordId;
 use crate::protocol::proof;
 use crate::protocol::push;
@@ -39,7 +39,7 @@ use crate::store::buffer::{Pool, Pooled};
 use crate::store::files::ContractEntry;
 use crate::store::home::StateError;
 use crate::store::node::Node;
-use crate::store::outbound::Outbound;
+use crate::store::outbound::{Outbound, ValuesReader};
 use crate::store::volume::{Volume, VolumeError};
 
 /// Extents a push has in flight at once. The holder writes and syncs each before it answers, so
@@ -293,6 +293,7 @@ pub async fn push(
     read_exact(&mut ex.recv, &mut have_raw, conn.read_timeout(), "the holder's extent list").await.map_err(&err)?;
     let have: Arc<HashSet<ExtentHash>> =
         Arc::new(have_raw.chunks_exact(32).map(|c| c.try_into().unwrap_or([0; 32])).collect());
+    drop(have_raw);
     // The holder's committed generation is its claim. Beyond what this node recorded (pushes
     // whose replies were lost), it must show a manifest of that generation this node signed;
     // and no claim may come near where the next generation would wrap.
@@ -334,31 +335,26 @@ pub async fn push(
 
     // What we sent last time, and the volume's own (pre-keystream) hashes then: an extent whose
     // raw bytes are unchanged, and that the holder still has, needs no keystream and no sending.
-    // Read under the record's lock: a challenge or another push may be writing it.
+    // Read under the record's lock: a challenge or another push may be writing it. (The files of
+    // raw hashes and tops are read an extent at a time, through handles opened here: what a push
+    // holds does not grow with the volume beyond its lists.)
     let shared = record.lock(false)?;
-    let previous = record.committed()?;
+    let previous = record.committed()?.map(|(m, list)| (m, Arc::new(list)));
     let previous_gen = previous.as_ref().map_or(0, |(m, _)| m.body.generation);
+    let same_shape = |m: &Signed<Manifest>| m.body.volume_size == g.volume_size && m.body.extent_size == extent_size;
     // And the tops kept then (what this node's challenges check shorter proofs against): an
     // extent that is not hashed again keeps its tops.
     let per = 1usize << proof::TOP_LEVELS;
-    let previous_tops = match &previous {
-        Some((m, _)) if m.body.volume_size == g.volume_size && m.body.extent_size == extent_size => {
-            record.tops(m.body.generation).unwrap_or_default()
-        }
-        _ => Vec::new(),
-    };
-    let previous_raw = match &previous {
-        Some((m, _)) if m.body.volume_size == g.volume_size && m.body.extent_size == extent_size => {
-            record.raw_hashes(m.body.generation).unwrap_or_default()
-        }
-        _ => Vec::new(),
-    };
-    let known: Arc<Vec<Option<(ExtentHash, ExtentHash)>>> = Arc::new(match &previous {
-        Some((m, list)) if !previous_raw.is_empty() => {
-            let sent = m.body.check_list(list).unwrap_or_default();
-            push::reusable(g.count() as usize, &previous_raw, &sent, &have)
-        }
-        _ => Vec::new(),
+    let previous_tops = previous
+        .as_ref()
+        .filter(|(m, _)| same_shape(m))
+        .and_then(|(m, _)| record.values_reader("tops", m.body.generation, per));
+    let last = Arc::new(LastPush {
+        raw: previous
+            .as_ref()
+            .filter(|(m, _)| same_shape(m))
+            .and_then(|(m, _)| record.values_reader("raw", m.body.generation, 1)),
+        sent: previous.as_ref().filter(|(m, _)| same_shape(m)).map(|(_, l)| l.clone()),
     });
     // The guard, then on how much changed: counted as the volume is read, stopped as soon as
     // most of it has (what was sent by then is never committed).
@@ -368,12 +364,14 @@ pub async fn push(
     let keystream = Keystream::new(&node.identity, &id);
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
     let pool = Pool::new(threads + READ_AHEAD + SENDING);
-    let mut rx = spawn_readers(volume, keystream, have, known, threads, pool.clone());
+    let mut rx = spawn_readers(volume, keystream, have, last.clone(), threads, pool.clone());
     let permits = Arc::new(Semaphore::new(in_flight(client.rate_limit(), PUSH_IN_FLIGHT)));
     let mut sends: JoinSet<Result<u64, NetError>> = JoinSet::new();
     let mut hashes = vec![[0u8; 32]; g.count() as usize];
-    let mut raw_hashes = vec![[0u8; 32]; g.count() as usize];
-    let mut tops = vec![[0u8; 32]; g.count() as usize * per];
+    // The volume's hashes and the tops, written to their files as they come, held nowhere.
+    let raw_file = record.values_file("raw", 1, g.count())?;
+    let tops_file = record.values_file("tops", per, g.count())?;
+    let mut old_tops = vec![[0u8; 32]; per];
     let (mut extents_sent, mut bytes_sent) = (0u64, 0u64);
     let mut collect = |r: Result<Result<u64, NetError>, tokio::task::JoinError>| -> Result<(), BackupError> {
         let len = r.map_err(|e| err(NetError::Lost(e.to_string())))?.map_err(&err)?;
@@ -397,7 +395,7 @@ pub async fn push(
         };
         let (index, hash, raw_hash, new_tops, data) = item?;
         let i = index as usize;
-        if previous_raw.get(i).is_some_and(|r| *r != raw_hash) {
+        if last.raw(index).is_some_and(|r| r != raw_hash) {
             changed += 1;
             if !opts.force && push::mostly_changed(changed, g.count()) {
                 conn.close();
@@ -412,11 +410,15 @@ pub async fn push(
             }
         }
         hashes[i] = hash;
-        raw_hashes[i] = raw_hash;
-        if let Some(t) =
-            new_tops.as_deref().or_else(|| previous_tops.get(i * per..(i + 1) * per)).filter(|t| t.len() == per)
-        {
-            tops[i * per..(i + 1) * per].copy_from_slice(t);
+        raw_file.put(index, &[raw_hash])?;
+        match new_tops {
+            Some(t) if t.len() == per => tops_file.put(index, &t)?,
+            Some(_) => {}
+            None => {
+                if previous_tops.as_ref().is_some_and(|r| r.get(index, &mut old_tops)) {
+                    tops_file.put(index, &old_tops)?;
+                }
+            }
         }
         report.advance(g.len(index) as u64);
         if let Some(data) = data {
@@ -432,10 +434,8 @@ pub async fn push(
         collect(done)?;
     }
 
-    let list = encode_list(&hashes);
-    let same = previous
-        .as_ref()
-        .is_some_and(|(m, l)| *l == list && m.body.volume_size == g.volume_size && m.body.extent_size == extent_size);
+    let list = hashes.as_flattened();
+    let same = previous.as_ref().is_some_and(|(m, l)| l.as_slice() == list && same_shape(m));
     let summary = |generation, unchanged| PushSummary {
         contract: id,
         peer,
@@ -450,8 +450,8 @@ pub async fn push(
     if same && extents_sent == 0 && committed == Some(previous_gen) {
         conn.close();
         let _lock = record.lock(true)?;
-        record.save_raw_hashes(previous_gen, &encode_list(&raw_hashes))?;
-        record.save_tops(previous_gen, tops.as_flattened())?;
+        record.install_values(raw_file, previous_gen)?;
+        record.install_values(tops_file, previous_gen)?;
         record.save_shape(&shape)?;
         return Ok(summary(previous_gen, true));
     }
@@ -490,13 +490,13 @@ pub async fn push(
         volume_size: g.volume_size,
         extent_size,
         extent_count: g.count(),
-        extents: encoding::hex_encode(&list_hash(&list)),
+        extents: encoding::hex_encode(&list_hash(list)),
         created_at: now,
     };
     let manifest = Signed::sign(manifest, &node.identity)?;
     let mut ex =
         conn.open(&Request::Commit { contract: id, manifest: Box::new(manifest.clone()) }).await.map_err(&err)?;
-    let _ = ex.send.write_all(&list).await;
+    let _ = ex.send.write_all(list).await;
     let _ = ex.finish();
     let (generation, receipt) = match ex.reply().await.map_err(&err)? {
         Response::Committed { generation, receipt, .. } => (generation, receipt),
@@ -518,20 +518,24 @@ pub async fn push(
         // challenges of it, as history, sample (so they too ask for shorter proofs).
         if terms.is_some()
             && let Some((replaced, replaced_list)) = &previous
-            && !previous_tops.is_empty()
+            && let Some(previous_tops) = &previous_tops
         {
             let new: HashSet<&[u8]> = list.chunks_exact(32).collect();
-            let own: Vec<(u64, &[[u8; 32]])> = replaced_list
+            let own: Vec<(u64, Vec<[u8; 32]>)> = replaced_list
                 .chunks_exact(32)
                 .enumerate()
                 .filter(|(_, h)| !new.contains(h))
-                .filter_map(|(i, _)| previous_tops.get(i * per..(i + 1) * per).map(|t| (i as u64, t)))
+                .filter_map(|(i, _)| {
+                    let mut t = vec![[0u8; 32]; per];
+                    previous_tops.get(i as u64, &mut t).then_some((i as u64, t))
+                })
                 .collect();
+            let own: Vec<(u64, &[[u8; 32]])> = own.iter().map(|(i, t)| (*i, t.as_slice())).collect();
             record.save_older_tops(replaced.body.generation, &own)?;
         }
-        record.record(&manifest, &list, Some(receipt), terms, at)?;
-        record.save_raw_hashes(generation, &encode_list(&raw_hashes))?;
-        record.save_tops(generation, tops.as_flattened())?;
+        record.record(&manifest, list, Some(receipt), terms, at)?;
+        record.install_values(raw_file, generation)?;
+        record.install_values(tops_file, generation)?;
         record.save_shape(&shape)?;
     }
     node.log_event(
@@ -573,6 +577,29 @@ async fn audit_first(
     Ok(())
 }
 
+/// What the last push the holder committed left, read an extent at a time: the volume's own
+/// hash of each extent then, and the hash it was sent under (when the volume's shape is the
+/// same).
+struct LastPush {
+    raw: Option<ValuesReader>,
+    sent: Option<Arc<Vec<u8>>>,
+}
+
+impl LastPush {
+    /// The volume's own hash of extent `index` at the last push.
+    fn raw(&self, index: u64) -> Option<ExtentHash> {
+        let mut raw = [[0u8; 32]];
+        self.raw.as_ref().is_some_and(|r| r.get(index, &mut raw)).then_some(raw[0])
+    }
+
+    /// What [`push::reusable`] says of extent `index`.
+    fn known(&self, index: u64, have: &HashSet<ExtentHash>) -> Option<(ExtentHash, ExtentHash)> {
+        let at = usize::try_from(index).ok()?.checked_mul(32)?;
+        let sent: ExtentHash = self.sent.as_ref()?.get(at..at + 32)?.try_into().ok()?;
+        push::reusable(self.raw(index).as_ref(), Some(&sent), have)
+    }
+}
+
 /// An extent read: its index, the hash of the bytes sent, the hash of the volume's own bytes, the
 /// tops of the bytes sent (`None` if they were not hashed again; empty if the extent has none),
 /// and the bytes to send (none if the holder has them).
@@ -584,15 +611,15 @@ fn spawn_readers(
     volume: Arc<Volume>,
     keystream: Keystream,
     have: Arc<HashSet<ExtentHash>>,
-    known: Arc<Vec<Option<(ExtentHash, ExtentHash)>>>,
+    last: Arc<LastPush>,
     threads: usize,
     pool: Pool,
 ) -> mpsc::Receiver<ReadItem> {
     let (tx, rx) = mpsc::channel(READ_AHEAD);
     let next = Arc::new(AtomicU64::new(0));
     for _ in 0..threads {
-        let (volume, keystream, have, known, next, tx, pool) =
-            (volume.clone(), keystream.clone(), have.clone(), known.clone(), next.clone(), tx.clone(), pool.clone());
+        let (volume, keystream, have, last, next, tx, pool) =
+            (volume.clone(), keystream.clone(), have.clone(), last.clone(), next.clone(), tx.clone(), pool.clone());
         std::thread::spawn(move || {
             let g = volume.geometry();
             loop {
@@ -603,8 +630,8 @@ fn spawn_readers(
                 let mut buf = pool.take();
                 let item = volume.read_extent(index, &mut buf).map(|()| {
                     let raw_hash = *blake3::hash(&buf).as_bytes();
-                    let known = known.get(index as usize).and_then(Option::as_ref);
-                    if let push::Step::Reuse { sent } = push::step(known, &raw_hash) {
+                    let known = last.known(index, &have);
+                    if let push::Step::Reuse { sent } = push::step(known.as_ref(), &raw_hash) {
                         return (index, sent, raw_hash, None, None);
                     }
                     keystream.apply(g.offset(index), &mut buf);

@@ -339,19 +339,25 @@ async fn restore_extent(
         Err(NetError::Remote(_)) if file.is_none() => return Ok(Fetched::Bad),
         Err(e) => return Err(BackupError::Net { peer, error: e }),
     };
-    if *blake3::hash(&data).as_bytes() != hash {
-        return if file.is_none() { Ok(Fetched::Bad) } else { Err(BackupError::BadExtent { index }) };
-    }
-    if let Some(f) = file {
-        tokio::task::spawn_blocking(move || {
+    // Checked, decoded and written off the runtime's threads, which keep the connection moving.
+    let right = tokio::task::spawn_blocking(move || {
+        if *blake3::hash(&data).as_bytes() != hash {
+            return Ok(false);
+        }
+        if let Some(f) = file {
             keystream.apply(offset, &mut data);
-            f.write_at(&data, offset)
-        })
-        .await
-        .map_err(|e| output(std::io::Error::other(e)))?
-        .map_err(output)?;
+            f.write_at(&data, offset)?;
+        }
+        Ok::<_, std::io::Error>(true)
+    })
+    .await
+    .map_err(|e| output(std::io::Error::other(e)))?
+    .map_err(output)?;
+    match (right, out.is_some()) {
+        (true, _) => Ok(Fetched::Got),
+        (false, false) => Ok(Fetched::Bad),
+        (false, true) => Err(BackupError::BadExtent { index }),
     }
-    Ok(Fetched::Got)
 }
 
 /// Asks every peer in the address book which contracts this node has with it, and stores the

@@ -46,21 +46,18 @@ pub fn judge_claim(claimed: u64, recorded: Option<u64>) -> Claim {
     }
 }
 
-/// For each of `count` extents, the last push's (volume hash, sent hash) when the holder still
-/// holds what was sent: such an extent, unchanged, is not encoded again. `raw` and `sent` are the
-/// last push's lists (empty when its geometry differs).
+/// For one extent, the last push's (volume hash, sent hash) when the holder still holds what
+/// was sent: such an extent, unchanged, is not encoded again. `raw` and `sent` are what the last
+/// push recorded of it (none when its geometry differs, or the extent is new).
 pub fn reusable(
-    count: usize,
-    raw: &[ExtentHash],
-    sent: &[ExtentHash],
+    raw: Option<&ExtentHash>,
+    sent: Option<&ExtentHash>,
     held: &HashSet<ExtentHash>,
-) -> Vec<Option<(ExtentHash, ExtentHash)>> {
-    (0..count)
-        .map(|i| match (raw.get(i), sent.get(i)) {
-            (Some(r), Some(h)) if held.contains(h) => Some((*r, *h)),
-            _ => None,
-        })
-        .collect()
+) -> Option<(ExtentHash, ExtentHash)> {
+    match (raw, sent) {
+        (Some(r), Some(h)) if held.contains(h) => Some((*r, *h)),
+        _ => None,
+    }
 }
 
 /// What to do with one extent whose volume bytes hash to `raw_now`.
@@ -151,7 +148,7 @@ mod tests {
         let (raw, sent) = (vec![h(1), h(2), h(3)], vec![h(11), h(12), h(13)]);
         // The holder lost extent 1 (12); extent 3 is new (the volume grew).
         let held: HashSet<ExtentHash> = [h(11), h(13)].into();
-        let known = reusable(4, &raw, &sent, &held);
+        let known: Vec<_> = (0..4).map(|i| reusable(raw.get(i), sent.get(i), &held)).collect();
         assert_eq!(known, vec![Some((h(1), h(11))), None, Some((h(3), h(13))), None]);
         // Extent 0 unchanged: reused. Extent 2 changed since: encoded again.
         assert_eq!(step(known[0].as_ref(), &h(1)), Step::Reuse { sent: h(11) });
@@ -167,7 +164,8 @@ mod tests {
     #[test]
     fn a_first_push_or_a_new_geometry_reuses_nothing() {
         let held: HashSet<ExtentHash> = [h(1)].into();
-        assert_eq!(reusable(2, &[], &[], &held), vec![None, None]);
+        assert_eq!(reusable(None, None, &held), None);
+        assert_eq!(reusable(Some(&h(1)), None, &held), None);
     }
 
     #[test]

@@ -5,17 +5,18 @@
 //! (`tops-<gen>.bin`, so challenges ask for shorter proofs). And [`Target`]: what a challenge
 //! asks about, read from it.
 
-use std::fs;
-use std::path::Path;
+use std::fs::{self, File, OpenOptions};
+use std::os::unix::fs::{FileExt as _, OpenOptionsExt as _};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::protocol::challenge::Receipt;
 use crate::protocol::history::History;
-use crate::protocol::manifest::ExtentHash;
 use crate::protocol::manifest::Manifest;
 use crate::protocol::push::Shape;
 use crate::protocol::record::{RecordId, Signed};
 use crate::protocol::time::Timestamp;
-use crate::store::home::{Home, Schema, StateError, write_atomic};
+use crate::store::home::{Home, Schema, StateError, create_dir, write_atomic};
 use crate::store::inbound::{CommittedCopy, Inbound, KeptManifest, RecordedCopy, read_dir_or_empty, remove_file};
 use crate::store::node::Node;
 
@@ -185,27 +186,11 @@ impl Outbound {
         self.drop_older_tops()
     }
 
-    /// The hashes of the volume's own bytes (before the keystream) at
-    /// generation `generation`, if kept. A cache that lets a push skip unchanged extents.
-    pub fn raw_hashes(&self, generation: u64) -> Option<Vec<ExtentHash>> {
-        self.read_values("raw", generation)
-    }
-
-    /// Keeps the raw hashes of generation `generation` (and drops older ones).
-    pub fn save_raw_hashes(&self, generation: u64, raw: &[u8]) -> Result<(), StateError> {
-        self.save_values("raw", generation, raw)
-    }
-
     /// The tops of every extent of generation `generation`
     /// ([`proof::TOP_LEVELS`] levels down; zeros for an extent without tops), if kept. What lets
     /// this node's challenges ask for shorter proofs.
     pub fn tops(&self, generation: u64) -> Option<Vec<[u8; 32]>> {
         self.read_values("tops", generation)
-    }
-
-    /// Keeps the tops of generation `generation` (and drops older ones).
-    pub fn save_tops(&self, generation: u64, tops: &[u8]) -> Result<(), StateError> {
-        self.save_values("tops", generation, tops)
     }
 
     /// What the volume looked like at the last push the holder committed, if recorded.
@@ -268,20 +253,102 @@ impl Outbound {
     }
 
     /// `<kind>-<generation>.bin`: 32-byte values.
+    /// A new file of `per` values (32 bytes each) per extent for `count` extents, of `kind`
+    /// (`tops`, `raw`): a push writes each extent's values at its place as it reads the volume,
+    /// so it holds none of them, and [`Outbound::install_values`] puts the file in place once
+    /// the holder has committed. Files a push that died left behind are removed first.
+    pub fn values_file(&self, kind: &'static str, per: usize, count: u64) -> Result<ValuesFile, StateError> {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let dir = self.layout.dir();
+        create_dir(dir)?;
+        let prefix = format!(".{kind}.");
+        for path in read_dir_or_empty(dir)? {
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            let pid = name.strip_prefix(&prefix).and_then(|rest| rest.split('.').next());
+            if name.ends_with(".partial") && pid.is_some_and(|p| !Path::new("/proc").join(p).exists()) {
+                remove_file(&path)?;
+            }
+        }
+        let tmp = dir.join(format!("{prefix}{}.{}.partial", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed)));
+        let io = |e| StateError::io(&tmp, e);
+        let file = OpenOptions::new().read(true).write(true).create_new(true).mode(0o600).open(&tmp).map_err(io)?;
+        let width = 32 * per as u64;
+        file.set_len(count.saturating_mul(width)).map_err(io)?;
+        Ok(ValuesFile { file, tmp, kind, width })
+    }
+
+    /// Puts `values` in place as generation `generation`'s (synced), and drops older ones.
+    pub fn install_values(&self, values: ValuesFile, generation: u64) -> Result<(), StateError> {
+        let name = format!("{}-{generation}.bin", values.kind);
+        let path = self.layout.dir().join(&name);
+        values.file.sync_all().map_err(|e| StateError::io(&values.tmp, e))?;
+        fs::rename(&values.tmp, &path).map_err(|e| StateError::io(&path, e))?;
+        File::open(self.layout.dir()).and_then(|d| d.sync_all()).map_err(|e| StateError::io(self.layout.dir(), e))?;
+        for old in read_dir_or_empty(self.layout.dir())? {
+            let file = old.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            if file.starts_with(&format!("{}-", values.kind)) && file != name {
+                remove_file(&old)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Generation `generation`'s values of `kind`, `per` per extent, to read an extent's at a
+    /// time; `None` if not kept.
+    pub fn values_reader(&self, kind: &str, generation: u64, per: usize) -> Option<ValuesReader> {
+        let file = File::open(self.layout.dir().join(format!("{kind}-{generation}.bin"))).ok()?;
+        let len = file.metadata().ok()?.len();
+        Some(ValuesReader { file, width: 32 * per as u64, len })
+    }
+
     fn read_values(&self, kind: &str, generation: u64) -> Option<Vec<[u8; 32]>> {
         let bytes = fs::read(self.layout.dir().join(format!("{kind}-{generation}.bin"))).ok()?;
         (bytes.len() % 32 == 0).then(|| bytes.chunks_exact(32).map(|c| c.try_into().unwrap_or([0; 32])).collect())
     }
+}
 
-    fn save_values(&self, kind: &str, generation: u64, values: &[u8]) -> Result<(), StateError> {
-        let name = format!("{kind}-{generation}.bin");
-        write_atomic(&self.layout.dir().join(&name), values)?;
-        for path in read_dir_or_empty(self.layout.dir())? {
-            let file = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-            if file.starts_with(&format!("{kind}-")) && file != name {
-                remove_file(&path)?;
-            }
+/// A values file being written ([`Outbound::values_file`]); removed if dropped before it is
+/// installed.
+#[derive(Debug)]
+pub struct ValuesFile {
+    file: File,
+    tmp: PathBuf,
+    kind: &'static str,
+    width: u64,
+}
+
+impl ValuesFile {
+    /// Writes extent `index`'s values (as many as the file has per extent).
+    pub fn put(&self, index: u64, values: &[[u8; 32]]) -> Result<(), StateError> {
+        let bytes = values.as_flattened();
+        if bytes.len() as u64 != self.width {
+            return Err(StateError::damaged(&self.tmp, format!("{} bytes of values for one extent", bytes.len())));
         }
-        Ok(())
+        self.file.write_all_at(bytes, index * self.width).map_err(|e| StateError::io(&self.tmp, e))
+    }
+}
+
+impl Drop for ValuesFile {
+    fn drop(&mut self) {
+        // Installed: renamed away, and this finds nothing.
+        let _ = fs::remove_file(&self.tmp);
+    }
+}
+
+/// A kept values file, read an extent's values at a time ([`Outbound::values_reader`]).
+#[derive(Debug)]
+pub struct ValuesReader {
+    file: File,
+    width: u64,
+    len: u64,
+}
+
+impl ValuesReader {
+    /// Extent `index`'s values into `out` (as many as the file has per extent); false if the
+    /// file does not reach that far.
+    pub fn get(&self, index: u64, out: &mut [[u8; 32]]) -> bool {
+        let at = index.saturating_mul(self.width);
+        let out = out.as_flattened_mut();
+        out.len() as u64 == self.width && at + self.width <= self.len && self.file.read_exact_at(out, at).is_ok()
     }
 }
