@@ -144,8 +144,8 @@ pub enum Command {
 #[derive(Debug, Clone, clap::Args)]
 pub struct RateArgs {
     /// Move at most RATE per second, all extents (and with --all, all contracts) together: a
-    /// size per second (10MiB, 500kB/s) or bits (20Mbit). 0 means no limit [default: config
-    /// limit_rate, else none].
+    /// size per second (10MiB, 500kB/s) or bits (20Mbit, 8Mbps), at least 64KiB; 0 means no
+    /// limit [default: config limit_rate, else none].
     #[arg(long, value_name = "RATE", value_parser = parse_rate_arg)]
     pub limit_rate: Option<Rate>,
 }

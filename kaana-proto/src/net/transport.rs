@@ -21,6 +21,7 @@ use super::rate::{PACED_CHUNK, RateLimit};
 use super::tls::{self, WrongNode};
 use super::wire::{self, ErrorReply, FrameError, Request, Response};
 use crate::protocol::identity::{Identity, NodeId};
+use crate::protocol::size::MIN_RATE;
 
 /// How long a read of one frame (or one run of raw bytes) may take.
 pub const READ_TIMEOUT: Duration = Duration::from_secs(30);
@@ -144,10 +145,11 @@ pub enum Traffic {
 /// QUIC's smallest packet size, which every path must carry.
 const MIN_UDP_PAYLOAD: u16 = 1200;
 
-/// The receive window of a client held to `bytes_per_sec`: about a quarter of a second of it,
-/// so that a holder cannot send a restore faster than the limit for more than a moment.
+/// The receive window of a client held to `bytes_per_sec`: about a second of it (256 KiB at
+/// least), so that a holder cannot send a restore faster than the limit for more than a moment,
+/// while a path of a few hundred milliseconds still carries the whole rate.
 fn limited_window(bytes_per_sec: u64) -> u32 {
-    (bytes_per_sec / 4).clamp(128 << 10, u64::from(RECEIVE_WINDOW)) as u32
+    bytes_per_sec.clamp(256 << 10, u64::from(RECEIVE_WINDOW)) as u32
 }
 
 fn transport_config(traffic: Traffic) -> TransportConfig {
@@ -289,9 +291,10 @@ impl Client {
     }
 
     /// The same client, moving the bytes of extents at most `bytes_per_sec` per second, all its
-    /// connections together (`None`: as fast as the path allows).
+    /// connections together (`None` or 0: as fast as the path allows). A rate below
+    /// [`MIN_RATE`] (as a hand-edited `config.json` may hold) is taken as that.
     pub fn with_rate_limit(mut self, bytes_per_sec: Option<u64>) -> Self {
-        self.limit = bytes_per_sec.map(|r| Arc::new(RateLimit::new(r)));
+        self.limit = bytes_per_sec.filter(|&r| r > 0).map(|r| Arc::new(RateLimit::new(r.max(MIN_RATE))));
         self
     }
 
@@ -642,13 +645,24 @@ pub async fn read_exact(
     read_outcome(tokio::time::timeout(timeout, recv.read_exact(buf)).await, timeout, what, len)
 }
 
-/// Bytes a run of raw bytes is read and written in, each part under its own time-out: a peer
-/// must move at least this much per time-out (2 KiB/s at 30 s).
+/// Bytes a run of raw bytes is read and written in, each part under its own time-out.
 const RUN_PART: usize = PACED_CHUNK;
 
-/// Reads a run of raw bytes (an extent) into `buf`, a part at a time, each part within
-/// `timeout`: a peer that keeps sending, however slowly (a home uplink, a rate limit), is not cut
-/// off, while one that stops is. Under `limit`, each part waits its turn first.
+/// The slowest a peer may move a run of raw bytes, over the whole run: beyond one time-out, a
+/// run of `len` bytes gets `len` at this rate. A peer that trickles a part now and then keeps a
+/// place no longer than that (a 4 MiB extent: 30 s and 4 min 16 s). A limit is never below
+/// [`MIN_RATE`], which leaves each stream at least twice this.
+pub const SLOWEST_PEER: u64 = 16 << 10;
+
+/// How long the peer may take over a run of `len` bytes, in all.
+fn run_allowance(len: usize, timeout: Duration) -> Duration {
+    timeout + Duration::from_secs(len as u64 / SLOWEST_PEER)
+}
+
+/// Reads a run of raw bytes (an extent, a list) into `buf`, a part at a time: each part within
+/// `timeout`, and the whole within the time-out plus its length at [`SLOWEST_PEER`]. A peer that
+/// keeps sending, however slowly (a home uplink, a rate limit), is not cut off; one that stops,
+/// or trickles, is. Under `limit`, each part waits its turn first (not counted against the peer).
 pub async fn read_paced(
     recv: &mut RecvStream,
     buf: &mut [u8],
@@ -656,32 +670,38 @@ pub async fn read_paced(
     what: &'static str,
     limit: Option<&RateLimit>,
 ) -> Result<(), NetError> {
-    let (len, part) = (buf.len(), RUN_PART);
+    let len = buf.len();
+    let mut left = run_allowance(len, timeout);
     let mut at = 0;
     while at < len {
-        let end = (at + part).min(len);
+        let end = (at + RUN_PART).min(len);
         if let Some(limit) = limit {
             limit.take(end - at).await;
         }
-        let read = tokio::time::timeout(timeout, recv.read_exact(&mut buf[at..end])).await;
+        let wait = timeout.min(left);
+        let started = tokio::time::Instant::now();
+        let read = tokio::time::timeout(wait, recv.read_exact(&mut buf[at..end])).await;
+        left = left.saturating_sub(started.elapsed());
         let read = match read {
             Ok(Err(quinn::ReadExactError::FinishedEarly(n))) => Ok(Err(quinn::ReadExactError::FinishedEarly(at + n))),
             other => other,
         };
-        read_outcome(read, timeout, what, len)?;
+        read_outcome(read, wait, what, len)?;
         at = end;
     }
     Ok(())
 }
 
-/// Writes a run of raw bytes (an extent) without a copy, a part at a time, each part within
-/// `timeout`: a reader that keeps taking, however slowly, is served; one that stops is not
-/// waited for.
+/// Writes a run of raw bytes (an extent) without a copy, a part at a time: each part within
+/// `timeout`, and the whole within the time-out plus its length at [`SLOWEST_PEER`]. A reader
+/// that keeps taking, however slowly, is served; one that stops, or trickles, is not waited for.
 pub async fn write_paced(send: &mut SendStream, data: bytes::Bytes, timeout: Duration) -> Result<(), NetError> {
+    let deadline = tokio::time::Instant::now() + run_allowance(data.len(), timeout);
     let mut at = 0;
     while at < data.len() {
         let end = (at + RUN_PART).min(data.len());
-        match tokio::time::timeout(timeout, send.write_chunk(data.slice(at..end))).await {
+        let wait = timeout.min(deadline.saturating_duration_since(tokio::time::Instant::now()));
+        match tokio::time::timeout(wait, send.write_chunk(data.slice(at..end))).await {
             Ok(Ok(())) => at = end,
             Ok(Err(e)) => return Err(NetError::Lost(e.to_string())),
             Err(_) => return Err(NetError::Lost("the client took no more of the reply".into())),

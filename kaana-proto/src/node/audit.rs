@@ -16,7 +16,7 @@ use quinn::{RecvStream, SendStream};
 use serde_json::json;
 use thiserror::Error;
 
-use crate::net::transport::{Client, Connection, NetError, read_exact, read_frame, write_frame};
+use crate::net::transport::{Client, Connection, NetError, read_exact, read_frame, read_paced, write_frame};
 use crate::net::wire::{ErrorCode, ErrorReply, FrameError, PROTOCOL_VERSION, Request, Response};
 use crate::node::answer::{self, Honesty};
 use crate::protocol::challenge::{self, Answer, Challenge, Outcome, Reply, Rng, Verdict};
@@ -266,7 +266,7 @@ async fn fetch_target(conn: &Connection, node: &Node, entry: &ContractEntry) -> 
         return Ok(None);
     }
     let mut list = vec![0u8; (m.extent_count * 32) as usize];
-    read_exact(&mut ex.recv, &mut list, conn.read_timeout(), "the extent list").await?;
+    read_paced(&mut ex.recv, &mut list, conn.read_timeout(), "the extent list", None).await?;
     if m.check_list(&list).is_err() {
         return Ok(None);
     }

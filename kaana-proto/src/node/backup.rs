@@ -22,7 +22,7 @@ use thiserror::Error;
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
 
-use crate::net::transport::{Client, Connection, NetError, read_exact};
+use crate::net::transport::{Client, Connection, NetError, read_paced};
 use crate::net::wire::{Request, Response};
 use crate::node::machine::now_from_env;
 use crate::node::report::Report;
@@ -47,12 +47,13 @@ use crate::store::volume::{Volume, VolumeError};
 /// 6.7-8.1 s, 8 at once 4.8-5.6 s, 12 no better). Memory does not grow with it: a buffer goes
 /// back to the pool once its bytes are acknowledged, before the holder's answer.
 const PUSH_IN_FLIGHT: usize = 8;
-/// Extents in flight at once for a transfer held to `limit` bytes a second: under a limit, fewer
-/// (one per 16 MiB/s, two at least), so that each moves at a good share of the rate and a holder's
+/// Extents in flight at once for a transfer held to `limit` bytes a second: under a limit, one
+/// per 16 MiB/s (one at least), so that each moves at a good share of the rate, well above what
+/// a holder allows a run of bytes ([`crate::net::transport::SLOWEST_PEER`]), and a holder's
 /// places are not held by slow streams; without one, `most`.
 pub(crate) fn in_flight(limit: Option<u64>, most: usize) -> usize {
     match limit {
-        Some(rate) => usize::try_from(rate >> 24).unwrap_or(most).clamp(2, most.max(2)),
+        Some(rate) => usize::try_from(rate >> 24).unwrap_or(most).clamp(1, most.max(1)),
         None => most,
     }
 }
@@ -290,7 +291,9 @@ pub async fn push(
         return Err(err(NetError::Truncated(format!("the holder claims {have_count} extents"))));
     }
     let mut have_raw = vec![0u8; (have_count * 32) as usize];
-    read_exact(&mut ex.recv, &mut have_raw, conn.read_timeout(), "the holder's extent list").await.map_err(&err)?;
+    read_paced(&mut ex.recv, &mut have_raw, conn.read_timeout(), "the holder's extent list", None)
+        .await
+        .map_err(&err)?;
     let have: Arc<HashSet<ExtentHash>> =
         Arc::new(have_raw.chunks_exact(32).map(|c| c.try_into().unwrap_or([0; 32])).collect());
     drop(have_raw);
@@ -707,7 +710,7 @@ async fn fetch_copy(
     }
     manifest.body.geometry()?;
     let mut list = vec![0u8; (manifest.body.extent_count * 32) as usize];
-    read_exact(&mut ex.recv, &mut list, conn.read_timeout(), "the extent list").await.map_err(&err)?;
+    read_paced(&mut ex.recv, &mut list, conn.read_timeout(), "the extent list", None).await.map_err(&err)?;
     manifest.body.check_list(&list)?;
     Ok((manifest, list, receipt))
 }

@@ -14,7 +14,15 @@ pub enum SizeError {
     /// More than 2^64 - 1 bytes, or a fraction of a byte.
     #[error("{0:?} is not a whole number of bytes that fits in 64 bits")]
     Range(String),
+    /// A rate limit below [`MIN_RATE`].
+    #[error("{0:?} is below the lowest rate limit, 64KiB/s (512kbit)")]
+    TooSlow(String),
 }
+
+/// The lowest rate limit a tool takes, in bytes per second: a holder allows a run of raw bytes
+/// (an extent) no slower than 16 KiB/s over the whole run, and under a limit one extent of each
+/// of two contracts may be moving at once, each at half the rate; twice that again for room.
+pub const MIN_RATE: u64 = 64 << 10;
 
 /// Reads a size: a number (decimals allowed) and an optional unit, SI (`kB`, `MB`, …, powers of
 /// 1000) or binary (`KiB`, `MiB`, …, powers of 1024). Units are case-insensitive.
@@ -54,23 +62,33 @@ pub fn parse_size(text: &str) -> Result<u64, SizeError> {
 }
 
 /// Reads a rate a person types for `--limit-rate` and `limit_rate`: a size per second
-/// (`10MiB`, `500kB/s`, `2.5MB`), or bits per second (`20Mbit`, `1Gbit/s`: SI, 8 bits a byte).
-/// `0`, `none`, `off` and `unlimited` mean no limit (`None`). A limit below 1 KiB/s is refused:
-/// at that rate nothing useful would ever arrive.
+/// (`10MiB`, `500kB/s`, `2.5MBps`), or bits per second (`20Mbit`, `1Gbit/s`, `8Mbps`: SI, 8 bits
+/// a byte; `bps` with a small b is bits, `Bps` bytes). `0`, `none`, `off` and `unlimited` mean no
+/// limit (`None`). A limit below [`MIN_RATE`] is refused.
 pub fn parse_rate(text: &str) -> Result<Option<u64>, SizeError> {
     let t = text.trim();
     let t = t.strip_suffix("/s").or_else(|| t.strip_suffix("/S")).unwrap_or(t).trim();
     if ["0", "none", "off", "unlimited"].contains(&t.to_ascii_lowercase().as_str()) {
         return Ok(None);
     }
-    let lower = t.to_ascii_lowercase();
-    let bytes = match lower.strip_suffix("bit").or_else(|| lower.strip_suffix("bps")) {
-        Some(bits) => parse_size(&format!("{bits}B"))? / 8,
-        None => parse_size(t)?,
+    // Errors name what was typed, not what it was read as.
+    let typed = |e: SizeError| match e {
+        SizeError::Syntax(_) => SizeError::Syntax(text.to_owned()),
+        SizeError::Unit(_) => SizeError::Unit(text.to_owned()),
+        _ => SizeError::Range(text.to_owned()),
+    };
+    let bits =
+        t.get(t.len().saturating_sub(3)..).is_some_and(|end| end.eq_ignore_ascii_case("bit")) || t.ends_with("bps");
+    let bytes = if bits {
+        parse_size(&format!("{}B", &t[..t.len() - 3])).map_err(typed)? / 8
+    } else if let Some(bytes) = t.strip_suffix("Bps") {
+        parse_size(&format!("{bytes}B")).map_err(typed)?
+    } else {
+        parse_size(t).map_err(typed)?
     };
     match bytes {
         0 => Ok(None),
-        b if b < 1024 => Err(SizeError::Range(format!("{text} (a limit must be at least 1KiB/s)"))),
+        b if b < MIN_RATE => Err(SizeError::TooSlow(text.to_owned())),
         b => Ok(Some(b)),
     }
 }
@@ -111,13 +129,18 @@ mod tests {
         assert_eq!(parse_rate("10MiB/s"), Ok(Some(10 << 20)));
         assert_eq!(parse_rate("500kB/s"), Ok(Some(500_000)));
         assert_eq!(parse_rate("20Mbit"), Ok(Some(2_500_000)));
+        assert_eq!(parse_rate("20Mbps"), Ok(Some(2_500_000)));
+        assert_eq!(parse_rate("20MBps"), Ok(Some(20_000_000)));
         assert_eq!(parse_rate("1 Gbit/s"), Ok(Some(125_000_000)));
-        assert!(matches!(parse_rate("8kbit"), Err(SizeError::Range(_))));
+        assert_eq!(parse_rate("64KiB"), Ok(Some(MIN_RATE)));
         for none in ["0", "none", "off", "Unlimited", "0/s"] {
             assert_eq!(parse_rate(none), Ok(None), "{none}");
         }
-        assert!(matches!(parse_rate("100"), Err(SizeError::Range(_))));
-        assert!(matches!(parse_rate("fast"), Err(SizeError::Syntax(_))));
-        assert!(matches!(parse_rate("10 parsecs/s"), Err(SizeError::Unit(_))));
+        assert_eq!(parse_rate("500kbit"), Err(SizeError::TooSlow("500kbit".into())));
+        assert_eq!(parse_rate("100"), Err(SizeError::TooSlow("100".into())));
+        assert_eq!(parse_rate("fast"), Err(SizeError::Syntax("fast".into())));
+        assert_eq!(parse_rate("10 parsecs/s"), Err(SizeError::Unit("10 parsecs/s".into())));
+        assert_eq!(parse_rate("20xbit"), Err(SizeError::Unit("20xbit".into())));
+        assert!(parse_rate("10€").is_err() && parse_rate("€bit").is_err() && parse_rate("bit").is_err());
     }
 }

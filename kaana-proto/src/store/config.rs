@@ -74,7 +74,7 @@ pub struct Config {
     pub port_mapping: bool,
     /// Bytes per second push, restore and verify move at most, unless told otherwise with
     /// `--limit-rate` (`None`: as fast as the path allows).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit_rate: Option<u64>,
 }
 

@@ -10,7 +10,7 @@ use tokio::sync::Semaphore;
 
 use super::ctx::{Ctx, PUT_SHARE};
 use super::reply::{Handled, blocking, internal, refused};
-use crate::net::transport::{read_exact, read_paced};
+use crate::net::transport::read_paced;
 use crate::net::wire::{ErrorCode, ErrorReply, KeptGeneration, Response};
 use crate::node::machine::now_from_env;
 use crate::protocol::challenge::Receipt;
@@ -199,7 +199,9 @@ pub(super) async fn commit(
     let c = ctx.clone();
     let manifest = blocking(move || check_commit(&c, peer, id, &manifest).map(|_| manifest)).await?;
     let mut list = vec![0u8; (manifest.body.extent_count * 32) as usize];
-    read_exact(recv, &mut list, ctx.opts.read_timeout, "the extent list").await.map_err(|e| bad(e.to_string()))?;
+    read_paced(recv, &mut list, ctx.opts.read_timeout, "the extent list", None)
+        .await
+        .map_err(|e| bad(e.to_string()))?;
     let c = ctx.clone();
     blocking(move || {
         let (entry, inbound) = check_commit(&c, peer, id, &manifest)?;
