@@ -153,12 +153,20 @@ impl Inbound {
 
     /// Bytes of the extents stored (what counts against a contract's quota).
     pub fn stored_bytes(&self) -> Result<u64, StateError> {
-        Ok(self.present()?.iter().map(|(_, len)| len).sum())
+        let mut bytes = 0;
+        self.each_present(|_, len| bytes += len)?;
+        Ok(bytes)
     }
 
     /// Every stored extent, with its size.
     pub fn present(&self) -> Result<Vec<(ExtentHash, u64)>, StateError> {
         let mut out = Vec::new();
+        self.each_present(|hash, len| out.push((hash, len)))?;
+        Ok(out)
+    }
+
+    /// Calls `found` with every stored extent and its size, holding none of them.
+    pub fn each_present(&self, mut found: impl FnMut(ExtentHash, u64)) -> Result<(), StateError> {
         let root = self.extents_dir();
         for sub in read_dir_or_empty(&root)? {
             if !sub.is_dir() {
@@ -169,13 +177,13 @@ impl Inbound {
                 let Ok(hash) = encoding::hex_decode::<32>(name) else { continue };
                 // An extent a commit moved aside meanwhile is not present.
                 match fs::metadata(&path) {
-                    Ok(m) => out.push((hash, m.len())),
+                    Ok(m) => found(hash, m.len()),
                     Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                     Err(e) => return Err(StateError::io(&path, e)),
                 }
             }
         }
-        Ok(out)
+        Ok(())
     }
 
     fn outboard_path(&self, hash: &ExtentHash) -> PathBuf {
@@ -429,9 +437,10 @@ impl Inbound {
         receipt: Signed<Receipt>,
         terms: Option<&History>,
     ) -> Result<(u64, Option<StateError>), InboundError> {
-        let hashes = manifest.body.check_list(list)?;
+        manifest.body.check_list(list)?;
         let _lock = self.lock(true)?;
-        let missing = hashes.iter().filter(|h| !self.has(h)).count();
+        let missing =
+            list.chunks_exact(32).filter_map(|h| <&ExtentHash>::try_from(h).ok()).filter(|h| !self.has(h)).count();
         if missing > 0 {
             return Err(InboundError::Missing(missing));
         }
@@ -441,10 +450,8 @@ impl Inbound {
         // Committed. What follows only frees space: if it fails (a kept generation's file
         // damaged, the disk failing), the commit stands, and the next commit or prune tries again.
         let freed = self.retire_keeping(terms, at).and_then(|(_, kept)| {
-            let mut keep = HashSet::new();
-            for (m, list, _) in &kept {
-                keep.extend(m.body.check_list(list).map_err(|e| StateError::damaged(&self.dir, e))?);
-            }
+            let keep: HashSet<ExtentHash> = kept.iter().flat_map(|g| g.extents.iter().map(|(h, _)| *h)).collect();
+            drop(kept);
             self.drop_unreferenced(&keep)
         });
         Ok(match freed {
@@ -511,9 +518,13 @@ impl Inbound {
         &self,
         terms: Option<&History>,
         now: crate::protocol::time::Timestamp,
-    ) -> Result<(Vec<u64>, Vec<RecordedCopy>), StateError> {
-        let mut generations = self.generations()?;
-        let views: Vec<history::Generation> = generations.iter().map(view).collect::<Result<_, _>>()?;
+    ) -> Result<(Vec<u64>, Vec<history::Generation>), StateError> {
+        // One list read at a time: what is held is the views, not every list besides.
+        let mut views = Vec::new();
+        for (manifest, receipt) in self.manifests()? {
+            let list = self.list_of(&manifest)?;
+            views.push(view(&(manifest, list, receipt))?);
+        }
         let count = history::to_retire(&views, terms, now);
         let retired: Vec<u64> = views[..count].iter().map(|g| g.generation).collect();
         for g in &retired {
@@ -535,7 +546,7 @@ impl Inbound {
                 remove_file(&path)?;
             }
         }
-        Ok((retired, generations.split_off(count)))
+        Ok((retired, views.split_off(count)))
     }
 
     /// Retires every kept generation older than `generation` (never the committed one), as

@@ -79,19 +79,22 @@ pub(super) async fn push_begin(
         // A deliberate failure under way shows the peer what its pretence says is here.
         let pretence = entry.state.audit.as_ref().map_or(Pretence::Nothing, |p| p.pretence(now));
         let mut committed = inbound.committed().map_err(internal)?.map(|(m, _)| m.body.generation);
-        let mut present = inbound.present().map_err(internal)?;
-        match pretence {
-            Pretence::Nothing => {}
-            Pretence::All => {
-                committed = None;
-                present.clear();
-            }
-            Pretence::Extents(bad) => present.retain(|(h, _)| !bad.contains(h)),
+        // What is here, as the list the peer reads (and nothing more held per extent).
+        let (mut have, mut stored) = (Vec::new(), 0);
+        match &pretence {
+            Pretence::All => committed = None,
+            Pretence::Nothing | Pretence::Extents(_) => inbound
+                .each_present(|hash, len| {
+                    if !matches!(&pretence, Pretence::Extents(bad) if bad.contains(&hash)) {
+                        have.extend_from_slice(&hash);
+                        stored += len;
+                    }
+                })
+                .map_err(internal)?,
         }
-        let stored = present.iter().map(|(_, len)| len).sum();
         c.stored.lock().map_err(internal)?.insert(id, stored);
-        let have: Vec<u8> = present.iter().flat_map(|(h, _)| h.iter().copied()).collect();
-        Ok((Response::PushReady { committed, have: present.len() as u64 }, Some(have.into())))
+        let count = have.len() as u64 / 32;
+        Ok((Response::PushReady { committed, have: count }, Some(have.into())))
     })
     .await
 }
