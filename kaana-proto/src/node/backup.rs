@@ -8,7 +8,10 @@
 //! Push reads the volume in extents on every core, XORs each with the contract's keystream,
 //! hashes it, and sends only what the holder does not already have, a few extents in flight; the
 //! holder's answer to `push_begin` is what makes an interrupted push resume. Memory stays
-//! bounded: a handful of extents are in flight whatever the volume's size.
+//! bounded: a handful of extents are in flight whatever the volume's size; per extent, a push
+//! holds the new list and the last one and the holder's list of what it has (32 bytes each),
+//! while the volume's hashes and the tops go to their files as they come. (With history terms,
+//! the guard also reads the kept generations' lists: see `protocol::history`.)
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -294,8 +297,7 @@ pub async fn push(
     read_paced(&mut ex.recv, &mut have_raw, conn.read_timeout(), "the holder's extent list", None)
         .await
         .map_err(&err)?;
-    let have: Arc<HashSet<ExtentHash>> =
-        Arc::new(have_raw.chunks_exact(32).map(|c| c.try_into().unwrap_or([0; 32])).collect());
+    let have = Arc::new(push::Held::from_list(&have_raw));
     drop(have_raw);
     // The holder's committed generation is its claim. Beyond what this node recorded (pushes
     // whose replies were lost), it must show a manifest of that generation this node signed;
@@ -596,7 +598,7 @@ impl LastPush {
     }
 
     /// What [`push::reusable`] says of extent `index`.
-    fn known(&self, index: u64, have: &HashSet<ExtentHash>) -> Option<(ExtentHash, ExtentHash)> {
+    fn known(&self, index: u64, have: &push::Held) -> Option<(ExtentHash, ExtentHash)> {
         let at = usize::try_from(index).ok()?.checked_mul(32)?;
         let sent: ExtentHash = self.sent.as_ref()?.get(at..at + 32)?.try_into().ok()?;
         push::reusable(self.raw(index).as_ref(), Some(&sent), have)
@@ -613,7 +615,7 @@ type ReadItem = Result<(u64, ExtentHash, ExtentHash, Option<Vec<[u8; 32]>>, Opti
 fn spawn_readers(
     volume: Arc<Volume>,
     keystream: Keystream,
-    have: Arc<HashSet<ExtentHash>>,
+    have: Arc<push::Held>,
     last: Arc<LastPush>,
     threads: usize,
     pool: Pool,

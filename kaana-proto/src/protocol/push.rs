@@ -9,8 +9,6 @@
 //! generation beyond the last this node pushed plus one unless the holder shows a manifest of it
 //! that this node signed (a push whose reply was lost), nor near where the next would wrap.
 
-use std::collections::HashSet;
-
 use crate::protocol::manifest::{ExtentHash, MIN_EXTENT_SIZE};
 
 /// Generations a holder may claim, at most: far beyond any real count of pushes, far from
@@ -46,14 +44,36 @@ pub fn judge_claim(claimed: u64, recorded: Option<u64>) -> Claim {
     }
 }
 
+/// The extents a holder says it holds, sorted: 32 bytes each, looked up by halving (a hash set
+/// of a terabyte volume's extents would take twice the room).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Held(Vec<ExtentHash>);
+
+impl Held {
+    /// The extents of a holder's list (32 bytes each; a short tail is ignored).
+    pub fn from_list(list: &[u8]) -> Self {
+        let mut hashes: Vec<ExtentHash> = list.chunks_exact(32).filter_map(|c| c.try_into().ok()).collect();
+        hashes.sort_unstable();
+        hashes.dedup();
+        Held(hashes)
+    }
+
+    /// Whether `hash` is among them.
+    pub fn contains(&self, hash: &ExtentHash) -> bool {
+        self.0.binary_search(hash).is_ok()
+    }
+}
+
+impl<const N: usize> From<[ExtentHash; N]> for Held {
+    fn from(hashes: [ExtentHash; N]) -> Self {
+        Held::from_list(hashes.as_flattened())
+    }
+}
+
 /// For one extent, the last push's (volume hash, sent hash) when the holder still holds what
 /// was sent: such an extent, unchanged, is not encoded again. `raw` and `sent` are what the last
 /// push recorded of it (none when its geometry differs, or the extent is new).
-pub fn reusable(
-    raw: Option<&ExtentHash>,
-    sent: Option<&ExtentHash>,
-    held: &HashSet<ExtentHash>,
-) -> Option<(ExtentHash, ExtentHash)> {
+pub fn reusable(raw: Option<&ExtentHash>, sent: Option<&ExtentHash>, held: &Held) -> Option<(ExtentHash, ExtentHash)> {
     match (raw, sent) {
         (Some(r), Some(h)) if held.contains(h) => Some((*r, *h)),
         _ => None,
@@ -81,7 +101,7 @@ pub fn step(known: Option<&(ExtentHash, ExtentHash)>, raw_now: &ExtentHash) -> S
 }
 
 /// Whether an encoded extent of hash `hash` must be sent: the holder does not hold it.
-pub fn must_send(hash: &ExtentHash, held: &HashSet<ExtentHash>) -> bool {
+pub fn must_send(hash: &ExtentHash, held: &Held) -> bool {
     !held.contains(hash)
 }
 
@@ -147,7 +167,7 @@ mod tests {
     fn an_unchanged_extent_still_held_is_reused_and_nothing_else_is() {
         let (raw, sent) = (vec![h(1), h(2), h(3)], vec![h(11), h(12), h(13)]);
         // The holder lost extent 1 (12); extent 3 is new (the volume grew).
-        let held: HashSet<ExtentHash> = [h(11), h(13)].into();
+        let held: Held = [h(13), h(11)].into();
         let known: Vec<_> = (0..4).map(|i| reusable(raw.get(i), sent.get(i), &held)).collect();
         assert_eq!(known, vec![Some((h(1), h(11))), None, Some((h(3), h(13))), None]);
         // Extent 0 unchanged: reused. Extent 2 changed since: encoded again.
@@ -163,7 +183,7 @@ mod tests {
 
     #[test]
     fn a_first_push_or_a_new_geometry_reuses_nothing() {
-        let held: HashSet<ExtentHash> = [h(1)].into();
+        let held: Held = [h(1)].into();
         assert_eq!(reusable(None, None, &held), None);
         assert_eq!(reusable(Some(&h(1)), None, &held), None);
     }
