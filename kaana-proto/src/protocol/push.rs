@@ -52,10 +52,19 @@ pub struct Held(Vec<ExtentHash>);
 impl Held {
     /// The extents of a holder's list (32 bytes each; a short tail is ignored).
     pub fn from_list(list: &[u8]) -> Self {
-        let mut hashes: Vec<ExtentHash> = list.chunks_exact(32).filter_map(|c| c.try_into().ok()).collect();
+        Held::new(list.chunks_exact(32).filter_map(|c| c.try_into().ok()).collect())
+    }
+
+    /// These extents (in any order, repeated or not).
+    pub fn new(mut hashes: Vec<ExtentHash>) -> Self {
         hashes.sort_unstable();
         hashes.dedup();
         Held(hashes)
+    }
+
+    /// Each extent once, in order.
+    pub fn iter(&self) -> impl Iterator<Item = &ExtentHash> {
+        self.0.iter()
     }
 
     /// Whether `hash` is among them.
