@@ -465,17 +465,14 @@ pub async fn push(
     // volume as it was. That is what a wholesale change does, wanted or not.
     let terms = entry.contract.body.history.as_ref();
     if !opts.force && terms.is_some() {
-        let kept = {
+        // Each kept generation beside the new one: only what the new one does not name.
+        let named = push::Held::new(hashes.clone());
+        let mut views = {
             let _shared = record.lock(false)?;
-            record.generations()?
+            record.views_beside(record.manifests()?, &named)?
         };
-        let mut views: Vec<history::Generation> =
-            kept.iter().map(crate::store::inbound::view).collect::<Result<_, _>>()?;
-        views.push(history::Generation {
-            generation: previous_gen + 1,
-            committed_at: now,
-            extents: hashes.iter().enumerate().map(|(i, h)| (*h, g.len(i as u64) as u64)).collect(),
-        });
+        drop(named);
+        views.push(history::Generation { generation: previous_gen + 1, committed_at: now, extents: Vec::new() });
         if history::leaves_no_history(&views, terms, now) {
             conn.close();
             return Err(guarded(

@@ -19,6 +19,7 @@ use std::collections::{HashMap, HashSet};
 use serde::{Deserialize, Serialize};
 
 use crate::protocol::manifest::ExtentHash;
+use crate::protocol::push::Held;
 use crate::protocol::time::Timestamp;
 
 /// The history terms of a contract: each side keeps this much of the other's history.
@@ -86,6 +87,17 @@ pub struct Generation {
     pub committed_at: Timestamp,
     /// Its extents, in order, with their lengths.
     pub extents: Vec<(ExtentHash, u64)>,
+}
+
+/// `older` as [`to_retire`], [`history_bytes`] and [`leaves_no_history`] weigh it beside a newest
+/// generation naming `newest`: only the extents the newest does not name. Those rules count
+/// nothing else of an older generation, and of the newest only which extents it names: so with
+/// every older generation made lean this way, the newest itself may be given with no extents,
+/// and what is held per extent no longer grows with the number of generations. (Not for
+/// [`unique_bytes`], which counts the extents shared with the newest too.)
+pub fn beside_newest(mut older: Generation, newest: &Held) -> Generation {
+    older.extents.retain(|(h, _)| !newest.contains(h));
+    older
 }
 
 /// Bytes the generations other than the newest (the last) take beyond it: each extent they
@@ -340,6 +352,22 @@ mod tests {
             // Later, on what stayed, the rule retires only more of the oldest.
             let again = to_retire(kept, Some(&terms), now.plus_secs(later));
             prop_assert!(again < kept.len());
+        }
+
+        /// The lean views (each older generation beside the newest, the newest with no extents)
+        /// weigh exactly as the whole ones.
+        #[test]
+        fn lean_views_weigh_as_whole_ones(gens in arb_generations(), keep in 1u64..4 * DAY, bytes in 1u64..200) {
+            let terms = History { keep_secs: keep, bytes };
+            let now = gens.last().unwrap().committed_at;
+            let (newest, older) = gens.split_last().unwrap();
+            let named = Held::new(newest.extents.iter().map(|(h, _)| *h).collect());
+            let mut lean: Vec<Generation> = older.iter().map(|g| beside_newest(g.clone(), &named)).collect();
+            lean.push(Generation { extents: Vec::new(), ..newest.clone() });
+            prop_assert_eq!(to_retire(&lean, Some(&terms), now), to_retire(&gens, Some(&terms), now));
+            prop_assert_eq!(to_retire(&lean, None, now), to_retire(&gens, None, now));
+            prop_assert_eq!(history_bytes(&lean), history_bytes(&gens));
+            prop_assert_eq!(leaves_no_history(&lean, Some(&terms), now), leaves_no_history(&gens, Some(&terms), now));
         }
     }
 }

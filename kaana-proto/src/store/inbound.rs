@@ -450,9 +450,11 @@ impl Inbound {
         self.commit_point(manifest, list, Some(receipt), terms)?;
         // Committed. What follows only frees space: if it fails (a kept generation's file
         // damaged, the disk failing), the commit stands, and the next commit or prune tries again.
-        let freed = self.retire_keeping(terms, at).and_then(|(_, kept)| {
-            let keep = Held::new(kept.iter().flat_map(|g| g.extents.iter().map(|(h, _)| *h)).collect());
-            drop(kept);
+        let freed = self.retire_keeping(terms, at).and_then(|(_, kept, named)| {
+            // What the newest names, and what kept older generations name beside it.
+            let keep = named.iter().copied().chain(kept.iter().flat_map(|g| g.extents.iter().map(|(h, _)| *h)));
+            let keep = Held::new(keep.collect());
+            drop((kept, named));
             self.drop_unreferenced(&keep)
         });
         Ok(match freed {
@@ -519,13 +521,15 @@ impl Inbound {
         &self,
         terms: Option<&History>,
         now: crate::protocol::time::Timestamp,
-    ) -> Result<(Vec<u64>, Vec<history::Generation>), StateError> {
-        // One list read at a time: what is held is the views, not every list besides.
-        let mut views = Vec::new();
-        for (manifest, receipt) in self.manifests()? {
-            let list = self.list_of(&manifest)?;
-            views.push(view(&(manifest, list, receipt))?);
-        }
+    ) -> Result<(Vec<u64>, Vec<history::Generation>, Held), StateError> {
+        // The newest's extents once, and of each older generation, read one list at a time,
+        // only what the newest does not name: what the rule weighs, and no more.
+        let mut manifests = self.manifests()?;
+        let Some((newest, newest_receipt)) = manifests.pop() else { return Ok(Default::default()) };
+        let named = Held::from_list(&self.list_of(&newest)?);
+        let mut views = self.views_beside(manifests, &named)?;
+        let committed_at = history::committed_at(newest.body.created_at, newest_receipt.map(|r| r.body.at));
+        views.push(history::Generation { generation: newest.body.generation, committed_at, extents: Vec::new() });
         let count = history::to_retire(&views, terms, now);
         let retired: Vec<u64> = views[..count].iter().map(|g| g.generation).collect();
         for g in &retired {
@@ -547,7 +551,23 @@ impl Inbound {
                 remove_file(&path)?;
             }
         }
-        Ok((retired, views.split_off(count)))
+        Ok((retired, views.split_off(count), named))
+    }
+
+    /// `generations` (kept manifests and receipts) as the history's rules weigh them beside a
+    /// newest generation naming `newest` ([`history::beside_newest`]), their lists read one at a
+    /// time.
+    pub fn views_beside(
+        &self,
+        generations: Vec<KeptManifest>,
+        newest: &Held,
+    ) -> Result<Vec<history::Generation>, StateError> {
+        let mut views = Vec::with_capacity(generations.len());
+        for (manifest, receipt) in generations {
+            let list = self.list_of(&manifest)?;
+            views.push(history::beside_newest(view(&(manifest, list, receipt))?, newest));
+        }
+        Ok(views)
     }
 
     /// Retires every kept generation older than `generation` (never the committed one), as
@@ -564,12 +584,12 @@ impl Inbound {
 
     /// Every extent some kept generation names.
     pub(crate) fn kept_extents(&self) -> Result<Held, StateError> {
-        let mut keep = Vec::new();
-        for (m, _) in self.manifests()? {
-            let list = self.list_of(&m)?;
-            keep.extend(list.chunks_exact(32).filter_map(|h| ExtentHash::try_from(h).ok()));
-        }
-        Ok(Held::new(keep))
+        let mut manifests = self.manifests()?;
+        let Some((newest, _)) = manifests.pop() else { return Ok(Held::default()) };
+        let named = Held::from_list(&self.list_of(&newest)?);
+        let beside = self.views_beside(manifests, &named)?;
+        let keep = named.iter().copied().chain(beside.iter().flat_map(|g| g.extents.iter().map(|(h, _)| *h)));
+        Ok(Held::new(keep.collect()))
     }
 
     /// Moves extents not in `keep` and temp files to the trash. Returns the bytes moved.

@@ -173,6 +173,16 @@ impl Outbound {
         self.layout.manifests()
     }
 
+    /// `generations` as the history's rules weigh them beside a newest generation naming
+    /// `newest` ([`Inbound::views_beside`]).
+    pub fn views_beside(
+        &self,
+        generations: Vec<KeptManifest>,
+        newest: &crate::protocol::push::Held,
+    ) -> Result<Vec<crate::protocol::history::Generation>, StateError> {
+        self.layout.views_beside(generations, newest)
+    }
+
     /// Every generation recorded as kept by the holder, oldest first, the newest last.
     pub fn generations(&self) -> Result<Vec<RecordedCopy>, StateError> {
         self.layout.generations()
