@@ -89,15 +89,21 @@ pub struct Generation {
     pub extents: Vec<(ExtentHash, u64)>,
 }
 
-/// `older` as [`to_retire`], [`history_bytes`] and [`leaves_no_history`] weigh it beside a newest
-/// generation naming `newest`: only the extents the newest does not name. Those rules count
-/// nothing else of an older generation, and of the newest only which extents it names: so with
-/// every older generation made lean this way, the newest itself may be given with no extents,
-/// and what is held per extent no longer grows with the number of generations. (Not for
-/// [`unique_bytes`], which counts the extents shared with the newest too.)
-pub fn beside_newest(mut older: Generation, newest: &Held) -> Generation {
-    older.extents.retain(|(h, _)| !newest.contains(h));
-    older
+/// An older generation (`generation`, committed at `committed_at`, naming `extents` with their
+/// lengths) as [`to_retire`], [`history_bytes`] and [`leaves_no_history`] weigh it beside a
+/// newest generation naming `newest`: only the extents the newest does not name. Those rules
+/// count nothing else of an older generation, and of the newest only which extents it names: so
+/// with every older generation made lean this way, the newest itself may be given with no
+/// extents, and what is held per extent no longer grows with the number of generations. (Not
+/// for [`unique_bytes`], which counts the extents shared with the newest too.)
+pub fn beside_newest(
+    generation: u64,
+    committed_at: Timestamp,
+    extents: impl IntoIterator<Item = (ExtentHash, u64)>,
+    newest: &Held,
+) -> Generation {
+    let extents = extents.into_iter().filter(|(h, _)| !newest.contains(h)).collect();
+    Generation { generation, committed_at, extents }
 }
 
 /// Bytes the generations other than the newest (the last) take beyond it: each extent they
@@ -362,7 +368,8 @@ mod tests {
             let now = gens.last().unwrap().committed_at;
             let (newest, older) = gens.split_last().unwrap();
             let named = Held::new(newest.extents.iter().map(|(h, _)| *h).collect());
-            let mut lean: Vec<Generation> = older.iter().map(|g| beside_newest(g.clone(), &named)).collect();
+            let mut lean: Vec<Generation> =
+                older.iter().map(|g| beside_newest(g.generation, g.committed_at, g.extents.clone(), &named)).collect();
             lean.push(Generation { extents: Vec::new(), ..newest.clone() });
             prop_assert_eq!(to_retire(&lean, Some(&terms), now), to_retire(&gens, Some(&terms), now));
             prop_assert_eq!(to_retire(&lean, None, now), to_retire(&gens, None, now));

@@ -565,7 +565,14 @@ impl Inbound {
         let mut views = Vec::with_capacity(generations.len());
         for (manifest, receipt) in generations {
             let list = self.list_of(&manifest)?;
-            views.push(history::beside_newest(view(&(manifest, list, receipt))?, newest));
+            let m = &manifest.body;
+            let g = m.geometry().map_err(|e| StateError::damaged(&self.list_path(m.generation), e))?;
+            let extents = list
+                .chunks_exact(32)
+                .enumerate()
+                .filter_map(|(i, h)| Some((ExtentHash::try_from(h).ok()?, g.len(i as u64) as u64)));
+            let at = history::committed_at(m.created_at, receipt.as_ref().map(|r| r.body.at));
+            views.push(history::beside_newest(m.generation, at, extents, newest));
         }
         Ok(views)
     }
