@@ -241,7 +241,7 @@ fn a_holder_stores_at_most_twice_the_contract_and_its_history_even_across_a_rest
     let work = tempfile::tempdir().unwrap();
     let volume = luks_volume(work.path());
     let Pair { a, b, sa: _sa, sb, contract } = contracted_pair(&volume, "16MiB");
-    let owner = Identity::from_key_file(&fs::read_to_string(a.home.join("identity.key")).unwrap()).unwrap();
+    let owner = a.identity();
     let id: RecordId = contract.parse().unwrap();
     let holder = sb.node.parse().unwrap();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
@@ -456,8 +456,7 @@ fn a_holder_refuses_bad_extents_foreign_manifests_and_oversize_data() {
     push(&a, &contract);
     let committed_file = b.home.join("inbound").join(&contract).join("committed.json");
     let committed_before = fs::read(&committed_file).unwrap();
-    let key = fs::read_to_string(a.home.join("identity.key")).unwrap();
-    let owner = Identity::from_key_file(&key).unwrap();
+    let owner = a.identity();
     let id: RecordId = contract.parse().unwrap();
     let holder = sb.node.parse().unwrap();
     let addr = sb.addr.clone();
@@ -624,8 +623,7 @@ fn a_push_that_stalls_mid_extent_is_cut_off_at_the_read_time_out() {
     let b = TestNode::init_with(&["--capacity", "1GiB"]);
     let (sa, sb) = (ServerProc::start(&a, &[]), ServerProc::start(&b, &["--read-timeout", "2s"]));
     let contract = make_contract_sized(&a, &sa, &b, "64MiB");
-    let key = fs::read_to_string(a.home.join("identity.key")).unwrap();
-    let owner = Identity::from_key_file(&key).unwrap();
+    let owner = a.identity();
     let (id, holder, addr): (RecordId, _, _) = (contract.parse().unwrap(), sb.node.parse().unwrap(), sb.addr.clone());
 
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();

@@ -451,7 +451,7 @@ fn replays_and_floods_are_refused_and_the_server_stays_small() {
     assert_success(&a.run("kaana-sync", &["push", &contract]));
     let holder: kaana_proto::protocol::identity::NodeId = sb.node.parse().unwrap();
     let addr = sb.addr.clone();
-    let owner = Identity::from_key_file(&fs::read_to_string(a.home.join("identity.key")).unwrap()).unwrap();
+    let owner = a.identity();
     let committed: serde_json::Value =
         serde_json::from_slice(&fs::read(_b.home.join("inbound").join(&contract).join("committed.json")).unwrap())
             .unwrap();
@@ -538,7 +538,7 @@ fn a_flood_from_strangers_and_a_hostile_peer_leaves_honest_work_done_and_the_ser
     let committed: serde_json::Value =
         serde_json::from_slice(&fs::read(h.home.join("outbound").join(&hb).join("committed.json")).unwrap()).unwrap();
     let manifest = serde_json::from_value(committed["manifest"].clone()).unwrap();
-    let key = Identity::from_key_file(&fs::read_to_string(h.home.join("identity.key")).unwrap()).unwrap();
+    let key = h.identity();
     let aim = Aim {
         server: sb.node.parse().unwrap(),
         addr: sb.addr.clone(),
@@ -679,7 +679,7 @@ fn a_peer_stalling_its_pushes_holds_at_most_half_the_holders_places() {
     let cx = make_contract_sized(&x, &sx, &holder, "64MiB");
     let cy = make_contract_sized(&y, &sy, &holder, "64MiB");
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let key = Identity::from_key_file(&fs::read_to_string(x.home.join("identity.key")).unwrap()).unwrap();
+    let key = x.identity();
     let (client, stalled) = rt.block_on(async {
         let client = Client::new(key);
         let conn = client.connect(sh.node.parse().unwrap(), &sh.addr).await.unwrap();

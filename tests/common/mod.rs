@@ -104,6 +104,12 @@ impl TestNode {
         one_json(&out)
     }
 
+    /// This node's key, read from its key file (for a test that speaks the wire itself).
+    pub fn identity(&self) -> kaana_proto::protocol::identity::Identity {
+        let key = std::fs::read_to_string(self.home.join("identity.key")).expect("the key file");
+        kaana_proto::protocol::identity::Identity::from_key_file(&key).expect("a key")
+    }
+
     /// This node's id, from `kaana-offer id`.
     pub fn id(&self) -> String {
         let v: serde_json::Value = self.json("kaana-offer", &["id"]);

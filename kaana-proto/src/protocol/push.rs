@@ -73,12 +73,6 @@ impl Held {
     }
 }
 
-impl<const N: usize> From<[ExtentHash; N]> for Held {
-    fn from(hashes: [ExtentHash; N]) -> Self {
-        Held::from_list(hashes.as_flattened())
-    }
-}
-
 /// For one extent, the last push's (volume hash, sent hash) when the holder still holds what
 /// was sent: such an extent, unchanged, is not encoded again. `raw` and `sent` are what the last
 /// push recorded of it (none when its geometry differs, or the extent is new).
@@ -176,7 +170,7 @@ mod tests {
     fn an_unchanged_extent_still_held_is_reused_and_nothing_else_is() {
         let (raw, sent) = (vec![h(1), h(2), h(3)], vec![h(11), h(12), h(13)]);
         // The holder lost extent 1 (12); extent 3 is new (the volume grew).
-        let held: Held = [h(13), h(11)].into();
+        let held = Held::new(vec![h(13), h(11)]);
         let known: Vec<_> = (0..4).map(|i| reusable(raw.get(i), sent.get(i), &held)).collect();
         assert_eq!(known, vec![Some((h(1), h(11))), None, Some((h(3), h(13))), None]);
         // Extent 0 unchanged: reused. Extent 2 changed since: encoded again.
@@ -192,7 +186,7 @@ mod tests {
 
     #[test]
     fn a_first_push_or_a_new_geometry_reuses_nothing() {
-        let held: Held = [h(1)].into();
+        let held = Held::new(vec![h(1)]);
         assert_eq!(reusable(None, None, &held), None);
         assert_eq!(reusable(Some(&h(1)), None, &held), None);
     }
