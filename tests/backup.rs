@@ -129,7 +129,9 @@ fn an_incremental_push_sends_only_what_changed() {
     let second = push(&a, &contract);
     assert_eq!(second.generation, 2);
     assert_eq!(second.extents_sent, 1, "64 KiB inside one 4 MiB extent");
-    assert_eq!(second.bytes_sent, 4 << 20);
+    // The LUKS payload starts 32 KiB short of 2 MiB: the 64 KiB straddle two 1 MiB quarters,
+    // and only those go.
+    assert_eq!(second.bytes_sent, 2 << 20, "only the quarters of the extent it changed");
     assert_eq!(second.extents_total, first.extents_total);
     // The extent the new generation replaced stays: generation 1 is history now.
     assert_eq!(inbound_extents(&b, &contract).len() as u64, first.extents_total + 1);
@@ -141,6 +143,130 @@ fn an_incremental_push_sends_only_what_changed() {
     // Restoring again into the same file fetches nothing: it is already right.
     let again = restore(&a, &contract, &back);
     assert_eq!((again.ok, again.extents_fetched), (true, 0));
+}
+
+/// Writes `bytes` into the file at `path` at `offset`, in place.
+fn overwrite(path: &Path, offset: u64, bytes: &[u8]) {
+    use std::os::unix::fs::FileExt as _;
+    fs::OpenOptions::new().write(true).open(path).unwrap().write_all_at(bytes, offset).unwrap();
+}
+
+/// An extent of which some quarters changed goes as those quarters only, and the holder
+/// rebuilds it on the one it holds; one whose copy at the holder is damaged goes whole. Either
+/// way what comes back is the volume, and challenges of the rebuilt extent pass.
+#[test]
+fn a_partly_changed_extent_sends_only_its_changed_quarters() {
+    let work = tempfile::tempdir().unwrap();
+    let volume = work.path().join("vol.img");
+    fs::write(&volume, pseudo_random(16 << 20, 5)).unwrap();
+    let Pair { a, b, sa: _sa, sb: _sb, contract } = contracted_pair(&volume, "64MiB");
+    push(&a, &contract);
+    let before = inbound_extents(&b, &contract);
+
+    // Extent 1 (4 to 8 MiB): a few bytes in its second and fourth quarters.
+    overwrite(&volume, (5 << 20) + 100, &pseudo_random(4096, 6));
+    overwrite(&volume, (7 << 20) + 5, &pseudo_random(10, 7));
+    let second = push(&a, &contract);
+    assert_eq!((second.generation, second.extents_sent, second.bytes_sent), (2, 1, 2 << 20), "{second:?}");
+    let back = work.path().join("back.img");
+    assert_eq!(restore(&a, &contract, &back).generation, 2);
+    assert_eq!(fs::read(&back).unwrap(), fs::read(&volume).unwrap());
+    let challenged: serde_json::Value = a.json("kaana-challenge", &[&contract]);
+    assert_eq!(challenged["result"].as_str(), Some("pass"), "{challenged}");
+
+    // The holder's copy of the rebuilt extent rots in a quarter that does not change next: the
+    // patch on it cannot match its hash, the holder says so, and the extent goes whole.
+    let rebuilt: Vec<_> = inbound_extents(&b, &contract).into_iter().filter(|p| !before.contains(p)).collect();
+    assert_eq!(rebuilt.len(), 1, "{rebuilt:?}");
+    let mut rotten = fs::read(&rebuilt[0]).unwrap();
+    rotten[10] ^= 1;
+    fs::write(&rebuilt[0], &rotten).unwrap();
+    overwrite(&volume, (6 << 20) + 7, &pseudo_random(64, 8));
+    let third = push(&a, &contract);
+    assert_eq!((third.generation, third.extents_sent), (3, 1), "{third:?}");
+    assert_eq!(third.bytes_sent, (1 << 20) + (4 << 20), "the quarter refused, then the whole extent");
+    assert_eq!(restore(&a, &contract, &back).generation, 3);
+    assert_eq!(fs::read(&back).unwrap(), fs::read(&volume).unwrap());
+}
+
+/// The holder rebuilds an extent only on one it holds for the contract, of the patch's length,
+/// from a peer of the contract, into bytes of the hash named; anything else is refused and
+/// stores nothing.
+#[test]
+fn a_holder_patches_only_an_extent_it_holds_into_the_hash_named() {
+    let work = tempfile::tempdir().unwrap();
+    let volume = luks_volume(work.path());
+    let Pair { a, b, sb, sa: _sa, contract } = contracted_pair(&volume, "64MiB");
+    push(&a, &contract);
+    let (owner, id, holder, addr) =
+        (a.identity(), contract.parse().unwrap(), sb.node.parse().unwrap(), sb.addr.clone());
+    let stored_before = inbound_extents(&b, &contract).len();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let client = Client::new(owner);
+        let conn = client.connect(holder, &addr).await.unwrap();
+        let code = |r: Result<Response, NetError>| match r {
+            Err(NetError::Remote(e)) => Some(e.code),
+            other => panic!("{other:?}"),
+        };
+        // A base of 16 KiB, held: parts of 4 KiB.
+        let base = pseudo_random(16 << 10, 11);
+        let base_hash = *blake3::hash(&base).as_bytes();
+        let mut ex =
+            conn.open(&Request::PutExtent { contract: id, offset: 0, hash: base_hash, len: 16 << 10 }).await.unwrap();
+        ex.send.write_all(&base).await.unwrap();
+        ex.finish().unwrap();
+        assert!(matches!(ex.reply().await, Ok(Response::Stored)));
+        let part = pseudo_random(4 << 10, 12);
+        let mut rebuilt = base.clone();
+        rebuilt[8 << 10..12 << 10].copy_from_slice(&part);
+        let hash = *blake3::hash(&rebuilt).as_bytes();
+        let patch = |base, hash, len, parts| Request::PatchExtent { contract: id, offset: 0, base, hash, len, parts };
+        let send = |req: Request, bytes: Vec<u8>| {
+            let conn = conn.clone();
+            async move {
+                let mut ex = conn.open(&req).await.unwrap();
+                let _ = ex.send.write_all(&bytes).await;
+                let _ = ex.finish();
+                ex.reply().await
+            }
+        };
+        // No parts, or parts beyond the fourth; an extent with no quarters of whole chunks.
+        assert_eq!(code(send(patch(base_hash, hash, 16 << 10, 0), vec![]).await), Some(ErrorCode::BadRequest));
+        assert_eq!(code(send(patch(base_hash, hash, 16 << 10, 0x10), part.clone()).await), Some(ErrorCode::BadRequest));
+        assert_eq!(code(send(patch(base_hash, hash, 3 << 10, 1), vec![0; 768]).await), Some(ErrorCode::BadRequest));
+        // A base not held here; one of another length.
+        assert_eq!(code(send(patch([7; 32], hash, 16 << 10, 0b100), part.clone()).await), Some(ErrorCode::NotFound));
+        assert_eq!(
+            code(send(patch(base_hash, hash, 32 << 10, 0b100), part.clone()).await),
+            Some(ErrorCode::BadRequest)
+        );
+        // Parts that do not make the hash named.
+        assert_eq!(
+            code(send(patch(base_hash, hash, 16 << 10, 0b010), part.clone()).await),
+            Some(ErrorCode::BadRequest)
+        );
+        // A stranger's patch, right as it is.
+        let stranger = Client::new(Identity::generate().unwrap());
+        let sconn = stranger.connect(holder, &addr).await.unwrap();
+        let mut ex = sconn.open(&patch(base_hash, hash, 16 << 10, 0b100)).await.unwrap();
+        let _ = ex.send.write_all(&part).await;
+        let _ = ex.finish();
+        assert_eq!(code(ex.reply().await), Some(ErrorCode::Unauthorized));
+        stranger.close().await;
+        assert_eq!(inbound_extents(&b, &contract).len(), stored_before + 1, "only the base was stored");
+
+        // The owner's patch: stored, and served back as the rebuilt extent.
+        assert!(matches!(send(patch(base_hash, hash, 16 << 10, 0b100), part.clone()).await, Ok(Response::Stored)));
+        let mut ex = conn.open(&Request::GetExtent { contract: id, hash }).await.unwrap();
+        ex.finish().unwrap();
+        assert!(matches!(ex.reply().await, Ok(Response::ExtentIs { len }) if len == 16 << 10));
+        let mut back = vec![0u8; 16 << 10];
+        ex.recv.read_exact(&mut back).await.unwrap();
+        assert_eq!(back, rebuilt);
+        client.close().await;
+    });
+    assert_eq!(inbound_extents(&b, &contract).len(), stored_before + 2);
 }
 
 /// A holder that went back to an old copy (generation 1 after committing generation 2): restore

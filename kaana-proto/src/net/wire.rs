@@ -161,6 +161,27 @@ pub enum Request {
         /// How many bytes follow.
         len: u32,
     },
+    /// "Store this extent, made of the one of hash `base` you hold with these parts of it
+    /// replaced": followed by the parts named in `parts` (a bit each, part `j` being the `j`th
+    /// quarter of the `len` bytes), in order; answered with [`Response::Stored`]. A holder that
+    /// does not hold `base`, or whose rebuilt extent does not hash to `hash`, refuses, and the
+    /// owner sends the extent whole.
+    PatchExtent {
+        /// The contract.
+        contract: RecordId,
+        /// Where the extent starts in the volume.
+        offset: u64,
+        /// The extent it is rebuilt from.
+        #[serde(with = "crate::protocol::encoding::hex32")]
+        base: ExtentHash,
+        /// The BLAKE3 hash of the rebuilt extent.
+        #[serde(with = "crate::protocol::encoding::hex32")]
+        hash: ExtentHash,
+        /// The extent's length (the base's too).
+        len: u32,
+        /// Which parts follow.
+        parts: u8,
+    },
     /// "Commit this generation": followed by the extent list (32 bytes per extent); answered
     /// with [`Response::Committed`].
     Commit {
@@ -231,6 +252,7 @@ impl Request {
             Request::Notice { .. } => "notice",
             Request::PushBegin { .. } => "push_begin",
             Request::PutExtent { .. } => "put_extent",
+            Request::PatchExtent { .. } => "patch_extent",
             Request::Commit { .. } => "commit",
             Request::GetManifest { .. } => "get_manifest",
             Request::ListGenerations { .. } => "list_generations",

@@ -349,17 +349,14 @@ pub async fn push(
     let same_shape = |m: &Signed<Manifest>| m.body.volume_size == g.volume_size && m.body.extent_size == extent_size;
     // And the tops kept then (what this node's challenges check shorter proofs against): an
     // extent that is not hashed again keeps its tops.
-    let per = 1usize << proof::TOP_LEVELS;
-    let previous_tops = previous
-        .as_ref()
-        .filter(|(m, _)| same_shape(m))
-        .and_then(|(m, _)| record.values_reader("tops", m.body.generation, per));
+    let per = push::PARTS;
+    let then = previous.as_ref().filter(|(m, _)| same_shape(m)).map(|(m, l)| (m.body.generation, l.clone()));
     let last = Arc::new(LastPush {
-        raw: previous
-            .as_ref()
-            .filter(|(m, _)| same_shape(m))
-            .and_then(|(m, _)| record.values_reader("raw", m.body.generation, 1)),
-        sent: previous.as_ref().filter(|(m, _)| same_shape(m)).map(|(_, l)| l.clone()),
+        geometry: g,
+        volume_tops: then.as_ref().and_then(|(n, _)| record.values_reader(VOLUME_TOPS, *n, per)),
+        raw: then.as_ref().and_then(|(n, _)| record.values_reader("raw", *n, 1)),
+        tops: then.as_ref().and_then(|(n, _)| record.values_reader("tops", *n, per)),
+        sent: then.map(|(_, l)| l),
     });
     // The guard, then on how much changed: counted as the volume is read, stopped as soon as
     // most of it has (what was sent by then is never committed).
@@ -369,12 +366,12 @@ pub async fn push(
     let keystream = Keystream::new(&node.identity, &id);
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
     let pool = Pool::new(threads + READ_AHEAD + SENDING);
-    let mut rx = spawn_readers(volume, keystream, have, last.clone(), threads, pool.clone());
+    let mut rx = spawn_readers(volume, keystream.clone(), have, last.clone(), threads, pool.clone());
     let permits = Arc::new(Semaphore::new(in_flight(client.rate_limit(), PUSH_IN_FLIGHT)));
     let mut sends: JoinSet<Result<u64, NetError>> = JoinSet::new();
     let mut hashes = vec![[0u8; 32]; g.count() as usize];
-    // The volume's hashes and the tops, written to their files as they come, held nowhere.
-    let raw_file = record.values_file("raw", 1, g.count())?;
+    // The volume's tops and the tops sent, written to their files as they come, held nowhere.
+    let raw_file = record.values_file(VOLUME_TOPS, per, g.count())?;
     let tops_file = record.values_file("tops", per, g.count())?;
     let mut old_tops = vec![[0u8; 32]; per];
     let (mut extents_sent, mut bytes_sent) = (0u64, 0u64);
@@ -398,9 +395,9 @@ pub async fn push(
                 None => break,
             },
         };
-        let (index, hash, raw_hash, new_tops, data) = item?;
+        let Read { index, hash, volume: volume_tops, tops: new_tops, out } = item?;
         let i = index as usize;
-        if last.raw(index).is_some_and(|r| r != raw_hash) {
+        if last.raw(index).is_some_and(|r| r != volume_hash(g.len(index) as u64, &volume_tops)) {
             changed += 1;
             if !opts.force && push::mostly_changed(changed, g.count()) {
                 conn.close();
@@ -415,23 +412,28 @@ pub async fn push(
             }
         }
         hashes[i] = hash;
-        raw_file.put(index, &[raw_hash])?;
+        raw_file.put(index, &volume_tops)?;
         match new_tops {
             Some(t) if t.len() == per => tops_file.put(index, &t)?,
             Some(_) => {}
             None => {
-                if previous_tops.as_ref().is_some_and(|r| r.get(index, &mut old_tops)) {
+                if last.tops.as_ref().is_some_and(|r| r.get(index, &mut old_tops)) {
                     tops_file.put(index, &old_tops)?;
                 }
             }
         }
         report.advance(g.len(index) as u64);
-        if let Some(data) = data {
+        if let Some(out) = out {
             let permit = permits.clone().acquire_owned().await.map_err(|e| err(NetError::Lost(e.to_string())))?;
-            let (conn, offset) = (conn.clone(), g.offset(index));
+            let (conn, offset, keystream) = (conn.clone(), g.offset(index), keystream.clone());
             sends.spawn(async move {
                 let _permit = permit;
-                put(&conn, id, offset, hash, data).await
+                match out {
+                    Out::Whole(data) => put(&conn, id, offset, hash, data).await,
+                    Out::Patch { base, parts, data } => {
+                        patch(&conn, (id, offset, hash), base, parts, data, &keystream).await
+                    }
+                }
             });
         }
     }
@@ -457,6 +459,7 @@ pub async fn push(
         let _lock = record.lock(true)?;
         record.install_values(raw_file, previous_gen)?;
         record.install_values(tops_file, previous_gen)?;
+        record.drop_values("raw")?;
         record.save_shape(&shape)?;
         return Ok(summary(previous_gen, true));
     }
@@ -520,7 +523,7 @@ pub async fn push(
         // challenges of it, as history, sample (so they too ask for shorter proofs).
         if terms.is_some()
             && let Some((replaced, replaced_list)) = &previous
-            && let Some(previous_tops) = &previous_tops
+            && let Some(previous_tops) = &last.tops
         {
             let new: HashSet<&[u8]> = list.chunks_exact(32).collect();
             let own: Vec<(u64, Vec<[u8; 32]>)> = replaced_list
@@ -538,6 +541,7 @@ pub async fn push(
         record.record(&manifest, list, Some(receipt), terms, at)?;
         record.install_values(raw_file, generation)?;
         record.install_values(tops_file, generation)?;
+        record.drop_values("raw")?;
         record.save_shape(&shape)?;
     }
     node.log_event(
@@ -579,36 +583,107 @@ async fn audit_first(
     Ok(())
 }
 
-/// What the last push the holder committed left, read an extent at a time: the volume's own
-/// hash of each extent then, and the hash it was sent under (when the volume's shape is the
-/// same).
+/// The kind of the values file of the volume's own tops at each push: what the next push
+/// compares, part by part. (Records from before it keep the volume's hash of each extent,
+/// `raw`.)
+const VOLUME_TOPS: &str = "volume-tops";
+
+/// An extent's hash from what [`VOLUME_TOPS`] keeps of it: its tops, or for an extent without
+/// tops its hash, first.
+fn volume_hash(len: u64, values: &[ExtentHash; push::PARTS]) -> ExtentHash {
+    proof::root_of_tops(len, proof::TOP_LEVELS, values).map_or(values[0], |h| *h.as_bytes())
+}
+
+/// What the last push the holder committed left, read an extent at a time (when the volume's
+/// shape is the same): the volume's own tops of each extent then, the hash it was sent under,
+/// and the tops of the bytes sent.
 struct LastPush {
+    geometry: crate::protocol::manifest::Geometry,
+    volume_tops: Option<ValuesReader>,
     raw: Option<ValuesReader>,
+    tops: Option<ValuesReader>,
     sent: Option<Arc<Vec<u8>>>,
 }
 
 impl LastPush {
     /// The volume's own hash of extent `index` at the last push.
     fn raw(&self, index: u64) -> Option<ExtentHash> {
+        if let Some(values) = self.volume(index) {
+            return Some(volume_hash(self.geometry.len(index) as u64, &values));
+        }
         let mut raw = [[0u8; 32]];
         self.raw.as_ref().is_some_and(|r| r.get(index, &mut raw)).then_some(raw[0])
     }
 
+    /// What [`VOLUME_TOPS`] kept of extent `index` at the last push.
+    fn volume(&self, index: u64) -> Option<[ExtentHash; push::PARTS]> {
+        let mut values = [[0u8; 32]; push::PARTS];
+        self.volume_tops.as_ref().is_some_and(|r| r.get(index, &mut values)).then_some(values)
+    }
+
+    /// The hash extent `index` was sent under.
+    fn sent(&self, index: u64) -> Option<ExtentHash> {
+        let at = usize::try_from(index).ok()?.checked_mul(32)?;
+        self.sent.as_ref()?.get(at..at + 32)?.try_into().ok()
+    }
+
     /// What [`push::reusable`] says of extent `index`.
     fn known(&self, index: u64, have: &push::Held) -> Option<(ExtentHash, ExtentHash)> {
-        let at = usize::try_from(index).ok()?.checked_mul(32)?;
-        let sent: ExtentHash = self.sent.as_ref()?.get(at..at + 32)?.try_into().ok()?;
-        push::reusable(self.raw(index).as_ref(), Some(&sent), have)
+        push::reusable(self.raw(index).as_ref(), self.sent(index).as_ref(), have)
+    }
+
+    /// For extent `index`, whose volume bytes' tops are now `now`: what the holder holds of it
+    /// from the last push (its hash), which parts changed since ([`push::changed_parts`]), and
+    /// the tops sent then, which the unchanged parts keep. Only when the tops kept merge to the
+    /// hash the holder holds it under: a record that does not agree with itself patches nothing.
+    fn patch(&self, index: u64, have: &push::Held, now: &[ExtentHash]) -> Option<(ExtentHash, u8, Vec<ExtentHash>)> {
+        let base = self.sent(index).filter(|h| have.contains(h))?;
+        let parts = push::changed_parts(&self.volume(index)?, now)?;
+        let mut tops = vec![[0u8; 32]; push::PARTS];
+        if !self.tops.as_ref()?.get(index, &mut tops) {
+            return None;
+        }
+        let root = proof::root_of_tops(self.geometry.len(index) as u64, proof::TOP_LEVELS, &tops)?;
+        (*root.as_bytes() == base).then_some((base, parts, tops))
     }
 }
 
-/// An extent read: its index, the hash of the bytes sent, the hash of the volume's own bytes, the
-/// tops of the bytes sent (`None` if they were not hashed again; empty if the extent has none),
-/// and the bytes to send (none if the holder has them).
-type ReadItem = Result<(u64, ExtentHash, ExtentHash, Option<Vec<[u8; 32]>>, Option<Pooled>), VolumeError>;
+/// What to send of an extent.
+enum Out {
+    /// All of it.
+    Whole(Pooled),
+    /// The parts that changed since the last push (encoded; the others are still the volume's
+    /// bytes, encoded only if the holder cannot patch), on the extent the holder holds of it.
+    Patch {
+        /// The extent held.
+        base: ExtentHash,
+        /// The parts that changed.
+        parts: u8,
+        /// The extent.
+        data: Pooled,
+    },
+}
+
+/// An extent read.
+struct Read {
+    /// Its index.
+    index: u64,
+    /// The hash of the bytes sent.
+    hash: ExtentHash,
+    /// Its volume bytes' tops (or, for an extent without tops, their hash, first).
+    volume: [ExtentHash; push::PARTS],
+    /// The tops of the bytes sent: `None` if they were not hashed again, empty if the extent
+    /// has none.
+    tops: Option<Vec<ExtentHash>>,
+    /// What to send: nothing if the holder has it.
+    out: Option<Out>,
+}
+
+type ReadItem = Result<Read, VolumeError>;
 
 /// Reads, encodes and hashes the volume's extents on every core; an extent the holder already
-/// has comes through without its bytes.
+/// has comes through without its bytes, and one of which only some parts changed since the last
+/// push has only those encoded and hashed.
 fn spawn_readers(
     volume: Arc<Volume>,
     keystream: Keystream,
@@ -629,18 +704,7 @@ fn spawn_readers(
                 if index >= g.count() {
                     break;
                 }
-                let mut buf = pool.take();
-                let item = volume.read_extent(index, &mut buf).map(|()| {
-                    let raw_hash = *blake3::hash(&buf).as_bytes();
-                    let known = last.known(index, &have);
-                    if let push::Step::Reuse { sent } = push::step(known.as_ref(), &raw_hash) {
-                        return (index, sent, raw_hash, None, None);
-                    }
-                    keystream.apply(g.offset(index), &mut buf);
-                    let (hash, tops) = proof::hash_with_tops(&buf, proof::TOP_LEVELS);
-                    let hash = *hash.as_bytes();
-                    (index, hash, raw_hash, Some(tops), push::must_send(&hash, &have).then_some(buf))
-                });
+                let item = read(&volume, index, &pool, &keystream, &have, &last);
                 let failed = item.is_err();
                 if tx.blocking_send(item).is_err() || failed {
                     break;
@@ -649,6 +713,79 @@ fn spawn_readers(
         });
     }
     rx
+}
+
+/// An extent's volume bytes: mapped, or read into a buffer.
+enum Source {
+    Mapped(crate::store::mapped::Window),
+    Read(Pooled),
+}
+
+impl Source {
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            Source::Mapped(window) => window,
+            Source::Read(buf) => buf,
+        }
+    }
+}
+
+/// Reads and hashes extent `index`'s volume bytes, and encodes and hashes what changed since the
+/// last push. An extent the last push saw is mapped, not read, to be compared: most are
+/// unchanged, and need no copy of their bytes; one that changed is then copied to be encoded.
+fn read(
+    volume: &Volume,
+    index: u64,
+    pool: &Pool,
+    keystream: &Keystream,
+    have: &push::Held,
+    last: &LastPush,
+) -> Result<Read, VolumeError> {
+    let source = match last.raw(index).is_some().then(|| volume.map_extent(index).ok()).flatten() {
+        Some(window) => Source::Mapped(window),
+        None => {
+            let mut buf = pool.take();
+            volume.read_extent(index, &mut buf)?;
+            Source::Read(buf)
+        }
+    };
+    let (raw, raw_tops) = proof::hash_with_tops(source.as_slice(), proof::TOP_LEVELS);
+    let (len, offset) = (last.geometry.len(index) as u64, last.geometry.offset(index));
+    let mut volume = [[0u8; 32]; push::PARTS];
+    match <[ExtentHash; push::PARTS]>::try_from(raw_tops.as_slice()) {
+        Ok(tops) => volume = tops,
+        Err(_) => volume[0] = *raw.as_bytes(),
+    }
+    if let push::Step::Reuse { sent } = push::step(last.known(index, have).as_ref(), raw.as_bytes()) {
+        return Ok(Read { index, hash: sent, volume, tops: None, out: None });
+    }
+    // Changed (or new): its bytes, to encode.
+    let mut buf = match source {
+        Source::Read(buf) => buf,
+        Source::Mapped(window) => {
+            let mut buf = pool.take();
+            buf.set_len(window.len());
+            buf.copy_from_slice(&window);
+            buf
+        }
+    };
+    if let Some((base, parts, mut tops)) = last.patch(index, have, &raw_tops) {
+        let part = buf.len() / push::PARTS;
+        for j in push::each_part(parts) {
+            let bytes = &mut buf[j * part..(j + 1) * part];
+            keystream.apply(offset + (j * part) as u64, bytes);
+            tops[j] = proof::top_of_part(len, proof::TOP_LEVELS, j, bytes);
+        }
+        let root = proof::root_of_tops(len, proof::TOP_LEVELS, &tops);
+        let hash = *root.expect("LastPush::patch found this extent's tops merge").as_bytes();
+        let out = push::must_send(&hash, have).then_some(Out::Patch { base, parts, data: buf });
+        return Ok(Read { index, hash, volume, tops: Some(tops), out });
+    }
+    keystream.apply(offset, &mut buf);
+    let (hash, tops) = proof::hash_with_tops(&buf, proof::TOP_LEVELS);
+    let hash = *hash.as_bytes();
+    let out = push::must_send(&hash, have).then_some(Out::Whole(buf));
+    Ok(Read { index, hash, volume, tops: Some(tops), out })
 }
 
 /// Sends one extent. Its buffer is handed to the connection without a copy and goes back to its
@@ -669,6 +806,49 @@ async fn put(
         Response::Stored => Ok(u64::from(len)),
         other => Err(ex.unexpected(&other)),
     }
+}
+
+/// Sends the parts of an extent that changed, for the holder to rebuild it on `base`; if the
+/// holder cannot (it does not hold `base`, its copy of it is damaged, or it predates patches),
+/// encodes the other parts and sends the extent whole. Says how many bytes went.
+async fn patch(
+    conn: &Connection,
+    (contract, offset, hash): (RecordId, u64, ExtentHash),
+    base: ExtentHash,
+    parts: u8,
+    mut data: Pooled,
+    keystream: &Keystream,
+) -> Result<u64, NetError> {
+    use crate::net::wire::ErrorCode;
+    let len = data.len() as u32;
+    let part = data.len() / push::PARTS;
+    let mut ex = conn.open(&Request::PatchExtent { contract, offset, base, hash, len, parts }).await?;
+    let mut sent = 0u64;
+    for j in push::each_part(parts) {
+        // Copied: the buffer stays whole, to send whole if the holder cannot patch.
+        if ex.send_bulk(bytes::Bytes::copy_from_slice(&data[j * part..(j + 1) * part])).await.is_err() {
+            break;
+        }
+        sent += part as u64;
+    }
+    let _ = ex.finish();
+    match ex.reply().await {
+        Ok(Response::Stored) => return Ok(sent),
+        Ok(other) => return Err(ex.unexpected(&other)),
+        Err(NetError::Remote(e))
+            if matches!(e.code, ErrorCode::NotFound | ErrorCode::BadRequest | ErrorCode::UnknownRequest) => {}
+        Err(e) => return Err(e),
+    }
+    let keystream = keystream.clone();
+    let data = tokio::task::spawn_blocking(move || {
+        for j in (0..push::PARTS).filter(|j| parts & (1 << j) == 0) {
+            keystream.apply(offset + (j * part) as u64, &mut data[j * part..(j + 1) * part]);
+        }
+        data
+    })
+    .await
+    .map_err(|e| NetError::Lost(e.to_string()))?;
+    Ok(sent + put(conn, contract, offset, hash, data).await?)
 }
 
 /// Fetches a kept manifest of this node's copy under `entry` (the newest, or `generation`) and

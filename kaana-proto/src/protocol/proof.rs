@@ -73,6 +73,12 @@ pub fn hash_with_tops(extent: &[u8], depth: u32) -> (blake3::Hash, Vec<ChainingV
     (root_of_units(len, sub as u64, &tops), tops)
 }
 
+/// The top over part `part` of an extent of `len` bytes cut `depth` levels down, from that
+/// part's bytes (where [`has_tops`] allows it).
+pub fn top_of_part(len: u64, depth: u32, part: usize, bytes: &[u8]) -> ChainingValue {
+    cv_of_bytes(part as u64 * (len >> depth), bytes)
+}
+
 /// The extent's hash from its tops, if they are as many as `depth` makes.
 pub fn root_of_tops(len: u64, depth: u32, tops: &[ChainingValue]) -> Option<blake3::Hash> {
     (has_tops(len, depth) && tops.len() == 1 << depth).then(|| root_of_units(len, len >> depth, tops))
@@ -265,6 +271,18 @@ mod tests {
                 assert!(verify(len, index, chunk, &siblings, &root), "len {len} chunk {index}");
             }
         }
+    }
+
+    #[test]
+    fn a_changed_part_and_the_other_tops_give_the_new_hash() {
+        let (len, depth) = (1usize << 20, TOP_LEVELS);
+        let mut d = data(len, 4);
+        let (_, mut tops) = hash_with_tops(&d, depth);
+        let sub = len >> depth;
+        d[2 * sub + 5] ^= 0xff;
+        tops[2] = top_of_part(len as u64, depth, 2, &d[2 * sub..3 * sub]);
+        assert_eq!(root_of_tops(len as u64, depth, &tops), Some(blake3::hash(&d)));
+        assert_eq!(hash_with_tops(&d, depth).1, tops);
     }
 
     #[test]

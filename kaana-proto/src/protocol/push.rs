@@ -9,7 +9,8 @@
 //! generation beyond the last this node pushed plus one unless the holder shows a manifest of it
 //! that this node signed (a push whose reply was lost), nor near where the next would wrap.
 
-use crate::protocol::manifest::{ExtentHash, MIN_EXTENT_SIZE};
+use crate::protocol::manifest::{ExtentHash, MAX_EXTENT_SIZE, MIN_EXTENT_SIZE};
+use crate::protocol::proof;
 
 /// Generations a holder may claim, at most: far beyond any real count of pushes, far from
 /// where adding one would wrap.
@@ -108,6 +109,40 @@ pub fn must_send(hash: &ExtentHash, held: &Held) -> bool {
     !held.contains(hash)
 }
 
+/// Parts an extent is cut into for a patch: the subtrees under its tops
+/// ([`proof::TOP_LEVELS`] levels down; 1 MiB each in a 4 MiB extent).
+pub const PARTS: usize = 1 << proof::TOP_LEVELS;
+
+/// Which parts of an extent changed since the last push, a bit each (bit `j`: part `j`), when
+/// sending only those is worth it: the tops of its volume bytes then (`then`) and now (`now`)
+/// are both known, and some parts changed but not all. The holder rebuilds the rest from the
+/// extent it holds of the last push.
+pub fn changed_parts(then: &[ExtentHash], now: &[ExtentHash]) -> Option<u8> {
+    if then.len() != PARTS || now.len() != PARTS {
+        return None;
+    }
+    let parts = (0..PARTS).filter(|&j| then[j] != now[j]).fold(0u8, |mask, j| mask | 1 << j);
+    (parts != 0 && parts != full_parts()).then_some(parts)
+}
+
+/// Every part's bit.
+fn full_parts() -> u8 {
+    ((1u16 << PARTS) - 1) as u8
+}
+
+/// The parts named by `parts`, in order.
+pub fn each_part(parts: u8) -> impl Iterator<Item = usize> {
+    (0..PARTS).filter(move |j| parts & (1 << j) != 0)
+}
+
+/// The bytes a patch of an extent of `len` bytes carries for `parts` (each part `len /
+/// PARTS`), or `None` if it is no patch a holder takes: the extent has no tops, or `parts`
+/// names none, or one beyond the extent's.
+pub fn patch_len(len: u32, parts: u8) -> Option<u32> {
+    let ok = len <= MAX_EXTENT_SIZE && proof::has_tops(u64::from(len), proof::TOP_LEVELS) && parts != 0;
+    (ok && parts & !full_parts() == 0).then(|| parts.count_ones() * (len / PARTS as u32))
+}
+
 /// What a volume looked like when it was pushed: what the push guard compares.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -189,6 +224,32 @@ mod tests {
         let held = Held::new(vec![h(1)]);
         assert_eq!(reusable(None, None, &held), None);
         assert_eq!(reusable(Some(&h(1)), None, &held), None);
+    }
+
+    #[test]
+    fn only_some_changed_parts_make_a_patch() {
+        let then = vec![h(1), h(2), h(3), h(4)];
+        assert_eq!(changed_parts(&then, &[h(1), h(9), h(3), h(4)]), Some(0b0010));
+        assert_eq!(changed_parts(&then, &[h(9), h(2), h(3), h(9)]), Some(0b1001));
+        // Nothing changed (then it is reused whole), everything changed, or no tops known.
+        assert_eq!(changed_parts(&then, &then), None);
+        assert_eq!(changed_parts(&then, &[h(9), h(9), h(9), h(9)]), None);
+        assert_eq!(changed_parts(&[], &then), None);
+        assert_eq!(changed_parts(&then, &then[..1]), None);
+        assert_eq!(each_part(0b1001).collect::<Vec<_>>(), vec![0, 3]);
+    }
+
+    #[test]
+    fn a_patch_carries_whole_parts_of_an_extent_with_tops() {
+        assert_eq!(patch_len(4 << 20, 0b0010), Some(1 << 20));
+        assert_eq!(patch_len(4 << 20, 0b1011), Some(3 << 20));
+        assert_eq!(patch_len(64 << 10, 0b0001), Some(16 << 10));
+        // No parts, a part beyond the fourth, an extent with no tops (not a power of two), or
+        // one larger than any extent.
+        assert_eq!(patch_len(4 << 20, 0), None);
+        assert_eq!(patch_len(4 << 20, 0b10000), None);
+        assert_eq!(patch_len(3 << 20, 0b0001), None);
+        assert_eq!(patch_len(MAX_EXTENT_SIZE * 2, 0b0001), None);
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! The owner's record of its copy at a peer: `<home>/outbound/<contract>/`, laid out like a
 //! holder's store (`committed.json`: the manifest the holder committed and its receipt;
 //! `lists/<gen>.bin`) without the extents, and the owner's caches beside it: the volume's own
-//! hashes (`raw-<gen>.bin`, so a push skips unchanged extents) and each extent's tops
+//! tops (`volume-tops-<gen>.bin`, so a push skips unchanged extents and sends only the changed
+//! parts of the others) and each extent's tops
 //! (`tops-<gen>.bin`, so challenges ask for shorter proofs). And [`Target`]: what a challenge
 //! asks about, read from it.
 
@@ -264,7 +265,7 @@ impl Outbound {
 
     /// `<kind>-<generation>.bin`: 32-byte values.
     /// A new file of `per` values (32 bytes each) per extent for `count` extents, of `kind`
-    /// (`tops`, `raw`): a push writes each extent's values at its place as it reads the volume,
+    /// (`tops`, `volume-tops`): a push writes each extent's values at its place as it reads the volume,
     /// so it holds none of them, and [`Outbound::install_values`] puts the file in place once
     /// the holder has committed. Files a push that died left behind are removed first.
     pub fn values_file(&self, kind: &'static str, per: usize, count: u64) -> Result<ValuesFile, StateError> {
@@ -297,6 +298,17 @@ impl Outbound {
         for old in read_dir_or_empty(self.layout.dir())? {
             let file = old.file_name().and_then(|n| n.to_str()).unwrap_or_default();
             if file.starts_with(&format!("{}-", values.kind)) && file != name {
+                remove_file(&old)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes every kept values file of `kind` (a kind no longer written).
+    pub fn drop_values(&self, kind: &str) -> Result<(), StateError> {
+        for old in read_dir_or_empty(self.layout.dir())? {
+            let file = old.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            if file.strip_prefix(kind).and_then(|rest| rest.strip_prefix('-')).is_some_and(|g| g.ends_with(".bin")) {
                 remove_file(&old)?;
             }
         }

@@ -311,6 +311,9 @@ async fn dispatch(
         Request::PutExtent { contract, offset, hash, len } => {
             sync::put_extent(ctx, peer, recv, contract, offset, hash, len).await
         }
+        Request::PatchExtent { contract, offset, base, hash, len, parts } => {
+            sync::patch_extent(ctx, peer, recv, contract, offset, (base, hash), len, parts).await
+        }
         Request::Commit { contract, manifest } => sync::commit(ctx, peer, recv, contract, *manifest).await,
         Request::GetManifest { contract, generation } => sync::get_manifest(ctx, peer, contract, generation).await,
         Request::ListGenerations { contract } => sync::list_generations(ctx, peer, contract).await,
