@@ -10,6 +10,7 @@ mod audits;
 mod ctx;
 mod forward;
 mod market;
+mod put;
 mod reachable;
 mod reply;
 mod sync;
@@ -309,10 +310,10 @@ async fn dispatch(
             sync::push_begin(ctx, peer, contract, volume_size, extent_size).await
         }
         Request::PutExtent { contract, offset, hash, len } => {
-            sync::put_extent(ctx, peer, recv, contract, offset, hash, len).await
+            put::put_extent(ctx, peer, recv, contract, offset, hash, len).await
         }
         Request::PatchExtent { contract, offset, base, hash, len, parts } => {
-            sync::patch_extent(ctx, peer, recv, contract, offset, (base, hash), len, parts).await
+            put::patch_extent(ctx, peer, recv, contract, offset, (base, hash), len, parts).await
         }
         Request::Commit { contract, manifest } => sync::commit(ctx, peer, recv, contract, *manifest).await,
         Request::GetManifest { contract, generation } => sync::get_manifest(ctx, peer, contract, generation).await,
