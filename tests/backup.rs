@@ -187,6 +187,19 @@ fn a_partly_changed_extent_sends_only_its_changed_quarters() {
     assert_eq!(third.bytes_sent, (1 << 20) + (4 << 20), "the quarter refused, then the whole extent");
     assert_eq!(restore(&a, &contract, &back).generation, 3);
     assert_eq!(fs::read(&back).unwrap(), fs::read(&volume).unwrap());
+
+    // The holder's copy cannot be read at all (a directory where its file was): the holder
+    // says it is not there to patch, and the extent goes whole.
+    let whole: Vec<_> = inbound_extents(&b, &contract).into_iter().filter(|p| !before.contains(p)).collect();
+    let unreadable = whole.iter().find(|p| !rebuilt.contains(p)).unwrap();
+    fs::remove_file(unreadable).unwrap();
+    fs::create_dir(unreadable).unwrap();
+    overwrite(&volume, (4 << 20) + 9, &pseudo_random(64, 9));
+    let fourth = push(&a, &contract);
+    assert_eq!((fourth.generation, fourth.extents_sent), (4, 1), "{fourth:?}");
+    assert!(fourth.bytes_sent >= 4 << 20, "the extent went whole: {fourth:?}");
+    assert_eq!(restore(&a, &contract, &back).generation, 4);
+    assert_eq!(fs::read(&back).unwrap(), fs::read(&volume).unwrap());
 }
 
 /// The holder rebuilds an extent only on one it holds for the contract, of the patch's length,

@@ -13,10 +13,9 @@
 //! while the volume's hashes and the tops go to their files as they come. (With history terms,
 //! the guard also reads the kept generations' lists: see `protocol::history`.)
 
-use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
 use serde::Serialize;
@@ -369,6 +368,8 @@ pub async fn push(
     let mut rx = spawn_readers(volume, keystream.clone(), have, last.clone(), threads, pool.clone());
     let permits = Arc::new(Semaphore::new(in_flight(client.rate_limit(), PUSH_IN_FLIGHT)));
     let mut sends: JoinSet<Result<u64, NetError>> = JoinSet::new();
+    // Set once the holder says it does not know patches.
+    let whole = Arc::new(AtomicBool::new(false));
     let mut hashes = vec![[0u8; 32]; g.count() as usize];
     // The volume's tops and the tops sent, written to their files as they come, held nowhere.
     let raw_file = record.values_file(VOLUME_TOPS, per, g.count())?;
@@ -425,13 +426,13 @@ pub async fn push(
         report.advance(g.len(index) as u64);
         if let Some(out) = out {
             let permit = permits.clone().acquire_owned().await.map_err(|e| err(NetError::Lost(e.to_string())))?;
-            let (conn, offset, keystream) = (conn.clone(), g.offset(index), keystream.clone());
+            let (conn, offset, keystream, whole) = (conn.clone(), g.offset(index), keystream.clone(), whole.clone());
             sends.spawn(async move {
                 let _permit = permit;
                 match out {
                     Out::Whole(data) => put(&conn, id, offset, hash, data).await,
                     Out::Patch { base, parts, data } => {
-                        patch(&conn, (id, offset, hash), base, parts, data, &keystream).await
+                        patch(&conn, (id, offset, hash), (base, parts), data, (&keystream, &whole)).await
                     }
                 }
             });
@@ -443,6 +444,10 @@ pub async fn push(
 
     let list = hashes.as_flattened();
     let same = previous.as_ref().is_some_and(|(m, l)| l.as_slice() == list && same_shape(m));
+    // The last push's list is not held beyond here (the readers' share of it went with them):
+    // what it is needed for below is read again from the record, a block at a time.
+    drop(last);
+    let replaced = previous.filter(|(m, _)| same_shape(m)).map(|(m, _)| m);
     let summary = |generation, unchanged| PushSummary {
         contract: id,
         peer,
@@ -467,14 +472,16 @@ pub async fn push(
     // history allowance retires the generation it replaces at once, leaving no copy of the
     // volume as it was. That is what a wholesale change does, wanted or not.
     let terms = entry.contract.body.history.as_ref();
-    if !opts.force && terms.is_some() {
+    // What the new generation names, for the guard and the replaced generation's tops.
+    let named = terms.is_some().then(|| push::Held::new(hashes.clone()));
+    if !opts.force
+        && let Some(named) = &named
+    {
         // Each kept generation beside the new one: only what the new one does not name.
-        let named = push::Held::new(hashes.clone());
         let mut views = {
             let _shared = record.lock(false)?;
-            record.views_beside(record.manifests()?, &named)?
+            record.views_beside(record.manifests()?, named)?
         };
-        drop(named);
         views.push(history::Generation { generation: previous_gen + 1, committed_at: now, extents: Vec::new() });
         if history::leaves_no_history(&views, terms, now) {
             conn.close();
@@ -521,23 +528,24 @@ pub async fn push(
         let at = history::committed_at(manifest.body.created_at, Some(receipt.body.at));
         // The replaced generation's tops of what it does not share with the new one: what the
         // challenges of it, as history, sample (so they too ask for shorter proofs).
-        if terms.is_some()
-            && let Some((replaced, replaced_list)) = &previous
-            && let Some(previous_tops) = &last.tops
+        if let (Some(named), Some(replaced)) = (&named, &replaced)
+            && let Some(previous_tops) = record.values_reader("tops", replaced.body.generation, per)
         {
-            let new: HashSet<&[u8]> = list.chunks_exact(32).collect();
+            let mut replaced_list = record.read_list(replaced)?;
             let own: Vec<(u64, Vec<[u8; 32]>)> = replaced_list
-                .chunks_exact(32)
+                .by_ref()
                 .enumerate()
-                .filter(|(_, h)| !new.contains(h))
+                .filter(|(_, h)| !named.contains(h))
                 .filter_map(|(i, _)| {
                     let mut t = vec![[0u8; 32]; per];
                     previous_tops.get(i as u64, &mut t).then_some((i as u64, t))
                 })
                 .collect();
+            replaced_list.finish(replaced)?;
             let own: Vec<(u64, &[[u8; 32]])> = own.iter().map(|(i, t)| (*i, t.as_slice())).collect();
             record.save_older_tops(replaced.body.generation, &own)?;
         }
+        drop(named);
         record.record(&manifest, list, Some(receipt), terms, at)?;
         record.install_values(raw_file, generation)?;
         record.install_values(tops_file, generation)?;
@@ -715,24 +723,21 @@ fn spawn_readers(
     rx
 }
 
-/// An extent's volume bytes: mapped, or read into a buffer.
-enum Source {
-    Mapped(crate::store::mapped::Window),
-    Read(Pooled),
-}
-
-impl Source {
-    fn as_slice(&self) -> &[u8] {
-        match self {
-            Source::Mapped(window) => window,
-            Source::Read(buf) => buf,
-        }
-    }
+/// What is kept of an extent's volume bytes: their tops (or, for an extent without tops, their
+/// hash, first).
+fn volume_values(raw: &blake3::Hash, raw_tops: &[ExtentHash]) -> [ExtentHash; push::PARTS] {
+    <[ExtentHash; push::PARTS]>::try_from(raw_tops).unwrap_or_else(|_| {
+        let mut values = [[0u8; 32]; push::PARTS];
+        values[0] = *raw.as_bytes();
+        values
+    })
 }
 
 /// Reads and hashes extent `index`'s volume bytes, and encodes and hashes what changed since the
-/// last push. An extent the last push saw is mapped, not read, to be compared: most are
-/// unchanged, and need no copy of their bytes; one that changed is then copied to be encoded.
+/// last push. An extent the last push saw is first mapped, not read, to be compared: most are
+/// unchanged, and need no copy of their bytes. One that changed (or is new) is read into a
+/// buffer and hashed from there: what is recorded of the volume is then what was encoded, even
+/// if the volume is written meanwhile.
 fn read(
     volume: &Volume,
     index: u64,
@@ -741,34 +746,24 @@ fn read(
     have: &push::Held,
     last: &LastPush,
 ) -> Result<Read, VolumeError> {
-    let source = match last.raw(index).is_some().then(|| volume.map_extent(index).ok()).flatten() {
-        Some(window) => Source::Mapped(window),
-        None => {
-            let mut buf = pool.take();
-            volume.read_extent(index, &mut buf)?;
-            Source::Read(buf)
-        }
-    };
-    let (raw, raw_tops) = proof::hash_with_tops(source.as_slice(), proof::TOP_LEVELS);
     let (len, offset) = (last.geometry.len(index) as u64, last.geometry.offset(index));
-    let mut volume = [[0u8; 32]; push::PARTS];
-    match <[ExtentHash; push::PARTS]>::try_from(raw_tops.as_slice()) {
-        Ok(tops) => volume = tops,
-        Err(_) => volume[0] = *raw.as_bytes(),
+    let unchanged = |raw: &blake3::Hash| match push::step(last.known(index, have).as_ref(), raw.as_bytes()) {
+        push::Step::Reuse { sent } => Some(sent),
+        push::Step::Encode => None,
+    };
+    if let Some(window) = last.raw(index).is_some().then(|| volume.map_extent(index).ok()).flatten() {
+        let (raw, raw_tops) = proof::hash_with_tops(&window, proof::TOP_LEVELS);
+        if let Some(sent) = unchanged(&raw) {
+            return Ok(Read { index, hash: sent, volume: volume_values(&raw, &raw_tops), tops: None, out: None });
+        }
     }
-    if let push::Step::Reuse { sent } = push::step(last.known(index, have).as_ref(), raw.as_bytes()) {
+    let mut buf = pool.take();
+    volume.read_extent(index, &mut buf)?;
+    let (raw, raw_tops) = proof::hash_with_tops(&buf, proof::TOP_LEVELS);
+    let volume = volume_values(&raw, &raw_tops);
+    if let Some(sent) = unchanged(&raw) {
         return Ok(Read { index, hash: sent, volume, tops: None, out: None });
     }
-    // Changed (or new): its bytes, to encode.
-    let mut buf = match source {
-        Source::Read(buf) => buf,
-        Source::Mapped(window) => {
-            let mut buf = pool.take();
-            buf.set_len(window.len());
-            buf.copy_from_slice(&window);
-            buf
-        }
-    };
     if let Some((base, parts, mut tops)) = last.patch(index, have, &raw_tops) {
         let part = buf.len() / push::PARTS;
         for j in push::each_part(parts) {
@@ -810,20 +805,23 @@ async fn put(
 
 /// Sends the parts of an extent that changed, for the holder to rebuild it on `base`; if the
 /// holder cannot (it does not hold `base`, its copy of it is damaged, or it predates patches),
-/// encodes the other parts and sends the extent whole. Says how many bytes went.
+/// encodes the other parts and sends the extent whole. Says how many bytes went. A holder that
+/// does not know patches (`whole`) gets every later extent of the push whole at once.
 async fn patch(
     conn: &Connection,
     (contract, offset, hash): (RecordId, u64, ExtentHash),
-    base: ExtentHash,
-    parts: u8,
-    mut data: Pooled,
-    keystream: &Keystream,
+    (base, parts): (ExtentHash, u8),
+    data: Pooled,
+    (keystream, whole): (&Keystream, &AtomicBool),
 ) -> Result<u64, NetError> {
     use crate::net::wire::ErrorCode;
     let len = data.len() as u32;
     let part = data.len() / push::PARTS;
-    let mut ex = conn.open(&Request::PatchExtent { contract, offset, base, hash, len, parts }).await?;
+    if whole.load(Ordering::Relaxed) {
+        return encode_rest_and_put(conn, (contract, offset, hash), parts, data, keystream).await;
+    }
     let mut sent = 0u64;
+    let mut ex = conn.open(&Request::PatchExtent { contract, offset, base, hash, len, parts }).await?;
     for j in push::each_part(parts) {
         // Copied: the buffer stays whole, to send whole if the holder cannot patch.
         if ex.send_bulk(bytes::Bytes::copy_from_slice(&data[j * part..(j + 1) * part])).await.is_err() {
@@ -835,10 +833,22 @@ async fn patch(
     match ex.reply().await {
         Ok(Response::Stored) => return Ok(sent),
         Ok(other) => return Err(ex.unexpected(&other)),
-        Err(NetError::Remote(e))
-            if matches!(e.code, ErrorCode::NotFound | ErrorCode::BadRequest | ErrorCode::UnknownRequest) => {}
+        Err(NetError::Remote(e)) if e.code == ErrorCode::UnknownRequest => whole.store(true, Ordering::Relaxed),
+        Err(NetError::Remote(e)) if matches!(e.code, ErrorCode::NotFound | ErrorCode::BadRequest) => {}
         Err(e) => return Err(e),
     }
+    Ok(sent + encode_rest_and_put(conn, (contract, offset, hash), parts, data, keystream).await?)
+}
+
+/// Encodes the parts of an extent that [`patch`] did not, and sends it whole.
+async fn encode_rest_and_put(
+    conn: &Connection,
+    (contract, offset, hash): (RecordId, u64, ExtentHash),
+    parts: u8,
+    mut data: Pooled,
+    keystream: &Keystream,
+) -> Result<u64, NetError> {
+    let part = data.len() / push::PARTS;
     let keystream = keystream.clone();
     let data = tokio::task::spawn_blocking(move || {
         for j in (0..push::PARTS).filter(|j| parts & (1 << j) == 0) {
@@ -848,7 +858,7 @@ async fn patch(
     })
     .await
     .map_err(|e| NetError::Lost(e.to_string()))?;
-    Ok(sent + put(conn, contract, offset, hash, data).await?)
+    put(conn, contract, offset, hash, data).await
 }
 
 /// Fetches a kept manifest of this node's copy under `entry` (the newest, or `generation`) and

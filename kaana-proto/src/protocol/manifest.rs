@@ -161,7 +161,12 @@ impl Keystream {
 
 /// The hash of a list of extent hashes, as the manifest carries it.
 pub fn list_hash(list: &[u8]) -> [u8; 32] {
-    *blake3::Hasher::new_derive_key("kaana-like 2026-11 manifest extent list").update(list).finalize().as_bytes()
+    *list_hasher().update(list).finalize().as_bytes()
+}
+
+/// What [`list_hash`] hashes with, to hash a list as it is read.
+pub fn list_hasher() -> blake3::Hasher {
+    blake3::Hasher::new_derive_key("kaana-like 2026-11 manifest extent list")
 }
 
 /// One generation of an owner's volume at a holder. Signed by the owner.
@@ -206,11 +211,22 @@ impl Manifest {
 
     /// Checks that `list` is this manifest's extent list, and splits it into hashes.
     pub fn check_list(&self, list: &[u8]) -> Result<Vec<ExtentHash>, ManifestError> {
+        self.verify_list(list)?;
+        Ok(list.chunks_exact(32).map(|c| c.try_into().unwrap_or([0; 32])).collect())
+    }
+
+    /// [`Manifest::check_list`], keeping nothing.
+    pub fn verify_list(&self, list: &[u8]) -> Result<(), ManifestError> {
+        self.verify_list_hash(list.len() as u64, &list_hash(list))
+    }
+
+    /// Whether a list of `len` bytes whose [`list_hash`] is `hash` is this manifest's.
+    pub fn verify_list_hash(&self, len: u64, hash: &[u8; 32]) -> Result<(), ManifestError> {
         self.geometry()?;
-        if list.len() as u64 != self.extent_count * 32 || encoding::hex_encode(&list_hash(list)) != self.extents {
+        if len != self.extent_count * 32 || encoding::hex_encode(hash) != self.extents {
             return Err(ManifestError::List);
         }
-        Ok(list.chunks_exact(32).map(|c| c.try_into().unwrap_or([0; 32])).collect())
+        Ok(())
     }
 }
 

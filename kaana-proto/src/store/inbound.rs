@@ -34,7 +34,7 @@ use thiserror::Error;
 use crate::protocol::challenge::{self, Receipt};
 use crate::protocol::encoding;
 use crate::protocol::history::{self, History};
-use crate::protocol::manifest::{ExtentHash, Geometry, Manifest, ManifestError};
+use crate::protocol::manifest::{ExtentHash, Geometry, Manifest, ManifestError, list_hasher};
 use crate::protocol::market::RecordId;
 use crate::protocol::proof;
 use crate::protocol::push::Held;
@@ -393,8 +393,23 @@ impl Inbound {
     pub fn list_of(&self, manifest: &Signed<Manifest>) -> Result<Vec<u8>, StateError> {
         let list_path = self.list_path(manifest.body.generation);
         let list = fs::read(&list_path).map_err(|e| StateError::io(&list_path, e))?;
-        manifest.body.check_list(&list).map_err(|e| StateError::damaged(&list_path, e))?;
+        manifest.body.verify_list(&list).map_err(|e| StateError::damaged(&list_path, e))?;
         Ok(list)
+    }
+
+    /// The extent list of a kept generation, read from its file a block at a time: what holds
+    /// no more than a block of it. [`ListFile::finish`] checks it against its manifest.
+    pub fn read_list(&self, manifest: &Signed<Manifest>) -> Result<ListFile, StateError> {
+        let path = self.list_path(manifest.body.generation);
+        let file = File::open(&path).map_err(|e| StateError::io(&path, e))?;
+        let left = manifest.body.extent_count;
+        Ok(ListFile {
+            file: io::BufReader::with_capacity(64 << 10, file),
+            path,
+            hasher: list_hasher(),
+            left,
+            failed: None,
+        })
     }
 
     /// The generations with a `kept/` file, in order.
@@ -438,7 +453,7 @@ impl Inbound {
         receipt: Signed<Receipt>,
         terms: Option<&History>,
     ) -> Result<(u64, Option<StateError>), InboundError> {
-        manifest.body.check_list(list)?;
+        manifest.body.verify_list(list)?;
         let _lock = self.lock(true)?;
         let missing =
             list.chunks_exact(32).filter_map(|h| <&ExtentHash>::try_from(h).ok()).filter(|h| !self.has(h)).count();
@@ -451,11 +466,11 @@ impl Inbound {
         // Committed. What follows only frees space: if it fails (a kept generation's file
         // damaged, the disk failing), the commit stands, and the next commit or prune tries again.
         let freed = self.retire_keeping(terms, at).and_then(|(_, kept, named)| {
-            // What the newest names, and what kept older generations name beside it.
-            let keep = named.iter().copied().chain(kept.iter().flat_map(|g| g.extents.iter().map(|(h, _)| *h)));
-            let keep = Held::new(keep.collect());
-            drop((kept, named));
-            self.drop_unreferenced(&keep)
+            // What the newest names, and what kept older generations name beside it (each
+            // looked up where it is: no third list of both).
+            let older = Held::new(kept.iter().flat_map(|g| g.extents.iter().map(|(h, _)| *h)).collect());
+            drop(kept);
+            self.drop_unreferenced(|h| named.contains(h) || older.contains(h))
         });
         Ok(match freed {
             Ok(bytes) => (bytes, None),
@@ -526,7 +541,7 @@ impl Inbound {
         // only what the newest does not name: what the rule weighs, and no more.
         let mut manifests = self.manifests()?;
         let Some((newest, newest_receipt)) = manifests.pop() else { return Ok(Default::default()) };
-        let named = Held::from_list(&self.list_of(&newest)?);
+        let named = self.read_list(&newest)?.held(&newest)?;
         let mut views = self.views_beside(manifests, &named)?;
         let committed_at = history::committed_at(newest.body.created_at, newest_receipt.map(|r| r.body.at));
         views.push(history::Generation { generation: newest.body.generation, committed_at, extents: Vec::new() });
@@ -564,15 +579,14 @@ impl Inbound {
     ) -> Result<Vec<history::Generation>, StateError> {
         let mut views = Vec::with_capacity(generations.len());
         for (manifest, receipt) in generations {
-            let list = self.list_of(&manifest)?;
+            let mut list = self.read_list(&manifest)?;
             let m = &manifest.body;
             let g = m.geometry().map_err(|e| StateError::damaged(&self.list_path(m.generation), e))?;
-            let extents = list
-                .chunks_exact(32)
-                .enumerate()
-                .filter_map(|(i, h)| Some((ExtentHash::try_from(h).ok()?, g.len(i as u64) as u64)));
+            let extents = list.by_ref().enumerate().map(|(i, h)| (h, g.len(i as u64) as u64));
             let at = history::committed_at(m.created_at, receipt.as_ref().map(|r| r.body.at));
-            views.push(history::beside_newest(m.generation, at, extents, newest));
+            let view = history::beside_newest(m.generation, at, extents, newest);
+            list.finish(&manifest)?;
+            views.push(view);
         }
         Ok(views)
     }
@@ -593,16 +607,17 @@ impl Inbound {
     pub(crate) fn kept_extents(&self) -> Result<Held, StateError> {
         let mut manifests = self.manifests()?;
         let Some((newest, _)) = manifests.pop() else { return Ok(Held::default()) };
-        let named = Held::from_list(&self.list_of(&newest)?);
+        let named = self.read_list(&newest)?.held(&newest)?;
         let beside = self.views_beside(manifests, &named)?;
         let keep = named.iter().copied().chain(beside.iter().flat_map(|g| g.extents.iter().map(|(h, _)| *h)));
         Ok(Held::new(keep.collect()))
     }
 
-    /// Moves extents not in `keep` and temp files to the trash. Returns the bytes moved.
+    /// Moves the extents `keep` does not keep, and temp files, to the trash. Returns the bytes
+    /// moved.
     /// Renames are quick where deleting a large file is not (some 1.3 ms per 4 MiB extent
     /// here), so a commit does not wait for it.
-    pub fn drop_unreferenced(&self, keep: &Held) -> Result<u64, StateError> {
+    pub fn drop_unreferenced(&self, keep: impl Fn(&ExtentHash) -> bool) -> Result<u64, StateError> {
         let mut freed = 0;
         let trash = self.trash_dir();
         create_dir(&trash)?;
@@ -610,7 +625,7 @@ impl Inbound {
             for path in read_dir_or_empty(&sub)? {
                 let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
                 let stem = name.strip_suffix(".ob").unwrap_or(name);
-                let referenced = encoding::hex_decode::<32>(stem).is_ok_and(|h| keep.contains(&h));
+                let referenced = encoding::hex_decode::<32>(stem).is_ok_and(|h| keep(&h));
                 if !referenced {
                     freed += fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
                     match fs::rename(&path, trash.join(name)) {
@@ -750,6 +765,71 @@ impl Inbound {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(StateError::io(&self.dir, e)),
             _ => Ok(()),
         }
+    }
+}
+
+/// A kept generation's extent list being read from its file ([`Inbound::read_list`]): each hash
+/// in order. Only [`ListFile::finish`], once all are read, says whether it was the list its
+/// manifest names; what was made of it before is to be thrown away if not.
+#[derive(Debug)]
+pub struct ListFile {
+    file: io::BufReader<File>,
+    path: PathBuf,
+    hasher: blake3::Hasher,
+    left: u64,
+    failed: Option<io::Error>,
+}
+
+impl Iterator for ListFile {
+    type Item = ExtentHash;
+
+    fn next(&mut self) -> Option<ExtentHash> {
+        use io::Read as _;
+        if self.left == 0 {
+            return None;
+        }
+        let mut hash = [0u8; 32];
+        match self.file.read_exact(&mut hash) {
+            Ok(()) => {
+                self.hasher.update(&hash);
+                self.left -= 1;
+                Some(hash)
+            }
+            Err(e) => {
+                (self.failed, self.left) = (Some(e), 0);
+                None
+            }
+        }
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let left = usize::try_from(self.left).unwrap_or(usize::MAX);
+        (left, Some(left))
+    }
+}
+
+impl ListFile {
+    /// Reads what is left, and checks the whole was `manifest`'s list.
+    pub fn finish(mut self, manifest: &Signed<Manifest>) -> Result<(), StateError> {
+        use io::Read as _;
+        self.by_ref().for_each(drop);
+        if let Some(e) = self.failed.take() {
+            return Err(StateError::io(&self.path, e));
+        }
+        let mut more = [0u8; 1];
+        let beyond = self.file.read(&mut more).map_err(|e| StateError::io(&self.path, e))?;
+        let len = manifest.body.extent_count * 32 + beyond as u64;
+        manifest
+            .body
+            .verify_list_hash(len, self.hasher.finalize().as_bytes())
+            .map_err(|e| StateError::damaged(&self.path, e))
+    }
+
+    /// The whole list as a [`Held`], checked.
+    pub fn held(mut self, manifest: &Signed<Manifest>) -> Result<Held, StateError> {
+        let held = Held::new(self.by_ref().collect());
+        self.finish(manifest)?;
+        Ok(held)
     }
 }
 

@@ -184,6 +184,11 @@ impl Outbound {
         self.layout.views_beside(generations, newest)
     }
 
+    /// A kept generation's extent list, read a block at a time ([`Inbound::read_list`]).
+    pub fn read_list(&self, manifest: &Signed<Manifest>) -> Result<crate::store::inbound::ListFile, StateError> {
+        self.layout.read_list(manifest)
+    }
+
     /// Every generation recorded as kept by the holder, oldest first, the newest last.
     pub fn generations(&self) -> Result<Vec<RecordedCopy>, StateError> {
         self.layout.generations()

@@ -154,7 +154,16 @@ pub(super) async fn patch_extent(
             Pretence::Nothing => false,
         };
         let mut data = data;
-        match !hidden && inbound.read_into(&base, &mut data).map_err(internal)? {
+        // A base that cannot be read is as good as not here: the owner sends the extent whole
+        // (a scrub finds the damage).
+        let here = !hidden
+            && inbound.read_into(&base, &mut data).map_err(|e| {
+                ErrorReply::new(
+                    ErrorCode::NotFound,
+                    format!("extent {} could not be read here to patch: {e}", encoding::hex_encode(&base)),
+                )
+            })?;
+        match here {
             true if data.len() == len as usize => Ok(data),
             true => Err(ErrorReply::new(
                 ErrorCode::BadRequest,
