@@ -6,8 +6,10 @@
 #
 # Besides rsync: a bare b3sum of the volume (the floor of any change detection that reads it),
 # peak memory at 1, 4 and 16 x SIZE (and at SIZE in 64 KiB extents: as many extents as a volume
-# 64 times larger), four owners pushing into one holder at once, forty owners' challenges at
-# once, and --limit-rate over a 30-second push and restore. Needs about 40 x SIZE of free disk.
+# 64 times larger; and with 15 generations of history, SIZE / 16 and SIZE / 4 in 4 KiB extents),
+# four owners pushing into one holder at once, forty owners' challenges at once, --limit-rate
+# over a 30-second push and restore, and what a restore asks of this one disk (dd reading and
+# writing SIZE at once). Needs about 40 x SIZE of free disk.
 #
 # Everything runs on 127.0.0.1 (sshd and the rsync daemon too) in a temporary folder under
 # /var/tmp, removed at the end. Each timed figure is the median of RUNS runs (default 3),
@@ -312,6 +314,32 @@ for k in 4 16; do
   peak "A$k" "$bk"; eval "mem${k}_client=$peak_client mem${k}_server=$peak_server"
   rm -f "$work/vol$k.img"; rm -rf "$work/B/inbound/$bk"
 done
+# With history: the default terms, 15 generations kept, then an incremental push to a freshly
+# started holder. In 4 KiB extents, SIZE / 16 and SIZE / 4 (the larger has as many extents as a
+# volume 1024 times larger): what each extent costs stands well out of the noise of peak memory.
+hist_peak() { # MIB: sets hp_client, hp_server (KiB), hp_kept, hp_extents
+  local m=$1 node="AH$1" c n
+  head -c $((m << 20)) "$work/vol.img" >"$work/volh$m.img"
+  start_node "$node" --capacity "$cap" --volume "$work/volh$m.img"
+  c=$(contract B "$node" "${m}MiB")
+  n=$(((m << 20) / 4096))
+  scrawl() { for _ in 1 2 3 4; do dd if=/dev/urandom of="$work/volh$m.img" bs=4096 count=2 seek=$(((RANDOM * 32768 + RANDOM) % (n - 1))) conv=notrunc status=none; done; }
+  kaana-sync --home "$work/$node" push "$c" --extent-size 4KiB >/dev/null
+  for _ in $(seq 14); do scrawl; kaana-sync --home "$work/$node" push "$c" --extent-size 4KiB >/dev/null; done
+  scrawl
+  restart_server B
+  /usr/bin/time -o "$work/time.out" -f %M kaana-sync --home "$work/$node" push "$c" --extent-size 4KiB >/dev/null
+  hp_client=$(tail -1 "$work/time.out")
+  hp_server=$(awk '/VmHWM/ {print $2}' /proc/"$B_pid"/status)
+  hp_kept=$(kaana-sync --home "$work/$node" history "$c" | jq -s length)
+  hp_extents=$n
+  rm -f "$work/volh$m.img"; rm -rf "$work/B/inbound/$c"
+}
+say "peak memory with history: $((mib / 16)) MiB and $((mib / 4)) MiB in 4 KiB extents, 15 generations"
+hist_peak $((mib / 16)); hs_client=$hp_client hs_server=$hp_server hs_n=$hp_extents
+hist_peak $((mib / 4)); hb_client=$hp_client hb_server=$hp_server hb_n=$hp_extents hist_kept=$hp_kept
+phx_client=$(echo "scale=0; ($hb_client - $hs_client) * 1024 / ($hb_n - $hs_n)" | bc -l)
+phx_server=$(echo "scale=0; ($hb_server - $hs_server) * 1024 / ($hb_n - $hs_n)" | bc -l)
 # The slope from SIZE to 16 x SIZE, in KiB per GiB of volume, and what it makes of a terabyte.
 slope() { echo "scale=3; ($2 - $1) * 1073741824 / ($size * 15)" | bc -l; }
 slope_client=$(slope "$mem_client" "$mem16_client"); slope_server=$(slope "$mem_server" "$mem16_server")
@@ -320,6 +348,7 @@ tib_client=$(tib "$mem_client" "$slope_client"); tib_server=$(tib "$mem_server" 
 # And by the per-extent cost: a TiB in 4 MiB extents has 262144 of them.
 tibx() { echo "scale=0; $1 + $2 * (262144 - $size / 4194304) / 1024" | bc -l; }
 tibx_client=$(tibx "$mem_client" "$pex_client"); tibx_server=$(tibx "$mem_server" "$pex_server")
+tibh_client=$(tibx "$mem_client" "$phx_client"); tibh_server=$(tibx "$mem_server" "$phx_server")
 
 # --- a busy holder -------------------------------------------------------------------------------
 say "a busy holder: one owner's push of $SIZE alone, and four owners' at once, $RUNS runs each"
@@ -386,6 +415,15 @@ sleep 0.5
 tcp_gbit=$(iperf3 -c 127.0.0.1 -p "$iperf_port" -t 3 -J | jq '.end.sum_received.bits_per_second / 1e9')
 sync; echo 3 >/proc/sys/vm/drop_caches 2>/dev/null && cache="cold" || cache="page cache"
 t=$(now); dd if="$work/vol.img" of=/dev/null bs=4M status=none; disk_mbs=$(echo "$size / $(since "$t") / 1000000" | bc -l)
+# What a restore asks of this one disk: the holder reads the extents straight from the device
+# while the owner writes the volume straight back to it, synced. Both at once, with dd.
+say "the disk a restore needs: SIZE read and SIZE written and synced at once, O_DIRECT"
+sync; echo 3 >/proc/sys/vm/drop_caches 2>/dev/null || true
+t=$(now)
+dd if="$work/vol.img" of=/dev/null bs=4M iflag=direct status=none & floor_reader=$!
+dd if=/dev/zero of="$work/floor.img" bs=4M count=$((size >> 22)) oflag=direct conv=fsync status=none
+wait "$floor_reader"
+restore_floor=$(since "$t"); rm -f "$work/floor.img"
 
 # --- report --------------------------------------------------------------------------------------
 mbs() { echo "$size / $1 / 1000000" | bc -l; }
@@ -399,6 +437,7 @@ printf '%-34s %10s %10s %9.2fs %9s   ours/this <= 0.6: %.3f, %s\n' "  (rsync dae
 printf '%-34s %9.2fs %9.2fs %10s %9.3f   <= 0.15: %s\n' "incremental push (20 x 1 MiB)" "$incr_ours" "$incr_ssh" "-" "$r_incr" "$(met "$r_incr <= 0.15")"
 printf '%-34s %9.2fs %10s %10s %9s   ours/b3sum <= 1.5: %.3f, %s\n' "  (b3sum of the volume, page cache)" "$b3" "" "" "" "$r_b3" "$(met "$r_b3 <= 1.5")"
 printf '%-34s %9.2fs %9.2fs %10s %9.3f   <= 0.3: %s\n' "full restore" "$restore_ours" "$restore_ssh" "-" "$r_restore" "$(met "$r_restore <= 0.3")"
+printf '%-34s %9.2fs %10s %10s %9.3f   (the disk alone, reading and writing %s at once)\n' "  (restore's disk floor, dd)" "$restore_floor" "" "" "$(ratio "$restore_floor" "$restore_ssh")" "$SIZE"
 printf '\n%-34s %.0f MB/s push, %.0f MB/s restore\n' "our throughput" "$(mbs "$push_ours")" "$(mbs "$restore_ours")"
 printf '%-34s %s bytes sent\n' "incremental push sent" "$incr_sent"
 printf '%-34s %.1f ms, %s bytes on the wire, %s bytes read by the holder\n' "challenge (median of $CHALLENGES)" "$rtt_ms" "$wire" "$read_bytes"
@@ -414,6 +453,11 @@ printf '%-34s %9s KiB %9s KiB\n' "  $SIZE / 4 in 64 KiB extents" "$memq_client" 
 printf '%-34s %9s KiB %9s KiB\n' "  $SIZE in 64 KiB extents" "$memx_client" "$memx_server"
 printf '%-34s %9s B   %9s B     (the difference over the extents added)\n' "  per extent" "$pex_client" "$pex_server"
 printf '%-34s %9s KiB %9s KiB   at a TiB (262144 extents), by that; <= %s KiB + 48 MiB: %s\n' "  extrapolated" "$tibx_client" "$tibx_server" "$mem_client/$mem_server" "$(met "$tibx_client - $mem_client <= 49152 && $tibx_server - $mem_server <= 49152")"
+printf '%-34s %9s KiB %9s KiB\n' "  with history ($hist_kept generations kept)" "" ""
+printf '%-34s %9s KiB %9s KiB\n' "    $((mib / 16)) MiB in 4 KiB extents" "$hs_client" "$hs_server"
+printf '%-34s %9s KiB %9s KiB\n' "    $((mib / 4)) MiB in 4 KiB extents" "$hb_client" "$hb_server"
+printf '%-34s %9s B   %9s B\n' "    per extent" "$phx_client" "$phx_server"
+printf '%-34s %9s KiB %9s KiB   at a TiB, by that; <= %s KiB + 48 MiB: %s\n' "    extrapolated" "$tibh_client" "$tibh_server" "$mem_client/$mem_server" "$(met "$tibh_client - $mem_client <= 49152 && $tibh_server - $mem_server <= 49152")"
 printf '\na busy holder: 4 owners push %s each at once\n' "$SIZE"
 printf '%-34s %9.2fs alone, %.2fs for all four (%.0f MB/s together)\n' "  push" "$busy_alone" "$busy_wall" "$(echo "4 * $size / $busy_wall / 1000000" | bc -l)"
 printf '%-34s %9.3f   >= 0.9: %s\n' "  together / one alone" "$busy_ratio" "$(met "$busy_ratio >= 0.9")"
@@ -469,7 +513,7 @@ jq -cn \
                    ratio_daemon_fsync: ($push_ours / $push_dsync)},
     incremental_push: {ours_s: $incr_ours, rsync_ssh_s: $incr_ssh, ratio_ssh: ($incr_ours / $incr_ssh), ours_bytes_sent: $incr_sent,
                        b3sum_s: $b3, ratio_b3sum: ($incr_ours / $b3)},
-    restore: {ours_s: $restore_ours, rsync_ssh_s: $restore_ssh, ratio_ssh: ($restore_ours / $restore_ssh)},
+    restore: {ours_s: $restore_ours, rsync_ssh_s: $restore_ssh, ratio_ssh: ($restore_ours / $restore_ssh), disk_floor_s: $restore_floor},
     challenge: {rtt_ms: $rtt_ms, wire_bytes: $wire, holder_read_bytes: $read_bytes, all_50_contracts_s: $all50},
     peak_rss_kib: {client: $mem_client, server: $mem_server, client_4x: $mem4_client, server_4x: $mem4_server,
                    client_16x: $mem16_client, server_16x: $mem16_server,
@@ -477,6 +521,10 @@ jq -cn \
                    client_64k_extents_quarter: $memq_client, server_64k_extents_quarter: $memq_server,
                    per_extent_bytes: {client: $pex_client, server: $pex_server},
                    at_1tib_by_per_extent: {client: $tibx_client, server: $tibx_server},
+                   history: {generations: $hist_kept, small_kib: {client: $hs_client, server: $hs_server},
+                             large_kib: {client: $hb_client, server: $hb_server},
+                             per_extent_bytes: {client: $phx_client, server: $phx_server},
+                             at_1tib_by_per_extent: {client: $tibh_client, server: $tibh_server}},
                    slope_kib_per_gib: {client: $slope_client, server: $slope_server},
                    at_1tib_by_slope: {client: $tib_client, server: $tib_server}},
     busy_holder: {alone_s: $busy_alone, four_at_once_s: $busy_wall, aggregate_ratio: $busy_ratio,
