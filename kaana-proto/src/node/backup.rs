@@ -528,22 +528,32 @@ pub async fn push(
         let at = history::committed_at(manifest.body.created_at, Some(receipt.body.at));
         // The replaced generation's tops of what it does not share with the new one: what the
         // challenges of it, as history, sample (so they too ask for shorter proofs).
+        // Kept if they can be: without them, its challenges ask for full proofs, and the holder
+        // has committed already, so nothing here may fail the push.
         if let (Some(named), Some(replaced)) = (&named, &replaced)
             && let Some(previous_tops) = record.values_reader("tops", replaced.body.generation, per)
         {
-            let mut replaced_list = record.read_list(replaced)?;
-            let own: Vec<(u64, Vec<[u8; 32]>)> = replaced_list
-                .by_ref()
-                .enumerate()
-                .filter(|(_, h)| !named.contains(h))
-                .filter_map(|(i, _)| {
-                    let mut t = vec![[0u8; 32]; per];
-                    previous_tops.get(i as u64, &mut t).then_some((i as u64, t))
-                })
-                .collect();
-            replaced_list.finish(replaced)?;
-            let own: Vec<(u64, &[[u8; 32]])> = own.iter().map(|(i, t)| (*i, t.as_slice())).collect();
-            record.save_older_tops(replaced.body.generation, &own)?;
+            let own = || -> Result<(), StateError> {
+                let mut replaced_list = record.read_list(replaced)?;
+                let own: Vec<(u64, Vec<[u8; 32]>)> = replaced_list
+                    .by_ref()
+                    .enumerate()
+                    .filter(|(_, h)| !named.contains(h))
+                    .filter_map(|(i, _)| {
+                        let mut t = vec![[0u8; 32]; per];
+                        previous_tops.get(i as u64, &mut t).then_some((i as u64, t))
+                    })
+                    .collect();
+                replaced_list.finish(replaced)?;
+                let own: Vec<(u64, &[[u8; 32]])> = own.iter().map(|(i, t)| (*i, t.as_slice())).collect();
+                record.save_older_tops(replaced.body.generation, &own)
+            };
+            if let Err(e) = own() {
+                report.say(&format!(
+                    "warning: the tops of generation {} were not kept ({e}): its challenges ask for full proofs",
+                    replaced.body.generation
+                ));
+            }
         }
         drop(named);
         record.record(&manifest, list, Some(receipt), terms, at)?;
@@ -751,7 +761,7 @@ fn read(
         push::Step::Reuse { sent } => Some(sent),
         push::Step::Encode => None,
     };
-    if let Some(window) = last.raw(index).is_some().then(|| volume.map_extent(index).ok()).flatten() {
+    if let Some(window) = last.known(index, have).is_some().then(|| volume.map_extent(index).ok()).flatten() {
         let (raw, raw_tops) = proof::hash_with_tops(&window, proof::TOP_LEVELS);
         if let Some(sent) = unchanged(&raw) {
             return Ok(Read { index, hash: sent, volume: volume_values(&raw, &raw_tops), tops: None, out: None });

@@ -403,6 +403,11 @@ impl Inbound {
         let path = self.list_path(manifest.body.generation);
         let file = File::open(&path).map_err(|e| StateError::io(&path, e))?;
         let left = manifest.body.extent_count;
+        // Its length first: nothing is made of a count the file does not bear out.
+        let len = file.metadata().map_err(|e| StateError::io(&path, e))?.len();
+        if left.checked_mul(32) != Some(len) {
+            return Err(StateError::damaged(&path, ManifestError::List));
+        }
         Ok(ListFile {
             file: io::BufReader::with_capacity(64 << 10, file),
             path,
@@ -818,7 +823,7 @@ impl ListFile {
         }
         let mut more = [0u8; 1];
         let beyond = self.file.read(&mut more).map_err(|e| StateError::io(&self.path, e))?;
-        let len = manifest.body.extent_count * 32 + beyond as u64;
+        let len = manifest.body.extent_count.saturating_mul(32).saturating_add(beyond as u64);
         manifest
             .body
             .verify_list_hash(len, self.hasher.finalize().as_bytes())

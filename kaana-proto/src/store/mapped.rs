@@ -9,9 +9,10 @@
 //! Reading a window the device cannot read (an I/O error), or that a file cut shorter no longer
 //! reaches, raises `SIGBUS` where a read would have returned an error. [`Window::map`] maps
 //! nothing the file does not reach when asked, and a window is open only while its extent is
-//! hashed; for what is left, the first window made sets a `SIGBUS` handler that says what
-//! happened and ends the process with exit 1. A process stopped there is one killed mid-push:
-//! nothing is committed, and the next push resumes.
+//! hashed; for what is left, the first window made sets a `SIGBUS` handler (for the whole
+//! process) that, while a window is open, says what happened and ends the process with exit 1.
+//! A process stopped there is one killed mid-push: the next push resumes, and takes up a
+//! generation a holder committed meanwhile (another push of `push --all`).
 
 #![allow(unsafe_code)]
 
@@ -19,6 +20,7 @@ use std::ffi::c_void;
 use std::fs::File;
 use std::io;
 use std::ops::Deref;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use rustix::mm::{MapFlags, ProtFlags, mmap, munmap};
 
@@ -44,33 +46,49 @@ impl Window {
         let ptr = unsafe {
             mmap(std::ptr::null_mut(), len, ProtFlags::READ, MapFlags::SHARED | MapFlags::POPULATE, file, offset)
         }?;
+        OPEN.fetch_add(1, Ordering::SeqCst);
         Ok(Window { ptr, len })
     }
 }
 
-/// Sets, once, what `SIGBUS` does: say the volume could not be read, and exit 1.
+/// Windows open now, in all threads: a `SIGBUS` while none is open is not this module's.
+static OPEN: AtomicUsize = AtomicUsize::new(0);
+
+/// Sets, once, what `SIGBUS` does while a window is open: say the volume could not be read, and
+/// exit 1.
 fn on_bus_error() {
     static SET: std::sync::Once = std::sync::Once::new();
     SET.call_once(|| {
-        // SAFETY: `said` calls only `write` and `_exit`, which are safe in a signal handler; the
-        // `sigaction` is zeroed (no flags, an empty mask) before its handler is set.
+        // SAFETY: `said` calls only what is safe in a signal handler; the `sigaction` is zeroed
+        // (an empty mask) before its handler and flags are set.
         unsafe {
             let mut action: libc::sigaction = std::mem::zeroed();
-            action.sa_sigaction = said as extern "C" fn(libc::c_int) as libc::sighandler_t;
+            action.sa_sigaction =
+                said as extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void) as libc::sighandler_t;
+            action.sa_flags = libc::SA_SIGINFO;
             libc::sigemptyset(&mut action.sa_mask);
             libc::sigaction(libc::SIGBUS, &action, std::ptr::null_mut());
         }
     });
 }
 
-/// The `SIGBUS` handler.
-extern "C" fn said(_: libc::c_int) {
+/// The `SIGBUS` handler. A mapped file that could not be read (`BUS_ADRERR`: past its end;
+/// `BUS_OBJERR`: the device failed) while a window is open is the volume's; anything else (a
+/// memory error, a `kill`) gets the default action back, and dies of it as it would have.
+extern "C" fn said(_: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc::c_void) {
     const WHAT: &[u8] = b"error: the volume could not be read (an I/O error, or the file was cut shorter while it was \
-        read): the push stopped, nothing was committed; push again once the volume reads\n";
-    // SAFETY: both are async-signal-safe; `WHAT` is a static buffer of its length.
+        read): stopped. Push again once it reads: anything a holder committed meanwhile is taken up then\n";
+    // SAFETY: `info` is the kernel's for this signal; `write`, `_exit` and `sigaction` are safe
+    // in a signal handler, and `WHAT` is a static buffer of its length.
     unsafe {
-        libc::write(2, WHAT.as_ptr().cast(), WHAT.len());
-        libc::_exit(1);
+        let code = if info.is_null() { 0 } else { (*info).si_code };
+        if OPEN.load(Ordering::SeqCst) > 0 && (code == libc::BUS_ADRERR || code == libc::BUS_OBJERR) {
+            libc::write(2, WHAT.as_ptr().cast(), WHAT.len());
+            libc::_exit(1);
+        }
+        let mut default: libc::sigaction = std::mem::zeroed();
+        default.sa_sigaction = libc::SIG_DFL;
+        libc::sigaction(libc::SIGBUS, &default, std::ptr::null_mut());
     }
 }
 
@@ -94,6 +112,7 @@ impl Drop for Window {
     fn drop(&mut self) {
         // SAFETY: the mapping made in `map`, unmapped once; no borrow of it outlives `self`.
         let _ = unsafe { munmap(self.ptr, self.len) };
+        OPEN.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
