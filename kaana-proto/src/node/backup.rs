@@ -14,8 +14,8 @@
 //! the guard also reads the kept generations' lists: see `protocol::history`.)
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Instant;
 
 use serde::Serialize;
@@ -265,10 +265,11 @@ pub async fn push(
     // The guard, first on what the volume looks like: before anything is sent.
     let record = Outbound::at(node.home.root(), &id);
     let shape = volume.shape()?;
-    let last_pushed = record.committed()?.map_or(0, |(m, _)| m.body.generation);
+    let before = record.committed()?.map(|(m, _)| m);
+    let last_pushed = before.as_ref().map_or(0, |m| m.body.generation);
     if !opts.force
-        && let Some(before) = record.shape()?
-        && let Some(why) = push::guard_shape(&before, &shape)
+        && let Some(looked) = record.shape()?
+        && let Some(why) = push::guard_shape(&looked, &shape)
     {
         return Err(guarded(last_pushed, &why));
     }
@@ -277,6 +278,16 @@ pub async fn push(
     if g.volume_size > entry.contract.body.size {
         return Err(BackupError::TooLarge { contract: id, volume: g.volume_size, size: entry.contract.body.size });
     }
+    let same_shape = |m: &Signed<Manifest>| m.body.volume_size == g.volume_size && m.body.extent_size == extent_size;
+    // The readers start now, and hash the volume ahead while the holder is asked what it has
+    // (when this node pushed it before in this shape: most extents are then compared only).
+    let keystream = Keystream::new(&node.identity, &id);
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let pool = Pool::new(threads + READ_AHEAD + SENDING);
+    let gate = Arc::new(Gate::default());
+    let _closing = Closing(gate.clone());
+    let ahead = before.as_ref().is_some_and(same_shape);
+    let mut rx = spawn_readers(volume, keystream.clone(), gate.clone(), ahead, threads, pool.clone());
     let conn = connect(client, node, peer).await?;
     let err = net(peer);
     let now = now_from_env().map_err(|e| StateError::damaged(node.home.root(), e))?;
@@ -296,7 +307,7 @@ pub async fn push(
     read_paced(&mut ex.recv, &mut have_raw, conn.read_timeout(), "the holder's extent list", None)
         .await
         .map_err(&err)?;
-    let have = Arc::new(push::Held::from_list(&have_raw));
+    let have = push::Held::from_list(&have_raw);
     drop(have_raw);
     // The holder's committed generation is its claim. Beyond what this node recorded (pushes
     // whose replies were lost), it must show a manifest of that generation this node signed;
@@ -345,27 +356,24 @@ pub async fn push(
     let shared = record.lock(false)?;
     let previous = record.committed()?.map(|(m, list)| (m, Arc::new(list)));
     let previous_gen = previous.as_ref().map_or(0, |(m, _)| m.body.generation);
-    let same_shape = |m: &Signed<Manifest>| m.body.volume_size == g.volume_size && m.body.extent_size == extent_size;
     // And the tops kept then (what this node's challenges check shorter proofs against): an
     // extent that is not hashed again keeps its tops.
     let per = push::PARTS;
     let then = previous.as_ref().filter(|(m, _)| same_shape(m)).map(|(m, l)| (m.body.generation, l.clone()));
-    let last = Arc::new(LastPush {
+    let last = LastPush {
         geometry: g,
         volume_tops: then.as_ref().and_then(|(n, _)| record.values_reader(VOLUME_TOPS, *n, per)),
         raw: then.as_ref().and_then(|(n, _)| record.values_reader("raw", *n, 1)),
         tops: then.as_ref().and_then(|(n, _)| record.values_reader("tops", *n, per)),
         sent: then.map(|(_, l)| l),
-    });
+    };
+    let plan = Arc::new(Plan { have, last });
+    gate.set(Gated::Ready(plan.clone()));
     // The guard, then on how much changed: counted as the volume is read, stopped as soon as
     // most of it has (what was sent by then is never committed).
     let mut changed = 0u64;
 
     drop(shared);
-    let keystream = Keystream::new(&node.identity, &id);
-    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let pool = Pool::new(threads + READ_AHEAD + SENDING);
-    let mut rx = spawn_readers(volume, keystream.clone(), have, last.clone(), threads, pool.clone());
     let permits = Arc::new(Semaphore::new(in_flight(client.rate_limit(), PUSH_IN_FLIGHT)));
     let mut sends: JoinSet<Result<u64, NetError>> = JoinSet::new();
     // Set once the holder says it does not know patches.
@@ -398,7 +406,7 @@ pub async fn push(
         };
         let Read { index, hash, volume: volume_tops, tops: new_tops, out } = item?;
         let i = index as usize;
-        if last.raw(index).is_some_and(|r| r != volume_hash(g.len(index) as u64, &volume_tops)) {
+        if plan.last.raw(index).is_some_and(|r| r != volume_hash(g.len(index) as u64, &volume_tops)) {
             changed += 1;
             if !opts.force && push::mostly_changed(changed, g.count()) {
                 conn.close();
@@ -418,7 +426,7 @@ pub async fn push(
             Some(t) if t.len() == per => tops_file.put(index, &t)?,
             Some(_) => {}
             None => {
-                if last.tops.as_ref().is_some_and(|r| r.get(index, &mut old_tops)) {
+                if plan.last.tops.as_ref().is_some_and(|r| r.get(index, &mut old_tops)) {
                     tops_file.put(index, &old_tops)?;
                 }
             }
@@ -444,9 +452,10 @@ pub async fn push(
 
     let list = hashes.as_flattened();
     let same = previous.as_ref().is_some_and(|(m, l)| l.as_slice() == list && same_shape(m));
-    // The last push's list is not held beyond here (the readers' share of it went with them):
-    // what it is needed for below is read again from the record, a block at a time.
-    drop(last);
+    // The last push's list and the holder's are not held beyond here: what the former is
+    // needed for below is read again from the record, a block at a time.
+    gate.set(Gated::Off);
+    drop(plan);
     let replaced = previous.filter(|(m, _)| same_shape(m)).map(|(m, _)| m);
     let summary = |generation, unchanged| PushSummary {
         contract: id,
@@ -699,33 +708,133 @@ struct Read {
 
 type ReadItem = Result<Read, VolumeError>;
 
+/// What the readers need to decide on an extent, known once the holder has answered
+/// `push_begin`: what it holds, and what the last push left.
+struct Plan {
+    have: push::Held,
+    last: LastPush,
+}
+
+/// Where the readers wait for the [`Plan`].
+#[derive(Default)]
+struct Gate {
+    plan: Mutex<Gated>,
+    ready: Condvar,
+}
+
+/// What the readers find at the [`Gate`].
+#[derive(Clone, Default)]
+enum Gated {
+    /// No plan yet.
+    #[default]
+    Waiting,
+    /// The plan.
+    Ready(Arc<Plan>),
+    /// The push is over: stop.
+    Off,
+}
+
+impl Gate {
+    fn now(&self) -> Gated {
+        self.plan.lock().map_or(Gated::Off, |g| g.clone())
+    }
+
+    /// The plan, once it comes; `None` if the push ends first.
+    fn wait(&self) -> Option<Arc<Plan>> {
+        let mut gated = self.plan.lock().ok()?;
+        loop {
+            match &*gated {
+                Gated::Ready(plan) => return Some(plan.clone()),
+                Gated::Off => return None,
+                Gated::Waiting => gated = self.ready.wait(gated).ok()?,
+            }
+        }
+    }
+
+    fn set(&self, to: Gated) {
+        if let Ok(mut gated) = self.plan.lock() {
+            *gated = to;
+        }
+        self.ready.notify_all();
+    }
+}
+
+/// Closes the gate when the push ends, however it ends: readers still hashing ahead or waiting
+/// stop.
+struct Closing(Arc<Gate>);
+
+impl Drop for Closing {
+    fn drop(&mut self) {
+        self.0.set(Gated::Off);
+    }
+}
+
+/// Extents a reader hashes ahead of the plan, at most (only their hashes are kept).
+const AHEAD: usize = 4096;
+
 /// Reads, encodes and hashes the volume's extents on every core; an extent the holder already
 /// has comes through without its bytes, and one of which only some parts changed since the last
-/// push has only those encoded and hashed.
+/// push has only those encoded and hashed. Until the plan comes (`ahead`: if the volume was
+/// pushed before in this shape), each reader hashes extents ahead from mapped windows, keeping
+/// only their hashes.
 fn spawn_readers(
     volume: Arc<Volume>,
     keystream: Keystream,
-    have: Arc<push::Held>,
-    last: Arc<LastPush>,
+    gate: Arc<Gate>,
+    ahead: bool,
     threads: usize,
     pool: Pool,
 ) -> mpsc::Receiver<ReadItem> {
     let (tx, rx) = mpsc::channel(READ_AHEAD);
     let next = Arc::new(AtomicU64::new(0));
     for _ in 0..threads {
-        let (volume, keystream, have, last, next, tx, pool) =
-            (volume.clone(), keystream.clone(), have.clone(), last.clone(), next.clone(), tx.clone(), pool.clone());
+        let (volume, keystream, gate, next, tx, pool) =
+            (volume.clone(), keystream.clone(), gate.clone(), next.clone(), tx.clone(), pool.clone());
         std::thread::spawn(move || {
             let g = volume.geometry();
+            let mut early = Vec::new();
+            let mut plan = None;
+            let send = |item: ReadItem| {
+                let failed = item.is_err();
+                tx.blocking_send(item).is_ok() && !failed
+            };
             loop {
                 let index = next.fetch_add(1, Ordering::Relaxed);
                 if index >= g.count() {
                     break;
                 }
-                let item = read(&volume, index, &pool, &keystream, &have, &last);
-                let failed = item.is_err();
-                if tx.blocking_send(item).is_err() || failed {
-                    break;
+                if plan.is_none() {
+                    match gate.now() {
+                        Gated::Off => return,
+                        Gated::Ready(p) => plan = Some(p),
+                        Gated::Waiting if ahead && early.len() < AHEAD => {
+                            if let Ok(window) = volume.map_extent(index) {
+                                early.push((index, proof::hash_with_tops(&window, proof::TOP_LEVELS)));
+                                continue;
+                            }
+                        }
+                        Gated::Waiting => {}
+                    }
+                }
+                let Some(p) = plan.clone().or_else(|| gate.wait()) else { return };
+                plan = Some(p.clone());
+                for (i, hashed) in early.drain(..) {
+                    if !send(read(&volume, i, Some(hashed), &pool, &keystream, &p)) {
+                        return;
+                    }
+                }
+                if !send(read(&volume, index, None, &pool, &keystream, &p)) {
+                    return;
+                }
+            }
+            // The volume ended before the plan came: what was hashed ahead still goes.
+            if !early.is_empty()
+                && let Some(p) = plan.or_else(|| gate.wait())
+            {
+                for (i, hashed) in early.drain(..) {
+                    if !send(read(&volume, i, Some(hashed), &pool, &keystream, &p)) {
+                        return;
+                    }
                 }
             }
         });
@@ -751,21 +860,26 @@ fn volume_values(raw: &blake3::Hash, raw_tops: &[ExtentHash]) -> [ExtentHash; pu
 fn read(
     volume: &Volume,
     index: u64,
+    hashed: Option<(blake3::Hash, Vec<ExtentHash>)>,
     pool: &Pool,
     keystream: &Keystream,
-    have: &push::Held,
-    last: &LastPush,
+    plan: &Plan,
 ) -> Result<Read, VolumeError> {
+    let (have, last) = (&plan.have, &plan.last);
     let (len, offset) = (last.geometry.len(index) as u64, last.geometry.offset(index));
     let unchanged = |raw: &blake3::Hash| match push::step(last.known(index, have).as_ref(), raw.as_bytes()) {
         push::Step::Reuse { sent } => Some(sent),
         push::Step::Encode => None,
     };
-    if let Some(window) = last.known(index, have).is_some().then(|| volume.map_extent(index).ok()).flatten() {
-        let (raw, raw_tops) = proof::hash_with_tops(&window, proof::TOP_LEVELS);
-        if let Some(sent) = unchanged(&raw) {
-            return Ok(Read { index, hash: sent, volume: volume_values(&raw, &raw_tops), tops: None, out: None });
-        }
+    // Hashed ahead, or mapped to be compared when it may be unchanged.
+    let compared = hashed.or_else(|| {
+        let window = last.known(index, have).and_then(|_| volume.map_extent(index).ok())?;
+        Some(proof::hash_with_tops(&window, proof::TOP_LEVELS))
+    });
+    if let Some((raw, raw_tops)) = compared
+        && let Some(sent) = unchanged(&raw)
+    {
+        return Ok(Read { index, hash: sent, volume: volume_values(&raw, &raw_tops), tops: None, out: None });
     }
     let mut buf = pool.take();
     volume.read_extent(index, &mut buf)?;
