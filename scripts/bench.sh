@@ -453,7 +453,7 @@ printf '%-34s %9s KiB %9s KiB\n' "  $SIZE / 4 in 64 KiB extents" "$memq_client" 
 printf '%-34s %9s KiB %9s KiB\n' "  $SIZE in 64 KiB extents" "$memx_client" "$memx_server"
 printf '%-34s %9s B   %9s B     (the difference over the extents added)\n' "  per extent" "$pex_client" "$pex_server"
 printf '%-34s %9s KiB %9s KiB   at a TiB (262144 extents), by that; <= %s KiB + 48 MiB: %s\n' "  extrapolated" "$tibx_client" "$tibx_server" "$mem_client/$mem_server" "$(met "$tibx_client - $mem_client <= 49152 && $tibx_server - $mem_server <= 49152")"
-printf '%-34s %9s KiB %9s KiB\n' "  with history ($hist_kept generations kept)" "" ""
+printf '%s\n' "  with history ($hist_kept generations kept, 4 KiB extents)"
 printf '%-34s %9s KiB %9s KiB\n' "    $((mib / 16)) MiB in 4 KiB extents" "$hs_client" "$hs_server"
 printf '%-34s %9s KiB %9s KiB\n' "    $((mib / 4)) MiB in 4 KiB extents" "$hb_client" "$hb_server"
 printf '%-34s %9s B   %9s B\n' "    per extent" "$phx_client" "$phx_server"
@@ -493,6 +493,10 @@ jq -cn \
   --argjson memq_client "$memq_client" --argjson memq_server "$memq_server" \
   --argjson pex_client "$pex_client" --argjson pex_server "$pex_server" \
   --argjson tibx_client "$tibx_client" --argjson tibx_server "$tibx_server" \
+  --argjson hist_kept "$hist_kept" --argjson hs_client "$hs_client" --argjson hs_server "$hs_server" \
+  --argjson hb_client "$hb_client" --argjson hb_server "$hb_server" \
+  --argjson phx_client "$phx_client" --argjson phx_server "$phx_server" \
+  --argjson tibh_client "$tibh_client" --argjson tibh_server "$tibh_server" --argjson restore_floor "$restore_floor" \
   --argjson slope_client "$slope_client" --argjson slope_server "$slope_server" \
   --argjson tib_client "$tib_client" --argjson tib_server "$tib_server" \
   --argjson busy_alone "$busy_alone" --argjson busy_wall "$busy_wall" --argjson busy_ratio "$busy_ratio" \

@@ -15,7 +15,7 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::Instant;
 
 use serde::Serialize;
@@ -286,7 +286,10 @@ pub async fn push(
     let pool = Pool::new(threads + READ_AHEAD + SENDING);
     let gate = Arc::new(Gate::default());
     let _closing = Closing(gate.clone());
-    let ahead = before.as_ref().is_some_and(same_shape);
+    let ahead = before.as_ref().filter(|m| same_shape(m)).is_some_and(|m| {
+        let n = m.body.generation;
+        record.values_reader(VOLUME_TOPS, n, push::PARTS).is_some() || record.values_reader("raw", n, 1).is_some()
+    });
     let mut rx = spawn_readers(volume, keystream.clone(), gate.clone(), ahead, threads, pool.clone());
     let conn = connect(client, node, peer).await?;
     let err = net(peer);
@@ -371,7 +374,7 @@ pub async fn push(
     gate.set(Gated::Ready(plan.clone()));
     // The guard, then on how much changed: counted as the volume is read, stopped as soon as
     // most of it has (what was sent by then is never committed).
-    let mut changed = 0u64;
+    let (mut changed, mut received) = (0u64, 0u64);
 
     drop(shared);
     let permits = Arc::new(Semaphore::new(in_flight(client.rate_limit(), PUSH_IN_FLIGHT)));
@@ -405,6 +408,7 @@ pub async fn push(
             },
         };
         let Read { index, hash, volume: volume_tops, tops: new_tops, out } = item?;
+        received += 1;
         let i = index as usize;
         if plan.last.raw(index).is_some_and(|r| r != volume_hash(g.len(index) as u64, &volume_tops)) {
             changed += 1;
@@ -448,6 +452,13 @@ pub async fn push(
     }
     while let Some(done) = sends.join_next().await {
         collect(done)?;
+    }
+    if received != g.count() {
+        // A reader stopped before its end without saying why (it panicked): nothing is committed.
+        return Err(BackupError::Volume(VolumeError::Io {
+            path: path.clone(),
+            error: std::io::Error::other(format!("{} of its {} extents were read", received, g.count())),
+        }));
     }
 
     let list = hashes.as_flattened();
@@ -736,25 +747,23 @@ enum Gated {
 
 impl Gate {
     fn now(&self) -> Gated {
-        self.plan.lock().map_or(Gated::Off, |g| g.clone())
+        self.plan.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
     /// The plan, once it comes; `None` if the push ends first.
     fn wait(&self) -> Option<Arc<Plan>> {
-        let mut gated = self.plan.lock().ok()?;
+        let mut gated = self.plan.lock().unwrap_or_else(PoisonError::into_inner);
         loop {
             match &*gated {
                 Gated::Ready(plan) => return Some(plan.clone()),
                 Gated::Off => return None,
-                Gated::Waiting => gated = self.ready.wait(gated).ok()?,
+                Gated::Waiting => gated = self.ready.wait(gated).unwrap_or_else(PoisonError::into_inner),
             }
         }
     }
 
     fn set(&self, to: Gated) {
-        if let Ok(mut gated) = self.plan.lock() {
-            *gated = to;
-        }
+        *self.plan.lock().unwrap_or_else(PoisonError::into_inner) = to;
         self.ready.notify_all();
     }
 }
@@ -809,7 +818,8 @@ fn spawn_readers(
                         Gated::Ready(p) => plan = Some(p),
                         Gated::Waiting if ahead && early.len() < AHEAD => {
                             if let Ok(window) = volume.map_extent(index) {
-                                early.push((index, proof::hash_with_tops(&window, proof::TOP_LEVELS)));
+                                let (raw, tops) = proof::hash_with_tops(&window, proof::TOP_LEVELS);
+                                early.push((index, (raw, volume_values(&raw, &tops))));
                                 continue;
                             }
                         }
@@ -860,7 +870,7 @@ fn volume_values(raw: &blake3::Hash, raw_tops: &[ExtentHash]) -> [ExtentHash; pu
 fn read(
     volume: &Volume,
     index: u64,
-    hashed: Option<(blake3::Hash, Vec<ExtentHash>)>,
+    hashed: Option<(blake3::Hash, [ExtentHash; push::PARTS])>,
     pool: &Pool,
     keystream: &Keystream,
     plan: &Plan,
@@ -874,12 +884,13 @@ fn read(
     // Hashed ahead, or mapped to be compared when it may be unchanged.
     let compared = hashed.or_else(|| {
         let window = last.known(index, have).and_then(|_| volume.map_extent(index).ok())?;
-        Some(proof::hash_with_tops(&window, proof::TOP_LEVELS))
+        let (raw, tops) = proof::hash_with_tops(&window, proof::TOP_LEVELS);
+        Some((raw, volume_values(&raw, &tops)))
     });
-    if let Some((raw, raw_tops)) = compared
+    if let Some((raw, volume)) = compared
         && let Some(sent) = unchanged(&raw)
     {
-        return Ok(Read { index, hash: sent, volume: volume_values(&raw, &raw_tops), tops: None, out: None });
+        return Ok(Read { index, hash: sent, volume, tops: None, out: None });
     }
     let mut buf = pool.take();
     volume.read_extent(index, &mut buf)?;
