@@ -7,11 +7,14 @@
 //!
 //! Push reads the volume in extents on every core, XORs each with the contract's keystream,
 //! hashes it, and sends only what the holder does not already have, a few extents in flight; the
-//! holder's answer to `push_begin` is what makes an interrupted push resume. Memory stays
-//! bounded: a handful of extents are in flight whatever the volume's size; per extent, a push
-//! holds the new list and the last one and the holder's list of what it has (32 bytes each),
-//! while the volume's hashes and the tops go to their files as they come. (With history terms,
-//! the guard also reads the kept generations' lists: see `protocol::history`.)
+//! holder's answer to `push_begin` is what makes an interrupted push resume. An extent the last
+//! push saw is first compared through a mapped window (no copy), hashed ahead while the holder
+//! is asked what it has; of one that changed, only the quarters that changed are encoded and
+//! sent, for the holder to rebuild it on its copy (`patch_extent`). Memory stays bounded: a
+//! handful of extents are in flight whatever the volume's size; per extent, a push holds the new
+//! list and the last one and the holder's list of what it has (32 bytes each) while it reads,
+//! while the volume's tops and the tops sent go to their files as they come; kept generations'
+//! lists are read a block at a time (see `protocol::history`).
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
