@@ -785,4 +785,33 @@ fn a_push_that_stalls_mid_extent_is_cut_off_at_the_read_time_out() {
     });
     let pushed: PushLine = a.json("kaana-sync", &["push", &contract]);
     assert_eq!(pushed.bytes_sent, 1 << 20);
+
+    // A patch that stalls midway through its parts is cut off the same way, and stores nothing.
+    let stored = || inbound_extents(&b, &contract).len();
+    let before = stored();
+    rt.block_on(async {
+        let client = Client::new(owner.clone());
+        let conn = client.connect(holder, &addr).await.unwrap();
+        let base = fs::read(inbound_extents(&b, &contract)[0].clone()).unwrap();
+        let base_hash = *blake3::hash(&base).as_bytes();
+        let mut rebuilt = base.clone();
+        rebuilt[..256 << 10].copy_from_slice(&pseudo_random(256 << 10, 7));
+        let hash = *blake3::hash(&rebuilt).as_bytes();
+        let patch = Request::PatchExtent { contract: id, offset: 0, base: base_hash, hash, len: 1 << 20, parts: 1 };
+        let mut ex = conn.open(&patch).await.unwrap();
+        ex.send.write_all(&rebuilt[..64 << 10]).await.unwrap();
+        let started = Instant::now();
+        let reply = ex.reply().await;
+        let took = started.elapsed();
+        assert!(
+            matches!(&reply, Err(NetError::Remote(e)) if e.code == ErrorCode::BadFrame && e.message.contains("timed out")),
+            "{reply:?}"
+        );
+        assert!(took >= Duration::from_millis(1900) && took < Duration::from_secs(10), "cut off after {took:?}");
+        client.close().await;
+    });
+    assert_eq!(stored(), before);
+    overwrite(&volume, 5, &pseudo_random(64, 8));
+    let patched: PushLine = a.json("kaana-sync", &["push", &contract]);
+    assert_eq!((patched.extents_sent, patched.bytes_sent), (1, 256 << 10), "{patched:?}");
 }
