@@ -333,7 +333,9 @@ hist_peak() { # MIB: sets hp_client, hp_server (KiB), hp_kept, hp_extents
   hp_server=$(awk '/VmHWM/ {print $2}' /proc/"$B_pid"/status)
   hp_kept=$(kaana-sync --home "$work/$node" history "$c" | jq -s length)
   hp_extents=$n
-  rm -f "$work/volh$m.img"; rm -rf "$work/B/inbound/$c"
+  local pidvar="${node}_pid"
+  kill "${!pidvar}"; wait "${!pidvar}" 2>/dev/null || true
+  rm -f "$work/volh$m.img"; rm -rf "$work/B/inbound/$c" "$work/$node"
 }
 say "peak memory with history: $((mib / 16)) MiB and $((mib / 4)) MiB in 4 KiB extents, 15 generations"
 hist_peak $((mib / 16)); hs_client=$hp_client hs_server=$hp_server hs_n=$hp_extents

@@ -3,7 +3,8 @@
 //! [`crate::node::restore`].)
 //!
 //! Longer than 400 lines: one push, from reading the volume to recording the holder's receipt,
-//! with the guard and the checks of the holder's claims on the way; a fifth is its errors.
+//! with the guard and the checks of the holder's claims on the way, its errors, and its readers
+//! (the gate they wait at, and what each does with an extent) and senders (whole or patched).
 //!
 //! Push reads the volume in extents on every core, XORs each with the contract's keystream,
 //! hashes it, and sends only what the holder does not already have, a few extents in flight; the
@@ -386,7 +387,7 @@ pub async fn push(
     let whole = Arc::new(AtomicBool::new(false));
     let mut hashes = vec![[0u8; 32]; g.count() as usize];
     // The volume's tops and the tops sent, written to their files as they come, held nowhere.
-    let raw_file = record.values_file(VOLUME_TOPS, per, g.count())?;
+    let volume_tops_file = record.values_file(VOLUME_TOPS, per, g.count())?;
     let tops_file = record.values_file("tops", per, g.count())?;
     let mut old_tops = vec![[0u8; 32]; per];
     let (mut extents_sent, mut bytes_sent) = (0u64, 0u64);
@@ -428,7 +429,7 @@ pub async fn push(
             }
         }
         hashes[i] = hash;
-        raw_file.put(index, &volume_tops)?;
+        volume_tops_file.put(index, &volume_tops)?;
         match new_tops {
             Some(t) if t.len() == per => tops_file.put(index, &t)?,
             Some(_) => {}
@@ -460,7 +461,10 @@ pub async fn push(
         // A reader stopped before its end without saying why (it panicked): nothing is committed.
         return Err(BackupError::Volume(VolumeError::Io {
             path: path.clone(),
-            error: std::io::Error::other(format!("{} of its {} extents were read", received, g.count())),
+            error: std::io::Error::other(format!(
+                "the push's readers stopped early ({received} of {} extents read): nothing was committed; push again",
+                g.count()
+            )),
         }));
     }
 
@@ -485,10 +489,11 @@ pub async fn push(
     if same && extents_sent == 0 && committed == Some(previous_gen) {
         conn.close();
         let _lock = record.lock(true)?;
-        record.install_values(raw_file, previous_gen)?;
+        record.install_values(volume_tops_file, previous_gen)?;
         record.install_values(tops_file, previous_gen)?;
-        record.drop_values("raw")?;
         record.save_shape(&shape)?;
+        // Only a cache of older records, now replaced: best effort.
+        let _ = record.drop_values("raw");
         return Ok(summary(previous_gen, true));
     }
     // The guard, last on what the commit would cost the history: a change larger than the
@@ -580,10 +585,10 @@ pub async fn push(
         }
         drop(named);
         record.record(&manifest, list, Some(receipt), terms, at)?;
-        record.install_values(raw_file, generation)?;
+        record.install_values(volume_tops_file, generation)?;
         record.install_values(tops_file, generation)?;
-        record.drop_values("raw")?;
         record.save_shape(&shape)?;
+        let _ = record.drop_values("raw");
     }
     node.log_event(
         now,
@@ -880,13 +885,14 @@ fn read(
 ) -> Result<Read, VolumeError> {
     let (have, last) = (&plan.have, &plan.last);
     let (len, offset) = (last.geometry.len(index) as u64, last.geometry.offset(index));
-    let unchanged = |raw: &blake3::Hash| match push::step(last.known(index, have).as_ref(), raw.as_bytes()) {
+    let known = last.known(index, have);
+    let unchanged = |raw: &blake3::Hash| match push::step(known.as_ref(), raw.as_bytes()) {
         push::Step::Reuse { sent } => Some(sent),
         push::Step::Encode => None,
     };
     // Hashed ahead, or mapped to be compared when it may be unchanged.
     let compared = hashed.or_else(|| {
-        let window = last.known(index, have).and_then(|_| volume.map_extent(index).ok())?;
+        let window = known.and_then(|_| volume.map_extent(index).ok())?;
         let (raw, tops) = proof::hash_with_tops(&window, proof::TOP_LEVELS);
         Some((raw, volume_values(&raw, &tops)))
     });
@@ -989,7 +995,7 @@ async fn encode_rest_and_put(
     let part = data.len() / push::PARTS;
     let keystream = keystream.clone();
     let data = tokio::task::spawn_blocking(move || {
-        for j in (0..push::PARTS).filter(|j| parts & (1 << j) == 0) {
+        for j in push::each_part(!parts) {
             keystream.apply(offset + (j * part) as u64, &mut data[j * part..(j + 1) * part]);
         }
         data

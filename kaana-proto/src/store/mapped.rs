@@ -74,11 +74,12 @@ fn on_bus_error() {
 
 /// The `SIGBUS` handler. A mapped file that could not be read (`BUS_ADRERR`: past its end;
 /// `BUS_OBJERR`: the device failed) while a window is open is the volume's; anything else (a
-/// memory error, a `kill`) gets the default action back, and dies of it as it would have.
+/// memory error, a `kill`) gets the default action back and is raised again, to end the process
+/// as it would have.
 extern "C" fn said(_: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc::c_void) {
     const WHAT: &[u8] = b"error: the volume could not be read (an I/O error, or the file was cut shorter while it was \
-        read): stopped. Push again once it reads: anything a holder committed meanwhile is taken up then\n";
-    // SAFETY: `info` is the kernel's for this signal; `write`, `_exit` and `sigaction` are safe
+        read): the push stopped. Once the volume reads again, push again: it resumes\n";
+    // SAFETY: `info` is the kernel's for this signal; `write`, `_exit`, `sigaction` and `raise` are safe
     // in a signal handler, and `WHAT` is a static buffer of its length.
     unsafe {
         let code = if info.is_null() { 0 } else { (*info).si_code };
@@ -89,6 +90,8 @@ extern "C" fn said(_: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc::c_v
         let mut default: libc::sigaction = std::mem::zeroed();
         default.sa_sigaction = libc::SIG_DFL;
         libc::sigaction(libc::SIGBUS, &default, std::ptr::null_mut());
+        // Blocked until this handler returns; then the default action ends the process.
+        libc::raise(libc::SIGBUS);
     }
 }
 

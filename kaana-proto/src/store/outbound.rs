@@ -300,20 +300,21 @@ impl Outbound {
         values.file.sync_all().map_err(|e| StateError::io(&values.tmp, e))?;
         fs::rename(&values.tmp, &path).map_err(|e| StateError::io(&path, e))?;
         File::open(self.layout.dir()).and_then(|d| d.sync_all()).map_err(|e| StateError::io(self.layout.dir(), e))?;
-        for old in read_dir_or_empty(self.layout.dir())? {
-            let file = old.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-            if file.starts_with(&format!("{}-", values.kind)) && file != name {
-                remove_file(&old)?;
-            }
-        }
-        Ok(())
+        self.remove_values(values.kind, Some(&name))
     }
 
     /// Removes every kept values file of `kind` (a kind no longer written).
     pub fn drop_values(&self, kind: &str) -> Result<(), StateError> {
+        self.remove_values(kind, None)
+    }
+
+    /// Removes the kept values files of `kind` but `except`.
+    fn remove_values(&self, kind: &str, except: Option<&str>) -> Result<(), StateError> {
         for old in read_dir_or_empty(self.layout.dir())? {
             let file = old.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-            if file.strip_prefix(kind).and_then(|rest| rest.strip_prefix('-')).is_some_and(|g| g.ends_with(".bin")) {
+            let of_kind =
+                file.strip_prefix(kind).and_then(|rest| rest.strip_prefix('-')).is_some_and(|g| g.ends_with(".bin"));
+            if of_kind && Some(file) != except {
                 remove_file(&old)?;
             }
         }
