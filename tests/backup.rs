@@ -202,6 +202,35 @@ fn a_partly_changed_extent_sends_only_its_changed_quarters() {
     assert_eq!(fs::read(&back).unwrap(), fs::read(&volume).unwrap());
 }
 
+/// A record from before the volume's tops were kept (each extent's hash in `raw-<gen>.bin`): the
+/// next push still sends only the extent that changed (whole: no tops to patch on), then keeps
+/// the tops and drops the old file, and the push after that sends only a quarter.
+#[test]
+fn a_record_from_before_the_volume_tops_still_pushes_only_what_changed() {
+    let work = tempfile::tempdir().unwrap();
+    let volume = work.path().join("vol.img");
+    fs::write(&volume, pseudo_random(16 << 20, 21)).unwrap();
+    let Pair { a, b: _b, sa: _sa, sb: _sb, contract } = contracted_pair(&volume, "64MiB");
+    assert_eq!(push(&a, &contract).generation, 1);
+    let record = a.home.join("outbound").join(&contract);
+    let (tops, raw) = (record.join("volume-tops-1.bin"), record.join("raw-1.bin"));
+    assert!(tops.is_file());
+    let old: Vec<u8> = fs::read(&volume).unwrap().chunks(4 << 20).flat_map(|e| *blake3::hash(e).as_bytes()).collect();
+    fs::write(&raw, old).unwrap();
+    fs::remove_file(&tops).unwrap();
+
+    overwrite(&volume, (9 << 20) + 3, &pseudo_random(100, 22));
+    let second = push(&a, &contract);
+    assert_eq!((second.generation, second.extents_sent, second.bytes_sent), (2, 1, 4 << 20), "{second:?}");
+    assert!(!raw.exists() && record.join("volume-tops-2.bin").is_file());
+    overwrite(&volume, (13 << 20) + 3, &pseudo_random(100, 23));
+    let third = push(&a, &contract);
+    assert_eq!((third.generation, third.extents_sent, third.bytes_sent), (3, 1, 1 << 20), "{third:?}");
+    let back = work.path().join("back.img");
+    assert_eq!(restore(&a, &contract, &back).generation, 3);
+    assert_eq!(fs::read(&back).unwrap(), fs::read(&volume).unwrap());
+}
+
 /// The holder rebuilds an extent only on one it holds for the contract, of the patch's length,
 /// from a peer of the contract, into bytes of the hash named; anything else is refused and
 /// stores nothing.
