@@ -780,8 +780,24 @@ fn limit_rate_holds_push_and_restore_to_the_rate() {
     assert!(a.json::<serde_json::Value>("kaana-offer", &["config", "get", "limit_rate"])["limit_rate"].is_null());
 }
 
+/// Sends `req` and the first of its bytes (`first`), then nothing: the holder (read time-out 2 s)
+/// must cut it off with a time-out, after about 2 s.
+async fn stall_and_be_cut_off(conn: &kaana_proto::net::transport::Connection, req: Request, first: &[u8]) {
+    let mut ex = conn.open(&req).await.unwrap();
+    ex.send.write_all(first).await.unwrap();
+    let started = Instant::now();
+    let reply = ex.reply().await;
+    let took = started.elapsed();
+    assert!(
+        matches!(&reply, Err(NetError::Remote(e)) if e.code == ErrorCode::BadFrame && e.message.contains("timed out")),
+        "{reply:?}"
+    );
+    assert!(took >= Duration::from_millis(1900) && took < Duration::from_secs(10), "cut off after {took:?}");
+}
+
 /// A peer that stops sending in the middle of an extent is cut off after the holder's read
 /// time-out (2 s), told why, and its place freed: an honest push goes through at once after it.
+/// The same for a patch midway through its parts.
 #[test]
 fn a_push_that_stalls_mid_extent_is_cut_off_at_the_read_time_out() {
     let work = tempfile::tempdir().unwrap();
@@ -800,16 +816,8 @@ fn a_push_that_stalls_mid_extent_is_cut_off_at_the_read_time_out() {
         let conn = client.connect(holder, &addr).await.unwrap();
         let data = pseudo_random(1 << 20, 6);
         let hash = *blake3::hash(&data).as_bytes();
-        let mut ex = conn.open(&Request::PutExtent { contract: id, offset: 0, hash, len: 1 << 20 }).await.unwrap();
-        ex.send.write_all(&data[..64 << 10]).await.unwrap();
-        let started = Instant::now();
-        let reply = ex.reply().await;
-        let took = started.elapsed();
-        assert!(
-            matches!(&reply, Err(NetError::Remote(e)) if e.code == ErrorCode::BadFrame && e.message.contains("timed out")),
-            "{reply:?}"
-        );
-        assert!(took >= Duration::from_millis(1900) && took < Duration::from_secs(10), "cut off after {took:?}");
+        let put = Request::PutExtent { contract: id, offset: 0, hash, len: 1 << 20 };
+        stall_and_be_cut_off(&conn, put, &data[..64 << 10]).await;
         client.close().await;
     });
     let pushed: PushLine = a.json("kaana-sync", &["push", &contract]);
@@ -827,16 +835,7 @@ fn a_push_that_stalls_mid_extent_is_cut_off_at_the_read_time_out() {
         rebuilt[..256 << 10].copy_from_slice(&pseudo_random(256 << 10, 7));
         let hash = *blake3::hash(&rebuilt).as_bytes();
         let patch = Request::PatchExtent { contract: id, offset: 0, base: base_hash, hash, len: 1 << 20, parts: 1 };
-        let mut ex = conn.open(&patch).await.unwrap();
-        ex.send.write_all(&rebuilt[..64 << 10]).await.unwrap();
-        let started = Instant::now();
-        let reply = ex.reply().await;
-        let took = started.elapsed();
-        assert!(
-            matches!(&reply, Err(NetError::Remote(e)) if e.code == ErrorCode::BadFrame && e.message.contains("timed out")),
-            "{reply:?}"
-        );
-        assert!(took >= Duration::from_millis(1900) && took < Duration::from_secs(10), "cut off after {took:?}");
+        stall_and_be_cut_off(&conn, patch, &rebuilt[..64 << 10]).await;
         client.close().await;
     });
     assert_eq!(stored(), before);
