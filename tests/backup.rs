@@ -202,27 +202,31 @@ fn a_partly_changed_extent_sends_only_its_changed_quarters() {
     assert_eq!(fs::read(&back).unwrap(), fs::read(&volume).unwrap());
 }
 
-/// A record from before the volume's tops were kept (each extent's hash in `raw-<gen>.bin`): the
-/// next push still sends only the extent that changed (whole: no tops to patch on), then keeps
-/// the tops and drops the old file, and the push after that sends only a quarter.
+/// A record from before the volume's marks were kept (the BLAKE3 hash of each extent in
+/// `raw-<gen>.bin`, or of each quarter in `volume-tops-<gen>.bin`): the next push reads and
+/// encodes every extent, and still sends only the one that changed (whole: no marks to patch
+/// on); then it keeps the marks and drops the old files, and the push after that sends only a
+/// quarter.
 #[test]
-fn a_record_from_before_the_volume_tops_still_pushes_only_what_changed() {
+fn a_record_from_before_the_volume_marks_still_pushes_only_what_changed() {
     let work = tempfile::tempdir().unwrap();
     let volume = work.path().join("vol.img");
     fs::write(&volume, pseudo_random(16 << 20, 21)).unwrap();
     let Pair { a, b: _b, sa: _sa, sb: _sb, contract } = contracted_pair(&volume, "64MiB");
     assert_eq!(push(&a, &contract).generation, 1);
     let record = a.home.join("outbound").join(&contract);
-    let (tops, raw) = (record.join("volume-tops-1.bin"), record.join("raw-1.bin"));
-    assert!(tops.is_file());
-    let old: Vec<u8> = fs::read(&volume).unwrap().chunks(4 << 20).flat_map(|e| *blake3::hash(e).as_bytes()).collect();
-    fs::write(&raw, old).unwrap();
-    fs::remove_file(&tops).unwrap();
+    let marks = record.join("volume-marks-1.bin");
+    assert_eq!(fs::metadata(&marks).unwrap().len(), 4 * 128, "four marks of 32 bytes per extent");
+    let (raw, tops) = (record.join("raw-1.bin"), record.join("volume-tops-1.bin"));
+    let bytes = fs::read(&volume).unwrap();
+    fs::write(&raw, bytes.chunks(4 << 20).flat_map(|e| *blake3::hash(e).as_bytes()).collect::<Vec<u8>>()).unwrap();
+    fs::write(&tops, bytes.chunks(1 << 20).flat_map(|q| *blake3::hash(q).as_bytes()).collect::<Vec<u8>>()).unwrap();
+    fs::remove_file(&marks).unwrap();
 
     overwrite(&volume, (9 << 20) + 3, &pseudo_random(100, 22));
     let second = push(&a, &contract);
     assert_eq!((second.generation, second.extents_sent, second.bytes_sent), (2, 1, 4 << 20), "{second:?}");
-    assert!(!raw.exists() && record.join("volume-tops-2.bin").is_file());
+    assert!(!raw.exists() && !tops.exists() && record.join("volume-marks-2.bin").is_file());
     overwrite(&volume, (13 << 20) + 3, &pseudo_random(100, 23));
     let third = push(&a, &contract);
     assert_eq!((third.generation, third.extents_sent, third.bytes_sent), (3, 1, 1 << 20), "{third:?}");

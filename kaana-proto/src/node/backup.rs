@@ -6,16 +6,17 @@
 //! with the guard and the checks of the holder's claims on the way, its errors, and its readers
 //! (the gate they wait at, and what each does with an extent) and senders (whole or patched).
 //!
-//! Push reads the volume in extents on every core, XORs each with the contract's keystream,
-//! hashes it, and sends only what the holder does not already have, a few extents in flight; the
-//! holder's answer to `push_begin` is what makes an interrupted push resume. An extent the last
-//! push saw is first compared through a mapped window (no copy), hashed ahead while the holder
-//! is asked what it has; of one that changed, only the quarters that changed are encoded and
-//! sent, for the holder to rebuild it on its copy (`patch_extent`). Memory stays bounded: a
-//! handful of extents are in flight whatever the volume's size; per extent, a push holds the new
-//! list and the last one and the holder's list of what it has (32 bytes each) while it reads,
-//! while the volume's tops and the tops sent go to their files as they come; kept generations'
-//! lists are read a block at a time (see `protocol::history`).
+//! Push reads the volume in extents on every core, marks each (a fast 128-bit hash of each
+//! quarter, [`push::marks`]), XORs it with the contract's keystream, hashes it, and sends only
+//! what the holder does not already have, a few extents in flight; the holder's answer to
+//! `push_begin` is what makes an interrupted push resume. An extent whose marks are the last
+//! push's, and that the holder still has, goes no further (the marks are taken ahead while the
+//! holder is asked what it has); of one that changed, only the quarters that changed are
+//! encoded, hashed and sent, for the holder to rebuild it on its copy (`patch_extent`). Memory
+//! stays bounded: a handful of extents are in flight whatever the volume's size; per extent, a
+//! push holds the new list and the last one and the holder's list of what it has (32 bytes
+//! each) while it reads, while the volume's marks and the tops sent go to their files as they
+//! come; kept generations' lists are read a block at a time (see `protocol::history`).
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -290,10 +291,10 @@ pub async fn push(
     let pool = Pool::new(threads + READ_AHEAD + SENDING);
     let gate = Arc::new(Gate::default());
     let _closing = Closing(gate.clone());
-    let ahead = before.as_ref().filter(|m| same_shape(m)).is_some_and(|m| {
-        let n = m.body.generation;
-        record.values_reader(VOLUME_TOPS, n, push::PARTS).is_some() || record.values_reader("raw", n, 1).is_some()
-    });
+    let ahead = before
+        .as_ref()
+        .filter(|m| same_shape(m))
+        .is_some_and(|m| record.values_reader(MARKS, m.body.generation, push::PARTS).is_some());
     let mut rx = spawn_readers(volume, keystream.clone(), gate.clone(), ahead, threads, pool.clone());
     let conn = connect(client, node, peer).await?;
     let err = net(peer);
@@ -369,8 +370,7 @@ pub async fn push(
     let then = previous.as_ref().filter(|(m, _)| same_shape(m)).map(|(m, l)| (m.body.generation, l.clone()));
     let last = LastPush {
         geometry: g,
-        volume_tops: then.as_ref().and_then(|(n, _)| record.values_reader(VOLUME_TOPS, *n, per)),
-        raw: then.as_ref().and_then(|(n, _)| record.values_reader("raw", *n, 1)),
+        marks: then.as_ref().and_then(|(n, _)| record.values_reader(MARKS, *n, per)),
         tops: then.as_ref().and_then(|(n, _)| record.values_reader("tops", *n, per)),
         sent: then.map(|(_, l)| l),
     };
@@ -386,8 +386,8 @@ pub async fn push(
     // Set once the holder says it does not know patches.
     let whole = Arc::new(AtomicBool::new(false));
     let mut hashes = vec![[0u8; 32]; g.count() as usize];
-    // The volume's tops and the tops sent, written to their files as they come, held nowhere.
-    let volume_tops_file = record.values_file(VOLUME_TOPS, per, g.count())?;
+    // The volume's marks and the tops sent, written to their files as they come, held nowhere.
+    let marks_file = record.values_file(MARKS, per, g.count())?;
     let tops_file = record.values_file("tops", per, g.count())?;
     let mut old_tops = vec![[0u8; 32]; per];
     let (mut extents_sent, mut bytes_sent) = (0u64, 0u64);
@@ -411,10 +411,12 @@ pub async fn push(
                 None => break,
             },
         };
-        let Read { index, hash, volume: volume_tops, tops: new_tops, out } = item?;
+        let Read { index, hash, marks, tops: new_tops, out } = item?;
         received += 1;
         let i = index as usize;
-        if plan.last.raw(index).is_some_and(|r| r != volume_hash(g.len(index) as u64, &volume_tops)) {
+        // Changed: sent under another hash than the last push's (the keystream is the same at
+        // the same place), which holds for a record from before the marks too.
+        if plan.last.sent(index).is_some_and(|sent| sent != hash) {
             changed += 1;
             if !opts.force && push::mostly_changed(changed, g.count()) {
                 conn.close();
@@ -429,7 +431,7 @@ pub async fn push(
             }
         }
         hashes[i] = hash;
-        volume_tops_file.put(index, &volume_tops)?;
+        marks_file.put(index, &marks)?;
         match new_tops {
             Some(t) if t.len() == per => tops_file.put(index, &t)?,
             Some(_) => {}
@@ -489,11 +491,10 @@ pub async fn push(
     if same && extents_sent == 0 && committed == Some(previous_gen) {
         conn.close();
         let _lock = record.lock(true)?;
-        record.install_values(volume_tops_file, previous_gen)?;
+        record.install_values(marks_file, previous_gen)?;
         record.install_values(tops_file, previous_gen)?;
         record.save_shape(&shape)?;
-        // Only a cache of older records, now replaced: best effort.
-        let _ = record.drop_values("raw");
+        drop_replaced(&record);
         return Ok(summary(previous_gen, true));
     }
     // The guard, last on what the commit would cost the history: a change larger than the
@@ -585,10 +586,10 @@ pub async fn push(
         }
         drop(named);
         record.record(&manifest, list, Some(receipt), terms, at)?;
-        record.install_values(volume_tops_file, generation)?;
+        record.install_values(marks_file, generation)?;
         record.install_values(tops_file, generation)?;
         record.save_shape(&shape)?;
-        let _ = record.drop_values("raw");
+        drop_replaced(&record);
     }
     node.log_event(
         now,
@@ -629,42 +630,34 @@ async fn audit_first(
     Ok(())
 }
 
-/// The kind of the values file of the volume's own tops at each push: what the next push
-/// compares, part by part. (Records from before it keep the volume's hash of each extent,
-/// `raw`.)
-const VOLUME_TOPS: &str = "volume-tops";
+/// The kind of the values file of the volume's marks at each push ([`push::Marks`]): what the
+/// next push compares, part by part.
+const MARKS: &str = "volume-marks";
 
-/// An extent's hash from what [`VOLUME_TOPS`] keeps of it: its tops, or for an extent without
-/// tops its hash, first.
-fn volume_hash(len: u64, values: &[ExtentHash; push::PARTS]) -> ExtentHash {
-    proof::root_of_tops(len, proof::TOP_LEVELS, values).map_or(values[0], |h| *h.as_bytes())
+/// Removes what records from before [`MARKS`] kept of the volume instead (BLAKE3 hashes of each
+/// extent, then of each part): replaced, and only ever a cache, so at best effort. (A push from
+/// such a record reads and encodes every extent once, and sends only what the holder lacks.)
+fn drop_replaced(record: &Outbound) {
+    for kind in ["raw", "volume-tops"] {
+        let _ = record.drop_values(kind);
+    }
 }
 
 /// What the last push the holder committed left, read an extent at a time (when the volume's
-/// shape is the same): the volume's own tops of each extent then, the hash it was sent under,
-/// and the tops of the bytes sent.
+/// shape is the same): the volume's marks of each extent then, the hash it was sent under, and
+/// the tops of the bytes sent.
 struct LastPush {
     geometry: crate::protocol::manifest::Geometry,
-    volume_tops: Option<ValuesReader>,
-    raw: Option<ValuesReader>,
+    marks: Option<ValuesReader>,
     tops: Option<ValuesReader>,
     sent: Option<Arc<Vec<u8>>>,
 }
 
 impl LastPush {
-    /// The volume's own hash of extent `index` at the last push.
-    fn raw(&self, index: u64) -> Option<ExtentHash> {
-        if let Some(values) = self.volume(index) {
-            return Some(volume_hash(self.geometry.len(index) as u64, &values));
-        }
-        let mut raw = [[0u8; 32]];
-        self.raw.as_ref().is_some_and(|r| r.get(index, &mut raw)).then_some(raw[0])
-    }
-
-    /// What [`VOLUME_TOPS`] kept of extent `index` at the last push.
-    fn volume(&self, index: u64) -> Option<[ExtentHash; push::PARTS]> {
-        let mut values = [[0u8; 32]; push::PARTS];
-        self.volume_tops.as_ref().is_some_and(|r| r.get(index, &mut values)).then_some(values)
+    /// What [`MARKS`] kept of extent `index` at the last push.
+    fn marks(&self, index: u64) -> Option<push::Marks> {
+        let mut marks = [[0u8; 32]; push::PARTS];
+        self.marks.as_ref().is_some_and(|r| r.get(index, &mut marks)).then_some(marks)
     }
 
     /// The hash extent `index` was sent under.
@@ -674,17 +667,17 @@ impl LastPush {
     }
 
     /// What [`push::reusable`] says of extent `index`.
-    fn known(&self, index: u64, have: &push::Held) -> Option<(ExtentHash, ExtentHash)> {
-        push::reusable(self.raw(index).as_ref(), self.sent(index).as_ref(), have)
+    fn known(&self, index: u64, have: &push::Held) -> Option<(push::Marks, ExtentHash)> {
+        push::reusable(self.marks(index).as_ref(), self.sent(index).as_ref(), have)
     }
 
-    /// For extent `index`, whose volume bytes' tops are now `now`: what the holder holds of it
+    /// For extent `index`, whose volume bytes' marks are now `now`: what the holder holds of it
     /// from the last push (its hash), which parts changed since ([`push::changed_parts`]), and
     /// the tops sent then, which the unchanged parts keep. Only when the tops kept merge to the
     /// hash the holder holds it under: a record that does not agree with itself patches nothing.
     fn patch(&self, index: u64, have: &push::Held, now: &[ExtentHash]) -> Option<(ExtentHash, u8, Vec<ExtentHash>)> {
         let base = self.sent(index).filter(|h| have.contains(h))?;
-        let parts = push::changed_parts(&self.volume(index)?, now)?;
+        let parts = push::changed_parts(&self.marks(index)?, now)?;
         let mut tops = vec![[0u8; 32]; push::PARTS];
         if !self.tops.as_ref()?.get(index, &mut tops) {
             return None;
@@ -716,8 +709,8 @@ struct Read {
     index: u64,
     /// The hash of the bytes sent.
     hash: ExtentHash,
-    /// Its volume bytes' tops (or, for an extent without tops, their hash, first).
-    volume: [ExtentHash; push::PARTS],
+    /// Its volume bytes' marks.
+    marks: push::Marks,
     /// The tops of the bytes sent: `None` if they were not hashed again, empty if the extent
     /// has none.
     tops: Option<Vec<ExtentHash>>,
@@ -789,11 +782,10 @@ impl Drop for Closing {
 /// Extents a reader hashes ahead of the plan, at most (only their hashes are kept).
 const AHEAD: usize = 4096;
 
-/// Reads, encodes and hashes the volume's extents on every core; an extent the holder already
-/// has comes through without its bytes, and one of which only some parts changed since the last
-/// push has only those encoded and hashed. Until the plan comes (`ahead`: if the volume was
-/// pushed before in this shape), each reader hashes extents ahead from mapped windows, keeping
-/// only their hashes.
+/// Reads, marks, encodes and hashes the volume's extents on every core; an extent the holder
+/// already has comes through without its bytes, and one of which only some parts changed since
+/// the last push has only those encoded and hashed. Until the plan comes (`ahead`: if the volume
+/// was pushed before in this shape), each reader marks extents ahead, keeping only their marks.
 fn spawn_readers(
     volume: Arc<Volume>,
     keystream: Keystream,
@@ -825,9 +817,9 @@ fn spawn_readers(
                         Gated::Off => return,
                         Gated::Ready(p) => plan = Some(p),
                         Gated::Waiting if ahead && early.len() < AHEAD => {
-                            if let Ok(window) = volume.map_extent(index) {
-                                let (raw, tops) = proof::hash_with_tops(&window, proof::TOP_LEVELS);
-                                early.push((index, (raw, volume_values(&raw, &tops))));
+                            let mut buf = pool.take();
+                            if volume.read_extent(index, &mut buf).is_ok() {
+                                early.push((index, push::marks(&buf)));
                                 continue;
                             }
                         }
@@ -860,25 +852,14 @@ fn spawn_readers(
     rx
 }
 
-/// What is kept of an extent's volume bytes: their tops (or, for an extent without tops, their
-/// hash, first).
-fn volume_values(raw: &blake3::Hash, raw_tops: &[ExtentHash]) -> [ExtentHash; push::PARTS] {
-    <[ExtentHash; push::PARTS]>::try_from(raw_tops).unwrap_or_else(|_| {
-        let mut values = [[0u8; 32]; push::PARTS];
-        values[0] = *raw.as_bytes();
-        values
-    })
-}
-
-/// Reads and hashes extent `index`'s volume bytes, and encodes and hashes what changed since the
-/// last push. An extent the last push saw is first mapped, not read, to be compared: most are
-/// unchanged, and need no copy of their bytes. One that changed (or is new) is read into a
-/// buffer and hashed from there: what is recorded of the volume is then what was encoded, even
-/// if the volume is written meanwhile.
+/// Reads and marks extent `index`'s volume bytes, and encodes and hashes what changed since the
+/// last push (of an extent marked ahead, and unchanged, nothing is read again). Everything
+/// recorded of an extent read is marked, encoded and hashed from the one copy of its bytes read
+/// here, however the volume is written meanwhile.
 fn read(
     volume: &Volume,
     index: u64,
-    hashed: Option<(blake3::Hash, [ExtentHash; push::PARTS])>,
+    marked: Option<push::Marks>,
     pool: &Pool,
     keystream: &Keystream,
     plan: &Plan,
@@ -886,29 +867,22 @@ fn read(
     let (have, last) = (&plan.have, &plan.last);
     let (len, offset) = (last.geometry.len(index) as u64, last.geometry.offset(index));
     let known = last.known(index, have);
-    let unchanged = |raw: &blake3::Hash| match push::step(known.as_ref(), raw.as_bytes()) {
+    let unchanged = |marks: &push::Marks| match push::step(known.as_ref(), marks) {
         push::Step::Reuse { sent } => Some(sent),
         push::Step::Encode => None,
     };
-    // Hashed ahead, or mapped to be compared when it may be unchanged.
-    let compared = hashed.or_else(|| {
-        let window = known.and_then(|_| volume.map_extent(index).ok())?;
-        let (raw, tops) = proof::hash_with_tops(&window, proof::TOP_LEVELS);
-        Some((raw, volume_values(&raw, &tops)))
-    });
-    if let Some((raw, volume)) = compared
-        && let Some(sent) = unchanged(&raw)
+    if let Some(marks) = marked
+        && let Some(sent) = unchanged(&marks)
     {
-        return Ok(Read { index, hash: sent, volume, tops: None, out: None });
+        return Ok(Read { index, hash: sent, marks, tops: None, out: None });
     }
     let mut buf = pool.take();
     volume.read_extent(index, &mut buf)?;
-    let (raw, raw_tops) = proof::hash_with_tops(&buf, proof::TOP_LEVELS);
-    let volume = volume_values(&raw, &raw_tops);
-    if let Some(sent) = unchanged(&raw) {
-        return Ok(Read { index, hash: sent, volume, tops: None, out: None });
+    let marks = push::marks(&buf);
+    if let Some(sent) = unchanged(&marks) {
+        return Ok(Read { index, hash: sent, marks, tops: None, out: None });
     }
-    if let Some((base, parts, mut tops)) = last.patch(index, have, &raw_tops) {
+    if let Some((base, parts, mut tops)) = last.patch(index, have, &marks) {
         let part = buf.len() / push::PARTS;
         for j in push::each_part(parts) {
             let bytes = &mut buf[j * part..(j + 1) * part];
@@ -918,13 +892,13 @@ fn read(
         let root = proof::root_of_tops(len, proof::TOP_LEVELS, &tops);
         let hash = *root.expect("LastPush::patch found this extent's tops merge").as_bytes();
         let out = push::must_send(&hash, have).then_some(Out::Patch { base, parts, data: buf });
-        return Ok(Read { index, hash, volume, tops: Some(tops), out });
+        return Ok(Read { index, hash, marks, tops: Some(tops), out });
     }
     keystream.apply(offset, &mut buf);
     let (hash, tops) = proof::hash_with_tops(&buf, proof::TOP_LEVELS);
     let hash = *hash.as_bytes();
     let out = push::must_send(&hash, have).then_some(Out::Whole(buf));
-    Ok(Read { index, hash, volume, tops: Some(tops), out })
+    Ok(Read { index, hash, marks, tops: Some(tops), out })
 }
 
 /// Sends one extent. Its buffer is handed to the connection without a copy and goes back to its

@@ -2,7 +2,7 @@
 //! from it ([`node`]), its typed files ([`files`]), the holder's store of peers' extents
 //! ([`inbound`]), the owner's record of its copies at peers ([`outbound`]), the board on disk ([`board`]), what the server learned of its own reachability
 //! ([`reach`]), the volume reader
-//! ([`volume`]), windows mapped from it ([`mapped`]) and I/O buffers ([`buffer`]).
+//! ([`volume`]) and I/O buffers ([`buffer`]).
 
 pub mod board;
 pub mod buffer;
@@ -10,7 +10,6 @@ pub mod config;
 pub mod files;
 pub mod home;
 pub mod inbound;
-pub mod mapped;
 pub mod node;
 pub mod outbound;
 pub mod reach;

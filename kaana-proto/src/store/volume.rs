@@ -16,7 +16,6 @@ use crate::protocol::manifest::{Geometry, ManifestError};
 use crate::protocol::push::Shape;
 use crate::store::buffer::AlignedBuf;
 use crate::store::home::StateError;
-use crate::store::mapped::Window;
 
 /// The magic at the start of a LUKS1 or LUKS2 header.
 const LUKS_MAGIC: &[u8; 6] = b"LUKS\xba\xbe";
@@ -119,14 +118,6 @@ impl Volume {
         buf.set_len(self.geometry.len(index));
         self.file
             .read_exact_at(buf, self.geometry.offset(index))
-            .map_err(|error| VolumeError::Io { path: self.path.clone(), error })
-    }
-}
-
-impl Volume {
-    /// Extent `index` mapped from the page cache, to read without copying it.
-    pub fn map_extent(&self, index: u64) -> Result<Window, VolumeError> {
-        Window::map(&self.file, self.geometry.offset(index), self.geometry.len(index))
             .map_err(|error| VolumeError::Io { path: self.path.clone(), error })
     }
 }
