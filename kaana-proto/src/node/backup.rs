@@ -295,7 +295,7 @@ pub async fn push(
         .as_ref()
         .filter(|m| same_shape(m))
         .is_some_and(|m| record.values_reader(MARKS, m.body.generation, push::PARTS).is_some());
-    let mut rx = spawn_readers(volume, keystream.clone(), gate.clone(), ahead, threads, pool.clone());
+    let mut rx = spawn_readers(volume.clone(), keystream.clone(), gate.clone(), ahead, threads, pool.clone());
     let conn = connect(client, node, peer).await?;
     let err = net(peer);
     let now = now_from_env().map_err(|e| StateError::damaged(node.home.root(), e))?;
@@ -382,7 +382,7 @@ pub async fn push(
 
     drop(shared);
     let permits = Arc::new(Semaphore::new(in_flight(client.rate_limit(), PUSH_IN_FLIGHT)));
-    let mut sends: JoinSet<Result<u64, NetError>> = JoinSet::new();
+    let mut sends: JoinSet<Result<u64, BackupError>> = JoinSet::new();
     // Set once the holder says it does not know patches.
     let whole = Arc::new(AtomicBool::new(false));
     let mut hashes = vec![[0u8; 32]; g.count() as usize];
@@ -391,8 +391,8 @@ pub async fn push(
     let tops_file = record.values_file("tops", per, g.count())?;
     let mut old_tops = vec![[0u8; 32]; per];
     let (mut extents_sent, mut bytes_sent) = (0u64, 0u64);
-    let mut collect = |r: Result<Result<u64, NetError>, tokio::task::JoinError>| -> Result<(), BackupError> {
-        let len = r.map_err(|e| err(NetError::Lost(e.to_string())))?.map_err(&err)?;
+    let mut collect = |r: Result<Result<u64, BackupError>, tokio::task::JoinError>| -> Result<(), BackupError> {
+        let len = r.map_err(|e| err(NetError::Lost(e.to_string())))??;
         extents_sent += 1;
         bytes_sent += len;
         Ok(())
@@ -444,15 +444,21 @@ pub async fn push(
         report.advance(g.len(index) as u64);
         if let Some(out) = out {
             let permit = permits.clone().acquire_owned().await.map_err(|e| err(NetError::Lost(e.to_string())))?;
-            let (conn, offset, keystream, whole) = (conn.clone(), g.offset(index), keystream.clone(), whole.clone());
+            let (conn, offset, whole) = (conn.clone(), g.offset(index), whole.clone());
+            let again =
+                Again { volume: volume.clone(), index, marks, pool: pool.clone(), keystream: keystream.clone() };
             sends.spawn(async move {
                 let _permit = permit;
-                match out {
-                    Out::Whole(data) => put(&conn, id, offset, hash, data).await,
+                let sent = match out {
+                    Out::Whole(data) => put(&conn, id, offset, hash, data).await.map_err(Unsent::Net),
                     Out::Patch { base, parts, data } => {
-                        patch(&conn, (id, offset, hash), (base, parts), data, (&keystream, &whole)).await
+                        patch(&conn, (id, offset, hash), (base, parts), data, again, &whole).await
                     }
-                }
+                };
+                sent.map_err(|e| match e {
+                    Unsent::Net(e) => net(peer)(e),
+                    Unsent::Volume(e) => BackupError::Volume(e),
+                })
             });
         }
     }
@@ -921,62 +927,106 @@ async fn put(
     }
 }
 
+/// Why an extent was not stored.
+enum Unsent {
+    /// The holder, or the link to it.
+    Net(NetError),
+    /// The volume, read again to send an extent whole.
+    Volume(VolumeError),
+}
+
+impl From<NetError> for Unsent {
+    fn from(e: NetError) -> Self {
+        Unsent::Net(e)
+    }
+}
+
+/// What reading an extent again takes: the volume, the extent's index and the marks it was
+/// sent under, a buffer and the keystream.
+struct Again {
+    volume: Arc<Volume>,
+    index: u64,
+    marks: push::Marks,
+    pool: Pool,
+    keystream: Keystream,
+}
+
+impl Again {
+    /// The extent read again and encoded whole, if it still has the marks it was sent under
+    /// (else the volume was written there since, and this push cannot send it as it was).
+    async fn encoded(self) -> Result<Pooled, Unsent> {
+        tokio::task::spawn_blocking(move || {
+            let Again { volume, index, marks, pool, keystream } = self;
+            let mut buf = pool.take();
+            volume.read_extent(index, &mut buf).map_err(Unsent::Volume)?;
+            if push::marks(&buf) != marks {
+                return Err(Unsent::Volume(VolumeError::Io {
+                    path: volume.path().to_owned(),
+                    error: std::io::Error::other(format!(
+                        "extent {index} was written while it was pushed, and the holder could not patch its copy: \
+                         nothing was committed; push again"
+                    )),
+                }));
+            }
+            keystream.apply(volume.geometry().offset(index), &mut buf);
+            Ok(buf)
+        })
+        .await
+        .map_err(|e| Unsent::Net(NetError::Lost(e.to_string())))?
+    }
+}
+
 /// Sends the parts of an extent that changed, for the holder to rebuild it on `base`; if the
 /// holder cannot (it does not hold `base`, its copy of it is damaged, or it predates patches),
-/// encodes the other parts and sends the extent whole. Says how many bytes went. A holder that
-/// does not know patches (`whole`) gets every later extent of the push whole at once.
+/// sends it whole. Says how many bytes went. The parts go from the extent's buffer, which goes
+/// back to the pool once they are acknowledged, as a whole extent's does: a patch waiting for
+/// the holder's answer holds no buffer, and if the holder cannot patch, the extent is read
+/// again ([`Again`]). A holder that does not know patches (`whole`) gets every later extent of
+/// the push whole at once, from its buffer.
 async fn patch(
     conn: &Connection,
     (contract, offset, hash): (RecordId, u64, ExtentHash),
     (base, parts): (ExtentHash, u8),
-    data: Pooled,
-    (keystream, whole): (&Keystream, &AtomicBool),
-) -> Result<u64, NetError> {
+    mut data: Pooled,
+    again: Again,
+    whole: &AtomicBool,
+) -> Result<u64, Unsent> {
     use crate::net::wire::ErrorCode;
     let len = data.len() as u32;
     let part = data.len() / push::PARTS;
     if whole.load(Ordering::Relaxed) {
-        return encode_rest_and_put(conn, (contract, offset, hash), parts, data, keystream).await;
+        // The parts are encoded already; the others are still the volume's bytes.
+        let keystream = again.keystream;
+        let data = tokio::task::spawn_blocking(move || {
+            for j in push::each_part(!parts) {
+                keystream.apply(offset + (j * part) as u64, &mut data[j * part..(j + 1) * part]);
+            }
+            data
+        })
+        .await
+        .map_err(|e| NetError::Lost(e.to_string()))?;
+        return Ok(put(conn, contract, offset, hash, data).await?);
     }
     let mut sent = 0u64;
     let mut ex = conn.open(&Request::PatchExtent { contract, offset, base, hash, len, parts }).await?;
+    let bytes = data.into_bytes();
     for j in push::each_part(parts) {
-        // Copied: the buffer stays whole, to send whole if the holder cannot patch.
-        if ex.send_bulk(bytes::Bytes::copy_from_slice(&data[j * part..(j + 1) * part])).await.is_err() {
+        if ex.send_bulk(bytes.slice(j * part..(j + 1) * part)).await.is_err() {
             break;
         }
         sent += part as u64;
     }
+    drop(bytes);
     let _ = ex.finish();
     match ex.reply().await {
         Ok(Response::Stored) => return Ok(sent),
-        Ok(other) => return Err(ex.unexpected(&other)),
+        Ok(other) => return Err(ex.unexpected(&other).into()),
         Err(NetError::Remote(e)) if e.code == ErrorCode::UnknownRequest => whole.store(true, Ordering::Relaxed),
         Err(NetError::Remote(e)) if matches!(e.code, ErrorCode::NotFound | ErrorCode::BadRequest) => {}
-        Err(e) => return Err(e),
+        Err(e) => return Err(e.into()),
     }
-    Ok(sent + encode_rest_and_put(conn, (contract, offset, hash), parts, data, keystream).await?)
-}
-
-/// Encodes the parts of an extent that [`patch`] did not, and sends it whole.
-async fn encode_rest_and_put(
-    conn: &Connection,
-    (contract, offset, hash): (RecordId, u64, ExtentHash),
-    parts: u8,
-    mut data: Pooled,
-    keystream: &Keystream,
-) -> Result<u64, NetError> {
-    let part = data.len() / push::PARTS;
-    let keystream = keystream.clone();
-    let data = tokio::task::spawn_blocking(move || {
-        for j in push::each_part(!parts) {
-            keystream.apply(offset + (j * part) as u64, &mut data[j * part..(j + 1) * part]);
-        }
-        data
-    })
-    .await
-    .map_err(|e| NetError::Lost(e.to_string()))?;
-    put(conn, contract, offset, hash, data).await
+    let data = again.encoded().await?;
+    Ok(sent + put(conn, contract, offset, hash, data).await?)
 }
 
 /// Fetches a kept manifest of this node's copy under `entry` (the newest, or `generation`) and
@@ -1020,4 +1070,44 @@ async fn fetch_copy(
     read_paced(&mut ex.recv, &mut list, conn.read_timeout(), "the extent list", None).await.map_err(&err)?;
     manifest.body.check_list(&list)?;
     Ok((manifest, list, receipt))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An extent read again to be sent whole (the holder could not patch it) goes only if it is
+    /// still what was marked: encoded like the first time then; refused, saying so, if the volume
+    /// was written there since.
+    #[tokio::test]
+    async fn an_extent_read_again_goes_only_as_it_was_marked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vol.img");
+        let bytes: Vec<u8> = (0..8u32 << 20).map(|i| (i.wrapping_mul(2654435761) >> 11) as u8).collect();
+        std::fs::write(&path, &bytes).unwrap();
+        let volume = Arc::new(Volume::open(&path, 4 << 20, true).unwrap());
+        let keystream =
+            Keystream::new(&crate::protocol::identity::Identity::from_seed([3; 32]), &"07".repeat(32).parse().unwrap());
+        let marks = push::marks(&bytes[4 << 20..]);
+        let again =
+            || Again { volume: volume.clone(), index: 1, marks, pool: Pool::new(1), keystream: keystream.clone() };
+
+        let Ok(encoded) = again().encoded().await else { panic!("the extent is as it was marked") };
+        let mut expected = bytes[4 << 20..].to_vec();
+        keystream.apply(4 << 20, &mut expected);
+        assert!(encoded[..] == expected[..]);
+
+        use std::os::unix::fs::FileExt as _;
+        std::fs::OpenOptions::new().write(true).open(&path).unwrap().write_all_at(b"later", (6 << 20) + 9).unwrap();
+        match again().encoded().await {
+            Err(Unsent::Volume(e)) => {
+                let said = e.to_string();
+                assert!(
+                    said.contains("extent 1 was written while it was pushed") && said.contains("push again"),
+                    "{said}"
+                );
+            }
+            _ => panic!("a changed extent must not go under the hash it was sent under"),
+        }
+    }
 }
