@@ -46,7 +46,7 @@ use crate::store::buffer::{Pool, Pooled};
 use crate::store::files::ContractEntry;
 use crate::store::home::StateError;
 use crate::store::node::Node;
-use crate::store::outbound::{Outbound, ValuesReader};
+use crate::store::outbound::{Outbound, ValuesFile, ValuesReader};
 use crate::store::volume::{Volume, VolumeError};
 
 /// Extents a push has in flight at once. The holder writes and syncs each before it answers, so
@@ -497,8 +497,7 @@ pub async fn push(
     if same && extents_sent == 0 && committed == Some(previous_gen) {
         conn.close();
         let _lock = record.lock(true)?;
-        record.install_values(marks_file, previous_gen)?;
-        record.install_values(tops_file, previous_gen)?;
+        record.install_values(vec![marks_file, tops_file], previous_gen)?;
         record.save_shape(&shape)?;
         drop_replaced(&record);
         return Ok(summary(previous_gen, true));
@@ -541,6 +540,12 @@ pub async fn push(
         created_at: now,
     };
     let manifest = Signed::sign(manifest, &node.identity)?;
+    // The values files to disk while the holder commits.
+    let synced = tokio::task::spawn_blocking(move || -> Result<Vec<ValuesFile>, StateError> {
+        let mut files = vec![marks_file, tops_file];
+        files.iter_mut().try_for_each(ValuesFile::sync)?;
+        Ok(files)
+    });
     let mut ex =
         conn.open(&Request::Commit { contract: id, manifest: Box::new(manifest.clone()) }).await.map_err(&err)?;
     let _ = ex.send.write_all(list).await;
@@ -552,6 +557,7 @@ pub async fn push(
     conn.close();
     // The holder's signed word that it holds this generation: what an audit's evidence rests on.
     let manifest_id = RecordId::of(&manifest.body)?;
+    let values = synced.await.map_err(|e| e.to_string()).and_then(|r| r.map_err(|e| e.to_string()));
     let r = &receipt.body;
     if receipt.verify_by(&peer).is_err() || r.manifest != manifest_id || r.generation != generation || r.contract != id
     {
@@ -592,8 +598,11 @@ pub async fn push(
         }
         drop(named);
         record.record(&manifest, list, Some(receipt), terms, at)?;
-        record.install_values(marks_file, generation)?;
-        record.install_values(tops_file, generation)?;
+        // Caches: without them the next push reads and encodes every extent once, and this
+        // generation's challenges ask for full proofs. The holder has committed: no failure here.
+        if let Err(e) = values.and_then(|v| record.install_values(v, generation).map_err(|e| e.to_string())) {
+            report.say(&format!("warning: the volume's marks and tops of this push were not kept ({e})"));
+        }
         record.save_shape(&shape)?;
         drop_replaced(&record);
     }

@@ -270,9 +270,9 @@ impl Outbound {
 
     /// `<kind>-<generation>.bin`: 32-byte values.
     /// A new file of `per` values (32 bytes each) per extent for `count` extents, of `kind`
-    /// (`tops`, `volume-tops`): a push writes each extent's values at its place as it reads the volume,
-    /// so it holds none of them, and [`Outbound::install_values`] puts the file in place once
-    /// the holder has committed. Files a push that died left behind are removed first.
+    /// (`tops`, `volume-marks`): a push writes each extent's values at its place as it reads the
+    /// volume, so it holds none of them, and [`Outbound::install_values`] puts the file in place
+    /// once the holder has committed. Files a push that died left behind are removed first.
     pub fn values_file(&self, kind: &'static str, per: usize, count: u64) -> Result<ValuesFile, StateError> {
         static NEXT: AtomicU64 = AtomicU64::new(0);
         let dir = self.layout.dir();
@@ -290,17 +290,25 @@ impl Outbound {
         let file = OpenOptions::new().read(true).write(true).create_new(true).mode(0o600).open(&tmp).map_err(io)?;
         let width = 32 * per as u64;
         file.set_len(count.saturating_mul(width)).map_err(io)?;
-        Ok(ValuesFile { file, tmp, kind, width })
+        Ok(ValuesFile { file, tmp, kind, width, synced: false })
     }
 
-    /// Puts `values` in place as generation `generation`'s (synced), and drops older ones.
-    pub fn install_values(&self, values: ValuesFile, generation: u64) -> Result<(), StateError> {
-        let name = format!("{}-{generation}.bin", values.kind);
-        let path = self.layout.dir().join(&name);
-        values.file.sync_all().map_err(|e| StateError::io(&values.tmp, e))?;
-        fs::rename(&values.tmp, &path).map_err(|e| StateError::io(&path, e))?;
+    /// Puts each of `values` in place as generation `generation`'s (synced), and drops older
+    /// ones.
+    pub fn install_values(&self, values: Vec<ValuesFile>, generation: u64) -> Result<(), StateError> {
+        let mut installed = Vec::new();
+        for mut v in values {
+            v.sync()?;
+            let name = format!("{}-{generation}.bin", v.kind);
+            let path = self.layout.dir().join(&name);
+            fs::rename(&v.tmp, &path).map_err(|e| StateError::io(&path, e))?;
+            installed.push((v.kind, name));
+        }
         File::open(self.layout.dir()).and_then(|d| d.sync_all()).map_err(|e| StateError::io(self.layout.dir(), e))?;
-        self.remove_values(values.kind, Some(&name))
+        for (kind, name) in installed {
+            self.remove_values(kind, Some(&name))?;
+        }
+        Ok(())
     }
 
     /// Removes every kept values file of `kind` (a kind no longer written).
@@ -343,9 +351,20 @@ pub struct ValuesFile {
     tmp: PathBuf,
     kind: &'static str,
     width: u64,
+    synced: bool,
 }
 
 impl ValuesFile {
+    /// Syncs what was written (once: [`Outbound::install_values`] does not sync it again). A
+    /// push does so while the holder commits.
+    pub fn sync(&mut self) -> Result<(), StateError> {
+        if !self.synced {
+            self.file.sync_all().map_err(|e| StateError::io(&self.tmp, e))?;
+            self.synced = true;
+        }
+        Ok(())
+    }
+
     /// Writes extent `index`'s values (as many as the file has per extent).
     pub fn put(&self, index: u64, values: &[[u8; 32]]) -> Result<(), StateError> {
         let bytes = values.as_flattened();
