@@ -235,6 +235,42 @@ fn a_record_from_before_the_volume_marks_still_pushes_only_what_changed() {
     assert_eq!(fs::read(&back).unwrap(), fs::read(&volume).unwrap());
 }
 
+/// The volume's marks and tops are caches: a push the holder committed whose marks cannot be
+/// put in place is still recorded, says so in a warning, and the next push reads every extent
+/// once and goes on.
+#[test]
+fn a_push_whose_marks_cannot_be_kept_is_still_recorded_and_the_next_goes_on() {
+    let work = tempfile::tempdir().unwrap();
+    let volume = work.path().join("vol.img");
+    fs::write(&volume, pseudo_random(16 << 20, 31)).unwrap();
+    let Pair { a, b: _b, sa: _sa, sb: _sb, contract } = contracted_pair(&volume, "64MiB");
+    assert_eq!(push(&a, &contract).generation, 1);
+    let record = a.home.join("outbound").join(&contract);
+    // Where generation 2's marks would go, a directory: they cannot be renamed there.
+    fs::create_dir(record.join("volume-marks-2.bin")).unwrap();
+    overwrite(&volume, (5 << 20) + 3, &pseudo_random(100, 32));
+    let out = a.run("kaana-sync", &["push", &contract]);
+    assert_success(&out);
+    let line: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((line["generation"].as_u64(), line["extents_sent"].as_u64()), (Some(2), Some(1)), "{line}");
+    assert!(
+        stderr(&out).contains("warning: the volume's marks and tops of this push were not kept"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!record.join("tops-2.bin").exists());
+
+    overwrite(&volume, (13 << 20) + 3, &pseudo_random(100, 33));
+    let third = push(&a, &contract);
+    assert_eq!((third.generation, third.extents_sent, third.bytes_sent), (3, 1, 4 << 20), "{third:?}");
+    assert!(record.join("volume-marks-3.bin").is_file() && record.join("tops-3.bin").is_file());
+    let back = work.path().join("back.img");
+    assert_eq!(restore(&a, &contract, &back).generation, 3);
+    assert_eq!(fs::read(&back).unwrap(), fs::read(&volume).unwrap());
+    let challenged: serde_json::Value = a.json("kaana-challenge", &[&contract]);
+    assert_eq!(challenged["result"].as_str(), Some("pass"), "{challenged}");
+}
+
 /// The holder rebuilds an extent only on one it holds for the contract, of the patch's length,
 /// from a peer of the contract, into bytes of the hash named; anything else is refused and
 /// stores nothing.

@@ -284,9 +284,10 @@ pub async fn push(
         return Err(BackupError::TooLarge { contract: id, volume: g.volume_size, size: entry.contract.body.size });
     }
     let same_shape = |m: &Signed<Manifest>| m.body.volume_size == g.volume_size && m.body.extent_size == extent_size;
-    // The readers start now, and hash the volume ahead while the holder is asked what it has
+    // The readers start now, and mark the volume ahead while the holder is asked what it has
     // (when this node pushed it before in this shape: most extents are then compared only).
-    let keystream = Keystream::new(&node.identity, &id);
+    let keys =
+        Keys { stream: Keystream::new(&node.identity, &id), marks: Arc::new(push::MarkKey::new(&node.identity, &id)) };
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
     let pool = Pool::new(threads + READ_AHEAD + SENDING);
     let gate = Arc::new(Gate::default());
@@ -295,7 +296,7 @@ pub async fn push(
         .as_ref()
         .filter(|m| same_shape(m))
         .is_some_and(|m| record.values_reader(MARKS, m.body.generation, push::PARTS).is_some());
-    let mut rx = spawn_readers(volume.clone(), keystream.clone(), gate.clone(), ahead, threads, pool.clone());
+    let mut rx = spawn_readers(volume.clone(), keys.clone(), gate.clone(), ahead, threads, pool.clone());
     let conn = connect(client, node, peer).await?;
     let err = net(peer);
     let now = now_from_env().map_err(|e| StateError::damaged(node.home.root(), e))?;
@@ -356,11 +357,11 @@ pub async fn push(
         record.record(&manifest, &list, receipt, entry.contract.body.history.as_ref(), at)?;
     }
 
-    // What we sent last time, and the volume's own (pre-keystream) hashes then: an extent whose
-    // raw bytes are unchanged, and that the holder still has, needs no keystream and no sending.
-    // Read under the record's lock: a challenge or another push may be writing it. (The files of
-    // raw hashes and tops are read an extent at a time, through handles opened here: what a push
-    // holds does not grow with the volume beyond its lists.)
+    // What we sent last time, and the volume's marks then: an extent whose raw bytes are
+    // unchanged, and that the holder still has, needs no keystream and no sending. Read under
+    // the record's lock: a challenge or another push may be writing it. (The files of marks and
+    // tops are read an extent at a time, through handles opened here: what a push holds does not
+    // grow with the volume beyond its lists.)
     let shared = record.lock(false)?;
     let previous = record.committed()?.map(|(m, list)| (m, Arc::new(list)));
     let previous_gen = previous.as_ref().map_or(0, |(m, _)| m.body.generation);
@@ -382,7 +383,7 @@ pub async fn push(
 
     drop(shared);
     let permits = Arc::new(Semaphore::new(in_flight(client.rate_limit(), PUSH_IN_FLIGHT)));
-    let mut sends: JoinSet<Result<u64, BackupError>> = JoinSet::new();
+    let mut sends: JoinSet<Result<Sent, BackupError>> = JoinSet::new();
     // Set once the holder says it does not know patches.
     let whole = Arc::new(AtomicBool::new(false));
     let mut hashes = vec![[0u8; 32]; g.count() as usize];
@@ -391,11 +392,19 @@ pub async fn push(
     let tops_file = record.values_file("tops", per, g.count())?;
     let mut old_tops = vec![[0u8; 32]; per];
     let (mut extents_sent, mut bytes_sent) = (0u64, 0u64);
-    let mut collect = |r: Result<Result<u64, BackupError>, tokio::task::JoinError>| -> Result<(), BackupError> {
-        let len = r.map_err(|e| err(NetError::Lost(e.to_string())))??;
-        extents_sent += 1;
-        bytes_sent += len;
-        Ok(())
+    let mut collect =
+        |r: Result<Result<Sent, BackupError>, tokio::task::JoinError>| -> Result<Option<Amended>, BackupError> {
+            let sent = r.map_err(|e| err(NetError::Lost(e.to_string())))??;
+            extents_sent += 1;
+            bytes_sent += sent.bytes;
+            Ok(sent.amended)
+        };
+    // An extent sent as it is now, not as it was read (the volume was written there meanwhile,
+    // and the holder could not patch it): recorded as sent.
+    let amend = |hashes: &mut [ExtentHash], a: Amended| -> Result<(), StateError> {
+        hashes[a.index as usize] = a.hash;
+        marks_file.put(a.index, &a.marks)?;
+        tops_file.put(a.index, &a.tops)
     };
     loop {
         // A send that failed is heard at once, not only when the readers next hand over an
@@ -403,7 +412,9 @@ pub async fn push(
         // and a loop that only listened to them would wait for ever.
         let item = tokio::select! {
             Some(done) = sends.join_next(), if !sends.is_empty() => {
-                collect(done)?;
+                if let Some(a) = collect(done)? {
+                    amend(&mut hashes, a)?;
+                }
                 continue;
             }
             item = rx.recv() => match item {
@@ -445,12 +456,14 @@ pub async fn push(
         if let Some(out) = out {
             let permit = permits.clone().acquire_owned().await.map_err(|e| err(NetError::Lost(e.to_string())))?;
             let (conn, offset, whole) = (conn.clone(), g.offset(index), whole.clone());
-            let again =
-                Again { volume: volume.clone(), index, marks, pool: pool.clone(), keystream: keystream.clone() };
+            let again = Again { volume: volume.clone(), index, marks, pool: pool.clone(), keys: keys.clone() };
             sends.spawn(async move {
                 let _permit = permit;
                 let sent = match out {
-                    Out::Whole(data) => put(&conn, id, offset, hash, data).await.map_err(Unsent::Net),
+                    Out::Whole(data) => put(&conn, id, offset, hash, data)
+                        .await
+                        .map(|bytes| Sent { bytes, amended: None })
+                        .map_err(Unsent::Net),
                     Out::Patch { base, parts, data } => {
                         patch(&conn, (id, offset, hash), (base, parts), data, again, &whole).await
                     }
@@ -463,7 +476,9 @@ pub async fn push(
         }
     }
     while let Some(done) = sends.join_next().await {
-        collect(done)?;
+        if let Some(a) = collect(done)? {
+            amend(&mut hashes, a)?;
+        }
     }
     if received != g.count() {
         // A reader stopped before its end without saying why (it panicked): nothing is committed.
@@ -497,7 +512,9 @@ pub async fn push(
     if same && extents_sent == 0 && committed == Some(previous_gen) {
         conn.close();
         let _lock = record.lock(true)?;
-        record.install_values(vec![marks_file, tops_file], previous_gen)?;
+        if let Err(e) = record.install_values(vec![marks_file, tops_file], previous_gen) {
+            report.say(&format!("warning: the volume's marks and tops of this push were not kept ({e})"));
+        }
         record.save_shape(&shape)?;
         drop_replaced(&record);
         return Ok(summary(previous_gen, true));
@@ -794,7 +811,7 @@ impl Drop for Closing {
     }
 }
 
-/// Extents a reader hashes ahead of the plan, at most (only their hashes are kept).
+/// Extents a reader marks ahead of the plan, at most (only their marks are kept).
 const AHEAD: usize = 4096;
 
 /// Reads, marks, encodes and hashes the volume's extents on every core; an extent the holder
@@ -803,7 +820,7 @@ const AHEAD: usize = 4096;
 /// was pushed before in this shape), each reader marks extents ahead, keeping only their marks.
 fn spawn_readers(
     volume: Arc<Volume>,
-    keystream: Keystream,
+    keys: Keys,
     gate: Arc<Gate>,
     ahead: bool,
     threads: usize,
@@ -812,8 +829,8 @@ fn spawn_readers(
     let (tx, rx) = mpsc::channel(READ_AHEAD);
     let next = Arc::new(AtomicU64::new(0));
     for _ in 0..threads {
-        let (volume, keystream, gate, next, tx, pool) =
-            (volume.clone(), keystream.clone(), gate.clone(), next.clone(), tx.clone(), pool.clone());
+        let (volume, keys, gate, next, tx, pool) =
+            (volume.clone(), keys.clone(), gate.clone(), next.clone(), tx.clone(), pool.clone());
         std::thread::spawn(move || {
             let g = volume.geometry();
             let mut early = Vec::new();
@@ -834,7 +851,7 @@ fn spawn_readers(
                         Gated::Waiting if ahead && early.len() < AHEAD => {
                             let mut buf = pool.take();
                             if volume.read_extent(index, &mut buf).is_ok() {
-                                early.push((index, push::marks(&buf)));
+                                early.push((index, keys.marks.marks(&buf)));
                                 continue;
                             }
                         }
@@ -844,20 +861,20 @@ fn spawn_readers(
                 let Some(p) = plan.clone().or_else(|| gate.wait()) else { return };
                 plan = Some(p.clone());
                 for (i, hashed) in early.drain(..) {
-                    if !send(read(&volume, i, Some(hashed), &pool, &keystream, &p)) {
+                    if !send(read(&volume, i, Some(hashed), &pool, &keys, &p)) {
                         return;
                     }
                 }
-                if !send(read(&volume, index, None, &pool, &keystream, &p)) {
+                if !send(read(&volume, index, None, &pool, &keys, &p)) {
                     return;
                 }
             }
-            // The volume ended before the plan came: what was hashed ahead still goes.
+            // The volume ended before the plan came: what was marked ahead still goes.
             if !early.is_empty()
                 && let Some(p) = plan.or_else(|| gate.wait())
             {
                 for (i, hashed) in early.drain(..) {
-                    if !send(read(&volume, i, Some(hashed), &pool, &keystream, &p)) {
+                    if !send(read(&volume, i, Some(hashed), &pool, &keys, &p)) {
                         return;
                     }
                 }
@@ -876,7 +893,7 @@ fn read(
     index: u64,
     marked: Option<push::Marks>,
     pool: &Pool,
-    keystream: &Keystream,
+    keys: &Keys,
     plan: &Plan,
 ) -> Result<Read, VolumeError> {
     let (have, last) = (&plan.have, &plan.last);
@@ -893,7 +910,7 @@ fn read(
     }
     let mut buf = pool.take();
     volume.read_extent(index, &mut buf)?;
-    let marks = push::marks(&buf);
+    let marks = keys.marks.marks(&buf);
     if let Some(sent) = unchanged(&marks) {
         return Ok(Read { index, hash: sent, marks, tops: None, out: None });
     }
@@ -901,7 +918,7 @@ fn read(
         let part = buf.len() / push::PARTS;
         for j in push::each_part(parts) {
             let bytes = &mut buf[j * part..(j + 1) * part];
-            keystream.apply(offset + (j * part) as u64, bytes);
+            keys.stream.apply(offset + (j * part) as u64, bytes);
             tops[j] = proof::top_of_part(len, proof::TOP_LEVELS, j, bytes);
         }
         let root = proof::root_of_tops(len, proof::TOP_LEVELS, &tops);
@@ -909,7 +926,7 @@ fn read(
         let out = push::must_send(&hash, have).then_some(Out::Patch { base, parts, data: buf });
         return Ok(Read { index, hash, marks, tops: Some(tops), out });
     }
-    keystream.apply(offset, &mut buf);
+    keys.stream.apply(offset, &mut buf);
     let (hash, tops) = proof::hash_with_tops(&buf, proof::TOP_LEVELS);
     let hash = *hash.as_bytes();
     let out = push::must_send(&hash, have).then_some(Out::Whole(buf));
@@ -950,35 +967,55 @@ impl From<NetError> for Unsent {
     }
 }
 
+/// What a push encodes with: the contract's keystream, and the key of its marks.
+#[derive(Clone)]
+struct Keys {
+    stream: Keystream,
+    marks: Arc<push::MarkKey>,
+}
+
+/// What a send did: the bytes it sent, and the extent as it went if not as it was read.
+struct Sent {
+    bytes: u64,
+    amended: Option<Amended>,
+}
+
+/// An extent sent as it was when read again, not as it was first read ([`Again::encoded`]):
+/// what the record keeps of it instead.
+struct Amended {
+    index: u64,
+    hash: ExtentHash,
+    marks: push::Marks,
+    tops: Vec<ExtentHash>,
+}
+
 /// What reading an extent again takes: the volume, the extent's index and the marks it was
-/// sent under, a buffer and the keystream.
+/// recorded with, a buffer and the keys.
 struct Again {
     volume: Arc<Volume>,
     index: u64,
     marks: push::Marks,
     pool: Pool,
-    keystream: Keystream,
+    keys: Keys,
 }
 
 impl Again {
-    /// The extent read again and encoded whole, if it still has the marks it was sent under
-    /// (else the volume was written there since, and this push cannot send it as it was).
-    async fn encoded(self) -> Result<Pooled, Unsent> {
+    /// The extent read again and encoded whole. If it no longer has the marks it was recorded
+    /// with (the volume was written there since), it goes as it is now, hashed again: the
+    /// [`Amended`] says what to record instead. (A buffer of its own: a rare path, which must not
+    /// wait for the readers' pool.)
+    async fn encoded(self) -> Result<(Pooled, Option<Amended>), Unsent> {
         tokio::task::spawn_blocking(move || {
-            let Again { volume, index, marks, pool, keystream } = self;
-            let mut buf = pool.take();
+            let Again { volume, index, marks, pool, keys } = self;
+            let mut buf = pool.take_or_new();
             volume.read_extent(index, &mut buf).map_err(Unsent::Volume)?;
-            if push::marks(&buf) != marks {
-                return Err(Unsent::Volume(VolumeError::Io {
-                    path: volume.path().to_owned(),
-                    error: std::io::Error::other(format!(
-                        "extent {index} was written while it was pushed, and the holder could not patch its copy: \
-                         nothing was committed; push again"
-                    )),
-                }));
+            let now = keys.marks.marks(&buf);
+            keys.stream.apply(volume.geometry().offset(index), &mut buf);
+            if now == marks {
+                return Ok((buf, None));
             }
-            keystream.apply(volume.geometry().offset(index), &mut buf);
-            Ok(buf)
+            let (hash, tops) = proof::hash_with_tops(&buf, proof::TOP_LEVELS);
+            Ok((buf, Some(Amended { index, hash: *hash.as_bytes(), marks: now, tops })))
         })
         .await
         .map_err(|e| Unsent::Net(NetError::Lost(e.to_string())))?
@@ -990,8 +1027,8 @@ impl Again {
 /// sends it whole. Says how many bytes went. The parts go from the extent's buffer, which goes
 /// back to the pool once they are acknowledged, as a whole extent's does: a patch waiting for
 /// the holder's answer holds no buffer, and if the holder cannot patch, the extent is read
-/// again ([`Again`]). A holder that does not know patches (`whole`) gets every later extent of
-/// the push whole at once, from its buffer.
+/// again ([`Again`]: as it is then, which the record follows). A holder that does not know
+/// patches (`whole`) gets every later extent of the push whole at once, from its buffer.
 async fn patch(
     conn: &Connection,
     (contract, offset, hash): (RecordId, u64, ExtentHash),
@@ -999,13 +1036,13 @@ async fn patch(
     mut data: Pooled,
     again: Again,
     whole: &AtomicBool,
-) -> Result<u64, Unsent> {
+) -> Result<Sent, Unsent> {
     use crate::net::wire::ErrorCode;
     let len = data.len() as u32;
     let part = data.len() / push::PARTS;
     if whole.load(Ordering::Relaxed) {
         // The parts are encoded already; the others are still the volume's bytes.
-        let keystream = again.keystream;
+        let keystream = again.keys.stream;
         let data = tokio::task::spawn_blocking(move || {
             for j in push::each_part(!parts) {
                 keystream.apply(offset + (j * part) as u64, &mut data[j * part..(j + 1) * part]);
@@ -1014,7 +1051,7 @@ async fn patch(
         })
         .await
         .map_err(|e| NetError::Lost(e.to_string()))?;
-        return Ok(put(conn, contract, offset, hash, data).await?);
+        return Ok(Sent { bytes: put(conn, contract, offset, hash, data).await?, amended: None });
     }
     let mut sent = 0u64;
     let mut ex = conn.open(&Request::PatchExtent { contract, offset, base, hash, len, parts }).await?;
@@ -1028,14 +1065,15 @@ async fn patch(
     drop(bytes);
     let _ = ex.finish();
     match ex.reply().await {
-        Ok(Response::Stored) => return Ok(sent),
+        Ok(Response::Stored) => return Ok(Sent { bytes: sent, amended: None }),
         Ok(other) => return Err(ex.unexpected(&other).into()),
         Err(NetError::Remote(e)) if e.code == ErrorCode::UnknownRequest => whole.store(true, Ordering::Relaxed),
         Err(NetError::Remote(e)) if matches!(e.code, ErrorCode::NotFound | ErrorCode::BadRequest) => {}
         Err(e) => return Err(e.into()),
     }
-    let data = again.encoded().await?;
-    Ok(sent + put(conn, contract, offset, hash, data).await?)
+    let (data, amended) = again.encoded().await?;
+    let hash = amended.as_ref().map_or(hash, |a| a.hash);
+    Ok(Sent { bytes: sent + put(conn, contract, offset, hash, data).await?, amended })
 }
 
 /// Fetches a kept manifest of this node's copy under `entry` (the newest, or `generation`) and
@@ -1084,39 +1122,41 @@ async fn fetch_copy(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::identity::Identity;
 
-    /// An extent read again to be sent whole (the holder could not patch it) goes only if it is
-    /// still what was marked: encoded like the first time then; refused, saying so, if the volume
-    /// was written there since.
+    /// An extent read again to be sent whole (the holder could not patch it) goes as it was
+    /// marked, encoded like the first time; if the volume was written there since, it goes as it
+    /// is now, with its hash, marks and tops to record instead.
     #[tokio::test]
-    async fn an_extent_read_again_goes_only_as_it_was_marked() {
+    async fn an_extent_read_again_goes_as_it_is_and_says_so_if_it_changed() {
+        use std::os::unix::fs::FileExt as _;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("vol.img");
-        let bytes: Vec<u8> = (0..8u32 << 20).map(|i| (i.wrapping_mul(2654435761) >> 11) as u8).collect();
+        let mut bytes: Vec<u8> = (0..8u32 << 20).map(|i| (i.wrapping_mul(2654435761) >> 11) as u8).collect();
         std::fs::write(&path, &bytes).unwrap();
         let volume = Arc::new(Volume::open(&path, 4 << 20, true).unwrap());
-        let keystream =
-            Keystream::new(&crate::protocol::identity::Identity::from_seed([3; 32]), &"07".repeat(32).parse().unwrap());
-        let marks = push::marks(&bytes[4 << 20..]);
-        let again =
-            || Again { volume: volume.clone(), index: 1, marks, pool: Pool::new(1), keystream: keystream.clone() };
+        let (owner, contract) = (Identity::from_seed([3; 32]), "07".repeat(32).parse().unwrap());
+        let keys =
+            Keys { stream: Keystream::new(&owner, &contract), marks: Arc::new(push::MarkKey::new(&owner, &contract)) };
+        let marks = keys.marks.marks(&bytes[4 << 20..]);
+        let again = || Again { volume: volume.clone(), index: 1, marks, pool: Pool::new(0), keys: keys.clone() };
+        let encoded = |bytes: &[u8]| {
+            let mut e = bytes[4 << 20..].to_vec();
+            keys.stream.apply(4 << 20, &mut e);
+            e
+        };
 
-        let Ok(encoded) = again().encoded().await else { panic!("the extent is as it was marked") };
-        let mut expected = bytes[4 << 20..].to_vec();
-        keystream.apply(4 << 20, &mut expected);
-        assert!(encoded[..] == expected[..]);
+        let Ok((data, None)) = again().encoded().await else { panic!("the extent is as it was marked") };
+        assert!(data[..] == encoded(&bytes)[..]);
 
-        use std::os::unix::fs::FileExt as _;
         std::fs::OpenOptions::new().write(true).open(&path).unwrap().write_all_at(b"later", (6 << 20) + 9).unwrap();
-        match again().encoded().await {
-            Err(Unsent::Volume(e)) => {
-                let said = e.to_string();
-                assert!(
-                    said.contains("extent 1 was written while it was pushed") && said.contains("push again"),
-                    "{said}"
-                );
-            }
-            _ => panic!("a changed extent must not go under the hash it was sent under"),
-        }
+        bytes[(6 << 20) + 9..(6 << 20) + 14].copy_from_slice(b"later");
+        let Ok((data, Some(amended))) = again().encoded().await else { panic!("the extent changed since") };
+        let now = encoded(&bytes);
+        assert!(data[..] == now[..]);
+        let (hash, tops) = proof::hash_with_tops(&now, proof::TOP_LEVELS);
+        assert_eq!((amended.index, amended.hash, amended.tops), (1, *hash.as_bytes(), tops));
+        assert_eq!(amended.marks, keys.marks.marks(&bytes[4 << 20..]));
+        assert_eq!(push::changed_parts(&marks, &amended.marks), Some(0b0100));
     }
 }

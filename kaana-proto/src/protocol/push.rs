@@ -2,15 +2,18 @@
 //! Pure: the volume's hashes and the holder's answers come in as values.
 //!
 //! Before sending anything the holder says which generation it committed and which extents
-//! (by hash) it holds. An extent whose volume bytes hash as they did at the last push, and whose
-//! encoded bytes the holder still holds, is neither encoded nor sent again; any other extent is
-//! encoded and hashed, and sent only if the holder does not hold that hash. The holder's claims
+//! (by hash) it holds. An extent whose volume bytes have the marks they had at the last push
+//! ([`MarkKey::marks`]), and whose encoded bytes the holder still holds, is neither encoded nor
+//! sent again; any other extent is encoded and hashed, and sent only if the holder does not hold
+//! that hash (of one that changed only in some parts, only those, [`changed_parts`]). The holder's claims
 //! are bounded first: no more extents than two generations of the smallest extents make, and no
 //! generation beyond the last this node pushed plus one unless the holder shows a manifest of it
 //! that this node signed (a push whose reply was lost), nor near where the next would wrap.
 
+use crate::protocol::identity::Identity;
 use crate::protocol::manifest::{ExtentHash, MAX_EXTENT_SIZE, MIN_EXTENT_SIZE};
 use crate::protocol::proof;
+use crate::protocol::record::RecordId;
 
 /// Generations a holder may claim, at most: far beyond any real count of pushes, far from
 /// where adding one would wrap.
@@ -109,28 +112,53 @@ pub fn step<T: PartialEq>(known: Option<&(T, ExtentHash)>, now: &T) -> Step {
 /// short to have parts.
 pub type Marks = [ExtentHash; PARTS];
 
-/// An extent's [`Marks`]. A mark is the part's 128-bit XXH3 (then 16 zero bytes): a push
-/// compares an extent with its own earlier bytes, where only a chance collision could hide a
-/// change (about one in 2^128 per part), and XXH3 runs at the speed of memory, where BLAKE3
-/// would be half of what the whole push costs. What is sent is hashed with BLAKE3 as ever.
-pub fn marks(extent: &[u8]) -> Marks {
-    let mut marks = [[0u8; 32]; PARTS];
-    let len = extent.len() as u64;
-    if proof::has_tops(len, proof::TOP_LEVELS) {
-        let part = (len >> proof::TOP_LEVELS) as usize;
-        for (mark, bytes) in marks.iter_mut().zip(extent.chunks(part)) {
-            *mark = mark_of(bytes);
-        }
-    } else {
-        marks[0] = mark_of(extent);
+/// The secret an owner's marks of its volume are keyed with, under one contract: XXH3's
+/// secret, from the owner's key and the contract, as the keystream is. A push compares an
+/// extent with its own earlier bytes: only a collision could hide a change, by chance about one
+/// in 2^128 per part, and, keyed, not one that someone who can write chosen bytes into the
+/// volume (a file inside a plaintext one) can aim for without the owner's key. XXH3 runs at the
+/// speed of memory, where BLAKE3 here would be half of what a whole incremental push costs;
+/// what is sent is hashed with BLAKE3 as ever.
+pub struct MarkKey([u8; 192]);
+
+impl std::fmt::Debug for MarkKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MarkKey(..)")
     }
-    marks
 }
 
-fn mark_of(bytes: &[u8]) -> ExtentHash {
-    let mut mark = [0u8; 32];
-    mark[..16].copy_from_slice(&xxhash_rust::xxh3::xxh3_128(bytes).to_le_bytes());
-    mark
+impl MarkKey {
+    /// The secret of `owner`'s marks under `contract`.
+    pub fn new(owner: &Identity, contract: &RecordId) -> Self {
+        let mut material = [0u8; 64];
+        material[..32].copy_from_slice(&owner.seed());
+        material[32..].copy_from_slice(contract.as_bytes());
+        let key = blake3::derive_key("kaana-like 2026-11 per-contract volume marks, XXH3-128 secret", &material);
+        let mut secret = [0u8; 192];
+        blake3::Hasher::new_keyed(&key).finalize_xof().fill(&mut secret);
+        MarkKey(secret)
+    }
+
+    /// An extent's [`Marks`]: each part's keyed 128-bit XXH3, then 16 zero bytes.
+    pub fn marks(&self, extent: &[u8]) -> Marks {
+        let mut marks = [[0u8; 32]; PARTS];
+        let len = extent.len() as u64;
+        if proof::has_tops(len, proof::TOP_LEVELS) {
+            let part = (len >> proof::TOP_LEVELS) as usize;
+            for (mark, bytes) in marks.iter_mut().zip(extent.chunks(part)) {
+                *mark = self.mark_of(bytes);
+            }
+        } else {
+            marks[0] = self.mark_of(extent);
+        }
+        marks
+    }
+
+    fn mark_of(&self, bytes: &[u8]) -> ExtentHash {
+        let mut mark = [0u8; 32];
+        mark[..16].copy_from_slice(&xxhash_rust::xxh3::xxh3_128_with_secret(bytes, &self.0).to_le_bytes());
+        mark
+    }
 }
 
 /// Whether an encoded extent of hash `hash` must be sent: the holder does not hold it.
@@ -143,7 +171,7 @@ pub fn must_send(hash: &ExtentHash, held: &Held) -> bool {
 pub const PARTS: usize = 1 << proof::TOP_LEVELS;
 
 /// Which parts of an extent changed since the last push, a bit each (bit `j`: part `j`), when
-/// sending only those is worth it: the tops of its volume bytes then (`then`) and now (`now`)
+/// sending only those is worth it: the marks of its volume bytes then (`then`) and now (`now`)
 /// are both known, and some parts changed but not all. The holder rebuilds the rest from the
 /// extent it holds of the last push.
 pub fn changed_parts(then: &[ExtentHash], now: &[ExtentHash]) -> Option<u8> {
@@ -232,9 +260,17 @@ mod tests {
 
     #[test]
     fn marks_find_the_part_that_changed_and_only_it() {
+        let owner = Identity::from_seed([5; 32]);
+        let contract: RecordId = "0c".repeat(32).parse().unwrap();
+        let key = MarkKey::new(&owner, &contract);
+        let marks = |bytes: &[u8]| key.marks(bytes);
         let mut extent: Vec<u8> = (0..4u32 << 20).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
         let then = marks(&extent);
         assert_eq!(marks(&extent), then, "the same bytes, the same marks");
+        // Keyed: another contract's, or another owner's, differ.
+        let other: RecordId = "0d".repeat(32).parse().unwrap();
+        assert_ne!(MarkKey::new(&owner, &other).marks(&extent), then);
+        assert_ne!(MarkKey::new(&Identity::from_seed([6; 32]), &contract).marks(&extent), then);
         assert!(then.iter().all(|m| m[16..] == [0; 16] && m[..16] != [0; 16]));
         // One byte of the third 1 MiB part.
         extent[(2 << 20) + 12345] ^= 1;

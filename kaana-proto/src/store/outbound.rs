@@ -268,11 +268,11 @@ impl Outbound {
         Ok(())
     }
 
-    /// `<kind>-<generation>.bin`: 32-byte values.
-    /// A new file of `per` values (32 bytes each) per extent for `count` extents, of `kind`
-    /// (`tops`, `volume-marks`): a push writes each extent's values at its place as it reads the
-    /// volume, so it holds none of them, and [`Outbound::install_values`] puts the file in place
-    /// once the holder has committed. Files a push that died left behind are removed first.
+    /// A new file (`<kind>-<generation>.bin` once installed) of `per` values (32 bytes each) per
+    /// extent for `count` extents, of `kind` (`tops`, `volume-marks`): a push writes each
+    /// extent's values at its place as it reads the volume, so it holds none of them, and
+    /// [`Outbound::install_values`] puts the file in place once the holder has committed. Files
+    /// a push that died left behind are removed first.
     pub fn values_file(&self, kind: &'static str, per: usize, count: u64) -> Result<ValuesFile, StateError> {
         static NEXT: AtomicU64 = AtomicU64::new(0);
         let dir = self.layout.dir();
@@ -293,8 +293,7 @@ impl Outbound {
         Ok(ValuesFile { file, tmp, kind, width, synced: false })
     }
 
-    /// Puts each of `values` in place as generation `generation`'s (synced), and drops older
-    /// ones.
+    /// Puts each of `values` in place as generation `generation`'s (synced); drops older ones.
     pub fn install_values(&self, values: Vec<ValuesFile>, generation: u64) -> Result<(), StateError> {
         let mut installed = Vec::new();
         for mut v in values {
@@ -305,8 +304,9 @@ impl Outbound {
             installed.push((v.kind, name));
         }
         File::open(self.layout.dir()).and_then(|d| d.sync_all()).map_err(|e| StateError::io(self.layout.dir(), e))?;
+        // Older ones are never read again: removing them is tidiness, not a condition.
         for (kind, name) in installed {
-            self.remove_values(kind, Some(&name))?;
+            let _ = self.remove_values(kind, Some(&name));
         }
         Ok(())
     }
@@ -355,8 +355,7 @@ pub struct ValuesFile {
 }
 
 impl ValuesFile {
-    /// Syncs what was written (once: [`Outbound::install_values`] does not sync it again). A
-    /// push does so while the holder commits.
+    /// Syncs what was written, once (a push does so while the holder commits).
     pub fn sync(&mut self) -> Result<(), StateError> {
         if !self.synced {
             self.file.sync_all().map_err(|e| StateError::io(&self.tmp, e))?;
