@@ -6,8 +6,8 @@
 //! with the guard and the checks of the holder's claims on the way, its errors, and its readers
 //! (the gate they wait at, and what each does with an extent) and senders (whole or patched).
 //!
-//! Push reads the volume in extents on every core, marks each (a fast 128-bit hash of each
-//! quarter, [`push::marks`]), XORs it with the contract's keystream, hashes it, and sends only
+//! Push reads the volume in extents on every core, marks each (a keyed 128-bit XXH3 of each
+//! quarter, [`push::MarkKey`]), XORs it with the contract's keystream, hashes it, and sends only
 //! what the holder does not already have, a few extents in flight; the holder's answer to
 //! `push_begin` is what makes an interrupted push resume. An extent whose marks are the last
 //! push's, and that the holder still has, goes no further (the marks are taken ahead while the
