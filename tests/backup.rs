@@ -235,6 +235,80 @@ fn a_record_from_before_the_volume_marks_still_pushes_only_what_changed() {
     assert_eq!(fs::read(&back).unwrap(), fs::read(&volume).unwrap());
 }
 
+/// An extent the holder cannot patch is read again to go whole; if the volume was written there
+/// meanwhile, it goes as it is then, and the record follows it: the commit names what the holder
+/// stored, the restore gives the volume as it is, challenges of that generation pass, and the
+/// next push finds nothing changed.
+#[test]
+fn an_extent_written_while_its_patch_is_refused_goes_as_it_is_then() {
+    let work = tempfile::tempdir().unwrap();
+    let volume = work.path().join("vol.img");
+    fs::write(&volume, pseudo_random(8 << 20, 41)).unwrap();
+    let Pair { a, b, sa: _sa, sb: _sb, contract } = contracted_pair(&volume, "64MiB");
+    // 1 MiB extents: quarters of 256 KiB, 4 s each at the slowest rate allowed.
+    let push_args = |extra: &[&'static str]| {
+        let mut args = vec!["push", contract.as_str(), "--extent-size", "1MiB"];
+        args.extend_from_slice(extra);
+        args
+    };
+    let pushed = |out: &std::process::Output| -> serde_json::Value {
+        assert_success(out);
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    pushed(&a.run("kaana-sync", &push_args(&[])));
+    let before = inbound_extents(&b, &contract);
+    overwrite(&volume, (1 << 20) + 7, &pseudo_random(64, 42));
+    let second = pushed(&a.run("kaana-sync", &push_args(&[])));
+    assert_eq!(second["bytes_sent"].as_u64(), Some(256 << 10), "{second}");
+    // The holder's copy of extent 1 rots, so its next patch cannot rebuild it.
+    let rebuilt: Vec<_> = inbound_extents(&b, &contract).into_iter().filter(|p| !before.contains(p)).collect();
+    assert_eq!(rebuilt.len(), 1, "{rebuilt:?}");
+    let mut rotten = fs::read(&rebuilt[0]).unwrap();
+    rotten[(3 << 18) + 10] ^= 1;
+    fs::write(&rebuilt[0], &rotten).unwrap();
+
+    // Its second quarter changes, and goes as a patch held to 64 KiB/s: 4 s for the quarter.
+    // Meanwhile (after the push has read the extent, long before the holder has all the
+    // quarter) its last quarter changes too; the holder refuses the patch, and the extent read
+    // again carries both.
+    overwrite(&volume, (1 << 20) + (1 << 18) + 7, &pseudo_random(64, 43));
+    let pushing = a
+        .cmd("kaana-sync")
+        .args(push_args(&["--limit-rate", "64KiB"]))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Once the push has read extent 1 (its marks are in the record's file being written).
+    let record = a.home.join("outbound").join(&contract);
+    let read = |path: &Path| fs::read(path).ok().filter(|m| m.len() >= 256 && m[128..256] != [0; 128]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !fs::read_dir(&record).unwrap().flatten().any(|f| {
+        let name = f.file_name().to_string_lossy().into_owned();
+        name.starts_with(".volume-marks.") && name.ends_with(".partial") && read(&f.path()).is_some()
+    }) {
+        assert!(Instant::now() < deadline, "the push never read extent 1");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    overwrite(&volume, (1 << 20) + (3 << 18) + 7, &pseudo_random(64, 44));
+    let third = pushed(&pushing.wait_with_output().unwrap());
+    assert_eq!(third["generation"].as_u64(), Some(3), "{third}");
+    assert_eq!(
+        third["bytes_sent"].as_u64(),
+        Some((1 << 18) + (1 << 20)),
+        "the quarter, then the extent whole: {third}"
+    );
+
+    let back = work.path().join("back.img");
+    assert_eq!(restore(&a, &contract, &back).generation, 3);
+    assert_eq!(fs::read(&back).unwrap(), fs::read(&volume).unwrap(), "the volume as it was when read again");
+    // (Generation 2, kept as history, has the rotten copy: asked about it, the holder fails.)
+    let challenged: serde_json::Value = a.json("kaana-challenge", &[&contract, "--generation", "3"]);
+    assert_eq!(challenged["result"].as_str(), Some("pass"), "{challenged}");
+    let again = pushed(&a.run("kaana-sync", &push_args(&[])));
+    assert_eq!((again["generation"].as_u64(), again["extents_sent"].as_u64()), (Some(3), Some(0)), "{again}");
+}
+
 /// The volume's marks and tops are caches: a push the holder committed whose marks cannot be
 /// put in place is still recorded, says so in a warning, and the next push reads every extent
 /// once and goes on.

@@ -404,7 +404,7 @@ pub async fn push(
     let amend = |hashes: &mut [ExtentHash], a: Amended| -> Result<(), StateError> {
         hashes[a.index as usize] = a.hash;
         marks_file.put(a.index, &a.marks)?;
-        tops_file.put(a.index, &a.tops)
+        if a.tops.len() == per { tops_file.put(a.index, &a.tops) } else { Ok(()) }
     };
     loop {
         // A send that failed is heard at once, not only when the readers next hand over an

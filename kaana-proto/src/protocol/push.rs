@@ -115,10 +115,11 @@ pub type Marks = [ExtentHash; PARTS];
 /// The secret an owner's marks of its volume are keyed with, under one contract: XXH3's
 /// secret, from the owner's key and the contract, as the keystream is. A push compares an
 /// extent with its own earlier bytes: only a collision could hide a change, by chance about one
-/// in 2^128 per part, and, keyed, not one that someone who can write chosen bytes into the
-/// volume (a file inside a plaintext one) can aim for without the owner's key. XXH3 runs at the
-/// speed of memory, where BLAKE3 here would be half of what a whole incremental push costs;
-/// what is sent is hashed with BLAKE3 as ever.
+/// in 2^128 per part. Keyed (not a cryptographic MAC: XXH3 claims no such thing), the marks at
+/// least give someone who writes chosen bytes into the volume (a file inside a plaintext one)
+/// no known value to aim a collision at: they stay in the owner's record, never sent. XXH3 runs
+/// at the speed of memory, where BLAKE3 here would be half of what a whole incremental push
+/// costs; what is sent is hashed with BLAKE3 as ever.
 pub struct MarkKey([u8; 192]);
 
 impl std::fmt::Debug for MarkKey {
