@@ -87,11 +87,6 @@ impl Volume {
         Ok(Volume { file, path: path.to_owned(), geometry })
     }
 
-    /// Where it is read from.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// Its shape.
     pub fn geometry(&self) -> Geometry {
         self.geometry
