@@ -860,8 +860,8 @@ fn spawn_readers(
                 }
                 let Some(p) = plan.clone().or_else(|| gate.wait()) else { return };
                 plan = Some(p.clone());
-                for (i, hashed) in early.drain(..) {
-                    if !send(read(&volume, i, Some(hashed), &pool, &keys, &p)) {
+                for (i, marked) in early.drain(..) {
+                    if !send(read(&volume, i, Some(marked), &pool, &keys, &p)) {
                         return;
                     }
                 }
@@ -873,8 +873,8 @@ fn spawn_readers(
             if !early.is_empty()
                 && let Some(p) = plan.or_else(|| gate.wait())
             {
-                for (i, hashed) in early.drain(..) {
-                    if !send(read(&volume, i, Some(hashed), &pool, &keys, &p)) {
+                for (i, marked) in early.drain(..) {
+                    if !send(read(&volume, i, Some(marked), &pool, &keys, &p)) {
                         return;
                     }
                 }
