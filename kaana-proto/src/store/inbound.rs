@@ -192,17 +192,24 @@ impl Inbound {
     }
 
     /// Stores an extent after checking its bytes hash to `hash`, synced to disk before it is
-    /// renamed into place, and that name synced too (written straight to the device when `data`
-    /// is aligned for it). Its outboard (for chunk proofs) is made in the same pass and written
-    /// beside it; it is a cache, remade from the extent if it is ever lost or wrong.
+    /// renamed into place, and that name synced too ([`Inbound::write`], then [`Written::sync`]).
     pub fn put(&self, hash: &ExtentHash, data: &[u8]) -> Result<(), InboundError> {
+        self.write(hash, data)?.sync()
+    }
+
+    /// The first half of [`Inbound::put`], the half that needs `data`: checks that it hashes to
+    /// `hash` and writes it to a temp file beside its place (straight to the device when `data`
+    /// is aligned for it). Its outboard (for chunk proofs) is made in the same pass and written
+    /// beside it; it is a cache, remade from the extent if it is ever lost or wrong. `data` may
+    /// be reused once this returns; the extent is stored only when [`Written::sync`] returns.
+    pub fn write(&self, hash: &ExtentHash, data: &[u8]) -> Result<Written, InboundError> {
         let (groups, root) = proof::outboard(data);
         if root.as_bytes() != hash {
             return Err(InboundError::HashMismatch(*hash));
         }
         let path = self.extent_path(hash);
         if path.is_file() {
-            return Ok(());
+            return Ok(Written(None));
         }
         let dir = path.parent().unwrap_or(&self.dir).to_owned();
         create_dir(&dir)?;
@@ -212,23 +219,15 @@ impl Inbound {
             write_private(&ob_path, &ob).map_err(|e| StateError::io(&ob_path, e))?;
         }
         let tmp = dir.join(format!(".{}.{}.tmp", std::process::id(), next_tmp()));
-        let result = (|| {
-            let f = crate::store::buffer::create_file(&tmp, data)?;
-            f.sync_data()?;
-            fs::rename(&tmp, &path)
-        })();
-        result.map_err(|e| {
-            let _ = fs::remove_file(&tmp);
-            InboundError::State(StateError::io(&path, e))
-        })?;
-        // The name is durable before the holder says "stored" (a commit relies on it): the
-        // extent's directory, and the directories above it, which a put may have just created
-        // (another put may have created them a moment ago and not synced them yet; syncing a
-        // directory with nothing new is cheap).
-        for d in [dir.as_path(), &self.extents_dir(), &self.dir] {
-            sync_dir(d)?;
+        match crate::store::buffer::create_file(&tmp, data) {
+            Ok(file) => {
+                Ok(Written(Some(Unsynced { file, tmp, path, dirs: [dir, self.extents_dir(), self.dir.clone()] })))
+            }
+            Err(e) => {
+                let _ = fs::remove_file(&tmp);
+                Err(InboundError::State(StateError::io(&path, e)))
+            }
         }
-        Ok(())
     }
 
     /// Reads an extent into `buf`; false if it is not stored.
@@ -853,6 +852,48 @@ pub fn view((manifest, list, receipt): &RecordedCopy) -> Result<history::Generat
 }
 
 /// Writes a file readable by its owner only (a cache: not synced).
+/// An extent written to a temp file by [`Inbound::write`], not yet in its place: dropped
+/// without [`Written::sync`], its temp file is removed. (Nothing, if the extent was stored
+/// already.)
+#[derive(Debug)]
+#[must_use = "an extent is stored only once it is synced"]
+pub struct Written(Option<Unsynced>);
+
+#[derive(Debug)]
+struct Unsynced {
+    file: File,
+    tmp: PathBuf,
+    path: PathBuf,
+    /// The extent's directory and the directories above it, which a write may have just
+    /// created (another write may have created them a moment ago and not synced them yet;
+    /// syncing a directory with nothing new is cheap).
+    dirs: [PathBuf; 3],
+}
+
+impl Written {
+    /// Syncs the extent's bytes, renames it into place and syncs its name: the name is durable
+    /// before the holder says "stored" (a commit relies on it).
+    pub fn sync(mut self) -> Result<(), InboundError> {
+        let Some(u) = self.0.take() else { return Ok(()) };
+        if let Err(e) = u.file.sync_data().and_then(|()| fs::rename(&u.tmp, &u.path)) {
+            let _ = fs::remove_file(&u.tmp);
+            return Err(InboundError::State(StateError::io(&u.path, e)));
+        }
+        for d in &u.dirs {
+            sync_dir(d)?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Written {
+    fn drop(&mut self) {
+        if let Some(u) = self.0.take() {
+            let _ = fs::remove_file(&u.tmp);
+        }
+    }
+}
+
 fn write_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
     OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?.write_all(bytes)
 }
@@ -1028,5 +1069,38 @@ mod tests {
         fs::write(store.outboard_path(&hash), b"garbage").unwrap();
         assert_eq!(store.prove(&hash, 100_000, 50).unwrap().unwrap(), (chunk.clone(), siblings.clone()));
         assert!(proof::verify(100_000, 50, &chunk, &siblings, &hash));
+    }
+
+    /// An extent written and not synced is not stored, and leaves nothing behind when dropped
+    /// (a push that failed in between); written and synced, it is stored and its bytes are
+    /// read back, while the buffer it came from has been reused.
+    #[test]
+    fn a_written_extent_is_stored_only_once_synced() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Inbound { dir: dir.path().to_owned() };
+        let mut data = extent(8, 100_000);
+        let hash = *blake3::hash(&data).as_bytes();
+        let files = |store: &Inbound| {
+            let mut n = 0;
+            for d in read_dir_or_empty(&store.extents_dir()).unwrap() {
+                n += read_dir_or_empty(&d).unwrap().iter().filter(|p| !p.to_string_lossy().ends_with(".ob")).count();
+            }
+            n
+        };
+        drop(store.write(&hash, &data).unwrap());
+        assert!(!store.has(&hash));
+        assert_eq!(files(&store), 0, "a dropped write leaves no temp file");
+
+        let written = store.write(&hash, &data).unwrap();
+        assert!(!store.has(&hash), "not stored before the sync");
+        let kept = data.clone();
+        data.fill(0);
+        written.sync().unwrap();
+        assert!(store.has(&hash));
+        assert_eq!(files(&store), 1);
+        assert_eq!(fs::read(store.extent_path(&hash)).unwrap(), kept);
+        // Stored already: nothing to write, nothing left over.
+        store.write(&hash, &kept).unwrap().sync().unwrap();
+        assert_eq!(files(&store), 1);
     }
 }

@@ -16,7 +16,8 @@ use crate::protocol::market::RecordId;
 use crate::store::board::StoredBoard;
 use crate::store::node::Node;
 
-/// Extents a server receives at once, in all (each is held in memory until stored).
+/// Extents a server receives at once, in all (each is held in memory until written; its sync
+/// to disk then goes on without a place).
 pub(super) const MAX_PUTS_AT_ONCE: usize = 8;
 /// Of those, one contract's at most.
 pub(super) const PUT_SHARE: usize = MAX_PUTS_AT_ONCE / 2;

@@ -51,10 +51,14 @@ struct Admitted<'a> {
 }
 
 impl Admitted<'_> {
-    /// Checks `data` against `hash`, stores and syncs it: then its bytes stay counted.
+    /// Checks `data` against `hash`, stores and syncs it: then its bytes stay counted. The
+    /// buffer and the place go back once the bytes are written, before the sync: another
+    /// extent can come in while the disk makes this one durable.
     async fn store(mut self, hash: ExtentHash, data: Pooled) -> Handled {
         let inbound = self.inbound.clone();
-        blocking(move || inbound.put(&hash, &data).map_err(map_inbound)).await?;
+        let written = blocking(move || inbound.write(&hash, &data).map_err(map_inbound)).await?;
+        drop((self._share, self._place));
+        blocking(move || written.sync().map_err(map_inbound)).await?;
         self.counted.stored = true;
         Ok((Response::Stored, None))
     }
