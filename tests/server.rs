@@ -346,3 +346,47 @@ fn strangers_share_a_small_budget_and_known_nodes_still_get_in() {
         }
     });
 }
+
+/// A tool's run ends right after its client's close: the close has gone out by then, so the
+/// server frees the run's places at once, not at its idle time-out. Here the first run takes
+/// all sixteen places of its node, drops them without closing them, closes its client and ends
+/// (its runtime stops then and there); the next run of the same node gets all sixteen again.
+#[test]
+fn a_run_that_ends_right_after_its_close_leaves_no_place_taken() {
+    let node = TestNode::init();
+    let me = Identity::generate().unwrap();
+    assert_success(&node.run("kaana-offer", &["peer", "add", "--no-check", &format!("{}@127.0.0.1:9", me.node_id())]));
+    let server = ServerProc::start(&node, &[]);
+    let id: NodeId = server.node.parse().unwrap();
+    let run = |me: Identity, forget: bool| {
+        let rt = runtime();
+        let served = rt.block_on(async {
+            let client = Client::new(me).for_one_run();
+            let mut conns = Vec::new();
+            for _ in 0..16 {
+                let conn = client.connect(id, &server.addr).await.unwrap();
+                if conn.request(&Request::Hello).await.is_ok() {
+                    conns.push(conn);
+                }
+            }
+            let served = conns.len();
+            if forget {
+                drop(conns);
+            } else {
+                conns.iter().for_each(|c| c.close());
+            }
+            client.close().await;
+            served
+        });
+        rt.shutdown_timeout(Duration::ZERO);
+        served
+    };
+    assert_eq!(run(me.clone(), true), 16);
+    // The server learns of the closes within moments; a place held until the idle time-out
+    // (60 s) would keep the next run out for a minute.
+    let started = std::time::Instant::now();
+    while run(me.clone(), false) < 16 {
+        assert!(started.elapsed() < Duration::from_secs(10), "the first run's places were not freed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

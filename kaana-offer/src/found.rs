@@ -141,7 +141,7 @@ pub(crate) async fn fetch_dht_boards(node: &Node, settings: &Settings, now: Time
         .map(ToString::to_string)
         .collect();
     let stranger = match Identity::generate() {
-        Ok(key) => Arc::new(Client::with_traffic(key, Traffic::Short).with_timeouts(settings.timeouts)),
+        Ok(key) => Arc::new(Client::with_traffic(key, Traffic::Short).with_timeouts(settings.timeouts).for_one_run()),
         Err(e) => {
             eprintln!("kaana-offer: no randomness for a throwaway key: {e}");
             out.failed += 1;

@@ -8,7 +8,8 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
@@ -125,8 +126,10 @@ const MAX_UDP_PAYLOAD: u16 = 6000;
 const RECEIVE_WINDOW: u32 = 8 << 20;
 /// Bytes a connection may have sent and not yet had acknowledged.
 const SEND_WINDOW: u64 = 4 << 20;
-/// How long a client waits for its connections' close to be sent before it exits.
-const CLOSE_FLUSH: Duration = Duration::from_millis(10);
+/// How long a client for one run waits at most for its connections' close to be sent.
+const CLOSE_FLUSH: Duration = Duration::from_millis(200);
+/// How long another client waits for its connections' close to be sent before it exits.
+const CLOSE_GUESS: Duration = Duration::from_millis(10);
 /// Socket buffers: large enough that a burst at loopback speed is not dropped.
 const SOCKET_BUFFER: usize = 4 << 20;
 
@@ -269,6 +272,53 @@ pub struct Client {
     timeouts: Timeouts,
     resolver: Option<Arc<dyn Resolve>>,
     limit: Option<Arc<RateLimit>>,
+    /// The connections made, until their close is known to be sent ([`Client::close`]); kept
+    /// only by a client for one run ([`Client::for_one_run`]).
+    open: Option<Mutex<Vec<Made>>>,
+}
+
+/// What a client for one run keeps of a connection it made.
+#[derive(Debug)]
+struct Made {
+    conn: quinn::Connection,
+    /// When it was closed here: the datagrams it had sent by then, so that a datagram after
+    /// that tells its close went out. [`OPEN`] while it is open.
+    closed_at: Arc<AtomicU64>,
+    /// Gone once the tool has dropped every [`Connection`] and [`Exchange`] on it.
+    users: Weak<Closing>,
+}
+
+/// [`Made::closed_at`] of a connection not closed yet.
+const OPEN: u64 = u64::MAX;
+
+/// What closes a connection and notes when ([`Made::closed_at`]); held by each handle on it.
+#[derive(Debug)]
+struct Closing(Arc<AtomicU64>);
+
+/// Closes `conn`, noting in `closed_at` what it had sent before (the first time only).
+fn close_noting(conn: &quinn::Connection, closed_at: &AtomicU64) {
+    let _ = closed_at.compare_exchange(OPEN, conn.stats().udp_tx.datagrams, Ordering::SeqCst, Ordering::SeqCst);
+    conn.close(VarInt::from_u32(CLOSE_OK), b"done");
+}
+
+impl Made {
+    /// Whether the connection needs nothing more sent: still open, or closed here and a
+    /// datagram sent since (its close), or closed by the peer or its time-out (nothing to send).
+    fn settled(&self) -> bool {
+        match self.conn.close_reason() {
+            None => true,
+            Some(quinn::ConnectionError::LocallyClosed) => {
+                let before = self.closed_at.load(Ordering::SeqCst);
+                before != OPEN && self.conn.stats().udp_tx.datagrams > before
+            }
+            Some(_) => true,
+        }
+    }
+
+    /// Whether nothing is left to do for the connection: it is over, and settled.
+    fn over(&self) -> bool {
+        self.conn.close_reason().is_some() && self.settled()
+    }
 }
 
 impl Client {
@@ -287,7 +337,17 @@ impl Client {
             timeouts: Timeouts::default(),
             resolver: None,
             limit: None,
+            open: None,
         }
+    }
+
+    /// The same client, for one run of a tool: it keeps a handle on every connection it makes,
+    /// so that [`Client::close`] can wait until each has sent its close. One the tool has
+    /// dropped is closed at the client's next connection or close. (A server's client, which
+    /// runs for months, keeps none.)
+    pub fn for_one_run(mut self) -> Self {
+        self.open = Some(Mutex::new(Vec::new()));
+        self
     }
 
     /// The same client, moving the bytes of extents at most `bytes_per_sec` per second, all its
@@ -371,7 +431,17 @@ impl Client {
             (Some(node), _) | (None, Some(node)) => node,
             (None, None) => return Err(unreachable("the server presented no key".into())),
         };
-        Ok(Connection { conn, node, read_timeout: self.timeouts.read, limit: self.limit.clone() })
+        let closing = Arc::new(Closing(Arc::new(AtomicU64::new(OPEN))));
+        if let Some(Ok(mut open)) = self.open.as_ref().map(Mutex::lock) {
+            // Those the tool dropped are closed, as quinn closes a connection whose last handle
+            // is dropped; those whose close went out are forgotten.
+            for made in open.iter().filter(|m| m.users.strong_count() == 0) {
+                close_noting(&made.conn, &made.closed_at);
+            }
+            open.retain(|m| !m.over());
+            open.push(Made { conn: conn.clone(), closed_at: closing.0.clone(), users: Arc::downgrade(&closing) });
+        }
+        Ok(Connection { conn, node, read_timeout: self.timeouts.read, limit: self.limit.clone(), closing })
     }
 
     /// Connects to `node` trying each of `addrs` in turn, then, if none answers and the client
@@ -442,16 +512,38 @@ impl Client {
     }
 
     /// Closes this client's connections and gives the close a moment to leave (call before
-    /// exiting), so that servers free their places at once instead of at the idle time-out.
-    /// Waiting for the whole draining period (three probe time-outs, some 80 ms on loopback)
-    /// would only add that much to every tool's run: the close is sent in the first moment.
+    /// exiting), so that servers free their places at once instead of at the idle time-out. A
+    /// client for one run waits until each connection has sent its close (at most
+    /// [`CLOSE_FLUSH`]); another waits [`CLOSE_GUESS`]. The close is sent in the first moment:
+    /// waiting for the whole draining period (three probe time-outs, some 80 ms on loopback)
+    /// would only add that much to every tool's run.
     pub async fn close(&self) {
+        let open = match &self.open {
+            Some(open) => open.lock().map(|mut o| std::mem::take(&mut *o)).unwrap_or_default(),
+            None => Vec::new(),
+        };
+        for made in &open {
+            close_noting(&made.conn, &made.closed_at);
+        }
         for cell in [&self.v4, &self.v6] {
             if let Some(e) = cell.get() {
                 e.close(VarInt::from_u32(CLOSE_OK), b"done");
-                let _ = tokio::time::timeout(CLOSE_FLUSH, e.wait_idle()).await;
+                if self.open.is_none() {
+                    let _ = tokio::time::timeout(CLOSE_GUESS, e.wait_idle()).await;
+                }
             }
         }
+        let started = tokio::time::Instant::now();
+        while !open.iter().all(Made::settled) && started.elapsed() < CLOSE_FLUSH {
+            // The connections' tasks send the close: give them the runtime, a moment at a time.
+            if started.elapsed() < Duration::from_millis(2) {
+                tokio::task::yield_now().await;
+            } else {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+        // The close last counted goes out in the same turn of its task: one more turn for it.
+        tokio::task::yield_now().await;
     }
 }
 
@@ -462,6 +554,7 @@ pub struct Connection {
     node: NodeId,
     read_timeout: Duration,
     limit: Option<Arc<RateLimit>>,
+    closing: Arc<Closing>,
 }
 
 impl Connection {
@@ -488,7 +581,7 @@ impl Connection {
 
     fn exchange(&self, send: SendStream, recv: RecvStream, request: &'static str) -> Exchange {
         let (conn, read_timeout, limit) = (self.conn.clone(), self.read_timeout, self.limit.clone());
-        Exchange { send, recv, request, conn, read_timeout, limit }
+        Exchange { send, recv, request, conn, read_timeout, limit, _closing: self.closing.clone() }
     }
 
     /// Waits for the peer to open a stream to this side (the server's half of a rechallenge).
@@ -518,9 +611,9 @@ impl Connection {
         ex.reply().await
     }
 
-    /// Closes the connection.
+    /// Closes the connection (its client's [`Client::close`] then waits for the close to go).
     pub fn close(&self) {
-        self.conn.close(VarInt::from_u32(CLOSE_OK), b"done");
+        close_noting(&self.conn, &self.closing.0);
     }
 }
 
@@ -535,6 +628,8 @@ pub struct Exchange {
     conn: quinn::Connection,
     read_timeout: Duration,
     limit: Option<Arc<RateLimit>>,
+    /// The connection stays open while this is in use, even if the [`Connection`] is dropped.
+    _closing: Arc<Closing>,
 }
 
 impl Exchange {

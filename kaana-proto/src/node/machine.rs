@@ -105,11 +105,11 @@ impl Settings {
         Ok(Settings { timeouts, home, dht_bootstrap, port_mapping })
     }
 
-    /// A client presenting `node`'s key for `traffic`, waiting as these settings say, and
-    /// looking a peer up on the DHT when its known addresses do not answer (unless the DHT is
-    /// off).
+    /// A client for one run of a tool ([`Client::for_one_run`]), presenting `node`'s key for
+    /// `traffic`, waiting as these settings say, and looking a peer up on the DHT when its known
+    /// addresses do not answer (unless the DHT is off).
     pub fn client(&self, node: &Node, traffic: Traffic) -> Client {
-        let client = Client::with_traffic(node.identity.clone(), traffic).with_timeouts(self.timeouts);
+        let client = Client::with_traffic(node.identity.clone(), traffic).with_timeouts(self.timeouts).for_one_run();
         // Volumes move at most at the configured rate; a tool's `--limit-rate` overrides it.
         let client = match traffic {
             Traffic::Bulk => client.with_rate_limit(node.config.limit_rate),
