@@ -8,8 +8,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
@@ -281,43 +280,69 @@ pub struct Client {
 #[derive(Debug)]
 struct Made {
     conn: quinn::Connection,
-    /// When it was closed here: the datagrams it had sent by then, so that a datagram after
-    /// that tells its close went out. [`OPEN`] while it is open.
-    closed_at: Arc<AtomicU64>,
-    /// Gone once the tool has dropped every [`Connection`] and [`Exchange`] on it.
-    users: Weak<Closing>,
+    closed: Arc<Closed>,
 }
 
-/// [`Made::closed_at`] of a connection not closed yet.
-const OPEN: u64 = u64::MAX;
+/// When a connection was closed here, counted in the datagrams it had sent (none yet while
+/// it is open).
+#[derive(Debug, Default)]
+struct Closed(Mutex<Option<Note>>);
 
-/// What closes a connection and notes when ([`Made::closed_at`]); held by each handle on it.
+#[derive(Debug, Clone, Copy)]
+struct Note {
+    /// Datagrams sent once it was closed: any after these is a close (a closed connection
+    /// sends nothing else).
+    after: u64,
+    /// Whether some went out while it was being closed: one of those may have been the close
+    /// itself, or may not.
+    unsure: bool,
+}
+
+/// Closes `conn` (once), noting in `closed` when.
+fn close_noting(conn: &quinn::Connection, closed: &Closed) {
+    let Ok(mut note) = closed.0.lock() else {
+        return conn.close(VarInt::from_u32(CLOSE_OK), b"done");
+    };
+    if note.is_none() {
+        let before = conn.stats().udp_tx.datagrams;
+        conn.close(VarInt::from_u32(CLOSE_OK), b"done");
+        let after = conn.stats().udp_tx.datagrams;
+        *note = Some(Note { after, unsure: after != before });
+    }
+}
+
+/// Closes its connection when dropped, as quinn does when the last handle on a connection is
+/// dropped; held by every [`Connection`] and [`Exchange`] on it.
 #[derive(Debug)]
-struct Closing(Arc<AtomicU64>);
+struct Closing {
+    conn: quinn::Connection,
+    closed: Arc<Closed>,
+}
 
-/// Closes `conn`, noting in `closed_at` what it had sent before (the first time only).
-fn close_noting(conn: &quinn::Connection, closed_at: &AtomicU64) {
-    let _ = closed_at.compare_exchange(OPEN, conn.stats().udp_tx.datagrams, Ordering::SeqCst, Ordering::SeqCst);
-    conn.close(VarInt::from_u32(CLOSE_OK), b"done");
+impl Drop for Closing {
+    fn drop(&mut self) {
+        close_noting(&self.conn, &self.closed);
+    }
 }
 
 impl Made {
-    /// Whether the connection needs nothing more sent: still open, or closed here and a
-    /// datagram sent since (its close), or closed by the peer or its time-out (nothing to send).
-    fn settled(&self) -> bool {
+    /// Whether the connection needs nothing more sent, `waited` after it was closed: still
+    /// open, or closed here and a datagram sent since (its close; when that is unsure, after
+    /// [`CLOSE_GUESS`]), or closed by the peer or its time-out (nothing to send).
+    fn settled(&self, waited: Duration) -> bool {
         match self.conn.close_reason() {
             None => true,
-            Some(quinn::ConnectionError::LocallyClosed) => {
-                let before = self.closed_at.load(Ordering::SeqCst);
-                before != OPEN && self.conn.stats().udp_tx.datagrams > before
-            }
+            Some(quinn::ConnectionError::LocallyClosed) => match self.closed.0.lock().ok().and_then(|n| *n) {
+                Some(n) => self.conn.stats().udp_tx.datagrams > n.after || (n.unsure && waited >= CLOSE_GUESS),
+                None => waited >= CLOSE_GUESS,
+            },
             Some(_) => true,
         }
     }
 
-    /// Whether nothing is left to do for the connection: it is over, and settled.
+    /// Whether nothing is left to do for the connection: it is over, and its close went.
     fn over(&self) -> bool {
-        self.conn.close_reason().is_some() && self.settled()
+        self.conn.close_reason().is_some() && self.settled(Duration::MAX)
     }
 }
 
@@ -342,9 +367,9 @@ impl Client {
     }
 
     /// The same client, for one run of a tool: it keeps a handle on every connection it makes,
-    /// so that [`Client::close`] can wait until each has sent its close. One the tool has
-    /// dropped is closed at the client's next connection or close. (A server's client, which
-    /// runs for months, keeps none.)
+    /// so that [`Client::close`] can wait until each has sent its close. (A connection is still
+    /// closed when the tool drops its last handle on it. A server's client, which runs for
+    /// months, keeps none.)
     pub fn for_one_run(mut self) -> Self {
         self.open = Some(Mutex::new(Vec::new()));
         self
@@ -431,15 +456,10 @@ impl Client {
             (Some(node), _) | (None, Some(node)) => node,
             (None, None) => return Err(unreachable("the server presented no key".into())),
         };
-        let closing = Arc::new(Closing(Arc::new(AtomicU64::new(OPEN))));
+        let closing = Arc::new(Closing { conn: conn.clone(), closed: Arc::default() });
         if let Some(Ok(mut open)) = self.open.as_ref().map(Mutex::lock) {
-            // Those the tool dropped are closed, as quinn closes a connection whose last handle
-            // is dropped; those whose close went out are forgotten.
-            for made in open.iter().filter(|m| m.users.strong_count() == 0) {
-                close_noting(&made.conn, &made.closed_at);
-            }
             open.retain(|m| !m.over());
-            open.push(Made { conn: conn.clone(), closed_at: closing.0.clone(), users: Arc::downgrade(&closing) });
+            open.push(Made { conn: conn.clone(), closed: closing.closed.clone() });
         }
         Ok(Connection { conn, node, read_timeout: self.timeouts.read, limit: self.limit.clone(), closing })
     }
@@ -523,7 +543,7 @@ impl Client {
             None => Vec::new(),
         };
         for made in &open {
-            close_noting(&made.conn, &made.closed_at);
+            close_noting(&made.conn, &made.closed);
         }
         for cell in [&self.v4, &self.v6] {
             if let Some(e) = cell.get() {
@@ -534,7 +554,7 @@ impl Client {
             }
         }
         let started = tokio::time::Instant::now();
-        while !open.iter().all(Made::settled) && started.elapsed() < CLOSE_FLUSH {
+        while !open.iter().all(|m| m.settled(started.elapsed())) && started.elapsed() < CLOSE_FLUSH {
             // The connections' tasks send the close: give them the runtime, a moment at a time.
             if started.elapsed() < Duration::from_millis(2) {
                 tokio::task::yield_now().await;
@@ -613,7 +633,7 @@ impl Connection {
 
     /// Closes the connection (its client's [`Client::close`] then waits for the close to go).
     pub fn close(&self) {
-        close_noting(&self.conn, &self.closing.0);
+        close_noting(&self.conn, &self.closing.closed);
     }
 }
 

@@ -208,10 +208,11 @@ impl Inbound {
             return Err(InboundError::HashMismatch(*hash));
         }
         let path = self.extent_path(hash);
-        if path.is_file() {
-            return Ok(Written(None));
-        }
         let dir = path.parent().unwrap_or(&self.dir).to_owned();
+        let dirs = [dir.clone(), self.extents_dir(), self.dir.clone()];
+        if path.is_file() {
+            return Ok(Written { temp: None, path, dirs });
+        }
         create_dir(&dir)?;
         if !groups.is_empty() {
             let ob: Vec<u8> = groups.iter().flatten().copied().collect();
@@ -220,9 +221,7 @@ impl Inbound {
         }
         let tmp = dir.join(format!(".{}.{}.tmp", std::process::id(), next_tmp()));
         match crate::store::buffer::create_file(&tmp, data) {
-            Ok(file) => {
-                Ok(Written(Some(Unsynced { file, tmp, path, dirs: [dir, self.extents_dir(), self.dir.clone()] })))
-            }
+            Ok(file) => Ok(Written { temp: Some((file, tmp)), path, dirs }),
             Err(e) => {
                 let _ = fs::remove_file(&tmp);
                 Err(InboundError::State(StateError::io(&path, e)))
@@ -851,18 +850,14 @@ pub fn view((manifest, list, receipt): &RecordedCopy) -> Result<history::Generat
     })
 }
 
-/// Writes a file readable by its owner only (a cache: not synced).
 /// An extent written to a temp file by [`Inbound::write`], not yet in its place: dropped
-/// without [`Written::sync`], its temp file is removed. (Nothing, if the extent was stored
-/// already.)
+/// without [`Written::sync`], its temp file is removed. (No temp file, if the extent was in
+/// place already: the sync then syncs its name only.)
 #[derive(Debug)]
 #[must_use = "an extent is stored only once it is synced"]
-pub struct Written(Option<Unsynced>);
-
-#[derive(Debug)]
-struct Unsynced {
-    file: File,
-    tmp: PathBuf,
+pub struct Written {
+    /// The temp file and its name; `None` if the extent was in place already.
+    temp: Option<(File, PathBuf)>,
     path: PathBuf,
     /// The extent's directory and the directories above it, which a write may have just
     /// created (another write may have created them a moment ago and not synced them yet;
@@ -872,14 +867,17 @@ struct Unsynced {
 
 impl Written {
     /// Syncs the extent's bytes, renames it into place and syncs its name: the name is durable
-    /// before the holder says "stored" (a commit relies on it).
+    /// before the holder says "stored" (a commit relies on it). An extent found in place
+    /// already has its name synced too: another write of it may have renamed it a moment ago,
+    /// or failed to sync its directory.
     pub fn sync(mut self) -> Result<(), InboundError> {
-        let Some(u) = self.0.take() else { return Ok(()) };
-        if let Err(e) = u.file.sync_data().and_then(|()| fs::rename(&u.tmp, &u.path)) {
-            let _ = fs::remove_file(&u.tmp);
-            return Err(InboundError::State(StateError::io(&u.path, e)));
+        if let Some((file, tmp)) = self.temp.take()
+            && let Err(e) = file.sync_data().and_then(|()| fs::rename(&tmp, &self.path))
+        {
+            let _ = fs::remove_file(&tmp);
+            return Err(InboundError::State(StateError::io(&self.path, e)));
         }
-        for d in &u.dirs {
+        for d in &self.dirs {
             sync_dir(d)?;
         }
         Ok(())
@@ -888,12 +886,13 @@ impl Written {
 
 impl Drop for Written {
     fn drop(&mut self) {
-        if let Some(u) = self.0.take() {
-            let _ = fs::remove_file(&u.tmp);
+        if let Some((_, tmp)) = self.temp.take() {
+            let _ = fs::remove_file(&tmp);
         }
     }
 }
 
+/// Writes a file readable by its owner only (a cache: not synced).
 fn write_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
     OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?.write_all(bytes)
 }
@@ -1071,36 +1070,46 @@ mod tests {
         assert!(proof::verify(100_000, 50, &chunk, &siblings, &hash));
     }
 
-    /// An extent written and not synced is not stored, and leaves nothing behind when dropped
-    /// (a push that failed in between); written and synced, it is stored and its bytes are
-    /// read back, while the buffer it came from has been reused.
+    /// An extent written and not synced is not stored, and leaves no temp file behind when
+    /// dropped (a push that failed in between); written and synced, it is stored and reads back
+    /// as written, although the buffer it came from (aligned, as a server's are: written
+    /// straight to the device where the file system allows it) was reused meanwhile; written
+    /// again once stored, it stays as it is.
     #[test]
     fn a_written_extent_is_stored_only_once_synced() {
         let dir = tempfile::tempdir().unwrap();
         let store = Inbound { dir: dir.path().to_owned() };
-        let mut data = extent(8, 100_000);
-        let hash = *blake3::hash(&data).as_bytes();
-        let files = |store: &Inbound| {
-            let mut n = 0;
+        let pool = crate::store::buffer::Pool::new(1);
+        let mut data = pool.take_or_new();
+        let bytes = extent(8, 4 << 20);
+        data.set_len(bytes.len());
+        data.copy_from_slice(&bytes);
+        let hash = *blake3::hash(&bytes).as_bytes();
+        let temps = |store: &Inbound| {
+            let mut names = Vec::new();
             for d in read_dir_or_empty(&store.extents_dir()).unwrap() {
-                n += read_dir_or_empty(&d).unwrap().iter().filter(|p| !p.to_string_lossy().ends_with(".ob")).count();
+                for f in read_dir_or_empty(&d).unwrap() {
+                    names.push(f.file_name().unwrap().to_string_lossy().into_owned());
+                }
             }
-            n
+            names.into_iter().filter(|n| n.ends_with(".tmp")).count()
         };
         drop(store.write(&hash, &data).unwrap());
         assert!(!store.has(&hash));
-        assert_eq!(files(&store), 0, "a dropped write leaves no temp file");
+        assert_eq!(temps(&store), 0, "a dropped write leaves no temp file");
 
         let written = store.write(&hash, &data).unwrap();
         assert!(!store.has(&hash), "not stored before the sync");
-        let kept = data.clone();
+        assert_eq!(temps(&store), 1);
         data.fill(0);
+        drop(data);
         written.sync().unwrap();
         assert!(store.has(&hash));
-        assert_eq!(files(&store), 1);
-        assert_eq!(fs::read(store.extent_path(&hash)).unwrap(), kept);
-        // Stored already: nothing to write, nothing left over.
-        store.write(&hash, &kept).unwrap().sync().unwrap();
-        assert_eq!(files(&store), 1);
+        assert_eq!(temps(&store), 0);
+        assert_eq!(fs::read(store.extent_path(&hash)).unwrap(), bytes);
+        store.write(&hash, &bytes).unwrap().sync().unwrap();
+        assert_eq!(temps(&store), 0);
+        assert_eq!(fs::read(store.extent_path(&hash)).unwrap(), bytes);
+        assert!(matches!(store.write(&[0; 32], &bytes), Err(InboundError::HashMismatch(_))));
     }
 }

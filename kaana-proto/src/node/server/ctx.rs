@@ -17,9 +17,12 @@ use crate::store::board::StoredBoard;
 use crate::store::node::Node;
 
 /// Extents a server receives at once, in all (each is held in memory until written; its sync
-/// to disk then goes on without a place).
+/// to disk then goes on without a place, among [`MAX_SYNCS_AT_ONCE`]).
 pub(super) const MAX_PUTS_AT_ONCE: usize = 8;
-/// Of those, one contract's at most.
+/// Extents written and being synced at once, in all: each holds a file, a thread and, where
+/// the file system cannot write straight to the device, its bytes in the page cache.
+pub(super) const MAX_SYNCS_AT_ONCE: usize = 32;
+/// Of the extents received at once, one contract's at most.
 pub(super) const PUT_SHARE: usize = MAX_PUTS_AT_ONCE / 2;
 
 /// How the server runs.
@@ -77,8 +80,10 @@ pub(super) struct Ctx {
     pub(super) forwarding: Forwarding,
     /// For forwarding offers to other boards.
     pub(super) client: Client,
-    /// Extents being received at once (each held in memory until it is stored).
+    /// Extents being received at once (each held in memory until it is written).
     pub(super) put_permits: Semaphore,
+    /// Extents written and being synced at once.
+    pub(super) sync_permits: Semaphore,
     /// Each contract's share of those (half): one peer's stalled pushes cannot hold them all.
     pub(super) put_shares: Mutex<HashMap<RecordId, Arc<Semaphore>>>,
     /// Buffers for extents being received or sent, reused.

@@ -17,7 +17,7 @@ mod sync;
 
 use crate::node::report::Report;
 pub use ctx::ServerOptions;
-use ctx::{Ctx, MAX_PUTS_AT_ONCE};
+use ctx::{Ctx, MAX_PUTS_AT_ONCE, MAX_SYNCS_AT_ONCE};
 pub use reachable::keep_reachable;
 
 use std::collections::HashMap;
@@ -79,6 +79,7 @@ impl Server {
             forwarding,
             client,
             put_permits: Semaphore::new(MAX_PUTS_AT_ONCE),
+            sync_permits: Semaphore::new(MAX_SYNCS_AT_ONCE),
             put_shares: Mutex::new(HashMap::new()),
             buffers: crate::store::buffer::Pool::new(MAX_PUTS_AT_ONCE),
             stored: Mutex::new(HashMap::new()),

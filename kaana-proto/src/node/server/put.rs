@@ -53,10 +53,12 @@ struct Admitted<'a> {
 impl Admitted<'_> {
     /// Checks `data` against `hash`, stores and syncs it: then its bytes stay counted. The
     /// buffer and the place go back once the bytes are written, before the sync: another
-    /// extent can come in while the disk makes this one durable.
+    /// extent can come in while the disk makes this one durable (among a bounded number).
     async fn store(mut self, hash: ExtentHash, data: Pooled) -> Handled {
         let inbound = self.inbound.clone();
         let written = blocking(move || inbound.write(&hash, &data).map_err(map_inbound)).await?;
+        let ctx = self.counted.ctx.clone();
+        let _syncing = ctx.sync_permits.acquire().await.map_err(internal)?;
         drop((self._share, self._place));
         blocking(move || written.sync().map_err(map_inbound)).await?;
         self.counted.stored = true;
