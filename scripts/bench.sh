@@ -16,7 +16,9 @@
 # alternating the contenders. Prints a table for people, then one JSON line with every figure
 # and every ratio (ours / rsync over ssh). Needs root for sshd (it installs rsync, openssh-server
 # and iperf3 if they are missing).
-set -euo pipefail
+set -Eeuo pipefail
+# A step that fails says which, even when its own output is hidden.
+trap 'printf "bench: FAILED at line %s: %s (exit %s)\n" "$LINENO" "$BASH_COMMAND" "$?" >&2' ERR
 cd "$(dirname "$0")/.."
 export PATH="$PATH:/usr/sbin:/sbin"
 
@@ -72,7 +74,8 @@ head -c "$size" /dev/urandom >"$work/vol.img"
 
 start_node() { # NAME [init args...]
   local name=$1; shift
-  kaana-offer --home "$work/$name" init --listen 127.0.0.1:0 --audit-rate 0 "$@" >/dev/null 2>&1
+  kaana-offer --home "$work/$name" init --listen 127.0.0.1:0 --audit-rate 0 "$@" >/dev/null 2>"$work/$name.init" \
+    || { say "FAILED: kaana-offer init of $name: $(cat "$work/$name.init")"; exit 1; }
   kaana-sync --home "$work/$name" serve >"$work/$name.serve" 2>"$work/$name.log" &
   pids+=($!)
   eval "${name}_pid=$!"
