@@ -456,12 +456,13 @@ impl Client {
             (Some(node), _) | (None, Some(node)) => node,
             (None, None) => return Err(unreachable("the server presented no key".into())),
         };
-        let closing = Arc::new(Closing { conn: conn.clone(), closed: Arc::default() });
+        let closing_note: Arc<Closed> = Arc::default();
         if let Some(Ok(mut open)) = self.open.as_ref().map(Mutex::lock) {
             open.retain(|m| !m.over());
-            open.push(Made { conn: conn.clone(), closed: closing.closed.clone() });
+            open.push(Made { conn: conn.clone(), closed: closing_note.clone() });
         }
-        Ok(Connection { conn, node, read_timeout: self.timeouts.read, limit: self.limit.clone(), closing })
+        let closing = Arc::new(Closing { conn, closed: closing_note });
+        Ok(Connection { node, read_timeout: self.timeouts.read, limit: self.limit.clone(), closing })
     }
 
     /// Connects to `node` trying each of `addrs` in turn, then, if none answers and the client
@@ -570,10 +571,10 @@ impl Client {
 /// A connection to an authenticated node.
 #[derive(Debug, Clone)]
 pub struct Connection {
-    conn: quinn::Connection,
     node: NodeId,
     read_timeout: Duration,
     limit: Option<Arc<RateLimit>>,
+    /// The connection, closed when the last handle on it is dropped.
     closing: Arc<Closing>,
 }
 
@@ -595,30 +596,30 @@ impl Connection {
 
     /// Opens a stream and sends nothing yet (for callers that write frames themselves).
     pub async fn open_stream(&self) -> Result<Exchange, NetError> {
-        let (send, recv) = self.conn.open_bi().await.map_err(|e| lost(&self.conn, e))?;
+        let (send, recv) = self.closing.conn.open_bi().await.map_err(|e| lost(&self.closing.conn, e))?;
         Ok(self.exchange(send, recv, "a raw stream"))
     }
 
     fn exchange(&self, send: SendStream, recv: RecvStream, request: &'static str) -> Exchange {
-        let (conn, read_timeout, limit) = (self.conn.clone(), self.read_timeout, self.limit.clone());
+        let (conn, read_timeout, limit) = (self.closing.conn.clone(), self.read_timeout, self.limit.clone());
         Exchange { send, recv, request, conn, read_timeout, limit, _closing: self.closing.clone() }
     }
 
     /// Waits for the peer to open a stream to this side (the server's half of a rechallenge).
     pub async fn accept_stream(&self) -> Result<(SendStream, RecvStream), NetError> {
-        self.conn.accept_bi().await.map_err(|e| lost(&self.conn, e))
+        self.closing.conn.accept_bi().await.map_err(|e| lost(&self.closing.conn, e))
     }
 
     /// Bytes of UDP payload sent and received on this connection so far.
     pub fn wire_bytes(&self) -> u64 {
-        let stats = self.conn.stats();
+        let stats = self.closing.conn.stats();
         stats.udp_tx.bytes + stats.udp_rx.bytes
     }
 
     /// Opens a stream and sends `req`; the caller sends any raw bytes that follow and reads
     /// the reply from the returned [`Exchange`].
     pub async fn open(&self, req: &Request) -> Result<Exchange, NetError> {
-        let (send, recv) = self.conn.open_bi().await.map_err(|e| lost(&self.conn, e))?;
+        let (send, recv) = self.closing.conn.open_bi().await.map_err(|e| lost(&self.closing.conn, e))?;
         let mut ex = self.exchange(send, recv, req.kind());
         write_frame(&mut ex.send, req).await.map_err(|e| ex.remap(e))?;
         Ok(ex)
@@ -633,7 +634,7 @@ impl Connection {
 
     /// Closes the connection (its client's [`Client::close`] then waits for the close to go).
     pub fn close(&self) {
-        close_noting(&self.conn, &self.closing.closed);
+        close_noting(&self.closing.conn, &self.closing.closed);
     }
 }
 
