@@ -22,7 +22,8 @@ pub(super) const MAX_PUTS_AT_ONCE: usize = 8;
 /// Extents written and being synced at once, in all: each holds a file, a thread and, where
 /// the file system cannot write straight to the device, its bytes in the page cache.
 pub(super) const MAX_SYNCS_AT_ONCE: usize = 32;
-/// Of the extents received at once, one contract's at most.
+/// Of the extents received at once, one peer's at most (all its contracts with this server
+/// together: a peer with two contracts here would otherwise hold every place).
 pub(super) const PUT_SHARE: usize = MAX_PUTS_AT_ONCE / 2;
 
 /// How the server runs.
@@ -84,8 +85,9 @@ pub(super) struct Ctx {
     pub(super) put_permits: Semaphore,
     /// Extents written and being synced at once.
     pub(super) sync_permits: Semaphore,
-    /// Each contract's share of those (half): one peer's stalled pushes cannot hold them all.
-    pub(super) put_shares: Mutex<HashMap<RecordId, Arc<Semaphore>>>,
+    /// Each peer's share of those (half): one peer's stalled pushes cannot hold them all,
+    /// however many contracts it has here. Only contract peers get a share.
+    pub(super) put_shares: Mutex<HashMap<NodeId, Arc<Semaphore>>>,
     /// Buffers for extents being received or sent, reused.
     pub(super) buffers: crate::store::buffer::Pool,
     /// Bytes stored per contract during pushes (to cap what a push may add).

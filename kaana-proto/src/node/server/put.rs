@@ -97,11 +97,11 @@ async fn admit(ctx: &Arc<Ctx>, peer: NodeId, id: RecordId, offset: u64, len: u32
         *now += u64::from(len);
         Counted { ctx: ctx.clone(), id, len, stored: false }
     };
-    // The contract's share first, then a place among all: a peer that stalls its pushes holds
-    // at most half the places, and other contracts' pushes go on.
+    // The peer's share first, then a place among all: a peer that stalls its pushes holds at
+    // most half the places, whatever contracts it pushes under, and other peers' pushes go on.
     let share = {
         let mut shares = ctx.put_shares.lock().map_err(internal)?;
-        shares.entry(id).or_insert_with(|| Arc::new(Semaphore::new(PUT_SHARE))).clone()
+        shares.entry(peer).or_insert_with(|| Arc::new(Semaphore::new(PUT_SHARE))).clone()
     };
     let _share = share.acquire_owned().await.map_err(internal)?;
     let _place = ctx.put_permits.acquire().await.map_err(internal)?;
