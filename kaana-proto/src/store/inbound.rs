@@ -595,7 +595,7 @@ impl Inbound {
     }
 
     /// Retires every kept generation older than `generation` (never the committed one), as
-    /// [`Inbound::retire_keeping`] does. The caller holds the store's lock exclusively.
+    /// `Inbound::retire_keeping` does. The caller holds the store's lock exclusively.
     pub fn forget_older(&self, generation: u64) -> Result<(), StateError> {
         for g in self.kept_numbers()? {
             if g < generation {

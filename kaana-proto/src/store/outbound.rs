@@ -203,7 +203,7 @@ impl Outbound {
     }
 
     /// The tops of every extent of generation `generation`
-    /// ([`proof::TOP_LEVELS`] levels down; zeros for an extent without tops), if kept. What lets
+    /// ([`crate::protocol::proof::TOP_LEVELS`] levels down; zeros for an extent without tops), if kept. What lets
     /// this node's challenges ask for shorter proofs.
     pub fn tops(&self, generation: u64) -> Option<Vec<[u8; 32]>> {
         self.read_values("tops", generation)
