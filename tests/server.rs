@@ -7,7 +7,10 @@ use kaana_proto::net::transport::{Client, NetError, read_frame};
 use kaana_proto::net::wire::{ErrorCode, MAX_FRAME, Request, Response};
 use kaana_proto::protocol::identity::{Identity, NodeId};
 
-use crate::common::{ServerProc, TestNode, assert_exit, assert_state_consistent, assert_success, one_json, stderr};
+use crate::common::{
+    ServerProc, TestNode, assert_exit, assert_state_consistent, assert_success, make_contract_sized, one_json,
+    pseudo_random, stderr,
+};
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
@@ -389,4 +392,82 @@ fn a_run_that_ends_right_after_its_close_leaves_no_place_taken() {
         assert!(started.elapsed() < Duration::from_secs(10), "the first run's places were not freed");
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// A run that ends in the middle of transfers (a push that failed on one extent while others
+/// were on the wire) frees the holder's places as promptly: its close leaves while data still
+/// does, on every connection its node may have. The next run gets all sixteen connections, and
+/// a push then goes through at once (the places for incoming extents are free too).
+#[test]
+fn a_run_that_ends_in_the_middle_of_transfers_leaves_no_place_taken() {
+    let work = tempfile::tempdir().unwrap();
+    let holder = TestNode::init_with(&["--capacity", "1GiB"]);
+    let server = ServerProc::start(&holder, &["--read-timeout", "120s"]);
+    let volume = work.path().join("x.img");
+    std::fs::write(&volume, pseudo_random(16 << 20, 7)).unwrap();
+    let owner = TestNode::init_with(&["--capacity", "1GiB", "--volume", volume.to_str().unwrap()]);
+    let owner_server = ServerProc::start(&owner, &[]);
+    let contract = make_contract_sized(&owner, &owner_server, &holder, "64MiB");
+    let id: NodeId = server.node.parse().unwrap();
+    let rt = runtime();
+    let finished_early = rt.block_on(async {
+        let client = Client::new(owner.identity()).for_one_run();
+        let mut writers = tokio::task::JoinSet::new();
+        for i in 0..16u64 {
+            let conn = client.connect(id, &server.addr).await.unwrap();
+            let request = Request::PutExtent {
+                contract: contract.parse().unwrap(),
+                offset: (i % 8) << 22,
+                hash: [i as u8; 32],
+                len: 4 << 20,
+            };
+            let mut ex = conn.open(&request).await.unwrap();
+            // 64 KiB every 5 ms: still on the wire when the run ends.
+            writers.spawn(async move {
+                let _conn = conn;
+                for _ in 0..64 {
+                    if ex.send.write_all(&[0u8; 64 << 10]).await.is_err() {
+                        return false;
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                true
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let finished = std::iter::from_fn(|| writers.try_join_next()).count();
+        client.close().await;
+        finished
+    });
+    rt.shutdown_timeout(Duration::ZERO);
+    assert_eq!(finished_early, 0, "every stream was still sending when the run closed");
+    let hellos = || {
+        let rt = runtime();
+        let served = rt.block_on(async {
+            let client = Client::new(owner.identity()).for_one_run();
+            let mut served = 0;
+            let mut conns = Vec::new();
+            for _ in 0..16 {
+                let conn = client.connect(id, &server.addr).await.unwrap();
+                if conn.request(&Request::Hello).await.is_ok() {
+                    served += 1;
+                }
+                conns.push(conn);
+            }
+            client.close().await;
+            served
+        });
+        rt.shutdown_timeout(Duration::ZERO);
+        served
+    };
+    let started = std::time::Instant::now();
+    while hellos() < 16 {
+        assert!(started.elapsed() < Duration::from_secs(10), "the first run's connections were not freed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Had the holder kept the first run's places for incoming extents, this push would wait for
+    // its 120 s read time-out; the push gives up on any reply after 10 s.
+    let out = owner.cmd("kaana-sync").args(["push", &contract]).env("KAANA_READ_TIMEOUT", "10s").output().unwrap();
+    assert_success(&out);
+    assert!(started.elapsed() < Duration::from_secs(60), "the push waited {:?}", started.elapsed());
 }
