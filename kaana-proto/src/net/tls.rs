@@ -45,9 +45,9 @@ pub fn node_of_spki(der: &[u8]) -> Option<NodeId> {
 
 /// ring's provider with AES-128-GCM put first among its TLS 1.3 suites (ring lists AES-256
 /// first). Every byte of a push is sealed once and opened once, and AES-128 does 10 rounds to
-/// AES-256's 14: a 1 GiB push spends about a third less of both cores on its cipher. 128-bit keys
-/// are what QUIC itself protects its first packets with. The other suites stay, so a node that
-/// prefers another still connects.
+/// AES-256's 14: a first push of 1 GiB took 1.93 s instead of 2.05 s (by hand, alternating).
+/// 128-bit keys are what QUIC itself protects its first packets with. The other suites stay, so
+/// a node that prefers another still connects.
 fn provider() -> Arc<CryptoProvider> {
     let mut provider = rustls::crypto::ring::default_provider();
     provider.cipher_suites.sort_by_key(|suite| suite.suite() != rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);

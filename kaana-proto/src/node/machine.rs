@@ -43,7 +43,8 @@ pub fn new_nonce() -> Result<String, getrandom::Error> {
     Ok(encoding::hex_encode(&n))
 }
 
-/// The environment variable that overrides [`crate::net::transport::READ_TIMEOUT`] for clients (a duration such as `5s`).
+/// The environment variable that overrides [`crate::net::transport::READ_TIMEOUT`] for clients (a duration
+/// such as `5s`).
 pub const READ_TIMEOUT_ENV: &str = "KAANA_READ_TIMEOUT";
 /// The environment variable that overrides [`crate::net::transport::CONNECT_TIMEOUT`] (a duration such as `3s`).
 pub const CONNECT_TIMEOUT_ENV: &str = "KAANA_CONNECT_TIMEOUT";
