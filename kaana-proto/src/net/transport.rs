@@ -135,7 +135,7 @@ const SOCKET_BUFFER: usize = 4 << 20;
 /// What a client's connections carry, which decides their packet size.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Traffic {
-    /// Volumes: packets grow by MTU discovery up to 6000 bytes.
+    /// Volumes: packets grow by MTU discovery up to `MAX_UDP_PAYLOAD` (6000 bytes).
     Bulk,
     /// Exchanges of a few kilobytes (challenges, offers): QUIC's minimum packet size, which the
     /// client also declares as the most it accepts, so neither side probes for larger packets.
@@ -534,8 +534,8 @@ impl Client {
 
     /// Closes this client's connections and gives the close a moment to leave (call before
     /// exiting), so that servers free their places at once instead of at the idle time-out. A
-    /// client for one run waits until each connection has sent its close (at most 200 ms);
-    /// another waits 10 ms. The close is sent in the first moment:
+    /// client for one run waits until each connection has sent its close (at most `CLOSE_FLUSH`,
+    /// 200 ms); another waits `CLOSE_GUESS` (10 ms). The close is sent in the first moment:
     /// waiting for the whole draining period (three probe time-outs, some 80 ms on loopback)
     /// would only add that much to every tool's run.
     pub async fn close(&self) {
