@@ -13,6 +13,7 @@ use kaana_proto::protocol::manifest::{Manifest, encode_list, list_hash};
 use kaana_proto::protocol::market::RecordId;
 use kaana_proto::protocol::record::Signed;
 
+use crate::common::old_holder::OldHolder;
 use crate::common::{
     Pair, ServerProc, TestNode, assert_exit, assert_success, contracted_pair, debugfs_cat, decrypt_luks, json_lines,
     make_contract_sized, make_luks, one_json, pseudo_random, recovered, stderr, write_in_luks,
@@ -200,6 +201,36 @@ fn a_partly_changed_extent_sends_only_its_changed_quarters() {
     assert!(fourth.bytes_sent >= 4 << 20, "the extent went whole: {fourth:?}");
     assert_eq!(restore(&a, &contract, &back).generation, 4);
     assert_eq!(fs::read(&back).unwrap(), fs::read(&volume).unwrap());
+}
+
+/// A holder from before patches, which answers `patch_extent` as any server answers a request
+/// it cannot decode: the owner sends the changed extent whole instead, and the push, the
+/// restore and a challenge all go through as with any holder.
+#[test]
+fn a_holder_that_knows_no_patches_gets_a_changed_extent_whole() {
+    let work = tempfile::tempdir().unwrap();
+    let volume = work.path().join("vol.img");
+    fs::write(&volume, pseudo_random(16 << 20, 21)).unwrap();
+    let Pair { a, b, sa: _sa, sb, contract } = contracted_pair(&volume, "64MiB");
+    push(&a, &contract);
+    // The holder's server moves to another port, and the old holder takes its address.
+    let addr = sb.addr.clone();
+    drop(sb);
+    let sb = ServerProc::start(&b, &[]);
+    let old = OldHolder::start(&addr, &b.identity(), &a.identity(), &sb.addr);
+
+    // Extent 2 (8 to 12 MiB) changes in one quarter.
+    overwrite(&volume, (9 << 20) + 3, &pseudo_random(100, 22));
+    let second = push(&a, &contract);
+    assert_eq!((second.generation, second.extents_sent), (2, 1), "{second:?}");
+    assert_eq!(old.patches_refused(), 1, "the quarter was offered once");
+    // The whole extent, and the quarter if it went out before the holder stopped reading.
+    assert!([4 << 20, 5 << 20].contains(&second.bytes_sent), "{second:?}");
+    let back = work.path().join("back.img");
+    assert_eq!(restore(&a, &contract, &back).generation, 2);
+    assert_eq!(fs::read(&back).unwrap(), fs::read(&volume).unwrap());
+    let challenged: serde_json::Value = a.json("kaana-challenge", &[&contract]);
+    assert_eq!(challenged["result"].as_str(), Some("pass"), "{challenged}");
 }
 
 /// A record from before the volume's marks were kept (the BLAKE3 hash of each extent in

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod flood;
+pub mod old_holder;
 pub mod story;
 
 use std::path::{Path, PathBuf};
