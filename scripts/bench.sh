@@ -12,8 +12,9 @@
 # writing SIZE at once). Needs about 40 x SIZE of free disk.
 #
 # Everything runs on 127.0.0.1 (sshd and the rsync daemon too) in a temporary folder under
-# /var/tmp, removed at the end. Each timed figure is the median of RUNS runs (default 3),
-# alternating the contenders. Prints a table for people, then one JSON line with every figure
+# /var/tmp, removed at the end. Each timed figure is the median of RUNS runs (default 5),
+# alternating the contenders, each run starting with nothing of the last one left to write back
+# (a sync, untimed). Prints a table for people, then one JSON line with every figure
 # and every ratio (ours / rsync over ssh). Needs root for sshd (it installs rsync, openssh-server
 # and iperf3 if they are missing).
 set -Eeuo pipefail
@@ -23,7 +24,7 @@ cd "$(dirname "$0")/.."
 export PATH="$PATH:/usr/sbin:/sbin"
 
 SIZE=${1:-1GiB}
-RUNS=${RUNS:-3}
+RUNS=${RUNS:-5}
 CHALLENGES=${CHALLENGES:-100}
 
 need=()
@@ -66,6 +67,9 @@ now() { date +%s.%N; }
 since() { echo "$(now) - $1" | bc -l; }
 median() { sort -g | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
 ratio() { echo "scale=3; $1 / $2" | bc -l; }
+# Before each timed run: what the last one left in the page cache is written back now, untimed,
+# so that no contender's run pays for another's writes (rsync leaves the volume's worth).
+settle() { sync; }
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 # --- the contenders' set-up -------------------------------------------------------------------
@@ -143,11 +147,11 @@ for _ in $(seq 50); do $SSH root@127.0.0.1 true 2>/dev/null && break; sleep 0.1;
 
 # --- initial push --------------------------------------------------------------------------------
 say "initial push, $RUNS runs each (fresh destination every run)"
-ours_push() { fresh_holder; local t; t=$(now); kaana-sync --home "$work/A" push "$ab" >/dev/null; since "$t"; }
-ssh_push() { rm -f "$work/ssh-dest/vol.img"; local t; t=$(now); rsync --inplace -e "$SSH" "$work/vol.img" "root@127.0.0.1:$work/ssh-dest/vol.img"; since "$t"; }
-daemon_push() { rm -f "$work/rsyncd/vol.img"; local t; t=$(now); rsync --inplace "$@" "$work/vol.img" "rsync://127.0.0.1:$rsync_port/bench/vol.img"; since "$t"; }
+ours_push() { fresh_holder; settle; local t; t=$(now); kaana-sync --home "$work/A" push "$ab" >/dev/null; since "$t"; }
+ssh_push() { rm -f "$work/ssh-dest/vol.img"; settle; local t; t=$(now); rsync --inplace -e "$SSH" "$work/vol.img" "root@127.0.0.1:$work/ssh-dest/vol.img"; since "$t"; }
+daemon_push() { rm -f "$work/rsyncd/vol.img"; settle; local t; t=$(now); rsync --inplace "$@" "$work/vol.img" "rsync://127.0.0.1:$rsync_port/bench/vol.img"; since "$t"; }
 # Our holder syncs every extent to disk before it says "stored"; rsync does not unless asked, so
-# the daemon also runs with --fsync, for a like-for-like figure (the target is the plain daemon).
+# the daemon also runs with --fsync, for a like-for-like figure: the target is against that one.
 : >"$work/t.ours" >"$work/t.ssh" >"$work/t.daemon" >"$work/t.dsync"
 for r in $(seq "$RUNS"); do
   case $((r % 3)) in
@@ -165,9 +169,9 @@ scribble() { for _ in $(seq 20); do dd if=/dev/urandom of="$work/vol.img" bs=1M 
 : >"$work/i.ours" >"$work/i.ssh" >"$work/i.sent"
 for r in $(seq "$RUNS"); do
   scribble
-  t=$(now); line=$(kaana-sync --home "$work/A" push "$ab"); since "$t" >>"$work/i.ours"
+  settle; t=$(now); line=$(kaana-sync --home "$work/A" push "$ab"); since "$t" >>"$work/i.ours"
   jq -r .bytes_sent <<<"$line" >>"$work/i.sent"
-  t=$(now); rsync -I --inplace --no-whole-file -e "$SSH" "$work/vol.img" "root@127.0.0.1:$work/ssh-dest/vol.img"; since "$t" >>"$work/i.ssh"
+  settle; t=$(now); rsync -I --inplace --no-whole-file -e "$SSH" "$work/vol.img" "root@127.0.0.1:$work/ssh-dest/vol.img"; since "$t" >>"$work/i.ssh"
 done
 incr_ours=$(median <"$work/i.ours"); incr_ssh=$(median <"$work/i.ssh"); incr_sent=$(median <"$work/i.sent")
 say "b3sum of the volume from the page cache, $RUNS runs"
@@ -180,8 +184,8 @@ b3=$(median <"$work/b3.t")
 say "full restore, $RUNS runs each"
 : >"$work/r.ours" >"$work/r.ssh"
 for r in $(seq "$RUNS"); do
-  rm -f "$work/restored.img"; t=$(now); kaana-sync --home "$work/A" restore "$ab" --out "$work/restored.img" >/dev/null; since "$t" >>"$work/r.ours"
-  rm -f "$work/pulled.img"; t=$(now); rsync -e "$SSH" "root@127.0.0.1:$work/ssh-dest/vol.img" "$work/pulled.img"; since "$t" >>"$work/r.ssh"
+  rm -f "$work/restored.img"; settle; t=$(now); kaana-sync --home "$work/A" restore "$ab" --out "$work/restored.img" >/dev/null; since "$t" >>"$work/r.ours"
+  rm -f "$work/pulled.img"; settle; t=$(now); rsync -e "$SSH" "root@127.0.0.1:$work/ssh-dest/vol.img" "$work/pulled.img"; since "$t" >>"$work/r.ssh"
 done
 cmp -s "$work/restored.img" "$work/vol.img" || { say "FAILED: the restored volume differs"; exit 1; }
 restore_ours=$(median <"$work/r.ours"); restore_ssh=$(median <"$work/r.ssh")
