@@ -980,9 +980,10 @@ mod tests {
         (0..len).map(|_| rng.below(256) as u8).collect()
     }
 
-    /// A write syncs the two directories above its extent's until a write has synced them in
-    /// this process (two writes into a new directory at once both sync them); a store removed
-    /// and made again is synced from the top again. Without birth times, every write syncs all.
+    /// A write syncs the directories above its extent's, up to the storage folder, until a write
+    /// has synced them in this process (two writes into a new directory at once both sync
+    /// them); a store removed and made again is synced from the top again. Without birth
+    /// times, every write syncs them all.
     #[test]
     fn a_write_syncs_the_directories_above_its_extent_until_their_names_are_durable() {
         let dir = tempfile::tempdir().unwrap();
