@@ -152,6 +152,36 @@ fn overwrite(path: &Path, offset: u64, bytes: &[u8]) {
     fs::OpenOptions::new().write(true).open(path).unwrap().write_all_at(bytes, offset).unwrap();
 }
 
+/// A push without `--extent-size` cuts the volume as this node's last push to the contract did,
+/// not in the default 4 MiB: the cron job's `push --all` after a first push in other extents
+/// sends what changed, not the whole volume again in extents of another size. A size asked for
+/// is honoured (the volume goes whole in it) and is the one kept from then on.
+#[test]
+fn a_push_keeps_the_extent_size_of_the_last_one_unless_asked() {
+    let work = tempfile::tempdir().unwrap();
+    let volume = work.path().join("vol.img");
+    fs::write(&volume, pseudo_random(8 << 20, 11)).unwrap();
+    let Pair { a, b: _b, sa: _sa, sb: _sb, contract } = contracted_pair(&volume, "64MiB");
+    let first: PushLine = a.json("kaana-sync", &["push", &contract, "--extent-size", "256KiB"]);
+    assert_eq!((first.extents_total, first.extents_sent), (32, 32));
+
+    overwrite(&volume, (3 << 20) + 4096, &pseudo_random(4096, 12));
+    let second = push(&a, &contract);
+    assert_eq!((second.generation, second.extents_total, second.extents_sent), (2, 32, 1), "in 256 KiB extents");
+    assert!(second.bytes_sent <= 256 << 10, "one 256 KiB extent at most: {}", second.bytes_sent);
+
+    let third: PushLine = a.json("kaana-sync", &["push", &contract, "--extent-size", "1MiB"]);
+    assert_eq!((third.generation, third.extents_total, third.extents_sent), (3, 8, 8), "asked for: all again");
+    overwrite(&volume, 5 << 20, &pseudo_random(4096, 13));
+    let fourth = push(&a, &contract);
+    assert_eq!((fourth.generation, fourth.extents_total, fourth.extents_sent), (4, 8, 1), "1 MiB extents kept");
+
+    let back = work.path().join("restored.img");
+    let restored = restore(&a, &contract, &back);
+    assert_eq!((restored.generation, restored.ok), (4, true));
+    assert_eq!(fs::read(&back).unwrap(), fs::read(&volume).unwrap());
+}
+
 /// An extent of which some quarters changed goes as those quarters only, and the holder
 /// rebuilds it on the one it holds; one whose copy at the holder is damaged goes whole. Either
 /// way what comes back is the volume, and challenges of the rebuilt extent pass.

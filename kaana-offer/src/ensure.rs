@@ -324,8 +324,7 @@ fn push(node: &Node, settings: &Settings, contract: RecordId) -> anyhow::Result<
     let summary = block_on(async {
         let client = settings.client(node, Traffic::Bulk);
         let report = kaana_proto::node::report::Stderr("kaana-offer ensure");
-        let size = kaana_proto::protocol::manifest::DEFAULT_EXTENT_SIZE;
-        let r = backup::push(&client, node, &entry, size, PushOptions::default(), &report).await;
+        let r = backup::push(&client, node, &entry, None, PushOptions::default(), &report).await;
         client.close().await;
         Ok(r?)
     })?;

@@ -77,9 +77,11 @@ pub enum Command {
         /// Send a volume that does not look encrypted (no LUKS header, low entropy) anyway.
         #[arg(long)]
         allow_plaintext: bool,
-        /// Extent size (a power of two from 4KiB to 64MiB).
-        #[arg(long, value_name = "SIZE", default_value = "4MiB", value_parser = parse_size_arg)]
-        extent_size: u64,
+        /// Extent size (a power of two from 4KiB to 64MiB). Default: the size of this node's
+        /// last push to the contract, 4MiB for a first push. Another size than the last push's
+        /// sends the whole volume again.
+        #[arg(long, value_name = "SIZE", value_parser = parse_size_arg)]
+        extent_size: Option<u64>,
         /// Push a volume that no longer looks like the one pushed before (its LUKS header gone
         /// or replaced, or most of its extents changed at once) anyway. Without it such a push
         /// is refused (exit 1), so that a ransomwared or reformatted volume never becomes the
@@ -233,9 +235,14 @@ pub fn run(args: Args, settings: Settings) -> anyhow::Result<Exit> {
         }
         Command::Push { contract, all, allow_plaintext, extent_size, force, rate } => {
             let limit = rate.limit(&node);
-            let extent_size = u32::try_from(extent_size).context("--extent-size is too large")?;
-            kaana_proto::protocol::manifest::Geometry::new(u64::from(extent_size), extent_size)
-                .context("bad --extent-size")?;
+            let extent_size = extent_size
+                .map(|size| {
+                    let size = u32::try_from(size).context("--extent-size is too large")?;
+                    kaana_proto::protocol::manifest::Geometry::new(u64::from(size), size)
+                        .context("bad --extent-size")?;
+                    anyhow::Ok(size)
+                })
+                .transpose()?;
             let entries = if all {
                 // Toward a peer this node is failing on purpose in silence, it is down: no push.
                 let silent = node.silent_peers(kaana_proto::node::machine::now_from_env()?)?;
@@ -248,7 +255,8 @@ pub fn run(args: Args, settings: Settings) -> anyhow::Result<Exit> {
             };
             if !entries.is_empty() {
                 // Bad input is the tool's error, with or without --all: checked once, up front.
-                backup::check_volume(&node, extent_size, allow_plaintext)?;
+                let checked = extent_size.unwrap_or(kaana_proto::protocol::manifest::DEFAULT_EXTENT_SIZE);
+                backup::check_volume(&node, checked, allow_plaintext)?;
             }
             kaana_proto::node::cli::runtime()?.block_on(async {
                 tokio::select! {
@@ -342,7 +350,7 @@ async fn push(
     settings: Settings,
     entries: Vec<ContractEntry>,
     (all, limit): (bool, Option<u64>),
-    extent_size: u32,
+    extent_size: Option<u32>,
     opts: backup::PushOptions,
 ) -> anyhow::Result<Exit> {
     const AT_ONCE: usize = 2;

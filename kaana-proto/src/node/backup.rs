@@ -36,7 +36,7 @@ use crate::node::report::Report;
 use crate::protocol::encoding;
 use crate::protocol::history;
 use crate::protocol::identity::NodeId;
-use crate::protocol::manifest::{ExtentHash, Keystream, Manifest, ManifestError, list_hash};
+use crate::protocol::manifest::{DEFAULT_EXTENT_SIZE, ExtentHash, Keystream, Manifest, ManifestError, list_hash};
 use crate::protocol::market::RecordId;
 use crate::protocol::proof;
 use crate::protocol::push;
@@ -253,24 +253,28 @@ fn guarded(previous: u64, why: &str) -> BackupError {
     ))
 }
 
-/// Pushes the node's volume to the holder of `entry`.
+/// Pushes the node's volume to the holder of `entry`, in extents of `extent_size`; `None`: of
+/// the size this node's last push to that contract used ([`DEFAULT_EXTENT_SIZE`] for a first).
 pub async fn push(
     client: &Client,
     node: &Node,
     entry: &ContractEntry,
-    extent_size: u32,
+    extent_size: Option<u32>,
     opts: PushOptions,
     report: &dyn Report,
 ) -> Result<PushSummary, BackupError> {
     let started = Instant::now();
     let (id, peer) = (entry.id, entry.state.peer);
     let path = node.config.volume.clone().ok_or(BackupError::NoVolume)?;
+    let record = Outbound::at(node.home.root(), &id);
+    let before = record.committed()?.map(|(m, _)| m);
+    // Another size than the last push's cuts every extent differently: the whole volume would
+    // go again. Only a person asking for it changes it.
+    let extent_size = extent_size.or(before.as_ref().map(|m| m.body.extent_size)).unwrap_or(DEFAULT_EXTENT_SIZE);
     let volume = Arc::new(Volume::open(&path, extent_size, opts.allow_plaintext)?);
     let g = volume.geometry();
     // The guard, first on what the volume looks like: before anything is sent.
-    let record = Outbound::at(node.home.root(), &id);
     let shape = volume.shape()?;
-    let before = record.committed()?.map(|(m, _)| m);
     let last_pushed = before.as_ref().map_or(0, |m| m.body.generation);
     if !opts.force
         && let Some(looked) = record.shape()?
