@@ -714,6 +714,75 @@ fn a_plain_volume_is_refused_unless_allowed() {
     assert!(stderr(&out).contains("<CONTRACT|--all>"), "{}", stderr(&out));
 }
 
+/// Bytes of `path` in the page cache (`fincore`, util-linux).
+fn cached_bytes(path: &Path) -> u64 {
+    let out = std::process::Command::new("fincore")
+        .args(["--bytes", "--noheadings", "--output", "RES"])
+        .arg(path)
+        .output()
+        .expect("fincore (util-linux-extra; scripts/install-deps.sh installs it)");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
+/// Whether reads of files in `dir` can leave the page cache alone: `RWF_DONTCACHE` on ext4 is
+/// known to work on this machine's kernel (6.18); older kernels and other file systems may
+/// refuse it, and then a push reads as any program does.
+fn uncached_reads_expected(dir: &Path) -> bool {
+    let run = |cmd: &str, args: &[&std::ffi::OsStr]| {
+        let out = std::process::Command::new(cmd).args(args).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    let release = run("uname", &["-r".as_ref()]);
+    let mut numbers = release.split(|c: char| !c.is_ascii_digit()).filter_map(|n| n.parse::<u32>().ok());
+    let version = (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0));
+    version >= (6, 18) && run("stat", &["-f".as_ref(), "-c".as_ref(), "%T".as_ref(), dir.as_os_str()]) == "ext2/ext3"
+}
+
+/// A push reads the whole volume, every night: it leaves the page cache as it found it. A volume
+/// that was not cached is not cached after the push (a large one would otherwise push every
+/// other program's files out of memory), and one that was cached stays cached.
+#[test]
+fn a_push_leaves_the_page_cache_as_it_found_it() {
+    let work = tempfile::tempdir().unwrap();
+    let volume = work.path().join("vol.img");
+    let size: u64 = 32 << 20;
+    fs::write(&volume, pseudo_random(size as usize, 21)).unwrap();
+    fs::File::open(&volume).unwrap().sync_all().unwrap();
+    // Drop the volume from the page cache (dd's documented way: `iflag=nocache count=0`).
+    let dropped = std::process::Command::new("dd")
+        .arg(format!("if={}", volume.display()))
+        .args(["iflag=nocache", "count=0", "status=none"])
+        .status()
+        .unwrap();
+    assert!(dropped.success());
+    let before = cached_bytes(&volume);
+    assert!(before < size / 8, "the volume should start out of the page cache: {before} bytes cached");
+    let Pair { a, b: _b, sa: _sa, sb: _sb, contract } = contracted_pair(&volume, "64MiB");
+
+    let first = push(&a, &contract);
+    assert_eq!(first.bytes_sent, size);
+    let after = cached_bytes(&volume);
+    if uncached_reads_expected(work.path()) {
+        assert!(after < size / 8, "a push of a volume not in the page cache left {after} of its {size} bytes there");
+    } else {
+        eprintln!("this kernel or file system may cache what a push reads: {after} of {size} bytes cached");
+    }
+
+    // Cached (read by another program), changed, pushed: still cached, and the push is right.
+    assert_eq!(fs::read(&volume).unwrap().len() as u64, size);
+    overwrite(&volume, 5 << 20, &pseudo_random(4096, 22));
+    assert!(cached_bytes(&volume) > size / 8 * 7);
+    let second = push(&a, &contract);
+    assert_eq!((second.generation, second.extents_sent), (2, 1));
+    let kept = cached_bytes(&volume);
+    assert!(kept > size / 8 * 7, "a push evicted a cached volume: {kept} of {size} bytes still cached");
+    let back = work.path().join("restored.img");
+    let restored = restore(&a, &contract, &back);
+    assert_eq!((restored.generation, restored.ok), (2, true));
+    assert_eq!(fs::read(&back).unwrap(), fs::read(&volume).unwrap());
+}
+
 /// Ctrl-C during a push (here while it waits for a holder that is away): exit 130, and the
 /// person is told that running it again resumes.
 #[test]

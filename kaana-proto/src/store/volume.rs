@@ -1,14 +1,22 @@
 //! The encrypted volume this node backs up: a LUKS block device or image file, read raw in
 //! extents, so that everything read (and sent) is ciphertext.
 //!
+//! Extents are read so as to leave the page cache as it was: what a read brings in is dropped
+//! once copied out (`RWF_DONTCACHE`, Linux 6.14), what was cached already stays. A nightly push
+//! reads the whole volume; without this, a large one would push every other program's cached
+//! files out of memory each night, and on a block device cache bytes nobody reads again.
+//!
 //! A volume that does not look encrypted (no LUKS header, and bytes that are not near-random) is
 //! refused unless the caller allows plaintext: sending a plain file system to a peer would hand
 //! it the data.
 
 use std::fs::File;
-use std::io::{Seek as _, SeekFrom};
+use std::io::{IoSliceMut, Seek as _, SeekFrom};
 use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use rustix::io::{Errno, ReadWriteFlags};
 
 use thiserror::Error;
 
@@ -24,6 +32,9 @@ const ENTROPY_THRESHOLD: f64 = 7.9;
 /// Blocks sampled to judge the entropy, and their size.
 const SAMPLES: u64 = 64;
 const SAMPLE_LEN: usize = 4096;
+/// `RWF_DONTCACHE` (Linux 6.14): pages this read brings into the page cache are dropped once
+/// read; pages cached before stay. rustix does not name it yet.
+const RWF_DONTCACHE: u32 = 0x80;
 
 /// Why a volume cannot be read.
 #[derive(Debug, Error)]
@@ -71,6 +82,9 @@ pub struct Volume {
     file: File,
     path: PathBuf,
     geometry: Geometry,
+    /// Whether reads may still ask to leave the page cache alone (false once the kernel or the
+    /// file system refused).
+    uncached: AtomicBool,
 }
 
 impl Volume {
@@ -84,7 +98,7 @@ impl Volume {
         if !allow_plaintext && let Looks::Plain(entropy) = looks(&file, size).map_err(io)? {
             return Err(VolumeError::Plaintext { path: path.to_owned(), entropy });
         }
-        Ok(Volume { file, path: path.to_owned(), geometry })
+        Ok(Volume { file, path: path.to_owned(), geometry, uncached: AtomicBool::new(true) })
     }
 
     /// Its shape.
@@ -99,7 +113,7 @@ impl Volume {
             Looks::Luks => {
                 // LUKS1 and LUKS2 both keep the UUID, NUL-padded, at byte 168.
                 let mut uuid = [0u8; 40];
-                self.file.read_exact_at(&mut uuid, 168).map_err(io)?;
+                read_uncached(&self.file, &mut uuid, 168, &self.uncached).map_err(io)?;
                 let text: String = uuid
                     .iter()
                     .take_while(|&&b| b != 0)
@@ -113,20 +127,47 @@ impl Volume {
         })
     }
 
-    /// Reads extent `index` into `buf` (resized to the extent's length).
+    /// Reads extent `index` into `buf` (resized to the extent's length), leaving the page cache
+    /// as it was where the kernel can.
     pub fn read_extent(&self, index: u64, buf: &mut AlignedBuf) -> Result<(), VolumeError> {
         buf.set_len(self.geometry.len(index));
-        self.file
-            .read_exact_at(buf, self.geometry.offset(index))
+        read_uncached(&self.file, buf, self.geometry.offset(index), &self.uncached)
             .map_err(|error| VolumeError::Io { path: self.path.clone(), error })
     }
+
+    /// Whether its reads still leave the page cache alone (the kernel and file system took
+    /// `RWF_DONTCACHE` so far).
+    pub fn reads_uncached(&self) -> bool {
+        self.uncached.load(Ordering::Relaxed)
+    }
+}
+
+/// Fills `buf` from `offset` of `file` with `RWF_DONTCACHE` reads while `uncached` holds; once the
+/// kernel or the file system refuses them (before Linux 6.14, or a file system without them), it
+/// no longer does and plain reads follow.
+fn read_uncached(file: &File, mut buf: &mut [u8], mut offset: u64, uncached: &AtomicBool) -> std::io::Result<()> {
+    while !buf.is_empty() && uncached.load(Ordering::Relaxed) {
+        let flags = ReadWriteFlags::from_bits_retain(RWF_DONTCACHE);
+        match rustix::io::preadv2(file, &mut [IoSliceMut::new(buf)], offset, flags) {
+            Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            Ok(n) => {
+                buf = &mut buf[n..];
+                offset += n as u64;
+            }
+            Err(Errno::INTR) => {}
+            Err(Errno::OPNOTSUPP | Errno::INVAL | Errno::NOSYS) => uncached.store(false, Ordering::Relaxed),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    file.read_exact_at(buf, offset)
 }
 
 /// Judges whether a volume's raw bytes look encrypted.
 pub fn looks(file: &File, size: u64) -> std::io::Result<Looks> {
+    let uncached = AtomicBool::new(true);
     let mut magic = [0u8; 6];
     if size >= 6 {
-        file.read_exact_at(&mut magic, 0)?;
+        read_uncached(file, &mut magic, 0, &uncached)?;
         if &magic == LUKS_MAGIC {
             return Ok(Looks::Luks);
         }
@@ -138,7 +179,7 @@ pub fn looks(file: &File, size: u64) -> std::io::Result<Looks> {
     let mut offset = 0;
     while offset < size {
         let len = (size - offset).min(SAMPLE_LEN as u64) as usize;
-        file.read_exact_at(&mut block[..len], offset)?;
+        read_uncached(file, &mut block[..len], offset, &uncached)?;
         for &b in &block[..len] {
             counts[usize::from(b)] += 1;
         }
@@ -200,5 +241,31 @@ mod tests {
         let mut buf = AlignedBuf::default();
         v.read_extent(3, &mut buf).unwrap();
         assert_eq!(&buf[..], &random[3 * 4096..4 * 4096]);
+    }
+
+    /// A file system that refuses reads that leave the page cache alone (tmpfs: its files are
+    /// the page cache) gets plain reads, of the same bytes, the last extent short as it is.
+    #[test]
+    fn where_uncached_reads_are_refused_plain_ones_read_the_same() {
+        let shm = Path::new("/dev/shm");
+        let dirs =
+            [tempfile::tempdir().unwrap()].into_iter().chain(shm.is_dir().then(|| tempfile::tempdir_in(shm).unwrap()));
+        for dir in dirs {
+            let path = dir.path().join("vol");
+            let bytes: Vec<u8> =
+                (0..(3u32 << 20) + 1000).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+            std::fs::write(&path, &bytes).unwrap();
+            let v = Volume::open(&path, 1 << 20, true).unwrap();
+            let mut buf = AlignedBuf::default();
+            let mut back = Vec::new();
+            for i in 0..v.geometry().count() {
+                v.read_extent(i, &mut buf).unwrap();
+                back.extend_from_slice(&buf);
+            }
+            assert_eq!(back, bytes, "{}", dir.path().display());
+            if dir.path().starts_with(shm) {
+                assert!(!v.reads_uncached(), "tmpfs took RWF_DONTCACHE");
+            }
+        }
     }
 }
