@@ -149,7 +149,7 @@ fn read_uncached(file: &File, mut buf: &mut [u8], mut offset: u64, uncached: &At
     while !buf.is_empty() && uncached.load(Ordering::Relaxed) {
         let flags = ReadWriteFlags::from_bits_retain(RWF_DONTCACHE);
         match rustix::io::preadv2(file, &mut [IoSliceMut::new(buf)], offset, flags) {
-            Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            Ok(0) => return Err(ended()),
             Ok(n) => {
                 buf = &mut buf[n..];
                 offset += n as u64;
@@ -159,7 +159,12 @@ fn read_uncached(file: &File, mut buf: &mut [u8], mut offset: u64, uncached: &At
             Err(e) => return Err(e.into()),
         }
     }
-    file.read_exact_at(buf, offset)
+    file.read_exact_at(buf, offset).map_err(|e| if e.kind() == std::io::ErrorKind::UnexpectedEof { ended() } else { e })
+}
+
+fn ended() -> std::io::Error {
+    let error = "the volume ends before this extent does (was it made shorter while it was read?)";
+    std::io::Error::new(std::io::ErrorKind::UnexpectedEof, error)
 }
 
 /// Judges whether a volume's raw bytes look encrypted.
@@ -266,6 +271,11 @@ mod tests {
             if dir.path().starts_with(shm) {
                 assert!(!v.reads_uncached(), "tmpfs took RWF_DONTCACHE");
             }
+            // Made shorter while it is read: the extents past its new end fail, saying so.
+            std::fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(3 << 19).unwrap();
+            v.read_extent(0, &mut buf).unwrap();
+            let e = v.read_extent(1, &mut buf).unwrap_err().to_string();
+            assert!(e.contains("the volume ends before this extent does"), "{e}");
         }
     }
 }
