@@ -1,10 +1,13 @@
 //! The encrypted volume this node backs up: a LUKS block device or image file, read raw in
 //! extents, so that everything read (and sent) is ciphertext.
 //!
-//! Extents are read so as to leave the page cache as it was: what a read brings in is dropped
-//! once copied out (`RWF_DONTCACHE`, Linux 6.14), what was cached already stays. A nightly push
+//! Extents are read so as to leave the page cache as it was. From a file: what a read brings in
+//! is dropped once copied out, what was cached already stays (`RWF_DONTCACHE`, where the kernel
+//! and the file system take it: ext4 on Linux 6.18 here). From a block device, which does not
+//! take it: each extent's pages are dropped once read (the raw device's cache holds only what
+//! raw readers like this one brought in; the file system on top caches its own). A nightly push
 //! reads the whole volume; without this, a large one would push every other program's cached
-//! files out of memory each night, and on a block device cache bytes nobody reads again.
+//! files out of memory each night, for ciphertext nobody reads until the next night.
 //!
 //! A volume that does not look encrypted (no LUKS header, and bytes that are not near-random) is
 //! refused unless the caller allows plaintext: sending a plain file system to a peer would hand
@@ -12,7 +15,8 @@
 
 use std::fs::File;
 use std::io::{IoSliceMut, Seek as _, SeekFrom};
-use std::os::unix::fs::FileExt as _;
+use std::num::NonZeroU64;
+use std::os::unix::fs::{FileExt as _, FileTypeExt as _};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -32,8 +36,8 @@ const ENTROPY_THRESHOLD: f64 = 7.9;
 /// Blocks sampled to judge the entropy, and their size.
 const SAMPLES: u64 = 64;
 const SAMPLE_LEN: usize = 4096;
-/// `RWF_DONTCACHE` (Linux 6.14): pages this read brings into the page cache are dropped once
-/// read; pages cached before stay. rustix does not name it yet.
+/// `RWF_DONTCACHE` (Linux 6.14, on the file systems that take it): pages this read brings into
+/// the page cache are dropped once read; pages cached before stay. rustix does not name it yet.
 const RWF_DONTCACHE: u32 = 0x80;
 
 /// Why a volume cannot be read.
@@ -85,6 +89,8 @@ pub struct Volume {
     /// Whether reads may still ask to leave the page cache alone (false once the kernel or the
     /// file system refused).
     uncached: AtomicBool,
+    /// A block device: its pages are dropped once read, when `uncached` reads are refused.
+    device: bool,
 }
 
 impl Volume {
@@ -93,12 +99,13 @@ impl Volume {
     pub fn open(path: &Path, extent_size: u32, allow_plaintext: bool) -> Result<Volume, VolumeError> {
         let io = |error| VolumeError::Io { path: path.to_owned(), error };
         let mut file = File::open(path).map_err(io)?;
+        let device = file.metadata().map_err(io)?.file_type().is_block_device();
         let size = file.seek(SeekFrom::End(0)).map_err(io)?;
         let geometry = Geometry::new(size, extent_size)?;
         if !allow_plaintext && let Looks::Plain(entropy) = looks(&file, size).map_err(io)? {
             return Err(VolumeError::Plaintext { path: path.to_owned(), entropy });
         }
-        Ok(Volume { file, path: path.to_owned(), geometry, uncached: AtomicBool::new(true) })
+        Ok(Volume { file, path: path.to_owned(), geometry, uncached: AtomicBool::new(true), device })
     }
 
     /// Its shape.
@@ -130,9 +137,15 @@ impl Volume {
     /// Reads extent `index` into `buf` (resized to the extent's length), leaving the page cache
     /// as it was where the kernel can.
     pub fn read_extent(&self, index: u64, buf: &mut AlignedBuf) -> Result<(), VolumeError> {
-        buf.set_len(self.geometry.len(index));
-        read_uncached(&self.file, buf, self.geometry.offset(index), &self.uncached)
-            .map_err(|error| VolumeError::Io { path: self.path.clone(), error })
+        let (offset, len) = (self.geometry.offset(index), self.geometry.len(index));
+        buf.set_len(len);
+        read_uncached(&self.file, buf, offset, &self.uncached)
+            .map_err(|error| VolumeError::Io { path: self.path.clone(), error })?;
+        if self.device && !self.reads_uncached() {
+            // Best effort: pages another program keeps dirty or mapped stay.
+            let _ = rustix::fs::fadvise(&self.file, offset, NonZeroU64::new(len as u64), rustix::fs::Advice::DontNeed);
+        }
+        Ok(())
     }
 
     /// Whether its reads still leave the page cache alone (the kernel and file system took
@@ -142,10 +155,15 @@ impl Volume {
     }
 }
 
-/// Fills `buf` from `offset` of `file` with `RWF_DONTCACHE` reads while `uncached` holds; once the
-/// kernel or the file system refuses them (before Linux 6.14, or a file system without them), it
-/// no longer does and plain reads follow.
+/// Fills `buf` from `offset` of `file` with `RWF_DONTCACHE` reads while `uncached` holds. When
+/// one fails, a plain read of the same bytes tells why: if it succeeds, the kernel, the file
+/// system or the device refused the flag (before Linux 6.14, tmpfs, a block device, a sandbox),
+/// `uncached` no longer holds and plain reads follow; if not, its error is the read's.
 fn read_uncached(file: &File, mut buf: &mut [u8], mut offset: u64, uncached: &AtomicBool) -> std::io::Result<()> {
+    let plain = |buf: &mut [u8], offset| {
+        file.read_exact_at(buf, offset)
+            .map_err(|e| if e.kind() == std::io::ErrorKind::UnexpectedEof { ended() } else { e })
+    };
     while !buf.is_empty() && uncached.load(Ordering::Relaxed) {
         let flags = ReadWriteFlags::from_bits_retain(RWF_DONTCACHE);
         match rustix::io::preadv2(file, &mut [IoSliceMut::new(buf)], offset, flags) {
@@ -155,11 +173,14 @@ fn read_uncached(file: &File, mut buf: &mut [u8], mut offset: u64, uncached: &At
                 offset += n as u64;
             }
             Err(Errno::INTR) => {}
-            Err(Errno::OPNOTSUPP | Errno::INVAL | Errno::NOSYS) => uncached.store(false, Ordering::Relaxed),
-            Err(e) => return Err(e.into()),
+            Err(_) => {
+                plain(buf, offset)?;
+                uncached.store(false, Ordering::Relaxed);
+                return Ok(());
+            }
         }
     }
-    file.read_exact_at(buf, offset).map_err(|e| if e.kind() == std::io::ErrorKind::UnexpectedEof { ended() } else { e })
+    plain(buf, offset)
 }
 
 fn ended() -> std::io::Error {
@@ -276,6 +297,50 @@ mod tests {
             v.read_extent(0, &mut buf).unwrap();
             let e = v.read_extent(1, &mut buf).unwrap_err().to_string();
             assert!(e.contains("the volume ends before this extent does"), "{e}");
+        }
+    }
+
+    fn buffers_kib() -> u64 {
+        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap();
+        let line = meminfo.lines().find(|l| l.starts_with("Buffers:")).unwrap();
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    }
+
+    /// A block device (here a loop device over a file) takes no `RWF_DONTCACHE`: each extent's
+    /// pages are dropped once read, so the device's cache (`Buffers`) does not grow by the volume.
+    /// Needs root for `losetup`; without it, says so and checks nothing.
+    #[test]
+    fn a_block_device_volume_leaves_its_cache_as_it_was() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("backing");
+        let size = 64usize << 20;
+        let bytes: Vec<u8> = (0..size as u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8).collect();
+        std::fs::write(&path, &bytes).unwrap();
+        let out = std::process::Command::new("losetup").args(["-f", "--show", "--direct-io=on"]).arg(&path).output();
+        let Some(device) =
+            out.ok().filter(|o| o.status.success()).map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        else {
+            eprintln!("losetup refused (not root?): nothing checked");
+            return;
+        };
+        let detach = || std::process::Command::new("losetup").args(["-d", &device]).status();
+        let result = std::panic::catch_unwind(|| {
+            // Held open, as a mapped LUKS device is: the last close would drop the cache anyway.
+            let _held = File::open(&device).unwrap();
+            let v = Volume::open(Path::new(&device), 4 << 20, true).unwrap();
+            let before = buffers_kib();
+            let mut buf = AlignedBuf::default();
+            for i in 0..v.geometry().count() {
+                v.read_extent(i, &mut buf).unwrap();
+                let at = (i as usize) << 22;
+                assert!(buf[..] == bytes[at..at + buf.len()], "extent {i}");
+            }
+            let grew = buffers_kib().saturating_sub(before);
+            assert!(grew < (size as u64 >> 10) / 2, "reading a {size}-byte device grew its cache by {grew} KiB");
+        });
+        let _ = detach();
+        if let Err(panic) = result {
+            std::panic::resume_unwind(panic);
         }
     }
 }
