@@ -42,6 +42,7 @@ if ! command -v b3sum >/dev/null 2>&1; then
 fi
 echo "bench: building (release)" >&2
 cargo build --release --workspace --quiet
+cargo build --release -p kaana-proto --example push_work --quiet
 BIN="$(pwd)/target/release"
 export PATH="$BIN:$PATH"
 unset KAANA_HOME KAANA_NOW
@@ -152,8 +153,13 @@ ssh_push() { rm -f "$work/ssh-dest/vol.img"; settle; local t; t=$(now); rsync --
 daemon_push() { rm -f "$work/rsyncd/vol.img"; settle; local t; t=$(now); rsync --inplace "$@" "$work/vol.img" "rsync://127.0.0.1:$rsync_port/bench/vol.img"; since "$t"; }
 # Our holder syncs every extent to disk before it says "stored"; rsync does not unless asked, so
 # the daemon also runs with --fsync, for a like-for-like figure: the target is against that one.
-: >"$work/t.ours" >"$work/t.ssh" >"$work/t.daemon" >"$work/t.dsync"
+# Beside them, in each run, what no push of this design can go below on this machine at that
+# moment (examples/push_work.rs): its computing alone (marks, keystream and hash on the owner,
+# QUIC's sealing and opening, the holder's check), spread over every core; and QUIC alone, with
+# this project's settings, carrying SIZE to another process that drops it.
+: >"$work/t.ours" >"$work/t.ssh" >"$work/t.daemon" >"$work/t.dsync" >"$work/t.work"
 for r in $(seq "$RUNS"); do
+  settle; "$BIN/examples/push_work" "$size" >>"$work/t.work"
   case $((r % 3)) in
     1) ours_push >>"$work/t.ours"; ssh_push >>"$work/t.ssh"; daemon_push >>"$work/t.daemon"; daemon_push --fsync >>"$work/t.dsync" ;;
     2) ssh_push >>"$work/t.ssh"; daemon_push >>"$work/t.daemon"; daemon_push --fsync >>"$work/t.dsync"; ours_push >>"$work/t.ours" ;;
@@ -162,6 +168,7 @@ for r in $(seq "$RUNS"); do
 done
 push_ours=$(median <"$work/t.ours"); push_ssh=$(median <"$work/t.ssh"); push_daemon=$(median <"$work/t.daemon")
 push_dsync=$(median <"$work/t.dsync")
+push_compute=$(jq .floor_s "$work/t.work" | median); push_quic=$(jq .transport_s "$work/t.work" | median)
 
 # --- incremental push ------------------------------------------------------------------------------
 say "incremental push after 20 random 1 MiB writes, $RUNS runs each"
@@ -443,6 +450,9 @@ printf '\nKa'"'"'ana like vs rsync, %s random volume, median of %s runs (127.0.0
 printf '%-34s %10s %10s %10s %9s   %s\n' "" "ours" "rsync+ssh" "rsyncd" "ours/ssh" "target"
 printf '%-34s %9.2fs %9.2fs %9.2fs %9.3f   <= 0.35: %s\n' "initial push" "$push_ours" "$push_ssh" "$push_daemon" "$r_ssh" "$(met "$r_ssh <= 0.35")"
 printf '%-34s %10s %10s %9.2fs %9s   ours/this <= 0.6: %.3f, %s\n' "  (rsync daemon with --fsync)" "" "" "$push_dsync" "" "$r_dsync" "$(met "$r_dsync <= 0.6")"
+printf '%-34s %9.2fs %10s %10s %9s   this/the daemon with --fsync: %.3f\n' "  (its computing alone, $(nproc) cores)" "$push_compute" "" "" "" "$(ratio "$push_compute" "$push_dsync")"
+printf '%-34s %9.2fs %10s %10s %9s   this/the daemon with --fsync: %.3f (%s)\n' "  (QUIC alone carrying $SIZE)" "$push_quic" "" "" "" "$(ratio "$push_quic" "$push_dsync")" \
+  "$(if [ "$(echo "$push_quic <= 0.6 * $push_dsync" | bc -l)" = 1 ]; then echo "0.6 within reach of QUIC alone"; else echo "0.6 out of reach of QUIC alone"; fi)"
 printf '%-34s %9.2fs %9.2fs %10s %9.3f   <= 0.15: %s\n' "incremental push (20 x 1 MiB)" "$incr_ours" "$incr_ssh" "-" "$r_incr" "$(met "$r_incr <= 0.15")"
 printf '%-34s %9.2fs %10s %10s %9s   ours/b3sum <= 1.5: %.3f, %s\n' "  (b3sum of the volume, page cache)" "$b3" "" "" "" "$r_b3" "$(met "$r_b3 <= 1.5")"
 printf '%-34s %9.2fs %9.2fs %10s %9.3f   <= 0.3: %s\n' "full restore" "$restore_ours" "$restore_ssh" "-" "$r_restore" "$(met "$r_restore <= 0.3")"
@@ -491,7 +501,7 @@ printf '%-34s %3s generations, %s bytes (%.2f x the volume)\n\n' "  terms 14d, 2
 jq -cn \
   --arg size "$SIZE" --argjson runs "$RUNS" \
   --argjson push_ours "$push_ours" --argjson push_ssh "$push_ssh" --argjson push_daemon "$push_daemon" \
-  --argjson push_dsync "$push_dsync" \
+  --argjson push_dsync "$push_dsync" --argjson push_compute "$push_compute" --argjson push_quic "$push_quic" \
   --argjson incr_ours "$incr_ours" --argjson incr_ssh "$incr_ssh" --argjson incr_sent "$incr_sent" --argjson b3 "$b3" \
   --argjson restore_ours "$restore_ours" --argjson restore_ssh "$restore_ssh" \
   --argjson rtt_ms "$rtt_ms" --argjson wire "$wire" --argjson read_bytes "$read_bytes" --argjson all50 "$all50" \
@@ -523,7 +533,9 @@ jq -cn \
     initial_push: {ours_s: $push_ours, rsync_ssh_s: $push_ssh, rsync_daemon_s: $push_daemon,
                    rsync_daemon_fsync_s: $push_dsync,
                    ratio_ssh: ($push_ours / $push_ssh), ratio_daemon: ($push_ours / $push_daemon),
-                   ratio_daemon_fsync: ($push_ours / $push_dsync)},
+                   ratio_daemon_fsync: ($push_ours / $push_dsync),
+                   computing_alone_s: $push_compute, quic_alone_s: $push_quic,
+                   quic_alone_ratio_daemon_fsync: ($push_quic / $push_dsync)},
     incremental_push: {ours_s: $incr_ours, rsync_ssh_s: $incr_ssh, ratio_ssh: ($incr_ours / $incr_ssh), ours_bytes_sent: $incr_sent,
                        b3sum_s: $b3, ratio_b3sum: ($incr_ours / $b3)},
     restore: {ours_s: $restore_ours, rsync_ssh_s: $restore_ssh, ratio_ssh: ($restore_ours / $restore_ssh), disk_floor_s: $restore_floor},
