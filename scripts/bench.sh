@@ -4,10 +4,11 @@
 #
 #   scripts/bench.sh [SIZE]      SIZE of the random volume, default 1GiB (units: MiB, GiB)
 #
-# Besides rsync: a bare b3sum of the volume (the floor of any change detection that reads it),
-# peak memory at 1, 4 and 16 x SIZE (and at SIZE in 64 KiB extents: as many extents as a volume
-# 64 times larger; and with 15 generations of history, SIZE / 16 and SIZE / 4 in 4 KiB extents),
-# four owners pushing into one holder at once, forty owners' challenges at once, --limit-rate
+# Besides rsync: what no push of this design goes below at that moment (its computing alone, and
+# QUIC alone carrying SIZE: kaana-proto/examples/push_work.rs), a bare b3sum of the volume (the
+# floor of any change detection that reads it), peak memory at 1, 4 and 16 x SIZE (and at SIZE
+# in 64 KiB extents: as many extents as a volume 64 times larger; and with 15 generations of
+# history, SIZE / 16 and SIZE / 4 in 4 KiB extents), four owners pushing into one holder at once, forty owners' challenges at once, --limit-rate
 # over a 30-second push and restore, and what a restore asks of this one disk (dd reading and
 # writing SIZE at once). Needs about 40 x SIZE of free disk.
 #
