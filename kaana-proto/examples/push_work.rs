@@ -155,6 +155,7 @@ async fn transport_alone(extents: u64, extent: usize) -> anyhow::Result<f64> {
     let mut out = std::io::BufReader::new(child.stdout.take().ok_or_else(|| anyhow::anyhow!("no stdout"))?);
     let mut addr = String::new();
     out.read_line(&mut addr)?;
+    anyhow::ensure!(!addr.trim().is_empty(), "the receiving process did not start (it said nothing)");
     let holder = Identity::from_seed([1; 32]).node_id();
     let client = Client::new(Identity::from_seed([2; 32]));
     let conn = client.connect(holder, addr.trim()).await?;
