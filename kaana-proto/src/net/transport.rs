@@ -120,7 +120,7 @@ pub enum NetError {
 /// MTU discovery probes up to this; on the internet it settles at the path's MTU (about 1452),
 /// on loopback or a jumbo-frame LAN it reaches this, which roughly halves the CPU spent per byte.
 /// (Larger sizes hung with GSO on this kind of machine.)
-const MAX_UDP_PAYLOAD: u16 = 6000;
+pub const MAX_UDP_PAYLOAD: u16 = 6000;
 /// Bytes a connection may have received and not yet had read by the application.
 const RECEIVE_WINDOW: u32 = 8 << 20;
 /// Bytes a connection may have sent and not yet had acknowledged.

@@ -53,7 +53,7 @@ use crate::store::volume::{Volume, VolumeError};
 /// a push is bound by that latency unless several are under way (measured, 2 GiB: 4 at once
 /// 6.7-8.1 s, 8 at once 4.8-5.6 s, 12 no better). Memory does not grow with it: a buffer goes
 /// back to the pool once its bytes are acknowledged, before the holder's answer.
-const PUSH_IN_FLIGHT: usize = 8;
+pub const PUSH_IN_FLIGHT: usize = 8;
 /// Extents in flight at once for a transfer held to `limit` bytes a second: under a limit, one
 /// per 16 MiB/s (one at least), so that each moves at a good share of the rate, well above what
 /// a holder allows a run of bytes ([`crate::net::transport::SLOWEST_PEER`]), and a holder's
