@@ -24,6 +24,8 @@ set -Eeuo pipefail
 trap 'printf "bench: FAILED at line %s: %s (exit %s)\n" "$LINENO" "$BASH_COMMAND" "$?" >&2' ERR
 cd "$(dirname "$0")/.."
 export PATH="$PATH:/usr/sbin:/sbin"
+# Decimal points, whatever the caller's locale: printf and bc read and write these figures.
+export LC_ALL=C
 
 SIZE=${1:-1GiB}
 RUNS=${RUNS:-5}
@@ -171,8 +173,8 @@ for r in $(seq "$RUNS"); do
 done
 push_ours=$(median <"$work/t.ours"); push_ssh=$(median <"$work/t.ssh"); push_daemon=$(median <"$work/t.daemon")
 push_dsync=$(median <"$work/t.dsync")
-push_compute=$(jq .floor_s "$work/t.work" | median); push_quic=$(jq .transport_s "$work/t.work" | median)
-push_quic_cpu=$(jq .transport_cpu_s "$work/t.work" | median); push_floor=$(jq .push_floor_s "$work/t.work" | median)
+push_compute=$(jq .computing_s "$work/t.work" | median); push_quic=$(jq .transport_s "$work/t.work" | median)
+push_quic_cpu=$(jq .transport_cpu_s "$work/t.work" | median); push_floor=$(jq .least_s "$work/t.work" | median)
 
 # --- incremental push ------------------------------------------------------------------------------
 say "incremental push after 20 random 1 MiB writes, $RUNS runs each"
