@@ -39,6 +39,9 @@ use kaana_proto::protocol::market::RecordId;
 use kaana_proto::protocol::{proof, push};
 use ring::aead::{AES_128_GCM, Aad, LessSafeKey, Nonce, Tag, UnboundKey};
 
+/// The made-up keys of the two ends of QUIC alone: the receiver's, which the sender expects.
+const RECEIVER_SEED: [u8; 32] = [1; 32];
+const SENDER_SEED: [u8; 32] = [2; 32];
 /// Rounds of each measure, of which the fastest counts.
 const ROUNDS: usize = 3;
 /// A QUIC packet's payload at the largest packets this project sends (on loopback MTU discovery
@@ -233,7 +236,7 @@ fn cpu_of_this_process() -> anyhow::Result<f64> {
 /// The receiving end (`--serve`): prints its address, takes one connection's streams, answers
 /// each with one byte once it has taken its last, and prints the bytes it took and its CPU.
 async fn serve() -> anyhow::Result<()> {
-    let holder = Identity::from_seed([1; 32]);
+    let holder = Identity::from_seed(RECEIVER_SEED);
     let server = transport::endpoint("127.0.0.1:0".parse()?, Some(transport::server_config(&holder)?), Traffic::Bulk)?;
     println!("{}", server.local_addr()?);
     let before = cpu_of_this_process()?;
@@ -268,8 +271,8 @@ async fn serve() -> anyhow::Result<()> {
 /// Sends extents of `lens` to the receiver at `addr`, [`PUSH_IN_FLIGHT`] streams at once, each
 /// waiting for its answer; the seconds it took.
 async fn send(addr: &str, lens: &[usize]) -> anyhow::Result<f64> {
-    let holder = Identity::from_seed([1; 32]).node_id();
-    let client = Client::new(Identity::from_seed([2; 32]));
+    let holder = Identity::from_seed(RECEIVER_SEED).node_id();
+    let client = Client::new(Identity::from_seed(SENDER_SEED));
     let conn = client.connect(holder, addr).await?;
     let data = bytes::Bytes::from(vec![5u8; DEFAULT_EXTENT_SIZE as usize]);
     let start = Instant::now();
