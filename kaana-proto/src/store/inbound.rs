@@ -233,21 +233,25 @@ impl Inbound {
     }
 
     /// What [`Written::sync`] syncs for an extent in `dir` (`extents/ab`): `dir` itself (the
-    /// extent's new name), and unless `dir`'s own name is known to be durable already
-    /// ([`DURABLE_DIRS`]), every directory above it up to the storage folder: `extents`, the
-    /// store's, `inbound` and the storage folder (a first write makes them all).
+    /// extent's new name); unless `dir`'s own name is known to be durable already
+    /// ([`DURABLE_DIRS`]), `extents` too (which names it); and unless `extents`' name is known
+    /// to be durable, every directory above it up to the storage folder: the store's, `inbound`
+    /// and the storage folder (a first write makes them all).
     fn names_to_sync(&self, dir: &Path) -> Names {
+        let known = |key: &Option<DirKey>| {
+            key.as_ref().is_some_and(|k| DURABLE_DIRS.lock().is_ok_and(|known| known.contains(k)))
+        };
         let key = dir_key(dir);
-        match key {
-            Some(k) if DURABLE_DIRS.lock().is_ok_and(|known| known.contains(&k)) => {
-                Names { dirs: vec![dir.to_owned()], learn: None }
-            }
-            _ => {
-                let mut dirs = vec![dir.to_owned(), self.extents_dir()];
-                dirs.extend(self.dir.ancestors().take(3).filter(|d| !d.as_os_str().is_empty()).map(Path::to_owned));
-                Names { dirs, learn: key }
-            }
+        if known(&key) {
+            return Names { dirs: vec![dir.to_owned()], learn: Vec::new() };
         }
+        let extents = self.extents_dir();
+        let extents_key = dir_key(&extents);
+        let mut dirs = vec![dir.to_owned(), extents];
+        if !known(&extents_key) {
+            dirs.extend(self.dir.ancestors().take(3).filter(|d| !d.as_os_str().is_empty()).map(Path::to_owned));
+        }
+        Names { dirs, learn: key.into_iter().chain(extents_key).collect() }
     }
 
     /// Reads an extent into `buf`; false if it is not stored.
@@ -889,18 +893,19 @@ pub struct Written {
 #[derive(Debug)]
 struct Names {
     dirs: Vec<PathBuf>,
-    learn: Option<DirKey>,
+    learn: Vec<DirKey>,
 }
 
 /// What a directory is: its device, inode and birth time (a directory removed and made again
 /// at the same path is another one, even if it gets the same inode number).
 type DirKey = (u64, u64, std::time::SystemTime);
 
-/// Extent directories (`extents/ab`) whose names are durable up to the storage folder: once a
-/// write in this process has synced the directories above one, later writes into it sync only
-/// it (every sync of a directory costs the disk a flush, even with nothing new in it: two fewer
-/// an extent than the three synced before). On a file system that keeps no birth time, every
-/// write syncs them all. At most 256 a store written since the process began.
+/// Directories of a store (`extents` and `extents/ab`) whose names are durable up to the storage
+/// folder: once a write in this process has synced the directories above one, later writes
+/// into it sync only it, and a write into a new `extents/ab` only it and `extents` (every sync
+/// of a directory costs the disk a flush, even with nothing new in it: a first push of 1 GiB
+/// synced 866 directories before `extents` was remembered too). On a file system that keeps no
+/// birth time, every write syncs them all. At most 257 a store written since the process began.
 static DURABLE_DIRS: LazyLock<Mutex<HashSet<DirKey>>> = LazyLock::new(Mutex::default);
 
 fn dir_key(dir: &Path) -> Option<DirKey> {
@@ -924,10 +929,10 @@ impl Written {
         for d in &self.names.dirs {
             sync_dir(d)?;
         }
-        if let Some(key) = self.names.learn.take()
+        if !self.names.learn.is_empty()
             && let Ok(mut known) = DURABLE_DIRS.lock()
         {
-            known.insert(key);
+            known.extend(self.names.learn.drain(..));
         }
         Ok(())
     }
@@ -982,8 +987,8 @@ mod tests {
 
     /// A write syncs the directories above its extent's, up to the storage folder, until a write
     /// has synced them in this process (two writes into a new directory at once both sync
-    /// them); a store removed and made again is synced from the top again. Without birth
-    /// times, every write syncs them all.
+    /// them); a new directory beside is synced with `extents` alone; a store removed and made
+    /// again is synced from the top again. Without birth times, every write syncs them all.
     #[test]
     fn a_write_syncs_the_directories_above_its_extent_until_their_names_are_durable() {
         let dir = tempfile::tempdir().unwrap();
@@ -1024,10 +1029,16 @@ mod tests {
         assert_eq!((again.temp.is_none(), synced(&again)), (true, after));
         again.sync().unwrap();
 
+        // A new directory beside: it and `extents`, whose own name is durable by now.
         let (third, fourth) = (store.write(&h3, &e3).unwrap(), store.write(&h4, &e4).unwrap());
-        assert_eq!((synced(&third), synced(&fourth)), (5, 5), "neither has synced them yet");
+        let beside_new = if birth { 2 } else { 5 };
+        assert_eq!(third.names.dirs[..], all(&h3)[..beside_new], "neither has synced its directory yet");
+        assert_eq!(fourth.names.dirs[..], all(&h4)[..beside_new]);
         fourth.sync().unwrap();
         third.sync().unwrap();
+        let into_it = store.write(&h3, &e3).unwrap();
+        assert_eq!(synced(&into_it), after);
+        into_it.sync().unwrap();
 
         store.remove_all().unwrap();
         let made_again = store.write(&h2, &e2).unwrap();
