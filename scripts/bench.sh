@@ -10,7 +10,8 @@
 # SIZE (and at SIZE in 64 KiB extents: as many extents as a volume 64 times larger; and with 15
 # generations of history, SIZE / 16 and SIZE / 4 in 4 KiB extents), four owners pushing into
 # one holder at once, forty owners' challenges at once, --limit-rate over a 30-second push and
-# restore, and what a restore asks of this one disk (dd reading and writing SIZE at once).
+# restore, and what a restore asks of this one disk (dd reading and writing SIZE at once, as deep
+# as the restore).
 # Needs about 40 x SIZE of free disk.
 #
 # Everything runs on 127.0.0.1 (sshd and the rsync daemon too) in a temporary folder under
@@ -194,13 +195,41 @@ for r in $(seq "$RUNS"); do t=$(now); b3sum "$work/vol.img" >/dev/null; since "$
 b3=$(median <"$work/b3.t")
 
 # --- restore -------------------------------------------------------------------------------------
-say "full restore, $RUNS runs each"
-: >"$work/r.ours" >"$work/r.ssh"
+say "full restore, $RUNS runs each, and what it asks of the disk alone"
+# rsync's pull neither reads its source from the disk (it is in the page cache) nor syncs what it
+# writes; ours reads extents the holder wrote straight to the device and syncs the volume it
+# writes. Beside them in each run: rsync over ssh with --fsync, and what the restore asks of this
+# one disk, dd reading SIZE straight from the device while SIZE of random bytes is written straight
+# back and synced, at the restore's depth (RESTORE_DEPTH extents of 4 MiB in flight: as many reads
+# and as many writes at once).
+RESTORE_DEPTH=4
+ours_restore() { rm -f "$work/restored.img"; settle; local t; t=$(now); kaana-sync --home "$work/A" restore "$ab" --out "$work/restored.img" >/dev/null; since "$t"; }
+ssh_restore() { rm -f "$work/pulled.img"; settle; local t; t=$(now); rsync "$@" -e "$SSH" "root@127.0.0.1:$work/ssh-dest/vol.img" "$work/pulled.img"; since "$t"; }
+disk_floor() {
+  local per=$(((size / 4194304 + RESTORE_DEPTH - 1) / RESTORE_DEPTH)) dds=() t q
+  cat "$work/vol.img" >/dev/null # what the writers copy comes from memory
+  rm -f "$work/floor.img"; settle; t=$(now)
+  for q in $(seq 0 $((RESTORE_DEPTH - 1))); do
+    dd if="$work/vol.img" of=/dev/null bs=4M skip=$((q * per)) count=$per iflag=direct status=none &
+    dds+=($!)
+    dd if="$work/vol.img" of="$work/floor.img" bs=4M skip=$((q * per)) seek=$((q * per)) count=$per \
+      oflag=direct conv=notrunc,fsync status=none &
+    dds+=($!)
+  done
+  wait "${dds[@]}"
+  since "$t"
+  rm -f "$work/floor.img"
+}
+: >"$work/r.ours" >"$work/r.ssh" >"$work/r.sshf" >"$work/r.floor"
 for r in $(seq "$RUNS"); do
-  rm -f "$work/restored.img"; settle; t=$(now); kaana-sync --home "$work/A" restore "$ab" --out "$work/restored.img" >/dev/null; since "$t" >>"$work/r.ours"
-  rm -f "$work/pulled.img"; settle; t=$(now); rsync -e "$SSH" "root@127.0.0.1:$work/ssh-dest/vol.img" "$work/pulled.img"; since "$t" >>"$work/r.ssh"
+  case $((r % 3)) in
+    1) ours_restore >>"$work/r.ours"; ssh_restore >>"$work/r.ssh"; ssh_restore --fsync >>"$work/r.sshf"; disk_floor >>"$work/r.floor" ;;
+    2) ssh_restore >>"$work/r.ssh"; ssh_restore --fsync >>"$work/r.sshf"; disk_floor >>"$work/r.floor"; ours_restore >>"$work/r.ours" ;;
+    0) disk_floor >>"$work/r.floor"; ours_restore >>"$work/r.ours"; ssh_restore >>"$work/r.ssh"; ssh_restore --fsync >>"$work/r.sshf" ;;
+  esac
 done
 cmp -s "$work/restored.img" "$work/vol.img" || { say "FAILED: the restored volume differs"; exit 1; }
+restore_sshf=$(median <"$work/r.sshf"); restore_floor=$(median <"$work/r.floor")
 restore_ours=$(median <"$work/r.ours"); restore_ssh=$(median <"$work/r.ssh")
 rm -f "$work/restored.img" "$work/pulled.img" "$work/ssh-dest/vol.img" "$work/rsyncd/vol.img"
 
@@ -437,15 +466,6 @@ sleep 0.5
 tcp_gbit=$(iperf3 -c 127.0.0.1 -p "$iperf_port" -t 3 -J | jq '.end.sum_received.bits_per_second / 1e9')
 sync; echo 3 >/proc/sys/vm/drop_caches 2>/dev/null && cache="cold" || cache="page cache"
 t=$(now); dd if="$work/vol.img" of=/dev/null bs=4M status=none; disk_mbs=$(echo "$size / $(since "$t") / 1000000" | bc -l)
-# What a restore asks of this one disk: the holder reads the extents straight from the device
-# while the owner writes the volume straight back to it, synced. Both at once, with dd.
-say "the disk a restore needs: SIZE read and SIZE written and synced at once, O_DIRECT"
-sync; echo 3 >/proc/sys/vm/drop_caches 2>/dev/null || true
-t=$(now)
-dd if="$work/vol.img" of=/dev/null bs=4M iflag=direct status=none & floor_reader=$!
-dd if=/dev/zero of="$work/floor.img" bs=4M count=$((size >> 22)) oflag=direct conv=fsync status=none
-wait "$floor_reader"
-restore_floor=$(since "$t"); rm -f "$work/floor.img"
 
 # --- report --------------------------------------------------------------------------------------
 mbs() { echo "$size / $1 / 1000000" | bc -l; }
@@ -462,7 +482,8 @@ printf '%-34s %9.2fs %10s %10s %9.3f   ours/this: %.3f; this/the daemon with --f
 printf '%-34s %9.2fs %9.2fs %10s %9.3f   <= 0.15: %s\n' "incremental push (20 x 1 MiB)" "$incr_ours" "$incr_ssh" "-" "$r_incr" "$(met "$r_incr <= 0.15")"
 printf '%-34s %9.2fs %10s %10s %9s   ours/b3sum <= 1.5: %.3f, %s\n' "  (b3sum of the volume, page cache)" "$b3" "" "" "" "$r_b3" "$(met "$r_b3 <= 1.5")"
 printf '%-34s %9.2fs %9.2fs %10s %9.3f   <= 0.3: %s\n' "full restore" "$restore_ours" "$restore_ssh" "-" "$r_restore" "$(met "$r_restore <= 0.3")"
-printf '%-34s %9.2fs %10s %10s %9.3f   (the disk alone, reading and writing %s at once)\n' "  (restore's disk floor, dd)" "$restore_floor" "" "" "$(ratio "$restore_floor" "$restore_ssh")" "$SIZE"
+printf '%-34s %10s %9.2fs %10s %9.3f   (rsync syncing what it writes)\n' "  (rsync over ssh with --fsync)" "" "$restore_sshf" "" "$(ratio "$restore_ours" "$restore_sshf")"
+printf '%-34s %9.2fs %10s %10s %9.3f   (the disk alone: %s read and written at once, %s deep)\n' "  (restore's disk floor, dd)" "$restore_floor" "" "" "$(ratio "$restore_floor" "$restore_ssh")" "$SIZE" "$RESTORE_DEPTH"
 printf '\n%-34s %.0f MB/s push, %.0f MB/s restore\n' "our throughput" "$(mbs "$push_ours")" "$(mbs "$restore_ours")"
 printf '%-34s %s bytes sent\n' "incremental push sent" "$incr_sent"
 printf '%-34s %.1f ms, %s bytes on the wire, %s bytes read by the holder\n' "challenge (median of $CHALLENGES)" "$rtt_ms" "$wire" "$read_bytes"
@@ -523,6 +544,7 @@ jq -cn \
   --argjson hb_client "$hb_client" --argjson hb_server "$hb_server" \
   --argjson phx_client "$phx_client" --argjson phx_server "$phx_server" \
   --argjson tibh_client "$tibh_client" --argjson tibh_server "$tibh_server" --argjson restore_floor "$restore_floor" \
+  --argjson restore_sshf "$restore_sshf" --argjson restore_depth "$RESTORE_DEPTH" \
   --argjson slope_client "$slope_client" --argjson slope_server "$slope_server" \
   --argjson tib_client "$tib_client" --argjson tib_server "$tib_server" \
   --argjson busy_alone "$busy_alone" --argjson busy_wall "$busy_wall" --argjson busy_ratio "$busy_ratio" \
@@ -546,7 +568,7 @@ jq -cn \
                    least_ratio_ssh: ($push_floor / $push_ssh), least_ratio_daemon_fsync: ($push_floor / $push_dsync)},
     incremental_push: {ours_s: $incr_ours, rsync_ssh_s: $incr_ssh, ratio_ssh: ($incr_ours / $incr_ssh), ours_bytes_sent: $incr_sent,
                        b3sum_s: $b3, ratio_b3sum: ($incr_ours / $b3)},
-    restore: {ours_s: $restore_ours, rsync_ssh_s: $restore_ssh, ratio_ssh: ($restore_ours / $restore_ssh), disk_floor_s: $restore_floor},
+    restore: {ours_s: $restore_ours, rsync_ssh_s: $restore_ssh, ratio_ssh: ($restore_ours / $restore_ssh), rsync_ssh_fsync_s: $restore_sshf, ratio_ssh_fsync: ($restore_ours / $restore_sshf), disk_floor_s: $restore_floor, disk_floor_depth: $restore_depth},
     challenge: {rtt_ms: $rtt_ms, wire_bytes: $wire, holder_read_bytes: $read_bytes, all_50_contracts_s: $all50},
     peak_rss_kib: {client: $mem_client, server: $mem_server, client_4x: $mem4_client, server_4x: $mem4_server,
                    client_16x: $mem16_client, server_16x: $mem16_server,
