@@ -206,18 +206,20 @@ RESTORE_DEPTH=4
 ours_restore() { rm -f "$work/restored.img"; settle; local t; t=$(now); kaana-sync --home "$work/A" restore "$ab" --out "$work/restored.img" >/dev/null; since "$t"; }
 ssh_restore() { rm -f "$work/pulled.img"; settle; local t; t=$(now); rsync "$@" -e "$SSH" "root@127.0.0.1:$work/ssh-dest/vol.img" "$work/pulled.img"; since "$t"; }
 disk_floor() {
-  local per=$(((size / 4194304 + RESTORE_DEPTH - 1) / RESTORE_DEPTH)) dds=() t q
+  local block=4194304 per dds=() t q p
+  per=$(((size + block * RESTORE_DEPTH - 1) / (block * RESTORE_DEPTH))) # blocks a slice, the last block whole or not
   cat "$work/vol.img" >/dev/null # what the writers copy comes from memory
   rm -f "$work/floor.img"; settle; t=$(now)
   for q in $(seq 0 $((RESTORE_DEPTH - 1))); do
-    dd if="$work/vol.img" of=/dev/null bs=4M skip=$((q * per)) count=$per iflag=direct status=none &
-    dds+=($!)
-    dd if="$work/vol.img" of="$work/floor.img" bs=4M skip=$((q * per)) seek=$((q * per)) count=$per \
+    dd if="$work/vol.img" of=/dev/null bs=$block skip=$((q * per)) count=$per iflag=direct status=none &
+    dds+=($!); pids+=($!)
+    dd if="$work/vol.img" of="$work/floor.img" bs=$block skip=$((q * per)) seek=$((q * per)) count=$per \
       oflag=direct conv=notrunc,fsync status=none &
-    dds+=($!)
+    dds+=($!); pids+=($!)
   done
-  wait "${dds[@]}"
+  for p in "${dds[@]}"; do wait "$p" || { say "FAILED: a dd of the disk floor"; exit 1; }; done
   since "$t"
+  pids=("${pids[@]:0:${#pids[@]}-${#dds[@]}}") # (cleanup kills them only while they run)
   rm -f "$work/floor.img"
 }
 : >"$work/r.ours" >"$work/r.ssh" >"$work/r.sshf" >"$work/r.floor"

@@ -10,5 +10,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 seed=${1:-1} scale=${2:-1} days=${3:-365}
 case "$seed$scale$days" in *[!0-9]*) echo "usage: scripts/simulate.sh [SEED] [SCALE] [DAYS]" >&2; exit 2 ;; esac
-KAANA_SIM="$seed,$scale,$days" cargo test --release --quiet --test integration simulation:: -- --nocapture 2>&1 |
+KAANA_SIM="$seed,$scale,$days" cargo test --profile sim --quiet --test integration simulation:: -- --nocapture 2>&1 |
   grep -v '^running\|^test \|^$\|test result'

@@ -986,9 +986,10 @@ mod tests {
     }
 
     /// A write syncs the directories above its extent's, up to the storage folder, until a write
-    /// has synced them in this process (two writes into a new directory at once both sync
-    /// them); a new directory beside is synced with `extents` alone; a store removed and made
-    /// again is synced from the top again. Without birth times, every write syncs them all.
+    /// has synced them in this process; a new directory beside is then synced with `extents`
+    /// alone (two writes into it at once both sync the two); a store removed and made again is
+    /// synced from the top again (two first writes at once into two new directories both sync
+    /// them all). Without birth times, every write syncs them all.
     #[test]
     fn a_write_syncs_the_directories_above_its_extent_until_their_names_are_durable() {
         let dir = tempfile::tempdir().unwrap();
@@ -1040,14 +1041,17 @@ mod tests {
         assert_eq!(synced(&into_it), after);
         into_it.sync().unwrap();
 
+        // Made again, two first writes at once into two new folders: neither has synced
+        // `extents` and those above yet, so both sync them all.
         store.remove_all().unwrap();
-        let made_again = store.write(&h2, &e2).unwrap();
-        assert_eq!(made_again.names.dirs, all(&h2));
+        let (made_again, other) = (store.write(&h2, &e2).unwrap(), store.write(&h3, &e3).unwrap());
+        assert_eq!((made_again.names.dirs.clone(), other.names.dirs.clone()), (all(&h2), all(&h3)));
+        other.sync().unwrap();
         made_again.sync().unwrap();
         let beside = store.write(&h1, &e1).unwrap();
         assert_eq!(synced(&beside), after);
         beside.sync().unwrap();
-        assert!(store.has(&h1) && store.has(&h2));
+        assert!(store.has(&h1) && store.has(&h2) && store.has(&h3));
     }
 
     /// A holder that lost 10% of the extents fails a default challenge in at least 99% of runs;
