@@ -33,6 +33,7 @@ use crate::net::transport::{Client, Connection, NetError, read_paced};
 use crate::net::wire::{Request, Response};
 use crate::node::machine::now_from_env;
 use crate::node::report::Report;
+use crate::protocol::challenge;
 use crate::protocol::encoding;
 use crate::protocol::history;
 use crate::protocol::identity::NodeId;
@@ -336,14 +337,7 @@ pub async fn push(
         let shown = match claim {
             push::Claim::Refused => None,
             _ => fetch_copy(&conn, node, entry, None).await.ok().filter(|(m, _, r)| {
-                let manifest_id = RecordId::of(&m.body).ok();
-                m.body.generation == claimed
-                    && r.as_ref().is_some_and(|r| {
-                        r.verify_by(&peer).is_ok()
-                            && Some(r.body.manifest) == manifest_id
-                            && r.body.generation == claimed
-                            && r.body.contract == id
-                    })
+                m.body.generation == claimed && r.as_ref().is_some_and(|r| challenge::receipts(r, &m.body, &peer))
             }),
         };
         let Some((manifest, list, receipt)) = shown else {
@@ -577,11 +571,8 @@ pub async fn push(
     };
     conn.close();
     // The holder's signed word that it holds this generation: what an audit's evidence rests on.
-    let manifest_id = RecordId::of(&manifest.body)?;
     let values = synced.await.map_err(|e| e.to_string()).and_then(|r| r.map_err(|e| e.to_string()));
-    let r = &receipt.body;
-    if receipt.verify_by(&peer).is_err() || r.manifest != manifest_id || r.generation != generation || r.contract != id
-    {
+    if !challenge::receipts(&receipt, &manifest.body, &peer) || generation != manifest.body.generation {
         return Err(err(NetError::Unexpected { request: "commit", reply: "a receipt for something else".into() }));
     }
     {

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use crate::protocol::encoding;
 use crate::protocol::fairness::standing::Standing;
 use crate::protocol::identity::NodeId;
-use crate::protocol::manifest::{ExtentHash, Geometry};
+use crate::protocol::manifest::{ExtentHash, Geometry, Manifest};
 use crate::protocol::market::{Notice, RecordId};
 use crate::protocol::proof;
 use crate::protocol::record::{Record, Signed};
@@ -185,6 +185,21 @@ pub struct Receipt {
 
 impl Record for Receipt {
     const KIND: &'static str = "receipt";
+}
+
+/// Whether `receipt` is `holder`'s signed receipt of exactly `manifest`: signed by `holder`,
+/// naming it the holder, and the manifest's owner, contract, generation and record id. An
+/// owner records a commit's receipt only if so: it is what evidence of a breach will ask of it
+/// ([`crate::protocol::fairness::evidence`]), and a holder must not be able to hand over one
+/// that later proves nothing.
+pub fn receipts(receipt: &Signed<Receipt>, manifest: &Manifest, holder: &NodeId) -> bool {
+    let r = &receipt.body;
+    receipt.verify_by(holder).is_ok()
+        && r.holder == *holder
+        && r.owner == manifest.owner
+        && r.contract == manifest.contract
+        && r.generation == manifest.generation
+        && RecordId::of(manifest).is_ok_and(|id| id == r.manifest)
 }
 
 /// A source of random numbers: BLAKE3's extendable output from a seed.
@@ -362,6 +377,49 @@ pub fn check(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A receipt is of a manifest only if every field a breach's evidence checks says so: a
+    /// holder that signs receipts naming another holder, owner, contract, generation or
+    /// manifest has them refused, as one signed by another key.
+    #[test]
+    fn a_receipt_is_of_a_manifest_only_if_every_field_says_so() {
+        use crate::protocol::identity::Identity;
+        let (owner, holder) = (Identity::from_seed([1; 32]), Identity::from_seed([2; 32]));
+        let manifest = Manifest {
+            contract: "0a".repeat(32).parse().unwrap(),
+            owner: owner.node_id(),
+            generation: 3,
+            volume_size: 4096,
+            extent_size: 4096,
+            extent_count: 1,
+            extents: "00".repeat(32),
+            created_at: Timestamp::from_unix(100),
+        };
+        let right = Receipt {
+            contract: manifest.contract,
+            owner: owner.node_id(),
+            holder: holder.node_id(),
+            generation: 3,
+            manifest: RecordId::of(&manifest).unwrap(),
+            at: Timestamp::from_unix(101),
+        };
+        let h = holder.node_id();
+        assert!(receipts(&Signed::sign(right.clone(), &holder).unwrap(), &manifest, &h));
+        assert!(!receipts(&Signed::sign(right.clone(), &owner).unwrap(), &manifest, &h), "another key");
+        let other = Identity::from_seed([3; 32]).node_id();
+        let wrong: [fn(&mut Receipt, NodeId); 5] = [
+            |r, other| r.holder = other,
+            |r, other| r.owner = other,
+            |r, _| r.contract = "0b".repeat(32).parse().unwrap(),
+            |r, _| r.generation = 4,
+            |r, _| r.manifest = "0c".repeat(32).parse().unwrap(),
+        ];
+        for (i, change) in wrong.iter().enumerate() {
+            let mut r = right.clone();
+            change(&mut r, other);
+            assert!(!receipts(&Signed::sign(r, &holder).unwrap(), &manifest, &h), "field {i}");
+        }
+    }
 
     #[test]
     fn picks_are_distinct_extents_while_they_last() {
