@@ -236,6 +236,54 @@ fn a_contract_ended_by_notice_is_no_breach_when_the_owner_still_asks() {
     assert_eq!(status(&a, &contract), "ended");
 }
 
+/// B drops A's copy at once behind a notice it dates back past the grace. A's server refuses
+/// the notice (dated before B's own receipt of A's push), and when B shows it to A's challenge
+/// it ends nothing: B answered for data it no longer holds, and A judges it so, keeps the
+/// contract and keeps challenging.
+#[test]
+fn a_notice_dated_back_before_the_holders_own_receipt_ends_nothing() {
+    let Pushed { work: _work, a, b, sa: _sa, sb: _sb, contract } = pushed_pair();
+    let now = now_unix();
+    let out = b.cmd("kaana-offer").args(["terminate", &contract]).env("KAANA_NOW", at(now - 8 * DAY)).output().unwrap();
+    let line: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(line["delivered"], false, "{line} {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(status(&a, &contract), "active", "A's server took a notice dated back");
+    let steps = prune(&b, false, now);
+    assert!(steps.iter().any(|s| s.action == "delete"), "{steps:?}");
+    assert!(!store(&b, &contract).exists());
+
+    // A failure, signed by B: judged failing from now (one failure alone asks no person yet).
+    let lines: Vec<serde_json::Value> = json_lines(&a.run("kaana-challenge", &[&contract]));
+    assert_eq!((&lines[0]["result"], &lines[0]["their_standing"]["state"]), (&"fail".into(), &"failing".into()));
+    assert!(lines[0]["message"].as_str().unwrap().contains("a notice that had not ended it"), "{lines:?}");
+    assert_eq!(status(&a, &contract), "active");
+    let out = a.run("kaana-challenge", &["--all"]);
+    assert_eq!(json_lines::<serde_json::Value>(&out).len(), 1, "--all still asks B");
+}
+
+/// B gives notice, then drops A's copy a day into its grace and answers A's challenge from a
+/// clock set past it ("the contract has ended"). A judges the notice by its own clock (within
+/// the slack two clocks may differ by): it has not ended, and B answered for data it dropped.
+#[test]
+fn an_answer_dated_ahead_ends_no_grace_early() {
+    let Pushed { work: _work, a, b, sa: _sa, sb, contract } = pushed_pair();
+    let line: serde_json::Value =
+        serde_json::from_slice(&b.run("kaana-offer", &["terminate", &contract]).stdout).unwrap();
+    let end: Timestamp = line["delete_after"].as_str().unwrap().parse().unwrap();
+    let end = end.unix();
+    assert_eq!(status(&a, &contract), "terminated");
+    assert_eq!(prune(&b, false, end + 1).len(), 1, "B's clock says the grace ran out");
+    let addr = sb.addr.clone();
+    drop(sb);
+    let _sb = ServerProc::start_at(&b, &["--listen", &addr], end + 2);
+
+    let out = a.cmd("kaana-challenge").arg(&contract).env("KAANA_NOW", at(end - 6 * DAY)).output().unwrap();
+    let lines: Vec<serde_json::Value> = json_lines(&out);
+    assert_eq!(lines.len(), 1, "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!((&lines[0]["result"], &lines[0]["their_standing"]["state"]), (&"fail".into(), &"failing".into()));
+    assert!(lines[0]["message"].as_str().unwrap().contains("a notice that had not ended it"), "{lines:?}");
+}
+
 /// B gave notice while A was down. A's nightly push is refused with the notice's dates, and
 /// B's next challenge run tells A, which then holds the same notice.
 #[test]

@@ -25,6 +25,7 @@ use crate::protocol::fairness::evidence::{self, Breach, Evidence, Failed, Statem
 use crate::protocol::fairness::health::Reach;
 use crate::protocol::fairness::judge::{self, Effect, Seen};
 use crate::protocol::fairness::standing::Standing;
+use crate::protocol::history::CLOCK_SLACK_SECS;
 use crate::protocol::identity::NodeId;
 use crate::protocol::market::{Notice, RecordId};
 use crate::protocol::proof;
@@ -221,7 +222,16 @@ pub async fn exchange(
                     why: format!("the holder says: {reason}"),
                 },
                 Reply::Refused { reason } => unsigned(&format!("the holder declined: {reason}")),
-                Reply::Ended { notice } if evidence::ended_by(&entry.contract, notice, a.body.at) => {
+                // Judged at the answer's time, but no later than this node's clock allows: an
+                // answer dated ahead ends no grace early.
+                Reply::Ended { notice }
+                    if evidence::ended_by(
+                        &entry.contract,
+                        notice,
+                        a.body.at.min(now.plus_secs(CLOCK_SLACK_SECS)),
+                        target.receipt.as_ref().map(|r| &r.body),
+                    ) =>
+                {
                     Heard::Ended { notice: notice.clone() }
                 }
                 Reply::Ended { .. } => Heard::Fail {

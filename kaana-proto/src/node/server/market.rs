@@ -185,6 +185,22 @@ pub(super) async fn notice(ctx: &Arc<Ctx>, from: NodeId, notice: Signed<Notice>)
         }
         let id = notice.body.contract;
         node.contract_for(from, &id).map_err(crate::node::refusal::denied)?;
+        // A notice of the peer's dated before its own receipt of our copy was dated back (its
+        // grace would have run out before it was given): refused, so that this node keeps
+        // challenging the peer, and judges the copy gone early if it is.
+        let record = crate::store::outbound::Outbound::at(node.home.root(), &id);
+        if let Some((m, _, Some(receipt))) = record.committed_with_receipt().map_err(internal)?
+            && receipt.verify_by(&from).is_ok()
+            && crate::protocol::fairness::evidence::dated_back(&notice.body, &receipt.body)
+        {
+            return Err(ErrorReply::new(
+                ErrorCode::BadRequest,
+                format!(
+                    "the notice is dated {}, before the receipt of generation {} the node signed at {}",
+                    notice.body.at, m.body.generation, receipt.body.at
+                ),
+            ));
+        }
         let taken = node.update_contract(&id, |e| Ok::<_, crate::store::home::StateError>(e.take_notice(notice, true)));
         if let Some(delete_after) = taken.map_err(internal)? {
             node.log_event(

@@ -231,7 +231,9 @@ impl Evidence {
         let c = &self.challenge.body;
         match &a.body.reply {
             Reply::NotHeld { .. } => Ok(Proven { failed_samples: c.picks.len(), samples: c.picks.len() }),
-            Reply::Ended { notice } if ended_by(&self.contract, notice, a.body.at) => {
+            Reply::Ended { notice }
+                if ended_by(&self.contract, notice, a.body.at, self.receipt.as_ref().map(|r| &r.body)) =>
+            {
                 Err(EvidenceError::NoBreach(format!("the contract had ended by a notice given at {}", notice.body.at)))
             }
             // A notice that does not end the contract yet: the holder holds nothing it owes.
@@ -264,13 +266,24 @@ impl Evidence {
     }
 }
 
-/// Whether `notice`, signed by a side of `contract`, ended it by `at` (its grace run out).
-pub fn ended_by(contract: &Contract, notice: &Signed<Notice>, at: Timestamp) -> bool {
+/// Whether `notice`, signed by a side of `contract`, ended it by `at` (its grace run out). A
+/// holder's notice dated before the holder's own `receipt` of a generation ended nothing: a
+/// holder that has given notice takes no push, so the notice was dated back, to make a grace
+/// look run out that had not (the receipt is the holder's signed word, on the holder's clock).
+pub fn ended_by(contract: &Contract, notice: &Signed<Notice>, at: Timestamp, receipt: Option<&Receipt>) -> bool {
     let n = &notice.body;
     contract.id().is_ok_and(|id| id == n.contract)
         && contract.body.peer_of(&n.from).is_some()
         && notice.verify_by(&n.from).is_ok()
         && n.at.plus_secs(contract.body.grace_secs) <= at
+        && !receipt.is_some_and(|r| dated_back(n, r))
+}
+
+/// Whether `notice` was given by the holder that signed `receipt`, for its contract, before
+/// the receipt: a holder under its own notice takes no push, so an honest one never receipts
+/// a generation after its notice, and such a notice was dated back.
+pub fn dated_back(notice: &Notice, receipt: &Receipt) -> bool {
+    receipt.holder == notice.from && receipt.contract == notice.contract && receipt.at > notice.at
 }
 
 fn hex_bytes(text: &str) -> Option<Vec<u8>> {
@@ -619,6 +632,15 @@ mod tests {
             resign(&mut w, Reply::Ended { notice: n.clone() }, o_failing(), t(1_200));
             assert_eq!(w.evidence.check(), Ok(Proven { failed_samples: 3, samples: 3 }), "{:?}", n.body);
         }
+        // The holder's notice dated 400, before its own receipt at 501 of the generation asked
+        // about: dated back (a holder under notice takes no push), so its grace had not run out
+        // by 1 200 whatever its date says. The owner's notice of that date stands.
+        let n = notice(&w, 400, &w.holder);
+        resign(&mut w, Reply::Ended { notice: n }, o_failing(), t(1_200));
+        assert_eq!(w.evidence.check(), Ok(Proven { failed_samples: 3, samples: 3 }));
+        let n = notice(&w, 400, &w.owner);
+        resign(&mut w, Reply::Ended { notice: n }, o_failing(), t(1_200));
+        assert!(matches!(w.evidence.check(), Err(EvidenceError::NoBreach(_))));
     }
 
     #[test]
