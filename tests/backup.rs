@@ -618,6 +618,81 @@ fn a_holder_stores_at_most_twice_the_contract_and_its_history_even_across_a_rest
     assert_eq!(put(&addr, 10..13), (0, 3), "a restart does not reset what is on disk");
 }
 
+/// An owner that opens extents and holds back their bytes, then asks `push_begin` (which
+/// measures what is on disk) gains no room by it: the extents on their way stay counted until
+/// they are stored or given up, and then are no longer counted.
+#[test]
+fn extents_on_their_way_stay_counted_across_a_push_begin_until_given_up() {
+    let work = tempfile::tempdir().unwrap();
+    let volume = luks_volume(work.path());
+    let Pair { a, b: _b, sa: _sa, sb, contract } = contracted_pair(&volume, "16MiB");
+    let owner = a.identity();
+    let id: RecordId = contract.parse().unwrap();
+    let holder = sb.node.parse().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let client = Client::new(owner.clone());
+        let held_back = client.connect(holder, &sb.addr).await.unwrap();
+        let put = |seed: u64| Request::PutExtent {
+            contract: id,
+            offset: (seed % 4) * (4 << 20),
+            hash: *blake3::hash(&pseudo_random(4 << 20, seed)).as_bytes(),
+            len: 4 << 20,
+        };
+        // Refused at once, or admitted (it then waits for its bytes, or for a place).
+        let refused = |conn: kaana_proto::net::transport::Connection, seed: u64| async move {
+            let mut ex = conn.open(&put(seed)).await.unwrap();
+            match tokio::time::timeout(Duration::from_secs(3), ex.reply()).await {
+                Ok(Err(NetError::Remote(e))) if e.code == ErrorCode::Refused => (true, None),
+                Ok(other) => panic!("{other:?}"),
+                Err(_) => (false, Some(ex)),
+            }
+        };
+        // A 16 MiB contract with the default history allowance of 25%: 2 × 16 + 4 MiB, nine
+        // extents of 4 MiB, all held back.
+        let mut open = Vec::new();
+        for seed in 0..9 {
+            open.push(held_back.open(&put(100 + seed)).await.unwrap());
+        }
+        // Once all nine are counted, a tenth is refused (one sent before they all were is
+        // admitted instead, and then one of them is refused: nine are counted either way).
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            match refused(held_back.clone(), 200).await {
+                (true, _) => break,
+                (false, ex) => open.extend(ex),
+            }
+            assert!(Instant::now() < deadline, "the room never filled");
+        }
+        let begin = Request::PushBegin { contract: id, volume_size: 16 << 20, extent_size: 4 << 20 };
+        assert!(matches!(held_back.request(&begin).await, Ok(Response::PushReady { .. })));
+        let (refused_after_begin, _) = refused(held_back.clone(), 300).await;
+        assert!(refused_after_begin, "push_begin forgot the extents on their way");
+
+        // Given up (the connection closed): no longer counted, and a whole extent is stored.
+        drop(open);
+        held_back.close();
+        let conn = client.connect(holder, &sb.addr).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let data = pseudo_random(4 << 20, 400);
+            let hash = *blake3::hash(&data).as_bytes();
+            let mut ex = conn.open(&Request::PutExtent { contract: id, offset: 0, hash, len: 4 << 20 }).await.unwrap();
+            let _ = ex.send.write_all(&data).await;
+            let _ = ex.finish();
+            match ex.reply().await {
+                Ok(Response::Stored) => break,
+                // The server may not have seen every held-back stream end yet.
+                Err(NetError::Remote(e)) if e.code == ErrorCode::Refused => {}
+                other => panic!("{other:?}"),
+            }
+            assert!(Instant::now() < deadline, "the extents given up are still counted");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        client.close().await;
+    });
+}
+
 #[test]
 fn a_holder_killed_mid_push_keeps_the_last_generation_and_the_push_resumes() {
     let work = tempfile::tempdir().unwrap();
@@ -931,6 +1006,27 @@ fn a_holder_refuses_bad_extents_foreign_manifests_and_oversize_data() {
             ex.finish().unwrap();
             assert_eq!(code(ex.reply().await), Some(expected));
         }
+
+        // A manifest naming an extent stored here that is longer than its geometry says (the
+        // holder would keep, count and be challenged on other lengths than the owner signed).
+        let long = pseudo_random(8192, 77);
+        let long_hash = *blake3::hash(&long).as_bytes();
+        let mut ex =
+            conn.open(&Request::PutExtent { contract: id, offset: 0, hash: long_hash, len: 8192 }).await.unwrap();
+        ex.send.write_all(&long).await.unwrap();
+        ex.finish().unwrap();
+        assert!(matches!(ex.reply().await, Ok(Response::Stored)));
+        let long_list = encode_list(&[long_hash]);
+        let mut short = manifest(5, &owner).body;
+        short.extents = kaana_proto::protocol::encoding::hex_encode(&list_hash(&long_list));
+        let mut ex = conn
+            .open(&Request::Commit { contract: id, manifest: Box::new(Signed::sign(short, &owner).unwrap()) })
+            .await
+            .unwrap();
+        ex.send.write_all(&long_list).await.unwrap();
+        ex.finish().unwrap();
+        let refused = ex.reply().await;
+        assert_eq!(code(refused), Some(ErrorCode::BadRequest));
 
         // A node that is not the contract's peer gets nothing.
         let stranger = Client::new(Identity::generate().unwrap());

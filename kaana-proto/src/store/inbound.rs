@@ -52,6 +52,19 @@ pub enum InboundError {
     /// The manifest names extents the store does not have.
     #[error("{0} extents of the manifest have not been received")]
     Missing(usize),
+    /// The manifest names, at an index, an extent stored here with another length than its
+    /// geometry gives that index.
+    #[error("extent {} stored here has {len} bytes; the manifest's extent {index} has {expected}", encoding::hex_encode(.hash))]
+    Length {
+        /// The extent.
+        hash: ExtentHash,
+        /// Its index in the manifest.
+        index: u64,
+        /// Its bytes here.
+        len: u64,
+        /// The bytes the manifest's geometry gives that index.
+        expected: u64,
+    },
     /// The manifest or its list is wrong.
     #[error(transparent)]
     Manifest(#[from] ManifestError),
@@ -482,9 +495,21 @@ impl Inbound {
         terms: Option<&History>,
     ) -> Result<(u64, Option<StateError>), InboundError> {
         manifest.body.verify_list(list)?;
+        let g = manifest.body.geometry()?;
         let _lock = self.lock(true)?;
-        let missing =
-            list.chunks_exact(32).filter_map(|h| <&ExtentHash>::try_from(h).ok()).filter(|h| !self.has(h)).count();
+        // Each extent named is stored, and as long as the geometry says: what the history
+        // counts, what the quota allows and what challenges ask of each extent all rest on it.
+        let mut missing = 0;
+        for (index, hash) in (0u64..).zip(list.chunks_exact(32).filter_map(|h| <&ExtentHash>::try_from(h).ok())) {
+            let expected = g.len(index) as u64;
+            match fs::metadata(self.extent_path(hash)) {
+                Ok(m) if m.is_file() && m.len() == expected => {}
+                Ok(m) if m.is_file() => {
+                    return Err(InboundError::Length { hash: *hash, index, len: m.len(), expected });
+                }
+                _ => missing += 1,
+            }
+        }
         if missing > 0 {
             return Err(InboundError::Missing(missing));
         }

@@ -90,10 +90,30 @@ pub(super) struct Ctx {
     pub(super) put_shares: Mutex<HashMap<NodeId, Arc<Semaphore>>>,
     /// Buffers for extents being received or sent, reused.
     pub(super) buffers: crate::store::buffer::Pool,
-    /// Bytes stored per contract during pushes (to cap what a push may add).
-    pub(super) stored: Mutex<HashMap<RecordId, u64>>,
+    /// What counts against each contract's room during pushes (to cap what a push may add).
+    pub(super) stored: Mutex<HashMap<RecordId, Room>>,
     /// When the server last wrote down that a known peer reached it (`reach.json`).
     pub(super) reached: Mutex<Option<std::time::Instant>>,
+}
+
+/// What counts against a contract's room here while its owner pushes: the bytes its store
+/// holds, as measured and counted since (`None` until measured, and again once a commit freed
+/// some), and the bytes of extents on their way in. Kept apart, so that measuring the disk (at
+/// `push_begin`, or after a commit) never forgets extents still arriving: an owner that holds
+/// puts open across a `push_begin` or a commit gains no room by it.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Room {
+    /// The store's bytes.
+    pub(super) on_disk: Option<u64>,
+    /// Extents admitted and not yet stored or given up.
+    pub(super) in_flight: u64,
+}
+
+impl Room {
+    /// The bytes counted: the store's and those on their way.
+    pub(super) fn counted(&self) -> u64 {
+        self.on_disk.unwrap_or(0).saturating_add(self.in_flight)
+    }
 }
 
 /// Holds one connection's place in the caps until dropped.

@@ -21,8 +21,8 @@ use crate::store::buffer::Pooled;
 use crate::store::files::ContractEntry;
 use crate::store::inbound::Inbound;
 
-/// Bytes counted against a contract's room for an extent on its way in: given back when
-/// dropped, unless the extent was stored.
+/// Bytes counted against a contract's room for an extent on its way in: when dropped, no
+/// longer on their way, and counted as on disk if the extent was stored.
 struct Counted {
     ctx: Arc<Ctx>,
     id: RecordId,
@@ -32,11 +32,13 @@ struct Counted {
 
 impl Drop for Counted {
     fn drop(&mut self) {
-        if !self.stored
-            && let Ok(mut stored) = self.ctx.stored.lock()
-        {
-            let now = stored.entry(self.id).or_default();
-            *now = now.saturating_sub(u64::from(self.len));
+        if let Ok(mut rooms) = self.ctx.stored.lock() {
+            let room = rooms.entry(self.id).or_default();
+            let len = u64::from(self.len);
+            room.in_flight = room.in_flight.saturating_sub(len);
+            if self.stored {
+                room.on_disk = room.on_disk.map(|d| d.saturating_add(len));
+            }
         }
     }
 }
@@ -73,11 +75,11 @@ async fn admit(ctx: &Arc<Ctx>, peer: NodeId, id: RecordId, offset: u64, len: u32
     let c = ctx.clone();
     let (entry, inbound, on_disk) = blocking(move || {
         let (entry, inbound) = authorise(&c, peer, &id, true)?;
-        // What the store holds already, when this server has not counted it yet (it restarted,
-        // or the peer skipped `push_begin`): the quota is what is on disk, not what was sent
-        // since.
-        let counted = c.stored.lock().map_err(internal)?.contains_key(&id);
-        let on_disk = if counted { 0 } else { inbound.stored_bytes().map_err(internal)? };
+        // What the store holds, when this server has not measured it since it started or since
+        // the last commit freed some (or the peer skipped `push_begin`): the quota is what is
+        // on disk, not what was sent since.
+        let known = c.stored.lock().map_err(internal)?.get(&id).is_some_and(|r| r.on_disk.is_some());
+        let on_disk = if known { None } else { Some(inbound.stored_bytes().map_err(internal)?) };
         Ok((entry, inbound, on_disk))
     })
     .await?;
@@ -88,13 +90,16 @@ async fn admit(ctx: &Arc<Ctx>, peer: NodeId, id: RecordId, offset: u64, len: u32
     let counted = {
         // The kept history and the old and new generations live side by side during a push:
         // at most twice the size and the history allowance.
-        let mut stored = ctx.stored.lock().map_err(internal)?;
-        let now = stored.entry(id).or_insert(on_disk);
-        if *now + u64::from(len) > 2 * size + crate::protocol::history::allowance(entry.contract.body.history.as_ref())
-        {
+        let mut rooms = ctx.stored.lock().map_err(internal)?;
+        let room = rooms.entry(id).or_default();
+        if room.on_disk.is_none() {
+            room.on_disk = on_disk;
+        }
+        let now = room.counted();
+        if now + u64::from(len) > 2 * size + crate::protocol::history::allowance(entry.contract.body.history.as_ref()) {
             return Err(refused(format!("contract {id} already stores {now} bytes here; no more until a commit")));
         }
-        *now += u64::from(len);
+        room.in_flight += u64::from(len);
         Counted { ctx: ctx.clone(), id, len, stored: false }
     };
     // The peer's share first, then a place among all: a peer that stalls its pushes holds at

@@ -53,7 +53,7 @@ pub(super) fn authorise(
 
 pub(super) fn map_inbound(e: InboundError) -> ErrorReply {
     match e {
-        InboundError::HashMismatch(_) | InboundError::Manifest(_) => {
+        InboundError::HashMismatch(_) | InboundError::Manifest(_) | InboundError::Length { .. } => {
             ErrorReply::new(ErrorCode::BadRequest, e.to_string())
         }
         InboundError::Missing(_) => refused(e.to_string()),
@@ -96,7 +96,8 @@ pub(super) async fn push_begin(
                 })
                 .map_err(internal)?,
         }
-        c.stored.lock().map_err(internal)?.insert(id, stored);
+        // Measured afresh; extents still on their way stay counted beside it.
+        c.stored.lock().map_err(internal)?.entry(id).or_default().on_disk = Some(stored);
         let count = have.len() as u64 / 32;
         Ok((Response::PushReady { committed, have: count }, Some(have.into())))
     })
@@ -194,8 +195,11 @@ pub(super) async fn commit(
                 report.say(&e.to_string());
             }
         });
-        if let Ok(mut stored) = c.stored.lock() {
-            stored.remove(&id);
+        // The commit freed what no kept generation names: measured again at the next put.
+        if let Ok(mut rooms) = c.stored.lock()
+            && let Some(room) = rooms.get_mut(&id)
+        {
+            room.on_disk = None;
         }
         c.node
             .log_event(
