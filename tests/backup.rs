@@ -233,6 +233,83 @@ fn a_partly_changed_extent_sends_only_its_changed_quarters() {
     assert_eq!(fs::read(&back).unwrap(), fs::read(&volume).unwrap());
 }
 
+/// A holder too busy to serve any extent has not shown the copy damaged: a drill says it could
+/// not check (exit 2), not that extents are bad (exit 1), as a challenge counts it unreachable.
+#[test]
+fn a_drill_against_a_busy_holder_is_an_error_not_damage() {
+    use crate::common::old_holder::Lie;
+    let work = tempfile::tempdir().unwrap();
+    let volume = work.path().join("vol.img");
+    fs::write(&volume, pseudo_random(8 << 20, 23)).unwrap();
+    let Pair { a, b, sa: _sa, sb, contract } = contracted_pair(&volume, "64MiB");
+    push(&a, &contract);
+    let addr = sb.addr.clone();
+    drop(sb);
+    let sb = ServerProc::start(&b, &[]);
+    let _busy = OldHolder::lying(&addr, &b.identity(), &a.identity(), &sb.addr, Lie::BusyExtents);
+    let out = a.run("kaana-sync", &["verify", &contract]);
+    assert_exit(&out, 2);
+    assert!(stderr(&out).contains("too busy"), "{}", stderr(&out));
+    assert!(json_lines::<serde_json::Value>(&out).iter().all(|l| l["bad_extents"].as_u64().unwrap_or(0) == 0));
+}
+
+/// A holder that lets a connection open but never a stream (its stream credit withheld, the
+/// connection kept alive): a drill gives up at the read time-out, saying so, instead of waiting
+/// for ever.
+#[test]
+fn a_holder_that_never_lets_a_stream_open_is_not_waited_for() {
+    let work = tempfile::tempdir().unwrap();
+    let volume = work.path().join("vol.img");
+    fs::write(&volume, pseudo_random(4 << 20, 24)).unwrap();
+    let Pair { a, b, sa: _sa, sb, contract } = contracted_pair(&volume, "64MiB");
+    push(&a, &contract);
+    let addr = sb.addr.clone();
+    drop(sb);
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let _endpoint = rt.block_on(async {
+        let mut config = kaana_proto::net::transport::server_config(&b.identity()).unwrap();
+        let mut none = quinn::TransportConfig::default();
+        none.max_concurrent_bidi_streams(0u32.into())
+            .max_concurrent_uni_streams(0u32.into())
+            .keep_alive_interval(Some(Duration::from_secs(1)));
+        config.transport_config(std::sync::Arc::new(none));
+        let endpoint = quinn::Endpoint::server(config, addr.parse().unwrap()).unwrap();
+        let accepting = endpoint.clone();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Some(incoming) = accepting.accept().await {
+                if let Ok(conn) = incoming.await {
+                    held.push(conn);
+                }
+            }
+        });
+        endpoint
+    });
+    let started = Instant::now();
+    let mut verify = a
+        .cmd("kaana-sync")
+        .args(["verify", &contract])
+        .env("KAANA_READ_TIMEOUT", "2s")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    while verify.try_wait().unwrap().is_none() {
+        if started.elapsed() > Duration::from_secs(60) {
+            let _ = verify.kill();
+            panic!("verify waited a minute for a stream to open");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = verify.wait_with_output().unwrap();
+    assert_exit(&out, 2);
+    assert!(
+        stderr(&out).contains("timed out after 2s waiting for the peer to take another stream"),
+        "{}",
+        stderr(&out)
+    );
+}
+
 /// A holder from before patches, which answers `patch_extent` as any server answers a request
 /// it cannot decode: the owner sends the changed extent whole instead, and the push, the
 /// restore and a challenge all go through as with any holder.

@@ -285,6 +285,106 @@ fn the_guard_refuses_a_volume_mostly_changed_at_once() {
     drop(sb);
 }
 
+/// B rolls its copy back to generation 2 and drops generation 1; asked about generation 1, it
+/// answers that generation 2 replaced it. An honest holder names the newest generation it
+/// committed: A does not move the challenge onto generation 2, which B still holds, but judges
+/// the answer a failure.
+#[test]
+fn a_holder_cannot_move_a_challenge_of_an_old_generation_onto_a_newer_one_it_keeps() {
+    let work = tempfile::tempdir().unwrap();
+    let volume = work.path().join("vol.img");
+    fs::write(&volume, pseudo_random(8 << 20, 7)).unwrap();
+    let a = TestNode::init_with(&["--capacity", "1GiB", "--volume", volume.to_str().unwrap()]);
+    let b = TestNode::init_with(&["--capacity", "1GiB"]);
+    let (sa, _sb) = (ServerProc::start(&a, &[]), ServerProc::start(&b, &[]));
+    let contract = make_contract_sized(&a, &sa, &b, "64MiB");
+    let mut data = fs::read(&volume).unwrap();
+    for g in 1..=3usize {
+        if g > 1 {
+            data[g << 20..(g << 20) + 100].copy_from_slice(&pseudo_random(100, g as u64 + 60));
+            fs::write(&volume, &data).unwrap();
+        }
+        assert_success(&a.run("kaana-sync", &["push", &contract, "--extent-size", "1MiB"]));
+    }
+    let challenge = |g: &str| -> serde_json::Value {
+        let out = a.run("kaana-challenge", &[&contract, "--generation", g]);
+        assert!(out.status.code().is_some_and(|c| c < 2), "{}", stderr(&out));
+        json_lines::<serde_json::Value>(&out).remove(0)
+    };
+    let passed = challenge("1");
+    assert_eq!((passed["result"].as_str(), passed["generation"].as_u64()), (Some("pass"), Some(1)), "{passed}");
+    let store = b.home.join("inbound").join(&contract);
+    fs::rename(store.join("kept").join("2.json"), store.join("committed.json")).unwrap();
+    fs::remove_file(store.join("kept").join("1.json")).unwrap();
+    let failed = challenge("1");
+    assert_eq!((failed["result"].as_str(), failed["generation"].as_u64()), (Some("fail"), Some(1)), "{failed}");
+    assert!(failed["message"].as_str().unwrap().contains("generation 2 replaced"), "{failed}");
+}
+
+/// A holder that lies about when it committed each generation: the newest dated months ahead
+/// (so that "now" would pick the one before: a silent rollback), or dated before the one it
+/// replaced (so that a time before a ransomwared push would pick it). A restore by time chooses
+/// by this node's own record of what it signed and the holder receipted; without the record
+/// (after a rebuild), the holder's choice must at least have been signed before the time asked.
+#[test]
+fn a_restore_by_time_goes_by_the_owners_record_not_the_holders_word() {
+    use crate::common::old_holder::{Lie, OldHolder};
+    let work = tempfile::tempdir().unwrap();
+    let volume = work.path().join("vol.img");
+    fs::write(&volume, pseudo_random(8 << 20, 8)).unwrap();
+    let a = TestNode::init_with(&["--capacity", "1GiB", "--volume", volume.to_str().unwrap()]);
+    let b = TestNode::init_with(&["--capacity", "1GiB"]);
+    let day0 = (now_unix() / DAY + 1) * DAY;
+    let days: Vec<u64> = (0..3).map(|d| day0 + d * DAY + 3_600).collect();
+    let (sa, mut sb) = (ServerProc::start(&a, &[]), ServerProc::start_at(&b, &[], day0));
+    let contract = make_contract_sized(&a, &sa, &b, "64MiB");
+    let mut data = fs::read(&volume).unwrap();
+    let mut volumes = Vec::new();
+    for (g, t) in (1..=3usize).zip(&days) {
+        if g > 1 {
+            data[g << 20..(g << 20) + 100].copy_from_slice(&pseudo_random(100, g as u64 + 70));
+            fs::write(&volume, &data).unwrap();
+        }
+        volumes.push(data.clone());
+        restart_at(&mut sb, &b, *t);
+        let a_then = Clocked { node: &a, t: *t };
+        assert_success(&a_then.run("kaana-sync", &["push", &contract, "--extent-size", "1MiB"]));
+    }
+    // The holder's server moves to another port; the lying front takes its address.
+    let addr = sb.addr.clone();
+    drop(sb);
+    let sb = ServerProc::start_at(&b, &[], days[2]);
+    let out = work.path().join("back.img");
+    let restore_at = |t: u64| {
+        let _ = fs::remove_file(&out);
+        restore_to(&Clocked { node: &a, t: days[2] + 60 }, &contract, &out, &["--at", &at(t)])
+    };
+    {
+        let ahead = Lie::Times(|g| {
+            let newest = g.last_mut().unwrap();
+            newest.committed_at = newest.committed_at.plus_secs(100 * DAY);
+        });
+        let _front = OldHolder::lying(&addr, &b.identity(), &a.identity(), &sb.addr, ahead);
+        let restored: RestoreLine = only_json(&restore_at(days[2] + 30));
+        assert_eq!(restored.generation, 3, "not rolled back to the generation before");
+        assert!(fs::read(&out).unwrap() == volumes[2]);
+    }
+    let back = Lie::Times(|g| {
+        let first = g[0].committed_at;
+        g.last_mut().unwrap().committed_at = first.plus_secs(60);
+    });
+    let _front = OldHolder::lying(&addr, &b.identity(), &a.identity(), &sb.addr, back);
+    let restored: RestoreLine = only_json(&restore_at(days[1] + 30));
+    assert_eq!(restored.generation, 2, "the day before the last push");
+    assert!(fs::read(&out).unwrap() == volumes[1]);
+    // Without the record (a node rebuilt from its phrase has none), the holder's choice is
+    // refused: this node signed it after the time asked.
+    fs::remove_dir_all(a.home.join("outbound").join(&contract)).unwrap();
+    let refused = restore_at(days[1] + 30);
+    assert_exit(&refused, 2);
+    assert!(stderr(&refused).contains("but this node signed it at"), "{}", stderr(&refused));
+}
+
 /// A change larger than the history allowance but short of half the volume (ransomware inside a
 /// LUKS volume keeps its header): committing it would retire every older generation, so the
 /// push is refused without --force, saying so; forced, only the new generation stays.

@@ -598,8 +598,19 @@ impl Connection {
 
     /// Opens a stream and sends nothing yet (for callers that write frames themselves).
     pub async fn open_stream(&self) -> Result<Exchange, NetError> {
-        let (send, recv) = self.closing.conn.open_bi().await.map_err(|e| lost(&self.closing.conn, e))?;
+        let (send, recv) = self.open_bi().await?;
         Ok(self.exchange(send, recv, "a raw stream"))
+    }
+
+    /// Opens a stream, within the read time-out: a peer that never lets another open (its
+    /// stream credit withheld, the connection kept alive) is not waited for forever.
+    async fn open_bi(&self) -> Result<(SendStream, RecvStream), NetError> {
+        match tokio::time::timeout(self.read_timeout, self.closing.conn.open_bi()).await {
+            Ok(opened) => opened.map_err(|e| lost(&self.closing.conn, e)),
+            Err(_) => {
+                Err(NetError::Timeout { what: "the peer to take another stream", secs: self.read_timeout.as_secs() })
+            }
+        }
     }
 
     fn exchange(&self, send: SendStream, recv: RecvStream, request: &'static str) -> Exchange {
@@ -621,9 +632,17 @@ impl Connection {
     /// Opens a stream and sends `req`; the caller sends any raw bytes that follow and reads
     /// the reply from the returned [`Exchange`].
     pub async fn open(&self, req: &Request) -> Result<Exchange, NetError> {
-        let (send, recv) = self.closing.conn.open_bi().await.map_err(|e| lost(&self.closing.conn, e))?;
+        let (send, recv) = self.open_bi().await?;
         let mut ex = self.exchange(send, recv, req.kind());
-        write_frame(&mut ex.send, req).await.map_err(|e| ex.remap(e))?;
+        match tokio::time::timeout(self.read_timeout, write_frame(&mut ex.send, req)).await {
+            Ok(written) => written.map_err(|e| ex.remap(e))?,
+            Err(_) => {
+                return Err(NetError::Timeout {
+                    what: "the peer to take the request",
+                    secs: self.read_timeout.as_secs(),
+                });
+            }
+        }
         Ok(ex)
     }
 
@@ -659,14 +678,27 @@ impl Exchange {
     /// Sends a run of raw bytes (an extent) after the request, without a copy: whole, or, under
     /// a rate limit, a paced chunk at a time. Returns once the connection has taken them all.
     pub async fn send_bulk(&mut self, data: bytes::Bytes) -> Result<(), NetError> {
+        let timeout = self.read_timeout;
+        let stalled =
+            |secs: Duration| NetError::Timeout { what: "the peer to take more of the bytes", secs: secs.as_secs() };
         let Some(limit) = self.limit.clone() else {
-            return self.send.write_chunk(data).await.map_err(|e| lost(&self.conn, e));
+            // Whole, as the holder reads it: within a time-out plus its length at the slowest
+            // pace a peer may keep (a peer that stops taking, its credit withheld, is not
+            // waited for forever).
+            let allowance = run_allowance(data.len(), timeout);
+            return match tokio::time::timeout(allowance, self.send.write_chunk(data)).await {
+                Ok(written) => written.map_err(|e| lost(&self.conn, e)),
+                Err(_) => Err(stalled(allowance)),
+            };
         };
         let mut at = 0;
         while at < data.len() {
             let end = (at + PACED_CHUNK).min(data.len());
             limit.take(end - at).await;
-            self.send.write_chunk(data.slice(at..end)).await.map_err(|e| lost(&self.conn, e))?;
+            match tokio::time::timeout(timeout, self.send.write_chunk(data.slice(at..end))).await {
+                Ok(written) => written.map_err(|e| lost(&self.conn, e))?,
+                Err(_) => return Err(stalled(timeout)),
+            }
             at = end;
         }
         Ok(())

@@ -334,6 +334,16 @@ pub async fn challenge_peer(
         }
         return keep_pending(node, entry, first);
     };
+    if generation < newest_generation {
+        // An honest holder's "superseded" names the newest generation it committed, never one
+        // older than the newest this node recorded it committing: asked about an older
+        // generation it dropped, such an answer would move the challenge onto one it still keeps.
+        let why = format!(
+            "the holder says generation {generation} replaced the one asked about, but it committed generation \
+             {newest_generation} since"
+        );
+        return Ok(Exchanged { heard: Heard::Fail { signed: None, why }, ..first });
+    }
     if first.target.generation() < newest_generation && generation == newest_generation && manifest == newest_id {
         // "I no longer keep that older generation": the history terms say whether it may. If
         // this node cannot tell, the newest is asked about instead, as after a racing push.

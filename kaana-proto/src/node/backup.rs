@@ -563,7 +563,9 @@ pub async fn push(
     });
     let mut ex =
         conn.open(&Request::Commit { contract: id, manifest: Box::new(manifest.clone()) }).await.map_err(&err)?;
-    let _ = ex.send.write_all(list).await;
+    // Within a time-out: a holder that stops taking it is not waited for (its reply says why).
+    let _ = crate::net::transport::write_paced(&mut ex.send, bytes::Bytes::copy_from_slice(list), conn.read_timeout())
+        .await;
     let _ = ex.finish();
     let (generation, receipt) = match ex.reply().await.map_err(&err)? {
         Response::Committed { generation, receipt, .. } => (generation, receipt),

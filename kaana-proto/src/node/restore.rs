@@ -86,6 +86,18 @@ async fn list_generations(conn: &Connection, entry: &ContractEntry) -> Result<Ve
     }
 }
 
+/// When each generation this node recorded the holder committing was committed, by what it
+/// signed and the holder receipted ([`history::committed_at`]), oldest first.
+fn recorded_times(node: &Node, entry: &ContractEntry) -> Result<Vec<(u64, Timestamp)>, StateError> {
+    let record = crate::store::outbound::Outbound::at(node.home.root(), &entry.id);
+    let _shared = record.lock(false)?;
+    Ok(record
+        .manifests()?
+        .iter()
+        .map(|(m, r)| (m.body.generation, history::committed_at(m.body.created_at, r.as_ref().map(|r| r.body.at))))
+        .collect())
+}
+
 /// Which generation a restore or verify reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pick {
@@ -156,7 +168,15 @@ pub async fn restore(
                 conn.close();
                 return Err(BackupError::Stale { have: newest, last });
             }
-            let times: Vec<(u64, Timestamp)> = kept.iter().map(|g| (g.generation, g.committed_at)).collect();
+            // When each was committed by what this node signed and the holder receipted, from
+            // its own record; the holder's word alone only without one (after a rebuild). A
+            // holder that moved its times cannot then move the choice.
+            let recorded = recorded_times(node, entry).unwrap_or_default();
+            let times: Vec<(u64, Timestamp)> = if recorded.is_empty() {
+                kept.iter().map(|g| (g.generation, g.committed_at)).collect()
+            } else {
+                recorded
+            };
             match history::at_or_before(&times, at) {
                 Some(g) => Some(g),
                 None => {
@@ -175,6 +195,19 @@ pub async fn restore(
         }
         other => other?,
     };
+    // A generation committed at or before a time was signed before it, by this node's clock.
+    if let Pick::At(at) = pick
+        && fetched.0.body.created_at > at
+    {
+        conn.close();
+        return Err(BackupError::Claim {
+            peer: entry.state.peer,
+            what: format!(
+                "generation {} was committed at or before {at}, but this node signed it at {}",
+                fetched.0.body.generation, fetched.0.body.created_at
+            ),
+        });
+    }
     let mut attempts = 0;
     loop {
         let generation = fetched.0.body.generation;
@@ -336,7 +369,19 @@ async fn restore_extent(
     }
     let mut data = match get_extent(conn, id, hash, len, &pool).await {
         Ok(d) => d,
-        Err(NetError::Remote(_)) if file.is_none() => return Ok(Fetched::Bad),
+        // A drill counts what the holder says it lacks; a holder too busy to serve, or failing
+        // itself, has not shown the copy damaged: that is an error, as an unreachable holder.
+        Err(NetError::Remote(e))
+            if file.is_none()
+                && !matches!(
+                    e.code,
+                    crate::net::wire::ErrorCode::Busy
+                        | crate::net::wire::ErrorCode::Timeout
+                        | crate::net::wire::ErrorCode::Internal
+                ) =>
+        {
+            return Ok(Fetched::Bad);
+        }
         Err(e) => return Err(BackupError::Net { peer, error: e }),
     };
     // Checked, decoded and written off the runtime's threads, which keep the connection moving.
