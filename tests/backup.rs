@@ -310,6 +310,57 @@ fn a_holder_that_never_lets_a_stream_open_is_not_waited_for() {
     );
 }
 
+/// A holder sends an extent from its file a part at a time as the peer takes it: a peer that
+/// asks for large extents on every stream it may open and takes none of them holds a part or so
+/// of each in the holder's memory, not each whole (16 extents of 16 MiB held 256 MiB before),
+/// and each is still served whole once taken.
+#[test]
+fn a_peer_that_takes_its_extents_slowly_holds_little_of_them_in_the_holders_memory() {
+    let work = tempfile::tempdir().unwrap();
+    let volume = work.path().join("vol.img");
+    fs::write(&volume, pseudo_random(64 << 20, 25)).unwrap();
+    let Pair { a, b, sa: _sa, sb, contract } = contracted_pair(&volume, "128MiB");
+    assert_success(&a.run("kaana-sync", &["push", &contract, "--extent-size", "16MiB"]));
+    let id: RecordId = contract.parse().unwrap();
+    let hashes: Vec<[u8; 32]> = inbound_extents(&b, &contract)
+        .iter()
+        .filter(|p| fs::metadata(p).unwrap().len() == 16 << 20)
+        .map(|p| kaana_proto::protocol::encoding::hex_decode::<32>(&p.file_name().unwrap().to_string_lossy()).unwrap())
+        .collect();
+    assert_eq!(hashes.len(), 4);
+    let rss_kib = || -> u64 {
+        let status = fs::read_to_string(format!("/proc/{}/status", sb.child.id())).unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmRSS")).unwrap().to_owned();
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    };
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let client = Client::new(a.identity());
+        let before = rss_kib();
+        // Four connections of four streams: what each connection lets the holder send ahead
+        // (its receive window) stays short of blocking the replies themselves.
+        let mut held = Vec::new();
+        for _ in 0..4 {
+            let conn = client.connect(sb.node.parse().unwrap(), &sb.addr).await.unwrap();
+            for hash in &hashes {
+                let mut ex = conn.open(&Request::GetExtent { contract: id, hash: *hash }).await.unwrap();
+                ex.finish().unwrap();
+                assert!(matches!(ex.reply().await, Ok(Response::ExtentIs { len }) if len == 16 << 20));
+                held.push((*hash, ex));
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let grew = rss_kib().saturating_sub(before);
+        assert!(grew < 96 << 10, "the holder holds {grew} KiB for 16 extents of 16 MiB not taken");
+        for (hash, mut ex) in held.into_iter().take(2) {
+            let mut bytes = vec![0u8; 16 << 20];
+            ex.read_bulk(&mut bytes, "an extent").await.unwrap();
+            assert_eq!(*blake3::hash(&bytes).as_bytes(), hash);
+        }
+        client.close().await;
+    });
+}
+
 /// A holder from before patches, which answers `patch_extent` as any server answers a request
 /// it cannot decode: the owner sends the changed extent whole instead, and the push, the
 /// restore and a challenge all go through as with any holder.

@@ -205,6 +205,48 @@ pub fn read_file(path: &Path, buf: &mut AlignedBuf) -> io::Result<()> {
     f.read_exact(buf)
 }
 
+/// A file read a part at a time, straight from the device where the file system allows it (no
+/// page-cache copy), through the page cache otherwise: what a holder sends an extent from, so
+/// that a peer taking it slowly holds a part of it in memory here, not all of it.
+#[derive(Debug)]
+pub struct PartReader {
+    buffered: File,
+    direct: Option<File>,
+    len: u64,
+}
+
+impl PartReader {
+    /// Opens `path` for reading.
+    pub fn open(path: &Path) -> io::Result<Self> {
+        let buffered = File::open(path)?;
+        let len = buffered.metadata()?.len();
+        let direct = OpenOptions::new().read(true).custom_flags(o_direct()).open(path).ok();
+        Ok(PartReader { buffered, direct, len })
+    }
+
+    /// Its length in bytes.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether it is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Reads `len` bytes at `offset` into `buf` (made that long).
+    pub fn read_at(&self, buf: &mut AlignedBuf, offset: u64, len: usize) -> io::Result<()> {
+        buf.set_len(len);
+        if let Some(f) = self.direct.as_ref().filter(|_| direct_ok(buf, offset)) {
+            match f.read_exact_at(buf, offset) {
+                Err(e) if direct_refused(&e) => {}
+                other => return other,
+            }
+        }
+        self.buffered.read_exact_at(buf, offset)
+    }
+}
+
 /// Writes into an existing file at offsets: straight to the device for aligned bytes where the
 /// file system allows it, through the page cache otherwise.
 #[derive(Debug)]
@@ -252,6 +294,28 @@ mod tests {
         assert!(b.iter().all(|&x| x == 7), "a shorter length reuses the allocation");
         b.set_len(10 * DIRECT_ALIGN);
         assert_eq!(b.as_ptr() as usize % DIRECT_ALIGN, 0);
+    }
+
+    /// A file read in parts, aligned or not, direct or through the page cache, gives its bytes.
+    #[test]
+    fn a_file_read_in_parts_reads_back_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let bytes: Vec<u8> =
+            (0..(3 * DIRECT_ALIGN as u32 * 64 + 1000)).map(|i| (i.wrapping_mul(2_654_435_761) >> 9) as u8).collect();
+        fs::write(&path, &bytes).unwrap();
+        let r = PartReader::open(&path).unwrap();
+        assert_eq!(r.len(), bytes.len() as u64);
+        for part in [DIRECT_ALIGN * 16, 5000] {
+            let (mut back, mut buf, mut at) = (Vec::new(), AlignedBuf::default(), 0);
+            while at < bytes.len() {
+                let n = part.min(bytes.len() - at);
+                r.read_at(&mut buf, at as u64, n).unwrap();
+                back.extend_from_slice(&buf);
+                at += n;
+            }
+            assert!(back == bytes, "parts of {part}");
+        }
     }
 
     /// A pool of n never lends more than n at once: a taker waits until a buffer comes back,

@@ -267,6 +267,16 @@ impl Inbound {
         Names { dirs, learn: key.into_iter().chain(extents_key).collect() }
     }
 
+    /// An extent opened to be read a part at a time; `None` if it is not stored.
+    pub fn open_extent(&self, hash: &ExtentHash) -> Result<Option<crate::store::buffer::PartReader>, StateError> {
+        let path = self.extent_path(hash);
+        match crate::store::buffer::PartReader::open(&path) {
+            Ok(r) => Ok(Some(r)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(StateError::io(&path, e)),
+        }
+    }
+
     /// Reads an extent into `buf`; false if it is not stored.
     pub fn read_into(&self, hash: &ExtentHash, buf: &mut AlignedBuf) -> Result<bool, StateError> {
         let path = self.extent_path(hash);

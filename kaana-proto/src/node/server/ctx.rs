@@ -88,6 +88,8 @@ pub(super) struct Ctx {
     /// Each peer's share of those (half): one peer's stalled pushes cannot hold them all,
     /// however many contracts it has here. Only contract peers get a share.
     pub(super) put_shares: Mutex<HashMap<NodeId, Arc<Semaphore>>>,
+    /// Buffers for the parts of extents being sent, reused.
+    pub(super) parts: crate::store::buffer::Pool,
     /// Buffers for extents being received or sent, reused.
     pub(super) buffers: crate::store::buffer::Pool,
     /// What counts against each contract's room during pushes (to cap what a push may add).

@@ -19,6 +19,7 @@ use crate::node::report::Report;
 pub use ctx::ServerOptions;
 use ctx::{Ctx, MAX_PUTS_AT_ONCE, MAX_SYNCS_AT_ONCE};
 pub use reachable::keep_reachable;
+use reply::Payload;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -36,6 +37,7 @@ use crate::net::transport::{
 use crate::net::wire::{ErrorCode, ErrorReply, PROTOCOL_VERSION, Request, Response};
 use crate::node::machine::now_from_env;
 use crate::protocol::identity::NodeId;
+use crate::store::buffer::PartReader;
 use crate::store::files::ServerInfo;
 use crate::store::home::Schema;
 use crate::store::node::Node;
@@ -82,6 +84,7 @@ impl Server {
             sync_permits: Semaphore::new(MAX_SYNCS_AT_ONCE),
             put_shares: Mutex::new(HashMap::new()),
             buffers: crate::store::buffer::Pool::new(MAX_PUTS_AT_ONCE),
+            parts: crate::store::buffer::Pool::new(MAX_PARTS_KEPT),
             stored: Mutex::new(HashMap::new()),
             reached: Mutex::new(None),
         };
@@ -272,7 +275,8 @@ async fn handle_stream(ctx: Arc<Ctx>, conn: quinn::Connection, stream: Stream, _
     // slowly (held to a rate, or on a slow path) is served, each part within the time-out.
     let sent = match tokio::time::timeout(ctx.opts.read_timeout, write_frame(&mut send, &response)).await {
         Ok(Ok(())) => match raw {
-            Some(raw) => write_paced(&mut send, raw, ctx.opts.read_timeout).await,
+            Some(Payload::Bytes(raw)) => write_paced(&mut send, raw, ctx.opts.read_timeout).await,
+            Some(Payload::Extent(file)) => write_extent(&ctx, &mut send, file).await,
             None => Ok(()),
         },
         Ok(Err(e)) => Err(e),
@@ -284,13 +288,38 @@ async fn handle_stream(ctx: Arc<Ctx>, conn: quinn::Connection, stream: Stream, _
     }
 }
 
+/// The parts an extent is sent in, each read from its file as the one before goes out.
+const EXTENT_PART: usize = 1 << 20;
+/// Part buffers kept for reuse (more are made while more extents go out at once).
+const MAX_PARTS_KEPT: usize = 16;
+
+/// Sends an extent from its file a part at a time, each read once the one before is handed to
+/// the connection (whose unacknowledged bytes are bounded): a peer that takes it slowly holds
+/// a part or so of it in memory here, however large the extent and however many it asks for.
+async fn write_extent(ctx: &Arc<Ctx>, send: &mut SendStream, file: PartReader) -> Result<(), NetError> {
+    let len = file.len();
+    let file = Arc::new(file);
+    let mut at = 0u64;
+    while at < len {
+        let n = (len - at).min(EXTENT_PART as u64) as usize;
+        let (f, mut buf) = (file.clone(), ctx.parts.take_or_new());
+        let part = tokio::task::spawn_blocking(move || f.read_at(&mut buf, at, n).map(|()| buf))
+            .await
+            .map_err(|e| NetError::Lost(e.to_string()))?
+            .map_err(|e| NetError::Lost(format!("reading the extent here: {e}")))?;
+        write_paced(send, part.into_bytes(), ctx.opts.read_timeout).await?;
+        at += n as u64;
+    }
+    Ok(())
+}
+
 async fn dispatch(
     ctx: &Arc<Ctx>,
     conn: &quinn::Connection,
     peer: NodeId,
     req: Request,
     recv: &mut RecvStream,
-) -> (Response, Option<bytes::Bytes>) {
+) -> (Response, Option<Payload>) {
     let kind = req.kind();
     let plain = |r: Result<Response, ErrorReply>| r.map(|r| (r, None));
     let result = match req {

@@ -6,9 +6,26 @@ use bytes::Bytes;
 use crate::net::wire::{ErrorCode, ErrorReply, Response};
 use crate::node::machine::now_from_env;
 use crate::protocol::time::Timestamp;
+use crate::store::buffer::PartReader;
 
 /// A reply and the raw bytes that follow it.
-pub(super) type Handled = Result<(Response, Option<Bytes>), ErrorReply>;
+pub(super) type Handled = Result<(Response, Option<Payload>), ErrorReply>;
+
+/// The raw bytes that follow a reply: in memory, or an extent read from its file a part at a
+/// time as the peer takes it (so that a peer taking many slowly holds a part of each in memory
+/// here, not each whole).
+pub(super) enum Payload {
+    /// Bytes in memory.
+    Bytes(Bytes),
+    /// An extent's file.
+    Extent(PartReader),
+}
+
+impl From<Vec<u8>> for Payload {
+    fn from(bytes: Vec<u8>) -> Self {
+        Payload::Bytes(bytes.into())
+    }
+}
 
 /// A failure of this node's own (a disk, a task), never the peer's fault.
 pub(super) fn internal(e: impl std::fmt::Display) -> ErrorReply {

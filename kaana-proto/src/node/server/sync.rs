@@ -8,7 +8,7 @@ use quinn::RecvStream;
 use serde_json::json;
 
 use super::ctx::Ctx;
-use super::reply::{Handled, blocking, internal, refused};
+use super::reply::{Handled, Payload, blocking, internal, refused};
 use crate::net::transport::read_paced;
 use crate::net::wire::{ErrorCode, ErrorReply, KeptGeneration, Response};
 use crate::node::machine::now_from_env;
@@ -285,7 +285,6 @@ pub(super) async fn list_generations(ctx: &Arc<Ctx>, peer: NodeId, id: RecordId)
 /// `get_extent`: one extent, to its owner only.
 pub(super) async fn get_extent(ctx: &Arc<Ctx>, peer: NodeId, id: RecordId, hash: ExtentHash) -> Handled {
     let c = ctx.clone();
-    let mut data = ctx.buffers.take_or_new();
     blocking(move || {
         let (entry, inbound) = authorise(&c, peer, &id, false)?;
         let hidden = match pretence(&entry)? {
@@ -293,9 +292,11 @@ pub(super) async fn get_extent(ctx: &Arc<Ctx>, peer: NodeId, id: RecordId, hash:
             Pretence::Extents(bad) => bad.contains(&hash),
             Pretence::Nothing => false,
         };
-        match !hidden && inbound.read_into(&hash, &mut data).map_err(internal)? {
-            true => Ok((Response::ExtentIs { len: data.len() as u32 }, Some(data.into_bytes()))),
-            false => Err(ErrorReply::new(
+        // Read as the peer takes it (`Payload::Extent`); open here, so that a commit removing
+        // it meanwhile does not cut it short.
+        match (!hidden).then(|| inbound.open_extent(&hash)).transpose().map_err(internal)?.flatten() {
+            Some(file) => Ok((Response::ExtentIs { len: file.len() as u32 }, Some(Payload::Extent(file)))),
+            None => Err(ErrorReply::new(
                 ErrorCode::NotFound,
                 format!("extent {} of contract {id} is not here", crate::protocol::encoding::hex_encode(&hash)),
             )),
