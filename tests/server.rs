@@ -471,3 +471,34 @@ fn a_run_that_ends_in_the_middle_of_transfers_leaves_no_place_taken() {
     assert_success(&out);
     assert!(started.elapsed() < Duration::from_secs(60), "the push waited {:?}", started.elapsed());
 }
+
+/// The server raises its soft limit of open files to the hard one: each extent going out holds
+/// its file open, and a soft limit of 1 024 (a common default) would let a few peers taking
+/// extents slowly leave no files for the others' puts and answers.
+#[test]
+fn the_server_raises_its_soft_limit_of_open_files_to_the_hard_one() {
+    let limits = |pid: &str| -> (String, String) {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+        let line = text.lines().find(|l| l.starts_with("Max open files")).unwrap().to_owned();
+        let f: Vec<String> = line.split_whitespace().map(str::to_owned).collect();
+        (f[3].clone(), f[4].clone())
+    };
+    let (_, hard) = limits("self");
+    if hard.parse::<u64>().is_ok_and(|h| h <= 256) {
+        eprintln!("the hard limit of open files is {hard}: nothing to raise");
+        return;
+    }
+    let node = TestNode::init();
+    let serve = node.cmd("kaana-sync");
+    let mut cmd = std::process::Command::new("sh");
+    cmd.arg("-c").arg("ulimit -Sn 256 && exec \"$0\" \"$@\"").arg(serve.get_program()).args(serve.get_args());
+    for (key, value) in serve.get_envs() {
+        match value {
+            Some(v) => cmd.env(key, v),
+            None => cmd.env_remove(key),
+        };
+    }
+    let server = ServerProc::start_cmd(cmd);
+    let (soft, hard) = limits(&server.child.id().to_string());
+    assert_eq!(soft, hard, "started with a soft limit of 256");
+}

@@ -191,6 +191,11 @@ impl ServerProc {
         Self::spawn(node.cmd("kaana-sync"), extra)
     }
 
+    /// As [`ServerProc::start`], from `cmd` (a node's `kaana-sync`, or a wrapper that runs it).
+    pub fn start_cmd(cmd: Command) -> Self {
+        Self::spawn(cmd, &[])
+    }
+
     /// As [`ServerProc::start`], with the server's clock set to `t` (`KAANA_NOW`).
     pub fn start_at(node: &TestNode, extra: &[&str], t: u64) -> Self {
         let mut cmd = node.cmd("kaana-sync");

@@ -678,30 +678,27 @@ impl Exchange {
     /// Sends a run of raw bytes (an extent) after the request, without a copy: whole, or, under
     /// a rate limit, a paced chunk at a time. Returns once the connection has taken them all.
     pub async fn send_bulk(&mut self, data: bytes::Bytes) -> Result<(), NetError> {
-        let timeout = self.read_timeout;
-        let stalled =
-            |secs: Duration| NetError::Timeout { what: "the peer to take more of the bytes", secs: secs.as_secs() };
-        let Some(limit) = self.limit.clone() else {
-            // Whole, as the holder reads it: within a time-out plus its length at the slowest
-            // pace a peer may keep (a peer that stops taking, its credit withheld, is not
-            // waited for forever).
-            let allowance = run_allowance(data.len(), timeout);
-            return match tokio::time::timeout(allowance, self.send.write_chunk(data)).await {
-                Ok(written) => written.map_err(|e| lost(&self.conn, e)),
-                Err(_) => Err(stalled(allowance)),
+        // Not for ever: a peer that keeps the connection alive but takes no more (its credit
+        // withheld) is given up on. The allowance is that of the run of bytes at the holder,
+        // four times over: a put waits there, taking nothing, for a place among the puts, which
+        // other peers' slow extents may hold for their own allowance each.
+        let allowance = run_allowance(data.len(), self.read_timeout) * SEND_ALLOWANCES;
+        let stalled = NetError::Timeout { what: "the peer to take the bytes sent", secs: allowance.as_secs() };
+        let (send, conn, limit) = (&mut self.send, &self.conn, self.limit.clone());
+        let sent = async move {
+            let Some(limit) = limit else {
+                return send.write_chunk(data).await.map_err(|e| lost(conn, e));
             };
-        };
-        let mut at = 0;
-        while at < data.len() {
-            let end = (at + PACED_CHUNK).min(data.len());
-            limit.take(end - at).await;
-            match tokio::time::timeout(timeout, self.send.write_chunk(data.slice(at..end))).await {
-                Ok(written) => written.map_err(|e| lost(&self.conn, e))?,
-                Err(_) => return Err(stalled(timeout)),
+            let mut at = 0;
+            while at < data.len() {
+                let end = (at + PACED_CHUNK).min(data.len());
+                limit.take(end - at).await;
+                send.write_chunk(data.slice(at..end)).await.map_err(|e| lost(conn, e))?;
+                at = end;
             }
-            at = end;
-        }
-        Ok(())
+            Ok(())
+        };
+        tokio::time::timeout(allowance, sent).await.unwrap_or(Err(stalled))
     }
 
     /// Reads a run of raw bytes (an extent) that follows the reply into `buf`, under the rate
@@ -804,8 +801,11 @@ const RUN_PART: usize = PACED_CHUNK;
 /// [`MIN_RATE`], which leaves each stream at least twice this.
 pub const SLOWEST_PEER: u64 = 16 << 10;
 
+/// How many of a run's allowances a sender waits for the peer to take it ([`Exchange::send_bulk`]).
+const SEND_ALLOWANCES: u32 = 4;
+
 /// How long the peer may take over a run of `len` bytes, in all.
-fn run_allowance(len: usize, timeout: Duration) -> Duration {
+pub fn run_allowance(len: usize, timeout: Duration) -> Duration {
     timeout + Duration::from_secs(len as u64 / SLOWEST_PEER)
 }
 
@@ -847,6 +847,16 @@ pub async fn read_paced(
 /// that keeps taking, however slowly, is served; one that stops, or trickles, is not waited for.
 pub async fn write_paced(send: &mut SendStream, data: bytes::Bytes, timeout: Duration) -> Result<(), NetError> {
     let deadline = tokio::time::Instant::now() + run_allowance(data.len(), timeout);
+    write_paced_until(send, data, timeout, deadline).await
+}
+
+/// [`write_paced`] for a part of a longer run, whose whole must be written by `deadline`.
+pub async fn write_paced_until(
+    send: &mut SendStream,
+    data: bytes::Bytes,
+    timeout: Duration,
+    deadline: tokio::time::Instant,
+) -> Result<(), NetError> {
     let mut at = 0;
     while at < data.len() {
         let end = (at + RUN_PART).min(data.len());

@@ -168,15 +168,9 @@ pub async fn restore(
                 conn.close();
                 return Err(BackupError::Stale { have: newest, last });
             }
-            // When each was committed by what this node signed and the holder receipted, from
-            // its own record; the holder's word alone only without one (after a rebuild). A
-            // holder that moved its times cannot then move the choice.
             let recorded = recorded_times(node, entry).unwrap_or_default();
-            let times: Vec<(u64, Timestamp)> = if recorded.is_empty() {
-                kept.iter().map(|g| (g.generation, g.committed_at)).collect()
-            } else {
-                recorded
-            };
+            let listed: Vec<(u64, Timestamp)> = kept.iter().map(|g| (g.generation, g.committed_at)).collect();
+            let times = history::times_to_trust(&recorded, &listed);
             match history::at_or_before(&times, at) {
                 Some(g) => Some(g),
                 None => {

@@ -13,6 +13,8 @@
 //! rule on the same inputs (each generation's extents and the holder's signed commit time), so
 //! the owner knows which generations its challenges may ask about, and which "retired" answers
 //! to believe.
+//!
+//! Longer than 400 lines: the rules are some 200; the rest is their unit tests, kept beside them.
 
 use std::collections::{HashMap, HashSet};
 
@@ -207,6 +209,22 @@ pub fn at_or_before(generations: &[(u64, Timestamp)], at: Timestamp) -> Option<u
     generations.iter().filter(|(_, t)| *t <= at).max_by_key(|(g, _)| *g).map(|(g, _)| *g)
 }
 
+/// When each generation was committed, for a restore by time: the owner's own `recorded` times
+/// (what it signed and the holder receipted) for the generations it recorded, and the holder's
+/// `listed` word only beyond them, kept on the side of them it lies on: an older generation
+/// (one the record dropped, or from before a rebuild from the phrase) no later than the oldest
+/// recorded, a newer one (a push whose reply was lost) after the newest. A holder that
+/// moves its times cannot then move the choice across what the owner recorded. Both oldest
+/// first; so is the result.
+pub fn times_to_trust(recorded: &[(u64, Timestamp)], listed: &[(u64, Timestamp)]) -> Vec<(u64, Timestamp)> {
+    let (Some(&(first, first_at)), Some(&(last, last_at))) = (recorded.first(), recorded.last()) else {
+        return listed.to_vec();
+    };
+    let older = listed.iter().filter(|(g, _)| *g < first).map(|&(g, t)| (g, t.min(first_at)));
+    let newer = listed.iter().filter(|(g, _)| *g > last).map(|&(g, t)| (g, t.max(last_at.plus_secs(1))));
+    older.chain(recorded.iter().copied()).chain(newer).collect()
+}
+
 /// The extent indexes of `older` that `newer` does not name: what a challenge of a generation
 /// samples (against the next kept one), so that a holder keeping less than the history is caught.
 pub fn only_in(older: &[ExtentHash], newer: &[ExtentHash]) -> Vec<u64> {
@@ -218,6 +236,25 @@ pub fn only_in(older: &[ExtentHash], newer: &[ExtentHash]) -> Vec<u64> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// The owner's record decides the times of what it recorded; the holder's list only what
+    /// lies beyond it, and never across it.
+    #[test]
+    fn a_restore_by_time_trusts_the_record_and_the_holders_list_only_beyond_it() {
+        let t = Timestamp::from_unix;
+        let recorded = [(3, t(300)), (4, t(400))];
+        // The holder moves 4 a year ahead, 3 before 2, and lists 1 and 2 (older than the record)
+        // and 5 (newer: a push whose reply was lost), 2 dated after the record's oldest.
+        let listed = [(1, t(100)), (2, t(350)), (3, t(50)), (4, t(99_999)), (5, t(10))];
+        let times = times_to_trust(&recorded, &listed);
+        assert_eq!(times, vec![(1, t(100)), (2, t(300)), (3, t(300)), (4, t(400)), (5, t(401))]);
+        assert_eq!(at_or_before(&times, t(399)), Some(3), "not rolled back to 2, nor on to 5");
+        assert_eq!(at_or_before(&times, t(400)), Some(4));
+        assert_eq!(at_or_before(&times, t(401)), Some(5));
+        assert_eq!(at_or_before(&times, t(299)), Some(1));
+        // Without a record (a node rebuilt from its phrase), the holder's word.
+        assert_eq!(times_to_trust(&[], &listed), listed.to_vec());
+    }
 
     const DAY: u64 = 86_400;
 

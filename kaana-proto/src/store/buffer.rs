@@ -210,18 +210,23 @@ pub fn read_file(path: &Path, buf: &mut AlignedBuf) -> io::Result<()> {
 /// that a peer taking it slowly holds a part of it in memory here, not all of it.
 #[derive(Debug)]
 pub struct PartReader {
-    buffered: File,
-    direct: Option<File>,
+    /// One descriptor for the whole send: opened for direct reads where the file system takes
+    /// them, and switched to the page cache for a part that cannot be read so (an unaligned
+    /// tail) or if the device refuses.
+    file: File,
     len: u64,
 }
 
 impl PartReader {
     /// Opens `path` for reading.
     pub fn open(path: &Path) -> io::Result<Self> {
-        let buffered = File::open(path)?;
-        let len = buffered.metadata()?.len();
-        let direct = OpenOptions::new().read(true).custom_flags(o_direct()).open(path).ok();
-        Ok(PartReader { buffered, direct, len })
+        let file = match OpenOptions::new().read(true).custom_flags(o_direct()).open(path) {
+            Ok(f) => f,
+            Err(e) if direct_refused(&e) => File::open(path)?,
+            Err(e) => return Err(e),
+        };
+        let len = file.metadata()?.len();
+        Ok(PartReader { file, len })
     }
 
     /// Its length in bytes.
@@ -237,13 +242,18 @@ impl PartReader {
     /// Reads `len` bytes at `offset` into `buf` (made that long).
     pub fn read_at(&self, buf: &mut AlignedBuf, offset: u64, len: usize) -> io::Result<()> {
         buf.set_len(len);
-        if let Some(f) = self.direct.as_ref().filter(|_| direct_ok(buf, offset)) {
-            match f.read_exact_at(buf, offset) {
+        let flags = rustix::fs::fcntl_getfl(&self.file)?;
+        let direct = flags.contains(rustix::fs::OFlags::DIRECT);
+        if direct && direct_ok(buf, offset) {
+            match self.file.read_exact_at(buf, offset) {
                 Err(e) if direct_refused(&e) => {}
                 other => return other,
             }
         }
-        self.buffered.read_exact_at(buf, offset)
+        if direct {
+            rustix::fs::fcntl_setfl(&self.file, flags - rustix::fs::OFlags::DIRECT)?;
+        }
+        self.file.read_exact_at(buf, offset)
     }
 }
 

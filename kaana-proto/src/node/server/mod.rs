@@ -32,7 +32,7 @@ use tokio::sync::{Semaphore, mpsc, watch};
 
 use crate::net::tls::node_of_spki;
 use crate::net::transport::{
-    self, CLOSE_BUSY, CLOSE_SHUTDOWN, Client, NetError, read_frame_within, write_frame, write_paced,
+    self, CLOSE_BUSY, CLOSE_SHUTDOWN, Client, NetError, read_frame_within, write_frame, write_paced, write_paced_until,
 };
 use crate::net::wire::{ErrorCode, ErrorReply, PROTOCOL_VERSION, Request, Response};
 use crate::node::machine::now_from_env;
@@ -61,6 +61,7 @@ pub struct Server {
 impl Server {
     /// Binds the node's endpoint. Must be called inside a tokio runtime.
     pub fn bind(node: Node, opts: ServerOptions, report: Arc<dyn Report>) -> Result<Server, NetError> {
+        raise_open_files();
         let now = now_from_env().map_err(|e| NetError::Setup(e.to_string()))?;
         let board = market::load_board(&node, now).map_err(|e| NetError::Setup(e.to_string()))?;
         let config = transport::server_config(&node.identity)?;
@@ -288,6 +289,17 @@ async fn handle_stream(ctx: Arc<Ctx>, conn: quinn::Connection, stream: Stream, _
     }
 }
 
+/// Raises the soft limit of open files to the hard one (best effort), as servers that hold a
+/// file for each extent going out do: a soft limit of 1 024, the common default, would let a
+/// few peers taking extents slowly leave none for the others' puts and answers.
+fn raise_open_files() {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current < limit.maximum {
+        let _ = setrlimit(Resource::Nofile, Rlimit { current: limit.maximum, maximum: limit.maximum });
+    }
+}
+
 /// The parts an extent is sent in, each read from its file as the one before goes out.
 const EXTENT_PART: usize = 1 << 20;
 /// Part buffers kept for reuse (more are made while more extents go out at once).
@@ -299,6 +311,8 @@ const MAX_PARTS_KEPT: usize = 16;
 async fn write_extent(ctx: &Arc<Ctx>, send: &mut SendStream, file: PartReader) -> Result<(), NetError> {
     let len = file.len();
     let file = Arc::new(file);
+    // The whole within one allowance, as one run of bytes: the parts share it.
+    let deadline = tokio::time::Instant::now() + transport::run_allowance(len as usize, ctx.opts.read_timeout);
     let mut at = 0u64;
     while at < len {
         let n = (len - at).min(EXTENT_PART as u64) as usize;
@@ -307,7 +321,7 @@ async fn write_extent(ctx: &Arc<Ctx>, send: &mut SendStream, file: PartReader) -
             .await
             .map_err(|e| NetError::Lost(e.to_string()))?
             .map_err(|e| NetError::Lost(format!("reading the extent here: {e}")))?;
-        write_paced(send, part.into_bytes(), ctx.opts.read_timeout).await?;
+        write_paced_until(send, part.into_bytes(), ctx.opts.read_timeout, deadline).await?;
         at += n as u64;
     }
     Ok(())

@@ -29,6 +29,7 @@ use super::standing::Standing;
 use crate::protocol::challenge::{self, Answer, Challenge, Receipt, Reply, Verdict};
 use crate::protocol::encoding;
 use crate::protocol::encoding::Schema;
+use crate::protocol::history::CLOCK_SLACK_SECS;
 use crate::protocol::identity::NodeId;
 use crate::protocol::manifest::Manifest;
 use crate::protocol::market::{Contract, Notice, RecordId};
@@ -279,11 +280,15 @@ pub fn ended_by(contract: &Contract, notice: &Signed<Notice>, at: Timestamp, rec
         && !receipt.is_some_and(|r| dated_back(n, r))
 }
 
-/// Whether `notice` was given by the holder that signed `receipt`, for its contract, before
-/// the receipt: a holder under its own notice takes no push, so an honest one never receipts
-/// a generation after its notice, and such a notice was dated back.
+/// Whether `notice` was given by the holder that signed `receipt`, for its contract, well
+/// before the receipt: a holder under its own notice takes no push, so an honest one never
+/// receipts a generation after its notice, and such a notice was dated back. Well before: more
+/// than [`CLOCK_SLACK_SECS`], for a commit racing the notice, or the holder's clock set back,
+/// are no dating back (which, to end a grace early, reaches back days).
 pub fn dated_back(notice: &Notice, receipt: &Receipt) -> bool {
-    receipt.holder == notice.from && receipt.contract == notice.contract && receipt.at > notice.at
+    receipt.holder == notice.from
+        && receipt.contract == notice.contract
+        && receipt.at > notice.at.plus_secs(CLOCK_SLACK_SECS)
 }
 
 fn hex_bytes(text: &str) -> Option<Vec<u8>> {
@@ -632,15 +637,27 @@ mod tests {
             resign(&mut w, Reply::Ended { notice: n.clone() }, o_failing(), t(1_200));
             assert_eq!(w.evidence.check(), Ok(Proven { failed_samples: 3, samples: 3 }), "{:?}", n.body);
         }
-        // The holder's notice dated 400, before its own receipt at 501 of the generation asked
-        // about: dated back (a holder under notice takes no push), so its grace had not run out
-        // by 1 200 whatever its date says. The owner's notice of that date stands.
-        let n = notice(&w, 400, &w.holder);
-        resign(&mut w, Reply::Ended { notice: n }, o_failing(), t(1_200));
-        assert_eq!(w.evidence.check(), Ok(Proven { failed_samples: 3, samples: 3 }));
-        let n = notice(&w, 400, &w.owner);
-        resign(&mut w, Reply::Ended { notice: n }, o_failing(), t(1_200));
-        assert!(matches!(w.evidence.check(), Err(EvidenceError::NoBreach(_))));
+        // The holder's notice at 600 and its own receipt of the generation asked about more
+        // than the clocks' slack later: dated back (a holder under notice takes no push), so
+        // its grace had not run out at 1 200 whatever its date says. A receipt within the
+        // slack (a commit racing the notice), or the owner's notice, leaves it standing.
+        for (receipted, by, dated_back) in [
+            (600 + CLOCK_SLACK_SECS + 1, &w.holder, true),
+            (600 + CLOCK_SLACK_SECS, &w.holder, false),
+            (600 + CLOCK_SLACK_SECS + 1, &w.owner, false),
+        ] {
+            let mut w = world(lost_one);
+            let mut r = w.evidence.receipt.clone().unwrap().body;
+            r.at = t(receipted);
+            w.evidence.receipt = Some(Signed::sign(r, &w.holder).unwrap());
+            let n = notice(&w, 600, by);
+            resign(&mut w, Reply::Ended { notice: n }, o_failing(), t(1_200));
+            let checked = w.evidence.check();
+            match dated_back {
+                true => assert_eq!(checked, Ok(Proven { failed_samples: 3, samples: 3 })),
+                false => assert!(matches!(checked, Err(EvidenceError::NoBreach(_))), "{receipted}: {checked:?}"),
+            }
+        }
     }
 
     #[test]
