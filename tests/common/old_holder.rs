@@ -112,19 +112,10 @@ async fn relay(
 /// One request: its frame read and looked at, then answered here or passed on with what
 /// follows it, and the reply passed back.
 async fn request(mut send: SendStream, mut recv: RecvStream, up: quinn::Connection, refused: Arc<AtomicU64>, lie: Lie) {
-    let mut prefix = [0u8; 4];
-    if recv.read_exact(&mut prefix).await.is_err() {
-        return;
-    }
-    let mut frame = vec![0u8; wire::frame_len(prefix).unwrap_or(0)];
-    if recv.read_exact(&mut frame).await.is_err() {
-        return;
-    }
+    let Some((prefix, frame)) = read_raw_frame(&mut recv).await else { return };
     let kind: serde_json::Value = serde_json::from_slice(&frame).unwrap_or_default();
     if matches!(lie, Lie::BusyExtents) && kind["kind"] == "get_extent" {
-        let reply = Response::Error(ErrorReply::new(ErrorCode::Busy, "too busy to serve extents"));
-        let _ = send.write_all(&wire::encode(&reply).unwrap()).await;
-        let _ = send.finish();
+        answer(&mut send, &Response::Error(ErrorReply::new(ErrorCode::Busy, "too busy to serve extents"))).await;
         return;
     }
     if kind["kind"] == "patch_extent" {
@@ -133,8 +124,7 @@ async fn request(mut send: SendStream, mut recv: RecvStream, up: quinn::Connecti
             ErrorCode::UnknownRequest,
             "frame is malformed: unknown variant `patch_extent`",
         ));
-        let _ = send.write_all(&wire::encode(&reply).unwrap()).await;
-        let _ = send.finish();
+        answer(&mut send, &reply).await;
         let _ = recv.stop(0u32.into());
         return;
     }
@@ -147,23 +137,30 @@ async fn request(mut send: SendStream, mut recv: RecvStream, up: quinn::Connecti
     {
         let _ = up_send.finish();
         let mut up_recv = up_recv;
-        let mut prefix = [0u8; 4];
-        if up_recv.read_exact(&mut prefix).await.is_err() {
-            return;
-        }
-        let mut frame = vec![0u8; wire::frame_len(prefix).unwrap_or(0)];
-        if up_recv.read_exact(&mut frame).await.is_err() {
-            return;
-        }
+        let Some((_, frame)) = read_raw_frame(&mut up_recv).await else { return };
         let mut reply: Response = wire::decode(&frame).unwrap();
         if let Response::Generations { generations } = &mut reply {
             rewrite(generations);
         }
-        let _ = send.write_all(&wire::encode(&reply).unwrap()).await;
-        let _ = send.finish();
+        answer(&mut send, &reply).await;
         return;
     }
     tokio::join!(pipe(recv, up_send), pipe(up_recv, send));
+}
+
+/// One frame as it came: its length prefix and its bytes.
+async fn read_raw_frame(recv: &mut RecvStream) -> Option<([u8; 4], Vec<u8>)> {
+    let mut prefix = [0u8; 4];
+    recv.read_exact(&mut prefix).await.ok()?;
+    let mut frame = vec![0u8; wire::frame_len(prefix).unwrap_or(0)];
+    recv.read_exact(&mut frame).await.ok()?;
+    Some((prefix, frame))
+}
+
+/// Answers here, and ends the stream.
+async fn answer(send: &mut SendStream, reply: &Response) {
+    let _ = send.write_all(&wire::encode(reply).unwrap()).await;
+    let _ = send.finish();
 }
 
 /// Copies one direction of a stream until it ends.
