@@ -1028,6 +1028,31 @@ fn verify_catches_a_lost_extent() {
     assert!(stderr(&out).contains("damaged"), "{}", stderr(&out));
 }
 
+/// An extent cut short on the holder's disk (a crash of its file system, a bad sector) does not
+/// stop the owner's pushes until something scrubs it: the holder does not list it as held, the
+/// next push sends it again, and its put replaces the short file.
+#[test]
+fn an_extent_cut_short_at_the_holder_is_sent_again_by_the_next_push() {
+    let work = tempfile::tempdir().unwrap();
+    let volume = luks_volume(work.path());
+    let Pair { a, b, sa: _sa, sb: _sb, contract } = contracted_pair(&volume, "64MiB");
+    let first = push(&a, &contract);
+    let short = inbound_extents(&b, &contract)[1].clone();
+    let whole = fs::metadata(&short).unwrap().len();
+    fs::File::options().write(true).open(&short).unwrap().set_len(whole / 2).unwrap();
+
+    // Nothing changed in the volume; the holder lacks one extent whole.
+    let second = push(&a, &contract);
+    assert_eq!((second.generation, second.extents_sent), (2, 1));
+    assert_eq!(fs::metadata(&short).unwrap().len(), whole, "whole again at the holder");
+    assert_eq!(inbound_extents(&b, &contract).len() as u64, first.extents_total);
+    let verified: RestoreLine = a.json("kaana-sync", &["verify", &contract]);
+    assert!(verified.ok && verified.bad_extents == 0);
+    let back = work.path().join("restored.luks");
+    assert!(restore(&a, &contract, &back).ok);
+    assert_eq!(fs::read(&back).unwrap(), fs::read(&volume).unwrap());
+}
+
 #[test]
 fn a_node_rebuilt_from_its_phrase_restores_from_one_peer() {
     let work = tempfile::tempdir().unwrap();

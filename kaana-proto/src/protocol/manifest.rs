@@ -92,6 +92,12 @@ impl Geometry {
         let end = (start + u64::from(self.extent_size)).min(self.volume_size);
         end.saturating_sub(start) as usize
     }
+
+    /// Whether some extent of this shape has `len` bytes: the extent size, or the last one's.
+    /// A stored extent of any other length is damaged for a volume of this shape.
+    pub fn fits(&self, len: u64) -> bool {
+        len > 0 && (len == u64::from(self.extent_size) || len == self.len(self.count().saturating_sub(1)) as u64)
+    }
 }
 
 /// The keystream of one owner's copies for one contract.
@@ -250,6 +256,11 @@ mod tests {
         assert_eq!(g.len(10), 5);
         assert_eq!(g.len(11), 0);
         assert_eq!(Geometry::new(0, 4096).unwrap().count(), 0);
+        assert!(g.fits(4096) && g.fits(5));
+        assert!(!g.fits(4095) && !g.fits(0) && !g.fits(4097));
+        let even = Geometry::new(4 * 4096, 4096).unwrap();
+        assert!(even.fits(4096) && !even.fits(5));
+        assert!(!Geometry::new(0, 4096).unwrap().fits(0));
     }
 
     #[test]

@@ -216,6 +216,7 @@ impl Inbound {
     /// is aligned for it). Its outboard (for chunk proofs) is made in the same pass and written
     /// beside it; it is a cache, remade from the extent if it is ever lost or wrong. `data` may
     /// be reused once this returns; the extent is stored only when [`Written::sync`] returns.
+    /// An extent stored already with another length is damaged, and replaced.
     pub fn write(&self, hash: &ExtentHash, data: &[u8]) -> Result<Written, InboundError> {
         let (groups, root) = proof::outboard(data);
         if root.as_bytes() != hash {
@@ -223,7 +224,10 @@ impl Inbound {
         }
         let path = self.extent_path(hash);
         let dir = path.parent().unwrap_or(&self.dir).to_owned();
-        if path.is_file() {
+        // Stored already, whole: nothing to write. A stored file of another length was cut
+        // short or grown on this disk (its bytes hash to `hash` only at `data`'s length): these
+        // bytes, checked, replace it.
+        if fs::metadata(&path).is_ok_and(|m| m.is_file() && m.len() == data.len() as u64) {
             let names = self.names_to_sync(&dir);
             return Ok(Written { temp: None, path, names });
         }
@@ -1213,6 +1217,27 @@ mod tests {
         let mut want = vec![hashes[0], hashes[3]];
         want.sort_unstable();
         assert_eq!(left, want);
+    }
+
+    /// An extent cut short on the disk is replaced by a put of its bytes; one stored whole is
+    /// left as it is.
+    #[test]
+    fn a_put_replaces_an_extent_stored_at_another_length() {
+        use std::os::unix::fs::MetadataExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Inbound { dir: dir.path().to_owned() };
+        let data = extent(5, 3 * 4096);
+        let hash = *blake3::hash(&data).as_bytes();
+        store.put(&hash, &data).unwrap();
+        let path = store.extent_path(&hash);
+        let inode = fs::metadata(&path).unwrap().ino();
+        store.put(&hash, &data).unwrap();
+        assert_eq!(fs::metadata(&path).unwrap().ino(), inode, "whole: not written again");
+        File::options().write(true).open(&path).unwrap().set_len(4096).unwrap();
+        store.put(&hash, &data).unwrap();
+        assert_eq!(fs::read(&path).unwrap(), data);
+        assert!(store.put(&hash, &extent(6, 3 * 4096)).is_err(), "other bytes under its name are still refused");
+        assert_eq!(fs::read(&path).unwrap(), data);
     }
 
     #[test]

@@ -72,7 +72,8 @@ pub(super) async fn push_begin(
     let c = ctx.clone();
     blocking(move || {
         let (entry, inbound) = authorise(&c, peer, &id, true)?;
-        Geometry::new(volume_size, extent_size).map_err(|e| ErrorReply::new(ErrorCode::BadRequest, e.to_string()))?;
+        let g = Geometry::new(volume_size, extent_size)
+            .map_err(|e| ErrorReply::new(ErrorCode::BadRequest, e.to_string()))?;
         if volume_size > entry.contract.body.size {
             return Err(refused(format!(
                 "a volume of {volume_size} bytes is more than contract {id} holds ({} bytes)",
@@ -83,14 +84,18 @@ pub(super) async fn push_begin(
         // A deliberate failure under way shows the peer what its pretence says is here.
         let pretence = entry.state.audit.as_ref().map_or(Pretence::Nothing, |p| p.pretence(now));
         let mut committed = inbound.committed().map_err(internal)?.map(|(m, _)| m.body.generation);
-        // What is here, as the list the peer reads (and nothing more held per extent).
+        // What is here, as the list the peer reads (and nothing more held per extent). An
+        // extent of a length no extent of this volume has is damaged (cut short on this disk):
+        // left off, so that the peer sends it again and the put replaces it; its bytes count.
         let (mut have, mut stored) = (Vec::new(), 0);
         match &pretence {
             Pretence::All => committed = None,
             Pretence::Nothing | Pretence::Extents(_) => inbound
                 .each_present(|hash, len| {
                     if !matches!(&pretence, Pretence::Extents(bad) if bad.contains(&hash)) {
-                        have.extend_from_slice(&hash);
+                        if g.fits(len) {
+                            have.extend_from_slice(&hash);
+                        }
                         stored += len;
                     }
                 })
