@@ -15,8 +15,9 @@ use kaana_proto::protocol::record::Signed;
 
 use crate::common::old_holder::OldHolder;
 use crate::common::{
-    Pair, ServerProc, TestNode, assert_exit, assert_success, contracted_pair, debugfs_cat, decrypt_luks, json_lines,
-    make_contract_sized, make_luks, one_json, pseudo_random, recovered, stderr, write_in_luks,
+    Pair, ServerProc, TestNode, assert_exit, assert_success, contracted_pair, contracted_pair_with, debugfs_cat,
+    decrypt_luks, json_lines, make_contract_sized, make_luks, one_json, pseudo_random, recovered, stderr,
+    write_in_luks,
 };
 
 #[derive(Debug, Deserialize)]
@@ -1051,6 +1052,43 @@ fn an_extent_cut_short_at_the_holder_is_sent_again_by_the_next_push() {
     let back = work.path().join("restored.luks");
     assert!(restore(&a, &contract, &back).ok);
     assert_eq!(fs::read(&back).unwrap(), fs::read(&volume).unwrap());
+}
+
+/// A push racing a restore of a contract that keeps no history drops the generation being
+/// restored: the restore starts again on the new one, keeping nothing of the old, and what it
+/// writes is the volume as pushed last.
+#[test]
+fn a_restore_raced_by_a_push_starts_again_on_the_new_generation() {
+    let work = tempfile::tempdir().unwrap();
+    let volume = luks_volume(work.path());
+    let Pair { a, b: _b, sa: _sa, sb: _sb, contract } =
+        contracted_pair_with(&volume, &["--size", "64MiB", "--history", "0"]);
+    let contract = contract.as_str();
+    assert_eq!(push(&a, contract).generation, 1);
+
+    // Extents 2 and 3 change (the LUKS payload begins 32 KiB short of 2 MiB).
+    write_in_luks(&volume, 7 << 20, 64 << 10, 0x5a);
+    write_in_luks(&volume, 11 << 20, 64 << 10, 0x5b);
+    let back = work.path().join("back.luks");
+    let restoring = a
+        .cmd("kaana-sync")
+        .args(["restore", contract, "--out", back.to_str().unwrap(), "--limit-rate", "2MiB"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Once the first extent of generation 1 is written (the LUKS header), push generation 2.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !fs::read(&back).is_ok_and(|b| b.starts_with(b"LUKS\xba\xbe")) {
+        assert!(Instant::now() < deadline, "the restore never wrote its first extent");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(push(&a, contract).generation, 2);
+    let out = restoring.wait_with_output().unwrap();
+    assert_success(&out);
+    let restored: RestoreLine = one_json(&out);
+    assert_eq!((restored.generation, restored.ok), (2, true));
+    assert_eq!(fs::read(&back).unwrap(), fs::read(&volume).unwrap(), "the volume as pushed last");
 }
 
 #[test]

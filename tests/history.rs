@@ -8,8 +8,8 @@ use std::process::Command;
 use serde::Deserialize;
 
 use crate::common::{
-    LUKS_PASS, ServerProc, TestNode, assert_exit, assert_success, at, debugfs_cat, decrypt_luks, json_lines,
-    make_contract_sized, make_luks, now_unix, pseudo_random, stderr,
+    LUKS_PASS, Pair, ServerProc, TestNode, assert_exit, assert_success, at, contracted_pair_with, debugfs_cat,
+    decrypt_luks, json_lines, make_contract_sized, make_luks, now_unix, pseudo_random, stderr,
 };
 
 const DAY: u64 = 86_400;
@@ -393,15 +393,9 @@ fn a_push_that_would_leave_no_history_needs_force() {
     let work = tempfile::tempdir().unwrap();
     let volume = work.path().join("vol.img");
     fs::write(&volume, pseudo_random(8 << 20, 6)).unwrap();
-    let a = TestNode::init_with(&["--capacity", "1GiB", "--volume", volume.to_str().unwrap()]);
-    let b = TestNode::init_with(&["--capacity", "1GiB"]);
-    let (sa, _sb) = (ServerProc::start(&a, &[]), ServerProc::start(&b, &[]));
-    let offer: serde_json::Value = a.json("kaana-offer", &["create", "--size", "64MiB", "--history-space", "2MiB"]);
-    let offer = offer["id"].as_str().unwrap();
-    assert_success(&a.run("kaana-offer", &["publish", offer]));
-    assert_success(&b.run("kaana-offer", &["list", "--board", &sa.peer()]));
-    let contract: serde_json::Value = b.json("kaana-offer", &["accept", offer]);
-    let contract = contract["id"].as_str().unwrap();
+    let Pair { a, b: _b, sa: _sa, sb: _sb, contract } =
+        contracted_pair_with(&volume, &["--size", "64MiB", "--history-space", "2MiB"]);
+    let contract = contract.as_str();
     assert_eq!(contract_history_bytes(&a, contract), 2 << 20);
     let push = |extra: &[&str]| {
         let mut args = vec!["push", contract, "--extent-size", "1MiB"];

@@ -390,16 +390,29 @@ pub struct Pair {
 
 /// Makes a [`Pair`]: `a` is initialised with `--volume volume`.
 pub fn contracted_pair(volume: &Path, size: &str) -> Pair {
+    contracted_pair_with(volume, &["--size", size])
+}
+
+/// [`contracted_pair`], the offer made with `create`'s arguments `offer`.
+pub fn contracted_pair_with(volume: &Path, offer: &[&str]) -> Pair {
     let a = TestNode::init_with(&["--capacity", "1GiB", "--volume", volume.to_str().unwrap()]);
     let b = TestNode::init_with(&["--capacity", "1GiB"]);
     let (sa, sb) = (ServerProc::start(&a, &[]), ServerProc::start(&b, &[]));
-    let contract = make_contract_sized(&a, &sa, &b, size);
+    let contract = make_contract_with(&a, &sa, &b, offer);
     Pair { a, b, sa, sb, contract }
 }
 
 /// `offerer` makes an offer of `size` on its board; `taker` accepts it. Returns the contract id.
 pub fn make_contract_sized(offerer: &TestNode, offerer_server: &ServerProc, taker: &TestNode, size: &str) -> String {
-    let offer: serde_json::Value = offerer.json("kaana-offer", &["create", "--size", size]);
+    make_contract_with(offerer, offerer_server, taker, &["--size", size])
+}
+
+/// `offerer` makes an offer with `create`'s arguments `offer` on its board; `taker` accepts it.
+/// Returns the contract id.
+pub fn make_contract_with(offerer: &TestNode, offerer_server: &ServerProc, taker: &TestNode, offer: &[&str]) -> String {
+    let mut args = vec!["create"];
+    args.extend_from_slice(offer);
+    let offer: serde_json::Value = offerer.json("kaana-offer", &args);
     let id = offer["id"].as_str().unwrap().to_owned();
     assert_success(&offerer.run("kaana-offer", &["publish", &id]));
     assert_success(&taker.run("kaana-offer", &["list", "--board", &offerer_server.peer()]));

@@ -274,15 +274,10 @@ async fn restore_generation(
     let permits = Arc::new(Semaphore::new(in_flight));
     let pool = Pool::new(in_flight);
     let mut tasks: JoinSet<Result<Fetched, BackupError>> = JoinSet::new();
-    let (mut fetched, mut bad) = (0u64, 0u64);
-    let mut tally = |r: Result<Result<Fetched, BackupError>, tokio::task::JoinError>| -> Result<(), BackupError> {
-        match r.map_err(|e| net(peer)(NetError::Lost(e.to_string())))?? {
-            Fetched::Already => {}
-            Fetched::Got => fetched += 1,
-            Fetched::Bad => bad += 1,
-        }
-        Ok(())
-    };
+    // The first error stops the restore, but only once every extent under way has finished:
+    // a write of this generation landing after the restore starts again on a newer one would
+    // put an old extent over a new one (a task dropped mid-write stops waiting, not writing).
+    let mut tally = Tally { peer, fetched: 0, bad: 0, failed: None };
     for (index, hash) in hashes.into_iter().enumerate() {
         let index = index as u64;
         let permit = permits.clone().acquire_owned().await.map_err(|e| net(peer)(NetError::Lost(e.to_string())))?;
@@ -293,12 +288,19 @@ async fn restore_generation(
             restore_extent(&conn, id, peer, g, index, hash, file, out_path, keystream, resume, pool).await
         });
         while let Some(done) = tasks.try_join_next() {
-            tally(done)?;
+            tally.add(done);
         }
         report.advance(g.len(index) as u64);
+        if tally.failed.is_some() {
+            break;
+        }
     }
     while let Some(done) = tasks.join_next().await {
-        tally(done)?;
+        tally.add(done);
+    }
+    let Tally { fetched, bad, failed, .. } = tally;
+    if let Some(e) = failed {
+        return Err(e);
     }
     if let (Some(f), Some(path)) = (&file, out) {
         f.file().sync_all().map_err(|error| BackupError::Output { path: path.to_owned(), error })?;
@@ -317,6 +319,27 @@ async fn restore_generation(
         bad_extents: bad,
         secs: started.elapsed().as_secs_f64(),
     })
+}
+
+/// What became of the extents of a restore so far, and its first error.
+struct Tally {
+    peer: NodeId,
+    fetched: u64,
+    bad: u64,
+    failed: Option<BackupError>,
+}
+
+impl Tally {
+    fn add(&mut self, done: Result<Result<Fetched, BackupError>, tokio::task::JoinError>) {
+        match done.map_err(|e| net(self.peer)(NetError::Lost(e.to_string()))).and_then(|r| r) {
+            Ok(Fetched::Already) => {}
+            Ok(Fetched::Got) => self.fetched += 1,
+            Ok(Fetched::Bad) => self.bad += 1,
+            Err(e) => {
+                self.failed.get_or_insert(e);
+            }
+        }
+    }
 }
 
 /// What became of one extent in a restore.
