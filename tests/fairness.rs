@@ -484,3 +484,75 @@ fn a_push_audits_a_peer_that_judges_us_failing_before_it_sends_anything() {
     let pushed = push(&s.b, &s.contract);
     assert_eq!(pushed["unchanged"], true, "{pushed}");
 }
+
+/// A peer sending B one failing verdict after another, each newer than the last, makes B check
+/// its whole copy of the peer's data each time the gap allows: the gap doubles with each check
+/// that finds nothing (1 h, 2 h, 4 h...), so hourly verdicts make B read its disk a few times a
+/// day at most. A check that finds damage starts the gap at an hour again.
+#[test]
+fn failing_verdicts_one_after_another_space_out_the_holders_checks() {
+    use kaana_proto::protocol::challenge::{Outcome, Verdict};
+    use kaana_proto::protocol::identity::NodeId;
+    let mut s = story();
+    let contract: RecordId = s.contract.parse().unwrap();
+    let holder: NodeId = s.sb.node.parse().unwrap();
+    let t0 = now_unix();
+    let checks = |b: &TestNode| {
+        let events = fs::read_to_string(b.home.join("events.jsonl")).unwrap();
+        events.lines().filter(|l| l.contains("\"event\":\"scrub\"")).map(str::to_owned).collect::<Vec<_>>()
+    };
+    // Sends a failing verdict dated `t` to B, whose clock reads `t`; whether B checked its copy.
+    let verdict_at = |t: u64, s: &mut crate::common::story::Story| {
+        let _ = s.sb.child.kill();
+        let _ = s.sb.child.wait();
+        s.sb = crate::common::ServerProc::start_at(&s.b, &[], t);
+        let before = checks(&s.b).len();
+        let at = Timestamp::from_unix(t);
+        let body = Verdict {
+            contract,
+            challenge: None,
+            answer: None,
+            holder,
+            result: Some(Outcome::Fail),
+            standing: Standing::Failing { since: Timestamp::from_unix(t0), delete_after: at.plus_secs(7 * DAY) },
+            at,
+        };
+        let (node, addr) = (s.sb.node.clone(), s.sb.addr.clone());
+        as_node(&s.a, &node, &addr, async |a, conn| {
+            let verdict = Signed::sign(body, &a.identity).unwrap();
+            assert!(matches!(conn.request(&Request::Verdict { verdict }).await.unwrap(), Response::Ack));
+        });
+        let checked = unix_of_opt(&state(&s.b, &s.contract)["scrubbed_at"]) == Some(t);
+        if checked {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+            while checks(&s.b).len() == before {
+                assert!(std::time::Instant::now() < deadline, "B never finished its check");
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        }
+        checked
+    };
+    let mut t = t0;
+    let mut checked = Vec::new();
+    for step in [0, HOUR + 60, HOUR, 2 * HOUR, 3 * HOUR, 4 * HOUR] {
+        t += step;
+        checked.push(verdict_at(t, &mut s));
+    }
+    assert_eq!(checked, [true, false, true, false, true, false], "gaps of 2, 4 and 8 hours after clean checks");
+    assert_eq!(state(&s.b, &s.contract)["clean_scrubs"], 3);
+    assert_eq!(checks(&s.b).len(), 3);
+
+    // Damage: the next check (8 h after the last) finds it and moves it aside; the count of
+    // clean checks starts again.
+    wreck_store(&s.b, &s.contract);
+    t += 4 * HOUR;
+    assert!(verdict_at(t, &mut s));
+    let last: serde_json::Value = serde_json::from_str(checks(&s.b).last().unwrap()).unwrap();
+    assert!(last["bad_extents"].as_u64().unwrap() > 0, "{last}");
+    let st = state(&s.b, &s.contract);
+    assert!(st["clean_scrubs"].is_null() && !st["awaiting_repush"].is_null(), "{st}");
+}
+
+fn unix_of_opt(v: &serde_json::Value) -> Option<u64> {
+    v.as_str().map(|_| unix_of(v))
+}

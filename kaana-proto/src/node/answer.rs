@@ -15,6 +15,7 @@ use serde_json::json;
 
 use crate::protocol::challenge::{self, Answer, Challenge, Reply, Rng};
 use crate::protocol::encoding;
+use crate::protocol::fairness;
 use crate::protocol::fairness::deliberate::{self, Pretence, Situation};
 use crate::protocol::fairness::evidence::Statement;
 use crate::protocol::identity::NodeId;
@@ -242,17 +243,15 @@ fn fail_on_purpose(
     Ok(plan)
 }
 
-/// How often at most a holder checks its copy of one peer's data after failing verdicts (a
-/// peer sending one failing verdict after another must not keep it reading its disk).
-pub const SCRUB_GAP_SECS: u64 = 3_600;
-
 /// What the holder does on hearing it failed a challenge, marked before it starts (see
 /// [`scrub_after_failure`]): it does not ask to be challenged again until its copy is checked.
-/// Returns whether to check it now: not while a check's repair is awaited, nor twice within
-/// [`SCRUB_GAP_SECS`].
+/// Returns whether to check it now: not while a check's repair is awaited, nor within
+/// [`fairness::scrub_gap_secs`] of the last check (a peer sending one failing verdict after
+/// another must not keep it reading its disk).
 pub fn mark_for_scrub(node: &Node, contract: &RecordId, now: Timestamp) -> Result<bool, StateError> {
     node.update_contract(contract, |e| {
-        let recent = e.state.scrubbed_at.is_some_and(|t| now.unix() < t.unix().saturating_add(SCRUB_GAP_SECS));
+        let gap = fairness::scrub_gap_secs(e.state.clean_scrubs, e.contract.body.grace_secs);
+        let recent = e.state.scrubbed_at.is_some_and(|t| now.unix() < t.unix().saturating_add(gap));
         if e.state.awaiting_repush.is_some() || recent {
             return Ok(false);
         }
@@ -271,14 +270,17 @@ pub fn scrub_after_failure(node: &Node, contract: &RecordId, now: Timestamp) -> 
         return Ok(0);
     }
     let bad = Inbound::new(&node.config.storage, contract).scrub()?;
-    if bad == 0 {
-        node.update_contract(contract, |e| {
+    node.update_contract(contract, |e| {
+        if bad > 0 {
+            e.state.clean_scrubs = 0;
+        } else {
+            e.state.clean_scrubs = e.state.clean_scrubs.saturating_add(1);
             if e.state.awaiting_repush == Some(now) {
                 e.state.awaiting_repush = None;
             }
-            Ok::<_, StateError>(())
-        })?;
-    }
+        }
+        Ok::<_, StateError>(())
+    })?;
     node.log_event(now, "scrub", json!({"contract": contract, "peer": entry.state.peer, "bad_extents": bad}))?;
     Ok(bad)
 }

@@ -220,6 +220,10 @@ pub struct ContractState {
     /// When this node last checked its copy of the peer's data after a failing verdict.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scrubbed_at: Option<Timestamp>,
+    /// How many of those checks in a row found nothing wrong: each puts the next further off
+    /// ([`crate::protocol::fairness::scrub_gap_secs`]).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub clean_scrubs: u32,
     /// Breaches an audit found on this contract (the peer deleted this node's data early), kept
     /// for good: the peer's record, which `ensure` chooses peers by.
     #[serde(default, skip_serializing_if = "is_zero")]
@@ -285,6 +289,7 @@ impl ContractState {
             our_last_ok: None,
             said_at: None,
             scrubbed_at: None,
+            clean_scrubs: 0,
             breaches: 0,
         }
     }

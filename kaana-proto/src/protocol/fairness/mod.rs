@@ -53,9 +53,34 @@ pub const RECHALLENGE_INTERVAL_SECS: u64 = HOUR;
 /// samples: a holder missing 20% of the data passes one with probability 0.8^132 < 10^-12.
 pub const STRONG_FACTOR: usize = 3;
 
+/// How long a holder lets pass, after checking its copy of a peer's data on a failing verdict,
+/// before another failing verdict makes it check again: an hour, doubled by each check in a row
+/// that found nothing wrong, and at most the [`margin`] (at least an hour). A peer sending one
+/// failing verdict after another then makes it read its whole copy a few times a day at most,
+/// not every hour; and a holder whose copy is really damaged still checks it with time to be
+/// sent the extents again within the grace.
+pub fn scrub_gap_secs(clean_in_a_row: u32, grace_secs: u64) -> u64 {
+    (HOUR << clean_in_a_row.min(16)).min(margin(grace_secs).max(HOUR))
+}
+
 /// Time left, before a failing node's data may be deleted, for it to act: to audit its peer,
 /// retry if the peer is briefly away, and ask to be challenged again. A twelfth of the grace
 /// period, at least 8 hours (two of cron's four-hourly runs).
 pub fn margin(grace_secs: u64) -> u64 {
     (grace_secs / 12).max(8 * HOUR).min(grace_secs / 2)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checks_after_failing_verdicts_space_out_while_they_find_nothing() {
+        let week = 7 * DAY;
+        let gaps: Vec<u64> = (0..6).map(|n| scrub_gap_secs(n, week) / HOUR).collect();
+        assert_eq!(gaps, [1, 2, 4, 8, 14, 14], "doubling, up to the margin of a week's grace (14 h)");
+        assert_eq!(scrub_gap_secs(u32::MAX, week), margin(week));
+        assert_eq!(scrub_gap_secs(3, DAY), 8 * HOUR, "a day's grace: its margin, 8 h");
+        assert_eq!(scrub_gap_secs(5, 30 * 60), HOUR, "never under an hour");
+    }
 }
