@@ -23,6 +23,17 @@ if [ $# -gt 0 ]; then
 fi
 [ -n "${KAANA_BIN:-}" ] && export PATH="$KAANA_BIN:$PATH"
 
+# One run at a time: a push held to a home uplink's rate (or a holder taking it slowly) can
+# outlast the night, and a second run on top of it would push the same contracts at once.
+home=${KAANA_HOME:-${XDG_STATE_HOME:-${HOME:-}/.local/state}/kaana}
+if [ -d "$home" ] && command -v flock >/dev/null 2>&1; then
+  exec 9>>"$home/backup.lock"
+  if ! flock -n 9; then
+    echo "backup.sh: the last run (of $home) is still going; this one did nothing" >&2
+    exit 1
+  fi
+fi
+
 reasons=()
 worst=0
 note() { # CODE REASON

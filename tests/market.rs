@@ -303,18 +303,21 @@ fn a_board_flooded_by_one_signer_keeps_its_cap_and_honest_offers() {
     assert_eq!(refused, 10_000 - kaana_proto::protocol::board::PER_SIGNER_CAP);
 }
 
-/// Throwaway keys fill a board to its 4096 offers. An offer from a node the board knows is still
-/// taken (a stranger's makes room) and forwarded at once, while strangers' offers go on to other
-/// boards no faster than one every two seconds; and the board on disk holds what it took.
+/// Throwaway keys fill a board to its 4096 offers. An offer from a node the board knows, or the
+/// board's own node, is still taken (a stranger's makes room), and a friend's is forwarded at
+/// once, while strangers' offers go on to other boards no faster than one every two seconds, and
+/// arrive there as strangers' (a board that knows the forwarder vouches for none of them); and
+/// the board on disk holds what it took.
 #[test]
 fn a_board_flooded_by_throwaway_keys_still_takes_and_forwards_a_friends_offer() {
     use kaana_proto::protocol::board::{PER_SIGNER_CAP, TOTAL_CAP};
     let (a, sa) = node_with_server();
     let (b, sb) = node_with_server();
-    let (_c, sc) = node_with_server();
-    // A is B's friend; B forwards to C (and to A).
+    let (c, sc) = node_with_server();
+    // A is B's friend; B forwards to C (and to A); C knows B.
     assert_success(&b.run("kaana-offer", &["peer", "add", &sa.peer()]));
     assert_success(&b.run("kaana-offer", &["peer", "add", &sc.peer()]));
+    assert_success(&c.run("kaana-offer", &["peer", "add", &sb.peer()]));
     let board = sb.node.parse().unwrap();
     let addr = sb.addr.clone();
     const LANES: usize = 8;
@@ -364,10 +367,21 @@ fn a_board_flooded_by_throwaway_keys_still_takes_and_forwards_a_friends_offer() 
     let strangers_at_c = at_c.iter().filter(|o| o.id != offer.id).count();
     let bound = 16 + 1 + (started.elapsed().as_secs() as usize).div_ceil(2);
     assert!(strangers_at_c <= bound, "{strangers_at_c} strangers' offers forwarded in {flood_secs}+ s");
-    // On disk at B: the full board, A's offer in it (read from board.json and board.log).
+    // C vouches for no stranger's offer, though B, whom it knows, forwarded them.
+    let home = kaana_proto::store::home::Home::at(&c.home);
+    let at_c_board = kaana_proto::store::board::StoredBoard::load(&home, Timestamp::from_unix(now_unix())).unwrap();
+    let vouched_at_c = |id: &str| at_c_board.board().is_vouched(&id.parse::<RecordId>().unwrap());
+    let strangers: Vec<&OfferLine> = at_c.iter().filter(|o| o.id != offer.id).collect();
+    assert!(!strangers.is_empty(), "some strangers' offers reached C");
+    assert!(strangers.iter().all(|o| !vouched_at_c(&o.id)), "C vouched for a stranger's offer");
+    // B's own offer, published on its own board, is taken too (a stranger's makes room).
+    let own = create_offer(&b, &["--size", "1MiB"]);
+    let published: Vec<serde_json::Value> = json_lines(&b.run("kaana-offer", &["publish", &own.id]));
+    assert_eq!(published[0]["result"], "new", "{published:?}");
+    // On disk at B: the full board, A's offer and its own in it (read from board.json and board.log).
     let at_b: Vec<OfferLine> = json_lines(&b.run("kaana-offer", &["list"]));
     assert_eq!(at_b.len(), TOTAL_CAP);
-    assert!(at_b.iter().any(|o| o.id == offer.id));
+    assert!(at_b.iter().any(|o| o.id == offer.id) && at_b.iter().any(|o| o.id == own.id));
     let log = fs::read_to_string(b.home.join("board.log")).unwrap_or_default();
     assert!(log.lines().count() <= TOTAL_CAP, "the log never outgrows the board");
 }

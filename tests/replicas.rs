@@ -355,3 +355,46 @@ fn a_copy_taken_by_hand_and_never_pushed_is_pushed_before_anything_is_ended() {
     assert_eq!(step(&s, "end", &f.ac).unwrap()["done"], true, "{s:?}");
     assert_eq!(status_of(&f.a.node, &f.ac), "terminated");
 }
+
+/// Offers whose makers cannot be reached (a stranger's board can hold thousands, each with
+/// addresses that only time out) cost a run at most four tries; and the state's lock, which
+/// answering a peer's challenge needs too, is free while a maker is being reached.
+#[test]
+fn offers_whose_makers_cannot_be_reached_cost_a_run_four_tries_and_hold_no_lock() {
+    use std::time::{Duration, Instant};
+    let work = tempfile::tempdir().unwrap();
+    let volume = work.path().join("a.vol");
+    fs::write(&volume, pseudo_random(3 << 20, 8)).unwrap();
+    let a = peer(&["--replicas", "1", "--volume", volume.to_str().unwrap()]);
+    // Six strangers put offers on A's board and go away: their addresses take no packets.
+    let mut gone = Vec::new();
+    for _ in 0..6 {
+        let x = peer(&[]);
+        let offer: serde_json::Value = x.node.json("kaana-offer", &["create", "--size", "16MiB", "--grace", "7d"]);
+        let id = offer["id"].as_str().unwrap();
+        assert_success(&x.node.run("kaana-offer", &["publish", id, "--board", &a.server.peer()]));
+        gone.push(x.node.id());
+    }
+    let ensuring = a
+        .node
+        .cmd("kaana-offer")
+        .arg("ensure")
+        .env("KAANA_CONNECT_TIMEOUT", "6s")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // A second into the first try (of six seconds), the state's lock is free: a command that
+    // takes it is done at once, not when that try gives up.
+    std::thread::sleep(Duration::from_secs(1));
+    let started = Instant::now();
+    assert_success(&a.node.run("kaana-offer", &["peer", "add", &format!("{}@127.0.0.1:9", gone[0]), "--no-check"]));
+    assert!(started.elapsed() < Duration::from_secs(4), "waited {:?} for the state's lock", started.elapsed());
+
+    let out = ensuring.wait_with_output().unwrap();
+    assert_exit(&out, 1);
+    let tried: Vec<serde_json::Value> = steps(&out).into_iter().filter(|l| l["action"] == "take").collect();
+    assert_eq!(tried.len(), 4, "{tried:?}");
+    assert!(tried.iter().all(|l| l["done"] == false), "{tried:?}");
+    assert!(steps(&out).iter().any(|l| l["action"] == "offer" && l["done"] == true), "it offers instead");
+}

@@ -3,7 +3,7 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 
 use crate::common::{Pair, assert_exit, assert_success, bin_dir, contracted_pair, pseudo_random, stderr};
 
@@ -184,6 +184,10 @@ fn every_tool_prints_completions_and_a_man_page() {
 }
 
 fn backup_at(home: &Path, hook: Option<&str>, now: Option<u64>) -> std::process::Output {
+    backup_cmd(home, hook, now).output().unwrap()
+}
+
+fn backup_cmd(home: &Path, hook: Option<&str>, now: Option<u64>) -> Command {
     let mut cmd = Command::new("bash");
     cmd.arg(repo().join("scripts/backup.sh")).args(["--home", home.to_str().unwrap()]);
     cmd.env("KAANA_BIN", bin_dir()).env("KAANA_CONNECT_TIMEOUT", "1s").env_remove("KAANA_NOW");
@@ -193,7 +197,7 @@ fn backup_at(home: &Path, hook: Option<&str>, now: Option<u64>) -> std::process:
     if let Some(t) = now {
         cmd.env("KAANA_NOW", crate::common::at(t));
     }
-    cmd.output().unwrap()
+    cmd
 }
 
 fn backup(home: &Path, hook: Option<&str>) -> std::process::Output {
@@ -340,6 +344,8 @@ fn the_cron_pipeline_pushes_checks_and_says_what_needs_a_person() {
     let out = backup(&a.home, Some(&format!("touch {}", marker.display())));
     assert_success(&out);
     assert!(marker.exists(), "the snapshot hook ran first");
+    // A night with nothing wrong writes nothing on stderr: cron mails whatever it finds there.
+    assert_eq!(stderr(&out), "", "a healthy night mails nobody");
     let lines: Vec<serde_json::Value> =
         String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert!(lines.iter().any(|l| l["contract"] == contract.as_str() && l["generation"] == 1), "a push");
@@ -371,4 +377,19 @@ fn the_cron_pipeline_pushes_checks_and_says_what_needs_a_person() {
     assert_exit(&out, 1);
     let last = stderr(&out).lines().last().unwrap_or_default().to_owned();
     assert!(last.contains("replicas missing: no acceptable offer, this node offers"), "{last}");
+
+    // A run still going (its snapshot hook takes a while): the next does nothing, says so and
+    // exits 1; the first goes on.
+    let started = work.path().join("started");
+    let hook = format!("touch {}; sleep 3", started.display());
+    let first = backup_cmd(&a.home, Some(&hook), None).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    while !started.exists() {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let out = backup(&a.home, None);
+    assert_exit(&out, 1);
+    assert!(out.stdout.is_empty(), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(stderr(&out).contains("the last run") && stderr(&out).contains("still going"), "{}", stderr(&out));
+    let first = first.wait_with_output().unwrap();
+    assert!(!first.stdout.is_empty(), "the first run went on");
 }

@@ -350,6 +350,32 @@ fn strangers_share_a_small_budget_and_known_nodes_still_get_in() {
     });
 }
 
+/// Strangers that keep idle connections alive cannot hold every stranger's place for good:
+/// once all are taken, the oldest gives its place to a newcomer after 20 seconds.
+#[test]
+fn idle_strangers_give_their_places_to_newcomers_after_a_while() {
+    let node = TestNode::init();
+    let server = ServerProc::start(&node, &[]);
+    let id: NodeId = server.node.parse().unwrap();
+    runtime().block_on(async {
+        let mut held = Vec::new();
+        for _ in 0..64 {
+            let client = Client::new(Identity::generate().unwrap());
+            let conn = client.connect(id, &server.addr).await.unwrap();
+            assert!(matches!(conn.request(&Request::Hello).await, Ok(Response::Hello { .. })));
+            held.push((client, conn));
+        }
+        let late = Client::new(Identity::generate().unwrap());
+        assert!(!matches!(hello(&late, id, &server.addr).await, Ok(Response::Hello { .. })), "all places taken");
+        tokio::time::sleep(Duration::from_secs(21)).await;
+        assert!(matches!(hello(&late, id, &server.addr).await, Ok(Response::Hello { .. })), "a newcomer gets in");
+        let (_, first) = &held[0];
+        assert!(first.request(&Request::Hello).await.is_err(), "the oldest gave its place");
+        let (_, last) = &held[63];
+        assert!(matches!(last.request(&Request::Hello).await, Ok(Response::Hello { .. })), "the others keep theirs");
+    });
+}
+
 /// A tool's run ends right after its client's close: the close has gone out by then, so the
 /// server frees the run's places at once, not at its idle time-out. Here the first run takes
 /// all sixteen places of its node, drops them without closing them, closes its client and ends

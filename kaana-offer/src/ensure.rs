@@ -25,6 +25,11 @@ use kaana_proto::store::node::Node;
 use crate::block_on;
 use crate::market::{self, Terms};
 
+/// Offers a run gives up on (refused, or their maker not reached) before it stops taking:
+/// every acceptable offer is a fallback for one refused, and a stranger's board can hold
+/// thousands whose addresses only time out. The next run tries again.
+const MAX_FAILED_TAKES: usize = 4;
+
 /// One step of `ensure`, as printed.
 #[derive(Serialize, Default)]
 struct Step {
@@ -145,7 +150,8 @@ pub(crate) fn ensure(home: &Path, settings: &Settings, dry_run: bool) -> anyhow:
     let mut queue: std::collections::VecDeque<RecordId> = plan.take.iter().chain(&plan.fallback).copied().collect();
     let mut wanted = plan.take.len();
     let mut tried_peers: Vec<NodeId> = Vec::new();
-    while wanted > 0 {
+    let mut failed = 0;
+    while wanted > 0 && failed < MAX_FAILED_TAKES {
         let Some(id) = queue.pop_front() else { break };
         let o = &offers[&id];
         if tried_peers.contains(&o.body.node) {
@@ -169,6 +175,8 @@ pub(crate) fn ensure(home: &Path, settings: &Settings, dry_run: bool) -> anyhow:
                 to_push.push(contract);
             }
             Err(e) => {
+                failed += 1;
+                tried_peers.push(o.body.node);
                 let reason = format!("{e:#}");
                 eprintln!("kaana-offer: offer {}: {reason}", id.short());
                 emit(&Step { action: "take", offer: Some(id), peer: Some(o.body.node), reason, ..Step::default() })?;

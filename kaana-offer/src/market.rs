@@ -418,28 +418,39 @@ pub(crate) fn take_offer(
              or init with --advertise HOST:PORT"
         );
     }
-    // Held across the exchange, so that two accepts at once cannot both take the last free space.
-    let _lock = node.home.lock()?;
-    let contracts = node.contracts()?;
-    if let Some(existing) = contracts.iter().find(|e| e.contract.body.offer == offer_id) {
-        bail!("this node already holds contract {} from offer {offer_id}", existing.id);
-    }
-    if one_per_peer
-        && let Some(existing) = contracts.iter().find(|e| e.state.peer == offer.body.node && !e.state.status.is_ended())
-    {
-        bail!("this node already has contract {} with node {}", existing.id, offer.body.node);
-    }
-    check_room(node, offer.body.held_bytes()).with_context(|| format!("offer {offer_id}"))?;
-    let proposal = Signed::sign(ContractBody::for_offer(offer, offer_id, me, now), &node.identity)?;
-    let contract = block_on(async {
+    // Checked first without the lock, so that an offer this node would refuse costs no
+    // connection; and again under it.
+    let check = || -> anyhow::Result<()> {
+        let contracts = node.contracts()?;
+        if let Some(existing) = contracts.iter().find(|e| e.contract.body.offer == offer_id) {
+            bail!("this node already holds contract {} from offer {offer_id}", existing.id);
+        }
+        if one_per_peer
+            && let Some(existing) =
+                contracts.iter().find(|e| e.state.peer == offer.body.node && !e.state.status.is_ended())
+        {
+            bail!("this node already has contract {} with node {}", existing.id, offer.body.node);
+        }
+        check_room(node, offer.body.held_bytes()).with_context(|| format!("offer {offer_id}"))
+    };
+    check()?;
+    let (contract, _lock) = block_on(async {
         let client = settings.client(node, Traffic::Short);
         let result = async {
+            // Reaching the offerer holds no lock: its addresses are its word, and some may only
+            // time out. The state's lock, which answering a challenge needs too, is taken only
+            // once it answered, for the request alone (one read time-out at most).
             let conn = client.connect_any(offer.body.node, &offer.body.addrs).await?;
+            // Held across the request, so that two accepts at once cannot both take the last
+            // free space.
+            let lock = node.home.lock()?;
+            check()?;
+            let proposal = Signed::sign(ContractBody::for_offer(offer, offer_id, me, now), &node.identity)?;
             let reply = conn.request(&Request::Accept { proposal: proposal.clone(), addrs }).await;
             conn.close();
             match reply? {
-                Response::Contract { contract } => Ok(contract),
-                other => Err(NetError::Unexpected { request: "accept", reply: format!("{other:?}") }),
+                Response::Contract { contract } => anyhow::Ok((contract, lock)),
+                other => Err(NetError::Unexpected { request: "accept", reply: format!("{other:?}") }.into()),
             }
         }
         .await;

@@ -128,7 +128,11 @@ pub fn run(args: Args, settings: Settings) -> anyhow::Result<Exit> {
             done += 1;
         }
     }
-    eprintln!("kaana-prune: {done} step(s) applied, {} freed", format_size(freed));
+    // Said only when something was done: cron mails whatever a tool writes to stderr, and a
+    // night with nothing to prune needs nobody.
+    if done > 0 {
+        eprintln!("kaana-prune: {done} step(s) applied, {} freed", format_size(freed));
+    }
     Ok(Exit::Ok)
 }
 

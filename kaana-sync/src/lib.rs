@@ -532,10 +532,11 @@ async fn serve(node: Node, opts: ServerOptions, settings: &Settings, map_port: b
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let found = tokio::spawn(keep_reachable(node, discovery, listen, map_port, report, stopped));
     let shutdown = shutdown_signal()?;
-    server.run(shutdown).await;
+    let ended = server.run(shutdown).await;
     let _ = stop.send(true);
     // Removing the port mapping takes a round trip to the router at most (3 s).
     let _ = tokio::time::timeout(Duration::from_secs(5), found).await;
+    ended.context("serving")?;
     Ok(Exit::Ok)
 }
 

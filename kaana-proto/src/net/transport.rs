@@ -428,8 +428,10 @@ impl Client {
 
     async fn connect_to(&self, expected: Option<NodeId>, addr: &str) -> Result<Connection, NetError> {
         let resolve = |reason: String| NetError::Resolve { addr: addr.to_owned(), reason };
-        let target = tokio::net::lookup_host(addr)
+        // A name's lookup waits no longer than a connection would.
+        let target = tokio::time::timeout(self.timeouts.connect, tokio::net::lookup_host(addr))
             .await
+            .map_err(|_| resolve(format!("no answer within {}s", self.timeouts.connect.as_secs())))?
             .map_err(|e| resolve(e.to_string()))?
             .next()
             .ok_or_else(|| resolve("no address".into()))?;
@@ -776,10 +778,26 @@ pub async fn read_frame_within<T: DeserializeOwned>(
     }
     read_outcome(read, timeout, "a frame", prefix.len())?;
     let len = wire::frame_len_within(prefix, cap)?;
-    let mut json = vec![0u8; len];
-    read_exact(recv, &mut json, timeout, "a frame").await?;
+    // Grown as the bytes come, not sized by the length alone: a peer announcing frames it
+    // never sends, on every stream it may open, holds no memory for them.
+    let mut json = Vec::with_capacity(len.min(FRAME_START));
+    let read = tokio::time::timeout(timeout, async {
+        while json.len() < len {
+            match recv.read_chunk(len - json.len(), true).await {
+                Ok(Some(chunk)) => json.extend_from_slice(&chunk.bytes),
+                Ok(None) => return Err(quinn::ReadExactError::FinishedEarly(json.len())),
+                Err(e) => return Err(quinn::ReadExactError::ReadError(e)),
+            }
+        }
+        Ok(())
+    })
+    .await;
+    read_outcome(read, timeout, "a frame", len)?;
     Ok(Some(wire::decode(&json)?))
 }
+
+/// What a frame's buffer starts at; it grows as the frame's bytes come.
+const FRAME_START: usize = 64 << 10;
 
 /// Reads exactly `buf.len()` bytes within `timeout`.
 pub async fn read_exact(

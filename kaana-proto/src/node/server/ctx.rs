@@ -73,6 +73,10 @@ pub(super) struct Ctx {
     pub(super) opts: ServerOptions,
     /// Open connections per peer; the total is the sum.
     pub(super) open: Mutex<HashMap<NodeId, usize>>,
+    /// Strangers' connections, oldest first, each with when it came: when all strangers'
+    /// places are taken, the oldest gives its place to a newcomer once it has had
+    /// [`STRANGER_HOLD`] (fresh keys cost nothing: idle ones kept alive would hold them all).
+    pub(super) strangers: Mutex<std::collections::VecDeque<(std::time::Instant, quinn::Connection)>>,
     /// The nodes this node knows (address book and contract peers), and when that was read.
     pub(super) known: Mutex<Option<(std::time::Instant, std::collections::HashSet<NodeId>)>>,
     /// The node's board, in memory and on disk.
@@ -118,14 +122,26 @@ impl Room {
     }
 }
 
+/// How long a stranger's connection keeps its place for sure: a board read, an offer published
+/// or an acceptance take far less. Beyond it, it gives its place to a newcomer when all
+/// strangers' places are taken.
+pub(super) const STRANGER_HOLD: Duration = Duration::from_secs(20);
+
 /// Holds one connection's place in the caps until dropped.
 pub(super) struct Slot {
     ctx: Arc<Ctx>,
     peer: NodeId,
+    /// A stranger's connection, by its id in [`Ctx::strangers`].
+    stranger: Option<usize>,
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
+        if let Some(id) = self.stranger
+            && let Ok(mut strangers) = self.ctx.strangers.lock()
+        {
+            strangers.retain(|(_, c)| c.stable_id() != id);
+        }
         if let Ok(mut open) = self.ctx.open.lock()
             && let Some(n) = open.get_mut(&self.peer)
         {
@@ -154,11 +170,15 @@ impl Ctx {
         self.report.say(&msg.to_string());
     }
 
-    /// Whether `peer` is in the address book or a contract's peer. The set is read again after
+    /// Whether `peer` is this node, in the address book or a contract's peer. The set is read again after
     /// [`KNOWN_FOR`], or sooner (at most every [`RECHECK_AFTER`]) when `peer` is not in it: a
     /// node just added or just contracted with is known at once, and a flood of strangers
     /// costs at most one read a second. Blocking.
     pub(super) fn knows(&self, peer: &NodeId) -> bool {
+        // This node's own tools (its offers through its own board) are no stranger's.
+        if *peer == self.node.id() {
+            return true;
+        }
         let Ok(mut known) = self.known.lock() else { return false };
         let stale = |at: &std::time::Instant, set: &std::collections::HashSet<NodeId>| {
             at.elapsed() > KNOWN_FOR || (!set.contains(peer) && at.elapsed() > RECHECK_AFTER)
@@ -180,28 +200,44 @@ impl Ctx {
         }
     }
 
-    pub(super) fn take_slot(self: &Arc<Self>, peer: NodeId, stranger: bool) -> Result<Slot, &'static str> {
+    pub(super) fn take_slot(
+        self: &Arc<Self>,
+        peer: NodeId,
+        stranger: bool,
+        conn: &quinn::Connection,
+    ) -> Result<Slot, &'static str> {
         let mut open = self.open.lock().map_err(|_| "internal error")?;
         if open.values().sum::<usize>() >= self.opts.max_connections {
             return Err("the server has too many connections");
         }
-        if stranger {
-            let strangers: usize = open.iter().filter(|(p, _)| !self.was_known(p)).map(|(_, n)| n).sum();
-            if strangers >= self.opts.max_stranger_connections {
-                return Err("the server has too many connections from nodes it does not know");
-            }
-        }
         let cap = if stranger { self.opts.max_connections_per_stranger } else { self.opts.max_connections_per_peer };
-        let n = open.entry(peer).or_default();
-        if *n >= cap {
+        if open.get(&peer).is_some_and(|n| *n >= cap) {
             return Err("too many connections from this node");
         }
-        *n += 1;
-        Ok(Slot { ctx: self.clone(), peer })
+        if stranger {
+            let mut strangers = self.strangers.lock().map_err(|_| "internal error")?;
+            let taken: usize = open.iter().filter(|(p, _)| !self.was_known(p)).map(|(_, n)| n).sum();
+            if taken >= self.opts.max_stranger_connections {
+                // The oldest gives way, if it has had its time; its place is free once its
+                // handler sees it closed.
+                match strangers.front() {
+                    Some((since, _)) if since.elapsed() >= STRANGER_HOLD => {
+                        if let Some((_, oldest)) = strangers.pop_front() {
+                            oldest.close(quinn::VarInt::from_u32(crate::net::transport::CLOSE_BUSY), b"made room");
+                        }
+                    }
+                    _ => return Err("the server has too many connections from nodes it does not know"),
+                }
+            }
+            strangers.push_back((std::time::Instant::now(), conn.clone()));
+        }
+        *open.entry(peer).or_default() += 1;
+        Ok(Slot { ctx: self.clone(), peer, stranger: stranger.then(|| conn.stable_id()) })
     }
 
     /// Whether `peer` was known when the set was last read (no I/O).
     fn was_known(&self, peer: &NodeId) -> bool {
-        self.known.lock().ok().and_then(|k| k.as_ref().map(|(_, set)| set.contains(peer))).unwrap_or(false)
+        *peer == self.node.id()
+            || self.known.lock().ok().and_then(|k| k.as_ref().map(|(_, set)| set.contains(peer))).unwrap_or(false)
     }
 }

@@ -42,8 +42,11 @@ pub(super) async fn publish(ctx: &Arc<Ctx>, from: NodeId, offer: Signed<Offer>) 
     let c = ctx.clone();
     let taken = offer.clone();
     let (inserted, vouched) = blocking(move || {
-        // Vouched for when its signer, or the board that forwards it, is a node this one knows.
-        let vouched = c.knows(&from) || c.knows(&taken.body.node);
+        // Vouched for when its signer is a node this one knows (or this node itself). Not for
+        // the board that forwards it: a stranger's offer forwarded by a known board would be
+        // vouched for here, forwarded on without a pause, vouched for again at each board
+        // that knows this one, and never make room for a friend's.
+        let vouched = c.knows(&taken.body.node);
         let mut board = c.board.lock().map_err(internal)?;
         let inserted = board.insert(&c.node.home, taken, now, vouched).map_err(internal)?;
         Ok((inserted.map_err(|e| ErrorReply::new(ErrorCode::Refused, e.to_string()))?, vouched))

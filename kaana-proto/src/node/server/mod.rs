@@ -77,6 +77,7 @@ impl Server {
             report,
             opts,
             open: Mutex::new(HashMap::new()),
+            strangers: Mutex::default(),
             known: Mutex::new(None),
             board: Mutex::new(board),
             forwarding,
@@ -97,8 +98,10 @@ impl Server {
         self.endpoint.local_addr().map_err(|e| NetError::Setup(e.to_string()))
     }
 
-    /// Serves until `shutdown` completes, then drains and closes.
-    pub async fn run(mut self, shutdown: impl Future<Output = ()>) {
+    /// Serves until `shutdown` completes, then drains and closes. An error if the endpoint
+    /// stopped taking connections by itself (its socket failed): the server is not serving, and
+    /// whatever runs it (systemd) should know.
+    pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<(), NetError> {
         if let Some(queues) = self.queues.take() {
             let ctx = self.ctx.clone();
             let report = ctx.report.clone();
@@ -114,6 +117,7 @@ impl Server {
         // Every task holds a clone of `busy`; when all are dropped, the drain is over.
         let (busy, mut idle) = mpsc::channel::<()>(1);
         tokio::pin!(shutdown);
+        let mut ended = Ok(());
         loop {
             tokio::select! {
                 () = &mut shutdown => break,
@@ -122,7 +126,10 @@ impl Server {
                         let task = handle_connection(self.ctx.clone(), incoming, stop_rx.clone(), busy.clone());
                         tokio::spawn(task);
                     }
-                    None => break,
+                    None => {
+                        ended = Err(NetError::Setup("the endpoint stopped taking connections".into()));
+                        break;
+                    }
                 },
             }
         }
@@ -139,6 +146,7 @@ impl Server {
         self.endpoint.close(VarInt::from_u32(CLOSE_SHUTDOWN), b"server shutting down");
         let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
         self.ctx.say(format_args!("stopped"));
+        ended
     }
 }
 
@@ -169,7 +177,7 @@ async fn handle_connection(
     };
     let c = ctx.clone();
     let stranger = !tokio::task::spawn_blocking(move || c.knows(&peer)).await.unwrap_or(false);
-    let _slot = match ctx.take_slot(peer, stranger) {
+    let _slot = match ctx.take_slot(peer, stranger, &conn) {
         Ok(slot) => slot,
         Err(why) => {
             ctx.say(format_args!("{remote}: refused node {}: {why}", peer.short()));
