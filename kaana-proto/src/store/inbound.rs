@@ -92,6 +92,9 @@ pub type CommittedCopy = (Signed<Manifest>, Vec<u8>);
 /// A committed generation as the owner records it: with the holder's receipt.
 pub type RecordedCopy = (Signed<Manifest>, Vec<u8>, Option<Signed<Receipt>>);
 
+/// A kept generation with its list opened to be read a part at a time: manifest, receipt, list.
+pub type OpenedCopy = (Signed<Manifest>, Option<Signed<Receipt>>, crate::store::buffer::PartReader);
+
 /// A kept generation's manifest and (in an owner's record, and the holder's own) receipt.
 pub type KeptManifest = (Signed<Manifest>, Option<Signed<Receipt>>);
 
@@ -480,19 +483,41 @@ impl Inbound {
 
     /// Kept generation `generation`, if kept: read from its own file, not from all of them.
     pub fn kept_generation(&self, generation: u64) -> Result<Option<RecordedCopy>, StateError> {
-        let home = crate::store::home::Home::at(&self.dir);
-        let Some(newest) = home.read_optional::<Committed>(&self.committed_path())? else { return Ok(None) };
-        let c = match generation.cmp(&newest.manifest.body.generation) {
-            std::cmp::Ordering::Equal => newest,
-            std::cmp::Ordering::Greater => return Ok(None),
-            std::cmp::Ordering::Less => match home.read_optional::<Committed>(&self.kept_path(generation))? {
-                Some(c) if c.manifest.body.generation == generation => c,
-                Some(_) => return Err(StateError::damaged(&self.kept_path(generation), "it holds another generation")),
-                None => return Ok(None),
-            },
-        };
+        let Some(c) = self.committed_record(Some(generation))? else { return Ok(None) };
         let list = self.list_of(&c.manifest)?;
         Ok(Some((c.manifest, list, c.receipt)))
+    }
+
+    /// The record of kept generation `generation` (the newest with `None`), if kept.
+    fn committed_record(&self, generation: Option<u64>) -> Result<Option<Committed>, StateError> {
+        let home = crate::store::home::Home::at(&self.dir);
+        let Some(newest) = home.read_optional::<Committed>(&self.committed_path())? else { return Ok(None) };
+        let Some(generation) = generation else { return Ok(Some(newest)) };
+        Ok(match generation.cmp(&newest.manifest.body.generation) {
+            std::cmp::Ordering::Equal => Some(newest),
+            std::cmp::Ordering::Greater => None,
+            std::cmp::Ordering::Less => match home.read_optional::<Committed>(&self.kept_path(generation))? {
+                Some(c) if c.manifest.body.generation == generation => Some(c),
+                Some(_) => return Err(StateError::damaged(&self.kept_path(generation), "it holds another generation")),
+                None => None,
+            },
+        })
+    }
+
+    /// A kept generation (the newest with `None`): its manifest and receipt, and its extent list
+    /// opened to be read a part at a time, its length checked against the manifest (its bytes
+    /// are for the reader to check): what a holder sends its owner without holding the list in
+    /// memory, a list of up to 64 MiB on every stream the owner opens. Opened under the store's
+    /// lock, shared; a commit retiring it meanwhile does not cut it short.
+    pub fn open_generation(&self, generation: Option<u64>) -> Result<Option<OpenedCopy>, StateError> {
+        let _shared = self.lock(false)?;
+        let Some(c) = self.committed_record(generation)? else { return Ok(None) };
+        let path = self.list_path(c.manifest.body.generation);
+        let list = crate::store::buffer::PartReader::open(&path).map_err(|e| StateError::io(&path, e))?;
+        if list.len() != c.manifest.body.extent_count.saturating_mul(32) {
+            return Err(StateError::damaged(&path, "its length is not what its manifest says"));
+        }
+        Ok(Some((c.manifest, c.receipt, list)))
     }
 
     /// Commits a generation, with the holder's `receipt` of it: every extent it names must be

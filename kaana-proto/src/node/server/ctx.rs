@@ -22,6 +22,9 @@ pub(super) const MAX_PUTS_AT_ONCE: usize = 8;
 /// Extents written and being synced at once, in all: each holds a file, a thread and, where
 /// the file system cannot write straight to the device, its bytes in the page cache.
 pub(super) const MAX_SYNCS_AT_ONCE: usize = 32;
+/// Histories listed at once, server-wide: each holds every kept list of its store in memory
+/// while it is weighed (a peer asking on all its streams at once would hold them many times).
+pub(super) const HISTORY_AT_ONCE: usize = 2;
 /// Of the extents received at once, one peer's at most (all its contracts with this server
 /// together: a peer with two contracts here would otherwise hold every place).
 pub(super) const PUT_SHARE: usize = MAX_PUTS_AT_ONCE / 2;
@@ -89,6 +92,8 @@ pub(super) struct Ctx {
     pub(super) put_permits: Semaphore,
     /// Extents written and being synced at once.
     pub(super) sync_permits: Semaphore,
+    /// Histories being listed at once (each reads every kept generation's list into memory).
+    pub(super) history_permits: Semaphore,
     /// Each peer's share of those (half): one peer's stalled pushes cannot hold them all,
     /// however many contracts it has here. Only contract peers get a share.
     pub(super) put_shares: Mutex<HashMap<NodeId, Arc<Semaphore>>>,

@@ -17,7 +17,7 @@ mod sync;
 
 use crate::node::report::Report;
 pub use ctx::ServerOptions;
-use ctx::{Ctx, MAX_PUTS_AT_ONCE, MAX_SYNCS_AT_ONCE};
+use ctx::{Ctx, HISTORY_AT_ONCE, MAX_PUTS_AT_ONCE, MAX_SYNCS_AT_ONCE};
 pub use reachable::keep_reachable;
 use reply::Payload;
 
@@ -84,6 +84,7 @@ impl Server {
             client,
             put_permits: Semaphore::new(MAX_PUTS_AT_ONCE),
             sync_permits: Semaphore::new(MAX_SYNCS_AT_ONCE),
+            history_permits: Semaphore::new(HISTORY_AT_ONCE),
             put_shares: Mutex::new(HashMap::new()),
             buffers: crate::store::buffer::Pool::new(MAX_PUTS_AT_ONCE),
             parts: crate::store::buffer::Pool::new(MAX_PARTS_KEPT),
@@ -285,7 +286,7 @@ async fn handle_stream(ctx: Arc<Ctx>, conn: quinn::Connection, stream: Stream, _
     let sent = match tokio::time::timeout(ctx.opts.read_timeout, write_frame(&mut send, &response)).await {
         Ok(Ok(())) => match raw {
             Some(Payload::Bytes(raw)) => write_paced(&mut send, raw, ctx.opts.read_timeout).await,
-            Some(Payload::Extent(file)) => write_extent(&ctx, &mut send, file).await,
+            Some(Payload::File(file)) => write_file(&ctx, &mut send, file).await,
             None => Ok(()),
         },
         Ok(Err(e)) => Err(e),
@@ -313,10 +314,10 @@ const EXTENT_PART: usize = 1 << 20;
 /// Part buffers kept for reuse (more are made while more extents go out at once).
 const MAX_PARTS_KEPT: usize = 16;
 
-/// Sends an extent from its file a part at a time, each read once the one before is handed to
+/// Sends a file (an extent, a list) a part at a time, each read once the one before is handed to
 /// the connection (whose unacknowledged bytes are bounded): a peer that takes it slowly holds
-/// a part or so of it in memory here, however large the extent and however many it asks for.
-async fn write_extent(ctx: &Arc<Ctx>, send: &mut SendStream, file: PartReader) -> Result<(), NetError> {
+/// a part or so of it in memory here, however large the file and however many it asks for.
+async fn write_file(ctx: &Arc<Ctx>, send: &mut SendStream, file: PartReader) -> Result<(), NetError> {
     let len = file.len();
     let file = Arc::new(file);
     // The whole within one allowance, as one run of bytes: the parts share it.
@@ -328,7 +329,7 @@ async fn write_extent(ctx: &Arc<Ctx>, send: &mut SendStream, file: PartReader) -
         let part = tokio::task::spawn_blocking(move || f.read_at(&mut buf, at, n).map(|()| buf))
             .await
             .map_err(|e| NetError::Lost(e.to_string()))?
-            .map_err(|e| NetError::Lost(format!("reading the extent here: {e}")))?;
+            .map_err(|e| NetError::Lost(format!("reading the file here: {e}")))?;
         write_paced_until(send, part.into_bytes(), ctx.opts.read_timeout, deadline).await?;
         at += n as u64;
     }

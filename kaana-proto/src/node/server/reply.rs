@@ -17,8 +17,8 @@ pub(super) type Handled = Result<(Response, Option<Payload>), ErrorReply>;
 pub(super) enum Payload {
     /// Bytes in memory.
     Bytes(Bytes),
-    /// An extent's file.
-    Extent(PartReader),
+    /// A file sent a part at a time as the peer takes it: an extent, a generation's list.
+    File(PartReader),
 }
 
 impl From<Vec<u8>> for Payload {

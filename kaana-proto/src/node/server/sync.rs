@@ -231,17 +231,14 @@ pub(super) async fn get_manifest(ctx: &Arc<Ctx>, peer: NodeId, id: RecordId, gen
     blocking(move || {
         let (entry, inbound) = authorise(&c, peer, &id, false)?;
         // A deliberate failure shows what its pretence says is here, to every request alike.
-        let held = match (pretence(&entry)?, generation) {
-            (Pretence::All, _) => None,
-            (_, None) => inbound.committed_with_receipt().map_err(internal)?,
-            (_, Some(g)) => {
-                let _shared = inbound.lock(false).map_err(internal)?;
-                inbound.kept_generation(g).map_err(internal)?
-            }
+        // The list is sent from its file a part at a time, as the peer takes it.
+        let held = match pretence(&entry)? {
+            Pretence::All => None,
+            _ => inbound.open_generation(generation).map_err(internal)?,
         };
         match held {
-            Some((manifest, list, receipt)) => {
-                Ok((Response::ManifestIs { manifest: Box::new(manifest), receipt }, Some(list.into())))
+            Some((manifest, receipt, list)) => {
+                Ok((Response::ManifestIs { manifest: Box::new(manifest), receipt }, Some(Payload::File(list))))
             }
             None => Err(ErrorReply::new(
                 ErrorCode::NotFound,
@@ -258,6 +255,7 @@ pub(super) async fn get_manifest(ctx: &Arc<Ctx>, peer: NodeId, id: RecordId, gen
 /// `list_generations`: the generations kept of the owner's copy, to its owner only.
 pub(super) async fn list_generations(ctx: &Arc<Ctx>, peer: NodeId, id: RecordId) -> Handled {
     let c = ctx.clone();
+    let _weighing = ctx.history_permits.acquire().await.map_err(internal)?;
     blocking(move || {
         let (entry, inbound) = authorise(&c, peer, &id, false)?;
         let kept = match pretence(&entry)? {
@@ -297,10 +295,10 @@ pub(super) async fn get_extent(ctx: &Arc<Ctx>, peer: NodeId, id: RecordId, hash:
             Pretence::Extents(bad) => bad.contains(&hash),
             Pretence::Nothing => false,
         };
-        // Read as the peer takes it (`Payload::Extent`); open here, so that a commit removing
+        // Read as the peer takes it (`Payload::File`); open here, so that a commit removing
         // it meanwhile does not cut it short.
         match (!hidden).then(|| inbound.open_extent(&hash)).transpose().map_err(internal)?.flatten() {
-            Some(file) => Ok((Response::ExtentIs { len: file.len() as u32 }, Some(Payload::Extent(file)))),
+            Some(file) => Ok((Response::ExtentIs { len: file.len() as u32 }, Some(Payload::File(file)))),
             None => Err(ErrorReply::new(
                 ErrorCode::NotFound,
                 format!("extent {} of contract {id} is not here", crate::protocol::encoding::hex_encode(&hash)),
