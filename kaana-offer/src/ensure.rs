@@ -81,6 +81,7 @@ pub(crate) fn ensure(home: &Path, settings: &Settings, dry_run: bool) -> anyhow:
             size: o.body.size,
             grace_secs: o.body.grace_secs,
             held_bytes: o.body.held_bytes(),
+            history_secs: o.body.history.as_ref().map_or(0, |h| h.keep_secs),
             expires_at: o.body.expires_at,
         })
         .collect();
@@ -89,6 +90,7 @@ pub(crate) fn ensure(home: &Path, settings: &Settings, dry_run: bool) -> anyhow:
         volume_size,
         min_grace_secs: node.config.grace_secs,
         free: node.config.capacity.saturating_sub(node.committed()?),
+        history_secs: node.config.history_secs,
         me: node.id(),
     };
     let plan = replicas::plan(&copies, &candidates, &histories, &wants, now);

@@ -152,6 +152,8 @@ pub struct Candidate {
     pub grace_secs: u64,
     /// What it commits of this node's capacity (the size and its history allowance).
     pub held_bytes: u64,
+    /// How long it keeps superseded generations (0: none).
+    pub history_secs: u64,
     /// When it closes.
     pub expires_at: Timestamp,
 }
@@ -167,6 +169,9 @@ pub struct Wants {
     pub min_grace_secs: u64,
     /// This node's capacity not yet committed.
     pub free: u64,
+    /// How long this node asks its own holders to keep superseded generations (its config's
+    /// `history_secs`): offers keeping less come after those that keep as much.
+    pub history_secs: u64,
     /// This node.
     pub me: NodeId,
 }
@@ -257,10 +262,13 @@ pub fn plan(
     let pending = u32::try_from(plan.pending.len()).unwrap_or(u32::MAX);
     let mut need = wants.replicas.saturating_sub(plan.healthy.saturating_add(pending));
     let mut ranked: Vec<&Candidate> = offers.iter().collect();
-    // Clean peers first; then the least capacity spent, and the grace nearest this node's own.
+    // Clean peers first; then those that keep the history this node asks for (an offer keeping
+    // none spends the least capacity, and would otherwise come first: a replica that cannot give
+    // back the volume as it was before a ransomwared push); then the least capacity spent, and
+    // the grace nearest this node's own.
     ranked.sort_by_key(|o| {
         let h = histories.get(&o.peer).copied().unwrap_or_default();
-        (h.rank(), o.held_bytes, o.grace_secs, o.offer)
+        (h.rank(), o.history_secs < wants.history_secs, o.held_bytes, o.grace_secs, o.offer)
     });
     let mut free = wants.free;
     for o in ranked {
@@ -329,12 +337,33 @@ mod tests {
             size: GIB,
             grace_secs: 7 * 86_400,
             held_bytes: GIB,
+            history_secs: 14 * 86_400,
             expires_at: t(30 * 86_400),
         }
     }
 
     fn wants() -> Wants {
-        Wants { replicas: 2, volume_size: GIB, min_grace_secs: 7 * 86_400, free: 10 * GIB, me: node(0) }
+        Wants {
+            replicas: 2,
+            volume_size: GIB,
+            min_grace_secs: 7 * 86_400,
+            free: 10 * GIB,
+            history_secs: 14 * 86_400,
+            me: node(0),
+        }
+    }
+
+    #[test]
+    fn offers_keeping_the_history_asked_for_come_before_smaller_ones_that_keep_less() {
+        let none = Candidate { history_secs: 0, held_bytes: GIB / 2, ..offer(1, 4) };
+        let short = Candidate { history_secs: 86_400, held_bytes: GIB - 1, ..offer(2, 5) };
+        let kept = Candidate { held_bytes: GIB + GIB / 4, ..offer(3, 6) };
+        let p = plan(&[copy(2, Standing::Ok)], &[none, short, kept.clone()], &BTreeMap::new(), &wants(), t(0));
+        assert_eq!(p.take, vec![id(103)], "the one keeping 14 days, though it spends the most");
+        assert_eq!(p.fallback, vec![id(101), id(102)], "then the least capacity among the others");
+        let w = Wants { history_secs: 0, ..wants() };
+        let p = plan(&[copy(2, Standing::Ok)], &[offer(1, 4), kept], &BTreeMap::new(), &w, t(0));
+        assert_eq!(p.take, vec![id(101)], "asking for none: the least capacity");
     }
 
     #[test]
