@@ -53,7 +53,8 @@ pub fn announced(w: &Whereabouts) -> Vec<String> {
 }
 
 /// Whether `ip` can be reached from the Internet at large (not loopback, private, link-local,
-/// unspecified, or shared address space).
+/// unspecified, shared address space, "this network", multicast or reserved; an IPv4 address
+/// written as IPv6 is judged as the IPv4 address it is, since a dual-stack socket reaches it).
 pub fn is_global(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => {
@@ -64,11 +65,22 @@ pub fn is_global(ip: IpAddr) -> bool {
                 || v4.is_unspecified()
                 || v4.is_broadcast()
                 || v4.is_documentation()
+                || v4.is_multicast()
+                || o[0] == 0
+                || o[0] >= 240
                 || (o[0] == 100 && (o[1] & 0xc0) == 64))
         }
         IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return is_global(IpAddr::V4(v4));
+            }
             let s = v6.segments();
-            !(v6.is_loopback() || v6.is_unspecified() || (s[0] & 0xfe00) == 0xfc00 || (s[0] & 0xffc0) == 0xfe80)
+            !(v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || (s[0] & 0xfe00) == 0xfc00
+                || (s[0] & 0xffc0) == 0xfe80
+                || (s[0] == 0x2001 && s[1] == 0x0db8))
         }
     }
 }
@@ -160,6 +172,16 @@ mod tests {
         let unbound = Whereabouts { listen: Some("127.0.0.1:0".parse().unwrap()), ..Whereabouts::default() };
         assert!(announced(&unbound).is_empty(), "port 0 is no address");
         assert!(is_global("8.8.8.8".parse().unwrap()) && !is_global("100.64.0.1".parse().unwrap()));
+        for local in ["::ffff:127.0.0.1", "::ffff:10.1.2.3", "224.0.0.251", "ff02::1", "0.1.2.3", "240.0.0.1"] {
+            assert!(!is_global(local.parse().unwrap()), "{local}");
+        }
+        assert!(is_global("::ffff:8.8.8.8".parse().unwrap()) && is_global("2a00:1450::1".parse().unwrap()));
+        let mapped = Whereabouts {
+            advertise: vec!["[::ffff:127.0.0.1]:7447".into(), "[2a00:1450::1]:7447".into()],
+            public_dht: true,
+            ..Whereabouts::default()
+        };
+        assert_eq!(announced(&mapped), ["[2a00:1450::1]:7447"], "loopback written as IPv6 is loopback");
     }
 
     #[test]
