@@ -162,7 +162,12 @@ async fn rechallenge_exchange(
     samples: usize,
     now: Timestamp,
 ) -> Result<audit::Exchanged, ErrorReply> {
-    let (mut send, mut recv) = conn.open_bi().await.map_err(internal)?;
+    // A peer that grants no stream is not waited for past the read time-out.
+    let timeout = ctx.opts.client_timeouts.read;
+    let (mut send, mut recv) = tokio::time::timeout(timeout, conn.open_bi())
+        .await
+        .map_err(|_| ErrorReply::new(ErrorCode::Timeout, "you let no stream open to challenge you on"))?
+        .map_err(internal)?;
     audit::exchange((&mut send, &mut recv, ctx.opts.client_timeouts.read), &ctx.node, entry, target, samples, None, now)
         .await
         .map_err(|e| ErrorReply::new(ErrorCode::Refused, format!("could not challenge you: {e}")))

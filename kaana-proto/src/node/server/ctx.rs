@@ -184,17 +184,25 @@ impl Ctx {
         if *peer == self.node.id() {
             return true;
         }
-        let Ok(mut known) = self.known.lock() else { return false };
         let stale = |at: &std::time::Instant, set: &std::collections::HashSet<NodeId>| {
             at.elapsed() > KNOWN_FOR || (!set.contains(peer) && at.elapsed() > RECHECK_AFTER)
         };
-        if known.as_ref().is_none_or(|(at, set)| stale(at, set)) {
-            let mut set: std::collections::HashSet<NodeId> =
-                self.node.address_book().map(|b| b.peers.into_keys().collect()).unwrap_or_default();
-            set.extend(self.node.contracts().unwrap_or_default().into_iter().map(|e| e.state.peer));
+        {
+            let Ok(known) = self.known.lock() else { return false };
+            if let Some((_, set)) = known.as_ref().filter(|(at, set)| !stale(at, set)) {
+                return set.contains(peer);
+            }
+        }
+        // Read from disk without the lock: the slot-taking on the runtime's threads looks at
+        // the set too, and must not wait for a disk.
+        let mut set: std::collections::HashSet<NodeId> =
+            self.node.address_book().map(|b| b.peers.into_keys().collect()).unwrap_or_default();
+        set.extend(self.node.contracts().unwrap_or_default().into_iter().map(|e| e.state.peer));
+        let found = set.contains(peer);
+        if let Ok(mut known) = self.known.lock() {
             *known = Some((std::time::Instant::now(), set));
         }
-        known.as_ref().is_some_and(|(_, set)| set.contains(peer))
+        found
     }
 
     /// Forgets the set of known nodes (a contract was just made here): read again at the next
