@@ -1262,61 +1262,6 @@ fn a_holder_refuses_bad_extents_foreign_manifests_and_oversize_data() {
 /// `--limit-rate 0` lifts it. At 256 KiB/s, the volume's one 1 MiB extent takes 4 s, twice the
 /// holder's read time-out (2 s here): the holder cuts off a peer that stalls (below), not one
 /// that is slow, and the push and the restore complete.
-/// An owner committing generation after generation of lists that name one stored extent
-/// thousands of times (no history bytes: the same extent every time) fills the holder with
-/// lists no longer: the kept generations' lists stop at the contract's size.
-#[test]
-fn an_owner_cannot_fill_its_holder_with_lists() {
-    let work = tempfile::tempdir().unwrap();
-    let volume = luks_volume(work.path());
-    let Pair { a, b, sb, sa: _sa, contract } = contracted_pair(&volume, "16MiB");
-    let owner = a.identity();
-    let id: RecordId = contract.parse().unwrap();
-    let (holder, addr) = (sb.node.parse().unwrap(), sb.addr.clone());
-    let lists = b.home.join("inbound").join(&contract).join("lists");
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let (committed, refusal) = rt.block_on(async {
-        let client = Client::new(owner.clone());
-        let conn = client.connect(holder, &addr).await.unwrap();
-        let data = pseudo_random(4096, 5);
-        let hash = *blake3::hash(&data).as_bytes();
-        let mut ex = conn.open(&Request::PutExtent { contract: id, offset: 0, hash, len: 4096 }).await.unwrap();
-        ex.send.write_all(&data).await.unwrap();
-        ex.finish().unwrap();
-        assert!(matches!(ex.reply().await, Ok(Response::Stored)));
-        // 16 MiB in 4 KiB extents, each of them that one: a list of 128 KiB.
-        let list = encode_list(&vec![hash; 4096]);
-        let now = kaana_proto::protocol::time::Timestamp::from_unix(crate::common::now_unix());
-        for generation in 1..=200u64 {
-            let body = Manifest {
-                contract: id,
-                owner: owner.node_id(),
-                generation,
-                volume_size: 16 << 20,
-                extent_size: 4096,
-                extent_count: 4096,
-                extents: kaana_proto::protocol::encoding::hex_encode(&list_hash(&list)),
-                created_at: now,
-            };
-            let m = Signed::sign(body, &owner).unwrap();
-            let mut ex = conn.open(&Request::Commit { contract: id, manifest: Box::new(m) }).await.unwrap();
-            ex.send.write_all(&list).await.unwrap();
-            ex.finish().unwrap();
-            match ex.reply().await {
-                Ok(Response::Committed { .. }) => {}
-                Err(NetError::Remote(e)) => return (generation - 1, e),
-                other => panic!("generation {generation}: {other:?}"),
-            }
-        }
-        panic!("200 generations of lists committed");
-    });
-    assert_eq!(refusal.code, ErrorCode::Refused, "{refusal:?}");
-    assert!(refusal.message.contains("past the contract's size"), "{}", refusal.message);
-    assert!((100..128).contains(&committed), "{committed} generations of 128 KiB lists");
-    let on_disk: u64 = fs::read_dir(&lists).unwrap().flatten().map(|f| f.metadata().unwrap().len()).sum();
-    assert!(on_disk <= 16 << 20, "{on_disk} bytes of lists");
-}
-
 #[test]
 fn limit_rate_holds_push_and_restore_to_the_rate() {
     let work = tempfile::tempdir().unwrap();

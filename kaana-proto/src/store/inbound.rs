@@ -176,22 +176,6 @@ impl Inbound {
         Ok(bytes)
     }
 
-    /// Bytes of the generations' records: their lists (`lists/`), the kept manifests (`kept/`)
-    /// and `committed.json`. A commit may not take them past the contract's size.
-    pub fn records_bytes(&self) -> Result<u64, StateError> {
-        let mut bytes = 0;
-        for dir in [self.dir.join("lists"), self.kept_dir()] {
-            for path in read_dir_or_empty(&dir)? {
-                match fs::metadata(&path) {
-                    Ok(m) => bytes += m.len(),
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(StateError::io(&path, e)),
-                }
-            }
-        }
-        Ok(bytes + fs::metadata(self.committed_path()).map_or(0, |m| m.len()))
-    }
-
     /// Every stored extent, with its size.
     pub fn present(&self) -> Result<Vec<(ExtentHash, u64)>, StateError> {
         let mut out = Vec::new();

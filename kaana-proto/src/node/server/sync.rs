@@ -176,20 +176,6 @@ pub(super) async fn commit(
                 m.generation, current.body.generation
             )));
         }
-        // The generations' lists count too, up to the contract's size: an owner keeping a
-        // generation a day for a year needs a hundredth of that at 4 MiB extents (a list names
-        // each extent in 32 bytes); one committing the same list again and again, or one
-        // extent named millions of times, would fill this disk with lists nothing else counts.
-        let records = inbound.records_bytes().map_err(internal)?;
-        let size = entry.contract.body.size;
-        if records.saturating_add(list.len() as u64) > size {
-            return Err(refused(format!(
-                "the kept generations' lists of contract {id} take {records} bytes here: another list of {} \
-                 bytes would take them past the contract's size ({size} bytes); commit again once older \
-                 generations are retired",
-                list.len()
-            )));
-        }
         let terms = entry.contract.body.history.as_ref();
         let (freed, unretired) = inbound.commit(&manifest, &list, receipt.clone(), terms).map_err(map_inbound)?;
         if let Some(e) = unretired {

@@ -227,10 +227,6 @@ pub struct Plan {
     /// Lost contracts still active, to end once enough copies are committed without them
     /// ([`ends_now`]).
     pub end: Vec<RecordId>,
-    /// Of those, the ones whose peer never committed a copy: ended at once, since keeping them
-    /// keeps no copy (a peer taking this node's offers under fresh keys and never committing
-    /// would otherwise hold them, and this node's capacity, for as long as copies are missing).
-    pub empty: Vec<RecordId>,
     /// Copies still missing after the offers taken: this node should offer instead.
     pub shortfall: u32,
     /// Offers seen and not taken, and why (for `--dry-run`).
@@ -260,9 +256,6 @@ pub fn plan(
         }
         if h == Health::Lost && c.active {
             plan.end.push(c.contract);
-            if !c.committed {
-                plan.empty.push(c.contract);
-            }
         }
         plan.copies.push((c.contract, c.peer, h));
     }
@@ -299,10 +292,9 @@ pub fn plan(
 
 /// The lost contracts of `plan` to end now that `committed` copies beyond its healthy ones are
 /// committed (those it took, and the pending ones that committed): all of them once the healthy
-/// copies reach `replicas` without them; before, only those that never held a copy (make before
-/// break: breaking those breaks nothing).
+/// copies reach `replicas` without them, none before (make before break).
 pub fn ends_now(plan: &Plan, committed: u32, replicas: u32) -> &[RecordId] {
-    if plan.healthy.saturating_add(committed) >= replicas { &plan.end } else { &plan.empty }
+    if plan.healthy.saturating_add(committed) >= replicas { &plan.end } else { &[] }
 }
 
 #[cfg(test)]
@@ -414,12 +406,8 @@ mod tests {
         // Never committed for longer than its grace: lost, and replaced.
         let mut stale = copy(3, Standing::Ok);
         stale.committed = false;
-        let p =
-            plan(&[copy(2, Standing::Ok), stale.clone()], &[offer(1, 5)], &BTreeMap::new(), &wants(), t(8 * 86_400));
+        let p = plan(&[copy(2, Standing::Ok), stale], &[offer(1, 5)], &BTreeMap::new(), &wants(), t(8 * 86_400));
         assert_eq!((p.take.clone(), p.end.clone()), (vec![id(101)], vec![id(3)]));
-        // It held no copy: it is ended at once, even while copies are missing (nothing on offer).
-        let p = plan(&[copy(2, Standing::Ok), stale], &[], &BTreeMap::new(), &wants(), t(8 * 86_400));
-        assert_eq!((p.shortfall, ends_now(&p, 0, 2)), (1, &[id(3)][..]));
     }
 
     #[test]
