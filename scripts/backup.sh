@@ -27,6 +27,7 @@ fi
 # outlast the night, and a second run on top of it would push the same contracts at once.
 home=${KAANA_HOME:-${XDG_STATE_HOME:-${HOME:-}/.local/state}/kaana}
 if [ -d "$home" ] && command -v flock >/dev/null 2>&1; then
+  # (fd 9 is closed for the steps: a process one leaves behind must not hold the lock.)
   exec 9>>"$home/backup.lock"
   if ! flock -n 9; then
     echo "backup.sh: the last run (of $home) is still going; this one did nothing" >&2
@@ -54,7 +55,7 @@ summarise() { # STEP OUTPUT
 step() { # NAME COMMAND...
   local name=$1; shift
   local out code
-  out=$("$@")
+  out=$("$@" 9>&-)
   code=$?
   [ -n "$out" ] && printf '%s\n' "$out"
   case $code in
@@ -65,7 +66,7 @@ step() { # NAME COMMAND...
 }
 
 if [ -n "${KAANA_SNAPSHOT_HOOK:-}" ]; then
-  if ! bash -c "$KAANA_SNAPSHOT_HOOK" >&2; then
+  if ! bash -c "$KAANA_SNAPSHOT_HOOK" >&2 9>&-; then
     echo "backup.sh: the snapshot hook failed; nothing was pushed" >&2
     exit 2
   fi

@@ -1066,9 +1066,10 @@ fn a_restore_raced_by_a_push_starts_again_on_the_new_generation() {
     let contract = contract.as_str();
     assert_eq!(push(&a, contract).generation, 1);
 
-    // Extents 2 and 3 change (the LUKS payload begins 32 KiB short of 2 MiB).
-    write_in_luks(&volume, 7 << 20, 64 << 10, 0x5a);
-    write_in_luks(&volume, 11 << 20, 64 << 10, 0x5b);
+    // Extents 3 and 4 change (the LUKS payload begins 32 KiB short of 2 MiB): the push has
+    // until the restore asks for extent 3, some six seconds after extent 0 is written.
+    write_in_luks(&volume, 11 << 20, 64 << 10, 0x5a);
+    write_in_luks(&volume, 15 << 20, 64 << 10, 0x5b);
     let back = work.path().join("back.luks");
     let restoring = a
         .cmd("kaana-sync")

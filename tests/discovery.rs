@@ -143,23 +143,33 @@ fn a_peer_known_only_by_its_id_is_found_traded_with_and_found_again_after_it_mov
     let writer = dht.nodes[1].clone().as_async();
     let _ = rt.block_on(writer.put_mutable(old_item, None));
 
-    let peers: serde_json::Value = serde_json::from_slice(&std::fs::read(b.home.join("peers.json")).unwrap()).unwrap();
-    let resolved_at: kaana_proto::protocol::time::Timestamp =
-        peers["peers"][&a_id]["dht"]["resolved_at"].as_str().unwrap().parse().unwrap();
+    let resolved_at = |b: &TestNode| -> u64 {
+        let peers: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(b.home.join("peers.json")).unwrap()).unwrap();
+        let at: kaana_proto::protocol::time::Timestamp =
+            peers["peers"][&a_id]["dht"]["resolved_at"].as_str().unwrap().parse().unwrap();
+        at.unix()
+    };
 
-    // B takes A's second offer, whose address is A's old one: accept (which holds B's state lock
-    // while it talks to A) finds A on the DHT and reaches it there.
+    // B takes A's second offer, whose address is A's old one: accept finds A on the DHT, reaches
+    // it there, and (holding no lock while it reaches A) writes the new address down.
     let out = on_dht(&b, &boot, "kaana-offer", &["accept", &later_offer])
-        .env("KAANA_NOW", at(now_unix().max(resolved_at.unix() + 400)))
+        .env("KAANA_NOW", at(now_unix().max(resolved_at(&b) + 400)))
         .output()
         .unwrap();
     assert_success(&out);
     let second: serde_json::Value = one_json(&out);
     assert_eq!(second["status"], "active", "{second}");
+    assert_eq!(peer_addrs(&b, &a_id).first(), Some(&sa.addr), "learned by the accept");
 
-    // Within the record's TTL (5 minutes after B looked A up), B does not ask the DHT again: A is
-    // unreachable at the old port.
-    let now = resolved_at.unix() + 120;
+    // A moves again. Within the record's TTL (5 minutes after B looked A up), B does not ask the
+    // DHT again: A is unreachable at the address B has.
+    let moved_addr = sa.addr.clone();
+    drop(sa);
+    let sa = Served::start(&a, &boot, "127.0.0.1:0");
+    assert!(sa.addr != moved_addr && sa.addr != old_addr);
+    wait_announced(&a.home, &sa.addr);
+    let now = resolved_at(&b) + 120;
     let out = on_dht(&b, &boot, "kaana-challenge", &[&contract]).env("KAANA_NOW", at(now)).output().unwrap();
     let line: serde_json::Value = one_json(&out);
     assert_eq!(line["result"], "unreachable", "{line}");
@@ -170,7 +180,9 @@ fn a_peer_known_only_by_its_id_is_found_traded_with_and_found_again_after_it_mov
     let line: serde_json::Value = one_json(&out);
     assert_eq!(line["result"], "pass", "{line}: {}", stderr(&out));
     assert_eq!(peer_addrs(&b, &a_id).first(), Some(&sa.addr), "the new address comes first");
-    assert!(!peer_addrs(&b, &a_id).contains(&old_addr), "the old record's address is dropped");
+    for gone in [&old_addr, &moved_addr] {
+        assert!(!peer_addrs(&b, &a_id).contains(gone), "the old records' addresses are dropped");
+    }
 
     // A looked up again: still the new address, whatever the replay did.
     let out =

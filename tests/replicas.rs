@@ -357,10 +357,11 @@ fn a_copy_taken_by_hand_and_never_pushed_is_pushed_before_anything_is_ended() {
 }
 
 /// Offers whose makers cannot be reached (a stranger's board can hold thousands, each with
-/// addresses that only time out) cost a run at most four tries; and the state's lock, which
-/// answering a peer's challenge needs too, is free while a maker is being reached.
+/// addresses that only time out) cost a run at most four tries, and are passed over for a day,
+/// so that the next run tries others; and the state's lock, which answering a peer's challenge
+/// needs too, is free while a maker is being reached.
 #[test]
-fn offers_whose_makers_cannot_be_reached_cost_a_run_four_tries_and_hold_no_lock() {
+fn offers_whose_makers_cannot_be_reached_cost_a_run_four_tries_hold_no_lock_and_wait_a_day() {
     use std::time::{Duration, Instant};
     let work = tempfile::tempdir().unwrap();
     let volume = work.path().join("a.vol");
@@ -397,4 +398,14 @@ fn offers_whose_makers_cannot_be_reached_cost_a_run_four_tries_and_hold_no_lock(
     assert_eq!(tried.len(), 4, "{tried:?}");
     assert!(tried.iter().all(|l| l["done"] == false), "{tried:?}");
     assert!(steps(&out).iter().any(|l| l["action"] == "offer" && l["done"] == true), "it offers instead");
+
+    // The next run passes over those four for a day, and tries the two others.
+    let out = a.node.cmd("kaana-offer").arg("ensure").env("KAANA_CONNECT_TIMEOUT", "2s").output().unwrap();
+    assert_exit(&out, 1);
+    let again: Vec<serde_json::Value> = steps(&out).into_iter().filter(|l| l["action"] == "take").collect();
+    assert_eq!(again.len(), 2, "{again:?}");
+    assert!(again.iter().all(|l| !tried.iter().any(|t| t["offer"] == l["offer"])), "{again:?} after {tried:?}");
+    let untaken: serde_json::Value =
+        serde_json::from_slice(&fs::read(a.node.home.join("ensure-untaken.json")).unwrap()).unwrap();
+    assert_eq!(untaken["untaken"].as_object().unwrap().len(), 6, "{untaken}");
 }

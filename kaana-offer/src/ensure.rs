@@ -25,10 +25,36 @@ use kaana_proto::store::node::Node;
 use crate::block_on;
 use crate::market::{self, Terms};
 
-/// Offers a run gives up on (refused, or their maker not reached) before it stops taking:
-/// every acceptable offer is a fallback for one refused, and a stranger's board can hold
-/// thousands whose addresses only time out. The next run tries again.
-const MAX_FAILED_TAKES: usize = 4;
+/// Offers a run gives up on after trying them for a while (their maker not reached, or slow to
+/// answer) before it stops taking: every acceptable offer is a fallback for one refused, and a
+/// stranger's board can hold thousands whose addresses only time out. A quick refusal (taken
+/// by another, withdrawn) does not count.
+const MAX_SLOW_FAILURES: usize = 4;
+/// What counts as a while.
+const SLOW_FAILURE: std::time::Duration = std::time::Duration::from_secs(2);
+/// Offers that could not be taken are passed over by the runs of the next day
+/// (`ensure-untaken.json`), so that each night's run tries others, not the same few again.
+const UNTAKEN_FOR_SECS: u64 = 86_400;
+
+/// `ensure-untaken.json`: offers a run could not take, and when.
+#[derive(Debug, Default, Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Untaken {
+    untaken: BTreeMap<RecordId, Timestamp>,
+}
+
+impl Untaken {
+    fn path(node: &Node) -> std::path::PathBuf {
+        node.home.root().join("ensure-untaken.json")
+    }
+
+    /// Those of the last day.
+    fn load(node: &Node, now: Timestamp) -> anyhow::Result<Self> {
+        let mut u: Untaken = node.home.read_optional(&Self::path(node))?.unwrap_or_default();
+        u.untaken.retain(|_, at| now.unix() < at.unix().saturating_add(UNTAKEN_FOR_SECS) && *at <= now);
+        Ok(u)
+    }
+}
 
 /// One step of `ensure`, as printed.
 #[derive(Serialize, Default)]
@@ -73,8 +99,10 @@ pub(crate) fn ensure(home: &Path, settings: &Settings, dry_run: bool) -> anyhow:
     let silent = node.silent_peers(now)?;
     let (copies, histories) = copies_and_records(&node)?;
     let offers = gather_offers(&node, settings, &silent, now)?;
+    let mut untaken = Untaken::load(&node, now)?;
     let candidates: Vec<Candidate> = offers
         .iter()
+        .filter(|(id, _)| !untaken.untaken.contains_key(*id))
         .map(|(id, o)| Candidate {
             offer: *id,
             peer: o.body.node,
@@ -152,13 +180,14 @@ pub(crate) fn ensure(home: &Path, settings: &Settings, dry_run: bool) -> anyhow:
     let mut queue: std::collections::VecDeque<RecordId> = plan.take.iter().chain(&plan.fallback).copied().collect();
     let mut wanted = plan.take.len();
     let mut tried_peers: Vec<NodeId> = Vec::new();
-    let mut failed = 0;
-    while wanted > 0 && failed < MAX_FAILED_TAKES {
+    let mut slow = 0;
+    while wanted > 0 && slow < MAX_SLOW_FAILURES {
         let Some(id) = queue.pop_front() else { break };
         let o = &offers[&id];
         if tried_peers.contains(&o.body.node) {
             continue;
         }
+        let started = std::time::Instant::now();
         match market::take_offer(&node, settings, id, o, true, now_from_env()?) {
             Ok(contract) => {
                 wanted -= 1;
@@ -177,7 +206,9 @@ pub(crate) fn ensure(home: &Path, settings: &Settings, dry_run: bool) -> anyhow:
                 to_push.push(contract);
             }
             Err(e) => {
-                failed += 1;
+                slow += usize::from(started.elapsed() >= SLOW_FAILURE);
+                untaken.untaken.insert(id, now);
+                node.home.write(&Untaken::path(&node), &untaken)?;
                 tried_peers.push(o.body.node);
                 let reason = format!("{e:#}");
                 eprintln!("kaana-offer: offer {}: {reason}", id.short());

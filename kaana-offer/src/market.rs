@@ -434,7 +434,7 @@ pub(crate) fn take_offer(
         check_room(node, offer.body.held_bytes()).with_context(|| format!("offer {offer_id}"))
     };
     check()?;
-    let (contract, _lock) = block_on(async {
+    let (contract, _lock, reached) = block_on(async {
         let client = settings.client(node, Traffic::Short);
         let result = async {
             // Reaching the offerer holds no lock: its addresses are its word, and some may only
@@ -447,9 +447,10 @@ pub(crate) fn take_offer(
             check()?;
             let proposal = Signed::sign(ContractBody::for_offer(offer, offer_id, me, now), &node.identity)?;
             let reply = conn.request(&Request::Accept { proposal: proposal.clone(), addrs }).await;
+            let reached = conn.remote_address().to_string();
             conn.close();
             match reply? {
-                Response::Contract { contract } => anyhow::Ok((contract, lock)),
+                Response::Contract { contract } => anyhow::Ok((contract, lock, reached)),
                 other => Err(NetError::Unexpected { request: "accept", reply: format!("{other:?}") }.into()),
             }
         }
@@ -466,7 +467,14 @@ pub(crate) fn take_offer(
     }
     contract.verify().context("the contract the offerer returned")?;
     let id = node.save_new_contract(&contract, &ContractState::new(Role::Taker, offer.body.node))?;
-    node.remember_addrs(&offer.body.node, &offer.body.addrs)?;
+    // The offer's addresses, the one the maker was reached at first; or, when none of them
+    // reached it (it was found on the DHT: they are old), that one alone. (A host name may
+    // have been the one: it is kept.)
+    let used = |a: &String| a.parse::<std::net::SocketAddr>().map_or(true, |a| a.to_string() == reached);
+    if offer.body.addrs.iter().any(used) {
+        node.remember_addrs(&offer.body.node, &offer.body.addrs)?;
+    }
+    node.remember_addrs(&offer.body.node, std::slice::from_ref(&reached))?;
     node.log_event(now, "contract", json!({"contract": id, "peer": offer.body.node, "role": "taker", "size": b.size}))?;
     Ok(id)
 }

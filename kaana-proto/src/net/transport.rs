@@ -598,6 +598,11 @@ impl Connection {
         self.node
     }
 
+    /// The address the other end was reached at.
+    pub fn remote_address(&self) -> SocketAddr {
+        self.closing.conn.remote_address()
+    }
+
     /// Opens a stream and sends nothing yet (for callers that write frames themselves).
     pub async fn open_stream(&self) -> Result<Exchange, NetError> {
         let (send, recv) = self.open_bi().await?;

@@ -22,9 +22,6 @@ pub(super) const MAX_PUTS_AT_ONCE: usize = 8;
 /// Extents written and being synced at once, in all: each holds a file, a thread and, where
 /// the file system cannot write straight to the device, its bytes in the page cache.
 pub(super) const MAX_SYNCS_AT_ONCE: usize = 32;
-/// Histories listed at once, server-wide: each holds every kept list of its store in memory
-/// while it is weighed (a peer asking on all its streams at once would hold them many times).
-pub(super) const HISTORY_AT_ONCE: usize = 2;
 /// Of the extents received at once, one peer's at most (all its contracts with this server
 /// together: a peer with two contracts here would otherwise hold every place).
 pub(super) const PUT_SHARE: usize = MAX_PUTS_AT_ONCE / 2;
@@ -92,8 +89,9 @@ pub(super) struct Ctx {
     pub(super) put_permits: Semaphore,
     /// Extents written and being synced at once.
     pub(super) sync_permits: Semaphore,
-    /// Histories being listed at once (each reads every kept generation's list into memory).
-    pub(super) history_permits: Semaphore,
+    /// Each peer's history being weighed (one at a time: each reads every kept generation's
+    /// list into memory).
+    pub(super) history_shares: Mutex<HashMap<NodeId, Arc<Semaphore>>>,
     /// Each peer's share of those (half): one peer's stalled pushes cannot hold them all,
     /// however many contracts it has here. Only contract peers get a share.
     pub(super) put_shares: Mutex<HashMap<NodeId, Arc<Semaphore>>>,
@@ -184,25 +182,17 @@ impl Ctx {
         if *peer == self.node.id() {
             return true;
         }
+        let Ok(mut known) = self.known.lock() else { return false };
         let stale = |at: &std::time::Instant, set: &std::collections::HashSet<NodeId>| {
             at.elapsed() > KNOWN_FOR || (!set.contains(peer) && at.elapsed() > RECHECK_AFTER)
         };
-        {
-            let Ok(known) = self.known.lock() else { return false };
-            if let Some((_, set)) = known.as_ref().filter(|(at, set)| !stale(at, set)) {
-                return set.contains(peer);
-            }
-        }
-        // Read from disk without the lock: the slot-taking on the runtime's threads looks at
-        // the set too, and must not wait for a disk.
-        let mut set: std::collections::HashSet<NodeId> =
-            self.node.address_book().map(|b| b.peers.into_keys().collect()).unwrap_or_default();
-        set.extend(self.node.contracts().unwrap_or_default().into_iter().map(|e| e.state.peer));
-        let found = set.contains(peer);
-        if let Ok(mut known) = self.known.lock() {
+        if known.as_ref().is_none_or(|(at, set)| stale(at, set)) {
+            let mut set: std::collections::HashSet<NodeId> =
+                self.node.address_book().map(|b| b.peers.into_keys().collect()).unwrap_or_default();
+            set.extend(self.node.contracts().unwrap_or_default().into_iter().map(|e| e.state.peer));
             *known = Some((std::time::Instant::now(), set));
         }
-        found
+        known.as_ref().is_some_and(|(_, set)| set.contains(peer))
     }
 
     /// Forgets the set of known nodes (a contract was just made here): read again at the next

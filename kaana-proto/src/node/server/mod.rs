@@ -17,7 +17,7 @@ mod sync;
 
 use crate::node::report::Report;
 pub use ctx::ServerOptions;
-use ctx::{Ctx, HISTORY_AT_ONCE, MAX_PUTS_AT_ONCE, MAX_SYNCS_AT_ONCE};
+use ctx::{Ctx, MAX_PUTS_AT_ONCE, MAX_SYNCS_AT_ONCE};
 pub use reachable::keep_reachable;
 use reply::Payload;
 
@@ -84,7 +84,7 @@ impl Server {
             client,
             put_permits: Semaphore::new(MAX_PUTS_AT_ONCE),
             sync_permits: Semaphore::new(MAX_SYNCS_AT_ONCE),
-            history_permits: Semaphore::new(HISTORY_AT_ONCE),
+            history_shares: Mutex::new(HashMap::new()),
             put_shares: Mutex::new(HashMap::new()),
             buffers: crate::store::buffer::Pool::new(MAX_PUTS_AT_ONCE),
             parts: crate::store::buffer::Pool::new(MAX_PARTS_KEPT),
@@ -188,7 +188,11 @@ async fn handle_connection(
     };
     if !stranger {
         transport::open_up(&conn);
-        note_reached(&ctx, peer);
+        // This node's own tools (publishing to its own board) show nothing of whether others
+        // can reach it.
+        if peer != ctx.node.id() {
+            note_reached(&ctx, peer);
+        }
     }
     let max_frame = if stranger { STRANGER_MAX_FRAME } else { crate::net::wire::MAX_FRAME };
     if silent_toward(&ctx, peer).await {

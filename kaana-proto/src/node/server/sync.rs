@@ -255,7 +255,18 @@ pub(super) async fn get_manifest(ctx: &Arc<Ctx>, peer: NodeId, id: RecordId, gen
 /// `list_generations`: the generations kept of the owner's copy, to its owner only.
 pub(super) async fn list_generations(ctx: &Arc<Ctx>, peer: NodeId, id: RecordId) -> Handled {
     let c = ctx.clone();
-    let _weighing = ctx.history_permits.acquire().await.map_err(internal)?;
+    blocking({
+        let c = c.clone();
+        move || authorise(&c, peer, &id, false).map(|_| ())
+    })
+    .await?;
+    // One history weighed at a time per peer (each reads every kept list into memory): a peer
+    // asking on all its streams at once holds one, and waits for the rest; others' go on.
+    let share = {
+        let mut shares = ctx.history_shares.lock().map_err(internal)?;
+        shares.entry(peer).or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(1))).clone()
+    };
+    let _weighing = share.acquire_owned().await.map_err(internal)?;
     blocking(move || {
         let (entry, inbound) = authorise(&c, peer, &id, false)?;
         let kept = match pretence(&entry)? {
