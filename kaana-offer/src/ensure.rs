@@ -25,18 +25,12 @@ use kaana_proto::store::node::Node;
 use crate::block_on;
 use crate::market::{self, Terms};
 
-/// Offers a run gives up on after trying them for a while (their maker not reached, or slow to
-/// answer) before it stops taking: every acceptable offer is a fallback for one refused, and a
-/// stranger's board can hold thousands whose addresses only time out. A quick refusal (taken
-/// by another, withdrawn) does not count.
-const MAX_SLOW_FAILURES: usize = 4;
-/// What counts as a while.
+/// How long a failure to take an offer must take to count toward
+/// [`replicas::MAX_SLOW_FAILURES`].
 const SLOW_FAILURE: std::time::Duration = std::time::Duration::from_secs(2);
-/// Offers that could not be taken are passed over by the runs of the next day
-/// (`ensure-untaken.json`), so that each night's run tries others, not the same few again.
-const UNTAKEN_FOR_SECS: u64 = 86_400;
 
-/// `ensure-untaken.json`: offers a run could not take, and when.
+/// `ensure-untaken.json`: offers a run could not take, and when (passed over while
+/// [`replicas::still_untaken`]).
 #[derive(Debug, Default, Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Untaken {
@@ -51,7 +45,7 @@ impl Untaken {
     /// Those of the last day.
     fn load(node: &Node, now: Timestamp) -> anyhow::Result<Self> {
         let mut u: Untaken = node.home.read_optional(&Self::path(node))?.unwrap_or_default();
-        u.untaken.retain(|_, at| now.unix() < at.unix().saturating_add(UNTAKEN_FOR_SECS) && *at <= now);
+        u.untaken.retain(|_, at| replicas::still_untaken(*at, now));
         Ok(u)
     }
 }
@@ -181,7 +175,7 @@ pub(crate) fn ensure(home: &Path, settings: &Settings, dry_run: bool) -> anyhow:
     let mut wanted = plan.take.len();
     let mut tried_peers: Vec<NodeId> = Vec::new();
     let mut slow = 0;
-    while wanted > 0 && slow < MAX_SLOW_FAILURES {
+    while wanted > 0 && slow < replicas::MAX_SLOW_FAILURES {
         let Some(id) = queue.pop_front() else { break };
         let o = &offers[&id];
         if tried_peers.contains(&o.body.node) {

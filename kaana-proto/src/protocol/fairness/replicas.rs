@@ -176,6 +176,20 @@ pub struct Wants {
     pub me: NodeId,
 }
 
+/// How long `ensure` passes over an offer it could not take: a day, so that each night's run
+/// tries others, not the same few again (a stranger's board can hold thousands of offers whose
+/// addresses only time out, all ranked alike every night).
+pub const UNTAKEN_FOR_SECS: u64 = 86_400;
+/// Offers a run gives up on after trying them for a while (their maker not reached, or slow to
+/// answer) before it stops taking; a quick refusal (taken by another, withdrawn) does not count.
+pub const MAX_SLOW_FAILURES: usize = 4;
+
+/// Whether an offer `ensure` could not take at `at` is still passed over at `now` (a time ahead
+/// of `now`, from a clock set back since, is not trusted).
+pub fn still_untaken(at: Timestamp, now: Timestamp) -> bool {
+    at <= now && now.unix() < at.unix().saturating_add(UNTAKEN_FOR_SECS)
+}
+
 /// The longest grace an offer may have: four times this node's own, and at least 30 days.
 pub fn max_grace(min_grace_secs: u64) -> u64 {
     min_grace_secs.saturating_mul(4).max(30 * 86_400)
@@ -351,6 +365,13 @@ mod tests {
             history_secs: 14 * 86_400,
             me: node(0),
         }
+    }
+
+    #[test]
+    fn an_offer_not_taken_is_passed_over_for_a_day() {
+        assert!(still_untaken(t(0), t(0)) && still_untaken(t(0), t(86_399)));
+        assert!(!still_untaken(t(0), t(86_400)), "a day later it is tried again");
+        assert!(!still_untaken(t(100), t(0)), "dated ahead of now: a clock set back");
     }
 
     #[test]
