@@ -1263,6 +1263,82 @@ fn a_holder_refuses_bad_extents_foreign_manifests_and_oversize_data() {
 /// `--limit-rate 0` lifts it. At 256 KiB/s, the volume's one 1 MiB extent takes 4 s, twice the
 /// holder's read time-out (2 s here): the holder cuts off a peer that stalls (below), not one
 /// that is slow, and the push and the restore complete.
+/// An owner committing generation after generation of lists that name one stored extent
+/// thousands of times (no history bytes: the same extent every time) fills the holder with
+/// lists no longer: the kept generations' lists stop at the contract's size. Not for good:
+/// once the history terms would retire the older ones beside a new one (14 days on), that
+/// commit is taken, and they are retired.
+#[test]
+fn an_owner_cannot_fill_its_holder_with_lists() {
+    let work = tempfile::tempdir().unwrap();
+    let volume = luks_volume(work.path());
+    let Pair { a, b, mut sb, sa: _sa, contract } = contracted_pair(&volume, "16MiB");
+    let owner = a.identity();
+    let id: RecordId = contract.parse().unwrap();
+    let holder = sb.node.parse().unwrap();
+    let lists = b.home.join("inbound").join(&contract).join("lists");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let data = pseudo_random(4096, 5);
+    let hash = *blake3::hash(&data).as_bytes();
+    // 16 MiB in 4 KiB extents, each of them that one: a list of 128 KiB.
+    let list = encode_list(&vec![hash; 4096]);
+    let commit = async |conn: &kaana_proto::net::transport::Connection, generation: u64, at: u64| {
+        let body = Manifest {
+            contract: id,
+            owner: owner.node_id(),
+            generation,
+            volume_size: 16 << 20,
+            extent_size: 4096,
+            extent_count: 4096,
+            extents: kaana_proto::protocol::encoding::hex_encode(&list_hash(&list)),
+            created_at: kaana_proto::protocol::time::Timestamp::from_unix(at),
+        };
+        let m = Signed::sign(body, &owner).unwrap();
+        let mut ex = conn.open(&Request::Commit { contract: id, manifest: Box::new(m) }).await.unwrap();
+        ex.send.write_all(&list).await.unwrap();
+        ex.finish().unwrap();
+        ex.reply().await
+    };
+    let now = crate::common::now_unix();
+    let addr = sb.addr.clone();
+    let (committed, refusal) = rt.block_on(async {
+        let client = Client::new(owner.clone());
+        let conn = client.connect(holder, &addr).await.unwrap();
+        let mut ex = conn.open(&Request::PutExtent { contract: id, offset: 0, hash, len: 4096 }).await.unwrap();
+        ex.send.write_all(&data).await.unwrap();
+        ex.finish().unwrap();
+        assert!(matches!(ex.reply().await, Ok(Response::Stored)));
+        for generation in 1..=200u64 {
+            match commit(&conn, generation, now).await {
+                Ok(Response::Committed { .. }) => {}
+                Err(NetError::Remote(e)) => return (generation - 1, e),
+                other => panic!("generation {generation}: {other:?}"),
+            }
+        }
+        panic!("200 generations of lists committed");
+    });
+    assert_eq!(refusal.code, ErrorCode::Refused, "{refusal:?}");
+    assert!(refusal.message.contains("allowed for them"), "{}", refusal.message);
+    assert_eq!(committed, 128, "generations of 128 KiB lists in 16 MiB");
+    let on_disk = || -> u64 { fs::read_dir(&lists).unwrap().flatten().map(|f| f.metadata().unwrap().len()).sum() };
+    assert!(on_disk() <= 16 << 20, "{} bytes of lists", on_disk());
+
+    // Fifteen days on, the history terms (14 days) keep none of them beside a new one.
+    let later = now + 15 * 86_400;
+    let _ = sb.child.kill();
+    let _ = sb.child.wait();
+    sb = ServerProc::start_at(&b, &[], later);
+    let addr = sb.addr.clone();
+    let again = rt.block_on(async {
+        let client = Client::new(owner.clone());
+        let conn = client.connect(holder, &addr).await.unwrap();
+        commit(&conn, committed + 1, later).await
+    });
+    assert!(matches!(again, Ok(Response::Committed { .. })), "{again:?}");
+    // Kept: the new one, and the one it replaced (kept 14 days from now on); the rest retired.
+    assert_eq!(on_disk(), 2 * (128 << 10), "two lists");
+}
+
 #[test]
 fn limit_rate_holds_push_and_restore_to_the_rate() {
     let work = tempfile::tempdir().unwrap();

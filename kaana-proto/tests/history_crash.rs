@@ -124,7 +124,7 @@ fn commit_forever() {
             at,
         };
         let (_, unretired) =
-            store.commit(&manifest, &list, Signed::sign(receipt, &owner).unwrap(), Some(&TERMS)).unwrap();
+            store.commit(&manifest, &list, Signed::sign(receipt, &owner).unwrap(), Some(&TERMS), u64::MAX).unwrap();
         assert!(unretired.is_none(), "{unretired:?}");
         store.empty_trash().unwrap();
         if std::env::var(ONE_ENV).is_ok() {

@@ -52,6 +52,18 @@ pub enum InboundError {
     /// The manifest names extents the store does not have.
     #[error("{0} extents of the manifest have not been received")]
     Missing(usize),
+    /// The generations kept once this one is committed would have lists of more bytes than
+    /// the room for them.
+    #[error(
+        "the generations kept with this one would have lists of {kept} bytes here, more than the {room} bytes \
+         allowed for them (the contract's size); commit again once older generations are retired"
+    )]
+    Lists {
+        /// Bytes of the lists kept, this one's included.
+        kept: u64,
+        /// The room for them.
+        room: u64,
+    },
     /// The manifest names, at an index, an extent stored here with another length than its
     /// geometry gives that index.
     #[error("extent {} stored here has {len} bytes; the manifest's extent {index} has {expected}", encoding::hex_encode(.hash))]
@@ -521,7 +533,10 @@ impl Inbound {
     }
 
     /// Commits a generation, with the holder's `receipt` of it: every extent it names must be
-    /// stored. Keeps the generation it replaces, then retires what the history `terms` no longer
+    /// stored, and the lists of the generations kept with it (its own included, those the
+    /// history terms retire once it is the newest not) may take at most `lists_room` bytes: an
+    /// owner committing the same list again and again (which costs no history bytes) or naming
+    /// one extent thousands of times would otherwise fill the disk with lists nothing counts. Keeps the generation it replaces, then retires what the history `terms` no longer
     /// keep when the generation counts as committed ([`history::committed_at`]), and moves what
     /// no kept generation references to the trash (see [`Inbound::empty_trash`]). Returns the
     /// bytes dropped, and why the retirement after the commit point failed, if it did (the
@@ -532,6 +547,7 @@ impl Inbound {
         list: &[u8],
         receipt: Signed<Receipt>,
         terms: Option<&History>,
+        lists_room: u64,
     ) -> Result<(u64, Option<StateError>), InboundError> {
         manifest.body.verify_list(list)?;
         let g = manifest.body.geometry()?;
@@ -554,6 +570,10 @@ impl Inbound {
         }
         // Every extent named is on disk under its name already: `put` synced it and its directory.
         let at = history::committed_at(manifest.body.created_at, Some(receipt.body.at));
+        let kept = self.lists_kept_with(manifest, list, terms, at, lists_room)?;
+        if kept > lists_room {
+            return Err(InboundError::Lists { kept, room: lists_room });
+        }
         self.commit_point(manifest, list, Some(receipt), terms)?;
         // Committed. What follows only frees space: if it fails (a kept generation's file
         // damaged, the disk failing), the commit stands, and the next commit or prune tries again.
@@ -568,6 +588,43 @@ impl Inbound {
             Ok(bytes) => (bytes, None),
             Err(e) => (0, Some(e)),
         })
+    }
+
+    /// Bytes of the lists the store would keep once `manifest` (its list `list`, committed at
+    /// `at`) is the newest: its own, and those of the generations `terms` still keep beside it,
+    /// weighed as the retirement after the commit point weighs them (so that a generation about
+    /// to retire never counts). No more than the lists on disk and `list` when those are within
+    /// `room` already (then nothing needs weighing). The caller holds the store's lock.
+    fn lists_kept_with(
+        &self,
+        manifest: &Signed<Manifest>,
+        list: &[u8],
+        terms: Option<&History>,
+        at: crate::protocol::time::Timestamp,
+        room: u64,
+    ) -> Result<u64, StateError> {
+        let mut on_disk = list.len() as u64;
+        for path in read_dir_or_empty(&self.dir.join("lists"))? {
+            on_disk += fs::metadata(&path).map_or(0, |m| m.len());
+        }
+        if on_disk <= room {
+            return Ok(on_disk);
+        }
+        let manifests = self.manifests()?;
+        let named = Held::from_list(list);
+        let mut views = self.views_beside(manifests.clone(), &named)?;
+        if terms.is_none() {
+            // Nothing is kept beside the newest.
+            views.clear();
+        }
+        let older = views.len();
+        views.push(history::Generation { generation: manifest.body.generation, committed_at: at, extents: Vec::new() });
+        let count = history::to_retire(&views, terms, at).min(older);
+        let kept = manifests[manifests.len() - older + count..]
+            .iter()
+            .map(|(m, _)| m.body.extent_count.saturating_mul(32))
+            .sum::<u64>();
+        Ok(kept + list.len() as u64)
     }
 
     /// Writes a generation's list, keeps the committed generation it replaces, then (atomically:
@@ -1193,7 +1250,8 @@ mod tests {
             manifest: RecordId::of(&manifest.body).unwrap(),
             at: manifest.body.created_at,
         };
-        let (freed, unretired) = store.commit(&manifest, &list, Signed::sign(receipt, &owner).unwrap(), None).unwrap();
+        let (freed, unretired) =
+            store.commit(&manifest, &list, Signed::sign(receipt, &owner).unwrap(), None, u64::MAX).unwrap();
         assert!(unretired.is_none());
         assert_eq!(freed, 8192);
         assert_eq!(store.present().unwrap(), vec![(new_hash, 8192)]);

@@ -56,7 +56,7 @@ pub(super) fn map_inbound(e: InboundError) -> ErrorReply {
         InboundError::HashMismatch(_) | InboundError::Manifest(_) | InboundError::Length { .. } => {
             ErrorReply::new(ErrorCode::BadRequest, e.to_string())
         }
-        InboundError::Missing(_) => refused(e.to_string()),
+        InboundError::Missing(_) | InboundError::Lists { .. } => refused(e.to_string()),
         InboundError::State(s) => ErrorReply::new(ErrorCode::Internal, format!("the holder could not store it: {s}")),
     }
 }
@@ -177,7 +177,9 @@ pub(super) async fn commit(
             )));
         }
         let terms = entry.contract.body.history.as_ref();
-        let (freed, unretired) = inbound.commit(&manifest, &list, receipt.clone(), terms).map_err(map_inbound)?;
+        // The kept generations' lists take at most the contract's size (see `Inbound::commit`).
+        let room = entry.contract.body.size;
+        let (freed, unretired) = inbound.commit(&manifest, &list, receipt.clone(), terms, room).map_err(map_inbound)?;
         if let Some(e) = unretired {
             c.report.say(&format!(
                 "contract {id}: generation {} committed, but retiring old ones failed: {e}",
