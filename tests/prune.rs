@@ -385,13 +385,23 @@ fn leftovers_of_interrupted_pushes_go_after_a_day_and_committed_data_stays() {
     fs::write(&stray, vec![1u8; 4096]).unwrap();
     let temp = b.home.join(".config.json.999.0.tmp");
     fs::write(&temp, b"{").unwrap();
+    // And those of the store's records, cut short by a crash mid-commit.
+    let records = [
+        store(&b, &contract).join(".committed.json.999.1.tmp"),
+        store(&b, &contract).join("kept").join(".1.json.999.2.tmp"),
+    ];
+    for r in &records {
+        fs::create_dir_all(r.parent().unwrap()).unwrap();
+        fs::write(r, vec![b'{'; 100]).unwrap();
+    }
 
     assert!(prune(&b, false, now_unix() + 3_600).is_empty(), "a push may still resume within the day");
     let steps = prune(&b, false, now_unix() + DAY + 3_600);
     let actions: Vec<&str> = steps.iter().map(|s| s.action.as_str()).collect();
     assert_eq!(actions, ["remove_leftovers", "remove_temp"]);
-    assert_eq!(steps[0].bytes, 4096);
+    assert_eq!(steps[0].bytes, 4096 + 200);
     assert!(!stray.exists() && !temp.exists());
+    assert!(records.iter().all(|r| !r.exists()), "the records' temp files");
     assert_success(&a.run("kaana-sync", &["verify", &contract]));
 }
 

@@ -835,8 +835,9 @@ impl Inbound {
     }
 
     /// Files of this store that no kept generation needs and that are older than `before`:
-    /// extents (and their outboards) of interrupted pushes, temp files, lists of generations not
-    /// kept, a trash a server did not get to empty. With their sizes.
+    /// extents (and their outboards) of interrupted pushes, temp files (beside extents, lists,
+    /// `committed.json` and in `kept/`), lists of generations not kept, a trash a server did not
+    /// get to empty. With their sizes.
     pub fn leftovers(&self, before: std::time::SystemTime) -> Result<Vec<(PathBuf, u64)>, StateError> {
         let generations = self.generations()?;
         let kept: HashSet<u64> = generations.iter().map(|(m, _, _)| m.body.generation).collect();
@@ -874,6 +875,16 @@ impl Inbound {
         }
         for path in read_dir_or_empty(&self.trash_dir())? {
             consider(path)?;
+        }
+        // Temp files of an interrupted write of the generations' records (`committed.json`,
+        // `kept/`): named `.NAME.PID.N.tmp`.
+        for dir in [self.dir.clone(), self.kept_dir()] {
+            for path in read_dir_or_empty(&dir)? {
+                let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+                if name.starts_with('.') && name.ends_with(".tmp") && path.is_file() {
+                    consider(path)?;
+                }
+            }
         }
         Ok(out)
     }
