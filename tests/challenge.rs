@@ -50,6 +50,7 @@ fn an_offline_peer_is_failing_only_after_a_day_and_gets_itself_back_to_ok() {
     for h in [0, 6, 12, 18, 24] {
         let (code, lines, err) = challenge(&a, &[&contract], Some(t0 + h * HOUR));
         assert_eq!(code, Some(0), "an unreachable peer alone needs no person: {err}");
+        assert_eq!(err, "", "nothing on stderr, which cron mails");
         assert_eq!(kinds(&lines), [("routine", "unreachable")]);
         assert_eq!(lines[0].their_standing["state"], "ok", "hour {h}");
         assert!(lines[0].message.as_deref().unwrap().contains("tried again"), "{:?}", lines[0].message);

@@ -241,9 +241,8 @@ async fn check_all(
         let entries = by_peer.remove(&peer).unwrap_or_default();
         let node = node.clone();
         tasks.spawn(async move {
-            if let Err(e) = &conn {
-                eprintln!("kaana-challenge: node {}: {e}", peer.short());
-            }
+            // A peer not reached is said in its contracts' lines (`unreachable`, with why), not
+            // on stderr: cron mails stderr, and a peer rebooting needs nobody.
             let conn = conn.map_err(|e| e.to_string());
             // The peer's challenges back to us arrive on streams it opens; one at a time.
             let rechallenges = Arc::new(tokio::sync::Mutex::new(()));
