@@ -610,20 +610,16 @@ impl Inbound {
         if on_disk <= room {
             return Ok(on_disk);
         }
-        let manifests = self.manifests()?;
-        let named = Held::from_list(list);
-        let mut views = self.views_beside(manifests.clone(), &named)?;
         if terms.is_none() {
             // Nothing is kept beside the newest.
-            views.clear();
+            return Ok(list.len() as u64);
         }
-        let older = views.len();
+        let manifests = self.manifests()?;
+        let sizes: Vec<u64> = manifests.iter().map(|(m, _)| m.body.extent_count.saturating_mul(32)).collect();
+        let mut views = self.views_beside(manifests, &Held::from_list(list))?;
         views.push(history::Generation { generation: manifest.body.generation, committed_at: at, extents: Vec::new() });
-        let count = history::to_retire(&views, terms, at).min(older);
-        let kept = manifests[manifests.len() - older + count..]
-            .iter()
-            .map(|(m, _)| m.body.extent_count.saturating_mul(32))
-            .sum::<u64>();
+        let count = history::to_retire(&views, terms, at).min(sizes.len());
+        let kept = sizes[count..].iter().sum::<u64>();
         Ok(kept + list.len() as u64)
     }
 
