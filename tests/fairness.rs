@@ -17,7 +17,7 @@ use kaana_proto::store::home::{Home, Schema};
 use kaana_proto::store::node::Node;
 
 use crate::common::story::{DAY, HOUR, challenge, contract_line, kinds, state, story, unix_of, wreck_store};
-use crate::common::{TestNode, assert_success, at, json_lines, now_unix, one_json};
+use crate::common::{ServerProc, TestNode, assert_success, at, json_lines, now_unix, one_json};
 
 fn fail_next(node: &TestNode, contract: &str, mode: &str) {
     let out = node.run("kaana-challenge", &["fail-next", contract, "--mode", mode]);
@@ -28,6 +28,15 @@ fn fail_next(node: &TestNode, contract: &str, mode: &str) {
 
 fn push(node: &TestNode, contract: &str) -> serde_json::Value {
     node.json("kaana-sync", &["push", contract, "--extent-size", "256KiB"])
+}
+
+/// Starts B's server again on its address, with `extra` arguments.
+fn restart_b(s: &mut crate::common::story::Story, extra: &[&str]) {
+    let addr = s.sb.addr.clone();
+    let _ = s.sb.child.kill();
+    let _ = s.sb.child.wait();
+    let args: Vec<&str> = ["--listen", addr.as_str()].into_iter().chain(extra.iter().copied()).collect();
+    s.sb = ServerProc::start(&s.b, &args);
 }
 
 /// Runs `f` with `node` opened in this process and connected to `peer_server`.
@@ -349,7 +358,9 @@ fn rechallenges_are_strong_and_rate_limited() {
 fn ten_thousand_challenges_of_an_honest_holder_never_fail_beside_pushes_restores_and_prunes() {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-    let s = story();
+    let mut s = story();
+    // Far more than the challenges an hour a holder takes by default.
+    restart_b(&mut s, &["--challenges-per-hour", "0"]);
     let stop = Arc::new(AtomicBool::new(false));
     let (pushes, restores) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let a_volume: String = serde_json::from_slice::<serde_json::Value>(
@@ -455,6 +466,51 @@ fn ten_thousand_challenges_of_an_honest_holder_never_fail_beside_pushes_restores
     assert_eq!(outcomes.get("pass"), Some(&10_000), "{outcomes:?}");
     assert!(older >= 2_000, "the history was challenged too: {older} of 10 000");
     assert!(pushes >= 20 && restores >= 1, "the work ran beside the challenges: {pushes} pushes, {restores} restores");
+}
+
+/// A peer that challenges without pause gets its contract's challenges an hour, then `busy`:
+/// the holder reads nothing more for it and writes no more lines in `events.jsonl`; the
+/// challenger's `kaana-challenge` says unreachable and why, and judges the holder no worse for
+/// one such try than for a reboot.
+#[test]
+fn a_peer_challenging_without_pause_is_answered_busy_beyond_its_challenges_an_hour() {
+    let mut s = story();
+    restart_b(&mut s, &["--challenges-per-hour", "40"]);
+    let answers = |node: &TestNode| {
+        let events = fs::read_to_string(node.home.join("events.jsonl")).unwrap();
+        events.lines().filter(|l| l.contains("\"event\":\"answer\"")).count()
+    };
+    let before = answers(&s.b);
+    let (peer, addr) = (s.sb.node.clone(), s.sb.addr.clone());
+    let heard = as_node(&s.a, &peer, &addr, async |a, conn| {
+        let entry = a.contract(&s.contract.parse().unwrap()).unwrap();
+        let mut heard = Vec::new();
+        for _ in 0..45 {
+            let now = Timestamp::from_unix(now_unix());
+            let ex = audit::challenge_peer(conn, a, &entry, challenge::DEFAULT_SAMPLES, None, now).await.unwrap();
+            heard.push(ex.heard);
+        }
+        heard
+    });
+    assert!(heard[..40].iter().all(|h| matches!(h, Heard::Pass)), "{heard:?}");
+    for h in &heard[40..] {
+        match h {
+            Heard::Unreachable(why) => {
+                assert!(why.contains("at most 40 an hour") && why.contains("ask again in"), "{why}")
+            }
+            other => panic!("the 41st and after: {other:?}"),
+        }
+    }
+    assert_eq!(answers(&s.b) - before, 40, "a line for each answer, none for the rest");
+    let (code, lines, err) = challenge(&s.a, &[&s.contract], None);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(kinds(&lines), [("routine", "unreachable")]);
+    assert!(lines[0].message.as_deref().is_some_and(|m| m.contains("challenged too often")), "{lines:?}");
+    assert!(err.is_empty(), "cron mails nothing for it: {err}");
+    assert_eq!(contract_line(&s.a, &s.contract)["their_standing"]["state"], "ok");
+    // The cap is per contract and per direction: B's challenges of A are A's to count.
+    let (code, lines, err) = challenge(&s.b, &[&s.contract], None);
+    assert_eq!((code, kinds(&lines)), (Some(0), vec![("routine", "pass")]), "{err}");
 }
 
 /// The hole the simulation found: a greedy B deletes A's data after A's deliberate failure,

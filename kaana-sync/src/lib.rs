@@ -53,6 +53,11 @@ pub enum Command {
         /// Time-out on every read from a client, e.g. 30s.
         #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration_arg)]
         read_timeout: Duration,
+        /// Challenges a contract's peer may send an hour under each contract (up to that many at
+        /// once); beyond it, each is answered `busy` (the challenger counts this node unreachable
+        /// for it). 0: no cap.
+        #[arg(long, value_name = "N", default_value_t = kaana_proto::node::server::CHALLENGES_PER_HOUR)]
+        challenges_per_hour: u32,
         /// Do not ask the router to forward a UDP port to the server (UPnP IGD, NAT-PMP) [default: config
         /// port_mapping, else KAANA_PORT_MAPPING].
         #[arg(long)]
@@ -222,9 +227,10 @@ pub fn run(args: Args, settings: Settings) -> anyhow::Result<Exit> {
     }
     let node = args.home.open(&settings)?;
     match args.command {
-        Command::Serve { listen, read_timeout, no_port_mapping } => {
+        Command::Serve { listen, read_timeout, challenges_per_hour, no_port_mapping } => {
             let mut opts = ServerOptions::new(listen.unwrap_or(node.config.listen));
             opts.read_timeout = read_timeout;
+            opts.challenges_per_hour = (challenges_per_hour > 0).then_some(challenges_per_hour);
             opts.client_timeouts = settings.timeouts;
             let map_port = !no_port_mapping && settings.port_mapping.unwrap_or(node.config.port_mapping);
             let runtime = kaana_proto::node::cli::runtime()?;

@@ -1,6 +1,7 @@
 //! A cap on the bytes a tool moves per second (`--limit-rate`): one shared pacer for every
 //! stream of a push or restore, so that several extents in flight (and `push --all`'s several
-//! contracts) together stay under it.
+//! contracts) together stay under it. And [`Allowance`], a cap on how often a peer may ask a
+//! server for something.
 //!
 //! The pacer is a virtual clock: each chunk of bytes moves it on by the time the chunk takes at
 //! the rate, from now or from where it stood if that is later; a chunk waits until the clock,
@@ -73,9 +74,63 @@ impl RateLimit {
     }
 }
 
+/// So many requests an hour: up to that many at once, then one each hour / that many. Times are
+/// offsets from a fixed start.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Allowance {
+    /// The time one request adds.
+    every: Duration,
+    /// How far ahead of now the allowance may run: all but one of the hour's.
+    ahead: Duration,
+    /// When the requests let through so far would have finished, one each `every`.
+    due: Duration,
+}
+
+impl Allowance {
+    /// `per_hour` requests an hour (at least 1).
+    pub fn per_hour(per_hour: u32) -> Self {
+        let n = per_hour.max(1);
+        let every = Duration::from_secs(3600) / n;
+        Allowance { every, ahead: every * (n - 1), due: Duration::ZERO }
+    }
+
+    /// Takes one request at `now`; if none is left, how long until one is. Time left idle is
+    /// saved up to the hour's number, no more.
+    pub fn take(&mut self, now: Duration) -> Result<(), Duration> {
+        let next = self.due.saturating_sub(self.ahead);
+        if now < next {
+            return Err(next - now);
+        }
+        self.due = self.due.max(now) + self.every;
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// How many of `n` requests at `now` are let through.
+    fn taken(a: &mut Allowance, now: Duration, n: u32) -> u32 {
+        (0..n).filter(|_| a.take(now).is_ok()).count() as u32
+    }
+
+    #[test]
+    fn an_allowance_lets_the_hours_number_at_once_then_one_each_share_of_the_hour() {
+        let mut a = Allowance::per_hour(600);
+        assert_eq!(taken(&mut a, Duration::ZERO, 1000), 600);
+        assert_eq!(a.take(Duration::ZERO), Err(Duration::from_secs(6)), "the next comes in an hour / 600");
+        assert_eq!(a.take(Duration::from_secs(5)), Err(Duration::from_secs(1)));
+        assert_eq!(taken(&mut a, Duration::from_secs(6), 10), 1);
+        // A sender that asks all the time gets 600 an hour and no more.
+        let got: u32 = (1..=3600).map(|s| taken(&mut a, Duration::from_secs(6 + s), 5)).sum();
+        assert_eq!(got, 600);
+        // Idle for a day: the hour's number again, not a day's.
+        assert_eq!(taken(&mut a, Duration::from_secs(90_000), 2000), 600);
+        let mut one = Allowance::per_hour(0);
+        assert_eq!(taken(&mut one, Duration::ZERO, 3), 1, "at least one an hour");
+        assert_eq!(one.take(Duration::from_secs(1800)), Err(Duration::from_secs(1800)));
+    }
 
     /// Simulates a sender that sends whenever the pacer lets it, `chunk` bytes at a time, for
     /// `secs`: the bytes it got through.

@@ -23,10 +23,15 @@ fn side(ctx: &Ctx, peer: NodeId, id: &RecordId) -> Result<ContractEntry, ErrorRe
     ctx.node.contract_for(peer, id).map_err(crate::node::refusal::denied)
 }
 
-/// `challenge`: prove we hold the peer's copy.
+/// `challenge`: prove we hold the peer's copy (`busy` beyond the contract's challenges an hour).
 pub(super) async fn answer(ctx: &Arc<Ctx>, peer: NodeId, challenge: Signed<Challenge>) -> Handled {
     let c = ctx.clone();
     blocking(move || {
+        // Counted when the sender is a side of the contract (anything else is refused below,
+        // as it always was).
+        if side(&c, peer, &challenge.body.contract).is_ok() {
+            c.take_challenge(challenge.body.contract)?;
+        }
         let seed = audit::seed().map_err(internal)?;
         let (answer, raw) = answer::answer(&c.node, peer, &challenge, now()?, Honesty::MayAudit, seed)
             .map_err(crate::node::refusal::unanswerable)?;

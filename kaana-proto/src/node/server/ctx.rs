@@ -9,7 +9,9 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 
 use super::forward::Forwarding;
+use crate::net::rate::Allowance;
 use crate::net::transport::{self, Client};
+use crate::net::wire::{ErrorCode, ErrorReply};
 use crate::node::report::Report;
 use crate::protocol::identity::NodeId;
 use crate::protocol::market::RecordId;
@@ -44,9 +46,18 @@ pub struct ServerOptions {
     pub max_stranger_connections: usize,
     /// Connections at once from one stranger.
     pub max_connections_per_stranger: usize,
+    /// Challenges a contract's peer may send an hour, under each contract (up to that many at
+    /// once); beyond it they are answered `busy`. `None`: no cap.
+    pub challenges_per_hour: Option<u32>,
     /// How the server's own client (forwarding offers) waits.
     pub client_timeouts: transport::Timeouts,
 }
+
+/// Challenges a contract's peer may send an hour under each contract, by default. An honest
+/// challenger sends a few a day (cron every four hours, retries, audits); each answer reads
+/// from the disk and adds a line to `events.jsonl`, so a peer sending them without pause would
+/// grow it by gigabytes a day. At this cap, a few megabytes.
+pub const CHALLENGES_PER_HOUR: u32 = 600;
 
 impl ServerOptions {
     /// Defaults for `listen`.
@@ -59,6 +70,7 @@ impl ServerOptions {
             max_connections_per_peer: 16,
             max_stranger_connections: 64,
             max_connections_per_stranger: 2,
+            challenges_per_hour: Some(CHALLENGES_PER_HOUR),
             client_timeouts: transport::Timeouts::default(),
         }
     }
@@ -103,6 +115,9 @@ pub(super) struct Ctx {
     pub(super) stored: Mutex<HashMap<RecordId, Room>>,
     /// When the server last wrote down that a known peer reached it (`reach.json`).
     pub(super) reached: Mutex<Option<std::time::Instant>>,
+    /// What is left of each contract's challenges this hour ([`ServerOptions::challenges_per_hour`]),
+    /// with the start its times count from.
+    pub(super) challenges: Mutex<(std::time::Instant, HashMap<RecordId, Allowance>)>,
 }
 
 /// What counts against a contract's room here while its owner pushes: the bytes its store
@@ -236,6 +251,25 @@ impl Ctx {
         }
         *open.entry(peer).or_default() += 1;
         Ok(Slot { ctx: self.clone(), peer, stranger: stranger.then(|| conn.stable_id()) })
+    }
+
+    /// Takes one of contract `id`'s challenges this hour, or says `busy` and when to ask again.
+    /// Only for a contract the sender is a side of (the map holds no more entries than
+    /// contracts).
+    pub(super) fn take_challenge(&self, id: RecordId) -> Result<(), ErrorReply> {
+        let Some(per_hour) = self.opts.challenges_per_hour else { return Ok(()) };
+        let mut guard = self.challenges.lock().map_err(|_| ErrorReply::new(ErrorCode::Internal, "internal error"))?;
+        let (start, allowances) = &mut *guard;
+        let now = start.elapsed();
+        allowances.entry(id).or_insert_with(|| Allowance::per_hour(per_hour)).take(now).map_err(|wait| {
+            ErrorReply::new(
+                ErrorCode::Busy,
+                format!(
+                    "challenged too often under this contract (at most {per_hour} an hour): ask again in {} s",
+                    wait.as_secs().max(1)
+                ),
+            )
+        })
     }
 
     /// Whether `peer` was known when the set was last read (no I/O).

@@ -16,7 +16,7 @@ mod reply;
 mod sync;
 
 use crate::node::report::Report;
-pub use ctx::ServerOptions;
+pub use ctx::{CHALLENGES_PER_HOUR, ServerOptions};
 use ctx::{Ctx, MAX_PUTS_AT_ONCE, MAX_SYNCS_AT_ONCE};
 pub use reachable::keep_reachable;
 use reply::Payload;
@@ -90,6 +90,7 @@ impl Server {
             parts: crate::store::buffer::Pool::new(MAX_PARTS_KEPT),
             stored: Mutex::new(HashMap::new()),
             reached: Mutex::new(None),
+            challenges: Mutex::new((std::time::Instant::now(), HashMap::new())),
         };
         Ok(Server { endpoint, ctx: Arc::new(ctx), queues: Some(queues) })
     }
