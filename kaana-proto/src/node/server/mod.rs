@@ -90,6 +90,7 @@ impl Server {
             parts: crate::store::buffer::Pool::new(MAX_PARTS_KEPT),
             stored: Mutex::new(HashMap::new()),
             reached: Mutex::new(None),
+            handshakes: std::sync::atomic::AtomicUsize::new(0),
             challenges: Mutex::new((std::time::Instant::now(), HashMap::new())),
         };
         Ok(Server { endpoint, ctx: Arc::new(ctx), queues: Some(queues) })
@@ -125,8 +126,11 @@ impl Server {
                 () = &mut shutdown => break,
                 incoming = self.endpoint.accept() => match incoming {
                     Some(incoming) => {
-                        let task = handle_connection(self.ctx.clone(), incoming, stop_rx.clone(), busy.clone());
-                        tokio::spawn(task);
+                        if let Some((incoming, handshake)) = self.ctx.admit(incoming) {
+                            let task =
+                                handle_connection(self.ctx.clone(), incoming, handshake, stop_rx.clone(), busy.clone());
+                            tokio::spawn(task);
+                        }
                     }
                     None => {
                         ended = Err(NetError::Setup("the endpoint stopped taking connections".into()));
@@ -160,6 +164,7 @@ fn peer_of(conn: &quinn::Connection) -> Option<NodeId> {
 async fn handle_connection(
     ctx: Arc<Ctx>,
     incoming: quinn::Incoming,
+    handshake: ctx::Handshake,
     mut stop: watch::Receiver<bool>,
     busy: mpsc::Sender<()>,
 ) {
@@ -173,6 +178,7 @@ async fn handle_connection(
         Ok(Err(e)) => return ctx.say(format_args!("{remote}: handshake failed: {e}")),
         Err(_) => return ctx.say(format_args!("{remote}: handshake timed out")),
     };
+    drop(handshake);
     let Some(peer) = peer_of(&conn) else {
         conn.close(VarInt::from_u32(CLOSE_BUSY), b"no node key");
         return;
