@@ -502,3 +502,33 @@ fn capacity_beyond_the_free_disk_is_refused_and_status_says_what_is_missing() {
     assert_eq!(status["capacity"], 10 << 20);
     assert!(stderr(&out).contains("2 more contract"), "{}", stderr(&out));
 }
+
+/// Offers seen on boards are kept for `accept`, but not without end: a node that has seen more
+/// than `SEEN_CAP` (boards listed again and again, a hostile one bringing fresh offers each time)
+/// keeps that many, the last listing's first; and an offer just listed can be taken.
+#[test]
+fn offers_seen_on_boards_are_kept_up_to_a_cap_the_last_listing_first() {
+    use kaana_proto::protocol::board::SEEN_CAP;
+    let (a, sa) = node_with_server();
+    let offer = create_offer(&a, &["--size", "1MiB"]);
+    assert_success(&a.run("kaana-offer", &["publish"]));
+    let (taker, _st) = node_with_server();
+    // What earlier listings left: more than the cap, unexpired, from throwaway keys.
+    let expires = Timestamp::from_unix(now_unix() + 86_400);
+    let keys: Vec<Identity> = (0..64).map(|_| Identity::generate().unwrap()).collect();
+    let offers: Vec<Signed<Offer>> = (0..SEEN_CAP + 500)
+        .map(|n| signed_offer(&keys[n % keys.len()], 1 << 20, expires, format!("{n:032x}")))
+        .collect();
+    let seen = taker.home.join("offers/seen.json");
+    fs::create_dir_all(seen.parent().unwrap()).unwrap();
+    let list = OfferList { schema: kaana_proto::store::home::Schema, offers, vouched: Vec::new() };
+    fs::write(&seen, serde_json::to_vec(&list).unwrap()).unwrap();
+
+    let listed: Vec<OfferLine> = json_lines(&taker.run("kaana-offer", &["list", "--board", &sa.peer()]));
+    assert_eq!(listed.iter().map(|o| o.id.as_str()).collect::<Vec<_>>(), [offer.id.as_str()]);
+    let kept: OfferList = serde_json::from_slice(&fs::read(&seen).unwrap()).unwrap();
+    assert_eq!(kept.offers.len(), SEEN_CAP);
+    assert!(kept.offers.iter().any(|o| o.body.node.to_string() == sa.node), "the offer just listed is kept");
+    let took: serde_json::Value = taker.json("kaana-offer", &["accept", &offer.id[..12]]);
+    assert_eq!(took["peer"], sa.node.as_str(), "{took}");
+}

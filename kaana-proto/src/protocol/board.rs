@@ -5,7 +5,7 @@
 //! Offers are kept by id, so the same offer arriving twice (forwarded by two boards) is one.
 //!
 //! Fresh keys cost nothing, so a flood of signers can fill a board. An offer *vouched for* (its
-//! signer, or the board that forwarded it, is a node this board's node knows) is taken even
+//! signer is a node this board's node knows, or that node itself) is taken even
 //! then: it replaces the offer from a stranger that expires first. Strangers' offers wait for
 //! room.
 
@@ -26,6 +26,22 @@ pub const TOTAL_CAP: usize = 4096;
 pub const PAGE: usize = 500;
 /// Bytes of offers (as JSON) a page holds at most: well inside a frame.
 pub const PAGE_BYTES: usize = 512 << 10;
+
+/// Offers a node keeps of those it saw on other boards (`offers/seen.json`, where `accept`
+/// looks): four full boards' worth. Boards list at most [`TOTAL_CAP`] each, but the offers of
+/// every listing would otherwise pile up until they expire (up to 30 days), a hostile board's
+/// fresh ones each time.
+pub const SEEN_CAP: usize = 4 * TOTAL_CAP;
+
+/// What `offers/seen.json` keeps: the offers just listed, then the ones it held, each once, at
+/// most [`SEEN_CAP`] in all. (The order within each is the caller's.)
+pub fn keep_seen<T, I: Eq + std::hash::Hash + Copy>(
+    listed: impl IntoIterator<Item = (I, T)>,
+    held: impl IntoIterator<Item = (I, T)>,
+) -> Vec<(I, T)> {
+    let mut ids = std::collections::HashSet::new();
+    listed.into_iter().chain(held).filter(|(id, _)| ids.insert(*id)).take(SEEN_CAP).collect()
+}
 
 fn encoded_len(offer: &Signed<Offer>) -> usize {
     serde_json::to_vec(offer).map_or(usize::MAX / 2, |v| v.len())
@@ -77,7 +93,7 @@ impl Board {
         self.insert_as(offer, now, false)
     }
 
-    /// Takes `offer` as [`Board::insert`] does; `vouched`: its signer or forwarder is known
+    /// Takes `offer` as [`Board::insert`] does; `vouched`: its signer is known
     /// here, so a full board makes room for it by dropping the stranger's offer that expires
     /// first.
     pub fn insert_as(&mut self, offer: Signed<Offer>, now: Timestamp, vouched: bool) -> Result<Inserted, BoardRefusal> {
@@ -179,6 +195,20 @@ impl Board {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn seen_offers_keep_the_last_listing_first_then_what_was_held_up_to_the_cap() {
+        let listed: Vec<(u32, &str)> = (0..10).map(|i| (i, "new")).collect();
+        let held: Vec<(u32, &str)> = (5..20).map(|i| (i, "old")).collect();
+        let kept = keep_seen(listed, held);
+        assert_eq!(kept.len(), 20, "each once");
+        assert!(kept[..10].iter().all(|(_, v)| *v == "new") && kept[10..].iter().all(|(_, v)| *v == "old"));
+        let many = |from: u32, v| (from..from + SEEN_CAP as u32).map(move |i| (i, v));
+        let kept = keep_seen(many(0, "new").take(100), many(1_000_000, "old"));
+        assert_eq!(kept.len(), SEEN_CAP);
+        assert_eq!(kept.iter().filter(|(_, v)| *v == "new").count(), 100, "the last listing is all kept");
+        assert_eq!(keep_seen(many(0, "new"), many(1_000_000, "old")), many(0, "new").collect::<Vec<_>>());
+    }
     use crate::protocol::identity::Identity;
 
     fn offer(ident: &Identity, n: u64, expires: u64) -> Signed<Offer> {
