@@ -11,8 +11,8 @@ use kaana_proto::protocol::time::Timestamp;
 
 use crate::common::story::{HOUR, keep_watch};
 use crate::common::{
-    ServerProc, TestNode, assert_exit, assert_success, at, json_lines, make_contract_sized, now_unix, pseudo_random,
-    recovered, walk_files,
+    ServerProc, TestNode, assert_exit, assert_state_consistent, assert_success, at, json_lines, make_contract_sized,
+    now_unix, pseudo_random, recovered, walk_files,
 };
 
 const DAY: u64 = 86_400;
@@ -187,6 +187,25 @@ fn a_terminated_contract_keeps_its_data_for_the_grace_then_it_goes() {
         assert!(steps[0].reason.contains("terminated"), "{}", steps[0].reason);
         assert!(!store(node, &contract).exists());
         assert_eq!(status(node, &contract), "ended");
+    }
+    // Each node's record of its own copy at the other stays for the contract's grace after the
+    // end (the peer may not have seen it yet), then goes.
+    let grace = 7 * 86_400;
+    let record = |node: &TestNode| node.home.join("outbound").join(&contract);
+    for node in [&a, &b] {
+        assert!(record(node).join("committed.json").exists());
+        assert!(prune(node, false, delete_after + 1 + grace - 1).is_empty());
+        assert!(record(node).exists());
+        let steps = prune(node, false, delete_after + 1 + grace);
+        assert_eq!(steps.len(), 1, "{steps:?}");
+        assert_eq!(
+            (steps[0].action.as_str(), steps[0].contract.as_deref()),
+            ("remove_orphan", Some(contract.as_str()))
+        );
+        assert!(steps[0].reason.contains("record of its copy at the peer") && steps[0].bytes > 0, "{steps:?}");
+        assert!(!record(node).exists());
+        assert!(prune(node, false, delete_after + 2 + grace).is_empty(), "nothing more");
+        assert_state_consistent(&node.home);
     }
 }
 

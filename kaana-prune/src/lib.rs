@@ -29,6 +29,7 @@ use kaana_proto::protocol::time::Timestamp;
 use kaana_proto::store::files::{ContractEntry, Status};
 use kaana_proto::store::inbound::Inbound;
 use kaana_proto::store::node::Node;
+use kaana_proto::store::outbound::Outbound;
 
 /// How old a leftover must be before it is removed: an interrupted push may still resume.
 pub const SAFE_AGE: Duration = Duration::from_secs(24 * 3_600);
@@ -83,7 +84,8 @@ pub struct Step {
     /// Its peer, if known.
     pub peer: Option<NodeId>,
     /// `delete` (end the contract, delete the peer's data), `remove_leftovers` (files of
-    /// interrupted pushes), `remove_orphan` (data of an ended or unknown contract),
+    /// interrupted pushes), `remove_orphan` (data of an ended or unknown contract, or this
+    /// node's record of its copy under a contract that ended its grace ago),
     /// `remove_temp` (stray temp files).
     pub action: &'static str,
     /// Bytes it frees.
@@ -216,6 +218,25 @@ pub fn plan(node: &Node, settings: &Settings, now: Timestamp, leftovers: bool) -
             }
         };
         steps.push(Step { contract, peer, action, bytes, reason, work });
+    }
+    // This node's records of its own copies under contracts that ended more than their grace ago.
+    for entry in &contracts {
+        let Status::Ended { at, .. } = &entry.state.status else { continue };
+        let grace = entry.contract.body.grace_secs;
+        let record = Outbound::at(node.home.root(), &entry.id);
+        if prune::keeps_record(*at, grace, now) || !record.dir().exists() {
+            continue;
+        }
+        steps.push(Step {
+            contract: Some(entry.id),
+            peer: Some(entry.state.peer),
+            action: "remove_orphan",
+            bytes: Inbound::at_dir(record.dir()).size_on_disk(),
+            reason: format!(
+                "this node's record of its copy at the peer: the contract ended at {at}, its grace ({grace}s) ago or more"
+            ),
+            work: Work::RemoveDir(record.dir().to_owned()),
+        });
     }
     // Stores of contracts this node does not know at all: kept and reported, unless a person
     // asks (a node rebuilt from its phrase knows its contracts only once it fetched them back).

@@ -56,6 +56,15 @@ pub enum Plan {
     RemoveStale(String),
 }
 
+/// Whether this node still keeps its record of its own copy at the peer (`outbound/<id>`) under
+/// a contract that ended at `ended_at`, with a grace of `grace_secs`: for that grace after the
+/// end, a peer that has not yet seen it may still hold the copy, and a restore from it checks
+/// what comes against the record. After it, nothing is owed either way, and the record (every
+/// kept generation's extent list and the volume's marks: megabytes for a large volume) goes.
+pub fn keeps_record(ended_at: Timestamp, grace_secs: u64, now: Timestamp) -> bool {
+    now.unix() < ended_at.unix().saturating_add(grace_secs)
+}
+
 /// Decides for the store of a contract this node holds, judged `standing`, at `now`.
 pub fn for_contract(term: Term, standing: Standing, held: Held, now: Timestamp, health: &Health) -> Plan {
     let decided = match term {
@@ -121,6 +130,15 @@ mod tests {
         assert!(matches!(for_contract(Term::Active, failing, NONE, t(9 * DAY), &cut_off), Plan::Hold(_)));
         // An ok peer's data is never touched, whatever the time.
         assert_eq!(for_contract(Term::Active, Standing::Ok, NONE, t(900 * DAY), &health), Plan::Keep);
+    }
+
+    #[test]
+    fn the_record_of_a_copy_under_an_ended_contract_stays_for_its_grace_then_goes() {
+        assert!(keeps_record(t(DAY), 7 * DAY, t(DAY)));
+        assert!(keeps_record(t(DAY), 7 * DAY, t(8 * DAY - 1)));
+        assert!(!keeps_record(t(DAY), 7 * DAY, t(8 * DAY)));
+        assert!(!keeps_record(t(DAY), 0, t(DAY)));
+        assert!(keeps_record(t(DAY), u64::MAX, t(u64::MAX / 2)));
     }
 
     #[test]

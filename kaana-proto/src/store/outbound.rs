@@ -137,6 +137,11 @@ impl Outbound {
         Outbound { layout: Inbound::at_dir(&home.join("outbound").join(contract.to_string())) }
     }
 
+    /// Its directory.
+    pub fn dir(&self) -> &Path {
+        self.layout.dir()
+    }
+
     /// Takes the record's lock: shared to read it, exclusive to replace it (see [`Inbound::lock`]).
     pub fn lock(&self, exclusive: bool) -> Result<Option<fs::File>, StateError> {
         self.layout.lock(exclusive)
