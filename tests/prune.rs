@@ -205,6 +205,7 @@ fn a_terminated_contract_keeps_its_data_for_the_grace_then_it_goes() {
         assert!(steps[0].reason.contains("record of its copy at the peer") && steps[0].bytes > 0, "{steps:?}");
         assert!(!record(node).exists());
         assert!(prune(node, false, delete_after + 2 + grace).is_empty(), "nothing more");
+        assert_eq!(status(node, &contract), "ended", "the contract is still listed without the record");
         assert_state_consistent(&node.home);
     }
 }
