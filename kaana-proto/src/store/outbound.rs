@@ -1,10 +1,7 @@
-//! The owner's record of its copy at a peer: `<home>/outbound/<contract>/`, laid out like a
-//! holder's store (`committed.json`: the manifest the holder committed and its receipt;
-//! `lists/<gen>.bin`) without the extents, and the owner's caches beside it: the volume's own
-//! tops (`volume-tops-<gen>.bin`, so a push skips unchanged extents and sends only the changed
-//! parts of the others) and each extent's tops
-//! (`tops-<gen>.bin`, so challenges ask for shorter proofs). And [`Target`]: what a challenge
-//! asks about, read from it.
+//! The owner's record of its copy at a peer: `<home>/outbound/<contract>/`, laid out like a holder's
+//! store (`committed.json`, `kept/`, `lists/<gen>.bin`) without the extents, with the owner's caches
+//! beside it: the volume's marks (`volume-marks-<gen>.bin`: a push sends only what changed) and each
+//! extent's tops (`tops-<gen>.bin`: shorter challenge proofs). And [`Target`], read from it.
 
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::{FileExt as _, OpenOptionsExt as _};
@@ -157,10 +154,9 @@ impl Outbound {
         self.layout.committed_with_receipt()
     }
 
-    /// Records a generation the holder committed, and retires from the record what the
-    /// history `terms` let the holder retire at `now` (see [`Inbound::record`]): run at the
-    /// receipt's time, the holder's own rule on the same generations, so both sides keep the same
-    /// ones. Returns the generations retired.
+    /// Records a generation the holder committed, and retires from the record what the history
+    /// `terms` let the holder retire at `now` ([`Inbound::record`]: run at the receipt's time, the
+    /// holder's own rule on the same generations, so both sides keep the same). The ones retired.
     pub fn record(
         &self,
         manifest: &Signed<Manifest>,
@@ -207,9 +203,8 @@ impl Outbound {
         self.drop_older_tops()
     }
 
-    /// The tops of every extent of generation `generation`
-    /// ([`crate::protocol::proof::TOP_LEVELS`] levels down; zeros for an extent without tops), if kept. What lets
-    /// this node's challenges ask for shorter proofs.
+    /// The tops of every extent of generation `generation` ([`crate::protocol::proof::TOP_LEVELS`] levels
+    /// down; zeros for an extent without tops), if kept: what lets challenges ask for shorter proofs.
     pub fn tops(&self, generation: u64) -> Option<Vec<[u8; 32]>> {
         self.read_values("tops", generation)
     }
