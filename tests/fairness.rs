@@ -541,6 +541,33 @@ fn a_push_audits_a_peer_that_judges_us_failing_before_it_sends_anything() {
     assert_eq!(pushed["unchanged"], true, "{pushed}");
 }
 
+/// A holder that deleted the data of a node failing there, and answers that node's challenges
+/// `busy` (over its challenges an hour) while it takes its pushes, gets no push: the push's
+/// audit went unanswered, so nothing is sent, and the loss stays for an audit to find.
+#[test]
+fn a_push_sends_nothing_to_a_holder_that_leaves_its_audit_unanswered() {
+    let mut s = story();
+    fail_next(&s.a, &s.contract, "damaged");
+    let (_, lines, _) = challenge(&s.b, &[&s.contract], None);
+    assert_eq!(lines[0].result, "fail");
+    restart_b(&mut s, &["--challenges-per-hour", "1"]);
+    let (peer, addr) = (s.sb.node.clone(), s.sb.addr.clone());
+    let first = as_node(&s.a, &peer, &addr, async |a, conn| {
+        let entry = a.contract(&s.contract.parse().unwrap()).unwrap();
+        let now = Timestamp::from_unix(now_unix());
+        audit::challenge_peer(conn, a, &entry, challenge::DEFAULT_SAMPLES, None, now).await.unwrap().heard
+    });
+    assert!(matches!(first, Heard::Pass), "{first:?}");
+    let extents = s.b.home.join("inbound").join(&s.contract).join("extents");
+    fs::remove_dir_all(&extents).unwrap();
+    let out = s.a.run("kaana-sync", &["push", "--all", "--extent-size", "256KiB"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("did not answer the audit") && err.contains("challenged too often"), "{err}");
+    assert_eq!(one_json::<serde_json::Value>(&out)["ok"], false);
+    assert!(!extents.exists(), "nothing was sent");
+}
+
 /// A peer sending B one failing verdict after another, each newer than the last, makes B check
 /// its whole copy of the peer's data each time the gap allows: the gap doubles with each check
 /// that finds nothing (1 h, 2 h, 4 h...), so hourly verdicts make B read its disk a few times a

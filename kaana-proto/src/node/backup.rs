@@ -171,6 +171,17 @@ pub enum BackupError {
     /// Signing failed.
     #[error(transparent)]
     Record(#[from] RecordError),
+    /// The holder did not answer the audit a push runs first (a time-out, or `busy`): a push
+    /// would re-send what it lacks, so nothing is sent until it answers one.
+    #[error(
+        "node {peer} did not answer the audit this push runs first ({why}): nothing sent; the next push audits it again"
+    )]
+    Unaudited {
+        /// The holder.
+        peer: NodeId,
+        /// What was heard instead.
+        why: String,
+    },
     /// The holder lost this node's data inside the grace it promised: nothing is sent.
     #[error("{0}")]
     Breach(String),
@@ -655,6 +666,11 @@ async fn audit_first(
         .map_err(audit_error)?;
     if audited.breach != crate::protocol::fairness::evidence::Breach::No {
         return Err(BackupError::Breach(audited.breach_message(entry)));
+    }
+    // A holder that lost our data and leaves the audit unanswered (`busy` to challenges alone)
+    // must not have the loss healed by the push before an audit sees it.
+    if let audit::Heard::Unreachable(why) = &audited.exchanged.heard {
+        return Err(BackupError::Unaudited { peer: entry.state.peer, why: why.clone() });
     }
     Ok(())
 }
