@@ -505,7 +505,8 @@ fn capacity_beyond_the_free_disk_is_refused_and_status_says_what_is_missing() {
 
 /// Offers seen on boards are kept for `accept`, but not without end: a node that has seen more
 /// than `SEEN_CAP` (boards listed again and again, a hostile one bringing fresh offers each time)
-/// keeps that many, the last listing's first; and an offer just listed can be taken.
+/// keeps that many, the last listing's whole and first, then the most recent of the others;
+/// and an offer just listed can be taken.
 #[test]
 fn offers_seen_on_boards_are_kept_up_to_a_cap_the_last_listing_first() {
     use kaana_proto::protocol::board::SEEN_CAP;
@@ -521,6 +522,7 @@ fn offers_seen_on_boards_are_kept_up_to_a_cap_the_last_listing_first() {
         .collect();
     let seen = taker.home.join("offers/seen.json");
     fs::create_dir_all(seen.parent().unwrap()).unwrap();
+    let most_recent = offers[0].clone();
     let list = OfferList { schema: kaana_proto::store::home::Schema, offers, vouched: Vec::new() };
     fs::write(&seen, serde_json::to_vec(&list).unwrap()).unwrap();
 
@@ -528,7 +530,8 @@ fn offers_seen_on_boards_are_kept_up_to_a_cap_the_last_listing_first() {
     assert_eq!(listed.iter().map(|o| o.id.as_str()).collect::<Vec<_>>(), [offer.id.as_str()]);
     let kept: OfferList = serde_json::from_slice(&fs::read(&seen).unwrap()).unwrap();
     assert_eq!(kept.offers.len(), SEEN_CAP);
-    assert!(kept.offers.iter().any(|o| o.body.node.to_string() == sa.node), "the offer just listed is kept");
+    assert_eq!(kept.offers[0].body.node.to_string(), sa.node, "the offer just listed is kept, first");
+    assert_eq!(kept.offers[1], most_recent, "then the most recent of those seen before");
     let took: serde_json::Value = taker.json("kaana-offer", &["accept", &offer.id[..12]]);
     assert_eq!(took["peer"], sa.node.as_str(), "{took}");
 }

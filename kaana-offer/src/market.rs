@@ -361,16 +361,16 @@ pub(crate) async fn fetch_board(
 }
 
 /// Keeps offers seen on boards, so that `accept` can find them: those just listed, then those
-/// seen before and not yet expired, at most [`kaana_proto::protocol::board::SEEN_CAP`].
+/// seen before and not yet expired, most recent first (the file keeps that order), at most
+/// [`kaana_proto::protocol::board::SEEN_CAP`] besides the last listing.
 fn remember_seen(node: &Node, seen: &BTreeMap<RecordId, Signed<Offer>>, now: Timestamp) -> anyhow::Result<()> {
     let _lock = node.home.lock()?;
     let path = node.home.seen_offers();
     let held = node.offer_list(&path)?.offers.into_iter().filter_map(|o| Some((market::check_offer(&o, now).ok()?, o)));
     let listed = seen.iter().map(|(id, o)| (*id, o.clone()));
-    let kept: BTreeMap<RecordId, Signed<Offer>> =
-        kaana_proto::protocol::board::keep_seen(listed, held).into_iter().collect();
+    let offers = kaana_proto::protocol::board::keep_seen(listed, held).into_iter().map(|(_, o)| o).collect();
     kaana_proto::store::home::create_dir(&node.home.offers_dir())?;
-    node.home.write(&path, &OfferList { schema: Schema, offers: kept.into_values().collect(), vouched: Vec::new() })?;
+    node.home.write(&path, &OfferList { schema: Schema, offers, vouched: Vec::new() })?;
     Ok(())
 }
 

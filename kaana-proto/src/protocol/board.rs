@@ -27,20 +27,24 @@ pub const PAGE: usize = 500;
 /// Bytes of offers (as JSON) a page holds at most: well inside a frame.
 pub const PAGE_BYTES: usize = 512 << 10;
 
-/// Offers a node keeps of those it saw on other boards (`offers/seen.json`, where `accept`
-/// looks): four full boards' worth. Boards list at most [`TOTAL_CAP`] each, but the offers of
-/// every listing would otherwise pile up until they expire (up to 30 days), a hostile board's
-/// fresh ones each time.
+/// Offers a node keeps of those it saw on earlier listings of other boards (`offers/seen.json`,
+/// where `accept` looks), besides the last listing's: four full boards' worth. Boards list at
+/// most [`TOTAL_CAP`] each, but the offers of every listing would otherwise pile up until they
+/// expire (up to 30 days), a hostile board's fresh ones each time.
 pub const SEEN_CAP: usize = 4 * TOTAL_CAP;
 
-/// What `offers/seen.json` keeps: the offers just listed, then the ones it held, each once, at
-/// most [`SEEN_CAP`] in all. (The order within each is the caller's.)
+/// What `offers/seen.json` keeps, most recent first: every offer just listed, then the ones it
+/// held (most recent first), each once, while there are fewer than [`SEEN_CAP`] in all. The
+/// last listing is never cut: an offer a person was just shown can be taken.
 pub fn keep_seen<T, I: Eq + std::hash::Hash + Copy>(
     listed: impl IntoIterator<Item = (I, T)>,
     held: impl IntoIterator<Item = (I, T)>,
 ) -> Vec<(I, T)> {
     let mut ids = std::collections::HashSet::new();
-    listed.into_iter().chain(held).filter(|(id, _)| ids.insert(*id)).take(SEEN_CAP).collect()
+    let mut kept: Vec<(I, T)> = listed.into_iter().filter(|(id, _)| ids.insert(*id)).collect();
+    let room = SEEN_CAP.saturating_sub(kept.len());
+    kept.extend(held.into_iter().filter(|(id, _)| ids.insert(*id)).take(room));
+    kept
 }
 
 fn encoded_len(offer: &Signed<Offer>) -> usize {
@@ -197,18 +201,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn seen_offers_keep_the_last_listing_first_then_what_was_held_up_to_the_cap() {
+    fn seen_offers_keep_the_last_listing_whole_then_what_was_held_up_to_the_cap() {
         let listed: Vec<(u32, &str)> = (0..10).map(|i| (i, "new")).collect();
         let held: Vec<(u32, &str)> = (5..20).map(|i| (i, "old")).collect();
         let kept = keep_seen(listed, held);
         assert_eq!(kept.len(), 20, "each once");
         assert!(kept[..10].iter().all(|(_, v)| *v == "new") && kept[10..].iter().all(|(_, v)| *v == "old"));
-        let many = |from: u32, v| (from..from + SEEN_CAP as u32).map(move |i| (i, v));
-        let kept = keep_seen(many(0, "new").take(100), many(1_000_000, "old"));
+        let many = |from: u32, n: usize, v| (from..from + n as u32).map(move |i| (i, v));
+        let kept = keep_seen(many(0, 100, "new"), many(1_000_000, SEEN_CAP, "old"));
         assert_eq!(kept.len(), SEEN_CAP);
         assert_eq!(kept.iter().filter(|(_, v)| *v == "new").count(), 100, "the last listing is all kept");
-        assert_eq!(keep_seen(many(0, "new"), many(1_000_000, "old")), many(0, "new").collect::<Vec<_>>());
+        assert_eq!(kept[100], (1_000_000, "old"), "then the most recent of those held");
+        // A listing larger than the cap is kept whole, and nothing of before.
+        let kept = keep_seen(many(0, SEEN_CAP + 5, "new"), many(1_000_000, 10, "old"));
+        assert_eq!(kept, many(0, SEEN_CAP + 5, "new").collect::<Vec<_>>());
     }
+
     use crate::protocol::identity::Identity;
 
     fn offer(ident: &Identity, n: u64, expires: u64) -> Signed<Offer> {
