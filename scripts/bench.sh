@@ -86,7 +86,8 @@ start_node() { # NAME [init args...]
   local name=$1; shift
   kaana-offer --home "$work/$name" init --listen 127.0.0.1:0 --audit-rate 0 "$@" >/dev/null 2>"$work/$name.init" \
     || { say "FAILED: kaana-offer init of $name: $(cat "$work/$name.init")"; exit 1; }
-  kaana-sync --home "$work/$name" serve >"$work/$name.serve" 2>"$work/$name.log" &
+  # No cap on challenges an hour: CHALLENGES may ask more than a day's worth of one contract.
+  kaana-sync --home "$work/$name" serve --challenges-per-hour 0 >"$work/$name.serve" 2>"$work/$name.log" &
   pids+=($!)
   eval "${name}_pid=$!"
   for _ in $(seq 100); do [ -s "$work/$name.serve" ] && break; sleep 0.05; done
@@ -96,7 +97,7 @@ restart_server() { # NAME: a fresh server process (its peak memory starts from z
   local name=$1 pidvar="${1}_pid"
   kill "${!pidvar}"; wait "${!pidvar}" 2>/dev/null || true
   local addr; addr=$(jq -r .listen "$work/$name.serve")
-  kaana-sync --home "$work/$name" serve --listen "$addr" >"$work/$name.serve" 2>>"$work/$name.log" &
+  kaana-sync --home "$work/$name" serve --listen "$addr" --challenges-per-hour 0 >"$work/$name.serve" 2>>"$work/$name.log" &
   pids+=($!)
   eval "${name}_pid=$!"
   for _ in $(seq 100); do [ -s "$work/$name.serve" ] && break; sleep 0.05; done

@@ -536,6 +536,73 @@ fn rss_kib(pid: u32) -> u64 {
     line.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
 
+/// Begins `n` handshakes with `addr`, each a fresh connection never finished: from one socket,
+/// its first packet only (as from a made-up address); or, with `show_address`, each from its
+/// own socket on 127.0.0.1, answering the server's retry (so showing its address) and then
+/// going quiet. Returns how many retries were answered.
+fn begin_handshakes(addr: std::net::SocketAddr, n: usize, show_address: bool) -> usize {
+    use std::sync::Arc;
+    let (tls, _) = kaana_proto::net::tls::client_config(&Identity::generate().unwrap(), None).unwrap();
+    let crypto = Arc::new(quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap());
+    let mut forger = quinn_proto::Endpoint::new(Arc::new(quinn_proto::EndpointConfig::default()), None, false, None);
+    let shared = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let (mut packet, mut answered) = (Vec::new(), 0);
+    for i in 0..n {
+        let own = show_address.then(|| std::net::UdpSocket::bind("127.0.0.1:0").unwrap());
+        let socket = own.as_ref().unwrap_or(&shared);
+        let now = std::time::Instant::now();
+        let (handle, mut conn) = forger.connect(now, quinn::ClientConfig::new(crypto.clone()), addr, "kaana").unwrap();
+        packet.clear();
+        let first = conn.poll_transmit(now, 1, &mut packet).unwrap();
+        socket.send_to(&packet[..first.size], addr).unwrap();
+        if let Some(socket) = own {
+            socket.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let mut got = vec![0u8; 65_536];
+            let (len, from) = socket.recv_from(&mut got).unwrap();
+            let datagram = bytes::BytesMut::from(&got[..len]);
+            let mut reply = Vec::new();
+            if let Some(quinn_proto::DatagramEvent::ConnectionEvent(h, event)) =
+                forger.handle(std::time::Instant::now(), from, None, None, datagram, &mut reply)
+                && h == handle
+            {
+                conn.handle_event(event);
+                packet.clear();
+                if let Some(again) = conn.poll_transmit(std::time::Instant::now(), 1, &mut packet) {
+                    socket.send_to(&packet[..again.size], addr).unwrap();
+                    answered += 1;
+                }
+            }
+            // Kept open, never read again: the server's packets to it go unanswered.
+            std::mem::forget(socket);
+        }
+        if i % 100 == 99 {
+            // As fast as the server's socket takes them in.
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    answered
+}
+
+/// A handshake from `from` to the server: whether it completes.
+async fn handshake_from(from: &str, node: NodeId, addr: std::net::SocketAddr) -> Result<(), String> {
+    use kaana_proto::net::transport::{Traffic, endpoint};
+    let (tls, _) = kaana_proto::net::tls::client_config(&Identity::generate().unwrap(), Some(node)).unwrap();
+    let crypto = std::sync::Arc::new(quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap());
+    let ep = endpoint(from.parse().unwrap(), None, Traffic::Short).unwrap();
+    let connecting = ep.connect_with(quinn::ClientConfig::new(crypto), addr, "kaana").map_err(|e| e.to_string())?;
+    let done = tokio::time::timeout(Duration::from_secs(5), connecting).await;
+    let out = match done {
+        Ok(Ok(conn)) => {
+            conn.close(0u32.into(), b"");
+            Ok(())
+        }
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("timed out".into()),
+    };
+    ep.close(0u32.into(), b"");
+    out
+}
+
 /// Handshakes begun from an address that never answers, as from made-up ones (QUIC's first
 /// packets, each of a fresh connection, sent and forgotten): past a few under way, the server
 /// asks each newcomer to show it receives at its address first (a QUIC retry, no state kept).
@@ -544,7 +611,6 @@ fn rss_kib(pid: u32) -> u64 {
 /// retry) while they are under way.
 #[test]
 fn half_done_handshakes_by_the_thousand_leave_the_server_nothing_to_hold() {
-    use std::sync::Arc;
     let b = TestNode::init();
     let server = ServerProc::start(&b, &[]);
     let addr: std::net::SocketAddr = server.addr.parse().unwrap();
@@ -554,22 +620,7 @@ fn half_done_handshakes_by_the_thousand_leave_the_server_nothing_to_hold() {
     assert!(matches!(rt.block_on(hello(&friend, node, &server.addr)), Ok(Response::Hello { .. })));
     let before = rss_kib(server.child.id());
 
-    let (tls, _) = kaana_proto::net::tls::client_config(&Identity::generate().unwrap(), None).unwrap();
-    let crypto = Arc::new(quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap());
-    let mut forger = quinn_proto::Endpoint::new(Arc::new(quinn_proto::EndpointConfig::default()), None, false, None);
-    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    let mut packet = Vec::new();
-    for i in 0..4_000 {
-        let now = std::time::Instant::now();
-        let (_, mut conn) = forger.connect(now, quinn::ClientConfig::new(crypto.clone()), addr, "kaana").unwrap();
-        packet.clear();
-        let first = conn.poll_transmit(now, 1, &mut packet).unwrap();
-        socket.send_to(&packet[..first.size], addr).unwrap();
-        if i % 100 == 99 {
-            // As fast as the server's socket takes them in.
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
+    begin_handshakes(addr, 4_000, false);
     std::thread::sleep(Duration::from_secs(1));
     let during = rss_kib(server.child.id());
     eprintln!("server: {before} KiB before, {during} KiB with 4 000 handshakes begun");
@@ -579,4 +630,27 @@ fn half_done_handshakes_by_the_thousand_leave_the_server_nothing_to_hold() {
         during < before + 16 * 1024,
         "4 000 half-done handshakes took the server from {before} KiB to {during} KiB"
     );
+}
+
+/// One host that answers the server's retries and then never finishes its handshakes holds a
+/// few places at once, not all: past the first few, its newcomers are refused while another
+/// source gets in; once its half-done handshakes time out, it gets in again.
+#[test]
+fn one_source_that_shows_its_address_and_stalls_holds_few_handshake_places() {
+    let b = TestNode::init();
+    let server = ServerProc::start(&b, &[]);
+    let addr: std::net::SocketAddr = server.addr.parse().unwrap();
+    let node: NodeId = server.node.parse().unwrap();
+    let rt = runtime();
+    // Past the first 64 (first packets only), every newcomer gets a retry.
+    begin_handshakes(addr, 64, false);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(begin_handshakes(addr, 12, true), 12, "each newcomer was asked to show its address");
+    std::thread::sleep(Duration::from_millis(300));
+    let same = rt.block_on(handshake_from("127.0.0.1:0", node, addr));
+    assert!(same.is_err_and(|e| e.contains("refused")), "the stalling source's next newcomer is refused");
+    rt.block_on(handshake_from("127.0.0.2:0", node, addr)).expect("another source gets in");
+    // The half-done handshakes time out (10 s at most): the source gets in again.
+    std::thread::sleep(Duration::from_secs(11));
+    rt.block_on(handshake_from("127.0.0.1:0", node, addr)).expect("in again once they timed out");
 }

@@ -115,8 +115,10 @@ pub(super) struct Ctx {
     pub(super) stored: Mutex<HashMap<RecordId, Room>>,
     /// When the server last wrote down that a known peer reached it (`reach.json`).
     pub(super) reached: Mutex<Option<std::time::Instant>>,
-    /// Handshakes under way ([`Handshake`]).
+    /// Handshakes under way ([`super::door::Handshake`]).
     pub(super) handshakes: std::sync::atomic::AtomicUsize,
+    /// Of those, the ones let in past the retry level, by source ([`super::door::source_of`]).
+    pub(super) handshakes_by_source: Mutex<HashMap<std::net::IpAddr, usize>>,
     /// What is left of each contract's challenges this hour ([`ServerOptions::challenges_per_hour`]),
     /// with the start its times count from.
     pub(super) challenges: Mutex<(std::time::Instant, HashMap<RecordId, Allowance>)>,
@@ -139,44 +141,6 @@ impl Room {
     /// The bytes counted: the store's and those on their way.
     pub(super) fn counted(&self) -> u64 {
         self.on_disk.unwrap_or(0).saturating_add(self.in_flight)
-    }
-}
-
-/// Handshakes under way at once before a newcomer must first show that it receives at its
-/// address (a QUIC retry: one packet, no state kept), so that packets from made-up addresses
-/// cannot make the server keep a half-done handshake each, for the whole handshake time-out.
-pub(super) const HANDSHAKES_BEFORE_RETRY: usize = 64;
-/// Handshakes under way at once, at most: beyond, newcomers are refused until some end.
-pub(super) const MAX_HANDSHAKES: usize = 512;
-
-/// What to do with a new connection's first packet.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Door {
-    /// Start the handshake.
-    Open,
-    /// Ask the sender to show it receives at its address first.
-    Retry,
-    /// Refuse it.
-    Shut,
-}
-
-/// The rule for a new connection, with `under_way` handshakes under way and the sender's address
-/// `validated` (it came back with a retry's token) or not.
-pub(super) fn door(under_way: usize, validated: bool) -> Door {
-    match (under_way, validated) {
-        (n, _) if n < HANDSHAKES_BEFORE_RETRY => Door::Open,
-        (n, true) if n < MAX_HANDSHAKES => Door::Open,
-        (_, false) => Door::Retry,
-        (_, true) => Door::Shut,
-    }
-}
-
-/// Counts a handshake under way until dropped.
-pub(super) struct Handshake(Arc<Ctx>);
-
-impl Drop for Handshake {
-    fn drop(&mut self) {
-        self.0.handshakes.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -293,28 +257,6 @@ impl Ctx {
         Ok(Slot { ctx: self.clone(), peer, stranger: stranger.then(|| conn.stable_id()) })
     }
 
-    /// Decides on a new connection's first packet ([`door`]): a handshake to go on with, counted
-    /// until dropped, or `None` once the packet was answered with a retry or refused.
-    pub(super) fn admit(self: &Arc<Self>, incoming: quinn::Incoming) -> Option<(quinn::Incoming, Handshake)> {
-        use std::sync::atomic::Ordering;
-        let under_way = self.handshakes.load(Ordering::Relaxed);
-        match door(under_way, !incoming.may_retry()) {
-            Door::Open => {
-                self.handshakes.fetch_add(1, Ordering::Relaxed);
-                Some((incoming, Handshake(self.clone())))
-            }
-            Door::Retry => {
-                // Cannot fail: the address was not validated.
-                let _ = incoming.retry();
-                None
-            }
-            Door::Shut => {
-                incoming.refuse();
-                None
-            }
-        }
-    }
-
     /// Takes one of contract `id`'s challenges this hour, or says `busy` and when to ask again.
     /// Only for a contract the sender is a side of (the map holds no more entries than
     /// contracts).
@@ -338,23 +280,5 @@ impl Ctx {
     fn was_known(&self, peer: &NodeId) -> bool {
         *peer == self.node.id()
             || self.known.lock().ok().and_then(|k| k.as_ref().map(|(_, set)| set.contains(peer))).unwrap_or(false)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn past_a_few_handshakes_under_way_a_newcomer_shows_its_address_and_past_many_is_refused() {
-        for n in [0, 1, HANDSHAKES_BEFORE_RETRY - 1] {
-            assert_eq!((door(n, false), door(n, true)), (Door::Open, Door::Open), "{n} under way");
-        }
-        for n in [HANDSHAKES_BEFORE_RETRY, MAX_HANDSHAKES - 1] {
-            assert_eq!((door(n, false), door(n, true)), (Door::Retry, Door::Open), "{n} under way");
-        }
-        for n in [MAX_HANDSHAKES, 100_000] {
-            assert_eq!((door(n, false), door(n, true)), (Door::Retry, Door::Shut), "{n} under way");
-        }
     }
 }

@@ -8,6 +8,7 @@
 
 mod audits;
 mod ctx;
+mod door;
 mod forward;
 mod market;
 mod put;
@@ -91,6 +92,7 @@ impl Server {
             stored: Mutex::new(HashMap::new()),
             reached: Mutex::new(None),
             handshakes: std::sync::atomic::AtomicUsize::new(0),
+            handshakes_by_source: Mutex::new(HashMap::new()),
             challenges: Mutex::new((std::time::Instant::now(), HashMap::new())),
         };
         Ok(Server { endpoint, ctx: Arc::new(ctx), queues: Some(queues) })
@@ -126,7 +128,7 @@ impl Server {
                 () = &mut shutdown => break,
                 incoming = self.endpoint.accept() => match incoming {
                     Some(incoming) => {
-                        if let Some((incoming, handshake)) = self.ctx.admit(incoming) {
+                        if let Some((incoming, handshake)) = door::admit(&self.ctx, incoming) {
                             let task =
                                 handle_connection(self.ctx.clone(), incoming, handshake, stop_rx.clone(), busy.clone());
                             tokio::spawn(task);
@@ -164,7 +166,7 @@ fn peer_of(conn: &quinn::Connection) -> Option<NodeId> {
 async fn handle_connection(
     ctx: Arc<Ctx>,
     incoming: quinn::Incoming,
-    handshake: ctx::Handshake,
+    handshake: door::Handshake,
     mut stop: watch::Receiver<bool>,
     busy: mpsc::Sender<()>,
 ) {
@@ -173,7 +175,7 @@ async fn handle_connection(
         Ok(c) => c,
         Err(e) => return ctx.say(format_args!("{remote}: handshake refused: {e}")),
     };
-    let conn = match tokio::time::timeout(ctx.opts.read_timeout, connecting).await {
+    let conn = match tokio::time::timeout(ctx.opts.read_timeout.min(door::HANDSHAKE_TIMEOUT), connecting).await {
         Ok(Ok(conn)) => conn,
         Ok(Err(e)) => return ctx.say(format_args!("{remote}: handshake failed: {e}")),
         Err(_) => return ctx.say(format_args!("{remote}: handshake timed out")),
