@@ -536,31 +536,32 @@ fn rss_kib(pid: u32) -> u64 {
     line.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
 
-/// Begins `n` handshakes with `addr`, each a fresh connection never finished: from one socket,
-/// its first packet only (as from a made-up address); or, with `show_address`, each from its
-/// own socket on 127.0.0.1, answering the server's retry (so showing its address) and then
-/// going quiet. Returns how many retries were answered.
-fn begin_handshakes(addr: std::net::SocketAddr, n: usize, show_address: bool) -> usize {
+/// Begins `n` handshakes with `addr`, each a fresh connection never finished, from one socket:
+/// its first packet only (as from a made-up address); or, with `show_from` an address, from a
+/// socket there, answering the server's retry (so showing its address) and then going quiet.
+/// Returns how many retries were answered.
+fn begin_handshakes(addr: std::net::SocketAddr, n: usize, show_from: Option<&str>) -> usize {
     use std::sync::Arc;
     let (tls, _) = kaana_proto::net::tls::client_config(&Identity::generate().unwrap(), None).unwrap();
     let crypto = Arc::new(quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap());
     let mut forger = quinn_proto::Endpoint::new(Arc::new(quinn_proto::EndpointConfig::default()), None, false, None);
-    let shared = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    let (mut packet, mut answered) = (Vec::new(), 0);
+    let socket = std::net::UdpSocket::bind((show_from.unwrap_or("127.0.0.1"), 0)).unwrap();
+    socket.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let (mut packet, mut got, mut answered) = (Vec::new(), vec![0u8; 65_536], 0);
     for i in 0..n {
-        let own = show_address.then(|| std::net::UdpSocket::bind("127.0.0.1:0").unwrap());
-        let socket = own.as_ref().unwrap_or(&shared);
         let now = std::time::Instant::now();
         let (handle, mut conn) = forger.connect(now, quinn::ClientConfig::new(crypto.clone()), addr, "kaana").unwrap();
         packet.clear();
         let first = conn.poll_transmit(now, 1, &mut packet).unwrap();
         socket.send_to(&packet[..first.size], addr).unwrap();
-        if let Some(socket) = own {
-            socket.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-            let mut got = vec![0u8; 65_536];
-            let (len, from) = socket.recv_from(&mut got).unwrap();
-            let datagram = bytes::BytesMut::from(&got[..len]);
-            let mut reply = Vec::new();
+        // Past the packets the server sends the connections begun before, the retry of this one
+        // (a long header of type 3), answered.
+        while show_from.is_some() {
+            let Ok((len, from)) = socket.recv_from(&mut got) else { break };
+            if got[0] & 0xf0 != 0xf0 {
+                continue;
+            }
+            let (datagram, mut reply) = (bytes::BytesMut::from(&got[..len]), Vec::new());
             if let Some(quinn_proto::DatagramEvent::ConnectionEvent(h, event)) =
                 forger.handle(std::time::Instant::now(), from, None, None, datagram, &mut reply)
                 && h == handle
@@ -571,15 +572,16 @@ fn begin_handshakes(addr: std::net::SocketAddr, n: usize, show_address: bool) ->
                     socket.send_to(&packet[..again.size], addr).unwrap();
                     answered += 1;
                 }
+                break;
             }
-            // Kept open, never read again: the server's packets to it go unanswered.
-            std::mem::forget(socket);
         }
-        if i % 100 == 99 {
+        if show_from.is_none() && i % 100 == 99 {
             // As fast as the server's socket takes them in.
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+    // Kept open, never read again: the server's packets to it go unanswered.
+    std::mem::forget(socket);
     answered
 }
 
@@ -620,7 +622,7 @@ fn half_done_handshakes_by_the_thousand_leave_the_server_nothing_to_hold() {
     assert!(matches!(rt.block_on(hello(&friend, node, &server.addr)), Ok(Response::Hello { .. })));
     let before = rss_kib(server.child.id());
 
-    begin_handshakes(addr, 4_000, false);
+    begin_handshakes(addr, 4_000, None);
     std::thread::sleep(Duration::from_secs(1));
     let during = rss_kib(server.child.id());
     eprintln!("server: {before} KiB before, {during} KiB with 4 000 handshakes begun");
@@ -633,24 +635,38 @@ fn half_done_handshakes_by_the_thousand_leave_the_server_nothing_to_hold() {
 }
 
 /// One host that answers the server's retries and then never finishes its handshakes holds a
-/// few places at once, not all: past the first few, its newcomers are refused while another
-/// source gets in; once its half-done handshakes time out, it gets in again.
+/// few places at once, not all: past its share, its newcomers are refused while another host
+/// gets in; one network (an IPv4 /24) holds a few hosts' shares, and another network gets in;
+/// once the half-done handshakes time out, all get in again.
 #[test]
-fn one_source_that_shows_its_address_and_stalls_holds_few_handshake_places() {
+fn one_host_or_network_that_shows_its_address_and_stalls_holds_few_handshake_places() {
     let b = TestNode::init();
     let server = ServerProc::start(&b, &[]);
     let addr: std::net::SocketAddr = server.addr.parse().unwrap();
     let node: NodeId = server.node.parse().unwrap();
     let rt = runtime();
-    // Past the first 64 (first packets only), every newcomer gets a retry.
-    begin_handshakes(addr, 64, false);
+    let refused = |from: &str| rt.block_on(handshake_from(from, node, addr)).is_err_and(|e| e.contains("refused"));
+    // Past the first 64 (first packets only; a few more, in case some were not yet taken in),
+    // every newcomer gets a retry. (All of 127.0.0.0/8 is this machine's loopback on Linux.)
+    begin_handshakes(addr, 80, None);
     std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(begin_handshakes(addr, 12, true), 12, "each newcomer was asked to show its address");
+    // A host's share (256) and a few more: each asked to show its address.
+    assert_eq!(begin_handshakes(addr, 260, Some("127.0.0.1")), 260);
     std::thread::sleep(Duration::from_millis(300));
-    let same = rt.block_on(handshake_from("127.0.0.1:0", node, addr));
-    assert!(same.is_err_and(|e| e.contains("refused")), "the stalling source's next newcomer is refused");
-    rt.block_on(handshake_from("127.0.0.2:0", node, addr)).expect("another source gets in");
-    // The half-done handshakes time out (10 s at most): the source gets in again.
-    std::thread::sleep(Duration::from_secs(11));
-    rt.block_on(handshake_from("127.0.0.1:0", node, addr)).expect("in again once they timed out");
+    assert!(refused("127.0.0.1:0"), "the stalling host's next newcomer is refused");
+    rt.block_on(handshake_from("127.0.0.2:0", node, addr)).expect("another host gets in");
+    // Three more hosts of the same /24 take their shares: 1024 from the network.
+    for host in ["127.0.0.2", "127.0.0.3", "127.0.0.4"] {
+        assert_eq!(begin_handshakes(addr, 256, Some(host)), 256);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(refused("127.0.0.5:0"), "a fresh host of the full network is refused");
+    rt.block_on(handshake_from("127.0.1.1:0", node, addr)).expect("another network gets in");
+    // The half-done handshakes time out (10 s at most): the host gets in again.
+    std::thread::sleep(Duration::from_secs(10));
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while let Err(e) = rt.block_on(handshake_from("127.0.0.1:0", node, addr)) {
+        assert!(std::time::Instant::now() < deadline, "still refused 30 s on: {e}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
 }

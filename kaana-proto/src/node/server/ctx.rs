@@ -117,8 +117,9 @@ pub(super) struct Ctx {
     pub(super) reached: Mutex<Option<std::time::Instant>>,
     /// Handshakes under way ([`super::door::Handshake`]).
     pub(super) handshakes: std::sync::atomic::AtomicUsize,
-    /// Of those, the ones let in past the retry level, by source ([`super::door::source_of`]).
-    pub(super) handshakes_by_source: Mutex<HashMap<std::net::IpAddr, usize>>,
+    /// Of those, the ones let in past the retry level, by host and by network
+    /// ([`super::door::sources_of`]).
+    pub(super) handshakes_by_source: Mutex<HashMap<super::door::Source, usize>>,
     /// What is left of each contract's challenges this hour ([`ServerOptions::challenges_per_hour`]),
     /// with the start its times count from.
     pub(super) challenges: Mutex<(std::time::Instant, HashMap<RecordId, Allowance>)>,
