@@ -636,10 +636,10 @@ fn half_done_handshakes_by_the_thousand_leave_the_server_nothing_to_hold() {
 
 /// One host that answers the server's retries and then never finishes its handshakes holds a
 /// few places at once, not all: past its share, its newcomers are refused while another host
-/// gets in; one network (an IPv4 /24) holds a few hosts' shares, and another network gets in;
-/// once the half-done handshakes time out, all get in again.
+/// gets in; once the half-done handshakes time out, it gets in again. (A network's share, four
+/// hosts' worth, is the same count by a wider prefix: `door`'s unit tests.)
 #[test]
-fn one_host_or_network_that_shows_its_address_and_stalls_holds_few_handshake_places() {
+fn one_host_that_shows_its_address_and_stalls_holds_few_handshake_places() {
     let b = TestNode::init();
     let server = ServerProc::start(&b, &[]);
     let addr: std::net::SocketAddr = server.addr.parse().unwrap();
@@ -655,13 +655,6 @@ fn one_host_or_network_that_shows_its_address_and_stalls_holds_few_handshake_pla
     std::thread::sleep(Duration::from_millis(300));
     assert!(refused("127.0.0.1:0"), "the stalling host's next newcomer is refused");
     rt.block_on(handshake_from("127.0.0.2:0", node, addr)).expect("another host gets in");
-    // Three more hosts of the same /24 take their shares: 1024 from the network.
-    for host in ["127.0.0.2", "127.0.0.3", "127.0.0.4"] {
-        assert_eq!(begin_handshakes(addr, 256, Some(host)), 256);
-    }
-    std::thread::sleep(Duration::from_millis(300));
-    assert!(refused("127.0.0.5:0"), "a fresh host of the full network is refused");
-    rt.block_on(handshake_from("127.0.1.1:0", node, addr)).expect("another network gets in");
     // The half-done handshakes time out (10 s at most): the host gets in again.
     std::thread::sleep(Duration::from_secs(10));
     let deadline = std::time::Instant::now() + Duration::from_secs(20);

@@ -115,11 +115,11 @@ pub(super) struct Ctx {
     pub(super) stored: Mutex<HashMap<RecordId, Room>>,
     /// When the server last wrote down that a known peer reached it (`reach.json`).
     pub(super) reached: Mutex<Option<std::time::Instant>>,
-    /// Handshakes under way ([`super::door::Handshake`]).
+    /// Handshakes under way (the door counts them).
     pub(super) handshakes: std::sync::atomic::AtomicUsize,
-    /// Of those, the ones let in past the retry level, by host and by network
-    /// ([`super::door::sources_of`]).
-    pub(super) handshakes_by_source: Mutex<HashMap<super::door::Source, usize>>,
+    /// Of those, the ones let in past the retry level, by host and by network: a prefix length
+    /// and the address cut to it.
+    pub(super) handshakes_by_source: Mutex<HashMap<(u8, std::net::IpAddr), usize>>,
     /// What is left of each contract's challenges this hour ([`ServerOptions::challenges_per_hour`]),
     /// with the start its times count from.
     pub(super) challenges: Mutex<(std::time::Instant, HashMap<RecordId, Allowance>)>,
