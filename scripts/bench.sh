@@ -10,8 +10,8 @@
 # SIZE (and at SIZE in 64 KiB extents: as many extents as a volume 64 times larger; and with 15
 # generations of history, SIZE / 16 and SIZE / 4 in 4 KiB extents), four owners pushing into
 # one holder at once, forty owners' challenges at once, --limit-rate over a 30-second push and
-# restore, and what a restore asks of this one disk (dd reading and writing SIZE at once, as deep
-# as the restore).
+# restore, and what a push and a restore ask of this one disk (dd writing SIZE, and for the
+# restore reading SIZE at the same time, as deep as each).
 # Needs about 40 x SIZE of free disk.
 #
 # Everything runs on 127.0.0.1 (sshd and the rsync daemon too) in a temporary folder under
@@ -152,6 +152,29 @@ pids+=($!)
 sleep 0.5
 for _ in $(seq 50); do $SSH root@127.0.0.1 true 2>/dev/null && break; sleep 0.1; done
 
+# disk_floor DEPTH [read]: SIZE of random bytes written straight to the device and synced, DEPTH
+# blocks of 4 MiB at once, and with "read", SIZE read straight from the device at the same time
+# and as deep.
+disk_floor() {
+  local depth=$1 reads=${2:-} block=4194304 per dds=() t q p
+  per=$(((size + block * depth - 1) / (block * depth))) # blocks a slice, the last block whole or not
+  cat "$work/vol.img" >/dev/null # what the writers copy comes from memory
+  rm -f "$work/floor.img"; settle; t=$(now)
+  for q in $(seq 0 $((depth - 1))); do
+    if [ -n "$reads" ]; then
+      dd if="$work/vol.img" of=/dev/null bs=$block skip=$((q * per)) count=$per iflag=direct status=none &
+      dds+=($!); pids+=($!)
+    fi
+    dd if="$work/vol.img" of="$work/floor.img" bs=$block skip=$((q * per)) seek=$((q * per)) count=$per \
+      oflag=direct conv=notrunc,fsync status=none &
+    dds+=($!); pids+=($!)
+  done
+  for p in "${dds[@]}"; do wait "$p" || { say "FAILED: a dd of the disk floor"; exit 1; }; done
+  since "$t"
+  pids=("${pids[@]:0:${#pids[@]}-${#dds[@]}}") # (cleanup kills them only while they run)
+  rm -f "$work/floor.img"
+}
+
 # --- initial push --------------------------------------------------------------------------------
 say "initial push, $RUNS runs each (fresh destination every run)"
 ours_push() { fresh_holder; settle; local t; t=$(now); kaana-sync --home "$work/A" push "$ab" >/dev/null; since "$t"; }
@@ -163,16 +186,23 @@ daemon_push() { rm -f "$work/rsyncd/vol.img"; settle; local t; t=$(now); rsync -
 # (kaana-proto/examples/push_work.rs): its computing alone (marks, keystream and hash on the
 # owner, QUIC's sealing and opening, the holder's check) spread over the cores; QUIC alone, with
 # this project's settings, carrying SIZE to another process that drops it; and the least a push
-# could take doing that work and nothing else, its cores kept busy.
-: >"$work/t.ours" >"$work/t.ssh" >"$work/t.daemon" >"$work/t.dsync" >"$work/t.work"
+# could take doing that work and nothing else, its cores kept busy; and what the push asks of the
+# disk alone: SIZE written straight to the device and synced, as deep as the holder writes one
+# owner's extents (PUSH_DEPTH of 4 MiB at once).
+PUSH_DEPTH=4
+: >"$work/t.ours" >"$work/t.ssh" >"$work/t.daemon" >"$work/t.dsync" >"$work/t.work" >"$work/t.floor"
 for r in $(seq "$RUNS"); do
   settle; "$BIN/examples/push_work" "$size" "$(nproc)" >>"$work/t.work"
   case $((r % 3)) in
-    1) ours_push >>"$work/t.ours"; ssh_push >>"$work/t.ssh"; daemon_push >>"$work/t.daemon"; daemon_push --fsync >>"$work/t.dsync" ;;
-    2) ssh_push >>"$work/t.ssh"; daemon_push >>"$work/t.daemon"; daemon_push --fsync >>"$work/t.dsync"; ours_push >>"$work/t.ours" ;;
-    0) daemon_push >>"$work/t.daemon"; daemon_push --fsync >>"$work/t.dsync"; ours_push >>"$work/t.ours"; ssh_push >>"$work/t.ssh" ;;
+    1) ours_push >>"$work/t.ours"; ssh_push >>"$work/t.ssh"; daemon_push >>"$work/t.daemon"; daemon_push --fsync >>"$work/t.dsync"
+       disk_floor "$PUSH_DEPTH" >>"$work/t.floor" ;;
+    2) ssh_push >>"$work/t.ssh"; daemon_push >>"$work/t.daemon"; daemon_push --fsync >>"$work/t.dsync"
+       disk_floor "$PUSH_DEPTH" >>"$work/t.floor"; ours_push >>"$work/t.ours" ;;
+    0) disk_floor "$PUSH_DEPTH" >>"$work/t.floor"; daemon_push >>"$work/t.daemon"; daemon_push --fsync >>"$work/t.dsync"
+       ours_push >>"$work/t.ours"; ssh_push >>"$work/t.ssh" ;;
   esac
 done
+push_disk=$(median <"$work/t.floor")
 push_ours=$(median <"$work/t.ours"); push_ssh=$(median <"$work/t.ssh"); push_daemon=$(median <"$work/t.daemon")
 push_dsync=$(median <"$work/t.dsync")
 push_compute=$(jq .computing_s "$work/t.work" | median); push_quic=$(jq .transport_s "$work/t.work" | median)
@@ -206,29 +236,12 @@ say "full restore, $RUNS runs each, and what it asks of the disk alone"
 RESTORE_DEPTH=4
 ours_restore() { rm -f "$work/restored.img"; settle; local t; t=$(now); kaana-sync --home "$work/A" restore "$ab" --out "$work/restored.img" >/dev/null; since "$t"; }
 ssh_restore() { rm -f "$work/pulled.img"; settle; local t; t=$(now); rsync "$@" -e "$SSH" "root@127.0.0.1:$work/ssh-dest/vol.img" "$work/pulled.img"; since "$t"; }
-disk_floor() {
-  local block=4194304 per dds=() t q p
-  per=$(((size + block * RESTORE_DEPTH - 1) / (block * RESTORE_DEPTH))) # blocks a slice, the last block whole or not
-  cat "$work/vol.img" >/dev/null # what the writers copy comes from memory
-  rm -f "$work/floor.img"; settle; t=$(now)
-  for q in $(seq 0 $((RESTORE_DEPTH - 1))); do
-    dd if="$work/vol.img" of=/dev/null bs=$block skip=$((q * per)) count=$per iflag=direct status=none &
-    dds+=($!); pids+=($!)
-    dd if="$work/vol.img" of="$work/floor.img" bs=$block skip=$((q * per)) seek=$((q * per)) count=$per \
-      oflag=direct conv=notrunc,fsync status=none &
-    dds+=($!); pids+=($!)
-  done
-  for p in "${dds[@]}"; do wait "$p" || { say "FAILED: a dd of the disk floor"; exit 1; }; done
-  since "$t"
-  pids=("${pids[@]:0:${#pids[@]}-${#dds[@]}}") # (cleanup kills them only while they run)
-  rm -f "$work/floor.img"
-}
 : >"$work/r.ours" >"$work/r.ssh" >"$work/r.sshf" >"$work/r.floor"
 for r in $(seq "$RUNS"); do
   case $((r % 3)) in
-    1) ours_restore >>"$work/r.ours"; ssh_restore >>"$work/r.ssh"; ssh_restore --fsync >>"$work/r.sshf"; disk_floor >>"$work/r.floor" ;;
-    2) ssh_restore >>"$work/r.ssh"; ssh_restore --fsync >>"$work/r.sshf"; disk_floor >>"$work/r.floor"; ours_restore >>"$work/r.ours" ;;
-    0) disk_floor >>"$work/r.floor"; ours_restore >>"$work/r.ours"; ssh_restore >>"$work/r.ssh"; ssh_restore --fsync >>"$work/r.sshf" ;;
+    1) ours_restore >>"$work/r.ours"; ssh_restore >>"$work/r.ssh"; ssh_restore --fsync >>"$work/r.sshf"; disk_floor "$RESTORE_DEPTH" read >>"$work/r.floor" ;;
+    2) ssh_restore >>"$work/r.ssh"; ssh_restore --fsync >>"$work/r.sshf"; disk_floor "$RESTORE_DEPTH" read >>"$work/r.floor"; ours_restore >>"$work/r.ours" ;;
+    0) disk_floor "$RESTORE_DEPTH" read >>"$work/r.floor"; ours_restore >>"$work/r.ours"; ssh_restore >>"$work/r.ssh"; ssh_restore --fsync >>"$work/r.sshf" ;;
   esac
 done
 cmp -s "$work/restored.img" "$work/vol.img" || { say "FAILED: the restored volume differs"; exit 1; }
@@ -482,6 +495,7 @@ printf '%-34s %10s %10s %9.2fs %9s   ours/this <= 0.6: %.3f, %s\n' "  (rsync dae
 printf '%-34s %9.2fs %10s %10s %9.3f\n' "  (its computing alone, $(nproc) cores)" "$push_compute" "" "" "$(ratio "$push_compute" "$push_ssh")"
 printf '%-34s %9.2fs %10s %10s %9.3f   (%.2f s of CPU, both ends)\n' "  (QUIC alone carrying $SIZE)" "$push_quic" "" "" "$(ratio "$push_quic" "$push_ssh")" "$push_quic_cpu"
 printf '%-34s %9.2fs %10s %10s %9.3f   ours/this: %.3f; this/the daemon with --fsync: %.3f\n' "  (the least a push could take)" "$push_floor" "" "" "$(ratio "$push_floor" "$push_ssh")" "$(ratio "$push_ours" "$push_floor")" "$(ratio "$push_floor" "$push_dsync")"
+printf '%-34s %9.2fs %10s %10s %9.3f   ours/this: %.3f; this/the daemon with --fsync: %.3f\n' "  (push's disk floor, dd)" "$push_disk" "" "" "$(ratio "$push_disk" "$push_ssh")" "$(ratio "$push_ours" "$push_disk")" "$(ratio "$push_disk" "$push_dsync")"
 printf '%-34s %9.2fs %9.2fs %10s %9.3f   <= 0.15: %s\n' "incremental push (20 x 1 MiB)" "$incr_ours" "$incr_ssh" "-" "$r_incr" "$(met "$r_incr <= 0.15")"
 printf '%-34s %9.2fs %10s %10s %9s   ours/b3sum <= 1.5: %.3f, %s\n' "  (b3sum of the volume, page cache)" "$b3" "" "" "" "$r_b3" "$(met "$r_b3 <= 1.5")"
 printf '%-34s %9.2fs %9.2fs %10s %9.3f   <= 0.3: %s\n' "full restore" "$restore_ours" "$restore_ssh" "-" "$r_restore" "$(met "$r_restore <= 0.3")"
@@ -533,6 +547,7 @@ jq -cn \
   --argjson push_ours "$push_ours" --argjson push_ssh "$push_ssh" --argjson push_daemon "$push_daemon" \
   --argjson push_dsync "$push_dsync" --argjson push_compute "$push_compute" --argjson push_quic "$push_quic" \
   --argjson push_quic_cpu "$push_quic_cpu" --argjson push_floor "$push_floor" \
+  --argjson push_disk "$push_disk" --argjson push_depth "$PUSH_DEPTH" \
   --argjson incr_ours "$incr_ours" --argjson incr_ssh "$incr_ssh" --argjson incr_sent "$incr_sent" --argjson b3 "$b3" \
   --argjson restore_ours "$restore_ours" --argjson restore_ssh "$restore_ssh" \
   --argjson rtt_ms "$rtt_ms" --argjson wire "$wire" --argjson read_bytes "$read_bytes" --argjson all50 "$all50" \
@@ -568,7 +583,9 @@ jq -cn \
                    ratio_daemon_fsync: ($push_ours / $push_dsync),
                    computing_alone_s: $push_compute, quic_alone_s: $push_quic, quic_alone_cpu_s: $push_quic_cpu,
                    least_s: $push_floor, ratio_least: ($push_ours / $push_floor),
-                   least_ratio_ssh: ($push_floor / $push_ssh), least_ratio_daemon_fsync: ($push_floor / $push_dsync)},
+                   least_ratio_ssh: ($push_floor / $push_ssh), least_ratio_daemon_fsync: ($push_floor / $push_dsync),
+                   disk_floor_s: $push_disk, disk_floor_depth: $push_depth, ratio_disk_floor: ($push_ours / $push_disk),
+                   disk_floor_ratio_daemon_fsync: ($push_disk / $push_dsync)},
     incremental_push: {ours_s: $incr_ours, rsync_ssh_s: $incr_ssh, ratio_ssh: ($incr_ours / $incr_ssh), ours_bytes_sent: $incr_sent,
                        b3sum_s: $b3, ratio_b3sum: ($incr_ours / $b3)},
     restore: {ours_s: $restore_ours, rsync_ssh_s: $restore_ssh, ratio_ssh: ($restore_ours / $restore_ssh), rsync_ssh_fsync_s: $restore_sshf, ratio_ssh_fsync: ($restore_ours / $restore_sshf), disk_floor_s: $restore_floor, disk_floor_depth: $restore_depth},
