@@ -4,8 +4,8 @@
 # volumes; iproute2 for the network-namespace tests; miniupnpd-nftables and nftables for the
 # port-mapping test (a real UPnP router in a namespace; Debian does not start it as a service
 # unless asked); jq for the demo and scripts; util-linux-extra (fincore) for the test that a push
-# leaves the page cache as it found it. Rust:
-# cargo-nextest runs the tests.
+# leaves the page cache as it found it; logrotate (and gzip) for the test of the installed
+# rotation. Rust: cargo-nextest runs the tests.
 set -euo pipefail
 export PATH="$PATH:/usr/sbin:/sbin"
 
@@ -19,6 +19,8 @@ command -v jq >/dev/null 2>&1 || need_apt+=(jq)
 command -v nft >/dev/null 2>&1 || need_apt+=(nftables)
 command -v miniupnpd >/dev/null 2>&1 || need_apt+=(miniupnpd-nftables)
 command -v fincore >/dev/null 2>&1 || need_apt+=(util-linux-extra)
+command -v logrotate >/dev/null 2>&1 || need_apt+=(logrotate)
+command -v gzip >/dev/null 2>&1 || need_apt+=(gzip)
 if [ ${#need_apt[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"

@@ -3,7 +3,7 @@
 #
 # usage: scripts/install.sh [--uninstall] [--prefix DIR] [--bin-dir DIR] [--user NAME]
 #                           [--home DIR] [--storage DIR] [--log-dir DIR] [--system-dir DIR]
-#                           [--mailto ADDRESS] [--no-system]
+#                           [--logrotate-dir DIR] [--mailto ADDRESS] [--no-system]
 #
 #   --prefix DIR      where the tools, man pages, completions and scripts go [/usr/local]
 #   --bin-dir DIR     the built tools to install [the repository's target/release]
@@ -14,15 +14,17 @@
 #   --mailto ADDRESS  where cron mails what needs a person [kept from the user's crontab]
 #   --log-dir DIR     where cron's lines write their logs [/var/log/kaana]
 #   --system-dir DIR  where the systemd unit goes [/etc/systemd/system]
-#   --no-system       only files under --prefix (no unit, no crontab, no log directory, no
-#                     user needed): for a try-out, or a machine set up by other means
+#   --logrotate-dir DIR  where logrotate's file for the logs goes [/etc/logrotate.d]
+#   --no-system       only files under --prefix (no unit, no crontab, no log directory or
+#                     rotation, no user needed): for a try-out, or a machine set up by other means
 #
 # Installs: PREFIX/bin/kaana-{offer,sync,challenge,prune}; their man pages
 # (PREFIX/share/man/man1) and bash completions (PREFIX/share/bash-completion/completions);
-# PREFIX/share/kaana/{backup.sh,crontab,70-kaana-volume.rules.example}; and, unless
-# --no-system (then run it as root): the systemd unit (not started), the crontab lines for the
-# user (between "# >>> kaana" and "# <<< kaana"; the user's other lines stay, and so does its
-# MAILTO unless --mailto), and the log directory owned by the user. Paths in the unit and
+# PREFIX/share/kaana/{backup.sh,crontab,kaana.logrotate,70-kaana-volume.rules.example}; and,
+# unless --no-system (then run it as root): the systemd unit (not started), the crontab lines for
+# the user (between "# >>> kaana" and "# <<< kaana"; the user's other lines stay, and so does its
+# MAILTO unless --mailto), the log directory owned by the user, and logrotate's file for the
+# logs and the node's events.jsonl (monthly, or past 64 MB; 24 kept). Paths in the unit and
 # crontab follow the options. It creates no user and no node: see the README, "A real set-up".
 # --uninstall removes what it installed (the state directory, logs, user and the crontab's
 # other lines stay). Exit 0 done, 2 could not.
@@ -30,19 +32,20 @@ set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 
 prefix=/usr/local bin_dir="" user=kaana home=/var/lib/kaana log_dir=/var/log/kaana
-system_dir=/etc/systemd/system system=yes uninstall=no storage="" mailto=""
+system_dir=/etc/systemd/system logrotate_dir=/etc/logrotate.d system=yes uninstall=no storage="" mailto=""
 tools=(kaana-offer kaana-sync kaana-challenge kaana-prune)
 die() { echo "install.sh: $*" >&2; exit 2; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --uninstall) uninstall=yes; shift ;;
     --no-system) system=no; shift ;;
-    --prefix|--bin-dir|--user|--home|--storage|--log-dir|--system-dir|--mailto)
+    --prefix|--bin-dir|--user|--home|--storage|--log-dir|--system-dir|--logrotate-dir|--mailto)
       [ $# -ge 2 ] || die "$1 needs a value"
       case "$2" in *[[:space:]\\\#\&%]*) die "$1 $2: no spaces or \\ # & % in it, please (it goes into the unit and crontab)" ;; esac
       case "$1" in
         --prefix) prefix=$2 ;; --bin-dir) bin_dir=$2 ;; --user) user=$2 ;; --home) home=$2 ;;
         --storage) storage=$2 ;; --log-dir) log_dir=$2 ;; --system-dir) system_dir=$2 ;; --mailto) mailto=$2 ;;
+        --logrotate-dir) logrotate_dir=$2 ;;
       esac
       shift 2 ;;
     -h|--help) sed -n '2,/^set -e/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
@@ -52,7 +55,7 @@ done
 # Paths as given, from where it was run; then it works from the repository's root.
 absolute() { case "$1" in /*) echo "$1" ;; *) echo "$PWD/$1" ;; esac; }
 prefix=$(absolute "$prefix") bin_dir=$(absolute "${bin_dir:-$repo/target/release}") home=$(absolute "$home")
-log_dir=$(absolute "$log_dir") system_dir=$(absolute "$system_dir")
+log_dir=$(absolute "$log_dir") system_dir=$(absolute "$system_dir") logrotate_dir=$(absolute "$logrotate_dir")
 [ -n "$storage" ] && storage=$(absolute "$storage")
 cd "$repo"
 if [ "$system" = yes ] && [ "$(id -u)" != 0 ]; then
@@ -62,12 +65,14 @@ share=$prefix/share/kaana
 man_dir=$prefix/share/man/man1
 completions=$prefix/share/bash-completion/completions
 unit=$system_dir/kaana-sync.service
+rotation=$logrotate_dir/kaana
 
-# The unit and crontab, with this machine's paths.
+# The unit, crontab and rotation, with this machine's paths and user (its group: its own).
 localise() {
   sed -e "s#/usr/local/share/kaana#$share#g" -e "s#/usr/local/bin#$prefix/bin#g" \
       -e "s#/var/lib/kaana#$home#g" -e "s#/var/log/kaana#$log_dir#g" \
       -e "s#^User=kaana#User=$user#" -e "s#-u kaana #-u $user #g" \
+      -e "s#^\([[:space:]]*su\) kaana kaana\$#\1 $user $(id -gn "$user" 2>/dev/null || echo "$user")#" \
       -e "s#^ReadWritePaths=.*#ReadWritePaths=$home${storage:+ $storage}#" "$1"
 }
 # The user's crontab without our lines.
@@ -77,7 +82,7 @@ if [ "$uninstall" = yes ]; then
   for t in "${tools[@]}"; do
     rm -f "$prefix/bin/$t" "$man_dir/$t.1" "$completions/$t"
   done
-  rm -f "$share/backup.sh" "$share/crontab" "$share/70-kaana-volume.rules.example"
+  rm -f "$share/backup.sh" "$share/crontab" "$share/kaana.logrotate" "$share/70-kaana-volume.rules.example"
   rmdir "$share" 2>/dev/null || true
   if [ "$system" = yes ]; then
     if [ -f "$unit" ]; then
@@ -85,6 +90,7 @@ if [ "$uninstall" = yes ]; then
       rm -f "$unit"
       command -v systemctl >/dev/null && systemctl daemon-reload 2>/dev/null || true
     fi
+    rm -f "$rotation"
     if command -v crontab >/dev/null && crontab -u "$user" -l 2>/dev/null | grep -q '^# >>> kaana'; then
       rest=$(others)
       if [ -n "$(grep -v '^[[:space:]]*\(#\|$\)' <<<"$rest")" ]; then
@@ -114,15 +120,22 @@ for t in "${tools[@]}"; do
 done
 install -m 0755 scripts/backup.sh "$share/backup.sh"
 localise scripts/crontab.example >"$share/crontab"
+localise scripts/kaana.logrotate >"$share/kaana.logrotate"
 install -m 0644 scripts/70-kaana-volume.rules.example "$share/70-kaana-volume.rules.example"
 if [ "$system" = yes ]; then
   install -d -m 0750 -o "$user" -g "$(id -gn "$user")" "$log_dir"
   install -d "$system_dir"
   localise scripts/kaana-sync.service >"$unit"
+  # logrotate reads only files owned by root and written by no one else.
+  install -d "$logrotate_dir"
+  install -m 0644 "$share/kaana.logrotate" "$rotation"
+  command -v logrotate >/dev/null || echo "install.sh: no logrotate here: apt-get install logrotate, or" \
+    "$log_dir and $home/events.jsonl grow without end" >&2
   command -v systemctl >/dev/null && systemctl daemon-reload 2>/dev/null || true
   if command -v crontab >/dev/null; then
     # Our lines between markers, after the user's own; its MAILTO kept unless --mailto.
-    [ -z "$mailto" ] && mailto=$(crontab -u "$user" -l 2>/dev/null | sed -n 's/^MAILTO=//p' | tail -1)
+    # (A user with no crontab yet: `crontab -l` fails, and there is no MAILTO to keep.)
+    [ -z "$mailto" ] && mailto=$(crontab -u "$user" -l 2>/dev/null | sed -n 's/^MAILTO=//p' | tail -1 || true)
     rest=$(others) # read whole before the new table is written
     { if [ -n "$rest" ]; then printf '%s\n' "$rest"; fi
       echo "# >>> kaana (scripts/install.sh; --uninstall removes these lines)"
@@ -133,7 +146,7 @@ if [ "$system" = yes ]; then
     echo "install.sh: no crontab command here: install $share/crontab for $user by hand" >&2
   fi
   echo "install.sh: installed in $prefix; unit $unit (start it: systemctl enable --now kaana-sync);" \
-       "crontab for $user (set MAILTO: crontab -u $user -e); logs in $log_dir" >&2
+       "crontab for $user (set MAILTO: crontab -u $user -e); logs in $log_dir, rotated by $rotation" >&2
 else
   echo "install.sh: installed in $prefix (no unit, crontab or log directory: --no-system)" >&2
 fi

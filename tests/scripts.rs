@@ -278,20 +278,13 @@ fn the_installed_crontab_runs_under_crons_environment() {
 /// the table in a file, so that no real user's crontab is touched.)
 #[test]
 fn install_sh_for_the_system_keeps_the_users_crontab_and_takes_back_only_its_own() {
-    use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+    use std::os::unix::fs::MetadataExt as _;
     if fs::metadata("/proc/self").unwrap().uid() != 0 {
         eprintln!("not run: installing for the system needs root");
         return;
     }
     let work = tempfile::tempdir().unwrap();
-    let (shims, table) = (work.path().join("shims"), work.path().join("table"));
-    fs::create_dir(&shims).unwrap();
-    let shim = format!(
-        "#!/bin/sh\n# crontab -u USER (-l | - | -r)\ncase \"$3\" in\n  -l) cat {t} 2>/dev/null || exit 1 ;;\n  -) cat > {t} ;;\n  -r) rm -f {t} ;;\nesac\n",
-        t = table.display()
-    );
-    fs::write(shims.join("crontab"), shim).unwrap();
-    fs::set_permissions(shims.join("crontab"), fs::Permissions::from_mode(0o755)).unwrap();
+    let (shims, table) = crontab_shim(work.path());
     let mine = "MAILTO=me@example.org\n0 1 * * * echo mine\n";
     fs::write(&table, mine).unwrap();
     let (prefix, system, logs, storage) =
@@ -302,6 +295,7 @@ fn install_sh_for_the_system_keeps_the_users_crontab_and_takes_back_only_its_own
             .args(["--prefix", prefix.to_str().unwrap(), "--bin-dir", bin_dir().to_str().unwrap(), "--user", "nobody"])
             .args(["--home", "/var/lib/kaana-test", "--storage", storage.to_str().unwrap()])
             .args(["--log-dir", logs.to_str().unwrap(), "--system-dir", system.to_str().unwrap()])
+            .args(["--logrotate-dir", work.path().join("logrotate.d").to_str().unwrap()])
             .args(extra)
             .env("PATH", format!("{}:{}", shims.display(), std::env::var("PATH").unwrap_or_default()))
             .output()
@@ -309,6 +303,9 @@ fn install_sh_for_the_system_keeps_the_users_crontab_and_takes_back_only_its_own
     };
     let out = install(&[]);
     assert_success(&out);
+    let rotation = fs::read_to_string(work.path().join("logrotate.d/kaana")).unwrap();
+    let paths = format!("{}/*.jsonl /var/lib/kaana-test/events.jsonl {{", logs.display());
+    assert!(rotation.contains(&paths) && rotation.contains("\tsu nobody nogroup\n"), "{rotation}");
     let unit = fs::read_to_string(system.join("kaana-sync.service")).unwrap();
     assert!(
         unit.contains("User=nobody") && unit.contains(&format!("ExecStart={}/bin/kaana-sync serve", prefix.display()))
@@ -325,11 +322,96 @@ fn install_sh_for_the_system_keeps_the_users_crontab_and_takes_back_only_its_own
     assert_success(&install(&["--uninstall"]));
     assert_eq!(fs::read_to_string(&table).unwrap(), mine);
     assert!(!system.join("kaana-sync.service").exists() && !prefix.join("bin/kaana-sync").exists());
+    assert!(!work.path().join("logrotate.d/kaana").exists());
     // A path that would break the unit or the crontab is refused, before anything is installed.
     let out = install(&["--prefix", "/opt/my kaana"]);
     assert_exit(&out, 2);
     assert!(stderr(&out).contains("no spaces"), "{}", stderr(&out));
     assert!(!prefix.exists() || !prefix.join("bin/kaana-sync").exists());
+}
+
+/// A stand-in for `crontab` in `dir/shims` that keeps the table in `dir/table` (so that no real
+/// user's crontab is touched): the shims folder to put first in `PATH`, and the table.
+fn crontab_shim(dir: &Path) -> (PathBuf, PathBuf) {
+    use std::os::unix::fs::PermissionsExt as _;
+    let (shims, table) = (dir.join("shims"), dir.join("table"));
+    fs::create_dir(&shims).unwrap();
+    let shim = format!(
+        "#!/bin/sh\n# crontab -u USER (-l | - | -r)\ncase \"$3\" in\n  -l) cat {t} 2>/dev/null || exit 1 ;;\n  -) cat > {t} ;;\n  -r) rm -f {t} ;;\nesac\n",
+        t = table.display()
+    );
+    fs::write(shims.join("crontab"), shim).unwrap();
+    fs::set_permissions(shims.join("crontab"), fs::Permissions::from_mode(0o755)).unwrap();
+    (shims, table)
+}
+/// The rotation `install.sh` installs, run by the real `logrotate` (forced, as its daily run does
+/// once a month): cron's logs and the node's `events.jsonl` are renamed, the older ones
+/// compressed; the node goes on, each tool writing a fresh `events.jsonl`, and no line is lost.
+#[test]
+fn the_installed_rotation_renames_the_logs_and_the_node_writes_on() {
+    use std::os::unix::fs::MetadataExt as _;
+    if fs::metadata("/proc/self").unwrap().uid() != 0 {
+        eprintln!("not run: installing for the system needs root");
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let volume = work.path().join("vol.img");
+    fs::write(&volume, pseudo_random(1 << 20, 11)).unwrap();
+    let Pair { a, b: _b, sa: _sa, sb: _sb, contract } = contracted_pair(&volume, "16MiB");
+    // The user has no crontab yet, and no --mailto is given (install.sh once stopped there,
+    // silently, with exit 1).
+    let (shims, table) = crontab_shim(work.path());
+    let (logs, rotation) = (work.path().join("log"), work.path().join("logrotate.d/kaana"));
+    let user = String::from_utf8(Command::new("id").arg("-un").output().unwrap().stdout).unwrap();
+    let out = Command::new("bash")
+        .arg(repo().join("scripts/install.sh"))
+        .args(["--prefix", work.path().join("usr").to_str().unwrap(), "--bin-dir", bin_dir().to_str().unwrap()])
+        .args(["--user", user.trim(), "--home", a.home.to_str().unwrap(), "--log-dir", logs.to_str().unwrap()])
+        .args(["--system-dir", work.path().join("systemd").to_str().unwrap()])
+        .args(["--logrotate-dir", work.path().join("logrotate.d").to_str().unwrap()])
+        .env("PATH", format!("{}:{}", shims.display(), std::env::var("PATH").unwrap_or_default()))
+        .output()
+        .unwrap();
+    assert_success(&out);
+    assert!(fs::read_to_string(&table).unwrap().contains("# >>> kaana"), "{}", stderr(&out));
+    let (events, log) = (a.home.join("events.jsonl"), logs.join("backup.jsonl"));
+    let push = |n: u64| {
+        let out = a.run("kaana-sync", &["push", &contract]);
+        assert_success(&out);
+        let mut file = fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
+        std::io::Write::write_all(&mut file, &out.stdout).unwrap();
+        let line: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(line["generation"], n, "{line}");
+    };
+    let rotate = || {
+        let out = Command::new("logrotate")
+            .args(["--force", "--state", work.path().join("logrotate.state").to_str().unwrap()])
+            .arg(&rotation)
+            .output()
+            .expect("logrotate (scripts/install-deps.sh installs it)");
+        assert_success(&out);
+    };
+    let read = |path: &Path| fs::read_to_string(path).unwrap();
+    push(1);
+    let (first_events, first_log) = (read(&events), read(&log));
+    assert!(first_events.contains("\"event\":\"push\""), "{first_events}");
+    rotate();
+    assert!(!events.exists() && !log.exists(), "renamed, no empty file made in their place");
+    assert_eq!(read(&a.home.join("events.jsonl.1")), first_events);
+    assert_eq!(read(&logs.join("backup.jsonl.1")), first_log);
+    // The node goes on: a push writes a fresh events.jsonl, and the next rotation compresses
+    // the first.
+    fs::write(&volume, pseudo_random(1 << 20, 12)).unwrap();
+    push(2);
+    let second_events = read(&events);
+    assert!(second_events.contains("\"event\":\"push\"") && !second_events.contains(first_events.trim()));
+    rotate();
+    assert_eq!(read(&a.home.join("events.jsonl.1")), second_events);
+    let unzipped = Command::new("gzip").arg("-dc").arg(a.home.join("events.jsonl.2.gz")).output().unwrap();
+    assert_success(&unzipped);
+    assert_eq!(String::from_utf8(unzipped.stdout).unwrap(), first_events);
+    assert!(logs.join("backup.jsonl.2.gz").exists());
+    assert_success(&a.run("kaana-offer", &["contracts"]));
 }
 
 #[test]
