@@ -41,7 +41,12 @@ while [ $# -gt 0 ]; do
     --no-system) system=no; shift ;;
     --prefix|--bin-dir|--user|--home|--storage|--log-dir|--system-dir|--logrotate-dir|--mailto)
       [ $# -ge 2 ] || die "$1 needs a value"
-      case "$2" in *[[:space:]\\\#\&%]*) die "$1 $2: no spaces or \\ # & % in it, please (it goes into the unit and crontab)" ;; esac
+      # It goes into the unit, the crontab and logrotate's file, each with its own special
+      # characters: plain names only.
+      case "$2" in
+        ""|*[![:alnum:]._/@+:=-]*)
+          die "$1 '$2': only letters, digits and . _ / @ + : = - in it, please (no spaces: it goes into the unit, crontab and log rotation)" ;;
+      esac
       case "$1" in
         --prefix) prefix=$2 ;; --bin-dir) bin_dir=$2 ;; --user) user=$2 ;; --home) home=$2 ;;
         --storage) storage=$2 ;; --log-dir) log_dir=$2 ;; --system-dir) system_dir=$2 ;; --mailto) mailto=$2 ;;
@@ -57,6 +62,10 @@ absolute() { case "$1" in /*) echo "$1" ;; *) echo "$PWD/$1" ;; esac; }
 prefix=$(absolute "$prefix") bin_dir=$(absolute "${bin_dir:-$repo/target/release}") home=$(absolute "$home")
 log_dir=$(absolute "$log_dir") system_dir=$(absolute "$system_dir") logrotate_dir=$(absolute "$logrotate_dir")
 [ -n "$storage" ] && storage=$(absolute "$storage")
+# logrotate's file names both: the logs' *.jsonl would take in events.jsonl twice.
+[ "${log_dir%/}" != "${home%/}" ] || die "--log-dir $log_dir: not the state directory itself, please"
+# The user's group for logrotate's `su`, as a number (a name may hold spaces, or be missing).
+group=$(id -g "$user" 2>/dev/null) || group=$user
 cd "$repo"
 if [ "$system" = yes ] && [ "$(id -u)" != 0 ]; then
   die "installing the unit, crontab and log directory needs root (or pass --no-system)"
@@ -67,12 +76,12 @@ completions=$prefix/share/bash-completion/completions
 unit=$system_dir/kaana-sync.service
 rotation=$logrotate_dir/kaana
 
-# The unit, crontab and rotation, with this machine's paths and user (its group: its own).
+# The unit, crontab and rotation, with this machine's paths and user.
 localise() {
   sed -e "s#/usr/local/share/kaana#$share#g" -e "s#/usr/local/bin#$prefix/bin#g" \
       -e "s#/var/lib/kaana#$home#g" -e "s#/var/log/kaana#$log_dir#g" \
       -e "s#^User=kaana#User=$user#" -e "s#-u kaana #-u $user #g" \
-      -e "s#^\([[:space:]]*su\) kaana kaana\$#\1 $user $(id -gn "$user" 2>/dev/null || echo "$user")#" \
+      -e "s#^\([[:space:]]*su\) kaana kaana\$#\1 $user $group#" \
       -e "s#^ReadWritePaths=.*#ReadWritePaths=$home${storage:+ $storage}#" "$1"
 }
 # The user's crontab without our lines.
@@ -91,7 +100,8 @@ if [ "$uninstall" = yes ]; then
       command -v systemctl >/dev/null && systemctl daemon-reload 2>/dev/null || true
     fi
     rm -f "$rotation"
-    if command -v crontab >/dev/null && crontab -u "$user" -l 2>/dev/null | grep -q '^# >>> kaana'; then
+    # (grep reads it all: with -q, a crontab cut short by its early exit failed the pipe.)
+    if command -v crontab >/dev/null && crontab -u "$user" -l 2>/dev/null | grep '^# >>> kaana' >/dev/null; then
       rest=$(others)
       if [ -n "$(grep -v '^[[:space:]]*\(#\|$\)' <<<"$rest")" ]; then
         printf '%s\n' "$rest" | crontab -u "$user" -

@@ -305,7 +305,7 @@ fn install_sh_for_the_system_keeps_the_users_crontab_and_takes_back_only_its_own
     assert_success(&out);
     let rotation = fs::read_to_string(work.path().join("logrotate.d/kaana")).unwrap();
     let paths = format!("{}/*.jsonl /var/lib/kaana-test/events.jsonl {{", logs.display());
-    assert!(rotation.contains(&paths) && rotation.contains("\tsu nobody nogroup\n"), "{rotation}");
+    assert!(rotation.contains(&paths) && rotation.contains("\tsu nobody 65534\n"), "{rotation}");
     let unit = fs::read_to_string(system.join("kaana-sync.service")).unwrap();
     assert!(
         unit.contains("User=nobody") && unit.contains(&format!("ExecStart={}/bin/kaana-sync serve", prefix.display()))
@@ -327,6 +327,8 @@ fn install_sh_for_the_system_keeps_the_users_crontab_and_takes_back_only_its_own
     let out = install(&["--prefix", "/opt/my kaana"]);
     assert_exit(&out, 2);
     assert!(stderr(&out).contains("no spaces"), "{}", stderr(&out));
+    // So is a log directory that is the state directory (its *.jsonl would be events.jsonl too).
+    assert_exit(&install(&["--log-dir", "/var/lib/kaana-test/"]), 2);
     assert!(!prefix.exists() || !prefix.join("bin/kaana-sync").exists());
 }
 
