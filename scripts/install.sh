@@ -17,6 +17,8 @@
 #   --logrotate-dir DIR  where logrotate's file for the logs goes [/etc/logrotate.d]
 #   --no-system       only files under --prefix (no unit, no crontab, no log directory or
 #                     rotation, no user needed): for a try-out, or a machine set up by other means
+# Values hold letters, digits and . _ / @ + : = - only (they go into the unit, crontab and
+# logrotate's file), and --log-dir is not --home.
 #
 # Installs: PREFIX/bin/kaana-{offer,sync,challenge,prune}; their man pages
 # (PREFIX/share/man/man1) and bash completions (PREFIX/share/bash-completion/completions);
