@@ -1,6 +1,7 @@
 //! The node server over real QUIC on 127.0.0.1: authentication by node keys, bad input, load,
 //! and a graceful stop.
 
+use std::process::Stdio;
 use std::time::Duration;
 
 use kaana_proto::net::transport::{Client, NetError, read_frame};
@@ -662,4 +663,178 @@ fn one_host_that_shows_its_address_and_stalls_holds_few_handshake_places() {
         assert!(std::time::Instant::now() < deadline, "still refused 30 s on: {e}");
         std::thread::sleep(Duration::from_millis(500));
     }
+}
+
+/// One lane of a peer stalling its pushes: a 4 MiB extent announced, and a part of 64 KiB sent
+/// every second (within the test holders' time-out for a part, and within the allowance for
+/// the whole: a minute), again and again. Counts the extents it began and the `busy` answers.
+async fn stall(
+    conn: kaana_proto::net::transport::Connection,
+    contract: kaana_proto::protocol::market::RecordId,
+    lane: u64,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    counts: std::sync::Arc<[std::sync::atomic::AtomicU64; 2]>,
+) {
+    use std::sync::atomic::Ordering::Relaxed;
+    while !stop.load(Relaxed) {
+        let put = Request::PutExtent { contract, offset: (lane % 4) * (4 << 20), hash: [lane as u8; 32], len: 4 << 20 };
+        let Ok(mut ex) = conn.open(&put).await else { return };
+        counts[0].fetch_add(1, Relaxed);
+        while !stop.load(Relaxed) {
+            let part = tokio::time::timeout(Duration::from_secs(5), ex.send.write_all(&[7u8; 64 << 10])).await;
+            if !matches!(part, Ok(Ok(()))) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        let reply = tokio::time::timeout(Duration::from_secs(5), ex.reply()).await;
+        if let Ok(Err(NetError::Remote(e))) = reply
+            && e.code == ErrorCode::Busy
+        {
+            counts[1].fetch_add(1, Relaxed);
+        }
+    }
+}
+
+/// Peers stalling their pushes to the server `node` at `addr` (each: its key, its contract
+/// there, and how many extents it keeps going at once), on their own runtime until `stop`.
+/// `counts`: the extents they began, and the `busy` answers they got.
+struct Stalling {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    counts: std::sync::Arc<[std::sync::atomic::AtomicU64; 2]>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Stalling {
+    fn start(node: NodeId, addr: &str, peers: Vec<(Identity, String, u64)>) -> Self {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, AtomicU64};
+        let (stop, counts) = (Arc::new(AtomicBool::new(false)), Arc::new([AtomicU64::new(0), AtomicU64::new(0)]));
+        let (s, c, addr) = (stop.clone(), counts.clone(), addr.to_owned());
+        let thread = std::thread::spawn(move || {
+            runtime().block_on(async {
+                let (mut lanes, mut clients) = (tokio::task::JoinSet::new(), Vec::new());
+                for (key, contract, n) in peers {
+                    let client = Client::new(key);
+                    let conn = client.connect(node, &addr).await.unwrap();
+                    for lane in 0..n {
+                        lanes.spawn(stall(conn.clone(), contract.parse().unwrap(), lane, s.clone(), c.clone()));
+                    }
+                    clients.push((client, conn));
+                }
+                while lanes.join_next().await.is_some() {}
+            })
+        });
+        Stalling { stop, counts, thread }
+    }
+
+    fn began(&self) -> u64 {
+        self.counts[0].load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn cut(&self) -> u64 {
+        self.counts[1].load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Waits until `what` holds (10 s at most, or 30 for the start of the stalling).
+    fn wait(&self, what: impl Fn(&Self) -> bool, why: &str) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !what(self) {
+            assert!(std::time::Instant::now() < deadline, "{why}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn stop(self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().unwrap();
+    }
+}
+
+/// Two contract peers that hold every place a holder receives extents through (half each), and
+/// send slowly, keep no place from a third: its push asks for one, the holder cuts short a
+/// stalled extent for it (`busy` to the staller: one coming in for longer than a quarter of the
+/// holder's read time-out), and the push goes through while they go on. (Before, it waited
+/// until their extents were in: a minute here, nearly five at the slowest a holder allows.)
+#[test]
+fn two_peers_stalling_their_pushes_keep_no_place_from_a_third() {
+    let work = tempfile::tempdir().unwrap();
+    let volume = work.path().join("a.img");
+    std::fs::write(&volume, pseudo_random(16 << 20, 31)).unwrap();
+    let b = TestNode::init_with(&["--capacity", "1GiB"]);
+    // An extent is slow past 2 s.
+    let sb = ServerProc::start(&b, &["--read-timeout", "8s"]);
+    let a = TestNode::init_with(&["--capacity", "1GiB", "--volume", volume.to_str().unwrap()]);
+    let stallers = [TestNode::init_with(&["--capacity", "1GiB"]), TestNode::init_with(&["--capacity", "1GiB"])];
+    let _servers: Vec<ServerProc> =
+        [&a, &stallers[0], &stallers[1]].into_iter().map(|n| ServerProc::start(n, &[])).collect();
+    let ab = make_contract_sized(&b, &sb, &a, "64MiB");
+    let peers = stallers.iter().map(|s| (s.identity(), make_contract_sized(&b, &sb, s, "64MiB"), 4)).collect();
+    let stalling = Stalling::start(sb.node.parse().unwrap(), &sb.addr, peers);
+    // The eight places taken, and a part or two in.
+    stalling.wait(|s| s.began() >= 8, "the stallers never got going");
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(stalling.cut(), 0, "no staller was cut before anyone else asked");
+
+    // The honest peer's push, each of its requests waiting at most 10 s for an answer.
+    let out = a.cmd("kaana-sync").env("KAANA_READ_TIMEOUT", "10s").args(["push", &ab]).output().unwrap();
+    assert_success(&out);
+    assert_eq!(one_json::<serde_json::Value>(&out)["generation"], 1);
+    // The staller hears it at its next part.
+    stalling.wait(|s| s.cut() >= 1, "no staller was told its extent was cut short");
+    stalling.stop();
+    assert_success(&a.run("kaana-sync", &["verify", &ab]));
+}
+
+/// An owner whose extent the holder cuts short for another peer (it held more places than its
+/// share, and the extent was slow, when a peer holding none asked) sends it again, and its push
+/// goes through. Here the owner pushes extents of 64 MiB, eight at a time (at 128 MiB/s: two
+/// seconds or more each, slow past half a second, the holder's read time-out being 2 s), and so
+/// holds its four places with two more waiting; a staller takes the other four; a second one asks: the
+/// place is the owner's (of two holding as many, the smaller id gives one up; the stallers'
+/// ids are chosen larger).
+#[test]
+fn an_extent_cut_short_for_another_peer_is_sent_again() {
+    let work = tempfile::tempdir().unwrap();
+    let (volume, log) = (work.path().join("a.img"), work.path().join("b.log"));
+    let data = pseudo_random(384 << 20, 33);
+    std::fs::write(&volume, &data).unwrap();
+    let b = TestNode::init_with(&["--capacity", "2GiB"]);
+    let sb = ServerProc::start_logged(&b, &["--read-timeout", "2s"], &log);
+    let a = TestNode::init_with(&["--capacity", "2GiB", "--volume", volume.to_str().unwrap()]);
+    let a_id: NodeId = a.id().parse().unwrap();
+    let staller = || loop {
+        let s = TestNode::init_with(&["--capacity", "1GiB"]);
+        if s.id().parse::<NodeId>().unwrap() > a_id {
+            return s;
+        }
+    };
+    let stallers = [staller(), staller()];
+    let _servers: Vec<ServerProc> =
+        [&a, &stallers[0], &stallers[1]].into_iter().map(|n| ServerProc::start(n, &[])).collect();
+    let ab = make_contract_sized(&b, &sb, &a, "512MiB");
+    let contracts: Vec<String> = stallers.iter().map(|s| make_contract_sized(&b, &sb, s, "64MiB")).collect();
+    let push = a
+        .cmd("kaana-sync")
+        .args(["push", &ab, "--limit-rate", "128MiB", "--extent-size", "64MiB"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let node: NodeId = sb.node.parse().unwrap();
+    let first = Stalling::start(node, &sb.addr, vec![(stallers[0].identity(), contracts[0].clone(), 4)]);
+    first.wait(|s| s.began() >= 4, "the first staller never got going");
+    std::thread::sleep(Duration::from_millis(300));
+    let second = Stalling::start(node, &sb.addr, vec![(stallers[1].identity(), contracts[1].clone(), 4)]);
+    let out = push.wait_with_output().unwrap();
+    assert_success(&out);
+    assert_eq!(one_json::<serde_json::Value>(&out)["generation"], 1);
+    let said = std::fs::read_to_string(&log).unwrap();
+    let cut = format!("node {}: put_extent refused: this extent came in too slowly", a_id.short());
+    assert!(said.contains(&cut), "the owner's extent was not cut: {said}");
+    second.stop();
+    first.stop();
+    let back = work.path().join("back.img");
+    assert_success(&a.run("kaana-sync", &["restore", &ab, "--out", back.to_str().unwrap()]));
+    assert!(std::fs::read(&back).unwrap() == data, "the restore is the volume");
 }
