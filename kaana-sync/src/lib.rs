@@ -50,8 +50,7 @@ pub enum Command {
         /// Address to bind instead of the config's (port 0 picks a free port).
         #[arg(long, value_name = "ADDR")]
         listen: Option<SocketAddr>,
-        /// Time-out on every read from a client, e.g. 30s. An extent still coming in after a
-        /// quarter of it may be cut short (`busy`) for a peer that waits for a place to send one.
+        /// Time-out on every read from a client, e.g. 30s.
         #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration_arg)]
         read_timeout: Duration,
         /// Challenges a contract's peer may send an hour under each contract (up to that many at

@@ -188,34 +188,29 @@ impl ServerProc {
     /// Starts `kaana-sync serve` for `node` on 127.0.0.1 (a free port) with `extra` arguments,
     /// and waits for its first line.
     pub fn start(node: &TestNode, extra: &[&str]) -> Self {
-        Self::spawn(node.cmd("kaana-sync"), extra, Stdio::inherit())
-    }
-
-    /// As [`ServerProc::start`], its log (stderr) going to the file `log`.
-    pub fn start_logged(node: &TestNode, extra: &[&str], log: &Path) -> Self {
-        Self::spawn(node.cmd("kaana-sync"), extra, std::fs::File::create(log).expect("the log file").into())
+        Self::spawn(node.cmd("kaana-sync"), extra)
     }
 
     /// As [`ServerProc::start`], from `cmd` (a node's `kaana-sync`, or a wrapper that runs it).
     pub fn start_cmd(cmd: Command) -> Self {
-        Self::spawn(cmd, &[], Stdio::inherit())
+        Self::spawn(cmd, &[])
     }
 
     /// As [`ServerProc::start`], with the server's clock set to `t` (`KAANA_NOW`).
     pub fn start_at(node: &TestNode, extra: &[&str], t: u64) -> Self {
         let mut cmd = node.cmd("kaana-sync");
         cmd.env("KAANA_NOW", at(t));
-        Self::spawn(cmd, extra, Stdio::inherit())
+        Self::spawn(cmd, extra)
     }
 
-    fn spawn(mut cmd: Command, extra: &[&str], log: Stdio) -> Self {
+    fn spawn(mut cmd: Command, extra: &[&str]) -> Self {
         use std::io::BufRead as _;
         let mut child = cmd
             .arg("serve")
             .args(if extra.contains(&"--listen") { &[][..] } else { &["--listen", "127.0.0.1:0"][..] })
             .args(extra)
             .stdout(Stdio::piped())
-            .stderr(log)
+            .stderr(Stdio::inherit())
             .spawn()
             .expect("start kaana-sync serve");
         let stdout = child.stdout.take().expect("stdout");

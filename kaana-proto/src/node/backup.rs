@@ -469,7 +469,10 @@ pub async fn push(
             sends.spawn(async move {
                 let _permit = permit;
                 let sent = match out {
-                    Out::Whole(data) => put_whole(&conn, (id, offset, hash), Some(data), again).await,
+                    Out::Whole(data) => put(&conn, id, offset, hash, data)
+                        .await
+                        .map(|bytes| Sent { bytes, amended: None })
+                        .map_err(Unsent::Net),
                     Out::Patch { base, parts, data } => {
                         patch(&conn, (id, offset, hash), (base, parts), data, again, &whole).await
                     }
@@ -963,44 +966,6 @@ async fn put(
     }
 }
 
-/// Times in all an extent is sent whole when the holder cuts it short to give its place to
-/// another peer (`busy`: a holder shares its places among the peers pushing to it).
-const CUT_TRIES: u32 = 8;
-/// The pause before the first of those again; each later one waits longer by as much.
-const CUT_PAUSE: std::time::Duration = std::time::Duration::from_millis(100);
-
-/// Sends an extent whole ([`put`]): `data`, encoded, or the extent read again ([`Again`]) if
-/// `None`. One the holder cuts short for another peer's (`busy`) is read again and sent again,
-/// after a pause, up to [`CUT_TRIES`] times in all.
-async fn put_whole(
-    conn: &Connection,
-    (contract, offset, hash): (RecordId, u64, ExtentHash),
-    mut data: Option<Pooled>,
-    again: Again,
-) -> Result<Sent, Unsent> {
-    let mut amended = None;
-    let mut tries = 1;
-    loop {
-        let data = match data.take() {
-            Some(data) => data,
-            None => {
-                let (data, a) = again.clone().encoded().await?;
-                amended = a;
-                data
-            }
-        };
-        let hash = amended.as_ref().map_or(hash, |a: &Amended| a.hash);
-        match put(conn, contract, offset, hash, data).await {
-            Ok(bytes) => return Ok(Sent { bytes, amended }),
-            Err(NetError::Remote(e)) if e.code == crate::net::wire::ErrorCode::Busy && tries < CUT_TRIES => {
-                tokio::time::sleep(CUT_PAUSE * tries).await;
-                tries += 1;
-            }
-            Err(e) => return Err(e.into()),
-        }
-    }
-}
-
 /// Why an extent was not stored.
 enum Unsent {
     /// The holder, or the link to it.
@@ -1039,7 +1004,6 @@ struct Amended {
 
 /// What reading an extent again takes: the volume, the extent's index and the marks it was
 /// recorded with, a buffer and the keys.
-#[derive(Clone)]
 struct Again {
     volume: Arc<Volume>,
     index: u64,
@@ -1091,7 +1055,7 @@ async fn patch(
     let part = data.len() / push::PARTS;
     if whole.load(Ordering::Relaxed) {
         // The parts are encoded already; the others are still the volume's bytes.
-        let keystream = again.keys.stream.clone();
+        let keystream = again.keys.stream;
         let data = tokio::task::spawn_blocking(move || {
             for j in push::each_part(!parts) {
                 keystream.apply(offset + (j * part) as u64, &mut data[j * part..(j + 1) * part]);
@@ -1100,7 +1064,7 @@ async fn patch(
         })
         .await
         .map_err(|e| NetError::Lost(e.to_string()))?;
-        return put_whole(conn, (contract, offset, hash), Some(data), again).await;
+        return Ok(Sent { bytes: put(conn, contract, offset, hash, data).await?, amended: None });
     }
     let mut sent = 0u64;
     let mut ex = conn.open(&Request::PatchExtent { contract, offset, base, hash, len, parts }).await?;
@@ -1117,14 +1081,12 @@ async fn patch(
         Ok(Response::Stored) => return Ok(Sent { bytes: sent, amended: None }),
         Ok(other) => return Err(ex.unexpected(&other).into()),
         Err(NetError::Remote(e)) if e.code == ErrorCode::UnknownRequest => whole.store(true, Ordering::Relaxed),
-        // Cut short for another peer's extent (`busy`): sent whole, as a patch the holder could
-        // not make.
-        Err(NetError::Remote(e)) if matches!(e.code, ErrorCode::NotFound | ErrorCode::BadRequest | ErrorCode::Busy) => {
-        }
+        Err(NetError::Remote(e)) if matches!(e.code, ErrorCode::NotFound | ErrorCode::BadRequest) => {}
         Err(e) => return Err(e.into()),
     }
-    let whole = put_whole(conn, (contract, offset, hash), None, again).await?;
-    Ok(Sent { bytes: sent + whole.bytes, ..whole })
+    let (data, amended) = again.encoded().await?;
+    let hash = amended.as_ref().map_or(hash, |a| a.hash);
+    Ok(Sent { bytes: sent + put(conn, contract, offset, hash, data).await?, amended })
 }
 
 /// Fetches a kept manifest of this node's copy under `entry` (the newest, or `generation`) and

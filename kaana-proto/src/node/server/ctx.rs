@@ -9,7 +9,6 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 
 use super::forward::Forwarding;
-use super::places::Places;
 use crate::net::rate::Allowance;
 use crate::net::transport::{self, Client};
 use crate::net::wire::{ErrorCode, ErrorReply};
@@ -26,8 +25,7 @@ pub(super) const MAX_PUTS_AT_ONCE: usize = 8;
 /// the file system cannot write straight to the device, its bytes in the page cache.
 pub(super) const MAX_SYNCS_AT_ONCE: usize = 32;
 /// Of the extents received at once, one peer's at most (all its contracts with this server
-/// together: a peer with two contracts here would otherwise hold every place); fewer while
-/// other peers want theirs ([`super::places`]).
+/// together: a peer with two contracts here would otherwise hold every place).
 pub(super) const PUT_SHARE: usize = MAX_PUTS_AT_ONCE / 2;
 
 /// How the server runs.
@@ -99,14 +97,16 @@ pub(super) struct Ctx {
     pub(super) forwarding: Forwarding,
     /// For forwarding offers to other boards.
     pub(super) client: Client,
-    /// The places extents are received through (each held in memory until it is written),
-    /// shared fairly among the peers pushing.
-    pub(super) places: Arc<Places>,
+    /// Extents being received at once (each held in memory until it is written).
+    pub(super) put_permits: Semaphore,
     /// Extents written and being synced at once.
     pub(super) sync_permits: Semaphore,
     /// Each peer's history being weighed (one at a time: each reads every kept generation's
     /// list into memory).
     pub(super) history_shares: Mutex<HashMap<NodeId, Arc<Semaphore>>>,
+    /// Each peer's share of those (half): one peer's stalled pushes cannot hold them all,
+    /// however many contracts it has here. Only contract peers get a share.
+    pub(super) put_shares: Mutex<HashMap<NodeId, Arc<Semaphore>>>,
     /// Buffers for the parts of extents being sent, reused.
     pub(super) parts: crate::store::buffer::Pool,
     /// Buffers for extents being received or sent, reused.

@@ -11,7 +11,6 @@ mod ctx;
 mod door;
 mod forward;
 mod market;
-mod places;
 mod put;
 mod reachable;
 mod reply;
@@ -19,7 +18,7 @@ mod sync;
 
 use crate::node::report::Report;
 pub use ctx::{CHALLENGES_PER_HOUR, ServerOptions};
-use ctx::{Ctx, MAX_PUTS_AT_ONCE, MAX_SYNCS_AT_ONCE, PUT_SHARE};
+use ctx::{Ctx, MAX_PUTS_AT_ONCE, MAX_SYNCS_AT_ONCE};
 pub use reachable::keep_reachable;
 use reply::Payload;
 
@@ -74,7 +73,6 @@ impl Server {
         let client =
             Client::with_traffic(node.identity.clone(), transport::Traffic::Short).with_timeouts(opts.client_timeouts);
         let (forwarding, queues) = forward::Forwarding::new();
-        let stall_age = opts.read_timeout / 4;
         let ctx = Ctx {
             node,
             report,
@@ -85,9 +83,10 @@ impl Server {
             board: Mutex::new(board),
             forwarding,
             client,
-            places: places::Places::new(MAX_PUTS_AT_ONCE, PUT_SHARE, stall_age),
+            put_permits: Semaphore::new(MAX_PUTS_AT_ONCE),
             sync_permits: Semaphore::new(MAX_SYNCS_AT_ONCE),
             history_shares: Mutex::new(HashMap::new()),
+            put_shares: Mutex::new(HashMap::new()),
             buffers: crate::store::buffer::Pool::new(MAX_PUTS_AT_ONCE),
             parts: crate::store::buffer::Pool::new(MAX_PARTS_KEPT),
             stored: Mutex::new(HashMap::new()),

@@ -2,16 +2,15 @@
 //! that changed on an extent it holds (`patch_extent`). Either way it checks the peer, the
 //! contract's size and room first, then every extent's hash before it stores and syncs it.
 
-use std::future::Future;
 use std::sync::Arc;
 
 use quinn::RecvStream;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, SemaphorePermit};
 
-use super::ctx::Ctx;
-use super::places::Place;
+use super::ctx::{Ctx, PUT_SHARE};
 use super::reply::{Handled, blocking, internal, refused};
 use super::sync::{authorise, map_inbound, pretence};
-use crate::net::transport::{NetError, read_paced};
+use crate::net::transport::read_paced;
 use crate::net::wire::{ErrorCode, ErrorReply, Response};
 use crate::protocol::fairness::deliberate::Pretence;
 use crate::protocol::identity::NodeId;
@@ -45,14 +44,15 @@ impl Drop for Counted {
 }
 
 /// Room and a place for one extent coming in ([`admit`]).
-struct Admitted {
+struct Admitted<'a> {
     entry: ContractEntry,
     inbound: Inbound,
     counted: Counted,
-    place: Place,
+    _share: OwnedSemaphorePermit,
+    _place: SemaphorePermit<'a>,
 }
 
-impl Admitted {
+impl Admitted<'_> {
     /// Checks `data` against `hash`, stores and syncs it: then its bytes stay counted. The
     /// buffer and the place go back once the bytes are written, before the sync: another
     /// extent can come in while the disk makes this one durable (among a bounded number).
@@ -61,7 +61,7 @@ impl Admitted {
         let written = blocking(move || inbound.write(&hash, &data).map_err(map_inbound)).await?;
         let ctx = self.counted.ctx.clone();
         let _syncing = ctx.sync_permits.acquire().await.map_err(internal)?;
-        drop(self.place);
+        drop((self._share, self._place));
         blocking(move || written.sync().map_err(map_inbound)).await?;
         self.counted.stored = true;
         Ok((Response::Stored, None))
@@ -71,7 +71,7 @@ impl Admitted {
 /// What `put_extent` and `patch_extent` check first: that `peer` may store an extent of `len`
 /// bytes at `offset` under `id`, within the contract's room (counted until stored); then a
 /// place among the server's puts.
-async fn admit(ctx: &Arc<Ctx>, peer: NodeId, id: RecordId, offset: u64, len: u32) -> Result<Admitted, ErrorReply> {
+async fn admit(ctx: &Arc<Ctx>, peer: NodeId, id: RecordId, offset: u64, len: u32) -> Result<Admitted<'_>, ErrorReply> {
     let c = ctx.clone();
     let (entry, inbound, on_disk) = blocking(move || {
         let (entry, inbound) = authorise(&c, peer, &id, true)?;
@@ -102,26 +102,15 @@ async fn admit(ctx: &Arc<Ctx>, peer: NodeId, id: RecordId, offset: u64, len: u32
         room.in_flight += u64::from(len);
         Counted { ctx: ctx.clone(), id, len, stored: false }
     };
-    // A place, shared fairly: a peer that stalls its pushes holds at most half of them,
-    // whatever contracts it pushes under, and gives them up to other peers as they ask.
-    let place = ctx.places.take(peer).await.ok_or_else(|| internal("no place was given"))?;
-    Ok(Admitted { entry, inbound, counted, place })
-}
-
-/// Reads what `read` reads, unless `place` is taken for another peer first: then the extent is
-/// given up, `busy`.
-async fn receive(place: &Place, read: impl Future<Output = Result<(), NetError>>) -> Result<(), ErrorReply> {
-    tokio::select! {
-        read = read => read.map_err(|e| ErrorReply::new(ErrorCode::BadFrame, e.to_string()))?,
-        () = place.cut() => {
-            return Err(ErrorReply::new(
-                ErrorCode::Busy,
-                "this extent came in too slowly while other peers waited for a place: send it again",
-            ));
-        }
-    }
-    place.received();
-    Ok(())
+    // The peer's share first, then a place among all: a peer that stalls its pushes holds at
+    // most half the places, whatever contracts it pushes under, and other peers' pushes go on.
+    let share = {
+        let mut shares = ctx.put_shares.lock().map_err(internal)?;
+        shares.entry(peer).or_insert_with(|| Arc::new(Semaphore::new(PUT_SHARE))).clone()
+    };
+    let _share = share.acquire_owned().await.map_err(internal)?;
+    let _place = ctx.put_permits.acquire().await.map_err(internal)?;
+    Ok(Admitted { entry, inbound, counted, _share, _place })
 }
 
 /// `put_extent`: reads the bytes, checks them against their hash, stores and syncs them.
@@ -139,7 +128,9 @@ pub(super) async fn put_extent(
     data.set_len(len as usize);
     // Part by part, each within the time-out: an owner held to a low rate, or on a slow uplink,
     // takes longer than one time-out for a whole extent.
-    receive(&admitted.place, read_paced(recv, &mut data, ctx.opts.read_timeout, "extent bytes", None)).await?;
+    read_paced(recv, &mut data, ctx.opts.read_timeout, "extent bytes", None)
+        .await
+        .map_err(|e| ErrorReply::new(ErrorCode::BadFrame, e.to_string()))?;
     admitted.store(hash, data).await
 }
 
@@ -198,12 +189,10 @@ pub(super) async fn patch_extent(
     .await?;
     // Each part straight into its place, each within the time-out.
     let part = len as usize / push::PARTS;
-    let read = async {
-        for j in push::each_part(parts) {
-            read_paced(recv, &mut data[j * part..(j + 1) * part], ctx.opts.read_timeout, "extent parts", None).await?;
-        }
-        Ok(())
-    };
-    receive(&admitted.place, read).await?;
+    for j in push::each_part(parts) {
+        read_paced(recv, &mut data[j * part..(j + 1) * part], ctx.opts.read_timeout, "extent parts", None)
+            .await
+            .map_err(|e| ErrorReply::new(ErrorCode::BadFrame, e.to_string()))?;
+    }
     admitted.store(hash, data).await
 }
