@@ -70,7 +70,7 @@ log_dir=$(absolute "$log_dir") system_dir=$(absolute "$system_dir") logrotate_di
 group=$(id -g "$user" 2>/dev/null) || group=$user
 cd "$repo"
 if [ "$system" = yes ] && [ "$(id -u)" != 0 ]; then
-  die "installing the unit, crontab and log directory needs root (or pass --no-system)"
+  die "installing the unit, crontab, log directory and its rotation needs root (or pass --no-system)"
 fi
 share=$prefix/share/kaana
 man_dir=$prefix/share/man/man1

@@ -292,9 +292,7 @@ fn the_configuration_is_read_and_changed_as_init_checks_it() {
 /// refuses before it writes anything, naming both users and the `sudo -u` line to use.
 #[test]
 fn a_tool_run_by_another_user_than_the_homes_owner_refuses_before_writing() {
-    use std::os::unix::fs::MetadataExt as _;
-    if fs::metadata("/proc/self").unwrap().uid() != 0 {
-        eprintln!("not run: only root can give a directory to another user here");
+    if !crate::common::as_root("only root can give a directory to another user here") {
         return;
     }
     let node = TestNode::init_with(&["--audit-rate", "0"]);

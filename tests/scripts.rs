@@ -5,7 +5,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use crate::common::{Pair, assert_exit, assert_success, bin_dir, contracted_pair, pseudo_random, stderr};
+use crate::common::{Pair, as_root, assert_exit, assert_success, bin_dir, contracted_pair, pseudo_random, stderr};
 
 pub(crate) fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -279,8 +279,7 @@ fn the_installed_crontab_runs_under_crons_environment() {
 #[test]
 fn install_sh_for_the_system_keeps_the_users_crontab_and_takes_back_only_its_own() {
     use std::os::unix::fs::MetadataExt as _;
-    if fs::metadata("/proc/self").unwrap().uid() != 0 {
-        eprintln!("not run: installing for the system needs root");
+    if !as_root("installing for the system needs root") {
         return;
     }
     let work = tempfile::tempdir().unwrap();
@@ -346,14 +345,13 @@ fn crontab_shim(dir: &Path) -> (PathBuf, PathBuf) {
     fs::set_permissions(shims.join("crontab"), fs::Permissions::from_mode(0o755)).unwrap();
     (shims, table)
 }
+
 /// The rotation `install.sh` installs, run by the real `logrotate` (forced, as its daily run does
 /// once a month): cron's logs and the node's `events.jsonl` are renamed, the older ones
 /// compressed; the node goes on, each tool writing a fresh `events.jsonl`, and no line is lost.
 #[test]
 fn the_installed_rotation_renames_the_logs_and_the_node_writes_on() {
-    use std::os::unix::fs::MetadataExt as _;
-    if fs::metadata("/proc/self").unwrap().uid() != 0 {
-        eprintln!("not run: installing for the system needs root");
+    if !as_root("installing for the system needs root") {
         return;
     }
     let work = tempfile::tempdir().unwrap();

@@ -31,6 +31,16 @@ pub fn bin_dir() -> PathBuf {
 pub const OFFLINE_ENV: [(&str, &str); 2] = [("KAANA_DHT_BOOTSTRAP", "none"), ("KAANA_PORT_MAPPING", "off")];
 
 /// Runs a shell command quietly; whether it succeeded.
+/// Whether the tests run as root; if not, says that the test calling it is not run, and why.
+pub fn as_root(why: &str) -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    let root = std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0);
+    if !root {
+        eprintln!("not run: {why}");
+    }
+    root
+}
+
 pub fn sh(cmd: &str) -> bool {
     Command::new("bash")
         .args(["-c", cmd])
